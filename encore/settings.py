@@ -1,0 +1,78 @@
+"""Configuration from the environment (and a `.env` file), as the contract names it."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SHOPIFY_API_VERSION = "2026-04"
+
+
+class Settings(BaseSettings):
+    """Every setting Encore reads; names are the contract's environment variables."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
+
+    REDIS_URL: str | None = None
+    DATABASE_URL: str = "sqlite:///encore.db"
+    SECRET_KEY: str | None = None
+    APP_URL: str = "http://localhost:8000"
+    DATA_DIR: Path = Field(default=Path(".encore"), validation_alias="ENCORE_DATA_DIR")
+
+    SHOPIFY_API_KEY: str | None = None
+    SHOPIFY_API_SECRET: str | None = None
+    # During a secret rotation Shopify may sign with the old secret for up to an hour.
+    SHOPIFY_API_SECRET_PREVIOUS: str | None = None
+    SHOPIFY_SCOPES: str = "read_customers,read_orders,write_discounts,write_customers"
+    SHOPIFY_API_VERSION: str = DEFAULT_SHOPIFY_API_VERSION
+    SHOPIFY_BIRTHDAY_METAFIELD: str = "facts.birth_date"
+
+    WOOCOMMERCE_BIRTHDAY_META: str = "birthday"
+    WOOCOMMERCE_CONSENT_META: str = "marketing_consent"
+
+    EMAIL_URL: str = "file://./outbox"
+    EMAIL_FROM: str = "Store <no-reply@localhost>"
+    FLOWS_DIR: Path | None = None
+    TEMPLATES_DIR: Path | None = None
+    DEFAULT_TIMEZONE: str = "UTC"
+
+    # Operational knobs (not part of the outside contract).
+    WEBHOOK_MAX_BYTES: int = 2 * 1024 * 1024
+    DEDUPE_TTL_SECONDS: int = 7 * 24 * 3600
+    ADMIN_PASSWORD: str | None = None
+
+    def data_path(self, *parts: str) -> Path:
+        """A path inside the data directory, creating the directory on first use."""
+        self.DATA_DIR.mkdir(parents=True, exist_ok=True)
+        return self.DATA_DIR.joinpath(*parts)
+
+    @property
+    def secret_key(self) -> str:
+        """SECRET_KEY, or a development key generated once into the data directory."""
+        if self.SECRET_KEY:
+            return self.SECRET_KEY
+        path = self.data_path("secret_key")
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    @property
+    def shopify_secrets(self) -> list[str]:
+        """The Shopify secrets that may have signed a webhook, current first."""
+        return [s for s in (self.SHOPIFY_API_SECRET, self.SHOPIFY_API_SECRET_PREVIOUS) if s]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests change the environment)."""
+    get_settings.cache_clear()

@@ -1,0 +1,257 @@
+"""The customer ledger: what every event changes in the store.
+
+Applying an event is idempotent and order-independent:
+- the event's id is inserted into `events` first; a second delivery finds it and changes nothing;
+- an order row keeps the platform's `updated_at` and ignores older versions of itself, so an
+  `orders/updated` that overtakes `orders/create` is not undone by it;
+- a customer's counts and dates are recomputed from the order rows, never incremented, and the
+  platform's own figures (Shopify's purchasing summary, WooCommerce's customer) are a floor;
+- profile fields follow the newest version seen (the customer's `updated_at`, else the event's
+  time); consent follows its own `consent_updated_at`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from encore import events as ev
+from encore.store.models import Customer, EventRecord, Order, Shop, utcnow
+
+
+@dataclass
+class LedgerResult:
+    """What applying one event did."""
+
+    new: bool
+    shop: Shop | None
+    customer: Customer | None = None
+    order: Order | None = None
+
+
+def _insert(session: Session, model: type, values: dict[str, Any], conflict: list[str]) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING; True when a row was inserted."""
+    dialect = session.get_bind().dialect.name
+    builder = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = builder(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
+    return session.execute(stmt).rowcount == 1
+
+
+def get_or_create_shop(session: Session, platform: str, domain: str) -> Shop:
+    """The shop row for (platform, domain), created on first sight."""
+    _insert(session, Shop, {"platform": platform, "domain": domain, "settings": {}, "active": True,
+                            "created_at": utcnow()}, ["platform", "domain"])
+    return session.execute(select(Shop).where(Shop.platform == platform, Shop.domain == domain)).scalar_one()
+
+
+def find_customer(session: Session, shop_id: int, key: str, *, lock: bool = False) -> Customer | None:
+    """The ledger row of a customer by platform id (or `email:` key)."""
+    stmt = select(Customer).where(Customer.shop_id == shop_id, Customer.platform_id == key)
+    if lock:
+        stmt = stmt.with_for_update()
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def apply_event(session: Session, event: ev.Event) -> LedgerResult:
+    """Apply one canonical event to the ledger inside the caller's transaction."""
+    privacy = event.type.is_privacy
+    payload = None if privacy else event.to_dict()
+    new = _insert(session, EventRecord, {
+        "id": event.id, "platform": event.platform, "topic": event.topic, "type": event.type.value,
+        "occurred_at": event.occurred_at, "received_at": event.received_at, "processed_at": utcnow(),
+        "payload": payload}, ["id"])
+    shop = get_or_create_shop(session, event.platform, event.shop)
+    record = session.get(EventRecord, event.id)
+    if not new:
+        customer = session.get(Customer, record.customer_id) if record and record.customer_id else None
+        return LedgerResult(new=False, shop=shop, customer=customer)
+
+    if event.type == ev.EventType.SHOP_REDACT:
+        redact_shop(session, shop)
+        return LedgerResult(new=True, shop=None)
+    if event.type == ev.EventType.APP_UNINSTALLED:
+        uninstall_shop(session, shop)
+        record.shop_id = shop.id
+        return LedgerResult(new=True, shop=shop)
+    if event.type == ev.EventType.CUSTOMER_REDACT:
+        redact_customer(session, shop, event)
+        record.shop_id = shop.id
+        return LedgerResult(new=True, shop=shop)
+    if event.type == ev.EventType.CUSTOMER_DATA_REQUEST:
+        record.shop_id = shop.id
+        return LedgerResult(new=True, shop=shop)
+
+    customer = upsert_customer(session, shop, event.customer, event.occurred_at) if event.customer else None
+    order = None
+    if event.order is not None:
+        order = upsert_order(session, shop, event.order, customer, deleted=event.type == ev.EventType.ORDER_DELETED)
+        customer_id = order.customer_id
+        if customer_id is not None:
+            customer = customer if customer and customer.id == customer_id else session.get(Customer, customer_id)
+            recompute(session, customer)
+    elif customer is not None and event.type == ev.EventType.CUSTOMER_PURCHASING_SUMMARY:
+        recompute(session, customer)
+    record.shop_id = shop.id
+    record.customer_id = customer.id if customer else None
+    return LedgerResult(new=True, shop=shop, customer=customer, order=order)
+
+
+_PROFILE_FIELDS = ("email", "first_name", "last_name", "phone", "locale", "has_account")
+
+
+def upsert_customer(session: Session, shop: Shop, incoming: ev.Customer, seen_at: datetime) -> Customer | None:
+    """Create or update a customer's ledger row from what an event says about them."""
+    key = incoming.key
+    if key is None:
+        return None
+    if _insert(session, Customer, {"shop_id": shop.id, "platform_id": key, "tags": [], "orders_count": 0,
+                                   "total_spent": Decimal("0"), "created_at": utcnow(),
+                                   "updated_at": utcnow()}, ["shop_id", "platform_id"]):
+        session.flush()
+    row = find_customer(session, shop.id, key, lock=True)
+    assert row is not None
+    version = incoming.updated_at or seen_at
+    newer = row.profile_version is None or version >= row.profile_version
+    for field in _PROFILE_FIELDS:
+        value = getattr(incoming, field)
+        if field == "email" and value:
+            value = value.strip()
+        if value is not None and (newer or getattr(row, field) is None):
+            setattr(row, field, value)
+    if incoming.tags is not None and newer:
+        row.tags = sorted(set(incoming.tags))
+    if incoming.birthday is not None and (newer or row.birthday is None):
+        row.birthday = incoming.birthday
+        row.birthday_month, row.birthday_day = incoming.birthday.month, incoming.birthday.day
+    if incoming.created_at and row.platform_created_at is None:
+        row.platform_created_at = incoming.created_at
+    if newer:
+        row.profile_version = version
+    if incoming.email_consent is not None:
+        consent_at = incoming.consent_updated_at or version
+        if row.consent_updated_at is None or consent_at >= row.consent_updated_at:
+            row.email_consent = incoming.email_consent
+            row.consent_updated_at = consent_at
+    if incoming.orders_count is not None or incoming.total_spent is not None:
+        if row.reported_at is None or version >= row.reported_at:
+            if incoming.orders_count is not None:
+                row.reported_orders_count = incoming.orders_count
+            if incoming.total_spent is not None:
+                row.reported_total_spent = incoming.total_spent
+            row.reported_at = version
+    return row
+
+
+def upsert_order(session: Session, shop: Shop, incoming: ev.Order, customer: Customer | None,
+                 *, deleted: bool = False) -> Order:
+    """Create or update an order row, ignoring versions older than the one stored."""
+    _insert(session, Order, {"shop_id": shop.id, "platform_id": incoming.id, "discount_codes": [],
+                             "deleted": False, "created_at": utcnow()}, ["shop_id", "platform_id"])
+    row = session.execute(
+        select(Order).where(Order.shop_id == shop.id, Order.platform_id == incoming.id).with_for_update()
+    ).scalar_one()
+    newer = incoming.updated_at is not None and (
+        row.platform_updated_at is None or incoming.updated_at >= row.platform_updated_at)
+    values = {
+        "number": incoming.number, "placed_at": incoming.created_at, "total": incoming.total,
+        "currency": incoming.currency, "financial_status": incoming.financial_status,
+        "fulfillment_status": incoming.fulfillment_status, "cancelled_at": incoming.cancelled_at,
+    }
+    for field, value in values.items():
+        if newer and field == "cancelled_at":
+            row.cancelled_at = value  # a newer version without it means the order was restored
+        elif value is not None and (newer or getattr(row, field) is None):
+            setattr(row, field, value)
+    if incoming.discount_codes and (newer or not row.discount_codes):
+        row.discount_codes = list(incoming.discount_codes)
+    if newer:
+        row.platform_updated_at = incoming.updated_at
+    if deleted:
+        row.deleted = True
+    if customer is not None and row.customer_id is None:
+        row.customer_id = customer.id
+    session.flush()
+    return row
+
+
+def recompute(session: Session, customer: Customer) -> None:
+    """Recompute a customer's order count, total and first/last order dates from the order rows."""
+    counted = (Order.customer_id == customer.id, Order.deleted.is_(False), Order.cancelled_at.is_(None))
+    count, total, first, last = session.execute(
+        select(func.count(Order.id), func.coalesce(func.sum(Order.total), 0),
+               func.min(Order.placed_at), func.max(Order.placed_at)).where(*counted)
+    ).one()
+    total = Decimal(str(total)).quantize(Decimal("0.01"))
+    customer.orders_count = max(count, customer.reported_orders_count or 0)
+    customer.total_spent = max(total, customer.reported_total_spent or Decimal("0"))
+    customer.first_order_at = first
+    customer.last_order_at = last
+
+
+def redact_customer(session: Session, shop: Shop, event: ev.Event) -> int:
+    """Delete everything stored about one customer (Shopify `customers/redact`); returns rows removed."""
+    keys = {k for k in (event.customer.key if event.customer else None,
+                        event.customer.id if event.customer else None) if k}
+    email = event.customer.email.strip().lower() if event.customer and event.customer.email else None
+    if email:
+        keys.add("email:" + email)
+    rows = list(session.execute(select(Customer).where(Customer.shop_id == shop.id, Customer.platform_id.in_(keys))
+                                ).scalars()) if keys else []
+    if email:
+        rows += session.execute(select(Customer).where(Customer.shop_id == shop.id,
+                                                       func.lower(Customer.email) == email)).scalars().all()
+    removed = 0
+    order_ids = [str(o) for o in event.data.get("orders_to_redact", [])]
+    for row in {r.id: r for r in rows}.values():
+        removed += session.execute(delete(EventRecord).where(EventRecord.customer_id == row.id)).rowcount
+        removed += session.execute(delete(Order).where(Order.customer_id == row.id)).rowcount
+        session.delete(row)
+        removed += 1
+    if order_ids:
+        removed += session.execute(delete(Order).where(Order.shop_id == shop.id,
+                                                       Order.platform_id.in_(order_ids))).rowcount
+    session.flush()
+    return removed
+
+
+def redact_shop(session: Session, shop: Shop) -> None:
+    """Delete a shop and everything stored about it (Shopify `shop/redact`)."""
+    session.execute(update(EventRecord).where(EventRecord.shop_id == shop.id).values(customer_id=None))
+    for model in (EventRecord, Order, Customer):
+        session.execute(delete(model).where(model.shop_id == shop.id))
+    session.delete(shop)
+    session.flush()
+
+
+def uninstall_shop(session: Session, shop: Shop) -> None:
+    """Drop the shop's tokens and stop its flows; its data goes at `shop/redact`, 48 hours later."""
+    shop.access_token_enc = None
+    shop.active = False
+    shop.uninstalled_at = utcnow()
+    session.flush()
+
+
+def export_customer(session: Session, shop: Shop, key: str) -> dict[str, Any]:
+    """Everything stored about one customer, as JSON-safe data (Shopify `customers/data_request`)."""
+    row = find_customer(session, shop.id, key)
+    if row is None:
+        return {"shop": shop.domain, "customer": None, "orders": [], "events": []}
+    columns = [c.key for c in Customer.__table__.columns]
+    orders = session.execute(select(Order).where(Order.customer_id == row.id)).scalars().all()
+    records = session.execute(select(EventRecord).where(EventRecord.customer_id == row.id)).scalars().all()
+    data = {
+        "shop": shop.domain,
+        "customer": {c: getattr(row, c) for c in columns},
+        "orders": [{c.key: getattr(o, c.key) for c in Order.__table__.columns} for o in orders],
+        "events": [{"id": r.id, "type": r.type, "topic": r.topic, "occurred_at": r.occurred_at,
+                    "payload": r.payload} for r in records],
+    }
+    return json.loads(json.dumps(data, default=str))

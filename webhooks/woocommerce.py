@@ -1,0 +1,192 @@
+"""WooCommerce webhooks: signature check with the store's webhook secret, and the mapping to events.
+
+The store is found by `X-WC-Webhook-Source` (its URL, registered with `encore stores add
+woocommerce`). WooCommerce signs the raw body, base64 HMAC-SHA256, in `X-WC-Webhook-Signature`.
+Its `X-WC-Webhook-Delivery-ID` is new on every delivery, so the dedupe key is the topic, the
+resource id and `date_modified_gmt` (a hash of the body when those are missing). Creating a webhook
+sends a ping, a form body `webhook_id=N` with no `X-WC-*` headers, that needs exactly a 200.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Request
+
+from encore.events import (
+    Customer,
+    Event,
+    EventType,
+    LineItem,
+    Order,
+    event_id,
+    parse_date,
+    parse_datetime,
+    parse_decimal,
+    text,
+    truthy,
+)
+from encore.settings import get_settings
+from webhooks.base import Delivery, Rejected, signature_matches
+from webhooks.secrets import lookup
+
+platform = "woocommerce"
+
+TOPICS: dict[str, EventType] = {
+    "order.created": EventType.ORDER_PLACED,
+    "order.updated": EventType.ORDER_UPDATED,
+    "order.deleted": EventType.ORDER_DELETED,
+    "order.restored": EventType.ORDER_UPDATED,
+    "customer.created": EventType.CUSTOMER_CREATED,
+    "customer.updated": EventType.CUSTOMER_UPDATED,
+    "customer.deleted": EventType.CUSTOMER_DELETED,
+}
+# What an `order.updated` means, by the order's new status.
+STATUS_EVENTS: dict[str, EventType] = {
+    "processing": EventType.ORDER_PAID,
+    "completed": EventType.ORDER_FULFILLED,
+    "cancelled": EventType.ORDER_CANCELLED,
+    "refunded": EventType.ORDER_REFUNDED,
+}
+PING = re.compile(rb"^webhook_id=\d+$")
+
+
+def store_domain(url: str) -> str:
+    """The key a WooCommerce store is registered under: host and path, lower-case, no scheme or slash."""
+    raw = url.strip()
+    parts = urlsplit(raw if "://" in raw else "//" + raw)
+    host = (parts.hostname or "").lower()
+    if parts.port and parts.port not in (80, 443):
+        host = f"{host}:{parts.port}"
+    return (host + parts.path.rstrip("/")).rstrip("/")
+
+
+class WooCommerceReceiver:
+    """Receiver for `POST /webhooks/woocommerce`."""
+
+    platform = platform
+
+    def verify(self, req: Request, body: bytes) -> Delivery:
+        """Answer the creation ping; otherwise find the store and check `X-WC-Webhook-Signature`."""
+        has_wc_headers = any(h.lower().startswith("x-wc-webhook-") for h in req.headers.keys())
+        if not has_wc_headers and PING.match(body.strip()):
+            return Delivery(shop="", topic="ping", ping=True)
+        source = req.headers.get("X-WC-Webhook-Source")
+        signature = req.headers.get("X-WC-Webhook-Signature")
+        if not source:
+            raise Rejected(401, "unknown_store", "X-WC-Webhook-Source is missing")
+        if not signature:
+            raise Rejected(401, "missing_signature", "X-WC-Webhook-Signature is missing")
+        domain = store_domain(source)
+        secrets = lookup(platform, domain)
+        if secrets is None:
+            raise Rejected(401, "unknown_store", f"no WooCommerce store registered for {domain}")
+        if not secrets:
+            raise Rejected(401, "unknown_store", f"store {domain} has no webhook secret")
+        if not signature_matches(body, signature, secrets):
+            raise Rejected(401, "bad_signature", "X-WC-Webhook-Signature does not match the body")
+        topic = (req.headers.get("X-WC-Webhook-Topic") or "").strip()
+        if not topic:
+            resource, action = req.headers.get("X-WC-Webhook-Resource"), req.headers.get("X-WC-Webhook-Event")
+            topic = f"{resource}.{action}" if resource and action else ""
+        if not topic:
+            raise Rejected(400, "missing_topic", "X-WC-Webhook-Topic is missing")
+        return Delivery(shop=domain, topic=topic, delivery_id=req.headers.get("X-WC-Webhook-Delivery-ID"))
+
+    def parse(self, delivery: Delivery, payload: Any, body: bytes) -> list[Event]:
+        """One canonical event for a handled topic, none for the rest."""
+        kind = TOPICS.get(delivery.topic)
+        if kind is None:
+            return []
+        resource_id, modified = payload.get("id"), payload.get("date_modified_gmt")
+        if resource_id is not None and modified:
+            key = event_id(platform, delivery.shop, delivery.topic, resource_id, modified)
+        else:
+            key = event_id(platform, delivery.shop, delivery.topic, body)
+        occurred = parse_datetime(modified) or parse_datetime(payload.get("date_created_gmt"))
+        event = Event(id=key, type=kind, platform=platform, shop=delivery.shop, topic=delivery.topic,
+                      occurred_at=occurred or _now(), raw=payload)
+        if delivery.topic.startswith("order."):
+            event.order = order(payload)
+            event.customer = order_customer(payload)
+            if kind == EventType.ORDER_UPDATED and delivery.topic == "order.updated":
+                event.type = STATUS_EVENTS.get(str(payload.get("status")), EventType.ORDER_UPDATED)
+        else:
+            event.customer = customer(payload)
+        return [event]
+
+
+receiver = WooCommerceReceiver()
+
+
+def _now():  # type: ignore[no-untyped-def]
+    from encore.store.models import utcnow
+
+    return utcnow()
+
+
+def _id(value: Any) -> str | None:
+    if value is None or isinstance(value, bool) or str(value).strip() in ("", "0"):
+        return None
+    return str(int(value)) if isinstance(value, (int, float)) else str(value).strip()
+
+
+def _meta(payload: dict[str, Any], key: str) -> Any:
+    for item in payload.get("meta_data") or []:
+        if isinstance(item, dict) and item.get("key") == key:
+            return item.get("value")
+    return None
+
+
+def customer(payload: dict[str, Any]) -> Customer:
+    """A customer from a customer payload; birthday and consent come from configurable meta keys."""
+    settings = get_settings()
+    billing = payload.get("billing") if isinstance(payload.get("billing"), dict) else {}
+    consent_raw = _meta(payload, settings.WOOCOMMERCE_CONSENT_META)
+    modified = parse_datetime(payload.get("date_modified_gmt"))
+    return Customer(
+        id=_id(payload.get("id")), email=text(payload.get("email")) or text(billing.get("email")),
+        first_name=text(payload.get("first_name")) or text(billing.get("first_name")),
+        last_name=text(payload.get("last_name")) or text(billing.get("last_name")),
+        phone=text(billing.get("phone")), birthday=parse_date(_meta(payload, settings.WOOCOMMERCE_BIRTHDAY_META)),
+        email_consent=None if consent_raw is None else truthy(consent_raw),
+        consent_updated_at=modified if consent_raw is not None else None,
+        has_account=True if _id(payload.get("id")) else None,
+        orders_count=int(payload["orders_count"]) if str(payload.get("orders_count", "")).isdigit() else None,
+        total_spent=parse_decimal(payload.get("total_spent")),
+        created_at=parse_datetime(payload.get("date_created_gmt")), updated_at=modified,
+    )
+
+
+def order_customer(payload: dict[str, Any]) -> Customer | None:
+    """The order's customer: a registered one by `customer_id`, a guest by the billing email."""
+    billing = payload.get("billing") if isinstance(payload.get("billing"), dict) else {}
+    cid, email = _id(payload.get("customer_id")), text(billing.get("email"))
+    if not cid and not email:
+        return None
+    return Customer(id=cid, email=email, first_name=text(billing.get("first_name")),
+                    last_name=text(billing.get("last_name")), phone=text(billing.get("phone")),
+                    has_account=True if cid else None)
+
+
+def order(payload: dict[str, Any]) -> Order:
+    """An order from an `order.*` payload (a deleted order's body may hold only its id)."""
+    oid = _id(payload.get("id"))
+    if not oid:
+        raise ValueError("order id is missing")
+    status = text(payload.get("status"))
+    items = [LineItem(product_id=_id(i.get("product_id")), variant_id=_id(i.get("variation_id")),
+                      sku=text(i.get("sku")), title=text(i.get("name")) or "", quantity=int(i.get("quantity") or 1),
+                      price=parse_decimal(i.get("price")))
+             for i in payload.get("line_items") or [] if isinstance(i, dict)]
+    modified = parse_datetime(payload.get("date_modified_gmt"))
+    return Order(
+        id=oid, number=text(payload.get("number")), created_at=parse_datetime(payload.get("date_created_gmt")),
+        updated_at=modified, total=parse_decimal(payload.get("total")), currency=text(payload.get("currency")),
+        line_items=items,
+        discount_codes=[str(c["code"]) for c in payload.get("coupon_lines") or [] if isinstance(c, dict) and c.get("code")],
+        financial_status=status, fulfillment_status="fulfilled" if status == "completed" else None,
+        cancelled_at=modified if status in ("cancelled", "trash") else None,
+    )

@@ -1,0 +1,40 @@
+"""The RQ worker with its scheduler: events -> ledger -> flows, and the delayed steps of flow runs.
+
+`python worker.py` (the Procfile's `worker`) and `encore worker` run the same thing.
+"""
+
+from __future__ import annotations
+
+import os
+
+from rq import SimpleWorker, Worker
+from rq.serializers import JSONSerializer
+
+from encore import logs
+from encore.queue import QUEUES, get_redis, queue
+from encore.store import migrate
+
+WORKER_CLASSES = {"simple": SimpleWorker, "fork": Worker}
+
+
+def build_worker(name: str | None = None, worker_class: str | None = None) -> Worker:
+    """A worker on every Encore queue, JSON-serialized.
+
+    `SimpleWorker` (the default) runs jobs in-process, reusing database connections; set
+    ENCORE_WORKER_CLASS=fork for RQ's forking worker, which isolates each job in a child process.
+    """
+    cls = WORKER_CLASSES[worker_class or os.environ.get("ENCORE_WORKER_CLASS", "simple")]
+    connection = get_redis()
+    return cls([queue(q, connection) for q in QUEUES], connection=connection, serializer=JSONSerializer,
+               name=name)
+
+
+def main(burst: bool = False) -> None:
+    """Migrate the store, then work until stopped (with RQ's scheduler for delayed steps)."""
+    logs.setup()
+    migrate()
+    build_worker().work(burst=burst, with_scheduler=True, logging_level="INFO")
+
+
+if __name__ == "__main__":
+    main()
