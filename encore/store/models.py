@@ -177,3 +177,17 @@ class EventRecord(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+
+class Suppression(Base):
+    """An address that must not get marketing email from a shop (unsubscribed, bounced, complained)."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (UniqueConstraint("shop_id", "email"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320))
+    reason: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -119,9 +119,21 @@ def upgrade() -> None:
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.create_index('ix_orders_customer', ['customer_id'], unique=False)
 
+    op.create_table('suppressions',
+    sa.Column('id', IdType, autoincrement=True, nullable=False),
+    sa.Column('shop_id', IdType, nullable=False),
+    sa.Column('email', sa.String(length=320), nullable=False),
+    sa.Column('reason', sa.String(length=32), nullable=False),
+    sa.Column('source', sa.String(length=255), nullable=False),
+    sa.Column('created_at', UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['shop_id'], ['shops.id'], name=op.f('fk_suppressions_shop_id_shops'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_suppressions')),
+    sa.UniqueConstraint('shop_id', 'email', name=op.f('uq_suppressions_shop_id_email'))
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('suppressions')
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.drop_index('ix_orders_customer')
 
