@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
+
 from alembic import context
 
 from encore.store import get_engine
 from encore.store.models import Base
 
 config = context.config
+# Each room keeps its tables in its own `models` module on the same Base; load them for autogenerate.
+for _room in ("flows.models", "connectors.models"):
+    try:
+        importlib.import_module(_room)
+    except ModuleNotFoundError as exc:
+        if exc.name != _room:
+            raise
 target_metadata = Base.metadata
 
 
