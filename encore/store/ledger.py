@@ -42,7 +42,7 @@ def _insert(session: Session, model: type, values: dict[str, Any], conflict: lis
     dialect = session.get_bind().dialect.name
     builder = pg_insert if dialect == "postgresql" else sqlite_insert
     stmt = builder(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
-    return session.execute(stmt).rowcount == 1
+    return session.execute(stmt.returning(model.__table__.c[conflict[0]])).first() is not None
 
 
 def get_or_create_shop(session: Session, platform: str, domain: str) -> Shop:

@@ -1,0 +1,167 @@
+"""Normalisation: each platform's documented payloads, older API versions and withheld fields."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import pytest
+
+from encore.events import Event, EventType, event_id
+from tests.conftest import payload
+from webhooks.base import Delivery
+from webhooks.shopify import receiver as shopify
+from webhooks.woocommerce import receiver as woocommerce
+
+
+def _shopify(topic: str, data: dict, webhook_id: str = "d1f2") -> Event:
+    events = shopify.parse(Delivery(shop="s.myshopify.com", topic=topic, delivery_id=webhook_id,
+                                    headers={"triggered_at": "2026-01-02T03:04:05Z"}), data, json.dumps(data).encode())
+    assert len(events) == 1
+    return events[0]
+
+
+def _woo(topic: str, data: dict) -> Event:
+    events = woocommerce.parse(Delivery(shop="woo.example.com", topic=topic), data, json.dumps(data).encode())
+    assert len(events) == 1
+    return events[0]
+
+
+def test_shopify_order_maps_money_ids_and_customer():
+    event = _shopify("orders/create", payload("shopify", "orders_create"))
+    assert event.type is EventType.ORDER_PLACED
+    assert event.id == "shopify-d1f2"
+    order = event.order
+    assert order.id == "820982911946154508"  # exact, from admin_graphql_api_id, not the rounded `id`
+    assert order.total == Decimal("404.95") and order.currency == "USD"
+    assert order.created_at == datetime(2022, 1, 1, 0, 0, tzinfo=UTC)
+    assert order.line_items[0].title == "Aviator sunglasses" and order.line_items[0].price == Decimal("89.99")
+    assert order.cancelled_at is not None and order.financial_status == "voided"
+    assert event.customer.id == "115310627314723954"
+    assert event.customer.email == "john@example.com" and event.customer.first_name == "John"
+    assert event.raw["id"] == payload("shopify", "orders_create")["id"]
+
+
+@pytest.mark.parametrize(("topic", "kind"), [("orders/paid", EventType.ORDER_PAID),
+                                             ("orders/fulfilled", EventType.ORDER_FULFILLED),
+                                             ("orders/cancelled", EventType.ORDER_CANCELLED),
+                                             ("orders/updated", EventType.ORDER_UPDATED)])
+def test_shopify_order_topics(topic, kind):
+    assert _shopify(topic, payload("shopify", "orders_paid")).type is kind
+
+
+def test_shopify_order_without_protected_customer_data():
+    """Without protected-customer-data approval the order has no email, name or customer."""
+    data = payload("shopify", "orders_create")
+    for field in ("email", "contact_email", "customer", "billing_address", "shipping_address", "phone"):
+        data.pop(field, None)
+    event = _shopify("orders/create", data)
+    assert event.customer is None and event.order.total == Decimal("404.95")
+
+
+def test_shopify_guest_order_is_known_by_email():
+    data = payload("shopify", "orders_create")
+    data["customer"] = None
+    event = _shopify("orders/create", data)
+    assert event.customer.id is None and event.customer.key == "email:jon@example.com"
+
+
+def test_shopify_customer_of_current_api_has_no_consent_or_tags():
+    event = _shopify("customers/create", payload("shopify", "customers_create"))
+    assert event.type is EventType.CUSTOMER_CREATED
+    customer = event.customer
+    assert customer.id == "706405506930370084" and customer.email == "bob@biller.com"
+    assert customer.email_consent is None and customer.tags is None and customer.orders_count is None
+
+
+def test_shopify_customer_of_an_older_api_version_carries_consent_tags_and_counts():
+    data = payload("shopify", "customers_create")
+    data.update({"tags": "vip, newsletter", "orders_count": 4, "total_spent": "199.00", "state": "enabled",
+                 "email_marketing_consent": {"state": "subscribed", "opt_in_level": "single_opt_in",
+                                             "consent_updated_at": "2025-03-01T10:00:00-05:00"}})
+    customer = _shopify("customers/update", data).customer
+    assert customer.tags == ["vip", "newsletter"] and customer.orders_count == 4
+    assert customer.total_spent == Decimal("199.00") and customer.has_account is True
+    assert customer.email_consent is True and customer.consent_updated_at == datetime(2025, 3, 1, 15, tzinfo=UTC)
+    legacy = payload("shopify", "customers_create") | {"accepts_marketing": False}
+    assert _shopify("customers/update", legacy).customer.email_consent is False
+
+
+def test_shopify_consent_and_purchasing_summary_topics():
+    consent = _shopify("customers/email_marketing_consent_update",
+                       payload("shopify", "customers_email_marketing_consent_update"))
+    assert consent.type is EventType.CUSTOMER_CONSENT_CHANGED
+    assert consent.customer.id == "706405506930370000" and consent.customer.email_consent is False
+    summary = _shopify("customers/purchasing_summary", payload("shopify", "customers_purchasing_summary"))
+    assert summary.type is EventType.CUSTOMER_PURCHASING_SUMMARY
+    assert (summary.customer.id, summary.customer.orders_count, summary.customer.total_spent) == ("1", 1, Decimal("100.00"))
+
+
+def test_shopify_checkout_uses_token():
+    event = _shopify("checkouts/create", payload("shopify", "checkouts_create"))
+    assert event.type is EventType.CHECKOUT_STARTED
+    assert event.checkout.token == "123123123"
+    assert event.checkout.recovery_url.startswith("https://checkout.local/")
+    assert event.checkout.total == Decimal("421.88") and event.customer.email == "john@example.com"
+
+
+def test_shopify_privacy_topics():
+    redact = _shopify("customers/redact", payload("shopify", "customers_redact"))
+    assert redact.type is EventType.CUSTOMER_REDACT and redact.type.is_privacy
+    assert redact.customer.id == "191167" and redact.data["orders_to_redact"] == ["299938", "280263", "220458"]
+    request = _shopify("customers/data_request", payload("shopify", "customers_data_request"))
+    assert request.data["data_request_id"] == "9999"
+    assert _shopify("shop/redact", payload("shopify", "shop_redact")).type is EventType.SHOP_REDACT
+    assert _shopify("app/uninstalled", payload("shopify", "app_uninstalled")).type is EventType.APP_UNINSTALLED
+
+
+def test_woocommerce_order_created_and_updated():
+    created = _woo("order.created", payload("woocommerce", "order_created"))
+    assert created.type is EventType.ORDER_PLACED
+    assert created.order.id == "727" and created.order.total == Decimal("29.35")
+    assert created.order.created_at == datetime(2017, 3, 22, 19, 28, 2, tzinfo=UTC)  # the _gmt field, as UTC
+    assert created.customer.id is None and created.customer.key == "email:john.doe@example.com"  # a guest
+    updated = _woo("order.updated", payload("woocommerce", "order_updated"))
+    assert updated.type is EventType.ORDER_FULFILLED and updated.order.fulfillment_status == "fulfilled"
+    assert created.id != updated.id  # date_modified_gmt differs
+
+
+def test_woocommerce_dedupe_key_ignores_delivery_id_and_body_formatting():
+    data = payload("woocommerce", "order_created")
+    one = woocommerce.parse(Delivery(shop="w.example", topic="order.created", delivery_id="a"), data, b"x")[0]
+    two = woocommerce.parse(Delivery(shop="w.example", topic="order.created", delivery_id="b"), data, b"y")[0]
+    assert one.id == two.id
+
+
+def test_woocommerce_customer_with_birthday_and_consent_meta(env):
+    data = payload("woocommerce", "customer_created")
+    data["meta_data"] = [{"id": 1, "key": "birthday", "value": "1990-02-28"},
+                         {"id": 2, "key": "marketing_consent", "value": "yes"}]
+    customer = _woo("customer.created", data).customer
+    assert customer.id == "25" and customer.birthday == date(1990, 2, 28) and customer.email_consent is True
+    env.setenv("WOOCOMMERCE_CONSENT_META", "newsletter")
+    from encore.settings import reset_settings
+
+    reset_settings()
+    assert _woo("customer.created", data).customer.email_consent is None  # key not present: unknown
+
+
+def test_unknown_topics_give_no_event():
+    assert shopify.parse(Delivery(shop="s", topic="products/create"), {"id": 1}, b"{}") == []
+    assert woocommerce.parse(Delivery(shop="w", topic="coupon.created"), payload("woocommerce", "coupon_created"),
+                             b"{}") == []
+
+
+def test_event_round_trips_through_json():
+    event = _shopify("orders/create", payload("shopify", "orders_create"))
+    again = Event.from_dict(json.loads(json.dumps(event.to_dict())))
+    assert again == event
+    assert again.order.total == Decimal("404.95")
+
+
+def test_event_id_is_a_valid_job_id():
+    assert event_id("shopify", "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043") == "shopify-b54557e4-bdd9-4b37-8a5f-bf7d70bcd043"
+    hashed = event_id("woocommerce", "shop", "order.updated", 727, "2017-03-22T19:30:35")
+    assert hashed.startswith("woocommerce-") and len(hashed) == len("woocommerce-") + 40
+    assert event_id("shopify", "weird id/with:chars") != "shopify-weird id/with:chars"
