@@ -47,4 +47,7 @@ def create_app() -> Flask:
     def too_large(_exc):  # type: ignore[no-untyped-def]
         return jsonify(error="too_large"), 413
 
+    from webhooks import unsubscribe
+
+    app.register_blueprint(unsubscribe.blueprint)
     return app

@@ -45,10 +45,13 @@ class OutgoingEmail:
     preheader: str | None = None
     unsubscribe_url: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    inline_css: bool = True
 
 
 def build_message(email: OutgoingEmail) -> EmailMessage:
     """The MIME message: text and HTML alternatives, Message-ID, unsubscribe headers (RFC 8058)."""
+    from connectors.email.html import prepare
+
     sender = email.from_addr or get_settings().EMAIL_FROM
     message = EmailMessage()
     message["From"] = sender
@@ -66,7 +69,7 @@ def build_message(email: OutgoingEmail) -> EmailMessage:
     for name, value in email.headers.items():
         message[name] = value
     message.set_content(email.text)
-    message.add_alternative(email.html, subtype="html")
+    message.add_alternative(prepare(email.html, email.preheader, inline=email.inline_css), subtype="html")
     return message
 
 

@@ -1,0 +1,277 @@
+"""Email: the MIME message, the file outbox, and SMTP against a real aiosmtpd server (plain, STARTTLS,
+implicit TLS, auth, a transient 4xx and a permanent 5xx)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import ipaddress
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from connectors.email import (
+    OutgoingEmail,
+    PermanentEmailError,
+    TransientEmailError,
+    build_message,
+    get_transport,
+    send,
+)
+from connectors.email.base import IDEMPOTENCY_HEADER
+from connectors.email.file import FileTransport
+from connectors.email.smtp import SMTPTransport
+
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
+USER, PASSWORD = "mailer@example.com", "p@ss word"
+
+
+def _email(**overrides) -> OutgoingEmail:  # type: ignore[no-untyped-def]
+    values = dict(
+        to="ada@example.com", subject="Happy birthday, Ada", idempotency_key="run-17:step-2",
+        html="<html><head><style>p.lead { color: #c00; }</style></head><body><p class='lead'>Hi Ada</p></body></html>",
+        text="Hi Ada", unsubscribe_url="http://localhost:8000/unsubscribe/abc.def",
+        from_addr="Shop <shop@example.com>",
+    )
+    values.update(overrides)
+    return OutgoingEmail(**values)  # type: ignore[arg-type]
+
+
+# ---- the message -----------------------------------------------------------------------------------
+
+def test_message_has_unsubscribe_headers_parts_and_idempotency_key(env):
+    message = build_message(_email(preheader="A gift inside"))
+    assert message["List-Unsubscribe"] == "<http://localhost:8000/unsubscribe/abc.def>"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message[IDEMPOTENCY_HEADER] == "run-17:step-2"
+    assert message["Message-ID"].endswith("@example.com>")
+    text = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    assert text.strip() == "Hi Ada"
+    assert 'style="color: #c00;"' in html  # the <style> rule moved onto the element
+    assert "A gift inside" in html and "display:none" in html
+
+
+def test_at_rules_stay_and_remote_stylesheets_are_not_fetched(env):
+    html = ("<html><head><link rel='stylesheet' href='http://203.0.113.1/x.css'>"
+            "<style>td{padding:4px} @media (max-width: 600px) { td { padding: 0 } }</style></head>"
+            "<body><table><tr><td>x</td></tr></table></body></html>")
+    out = build_message(_email(html=html)).get_body(("html",)).get_content()
+    assert 'style="padding: 4px;"' in out
+    assert "@media (max-width: 600px)" in out
+
+
+def test_inlining_can_be_turned_off(env):
+    out = build_message(_email(inline_css=False)).get_body(("html",)).get_content()
+    assert "<style>" in out and 'style="color' not in out
+
+
+def test_transactional_email_has_no_unsubscribe_headers(env):
+    message = build_message(_email(marketing=False, unsubscribe_url=None))
+    assert message["List-Unsubscribe"] is None
+
+
+def test_file_outbox_writes_one_eml_per_idempotency_key(env, tmp_path: Path):
+    transport = FileTransport(f"file://{tmp_path / 'box'}")
+    send(_email(), transport)
+    send(_email(), transport)
+    files = list((tmp_path / "box").glob("*.eml"))
+    assert [f.name for f in files] == ["run-17_step-2.eml"]
+    parsed = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
+    assert parsed["To"] == "ada@example.com"
+
+
+def test_transports_by_scheme(env):
+    assert isinstance(get_transport("smtp://relay.example.com"), SMTPTransport)
+    starttls = get_transport("smtp+starttls://u:p@relay.example.com")
+    assert isinstance(starttls, SMTPTransport) and starttls.starttls and starttls.port == 587
+    implicit = get_transport("smtps://u%40x.com:s%2Fecret@relay.example.com")
+    assert implicit.port == 465 and implicit.username == "u@x.com" and implicit.password == "s/ecret"
+    assert "s/ecret" not in repr(implicit) and "ecret" not in repr(implicit)
+    with pytest.raises(ValueError, match="expected one of"):
+        get_transport("sendgrid://key")
+
+
+# ---- a real SMTP server ----------------------------------------------------------------------------
+
+@dataclass
+class Recorder:
+    """aiosmtpd handler: keeps what it received; can answer RCPT or DATA with a chosen reply."""
+
+    messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    rcpt_reply: str | None = None
+    data_reply: str | None = None
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        if self.rcpt_reply:
+            return self.rcpt_reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        if self.data_reply:
+            return self.data_reply
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 Message accepted for delivery"
+
+
+def _authenticator(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+    ok = isinstance(auth_data, LoginPassword) and auth_data.login.decode() == USER and \
+        auth_data.password.decode() == PASSWORD
+    return AuthResult(success=ok, handled=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (cert file, key file)."""
+    folder = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def _server_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(certificate[0]), str(certificate[1]))
+    return context
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[Recorder, int]]:
+    """A plain SMTP server without auth."""
+    handler, port = Recorder(), _free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield handler, port
+    controller.stop()
+
+
+@pytest.fixture
+def starttls_server(certificate) -> Iterator[tuple[Recorder, int]]:  # type: ignore[no-untyped-def]
+    """A server that requires STARTTLS, then AUTH."""
+    handler, port = Recorder(), _free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, tls_context=_server_context(certificate),
+                            require_starttls=True, authenticator=_authenticator, auth_required=True)
+    controller.start()
+    yield handler, port
+    controller.stop()
+
+
+@pytest.fixture
+def tls_server(certificate) -> Iterator[tuple[Recorder, int]]:  # type: ignore[no-untyped-def]
+    """A server speaking TLS from the first byte (smtps), with AUTH."""
+    handler, port = Recorder(), _free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, ssl_context=_server_context(certificate),
+                            authenticator=_authenticator, auth_required=True, auth_require_tls=False)
+    controller.start()
+    yield handler, port
+    controller.stop()
+
+
+def _received(handler: Recorder) -> email.message.EmailMessage:
+    assert len(handler.messages) == 1
+    mail_from, rcpt_tos, content = handler.messages[0]
+    assert mail_from == "shop@example.com" and rcpt_tos == ["ada@example.com"]
+    return email.message_from_bytes(content, policy=email.policy.default)  # type: ignore[return-value]
+
+
+def test_plain_smtp_delivers_the_message(env, smtp_server):
+    handler, port = smtp_server
+    message_id = send(_email(), get_transport(f"smtp://127.0.0.1:{port}"))
+    received = _received(handler)
+    assert received["Message-ID"] == message_id
+    assert received["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert received[IDEMPOTENCY_HEADER] == "run-17:step-2"
+
+
+def test_starttls_with_auth(env, starttls_server, certificate):
+    handler, port = starttls_server
+    url = f"smtp+starttls://mailer%40example.com:p%40ss%20word@127.0.0.1:{port}?cafile={certificate[0]}"
+    send(_email(), get_transport(url))
+    assert _received(handler)["Subject"] == "Happy birthday, Ada"
+
+
+def test_starttls_server_refuses_plain_sending(env, starttls_server):
+    _handler, port = starttls_server
+    with pytest.raises(PermanentEmailError, match="530"):
+        send(_email(), get_transport(f"smtp://127.0.0.1:{port}"))
+
+
+def test_implicit_tls_with_auth(env, tls_server, certificate):
+    handler, port = tls_server
+    url = f"smtps://mailer%40example.com:p%40ss%20word@127.0.0.1:{port}?cafile={certificate[0]}"
+    send(_email(), get_transport(url))
+    assert _received(handler)["To"] == "ada@example.com"
+
+
+def test_wrong_password_is_permanent(env, tls_server, certificate):
+    _handler, port = tls_server
+    url = f"smtps://mailer%40example.com:wrong@127.0.0.1:{port}?cafile={certificate[0]}"
+    with pytest.raises(PermanentEmailError, match="authentication failed: 535"):
+        send(_email(), get_transport(url))
+
+
+def test_untrusted_certificate_is_permanent(env, tls_server):
+    _handler, port = tls_server
+    with pytest.raises(PermanentEmailError, match="certificate"):
+        send(_email(), get_transport(f"smtps://mailer%40example.com:x@127.0.0.1:{port}"))
+
+
+def test_4xx_reply_is_transient(env, smtp_server):
+    handler, port = smtp_server
+    handler.data_reply = "451 4.3.0 Mail server temporarily rejected message"
+    with pytest.raises(TransientEmailError) as caught:
+        send(_email(), get_transport(f"smtp://127.0.0.1:{port}"))
+    assert caught.value.code == 451 and "temporarily rejected" in str(caught.value)
+    assert not isinstance(caught.value, PermanentEmailError)
+
+
+def test_deferred_recipient_is_transient(env, smtp_server):
+    handler, port = smtp_server
+    handler.rcpt_reply = "450 4.2.1 Mailbox busy"
+    with pytest.raises(TransientEmailError, match="450"):
+        send(_email(), get_transport(f"smtp://127.0.0.1:{port}"))
+
+
+def test_5xx_reply_is_permanent(env, smtp_server):
+    handler, port = smtp_server
+    handler.rcpt_reply = "550 5.1.1 No such user here"
+    with pytest.raises(PermanentEmailError) as caught:
+        send(_email(), get_transport(f"smtp://127.0.0.1:{port}"))
+    assert caught.value.code == 550 and "No such user" in str(caught.value)
+    assert handler.messages == []
+
+
+def test_unreachable_server_is_transient(env):
+    with pytest.raises(TransientEmailError, match="could not reach"):
+        send(_email(), get_transport(f"smtp://127.0.0.1:{_free_port()}?timeout=2"))

@@ -1,0 +1,76 @@
+"""`GET|POST /unsubscribe/<token>`: the signed unsubscribe link of every marketing email.
+
+GET shows a confirmation page and changes nothing (mail scanners and link previews fetch links);
+POST records the suppression at once. The POST is also RFC 8058's one-click unsubscribe: a mail
+client sends `List-Unsubscribe=One-Click` to the `List-Unsubscribe` URL, without cookies or a form
+token, and expects a 2xx. A forged or mangled token gets a 404 and records nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, render_template_string, request
+
+from encore.store import session_scope
+from encore.store.models import Shop
+from encore.unsubscribe import is_suppressed, read_token, suppress
+
+log = logging.getLogger("encore.unsubscribe")
+
+blueprint = Blueprint("unsubscribe", __name__)
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<meta name="robots" content="noindex"><title>{{ title }}</title>
+<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;color:#222}
+button{font-size:1rem;padding:.6rem 1.2rem;border:0;border-radius:4px;background:#222;color:#fff;cursor:pointer}</style>
+</head><body>
+<h1>{{ title }}</h1>
+{% if state == "confirm" %}
+<p>Stop marketing emails from {{ shop }} to <strong>{{ email }}</strong>?</p>
+<form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">
+<button type="submit">Unsubscribe</button></form>
+{% elif state == "done" %}
+<p><strong>{{ email }}</strong> will get no more marketing emails from {{ shop }}.</p>
+<p>Order confirmations and other messages about your purchases still arrive.</p>
+{% else %}
+<p>This unsubscribe link is not valid. Use the link in the latest email you received, or reply to it.</p>
+{% endif %}
+</body></html>"""
+
+
+def _shop_name(shop: Shop | None) -> str:
+    return (shop.name or shop.domain) if shop else "this store"
+
+
+@blueprint.get("/unsubscribe/<token>")
+def confirm(token: str):  # type: ignore[no-untyped-def]
+    """The confirmation page (GET never unsubscribes)."""
+    named = read_token(token)
+    if named is None:
+        return render_template_string(PAGE, title="Link not valid", state="invalid"), 404
+    shop_id, email = named
+    with session_scope() as session:
+        shop = session.get(Shop, shop_id)
+        state = "done" if shop is not None and is_suppressed(session, shop_id, email) else "confirm"
+        name = _shop_name(shop)
+    title = "You are unsubscribed" if state == "done" else "Unsubscribe"
+    return render_template_string(PAGE, title=title, state=state, shop=name, email=email)
+
+
+@blueprint.post("/unsubscribe/<token>")
+def unsubscribe(token: str):  # type: ignore[no-untyped-def]
+    """Record the suppression now (the page's button and RFC 8058 one-click alike)."""
+    named = read_token(token)
+    if named is None:
+        return render_template_string(PAGE, title="Link not valid", state="invalid"), 404
+    shop_id, email = named
+    one_click = request.form.get("List-Unsubscribe") == "One-Click"
+    with session_scope() as session:
+        shop = session.get(Shop, shop_id)
+        if shop is not None:  # a deleted shop has nothing left to send from
+            suppress(session, shop_id, email, reason="unsubscribed", source="one-click" if one_click else "link")
+        name = _shop_name(shop)
+    log.info("unsubscribed", extra={"shop_id": shop_id, "one_click": one_click})
+    return render_template_string(PAGE, title="You are unsubscribed", state="done", shop=name, email=email), 200
