@@ -95,7 +95,8 @@ def test_shopify_consent_and_purchasing_summary_topics():
     assert consent.customer.id == "706405506930370000" and consent.customer.email_consent is False
     summary = _shopify("customers/purchasing_summary", payload("shopify", "customers_purchasing_summary"))
     assert summary.type is EventType.CUSTOMER_PURCHASING_SUMMARY
-    assert (summary.customer.id, summary.customer.orders_count, summary.customer.total_spent) == ("1", 1, Decimal("100.00"))
+    figures = (summary.customer.id, summary.customer.orders_count, summary.customer.total_spent)
+    assert figures == ("1", 1, Decimal("100.00"))
 
 
 def test_shopify_checkout_uses_token():

@@ -67,7 +67,8 @@ def test_a_failing_job_is_retried_with_backoff_then_kept_as_failed(client, redis
 
 def test_python_worker_py_processes_queued_events(client, redis: Redis, env, tmp_path):
     body = json.dumps(payload("shopify", "orders_create")).encode()
-    assert client.post("/webhooks/shopify", data=body, headers=shopify_headers(body, "orders/create")).status_code == 200
+    response = client.post("/webhooks/shopify", data=body, headers=shopify_headers(body, "orders/create"))
+    assert response.status_code == 200
     process_env = dict(os.environ, REDIS_URL=redis_url_of(redis), PYTHONPATH=str(ROOT))
     worker = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env=process_env, cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

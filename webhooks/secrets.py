@@ -30,7 +30,8 @@ def lookup(platform: str, domain: str) -> list[str] | None:
     if hit and hit[0] > now:
         return hit[1]
     with session_scope() as session:
-        shop = session.execute(select(Shop).where(Shop.platform == platform, Shop.domain == domain)).scalar_one_or_none()
+        query = select(Shop).where(Shop.platform == platform, Shop.domain == domain)
+        shop = session.execute(query).scalar_one_or_none()
         secrets: list[str] | None = None
         if shop is not None and shop.active:
             secrets = []

@@ -177,7 +177,8 @@ def _tags(value: Any) -> list[str] | None:
 def _consent(obj: dict[str, Any]) -> tuple[bool | None, Any]:
     consent = obj.get("email_marketing_consent")
     if isinstance(consent, dict) and consent.get("state"):
-        return CONSENT_STATES.get(str(consent["state"]).lower(), False), parse_datetime(consent.get("consent_updated_at"))
+        state = str(consent["state"]).lower()
+        return CONSENT_STATES.get(state, False), parse_datetime(consent.get("consent_updated_at"))
     if isinstance(obj.get("accepts_marketing"), bool):  # API versions before 2022-04
         return obj["accepts_marketing"], parse_datetime(obj.get("accepts_marketing_updated_at"))
     return None, None

@@ -186,7 +186,8 @@ def order(payload: dict[str, Any]) -> Order:
         id=oid, number=text(payload.get("number")), created_at=parse_datetime(payload.get("date_created_gmt")),
         updated_at=modified, total=parse_decimal(payload.get("total")), currency=text(payload.get("currency")),
         line_items=items,
-        discount_codes=[str(c["code"]) for c in payload.get("coupon_lines") or [] if isinstance(c, dict) and c.get("code")],
+        discount_codes=[str(c["code"]) for c in payload.get("coupon_lines") or []
+                        if isinstance(c, dict) and c.get("code")],
         financial_status=status, fulfillment_status="fulfilled" if status == "completed" else None,
         cancelled_at=modified if status in ("cancelled", "trash") else None,
     )

@@ -165,7 +165,10 @@ class EventRecord(Base):
     """Every event the worker processed: the database half of exactly-once ingest, and the timeline."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_customer", "customer_id"), Index("ix_events_shop_received", "shop_id", "received_at"))
+    __table_args__ = (
+        Index("ix_events_customer", "customer_id"),
+        Index("ix_events_shop_received", "shop_id", "received_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     shop_id: Mapped[int | None] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))
