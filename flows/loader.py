@@ -1,0 +1,364 @@
+"""Flow files: YAML with line numbers, two-stage validation, `file:line: message` problems, the registry.
+
+Stage one validates a file's shape with `flows.schema.Flow`; stage two (`check`) checks meaning:
+expressions compile and use known names, templates exist and use known variables, and a few
+"valid but wrong" patterns raise warnings. A file with errors is reported and skipped; the others load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from jinja2 import TemplateSyntaxError
+from pydantic import ValidationError
+
+from encore.settings import get_settings
+from flows import expressions, render
+from flows.schema import (
+    CreateDiscountStep,
+    DateTrigger,
+    EventTrigger,
+    Flow,
+    HttpStep,
+    IfStep,
+    SendEmailStep,
+    WaitStep,
+)
+
+log = logging.getLogger(__name__)
+
+LIBRARY = Path(__file__).resolve().parent / "library"
+Path_ = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding about a flow file, printed as `file:line: message`."""
+
+    file: str
+    line: int
+    message: str
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        prefix = "warning: " if self.severity == "warning" else ""
+        return f"{self.file}:{self.line}: {prefix}{self.message}"
+
+
+@dataclass
+class FlowFile:
+    """A loaded flow: its key (file stem), model, raw data, line map and content digest."""
+
+    key: str
+    path: str
+    flow: Flow
+    data: dict[str, Any]
+    lines: dict[Path_, int] = field(default_factory=dict)
+    digest: str = ""
+
+    def line(self, path: Path_) -> int:
+        """The line of the deepest known node on `path`."""
+        return _line_of(self.lines, path)
+
+
+# ---- YAML with lines -------------------------------------------------------------------------------
+
+def _walk(node: yaml.Node, path: Path_, lines: dict[Path_, int], loader: yaml.SafeLoader) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            _walk(value_node, path + (key,), lines, loader)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _walk(item, path + (index,), lines, loader)
+
+
+def parse_yaml(text: str) -> tuple[Any, dict[Path_, int]]:
+    """The document and a map from each key/index path to its 1-based line."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        data = loader.construct_document(node)
+        lines: dict[Path_, int] = {}
+        _walk(node, (), lines, loader)
+        return data, lines
+    finally:
+        loader.dispose()
+
+
+def _line_of(lines: dict[Path_, int], loc: Path_) -> int:
+    """Follow `loc` (a pydantic error location, which may hold union tags) as deep as the YAML goes."""
+    path: Path_ = ()
+    for part in loc:
+        for candidate in (part, _ALIASES.get(part, part)):
+            if path + (candidate,) in lines:
+                path = path + (candidate,)
+                break
+    return lines.get(path, 1)
+
+
+_ALIASES = {"if_": "if", "else_": "else", "as_": "as", "from_": "from", "for_": "for", "json_": "json"}
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+
+def load_text(text: str, file: str, key: str | None = None) -> tuple[FlowFile | None, list[Problem]]:
+    """Validate one flow's text; the FlowFile is None when there are errors."""
+    try:
+        data, lines = parse_yaml(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        return None, [Problem(file, line, f"not valid YAML: {getattr(exc, 'problem', None) or exc}")]
+    if not isinstance(data, dict):
+        return None, [Problem(file, 1, "a flow file is a mapping with name, trigger and steps")]
+    try:
+        flow = Flow.model_validate(data)
+    except ValidationError as exc:
+        problems = [Problem(file, _line_of(lines, tuple(err["loc"])), _message(err)) for err in exc.errors()]
+        return None, _unique(problems)
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    loaded = FlowFile(key or Path(file).stem, file, flow, data, lines, digest)
+    problems = check(loaded)
+    if any(p.severity == "error" for p in problems):
+        return None, problems
+    return loaded, problems
+
+
+def _message(error: dict[str, Any]) -> str:
+    loc = [str(p) for p in error["loc"] if not isinstance(p, int)]
+    where = _ALIASES.get(loc[-1], loc[-1]) if loc else ""
+    message = error["msg"]
+    if error["type"] in ("missing",):
+        return f"missing `{where}`"
+    if error["type"] == "extra_forbidden":
+        return f"unknown field `{where}`"
+    if error["type"] == "literal_error" and where in ("event", "exit_on"):
+        return f"unknown event type {error['input']!r} ({message.replace('Input should be', 'expected')})"
+    if error["type"] in ("unknown_step", "unknown_trigger", "several_steps") or not where:
+        return message
+    return f"{where}: {message}"
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    seen: set[Problem] = set()
+    return [p for p in problems if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+
+
+def load_file(path: Path) -> tuple[FlowFile | None, list[Problem]]:
+    """Validate one flow file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [Problem(str(path), 1, f"cannot read: {exc}")]
+    return load_text(text, str(path))
+
+
+def flow_files(directory: Path) -> list[Path]:
+    """The flow files of a folder, sorted."""
+    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
+
+
+def load_dir(directory: Path) -> tuple[list[FlowFile], list[Problem]]:
+    """Every valid flow of a folder, and every problem found (bad files are skipped)."""
+    flows: list[FlowFile] = []
+    problems: list[Problem] = []
+    if not directory.is_dir():
+        return [], [Problem(str(directory), 1, "no such folder")]
+    for path in flow_files(directory):
+        loaded, found = load_file(path)
+        problems.extend(found)
+        if loaded is not None:
+            flows.append(loaded)
+    return flows, problems
+
+
+# ---- stage two: meaning ----------------------------------------------------------------------------
+
+def _as_names(steps: list[Any]) -> set[str]:
+    names: set[str] = set()
+    for step in steps:
+        if isinstance(step, CreateDiscountStep):
+            names.add(step.create_discount.as_)
+        elif isinstance(step, IfStep):
+            names |= _as_names(step.then) | _as_names(step.else_)
+    return names
+
+
+def check(loaded: FlowFile) -> list[Problem]:
+    """Check a validated flow's meaning: errors and warnings, each with its line."""
+    flow, file = loaded.flow, loaded.path
+    known = set(expressions.NAMES) | _as_names(flow.steps)
+    problems: list[Problem] = []
+
+    def add(path: Path_, message: str, severity: Literal["error", "warning"] = "error") -> None:
+        problems.append(Problem(file, loaded.line(path), message, severity))
+
+    def expression(path: Path_, source: str) -> None:
+        try:
+            expressions.compile_expression(source)
+        except expressions.ExpressionError as exc:
+            add(path, str(exc))
+            return
+        for name in sorted(expressions.names_in_expression(source) - known):
+            add(path, f"undefined variable {name!r} in expression {source!r} (known: {', '.join(sorted(known))})")
+
+    def inline(path: Path_, source: str | None) -> None:
+        if not source:
+            return
+        try:
+            expressions.compile_string(source)
+        except expressions.ExpressionError as exc:
+            add(path, str(exc))
+            return
+        for name in sorted(expressions.names_in_string(source) - known):
+            add(path, f"undefined variable {name!r} in {source!r}")
+
+    for index, condition in enumerate(flow.conditions):
+        expression(("conditions", index), condition)
+    if isinstance(flow.trigger, DateTrigger) and flow.trigger.yearly and flow.entry.once_per != "year" \
+            and not flow.entry.once_per_customer:
+        add(("trigger",), f"a yearly date trigger ({flow.trigger.date}) without `entry: once_per: year` "
+                          "may run twice in a year", "warning")
+    if isinstance(flow.trigger, EventTrigger) and flow.trigger.event in flow.exit_on:
+        add(("exit_on",), f"{flow.trigger.event} both starts and ends this flow; only other runs are ended",
+            "warning")
+
+    # discounts: name -> (expires_in, elapsed wait since it was created)
+    def walk(steps: list[Any], base: Path_, discounts: dict[str, tuple[timedelta, timedelta]]) -> None:
+        for index, step in enumerate(steps):
+            path = base + (index,)
+            if isinstance(step, WaitStep):
+                waited = step.wait.for_ or timedelta(0)
+                if step.wait.until is not None:
+                    waited += timedelta(0)
+                discounts.update({k: (exp, elapsed + waited) for k, (exp, elapsed) in discounts.items()})
+            elif isinstance(step, CreateDiscountStep):
+                discounts[step.create_discount.as_] = (step.create_discount.expires_in, timedelta(0))
+            elif isinstance(step, IfStep):
+                expression(path + ("if",), step.if_)
+                walk(step.then, path + ("then",), dict(discounts))
+                walk(step.else_, path + ("else",), dict(discounts))
+            elif isinstance(step, HttpStep):
+                for name, value in step.http.json_.items():
+                    if isinstance(value, str):
+                        inline(path + ("http", "json", name), value)
+            elif isinstance(step, SendEmailStep):
+                email = step.send_email
+                for attr in ("subject", "preheader", "from_", "reply_to", "to"):
+                    inline(path + ("send_email", _ALIASES.get(attr, attr)), getattr(email, attr))
+                used = _template_checks(email.template, path + ("send_email", "template"), add, known,
+                                        flow.marketing)
+                used |= expressions.names_in_string(email.subject) if "{" in email.subject else set()
+                for name, (expires_in, elapsed) in discounts.items():
+                    if name in used and elapsed >= expires_in:
+                        add(path, f"discount {name!r} expires ({_fmt(expires_in)}) before this email is sent "
+                                  f"({_fmt(elapsed)} after it is created)", "warning")
+
+    walk(flow.steps, ("steps",), {})
+    return problems
+
+
+def _fmt(delta: timedelta) -> str:
+    from flows.schema import format_duration
+
+    return format_duration(delta)
+
+
+def _template_checks(name: str, path: Path_, add: Any, known: set[str], marketing: bool) -> set[str]:
+    if not render.exists(name):
+        add(path, f"missing template {name!r} (looked in: {', '.join(str(p) for p in render.template_dirs())})")
+        return set()
+    try:
+        used = render.undeclared(name)
+        twin = render.text_twin(name)
+        if twin:
+            used |= render.undeclared(twin)
+    except TemplateSyntaxError as exc:
+        add(path, f"template {name!r} line {exc.lineno}: {exc.message}")
+        return set()
+    for variable in sorted(used - known):
+        add(path, f"undefined variable {variable!r} in template {name!r} (known: {', '.join(sorted(known))})")
+    if marketing and "unsubscribe_url" not in used:
+        add(path, f"marketing email template {name!r} has no unsubscribe link (`{{{{ unsubscribe_url }}}}`)",
+            "warning")
+    return used
+
+
+# ---- the registry the engine reads -----------------------------------------------------------------
+
+def flows_dir() -> Path:
+    """FLOWS_DIR, or the built-in library."""
+    return get_settings().FLOWS_DIR or LIBRARY
+
+
+@dataclass
+class Registry:
+    """The flows in effect: by key, by trigger event, and the date-triggered ones."""
+
+    flows: dict[str, FlowFile]
+    problems: list[Problem]
+
+    def for_event(self, event_type: str) -> list[FlowFile]:
+        """Enabled flows started by an event type."""
+        return [f for f in self.flows.values() if f.flow.enabled and isinstance(f.flow.trigger, EventTrigger)
+                and f.flow.trigger.event == event_type]
+
+    def exiting_on(self, event_type: str) -> list[FlowFile]:
+        """Flows whose waiting runs end on an event type."""
+        return [f for f in self.flows.values() if event_type in f.flow.exit_on]
+
+    def dated(self) -> list[FlowFile]:
+        """Enabled flows with a date trigger."""
+        return [f for f in self.flows.values() if f.flow.enabled and isinstance(f.flow.trigger, DateTrigger)]
+
+
+_cache: dict[str, tuple[tuple[Any, ...], Registry]] = {}
+
+
+def _signature(directory: Path) -> tuple[Any, ...]:
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError:
+        return ()
+    template_dirs = tuple(str(p) for p in render.template_dirs())
+    return template_dirs + tuple((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries
+                                 if e.name.endswith((".yaml", ".yml")))
+
+
+def registry() -> Registry:
+    """The current flows (reloaded when a flow file changes); bad files are logged and skipped."""
+    directory = flows_dir()
+    signature = _signature(directory)
+    cached = _cache.get(str(directory))
+    if cached and cached[0] == signature:
+        return cached[1]
+    flows, problems = load_dir(directory)
+    for problem in problems:
+        (log.error if problem.severity == "error" else log.warning)("flow problem: %s", problem)
+    current = Registry({f.key: f for f in flows}, problems)
+    _cache[str(directory)] = (signature, current)
+    return current
+
+
+_by_digest: dict[str, Flow] = {}
+
+
+def flow_from_data(data: dict[str, Any], digest: str) -> Flow:
+    """The model of a flow version stored on a run (validated once per process)."""
+    flow = _by_digest.get(digest)
+    if flow is None:
+        flow = _by_digest[digest] = Flow.model_validate(data)
+    return flow

@@ -1,0 +1,357 @@
+"""The flow file's schema: pydantic models whose trigger and step unions are chosen by a key.
+
+Validation happens in two stages (like Home Assistant automations): these models check the shape of a
+whole file, then `flows.loader.check` checks each part's meaning (expressions compile, templates
+exist, variables are known). `encore flows schema` exports `Flow` as JSON Schema for editors.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import time, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    Tag,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from encore.events import EventType
+
+# ---- scalar types ----------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(-)?\s*((?:\d+\s*[mhdw]\s*)+)$")
+_PART = re.compile(r"(\d+)\s*([mhdw])")
+_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+DURATION_PATTERN = r"^-?(\d+[mhdw])+$"
+
+
+def parse_duration(value: Any) -> timedelta:
+    """`30m`, `2h`, `14d`, `8w`, `1d12h`, `-14d` -> timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value == 0:
+        return timedelta(0)
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise PydanticCustomError("bad_duration", "bad duration '{value}' (expected e.g. 30m, 2h, 14d, 8w)",
+                                  {"value": value})
+    total = sum((int(n) * _UNITS[unit] for n, unit in _PART.findall(match.group(2))), timedelta(0))
+    return -total if match.group(1) else total
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest duration text for a timedelta (`-14d`, `1h30m`)."""
+    sign, seconds = ("-", -value) if value < timedelta(0) else ("", value)
+    minutes = int(seconds.total_seconds() // 60)
+    if minutes == 0:
+        return "0m"
+    parts = []
+    for unit, size in (("w", 7 * 1440), ("d", 1440), ("h", 60), ("m", 1)):
+        count, minutes = divmod(minutes, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return sign + "".join(parts)
+
+
+def parse_local_time(value: Any) -> time:
+    """`"09:00"` -> time(9, 0). An unquoted 09:00 that YAML 1.1 read as sexagesimal minutes works too."""
+    if isinstance(value, time):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 24 * 60:
+        return time(value // 60, value % 60)
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*", value)
+        if match and int(match.group(1)) < 24 and int(match.group(2)) < 60:
+            return time(int(match.group(1)), int(match.group(2)))
+    raise PydanticCustomError("bad_time", "bad time of day '{value}' (expected HH:MM, e.g. \"09:00\")",
+                              {"value": value})
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration),
+                     WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN,
+                                     "description": "a duration: 30m, 2h, 14d, 8w"})]
+LocalTime = Annotated[time, BeforeValidator(parse_local_time), PlainSerializer(lambda t: t.strftime("%H:%M")),
+                      WithJsonSchema({"type": "string", "pattern": r"^\d{1,2}:\d{2}$",
+                                      "description": "a local time of day, HH:MM"})]
+TRIGGER_EVENTS = tuple(t.value for t in EventType if t is not EventType.UNKNOWN)
+EventName = Literal[TRIGGER_EVENTS]  # type: ignore[valid-type]
+DateField = Literal["customer.birthday", "customer.last_order_at", "customer.first_order_at"]
+YEARLY_FIELDS = frozenset({"customer.birthday", "customer.first_order_at"})
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+
+# ---- triggers --------------------------------------------------------------------------------------
+
+class EventTrigger(_Model):
+    """Start a run when a canonical event about a customer arrives."""
+
+    event: EventName
+
+
+class DateTrigger(_Model):
+    """Start a run on a date derived from a customer date field, at a local time of day."""
+
+    date: DateField
+    offset: Duration = timedelta(0)
+    at: LocalTime = time(9, 0)
+    every: Literal["year"] | None = Field(
+        None, description="yearly recurrence; the default for birthday and first_order_at")
+
+    @property
+    def yearly(self) -> bool:
+        """Whether the trigger recurs every year (anniversaries) rather than once per date value."""
+        return self.every == "year" or self.date in YEARLY_FIELDS
+
+    @field_validator("offset")
+    @classmethod
+    def _whole_days(cls, value: timedelta) -> timedelta:
+        if value % timedelta(days=1):
+            raise PydanticCustomError("bad_offset", "a date offset is whole days or weeks (e.g. -14d, 60d)")
+        return value
+
+
+TRIGGER_KINDS = ("event", "date")
+
+
+def _trigger_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        found = [k for k in TRIGGER_KINDS if k in value]
+        return found[0] if len(found) == 1 else None
+    return "event" if isinstance(value, EventTrigger) else "date" if isinstance(value, DateTrigger) else None
+
+
+def _check_trigger(value: Any) -> Any:
+    if isinstance(value, dict) and _trigger_kind(value) is None:
+        keys = ", ".join(repr(k) for k in value) or "nothing"
+        raise PydanticCustomError("unknown_trigger", "unknown trigger {keys} (expected one of: {choices})",
+                                  {"keys": keys, "choices": ", ".join(TRIGGER_KINDS)})
+    return value
+
+
+Trigger = Annotated[
+    Annotated[EventTrigger, Tag("event")] | Annotated[DateTrigger, Tag("date")],
+    Discriminator(_trigger_kind), BeforeValidator(_check_trigger),
+]
+
+
+# ---- steps -----------------------------------------------------------------------------------------
+
+class _Step(_Model):
+    name: str | None = Field(None, description="a label shown in the run's trace")
+
+
+class SendEmail(_Model):
+    """Render a template and send it to the customer (HTML and text)."""
+
+    template: str
+    subject: str
+    preheader: str | None = None
+    from_: str | None = Field(None, alias="from")
+    reply_to: str | None = None
+    to: str | None = Field(None, description="an expression-free address or template; default the customer")
+
+
+class SendEmailStep(_Step):
+    send_email: SendEmail
+
+
+class Wait(_Model):
+    """Pause the run: for a duration, then (or only) until a local time of day."""
+
+    for_: Duration | None = Field(None, alias="for")
+    until: LocalTime | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Wait:
+        if self.for_ is None and self.until is None:
+            raise PydanticCustomError("bad_wait", "a wait needs a duration or `until: HH:MM`")
+        if self.for_ is not None and self.for_ < timedelta(0):
+            raise PydanticCustomError("bad_wait", "a wait cannot be negative")
+        return self
+
+
+def _wait_shorthand(value: Any) -> Any:
+    return {"for": value} if isinstance(value, str | int) and not isinstance(value, bool) else value
+
+
+class WaitStep(_Step):
+    wait: Annotated[Wait, BeforeValidator(_wait_shorthand)]
+
+
+class CreateDiscount(_Model):
+    """Create a unique, single-use code restricted to the customer; later steps read it by its `as:` name."""
+
+    as_: Identifier = Field("discount", alias="as")
+    percent: Decimal | None = Field(None, gt=0, le=100)
+    amount: Decimal | None = Field(None, gt=0, description="a fixed amount in the shop's currency")
+    expires_in: Duration = timedelta(days=30)
+    minimum_subtotal: Decimal | None = Field(None, ge=0)
+    prefix: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,20}$")
+    usage_limit: int = Field(1, ge=1)
+    restrict_to_customer: bool = True
+
+    @model_validator(mode="after")
+    def _one_value(self) -> CreateDiscount:
+        if (self.percent is None) == (self.amount is None):
+            raise PydanticCustomError("bad_discount", "a discount needs exactly one of `percent` or `amount`")
+        if self.expires_in <= timedelta(0):
+            raise PydanticCustomError("bad_discount", "`expires_in` must be positive")
+        return self
+
+
+class CreateDiscountStep(_Step):
+    create_discount: CreateDiscount
+
+
+def _tags(value: Any) -> Any:
+    if isinstance(value, str):
+        return [t.strip() for t in value.split(",") if t.strip()]
+    return value
+
+
+class TagCustomerStep(_Step):
+    tag_customer: Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_tags), Field(min_length=1)]
+
+
+class Http(_Model):
+    """POST JSON to a URL (string values are templates); the request carries an Idempotency-Key header."""
+
+    url: str = Field(pattern=r"^https?://")
+    json_: dict[str, Any] = Field(default_factory=dict, alias="json")
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: float = Field(10, gt=0, le=60)
+
+
+class HttpStep(_Step):
+    http: Annotated[Http, BeforeValidator(lambda v: {"url": v} if isinstance(v, str) else v)]
+
+
+class IfStep(_Step):
+    if_: str = Field(alias="if", description="an expression")
+    then: list[Step] = Field(default_factory=list)
+    else_: list[Step] = Field(default_factory=list, alias="else")
+
+
+class StopStep(_Step):
+    stop: bool | str | None = Field(True, description="end the run here (a string gives the reason)")
+
+
+STEP_MODELS: dict[str, type[_Step]] = {
+    "wait": WaitStep, "send_email": SendEmailStep, "create_discount": CreateDiscountStep,
+    "tag_customer": TagCustomerStep, "if": IfStep, "http": HttpStep, "stop": StopStep,
+}
+STEP_KINDS = tuple(STEP_MODELS)
+
+
+def step_kind(value: Any) -> str | None:
+    """The kind of a step (its key), or None when it has none or several."""
+    if isinstance(value, dict):
+        found = [k for k in STEP_KINDS if k in value]
+        return found[0] if len(found) == 1 else None
+    for kind, model in STEP_MODELS.items():
+        if isinstance(value, model):
+            return kind
+    return None
+
+
+def _check_step(value: Any) -> Any:
+    if value == "stop":
+        return {"stop": True}
+    if isinstance(value, dict) and step_kind(value) is None:
+        keys = [k for k in value if k not in ("name", "then", "else")]
+        several = [k for k in keys if k in STEP_KINDS]
+        if len(several) > 1:
+            raise PydanticCustomError("several_steps", "one step per list item, found {found}",
+                                      {"found": ", ".join(several)})
+        raise PydanticCustomError("unknown_step", "unknown step {name} (expected one of: {choices})",
+                                  {"name": ", ".join(repr(k) for k in keys) or "(empty)",
+                                   "choices": ", ".join(STEP_KINDS)})
+    if not isinstance(value, dict | _Step):
+        raise PydanticCustomError("unknown_step", "a step is a mapping such as `wait: 1h`, got '{value}'",
+                                  {"value": value})
+    return value
+
+
+Step = Annotated[
+    Union[tuple(Annotated[model, Tag(kind)] for kind, model in STEP_MODELS.items())],  # type: ignore[valid-type]  # noqa: UP007
+    Discriminator(step_kind), BeforeValidator(_check_step),
+]
+IfStep.model_rebuild()
+
+
+# ---- the flow --------------------------------------------------------------------------------------
+
+class Entry(_Model):
+    """Re-entry: how often one customer may go through the flow."""
+
+    once_per_customer: bool = False
+    once_per: Literal["year"] | None = None
+    cooldown: Duration | None = None
+
+
+class QuietHours(_Model):
+    """A daily local window in which marketing email waits (sends are deferred to its end, not dropped)."""
+
+    from_: LocalTime = Field(alias="from")
+    to: LocalTime
+
+
+def _listify(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _cap(value: Any) -> Any:
+    return None if value in (False, None, "off", "none", 0) else value
+
+
+class Flow(_Model):
+    """One flow file: a trigger, conditions, re-entry rules and steps."""
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+    kind: Literal["marketing", "transactional"] = "marketing"
+    enabled: bool = True
+    trigger: Trigger
+    conditions: Annotated[list[str], BeforeValidator(_listify)] = Field(
+        default_factory=list, description="expressions that must all hold to start, re-checked before every step")
+    exit_on: Annotated[list[EventName], BeforeValidator(_listify)] = Field(
+        default_factory=list, description="events that end a waiting run for that customer")
+    entry: Entry = Field(default_factory=Entry)
+    requires_consent: bool | None = Field(None, description="default: true for marketing, false for transactional")
+    quiet_hours: QuietHours | None = None
+    frequency_cap: Annotated[Duration | None, BeforeValidator(_cap)] = Field(
+        timedelta(hours=16), description="at most one marketing email per customer across flows in this period")
+    steps: list[Step] = Field(min_length=1)
+
+    @property
+    def marketing(self) -> bool:
+        """Whether this flow's emails are marketing (consent, suppression, cap, unsubscribe link)."""
+        return self.kind == "marketing"
+
+    @property
+    def consent_required(self) -> bool:
+        """`requires_consent`, defaulting by kind."""
+        return self.marketing if self.requires_consent is None else self.requires_consent
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a flow file (for editors)."""
+    schema = Flow.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Encore flow"
+    return schema
