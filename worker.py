@@ -8,16 +8,17 @@ from __future__ import annotations
 import os
 
 from rq import SimpleWorker, Worker
+from rq.worker import BaseWorker
 from rq.serializers import JSONSerializer
 
 from encore import logs
 from encore.queue import QUEUES, get_redis, queue
 from encore.store import migrate
 
-WORKER_CLASSES = {"simple": SimpleWorker, "fork": Worker}
+WORKER_CLASSES: dict[str, type[BaseWorker]] = {"simple": SimpleWorker, "fork": Worker}
 
 
-def build_worker(name: str | None = None, worker_class: str | None = None) -> Worker:
+def build_worker(name: str | None = None, worker_class: str | None = None) -> BaseWorker:
     """A worker on every Encore queue, JSON-serialized.
 
     `SimpleWorker` (the default) runs jobs in-process, reusing database connections; set

@@ -143,7 +143,7 @@ def _meta(payload: dict[str, Any], key: str) -> Any:
 def customer(payload: dict[str, Any]) -> Customer:
     """A customer from a customer payload; birthday and consent come from configurable meta keys."""
     settings = get_settings()
-    billing = payload.get("billing") if isinstance(payload.get("billing"), dict) else {}
+    billing: dict[str, Any] = payload["billing"] if isinstance(payload.get("billing"), dict) else {}
     consent_raw = _meta(payload, settings.WOOCOMMERCE_CONSENT_META)
     modified = parse_datetime(payload.get("date_modified_gmt"))
     return Customer(
@@ -162,7 +162,7 @@ def customer(payload: dict[str, Any]) -> Customer:
 
 def order_customer(payload: dict[str, Any]) -> Customer | None:
     """The order's customer: a registered one by `customer_id`, a guest by the billing email."""
-    billing = payload.get("billing") if isinstance(payload.get("billing"), dict) else {}
+    billing: dict[str, Any] = payload["billing"] if isinstance(payload.get("billing"), dict) else {}
     cid, email = _id(payload.get("customer_id")), text(billing.get("email"))
     if not cid and not email:
         return None

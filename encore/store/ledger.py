@@ -24,7 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from encore import events as ev
-from encore.store.models import Customer, EventRecord, Order, Shop, utcnow
+from encore.store.models import Base, Customer, EventRecord, Order, Shop, utcnow
 
 
 @dataclass
@@ -37,12 +37,13 @@ class LedgerResult:
     order: Order | None = None
 
 
-def _insert(session: Session, model: type, values: dict[str, Any], conflict: list[str]) -> bool:
+def _insert(session: Session, model: type[Base], values: dict[str, Any], conflict: list[str]) -> bool:
     """INSERT … ON CONFLICT DO NOTHING; True when a row was inserted."""
     dialect = session.get_bind().dialect.name
     builder = pg_insert if dialect == "postgresql" else sqlite_insert
     stmt = builder(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
-    return session.execute(stmt.returning(model.__table__.c[conflict[0]])).first() is not None
+    key_column = model.__table__.c[conflict[0]]
+    return session.execute(stmt.returning(key_column)).first() is not None
 
 
 def get_or_create_shop(session: Session, platform: str, domain: str) -> Shop:
@@ -70,8 +71,9 @@ def apply_event(session: Session, event: ev.Event) -> LedgerResult:
         "payload": payload}, ["id"])
     shop = get_or_create_shop(session, event.platform, event.shop)
     record = session.get(EventRecord, event.id)
+    assert record is not None  # inserted above, or by an earlier delivery
     if not new:
-        customer = session.get(Customer, record.customer_id) if record and record.customer_id else None
+        customer = session.get(Customer, record.customer_id) if record.customer_id else None
         return LedgerResult(new=False, shop=shop, customer=customer)
 
     if event.type == ev.EventType.SHOP_REDACT:
@@ -95,8 +97,10 @@ def apply_event(session: Session, event: ev.Event) -> LedgerResult:
         order = upsert_order(session, shop, event.order, customer, deleted=event.type == ev.EventType.ORDER_DELETED)
         customer_id = order.customer_id
         if customer_id is not None:
-            customer = customer if customer and customer.id == customer_id else session.get(Customer, customer_id)
-            recompute(session, customer)
+            if customer is None or customer.id != customer_id:
+                customer = session.get(Customer, customer_id)
+            if customer is not None:
+                recompute(session, customer)
     elif customer is not None and event.type == ev.EventType.CUSTOMER_PURCHASING_SUMMARY:
         recompute(session, customer)
     record.shop_id = shop.id
@@ -160,14 +164,14 @@ def upsert_order(session: Session, shop: Shop, incoming: ev.Order, customer: Cus
     ).scalar_one()
     newer = incoming.updated_at is not None and (
         row.platform_updated_at is None or incoming.updated_at >= row.platform_updated_at)
-    values = {
+    values: dict[str, Any] = {
         "number": incoming.number, "placed_at": incoming.created_at, "total": incoming.total,
         "currency": incoming.currency, "financial_status": incoming.financial_status,
         "fulfillment_status": incoming.fulfillment_status, "cancelled_at": incoming.cancelled_at,
     }
     for field, value in values.items():
         if newer and field == "cancelled_at":
-            row.cancelled_at = value  # a newer version without it means the order was restored
+            row.cancelled_at = incoming.cancelled_at  # a newer version without it: the order was restored
         elif value is not None and (newer or getattr(row, field) is None):
             setattr(row, field, value)
     if incoming.discount_codes and (newer or not row.discount_codes):
@@ -197,7 +201,7 @@ def recompute(session: Session, customer: Customer) -> None:
 
 
 def redact_customer(session: Session, shop: Shop, event: ev.Event) -> int:
-    """Delete everything stored about one customer (Shopify `customers/redact`); returns rows removed."""
+    """Delete everything stored about one customer (Shopify `customers/redact`); returns customers removed."""
     keys = {k for k in (event.customer.key if event.customer else None,
                         event.customer.id if event.customer else None) if k}
     email = event.customer.email.strip().lower() if event.customer and event.customer.email else None
@@ -211,13 +215,12 @@ def redact_customer(session: Session, shop: Shop, event: ev.Event) -> int:
     removed = 0
     order_ids = [str(o) for o in event.data.get("orders_to_redact", [])]
     for row in {r.id: r for r in rows}.values():
-        removed += session.execute(delete(EventRecord).where(EventRecord.customer_id == row.id)).rowcount
-        removed += session.execute(delete(Order).where(Order.customer_id == row.id)).rowcount
+        session.execute(delete(EventRecord).where(EventRecord.customer_id == row.id))
+        session.execute(delete(Order).where(Order.customer_id == row.id))
         session.delete(row)
         removed += 1
     if order_ids:
-        removed += session.execute(delete(Order).where(Order.shop_id == shop.id,
-                                                       Order.platform_id.in_(order_ids))).rowcount
+        session.execute(delete(Order).where(Order.shop_id == shop.id, Order.platform_id.in_(order_ids)))
     session.flush()
     return removed
 
