@@ -197,7 +197,8 @@ def woo_store(env: pytest.MonkeyPatch) -> str:
     from encore.cli import main
 
     result = CliRunner().invoke(main, ["stores", "add", "woocommerce", WC_URL, "--consumer-key", "ck_test",
-                                       "--consumer-secret", "cs_test", "--webhook-secret", WC_SECRET])
+                                       "--consumer-secret", "cs_test", "--webhook-secret", WC_SECRET,
+                                       "--no-verify"])
     assert result.exit_code == 0, result.output
     webhook_secrets.forget()
     return WC_URL

@@ -1,0 +1,65 @@
+"""Discount codes: readable, unguessable, and the same for the same flow step every time.
+
+A code is derived from the step's idempotency key with an HMAC keyed by SECRET_KEY, so a retry after
+a timeout asks the platform for the code it may already have made (and finds it) instead of minting
+another, while nobody can guess a customer's code from the flow. The alphabet leaves out letters
+and digits that read alike (0/O, 1/I/L). `DiscountCode` rows remember what each key produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+
+from sqlalchemy import select
+
+from connectors.base import Discount, DiscountRequest
+from encore.settings import get_settings
+from encore.store import session_scope
+
+ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+LENGTH = 8
+
+
+def code_for(shop_id: int, request: DiscountRequest) -> str:
+    """The code for a request: `PREFIX-XXXX-XXXX`, deterministic per (shop, idempotency key)."""
+    digest = hmac.new(get_settings().secret_key.encode(), f"discount:{shop_id}:{request.idempotency_key}".encode(),
+                      hashlib.sha256).digest()
+    number = int.from_bytes(digest[:10], "big")
+    chars = []
+    for _ in range(LENGTH):
+        number, index = divmod(number, len(ALPHABET))
+        chars.append(ALPHABET[index])
+    body = "".join(chars)
+    prefix = re.sub(r"[^A-Z0-9]+", "", request.prefix.upper())[:20]
+    return "-".join(p for p in (prefix, body[:4], body[4:]) if p)
+
+
+def remembered(shop_id: int, idempotency_key: str) -> Discount | None:
+    """The discount already made for this key, if this installation made one."""
+    from connectors.models import DiscountCode
+
+    with session_scope() as session:
+        row = session.execute(select(DiscountCode).where(
+            DiscountCode.shop_id == shop_id, DiscountCode.idempotency_key == idempotency_key)).scalar_one_or_none()
+        if row is None:
+            return None
+        return Discount(code=row.code, kind=row.kind, value=row.value, platform_id=row.platform_id,  # type: ignore[arg-type]
+                        ends_at=row.ends_at)
+
+
+def remember(shop_id: int, idempotency_key: str, discount: Discount) -> None:
+    """Record the discount made for this key (idempotent)."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    from connectors.models import DiscountCode
+    from encore.store.models import utcnow
+
+    with session_scope() as session:
+        builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        session.execute(builder(DiscountCode).values(
+            shop_id=shop_id, idempotency_key=idempotency_key, code=discount.code, platform_id=discount.platform_id,
+            kind=discount.kind, value=discount.value, ends_at=discount.ends_at, created_at=utcnow(),
+        ).on_conflict_do_nothing(index_elements=["shop_id", "idempotency_key"]))

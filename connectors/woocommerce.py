@@ -1,0 +1,265 @@
+"""WooCommerce, through the `woocommerce` package (REST API v3 with the store's consumer key and secret).
+
+HTTPS stores authenticate with HTTP Basic, plain-HTTP stores with OAuth 1.0a in the query string
+(the package does both). Coupons are `POST /wc/v3/coupons`; WooCommerce has no customer tags, so
+tags live in the customer's `meta_data` under `encore_tags`; birthday and consent come from the
+configurable meta keys the webhook parser reads too.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import requests
+from woocommerce import API
+
+from connectors import codes
+from connectors.base import Connector, Discount, DiscountRequest, PlatformError
+from connectors.http import RetryPolicy, Sleep, json_of, platform_message, raise_for_status
+from encore import events as ev
+from encore.crypto import decrypt
+from encore.settings import get_settings
+from encore.store.models import Shop
+
+# What the flows need: orders (placed, paid, fulfilled, cancelled, refunded) and customers.
+WEBHOOK_TOPICS = ["order.created", "order.updated", "order.deleted", "order.restored",
+                  "customer.created", "customer.updated", "customer.deleted"]
+TAGS_META = "encore_tags"
+PER_PAGE = 100
+KINDS = {"percent": "percent", "fixed": "fixed_cart"}
+
+
+def webhook_address() -> str:
+    """Where the store's webhooks are delivered."""
+    return f"{get_settings().APP_URL.rstrip('/')}/webhooks/woocommerce"
+
+
+def generate_secret() -> str:
+    """A new webhook secret."""
+    return secrets.token_urlsafe(32)
+
+
+def _money(value: Decimal) -> str:
+    return str(value.quantize(Decimal("0.01")))
+
+
+class WooCommerceConnector(Connector):
+    """One WooCommerce store."""
+
+    platform = "woocommerce"
+
+    def __init__(self, shop: Shop, *, api: API | None = None, sleep: Sleep | None = None,
+                 consumer_key: str | None = None, consumer_secret: str | None = None) -> None:
+        super().__init__(shop)
+        if api is None:
+            if not shop.url:
+                raise PlatformError(f"store {shop.domain} has no URL")
+            key = consumer_key or (decrypt(shop.consumer_key_enc) if shop.consumer_key_enc else None)
+            secret = consumer_secret or (decrypt(shop.consumer_secret_enc) if shop.consumer_secret_enc else None)
+            if not key or not secret:
+                raise PlatformError(f"store {shop.domain} has no REST API keys")
+            api = API(url=shop.url, consumer_key=key, consumer_secret=secret, version="wc/v3", timeout=20,
+                      user_agent="Encore")
+        self.api = api
+        self.retry = RetryPolicy(sleep=sleep)
+
+    # ---- HTTP ----------------------------------------------------------------------------------------
+
+    def request(self, method: str, endpoint: str, data: Any = None, params: dict[str, Any] | None = None,
+                *, allow: tuple[int, ...] = ()) -> requests.Response:
+        """One REST call with retries; a 4xx not in `allow` raises PlatformError with WooCommerce's message."""
+        what = f"WooCommerce {method} {endpoint}"
+
+        def call() -> requests.Response:
+            kwargs: dict[str, Any] = {"params": dict(params or {})}
+            if method == "GET":
+                return self.api.get(endpoint, **kwargs)
+            if method == "DELETE":
+                return self.api.delete(endpoint, **kwargs)
+            return getattr(self.api, method.lower())(endpoint, data, **kwargs)
+
+        response = self.retry.call(call, what)
+        if response.status_code not in allow:
+            raise_for_status(response, what)
+        return response
+
+    def pages(self, endpoint: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every item of a paginated collection (`X-WP-TotalPages`)."""
+        page = 1
+        while True:
+            response = self.request("GET", endpoint, params={**params, "per_page": PER_PAGE, "page": page})
+            items = json_of(response, f"WooCommerce GET {endpoint}")
+            if not isinstance(items, list):
+                raise PlatformError(f"WooCommerce GET {endpoint}: expected a list")
+            yield from items
+            total = response.headers.get("X-WP-TotalPages")
+            if not items or (total is not None and page >= int(total)) or (total is None and len(items) < PER_PAGE):
+                return
+            page += 1
+
+    # ---- the store -----------------------------------------------------------------------------------
+
+    def verify(self) -> dict[str, Any]:
+        """Check the keys against the store (they must read WooCommerce settings); returns what it learned."""
+        response = self.request("GET", "settings/general")
+        settings = {item.get("id"): item.get("value") for item in json_of(response, "WooCommerce settings")
+                    if isinstance(item, dict)}
+        return {"currency": settings.get("woocommerce_currency")}
+
+    def register_webhooks(self, topics: list[str] | None = None, address: str | None = None) -> list[str]:
+        """Create (or re-enable) a webhook per topic delivering to `address`, signed with the shop's secret."""
+        topics, address = topics or WEBHOOK_TOPICS, address or webhook_address()
+        if not self.shop.webhook_secret_enc:
+            raise PlatformError(f"store {self.shop.domain} has no webhook secret")
+        secret = decrypt(self.shop.webhook_secret_enc)
+        existing = {(w.get("topic"), (w.get("delivery_url") or "").rstrip("/")): w
+                    for w in self.pages("webhooks", {})}
+        done = []
+        for topic in topics:
+            found = existing.get((topic, address.rstrip("/")))
+            body = {"name": f"Encore {topic}", "topic": topic, "delivery_url": address, "secret": secret,
+                    "status": "active"}
+            if found is None:
+                self.request("POST", "webhooks", body)
+            else:  # re-enable one WooCommerce disabled after failures, and make its secret ours
+                self.request("PUT", f"webhooks/{found['id']}", {"status": "active", "secret": secret})
+            done.append(topic)
+        return done
+
+    # ---- discounts -----------------------------------------------------------------------------------
+
+    def _discount(self, coupon: dict[str, Any], request: DiscountRequest) -> Discount:
+        kind = "percent" if coupon.get("discount_type") == "percent" else "fixed"
+        expires = ev.parse_datetime(coupon.get("date_expires_gmt"))
+        return Discount(code=str(coupon["code"]).upper(), kind=kind,  # type: ignore[arg-type]
+                        value=ev.parse_decimal(coupon.get("amount")) or request.value,
+                        platform_id=str(coupon.get("id")) if coupon.get("id") is not None else None,
+                        ends_at=expires or request.ends_at, raw=coupon)
+
+    def find_coupon(self, code: str) -> dict[str, Any] | None:
+        """The coupon with exactly this code, if the store has one."""
+        response = self.request("GET", "coupons", params={"code": code})
+        for coupon in json_of(response, "WooCommerce coupons") or []:
+            if isinstance(coupon, dict) and str(coupon.get("code", "")).lower() == code.lower():
+                return coupon
+        return None
+
+    def coupon_body(self, code: str, request: DiscountRequest) -> dict[str, Any]:
+        """The `POST /coupons` body for a request."""
+        body: dict[str, Any] = {
+            "code": code, "discount_type": KINDS[request.kind], "amount": _money(request.value),
+            "individual_use": True, "usage_limit": request.usage_limit, "usage_limit_per_user": 1,
+            "description": request.title or f"Encore {request.idempotency_key}"[:200],
+        }
+        email = request.customer_email
+        if not email and request.customer_id:
+            customer = self.fetch_customer(request.customer_id)
+            email = customer.email if customer else None
+        if email:
+            body["email_restrictions"] = [email]
+        if request.ends_at is not None:
+            body["date_expires"] = request.ends_at.astimezone(self.timezone()).strftime("%Y-%m-%dT%H:%M:%S")
+        if request.minimum_subtotal is not None:
+            body["minimum_amount"] = _money(request.minimum_subtotal)
+        return body
+
+    def timezone(self) -> ZoneInfo:
+        """The store's time zone (WooCommerce dates without `_gmt` are in it)."""
+        try:
+            return ZoneInfo(self.shop.timezone or get_settings().DEFAULT_TIMEZONE)
+        except (ZoneInfoNotFoundError, ValueError):
+            return ZoneInfo("UTC")
+
+    def create_discount(self, request: DiscountRequest) -> Discount:
+        """A single-use coupon for one customer; the same request twice finds the first coupon."""
+        known = codes.remembered(self.shop.id, request.idempotency_key)
+        if known is not None:
+            return known
+        code = codes.code_for(self.shop.id, request)
+        coupon = self.find_coupon(code)
+        if coupon is None:
+            response = self.request("POST", "coupons", self.coupon_body(code, request), allow=(400,))
+            if response.status_code == 400:
+                body = response.json() if response.content else {}
+                if isinstance(body, dict) and body.get("code") == "woocommerce_rest_coupon_code_already_exists":
+                    coupon = self.find_coupon(code)  # made by an attempt whose answer was lost
+                if coupon is None:
+                    raise PlatformError(f"WooCommerce POST coupons: HTTP 400: {platform_message(response)}", status=400)
+            else:
+                coupon = json_of(response, "WooCommerce POST coupons")
+        discount = self._discount(coupon, request)
+        codes.remember(self.shop.id, request.idempotency_key, discount)
+        return discount
+
+    def discount_redeemed(self, code: str) -> bool | None:
+        """Whether the coupon has been used (`usage_count`)."""
+        coupon = self.find_coupon(code)
+        return None if coupon is None else int(coupon.get("usage_count") or 0) > 0
+
+    # ---- customers and orders ------------------------------------------------------------------------
+
+    def tag_customer(self, customer_id: str, tags: list[str]) -> None:
+        """Add tags to the customer's `encore_tags` meta (WooCommerce has no customer tags)."""
+        response = self.request("GET", f"customers/{customer_id}")
+        current = json_of(response, "WooCommerce customer")
+        existing = next((m.get("value") for m in current.get("meta_data") or []
+                         if isinstance(m, dict) and m.get("key") == TAGS_META), "") or ""
+        merged = sorted({t.strip() for t in [*str(existing).split(","), *tags] if t.strip()})
+        self.request("PUT", f"customers/{customer_id}", {"meta_data": [{"key": TAGS_META, "value": ",".join(merged)}]})
+
+    def fetch_customer(self, customer_id: str) -> ev.Customer | None:
+        """The customer now (None if deleted)."""
+        from webhooks.woocommerce import customer
+
+        response = self.request("GET", f"customers/{customer_id}", allow=(404,))
+        if response.status_code == 404:
+            return None
+        return customer(json_of(response, "WooCommerce customer"))
+
+    def order_payloads(self, since: datetime | None = None) -> Iterator[dict[str, Any]]:
+        """Raw orders modified after `since` (all when None), as the REST API returns them."""
+        params: dict[str, Any] = {"orderby": "id", "order": "asc"}
+        if since is not None:
+            params.update(modified_after=since.strftime("%Y-%m-%dT%H:%M:%S"), dates_are_gmt="true")
+        for payload in self.pages("orders", params):
+            modified = ev.parse_datetime(payload.get("date_modified_gmt"))
+            if since is None or modified is None or modified > since:
+                yield payload
+
+    def customer_payloads(self, since: datetime | None = None) -> Iterator[dict[str, Any]]:
+        """Raw customers modified after `since` (the endpoint can't filter by it: filtered here)."""
+        params: dict[str, Any] = {"role": "all", "orderby": "id", "order": "asc"}
+        if since is not None:  # ignored by stores that don't know it, used by those that do
+            params.update(modified_after=since.strftime("%Y-%m-%dT%H:%M:%S"), dates_are_gmt="true")
+        for payload in self.pages("customers", params):
+            modified = ev.parse_datetime(payload.get("date_modified_gmt"))
+            if since is None or modified is None or modified > since:
+                yield payload
+
+    def fetch_orders(self, since: datetime | None = None) -> Iterator[tuple[ev.Order, ev.Customer | None]]:
+        """Orders changed since a time, with their customers."""
+        from webhooks.woocommerce import order, order_customer
+
+        for payload in self.order_payloads(since):
+            yield order(payload), order_customer(payload)
+
+    def fetch_customers(self, since: datetime | None = None) -> Iterator[ev.Customer]:
+        """Customers changed since a time."""
+        from webhooks.woocommerce import customer
+
+        for payload in self.customer_payloads(since):
+            yield customer(payload)
+
+    def events_for(self, topic: str, payload: dict[str, Any]) -> list[ev.Event]:
+        """Canonical events for a fetched resource, keyed exactly as its webhook would be."""
+        from webhooks.base import Delivery
+        from webhooks.woocommerce import receiver
+
+        body = json.dumps(payload, sort_keys=True).encode()
+        return receiver.parse(Delivery(shop=self.shop.domain, topic=topic), payload, body)
