@@ -1,10 +1,349 @@
-"""The flow engine's entry point for events (runs flows once the engine lands)."""
+"""The flow engine: starts runs from events and dates, advances them step by step, exactly once.
+
+A run is a row keyed by (shop, flow, customer, trigger key), so the same order or the same birthday
+year starts at most one run. Advancing a run takes a lease on its row, executes steps (each committing
+its progress and its side effect's idempotency record) until the flow ends or waits; a wait is an RQ
+job scheduled with `enqueue_at` on the `flows` queue. `reschedule_lost` (a cron job) re-queues runs
+whose job is gone, so a run survives worker and Redis restarts. A run keeps the flow version it
+started with: its definition is stored on the row.
+"""
 
 from __future__ import annotations
 
-from encore.events import Event
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
 
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from encore.events import Event, EventType
+from encore.store import session_scope
+from encore.store.models import Customer, Shop
+from flows import dates, loader
+from flows.loader import FlowFile
+from flows.models import ACTIVE, DONE, EXITED, FAILED, RUNNING, STOPPED, SUPPRESSED, WAITING, FlowRun, FlowTrace
+from flows.steps import StepRunner, TransientStepError, next_position, position_label, step_at
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(minutes=5)
+MAX_ATTEMPTS = 8
+RETRY_BACKOFF = [60, 300, 900, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600]
+MAX_STEPS_PER_ADVANCE = 200
+RESUME = "flows.engine.resume_run"
+
+
+# ---- events ----------------------------------------------------------------------------------------
 
 def handle_event(event: Event, *, shop_id: int | None, customer_id: int | None, new: bool) -> None:
-    """Start or advance the flow runs an event concerns. Must be idempotent."""
-    return None
+    """Start or advance the flow runs an event concerns. Must be idempotent.
+
+    `new` is False when the ledger saw the event before; a retried job still comes here, and the run's
+    unique key and the side effects' keys make the second pass finish what the first began.
+    """
+    if shop_id is None:
+        return
+    if event.type == EventType.APP_UNINSTALLED:
+        with session_scope() as session:
+            stop_shop(session, shop_id, "app uninstalled")
+        return
+    if event.type.is_privacy or customer_id is None:
+        return
+    registry = loader.registry()
+    starting = registry.for_event(event.type.value)
+    exiting = registry.exiting_on(event.type.value)
+    if not starting and not exiting:
+        return
+    from flows import triggers
+
+    to_advance: list[int] = []
+    with session_scope() as session:
+        if exiting:
+            exit_runs(session, customer_id, [f.key for f in exiting], event)
+        shop = session.get(Shop, shop_id)
+        customer = session.get(Customer, customer_id)
+        if shop is None or customer is None or not shop.active:
+            return
+        for flow_file in starting:
+            context = triggers.event_context(event)
+            key = triggers.event_trigger_key(flow_file, event, shop, customer)
+            run_id = start_run(session, flow_file, shop, customer, key, context, event_id=event.id)
+            if run_id is not None:
+                to_advance.append(run_id)
+    for run_id in to_advance:
+        advance(run_id)
+
+
+def exit_runs(session: Session, customer_id: int, flow_keys: list[str], event: Event) -> int:
+    """End the waiting runs of these flows for a customer (their `exit_on` event arrived)."""
+    runs = session.execute(select(FlowRun).where(
+        FlowRun.customer_id == customer_id, FlowRun.flow_key.in_(flow_keys), FlowRun.status.in_(ACTIVE),
+        or_(FlowRun.event_id.is_(None), FlowRun.event_id != event.id))).scalars().all()
+    for run in runs:
+        _finish(session, run, EXITED, f"exit on {event.type.value}")
+        _trace(session, run, "exit", f"{event.type.value} arrived: run ended", event=event.id)
+    return len(runs)
+
+
+def stop_shop(session: Session, shop_id: int, reason: str) -> int:
+    """Stop every active run of a shop (the app was uninstalled)."""
+    runs = session.execute(select(FlowRun).where(FlowRun.shop_id == shop_id, FlowRun.status.in_(ACTIVE))).scalars()
+    count = 0
+    for run in runs:
+        _finish(session, run, STOPPED, reason)
+        _trace(session, run, "stop", f"stopped: {reason}")
+        count += 1
+    return count
+
+
+# ---- starting runs ---------------------------------------------------------------------------------
+
+def _insert_run(session: Session, values: dict[str, Any]) -> bool:
+    builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    stmt = builder(FlowRun).values(**values).on_conflict_do_nothing(index_elements=["run_key"])
+    return session.execute(stmt).rowcount == 1
+
+
+def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer, trigger_key: str,
+              context: dict[str, Any], event_id: str | None = None) -> int | None:
+    """Create the run for (flow, customer, trigger key) if its entry rules and conditions allow.
+
+    Returns the id of a run to advance: a new one, or the existing one for this key (a retried job
+    finishes it). None when the flow does not start (conditions false, cool-down, not consented).
+    """
+    flow = flow_file.flow
+    run_key = f"{shop.id}:{flow_file.key}:{customer.id}:{trigger_key}"
+    existing = session.execute(select(FlowRun.id, FlowRun.status).where(FlowRun.run_key == run_key)).first()
+    if existing is not None:
+        return existing.id if existing.status in ACTIVE else None
+    now = dates.now()
+    probe = FlowRun(id=None, run_key=run_key, shop_id=shop.id, customer_id=customer.id, flow_key=flow_file.key,
+                    flow_name=flow.name, flow_digest=flow_file.digest, definition=flow_file.data,
+                    trigger_key=trigger_key, context=context, position=[0], started_at=now)
+    runner = StepRunner(session, probe, flow, shop, customer)
+    ctx = runner.context()
+    from flows import expressions
+
+    for condition in flow.conditions:
+        try:
+            if not expressions.holds(condition, ctx):
+                log.debug("flow %s not started for customer %s: %s is false", flow_file.key, customer.id, condition)
+                return None
+        except expressions.ExpressionError as exc:
+            log.warning("flow %s: %s", flow_file.key, exc)
+            return None
+    if flow.entry.cooldown:
+        recent = session.execute(select(FlowRun.id).where(
+            FlowRun.customer_id == customer.id, FlowRun.flow_key == flow_file.key, FlowRun.status != SUPPRESSED,
+            FlowRun.started_at > now - flow.entry.cooldown).limit(1)).first()
+        if recent is not None:
+            log.debug("flow %s not started for customer %s: cool-down", flow_file.key, customer.id)
+            return None
+    status, reason = RUNNING, None
+    if flow.marketing and flow.consent_required and not customer.email_consent:
+        # Shown, not silent: a suppressed run with its reason (keyed apart so a later consent can start one).
+        status, reason = SUPPRESSED, "no consent"
+        run_key = f"{run_key}:suppressed"
+    values = dict(run_key=run_key, shop_id=shop.id, customer_id=customer.id, flow_key=flow_file.key,
+                  flow_name=flow.name, flow_digest=flow_file.digest, definition=flow_file.data,
+                  trigger_key=trigger_key, event_id=event_id, status=status, reason=reason, position=[0],
+                  context=context, attempts=0, started_at=now, updated_at=now,
+                  finished_at=now if status == SUPPRESSED else None)
+    if not _insert_run(session, values):
+        row = session.execute(select(FlowRun.id, FlowRun.status).where(FlowRun.run_key == run_key)).first()
+        return row.id if row is not None and row.status in ACTIVE else None
+    run = session.execute(select(FlowRun).where(FlowRun.run_key == run_key)).scalar_one()
+    _trace(session, run, "start", f"started by {'event ' + event_id if event_id else 'date ' + trigger_key}",
+           trigger_key=trigger_key)
+    for condition in flow.conditions:
+        _trace(session, run, "condition", f"{condition} -> true (start)", expression=condition, result=True)
+    if status == SUPPRESSED:
+        _trace(session, run, "suppressed", "not started: no consent (customer.email_consent is not true)",
+               reason="no consent")
+        return None
+    return run.id
+
+
+# ---- advancing runs --------------------------------------------------------------------------------
+
+def resume_run(run_id: int) -> str:
+    """RQ job: continue a run after its wait (or after a retry delay)."""
+    return advance(run_id)
+
+
+def advance(run_id: int) -> str:
+    """Execute a run's steps until it ends or waits; returns the run's status afterwards."""
+    token = uuid.uuid4().hex
+    now = dates.now()
+    with session_scope() as session:
+        taken = session.execute(update(FlowRun).where(
+            FlowRun.id == run_id, FlowRun.status.in_(ACTIVE),
+            or_(FlowRun.lease_until.is_(None), FlowRun.lease_until < now),
+        ).values(lease_until=now + LEASE, lease_token=token)).rowcount
+    if not taken:
+        return "busy"
+    wake: tuple[Any, str] | None = None
+    status = RUNNING
+    try:
+        for _ in range(MAX_STEPS_PER_ADVANCE):
+            with session_scope() as session:
+                status, wake, more = _step(session, run_id, token)
+            if not more:
+                break
+    except (TransientStepError, OperationalError) as exc:
+        status, wake = _retry_later(run_id, token, exc)
+    except Exception as exc:
+        log.exception("flow run %s failed", run_id)
+        with session_scope() as session:
+            run = session.get(FlowRun, run_id)
+            if run is not None:
+                _finish(session, run, FAILED, f"error: {exc}"[:255])
+                _trace(session, run, "error", f"run failed: {type(exc).__name__}: {exc}")
+        status, wake = FAILED, None
+    finally:
+        with session_scope() as session:
+            session.execute(update(FlowRun).where(FlowRun.id == run_id, FlowRun.lease_token == token)
+                            .values(lease_until=None, lease_token=None))
+    if wake is not None:
+        schedule(run_id, *wake)
+    return status
+
+
+def _step(session: Session, run_id: int, token: str) -> tuple[str, tuple[Any, str] | None, bool]:
+    """Run one step of a run: (status, (wake_at, job id) to schedule, whether to go on)."""
+    run = session.get(FlowRun, run_id)
+    if run is None or run.lease_token != token or run.status not in ACTIVE:
+        return (run.status if run else "gone"), None, False
+    now = dates.now()
+    if run.status == WAITING:
+        if run.wake_at is not None and run.wake_at > now:
+            return WAITING, (run.wake_at, run.job_id or _job_id(run)), False
+        run.status = RUNNING
+    shop = session.get(Shop, run.shop_id)
+    customer = session.get(Customer, run.customer_id) if run.customer_id else None
+    if shop is None or not shop.active:
+        _finish(session, run, STOPPED, "shop inactive")
+        _trace(session, run, "stop", "stopped: the shop is inactive")
+        return STOPPED, None, False
+    flow = loader.flow_from_data(run.definition, run.flow_digest)
+    runner = StepRunner(session, run, flow, shop, customer)
+    if not runner.conditions_hold("before step"):
+        _finish(session, run, EXITED, "condition no longer holds")
+        return EXITED, None, False
+    step = step_at(flow.steps, run.position)
+    outcome = runner.run_step(step)
+    run.updated_at = now
+    run.attempts = 0
+    if outcome.action == "stop":
+        _finish(session, run, STOPPED if outcome.reason != "end" else DONE, outcome.reason)
+        _trace(session, run, "stop", f"stopped: {outcome.reason}")
+        return run.status, None, False
+    if outcome.action == "enter":
+        assert outcome.position is not None
+        run.position = outcome.position
+        return RUNNING, None, True
+    if outcome.action == "defer":
+        run.status, run.wake_at = WAITING, outcome.until
+        run.job_id = _job_id(run)
+        return WAITING, (run.wake_at, run.job_id), False
+    following = next_position(flow.steps, run.position)
+    if following is None:
+        _finish(session, run, DONE, "completed")
+        _trace(session, run, "done", "run completed")
+        return DONE, None, False
+    run.position = following
+    if outcome.action == "wait":
+        run.status, run.wake_at = WAITING, outcome.until
+        run.job_id = _job_id(run)
+        return WAITING, (run.wake_at, run.job_id), False
+    return RUNNING, None, True
+
+
+def _retry_later(run_id: int, token: str, exc: Exception) -> tuple[str, tuple[Any, str] | None]:
+    with session_scope() as session:
+        run = session.get(FlowRun, run_id)
+        if run is None or run.lease_token != token:
+            return "gone", None
+        run.attempts = (run.attempts or 0) + 1
+        if run.attempts > MAX_ATTEMPTS:
+            _finish(session, run, FAILED, f"gave up after {MAX_ATTEMPTS} attempts")
+            _trace(session, run, "error", f"gave up after {MAX_ATTEMPTS} attempts: {exc}")
+            return FAILED, None
+        delay = getattr(exc, "retry_after", None) or RETRY_BACKOFF[min(run.attempts, len(RETRY_BACKOFF)) - 1]
+        run.status, run.wake_at = WAITING, dates.now() + timedelta(seconds=float(delay))
+        run.job_id = _job_id(run)
+        _trace(session, run, "retry", f"will retry at {run.wake_at.isoformat()}: {exc}", attempt=run.attempts)
+        return WAITING, (run.wake_at, run.job_id)
+
+
+def _job_id(run: FlowRun) -> str:
+    label = position_label(run.position).replace("[", "_").replace("]", "").replace(".", "-")
+    return f"flowrun-{run.id}-{label}-{run.attempts or 0}"
+
+
+def schedule(run_id: int, when: Any, job_id: str) -> None:
+    """Queue the run's resume job at `when` (RQ's scheduler moves it to the `flows` queue then)."""
+    from encore.queue import FLOWS, queue
+
+    q = queue(FLOWS)
+    if when <= dates.now():
+        q.enqueue_call(RESUME, args=(run_id,), job_id=job_id, result_ttl=600, failure_ttl=30 * 24 * 3600)
+    else:
+        q.enqueue_at(when, RESUME, run_id, job_id=job_id, result_ttl=600, failure_ttl=30 * 24 * 3600)
+
+
+def _finish(session: Session, run: FlowRun, status: str, reason: str) -> None:
+    run.status, run.reason = status, reason[:255]
+    run.finished_at = run.updated_at = dates.now()
+    run.wake_at = None
+
+
+def _trace(session: Session, run: FlowRun, kind: str, message: str, **detail: Any) -> None:
+    session.add(FlowTrace(run_id=run.id, at=dates.now(), kind=kind, message=message,
+                          step=position_label(run.position) if run.position else None, detail=detail or None))
+
+
+# ---- keeping runs alive ----------------------------------------------------------------------------
+
+def reschedule_lost(grace_seconds: int = 120) -> int:
+    """Cron job: re-queue runs whose resume job is gone (Redis lost it, a worker died mid-run)."""
+    from rq.job import Job, JobStatus
+
+    from encore.queue import get_redis
+
+    connection = get_redis()
+    now = dates.now()
+    due = now - timedelta(seconds=grace_seconds)
+    requeued = 0
+    with session_scope() as session:
+        rows = session.execute(select(FlowRun.id, FlowRun.status, FlowRun.job_id, FlowRun.lease_until).where(
+            FlowRun.status.in_(ACTIVE),
+            or_(FlowRun.wake_at.is_(None), FlowRun.wake_at < due),
+            or_(FlowRun.lease_until.is_(None), FlowRun.lease_until < now),
+            FlowRun.updated_at < due,
+        ).order_by(FlowRun.id).limit(10000)).all()
+    for row in rows:
+        if row.status == WAITING and row.job_id:
+            try:
+                job = Job.fetch(row.job_id, connection=connection)
+                alive = job.get_status() in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED,
+                                             JobStatus.DEFERRED)
+            except Exception:  # noqa: BLE001 - NoSuchJobError or an unreadable job: it is gone either way
+                alive = False
+            if alive:
+                continue
+        schedule(row.id, now, f"flowrun-{row.id}-rescue-{uuid.uuid4().hex[:8]}")
+        requeued += 1
+    if requeued:
+        log.info("re-queued %d flow runs whose job was gone", requeued)
+    return requeued
+
+
+def trace_of(session: Session, run_id: int) -> list[FlowTrace]:
+    """A run's trace, oldest first."""
+    return list(session.execute(select(FlowTrace).where(FlowTrace.run_id == run_id).order_by(FlowTrace.id)).scalars())

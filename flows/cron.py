@@ -1,0 +1,14 @@
+"""Periodic jobs of the flow engine, registered with rq.cron by `encore cron` (see encore/cron.py)."""
+
+from __future__ import annotations
+
+from encore.queue import FLOWS, MAINTENANCE
+from flows.engine import reschedule_lost
+from flows.triggers import sweep
+
+CRON_JOBS = [
+    # Hourly: every shop's date triggers due in the next 36 hours, queued at each customer's local time.
+    dict(func=sweep, queue_name=FLOWS, cron="5 * * * *"),
+    # Every five minutes: runs whose resume job is gone (Redis restarted, a worker died mid-run).
+    dict(func=reschedule_lost, queue_name=MAINTENANCE, interval=300),
+]

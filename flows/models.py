@@ -1,0 +1,93 @@
+"""The flow engine's tables: runs (one per flow, customer and trigger key), their traces, and side effects.
+
+A side effect (an email, a discount code, a tag, an HTTP call) is a row keyed by its idempotency key,
+so a retried job finds what it already did instead of doing it again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from encore.store.models import Base, Customer, IdType, JSONType, UTCDateTime, utcnow
+
+RUNNING, WAITING, DONE, STOPPED, EXITED, FAILED, SUPPRESSED = (
+    "running", "waiting", "done", "stopped", "exited", "failed", "suppressed")
+ACTIVE = (RUNNING, WAITING)
+
+# Date triggers find due customers by range over these (birthdays use ix_customers_birthday_md).
+Index("ix_customers_shop_last_order", Customer.shop_id, Customer.last_order_at)
+Index("ix_customers_shop_first_order", Customer.shop_id, Customer.first_order_at)
+
+
+class FlowRun(Base):
+    """One customer's way through one version of a flow."""
+
+    __tablename__ = "flow_runs"
+    __table_args__ = (
+        Index("ix_flow_runs_status_wake", "status", "wake_at"),
+        Index("ix_flow_runs_customer_flow", "customer_id", "flow_key"),
+        Index("ix_flow_runs_shop_status", "shop_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    run_key: Mapped[str] = mapped_column(String(512), unique=True)
+    shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    flow_key: Mapped[str] = mapped_column(String(128))
+    flow_name: Mapped[str] = mapped_column(String(255))
+    flow_digest: Mapped[str] = mapped_column(String(64))
+    definition: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    trigger_key: Mapped[str] = mapped_column(String(255))
+    event_id: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default=RUNNING)
+    reason: Mapped[str | None] = mapped_column(String(255))
+    position: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    context: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    wake_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    job_id: Mapped[str | None] = mapped_column(String(128))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class FlowTrace(Base):
+    """One line of a run's trace: a condition's result, a wait, a send, a suppression and its reason."""
+
+    __tablename__ = "flow_trace"
+    __table_args__ = (Index("ix_flow_trace_run", "run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("flow_runs.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    step: Mapped[str | None] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+
+class FlowEffect(Base):
+    """A side effect of a run, keyed by its idempotency key (claimed `pending`, then `done` or `failed`)."""
+
+    __tablename__ = "flow_effects"
+    __table_args__ = (
+        Index("ix_flow_effects_cap", "customer_id", "kind", "created_at"),
+        Index("ix_flow_effects_run", "run_id"),
+    )
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("flow_runs.id", ondelete="CASCADE"))
+    shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    marketing: Mapped[bool] = mapped_column(Boolean, default=False)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,250 @@
+"""Triggers: what an event starts (its context and trigger key), and the date sweep.
+
+The sweep finds each shop's due customers for the date-triggered flows with indexed queries
+(birthday month and day; a range over last_order_at or first_order_at) and queues a start job at each
+customer's local send time. Runs are keyed, so sweeping twice, or `encore sweep --date` after
+downtime, never starts a run twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from encore.events import Event
+from encore.store import session_scope
+from encore.store.models import Customer, Shop
+from flows import dates, loader
+from flows.loader import FlowFile
+from flows.schema import DateTrigger
+
+log = logging.getLogger(__name__)
+
+START = "flows.triggers.start_date_run"
+MARK_PREFIX = "encore:due:"
+CATCH_UP = timedelta(hours=24)
+LOOK_AHEAD = timedelta(hours=36)
+ANNIVERSARY_YEARS = 50
+BATCH = 1000
+
+
+# ---- events ----------------------------------------------------------------------------------------
+
+def event_context(event: Event) -> dict[str, Any]:
+    """What a run started by an event keeps: the event, its order or checkout (JSON)."""
+    return {
+        "event": {"id": event.id, "type": event.type.value, "occurred_at": event.occurred_at.isoformat(),
+                  "topic": event.topic},
+        "order": event.order.model_dump(mode="json") if event.order else None,
+        "checkout": event.checkout.model_dump(mode="json") if event.checkout else None,
+        "vars": {},
+    }
+
+
+def event_trigger_key(flow_file: FlowFile, event: Event, shop: Shop, customer: Customer) -> str:
+    """The run key's trigger part: one run per customer, per year, per order, per checkout, or per event."""
+    entry = flow_file.flow.entry
+    if entry.once_per_customer:
+        return "once"
+    if entry.once_per == "year":
+        tz = dates.zone(customer.timezone, shop.timezone)
+        return f"year:{event.occurred_at.astimezone(tz).year}"
+    if event.order is not None:
+        return f"order:{event.order.id}"
+    if event.checkout is not None:
+        return f"checkout:{event.checkout.token}"
+    if event.type.value == "customer.created":
+        return "customer.created"
+    return f"event:{event.id}"
+
+
+# ---- dates -----------------------------------------------------------------------------------------
+
+def _field(trigger: DateTrigger) -> str:
+    return trigger.date.split(".", 1)[1]
+
+
+def due_day(trigger: DateTrigger, value: date, year: int | None = None) -> date:
+    """The local day a customer's date value makes due (yearly: the anniversary in `year`)."""
+    if trigger.yearly:
+        assert year is not None
+        return dates.anniversary(value, year) + trigger.offset
+    return value + trigger.offset
+
+
+def date_trigger_key(flow_file: FlowFile, trigger: DateTrigger, value: date, day: date) -> str:
+    """`year:2027` for yearly triggers and `once_per: year`; else the date value (one run per value)."""
+    if flow_file.flow.entry.once_per_customer:
+        return "once"
+    if trigger.yearly:
+        return f"year:{(day - trigger.offset).year}"
+    if flow_file.flow.entry.once_per == "year":
+        return f"year:{day.year}"
+    return f"{trigger.date}:{value.isoformat()}"
+
+
+def _local_value(customer_tz: str | None, shop_tz: str | None, value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.astimezone(dates.zone(customer_tz, shop_tz)).date()
+    return value
+
+
+def candidates(session: Session, shop: Shop, flow_file: FlowFile, days: list[date]) -> Iterator[tuple[int, date, str]]:
+    """(customer id, due local day, trigger key) for customers due on any of `days` (indexed queries)."""
+    trigger = flow_file.flow.trigger
+    assert isinstance(trigger, DateTrigger)
+    field = _field(trigger)
+    wanted = set(days)
+    if field == "birthday":
+        pairs = {pair for day in days for pair in dates.month_days_on(day - trigger.offset)}
+        clause = or_(*(and_(Customer.birthday_month == m, Customer.birthday_day == d) for m, d in sorted(pairs)))
+        stmt = select(Customer.id, Customer.timezone, Customer.birthday).where(clause, Customer.shop_id == shop.id)
+        queries = [stmt]
+    else:
+        column = getattr(Customer, field)
+        years = range(1, ANNIVERSARY_YEARS + 1) if trigger.yearly else [0]
+        queries = []
+        for years_back in years:
+            low_day, high_day = min(days) - trigger.offset, max(days) - trigger.offset
+            if years_back:
+                low_day = _years_back(low_day, years_back) - timedelta(days=1)
+                high_day = _years_back(high_day, years_back) + timedelta(days=1)
+            low = datetime.combine(low_day, time(0), UTC) - timedelta(hours=15)
+            high = datetime.combine(high_day + timedelta(days=1), time(0), UTC) + timedelta(hours=15)
+            queries.append(select(Customer.id, Customer.timezone, column).where(
+                Customer.shop_id == shop.id, column >= low, column < high))
+    for stmt in queries:
+        for row in session.execute(stmt.execution_options(yield_per=BATCH)):
+            customer_id, customer_tz, raw = row
+            if raw is None:
+                continue
+            value = _local_value(customer_tz, shop.timezone, raw)
+            for day in wanted:
+                year = (day - trigger.offset).year if trigger.yearly else None
+                if due_day(trigger, value, year) == day:
+                    yield customer_id, day, date_trigger_key(flow_file, trigger, value, day)
+                    break
+
+
+def _years_back(day: date, years: int) -> date:
+    return dates.anniversary(day, day.year - years)
+
+
+def send_instant(trigger: DateTrigger, day: date, customer_tz: str | None, shop_tz: str | None) -> datetime:
+    """When a run due on local `day` starts: the trigger's `at` in the customer's zone (else the shop's)."""
+    return dates.local_instant(day, trigger.at, dates.zone(customer_tz, shop_tz))
+
+
+def sweep(day: str | None = None, shop_id: int | None = None) -> dict[str, int]:
+    """Cron job (and `encore sweep`): queue the date-triggered runs due around now, or on local `day`.
+
+    Without `day`, the days from yesterday to tomorrow are considered and runs whose send time is
+    within the catch-up window or the next 36 hours are queued at that time. With `day`, every run
+    due that day is queued (those past start now): idempotent, to catch up after downtime.
+    """
+    from encore.queue import FLOWS, get_redis, queue
+
+    registry = loader.registry()
+    dated = registry.dated()
+    counts = {"due": 0, "queued": 0}
+    if not dated:
+        return counts
+    now = dates.now()
+    explicit = date.fromisoformat(day) if day else None
+    days = [explicit] if explicit else [now.date() + timedelta(days=n) for n in (-1, 0, 1)]
+    connection = get_redis()
+    flows_queue = queue(FLOWS, connection)
+    with session_scope() as session:
+        shops = session.execute(select(Shop).where(Shop.active.is_(True), *(
+            [Shop.id == shop_id] if shop_id else []))).scalars().all()
+        for shop in shops:
+            for flow_file in dated:
+                trigger = flow_file.flow.trigger
+                assert isinstance(trigger, DateTrigger)
+                batch: list[tuple[int, date, str]] = []
+                for item in candidates(session, shop, flow_file, days):
+                    batch.append(item)
+                    if len(batch) >= BATCH:
+                        counts["queued"] += _queue_batch(session, connection, flows_queue, shop, flow_file, batch,
+                                                         now, explicit is not None)
+                        counts["due"] += len(batch)
+                        batch = []
+                if batch:
+                    counts["queued"] += _queue_batch(session, connection, flows_queue, shop, flow_file, batch,
+                                                     now, explicit is not None)
+                    counts["due"] += len(batch)
+    log.info("date sweep: %d due, %d queued", counts["due"], counts["queued"])
+    return counts
+
+
+def _queue_batch(session: Session, connection: Any, flows_queue: Any, shop: Shop, flow_file: FlowFile,
+                 batch: list[tuple[int, date, str]], now: datetime, catch_up_all: bool) -> int:
+    trigger = flow_file.flow.trigger
+    assert isinstance(trigger, DateTrigger)
+    zones = dict(session.execute(select(Customer.id, Customer.timezone).where(
+        Customer.id.in_([c for c, _, _ in batch]))).all())
+    planned = []
+    for customer_id, day, key in batch:
+        when = send_instant(trigger, day, zones.get(customer_id), shop.timezone)
+        if not catch_up_all and not (now - CATCH_UP <= when <= now + LOOK_AHEAD):
+            continue
+        run_key = f"{shop.id}:{flow_file.key}:{customer_id}:{key}"
+        planned.append((run_key, customer_id, key, when))
+    if not planned:
+        return 0
+    with connection.pipeline(transaction=False) as pipe:
+        for run_key, *_ in planned:
+            pipe.set(MARK_PREFIX + run_key, 1, nx=True, ex=int((CATCH_UP + LOOK_AHEAD).total_seconds()) + 3600)
+        fresh = pipe.execute()
+    queued = 0
+    with connection.pipeline() as pipe:
+        for (run_key, customer_id, key, when), is_new in zip(planned, fresh, strict=True):
+            if not is_new:
+                continue
+            job_id = "flowstart-" + hashlib.sha256(run_key.encode()).hexdigest()[:32]
+            args = (shop.id, flow_file.key, customer_id, key, when.isoformat())
+            if when <= now:
+                flows_queue.enqueue_call(START, args=args, job_id=job_id, result_ttl=600, pipeline=pipe)
+            else:
+                flows_queue.enqueue_at(when, START, *args, job_id=job_id, result_ttl=600, pipeline=pipe)
+            queued += 1
+        pipe.execute()
+    return queued
+
+
+def start_date_run(shop_id: int, flow_key: str, customer_id: int, trigger_key: str, due_at: str) -> int | None:
+    """RQ job: start a date-triggered run if the customer is still due (their date may have changed)."""
+    from flows.engine import advance, start_run
+
+    flow_file = loader.registry().flows.get(flow_key)
+    if flow_file is None or not flow_file.flow.enabled or not isinstance(flow_file.flow.trigger, DateTrigger):
+        log.info("flow %s is gone or disabled; date run for customer %s not started", flow_key, customer_id)
+        return None
+    trigger = flow_file.flow.trigger
+    with session_scope() as session:
+        shop = session.get(Shop, shop_id)
+        customer = session.get(Customer, customer_id)
+        if shop is None or customer is None or not shop.active:
+            return None
+        raw = getattr(customer, _field(trigger))
+        if raw is None:
+            return None
+        value = _local_value(customer.timezone, shop.timezone, raw)
+        due = datetime.fromisoformat(due_at)
+        day = due.astimezone(dates.zone(customer.timezone, shop.timezone)).date()
+        year = (day - trigger.offset).year if trigger.yearly else None
+        if due_day(trigger, value, year) != day or date_trigger_key(flow_file, trigger, value, day) != trigger_key:
+            log.info("customer %s no longer due for %s on %s", customer_id, flow_key, day)
+            return None
+        context = {"event": {"type": "date", "field": trigger.date, "occurred_at": due.isoformat(),
+                             "day": day.isoformat()}, "order": None, "checkout": None, "vars": {}}
+        run_id = start_run(session, flow_file, shop, customer, trigger_key, context)
+    if run_id is not None:
+        advance(run_id)
+    return run_id
