@@ -350,7 +350,7 @@ class StepRunner:
         value = spec.percent if spec.percent is not None else spec.amount
         assert value is not None
         ends_at = dates.now() + spec.expires_in
-        currency = self.shop.currency
+        currency = self.shop.currency or ((self.run.context or {}).get("order") or {}).get("currency")
         if self.dry_run:
             code = f"{spec.prefix}PREVIEW".upper()
             platform_id = None
