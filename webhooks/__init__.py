@@ -39,15 +39,17 @@ def create_app() -> Flask:
 
     @app.get("/metrics")
     def metrics():  # type: ignore[no-untyped-def]
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from encore.metrics import exposition
 
-        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+        body, content_type = exposition()
+        return Response(body, content_type=content_type)
 
     @app.errorhandler(413)
     def too_large(_exc):  # type: ignore[no-untyped-def]
         return jsonify(error="too_large"), 413
 
-    from webhooks import unsubscribe
+    from webhooks import oauth, unsubscribe
 
+    app.register_blueprint(oauth.blueprint)
     app.register_blueprint(unsubscribe.blueprint)
     return app

@@ -1,0 +1,401 @@
+"""Shopify, through the GraphQL Admin API (version SHOPIFY_API_VERSION) with the shop's access token.
+
+ShopifyAPI (`shopify`) builds the Admin API address and the OAuth URLs and checks OAuth HMACs; the
+GraphQL calls themselves go through `requests`, because ShopifyAPI's GraphQL client uses urllib,
+prints error bodies and hides the status and `Retry-After` that rate limiting needs.
+
+- Discount codes: `discountCodeBasicCreate` with `context` (the customer only), one use, a readable
+  code derived from the flow step's idempotency key; before creating, `codeDiscountNodeByCode`
+  finds a code an earlier attempt made, so a retry never mints a second one.
+- Throttling: an HTTP 429 waits `Retry-After`; a GraphQL `THROTTLED` error waits until the query's
+  cost is restored (`extensions.cost.throttleStatus`); 5xx back off. A 4xx or a mutation's
+  `userErrors` raise `PlatformError` with Shopify's message, which the flow run's trace records.
+- Protected customer data: without Shopify's approval the API answers personal fields with an
+  ACCESS_DENIED error and null; the rest of the answer is used, so a customer may come back without
+  an email address (the flow engine ends such runs with that reason).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import requests
+import shopify
+
+from connectors import codes
+from connectors.base import Connector, Discount, DiscountRequest, PlatformError
+from connectors.http import RetryPolicy, Sleep, json_of, raise_for_status
+from encore import events as ev
+from encore.crypto import decrypt
+from encore.settings import get_settings
+from encore.store.models import Shop
+
+log = logging.getLogger(__name__)
+
+# The webhooks the flows need (the privacy topics are declared in shopify.app.toml instead).
+WEBHOOK_TOPICS = [
+    "orders/create", "orders/paid", "orders/fulfilled", "orders/cancelled", "orders/updated", "orders/delete",
+    "refunds/create", "customers/create", "customers/update", "customers/delete",
+    "customers/email_marketing_consent_update", "customers/purchasing_summary", "checkouts/create",
+    "checkouts/update", "app/uninstalled",
+]
+PRIVACY_TOPICS = ["customers/data_request", "customers/redact", "shop/redact"]
+PAGE_SIZE = 100
+CONSENT = {"SUBSCRIBED": True, "NOT_SUBSCRIBED": False, "UNSUBSCRIBED": False, "PENDING": False,
+           "INVALID": False, "REDACTED": False}
+
+DISCOUNT_CREATE = """
+mutation discountCodeBasicCreate($basicCodeDiscount: DiscountCodeBasicInput!) {
+  discountCodeBasicCreate(basicCodeDiscount: $basicCodeDiscount) {
+    codeDiscountNode { id codeDiscount { ... on DiscountCodeBasic { title startsAt endsAt
+      codes(first: 1) { nodes { code } } } } }
+    userErrors { field code message }
+  }
+}"""
+DISCOUNT_BY_CODE = """
+query codeDiscountNodeByCode($code: String!) {
+  codeDiscountNodeByCode(code: $code) {
+    id codeDiscount { __typename ... on DiscountCodeBasic { title status startsAt endsAt asyncUsageCount
+      codes(first: 1) { nodes { code } } } }
+  }
+}"""
+TAGS_ADD = """
+mutation tagsAdd($id: ID!, $tags: [String!]!) {
+  tagsAdd(id: $id, tags: $tags) { node { id } userErrors { field message } }
+}"""
+CUSTOMER_FIELDS = """
+fragment CustomerFields on Customer {
+  id firstName lastName phone locale state tags createdAt updatedAt numberOfOrders
+  amountSpent { amount currencyCode }
+  defaultEmailAddress { emailAddress marketingState marketingUpdatedAt }
+  birthday: metafield(namespace: $namespace, key: $key) { value }
+}"""
+CUSTOMER = """
+query customer($id: ID!, $namespace: String!, $key: String!) { customer(id: $id) { ...CustomerFields } }
+""" + CUSTOMER_FIELDS
+CUSTOMERS = """
+query customers($first: Int!, $after: String, $query: String, $namespace: String!, $key: String!) {
+  customers(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {
+    nodes { ...CustomerFields }
+    pageInfo { hasNextPage endCursor }
+  }
+}""" + CUSTOMER_FIELDS
+ORDERS = """
+query orders($first: Int!, $after: String, $query: String) {
+  orders(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {
+    nodes {
+      id name createdAt updatedAt cancelledAt email currencyCode discountCodes
+      displayFinancialStatus displayFulfillmentStatus
+      totalPriceSet { shopMoney { amount currencyCode } }
+      subtotalPriceSet { shopMoney { amount currencyCode } }
+      customer { id firstName lastName defaultEmailAddress { emailAddress } }
+      lineItems(first: 50) { nodes { title quantity sku variant { id } product { id }
+        originalUnitPriceSet { shopMoney { amount } } } }
+    }
+    pageInfo { hasNextPage endCursor }
+  }
+}"""
+SHOP = """
+query shop { shop { name email currencyCode ianaTimezone } }"""
+WEBHOOKS = """
+query webhookSubscriptions($first: Int!) { webhookSubscriptions(first: $first) { nodes { id topic uri } } }"""
+WEBHOOK_CREATE = """
+mutation webhookSubscriptionCreate($topic: WebhookSubscriptionTopic!, $webhookSubscription: WebhookSubscriptionInput!) {
+  webhookSubscriptionCreate(topic: $topic, webhookSubscription: $webhookSubscription) {
+    webhookSubscription { id topic uri }
+    userErrors { field message }
+  }
+}"""
+
+
+def gid(kind: str, value: str) -> str:
+    """A GraphQL global id (`gid://shopify/Customer/1`) from a plain id (or a gid, unchanged)."""
+    return value if str(value).startswith("gid://") else f"gid://shopify/{kind}/{value}"
+
+
+def plain_id(value: Any) -> str | None:
+    """The numeric id of a gid."""
+    if not value:
+        return None
+    return str(value).rsplit("/", 1)[-1]
+
+
+def topic_enum(topic: str) -> str:
+    """`orders/create` -> `ORDERS_CREATE` (WebhookSubscriptionTopic)."""
+    return topic.replace("/", "_").upper()
+
+
+def webhook_address() -> str:
+    """Where Shopify delivers the webhooks."""
+    return f"{get_settings().APP_URL.rstrip('/')}/webhooks/shopify"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _money(value: Decimal) -> str:
+    return str(value.quantize(Decimal("0.01")))
+
+
+def _messages(errors: list[dict[str, Any]]) -> str:
+    return "; ".join(str(e.get("message")) for e in errors if isinstance(e, dict)) or "unknown error"
+
+
+class ShopifyConnector(Connector):
+    """One Shopify shop, with its Admin API access token."""
+
+    platform = "shopify"
+
+    def __init__(self, shop: Shop, *, token: str | None = None, sleep: Sleep | None = None,
+                 http: requests.Session | None = None) -> None:
+        super().__init__(shop)
+        token = token or (decrypt(shop.access_token_enc) if shop.access_token_enc else None)
+        if not token:
+            raise PlatformError(f"shop {shop.domain} has no access token (uninstalled?)")
+        self.token = token
+        self.version = get_settings().SHOPIFY_API_VERSION
+        self.endpoint = shopify.Session(shop.domain, self.version, token).site + "/graphql.json"
+        self.http = http or requests.Session()
+        self.retry = RetryPolicy(sleep=sleep)
+
+    # ---- GraphQL -------------------------------------------------------------------------------------
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None, *, what: str = "GraphQL") -> dict[str, Any]:
+        """Run one query or mutation; waits out throttling and 5xx, raises PlatformError otherwise."""
+        label = f"Shopify {what}"
+        headers = {"X-Shopify-Access-Token": self.token, "Content-Type": "application/json",
+                   "Accept": "application/json"}
+        payload = {"query": query, "variables": variables or {}}
+        for attempt in range(self.retry.attempts):
+            response = self.retry.call(lambda: self.http.post(self.endpoint, json=payload, headers=headers,
+                                                              timeout=30), label)
+            raise_for_status(response, label)
+            body = json_of(response, label)
+            errors = body.get("errors") if isinstance(body, dict) else None
+            if errors:
+                if isinstance(errors, str):
+                    raise PlatformError(f"{label}: {errors}", status=response.status_code)
+                if any((e.get("extensions") or {}).get("code") == "THROTTLED" for e in errors if isinstance(e, dict)):
+                    wait = self.throttle_wait(body)
+                    self.retry.wait(wait, PlatformError(f"{label}: throttled", status=429, transient=True,
+                                                        retry_after=wait), attempt)
+                    continue
+                data = body.get("data")
+                if not data or all(v is None for v in data.values()):
+                    raise PlatformError(f"{label}: {_messages(errors)}", status=response.status_code)
+                # partial data: fields the granted scopes don't cover (protected customer data) are null
+                log.warning("Shopify answered with errors", extra={"what": what, "errors": _messages(errors)[:300]})
+            return body.get("data") or {}
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def throttle_wait(body: dict[str, Any]) -> float:
+        """Seconds until the query's cost is available again, from `extensions.cost`."""
+        cost = (body.get("extensions") or {}).get("cost") or {}
+        status = cost.get("throttleStatus") or {}
+        try:
+            needed = float(cost.get("requestedQueryCost") or 0) - float(status.get("currentlyAvailable") or 0)
+            rate = float(status.get("restoreRate") or 0)
+        except (TypeError, ValueError):
+            return 1.0
+        if rate <= 0:
+            return 1.0
+        return max(1.0, round(needed / rate, 2))
+
+    @staticmethod
+    def user_errors(result: dict[str, Any] | None, what: str) -> list[dict[str, Any]]:
+        """A mutation's `userErrors`."""
+        return list((result or {}).get("userErrors") or [])
+
+    # ---- discounts -----------------------------------------------------------------------------------
+
+    def discount_variables(self, code: str, request: DiscountRequest) -> dict[str, Any]:
+        """The `DiscountCodeBasicInput` for a request."""
+        if request.kind == "percent":
+            value: dict[str, Any] = {"percentage": float(request.value / Decimal(100))}
+        else:
+            value = {"discountAmount": {"amount": _money(request.value), "appliesOnEachItem": False}}
+        context: dict[str, Any] = ({"customers": {"add": [gid("Customer", request.customer_id)]}}
+                                   if request.customer_id else {"all": "ALL"})
+        basic: dict[str, Any] = {
+            "title": request.title or f"{request.prefix or 'Encore'} {code}".strip(),
+            "code": code,
+            "startsAt": _iso(request.starts_at or datetime.now(UTC)),
+            "endsAt": _iso(request.ends_at) if request.ends_at else None,
+            "context": context,
+            "customerGets": {"value": value, "items": {"all": True}},
+            "usageLimit": request.usage_limit,
+            "appliesOncePerCustomer": True,
+            "combinesWith": {"orderDiscounts": False, "productDiscounts": False, "shippingDiscounts": True},
+        }
+        if request.minimum_subtotal is not None:
+            minimum = _money(request.minimum_subtotal)
+            basic["minimumRequirement"] = {"subtotal": {"greaterThanOrEqualToSubtotal": minimum}}
+        return {"basicCodeDiscount": basic}
+
+    def find_discount(self, code: str) -> dict[str, Any] | None:
+        """The code discount node with this code, if the shop has one."""
+        data = self.graphql(DISCOUNT_BY_CODE, {"code": code}, what="codeDiscountNodeByCode")
+        return data.get("codeDiscountNodeByCode")
+
+    def _discount(self, node: dict[str, Any], code: str, request: DiscountRequest) -> Discount:
+        details = node.get("codeDiscount") or {}
+        return Discount(code=code, kind=request.kind, value=request.value, platform_id=node.get("id"),
+                        ends_at=ev.parse_datetime(details.get("endsAt")) or request.ends_at, raw=node)
+
+    def create_discount(self, request: DiscountRequest) -> Discount:
+        """A single-use code for one customer; the same request twice finds the first code."""
+        known = codes.remembered(self.shop.id, request.idempotency_key)
+        if known is not None:
+            return known
+        code = codes.code_for(self.shop.id, request)
+        node = self.find_discount(code)
+        if node is None:
+            data = self.graphql(DISCOUNT_CREATE, self.discount_variables(code, request), what="discountCodeBasicCreate")
+            result = data.get("discountCodeBasicCreate") or {}
+            errors = self.user_errors(result, "discountCodeBasicCreate")
+            if errors:
+                if any(e.get("code") == "TAKEN" for e in errors):
+                    node = self.find_discount(code)  # an attempt whose answer was lost made it
+                if node is None:
+                    raise PlatformError(f"Shopify discountCodeBasicCreate: {_messages(errors)}", status=422)
+            else:
+                node = result.get("codeDiscountNode")
+            if node is None:
+                raise PlatformError("Shopify discountCodeBasicCreate returned no discount")
+        discount = self._discount(node, code, request)
+        codes.remember(self.shop.id, request.idempotency_key, discount)
+        return discount
+
+    def discount_redeemed(self, code: str) -> bool | None:
+        """Whether the code has been used (`asyncUsageCount`)."""
+        node = self.find_discount(code)
+        if node is None:
+            return None
+        count = (node.get("codeDiscount") or {}).get("asyncUsageCount")
+        return None if count is None else int(count) > 0
+
+    # ---- customers -----------------------------------------------------------------------------------
+
+    def tag_customer(self, customer_id: str, tags: list[str]) -> None:
+        """Add tags to a customer (`tagsAdd`)."""
+        data = self.graphql(TAGS_ADD, {"id": gid("Customer", customer_id), "tags": tags}, what="tagsAdd")
+        errors = self.user_errors(data.get("tagsAdd"), "tagsAdd")
+        if errors:
+            raise PlatformError(f"Shopify tagsAdd: {_messages(errors)}", status=422)
+
+    def _metafield(self) -> dict[str, str]:
+        namespace, _, key = get_settings().SHOPIFY_BIRTHDAY_METAFIELD.partition(".")
+        return {"namespace": namespace, "key": key or namespace}
+
+    @staticmethod
+    def to_customer(node: dict[str, Any]) -> ev.Customer:
+        """A canonical customer from a GraphQL `Customer` (fields the scopes withhold are None)."""
+        email = node.get("defaultEmailAddress") or {}
+        state = email.get("marketingState")
+        amount = node.get("amountSpent") or {}
+        birthday = (node.get("birthday") or {}).get("value")
+        return ev.Customer(
+            id=plain_id(node.get("id")), email=ev.text(email.get("emailAddress")),
+            first_name=ev.text(node.get("firstName")), last_name=ev.text(node.get("lastName")),
+            phone=ev.text(node.get("phone")), locale=ev.text(node.get("locale")),
+            birthday=ev.parse_date(birthday),
+            email_consent=CONSENT.get(str(state).upper(), False) if state else None,
+            consent_updated_at=ev.parse_datetime(email.get("marketingUpdatedAt")),
+            tags=list(node["tags"]) if isinstance(node.get("tags"), list) else None,
+            has_account=(node["state"] == "ENABLED") if isinstance(node.get("state"), str) else None,
+            orders_count=int(node["numberOfOrders"]) if node.get("numberOfOrders") is not None else None,
+            total_spent=ev.parse_decimal(amount.get("amount")),
+            created_at=ev.parse_datetime(node.get("createdAt")), updated_at=ev.parse_datetime(node.get("updatedAt")),
+        )
+
+    def fetch_customer(self, customer_id: str) -> ev.Customer | None:
+        """The customer now, with birthday (SHOPIFY_BIRTHDAY_METAFIELD) and email marketing consent."""
+        data = self.graphql(CUSTOMER, {"id": gid("Customer", customer_id), **self._metafield()}, what="customer")
+        node = data.get("customer")
+        return self.to_customer(node) if node else None
+
+    def _pages(self, query: str, root: str, variables: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        after = None
+        while True:
+            data = self.graphql(query, {**variables, "first": PAGE_SIZE, "after": after}, what=root)
+            connection = data.get(root) or {}
+            yield from connection.get("nodes") or []
+            info = connection.get("pageInfo") or {}
+            if not info.get("hasNextPage"):
+                return
+            after = info.get("endCursor")
+
+    @staticmethod
+    def _since(since: datetime | None) -> str | None:
+        return f"updated_at:>'{_iso(since)}'" if since else None
+
+    def fetch_customers(self, since: datetime | None = None) -> Iterator[ev.Customer]:
+        """Customers updated since a time (all when None), page by page."""
+        for node in self._pages(CUSTOMERS, "customers", {"query": self._since(since), **self._metafield()}):
+            yield self.to_customer(node)
+
+    @staticmethod
+    def to_order(node: dict[str, Any]) -> tuple[ev.Order, ev.Customer | None]:
+        """A canonical order (and its customer) from a GraphQL `Order`."""
+        total = ((node.get("totalPriceSet") or {}).get("shopMoney") or {})
+        subtotal = ((node.get("subtotalPriceSet") or {}).get("shopMoney") or {})
+        items = [ev.LineItem(product_id=plain_id((i.get("product") or {}).get("id")),
+                             variant_id=plain_id((i.get("variant") or {}).get("id")), sku=ev.text(i.get("sku")),
+                             title=ev.text(i.get("title")) or "", quantity=int(i.get("quantity") or 1),
+                             price=ev.parse_decimal(((i.get("originalUnitPriceSet") or {}).get("shopMoney") or {})
+                                                    .get("amount")))
+                 for i in ((node.get("lineItems") or {}).get("nodes") or [])]
+        financial = node.get("displayFinancialStatus")
+        fulfillment = node.get("displayFulfillmentStatus")
+        order = ev.Order(
+            id=plain_id(node["id"]) or "", number=ev.text(node.get("name")),
+            created_at=ev.parse_datetime(node.get("createdAt")), updated_at=ev.parse_datetime(node.get("updatedAt")),
+            total=ev.parse_decimal(total.get("amount")), subtotal=ev.parse_decimal(subtotal.get("amount")),
+            currency=ev.text(total.get("currencyCode") or node.get("currencyCode")), line_items=items,
+            discount_codes=[str(c) for c in node.get("discountCodes") or []],
+            financial_status=str(financial).lower() if financial else None,
+            fulfillment_status=str(fulfillment).lower() if fulfillment else None,
+            cancelled_at=ev.parse_datetime(node.get("cancelledAt")),
+        )
+        buyer = node.get("customer") or {}
+        email = ev.text((buyer.get("defaultEmailAddress") or {}).get("emailAddress")) or ev.text(node.get("email"))
+        customer = None
+        if buyer.get("id") or email:
+            customer = ev.Customer(id=plain_id(buyer.get("id")), email=email,
+                                   first_name=ev.text(buyer.get("firstName")), last_name=ev.text(buyer.get("lastName")))
+        return order, customer
+
+    def fetch_orders(self, since: datetime | None = None) -> Iterator[tuple[ev.Order, ev.Customer | None]]:
+        """Orders updated since a time (all when None), with their customers."""
+        for node in self._pages(ORDERS, "orders", {"query": self._since(since)}):
+            yield self.to_order(node)
+
+    # ---- the shop and its webhooks -------------------------------------------------------------------
+
+    def shop_details(self) -> dict[str, Any]:
+        """The shop's name, email, currency and IANA time zone."""
+        return self.graphql(SHOP, what="shop").get("shop") or {}
+
+    def register_webhooks(self, topics: list[str] | None = None, address: str | None = None) -> list[str]:
+        """Subscribe each topic to `address` (`webhookSubscriptionCreate`), skipping those already there."""
+        topics, address = topics or WEBHOOK_TOPICS, address or webhook_address()
+        data = self.graphql(WEBHOOKS, {"first": 100}, what="webhookSubscriptions")
+        existing = {(n.get("topic"), n.get("uri")) for n in (data.get("webhookSubscriptions") or {}).get("nodes") or []}
+        done = []
+        for topic in topics:
+            enum = topic_enum(topic)
+            if (enum, address) not in existing:
+                result = self.graphql(WEBHOOK_CREATE, {"topic": enum, "webhookSubscription": {"uri": address,
+                                                                                              "format": "JSON"}},
+                                      what="webhookSubscriptionCreate").get("webhookSubscriptionCreate")
+                errors = self.user_errors(result, "webhookSubscriptionCreate")
+                if errors and not any("already been taken" in str(e.get("message")) for e in errors):
+                    raise PlatformError(f"Shopify webhookSubscriptionCreate {enum}: {_messages(errors)}", status=422)
+            done.append(topic)
+        return done

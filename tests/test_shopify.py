@@ -1,0 +1,302 @@
+"""Shopify connector against `responses` fakes of the GraphQL Admin API, shaped as Shopify documents them."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+import requests
+import responses
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from connectors.base import DiscountRequest, PlatformError, get_connector
+from connectors.shopify import WEBHOOK_TOPICS, ShopifyConnector
+from encore.cli import main
+from encore.store import session_scope
+from encore.store.models import Shop
+from tests.conftest import SHOP
+
+GRAPHQL = f"https://{SHOP}/admin/api/2026-04/graphql.json"
+TOKEN = "shpat_0123456789abcdef"
+
+
+def _cost(requested: int = 10, available: float = 1990.0, restore: float = 100.0) -> dict:
+    return {"cost": {"requestedQueryCost": requested, "actualQueryCost": requested,
+                     "throttleStatus": {"maximumAvailable": 2000.0, "currentlyAvailable": available,
+                                        "restoreRate": restore}}}
+
+
+def _data(data: dict, **cost) -> dict:  # type: ignore[no-untyped-def]
+    return {"data": data, "extensions": _cost(**cost)}
+
+
+THROTTLED = {"errors": [{"message": "Throttled", "extensions": {
+    "code": "THROTTLED", "documentation": "https://shopify.dev/api/usage/rate-limits"}}],
+    "extensions": {"cost": {"requestedQueryCost": 752, "actualQueryCost": None,
+                            "throttleStatus": {"maximumAvailable": 2000.0, "currentlyAvailable": 2,
+                                               "restoreRate": 100.0}}}}
+
+
+def _created(code: str, node_id: int = 1057371343) -> dict:
+    return _data({"discountCodeBasicCreate": {"codeDiscountNode": {
+        "id": f"gid://shopify/DiscountCodeNode/{node_id}",
+        "codeDiscount": {"title": "Birthday 15%", "startsAt": "2026-12-01T00:00:00Z", "endsAt": "2026-12-31T23:00:00Z",
+                         "codes": {"nodes": [{"code": code}]}}}, "userErrors": []}})
+
+
+def _node(code: str, node_id: int = 1057371343, used: int = 0) -> dict:
+    return {"id": f"gid://shopify/DiscountCodeNode/{node_id}", "codeDiscount": {
+        "__typename": "DiscountCodeBasic", "title": "Birthday 15%", "status": "ACTIVE",
+        "startsAt": "2026-12-01T00:00:00Z", "endsAt": "2026-12-31T23:00:00Z", "asyncUsageCount": used,
+        "codes": {"nodes": [{"code": code}]}}}
+
+
+@pytest.fixture
+def shop(env) -> Shop:  # type: ignore[no-untyped-def]
+    result = CliRunner().invoke(main, ["stores", "add", "shopify", SHOP, "--access-token", TOKEN])
+    assert result.exit_code == 0, result.output
+    with session_scope() as session:
+        return session.execute(select(Shop).where(Shop.domain == SHOP)).scalar_one()
+
+
+class FakeAdmin:
+    """Answers GraphQL by operation; records every request's query and variables."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+        self.answers: dict[str, list] = {}
+
+    def on(self, operation: str, *answers) -> None:  # type: ignore[no-untyped-def]
+        self.answers.setdefault(operation, []).extend(answers)
+
+    def __call__(self, request):  # type: ignore[no-untyped-def]
+        assert request.headers["X-Shopify-Access-Token"] == TOKEN
+        body = json.loads(request.body)
+        operation = re.search(r"(?:query|mutation)\s+(\w+)", body["query"]).group(1)
+        self.calls.append((operation, body["variables"]))
+        queue = self.answers[operation]
+        answer = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(answer, Exception):
+            raise answer
+        if callable(answer):
+            answer = answer(body["variables"])
+        status, headers, payload = answer if isinstance(answer, tuple) else (200, {}, answer)
+        return status, headers, json.dumps(payload) if not isinstance(payload, str) else payload
+
+    def ops(self) -> list[str]:
+        return [op for op, _ in self.calls]
+
+
+@pytest.fixture
+def admin():  # type: ignore[no-untyped-def]
+    fake = FakeAdmin()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_callback(responses.POST, GRAPHQL, callback=fake)
+        yield fake
+
+
+def _request(**overrides) -> DiscountRequest:  # type: ignore[no-untyped-def]
+    values = dict(idempotency_key="run-7:step-2", kind="percent", value=Decimal("15"), prefix="bday",
+                  starts_at=datetime(2026, 12, 1, tzinfo=UTC), ends_at=datetime(2026, 12, 31, 23, 0, tzinfo=UTC),
+                  minimum_subtotal=Decimal("40"), customer_id="207119551", title="Birthday 15%")
+    values.update(overrides)
+    return DiscountRequest(**values)  # type: ignore[arg-type]
+
+
+# ---- discounts --------------------------------------------------------------------------------------
+
+def test_create_discount_sends_context_for_the_customer_and_is_idempotent(shop, admin):
+    admin.on("codeDiscountNodeByCode", _data({"codeDiscountNodeByCode": None}))
+    admin.on("discountCodeBasicCreate", lambda variables: _created(variables["basicCodeDiscount"]["code"]))
+    connector = get_connector(shop)
+    assert isinstance(connector, ShopifyConnector)
+    discount = connector.create_discount(_request())
+    assert admin.ops() == ["codeDiscountNodeByCode", "discountCodeBasicCreate"]
+    variables = admin.calls[1][1]["basicCodeDiscount"]
+    code = variables["code"]
+    assert code.startswith("BDAY-") and len(code) == len("BDAY-XXXX-XXXX")
+    assert admin.calls[0][1] == {"code": code}
+    assert variables == {
+        "title": "Birthday 15%", "code": code, "startsAt": "2026-12-01T00:00:00Z", "endsAt": "2026-12-31T23:00:00Z",
+        "context": {"customers": {"add": ["gid://shopify/Customer/207119551"]}},
+        "customerGets": {"value": {"percentage": 0.15}, "items": {"all": True}},
+        "usageLimit": 1, "appliesOncePerCustomer": True,
+        "combinesWith": {"orderDiscounts": False, "productDiscounts": False, "shippingDiscounts": True},
+        "minimumRequirement": {"subtotal": {"greaterThanOrEqualToSubtotal": "40.00"}},
+    }
+    assert "customerSelection" not in variables  # deprecated on current API versions
+    assert discount.code == code and discount.platform_id == "gid://shopify/DiscountCodeNode/1057371343"
+    # the same flow step again: no second code, not even a lookup
+    assert get_connector(shop).create_discount(_request()).code == code
+    assert len(admin.calls) == 2
+
+
+def test_fixed_amount_without_customer_id_is_for_anyone_once(shop, admin):
+    admin.on("codeDiscountNodeByCode", _data({"codeDiscountNodeByCode": None}))
+    admin.on("discountCodeBasicCreate", _created("WB-AAAA-BBBB"))
+    get_connector(shop).create_discount(_request(kind="fixed", value=Decimal("5"), customer_id=None,
+                                                 minimum_subtotal=None, ends_at=None, idempotency_key="k2"))
+    variables = admin.calls[1][1]["basicCodeDiscount"]
+    assert variables["customerGets"]["value"] == {"discountAmount": {"amount": "5.00", "appliesOnEachItem": False}}
+    assert variables["context"] == {"all": "ALL"} and variables["endsAt"] is None
+    assert "minimumRequirement" not in variables and variables["usageLimit"] == 1
+
+
+def test_a_retry_after_a_lost_answer_finds_the_code_instead_of_minting_another(shop, admin):
+    admin.on("codeDiscountNodeByCode", _data({"codeDiscountNodeByCode": None}),
+             _data({"codeDiscountNodeByCode": _node("X", node_id=42)}))
+    admin.on("discountCodeBasicCreate", requests.ConnectionError("read timed out"), _data({"discountCodeBasicCreate": {
+        "codeDiscountNode": None, "userErrors": [{"field": ["basicCodeDiscount", "code"], "code": "TAKEN",
+                                                  "message": "Code must be unique. Please try a different code."}]}}))
+    slept: list[float] = []
+    discount = ShopifyConnector(shop, sleep=slept.append).create_discount(_request())
+    assert discount.platform_id == "gid://shopify/DiscountCodeNode/42"
+    assert admin.ops() == ["codeDiscountNodeByCode", "discountCodeBasicCreate", "discountCodeBasicCreate",
+                           "codeDiscountNodeByCode"]
+    assert slept == [1.0]
+
+
+def test_an_existing_code_is_returned_without_creating(shop, admin):
+    admin.on("codeDiscountNodeByCode", _data({"codeDiscountNodeByCode": _node("X", node_id=9)}))
+    discount = get_connector(shop).create_discount(_request())
+    assert admin.ops() == ["codeDiscountNodeByCode"] and discount.platform_id.endswith("/9")
+
+
+def test_user_errors_are_reported_with_shopify_message(shop, admin):
+    admin.on("codeDiscountNodeByCode", _data({"codeDiscountNodeByCode": None}))
+    admin.on("discountCodeBasicCreate", _data({"discountCodeBasicCreate": {"codeDiscountNode": None, "userErrors": [
+        {"field": ["basicCodeDiscount", "endsAt"], "code": "INVALID", "message": "Ends at needs to be after starts_at"}
+    ]}}))
+    with pytest.raises(PlatformError) as caught:
+        get_connector(shop).create_discount(_request())
+    assert "Ends at needs to be after starts_at" in caught.value.message and not caught.value.transient
+
+
+# ---- rate limits and errors -------------------------------------------------------------------------
+
+def test_graphql_throttled_waits_until_the_cost_is_restored(shop, admin):
+    admin.on("codeDiscountNodeByCode", THROTTLED, _data({"codeDiscountNodeByCode": _node("X", used=1)}))
+    slept: list[float] = []
+    assert ShopifyConnector(shop, sleep=slept.append).discount_redeemed("X") is True
+    assert slept == [7.5]  # (752 requested - 2 available) / 100 restored per second
+    assert admin.ops() == ["codeDiscountNodeByCode", "codeDiscountNodeByCode"]
+
+
+def test_http_429_waits_retry_after_and_5xx_backs_off(shop, admin):
+    admin.on("tagsAdd", (429, {"Retry-After": "2.0"}, {"errors": "Exceeded 2 calls per second for api client."}),
+             (502, {}, "<html>Bad Gateway</html>"), (503, {}, {"errors": "Service unavailable"}),
+             _data({"tagsAdd": {"node": {"id": "gid://shopify/Customer/1"}, "userErrors": []}}))
+    slept: list[float] = []
+    ShopifyConnector(shop, sleep=slept.append).tag_customer("1", ["vip"])
+    assert slept == [2.0, 2.0, 4.0]
+    assert admin.calls[-1][1] == {"id": "gid://shopify/Customer/1", "tags": ["vip"]}
+
+
+def test_throttling_for_longer_than_a_worker_should_wait_goes_back_to_the_job(shop, admin):
+    admin.on("tagsAdd", (429, {"Retry-After": "90"}, {"errors": "Exceeded"}))
+    slept: list[float] = []
+    with pytest.raises(PlatformError) as caught:
+        ShopifyConnector(shop, sleep=slept.append).tag_customer("1", ["vip"])
+    assert caught.value.transient and caught.value.retry_after == 90.0 and slept == []
+
+
+def test_4xx_is_a_platform_error_with_shopify_message(shop, admin):
+    admin.on("customer", (401, {}, {"errors": "[API] Invalid API key or access token (unrecognized login or "
+                                              "wrong password)"}))
+    slept: list[float] = []
+    with pytest.raises(PlatformError) as caught:
+        ShopifyConnector(shop, sleep=slept.append).fetch_customer("1")
+    assert caught.value.status == 401 and not caught.value.transient
+    assert "Invalid API key or access token" in caught.value.message and slept == []
+
+
+# ---- customers, orders, webhooks --------------------------------------------------------------------
+
+CUSTOMER_NODE = {
+    "id": "gid://shopify/Customer/207119551", "firstName": "Bob", "lastName": "Norman", "phone": None,
+    "locale": "en", "state": "ENABLED", "tags": ["vip"], "createdAt": "2026-01-02T10:00:00Z",
+    "updatedAt": "2026-11-01T10:00:00Z", "numberOfOrders": "3", "amountSpent": {"amount": "199.65",
+                                                                                "currencyCode": "USD"},
+    "defaultEmailAddress": {"emailAddress": "bob.norman@mail.example.com", "marketingState": "SUBSCRIBED",
+                            "marketingUpdatedAt": "2026-03-04T05:06:07Z"},
+    "birthday": {"value": "1988-02-29"},
+}
+
+
+def test_fetch_customer_reads_birthday_metafield_and_consent(shop, admin, env):
+    env.setenv("SHOPIFY_BIRTHDAY_METAFIELD", "custom.dob")
+    from encore.settings import reset_settings
+
+    reset_settings()
+    admin.on("customer", _data({"customer": CUSTOMER_NODE}))
+    customer = get_connector(shop).fetch_customer("207119551")
+    assert admin.calls[0][1] == {"id": "gid://shopify/Customer/207119551", "namespace": "custom", "key": "dob"}
+    assert customer is not None and customer.id == "207119551" and customer.email == "bob.norman@mail.example.com"
+    assert customer.birthday.isoformat() == "1988-02-29" and customer.email_consent is True
+    assert customer.orders_count == 3 and customer.total_spent == Decimal("199.65") and customer.tags == ["vip"]
+
+
+def test_without_protected_data_access_the_customer_comes_back_without_email(shop, admin):
+    node = dict(CUSTOMER_NODE, firstName=None, lastName=None, defaultEmailAddress=None)
+    admin.on("customer", {"data": {"customer": node}, "errors": [
+        {"message": "This app is not approved to access the Customer object. See "
+                    "https://shopify.dev/docs/apps/launch/protected-customer-data for more details.",
+         "path": ["customer", "defaultEmailAddress"], "extensions": {"code": "ACCESS_DENIED"}}],
+        "extensions": _cost()})
+    customer = get_connector(shop).fetch_customer("207119551")
+    assert customer is not None and customer.email is None and customer.email_consent is None
+    assert customer.birthday is not None
+
+
+def test_fetch_orders_pages_with_an_updated_at_query(shop, admin):
+    order = {"id": "gid://shopify/Order/450789469", "name": "#1001", "createdAt": "2026-11-01T10:00:00Z",
+             "updatedAt": "2026-11-02T10:00:00Z", "cancelledAt": None, "email": "bob.norman@mail.example.com",
+             "currencyCode": "USD", "discountCodes": ["BDAY-AAAA-BBBB"], "displayFinancialStatus": "PAID",
+             "displayFulfillmentStatus": "UNFULFILLED",
+             "totalPriceSet": {"shopMoney": {"amount": "598.94", "currencyCode": "USD"}},
+             "subtotalPriceSet": {"shopMoney": {"amount": "597.00", "currencyCode": "USD"}},
+             "customer": {"id": "gid://shopify/Customer/207119551", "firstName": "Bob", "lastName": "Norman",
+                          "defaultEmailAddress": {"emailAddress": "bob.norman@mail.example.com"}},
+             "lineItems": {"nodes": [{"title": "IPod Nano - 8gb", "quantity": 1, "sku": "IPOD2008PINK",
+                                      "variant": {"id": "gid://shopify/ProductVariant/39072856"},
+                                      "product": {"id": "gid://shopify/Product/632910392"},
+                                      "originalUnitPriceSet": {"shopMoney": {"amount": "199.00"}}}]}}
+    second = dict(order, id="gid://shopify/Order/450789470", name="#1002")
+    admin.on("orders", _data({"orders": {"nodes": [order], "pageInfo": {"hasNextPage": True, "endCursor": "c1"}}}),
+             _data({"orders": {"nodes": [second], "pageInfo": {"hasNextPage": False, "endCursor": "c2"}}}))
+    got = list(get_connector(shop).fetch_orders(datetime(2026, 11, 1, tzinfo=UTC)))
+    assert [o.id for o, _ in got] == ["450789469", "450789470"]
+    assert admin.calls[0][1] == {"query": "updated_at:>'2026-11-01T00:00:00Z'", "first": 100, "after": None}
+    assert admin.calls[1][1]["after"] == "c1"
+    first, buyer = got[0]
+    assert first.total == Decimal("598.94") and first.financial_status == "paid"
+    assert first.line_items[0].product_id == "632910392" and buyer.id == "207119551"
+
+
+def test_register_webhooks_subscribes_what_is_missing(shop, admin):
+    address = "http://localhost:8000/webhooks/shopify"
+    admin.on("webhookSubscriptions", _data({"webhookSubscriptions": {"nodes": [
+        {"id": "gid://shopify/WebhookSubscription/1", "topic": "ORDERS_CREATE", "uri": address}]}}))
+    admin.on("webhookSubscriptionCreate", _data({"webhookSubscriptionCreate": {"webhookSubscription": {
+        "id": "gid://shopify/WebhookSubscription/2", "topic": "ORDERS_PAID", "uri": address}, "userErrors": []}}))
+    topics = get_connector(shop).register_webhooks()
+    assert topics == WEBHOOK_TOPICS
+    created = [v for op, v in admin.calls if op == "webhookSubscriptionCreate"]
+    assert [v["topic"] for v in created] == [t.replace("/", "_").upper() for t in WEBHOOK_TOPICS[1:]]
+    assert "APP_UNINSTALLED" in [v["topic"] for v in created]
+    assert {json.dumps(v["webhookSubscription"]) for v in created} == {json.dumps({"uri": address, "format": "JSON"})}
+    assert not any("REDACT" in v["topic"] or "DATA_REQUEST" in v["topic"] for v in created)
+
+
+def test_an_uninstalled_shop_has_no_connector(shop):
+    from encore.store.ledger import uninstall_shop
+
+    with session_scope() as session:
+        uninstall_shop(session, session.get(Shop, shop.id))
+    with session_scope() as session:
+        with pytest.raises(PlatformError, match="no access token"):
+            get_connector(session.get(Shop, shop.id))
