@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import click
+
+from flows import loader
 
 
 @click.group()
@@ -10,4 +16,80 @@ def flows() -> None:
     """Work with flow files."""
 
 
-COMMANDS: list[click.Command] = [flows]
+@flows.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+def lint(paths: tuple[Path, ...]) -> None:
+    """Check flow files (default: FLOWS_DIR or the built-in library); exit 1 on errors."""
+    targets = list(paths) or [loader.flows_dir()]
+    problems: list[loader.Problem] = []
+    count = 0
+    for target in targets:
+        files = loader.flow_files(target) if target.is_dir() else [target]
+        for path in files:
+            count += 1
+            problems.extend(loader.load_file(path)[1])
+    for problem in problems:
+        click.echo(str(problem))
+    errors = sum(p.severity == "error" for p in problems)
+    warnings = len(problems) - errors
+    click.echo(f"{count} flow file(s): {errors} error(s), {warnings} warning(s)", err=True)
+    sys.exit(1 if errors else 0)
+
+
+@flows.command()
+def schema() -> None:
+    """Print the JSON Schema of a flow file (for editors)."""
+    from flows.schema import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@flows.command()
+@click.argument("flow")
+@click.option("--customer", "customer_file", required=True, type=click.Path(exists=True, path_type=Path),
+              help="a JSON or YAML file of customer fields (optionally with order, checkout, shop)")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("previews"), show_default=True,
+              help="folder for the HTML (and .txt) files")
+def preview(flow: str, customer_file: Path, out: Path) -> None:
+    """Render a flow's emails for a sample customer to HTML files (nothing is sent or created)."""
+    from flows import preview as previews
+
+    path = Path(flow)
+    if not path.exists():
+        path = loader.flows_dir() / (flow if flow.endswith((".yaml", ".yml")) else f"{flow}.yaml")
+    if not path.exists():
+        raise click.ClickException(f"no flow {flow!r} (a file, or a name in {loader.flows_dir()})")
+    loaded, problems = loader.load_file(path)
+    for problem in problems:
+        click.echo(str(problem), err=True)
+    if loaded is None:
+        sys.exit(1)
+    try:
+        data = previews.sample(customer_file)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    rendered = previews.render_flow(loaded, data)
+    for written, item in zip(previews.write(rendered, loaded.key, out), rendered, strict=True):
+        click.echo(f"{written}  ({item.step}: {item.subject})")
+    if not rendered:
+        click.echo("this flow sends no email", err=True)
+
+
+@click.command()
+@click.option("--date", "day", metavar="YYYY-MM-DD", help="run the date triggers due on this local day now")
+def sweep(day: str | None) -> None:
+    """Queue the date-triggered runs due now (or on --date, to catch up after downtime); idempotent."""
+    from datetime import date
+
+    from flows.triggers import sweep as run_sweep
+
+    if day:
+        try:
+            date.fromisoformat(day)
+        except ValueError:
+            raise click.BadParameter(f"{day!r} is not a date (YYYY-MM-DD)", param_hint="--date") from None
+    counts = run_sweep(day)
+    click.echo(f"{counts['due']} due, {counts['queued']} queued")
+
+
+COMMANDS: list[click.Command] = [flows, sweep]

@@ -98,7 +98,7 @@ def parse_yaml(text: str) -> tuple[Any, dict[Path_, int]]:
         loader.dispose()
 
 
-def _line_of(lines: dict[Path_, int], loc: Path_) -> int:
+def _resolve(lines: dict[Path_, int], loc: Path_) -> Path_:
     """Follow `loc` (a pydantic error location, which may hold union tags) as deep as the YAML goes."""
     path: Path_ = ()
     for part in loc:
@@ -106,7 +106,21 @@ def _line_of(lines: dict[Path_, int], loc: Path_) -> int:
             if path + (candidate,) in lines:
                 path = path + (candidate,)
                 break
+    return path
+
+
+def _error_line(lines: dict[Path_, int], data: Any, error: dict[str, Any]) -> int:
+    """The line of an error; an unknown key is pointed at itself rather than at its parent."""
+    path = _resolve(lines, tuple(error["loc"]))
+    if error["type"] in ("unknown_trigger", "unknown_step") and isinstance(error.get("input"), dict) \
+            and error["input"]:
+        first = next(iter(error["input"]))
+        return lines.get(path + (first,), lines.get(path, 1))
     return lines.get(path, 1)
+
+
+def _line_of(lines: dict[Path_, int], loc: Path_) -> int:
+    return lines.get(_resolve(lines, loc), 1)
 
 
 _ALIASES = {"if_": "if", "else_": "else", "as_": "as", "from_": "from", "for_": "for", "json_": "json"}
@@ -127,7 +141,8 @@ def load_text(text: str, file: str, key: str | None = None) -> tuple[FlowFile | 
     try:
         flow = Flow.model_validate(data)
     except ValidationError as exc:
-        problems = [Problem(file, _line_of(lines, tuple(err["loc"])), _message(err)) for err in exc.errors()]
+        problems = [Problem(file, _error_line(lines, data, err), _message(err, _resolve(lines, tuple(err["loc"]))))
+                    for err in exc.errors()]
         return None, _unique(problems)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
     loaded = FlowFile(key or Path(file).stem, file, flow, data, lines, digest)
@@ -137,9 +152,12 @@ def load_text(text: str, file: str, key: str | None = None) -> tuple[FlowFile | 
     return loaded, problems
 
 
-def _message(error: dict[str, Any]) -> str:
+def _message(error: dict[str, Any], found: Path_) -> str:
     loc = [str(p) for p in error["loc"] if not isinstance(p, int)]
     where = _ALIASES.get(loc[-1], loc[-1]) if loc else ""
+    if error["type"].startswith("bad_"):
+        keys = [str(p) for p in found if isinstance(p, str)]
+        where = keys[-1] if keys else ""
     message = error["msg"]
     if error["type"] in ("missing",):
         return f"missing `{where}`"

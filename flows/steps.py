@@ -259,7 +259,7 @@ class StepRunner:
             if self.run.context.get("checkout") and ctx["checkout"] and ctx["checkout"].email:
                 address = ctx["checkout"].email
         key = self.key("email")
-        existing = self.session.get(FlowEffect, key)
+        existing = None if self.dry_run else self.session.get(FlowEffect, key)
         if existing is not None:
             if existing.status == "pending":
                 self.trace("suppressed", "delivery of this email was interrupted; not sent again so that the "
@@ -268,7 +268,9 @@ class StepRunner:
             return NEXT
         if not address:
             return self._suppressed("no email address")
-        if self.flow.marketing:
+        if self.dry_run:
+            address = address or "preview@example.com"
+        if self.flow.marketing and not self.dry_run:
             reason = self._marketing_block(address)
             if reason == "quiet hours":
                 assert self.flow.quiet_hours is not None
@@ -342,7 +344,7 @@ class StepRunner:
         """Create a unique single-use code for the customer (idempotent by the step's key)."""
         spec = step.create_discount
         key = self.key("discount")
-        existing = self.session.get(FlowEffect, key)
+        existing = None if self.dry_run else self.session.get(FlowEffect, key)
         if existing is not None and existing.status == "done" and existing.result:
             self.set_var(spec.as_, existing.result)
             return NEXT
@@ -465,13 +467,13 @@ class StepRunner:
 
     def redeemed(self, code: str) -> bool:
         """Whether an order in the ledger used `code`, else what the platform says."""
+        if self.dry_run:
+            return False
         if self.customer is not None:
             rows = self.session.execute(select(Order.discount_codes).where(
                 Order.customer_id == self.customer.id, Order.placed_at >= self.run.started_at - timedelta(days=1)))
             if any(code.upper() in [c.upper() for c in (codes or [])] for (codes,) in rows):
                 return True
-        if self.dry_run:
-            return False
         try:
             from connectors import base as connectors
 

@@ -1,0 +1,159 @@
+"""Marketers' tools: `encore flows lint` (file:line: message), `schema`, `preview`; bad flows are skipped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from encore.cli import main
+from encore.settings import reset_settings
+from flows import loader, render
+
+GOOD = """\
+name: Good
+trigger:
+  event: order.placed
+steps:
+  - send_email:
+      template: thank_you_first_order.html
+      subject: "Thanks {{ customer.first_name }}"
+"""
+
+CASES = {
+    # file text -> (line, message fragment)
+    "unknown_step": ("name: x\ntrigger:\n  event: order.placed\nsteps:\n  - wait: 1h\n  - send_mail:\n"
+                     "      template: a.html\n", 6,
+                     "unknown step 'send_mail' (expected one of: wait, send_email, create_discount, tag_customer, "
+                     "if, http, stop)"),
+    "unknown_trigger": ("name: x\ntrigger:\n  evnt: order.placed\nsteps:\n  - stop\n", 3,
+                        "unknown trigger 'evnt' (expected one of: event, date)"),
+    "unknown_event": ("name: x\ntrigger:\n  event: order.shipped\nsteps:\n  - stop\n", 3,
+                      "unknown event type 'order.shipped' (expected 'order.placed', 'order.paid'"),
+    "bad_expression": ("name: x\ntrigger:\n  event: order.placed\nconditions:\n  - customer.orders_count ==\n"
+                       "steps:\n  - stop\n", 5, "bad expression 'customer.orders_count =='"),
+    "undefined_in_expression": ("name: x\ntrigger:\n  event: order.placed\nconditions:\n  - custmer.orders_count > 1\n"
+                                "steps:\n  - stop\n", 5, "undefined variable 'custmer'"),
+    "missing_template": ("name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n"
+                         "      template: nope.html\n      subject: hi\n", 6, "missing template 'nope.html'"),
+    "undefined_in_template": ("name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n"
+                              "      template: uses_coupon.html\n      subject: hi\n", 6,
+                              "undefined variable 'coupon' in template 'uses_coupon.html'"),
+    "bad_duration": ("name: x\ntrigger:\n  event: order.placed\nsteps:\n  - wait: 3 days\n", 5,
+                     "wait: bad duration '3 days' (expected e.g. 30m, 2h, 14d, 8w)"),
+    "missing_field": ("name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n      template: a.html\n",
+                      5, "missing `subject`"),
+}
+
+WARNINGS = {
+    "expires_first": ("name: x\ntrigger:\n  event: order.placed\nsteps:\n"
+                      "  - create_discount: {as: welcome, percent: 5, expires_in: 2d}\n  - wait: 3d\n"
+                      "  - send_email:\n      template: welcome.html\n      subject: hi\n", 7,
+                      "discount 'welcome' expires (2d) before this email is sent (3d after it is created)"),
+    "yearly_unguarded": ("name: x\ntrigger:\n  date: customer.birthday\n  offset: -14d\nsteps:\n  - stop\n", 2,
+                         "a yearly date trigger (customer.birthday) without `entry: once_per: year`"),
+    "no_unsubscribe": ("name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n"
+                       "      template: bare.html\n      subject: hi\n", 6,
+                       "marketing email template 'bare.html' has no unsubscribe link"),
+}
+
+
+@pytest.fixture
+def templates(env: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "uses_coupon.html").write_text('{% extends "base.html" %}{% block content %}{{ coupon.code }}'
+                                             '{% endblock %}')
+    (folder / "bare.html").write_text("<p>Hello {{ customer.first_name }}</p>")
+    env.setenv("TEMPLATES_DIR", str(folder))
+    reset_settings()
+    render.reset()
+    yield folder
+    render.reset()
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_lint_reports_file_line_message(case: str, templates: Path, tmp_path: Path) -> None:
+    text, line, fragment = CASES[case]
+    path = write(tmp_path / "flows", case, text)
+    result = CliRunner().invoke(main, ["flows", "lint", str(path)])
+    assert result.exit_code == 1, result.output
+    assert f"{path}:{line}: {fragment}" in result.output
+
+
+@pytest.mark.parametrize("case", sorted(WARNINGS))
+def test_lint_warns_about_valid_but_wrong_flows(case: str, templates: Path, tmp_path: Path) -> None:
+    text, line, fragment = WARNINGS[case]
+    path = write(tmp_path / "flows", case, text)
+    result = CliRunner().invoke(main, ["flows", "lint", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"{path}:{line}: warning: {fragment}" in result.output
+
+
+def test_lint_of_the_library_and_the_examples_is_clean(env: pytest.MonkeyPatch) -> None:
+    for target in (loader.LIBRARY, Path("/work/shared/flow-examples")):
+        if not target.exists():
+            continue
+        result = CliRunner().invoke(main, ["flows", "lint", str(target)])
+        assert result.exit_code == 0, result.output
+        assert "error" not in result.stdout if hasattr(result, "stdout") else True
+
+
+def test_a_bad_flow_is_reported_and_skipped_while_the_others_load(env: pytest.MonkeyPatch, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "flows"
+    write(folder, "good", GOOD)
+    write(folder, "broken", CASES["unknown_step"][0])
+    env.setenv("FLOWS_DIR", str(folder))
+    reset_settings()
+    registry = loader.registry()
+    assert list(registry.flows) == ["good"]
+    assert [p.line for p in registry.problems] == [6]
+    assert "broken.yaml:6: unknown step 'send_mail'" in caplog.text
+
+
+def test_schema_export(env: pytest.MonkeyPatch) -> None:
+    result = CliRunner().invoke(main, ["flows", "schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    assert schema["title"] == "Encore flow"
+    assert set(schema["required"]) == {"name", "trigger", "steps"}
+    text = json.dumps(schema)
+    for key in ("send_email", "create_discount", "wait", "tag_customer", "http", "stop", "once_per_customer",
+                "quiet_hours", "frequency_cap", "exit_on"):
+        assert f'"{key}"' in text
+    assert "order.placed" in text and "customer.birthday" in text
+
+
+def test_preview_writes_html_files(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    sample = tmp_path / "grace.json"
+    sample.write_text(json.dumps({"first_name": "Grace", "email": "grace@example.com", "orders_count": 3,
+                                  "shop": {"name": "Tea Corner", "currency": "GBP"}}))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["flows", "preview", "win_back", "--customer", str(sample), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    files = sorted(p.name for p in out.glob("*.html"))
+    assert files == ["win_back-1-win_back.html", "win_back-2-win_back_reminder.html"]
+    html = (out / "win_back-1-win_back.html").read_text()
+    assert "We miss you, Grace" in html and "BACKPREVIEW" in html and "Tea Corner" in html
+    assert "/unsubscribe/" in html
+    text = (out / "win_back-1-win_back.txt").read_text()
+    assert text.startswith("Subject: It's been a while: 15% off, just for you")
+    assert "<" not in text
+
+
+def test_preview_of_an_unknown_flow_fails_clearly(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    sample = tmp_path / "c.json"
+    sample.write_text("{}")
+    result = CliRunner().invoke(main, ["flows", "preview", "nope", "--customer", str(sample)])
+    assert result.exit_code == 1
+    assert "no flow 'nope'" in result.output
