@@ -34,6 +34,11 @@ def run(port: int, workers: int) -> None:
     env["REDIS_URL"] = redis_url()  # starts the embedded server if needed; children share it
     env.setdefault("ENCORE_DATA_DIR", str(settings.DATA_DIR))
     env.setdefault("SECRET_KEY", settings.secret_key)
+    metrics_dir = settings.data_path("metrics")  # every process counts here; /metrics adds them up
+    metrics_dir.mkdir(exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink()
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     migrate()
     commands = {
         "web": [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind", f"0.0.0.0:{port}",

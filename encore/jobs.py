@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from encore import logs
 from encore.events import Event
+from encore.metrics import EVENTS_PROCESSED, JOB_LATENCY
 from encore.store import session_scope
 from encore.store.ledger import apply_event
+from encore.store.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +24,14 @@ def process_event(data: dict[str, Any]) -> dict[str, Any]:
     from flows.engine import handle_event
 
     event = Event.from_dict(data)
-    with session_scope() as session:
-        result = apply_event(session, event)
-        shop_id = result.shop.id if result.shop else None
-        customer_id = result.customer.id if result.customer else None
-    log.info("event %s %s applied (new=%s)", event.id, event.type.value, result.new)
-    handle_event(event, shop_id=shop_id, customer_id=customer_id, new=result.new)
+    with logs.bind(event_id=event.id, event_type=event.type.value, shop=event.shop):
+        with session_scope() as session:
+            result = apply_event(session, event)
+            shop_id = result.shop.id if result.shop else None
+            customer_id = result.customer.id if result.customer else None
+        log.info("event applied to the ledger", extra={"new": result.new, "customer_id": customer_id})
+        handle_event(event, shop_id=shop_id, customer_id=customer_id, new=result.new)
+    EVENTS_PROCESSED.labels(type=event.type.value, new=str(result.new).lower()).inc()
+    if result.new:
+        JOB_LATENCY.labels(type=event.type.value).observe(max(0.0, (utcnow() - event.received_at).total_seconds()))
     return {"event": event.id, "type": event.type.value, "new": result.new, "customer_id": customer_id}

@@ -1,10 +1,8 @@
-"""Prometheus counters of the receivers."""
+"""The receivers' counting: one call per delivery outcome."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter
-
-WEBHOOKS = Counter("encore_webhooks_total", "Webhook deliveries by platform and outcome", ["platform", "outcome"])
+from encore.metrics import WEBHOOKS
 
 
 def received(platform: str, outcome: str) -> None:
