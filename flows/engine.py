@@ -328,7 +328,7 @@ def reschedule_lost(grace_seconds: int = 120) -> int:
             FlowRun.updated_at < due,
         ).order_by(FlowRun.id).limit(10000)).all()
     for row in rows:
-        if row.status == WAITING and row.job_id:
+        if row.job_id:
             try:
                 job = Job.fetch(row.job_id, connection=connection)
                 alive = job.get_status() in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED,
@@ -337,7 +337,10 @@ def reschedule_lost(grace_seconds: int = 120) -> int:
                 alive = False
             if alive:
                 continue
-        schedule(row.id, now, f"flowrun-{row.id}-rescue-{uuid.uuid4().hex[:8]}")
+        job_id = f"flowrun-{row.id}-rescue-{uuid.uuid4().hex[:8]}"
+        with session_scope() as session:
+            session.execute(update(FlowRun).where(FlowRun.id == row.id).values(job_id=job_id))
+        schedule(row.id, now, job_id)
         requeued += 1
     if requeued:
         log.info("re-queued %d flow runs whose job was gone", requeued)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,13 @@ from sqlalchemy import select
 
 from encore.jobs import process_event
 from encore.store import session_scope
-from encore.store.models import Customer, Shop
+from encore.store.models import Shop
 from flows import dates, engine
-from flows.models import FlowEffect, FlowRun, FlowTrace
+from flows.models import FlowEffect, FlowRun
 from tests.flows.helpers import FakeConnector, customer, event, order, outbox, walk_to
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -112,3 +114,177 @@ def flows_env_redis():  # type: ignore[no-untyped-def]
     from encore.queue import get_redis
 
     return get_redis()
+
+
+TWO_NOTES = """
+name: Two notes
+kind: transactional
+trigger: {event: order.placed}
+steps:
+  - send_email: {template: thank_you_first_order.html, subject: "First note"}
+  - wait: 1d
+  - send_email: {template: check_in.html, subject: "Second note"}
+"""
+
+KILL_SCRIPT = """
+import json, os, sys
+from datetime import datetime
+import connectors.email as email_api
+from flows import dates
+real_send = email_api.send
+def send_then_die(message, transport=None):
+    real_send(message, transport)
+    os._exit(9)  # the worker dies after delivering, before recording it
+email_api.send = send_then_die
+dates.set_now(datetime.fromisoformat(sys.argv[1]))
+from encore.jobs import process_event
+process_event(json.loads(sys.argv[2]))
+"""
+
+
+def subjects(tmp_path: Path) -> list[str]:
+    return sorted(m["Subject"] for m in outbox(tmp_path))
+
+
+def test_a_worker_killed_mid_run_resumes_without_a_duplicate(flows_env, redis, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import redis_url_of
+
+    flow_dir(tmp_path, flows_env, notes=TWO_NOTES)
+    data = event("order.placed", T0, customer(), order=order("61", T0))
+    child = subprocess.run([sys.executable, "-c", KILL_SCRIPT, T0.isoformat(), json.dumps(data)],
+                           env={**os.environ, "REDIS_URL": redis_url_of(redis), "PYTHONPATH": str(ROOT)},
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert child.returncode == 9, child.stderr
+    assert subjects(tmp_path) == ["First note"]
+    (run,) = runs()
+    assert run.status == "running" and run.lease_until is not None  # left behind by the dead worker
+    # The job is retried (RQ's retry, or the sweeper once the lease is over): nothing is sent twice.
+    process_event(data)
+    assert subjects(tmp_path) == ["First note"]
+    dates.set_now(T0 + timedelta(minutes=10))
+    assert engine.reschedule_lost() == 1
+    walk_to(redis, T0 + timedelta(minutes=10))
+    assert subjects(tmp_path) == ["First note"]
+    (run,) = runs()
+    assert run.status == "waiting"
+    assert any(kind == "suppressed" and "interrupted" in message for kind, message in trace(run.id))
+    walk_to(redis, T0 + timedelta(days=1, minutes=10))
+    assert subjects(tmp_path) == ["First note", "Second note"]
+    assert runs()[0].status == "done"
+
+
+def test_a_run_whose_job_is_lost_is_rescheduled(flows_env, redis, tmp_path: Path) -> None:
+    flow_dir(tmp_path, flows_env, notes=TWO_NOTES)
+    process_event(event("order.placed", T0, customer(), order=order("62", T0)))
+    redis.flushdb()  # Redis lost its data: the scheduled resume job is gone
+    walk_to(redis, T0 + timedelta(days=1, minutes=5))
+    assert subjects(tmp_path) == ["First note"]
+    assert engine.reschedule_lost() == 1
+    assert engine.reschedule_lost() == 0  # the new job is queued: not twice
+    walk_to(redis, T0 + timedelta(days=1, minutes=5))
+    assert subjects(tmp_path) == ["First note", "Second note"]
+
+
+def test_a_run_finishes_on_the_flow_version_it_started_with(flows_env, redis, tmp_path: Path) -> None:
+    folder = flow_dir(tmp_path, flows_env, notes=TWO_NOTES)
+    process_event(event("order.placed", T0, customer(), order=order("63", T0)))
+    (folder / "notes.yaml").write_text(TWO_NOTES.replace("Second note", "Edited note"))
+    os_utime_later(folder / "notes.yaml")
+    walk_to(redis, T0 + timedelta(days=1, minutes=1))
+    assert subjects(tmp_path) == ["First note", "Second note"]
+    process_event(event("order.placed", T0, customer("2002"), order=order("64", T0)))
+    walk_to(redis, T0 + timedelta(days=2, minutes=2))
+    assert subjects(tmp_path) == ["Edited note", "First note", "First note", "Second note"]
+
+
+def os_utime_later(path: Path) -> None:
+    import os
+
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10_000_000_000))
+
+
+def test_uninstall_stops_the_shops_runs_and_inactive_shops_start_none(flows_env, redis, tmp_path: Path) -> None:
+    flow_dir(tmp_path, flows_env, notes=TWO_NOTES)
+    process_event(event("order.placed", T0, customer(), order=order("65", T0)))
+    process_event(event("app.uninstalled", T0, None))
+    (run,) = runs()
+    assert run.status == "stopped" and run.reason == "app uninstalled"
+    process_event(event("order.placed", T0, customer("2002"), order=order("66", T0)))
+    walk_to(redis, T0 + timedelta(days=2))
+    assert subjects(tmp_path) == ["First note"]
+    assert len(runs()) == 1
+
+
+SECOND_MARKETING = """
+name: Another hello
+trigger: {event: customer.created}
+steps:
+  - send_email: {template: check_in.html, subject: "Another hello"}
+"""
+
+
+def test_the_frequency_cap_is_shared_across_flows_and_traced(flows_env, redis, tmp_path: Path) -> None:
+    flow_dir(tmp_path, flows_env, a_welcome=WELCOME_NOW, b_hello=SECOND_MARKETING)
+    process_event(event("customer.created", T0, customer()))
+    assert subjects(tmp_path) == ["Welcome Ada: 10% off"]
+    (hello,) = runs(flow_key="b_hello")
+    assert ("suppressed", "email not sent: frequency cap") in trace(hello.id)
+
+
+def test_quiet_hours_defer_a_marketing_email(flows_env, redis, tmp_path: Path) -> None:
+    flow_dir(tmp_path, flows_env, hello=SECOND_MARKETING + 'quiet_hours: {from: "21:00", to: "08:00"}\n')
+    late = T0.replace(hour=23)
+    dates.set_now(late)
+    process_event(event("customer.created", late, customer()))
+    assert subjects(tmp_path) == []
+    (run,) = runs()
+    assert run.status == "waiting" and run.wake_at == (late + timedelta(hours=9))
+    walk_to(redis, late + timedelta(hours=9))
+    assert subjects(tmp_path) == ["Another hello"]
+
+
+def test_a_transient_email_failure_is_retried_once(flows_env, redis, tmp_path: Path) -> None:
+    import connectors.email as email_api
+
+    real_send = email_api.send
+    calls = []
+
+    def flaky(message, transport=None):  # type: ignore[no-untyped-def]
+        calls.append(message.idempotency_key)
+        if len(calls) == 1:
+            raise email_api.TransientEmailError("421 try again later")
+        return real_send(message, transport)
+
+    flows_env.setattr(email_api, "send", flaky)
+    flow_dir(tmp_path, flows_env, hello=SECOND_MARKETING)
+    process_event(event("customer.created", T0, customer()))
+    assert subjects(tmp_path) == []
+    (run,) = runs()
+    assert run.status == "waiting" and any(kind == "retry" for kind, _ in trace(run.id))
+    walk_to(redis, T0 + timedelta(minutes=2))
+    walk_to(redis, T0 + timedelta(minutes=30))
+    assert subjects(tmp_path) == ["Another hello"] and len(calls) == 2
+
+
+def test_exactly_once_on_sqlite_and_postgresql(flows_env, redis, tmp_path: Path, db_url: str) -> None:
+    from tests.conftest import use_database
+
+    use_database(flows_env, db_url)
+    flow_dir(tmp_path, flows_env, notes=TWO_NOTES)
+    data = event("order.placed", T0, customer(), order=order("67", T0))
+    process_event(data)
+    process_event(data)
+    walk_to(redis, T0 + timedelta(days=1, minutes=1))
+    process_event(data)
+    walk_to(redis, T0 + timedelta(days=2))
+    assert subjects(tmp_path) == ["First note", "Second note"]
+    (run,) = runs()
+    assert run.status == "done"
+    with session_scope() as session:
+        effects = session.execute(select(FlowEffect.status)).scalars().all()
+    assert effects == ["done", "done"]
