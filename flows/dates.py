@@ -6,8 +6,8 @@ Policy (documented in docs/flows.md, proved by property tests):
 - A local wall time that does not exist (the spring-forward gap) moves forward by the gap; a wall time
   that happens twice (the autumn fold) means its first occurrence. So each local day has exactly one
   instant for a given time of day: daylight saving neither skips nor doubles a send.
-- `d` and `w` durations are calendar days in the local zone (the wall time is kept across a DST change);
-  `m` and `h` durations are elapsed time.
+- A duration of whole days (`14d`, `2w`, also `48h`) counts calendar days in the local zone, keeping the
+  wall time across a DST change; any other duration (`30m`, `36h`) is elapsed time.
 """
 
 from __future__ import annotations
