@@ -82,13 +82,11 @@ def month_days_on(day: date) -> list[tuple[int, int]]:
 
 
 def add_duration(start: datetime, delta: timedelta, tz: tzinfo) -> datetime:
-    """`start` plus `delta`: whole days keep the local wall time, the rest is elapsed time."""
-    days, rest = delta.days, delta - timedelta(days=delta.days)
-    if days:
+    """`start` plus `delta`: whole days keep the local wall time; any other duration is elapsed time."""
+    if delta and not delta % timedelta(days=1):
         local = start.astimezone(tz)
-        moved = local_instant(local.date() + timedelta(days=days), local.timetz().replace(tzinfo=None), tz)
-        start = moved
-    return (start + rest).astimezone(UTC)
+        return local_instant(local.date() + timedelta(days=delta.days), local.time(), tz)
+    return (start + delta).astimezone(UTC)
 
 
 def next_local_time(after: datetime, at: time, tz: tzinfo) -> datetime:
