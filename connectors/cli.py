@@ -115,4 +115,119 @@ def list_stores() -> None:
     Console().print(table)
 
 
-COMMANDS: list[click.Command] = [stores]
+def find_shop(session, store: str) -> Shop:  # type: ignore[no-untyped-def]
+    """A connected store by id or domain (click error when there is none)."""
+    query = select(Shop)
+    if store.isdigit():
+        query = query.where(Shop.id == int(store))
+    else:
+        from webhooks.woocommerce import store_domain
+
+        query = query.where(Shop.domain.in_({store.strip().lower(), store_domain(store)}))
+    shops = session.execute(query).scalars().all()
+    if not shops:
+        raise click.BadParameter(f"no store {store!r} (see `encore stores list`)", param_hint="STORE")
+    if len(shops) > 1:
+        raise click.BadParameter(f"{store!r} names several stores; use the id", param_hint="STORE")
+    return shops[0]
+
+
+@click.group("import")
+def import_() -> None:
+    """Backfill the ledger from a store's platform."""
+
+
+@import_.command("customers")
+@click.argument("store")
+@click.option("--orders/--no-orders", default=True, show_default=True, help="also import orders (counts, totals)")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="only what changed since this date (UTC); default everything")
+def import_customers(store: str, orders: bool, since) -> None:  # type: ignore[no-untyped-def]
+    """Import a store's customers (and orders) into the ledger, without starting any flow."""
+    from datetime import UTC
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from connectors.base import PlatformError, get_connector
+    from encore.store.ledger import recompute, upsert_customer, upsert_order
+
+    migrate()
+    with session_scope() as session:
+        shop = find_shop(session, store)
+        connector = get_connector(shop)
+    since_at = since.replace(tzinfo=UTC) if since else None
+    counts = {"customers": 0, "orders": 0}
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
+            task = progress.add_task(f"customers of {shop.domain}", total=None)
+            for customer in connector.fetch_customers(since_at):
+                with session_scope() as session:
+                    row = session.get(Shop, shop.id)
+                    upsert_customer(session, row, customer, customer.updated_at or utcnow())
+                counts["customers"] += 1
+                progress.advance(task)
+            progress.update(task, total=counts["customers"])
+            if orders:
+                task = progress.add_task(f"orders of {shop.domain}", total=None)
+                for order, buyer in connector.fetch_orders(since_at):
+                    with session_scope() as session:
+                        row = session.get(Shop, shop.id)
+                        ledger_customer = upsert_customer(session, row, buyer, order.updated_at or utcnow()) \
+                            if buyer else None
+                        stored = upsert_order(session, row, order, ledger_customer)
+                        if ledger_customer is not None or stored.customer_id is not None:
+                            from encore.store.models import Customer
+
+                            recompute(session, ledger_customer or session.get(Customer, stored.customer_id))
+                    counts["orders"] += 1
+                    progress.advance(task)
+                progress.update(task, total=counts["orders"])
+    except PlatformError as exc:
+        raise click.ClickException(f"{exc.message} (imported so far: {counts['customers']} customers, "
+                                   f"{counts['orders']} orders; running it again is safe)") from exc
+    click.echo(f"imported {counts['customers']} customers and {counts['orders']} orders from {shop.domain}")
+
+
+@click.group()
+def privacy() -> None:
+    """Answer customers' data requests."""
+
+
+@privacy.command("exports")
+@click.argument("store", required=False)
+def list_exports(store: str | None) -> None:
+    """List the data request exports (Shopify customers/data_request)."""
+    from connectors.models import DataExport
+
+    migrate()
+    table = Table("id", "store", "customer", "request", "created")
+    with session_scope() as session:
+        query = select(DataExport, Shop.domain).join(Shop, Shop.id == DataExport.shop_id).order_by(DataExport.id)
+        if store:
+            query = query.where(DataExport.shop_id == find_shop(session, store).id)
+        for export, domain in session.execute(query):
+            customer = (export.data.get("customer") or {}) if isinstance(export.data, dict) else {}
+            table.add_row(str(export.id), domain, str(customer.get("email") or customer.get("platform_id") or "-"),
+                          export.request_id or "", export.created_at.strftime("%Y-%m-%d %H:%M"))
+    Console().print(table)
+
+
+@privacy.command("show")
+@click.argument("export_id", type=int)
+def show_export(export_id: int) -> None:
+    """Print one export as JSON (send it to the customer)."""
+    import json
+
+    from connectors.models import DataExport
+
+    migrate()
+    with session_scope() as session:
+        export = session.get(DataExport, export_id)
+        if export is None:
+            raise click.BadParameter(f"no export {export_id}", param_hint="EXPORT_ID")
+        click.echo(json.dumps(export.data, indent=2, sort_keys=True))
+
+
+COMMANDS: list[click.Command] = [stores, import_, privacy]

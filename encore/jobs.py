@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from encore import logs
-from encore.events import Event
+from encore.events import Event, EventType
 from encore.metrics import EVENTS_PROCESSED, JOB_LATENCY
 from encore.store import session_scope
 from encore.store.ledger import apply_event
@@ -27,6 +27,10 @@ def process_event(data: dict[str, Any]) -> dict[str, Any]:
     with logs.bind(event_id=event.id, event_type=event.type.value, shop=event.shop):
         with session_scope() as session:
             result = apply_event(session, event)
+            if result.new and result.shop is not None and event.type == EventType.CUSTOMER_DATA_REQUEST:
+                from connectors.privacy import record_export
+
+                record_export(session, result.shop, event)
             shop_id = result.shop.id if result.shop else None
             customer_id = result.customer.id if result.customer else None
         log.info("event applied to the ledger", extra={"new": result.new, "customer_id": customer_id})
