@@ -300,3 +300,14 @@ def test_an_uninstalled_shop_has_no_connector(shop):
     with session_scope() as session:
         with pytest.raises(PlatformError, match="no access token"):
             get_connector(session.get(Shop, shop.id))
+
+
+def test_shipped_app_configuration_declares_the_privacy_topics():
+    import tomllib
+    from pathlib import Path
+
+    config = tomllib.loads((Path(__file__).parent.parent / "shopify.app.toml").read_text())
+    declared = {topic for sub in config["webhooks"]["subscriptions"] for topic in sub.get("compliance_topics", [])}
+    assert declared == {"customers/data_request", "customers/redact", "shop/redact"}
+    assert config["auth"]["redirect_urls"][0].endswith("/shopify/callback")
+    assert config["webhooks"]["api_version"] == "2026-04"

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from encore.settings import get_settings
 
 IDEMPOTENCY_HEADER = "X-Encore-Idempotency-Key"
+TRANSPORT_ENTRY_POINT_GROUP = "encore.email_transports"
 
 # EMAIL_URL scheme -> "module:Class"; a new transport is one module and one line here.
 TRANSPORTS: dict[str, str] = {
@@ -84,13 +85,24 @@ class Transport(abc.ABC):
         """Send one message; raise TransientEmailError or PermanentEmailError on failure."""
 
 
+def available_transports() -> dict[str, str]:
+    """Every EMAIL_URL scheme with its `module:Class`: built-in, then the `encore.email_transports` entry points."""
+    from importlib.metadata import entry_points
+
+    found = dict(TRANSPORTS)
+    for entry in entry_points(group=TRANSPORT_ENTRY_POINT_GROUP):
+        found.setdefault(entry.name, entry.value)
+    return found
+
+
 def get_transport(url: str | None = None) -> Transport:
     """The transport for `url` (default EMAIL_URL)."""
     url = url or get_settings().EMAIL_URL
     scheme = urlsplit(url).scheme.lower()
-    path = TRANSPORTS.get(scheme)
+    known = available_transports()
+    path = known.get(scheme)
     if path is None:
-        raise ValueError(f"EMAIL_URL scheme {scheme!r} is not supported (expected one of: {', '.join(TRANSPORTS)})")
+        raise ValueError(f"EMAIL_URL scheme {scheme!r} is not supported (expected one of: {', '.join(known)})")
     module_name, _, attr = path.partition(":")
     return getattr(importlib.import_module(module_name), attr)(url)
 
