@@ -84,13 +84,25 @@ def add_woocommerce(url: str, consumer_key: str, consumer_secret: str, webhook_s
 @click.argument("domain")
 @click.option("--access-token", required=True, help="Admin API access token of a custom app (shpat_…)")
 @click.option("--webhook-secret", default=None, help="the custom app's API secret, if it signs the webhooks")
-def add_shopify(domain: str, access_token: str, webhook_secret: str | None) -> None:
+@click.option("--register-webhooks", is_flag=True,
+              help="check the token, read the shop's name, currency and time zone, and subscribe the webhooks")
+def add_shopify(domain: str, access_token: str, webhook_secret: str | None, register_webhooks: bool) -> None:
     """Register a Shopify shop with a custom-app token."""
+    from connectors.base import PlatformError
+    from connectors.shopify import ShopifyConnector, webhook_address
+    from webhooks import secrets as webhook_secrets
     from webhooks.shopify import SHOP_DOMAIN
 
     domain = domain.strip().lower()
     if not SHOP_DOMAIN.match(domain):
         raise click.BadParameter("expected a shop domain like example.myshopify.com", param_hint="DOMAIN")
+    details: dict[str, str] = {}
+    if register_webhooks:
+        probe = Shop(platform="shopify", domain=domain, url=f"https://{domain}")
+        try:
+            details = ShopifyConnector(probe, token=access_token).shop_details()
+        except PlatformError as exc:
+            raise click.ClickException(f"Shopify did not accept the token: {exc.message}") from exc
     migrate()
     with session_scope() as session:
         shop = get_or_create_shop(session, "shopify", domain)
@@ -98,9 +110,21 @@ def add_shopify(domain: str, access_token: str, webhook_secret: str | None) -> N
         shop.access_token_enc = encrypt(access_token)
         if webhook_secret:
             shop.webhook_secret_enc = encrypt(webhook_secret)
+        shop.name = details.get("name") or shop.name
+        shop.currency = details.get("currencyCode") or shop.currency
+        shop.timezone = details.get("ianaTimezone") or shop.timezone
         shop.active, shop.installed_at, shop.uninstalled_at = True, utcnow(), None
         shop_id = shop.id
+    webhook_secrets.forget("shopify", domain)
     click.echo(f"store {shop_id} added: shopify {domain}")
+    if register_webhooks:
+        with session_scope() as session:
+            try:
+                topics = ShopifyConnector(session.get(Shop, shop_id)).register_webhooks()
+            except PlatformError as exc:
+                raise click.ClickException(f"store {shop_id} saved, but its webhooks could not be subscribed: "
+                                           f"{exc.message} (run the command again to retry)") from exc
+        click.echo(f"webhooks: {', '.join(topics)} -> {webhook_address()}")
 
 
 @stores.command("list")

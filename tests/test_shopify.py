@@ -311,3 +311,30 @@ def test_shipped_app_configuration_declares_the_privacy_topics():
     assert declared == {"customers/data_request", "customers/redact", "shop/redact"}
     assert config["auth"]["redirect_urls"][0].endswith("/shopify/callback")
     assert config["webhooks"]["api_version"] == "2026-04"
+
+
+def test_stores_add_shopify_can_check_the_token_and_subscribe_webhooks(env, admin):
+    admin.on("shop", _data({"shop": {"name": "Encore Test", "email": "o@example.com", "currencyCode": "CAD",
+                                     "ianaTimezone": "America/Toronto"}}))
+    admin.on("webhookSubscriptions", _data({"webhookSubscriptions": {"nodes": []}}))
+    admin.on("webhookSubscriptionCreate", lambda v: _data({"webhookSubscriptionCreate": {"webhookSubscription": {
+        "id": "gid://shopify/WebhookSubscription/5", "topic": v["topic"], "uri": v["webhookSubscription"]["uri"]},
+        "userErrors": []}}))
+    result = CliRunner().invoke(main, ["stores", "add", "shopify", SHOP, "--access-token", TOKEN,
+                                       "--webhook-secret", "custom-app-secret", "--register-webhooks"])
+    assert result.exit_code == 0, result.output
+    assert "webhooks: orders/create" in result.output
+    assert admin.ops().count("webhookSubscriptionCreate") == len(WEBHOOK_TOPICS)
+    with session_scope() as session:
+        shop = session.execute(select(Shop).where(Shop.domain == SHOP)).scalar_one()
+        assert (shop.name, shop.currency, shop.timezone) == ("Encore Test", "CAD", "America/Toronto")
+
+
+def test_stores_add_shopify_with_a_rejected_token_saves_nothing(env, admin):
+    admin.on("shop", (401, {}, {"errors": "[API] Invalid API key or access token (unrecognized login or wrong "
+                                          "password)"}))
+    result = CliRunner().invoke(main, ["stores", "add", "shopify", SHOP, "--access-token", TOKEN,
+                                       "--register-webhooks"])
+    assert result.exit_code == 1 and "Invalid API key or access token" in result.output
+    with session_scope() as session:
+        assert session.execute(select(Shop)).scalars().all() == []
