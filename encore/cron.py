@@ -17,7 +17,7 @@ from encore.queue import MAINTENANCE, queue
 
 log = logging.getLogger(__name__)
 
-CRON_MODULES = ("flows.cron", "connectors.cron")
+CRON_MODULES = ("flows.cron", "connectors.cron", "encore.archive")
 
 
 class JSONCronJob(CronJob):

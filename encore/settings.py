@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     WEBHOOK_MAX_BYTES: int = 2 * 1024 * 1024
     DEDUPE_TTL_SECONDS: int = 7 * 24 * 3600
     ADMIN_PASSWORD: str | None = None
+    WEBHOOK_RETENTION_DAYS: int = 30
 
     def data_path(self, *parts: str) -> Path:
         """A path inside the data directory, creating the directory on first use."""

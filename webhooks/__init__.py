@@ -52,4 +52,7 @@ def create_app() -> Flask:
 
     app.register_blueprint(oauth.blueprint)
     app.register_blueprint(unsubscribe.blueprint)
+    from webhooks import admin
+
+    admin.register(app)
     return app

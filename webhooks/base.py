@@ -23,6 +23,7 @@ from flask import Request, jsonify, request
 from redis.exceptions import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from encore import archive
 from encore.events import Event
 from encore.queue import enqueue_event
 from encore.settings import get_settings
@@ -126,6 +127,8 @@ def receive(receiver: Receiver):  # type: ignore[no-untyped-def]
             raise Rejected(400, "malformed", f"{delivery.topic}: {exc}") from exc
     except Rejected as exc:
         metrics.received(platform, exc.reason)
+        archive.record_rejection(platform, exc.reason, exc.status, exc.detail, delivery.topic if delivery else None,
+                                 delivery.shop if delivery else None, request.remote_addr)
         log.warning("webhook rejected", extra={"platform": platform, "reason": exc.reason, "status": exc.status,
                                                "detail": exc.detail[:300],
                                                "topic": delivery.topic if delivery else None})
@@ -147,6 +150,8 @@ def receive(receiver: Receiver):  # type: ignore[no-untyped-def]
         return jsonify(error="queue_unavailable"), 503
     status = "queued" if queued else "duplicate"
     metrics.received(platform, status)
+    archive.record_delivery(platform, delivery.shop, delivery.topic, delivery.delivery_id, request.headers.items(),
+                            body, status, [e.id for e in events])
     log.info("webhook %s", status, extra={"platform": platform, "topic": delivery.topic,
                                           "delivery_id": delivery.delivery_id, "event_id": events[0].id})
     return jsonify(status=status, events=[e.id for e in events]), 200

@@ -177,5 +177,8 @@ def callback():  # type: ignore[no-untyped-def]
             return _page("Installed, but not listening yet",
                          f"Shopify refused the webhook subscriptions ({exc.message}). Open the app again to retry.",
                          502)
+    from webhooks.admin import sign_in_shop
+
+    sign_in_shop(shop)
     log.info("shop installed", extra={"shop": shop, "topics": len(topics)})
     return _page("Encore is installed", f"{shop} is connected; its flows start with the next order.", 200)

@@ -11,7 +11,7 @@ from encore.store.models import Base
 
 config = context.config
 # Each room keeps its tables in its own `models` module on the same Base; load them for autogenerate.
-for _room in ("flows.models", "connectors.models"):
+for _room in ("flows.models", "connectors.models", "encore.archive"):
     try:
         importlib.import_module(_room)
     except ModuleNotFoundError as exc:

@@ -1,0 +1,135 @@
+"""The webhook archive: every accepted delivery kept for WEBHOOK_RETENTION_DAYS, and the rejected ones' reasons.
+
+An accepted delivery is stored as it came (raw body, headers without their signatures, time), so
+`encore replay` can send it through the receivers, the ledger and the flows again, and `encore export
+webhooks` can write it to a JSON-lines file. A rejected delivery keeps only its reason, in a capped
+Redis list for the admin page: no body, never a signature or a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Index, String, Text, delete, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from encore.store.models import Base, IdType, JSONType, UTCDateTime, utcnow
+
+log = logging.getLogger(__name__)
+
+REJECTED_KEY = "encore:webhooks:rejected"
+REJECTED_KEEP = 500
+# Never stored: signatures, and anything that authenticates a request.
+SECRET_HEADERS = frozenset({"x-shopify-hmac-sha256", "x-wc-webhook-signature", "authorization", "cookie",
+                            "proxy-authorization", "x-api-key"})
+
+
+class WebhookDelivery(Base):
+    """One accepted webhook delivery, kept for replay."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_received", "received_at"),
+                      Index("ix_webhook_deliveries_shop", "platform", "shop"))
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    shop: Mapped[str] = mapped_column(String(255))
+    topic: Mapped[str] = mapped_column(String(128))
+    delivery_id: Mapped[str | None] = mapped_column(String(255))
+    outcome: Mapped[str] = mapped_column(String(32))
+    event_ids: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    headers: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
+    body: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON-lines form `encore export webhooks` writes and `encore replay` reads."""
+        return {"platform": self.platform, "shop": self.shop, "topic": self.topic, "delivery_id": self.delivery_id,
+                "received_at": self.received_at.isoformat(), "headers": self.headers, "body": self.body}
+
+
+def safe_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The request headers worth keeping: signatures, cookies and credentials removed."""
+    return {name: value for name, value in headers if name.lower() not in SECRET_HEADERS}
+
+
+def record_delivery(platform: str, shop: str, topic: str, delivery_id: str | None, headers: Iterable[tuple[str, str]],
+                    body: bytes, outcome: str, event_ids: list[str]) -> None:
+    """Keep an accepted delivery; a failure here is logged, never passed on (the event is already queued)."""
+    from encore.store import session_scope
+
+    try:
+        with session_scope() as session:
+            session.add(WebhookDelivery(platform=platform, shop=shop[:255], topic=topic[:128],
+                                        delivery_id=(delivery_id or "")[:255] or None, outcome=outcome,
+                                        event_ids=event_ids, headers=safe_headers(headers),
+                                        body=body.decode("utf-8", errors="replace"), received_at=utcnow()))
+    except Exception as exc:  # noqa: BLE001 - the archive must never fail a delivery
+        log.warning("webhook not archived", extra={"platform": platform, "topic": topic, "error": str(exc)[:200]})
+
+
+def record_rejection(platform: str, reason: str, status: int, detail: str, topic: str | None = None,
+                     shop: str | None = None, remote_addr: str | None = None) -> None:
+    """Remember why a delivery was refused (the newest REJECTED_KEEP, in Redis; no body is kept)."""
+    from encore.queue import get_redis
+
+    entry = {"at": utcnow().isoformat(), "platform": platform, "reason": reason, "status": status,
+             "detail": detail[:300], "topic": topic, "shop": (shop or "")[:255] or None, "remote_addr": remote_addr}
+    try:
+        with get_redis().pipeline() as pipe:
+            pipe.lpush(REJECTED_KEY, json.dumps(entry))
+            pipe.ltrim(REJECTED_KEY, 0, REJECTED_KEEP - 1)
+            pipe.execute()
+    except Exception as exc:  # noqa: BLE001 - Redis down: the 401/400 answer still goes out
+        log.warning("rejection not recorded", extra={"platform": platform, "error": type(exc).__name__})
+
+
+def rejections(limit: int = 100) -> list[dict[str, Any]]:
+    """The newest rejected deliveries, newest first."""
+    from encore.queue import get_redis
+
+    return [json.loads(item) for item in get_redis().lrange(REJECTED_KEY, 0, limit - 1)]
+
+
+def retention() -> timedelta:
+    """How long accepted deliveries are kept (WEBHOOK_RETENTION_DAYS)."""
+    from encore.settings import get_settings
+
+    return timedelta(days=get_settings().WEBHOOK_RETENTION_DAYS)
+
+
+def purge(now: datetime | None = None) -> int:
+    """Cron job: delete the deliveries older than the retention period; returns how many."""
+    from encore.store import session_scope
+
+    cutoff = (now or utcnow()) - retention()
+    with session_scope() as session:
+        removed = session.execute(delete(WebhookDelivery).where(WebhookDelivery.received_at < cutoff)).rowcount
+    if removed:
+        log.info("purged %d archived webhooks older than %s", removed, cutoff.date().isoformat())
+    return removed or 0
+
+
+def deliveries(since: datetime | None = None, until: datetime | None = None, platform: str | None = None,
+               shop: str | None = None, topic: str | None = None) -> Iterator[WebhookDelivery]:
+    """Archived deliveries, oldest first, filtered."""
+    from encore.store import session_scope
+
+    query = select(WebhookDelivery).order_by(WebhookDelivery.received_at, WebhookDelivery.id)
+    if since is not None:
+        query = query.where(WebhookDelivery.received_at >= since)
+    if until is not None:
+        query = query.where(WebhookDelivery.received_at < until)
+    for column, value in ((WebhookDelivery.platform, platform), (WebhookDelivery.shop, shop),
+                          (WebhookDelivery.topic, topic)):
+        if value:
+            query = query.where(column == value)
+    with session_scope() as session:
+        yield from session.execute(query.execution_options(yield_per=500)).scalars()
+
+
+CRON_JOBS: list[dict[str, Any]] = [dict(func=purge, queue_name="maintenance", cron="17 3 * * *")]

@@ -1,0 +1,615 @@
+"""The merchant's page, `/admin`: flows and their results, a customer's timeline, email previews, failures.
+
+Sign-in, in order:
+1. A Shopify embedded-app session token (`Authorization: Bearer …` or `?id_token=…`): a JWT signed
+   HS256 with SHOPIFY_API_SECRET whose `aud` is SHOPIFY_API_KEY; its `dest` names the shop.
+2. The shop whose OAuth install just completed (the install callback puts it in the signed session).
+3. ADMIN_PASSWORD, entered on `/admin/login`.
+4. With no ADMIN_PASSWORD set: requests from this machine only (loopback, and not forwarded by a proxy),
+   so that `make run` on a laptop opens straight away and nothing else can.
+A shop's sign-in sees that shop only; the password and the local sign-in see every shop.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import secrets
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, abort, current_app, g, redirect, render_template, request, session, url_for
+from sqlalchemy import func, or_, select
+
+from encore.settings import get_settings
+from encore.store import session_scope
+from encore.store.models import Customer, EventRecord, Order, Shop, utcnow
+
+log = logging.getLogger("encore.admin")
+
+blueprint = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates",
+                      static_folder="static", static_url_path="/static")
+
+SESSION_KEY = "encore_admin"
+WINDOW = timedelta(days=30)
+SAMPLE_CUSTOMER: dict[str, Any] = {
+    "id": "sample", "email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace", "orders_count": 1,
+    "total_spent": "84.00", "email_consent": True, "birthday": "1990-12-10", "tags": ["vip"],
+    "order": {"id": "1001", "number": "1001", "total": "84.00", "subtotal": "76.00", "currency": "EUR",
+              "line_items": [{"title": "Linen shirt", "quantity": 1, "price": "56.00"},
+                             {"title": "Canvas tote", "quantity": 1, "price": "20.00"}]},
+    "checkout": {"token": "sample-checkout", "email": "ada@example.com", "total": "76.00", "currency": "EUR",
+                 "recovery_url": "https://shop.example.com/checkouts/sample/recover",
+                 "line_items": [{"title": "Linen shirt", "quantity": 1, "price": "56.00"}]},
+}
+WIDTHS = {"desktop": 680, "mobile": 375}
+
+
+# ---- sign-in ---------------------------------------------------------------------------------------
+
+@dataclass
+class Viewer:
+    """Who is looking: a shop (domain) or the operator (every shop)."""
+
+    how: str
+    shop: str | None = None
+    shop_ids: list[int] = field(default_factory=list)
+
+    @property
+    def everything(self) -> bool:
+        """True when the viewer may see every shop."""
+        return self.shop is None
+
+
+def shop_from_session_token(token: str) -> str | None:
+    """The shop domain of a valid Shopify session token, else None."""
+    import jwt
+
+    settings = get_settings()
+    if not (settings.SHOPIFY_API_SECRET and settings.SHOPIFY_API_KEY):
+        return None
+    claims = None
+    for secret in settings.shopify_secrets:
+        try:
+            claims = jwt.decode(token, secret, algorithms=["HS256"], audience=settings.SHOPIFY_API_KEY, leeway=10,
+                                options={"require": ["exp", "nbf", "dest", "aud"]})
+            break
+        except jwt.PyJWTError:
+            continue
+    if claims is None:
+        return None
+    from webhooks.shopify import SHOP_DOMAIN
+
+    shop = (urlsplit(str(claims.get("dest", ""))).hostname or "").lower()
+    issuer = (urlsplit(str(claims.get("iss", ""))).hostname or "").lower()
+    if not SHOP_DOMAIN.match(shop) or (issuer and issuer != shop):
+        return None
+    return shop
+
+
+def sign_in_shop(shop: str) -> None:
+    """Remember in the signed session that this browser speaks for `shop` (after OAuth or a session token)."""
+    session[SESSION_KEY] = {"how": "shopify", "shop": shop}
+    session.permanent = True
+
+
+def _local_request() -> bool:
+    if request.headers.get("X-Forwarded-For") or request.headers.get("Forwarded"):
+        return False
+    try:
+        return ipaddress.ip_address(request.remote_addr or "").is_loopback
+    except ValueError:
+        return False
+
+
+def _viewer() -> Viewer | None:
+    token = request.args.get("id_token")
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        token = header[7:].strip()
+    if token:
+        shop = shop_from_session_token(token)
+        if shop is None:
+            return None
+        sign_in_shop(shop)
+    stored = session.get(SESSION_KEY)
+    if isinstance(stored, dict) and stored.get("how") == "shopify" and stored.get("shop"):
+        return Viewer("shopify", stored["shop"])
+    if isinstance(stored, dict) and stored.get("how") == "password" and get_settings().ADMIN_PASSWORD:
+        return Viewer("password")
+    if not get_settings().ADMIN_PASSWORD and _local_request():
+        return Viewer("local")
+    return None
+
+
+@blueprint.before_request
+def require_sign_in():  # type: ignore[no-untyped-def]
+    """Every page but the login form and the stylesheet needs a viewer."""
+    if request.endpoint in ("admin.login", "admin.static"):
+        return None
+    viewer = _viewer()
+    if viewer is None:
+        if request.method == "GET" and not request.headers.get("Authorization"):
+            return redirect(url_for("admin.login", next=request.full_path))
+        abort(401)
+    with session_scope() as db:
+        query = select(Shop.id)
+        if viewer.shop:
+            query = query.where(Shop.domain == viewer.shop)
+        viewer.shop_ids = list(db.execute(query).scalars())
+    g.viewer = viewer
+    if request.method == "POST":
+        given = request.form.get("csrf", "")
+        if not hmac.compare_digest(given, csrf_token()):
+            abort(400, "the form expired; reload the page")
+    return None
+
+
+def csrf_token() -> str:
+    """The session's token for forms."""
+    token = session.get("encore_csrf")
+    if not token:
+        token = session["encore_csrf"] = secrets.token_urlsafe(24)
+    return str(token)
+
+
+@blueprint.app_context_processor
+def _template_globals() -> dict[str, Any]:
+    return {"csrf_token": csrf_token, "viewer": g.get("viewer"), "money": _money}
+
+
+def _money(value: Any, currency: str | None = None) -> str:
+    from flows.steps import format_money
+
+    return format_money(value or 0, currency)
+
+
+@blueprint.route("/login", methods=["GET", "POST"])
+def login():  # type: ignore[no-untyped-def]
+    """The password form (ADMIN_PASSWORD)."""
+    configured = get_settings().ADMIN_PASSWORD
+    error = None
+    if request.method == "POST":
+        given = request.form.get("password", "")
+        if configured and hmac.compare_digest(given.encode(), configured.encode()):
+            session[SESSION_KEY] = {"how": "password"}
+            session.permanent = True
+            target = request.args.get("next") or url_for("admin.flows")
+            if not target.startswith("/admin"):
+                target = url_for("admin.flows")
+            return redirect(target)
+        error = "That password is not right." if configured else "No ADMIN_PASSWORD is set on this server."
+        log.warning("admin sign-in refused", extra={"remote_addr": request.remote_addr})
+    return render_template("admin/login.html", error=error, configured=bool(configured)), 401 if error else 200
+
+
+@blueprint.post("/logout")
+def logout():  # type: ignore[no-untyped-def]
+    """Forget the sign-in."""
+    session.pop(SESSION_KEY, None)
+    return redirect(url_for("admin.login"))
+
+
+# ---- flows -----------------------------------------------------------------------------------------
+
+@dataclass
+class FlowStats:
+    """A flow's results over the window."""
+
+    key: str
+    name: str
+    enabled: bool
+    trigger: str
+    kind: str = "marketing"
+    runs: int = 0
+    suppressed: int = 0
+    emails: int = 0
+    codes: int = 0
+    redeemed: int = 0
+    revenue: Decimal = Decimal("0")
+    currency: str | None = None
+    loaded: bool = True
+    steps: list[str] = field(default_factory=list)
+
+
+def describe_trigger(trigger: Any) -> str:
+    """`order.placed`, or `customer.birthday -14d at 09:00`."""
+    from flows.schema import DateTrigger, format_duration
+
+    if isinstance(trigger, DateTrigger):
+        offset = f" {'+' if trigger.offset >= timedelta(0) else '-'}{format_duration(abs(trigger.offset))}" \
+            if trigger.offset else ""
+        every = " yearly" if trigger.yearly else ""
+        return f"{trigger.date}{offset} at {trigger.at.strftime('%H:%M')}{every}"
+    return str(trigger.event)
+
+
+def email_steps(flow: Any) -> list[tuple[str, str]]:
+    """(position label, template) of every `send_email` step, both sides of each `if`."""
+    from flows.schema import IfStep, SendEmailStep
+    from flows.steps import position_label
+
+    found: list[tuple[str, str]] = []
+
+    def walk(steps: list[Any], prefix: list[Any]) -> None:
+        for index, step in enumerate(steps):
+            if isinstance(step, IfStep):
+                walk(step.then, [*prefix, index, "then"])
+                walk(step.else_, [*prefix, index, "else"])
+            elif isinstance(step, SendEmailStep):
+                found.append((position_label([*prefix, index]), step.send_email.template))
+
+    walk(flow.steps, [])
+    return found
+
+
+def flow_stats(shop_ids: list[int], now: Any = None) -> list[FlowStats]:
+    """Every flow (loaded, or seen in runs) with runs, emails, codes, redemptions and revenue since WINDOW ago."""
+    from flows import loader
+    from flows.models import SUPPRESSED, FlowEffect, FlowRun
+
+    since = (now or utcnow()) - WINDOW
+    registry = loader.registry()
+    stats: dict[str, FlowStats] = {}
+    for key, flow_file in sorted(registry.flows.items()):
+        flow = flow_file.flow
+        stats[key] = FlowStats(key, flow.name, flow.enabled, describe_trigger(flow.trigger), flow.kind,
+                               steps=[label for label, _ in email_steps(flow)])
+    if not shop_ids:
+        return list(stats.values())
+    with session_scope() as db:
+        runs = db.execute(select(FlowRun.flow_key, FlowRun.flow_name, FlowRun.status, func.count()).where(
+            FlowRun.shop_id.in_(shop_ids), FlowRun.started_at >= since)
+            .group_by(FlowRun.flow_key, FlowRun.flow_name, FlowRun.status)).all()
+        for key, name, status, count in runs:
+            item = stats.setdefault(key, FlowStats(key, name, False, "(no longer loaded)", loaded=False))
+            if status == SUPPRESSED:
+                item.suppressed += count
+            else:
+                item.runs += count
+        effects = db.execute(select(FlowRun.flow_key, FlowEffect.kind, FlowEffect.result, FlowEffect.shop_id).join(
+            FlowRun, FlowRun.id == FlowEffect.run_id).where(
+            FlowEffect.shop_id.in_(shop_ids), FlowEffect.created_at >= since, FlowEffect.status == "done",
+            FlowEffect.kind.in_(("email", "discount")))).all()
+        codes: dict[tuple[int, str], str] = {}
+        for key, kind, result, shop_id in effects:
+            item = stats.setdefault(key, FlowStats(key, key, False, "(no longer loaded)", loaded=False))
+            if kind == "email":
+                item.emails += 1
+            else:
+                item.codes += 1
+                if result and result.get("code"):
+                    codes[(shop_id, str(result["code"]).upper())] = key
+        if codes:
+            orders = db.execute(select(Order.shop_id, Order.discount_codes, Order.total, Order.currency).where(
+                Order.shop_id.in_(shop_ids), Order.placed_at >= since, Order.deleted.is_(False),
+                Order.cancelled_at.is_(None))).all()
+            for shop_id, order_codes, total, currency in orders:
+                for code in order_codes or []:
+                    key = codes.get((shop_id, str(code).upper()))
+                    if key is not None:
+                        stats[key].redeemed += 1
+                        stats[key].revenue += total or Decimal("0")
+                        stats[key].currency = stats[key].currency or currency
+                        break
+    return list(stats.values())
+
+
+@blueprint.get("/")
+def flows():  # type: ignore[no-untyped-def]
+    """The flows and their last 30 days."""
+    from flows import loader
+
+    viewer: Viewer = g.viewer
+    items = flow_stats(viewer.shop_ids)
+    problems = loader.registry().problems
+    totals = {name: sum(getattr(item, name) for item in items) for name in ("runs", "emails", "codes", "redeemed")}
+    revenue = sum((item.revenue for item in items), Decimal("0"))
+    currency = next((item.currency for item in items if item.currency), None)
+    return render_template("admin/flows.html", flows=items, problems=problems, totals=totals, revenue=revenue,
+                           currency=currency, days=WINDOW.days)
+
+
+# ---- customers -------------------------------------------------------------------------------------
+
+def _customer_or_404(db: Any, customer_id: int) -> Customer:
+    customer = db.get(Customer, customer_id)
+    if customer is None or customer.shop_id not in g.viewer.shop_ids:
+        abort(404)
+    return customer
+
+
+@blueprint.get("/customers")
+def customers():  # type: ignore[no-untyped-def]
+    """Find a customer by email or name; the most recently active first."""
+    q = (request.args.get("q") or "").strip()
+    with session_scope() as db:
+        query = select(Customer, Shop.domain).join(Shop, Shop.id == Customer.shop_id).where(
+            Customer.shop_id.in_(g.viewer.shop_ids))
+        if q:
+            like = f"%{q.lower()}%"
+            query = query.where(or_(func.lower(Customer.email).like(like), func.lower(Customer.first_name).like(like),
+                                    func.lower(Customer.last_name).like(like), Customer.platform_id == q))
+        rows = db.execute(query.order_by(Customer.updated_at.desc()).limit(100)).all()
+    return render_template("admin/customers.html", rows=rows, q=q)
+
+
+@dataclass
+class TimelineItem:
+    """One line of a customer's timeline: an event received, a run (with its trace), an email sent."""
+
+    at: Any
+    kind: str
+    title: str
+    detail: str = ""
+    run: Any = None
+    trace: list[Any] = field(default_factory=list)
+
+
+def timeline(db: Any, customer: Customer) -> list[TimelineItem]:
+    """Events received and runs started (each with its trace: conditions, waits, sends, suppressions)."""
+    from flows.models import FlowRun, FlowTrace
+
+    items: list[TimelineItem] = []
+    for record in db.execute(select(EventRecord).where(EventRecord.customer_id == customer.id)
+                             .order_by(EventRecord.occurred_at.desc()).limit(200)).scalars():
+        items.append(TimelineItem(record.occurred_at, "event", record.type,
+                                  f"{record.platform} {record.topic}", run=record))
+    runs = db.execute(select(FlowRun).where(FlowRun.customer_id == customer.id)
+                      .order_by(FlowRun.started_at.desc()).limit(200)).scalars().all()
+    traces: dict[int, list[FlowTrace]] = defaultdict(list)
+    if runs:
+        for line in db.execute(select(FlowTrace).where(FlowTrace.run_id.in_([r.id for r in runs]))
+                               .order_by(FlowTrace.id)).scalars():
+            traces[line.run_id].append(line)
+    for run in runs:
+        detail = run.status + (f": {run.reason}" if run.reason else "")
+        items.append(TimelineItem(run.started_at, "run", run.flow_name, detail, run=run, trace=traces[run.id]))
+    items.sort(key=lambda item: item.at, reverse=True)
+    return items
+
+
+@blueprint.get("/customers/<int:customer_id>")
+def customer(customer_id: int):  # type: ignore[no-untyped-def]
+    """A customer's ledger row and timeline."""
+    from encore.unsubscribe import is_suppressed
+    from flows.models import FlowEffect
+
+    with session_scope() as db:
+        row = _customer_or_404(db, customer_id)
+        shop = db.get(Shop, row.shop_id)
+        items = timeline(db, row)
+        emails = db.execute(select(FlowEffect).where(FlowEffect.customer_id == row.id, FlowEffect.kind == "email")
+                            .order_by(FlowEffect.created_at.desc()).limit(100)).scalars().all()
+        suppressed = is_suppressed(db, row.shop_id, row.email) if row.email else None
+    return render_template("admin/customer.html", customer=row, shop=shop, items=items, emails=emails,
+                           suppressed=suppressed, flows=_flow_choices())
+
+
+# ---- messages --------------------------------------------------------------------------------------
+
+@blueprint.get("/messages")
+def messages():  # type: ignore[no-untyped-def]
+    """The emails sent (and failed), newest first."""
+    from flows.models import FlowEffect, FlowRun
+
+    with session_scope() as db:
+        rows = db.execute(select(FlowEffect, FlowRun.flow_name, Customer.email, Customer.id).join(
+            FlowRun, FlowRun.id == FlowEffect.run_id).outerjoin(Customer, Customer.id == FlowEffect.customer_id).where(
+            FlowEffect.shop_id.in_(g.viewer.shop_ids), FlowEffect.kind == "email")
+            .order_by(FlowEffect.created_at.desc()).limit(200)).all()
+    outbox = get_settings().EMAIL_URL if get_settings().EMAIL_URL.startswith("file:") else None
+    return render_template("admin/messages.html", rows=rows, outbox=outbox)
+
+
+# ---- previews --------------------------------------------------------------------------------------
+
+def _flow_choices() -> list[tuple[str, str, list[tuple[str, str]]]]:
+    from flows import loader
+
+    return [(key, f.flow.name, email_steps(f.flow)) for key, f in sorted(loader.registry().flows.items())]
+
+
+def customer_sample(customer: Customer, shop: Shop | None, db: Any) -> dict[str, Any]:
+    """A preview sample from a real customer: ledger fields, their latest order, their shop."""
+    data: dict[str, Any] = {
+        "id": customer.platform_id, "email": customer.email, "first_name": customer.first_name,
+        "last_name": customer.last_name, "locale": customer.locale, "timezone": customer.timezone,
+        "birthday": customer.birthday.isoformat() if customer.birthday else None,
+        "email_consent": bool(customer.email_consent), "tags": list(customer.tags or []),
+        "orders_count": customer.orders_count or 0, "total_spent": str(customer.total_spent or 0),
+        "first_order_at": customer.first_order_at.isoformat() if customer.first_order_at else None,
+        "last_order_at": customer.last_order_at.isoformat() if customer.last_order_at else None,
+    }
+    latest = db.execute(select(Order).where(Order.customer_id == customer.id)
+                        .order_by(Order.placed_at.desc()).limit(1)).scalar_one_or_none()
+    if latest is not None:
+        data["order"] = {"id": latest.platform_id, "number": latest.number, "total": str(latest.total or 0),
+                         "currency": latest.currency, "created_at": latest.placed_at.isoformat()
+                         if latest.placed_at else None, "discount_codes": list(latest.discount_codes or [])}
+    else:
+        data["order"] = SAMPLE_CUSTOMER["order"]
+    data["checkout"] = {**SAMPLE_CUSTOMER["checkout"], "email": customer.email}
+    if shop is not None:
+        data["shop"] = {"domain": shop.domain, "name": shop.name or shop.domain, "email": shop.email,
+                        "currency": shop.currency or "EUR", "timezone": shop.timezone}
+    return data
+
+
+def render_preview(flow_key: str, step: str | None, customer_id: int | None) -> tuple[Any, list[Any], Any]:
+    """(the flow file, its rendered emails, the selected one) for a sample or a real customer."""
+    from flows import loader
+    from flows import preview as previews
+
+    flow_file = loader.registry().flows.get(flow_key)
+    if flow_file is None:
+        abort(404, f"no flow {flow_key!r}")
+    if customer_id is not None:
+        with session_scope() as db:
+            row = _customer_or_404(db, customer_id)
+            data = customer_sample(row, db.get(Shop, row.shop_id), db)
+    else:
+        data = dict(SAMPLE_CUSTOMER)
+        with session_scope() as db:
+            shop = db.execute(select(Shop).where(Shop.id.in_(g.viewer.shop_ids or [-1])).order_by(Shop.id)
+                              .limit(1)).scalar_one_or_none()
+            if shop is not None:
+                data["shop"] = {"domain": shop.domain, "name": shop.name or shop.domain, "email": shop.email,
+                                "currency": shop.currency or "EUR", "timezone": shop.timezone}
+    rendered = previews.render_flow(flow_file, data)
+    selected = next((p for p in rendered if p.step == step), rendered[0] if rendered else None)
+    return flow_file, rendered, selected
+
+
+def _customer_arg() -> int | None:
+    value = request.args.get("customer", "")
+    return int(value) if value.isdigit() else None
+
+
+@blueprint.get("/preview")
+def preview():  # type: ignore[no-untyped-def]
+    """A flow's email at desktop and mobile width, for the sample or a real customer."""
+    choices = _flow_choices()
+    flow_key = request.args.get("flow") or next((key for key, _, steps in choices if steps), None)
+    if flow_key is None:
+        return render_template("admin/preview.html", choices=choices, flow=None, rendered=[], selected=None,
+                               widths=WIDTHS, customer_id=None, error=None)
+    customer_id = _customer_arg()
+    error = None
+    try:
+        flow_file, rendered, selected = render_preview(flow_key, request.args.get("step"), customer_id)
+    except Exception as exc:  # a template error is shown to the marketer, not a 500
+        if getattr(exc, "code", None) == 404:
+            raise
+        log.warning("preview failed", extra={"flow": flow_key, "error": str(exc)[:300]})
+        flow_file, rendered, selected, error = None, [], None, f"{type(exc).__name__}: {exc}"
+    return render_template("admin/preview.html", choices=choices, flow=flow_file, flow_key=flow_key,
+                           rendered=rendered, selected=selected, widths=WIDTHS, customer_id=customer_id, error=error)
+
+
+@blueprint.get("/preview/email")
+def preview_email():  # type: ignore[no-untyped-def]
+    """The rendered HTML of one email (shown in the preview's frames; scripts never run there)."""
+    _, _, selected = render_preview(request.args.get("flow", ""), request.args.get("step"), _customer_arg())
+    if selected is None:
+        abort(404, "this flow sends no email")
+    response = Response(selected.html, content_type="text/html; charset=utf-8")
+    response.headers["Content-Security-Policy"] = "script-src 'none'; frame-ancestors 'self'"
+    return response
+
+
+# ---- failures --------------------------------------------------------------------------------------
+
+def failed_jobs(limit: int = 100) -> list[dict[str, Any]]:
+    """The failed jobs of every Encore queue, newest first, with their exception."""
+    from rq.job import Job
+
+    from encore.queue import QUEUES, get_redis, queue
+
+    found: list[dict[str, Any]] = []
+    for name in QUEUES:
+        q = queue(name)
+        ids = q.failed_job_registry.get_job_ids(0, limit - 1)
+        for job in Job.fetch_many(ids, connection=get_redis(), serializer=q.serializer):
+            if job is None:
+                continue
+            exc = job.exc_info or ""
+            last = next((line for line in reversed(exc.strip().splitlines()) if line.strip()), "")
+            found.append({"queue": name, "id": job.id, "func": job.func_name, "description": job.description,
+                          "ended_at": job.ended_at, "error": last, "traceback": exc})
+    found.sort(key=lambda item: item["ended_at"].timestamp() if item["ended_at"] else 0, reverse=True)
+    return found[:limit]
+
+
+@blueprint.get("/failures")
+def failures():  # type: ignore[no-untyped-def]
+    """Failed jobs (with a requeue button) and rejected webhooks (with the reason)."""
+    from redis.exceptions import RedisError
+
+    from encore import archive
+
+    error = None
+    try:
+        jobs, rejected = failed_jobs(), archive.rejections()
+    except RedisError as exc:
+        jobs, rejected, error = [], [], f"Redis does not answer: {type(exc).__name__}"
+    if not g.viewer.everything:
+        rejected = [r for r in rejected if r.get("shop") == g.viewer.shop]
+    return render_template("admin/failures.html", jobs=jobs if g.viewer.everything else [], rejected=rejected,
+                           error=error, dashboard=_dashboard_mounted())
+
+
+@blueprint.post("/failures/<queue_name>/<job_id>/requeue")
+def requeue(queue_name: str, job_id: str):  # type: ignore[no-untyped-def]
+    """Put a failed job back on its queue."""
+    from rq.exceptions import InvalidJobOperationError, NoSuchJobError
+
+    from encore.queue import QUEUES, queue
+
+    if not g.viewer.everything:
+        abort(403)
+    if queue_name not in QUEUES:
+        abort(404)
+    try:
+        queue(queue_name).failed_job_registry.requeue(job_id)
+    except (NoSuchJobError, InvalidJobOperationError):
+        abort(404, "no such failed job")
+    log.info("failed job requeued from the admin page", extra={"job_id": job_id, "queue": queue_name})
+    return redirect(url_for("admin.failures"))
+
+
+# ---- RQ's own dashboard (optional) -----------------------------------------------------------------
+
+_dashboard_guarded = False
+
+
+def _operators_only():  # type: ignore[no-untyped-def]
+    viewer = _viewer()
+    if viewer is None or not viewer.everything:
+        abort(401)
+    return None
+
+
+def _dashboard_mounted() -> bool:
+    return "rq_dashboard" in current_app.blueprints
+
+
+def mount_rq_dashboard(app: Any) -> bool:
+    """Mount `rq-dashboard` at /admin/rq behind the same sign-in, when the package is installed."""
+    try:
+        import rq_dashboard
+        from rq.serializers import JSONSerializer
+        from rq_dashboard import web
+    except ImportError:
+        return False
+    from encore.queue import redis_url
+
+    global _dashboard_guarded
+    web.config.serializer = JSONSerializer
+    app.config.from_object(rq_dashboard.default_settings)
+    app.config["RQ_DASHBOARD_REDIS_URL"] = redis_url()
+    if not _dashboard_guarded:
+        rq_dashboard.blueprint.before_request(_operators_only)
+        _dashboard_guarded = True
+    web.setup_rq_connection(app)
+    app.register_blueprint(rq_dashboard.blueprint, url_prefix="/admin/rq")
+    return True
+
+
+def register(app: Any) -> None:
+    """Mount the admin page (and RQ's dashboard when installed) on the web app."""
+    if get_settings().APP_URL.startswith("https://"):  # the Shopify admin shows the page in a frame
+        app.config.update(SESSION_COOKIE_SECURE=True, SESSION_COOKIE_SAMESITE="None")
+    app.register_blueprint(blueprint)
+    from webhooks import sandbox
+
+    app.register_blueprint(sandbox.blueprint)
+    try:
+        mount_rq_dashboard(app)
+    except Exception as exc:  # noqa: BLE001 - the optional dashboard must not stop the app
+        log.warning("rq-dashboard not mounted", extra={"error": str(exc)[:200]})

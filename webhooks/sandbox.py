@@ -1,0 +1,104 @@
+"""The sandbox store: a tiny WooCommerce REST API inside Encore, for trying it out with `encore samples send`.
+
+`encore samples send` registers a WooCommerce store whose URL is `APP_URL/sandbox/woocommerce`, so
+the flows' discount codes and tags are made here instead of in a real shop: coupons are kept in Redis
+and nothing leaves the machine. It answers requests from this machine only (loopback, not forwarded).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+from flask import Blueprint, abort, jsonify, request
+
+from encore.store.models import utcnow
+
+blueprint = Blueprint("sandbox", __name__, url_prefix="/sandbox/woocommerce/wp-json/wc/v3")
+
+COUPONS_KEY = "encore:sandbox:coupons"
+PATH = "/sandbox/woocommerce"
+
+
+def _redis() -> Any:
+    from encore.queue import get_redis
+
+    return get_redis()
+
+
+@blueprint.before_request
+def local_only():  # type: ignore[no-untyped-def]
+    """Only this machine may use the sandbox."""
+    if request.headers.get("X-Forwarded-For") or request.headers.get("Forwarded"):
+        abort(403)
+    try:
+        if not ipaddress.ip_address(request.remote_addr or "").is_loopback:
+            abort(403)
+    except ValueError:
+        abort(403)
+    return None
+
+
+def _list(items: list[Any]):  # type: ignore[no-untyped-def]
+    response = jsonify(items)
+    response.headers["X-WP-Total"] = str(len(items))
+    response.headers["X-WP-TotalPages"] = "1"
+    return response
+
+
+@blueprint.get("/settings/general")
+def settings_general():  # type: ignore[no-untyped-def]
+    """The store's currency."""
+    return jsonify([{"id": "woocommerce_currency", "value": "EUR"}])
+
+
+@blueprint.route("/webhooks", methods=["GET", "POST"])
+def webhooks():  # type: ignore[no-untyped-def]
+    """No webhooks are kept: the samples are sent by the command."""
+    if request.method == "POST":
+        body = request.get_json(silent=True) or {}
+        return jsonify({"id": 1, "topic": body.get("topic"), "delivery_url": body.get("delivery_url"),
+                        "status": "active"}), 201
+    return _list([])
+
+
+@blueprint.get("/coupons")
+def coupons():  # type: ignore[no-untyped-def]
+    """Coupons, optionally by exact code."""
+    code = (request.args.get("code") or "").lower()
+    if code:
+        found = _redis().hget(COUPONS_KEY, code)
+        return _list([json.loads(found)] if found else [])
+    return _list([json.loads(v) for v in _redis().hvals(COUPONS_KEY)])
+
+
+@blueprint.post("/coupons")
+def create_coupon():  # type: ignore[no-untyped-def]
+    """Make a coupon; a code made before answers WooCommerce's 400."""
+    body = request.get_json(silent=True) or {}
+    code = str(body.get("code") or "").strip()
+    if not code:
+        return jsonify(code="woocommerce_rest_missing_code", message="code is required"), 400
+    coupon = {"id": _redis().hlen(COUPONS_KEY) + 1, "code": code.lower(), "amount": body.get("amount", "0"),
+              "discount_type": body.get("discount_type", "percent"), "date_expires_gmt": body.get("date_expires"),
+              "usage_count": 0, "email_restrictions": body.get("email_restrictions") or [],
+              "date_created_gmt": utcnow().strftime("%Y-%m-%dT%H:%M:%S")}
+    if not _redis().hsetnx(COUPONS_KEY, code.lower(), json.dumps(coupon)):
+        return jsonify(code="woocommerce_rest_coupon_code_already_exists",
+                       message="The coupon code already exists"), 400
+    return jsonify(coupon), 201
+
+
+@blueprint.route("/customers/<customer_id>", methods=["GET", "PUT"])
+def customer(customer_id: str):  # type: ignore[no-untyped-def]
+    """A customer with no fields but its id and meta (what tagging reads and writes)."""
+    body = request.get_json(silent=True) or {}
+    return jsonify({"id": int(customer_id) if customer_id.isdigit() else customer_id,
+                    "meta_data": body.get("meta_data") or []})
+
+
+@blueprint.get("/<any(orders, customers):collection>")
+def collection(collection: str):  # type: ignore[no-untyped-def]
+    """Reconciliation finds nothing to catch up on."""
+    return _list([])
