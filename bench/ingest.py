@@ -86,6 +86,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def workers_cpu(master: int) -> float | None:
+    """CPU seconds used so far by gunicorn's worker processes (children of `master`); None without /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        entries = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in entries:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == master:  # ppid; utime and stime follow at 11 and 12
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def redis_cpu(connection: Redis) -> float:
+    """CPU seconds the Redis server has used so far."""
+    info = connection.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def gunicorn_options(args: argparse.Namespace) -> list[str]:
     """The gunicorn settings both servers run with."""
     return ["--worker-class", args.worker_class, "--workers", str(args.workers), "--threads", str(args.threads),
@@ -93,8 +117,8 @@ def gunicorn_options(args: argparse.Namespace) -> list[str]:
 
 
 @contextmanager
-def gunicorn(app: str, options: list[str], env: dict[str, str], cwd: Path, log: Path) -> Iterator[int]:
-    """Serve `app` with gunicorn on a free port until the block ends; yields the port once it answers."""
+def gunicorn(app: str, options: list[str], env: dict[str, str], cwd: Path, log: Path) -> Iterator[tuple[int, int]]:
+    """Serve `app` with gunicorn on a free port until the block ends; yields (port, pid) once it answers."""
     port = free_port()
     command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", *options, app]
     with log.open("ab") as output:
@@ -112,7 +136,7 @@ def gunicorn(app: str, options: list[str], env: dict[str, str], cwd: Path, log: 
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"gunicorn did not answer in 30 s; see {log}") from None
                 time.sleep(0.1)
-        yield port
+        yield port, server.pid
     finally:
         server.terminate()
         try:
@@ -126,18 +150,26 @@ def load(port: int, requests: int, concurrency: int) -> dict:
     """Run the load process against `port`; its figures."""
     command = [sys.executable, str(BENCH / "_load.py"), "--port", str(port), "--body", str(PAYLOAD),
                "--secret", SECRET, "--requests", str(requests), "--concurrency", str(concurrency)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the load process failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return json.loads(done.stdout)
 
 
 def measure(name: str, app: str, options: list[str], env: dict[str, str], cwd: Path, args: argparse.Namespace,
             redis: Redis | None = None) -> dict:
     """Warm the server up, empty Redis, then send the measured load; the figures."""
-    with gunicorn(app, options, env, cwd, cwd / f"{name}.log") as port:
+    with gunicorn(app, options, env, cwd, cwd / f"{name}.log") as (port, pid):
         load(port, args.warmup, args.concurrency)
         if redis is not None:
             redis.flushdb()
+            redis_before = redis_cpu(redis)
+        before = workers_cpu(pid)
         figures = load(port, args.requests, args.concurrency)
+        after = workers_cpu(pid)
+        figures["server_cpu_ms"] = (after - before) / args.requests * 1000 if before is not None else None
+        if redis is not None:
+            figures["redis_cpu_ms"] = (redis_cpu(redis) - redis_before) / args.requests * 1000
     if redis is not None:
         from encore.queue import EVENTS, queue
 
@@ -178,10 +210,15 @@ def report(figures: dict) -> None:
     """Print the figures as a small table."""
     print(f"gunicorn {figures['gunicorn']}; {figures['requests']} signed 15 KB Shopify orders/create deliveries "
           f"at concurrency {figures['concurrency']}")
-    print(f"{'server':<15}{'requests':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'load cpu':>10}")
+    print(f"{'server':<15}{'requests':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+          f"{'cpu ms/req':>12}{'load cpu':>10}")
     for r in figures["results"]:
+        cpu = "" if r["server_cpu_ms"] is None else f"{r['server_cpu_ms']:.2f}"
+        if "redis_cpu_ms" in r:
+            cpu += f" +{r['redis_cpu_ms']:.2f}"
         print(f"{r['server']:<15}{r['requests']:>9}{r['throughput']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-              f"{r['max_ms']:>9.1f}{r['load_cpu']:>9.0%} ")
+              f"{r['max_ms']:>9.1f}{cpu:>12}{r['load_cpu']:>9.0%} ")
+    print("(cpu ms/req: gunicorn workers' CPU per request, + Redis server's; load cpu: the load process's CPU use)")
     for r in figures["results"]:
         if r["statuses"] != {"200": figures["requests"]}:
             print(f"{r['server']}: answers {r['statuses']} {r['errors']}")
