@@ -11,12 +11,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session, object_session
 
 from connectors.base import Discount, DiscountRequest
 from encore.settings import get_settings
 from encore.store import session_scope
+
+if TYPE_CHECKING:
+    from encore.store.models import Shop
 
 ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 LENGTH = 8
@@ -36,20 +43,35 @@ def code_for(shop_id: int, request: DiscountRequest) -> str:
     return "-".join(p for p in (prefix, body[:4], body[4:]) if p)
 
 
-def remembered(shop_id: int, idempotency_key: str) -> Discount | None:
+@contextmanager
+def _session_of(shop: Shop) -> Iterator[Session]:
+    """The session the shop is loaded in (the caller's transaction, e.g. the flow engine's), else a new one.
+
+    Writing through the caller's session matters on SQLite, where a second connection would wait for
+    the caller's write lock held by this same thread.
+    """
+    session = object_session(shop)
+    if session is not None:
+        yield session
+        return
+    with session_scope() as own:
+        yield own
+
+
+def remembered(shop: Shop, idempotency_key: str) -> Discount | None:
     """The discount already made for this key, if this installation made one."""
     from connectors.models import DiscountCode
 
-    with session_scope() as session:
+    with _session_of(shop) as session:
         row = session.execute(select(DiscountCode).where(
-            DiscountCode.shop_id == shop_id, DiscountCode.idempotency_key == idempotency_key)).scalar_one_or_none()
+            DiscountCode.shop_id == shop.id, DiscountCode.idempotency_key == idempotency_key)).scalar_one_or_none()
         if row is None:
             return None
         return Discount(code=row.code, kind=row.kind, value=row.value, platform_id=row.platform_id,  # type: ignore[arg-type]
                         ends_at=row.ends_at)
 
 
-def remember(shop_id: int, idempotency_key: str, discount: Discount) -> None:
+def remember(shop: Shop, idempotency_key: str, discount: Discount) -> None:
     """Record the discount made for this key (idempotent)."""
     from sqlalchemy.dialects.postgresql import insert as pg_insert
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -57,9 +79,9 @@ def remember(shop_id: int, idempotency_key: str, discount: Discount) -> None:
     from connectors.models import DiscountCode
     from encore.store.models import utcnow
 
-    with session_scope() as session:
+    with _session_of(shop) as session:
         builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
         session.execute(builder(DiscountCode).values(
-            shop_id=shop_id, idempotency_key=idempotency_key, code=discount.code, platform_id=discount.platform_id,
+            shop_id=shop.id, idempotency_key=idempotency_key, code=discount.code, platform_id=discount.platform_id,
             kind=discount.kind, value=discount.value, ends_at=discount.ends_at, created_at=utcnow(),
         ).on_conflict_do_nothing(index_elements=["shop_id", "idempotency_key"]))

@@ -250,7 +250,7 @@ class ShopifyConnector(Connector):
 
     def create_discount(self, request: DiscountRequest) -> Discount:
         """A single-use code for one customer; the same request twice finds the first code."""
-        known = codes.remembered(self.shop.id, request.idempotency_key)
+        known = codes.remembered(self.shop, request.idempotency_key)
         if known is not None:
             return known
         code = codes.code_for(self.shop.id, request)
@@ -269,7 +269,7 @@ class ShopifyConnector(Connector):
             if node is None:
                 raise PlatformError("Shopify discountCodeBasicCreate returned no discount")
         discount = self._discount(node, code, request)
-        codes.remember(self.shop.id, request.idempotency_key, discount)
+        codes.remember(self.shop, request.idempotency_key, discount)
         return discount
 
     def discount_redeemed(self, code: str) -> bool | None:

@@ -178,7 +178,7 @@ class WooCommerceConnector(Connector):
 
     def create_discount(self, request: DiscountRequest) -> Discount:
         """A single-use coupon for one customer; the same request twice finds the first coupon."""
-        known = codes.remembered(self.shop.id, request.idempotency_key)
+        known = codes.remembered(self.shop, request.idempotency_key)
         if known is not None:
             return known
         code = codes.code_for(self.shop.id, request)
@@ -194,7 +194,7 @@ class WooCommerceConnector(Connector):
             else:
                 coupon = json_of(response, "WooCommerce POST coupons")
         discount = self._discount(coupon, request)
-        codes.remember(self.shop.id, request.idempotency_key, discount)
+        codes.remember(self.shop, request.idempotency_key, discount)
         return discount
 
     def discount_redeemed(self, code: str) -> bool | None:

@@ -313,3 +313,21 @@ def test_fetch_orders_pages_through_modified_after(woo_store):
     assert first_query["modified_after"] == ["2017-01-01T00:00:00"] and first_query["dates_are_gmt"] == ["true"]
     assert first_query["page"] == ["1"] and parse_qs(urlsplit(responses.calls[1].request.url).query)["page"] == ["2"]
     assert got[0][1] is not None and got[0][1].email == order["billing"]["email"]
+
+
+@responses.activate
+def test_create_discount_joins_the_callers_transaction(woo_store):
+    """The flow engine calls with a shop from its own session, maybe holding SQLite's write lock."""
+    from connectors.models import DiscountCode
+
+    responses.get(f"{API}/coupons", json=[])
+    responses.add_callback(responses.POST, f"{API}/coupons", callback=lambda r: (
+        201, {}, json.dumps(_coupon(json.loads(r.body)["code"], json.loads(r.body)))))
+    with session_scope() as session:
+        shop = session.execute(select(Shop).where(Shop.platform == "woocommerce")).scalar_one()
+        shop.name = "Woo"
+        session.flush()  # this transaction now holds the write lock
+        discount = get_connector(shop).create_discount(_request())
+    with session_scope() as session:
+        row = session.execute(select(DiscountCode)).scalar_one()
+        assert row.code == discount.code and row.idempotency_key == "run-41:step-1"
