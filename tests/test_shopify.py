@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -338,3 +338,34 @@ def test_stores_add_shopify_with_a_rejected_token_saves_nothing(env, admin):
     assert result.exit_code == 1 and "Invalid API key or access token" in result.output
     with session_scope() as session:
         assert session.execute(select(Shop)).scalars().all() == []
+
+
+def test_complete_customer_fills_a_ledger_row_the_webhook_left_without_email(shop, admin):
+    from connectors.enrich import complete_customer
+    from encore import events as ev
+    from encore.store.ledger import upsert_customer
+    from encore.store.models import Customer, utcnow
+
+    with session_scope() as session:
+        row = session.get(Shop, shop.id)
+        upsert_customer(session, row, ev.Customer(id="207119551"), utcnow() - timedelta(days=30))
+    admin.on("customer", _data({"customer": CUSTOMER_NODE}))
+    with session_scope() as session:
+        row = session.get(Shop, shop.id)
+        customer = session.execute(select(Customer).where(Customer.platform_id == "207119551")).scalar_one()
+        assert complete_customer(session, row, customer) is True
+    with session_scope() as session:
+        customer = session.execute(select(Customer)).scalar_one()
+        assert customer.email == "bob.norman@mail.example.com" and customer.email_consent is True
+        assert customer.birthday.isoformat() == "1988-02-29"
+    # without access to protected data there is still no address: False, and no error
+    admin.answers["customer"] = [{"data": {"customer": dict(CUSTOMER_NODE, id="gid://shopify/Customer/5",
+                                                             defaultEmailAddress=None)},
+                                  "errors": [{"message": "This app is not approved to access the Customer object.",
+                                              "extensions": {"code": "ACCESS_DENIED"}}]}]
+    with session_scope() as session:
+        row = session.get(Shop, shop.id)
+        upsert_customer(session, row, ev.Customer(id="5"), utcnow() - timedelta(days=30))
+        session.flush()
+        other = session.execute(select(Customer).where(Customer.platform_id == "5")).scalar_one()
+        assert complete_customer(session, row, other) is False
