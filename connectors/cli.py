@@ -156,6 +156,16 @@ def find_shop(session, store: str) -> Shop:  # type: ignore[no-untyped-def]
     return shops[0]
 
 
+def _count(connector, resource: str) -> int | None:  # type: ignore[no-untyped-def]
+    """The connector's count of a resource, if it can tell (a progress bar without a total still counts)."""
+    from connectors.base import PlatformError
+
+    try:
+        return connector.count(resource) if hasattr(connector, "count") else None
+    except (PlatformError, KeyError):
+        return None
+
+
 @click.group("import")
 def import_() -> None:
     """Backfill the ledger from a store's platform."""
@@ -185,7 +195,7 @@ def import_customers(store: str, orders: bool, since) -> None:  # type: ignore[n
                TimeElapsedColumn())
     try:
         with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
-            task = progress.add_task(f"customers of {shop.domain}", total=None)
+            task = progress.add_task(f"customers of {shop.domain}", total=_count(connector, "customers"))
             for customer in connector.fetch_customers(since_at):
                 with session_scope() as session:
                     row = session.get(Shop, shop.id)
@@ -194,7 +204,7 @@ def import_customers(store: str, orders: bool, since) -> None:  # type: ignore[n
                 progress.advance(task)
             progress.update(task, total=counts["customers"])
             if orders:
-                task = progress.add_task(f"orders of {shop.domain}", total=None)
+                task = progress.add_task(f"orders of {shop.domain}", total=_count(connector, "orders"))
                 for order, buyer in connector.fetch_orders(since_at):
                     with session_scope() as session:
                         row = session.get(Shop, shop.id)

@@ -378,6 +378,13 @@ class ShopifyConnector(Connector):
 
     # ---- the shop and its webhooks -------------------------------------------------------------------
 
+    def count(self, resource: str) -> int | None:
+        """How many customers or orders the shop has (`customersCount`, `ordersCount`), for progress bars."""
+        root = {"customers": "customersCount", "orders": "ordersCount"}[resource]
+        data = self.graphql(f"query {root} {{ {root}(limit: null) {{ count }} }}", what=root)
+        count = (data.get(root) or {}).get("count")
+        return int(count) if count is not None else None
+
     def shop_details(self) -> dict[str, Any]:
         """The shop's name, email, currency and IANA time zone."""
         return self.graphql(SHOP, what="shop").get("shop") or {}

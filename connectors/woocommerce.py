@@ -103,6 +103,12 @@ class WooCommerceConnector(Connector):
                 return
             page += 1
 
+    def count(self, resource: str) -> int | None:
+        """How many customers or orders the store has (`X-WP-Total`), for progress bars."""
+        params = {"per_page": 1, **({"role": "all"} if resource == "customers" else {})}
+        total = self.request("GET", resource, params=params).headers.get("X-WP-Total")
+        return int(total) if total and total.isdigit() else None
+
     # ---- the store -----------------------------------------------------------------------------------
 
     def verify(self) -> dict[str, Any]:

@@ -112,7 +112,9 @@ def test_import_customers_fills_the_ledger_without_events(redis, woo_store):
         order["customer_id"] = 25
         mock.get(f"{API}/orders", json=[order], headers={"X-WP-Total": "1", "X-WP-TotalPages": "1"})
         result = CliRunner().invoke(main, ["import", "customers", "woo.example.com"])
+        counted = [c.request.url for c in mock.calls if "per_page=1&" in c.request.url + "&"]
     assert result.exit_code == 0, result.output
+    assert len(counted) == 2  # the progress bars' totals (X-WP-Total) for customers and orders
     assert "imported 2 customers and 1 orders from woo.example.com" in result.output
     with session_scope() as session:
         bought = session.execute(select(Customer).where(Customer.platform_id == "25")).scalar_one()
