@@ -16,6 +16,7 @@ import calendar
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _frozen: datetime | None = None
@@ -49,7 +50,12 @@ def zone(name: str | None, fallback: str | None = None) -> tzinfo:
     """The time zone named `name`, else `fallback`, else DEFAULT_TIMEZONE; unknown names fall through."""
     from encore.settings import get_settings
 
-    for candidate in (name, fallback, get_settings().DEFAULT_TIMEZONE):
+    return _zone(name, fallback, get_settings().DEFAULT_TIMEZONE)
+
+
+@lru_cache(maxsize=512)
+def _zone(name: str | None, fallback: str | None, default: str) -> tzinfo:
+    for candidate in (name, fallback, default):
         if candidate:
             try:
                 return ZoneInfo(candidate)

@@ -61,8 +61,8 @@ def handle_event(event: Event, *, shop_id: int | None, customer_id: int | None, 
         return
     from flows import triggers
 
-    to_advance: list[int] = []
-    with session_scope() as session:
+    to_advance: list[tuple[int, str | None]] = []
+    with session_scope() as session:  # one transaction per step; the runs started here are driven in it
         if exiting:
             exit_runs(session, customer_id, [f.key for f in exiting], event)
         shop = session.get(Shop, shop_id)
@@ -72,11 +72,12 @@ def handle_event(event: Event, *, shop_id: int | None, customer_id: int | None, 
         for flow_file in starting:
             context = triggers.event_context(event)
             key = triggers.event_trigger_key(flow_file, event, shop, customer)
-            run_id = start_run(session, flow_file, shop, customer, key, context, event_id=event.id)
-            if run_id is not None:
-                to_advance.append(run_id)
-    for run_id in to_advance:
-        advance(run_id)
+            started = start_run(session, flow_file, shop, customer, key, context, event_id=event.id)
+            if started is not None:
+                to_advance.append(started)
+        session.commit()  # the runs exist (and are leased to us) before any step acts
+        for run_id, token in to_advance:
+            advance(run_id, token, session if token else None)
 
 
 def exit_runs(session: Session, customer_id: int, flow_keys: list[str], event: Event) -> int:
@@ -103,30 +104,28 @@ def stop_shop(session: Session, shop_id: int, reason: str) -> int:
 
 # ---- starting runs ---------------------------------------------------------------------------------
 
-def _insert_run(session: Session, values: dict[str, Any]) -> bool:
+def _insert_run(session: Session, values: dict[str, Any]) -> int | None:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING id: the new run's id, or None when the key exists."""
     builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = builder(FlowRun).values(**values).on_conflict_do_nothing(index_elements=["run_key"])
-    return session.execute(stmt).rowcount == 1
+    stmt = builder(FlowRun).values(**values).on_conflict_do_nothing(index_elements=["run_key"]).returning(FlowRun.id)
+    return session.execute(stmt).scalar_one_or_none()
 
 
 def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer, trigger_key: str,
-              context: dict[str, Any], event_id: str | None = None) -> int | None:
+              context: dict[str, Any], event_id: str | None = None) -> tuple[int, str | None] | None:
     """Create the run for (flow, customer, trigger key) if its entry rules and conditions allow.
 
-    Returns the id of a run to advance: a new one, or the existing one for this key (a retried job
-    finishes it). None when the flow does not start (conditions false, cool-down, not consented).
+    Returns (run id, lease token) of a run to advance: a new one, leased to the caller, or the existing
+    active one for this key with no token (a retried job finishes it once its lease is free). None
+    when the flow does not start (conditions false, cool-down, not consented, already finished).
     """
     flow = flow_file.flow
     run_key = f"{shop.id}:{flow_file.key}:{customer.id}:{trigger_key}"
-    existing = session.execute(select(FlowRun.id, FlowRun.status).where(FlowRun.run_key == run_key)).first()
-    if existing is not None:
-        return existing.id if existing.status in ACTIVE else None
     now = dates.now()
     probe = FlowRun(id=None, run_key=run_key, shop_id=shop.id, customer_id=customer.id, flow_key=flow_file.key,
                     flow_name=flow.name, flow_digest=flow_file.digest, definition=flow_file.data,
                     trigger_key=trigger_key, context=context, position=[0], started_at=now)
-    runner = StepRunner(session, probe, flow, shop, customer)
-    ctx = runner.context()
+    ctx = StepRunner(session, probe, flow, shop, customer).context()
     from flows import expressions
 
     for condition in flow.conditions:
@@ -138,35 +137,42 @@ def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Custo
             log.warning("flow %s: %s", flow_file.key, exc)
             return None
     if flow.entry.cooldown:
-        recent = session.execute(select(FlowRun.id).where(
+        recent = session.execute(select(FlowRun.run_key).where(
             FlowRun.customer_id == customer.id, FlowRun.flow_key == flow_file.key, FlowRun.status != SUPPRESSED,
-            FlowRun.started_at > now - flow.entry.cooldown).limit(1)).first()
+            FlowRun.started_at > now - flow.entry.cooldown).order_by(FlowRun.id.desc()).limit(1)).scalar()
         if recent is not None:
+            if recent == run_key:
+                return _existing(session, run_key)
             log.debug("flow %s not started for customer %s: cool-down", flow_file.key, customer.id)
             return None
-    status, reason = RUNNING, None
+    status, reason, token = RUNNING, None, uuid.uuid4().hex
     if flow.marketing and flow.consent_required and not customer.email_consent:
         # Shown, not silent: a suppressed run with its reason (keyed apart so a later consent can start one).
-        status, reason = SUPPRESSED, "no consent"
+        status, reason, token = SUPPRESSED, "no consent", None
         run_key = f"{run_key}:suppressed"
-    values = dict(run_key=run_key, shop_id=shop.id, customer_id=customer.id, flow_key=flow_file.key,
-                  flow_name=flow.name, flow_digest=flow_file.digest, definition=flow_file.data,
-                  trigger_key=trigger_key, event_id=event_id, status=status, reason=reason, position=[0],
-                  context=context, attempts=0, started_at=now, updated_at=now,
-                  finished_at=now if status == SUPPRESSED else None)
-    if not _insert_run(session, values):
-        row = session.execute(select(FlowRun.id, FlowRun.status).where(FlowRun.run_key == run_key)).first()
-        return row.id if row is not None and row.status in ACTIVE else None
-    run = session.execute(select(FlowRun).where(FlowRun.run_key == run_key)).scalar_one()
-    _trace(session, run, "start", f"started by {'event ' + event_id if event_id else 'date ' + trigger_key}",
+    run_id = _insert_run(session, dict(
+        run_key=run_key, shop_id=shop.id, customer_id=customer.id, flow_key=flow_file.key, flow_name=flow.name,
+        flow_digest=flow_file.digest, definition=flow_file.data, trigger_key=trigger_key, event_id=event_id,
+        status=status, reason=reason, position=[0], context=context, attempts=0, started_at=now, updated_at=now,
+        finished_at=now if status == SUPPRESSED else None, lease_token=token,
+        lease_until=now + LEASE if token else None))
+    if run_id is None:
+        return None if status == SUPPRESSED else _existing(session, run_key)
+    probe.id, probe.position = run_id, [0]
+    _trace(session, probe, "start", f"started by {'event ' + event_id if event_id else 'date ' + trigger_key}",
            trigger_key=trigger_key)
     for condition in flow.conditions:
-        _trace(session, run, "condition", f"{condition} -> true (start)", expression=condition, result=True)
+        _trace(session, probe, "condition", f"{condition} -> true (start)", expression=condition, result=True)
     if status == SUPPRESSED:
-        _trace(session, run, "suppressed", "not started: no consent (customer.email_consent is not true)",
+        _trace(session, probe, "suppressed", "not started: no consent (customer.email_consent is not true)",
                reason="no consent")
         return None
-    return run.id
+    return run_id, token
+
+
+def _existing(session: Session, run_key: str) -> tuple[int, str | None] | None:
+    row = session.execute(select(FlowRun.id, FlowRun.status).where(FlowRun.run_key == run_key)).first()
+    return (row.id, None) if row is not None and row.status in ACTIVE else None
 
 
 # ---- advancing runs --------------------------------------------------------------------------------
@@ -176,42 +182,70 @@ def resume_run(run_id: int) -> str:
     return advance(run_id)
 
 
-def advance(run_id: int) -> str:
-    """Execute a run's steps until it ends or waits; returns the run's status afterwards."""
-    token = uuid.uuid4().hex
+def advance(run_id: int, token: str | None = None, session: Session | None = None) -> str:
+    """Execute a run's steps until it ends or waits; returns the run's status afterwards.
+
+    `token` is the lease the caller already holds (a run it just created, in `session`); otherwise the
+    lease is taken here, and a run leased by another worker (or by one that died, until the lease
+    runs out) is left alone.
+    """
     now = dates.now()
-    with session_scope() as session:
-        taken = session.execute(update(FlowRun).where(
-            FlowRun.id == run_id, FlowRun.status.in_(ACTIVE),
-            or_(FlowRun.lease_until.is_(None), FlowRun.lease_until < now),
-        ).values(lease_until=now + LEASE, lease_token=token)).rowcount
-    if not taken:
-        return "busy"
+    if token is None:
+        token = uuid.uuid4().hex
+        with session_scope() as lease_session:
+            taken = lease_session.execute(update(FlowRun).where(
+                FlowRun.id == run_id, FlowRun.status.in_(ACTIVE),
+                or_(FlowRun.lease_until.is_(None), FlowRun.lease_until < now),
+            ).values(lease_until=now + LEASE, lease_token=token)).rowcount
+        if not taken:
+            return "busy"
     wake: tuple[Any, str] | None = None
-    status = RUNNING
     try:
-        for _ in range(MAX_STEPS_PER_ADVANCE):
-            with session_scope() as session:
-                status, wake, more = _step(session, run_id, token)
-            if not more:
-                break
+        if session is not None:
+            status, wake = _drive(session, run_id, token)
+            session.commit()
+        else:
+            with session_scope() as own:
+                status, wake = _drive(own, run_id, token)
     except (TransientStepError, OperationalError) as exc:
+        if session is not None:
+            session.rollback()
         status, wake = _retry_later(run_id, token, exc)
+        _release(run_id, token)
     except Exception as exc:
         log.exception("flow run %s failed", run_id)
-        with session_scope() as session:
-            run = session.get(FlowRun, run_id)
+        if session is not None:
+            session.rollback()
+        with session_scope() as own:
+            run = own.get(FlowRun, run_id)
             if run is not None:
-                _finish(session, run, FAILED, f"error: {exc}"[:255])
-                _trace(session, run, "error", f"run failed: {type(exc).__name__}: {exc}")
+                _finish(own, run, FAILED, f"error: {exc}"[:255])
+                _trace(own, run, "error", f"run failed: {type(exc).__name__}: {exc}")
         status, wake = FAILED, None
-    finally:
-        with session_scope() as session:
-            session.execute(update(FlowRun).where(FlowRun.id == run_id, FlowRun.lease_token == token)
-                            .values(lease_until=None, lease_token=None))
+        _release(run_id, token)
     if wake is not None:
         schedule(run_id, *wake)
     return status
+
+
+def _drive(session: Session, run_id: int, token: str) -> tuple[str, tuple[Any, str] | None]:
+    """Run steps (committing after each) until the run waits or ends; then give the lease back."""
+    status, wake = RUNNING, None
+    for _ in range(MAX_STEPS_PER_ADVANCE):
+        status, wake, more = _step(session, run_id, token)
+        if not more:
+            break
+        session.commit()
+    run = session.get(FlowRun, run_id)
+    if run is not None and run.lease_token == token:
+        run.lease_until, run.lease_token = None, None
+    return status, wake
+
+
+def _release(run_id: int, token: str) -> None:
+    with session_scope() as session:
+        session.execute(update(FlowRun).where(FlowRun.id == run_id, FlowRun.lease_token == token)
+                        .values(lease_until=None, lease_token=None))
 
 
 def _step(session: Session, run_id: int, token: str) -> tuple[str, tuple[Any, str] | None, bool]:

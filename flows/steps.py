@@ -50,6 +50,20 @@ def format_money(value: Any, currency: str | None = None) -> str:
     return f"{symbol}{amount}" if symbol else f"{amount} {currency.upper()}"
 
 
+_transports: dict[str, Any] = {}
+
+
+def _transport() -> Any:
+    """The email transport for EMAIL_URL, made once per process."""
+    from connectors.email import get_transport
+
+    url = get_settings().EMAIL_URL
+    transport = _transports.get(url)
+    if transport is None:
+        transport = _transports[url] = get_transport(url)
+    return transport
+
+
 # ---- positions -------------------------------------------------------------------------------------
 
 def container_at(steps: list[Any], prefix: list[Any]) -> list[Any]:
@@ -300,7 +314,7 @@ class StepRunner:
             unsubscribe_url=unsubscribe)
         effect = self._claim(key, "email")
         try:
-            message_id = email_api.send(message)
+            message_id = email_api.send(message, _transport())
         except email_api.TransientEmailError as exc:
             self._unclaim(effect)
             raise TransientStepError(f"email to {address} deferred: {exc}") from exc

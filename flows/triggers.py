@@ -9,6 +9,7 @@ downtime, never starts a run twice.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
@@ -26,7 +27,7 @@ from flows.schema import DateTrigger
 
 log = logging.getLogger(__name__)
 
-START = "flows.triggers.start_date_run"
+START = "flows.triggers.start_date_runs"
 MARK_PREFIX = "encore:due:"
 CATCH_UP = timedelta(hours=24)
 LOOK_AHEAD = timedelta(hours=36)
@@ -95,8 +96,13 @@ def _local_value(customer_tz: str | None, shop_tz: str | None, value: Any) -> da
     return value
 
 
-def candidates(session: Session, shop: Shop, flow_file: FlowFile, days: list[date]) -> Iterator[tuple[int, date, str]]:
-    """(customer id, due local day, trigger key) for customers due on any of `days` (indexed queries)."""
+def candidates(session: Session, shop: Shop, flow_file: FlowFile,
+               days: list[date]) -> Iterator[tuple[int, str | None, date, str]]:
+    """(customer id, customer time zone, due local day, trigger key) for customers due on any of `days`.
+
+    Birthdays are found through the (month, day) index; other date fields by a range over their
+    (shop, date) index, a little wider than the days so that every time zone is covered.
+    """
     trigger = flow_file.flow.trigger
     assert isinstance(trigger, DateTrigger)
     field = _field(trigger)
@@ -128,7 +134,7 @@ def candidates(session: Session, shop: Shop, flow_file: FlowFile, days: list[dat
             for day in wanted:
                 year = (day - trigger.offset).year if trigger.yearly else None
                 if due_day(trigger, value, year) == day:
-                    yield customer_id, day, date_trigger_key(flow_file, trigger, value, day)
+                    yield customer_id, customer_tz, day, date_trigger_key(flow_file, trigger, value, day)
                     break
 
 
@@ -145,14 +151,15 @@ def sweep(day: str | None = None, shop_id: int | None = None) -> dict[str, int]:
     """Cron job (and `encore sweep`): queue the date-triggered runs due around now, or on local `day`.
 
     Without `day`, the days from yesterday to tomorrow are considered and runs whose send time is
-    within the catch-up window or the next 36 hours are queued at that time. With `day`, every run
-    due that day is queued (those past start now): idempotent, to catch up after downtime.
+    within the catch-up window or the next 36 hours are queued for that time. With `day`, every run
+    due that day is queued (those past start now): idempotent, to catch up after downtime. Due
+    customers are grouped by send time, one start job per group of up to BATCH customers.
     """
     from encore.queue import FLOWS, get_redis, queue
 
     registry = loader.registry()
     dated = registry.dated()
-    counts = {"due": 0, "queued": 0}
+    counts = {"due": 0, "queued": 0, "jobs": 0}
     if not dated:
         return counts
     now = dates.now()
@@ -167,59 +174,64 @@ def sweep(day: str | None = None, shop_id: int | None = None) -> dict[str, int]:
             for flow_file in dated:
                 trigger = flow_file.flow.trigger
                 assert isinstance(trigger, DateTrigger)
-                batch: list[tuple[int, date, str]] = []
-                for item in candidates(session, shop, flow_file, days):
-                    batch.append(item)
-                    if len(batch) >= BATCH:
-                        counts["queued"] += _queue_batch(session, connection, flows_queue, shop, flow_file, batch,
-                                                         now, explicit is not None)
-                        counts["due"] += len(batch)
-                        batch = []
-                if batch:
-                    counts["queued"] += _queue_batch(session, connection, flows_queue, shop, flow_file, batch,
-                                                     now, explicit is not None)
-                    counts["due"] += len(batch)
-    log.info("date sweep: %d due, %d queued", counts["due"], counts["queued"])
+                groups: dict[datetime, list[list[Any]]] = {}
+                for customer_id, customer_tz, due, key in candidates(session, shop, flow_file, days):
+                    when = send_instant(trigger, due, customer_tz, shop.timezone)
+                    if explicit is None and not (now - CATCH_UP <= when <= now + LOOK_AHEAD):
+                        continue
+                    groups.setdefault(when, []).append([customer_id, key])
+                    counts["due"] += 1
+                jobs, queued = _queue_groups(connection, flows_queue, shop, flow_file, groups, now)
+                counts["jobs"] += jobs
+                counts["queued"] += queued
+    log.info("date sweep: %d due, %d newly queued in %d jobs", counts["due"], counts["queued"], counts["jobs"])
     return counts
 
 
-def _queue_batch(session: Session, connection: Any, flows_queue: Any, shop: Shop, flow_file: FlowFile,
-                 batch: list[tuple[int, date, str]], now: datetime, catch_up_all: bool) -> int:
-    trigger = flow_file.flow.trigger
-    assert isinstance(trigger, DateTrigger)
-    zones = dict(session.execute(select(Customer.id, Customer.timezone).where(
-        Customer.id.in_([c for c, _, _ in batch]))).all())
+def _queue_groups(connection: Any, flows_queue: Any, shop: Shop, flow_file: FlowFile,
+                  groups: dict[datetime, list[list[Any]]], now: datetime) -> tuple[int, int]:
+    """One start job per send time and batch; a Redis mark per job keeps a re-sweep from queueing it again."""
     planned = []
-    for customer_id, day, key in batch:
-        when = send_instant(trigger, day, zones.get(customer_id), shop.timezone)
-        if not catch_up_all and not (now - CATCH_UP <= when <= now + LOOK_AHEAD):
-            continue
-        run_key = f"{shop.id}:{flow_file.key}:{customer_id}:{key}"
-        planned.append((run_key, customer_id, key, when))
+    for when, items in sorted(groups.items()):
+        items.sort()
+        for start in range(0, len(items), BATCH):
+            chunk = items[start:start + BATCH]
+            digest = hashlib.sha256(json.dumps([shop.id, flow_file.key, when.isoformat(), chunk]).encode())
+            planned.append(("flowstart-" + digest.hexdigest()[:32], when, chunk))
     if not planned:
-        return 0
+        return 0, 0
+    ttl = int((CATCH_UP + LOOK_AHEAD).total_seconds()) + 3600
     with connection.pipeline(transaction=False) as pipe:
-        for run_key, *_ in planned:
-            pipe.set(MARK_PREFIX + run_key, 1, nx=True, ex=int((CATCH_UP + LOOK_AHEAD).total_seconds()) + 3600)
+        for job_id, _, _ in planned:
+            pipe.set(MARK_PREFIX + job_id, 1, nx=True, ex=ttl)
         fresh = pipe.execute()
-    queued = 0
+    jobs = queued = 0
     with connection.pipeline() as pipe:
-        for (run_key, customer_id, key, when), is_new in zip(planned, fresh, strict=True):
+        for (job_id, when, chunk), is_new in zip(planned, fresh, strict=True):
             if not is_new:
                 continue
-            job_id = "flowstart-" + hashlib.sha256(run_key.encode()).hexdigest()[:32]
-            args = (shop.id, flow_file.key, customer_id, key, when.isoformat())
+            args = (shop.id, flow_file.key, when.isoformat(), chunk)
             if when <= now:
                 flows_queue.enqueue_call(START, args=args, job_id=job_id, result_ttl=600, pipeline=pipe)
             else:
                 flows_queue.enqueue_at(when, START, *args, job_id=job_id, result_ttl=600, pipeline=pipe)
-            queued += 1
+            jobs += 1
+            queued += len(chunk)
         pipe.execute()
-    return queued
+    return jobs, queued
+
+
+def start_date_runs(shop_id: int, flow_key: str, due_at: str, items: list[list[Any]]) -> int:
+    """RQ job: start the date-triggered runs of a group of customers due at `due_at`; returns runs started."""
+    started = 0
+    for customer_id, trigger_key in items:
+        if start_date_run(shop_id, flow_key, int(customer_id), str(trigger_key), due_at) is not None:
+            started += 1
+    return started
 
 
 def start_date_run(shop_id: int, flow_key: str, customer_id: int, trigger_key: str, due_at: str) -> int | None:
-    """RQ job: start a date-triggered run if the customer is still due (their date may have changed)."""
+    """Start one date-triggered run if the customer is still due (their date may have changed since the sweep)."""
     from flows.engine import advance, start_run
 
     flow_file = loader.registry().flows.get(flow_key)
@@ -244,7 +256,9 @@ def start_date_run(shop_id: int, flow_key: str, customer_id: int, trigger_key: s
             return None
         context = {"event": {"type": "date", "field": trigger.date, "occurred_at": due.isoformat(),
                              "day": day.isoformat()}, "order": None, "checkout": None, "vars": {}}
-        run_id = start_run(session, flow_file, shop, customer, trigger_key, context)
-    if run_id is not None:
-        advance(run_id)
-    return run_id
+        started = start_run(session, flow_file, shop, customer, trigger_key, context)
+        session.commit()
+        if started is None:
+            return None
+        advance(started[0], started[1], session if started[1] else None)
+    return started[0]
