@@ -192,7 +192,10 @@ class WooCommerceConnector(Connector):
         if coupon is None:
             response = self.request("POST", "coupons", self.coupon_body(code, request), allow=(400,))
             if response.status_code == 400:
-                body = response.json() if response.content else {}
+                try:
+                    body = response.json()
+                except ValueError:
+                    body = {}
                 if isinstance(body, dict) and body.get("code") == "woocommerce_rest_coupon_code_already_exists":
                     coupon = self.find_coupon(code)  # made by an attempt whose answer was lost
                 if coupon is None:
