@@ -4,9 +4,11 @@
 
 Builds N marketing emails from a ~5 KB HTML body with a `<style>` block (the shape of the built-in
 templates), once with CSS inlining and once without, and delivers N messages to the file outbox and
-to a real SMTP server (aiosmtpd on 127.0.0.1, one connection per message, as the transport does).
-Prints per-message times and the ratios against the baseline measured in the same run: building
-without inlining, and the file outbox. No thresholds: figures for comparing machines and changes.
+to a real SMTP server (aiosmtpd on 127.0.0.1), over one kept connection (the transport's default)
+and with a new connection per message (`keepalive=0`). Each figure is the best of `--rounds`.
+Prints per-message times and the ratios against the baselines measured in the same run: building
+without inlining, the file outbox, and SMTP with a kept connection. No thresholds: figures for
+comparing machines and changes.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def main() -> int:
     """Run the measurements and print them."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3, help="each figure is the best of this many rounds")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="encore-bench-email-"))
     os.environ.update(SECRET_KEY="bench", ENCORE_DATA_DIR=str(folder / "data"), EMAIL_URL=f"file://{folder / 'out'}")
@@ -68,11 +71,15 @@ def main() -> int:
     n = args.messages
     build_message(email(0))  # warm-up
     timings: dict[str, float] = {}
-    for label, inline in (("build, no inlining", False), ("build, CSS inlined", True)):
-        start = time.perf_counter()
-        for i in range(n):
-            build_message(email(i, inline))
-        timings[label] = (time.perf_counter() - start) / n
+    def best(label: str, seconds: float) -> None:
+        timings[label] = min(seconds, timings.get(label, seconds))
+
+    for _round in range(args.rounds):
+        for label, inline in (("build, no inlining", False), ("build, CSS inlined", True)):
+            start = time.perf_counter()
+            for i in range(n):
+                build_message(email(i, inline))
+            best(label, (time.perf_counter() - start) / n)
 
     class Sink:
         received = 0
@@ -86,13 +93,16 @@ def main() -> int:
     controller.start()
     try:
         messages = [build_message(email(i)) for i in range(n)]
-        for label, url in (("deliver, file outbox", f"file://{folder / 'out'}"),
-                           ("deliver, SMTP localhost", f"smtp://127.0.0.1:{port}")):
-            transport = get_transport(url)
-            start = time.perf_counter()
-            for message in messages:
-                transport.deliver(message)
-            timings[label] = (time.perf_counter() - start) / n
+        for _round in range(args.rounds):
+            for label, url in (("deliver, file outbox", f"file://{folder / 'out'}"),
+                               ("deliver, SMTP kept", f"smtp://127.0.0.1:{port}"),
+                               ("deliver, SMTP each", f"smtp://127.0.0.1:{port}?keepalive=0")):
+                transport = get_transport(url)
+                start = time.perf_counter()
+                for message in messages:
+                    transport.deliver(message)
+                best(label, (time.perf_counter() - start) / n)
+                getattr(transport, "close", lambda: None)()
     finally:
         controller.stop()
 
@@ -101,11 +111,14 @@ def main() -> int:
     for label, seconds in timings.items():
         print(f"  {label:<24} {seconds * 1000:8.3f} ms/message  {1 / seconds:9.0f} messages/s")
     inlining = timings["build, CSS inlined"] / timings["build, no inlining"]
-    smtp = timings["deliver, SMTP localhost"] / timings["deliver, file outbox"]
-    print(f"  inlining cost ratio (inlined / not)     {inlining:.2f}")
-    print(f"  SMTP / file outbox ratio                {smtp:.2f}")
-    print(f"  SMTP server received {Sink.received} of {n}")
-    return 0 if Sink.received == n else 1
+    smtp = timings["deliver, SMTP kept"] / timings["deliver, file outbox"]
+    kept = timings["deliver, SMTP each"] / timings["deliver, SMTP kept"]
+    print(f"  inlining cost ratio (inlined / not)          {inlining:.2f}")
+    print(f"  SMTP kept connection / file outbox ratio     {smtp:.2f}")
+    print(f"  SMTP connection per message / kept ratio     {kept:.2f}")
+    expected = 2 * n * args.rounds
+    print(f"  SMTP server received {Sink.received} of {expected}")
+    return 0 if Sink.received == expected else 1
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ class Recorder:
     """aiosmtpd handler: keeps what it received; can answer RCPT or DATA with a chosen reply."""
 
     messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    peers: list[tuple[str, int]] = field(default_factory=list)
     rcpt_reply: str | None = None
     data_reply: str | None = None
 
@@ -124,6 +125,7 @@ class Recorder:
         if self.data_reply:
             return self.data_reply
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        self.peers.append(session.peer)
         return "250 Message accepted for delivery"
 
 
@@ -275,3 +277,47 @@ def test_5xx_reply_is_permanent(env, smtp_server):
 def test_unreachable_server_is_transient(env):
     with pytest.raises(TransientEmailError, match="could not reach"):
         send(_email(), get_transport(f"smtp://127.0.0.1:{_free_port()}?timeout=2"))
+
+
+def test_one_connection_carries_several_messages(env, smtp_server):
+    handler, port = smtp_server
+    transport = get_transport(f"smtp://127.0.0.1:{port}")
+    for i in range(3):
+        send(_email(idempotency_key=f"k{i}"), transport)
+    assert len(handler.messages) == 3 and len(set(handler.peers)) == 1
+    transport.close()
+    closed = get_transport(f"smtp://127.0.0.1:{port}?keepalive=0")
+    send(_email(idempotency_key="a"), closed)
+    send(_email(idempotency_key="b"), closed)
+    assert len(set(handler.peers[3:])) == 2
+
+
+def test_a_kept_connection_the_server_dropped_is_replaced(env):
+    port = _free_port()
+    first, second = Recorder(), Recorder()
+    controller = Controller(first, hostname="127.0.0.1", port=port)
+    controller.start()
+    transport = get_transport(f"smtp://127.0.0.1:{port}")
+    send(_email(idempotency_key="before"), transport)
+    controller.stop()  # the server goes away (restart, idle timeout) while the connection is kept
+    controller = Controller(second, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        transport._last_used -= 10  # idle long enough to be checked with NOOP
+        send(_email(idempotency_key="after"), transport)
+    finally:
+        transport.close()
+        controller.stop()
+    assert len(first.messages) == 1 and len(second.messages) == 1
+
+
+def test_after_a_failure_the_connection_is_not_reused(env, smtp_server):
+    handler, port = smtp_server
+    transport = get_transport(f"smtp://127.0.0.1:{port}")
+    handler.data_reply = "451 try later"
+    with pytest.raises(TransientEmailError):
+        send(_email(), transport)
+    assert transport._client is None
+    handler.data_reply = None
+    send(_email(), transport)
+    assert len(handler.messages) == 1

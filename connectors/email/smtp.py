@@ -7,7 +7,8 @@
 User and password are percent-decoded, so `%40` in a user name is an `@`. Query options:
 `timeout` (seconds, default 30), `cafile` (a CA bundle to trust, e.g. a private relay's),
 `verify=0` (don't verify the server's certificate; for a relay on localhost only), `starttls=1` on
-plain `smtp://` to upgrade the connection. A failure is sorted into what a retry may fix (a 4xx reply,
+plain `smtp://` to upgrade the connection, `keepalive` (seconds an idle connection is kept for the
+next message, default 60; 0 closes it after each message). A failure is sorted into what a retry may fix (a 4xx reply,
 a refused or dropped connection, a timeout) and what it won't (a 5xx reply, failed authentication,
 a certificate that doesn't verify), so the flow engine retries the first kind with backoff and
 records the second on the run.
@@ -18,12 +19,15 @@ from __future__ import annotations
 import smtplib
 import socket
 import ssl
+import threading
+import time
 from email.message import EmailMessage
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from connectors.email.base import PermanentEmailError, TransientEmailError, Transport
 
 DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
+KEEPALIVE_CHECK = 5.0  # idle seconds after which a kept connection is checked with NOOP before use
 
 
 class SMTPTransientError(TransientEmailError):
@@ -92,6 +96,10 @@ class SMTPTransport(Transport):
         self.cafile = options.get("cafile")
         self.verify = options.get("verify", "1").lower() not in ("0", "false", "no")
         self.starttls = self.scheme == "smtp+starttls" or options.get("starttls", "0").lower() in ("1", "true", "yes")
+        self.keepalive = float(options.get("keepalive", 60))
+        self._client: smtplib.SMTP | None = None
+        self._last_used = 0.0
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:  # never show the password
         return f"<SMTPTransport {self.scheme}://{self.host}:{self.port}>"
@@ -123,19 +131,54 @@ class SMTPTransport(Transport):
             raise
         return client
 
-    def deliver(self, message: EmailMessage) -> None:
-        """Send one message; raises SMTPTransientError or SMTPPermanentError."""
-        try:
-            client = self.connect()
+    def _close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
             try:
-                refused = client.send_message(message)
-            finally:
+                client.quit()
+            except (smtplib.SMTPException, OSError):
+                client.close()
+
+    def _connection(self) -> smtplib.SMTP:
+        """The kept connection if it still answers (NOOP after `KEEPALIVE_CHECK` idle seconds), else a new one."""
+        client = self._client
+        if client is not None:
+            idle = time.monotonic() - self._last_used
+            if idle > self.keepalive:
+                self._close()
+            elif idle > KEEPALIVE_CHECK:
                 try:
-                    client.quit()
+                    if client.noop()[0] != 250:
+                        raise smtplib.SMTPServerDisconnected("NOOP refused")
                 except (smtplib.SMTPException, OSError):
+                    self._client = None
                     client.close()
-        except (smtplib.SMTPException, OSError) as exc:
-            raise classify(exc) from exc
+        if self._client is None:
+            self._client = self.connect()
+        return self._client
+
+    def close(self) -> None:
+        """Close the kept connection (it reopens on the next message)."""
+        with self._lock:
+            self._close()
+
+    def deliver(self, message: EmailMessage) -> None:
+        """Send one message; raises SMTPTransientError or SMTPPermanentError.
+
+        The connection is kept for the next message (`keepalive` idle seconds, 0 to close it after
+        each); after any error it is closed, and the message is never resent here: whether the
+        server took it is then unknown, and the caller decides what a retry means.
+        """
+        with self._lock:
+            try:
+                client = self._connection()
+                refused = client.send_message(message)
+            except (smtplib.SMTPException, OSError) as exc:
+                self._close()
+                raise classify(exc) from exc
+            self._last_used = time.monotonic()
+            if not self.keepalive:
+                self._close()
         if refused:  # some recipients accepted it: a retry would send them a second copy
             detail = "; ".join(f"{rcpt}: {_reply(code, text)}" for rcpt, (code, text) in refused.items())
             raise SMTPPermanentError(f"some recipients refused: {detail}")
