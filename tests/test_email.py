@@ -64,6 +64,15 @@ def test_message_has_unsubscribe_headers_parts_and_idempotency_key(env):
     assert "A gift inside" in html and "display:none" in html
 
 
+def test_a_preheader_the_template_already_shows_is_not_added_twice(env):
+    from jinja2 import Environment
+
+    html = Environment(autoescape=True).from_string(
+        "<html><body><div style='display:none'>{{ p }}</div><p>Hi</p></body></html>").render(p="It's \"yours\"")
+    out = build_message(_email(html=html, preheader="It's \"yours\"")).get_body(("html",)).get_content()
+    assert out.count("yours") == 1
+
+
 def test_at_rules_stay_and_remote_stylesheets_are_not_fetched(env):
     html = ("<html><head><link rel='stylesheet' href='http://203.0.113.1/x.css'>"
             "<style>td{padding:4px} @media (max-width: 600px) { td { padding: 0 } }</style></head>"

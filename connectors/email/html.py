@@ -13,6 +13,7 @@ import logging
 import re
 
 import css_inline
+import markupsafe
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,8 @@ def inline_css(markup: str) -> str:
 def add_preheader(markup: str, preheader: str) -> str:
     """The document with a hidden preheader (the inbox preview line) as the first thing in `<body>`."""
     snippet = f'<div style="{PREHEADER_STYLE}">{html_lib.escape(preheader)}</div>'
-    if html_lib.escape(preheader) in markup:
-        return markup
+    if any(form in markup for form in (html_lib.escape(preheader), str(markupsafe.escape(preheader)), preheader)):
+        return markup  # the template shows it already
     match = _BODY_OPEN.search(markup)
     if match is None:
         return snippet + markup
