@@ -133,6 +133,7 @@ def run(address: tuple[str, int], requests: list[bytes], concurrency: int) -> di
         "p50_ms": percentile(done, 0.50) * 1000, "p99_ms": percentile(done, 0.99) * 1000,
         "max_ms": (done[-1] if done else 0.0) * 1000, "statuses": counts, "errors": errors[:5],
         "connections": next(reconnects), "load_cpu": cpu / elapsed if elapsed else 0.0,
+        "latencies_ms": [lat * 1000 for lat in done],
     }
 
 

