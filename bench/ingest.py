@@ -11,6 +11,8 @@ each a new delivery (its own X-Shopify-Webhook-Id), from `--concurrency` threads
 alternating between the two servers in `--rounds` chunks so both meet the same background load.
 It prints throughput and p50/p99 latency for both, the ratio ingest/bare, and PASS when every
 answer was 200, the events queue holds exactly N jobs, the ratio is >= 0.5 and ingest's p99 < 50 ms.
+It also prints the CPU the gunicorn workers (and Redis) spent per request, read from /proc and
+Redis INFO: steadier than req/s on a machine shared with other work, and it shows where time goes.
 
 Gunicorn settings (the same for both): `--worker-class sync --workers 4`, two worker processes per
 core of a 2-core machine, so one worker's Redis round trips overlap another's CPU work. The ingest
