@@ -181,7 +181,8 @@ def sweep(day: str | None = None, shop_id: int | None = None) -> dict[str, int]:
                         continue
                     groups.setdefault(when, []).append([customer_id, key])
                     counts["due"] += 1
-                jobs, queued = _queue_groups(connection, flows_queue, shop, flow_file, groups, now)
+                jobs, queued = _queue_groups(connection, flows_queue, shop, flow_file, groups, now,
+                                             force=explicit is not None)
                 counts["jobs"] += jobs
                 counts["queued"] += queued
     log.info("date sweep: %d due, %d newly queued in %d jobs", counts["due"], counts["queued"], counts["jobs"])
@@ -189,8 +190,12 @@ def sweep(day: str | None = None, shop_id: int | None = None) -> dict[str, int]:
 
 
 def _queue_groups(connection: Any, flows_queue: Any, shop: Shop, flow_file: FlowFile,
-                  groups: dict[datetime, list[list[Any]]], now: datetime) -> tuple[int, int]:
-    """One start job per send time and batch; a Redis mark per job keeps a re-sweep from queueing it again."""
+                  groups: dict[datetime, list[list[Any]]], now: datetime, force: bool = False) -> tuple[int, int]:
+    """One start job per send time and batch; a Redis mark per job keeps a re-sweep from queueing it again.
+
+    `force` (an explicit `--date`) queues even marked jobs: they may have been lost, and starting a run
+    twice is impossible anyway (its key is unique).
+    """
     planned = []
     for when, items in sorted(groups.items()):
         items.sort()
@@ -208,7 +213,7 @@ def _queue_groups(connection: Any, flows_queue: Any, shop: Shop, flow_file: Flow
     jobs = queued = 0
     with connection.pipeline() as pipe:
         for (job_id, when, chunk), is_new in zip(planned, fresh, strict=True):
-            if not is_new:
+            if not is_new and not force:
                 continue
             args = (shop.id, flow_file.key, when.isoformat(), chunk)
             if when <= now:

@@ -199,3 +199,21 @@ def test_abandoned_checkout_not_sent_when_the_order_follows(library, tmp_path: P
     assert sent(tmp_path, "abandoned_checkout") == []
     (run,) = flow_runs("abandoned_checkout")
     assert run.status == "exited"
+
+
+def test_encore_sweep_command_catches_up_a_day(library, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from encore.cli import main
+
+    process_event(event("customer.created", T0, customer(birthday=date(1990, 3, 20), orders_count=1)))
+    walk_to(library, datetime(2026, 3, 9, 12, 0, tzinfo=UTC))  # three days after the send day: the sweep was down
+    assert CliRunner().invoke(main, ["sweep", "--date", "2026-03-32"]).exit_code == 2
+    result = CliRunner().invoke(main, ["sweep", "--date", "2026-03-06"])
+    assert result.exit_code == 0, result.output
+    assert "1 due, 1 queued" in result.output
+    walk_to(library, datetime(2026, 3, 9, 12, 0, tzinfo=UTC))
+    assert len(sent(tmp_path, "birthday")) == 1
+    CliRunner().invoke(main, ["sweep", "--date", "2026-03-06"])
+    walk_to(library, datetime(2026, 3, 9, 12, 5, tzinfo=UTC))
+    assert len(sent(tmp_path, "birthday")) == 1
