@@ -75,6 +75,39 @@ def preview(flow: str, customer_file: Path, out: Path) -> None:
         click.echo("this flow sends no email", err=True)
 
 
+@flows.command()
+@click.option("--customer", "email", help="only this customer's runs (email address)")
+@click.option("--flow", "flow_key", help="only this flow's runs (its file name without .yaml)")
+@click.option("--status", help="only runs in this status (waiting, done, suppressed, exited, failed…)")
+@click.option("--limit", default=20, show_default=True)
+def runs(email: str | None, flow_key: str | None, status: str | None, limit: int) -> None:
+    """Show recent flow runs with their traces: what was sent, and why something was not."""
+    from sqlalchemy import func, select
+
+    from encore.store import session_scope
+    from encore.store.models import Customer
+    from flows.engine import trace_of
+    from flows.models import FlowRun
+
+    with session_scope() as session:
+        stmt = select(FlowRun, Customer.email).outerjoin(Customer, Customer.id == FlowRun.customer_id)
+        if email:
+            stmt = stmt.where(func.lower(Customer.email) == email.strip().lower())
+        if flow_key:
+            stmt = stmt.where(FlowRun.flow_key == flow_key)
+        if status:
+            stmt = stmt.where(FlowRun.status == status)
+        found = session.execute(stmt.order_by(FlowRun.id.desc()).limit(limit)).all()
+        for run, address in found:
+            click.echo(f"run {run.id} {run.flow_key} · {address or '-'} · {run.status}"
+                       f"{' (' + run.reason + ')' if run.reason else ''} · started {run.started_at:%Y-%m-%d %H:%M}Z"
+                       f"{' · wakes ' + format(run.wake_at, '%Y-%m-%d %H:%M') + 'Z' if run.wake_at else ''}")
+            for line in trace_of(session, run.id):
+                click.echo(f"    {line.at:%Y-%m-%d %H:%M} {line.step or '':<18} {line.kind:<10} {line.message}")
+        if not found:
+            click.echo("no runs", err=True)
+
+
 @click.command()
 @click.option("--date", "day", metavar="YYYY-MM-DD", help="run the date triggers due on this local day now")
 def sweep(day: str | None) -> None:

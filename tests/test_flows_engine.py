@@ -288,3 +288,19 @@ def test_exactly_once_on_sqlite_and_postgresql(flows_env, redis, tmp_path: Path,
     with session_scope() as session:
         effects = session.execute(select(FlowEffect.status)).scalars().all()
     assert effects == ["done", "done"]
+
+
+def test_runs_command_shows_traces_with_suppression_reasons(flows_env, redis, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from encore.cli import main
+
+    flow_dir(tmp_path, flows_env, welcome=WELCOME_NOW)
+    process_event(event("customer.created", T0, customer(email_consent=False)))
+    process_event(event("customer.created", T0, customer("2002")))
+    result = CliRunner().invoke(main, ["flows", "runs", "--customer", "C1001@example.com"])
+    assert result.exit_code == 0, result.output
+    assert "welcome · c1001@example.com · suppressed (no consent)" in result.output
+    assert "not started: no consent" in result.output
+    result = CliRunner().invoke(main, ["flows", "runs", "--status", "done"])
+    assert "c2002@example.com · done" in result.output and "sent 'welcome.html' to c2002@example.com" in result.output
