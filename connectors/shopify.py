@@ -208,7 +208,7 @@ class ShopifyConnector(Connector):
         return max(1.0, round(needed / rate, 2))
 
     @staticmethod
-    def user_errors(result: dict[str, Any] | None, what: str) -> list[dict[str, Any]]:
+    def user_errors(result: dict[str, Any] | None) -> list[dict[str, Any]]:
         """A mutation's `userErrors`."""
         return list((result or {}).get("userErrors") or [])
 
@@ -258,7 +258,7 @@ class ShopifyConnector(Connector):
         if node is None:
             data = self.graphql(DISCOUNT_CREATE, self.discount_variables(code, request), what="discountCodeBasicCreate")
             result = data.get("discountCodeBasicCreate") or {}
-            errors = self.user_errors(result, "discountCodeBasicCreate")
+            errors = self.user_errors(result)
             if errors:
                 if any(e.get("code") == "TAKEN" for e in errors):
                     node = self.find_discount(code)  # an attempt whose answer was lost made it
@@ -285,7 +285,7 @@ class ShopifyConnector(Connector):
     def tag_customer(self, customer_id: str, tags: list[str]) -> None:
         """Add tags to a customer (`tagsAdd`)."""
         data = self.graphql(TAGS_ADD, {"id": gid("Customer", customer_id), "tags": tags}, what="tagsAdd")
-        errors = self.user_errors(data.get("tagsAdd"), "tagsAdd")
+        errors = self.user_errors(data.get("tagsAdd"))
         if errors:
             raise PlatformError(f"Shopify tagsAdd: {_messages(errors)}", status=422)
 
@@ -401,7 +401,7 @@ class ShopifyConnector(Connector):
                 result = self.graphql(WEBHOOK_CREATE, {"topic": enum, "webhookSubscription": {"uri": address,
                                                                                               "format": "JSON"}},
                                       what="webhookSubscriptionCreate").get("webhookSubscriptionCreate")
-                errors = self.user_errors(result, "webhookSubscriptionCreate")
+                errors = self.user_errors(result)
                 if errors and not any("already been taken" in str(e.get("message")) for e in errors):
                     raise PlatformError(f"Shopify webhookSubscriptionCreate {enum}: {_messages(errors)}", status=422)
             done.append(topic)

@@ -21,6 +21,7 @@ class FileTransport(Transport):
     """Writes each message as `<idempotency key>.eml`, atomically."""
 
     def deliver(self, message: EmailMessage) -> None:
+        """Write one message; a message with the same idempotency key replaces the earlier file."""
         folder = outbox_path(self.url)
         folder.mkdir(parents=True, exist_ok=True)
         key = str(message.get(IDEMPOTENCY_HEADER) or message["Message-ID"])
