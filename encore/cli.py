@@ -103,9 +103,10 @@ def migrate() -> None:
 def _register_room_commands() -> None:
     """Add the command groups each room contributes (flows, stores, import, …)."""
     from connectors.cli import COMMANDS as connector_commands
+    from encore.tools import COMMANDS as tool_commands
     from flows.cli import COMMANDS as flow_commands
 
-    for command in (*flow_commands, *connector_commands):
+    for command in (*flow_commands, *connector_commands, *tool_commands):
         main.add_command(command)
 
 

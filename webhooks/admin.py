@@ -518,7 +518,8 @@ def failed_jobs(limit: int = 100) -> list[dict[str, Any]]:
         for job in Job.fetch_many(ids, connection=get_redis(), serializer=q.serializer):
             if job is None:
                 continue
-            exc = job.exc_info or ""
+            result = job.latest_result()
+            exc = (result.exc_string if result is not None else None) or ""
             last = next((line for line in reversed(exc.strip().splitlines()) if line.strip()), "")
             found.append({"queue": name, "id": job.id, "func": job.func_name, "description": job.description,
                           "ended_at": job.ended_at, "error": last, "traceback": exc})

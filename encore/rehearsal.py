@@ -1,0 +1,174 @@
+"""Rehearsals: the real pipeline (receivers, ledger, flow engine) run against a throwaway copy of the store.
+
+`encore replay --dry-run` uses one. Inside `rehearsal()`:
+- DATABASE_URL points at a SQLite copy of the store (a file copy of SQLite, a table-by-table copy of
+  PostgreSQL), so the ledger and the runs change only there;
+- EMAIL_URL is a file outbox in the rehearsal's folder: nothing is sent;
+- every shop's connector is a `RehearsalConnector`: codes are computed exactly as the real connectors
+  compute them (`connectors.codes.code_for`) but created nowhere, and tags go nowhere;
+- the engine's `schedule` records wake-ups instead of queueing RQ jobs, and `follow()` plays them
+  with the engine's clock moved to each wake-up, so later steps are rehearsed too.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from connectors.base import Connector, Discount, DiscountRequest
+from encore.settings import get_settings, reset_settings
+from encore.store.models import Shop
+
+
+class RehearsalConnector(Connector):
+    """A connector that makes nothing: the code a real connector would make, no call to the platform."""
+
+    platform = "rehearsal"
+
+    def create_discount(self, request: DiscountRequest) -> Discount:
+        """The code the real connector would create for this request."""
+        from connectors.codes import code_for
+
+        return Discount(code=code_for(self.shop.id, request), kind=request.kind, value=request.value,
+                        platform_id=None, ends_at=request.ends_at)
+
+    def tag_customer(self, customer_id: str, tags: list[str]) -> None:
+        """Tags are only recorded in the rehearsal's ledger."""
+
+    def fetch_customer(self, customer_id: str) -> Any:
+        """Nothing is fetched."""
+        return None
+
+    def fetch_orders(self, since: datetime | None = None) -> Iterator[Any]:
+        """Nothing is fetched."""
+        return iter(())
+
+    def register_webhooks(self, topics: list[str], address: str) -> list[str]:
+        """Nothing is registered."""
+        return []
+
+
+@dataclass
+class Rehearsal:
+    """A running rehearsal: its folder, database URL, outbox, and the wake-ups the engine asked for."""
+
+    folder: Path
+    database_url: str
+    outbox: Path
+    first_run_id: int
+    wakeups: list[tuple[datetime, int]] = field(default_factory=list)
+
+    def follow(self, until: datetime) -> int:
+        """Play the recorded wake-ups due before `until`, in time order, with the clock at each; returns how many."""
+        from flows import dates, engine
+
+        played = 0
+        previous = dates._frozen
+        try:
+            while True:
+                due = sorted(w for w in self.wakeups if w[0] <= until)
+                if not due:
+                    return played
+                when, run_id = due[0]
+                self.wakeups.remove(due[0])
+                dates.set_now(max(when, dates.now()))
+                engine.advance(run_id)
+                played += 1
+        finally:
+            dates.set_now(previous)
+
+
+def copy_database(source_url: str, target: Path) -> str:
+    """A SQLite copy of the store at `source_url`, migrated to the newest schema; returns its URL."""
+    from encore.store import get_engine, migrate, normalise_url
+
+    target_url = f"sqlite:///{target}"
+    source_url = normalise_url(source_url)
+    if source_url.startswith("sqlite:///") and Path(source_url[len("sqlite:///"):]).exists():
+        with sqlite3.connect(source_url[len("sqlite:///"):]) as src, sqlite3.connect(target) as dst:
+            src.backup(dst)
+        migrate(target_url)
+        return target_url
+    migrate(target_url)
+    if source_url.startswith("sqlite"):
+        return target_url
+    from encore.store.models import Base
+
+    for room in ("flows.models", "connectors.models", "encore.archive"):
+        __import__(room)
+    with get_engine(source_url).connect() as src, get_engine(target_url).begin() as dst:
+        for table in Base.metadata.sorted_tables:
+            batch: list[dict[str, Any]] = []
+            for row in src.execute(select(table)).mappings():
+                batch.append(dict(row))
+                if len(batch) >= 1000:
+                    dst.execute(insert(table), batch)
+                    batch = []
+            if batch:
+                dst.execute(insert(table), batch)
+    return target_url
+
+
+@contextmanager
+def rehearsal(folder: Path) -> Iterator[Rehearsal]:
+    """Run the block against a throwaway copy of the store, with no email sent and nothing made on a platform."""
+    import connectors.base as connector_registry
+    from flows import engine
+    from flows.models import FlowRun
+
+    folder.mkdir(parents=True, exist_ok=True)
+    url = copy_database(get_settings().DATABASE_URL, folder / "rehearsal.db")
+    outbox = folder / "outbox"
+    saved_env = {name: os.environ.get(name) for name in ("DATABASE_URL", "EMAIL_URL")}
+    saved = (connector_registry.get_connector, engine.schedule)
+    os.environ["DATABASE_URL"] = url
+    os.environ["EMAIL_URL"] = f"file://{outbox}"
+    reset_settings()
+    from encore.store import session_scope
+
+    with session_scope() as session:
+        first = (session.execute(select(FlowRun.id).order_by(FlowRun.id.desc()).limit(1)).scalar() or 0) + 1
+    current = Rehearsal(folder, url, outbox, first)
+
+    def record(run_id: int, when: Any, job_id: str) -> None:
+        current.wakeups.append((when, run_id))
+
+    def connector_for(shop: Shop) -> Connector:
+        return RehearsalConnector(shop)
+
+    connector_registry.get_connector = connector_for  # type: ignore[assignment]
+    engine.schedule = record  # type: ignore[assignment]
+    try:
+        yield current
+    finally:
+        connector_registry.get_connector, engine.schedule = saved  # type: ignore[assignment]
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        reset_settings()
+
+
+def outcome_rows(first_run_id: int) -> list[dict[str, Any]]:
+    """What the rehearsed runs did, line by line: (time, flow, customer, kind, message)."""
+    from encore.store import session_scope
+    from encore.store.models import Customer
+    from flows.models import FlowRun, FlowTrace
+
+    with session_scope() as session:
+        rows = session.execute(
+            select(FlowTrace.at, FlowRun.id, FlowRun.flow_key, Customer.email, FlowTrace.kind, FlowTrace.message,
+                   FlowTrace.detail)
+            .join(FlowRun, FlowRun.id == FlowTrace.run_id).outerjoin(Customer, Customer.id == FlowRun.customer_id)
+            .where(FlowRun.id >= first_run_id).order_by(FlowTrace.at, FlowTrace.id)).all()
+    return [{"at": at.isoformat(), "run": run_id, "flow": flow, "customer": email, "kind": kind, "message": message,
+             "detail": detail} for at, run_id, flow, email, kind, message, detail in rows]

@@ -1,0 +1,928 @@
+"""`encore simulate`: the flows over a store's historical orders, with a simulated clock.
+
+The orders (a Shopify or WooCommerce export, CSV or JSON) become the events the platform would have
+sent: `customer.created` before a customer's first order, `order.placed`, `order.paid`,
+`order.fulfilled`, `order.cancelled`; the date triggers fire when a customer's date makes them due.
+Each flow is interpreted with the engine's own parts (the flow schema and registry, the expression
+evaluator, the step positions, the date policy, the marketing rules: consent, quiet hours, frequency
+cap, cool-down, entry keys, `exit_on`, conditions re-checked before each step), in memory so that a
+year of a busy store runs in seconds. Nothing is sent or created, and the store is not read.
+
+The report says who would get which email, when, with which code, and who would be suppressed and why.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import heapq
+import io
+import json
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from encore import events as ev
+from flows import dates, expressions
+from flows.schema import DateTrigger, EventTrigger, step_kind
+from flows.steps import format_money, next_position, position_label, step_at
+
+ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+# `customer.orders_count == 3`, `customer.email_consent`, `not customer.tags`: read straight from the view.
+SIMPLE = re.compile(r"^\s*(not\s+)?customer\.([a-z_]+)\s*(?:(==|!=|>=|<=|>|<)\s*(-?\d+))?\s*$")
+COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b, "<": lambda a, b: a < b}
+
+
+PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]\w*)\.([a-z_]\w*)(?:\s+or\s+'([^'{}]*)')?\s*\}\}")
+_MISSING = object()
+
+
+def simple_text(source: str) -> Callable[[dict[str, Any]], str] | None:
+    """A fast renderer for text whose only template parts are `{{ name.attr }}` or `{{ name.attr or 'text' }}`."""
+    if "{%" in source or "{#" in source or "{{" in PLACEHOLDER.sub("", source):
+        return None
+    parts = PLACEHOLDER.split(source)
+
+    def render(ctx: dict[str, Any]) -> str:
+        out = []
+        for index in range(0, len(parts) - 1, 4):
+            out.append(parts[index])
+            name, attr, fallback = parts[index + 1], parts[index + 2], parts[index + 3]
+            if name not in ctx:
+                raise KeyError(f"{name!r} is undefined")
+            holder = ctx[name]
+            value = holder.get(attr, _MISSING) if isinstance(holder, dict) else getattr(holder, attr, _MISSING)
+            if fallback is not None and (value is _MISSING or not value):
+                value = fallback
+            out.append("" if value is _MISSING else str(value))
+        out.append(parts[-1])
+        return "".join(out)
+
+    return render
+
+
+def simple_condition(source: str) -> Callable[[dict[str, Any]], bool] | None:
+    """A fast evaluator for the simplest conditions on the customer (None for anything else)."""
+    match = SIMPLE.match(source)
+    if match is None:
+        return None
+    negate, name, operator, number = match.groups()
+    if operator is None:
+        return (lambda view: not view.get(name)) if negate else (lambda view: bool(view.get(name)))
+    if negate:
+        return None
+    compare, value = COMPARE[operator], int(number)
+
+    ordering = operator not in ("==", "!=")
+
+    def check(view: dict[str, Any]) -> bool:
+        found = view.get(name)
+        if ordering and not isinstance(found, int | Decimal):
+            return False  # the expression would fail on None or text: a failed condition is false
+        return compare(found, value)
+
+    return check
+
+
+# ---- reading exports -------------------------------------------------------------------------------
+
+@dataclass
+class HistoricalOrder:
+    """One order of an export, with what the flows need of its customer."""
+
+    order: ev.Order
+    customer_key: str
+    email: str | None
+    first_name: str | None = None
+    last_name: str | None = None
+    consent: bool | None = None
+    paid_at: datetime | None = None
+    fulfilled_at: datetime | None = None
+    cancelled_at: datetime | None = None
+
+
+@dataclass
+class KnownCustomer:
+    """A customer from a customers export."""
+
+    key: str
+    email: str | None
+    first_name: str | None = None
+    last_name: str | None = None
+    consent: bool | None = None
+    birthday: date | None = None
+    created_at: datetime | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+def _norm(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+# Column names (normalised) of the Shopify and WooCommerce exports, and of common export plugins.
+ORDER_COLUMNS: dict[str, tuple[str, ...]] = {
+    "id": ("id", "orderid", "ordernumber", "name", "number"),
+    "number": ("name", "ordernumber", "number", "orderid"),
+    "email": ("email", "billingemail", "customeremail", "billingemailaddress"),
+    "customer_id": ("customerid", "customeruserid", "userid"),
+    "first_name": ("billingfirstname", "firstname", "customerfirstname"),
+    "last_name": ("billinglastname", "lastname", "customerlastname"),
+    "billing_name": ("billingname", "customername", "customer"),
+    "created_at": ("createdat", "orderdate", "datecreated", "datecreatedgmt", "date", "processedat"),
+    "paid_at": ("paidat", "datepaid", "datepaidgmt", "paiddate"),
+    "fulfilled_at": ("fulfilledat", "datecompleted", "datecompletedgmt", "completeddate"),
+    "cancelled_at": ("cancelledat", "cancelleddate"),
+    "financial_status": ("financialstatus", "paymentstatus"),
+    "fulfillment_status": ("fulfillmentstatus",),
+    "status": ("orderstatus", "status"),
+    "total": ("total", "ordertotal", "totalprice", "ordertotalamount", "netsales"),
+    "subtotal": ("subtotal", "ordersubtotal", "subtotalprice"),
+    "currency": ("currency", "ordercurrency"),
+    "codes": ("discountcode", "couponcode", "couponcodes", "coupons", "couponsused", "discountcodes"),
+    "consent": ("acceptsmarketing", "acceptsemailmarketing", "marketingconsent", "newsletter"),
+}
+CUSTOMER_COLUMNS: dict[str, tuple[str, ...]] = {
+    "id": ("customerid", "id", "userid"),
+    "email": ("email", "billingemail", "emailaddress"),
+    "first_name": ("firstname", "billingfirstname"),
+    "last_name": ("lastname", "billinglastname"),
+    "consent": ("acceptsemailmarketing", "acceptsmarketing", "marketingconsent", "emailmarketingconsent",
+                "newsletter"),
+    "birthday": ("birthday", "birthdate", "dateofbirth", "dob"),
+    "created_at": ("createdat", "datecreated", "datecreatedgmt", "registered", "dateregistered"),
+    "tags": ("tags",),
+}
+
+
+def _columns(header: list[str], wanted: dict[str, tuple[str, ...]]) -> dict[str, int]:
+    normalised = [_norm(h) for h in header]
+    found: dict[str, int] = {}
+    for name, aliases in wanted.items():
+        for alias in aliases:
+            if alias in normalised:
+                found[name] = normalised.index(alias)
+                break
+    return found
+
+
+def _yes(value: Any) -> bool | None:
+    if value is None or value == "":
+        return None
+    return str(value).strip().lower() in ("yes", "true", "1", "subscribed", "y", "opt-in", "opted in")
+
+
+def _time(value: Any) -> datetime | None:
+    if value in (None, ""):
+        return None
+    text = str(value).strip()
+    if len(text) >= 24 and text[-5] in "+-" and text[-4:].isdigit():  # Shopify's `2026-01-31 12:00:00 +0100`
+        text = f"{text[:-5].rstrip()}{text[-5:-2]}:{text[-2:]}"
+    try:
+        quick = datetime.fromisoformat(text)
+        return quick if quick.tzinfo else quick.replace(tzinfo=UTC)
+    except ValueError:
+        pass
+    try:
+        parsed = ev.parse_datetime(str(value).strip().replace(" +", "+").replace(" -", "-"))
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        try:
+            parsed = datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _money(value: Any) -> Decimal | None:
+    if value in (None, ""):
+        return None
+    try:
+        return Decimal(str(value).replace(",", "").strip().lstrip("$€£").strip())
+    except ArithmeticError:
+        return None
+
+
+def _rows(path: Path) -> tuple[list[str], Iterator[list[str]]]:
+    handle = path.open(newline="", encoding="utf-8-sig")
+    reader = csv.reader(handle)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise click.ClickException(f"{path}: empty file") from None
+    return header, reader
+
+
+def read_orders(path: Path) -> list[HistoricalOrder]:
+    """Orders from a Shopify or WooCommerce export (CSV or JSON)."""
+    if path.suffix.lower() in (".json", ".jsonl"):
+        return list(_json_orders(path))
+    header, reader = _rows(path)
+    cols = _columns(header, ORDER_COLUMNS)
+    missing = [name for name in ("id", "created_at") if name not in cols]
+    if missing:
+        raise click.ClickException(f"{path}: no {' or '.join(missing)} column (found: {', '.join(header[:12])}…)")
+    by_id: dict[str, HistoricalOrder] = {}
+    for number, row in enumerate(reader, 2):
+        def get(name: str, row: list[str] = row) -> str | None:
+            index = cols.get(name)
+            return row[index].strip() if index is not None and index < len(row) and row[index].strip() else None
+
+        order_id = get("id")
+        if not order_id:
+            continue
+        if order_id in by_id:  # Shopify repeats an order on one row per line item; the first row has the totals
+            continue
+        created = _time(get("created_at"))
+        if created is None:
+            raise click.ClickException(f"{path}:{number}: bad date {get('created_at')!r}")
+        email = (get("email") or "").lower() or None
+        first, last = get("first_name"), get("last_name")
+        if not first and get("billing_name"):
+            first, _, last = (get("billing_name") or "").partition(" ")
+        status = (get("status") or "").lower()
+        financial = (get("financial_status") or "").lower() or None
+        paid = _time(get("paid_at")) or (created if financial == "paid" or status in ("processing", "completed")
+                                          else None)
+        fulfilled = _time(get("fulfilled_at")) or (created if status == "completed" else None)
+        cancelled = _time(get("cancelled_at")) or (created if status == "cancelled" else None)
+        codes = [c.strip() for c in (get("codes") or "").replace(";", ",").split(",") if c.strip()]
+        order = ev.Order.model_construct(
+            id=order_id, number=(get("number") or order_id).lstrip("#"), created_at=created, updated_at=created,
+            total=_money(get("total")), subtotal=_money(get("subtotal")), currency=get("currency"), line_items=[],
+            discount_codes=codes, financial_status=financial, fulfillment_status=get("fulfillment_status"),
+            cancelled_at=cancelled, checkout_token=None)
+        key = get("customer_id") or (f"email:{email}" if email else f"order:{order_id}")
+        by_id[order_id] = HistoricalOrder(order, key, email, first, last, _yes(get("consent")), paid, fulfilled,
+                                          cancelled)
+    return list(by_id.values())
+
+
+def _json_items(path: Path, plural: str) -> Iterable[dict[str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise click.ClickException(f"{path}: not JSON ({exc})") from None
+    if isinstance(data, dict):
+        data = data.get(plural, data.get("data", [data]))
+    if not isinstance(data, list):
+        raise click.ClickException(f"{path}: expected a list of {plural}")
+    return data
+
+
+def _json_orders(path: Path) -> Iterator[HistoricalOrder]:
+    from webhooks import shopify, woocommerce
+
+    for number, payload in enumerate(_json_items(path, "orders"), 1):
+        if not isinstance(payload, dict):
+            continue
+        is_woo = "date_created_gmt" in payload or "billing" in payload and "total_price" not in payload
+        module: Any = woocommerce if is_woo else shopify
+        try:
+            order = module.order(payload)
+            customer = module.order_customer(payload)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise click.ClickException(f"{path}: order #{number}: {exc}") from None
+        created = order.created_at or _time(payload.get("date_created_gmt"))
+        if created is None:
+            raise click.ClickException(f"{path}: order #{number} has no creation date")
+        order.created_at = created
+        if is_woo:
+            paid = _time(payload.get("date_paid_gmt"))
+            fulfilled = _time(payload.get("date_completed_gmt"))
+            cancelled = created if payload.get("status") == "cancelled" else None
+        else:
+            paid = _time(payload.get("processed_at")) if payload.get("financial_status") == "paid" else None
+            fulfillments = [_time(f.get("created_at")) for f in payload.get("fulfillments") or []
+                            if isinstance(f, dict)]
+            fulfilled = min((f for f in fulfillments if f), default=None)
+            cancelled = order.cancelled_at
+        email = (customer.email if customer else None) or None
+        key = (customer.key if customer else None) or f"order:{order.id}"
+        yield HistoricalOrder(order, key, email.lower() if email else None, customer.first_name if customer else None,
+                              customer.last_name if customer else None, customer.email_consent if customer else None,
+                              paid, fulfilled, cancelled)
+
+
+def read_customers(path: Path) -> list[KnownCustomer]:
+    """Customers from a Shopify or WooCommerce customers export (CSV or JSON)."""
+    if path.suffix.lower() in (".json", ".jsonl"):
+        from webhooks import shopify, woocommerce
+
+        found = []
+        for payload in _json_items(path, "customers"):
+            if not isinstance(payload, dict):
+                continue
+            module: Any = woocommerce if "date_created_gmt" in payload or "billing" in payload else shopify
+            customer = module.customer(payload)
+            if customer.key is None:
+                continue
+            found.append(KnownCustomer(customer.key, (customer.email or "").lower() or None, customer.first_name,
+                                       customer.last_name, customer.email_consent, customer.birthday,
+                                       customer.created_at, list(customer.tags or [])))
+        return found
+    header, reader = _rows(path)
+    cols = _columns(header, CUSTOMER_COLUMNS)
+    if "email" not in cols and "id" not in cols:
+        raise click.ClickException(f"{path}: no email or customer id column")
+    customers = []
+    for row in reader:
+        def get(name: str, row: list[str] = row) -> str | None:
+            index = cols.get(name)
+            return row[index].strip() if index is not None and index < len(row) and row[index].strip() else None
+
+        email = (get("email") or "").lower() or None
+        key = get("id") or (f"email:{email}" if email else None)
+        if key is None:
+            continue
+        customers.append(KnownCustomer(key.lstrip("'"), email, get("first_name"), get("last_name"),
+                                       _yes(get("consent")),
+                                       ev.parse_date(get("birthday")) if get("birthday") else None,
+                                       _time(get("created_at")),
+                                       [t.strip() for t in (get("tags") or "").split(",") if t.strip()]))
+    return customers
+
+
+# ---- the simulated store ---------------------------------------------------------------------------
+
+@dataclass
+class SimCustomer:
+    """The in-memory ledger row of one customer."""
+
+    key: str
+    email: str | None
+    first_name: str | None = None
+    last_name: str | None = None
+    consent: bool | None = None
+    birthday: date | None = None
+    tags: set[str] = field(default_factory=set)
+    orders_count: int = 0
+    total_spent: Decimal = Decimal("0")
+    first_order_at: datetime | None = None
+    last_order_at: datetime | None = None
+    created_at: datetime | None = None
+    marketing_sent: list[datetime] = field(default_factory=list)
+    runs: list[SimRun] = field(default_factory=list)
+    version: int = 0
+    _view: dict[str, Any] | None = None
+
+    def changed(self) -> None:
+        """Note a change of the ledger row (conditions and views are computed again)."""
+        self.version += 1
+        self._view = None
+
+    def view(self) -> dict[str, Any]:
+        """The `customer` of expressions and templates (the engine's customer_view)."""
+        if self._view is None:
+            self._view = self._make_view()
+        return self._view
+
+    def _make_view(self) -> dict[str, Any]:
+        return {"id": self.key, "email": self.email, "first_name": self.first_name, "last_name": self.last_name,
+                "phone": None, "locale": None, "timezone": None, "orders_count": self.orders_count,
+                "total_spent": self.total_spent, "first_order_at": self.first_order_at,
+                "last_order_at": self.last_order_at, "birthday": self.birthday, "email_consent": bool(self.consent),
+                "tags": sorted(self.tags), "has_account": None, "created_at": self.created_at}
+
+
+@dataclass
+class SimRun:
+    """One simulated run."""
+
+    number: int
+    flow_key: str
+    flow: Any
+    customer: SimCustomer
+    started_at: datetime
+    event: dict[str, Any]
+    order: Any
+    position: list[Any] = field(default_factory=lambda: [0])
+    vars: dict[str, Any] = field(default_factory=dict)
+    active: bool = True
+    code: str | None = None
+
+
+@dataclass
+class Outcome:
+    """One line of the report."""
+
+    at: datetime
+    flow: str
+    customer: str
+    action: str
+    template: str = ""
+    subject: str = ""
+    code: str = ""
+    reason: str = ""
+
+
+class _Code(dict):  # type: ignore[type-arg]
+    """A created discount as expressions and subjects see it (`reward.value`, `comeback.redeemed`)."""
+
+    def __str__(self) -> str:
+        return str(self["code"])
+
+
+class Simulation:
+    """The flows of a registry over a stream of historical events, in time order."""
+
+    def __init__(self, flows: dict[str, Any], shop: dict[str, Any], tz: tzinfo, start: datetime, end: datetime,
+                 now_hook: Callable[[datetime], None] | None = None) -> None:
+        self.flows = {key: f.flow for key, f in flows.items() if f.flow.enabled}
+        self.by_event: dict[str, list[str]] = defaultdict(list)
+        self.exiting: dict[str, list[str]] = defaultdict(list)
+        self.dated: list[str] = []
+        for key, flow in self.flows.items():
+            if isinstance(flow.trigger, EventTrigger):
+                self.by_event[flow.trigger.event].append(key)
+            elif isinstance(flow.trigger, DateTrigger):
+                self.dated.append(key)
+            for name in flow.exit_on:
+                self.exiting[name].append(key)
+        self.shop, self.tz, self.start, self.end = shop, tz, start, end
+        self.customers: dict[str, SimCustomer] = {}
+        self.queue: list[tuple[float, int, datetime, str, Any]] = []
+        self.sequence = 0
+        self.run_keys: set[tuple[str, str, str]] = set()
+        self.last_start: dict[tuple[str, str], datetime] = {}
+        self.outcomes: list[Outcome] = []
+        self.not_started: Counter[tuple[str, str]] = Counter()
+        self.runs = 0
+        self.now = start
+        self.memo: dict[tuple[str, str, int], bool] = {}
+        self.pure: dict[str, bool] = {}
+        self.fast: dict[str, Any] = {}
+        self.fast_text: dict[str, Any] = {}
+
+    # -- the clock ---------------------------------------------------------------------------------
+    def at(self, when: datetime, kind: str, payload: Any) -> None:
+        """Schedule something at `when` (dropped when past the end of the simulation)."""
+        if when <= self.end:
+            self.sequence += 1
+            heapq.heappush(self.queue, (when.timestamp(), self.sequence, when, kind, payload))
+
+    def run(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Play everything scheduled, in time order; `progress(done, pending)` is called now and then."""
+        done = 0
+        while self.queue:
+            _, _, when, kind, payload = heapq.heappop(self.queue)
+            if when > self.now:
+                self.now = when
+            if kind == "event":
+                self.event(*payload)
+            elif kind == "resume":
+                if payload.active:
+                    self.advance(payload)
+            elif kind == "date":
+                self.date_due(*payload)
+            done += 1
+            if progress and done % 5000 == 0:
+                progress(done, len(self.queue))
+        if progress:
+            progress(done, 0)
+
+    # -- history -----------------------------------------------------------------------------------
+    def load(self, orders: list[HistoricalOrder], known: list[KnownCustomer]) -> int:
+        """Queue the events the orders (and customers) mean; returns how many."""
+        by_key = {c.key: c for c in known}
+        by_email = {c.email: c for c in known if c.email}
+        count = 0
+        first_seen: dict[str, datetime] = {}
+        for item in orders:
+            created = item.order.created_at
+            if created is None or created < self.start or created > self.end:
+                continue
+            customer = self.customers.get(item.customer_key)
+            if customer is None:
+                info = by_key.get(item.customer_key) or (by_email.get(item.email) if item.email else None)
+                customer = SimCustomer(item.customer_key, item.email or (info.email if info else None),
+                                       item.first_name or (info.first_name if info else None),
+                                       item.last_name or (info.last_name if info else None),
+                                       info.consent if info and info.consent is not None else item.consent,
+                                       info.birthday if info else None, set(info.tags) if info else set(),
+                                       created_at=info.created_at if info else None)
+                self.customers[item.customer_key] = customer
+            if customer.consent is None and item.consent is not None:
+                customer.consent = item.consent
+            if item.customer_key not in first_seen or created < first_seen[item.customer_key]:
+                first_seen[item.customer_key] = created
+            self.at(created, "event", ("order.placed", customer, item.order))
+            count += 1
+            for name, moment in (("order.paid", item.paid_at), ("order.fulfilled", item.fulfilled_at),
+                                 ("order.cancelled", item.cancelled_at)):
+                if moment is not None:
+                    self.at(max(moment, created), "event", (name, customer, item.order))
+                    count += 1
+        emails = {c.email for c in self.customers.values() if c.email}
+        for info in known:
+            if info.key not in self.customers and (info.email is None or info.email not in emails):
+                self.customers[info.key] = SimCustomer(info.key, info.email, info.first_name, info.last_name,
+                                                       info.consent, info.birthday, set(info.tags),
+                                                       created_at=info.created_at)
+        for key, customer in self.customers.items():
+            created = customer.created_at or (first_seen[key] - timedelta(seconds=1) if key in first_seen else None)
+            if created is not None and self.start <= created <= self.end:
+                self.at(created, "event", ("customer.created", customer, None))
+                count += 1
+            if customer.birthday is not None:
+                self.plan_dates(customer, "customer.birthday")
+        return count
+
+    # -- events ------------------------------------------------------------------------------------
+    def event(self, name: str, customer: SimCustomer, order: Any) -> None:
+        """One historical event: the ledger first, then exits and starts, as the worker does."""
+        if name == "order.placed":
+            customer.orders_count += 1
+            customer.total_spent += order.total or Decimal("0")
+            placed = order.created_at
+            customer.first_order_at = min(customer.first_order_at or placed, placed)
+            customer.last_order_at = max(customer.last_order_at or placed, placed)
+            customer.changed()
+            self.plan_dates(customer, "customer.last_order_at")
+            if customer.orders_count == 1:
+                self.plan_dates(customer, "customer.first_order_at")
+        event = {"id": f"{name}:{order.id if order is not None else customer.key}", "type": name,
+                 "occurred_at": self.now.isoformat(), "topic": name}
+        for key in self.exiting.get(name, ()):
+            for run in customer.runs:
+                if run.active and run.flow_key == key and run.event.get("id") != event["id"]:
+                    run.active = False
+                    self.record(run, "exited", reason=f"exit on {name}")
+        for key in self.by_event.get(name, ()):
+            flow = self.flows[key]
+            self.start_run(key, flow, customer, self.event_key(flow, name, customer, order), event, order)
+
+    def event_key(self, flow: Any, name: str, customer: SimCustomer, order: Any) -> str:
+        """The run key's trigger part (as `flows.triggers.event_trigger_key`)."""
+        if flow.entry.once_per_customer:
+            return "once"
+        if flow.entry.once_per == "year":
+            return f"year:{self.now.astimezone(self.tz).year}"
+        if order is not None:
+            return f"order:{order.id}"
+        if name == "customer.created":
+            return "customer.created"
+        return f"event:{name}:{self.now.isoformat()}"
+
+    # -- date triggers -----------------------------------------------------------------------------
+    def plan_dates(self, customer: SimCustomer, date_field: str) -> None:
+        """Schedule the date-triggered starts a customer's date makes due."""
+        for key in self.dated:
+            trigger = self.flows[key].trigger
+            if trigger.date != date_field:
+                continue
+            value = getattr(customer, date_field.split(".", 1)[1])
+            if value is None:
+                continue
+            local = value.astimezone(self.tz).date() if isinstance(value, datetime) else value
+            if trigger.yearly:
+                days = [dates.anniversary(local, year) + trigger.offset
+                        for year in range(self.start.year - 1, self.end.year + 2) if year >= local.year]
+            else:
+                days = [local + trigger.offset]
+            for day in days:
+                when = dates.local_instant(day, trigger.at, self.tz)
+                if self.start <= when <= self.end and when >= self.now:
+                    self.at(when, "date", (key, customer, value, day))
+
+    def date_due(self, key: str, customer: SimCustomer, value: Any, day: date) -> None:
+        """A date trigger fires, if the customer's date has not moved since it was planned."""
+        flow = self.flows[key]
+        trigger = flow.trigger
+        if getattr(customer, trigger.date.split(".", 1)[1]) != value:
+            return
+        local = value.astimezone(self.tz).date() if isinstance(value, datetime) else value
+        if flow.entry.once_per_customer:
+            trigger_key = "once"
+        elif trigger.yearly:
+            trigger_key = f"year:{(day - trigger.offset).year}"
+        elif flow.entry.once_per == "year":
+            trigger_key = f"year:{day.year}"
+        else:
+            trigger_key = f"{trigger.date}:{local.isoformat()}"
+        event = {"id": f"date:{key}:{day.isoformat()}", "type": "date", "occurred_at": self.now.isoformat()}
+        self.start_run(key, flow, customer, trigger_key, event, None)
+
+    # -- runs --------------------------------------------------------------------------------------
+    def context(self, run: SimRun) -> dict[str, Any]:
+        """What expressions and subjects read (as the engine's StepRunner.context)."""
+        ctx: dict[str, Any] = {"customer": run.customer.view(), "shop": self.shop, "event": run.event,
+                               "run": {"id": run.number, "started_at": run.started_at, "flow": run.flow.name},
+                               "order": run.order, "checkout": None, "now": self.now}
+        ctx.update(run.vars)
+        return ctx
+
+    def holds(self, flow: Any, ctx: dict[str, Any], customer: SimCustomer | None = None) -> str | None:
+        """The first condition that does not hold (None when all do).
+
+        A condition that reads only `customer` and `shop` is evaluated once per version of the customer.
+        """
+        for condition in flow.conditions:
+            memo_key = None
+            if customer is not None and self._customer_only(condition):
+                memo_key = (condition, customer.key, customer.version)
+                known = self.memo.get(memo_key)
+                if known is not None:
+                    if not known:
+                        return condition
+                    continue
+            fast = self.fast.get(condition, False)
+            if fast is False:
+                fast = self.fast[condition] = simple_condition(condition)
+            if fast is not None:
+                result = fast(ctx["customer"])
+            else:
+                try:
+                    result = bool(expressions.holds(condition, ctx))
+                except expressions.ExpressionError:
+                    result = False
+            if memo_key is not None:
+                if len(self.memo) > 200_000:
+                    self.memo.clear()
+                self.memo[memo_key] = result
+            if not result:
+                return condition
+        return None
+
+    def _customer_only(self, condition: str) -> bool:
+        found = self.pure.get(condition)
+        if found is None:
+            found = self.pure[condition] = expressions.names_in_expression(condition) <= {"customer", "shop"}
+        return found
+
+    def start_run(self, key: str, flow: Any, customer: SimCustomer, trigger_key: str, event: dict[str, Any],
+                  order: Any) -> None:
+        """Start a run if its key is new, its conditions hold, and its cool-down has passed."""
+        run_key = (key, customer.key, trigger_key)
+        if run_key in self.run_keys:
+            return
+        self.runs += 1
+        run = SimRun(self.runs, key, flow, customer, self.now, event, order)
+        failed = self.holds(flow, self.context(run), customer)
+        if failed is not None:
+            self.not_started[(key, f"condition false: {failed}")] += 1
+            return
+        if flow.entry.cooldown:
+            last = self.last_start.get((key, customer.key))
+            if last is not None and last > self.now - flow.entry.cooldown:
+                self.not_started[(key, "cool-down")] += 1
+                return
+        if flow.marketing and flow.consent_required and not customer.consent:
+            suppressed = (key, customer.key, trigger_key + ":suppressed")
+            if suppressed not in self.run_keys:
+                self.run_keys.add(suppressed)
+                self.record(run, "suppressed", reason="no consent")
+            return
+        self.run_keys.add(run_key)
+        self.last_start[(key, customer.key)] = self.now
+        customer.runs.append(run)
+        self.advance(run)
+
+    def advance(self, run: SimRun) -> None:
+        """Execute a run's steps until it ends or waits (as the engine's `_step` loop)."""
+        for _ in range(200):
+            ctx = self.context(run)
+            failed = self.holds(run.flow, ctx, run.customer)
+            if failed is not None:
+                run.active = False
+                self.record(run, "exited", reason=f"condition no longer holds: {failed}")
+                return
+            step = step_at(run.flow.steps, run.position)
+            kind = step_kind(step)
+            if kind == "wait":
+                until = self.now
+                if step.wait.for_:
+                    until = dates.add_duration(until, step.wait.for_, self.tz)
+                if step.wait.until is not None:
+                    until = dates.next_local_time(until, step.wait.until, self.tz)
+                following = next_position(run.flow.steps, run.position)
+                if following is None:
+                    run.active = False
+                    return
+                run.position = following
+                self.at(until, "resume", run)
+                return
+            if kind == "if":
+                try:
+                    result = bool(expressions.holds(step.if_, ctx))
+                except expressions.ExpressionError:
+                    result = False
+                branch = step.then if result else step.else_
+                if branch:
+                    run.position = [*run.position, "then" if result else "else", 0]
+                    continue
+            elif kind == "stop":
+                run.active = False
+                return
+            elif kind == "send_email":
+                deferred = self.send_email(run, step.send_email, ctx)
+                if deferred is not None:
+                    self.at(deferred, "resume", run)
+                    return
+            elif kind == "create_discount":
+                self.create_discount(run, step.create_discount)
+            elif kind == "tag_customer":
+                run.customer.tags.update(expressions.render_string(t, ctx) for t in step.tag_customer)
+                run.customer.changed()
+            following = next_position(run.flow.steps, run.position)
+            if following is None:
+                run.active = False
+                return
+            run.position = following
+
+    def send_email(self, run: SimRun, spec: Any, ctx: dict[str, Any]) -> datetime | None:
+        """Record an email or its suppression; returns when to try again (quiet hours)."""
+        customer, flow = run.customer, run.flow
+        if not customer.email:
+            self.record(run, "suppressed", template=spec.template, reason="no email address")
+            return None
+        if flow.marketing:
+            if flow.consent_required and not customer.consent:
+                self.record(run, "suppressed", template=spec.template, reason="no consent")
+                return None
+            if flow.quiet_hours and dates.in_window(self.now, flow.quiet_hours.from_, flow.quiet_hours.to, self.tz):
+                return dates.next_local_time(self.now, flow.quiet_hours.to, self.tz)
+            if flow.frequency_cap:
+                since = self.now - flow.frequency_cap
+                if any(sent > since for sent in customer.marketing_sent):
+                    self.record(run, "suppressed", template=spec.template, reason="frequency cap")
+                    return None
+        try:
+            fast = self.fast_text.get(spec.subject, False)
+            if fast is False:
+                fast = self.fast_text[spec.subject] = simple_text(spec.subject)
+            subject = fast(ctx) if fast is not None else expressions.render_string(spec.subject, ctx)
+        except Exception as exc:  # noqa: BLE001 - shown in the report like the engine's trace would
+            subject = f"(subject failed: {exc})"
+        if flow.marketing:
+            customer.marketing_sent.append(self.now)
+        self.record(run, "email", template=spec.template, subject=subject, code=run.code or "")
+        return None
+
+    def create_discount(self, run: SimRun, spec: Any) -> None:
+        """A code like the connectors make (prefix and 8 characters), made nowhere."""
+        digest = int.from_bytes(hashlib.sha256(f"{run.flow_key}:{run.customer.key}:{run.number}:"
+                                               f"{position_label(run.position)}".encode()).digest()[:10], "big")
+        chars = []
+        for _ in range(8):
+            digest, index = divmod(digest, len(ALPHABET))
+            chars.append(ALPHABET[index])
+        body = "".join(chars)
+        code = "-".join(p for p in (spec.prefix.upper(), body[:4], body[4:]) if p)
+        value = spec.percent if spec.percent is not None else spec.amount
+        kind = "percent" if spec.percent is not None else "fixed"
+        display = f"{value.normalize():f}%" if kind == "percent" else format_money(value, self.shop.get("currency"))
+        ends = self.now + spec.expires_in
+        run.vars[spec.as_] = _Code(code=code, kind=kind, amount=str(value), value=display, redeemed=False,
+                                   expires_at=ends.isoformat(),
+                                   expires_on=ends.astimezone(self.tz).strftime("%d %B %Y"),
+                                   minimum_subtotal=str(spec.minimum_subtotal) if spec.minimum_subtotal else None)
+        run.code = code
+        self.record(run, "code", code=code)
+
+    def record(self, run: SimRun, action: str, template: str = "", subject: str = "", code: str = "",
+               reason: str = "") -> None:
+        """Add a line to the report."""
+        self.outcomes.append(Outcome(self.now, run.flow_key, run.customer.email or run.customer.key, action, template,
+                                     subject, code, reason))
+
+
+# ---- reporting -------------------------------------------------------------------------------------
+
+def summary(sim: Simulation) -> dict[str, Counter[str]]:
+    """Per flow: emails, codes, suppressed by reason, exits."""
+    per_flow: dict[str, Counter[str]] = defaultdict(Counter)
+    for item in sim.outcomes:
+        label = item.action if item.action not in ("suppressed", "exited") else f"{item.action}: {item.reason}"
+        per_flow[item.flow][label] += 1
+    return per_flow
+
+
+def write_csv(outcomes: list[Outcome], target: Any) -> None:
+    """The report as CSV: one row per email, code, suppression or exit."""
+    writer = csv.writer(target)
+    writer.writerow(["date", "time_utc", "flow", "customer", "action", "template", "subject", "code", "reason"])
+    for item in outcomes:
+        writer.writerow([item.at.date().isoformat(), item.at.strftime("%H:%M"), item.flow, item.customer, item.action,
+                         item.template, item.subject, item.code, item.reason])
+
+
+def _day(value: str, name: str, end: bool = False) -> datetime:
+    try:
+        parsed = date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=name) from None
+    moment = datetime.combine(parsed, time(0), UTC)
+    return moment + timedelta(days=1) - timedelta(microseconds=1) if end else moment
+
+
+@click.command()
+@click.option("--orders", "orders_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="orders export: Shopify or WooCommerce, CSV or JSON")
+@click.option("--customers", "customers_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="customers export (consent, birthdays, tags)")
+@click.option("--from", "date_from", metavar="YYYY-MM-DD", help="first day (default: the first order's)")
+@click.option("--to", "date_to", metavar="YYYY-MM-DD", help="last day (default: the last order's)")
+@click.option("--flows", "flows_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="flow folder (default: FLOWS_DIR or the built-in library)")
+@click.option("--timezone", "zone_name", help="the shop's time zone (default: DEFAULT_TIMEZONE)")
+@click.option("--currency", default="EUR", show_default=True, help="the shop's currency")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="write every email, code, suppression and exit here")
+@click.option("--days", default=14, show_default=True, help="how many of the busiest days to show per day")
+def simulate(orders_file: Path, customers_file: Path | None, date_from: str | None, date_to: str | None,
+             flows_dir: Path | None, zone_name: str | None, currency: str, csv_path: Path | None, days: int) -> None:
+    """Run the flows over historical orders with a simulated clock: who would get which email, when, and why not."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from flows import dates, loader
+
+    out = Console()
+    if flows_dir is not None:
+        flows, problems = loader.load_dir(flows_dir)
+        registry = {f.key: f for f in flows}
+    else:
+        current = loader.registry()
+        registry, problems = current.flows, current.problems
+    for problem in problems:
+        click.echo(str(problem), err=True)
+    if not registry:
+        raise click.ClickException("no valid flow to simulate")
+    orders = read_orders(orders_file)
+    known = read_customers(customers_file) if customers_file else []
+    if not orders:
+        raise click.ClickException(f"{orders_file}: no orders")
+    first = min(o.order.created_at for o in orders if o.order.created_at)
+    last = max(o.order.created_at for o in orders if o.order.created_at)
+    start = _day(date_from, "--from") if date_from else datetime.combine(first.date(), time(0), UTC)
+    end = _day(date_to, "--to", end=True) if date_to else datetime.combine(last.date(), time(23, 59, 59), UTC)
+    if end < start:
+        raise click.BadParameter("--to is before --from", param_hint="--to")
+    tz = dates.zone(zone_name)
+    shop = {"id": 0, "name": "Your store", "domain": "store.example", "email": None, "currency": currency,
+            "timezone": str(tz), "platform": "simulation"}
+    sim = Simulation(registry, shop, tz, start, end)
+    total = sim.load(orders, known)
+    with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("events", total=total)
+        sim.run(lambda done, pending: progress.update(task, completed=done, total=done + pending))
+    per_flow = summary(sim)
+    table = Table(title=f"{len(orders)} orders, {len(sim.customers)} customers, {start.date()} to {end.date()}")
+    for name in ("flow", "emails", "codes", "suppressed", "why suppressed", "exited", "not started"):
+        table.add_column(name, justify="right" if name in ("emails", "codes", "suppressed", "exited") else "left")
+    for key in sorted(sim.flows):
+        counts = per_flow.get(key, Counter())
+        reasons = {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("suppressed: ")}
+        exited = sum(v for k, v in counts.items() if k.startswith("exited: "))
+        skipped = {reason: n for (flow, reason), n in sim.not_started.items() if flow == key}
+        table.add_row(key, str(counts["email"]), str(counts["code"]), str(sum(reasons.values())),
+                      ", ".join(f"{r} ({n})" for r, n in sorted(reasons.items())), str(exited),
+                      ", ".join(f"{r} ({n})" for r, n in sorted(skipped.items(), key=lambda x: -x[1])[:2]))
+    out.print(table)
+    by_day: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for item in sim.outcomes:
+        by_day[(item.at.astimezone(tz).date().isoformat(), item.flow)][item.action] += 1
+    busiest = sorted(by_day.items(), key=lambda kv: (-(kv[1]["email"] + kv[1]["suppressed"]), kv[0]))[:days]
+    daily = Table("day", "flow", "emails", "codes", "suppressed", title=f"the {len(busiest)} busiest days and flows")
+    for (day, flow), counts in sorted(busiest):
+        daily.add_row(day, flow, str(counts["email"]), str(counts["code"]), str(counts["suppressed"]))
+    out.print(daily)
+    if csv_path:
+        with csv_path.open("w", newline="", encoding="utf-8") as handle:
+            write_csv(sim.outcomes, handle)
+        out.print(f"every email, code, suppression and exit, per day: {csv_path}")
+    else:
+        out.print("add --csv PATH for every email, code, suppression and exit, per day")
+
+
+def run_simulation(orders: list[HistoricalOrder], known: list[KnownCustomer], flows: dict[str, Any],
+                   start: datetime, end: datetime, tz: tzinfo, currency: str = "EUR") -> Simulation:
+    """Simulate without the command line (tests, benchmarks)."""
+    shop = {"id": 0, "name": "Your store", "domain": "store.example", "email": None, "currency": currency,
+            "timezone": str(tz), "platform": "simulation"}
+    sim = Simulation(flows, shop, tz, start, end)
+    sim.load(orders, known)
+    sim.run()
+    return sim
+
+
+def csv_text(outcomes: list[Outcome]) -> str:
+    """The CSV report as a string."""
+    buffer = io.StringIO()
+    write_csv(outcomes, buffer)
+    return buffer.getvalue()

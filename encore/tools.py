@@ -1,0 +1,346 @@
+"""Operators' and marketers' tools: `encore replay`, `encore export webhooks`, `encore simulate`, `encore samples`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from encore.events import Event
+
+console = Console(stderr=True)
+
+
+# ---- recorded deliveries ---------------------------------------------------------------------------
+
+@dataclass
+class Recorded:
+    """One recorded webhook: enough to send it through the platform's receiver again."""
+
+    platform: str
+    shop: str
+    topic: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    delivery_id: str | None = None
+    source: str = ""
+
+
+def _receiver(platform: str) -> Any:
+    from webhooks import RECEIVERS
+
+    receiver = RECEIVERS.get(platform)
+    if receiver is None:
+        raise click.ClickException(f"unknown platform {platform!r} (expected one of: {', '.join(RECEIVERS)})")
+    return receiver
+
+
+def topic_from_name(platform: str, stem: str) -> str | None:
+    """`orders_create` -> `orders/create`, `order_created` -> `order.created`: a payload file's topic."""
+    import importlib
+
+    topics = importlib.import_module(f"webhooks.{platform}").TOPICS
+    for topic in topics:
+        if topic.replace("/", "_").replace(".", "_") == stem:
+            return str(topic)
+    return None
+
+
+def _default_shop(platform: str) -> str | None:
+    from sqlalchemy import select
+
+    from encore.store import session_scope
+    from encore.store.models import Shop
+
+    with session_scope() as session:
+        domains = session.execute(select(Shop.domain).where(Shop.platform == platform, Shop.active.is_(True))).all()
+    return domains[0][0] if len(domains) == 1 else None
+
+
+def read_recorded(paths: list[Path], platform: str | None = None, shop: str | None = None,
+                  topic: str | None = None) -> Iterator[Recorded]:
+    """Recorded webhooks from JSON-lines exports, payload files, or folders of payload files (sorted)."""
+    for path in paths:
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix in (".json", ".jsonl") and p.is_file())
+            yield from read_recorded(files, platform, shop, topic)
+        elif path.suffix == ".jsonl" or path.name.endswith(".jsonl.txt"):
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    body = record["body"]
+                    yield Recorded(platform=record["platform"], shop=record["shop"], topic=record["topic"],
+                                   body=(body if isinstance(body, str) else json.dumps(body)).encode(),
+                                   headers=record.get("headers") or {}, delivery_id=record.get("delivery_id"),
+                                   source=f"{path}:{number}")
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise click.ClickException(f"{path}:{number}: not a recorded webhook ({exc})") from None
+        else:
+            found = platform or next((p for p in ("shopify", "woocommerce") if p in path.parts), None)
+            if found is None:
+                raise click.ClickException(f"{path}: which platform? (put it under shopify/ or woocommerce/, "
+                                           "or pass --platform)")
+            name = topic or topic_from_name(found, path.stem)
+            if name is None:
+                raise click.ClickException(f"{path}: which topic? (name the file like orders_create.json, "
+                                           "or pass --topic)")
+            domain = shop or _default_shop(found)
+            if domain is None:
+                raise click.ClickException(f"{path}: which store? pass --shop (the store's domain)")
+            yield Recorded(platform=found, shop=domain, topic=name, body=path.read_bytes(), source=str(path))
+
+
+def events_of(recorded: Recorded) -> list[Event]:
+    """The canonical events the platform's receiver makes of a recorded delivery."""
+    from webhooks.base import Delivery
+
+    receiver = _receiver(recorded.platform)
+    headers = {k.lower(): v for k, v in recorded.headers.items()}
+    delivery_headers = {}
+    if recorded.platform == "shopify":
+        delivery_headers = {"triggered_at": headers.get("x-shopify-triggered-at", ""),
+                            "api_version": headers.get("x-shopify-api-version", "")}
+    delivery_id = recorded.delivery_id or headers.get("x-shopify-webhook-id") or headers.get("x-wc-webhook-delivery-id")
+    delivery = Delivery(shop=recorded.shop, topic=recorded.topic, delivery_id=delivery_id, headers=delivery_headers)
+    try:
+        payload = json.loads(recorded.body)
+    except ValueError as exc:
+        raise click.ClickException(f"{recorded.source}: body is not JSON ({exc})") from None
+    try:
+        return list(receiver.parse(delivery, payload, recorded.body))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise click.ClickException(f"{recorded.source}: {recorded.topic}: {exc}") from None
+
+
+# ---- encore replay ---------------------------------------------------------------------------------
+
+def _duration(value: str) -> timedelta:
+    from flows.schema import parse_duration
+
+    return parse_duration(value)
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="rehearse on a copy of the store: write what would happen, send nothing")
+@click.option("--follow", default="90d", show_default=True,
+              help="with --dry-run: also rehearse the steps after waits, up to this long after now")
+@click.option("--report", type=click.Path(path_type=Path), help="write what happened (or would) as JSON lines here")
+@click.option("--queue", "use_queue", is_flag=True, help="queue the events for the running worker instead")
+@click.option("--platform", type=click.Choice(["shopify", "woocommerce"]), help="platform of payload files")
+@click.option("--shop", help="store domain of payload files (default: the only store of the platform)")
+@click.option("--topic", help="topic of payload files (default: from the file name, e.g. orders_create.json)")
+def replay(files: tuple[Path, ...], dry_run: bool, follow: str, report: Path | None, use_queue: bool,
+           platform: str | None, shop: str | None, topic: str | None) -> None:
+    """Send recorded webhooks (a JSON-lines export, payload files or folders) through the pipeline again.
+
+    Events already processed are recognised and skipped by the ledger, so replaying after an outage
+    processes only what was missed. With --dry-run nothing is sent, created or changed.
+    """
+    from encore import logs
+    from encore.store import migrate
+
+    logs.setup("WARNING")
+    migrate()
+    recorded = list(read_recorded(list(files), platform, shop, topic))
+    if not recorded:
+        raise click.ClickException("no recorded webhooks found")
+    if dry_run:
+        rows = _rehearse(recorded, _duration(follow))
+    else:
+        rows = _replay(recorded, use_queue)
+    if report:
+        with report.open("w", encoding="utf-8") as out:
+            for row in rows:
+                out.write(json.dumps(row, default=str) + "\n")
+        console.print(f"report written to {report}")
+
+
+def _replay(recorded: list[Recorded], use_queue: bool) -> list[dict[str, Any]]:
+    from rich.table import Table
+
+    from encore.jobs import process_event
+    from encore.queue import enqueue_event
+
+    rows: list[dict[str, Any]] = []
+    table = Table("source", "event", "type", "outcome", title="replay")
+    for item in recorded:
+        for event in events_of(item):
+            if use_queue:
+                outcome = "queued" if enqueue_event(event) else "duplicate"
+            else:
+                result = process_event(event.to_dict())
+                outcome = "applied" if result["new"] else "already processed"
+            rows.append({"source": item.source, "event": event.id, "type": event.type.value, "outcome": outcome})
+            table.add_row(item.source, event.id[:24], event.type.value, outcome)
+    Console().print(table)
+    return rows
+
+
+def _rehearse(recorded: list[Recorded], follow: timedelta) -> list[dict[str, Any]]:
+    from rich.table import Table
+
+    from encore.jobs import process_event
+    from encore.rehearsal import outcome_rows, rehearsal
+    from flows import dates
+
+    with tempfile.TemporaryDirectory(prefix="encore-rehearsal-") as folder, rehearsal(Path(folder)) as rehearsed:
+        # A replayed event must count as new in the copy, or the copy's ledger would skip it.
+        for item in recorded:
+            for event in events_of(item):
+                event.id = f"{event.id}-rehearsal-{uuid.uuid4().hex[:8]}"
+                process_event(event.to_dict())
+        rehearsed.follow(dates.now() + follow)
+        rows = outcome_rows(rehearsed.first_run_id)
+        sent = len(list(rehearsed.outbox.glob("*.eml"))) if rehearsed.outbox.exists() else 0
+    shown = [r for r in rows if r["kind"] in ("start", "sent", "suppressed", "discount", "wait", "deferred", "exit",
+                                              "stop", "error", "tag", "http")]
+    table = Table("when (UTC)", "flow", "customer", "what", "detail", title="what would happen (dry run)")
+    for row in shown:
+        style = {"sent": "green", "suppressed": "yellow", "error": "red"}.get(row["kind"], "")
+        table.add_row(row["at"][:16].replace("T", " "), row["flow"], row["customer"] or "", row["kind"],
+                      row["message"], style=style)
+    Console().print(table)
+    console.print(f"{len(recorded)} webhook(s) rehearsed: {sent} email(s) would be sent; nothing was sent, "
+                  "created or changed")
+    return rows
+
+
+# ---- encore export webhooks ------------------------------------------------------------------------
+
+@click.group("export")
+def export() -> None:
+    """Export stored data."""
+
+
+@export.command("webhooks")
+@click.option("--out", "out", type=click.Path(path_type=Path), help="file to write (default: standard output)")
+@click.option("--since", help="received at or after (YYYY-MM-DD or ISO 8601)")
+@click.option("--until", help="received before (YYYY-MM-DD or ISO 8601)")
+@click.option("--platform", type=click.Choice(["shopify", "woocommerce"]))
+@click.option("--shop", help="store domain")
+@click.option("--topic", help="platform topic, e.g. orders/create")
+def export_webhooks(out: Path | None, since: str | None, until: str | None, platform: str | None, shop: str | None,
+                    topic: str | None) -> None:
+    """Write archived webhooks as JSON lines (what `encore replay` reads)."""
+    from encore import archive
+    from encore.store import migrate
+
+    migrate()
+    target = out.open("w", encoding="utf-8") if out else sys.stdout
+    count = 0
+    try:
+        for row in archive.deliveries(_when(since, "--since"), _when(until, "--until"), platform, shop, topic):
+            target.write(json.dumps(row.to_record()) + "\n")
+            count += 1
+    finally:
+        if out:
+            target.close()
+    console.print(f"{count} webhook(s) exported" + (f" to {out}" if out else ""))
+
+
+def _when(value: str | None, name: str) -> datetime | None:
+    if not value:
+        return None
+    from encore.events import parse_datetime
+
+    try:
+        parsed = parse_datetime(value if "T" in value else f"{value}T00:00:00+00:00")
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD) or an ISO 8601 time", param_hint=name)
+    return parsed
+
+
+# ---- encore samples --------------------------------------------------------------------------------
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+SAMPLE_STORE_NAME = "Sample Store"
+
+
+@click.group()
+def samples() -> None:
+    """Bundled sample webhooks, for trying Encore."""
+
+
+def sample_store(url: str) -> tuple[str, str]:
+    """Register (once) the sample WooCommerce store served by the sandbox; returns (source URL, webhook secret)."""
+    from connectors.woocommerce import generate_secret
+    from encore.crypto import decrypt, encrypt
+    from encore.store import migrate, session_scope
+    from encore.store.ledger import get_or_create_shop
+    from encore.store.models import utcnow
+    from webhooks.sandbox import PATH
+    from webhooks.woocommerce import store_domain
+
+    migrate()
+    store_url = url.rstrip("/") + PATH
+    domain = store_domain(store_url)
+    with session_scope() as session:
+        shop = get_or_create_shop(session, "woocommerce", domain)
+        if not shop.webhook_secret_enc:
+            shop.webhook_secret_enc = encrypt(generate_secret())
+            shop.consumer_key_enc = encrypt("ck_sandbox")
+            shop.consumer_secret_enc = encrypt("cs_sandbox")
+            shop.installed_at = utcnow()
+        shop.url, shop.name, shop.active = store_url, shop.name or SAMPLE_STORE_NAME, True
+        shop.currency, shop.email = shop.currency or "EUR", shop.email or "hello@sample-store.example"
+        secret = decrypt(shop.webhook_secret_enc)
+    return store_url, secret
+
+
+@samples.command("send")
+@click.option("--url", default=None, help="where Encore runs (default: APP_URL)")
+def samples_send(url: str | None) -> None:
+    """Sign and post the bundled sample webhooks to a running Encore (through a sandbox WooCommerce store)."""
+    import requests
+
+    from encore.settings import get_settings
+    from webhooks.base import sign
+
+    url = (url or get_settings().APP_URL).rstrip("/")
+    store_url, secret = sample_store(url)
+    files = sorted((SAMPLES / "woocommerce").glob("*.json"))
+    if not files:
+        raise click.ClickException(f"no samples in {SAMPLES}")
+    for path in files:
+        topic = topic_from_name("woocommerce", path.stem.split("-", 1)[-1])
+        if topic is None:
+            continue
+        body = path.read_bytes()
+        resource, _, action = topic.partition(".")
+        headers = {"Content-Type": "application/json", "X-WC-Webhook-Source": store_url + "/",
+                   "X-WC-Webhook-Topic": topic, "X-WC-Webhook-Resource": resource, "X-WC-Webhook-Event": action,
+                   "X-WC-Webhook-Signature": sign(body, secret), "X-WC-Webhook-ID": "1",
+                   "X-WC-Webhook-Delivery-ID": uuid.uuid4().hex}
+        try:
+            response = requests.post(f"{url}/webhooks/woocommerce", data=body, headers=headers, timeout=15)
+        except requests.RequestException as exc:
+            raise click.ClickException(f"Encore does not answer at {url} ({type(exc).__name__}); is `make run` "
+                                       "running?") from None
+        answer = response.json().get("status") or response.json().get("error") if response.content else ""
+        click.echo(f"{path.name}: {topic} -> HTTP {response.status_code} {answer}")
+        if response.status_code != 200:
+            raise click.ClickException(f"{path.name} was refused: {response.text[:300]}")
+    click.echo(f"done: open {url}/admin (emails: Messages, and the outbox folder)")
+
+
+def _simulate_command() -> click.Command:
+    from encore.simulate import simulate
+
+    return simulate
+
+
+COMMANDS: list[click.Command] = [replay, export, samples, _simulate_command()]

@@ -1,0 +1,327 @@
+"""The admin page: sign-in rules, flows and their results, timelines, previews, failures, the webhook archive."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+import pytest
+import responses
+from sqlalchemy import select
+
+from encore import archive
+from encore.settings import reset_settings
+from encore.store import session_scope
+from encore.store.models import Customer
+from tests.conftest import SHOP, SHOPIFY_SECRET, WC_URL, drain, payload, shopify_headers, woo_headers
+
+API = f"{WC_URL}/wp-json/wc/v3"
+LOCAL = {"REMOTE_ADDR": "127.0.0.1"}
+REMOTE = {"REMOTE_ADDR": "203.0.113.9"}
+
+
+def _csrf(client) -> str:  # type: ignore[no-untyped-def]
+    """The form token of the client's session (a page view creates it)."""
+    client.get("/admin/failures", environ_base=LOCAL)
+    with client.session_transaction() as session:
+        return str(session["encore_csrf"])
+
+
+def fake_woocommerce_coupons() -> list[dict]:  # type: ignore[type-arg]
+    """WooCommerce's coupons endpoint as documented: GET ?code= lists, POST creates (201)."""
+    made: list[dict] = []  # type: ignore[type-arg]
+
+    def lookup(request):  # type: ignore[no-untyped-def]
+        code = parse_qs(urlsplit(request.url).query).get("code", [""])[0].lower()
+        return 200, {}, json.dumps([c for c in made if c["code"] == code])
+
+    def create(request):  # type: ignore[no-untyped-def]
+        body = json.loads(request.body)
+        coupon = {"id": 700 + len(made), "code": body["code"].lower(), "amount": body["amount"],
+                  "discount_type": body["discount_type"], "date_expires": body.get("date_expires"),
+                  "date_expires_gmt": body.get("date_expires"), "usage_count": 0, "individual_use": True,
+                  "email_restrictions": body.get("email_restrictions", []), "usage_limit": body.get("usage_limit")}
+        made.append(coupon)
+        return 201, {}, json.dumps(coupon)
+
+    responses.add_callback(responses.GET, f"{API}/coupons", callback=lookup)
+    responses.add_callback(responses.POST, f"{API}/coupons", callback=create)
+    return made
+
+
+def woo_customer(cid: int, email: str, consent: bool, first: str = "Ada") -> dict:  # type: ignore[type-arg]
+    body = payload("woocommerce", "customer_created")
+    body.update(id=cid, email=email, first_name=first, date_modified_gmt=f"2026-11-20T09:00:{cid % 60:02d}")
+    body["billing"]["email"] = email
+    body["meta_data"] = [{"id": 1, "key": "marketing_consent", "value": "yes" if consent else "no"}]
+    return body
+
+
+def woo_order(oid: int, cid: int, email: str, total: str, code: str | None = None) -> dict:  # type: ignore[type-arg]
+    body = payload("woocommerce", "order_created")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    body.update(id=oid, number=str(oid), customer_id=cid, total=total, currency="EUR", date_created_gmt=now,
+                date_modified_gmt=now)
+    body["billing"]["email"] = email
+    body["coupon_lines"] = [{"id": 1, "code": code, "discount": "5.00", "discount_tax": "0.00",
+                             "meta_data": []}] if code else []
+    return body
+
+
+def post_woo(client, body: dict, topic: str) -> None:  # type: ignore[no-untyped-def,type-arg]
+    raw = json.dumps(body).encode()
+    answer = client.post("/webhooks/woocommerce", data=raw, headers=woo_headers(raw, topic))
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+
+
+# ---- sign-in ---------------------------------------------------------------------------------------
+
+def test_without_a_password_only_this_machine_gets_in(client):
+    assert client.get("/admin/", environ_base=LOCAL).status_code == 200
+    away = client.get("/admin/", environ_base=REMOTE)
+    assert away.status_code == 302 and "/admin/login" in away.headers["Location"]
+    # a proxy on this machine forwarding someone else's request is not this machine
+    proxied = client.get("/admin/", environ_base=LOCAL, headers={"X-Forwarded-For": "198.51.100.7"})
+    assert proxied.status_code == 302
+    assert client.post("/admin/login", data={"password": ""}, environ_base=REMOTE).status_code == 401
+
+
+def test_password_sign_in(env, redis):
+    env.setenv("ADMIN_PASSWORD", "correct horse")
+    reset_settings()
+    from webhooks import create_app
+
+    client = create_app().test_client()
+    # with a password set, even this machine signs in
+    assert client.get("/admin/", environ_base=LOCAL).status_code == 302
+    wrong = client.post("/admin/login", data={"password": "wrong"}, environ_base=REMOTE)
+    assert wrong.status_code == 401 and "not right" in wrong.get_data(as_text=True)
+    right = client.post("/admin/login?next=/admin/messages", data={"password": "correct horse"}, environ_base=REMOTE)
+    assert right.status_code == 302 and right.headers["Location"].endswith("/admin/messages")
+    assert client.get("/admin/", environ_base=REMOTE).status_code == 200
+    # an open redirect is not followed
+    again = client.post("/admin/login?next=https://evil.example/", data={"password": "correct horse"},
+                        environ_base=REMOTE)
+    assert again.headers["Location"].endswith("/admin/")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/admin/", environ_base=REMOTE)
+                     .get_data(as_text=True)).group(1)  # type: ignore[union-attr]
+    assert client.post("/admin/logout", data={"csrf": csrf}, environ_base=REMOTE).status_code == 302
+    assert client.get("/admin/", environ_base=REMOTE).status_code == 302
+
+
+def _token(secret: str = SHOPIFY_SECRET, aud: str = "test-api-key", shop: str = SHOP, **extra) -> str:  # type: ignore[no-untyped-def]
+    now = int(time.time())
+    claims = {"iss": f"https://{shop}/admin", "dest": f"https://{shop}", "aud": aud, "sub": "42", "exp": now + 60,
+              "nbf": now - 5, "iat": now - 5, "jti": "x", "sid": "y", **extra}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def test_shopify_session_token_signs_in_that_shop_only(client, redis):
+    from encore.store.ledger import get_or_create_shop
+
+    with session_scope() as session:
+        mine = get_or_create_shop(session, "shopify", SHOP)
+        other = get_or_create_shop(session, "shopify", "someone-else.myshopify.com")
+        session.flush()
+        session.add(Customer(shop_id=mine.id, platform_id="1", email="mine@example.com"))
+        session.add(Customer(shop_id=other.id, platform_id="2", email="theirs@example.com"))
+    page = client.get("/admin/customers", headers={"Authorization": f"Bearer {_token()}"}, environ_base=REMOTE)
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert "mine@example.com" in text and "theirs@example.com" not in text
+    # the browser stays signed in as that shop (the signed session), and sees no operator pages
+    assert client.get("/admin/customers", environ_base=REMOTE).status_code == 200
+    with session_scope() as session:
+        theirs = session.execute(select(Customer.id).where(Customer.email == "theirs@example.com")).scalar_one()
+    assert client.get(f"/admin/customers/{theirs}", environ_base=REMOTE).status_code == 404
+
+
+@pytest.mark.parametrize("token", [
+    _token(secret="another-apps-secret"),
+    _token(aud="another-api-key"),
+    _token(exp=int(time.time()) - 3600),
+    _token(shop="not-a-shop.example.com"),
+    _token(iss="https://someone-else.myshopify.com/admin"),
+    "not.a.jwt",
+])
+def test_bad_session_tokens_are_refused(client, token):
+    answer = client.get("/admin/", headers={"Authorization": f"Bearer {token}"}, environ_base=REMOTE)
+    assert answer.status_code == 401
+
+
+def test_oauth_install_signs_the_browser_in(client, redis, monkeypatch):
+    from webhooks import admin
+
+    with client.application.test_request_context():
+        from flask import session
+
+        admin.sign_in_shop(SHOP)
+        assert session[admin.SESSION_KEY] == {"how": "shopify", "shop": SHOP}
+    source = open(admin.__file__.replace("admin.py", "oauth.py")).read()
+    assert "sign_in_shop(shop)" in source
+
+
+# ---- flows, timeline, messages ---------------------------------------------------------------------
+
+@responses.activate
+def test_flows_page_counts_runs_emails_codes_redemptions_and_revenue(client, redis, woo_store, tmp_path):
+    made = fake_woocommerce_coupons()
+    post_woo(client, woo_customer(501, "ada@example.com", consent=True), "customer.created")
+    post_woo(client, woo_customer(502, "bob@example.com", consent=False, first="Bob"), "customer.created")
+    drain(redis)
+    assert len(made) == 1, "the welcome flow made one code, for the consenting customer only"
+    code = made[0]["code"].upper()
+    post_woo(client, woo_order(9001, 501, "ada@example.com", "80.00", code=code), "order.created")
+    for number in range(3):  # Bob's third order would start the loyalty flow, but Bob has not consented
+        post_woo(client, woo_order(9002 + number, 502, "bob@example.com", "20.00"), "order.created")
+    drain(redis)
+
+    from webhooks.admin import flow_stats
+
+    with session_scope() as session:
+        shop_ids = [s for (s,) in session.execute(select(Customer.shop_id).distinct())]
+    stats = {s.key: s for s in flow_stats(shop_ids)}
+    welcome = stats["welcome"]
+    assert (welcome.runs, welcome.suppressed, welcome.emails, welcome.codes) == (1, 0, 1, 1)
+    assert welcome.redeemed == 1 and welcome.revenue == Decimal("80.00")
+    assert stats["thank_you_first_order"].runs == 2 and stats["thank_you_first_order"].emails == 0  # waiting 2h
+    loyalty = stats["loyalty_third_order"]
+    assert (loyalty.runs, loyalty.suppressed, loyalty.emails, loyalty.codes, loyalty.redeemed) == (0, 1, 0, 0, 0)
+
+    page = client.get("/admin/", environ_base=LOCAL).get_data(as_text=True)
+    assert "Welcome, with a first-purchase code" in page and "€80.00" in page
+    assert "customer.created" in page and "customer.birthday -2w at 09:00 yearly" in page
+
+
+@responses.activate
+def test_customer_timeline_says_why(client, redis, woo_store):
+    fake_woocommerce_coupons()
+    post_woo(client, woo_customer(601, "ada@example.com", consent=True), "customer.created")
+    post_woo(client, woo_customer(602, "bob@example.com", consent=False, first="Bob"), "customer.created")
+    for number in range(3):
+        post_woo(client, woo_order(9100 + number, 602, "bob@example.com", "20.00"), "order.created")
+    drain(redis)
+    with session_scope() as session:
+        ids = dict(session.execute(select(Customer.email, Customer.id)).all())
+    ada = client.get(f"/admin/customers/{ids['ada@example.com']}", environ_base=LOCAL).get_data(as_text=True)
+    assert "customer.created" in ada  # the event received
+    assert "Welcome, with a first-purchase code" in ada  # the run
+    assert "customer.email_consent -&gt; true (start)" in ada  # its conditions, and why
+    assert re.search(r"created code HELLO-\w{4}-\w{4}", ada)
+    assert "sent &#39;welcome.html&#39; to ada@example.com" in ada
+    bob = client.get(f"/admin/customers/{ids['bob@example.com']}", environ_base=LOCAL).get_data(as_text=True)
+    assert "Thank loyal customers on their third order" in bob
+    assert "not started: no consent (customer.email_consent is not true)" in bob
+    assert "customer.orders_count == 1 -&gt; true (start)" in bob  # the first order's thank-you run
+    found = client.get("/admin/customers?q=bob", environ_base=LOCAL).get_data(as_text=True)
+    assert "bob@example.com" in found and "ada@example.com" not in found
+    messages = client.get("/admin/messages", environ_base=LOCAL).get_data(as_text=True)
+    assert "ada@example.com" in messages and "Welcome to" in messages and "bob@example.com" not in messages
+    assert client.get("/admin/customers/999999", environ_base=LOCAL).status_code == 404
+
+
+# ---- previews --------------------------------------------------------------------------------------
+
+def test_preview_renders_every_email_step_for_the_sample_and_a_real_customer(client, redis):
+    page = client.get("/admin/preview?flow=win_back", environ_base=LOCAL).get_data(as_text=True)
+    assert "steps[1]" in page and "steps[3].then[0]" in page  # both emails of the flow
+    assert 'width="680"' in page and 'width="375"' in page
+    assert "It&#39;s been a while: 15% off, just for you" in page
+    html = client.get("/admin/preview/email?flow=win_back&step=steps[3].then[0]", environ_base=LOCAL)
+    assert html.status_code == 200 and "BACKPREVIEW" in html.get_data(as_text=True)
+    assert "script-src 'none'" in html.headers["Content-Security-Policy"]
+
+    from encore.store.ledger import get_or_create_shop
+
+    with session_scope() as session:
+        shop = get_or_create_shop(session, "shopify", SHOP)
+        shop.name = "Tea Shop"
+        session.flush()
+        grace = Customer(shop_id=shop.id, platform_id="77", email="grace@example.com", first_name="Grace",
+                         orders_count=2, total_spent=Decimal("40"), email_consent=True,
+                         last_order_at=datetime.now(UTC) - timedelta(days=61))
+        session.add(grace)
+        session.flush()
+        grace_id = grace.id
+    real = client.get(f"/admin/preview/email?flow=welcome&customer={grace_id}", environ_base=LOCAL).get_data(as_text=True)
+    assert "Grace" in real and "Tea Shop" in real
+    assert client.get("/admin/preview?flow=nope", environ_base=LOCAL).status_code == 404
+
+
+def test_a_broken_template_is_shown_not_a_500(client, redis, env, tmp_path):
+    broken = tmp_path / "tpl"
+    broken.mkdir()
+    (broken / "welcome.html").write_text("{% extends 'base.html' %}{% block content %}{{ 1 / 0 }}{% endblock %}")
+    env.setenv("TEMPLATES_DIR", str(broken))
+    reset_settings()
+    from flows import render
+
+    render.reset()
+    page = client.get("/admin/preview?flow=welcome", environ_base=LOCAL)
+    render.reset()
+    assert page.status_code == 200 and "ZeroDivisionError" in page.get_data(as_text=True)
+
+
+# ---- failures --------------------------------------------------------------------------------------
+
+def test_failed_jobs_are_listed_and_requeued(client, redis):
+    from encore.queue import EVENTS, queue
+
+    job = queue(EVENTS).enqueue_call("encore.jobs.process_event", args=({"id": "broken"},), job_id="broken-1")
+    drain(redis)
+    assert job.id in queue(EVENTS).failed_job_registry.get_job_ids()
+    page = client.get("/admin/failures", environ_base=LOCAL).get_data(as_text=True)
+    assert "broken-1" in page and "ValidationError" in page
+    # without the form's token the button does nothing
+    assert client.post(f"/admin/failures/{EVENTS}/broken-1/requeue", environ_base=LOCAL).status_code == 400
+    done = client.post(f"/admin/failures/{EVENTS}/broken-1/requeue", data={"csrf": _csrf(client)}, environ_base=LOCAL)
+    assert done.status_code == 302
+    assert "broken-1" in queue(EVENTS).job_ids
+    assert "broken-1" not in queue(EVENTS).failed_job_registry.get_job_ids()
+    missing = client.post(f"/admin/failures/{EVENTS}/nope/requeue", data={"csrf": _csrf(client)}, environ_base=LOCAL)
+    assert missing.status_code == 404
+
+
+def test_rejected_webhooks_are_listed_with_their_reason_and_no_secret(client, redis):
+    body = json.dumps(payload("shopify", "orders_create")).encode()
+    headers = shopify_headers(body, "orders/create")
+    headers["X-Shopify-Hmac-Sha256"] = "forged-signature-value"
+    assert client.post("/webhooks/shopify", data=body, headers=headers).status_code == 401
+    stored = archive.rejections()
+    assert stored[0]["reason"] == "bad_signature" and stored[0]["status"] == 401
+    raw = json.dumps(stored)
+    assert "forged-signature-value" not in raw and SHOPIFY_SECRET not in raw and "line_items" not in raw
+    page = client.get("/admin/failures", environ_base=LOCAL).get_data(as_text=True)
+    assert "bad_signature" in page and "does not match the body" in page
+    for _ in range(archive.REJECTED_KEEP + 5):
+        archive.record_rejection("shopify", "bad_signature", 401, "x")
+    assert redis.llen(archive.REJECTED_KEY) == archive.REJECTED_KEEP
+
+
+# ---- the webhook archive ---------------------------------------------------------------------------
+
+def test_accepted_webhooks_are_archived_without_signatures_and_purged(client, redis, env):
+    body = json.dumps(payload("shopify", "orders_create")).encode()
+    headers = shopify_headers(body, "orders/create", webhook_id="wh-1")
+    assert client.post("/webhooks/shopify", data=body, headers=headers).status_code == 200
+    assert client.post("/webhooks/shopify", data=body, headers=headers).status_code == 200  # a retry
+    rows = list(archive.deliveries())
+    assert [r.outcome for r in rows] == ["queued", "duplicate"]
+    row = rows[0]
+    assert row.body.encode() == body and row.topic == "orders/create" and row.shop == SHOP
+    assert row.delivery_id == "wh-1" and row.event_ids
+    assert "X-Shopify-Hmac-Sha256" not in row.headers and row.headers["X-Shopify-Topic"] == "orders/create"
+    assert archive.purge(now=datetime.now(UTC) + timedelta(days=29)) == 0
+    env.setenv("WEBHOOK_RETENTION_DAYS", "7")
+    reset_settings()
+    assert archive.purge(now=datetime.now(UTC) + timedelta(days=8)) == 2
+    assert list(archive.deliveries()) == []
+
+    from encore.cron import declared_jobs
+
+    assert any(job["func"] is archive.purge for job in declared_jobs())
