@@ -116,12 +116,12 @@ def noop_rate(connection: Redis, worker_class: type, jobs: int) -> float:
     return jobs / (time.perf_counter() - start)
 
 
-def make_events(customers: int) -> list:
+def make_events(customers: int, first: int = 10_000) -> list:
     from encore import events as ev
 
     events = []
     for n in range(customers):
-        cid = str(10_000 + n)
+        cid = str(first + n)
         person = ev.Customer(id=cid, email=f"c{cid}@example.com", first_name="Ada", email_consent=n % 5 != 0,
                              birthday=date(1990, 1 + n % 12, 1 + n % 28))
         at = T0 + timedelta(seconds=n)
@@ -157,6 +157,22 @@ def throughput(connection: Redis, event_count: int) -> dict:
     simple = noop_rate(connection, SimpleWorker, max(event_count, 1000))
     forking = noop_rate(connection, Worker, 300)
 
+    # The same pipeline with no flows at all (an empty FLOWS_DIR): the ledger's share of each event.
+    from encore.settings import reset_settings
+
+    empty = Path(os.environ["ENCORE_DATA_DIR"]) / "no-flows"
+    empty.mkdir(parents=True, exist_ok=True)
+    os.environ["FLOWS_DIR"] = str(empty)
+    reset_settings()
+    bare_events = make_events(event_count // 4, first=900_000)
+    for event in bare_events:
+        enqueue_event(event, connection)
+    start = time.perf_counter()
+    drain(connection, SimpleWorker)
+    ledger_rate = len(bare_events) / (time.perf_counter() - start)
+    os.environ.pop("FLOWS_DIR")
+    reset_settings()
+
     events = make_events(event_count // 4)
     for event in events:
         enqueue_event(event, connection)
@@ -185,7 +201,10 @@ def throughput(connection: Redis, event_count: int) -> dict:
         statuses = dict(session.execute(select(FlowRun.status, func.count()).group_by(FlowRun.status)).all())
     emails = len(list((Path(os.environ["EMAIL_URL"][7:])).glob("*.eml")))
     rate = len(events) / (handled + resumed)
-    return {"events": len(events), "event_seconds": round(handled, 3), "wait_jobs": len(waits),
+    flow_ms = 1000 / rate - 1000 / ledger_rate  # what the flows add to each event, waits included
+    return {"ledger_only_events_per_s": round(ledger_rate, 1), "flow_ms_per_event": round(flow_ms, 2),
+            "rq_ms_per_job": round(1000 / simple, 2), "flow_cost_vs_rq_job": round(flow_ms / (1000 / simple), 2),
+            "events": len(events), "event_seconds": round(handled, 3), "wait_jobs": len(waits),
             "wait_seconds": round(resumed, 3), "events_per_s": round(rate, 1), "emails": emails,
             "runs": statuses, "noop_simple_jobs_per_s": round(simple, 1), "noop_fork_jobs_per_s": round(forking, 1),
             "ratio_vs_simple": round(rate / simple, 3), "ratio_vs_fork": round(rate / forking, 3)}
@@ -250,7 +269,7 @@ def sweep_time(tmp: Path, connection: Redis, count: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=1500)
+    parser.add_argument("--events", type=int, default=800)
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -275,6 +294,9 @@ def main() -> int:
               f"{t['emails']} emails; runs {t['runs']}")
         print(f"ratio vs SimpleWorker no-op: {t['ratio_vs_simple']} (target >= {TARGET_RATIO}); "
               f"vs Worker no-op: {t['ratio_vs_fork']}")
+        print(f"the same events with no flows (ledger only): {t['ledger_only_events_per_s']} events/s; the flows add "
+              f"{t['flow_ms_per_event']} ms per event, "
+              f"{t['flow_cost_vs_rq_job']} x RQ's {t['rq_ms_per_job']} ms per job")
         print(f"date sweep over {q['customers']:,} customers: {q['seconds']} s, {q['due']} due, "
               f"peak {q['peak_mib']} MiB")
         print(f"date sweep over {s['customers']:,} customers: {s['seconds']} s (target < {TARGET_SWEEP_SECONDS}), "

@@ -179,14 +179,22 @@ def sweep(day: str | None = None, shop_id: int | None = None) -> dict[str, int]:
                     when = send_instant(trigger, due, customer_tz, shop.timezone)
                     if explicit is None and not (now - CATCH_UP <= when <= now + LOOK_AHEAD):
                         continue
-                    groups.setdefault(when, []).append([customer_id, key])
+                    group = groups.setdefault(when, [])
+                    group.append([customer_id, key])
                     counts["due"] += 1
-                jobs, queued = _queue_groups(connection, flows_queue, shop, flow_file, groups, now,
-                                             force=explicit is not None)
-                counts["jobs"] += jobs
-                counts["queued"] += queued
+                    if len(group) >= BATCH:  # a full batch goes out now: memory stays flat
+                        _add(counts, _queue_groups(connection, flows_queue, shop, flow_file, {when: group}, now,
+                                                   force=explicit is not None))
+                        groups[when] = []
+                _add(counts, _queue_groups(connection, flows_queue, shop, flow_file, groups, now,
+                                           force=explicit is not None))
     log.info("date sweep: %d due, %d newly queued in %d jobs", counts["due"], counts["queued"], counts["jobs"])
     return counts
+
+
+def _add(counts: dict[str, int], result: tuple[int, int]) -> None:
+    counts["jobs"] += result[0]
+    counts["queued"] += result[1]
 
 
 def _queue_groups(connection: Any, flows_queue: Any, shop: Shop, flow_file: FlowFile,
@@ -198,7 +206,6 @@ def _queue_groups(connection: Any, flows_queue: Any, shop: Shop, flow_file: Flow
     """
     planned = []
     for when, items in sorted(groups.items()):
-        items.sort()
         for start in range(0, len(items), BATCH):
             chunk = items[start:start + BATCH]
             digest = hashlib.sha256(json.dumps([shop.id, flow_file.key, when.isoformat(), chunk]).encode())
