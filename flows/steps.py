@@ -436,7 +436,9 @@ class StepRunner:
 
     def step_http(self, step: Any) -> Outcome:
         """POST the step's JSON (values rendered) with an Idempotency-Key header."""
-        import requests
+        import json
+        import urllib.error
+        import urllib.request
 
         spec = step.http
         ctx = self.context()
@@ -448,16 +450,21 @@ class StepRunner:
         if existing is not None and existing.status == "done":
             return NEXT
         effect = existing or self._claim(key, "http")
-        headers = {**spec.headers, "Idempotency-Key": key, "User-Agent": "Encore"}
+        headers = {**spec.headers, "Content-Type": "application/json", "Idempotency-Key": key,
+                   "User-Agent": "Encore"}
+        request = urllib.request.Request(spec.url, data=json.dumps(body, default=str).encode(), headers=headers,
+                                         method="POST")
         try:
-            response = requests.post(spec.url, json=body, headers=headers, timeout=spec.timeout)
-        except requests.RequestException as exc:
+            with urllib.request.urlopen(request, timeout=spec.timeout) as response:  # noqa: S310 - http(s) only
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except (urllib.error.URLError, OSError) as exc:
             raise TransientStepError(f"POST {spec.url} failed: {exc}") from exc
-        if response.status_code == 429 or response.status_code >= 500:
-            raise TransientStepError(f"POST {spec.url}: HTTP {response.status_code}")
-        status = "done" if response.ok else "failed"
-        self._finish(effect, status, {"status": response.status_code})
-        self.trace("http", f"POST {spec.url}: HTTP {response.status_code}", status=response.status_code)
+        if status == 429 or status >= 500:
+            raise TransientStepError(f"POST {spec.url}: HTTP {status}")
+        self._finish(effect, "done" if status < 400 else "failed", {"status": status})
+        self.trace("http", f"POST {spec.url}: HTTP {status}", status=status)
         return NEXT
 
     # -- side-effect records ---------------------------------------------------------------------

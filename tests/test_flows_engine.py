@@ -304,3 +304,49 @@ def test_runs_command_shows_traces_with_suppression_reasons(flows_env, redis, tm
     assert "not started: no consent" in result.output
     result = CliRunner().invoke(main, ["flows", "runs", "--status", "done"])
     assert "c2002@example.com · done" in result.output and "sent 'welcome.html' to c2002@example.com" in result.output
+
+
+HTTP_FLOW = """
+name: Tell the CRM
+kind: transactional
+trigger: {event: order.placed}
+steps:
+  - http:
+      url: URL
+      json: {email: "{{ customer.email }}", order: "{{ order.number }}", vip: true}
+  - tag_customer: crm-synced
+"""
+
+
+def test_http_step_posts_json_once_with_an_idempotency_key(flows_env, redis, tmp_path: Path) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[tuple[dict[str, Any], str | None]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            length = int(self.headers["Content-Length"])
+            received.append((json.loads(self.rfile.read(length)), self.headers["Idempotency-Key"]))
+            self.send_response(500 if len(received) == 1 else 204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        flow_dir(tmp_path, flows_env, crm=HTTP_FLOW.replace("URL", f"http://127.0.0.1:{server.server_port}/hook"))
+        data = event("order.placed", T0, customer(), order=order("71", T0))
+        process_event(data)  # the endpoint fails with a 500: the step is retried later
+        walk_to(redis, T0 + timedelta(minutes=2))
+        process_event(data)
+        walk_to(redis, T0 + timedelta(minutes=30))
+    finally:
+        server.shutdown()
+    assert [body for body, _ in received] == [{"email": "c1001@example.com", "order": "71", "vip": True}] * 2
+    assert received[0][1] == received[1][1] and received[0][1].startswith("crm-")
+    assert FakeConnector.tags == [("1001", ["crm-synced"])]
+    (run,) = runs()
+    assert run.status == "done"
