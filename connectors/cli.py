@@ -120,11 +120,14 @@ def add_shopify(domain: str, access_token: str, webhook_secret: str | None, regi
     if register_webhooks:
         with session_scope() as session:
             try:
-                topics = ShopifyConnector(session.get(Shop, shop_id)).register_webhooks()
+                connector = ShopifyConnector(session.get(Shop, shop_id))
+                topics = connector.register_webhooks()
             except PlatformError as exc:
                 raise click.ClickException(f"store {shop_id} saved, but its webhooks could not be subscribed: "
                                            f"{exc.message} (run the command again to retry)") from exc
         click.echo(f"webhooks: {', '.join(topics)} -> {webhook_address()}")
+        for topic, message in sorted(connector.refused.items()):
+            click.echo(f"refused: {topic}: {message}", err=True)
 
 
 @stores.command("list")

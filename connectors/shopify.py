@@ -390,19 +390,37 @@ class ShopifyConnector(Connector):
         return self.graphql(SHOP, what="shop").get("shop") or {}
 
     def register_webhooks(self, topics: list[str] | None = None, address: str | None = None) -> list[str]:
-        """Subscribe each topic to `address` (`webhookSubscriptionCreate`), skipping those already there."""
+        """Subscribe each topic to `address` (`webhookSubscriptionCreate`), skipping those already there.
+
+        Returns the topics now subscribed. A topic Shopify refuses (typically one carrying protected
+        customer data before the app is approved for it) is left out and recorded in `refused`
+        with Shopify's message; when every topic is refused, PlatformError.
+        """
         topics, address = topics or WEBHOOK_TOPICS, address or webhook_address()
         data = self.graphql(WEBHOOKS, {"first": 100}, what="webhookSubscriptions")
         existing = {(n.get("topic"), n.get("uri")) for n in (data.get("webhookSubscriptions") or {}).get("nodes") or []}
+        self.refused: dict[str, str] = {}
         done = []
         for topic in topics:
             enum = topic_enum(topic)
             if (enum, address) not in existing:
-                result = self.graphql(WEBHOOK_CREATE, {"topic": enum, "webhookSubscription": {"uri": address,
-                                                                                              "format": "JSON"}},
-                                      what="webhookSubscriptionCreate").get("webhookSubscriptionCreate")
-                errors = self.user_errors(result)
+                try:
+                    result = self.graphql(WEBHOOK_CREATE, {"topic": enum, "webhookSubscription": {
+                        "uri": address, "format": "JSON"}}, what="webhookSubscriptionCreate")
+                except PlatformError as exc:
+                    if exc.transient:
+                        raise
+                    self.refused[topic] = exc.message
+                    continue
+                errors = self.user_errors(result.get("webhookSubscriptionCreate"))
                 if errors and not any("already been taken" in str(e.get("message")) for e in errors):
-                    raise PlatformError(f"Shopify webhookSubscriptionCreate {enum}: {_messages(errors)}", status=422)
+                    self.refused[topic] = _messages(errors)
+                    continue
             done.append(topic)
+        if self.refused:
+            log.warning("Shopify refused some webhook topics", extra={"shop": self.shop.domain,
+                                                                      "topics": sorted(self.refused)})
+        if not done and topics:
+            raise PlatformError(f"Shopify webhookSubscriptionCreate: {'; '.join(sorted(set(self.refused.values())))}",
+                                status=422)
         return done

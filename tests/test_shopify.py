@@ -369,3 +369,34 @@ def test_complete_customer_fills_a_ledger_row_the_webhook_left_without_email(sho
         session.flush()
         other = session.execute(select(Customer).where(Customer.platform_id == "5")).scalar_one()
         assert complete_customer(session, row, other) is False
+
+
+PROTECTED = "This app is not approved to subscribe to webhook topics containing protected customer data."
+
+
+def test_topics_shopify_refuses_are_left_out_and_reported(shop, admin):
+    admin.on("webhookSubscriptions", _data({"webhookSubscriptions": {"nodes": []}}))
+
+    def create(variables):  # type: ignore[no-untyped-def]
+        if variables["topic"].startswith("CUSTOMERS_"):
+            return _data({"webhookSubscriptionCreate": {"webhookSubscription": None, "userErrors": [
+                {"field": ["webhookSubscription"], "message": PROTECTED}]}})
+        return _data({"webhookSubscriptionCreate": {"webhookSubscription": {
+            "id": "gid://shopify/WebhookSubscription/9", "topic": variables["topic"],
+            "uri": variables["webhookSubscription"]["uri"]}, "userErrors": []}})
+
+    admin.on("webhookSubscriptionCreate", create)
+    connector = get_connector(shop)
+    topics = connector.register_webhooks()
+    assert "orders/create" in topics and "app/uninstalled" in topics
+    assert not any(t.startswith("customers/") for t in topics)
+    assert set(connector.refused) == {t for t in WEBHOOK_TOPICS if t.startswith("customers/")}
+    assert set(connector.refused.values()) == {PROTECTED}
+
+
+def test_when_every_topic_is_refused_it_is_an_error(shop, admin):
+    admin.on("webhookSubscriptions", _data({"webhookSubscriptions": {"nodes": []}}))
+    refused = {"webhookSubscription": None, "userErrors": [{"message": PROTECTED}]}
+    admin.on("webhookSubscriptionCreate", _data({"webhookSubscriptionCreate": refused}))
+    with pytest.raises(PlatformError, match="not approved"):
+        get_connector(shop).register_webhooks(["customers/create"])

@@ -181,4 +181,10 @@ def callback():  # type: ignore[no-untyped-def]
 
     sign_in_shop(shop)
     log.info("shop installed", extra={"shop": shop, "topics": len(topics)})
+    refused = getattr(connector, "refused", {})
+    if refused:
+        return _page("Encore is installed, with gaps",
+                     f"{shop} is connected, but Shopify refused these webhooks: {', '.join(sorted(refused))} "
+                     f"({'; '.join(sorted(set(refused.values())))}). Flows that need them wait until the app is "
+                     "granted access (protected customer data) and installed again.", 200)
     return _page("Encore is installed", f"{shop} is connected; its flows start with the next order.", 200)
