@@ -99,14 +99,27 @@ def parse_yaml(text: str) -> tuple[Any, dict[Path_, int]]:
 
 
 def _resolve(lines: dict[Path_, int], loc: Path_) -> Path_:
-    """Follow `loc` (a pydantic error location, which may hold union tags) as deep as the YAML goes."""
-    path: Path_ = ()
-    for part in loc:
-        for candidate in (part, _ALIASES.get(part, part)):
+    """Follow `loc` (a pydantic error location, which may hold union tags) as deep as the YAML goes.
+
+    A location part may be a union tag rather than a key (`steps, 0, wait, wait, for`), so each part is
+    either followed or skipped; the deepest path wins, and among equals the one reaching furthest in `loc`.
+    """
+    best: tuple[int, int, Path_] = (0, -1, ())
+
+    def walk(index: int, path: Path_, last: int) -> None:
+        nonlocal best
+        if (len(path), last) > best[:2]:
+            best = (len(path), last, path)
+        if index == len(loc):
+            return
+        part = loc[index]
+        for candidate in {part, _ALIASES.get(part, part)} if isinstance(part, str) else {part}:
             if path + (candidate,) in lines:
-                path = path + (candidate,)
-                break
-    return path
+                walk(index + 1, path + (candidate,), index)
+        walk(index + 1, path, last)
+
+    walk(0, (), -1)
+    return best[2]
 
 
 def _error_line(lines: dict[Path_, int], data: Any, error: dict[str, Any]) -> int:
@@ -165,6 +178,8 @@ def _message(error: dict[str, Any], found: Path_) -> str:
         return f"unknown field `{where}`"
     if error["type"] == "literal_error" and where in ("event", "exit_on"):
         return f"unknown event type {error['input']!r} ({message.replace('Input should be', 'expected')})"
+    if error["type"] == "literal_error":
+        return f"{where}: unknown value {error['input']!r} ({message.replace('Input should be', 'expected')})"
     if error["type"] in ("unknown_step", "unknown_trigger", "several_steps") or not where:
         return message
     return f"{where}: {message}"
