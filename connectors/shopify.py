@@ -162,6 +162,7 @@ class ShopifyConnector(Connector):
         self.endpoint = shopify.Session(shop.domain, self.version, token).site + "/graphql.json"
         self.http = http or requests.Session()
         self.retry = RetryPolicy(sleep=sleep)
+        self.refused: dict[str, str] = {}  # webhook topics Shopify refused at the last register_webhooks
 
     # ---- GraphQL -------------------------------------------------------------------------------------
 
@@ -399,7 +400,7 @@ class ShopifyConnector(Connector):
         topics, address = topics or WEBHOOK_TOPICS, address or webhook_address()
         data = self.graphql(WEBHOOKS, {"first": 100}, what="webhookSubscriptions")
         existing = {(n.get("topic"), n.get("uri")) for n in (data.get("webhookSubscriptions") or {}).get("nodes") or []}
-        self.refused: dict[str, str] = {}
+        self.refused = {}
         done = []
         for topic in topics:
             enum = topic_enum(topic)
