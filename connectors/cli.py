@@ -60,6 +60,8 @@ def add_woocommerce(url: str, consumer_key: str, consumer_secret: str, webhook_s
         shop.webhook_secret_enc = encrypt(secret)
         if facts.get("currency"):
             shop.currency = str(facts["currency"])
+        if facts.get("timezone"):
+            shop.timezone = str(facts["timezone"])
         shop.active, shop.installed_at, shop.uninstalled_at = True, utcnow(), None
         shop_id = shop.id
     webhook_secrets.forget("woocommerce", domain)

@@ -116,7 +116,20 @@ class WooCommerceConnector(Connector):
         response = self.request("GET", "settings/general")
         settings = {item.get("id"): item.get("value") for item in json_of(response, "WooCommerce settings")
                     if isinstance(item, dict)}
-        return {"currency": settings.get("woocommerce_currency")}
+        return {"currency": settings.get("woocommerce_currency"), "timezone": self.site_timezone()}
+
+    def site_timezone(self) -> str | None:
+        """The WordPress site's IANA time zone from its public REST index (None when set as a bare offset)."""
+        try:
+            response = requests.get(f"{self.shop.url.rstrip('/')}/wp-json/", timeout=10,
+                                    headers={"Accept": "application/json"})
+            zone = response.json().get("timezone_string") if response.status_code == 200 else None
+        except (requests.RequestException, ValueError, AttributeError):
+            return None
+        try:
+            return str(ZoneInfo(zone)) if zone else None
+        except (ZoneInfoNotFoundError, ValueError):
+            return None
 
     def register_webhooks(self, topics: list[str] | None = None, address: str | None = None) -> list[str]:
         """Create (or re-enable) a webhook per topic delivering to `address`, signed with the shop's secret."""

@@ -70,6 +70,8 @@ def _request(**overrides) -> DiscountRequest:  # type: ignore[no-untyped-def]
 @responses.activate
 def test_stores_add_verifies_keys_and_creates_the_webhooks(env):
     responses.get(f"{API}/settings/general", json=_settings_general("EUR"))
+    responses.get(f"{WC_URL}/wp-json/", json={"name": "Woo", "url": WC_URL, "gmt_offset": "1",
+                                               "timezone_string": "Europe/Berlin", "namespaces": ["wc/v3"]})
     responses.get(f"{API}/webhooks", json=[], headers={"X-WP-Total": "0", "X-WP-TotalPages": "0"})
     created = []
 
@@ -84,7 +86,7 @@ def test_stores_add_verifies_keys_and_creates_the_webhooks(env):
     assert result.exit_code == 0, result.output
     shop = _shop()
     assert f"store {shop.id} added: woocommerce woo.example.com" in result.output
-    assert shop.currency == "EUR" and shop.url == WC_URL
+    assert shop.currency == "EUR" and shop.url == WC_URL and shop.timezone == "Europe/Berlin"
     assert decrypt(shop.consumer_key_enc) == "ck_live"
     secret = decrypt(shop.webhook_secret_enc)
     assert len(secret) >= 32
