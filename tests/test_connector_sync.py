@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 from datetime import timedelta
+from urllib.parse import parse_qs, urlsplit
 
 import responses
 from click.testing import CliRunner
@@ -77,8 +78,11 @@ def test_reconciliation_queues_only_what_no_webhook_brought_and_only_once(client
         assert reconcile_shop(_shop_id(), connection=redis) == {"orders": 0, "customers": 0}
         drain(redis)
         assert _count(EventRecord) == 3
-        query = mock.calls[-2].request.url if "orders" in mock.calls[-2].request.url else mock.calls[-1].request.url
-        assert "modified_after=" in query
+        orders_queries = [parse_qs(urlsplit(c.request.url).query) for c in mock.calls if "/orders" in c.request.url]
+        assert orders_queries[0]["dates_are_gmt"] == ["true"]
+        # the second run reads from the newest change seen, less a few minutes for clock skew
+        second_since = (now + timedelta(seconds=20) - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S")
+        assert orders_queries[-1]["modified_after"] == [second_since]
 
     with session_scope() as session:
         cursor = session.get(SyncCursor, (_shop_id(), "orders"))
