@@ -72,7 +72,12 @@ def read_recorded(paths: list[Path], platform: str | None = None, shop: str | No
     for path in paths:
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.suffix in (".json", ".jsonl") and p.is_file())
-            yield from read_recorded(files, platform, shop, topic)
+            for file in files:
+                found = platform or next((p for p in ("shopify", "woocommerce") if p in file.parts), None)
+                if file.suffix == ".json" and not topic and found and topic_from_name(found, file.stem) is None:
+                    console.print(f"skipped {file}: no topic Encore handles is named {file.stem!r}")
+                    continue
+                yield from read_recorded([file], platform, shop, topic)
         elif path.suffix == ".jsonl" or path.name.endswith(".jsonl.txt"):
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if not line.strip():
