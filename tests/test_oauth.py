@@ -20,6 +20,7 @@ from tests.conftest import SHOP, SHOPIFY_SECRET
 
 TOKEN = "shpat_fresh_offline_token"
 GRAPHQL = f"https://{SHOP}/admin/api/2026-04/graphql.json"
+REFUSED: set[str] = set()  # webhook topics the fake Admin API refuses
 
 
 def signed(params: dict[str, str], secret: str = SHOPIFY_SECRET) -> dict[str, str]:
@@ -58,6 +59,10 @@ def shopify_api():  # type: ignore[no-untyped-def]
                              "ianaTimezone": "Europe/Paris"}}
         elif name == "webhookSubscriptions":
             data = {"webhookSubscriptions": {"nodes": []}}
+        elif body["variables"]["topic"] in REFUSED:
+            data = {"webhookSubscriptionCreate": {"webhookSubscription": None, "userErrors": [{
+                "field": ["webhookSubscription"], "message": "This app is not approved to subscribe to webhook "
+                                                             "topics containing protected customer data."}]}}
         else:
             variables = body["variables"]
             data = {"webhookSubscriptionCreate": {"webhookSubscription": {
@@ -177,3 +182,14 @@ def test_install_without_app_credentials_says_so(client, env):
 
     reset_settings()
     assert client.get(f"/shopify/install?shop={SHOP}").status_code == 503
+
+
+def test_install_without_protected_data_access_says_which_webhooks_are_missing(client, shopify_api, monkeypatch):
+    monkeypatch.setattr("tests.test_oauth.REFUSED", {"CUSTOMERS_CREATE", "CUSTOMERS_UPDATE"})
+    state = _install(client)
+    response = client.get("/shopify/callback?" + urlencode(_callback_params(state)))
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and "with gaps" in page
+    assert "customers/create" in page and "protected customer data" in page
+    [shop] = _shops()
+    assert shop.active and decrypt(shop.access_token_enc) == TOKEN
