@@ -1,0 +1,140 @@
+"""The newcomer's path in a real headless Chromium: samples sent to a running server, then the admin page.
+
+Skipped where /usr/bin/chromium is missing, unless ENCORE_REQUIRE_BROWSER=1 (set by `.ci/run`).
+ENCORE_SCREENSHOTS_DIR keeps the screenshots for a look.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("ENCORE_REQUIRE_BROWSER") == "1":
+        raise RuntimeError(f"ENCORE_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install -y chromium)")
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)", allow_module_level=True)
+
+
+@pytest.fixture
+def server(env, redis) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The web app served by a real HTTP server on 127.0.0.1, in a thread."""
+    from werkzeug.serving import make_server
+
+    from encore.settings import reset_settings
+    from webhooks import create_app
+
+    probe = make_server("127.0.0.1", 0, lambda *a: [])  # find a free port
+    port = probe.server_port
+    probe.server_close()
+    url = f"http://127.0.0.1:{port}"
+    env.setenv("APP_URL", url)
+    reset_settings()
+    http = make_server("127.0.0.1", port, create_app(), threaded=True)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    yield url
+    http.shutdown()
+    thread.join(5)
+
+
+@pytest.fixture
+def browser(tmp_path) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+    """A page in a fresh headless Chromium profile."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
+            viewport={"width": 1280, "height": 900})
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()
+
+
+def not_blank(path: Path, min_colours: int = 12, min_spread: float = 8.0) -> bool:
+    """A screenshot with content: many colours and some spread of brightness, not one flat fill."""
+    from PIL import Image, ImageStat
+
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+        colours = rgb.getcolors(maxcolors=1 << 20) or []
+        spread = max(ImageStat.Stat(rgb.convert("L")).stddev)
+    return len(colours) >= min_colours and spread >= min_spread
+
+
+def shot(page: Any, folder: Path, name: str, **options: Any) -> Path:
+    path = folder / f"{name}.png"
+    (options.pop("element") if "element" in options else page).screenshot(path=str(path), **options)
+    keep = os.environ.get("ENCORE_SCREENSHOTS_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(keep) / path.name)
+    return path
+
+
+def test_samples_then_the_admin_page_in_chromium(server, browser, redis, tmp_path):
+    from encore.cli import main
+    from tests.conftest import drain
+
+    # the README's one command: the bundled samples, signed and posted to the running server
+    sent = CliRunner().invoke(main, ["samples", "send", "--url", server])
+    assert sent.exit_code == 0, sent.output
+    assert "08-order_updated.json: order.updated -> HTTP 200" in sent.output
+    drain(redis)  # the worker: ledger, flows, codes from the sandbox store, emails to the outbox
+    outbox = sorted((tmp_path / "outbox").glob("*.eml"))
+    assert len(outbox) >= 2, "the welcome emails of the two consenting customers"
+    assert any(b"ada@example.com" in p.read_bytes() for p in outbox)
+
+    page, folder = browser, tmp_path / "shots"
+    folder.mkdir()
+
+    page.goto(f"{server}/admin/")
+    assert page.locator("h1").inner_text().startswith("Flows")
+    welcome = page.locator("tr", has_text="Welcome, with a first-purchase code")
+    cells = welcome.locator("td").all_inner_texts()
+    assert cells[3] == "2" and cells[5] == "2" and cells[6] == "2"  # runs, emails, codes
+    assert not_blank(shot(page, folder, "flows", full_page=True))
+
+    page.click("text=Customers")
+    page.fill("input[name=q]", "grace")
+    page.click("button:has-text('Find')")
+    page.click("text=grace@example.com")
+    timeline = page.locator(".timeline").inner_text()
+    assert "Thank loyal customers on their third order" in timeline
+    assert "email not sent: frequency cap" in timeline  # the welcome email went out the same day
+    assert "sent 'welcome.html' to grace@example.com" in timeline
+    assert not_blank(shot(page, folder, "customer", full_page=True))
+
+    page.click("text=Preview an email for this customer: >> xpath=.. >> text=Welcome, with a first-purchase code")
+    page.wait_for_selector("#frame-mobile")
+    for name, width in (("desktop", 680), ("mobile", 375)):
+        frame = page.frame_locator(f"#frame-{name}")
+        frame.locator("body").wait_for()
+        assert "Grace" in frame.locator("body").inner_text()
+        box = page.locator(f"#frame-{name}").bounding_box()
+        assert box is not None and abs(box["width"] - width) <= 4
+        assert not_blank(shot(page, folder, f"preview-{name}", element=page.locator(f"#frame-{name}")))
+    assert not_blank(shot(page, folder, "preview", full_page=True))
+
+    page.goto(f"{server}/admin/messages")
+    assert page.locator("td", has_text="ada@example.com").count() >= 1
+    page.goto(f"{server}/admin/failures")
+    assert "No failed jobs." in page.locator("table").first.inner_text()
+    assert not_blank(shot(page, folder, "failures", full_page=True))
+
+
+def test_a_blank_page_is_recognised(browser, tmp_path):
+    browser.set_content("<html><body style='background:#fff'></body></html>")
+    assert not not_blank(shot(browser, tmp_path, "blank"))
