@@ -183,6 +183,14 @@ def resume_run(run_id: int) -> str:
 
 
 def advance(run_id: int, token: str | None = None, session: Session | None = None) -> str:
+    """Execute a run's steps until it ends or waits (every log line inside carries `run_id`)."""
+    from encore import logs
+
+    with logs.bind(run_id=run_id):
+        return _advance(run_id, token, session)
+
+
+def _advance(run_id: int, token: str | None = None, session: Session | None = None) -> str:
     """Execute a run's steps until it ends or waits; returns the run's status afterwards.
 
     `token` is the lease the caller already holds (a run it just created, in `session`); otherwise the

@@ -130,10 +130,12 @@ class _TextParser(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = dict(attrs)
+        if self.hidden and tag == "div":
+            self.hidden += 1
         if tag in self._SKIP:
             self.skip += 1
-        elif "display:none" in (attributes.get("style") or "").replace(" ", ""):
-            self.hidden += 1 if tag in ("div", "span") else 0
+        elif tag == "div" and not self.hidden and "display:none" in (attributes.get("style") or "").replace(" ", ""):
+            self.hidden = 1  # the preheader: shown by inboxes beside the subject, not part of the text
         if tag in self._BLOCKS:
             self.parts.append("\n\n")
         elif tag == "br":
@@ -144,6 +146,8 @@ class _TextParser(HTMLParser):
             self.links.append(attributes.get("href"))
 
     def handle_endtag(self, tag: str) -> None:
+        if self.hidden and tag == "div":
+            self.hidden -= 1
         if tag in self._SKIP:
             self.skip = max(0, self.skip - 1)
         elif tag in self._BLOCKS:
@@ -154,7 +158,7 @@ class _TextParser(HTMLParser):
                 self.parts.append(f" ({href})")
 
     def handle_data(self, data: str) -> None:
-        if not self.skip:
+        if not self.skip and not self.hidden:
             self.parts.append(re.sub(r"\s+", " ", data))
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from encore import events as ev
+from encore.metrics import EMAILS, platform_error
 from encore.settings import get_settings
 from encore.store.models import Customer, Order, Shop
 from flows import dates, expressions, render
@@ -324,11 +325,14 @@ class StepRunner:
                        template=spec.template, key=key)
             return NEXT
         self._finish(effect, "done", {"message_id": message_id, "to": address, "subject": subject})
+        EMAILS.labels(flow=self.run.flow_key, outcome="sent").inc()
         self.trace("sent", f"sent {spec.template!r} to {address}: {subject}", template=spec.template,
                    to=address, subject=subject, message_id=message_id, key=key)
         return NEXT
 
     def _suppressed(self, reason: str) -> Outcome:
+        if not self.dry_run:
+            EMAILS.labels(flow=self.run.flow_key, outcome=reason).inc()
         self.trace("suppressed", f"email not sent: {reason}", reason=reason)
         return NEXT
 
@@ -387,6 +391,7 @@ class StepRunner:
             try:
                 discount = connectors.get_connector(self.shop).create_discount(request)
             except PlatformError as exc:
+                platform_error(self.shop.platform, exc)
                 if exc.transient:
                     raise TransientStepError(f"discount not created yet: {exc.message}", exc.retry_after) from exc
                 self._finish(effect, "failed", {"error": exc.message, "status": exc.status})
@@ -424,6 +429,7 @@ class StepRunner:
             try:
                 connectors.get_connector(self.shop).tag_customer(customer.platform_id, tags)
             except PlatformError as exc:
+                platform_error(self.shop.platform, exc)
                 if exc.transient:
                     raise TransientStepError(f"tags not added yet: {exc.message}", exc.retry_after) from exc
                 self._finish(effect, "failed", {"error": exc.message})

@@ -157,3 +157,17 @@ def test_preview_of_an_unknown_flow_fails_clearly(env: pytest.MonkeyPatch, tmp_p
     result = CliRunner().invoke(main, ["flows", "preview", "nope", "--customer", str(sample)])
     assert result.exit_code == 1
     assert "no flow 'nope'" in result.output
+
+
+def test_text_part_reads_well_without_the_hidden_preheader(env: pytest.MonkeyPatch) -> None:
+    from flows.render import html_to_text, render_email
+
+    html, text = render_email("check_in.html", {
+        "customer": {"first_name": "Ada"}, "shop": {"name": "Tea Corner", "domain": "tea.example"},
+        "order": {"number": "1001"}, "preheader": "We would love to hear from you", "subject": "How is it?",
+        "unsubscribe_url": None})
+    assert "We would love to hear from you" in html
+    assert text.startswith("How is your order #1001?\n\nHi Ada, your order from Tea Corner")
+    assert "We would love" not in text and "<" not in text and "Unsubscribe" not in text
+    assert html_to_text('<p>Go <a href="https://x.example/a">here</a></p><ul><li>one</li></ul>') == \
+        "Go here (https://x.example/a)\n\n- one\n"
