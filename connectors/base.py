@@ -116,6 +116,10 @@ class Connector(abc.ABC):
         """Whether a code has been used, if the platform can tell; None when unknown."""
         return None
 
+    def count(self, resource: str) -> int | None:
+        """How many `customers` or `orders` the store has, for progress bars; None when unknown."""
+        return None
+
 
 def available() -> dict[str, str]:
     """Every connector name with its `module:Class` path: built-in, then entry points."""

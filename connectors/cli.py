@@ -166,7 +166,7 @@ def _count(connector, resource: str) -> int | None:  # type: ignore[no-untyped-d
     from connectors.base import PlatformError
 
     try:
-        return connector.count(resource) if hasattr(connector, "count") else None
+        return connector.count(resource)
     except (PlatformError, KeyError):
         return None
 
