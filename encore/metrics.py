@@ -24,6 +24,14 @@ PLATFORM_ERRORS = Counter("encore_platform_api_errors_total", "Platform API erro
                           ["platform", "kind"])
 
 
+def platform_error(platform: str, error: object) -> None:
+    """Count a platform API error by kind: rate_limited (429), server (5xx), client (4xx), network (no answer)."""
+    status = getattr(error, "status", None)
+    kind = "rate_limited" if status == 429 else "server" if status and status >= 500 else \
+        "client" if status else "network"
+    PLATFORM_ERRORS.labels(platform=platform, kind=kind).inc()
+
+
 class QueueDepth(Collector):
     """Jobs waiting in each Encore queue, read from Redis when scraped."""
 

@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from encore.events import Event, EventType
-from encore.store import session_scope
+from encore.store import get_sessionmaker, session_scope
 from encore.store.models import Customer, Shop
 from flows import dates, loader
 from flows.loader import FlowFile
@@ -198,14 +198,17 @@ def _advance(run_id: int, token: str | None = None, session: Session | None = No
     runs out) is left alone.
     """
     now = dates.now()
+    own_session = None
     if token is None:
         token = uuid.uuid4().hex
-        with session_scope() as lease_session:
-            taken = lease_session.execute(update(FlowRun).where(
-                FlowRun.id == run_id, FlowRun.status.in_(ACTIVE),
-                or_(FlowRun.lease_until.is_(None), FlowRun.lease_until < now),
-            ).values(lease_until=now + LEASE, lease_token=token)).rowcount
+        own_session = session = get_sessionmaker()()
+        taken = session.execute(update(FlowRun).where(
+            FlowRun.id == run_id, FlowRun.status.in_(ACTIVE),
+            or_(FlowRun.lease_until.is_(None), FlowRun.lease_until < now),
+        ).values(lease_until=now + LEASE, lease_token=token)).rowcount
+        session.commit()
         if not taken:
+            session.close()
             return "busy"
     wake: tuple[Any, str] | None = None
     try:
@@ -213,8 +216,8 @@ def _advance(run_id: int, token: str | None = None, session: Session | None = No
             status, wake = _drive(session, run_id, token)
             session.commit()
         else:
-            with session_scope() as own:
-                status, wake = _drive(own, run_id, token)
+            with session_scope() as fresh:
+                status, wake = _drive(fresh, run_id, token)
     except (TransientStepError, OperationalError) as exc:
         if session is not None:
             session.rollback()
@@ -224,13 +227,16 @@ def _advance(run_id: int, token: str | None = None, session: Session | None = No
         log.exception("flow run %s failed", run_id)
         if session is not None:
             session.rollback()
-        with session_scope() as own:
-            run = own.get(FlowRun, run_id)
+        with session_scope() as fresh:
+            run = fresh.get(FlowRun, run_id)
             if run is not None:
-                _finish(own, run, FAILED, f"error: {exc}"[:255])
-                _trace(own, run, "error", f"run failed: {type(exc).__name__}: {exc}")
+                _finish(fresh, run, FAILED, f"error: {exc}"[:255])
+                _trace(fresh, run, "error", f"run failed: {type(exc).__name__}: {exc}")
         status, wake = FAILED, None
         _release(run_id, token)
+    finally:
+        if own_session is not None:
+            own_session.close()
     if wake is not None:
         schedule(run_id, *wake)
     return status

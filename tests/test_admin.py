@@ -325,3 +325,47 @@ def test_accepted_webhooks_are_archived_without_signatures_and_purged(client, re
     from encore.cron import declared_jobs
 
     assert any(job["func"] is archive.purge for job in declared_jobs())
+
+
+# ---- observability ---------------------------------------------------------------------------------
+
+def _sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@responses.activate
+def test_metrics_count_emails_and_platform_errors(client, redis, woo_store):
+    sent_before = _sample("encore_emails_total", flow="welcome", outcome="sent")
+    errors_before = _sample("encore_platform_api_errors_total", platform="woocommerce", kind="client")
+    made = fake_woocommerce_coupons()
+    post_woo(client, woo_customer(701, "ada@example.com", consent=True), "customer.created")
+    drain(redis)
+    assert len(made) == 1
+    assert _sample("encore_emails_total", flow="welcome", outcome="sent") == sent_before + 1
+    responses.replace(responses.POST, f"{API}/coupons", status=400,
+                      json={"code": "woocommerce_rest_invalid", "message": "Invalid coupon", "data": {"status": 400}})
+    post_woo(client, woo_customer(702, "bea@example.com", consent=True, first="Bea"), "customer.created")
+    drain(redis)
+    assert _sample("encore_platform_api_errors_total", platform="woocommerce", kind="client") == errors_before + 1
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'encore_emails_total{flow="welcome",outcome="sent"}' in text
+    assert "encore_platform_api_errors_total" in text and "encore_queue_depth" in text
+    assert 'outcome="bad_signature"' in text or "encore_webhooks_total" in text
+
+
+def test_run_id_is_on_every_log_line_of_a_run(monkeypatch, caplog):
+    import logging
+
+    from encore.logs import ContextFilter
+    from flows import engine
+
+    def inside(run_id, token=None, session=None):  # type: ignore[no-untyped-def]
+        logging.getLogger("flows.engine").warning("a step of the run")
+        return "done"
+
+    monkeypatch.setattr(engine, "_advance", inside)
+    caplog.handler.addFilter(ContextFilter())
+    assert engine.advance(42) == "done"
+    assert [getattr(r, "run_id", None) for r in caplog.records if r.getMessage() == "a step of the run"] == [42]
