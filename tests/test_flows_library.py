@@ -217,3 +217,19 @@ def test_encore_sweep_command_catches_up_a_day(library, tmp_path: Path) -> None:
     CliRunner().invoke(main, ["sweep", "--date", "2026-03-06"])
     walk_to(library, datetime(2026, 3, 9, 12, 5, tzinfo=UTC))
     assert len(sent(tmp_path, "birthday")) == 1
+
+
+def test_date_sweep_and_exit_on_sqlite_and_postgresql(library, tmp_path: Path, db_url: str, env) -> None:
+    from tests.conftest import use_database
+
+    use_database(env, db_url)
+    process_event(event("customer.created", T0, customer("3003", birthday=date(1996, 2, 29), orders_count=1)))
+    due = _win_back_setup(library)  # customer 1001: win-back due 6 March 10:00
+    assert len(sent(tmp_path, "win_back")) == 1
+    # 2027 is a common year: the 29 February birthday is celebrated on 28 February, 14 days early.
+    walk_to(library, datetime(2027, 2, 14, 1, 0, tzinfo=UTC))
+    assert triggers.sweep()["queued"] == 1
+    walk_to(library, datetime(2027, 2, 14, 9, 0, tzinfo=UTC))
+    (gift,) = sent(tmp_path, "birthday")
+    assert gift["To"] == "c3003@example.com"
+    assert due < datetime(2027, 2, 14, tzinfo=UTC)
