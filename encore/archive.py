@@ -108,10 +108,11 @@ def purge(now: datetime | None = None) -> int:
 
     cutoff = (now or utcnow()) - retention()
     with session_scope() as session:
-        removed = session.execute(delete(WebhookDelivery).where(WebhookDelivery.received_at < cutoff)).rowcount
+        result = session.execute(delete(WebhookDelivery).where(WebhookDelivery.received_at < cutoff))
+        removed = int(getattr(result, "rowcount", 0) or 0)
     if removed:
         log.info("purged %d archived webhooks older than %s", removed, cutoff.date().isoformat())
-    return removed or 0
+    return removed
 
 
 def deliveries(since: datetime | None = None, until: datetime | None = None, platform: str | None = None,

@@ -248,7 +248,8 @@ def test_preview_renders_every_email_step_for_the_sample_and_a_real_customer(cli
         session.add(grace)
         session.flush()
         grace_id = grace.id
-    real = client.get(f"/admin/preview/email?flow=welcome&customer={grace_id}", environ_base=LOCAL).get_data(as_text=True)
+    real = client.get(f"/admin/preview/email?flow=welcome&customer={grace_id}",
+                      environ_base=LOCAL).get_data(as_text=True)
     assert "Grace" in real and "Tea Shop" in real
     assert client.get("/admin/preview?flow=nope", environ_base=LOCAL).status_code == 404
 

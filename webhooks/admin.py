@@ -291,11 +291,11 @@ def flow_stats(shop_ids: list[int], now: Any = None) -> list[FlowStats]:
                 Order.cancelled_at.is_(None))).all()
             for shop_id, order_codes, total, currency in orders:
                 for code in order_codes or []:
-                    key = codes.get((shop_id, str(code).upper()))
-                    if key is not None:
-                        stats[key].redeemed += 1
-                        stats[key].revenue += total or Decimal("0")
-                        stats[key].currency = stats[key].currency or currency
+                    maker = codes.get((shop_id, str(code).upper()))
+                    if maker is not None:
+                        stats[maker].redeemed += 1
+                        stats[maker].revenue += total or Decimal("0")
+                        stats[maker].currency = stats[maker].currency or currency
                         break
     return list(stats.values())
 
