@@ -373,7 +373,7 @@ class SimCustomer:
     first_order_at: datetime | None = None
     last_order_at: datetime | None = None
     created_at: datetime | None = None
-    marketing_sent: list[datetime] = field(default_factory=list)
+    last_marketing: datetime | None = None
     runs: list[SimRun] = field(default_factory=list)
     version: int = 0
     _view: dict[str, Any] | None = None
@@ -465,6 +465,7 @@ class Simulation:
         self.pure: dict[str, bool] = {}
         self.fast: dict[str, Any] = {}
         self.fast_text: dict[str, Any] = {}
+        self.kinds: dict[int, str] = {}
 
     # -- the clock ---------------------------------------------------------------------------------
     def at(self, when: datetime, kind: str, payload: Any) -> None:
@@ -522,7 +523,7 @@ class Simulation:
             count += 1
             for name, moment in (("order.paid", item.paid_at), ("order.fulfilled", item.fulfilled_at),
                                  ("order.cancelled", item.cancelled_at)):
-                if moment is not None:
+                if moment is not None and (name in self.by_event or name in self.exiting):
                     self.at(max(moment, created), "event", (name, customer, item.order))
                     count += 1
         emails = {c.email for c in self.customers.values() if c.email}
@@ -533,7 +534,8 @@ class Simulation:
                                                        created_at=info.created_at)
         for key, customer in self.customers.items():
             created = customer.created_at or (first_seen[key] - timedelta(seconds=1) if key in first_seen else None)
-            if created is not None and self.start <= created <= self.end:
+            listened = "customer.created" in self.by_event or "customer.created" in self.exiting
+            if listened and created is not None and self.start <= created <= self.end:
                 self.at(created, "event", ("customer.created", customer, None))
                 count += 1
             if customer.birthday is not None:
@@ -553,14 +555,18 @@ class Simulation:
             self.plan_dates(customer, "customer.last_order_at")
             if customer.orders_count == 1:
                 self.plan_dates(customer, "customer.first_order_at")
+        exiting, starting = self.exiting.get(name), self.by_event.get(name)
+        if not exiting and not starting:
+            return
         event = {"id": f"{name}:{order.id if order is not None else customer.key}", "type": name,
                  "occurred_at": self.now.isoformat(), "topic": name}
-        for key in self.exiting.get(name, ()):
+        if exiting and customer.runs:
+            customer.runs = [run for run in customer.runs if run.active]
             for run in customer.runs:
-                if run.active and run.flow_key == key and run.event.get("id") != event["id"]:
+                if run.flow_key in exiting and run.event.get("id") != event["id"]:
                     run.active = False
                     self.record(run, "exited", reason=f"exit on {name}")
-        for key in self.by_event.get(name, ()):
+        for key in starting or ():
             flow = self.flows[key]
             self.start_run(key, flow, customer, self.event_key(flow, name, customer, order), event, order)
 
@@ -656,6 +662,12 @@ class Simulation:
                 return condition
         return None
 
+    def _customer_only_flow(self, key: str, flow: Any) -> bool:
+        found = self.pure.get(key)
+        if found is None:
+            found = self.pure[key] = all(self._customer_only(c) for c in flow.conditions)
+        return found
+
     def _customer_only(self, condition: str) -> bool:
         found = self.pure.get(condition)
         if found is None:
@@ -668,6 +680,11 @@ class Simulation:
         run_key = (key, customer.key, trigger_key)
         if run_key in self.run_keys:
             return
+        if self._customer_only_flow(key, flow):  # decide before building the run
+            failed = self.holds(flow, {"customer": customer.view(), "shop": self.shop}, customer)
+            if failed is not None:
+                self.not_started[(key, f"condition false: {failed}")] += 1
+                return
         self.runs += 1
         run = SimRun(self.runs, key, flow, customer, self.now, event, order)
         failed = self.holds(flow, self.context(run), customer)
@@ -700,7 +717,9 @@ class Simulation:
                 self.record(run, "exited", reason=f"condition no longer holds: {failed}")
                 return
             step = step_at(run.flow.steps, run.position)
-            kind = step_kind(step)
+            kind = self.kinds.get(id(step))
+            if kind is None:
+                kind = self.kinds[id(step)] = step_kind(step) or ""
             if kind == "wait":
                 until = self.now
                 if step.wait.for_:
@@ -756,7 +775,7 @@ class Simulation:
                 return dates.next_local_time(self.now, flow.quiet_hours.to, self.tz)
             if flow.frequency_cap:
                 since = self.now - flow.frequency_cap
-                if any(sent > since for sent in customer.marketing_sent):
+                if customer.last_marketing is not None and customer.last_marketing > since:
                     self.record(run, "suppressed", template=spec.template, reason="frequency cap")
                     return None
         try:
@@ -767,7 +786,7 @@ class Simulation:
         except Exception as exc:  # noqa: BLE001 - shown in the report like the engine's trace would
             subject = f"(subject failed: {exc})"
         if flow.marketing:
-            customer.marketing_sent.append(self.now)
+            customer.last_marketing = self.now
         self.record(run, "email", template=spec.template, subject=subject, code=run.code or "")
         return None
 
