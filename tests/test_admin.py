@@ -370,3 +370,45 @@ def test_run_id_is_on_every_log_line_of_a_run(monkeypatch, caplog):
     caplog.handler.addFilter(ContextFilter())
     assert engine.advance(42) == "done"
     assert [getattr(r, "run_id", None) for r in caplog.records if r.getMessage() == "a step of the run"] == [42]
+
+
+def test_flow_results_on_sqlite_and_postgresql(db_url, env, redis):
+    from encore.store.ledger import get_or_create_shop
+    from encore.store.models import Order
+    from flows.models import FlowEffect, FlowRun
+    from tests.conftest import use_database
+    from webhooks.admin import flow_stats
+
+    use_database(env, db_url)
+    now = datetime.now(UTC)
+    with session_scope() as session:
+        shop = get_or_create_shop(session, "shopify", SHOP)
+        other = get_or_create_shop(session, "shopify", "other.myshopify.com")
+        session.flush()
+        ada = Customer(shop_id=shop.id, platform_id="1", email="ada@example.com")
+        session.add(ada)
+        session.flush()
+        for number, (status, when) in enumerate([("done", now - timedelta(days=2)), ("suppressed", now),
+                                                 ("done", now - timedelta(days=45))]):
+            run = FlowRun(run_key=f"k{number}", shop_id=shop.id, customer_id=ada.id, flow_key="welcome",
+                          flow_name="Welcome", flow_digest="d", definition={}, trigger_key="once", status=status,
+                          position=[0], context={}, started_at=when, updated_at=when)
+            session.add(run)
+            session.flush()
+            if status == "done":
+                session.add(FlowEffect(key=f"e{number}", run_id=run.id, shop_id=shop.id, customer_id=ada.id,
+                                       kind="discount", status="done", result={"code": f"HELLO-AAA{number}"},
+                                       created_at=when))
+                session.add(FlowEffect(key=f"m{number}", run_id=run.id, shop_id=shop.id, customer_id=ada.id,
+                                       kind="email", status="done", marketing=True, created_at=when))
+        for number, (codes, total, shop_id) in enumerate([(["hello-aaa0"], "70.00", shop.id),
+                                                          (["OTHER"], "20.00", shop.id),
+                                                          (["HELLO-AAA0"], "99.00", other.id)]):
+            session.add(Order(shop_id=shop_id, platform_id=f"o{number}", customer_id=ada.id if shop_id == shop.id
+                              else None, placed_at=now - timedelta(days=1), total=Decimal(total), currency="EUR",
+                              discount_codes=codes))
+        shop_id = shop.id
+    welcome = {s.key: s for s in flow_stats([shop_id])}["welcome"]
+    # the 45-day-old run is outside the window; the other shop's order with the same code is not ours
+    assert (welcome.runs, welcome.suppressed, welcome.emails, welcome.codes) == (1, 1, 1, 1)
+    assert (welcome.redeemed, welcome.revenue, welcome.currency) == (1, Decimal("70.00"), "EUR")

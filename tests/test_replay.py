@@ -107,3 +107,39 @@ def test_bad_recordings_get_a_clear_error(env, redis, tmp_path: Path):
     unknown.write_text("{}")
     result = CliRunner().invoke(main, ["replay", str(unknown), "--shop", "x.myshopify.com"])
     assert result.exit_code != 0 and "which topic?" in result.output
+
+
+def test_dry_run_rehearses_on_a_copy_of_sqlite_or_postgresql(db_url, env, redis, tmp_path):
+    from datetime import UTC, datetime, timedelta
+    from decimal import Decimal
+
+    from encore.store.ledger import get_or_create_shop
+    from tests.conftest import SHOP
+
+    use_database(env, db_url)
+    body = payload("shopify", "orders_create")
+    body["cancelled_at"] = None
+    body["customer"]["email_marketing_consent"] = {"state": "subscribed", "opt_in_level": "single_opt_in"}
+    from webhooks.shopify import order_customer
+
+    customer_id = order_customer(body).key  # type: ignore[union-attr]
+    with session_scope() as session:  # two earlier orders: this one is the third
+        shop = get_or_create_shop(session, "shopify", SHOP)
+        session.flush()
+        buyer = Customer(shop_id=shop.id, platform_id=customer_id, email=body["customer"]["email"],
+                         email_consent=True, orders_count=2)
+        session.add(buyer)
+        session.flush()
+        for number in range(2):
+            session.add(Order(shop_id=shop.id, platform_id=f"old-{number}", customer_id=buyer.id, total=Decimal("30"),
+                              placed_at=datetime.now(UTC) - timedelta(days=10 - number), currency="USD"))
+    record = {"platform": "shopify", "shop": SHOP, "topic": "orders/create", "delivery_id": "wh-9",
+              "headers": {"X-Shopify-Topic": "orders/create"}, "body": json.dumps(body)}
+    export = tmp_path / "one.jsonl"
+    export.write_text(json.dumps(record) + "\n")
+    report = tmp_path / "report.jsonl"
+    result = CliRunner().invoke(main, ["replay", str(export), "--dry-run", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in report.read_text().splitlines()]
+    assert any(r["flow"] == "loyalty_third_order" and r["kind"] == "sent" for r in lines), lines
+    assert _count(Order) == 2 and _count(FlowRun) == 0 and _count(EventRecord) == 0
