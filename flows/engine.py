@@ -64,7 +64,7 @@ def handle_event(event: Event, *, shop_id: int | None, customer_id: int | None, 
     to_advance: list[tuple[int, str | None]] = []
     with session_scope() as session:  # one transaction per step; the runs started here are driven in it
         if exiting:
-            exit_runs(session, customer_id, [f.key for f in exiting], event)
+            exit_runs(session, customer_id, event)
         shop = session.get(Shop, shop_id)
         customer = session.get(Customer, customer_id)
         if shop is None or customer is None or not shop.active:
@@ -80,15 +80,19 @@ def handle_event(event: Event, *, shop_id: int | None, customer_id: int | None, 
             advance(run_id, token, session if token else None)
 
 
-def exit_runs(session: Session, customer_id: int, flow_keys: list[str], event: Event) -> int:
-    """End the waiting runs of these flows for a customer (their `exit_on` event arrived)."""
+def exit_runs(session: Session, customer_id: int, event: Event) -> int:
+    """End a customer's active runs whose flow version lists this event in `exit_on`."""
     runs = session.execute(select(FlowRun).where(
-        FlowRun.customer_id == customer_id, FlowRun.flow_key.in_(flow_keys), FlowRun.status.in_(ACTIVE),
+        FlowRun.customer_id == customer_id, FlowRun.status.in_(ACTIVE),
         or_(FlowRun.event_id.is_(None), FlowRun.event_id != event.id))).scalars().all()
+    ended = 0
     for run in runs:
+        if event.type.value not in loader.flow_from_data(run.definition, run.flow_digest).exit_on:
+            continue
         _finish(session, run, EXITED, f"exit on {event.type.value}")
         _trace(session, run, "exit", f"{event.type.value} arrived: run ended", event=event.id)
-    return len(runs)
+        ended += 1
+    return ended
 
 
 def stop_shop(session: Session, shop_id: int, reason: str) -> int:
