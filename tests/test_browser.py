@@ -130,9 +130,26 @@ def test_samples_then_the_admin_page_in_chromium(server, browser, redis, tmp_pat
 
     page.goto(f"{server}/admin/messages")
     assert page.locator("td", has_text="ada@example.com").count() >= 1
+    # a forged webhook and a failing job, then the Failures page and its Requeue button
+    import requests
+
+    from encore.queue import EVENTS, queue
+
+    forged = requests.post(f"{server}/webhooks/woocommerce", data=b'{"id": 1}', timeout=10, headers={
+        "Content-Type": "application/json", "X-WC-Webhook-Source": "https://nobody.example/",
+        "X-WC-Webhook-Topic": "order.created", "X-WC-Webhook-Signature": "Zm9yZ2Vk"})
+    assert forged.status_code == 401
+    queue(EVENTS).enqueue_call("encore.jobs.process_event", args=({"id": "broken"},), job_id="broken-job")
+    drain(redis)
     page.goto(f"{server}/admin/failures")
-    assert "No failed jobs." in page.locator("table").first.inner_text()
+    jobs, rejected = page.locator("table").nth(0), page.locator("table").nth(1)
+    assert "broken-job" in jobs.inner_text() and "ValidationError" in jobs.inner_text()
+    assert "unknown_store" in rejected.inner_text() and "nobody.example" in rejected.inner_text()
     assert not_blank(shot(page, folder, "failures", full_page=True))
+    page.click("button:has-text('Requeue')")
+    page.wait_for_url(f"{server}/admin/failures")
+    assert "No failed jobs." in page.locator("table").first.inner_text()
+    assert "broken-job" in queue(EVENTS).job_ids
 
 
 def test_a_blank_page_is_recognised(browser, tmp_path):

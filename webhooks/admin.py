@@ -505,6 +505,17 @@ def preview_email():  # type: ignore[no-untyped-def]
 
 # ---- failures --------------------------------------------------------------------------------------
 
+def exception_line(traceback: str) -> str:
+    """The `Type: message` line of a traceback (not the notes some exceptions print after it)."""
+    lines = traceback.strip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    start = frames[-1] + 1 if frames else 0
+    for line in lines[start:]:
+        if line.strip() and not line.startswith((" ", "\t")):
+            return line
+    return lines[-1] if lines else ""
+
+
 def failed_jobs(limit: int = 100) -> list[dict[str, Any]]:
     """The failed jobs of every Encore queue, newest first, with their exception."""
     from rq.job import Job
@@ -520,7 +531,7 @@ def failed_jobs(limit: int = 100) -> list[dict[str, Any]]:
                 continue
             result = job.latest_result()
             exc = (result.exc_string if result is not None else None) or ""
-            last = next((line for line in reversed(exc.strip().splitlines()) if line.strip()), "")
+            last = exception_line(exc)
             found.append({"queue": name, "id": job.id, "func": job.func_name, "description": job.description,
                           "ended_at": job.ended_at, "error": last, "traceback": exc})
     found.sort(key=lambda item: item["ended_at"].timestamp() if item["ended_at"] else 0, reverse=True)
