@@ -311,8 +311,10 @@ def test_accepted_webhooks_are_archived_without_signatures_and_purged(client, re
     headers = shopify_headers(body, "orders/create", webhook_id="wh-1")
     assert client.post("/webhooks/shopify", data=body, headers=headers).status_code == 200
     assert client.post("/webhooks/shopify", data=body, headers=headers).status_code == 200  # a retry
+    assert list(archive.deliveries()) == []  # the worker archives a delivery as it normalises it
+    drain(redis)
     rows = list(archive.deliveries())
-    assert [r.outcome for r in rows] == ["queued", "duplicate"]
+    assert [r.outcome for r in rows] == ["queued"]  # the duplicate was never queued, so is not archived twice
     row = rows[0]
     assert row.body.encode() == body and row.topic == "orders/create" and row.shop == SHOP
     assert row.delivery_id == "wh-1" and row.event_ids
@@ -320,7 +322,7 @@ def test_accepted_webhooks_are_archived_without_signatures_and_purged(client, re
     assert archive.purge(now=datetime.now(UTC) + timedelta(days=29)) == 0
     env.setenv("WEBHOOK_RETENTION_DAYS", "7")
     reset_settings()
-    assert archive.purge(now=datetime.now(UTC) + timedelta(days=8)) == 2
+    assert archive.purge(now=datetime.now(UTC) + timedelta(days=8)) == 1
     assert list(archive.deliveries()) == []
 
     from encore.cron import declared_jobs
@@ -412,3 +414,39 @@ def test_flow_results_on_sqlite_and_postgresql(db_url, env, redis):
     # the 45-day-old run is outside the window; the other shop's order with the same code is not ours
     assert (welcome.runs, welcome.suppressed, welcome.emails, welcome.codes) == (1, 1, 1, 1)
     assert (welcome.redeemed, welcome.revenue, welcome.currency) == (1, Decimal("70.00"), "EUR")
+
+
+# ---- the sandbox store and the samples -------------------------------------------------------------
+
+def test_the_sandbox_store_answers_this_machine_only(client, redis):
+    base = "/sandbox/woocommerce/wp-json/wc/v3"
+    assert client.get(f"{base}/coupons", environ_base=REMOTE).status_code == 403
+    assert client.get(f"{base}/coupons", environ_base=LOCAL,
+                      headers={"X-Forwarded-For": "198.51.100.7"}).status_code == 403
+    made = client.post(f"{base}/coupons", json={"code": "HELLO-AB12-CD34", "amount": "10.00",
+                                                 "discount_type": "percent"}, environ_base=LOCAL)
+    assert made.status_code == 201 and made.get_json()["code"] == "hello-ab12-cd34"
+    again = client.post(f"{base}/coupons", json={"code": "HELLO-AB12-CD34"}, environ_base=LOCAL)
+    assert again.status_code == 400 and again.get_json()["code"] == "woocommerce_rest_coupon_code_already_exists"
+    found = client.get(f"{base}/coupons?code=HELLO-AB12-CD34", environ_base=LOCAL).get_json()
+    assert [c["code"] for c in found] == ["hello-ab12-cd34"]
+
+
+def test_samples_send_says_when_nothing_listens(env, redis):
+    from click.testing import CliRunner
+
+    from encore.cli import main
+
+    result = CliRunner().invoke(main, ["samples", "send", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code != 0 and "is `make run` running?" in result.output
+    # the sample store is registered once, with its own secret, pointing at the sandbox
+    from webhooks.woocommerce import store_domain
+
+    with session_scope() as session:
+        from encore.store.models import Shop
+
+        shops = session.execute(select(Shop)).scalars().all()
+    assert [(s.platform, s.domain, s.url) for s in shops] == [
+        ("woocommerce", store_domain("http://127.0.0.1:9/sandbox/woocommerce"),
+         "http://127.0.0.1:9/sandbox/woocommerce")]
+    assert shops[0].webhook_secret_enc
