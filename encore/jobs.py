@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 from typing import Any
 
-from encore import logs
-from encore.events import Event, EventType
+from encore import archive, logs
+from encore.events import Event, EventType, parse_datetime
 from encore.metrics import EVENTS_PROCESSED, JOB_LATENCY
+from encore.queue import delivery_body, forget_delivery_body
 from encore.store import session_scope
 from encore.store.ledger import apply_event
 from encore.store.models import utcnow
+from webhooks.base import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +25,12 @@ def process_event(data: dict[str, Any]) -> dict[str, Any]:
     Safe to run twice: the ledger ignores an event id it has seen, and the flow engine keys its runs
     and side effects, so a retried job neither double-counts an order nor sends twice.
     """
+    return _apply(Event.from_dict(data))
+
+
+def _apply(event: Event, archived: tuple[str, Delivery, bytes] | None = None) -> dict[str, Any]:
     from flows.engine import handle_event
 
-    event = Event.from_dict(data)
     with logs.bind(event_id=event.id, event_type=event.type.value, shop=event.shop):
         with session_scope() as session:
             result = apply_event(session, event)
@@ -34,8 +41,42 @@ def process_event(data: dict[str, Any]) -> dict[str, Any]:
             shop_id = result.shop.id if result.shop else None
             customer_id = result.customer.id if result.customer else None
         log.info("event applied to the ledger", extra={"new": result.new, "customer_id": customer_id})
+        if archived is not None and result.new:
+            platform, delivery, body = archived
+            archive.record_delivery(platform, delivery.shop, delivery.topic, delivery.delivery_id,
+                                    delivery.http_headers.items(), body, "queued", [event.id])
         handle_event(event, shop_id=shop_id, customer_id=customer_id, new=result.new)
     EVENTS_PROCESSED.labels(type=event.type.value, new=str(result.new).lower()).inc()
     if result.new:
         JOB_LATENCY.labels(type=event.type.value).observe(max(0.0, (utcnow() - event.received_at).total_seconds()))
     return {"event": event.id, "type": event.type.value, "new": result.new, "customer_id": customer_id}
+
+
+def process_delivery(platform: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Normalise a queued webhook delivery into canonical events, archive it, and apply each event.
+
+    A delivery the platform's parser rejects is recorded as rejected (admin page, metrics) and not
+    retried: running it again would fail the same way.
+    """
+    delivery = Delivery.from_dict(data)
+    key = delivery.key or ""
+    body = delivery_body(key)
+    if body is None:
+        raise LookupError(f"the body of delivery {key} is no longer in Redis")
+    receiver = importlib.import_module(f"webhooks.{platform}").receiver
+    try:
+        events = receiver.parse(delivery, json.loads(body), body)
+    except (ValueError, TypeError, KeyError) as exc:
+        archive.record_rejection(platform, "malformed", 400, f"{delivery.topic}: {exc}", delivery.topic, delivery.shop)
+        log.error("delivery could not be normalised", extra={"platform": platform, "topic": delivery.topic,
+                                                             "event_id": key, "error": str(exc)[:300]})
+        forget_delivery_body(key)
+        return {"event": key, "rejected": str(exc)[:300]}
+    received = parse_datetime(delivery.received_at)
+    results = []
+    for event in events:
+        if received is not None:
+            event.received_at = received
+        results.append(_apply(event, (platform, delivery, body)))
+    forget_delivery_body(key)
+    return results[0] if len(results) == 1 else {"event": key, "results": results}

@@ -21,6 +21,7 @@ MAINTENANCE = "maintenance"
 QUEUES = (EVENTS, FLOWS, MAINTENANCE)
 
 SEEN_PREFIX = "encore:seen:"
+BODY_PREFIX = "encore:body:"
 # Transient failures (database busy, a platform's 5xx) retry with backoff; then the job is failed and kept.
 EVENT_RETRY = Retry(max=5, interval=[10, 30, 120, 600, 1800])
 FAILURE_TTL = 30 * 24 * 3600
@@ -84,6 +85,45 @@ def enqueue_event(event: Event, connection: Redis | None = None) -> bool:
             "encore.jobs.process_event", args=(event.to_dict(),), job_id=event.id, retry=EVENT_RETRY,
             result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, description=f"{event.platform} {event.topic}",
         )
+    except Exception:
+        try:
+            connection.delete(seen)
+        except Exception:  # noqa: BLE001 - Redis is already failing; the original error matters
+            log.warning("could not clear dedupe mark %s", seen)
+        raise
+    return True
+
+
+def delivery_body(key: str, connection: Redis | None = None) -> bytes | None:
+    """The raw body of a queued delivery (kept until it is processed, at most FAILURE_TTL)."""
+    return (connection or get_redis()).get(BODY_PREFIX + key)
+
+
+def forget_delivery_body(key: str, connection: Redis | None = None) -> None:
+    """Drop a processed delivery's raw body from Redis (the archive keeps it)."""
+    (connection or get_redis()).delete(BODY_PREFIX + key)
+
+
+def enqueue_delivery(platform: str, delivery: dict[str, Any], body: bytes, key: str,
+                     connection: Redis | None = None) -> bool:
+    """Queue a verified webhook delivery once; False when its key was queued before (a duplicate).
+
+    The raw body is stored beside the job, in the same MULTI/EXEC transaction as RQ's own writes,
+    so the job never exists without its body and a 200 means both are in Redis.
+    """
+    connection = connection or get_redis()
+    seen = SEEN_PREFIX + key
+    if not connection.set(seen, 1, nx=True, ex=get_settings().DEDUPE_TTL_SECONDS):
+        return False
+    try:
+        with connection.pipeline() as pipe:
+            queue(EVENTS, connection).enqueue_call(
+                "encore.jobs.process_delivery", args=(platform, delivery), job_id=key, retry=EVENT_RETRY,
+                result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, description=f"{platform} {delivery.get('topic')}",
+                pipeline=pipe,
+            )  # RQ opens the MULTI; the body joins the same transaction
+            pipe.set(BODY_PREFIX + key, body, ex=FAILURE_TTL)
+            pipe.execute()
     except Exception:
         try:
             connection.delete(seen)

@@ -9,7 +9,7 @@ import pytest
 from redis import Redis
 from sqlalchemy import func, select
 
-from encore.queue import EVENTS, queue
+from encore.queue import BODY_PREFIX, EVENTS, queue
 from encore.store import session_scope
 from encore.store.models import Customer, EventRecord, Order
 from tests.conftest import (
@@ -118,7 +118,13 @@ def test_valid_delivery_is_queued(platform, client, redis: Redis, woo_store):
     assert queue(EVENTS, redis).count == 1
     job = queue(EVENTS, redis).jobs[0]
     assert job.id == response.get_json()["events"][0]
-    assert job.args[0]["type"] == "order.placed"
+    assert job.args[0] == platform and job.args[1]["key"] == job.id
+    assert redis.get(BODY_PREFIX + job.id) == body  # the raw body is queued with the job, untouched
+    drain(redis)
+    with session_scope() as session:
+        record = session.execute(select(EventRecord)).scalar_one()
+        assert (record.id, record.type) == (job.id, "order.placed")
+    assert redis.get(BODY_PREFIX + job.id) is None  # processed: the archive keeps it, Redis lets it go
 
 
 def test_shopify_delivered_twice_is_one_job_and_one_ledger_update(client, redis: Redis):
@@ -131,11 +137,12 @@ def test_shopify_delivered_twice_is_one_job_and_one_ledger_update(client, redis:
     assert queue(EVENTS, redis).count == 1
     drain(redis)
     # The same delivery processed again (a job retried after a crash) changes nothing either.
-    from encore.jobs import process_event
+    from encore.jobs import process_delivery
 
     job = queue(EVENTS, redis).fetch_job(first.get_json()["events"][0])
     assert job is not None and job.is_finished
-    assert process_event(job.args[0])["new"] is False
+    redis.set(BODY_PREFIX + job.id, body)  # as if the worker died after committing, before cleaning up
+    assert process_delivery(*job.args)["new"] is False
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(EventRecord)) == 1
         assert session.scalar(select(func.count()).select_from(Order)) == 1
@@ -195,7 +202,10 @@ def test_woocommerce_redelivery_with_new_delivery_id_is_a_duplicate(client, redi
     later = client.post("/webhooks/woocommerce", data=updated, headers=woo_headers(updated, "order.updated"))
     assert later.get_json()["status"] == "queued"
     assert queue(EVENTS, redis).count == 2
-    assert queue(EVENTS, redis).jobs[1].args[0]["type"] == "order.fulfilled"  # status completed
+    drain(redis)
+    with session_scope() as session:
+        types = session.execute(select(EventRecord.type).order_by(EventRecord.occurred_at)).scalars().all()
+    assert types == ["order.placed", "order.fulfilled"]  # order.updated with status completed
 
 
 def test_woocommerce_store_matches_http_and_https_and_trailing_slash(client, redis: Redis, woo_store):
@@ -257,3 +267,19 @@ def test_shop_domain_header_must_be_a_myshopify_domain(client, redis: Redis):
     headers = shopify_headers(body, "orders/create", shop="evil.example.com")
     assert client.post("/webhooks/shopify", data=body, headers=headers).status_code == 400
     assert SHOP.endswith(".myshopify.com")
+
+
+def test_a_delivery_the_worker_cannot_normalise_is_recorded_and_not_retried(client, redis: Redis, woo_store):
+    from encore import archive
+
+    data = payload("woocommerce", "order_created")
+    data["line_items"][0]["quantity"] = "two"
+    body = json.dumps(data).encode()
+    response = client.post("/webhooks/woocommerce", data=body, headers=woo_headers(body, "order.created"))
+    assert response.status_code == 200
+    drain(redis)
+    job = queue(EVENTS, redis).fetch_job(response.get_json()["events"][0])
+    assert job.is_finished and job.return_value()["rejected"]
+    assert archive.rejections()[0]["reason"] == "malformed"
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(EventRecord)) == 0

@@ -62,7 +62,7 @@ def test_a_failing_job_is_retried_with_backoff_then_kept_as_failed(client, redis
     drain(redis)
     failed = FailedJobRegistry(queue=queue(EVENTS, redis))
     assert job_id in failed  # kept, visible, and its payload is intact for a requeue
-    assert queue(EVENTS, redis).fetch_job(job_id).args[0]["type"] == "order.placed"
+    assert queue(EVENTS, redis).fetch_job(job_id).args[1]["topic"] == "orders/create"
 
 
 def test_python_worker_py_processes_queued_events(client, redis: Redis, env, tmp_path):

@@ -13,20 +13,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
 from flask import Request, jsonify, request
 from redis.exceptions import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from encore import archive
 from encore.events import Event
-from encore.queue import enqueue_event
+from encore.queue import enqueue_delivery
 from encore.settings import get_settings
+from encore.store.models import utcnow
 from webhooks import metrics
 
 log = logging.getLogger("encore.webhooks")
@@ -44,13 +45,27 @@ class Rejected(Exception):
 
 @dataclass
 class Delivery:
-    """What the signature check established about one delivery."""
+    """What the signature check established about one delivery; travels to the worker as a dict."""
 
     shop: str
     topic: str
     delivery_id: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     ping: bool = False
+    key: str | None = None
+    received_at: str | None = None
+    http_headers: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form, for the job that normalises the delivery."""
+        return {"shop": self.shop, "topic": self.topic, "delivery_id": self.delivery_id, "headers": self.headers,
+                "key": self.key, "received_at": self.received_at, "http_headers": self.http_headers}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Delivery:
+        """Rebuild a delivery from `to_dict`'s output."""
+        return cls(**{k: data[k] for k in ("shop", "topic", "delivery_id", "headers", "key", "received_at",
+                                            "http_headers") if k in data})
 
 
 class Receiver(Protocol):
@@ -61,8 +76,14 @@ class Receiver(Protocol):
     def verify(self, req: Request, body: bytes) -> Delivery:
         """Check the signature over the raw body; raise Rejected(401) when it fails."""
 
+    def key(self, delivery: Delivery, payload: dict[str, Any], body: bytes) -> str | None:
+        """The event key (dedupe key, job id) of a delivery; None for topics Encore does not handle.
+
+        Raises ValueError when a field the topic needs is missing (answered 400).
+        """
+
     def parse(self, delivery: Delivery, payload: Any, body: bytes) -> list[Event]:
-        """Canonical events for a verified payload; [] for topics Encore does not handle."""
+        """Canonical events for a verified payload (in the worker); [] for topics Encore does not handle."""
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -102,8 +123,8 @@ def parse_json(req: Request, body: bytes) -> Any:
     if not body.strip():
         raise Rejected(400, "empty_body", "empty body")
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        payload = orjson.loads(body)
+    except (orjson.JSONDecodeError, ValueError, UnicodeDecodeError) as exc:
         raise Rejected(400, "not_json", f"body is not JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise Rejected(400, "not_object", "body is not a JSON object")
@@ -111,7 +132,13 @@ def parse_json(req: Request, body: bytes) -> Any:
 
 
 def receive(receiver: Receiver):  # type: ignore[no-untyped-def]
-    """The Flask view body shared by every platform's receiver."""
+    """The Flask view body shared by every platform's receiver.
+
+    It does the least that makes a delivery safe to acknowledge: size, signature, JSON, the fields
+    the event key needs. The raw body and the delivery go to Redis in one transaction with the RQ
+    job; the worker normalises them (`encore.jobs.process_delivery`), so a 200 costs little more
+    than the signature check and two Redis round trips.
+    """
     platform = receiver.platform
     delivery: Delivery | None = None
     try:
@@ -122,7 +149,7 @@ def receive(receiver: Receiver):  # type: ignore[no-untyped-def]
             return jsonify(status="ok"), 200
         payload = parse_json(request, body)
         try:
-            events = receiver.parse(delivery, payload, body)
+            key = receiver.key(delivery, payload, body)
         except (ValueError, TypeError, KeyError) as exc:
             raise Rejected(400, "malformed", f"{delivery.topic}: {exc}") from exc
     except Rejected as exc:
@@ -134,15 +161,16 @@ def receive(receiver: Receiver):  # type: ignore[no-untyped-def]
                                                "topic": delivery.topic if delivery else None})
         return jsonify(error=exc.reason, detail=exc.detail[:300]), exc.status
 
-    if not events:
+    if key is None:
         metrics.received(platform, "ignored")
         log.info("webhook topic not handled", extra={"platform": platform, "topic": delivery.topic,
                                                      "delivery_id": delivery.delivery_id})
         return jsonify(status="ignored", topic=delivery.topic), 200
-    queued = 0
+    delivery.key = key
+    delivery.received_at = utcnow().isoformat()
+    delivery.http_headers = archive.safe_headers(request.headers.items())
     try:
-        for event in events:
-            queued += enqueue_event(event)
+        queued = enqueue_delivery(platform, delivery.to_dict(), body, key)
     except RedisError as exc:
         metrics.received(platform, "queue_unavailable")
         log.error("queue unavailable; answering 503 so the platform retries",
@@ -150,8 +178,6 @@ def receive(receiver: Receiver):  # type: ignore[no-untyped-def]
         return jsonify(error="queue_unavailable"), 503
     status = "queued" if queued else "duplicate"
     metrics.received(platform, status)
-    archive.record_delivery(platform, delivery.shop, delivery.topic, delivery.delivery_id, request.headers.items(),
-                            body, status, [e.id for e in events])
-    log.info("webhook %s", status, extra={"platform": platform, "topic": delivery.topic,
-                                          "delivery_id": delivery.delivery_id, "event_id": events[0].id})
-    return jsonify(status=status, events=[e.id for e in events]), 200
+    log.debug("webhook %s", status, extra={"platform": platform, "topic": delivery.topic,
+                                           "delivery_id": delivery.delivery_id, "event_id": key})
+    return jsonify(status=status, events=[key]), 200

@@ -54,6 +54,18 @@ TOPICS: dict[str, EventType] = {
     "app/uninstalled": EventType.APP_UNINSTALLED,
 }
 
+# The fields a topic's event cannot do without (any one of each tuple); a delivery lacking them is a 400.
+_ORDER_ID = ("admin_graphql_api_id", "id")
+REQUIRED: dict[str, tuple[str, ...]] = {
+    **{topic: _ORDER_ID for topic in ("orders/create", "orders/paid", "orders/fulfilled", "orders/cancelled",
+                                      "orders/updated", "orders/delete")},
+    "refunds/create": ("order_id",),
+    "customers/email_marketing_consent_update": ("customer_id",),
+    "customers/purchasing_summary": ("customerId",),
+    "checkouts/create": ("token", "id"),
+    "checkouts/update": ("token", "id"),
+}
+
 SHOP_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]*\.myshopify\.com$")
 CONSENT_STATES = {"subscribed": True, "not_subscribed": False, "unsubscribed": False, "redacted": False,
                   "pending": False, "invalid": False}
@@ -84,13 +96,24 @@ class ShopifyReceiver:
                         headers={"triggered_at": req.headers.get("X-Shopify-Triggered-At", ""),
                                  "api_version": req.headers.get("X-Shopify-Api-Version", "")})
 
+    def key(self, delivery: Delivery, payload: dict[str, Any], body: bytes) -> str | None:
+        """`shopify-<X-Shopify-Webhook-Id>` (a hash of shop, topic and body without one); None if unhandled."""
+        if delivery.topic not in TOPICS:
+            return None
+        needed = REQUIRED.get(delivery.topic)
+        if needed and not any(payload.get(name) not in (None, "") for name in needed):
+            raise ValueError(f"{' or '.join(needed)} is missing")
+        if delivery.delivery_id:
+            return event_id(platform, delivery.delivery_id)
+        return event_id(platform, delivery.shop, delivery.topic, body)
+
     def parse(self, delivery: Delivery, payload: Any, body: bytes) -> list[Event]:
         """One canonical event for a handled topic, none for the rest."""
         kind = TOPICS.get(delivery.topic)
         if kind is None:
             return []
-        key = event_id(platform, delivery.delivery_id) if delivery.delivery_id else \
-            event_id(platform, delivery.shop, delivery.topic, body)
+        key = delivery.key or self.key(delivery, payload, body)
+        assert key is not None
         occurred = (parse_datetime(delivery.headers.get("triggered_at"))
                     or parse_datetime(payload.get("updated_at")) or parse_datetime(payload.get("occurredAt"))
                     or parse_datetime(payload.get("created_at")))

@@ -95,16 +95,25 @@ class WooCommerceReceiver:
             raise Rejected(400, "missing_topic", "X-WC-Webhook-Topic is missing")
         return Delivery(shop=domain, topic=topic, delivery_id=req.headers.get("X-WC-Webhook-Delivery-ID"))
 
+    def key(self, delivery: Delivery, payload: dict[str, Any], body: bytes) -> str | None:
+        """Topic + resource id + `date_modified_gmt` (the delivery id is new on every delivery); None if unhandled."""
+        if delivery.topic not in TOPICS:
+            return None
+        resource_id, modified = payload.get("id"), payload.get("date_modified_gmt")
+        if delivery.topic.startswith("order.") and resource_id in (None, "", 0):
+            raise ValueError("order id is missing")
+        if resource_id is not None and modified:
+            return event_id(platform, delivery.shop, delivery.topic, resource_id, modified)
+        return event_id(platform, delivery.shop, delivery.topic, body)
+
     def parse(self, delivery: Delivery, payload: Any, body: bytes) -> list[Event]:
         """One canonical event for a handled topic, none for the rest."""
         kind = TOPICS.get(delivery.topic)
         if kind is None:
             return []
-        resource_id, modified = payload.get("id"), payload.get("date_modified_gmt")
-        if resource_id is not None and modified:
-            key = event_id(platform, delivery.shop, delivery.topic, resource_id, modified)
-        else:
-            key = event_id(platform, delivery.shop, delivery.topic, body)
+        key = delivery.key or self.key(delivery, payload, body)
+        assert key is not None
+        modified = payload.get("date_modified_gmt")
         occurred = parse_datetime(modified) or parse_datetime(payload.get("date_created_gmt"))
         event = Event(id=key, type=kind, platform=platform, shop=delivery.shop, topic=delivery.topic,
                       occurred_at=occurred or _now(), raw=payload)
