@@ -13,8 +13,8 @@ from encore.cli import main
 from encore.store import migrate, session_scope
 from encore.store.models import Customer, EventRecord, Order
 from flows.models import FlowEffect, FlowRun
-from tests.conftest import PAYLOADS, WC_URL, payload, shopify_headers, use_database
-from tests.test_admin import post_woo, woo_customer, woo_order
+from tests.conftest import PAYLOADS, WC_URL, drain, payload, shopify_headers, use_database
+from tests.test_admin import fake_woocommerce_coupons, post_woo, woo_customer, woo_order
 
 
 def _post_shopify(client, topic: str, name: str, webhook_id: str) -> None:  # type: ignore[no-untyped-def]
@@ -31,6 +31,7 @@ def _count(model) -> int:  # type: ignore[no-untyped-def]
 def test_export_then_replay_into_an_empty_store(client, redis, env, tmp_path):
     _post_shopify(client, "customers/create", "customers_create", "wh-c1")
     _post_shopify(client, "orders/create", "orders_create", "wh-o1")
+    drain(redis)
     export = tmp_path / "webhooks.jsonl"
     result = CliRunner().invoke(main, ["export", "webhooks", "--out", str(export), "--platform", "shopify"])
     assert result.exit_code == 0, result.output
@@ -40,7 +41,7 @@ def test_export_then_replay_into_an_empty_store(client, redis, env, tmp_path):
     assert all("X-Shopify-Hmac-Sha256" not in r["headers"] for r in records)
     assert records[1]["delivery_id"] == "wh-o1"
 
-    # a fresh store (the worker never ran): replaying applies both events through the ledger and the flows
+    # a fresh store: replaying applies both events through the ledger and the flows
     fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
     migrate(fresh)
     use_database(env, fresh)
@@ -57,10 +58,17 @@ def test_export_then_replay_into_an_empty_store(client, redis, env, tmp_path):
 
 @responses.activate
 def test_dry_run_says_what_would_happen_and_changes_nothing(client, redis, env, woo_store, tmp_path):
+    fake_woocommerce_coupons()
     post_woo(client, woo_customer(801, "ada@example.com", consent=True), "customer.created")
     post_woo(client, woo_order(9801, 801, "ada@example.com", "42.00"), "order.created")
+    drain(redis)
     export = tmp_path / "webhooks.jsonl"
     assert CliRunner().invoke(main, ["export", "webhooks", "--out", str(export)]).exit_code == 0
+    # rehearse them on another store, where they are new
+    calls = len(responses.calls)
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    migrate(fresh)
+    use_database(env, fresh)
     report = tmp_path / "report.jsonl"
     result = CliRunner().invoke(main, ["replay", str(export), "--dry-run", "--report", str(report)])
     assert result.exit_code == 0, result.output
@@ -73,8 +81,8 @@ def test_dry_run_says_what_would_happen_and_changes_nothing(client, redis, env, 
     assert len(codes) == 1 and codes[0].startswith("HELLO-")
     assert "would be sent; nothing was sent" in result.output
     # nothing happened for real: no call to the store, no email, no ledger row, no run
-    assert len(responses.calls) == 0
-    assert not (tmp_path / "outbox").exists()
+    assert len(responses.calls) == calls
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 1  # the first store's welcome email only
     assert _count(Customer) == 0 and _count(FlowRun) == 0 and _count(FlowEffect) == 0 and _count(EventRecord) == 0
 
 
