@@ -170,6 +170,9 @@ def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Custo
     if status == SUPPRESSED:
         _trace(session, probe, "suppressed", "not started: no consent (customer.email_consent is not true)",
                reason="no consent")
+        from encore.metrics import EMAILS
+
+        EMAILS.labels(flow=flow_file.key, outcome="no consent").inc()
         return None
     return run_id, token
 

@@ -352,6 +352,11 @@ def test_metrics_count_emails_and_platform_errors(client, redis, woo_store):
     post_woo(client, woo_customer(702, "bea@example.com", consent=True, first="Bea"), "customer.created")
     drain(redis)
     assert _sample("encore_platform_api_errors_total", platform="woocommerce", kind="client") == errors_before + 1
+    refused_before = _sample("encore_emails_total", flow="loyalty_third_order", outcome="no consent")
+    for number in range(3):  # a third order without consent: the loyalty email is suppressed
+        post_woo(client, woo_order(9700 + number, 703, "cy@example.com", "20.00"), "order.created")
+    drain(redis)
+    assert _sample("encore_emails_total", flow="loyalty_third_order", outcome="no consent") == refused_before + 1
     text = client.get("/metrics").get_data(as_text=True)
     assert 'encore_emails_total{flow="welcome",outcome="sent"}' in text
     assert "encore_platform_api_errors_total" in text and "encore_queue_depth" in text
