@@ -157,8 +157,10 @@ def load_text(text: str, file: str, key: str | None = None) -> tuple[FlowFile | 
         problems = [Problem(file, _error_line(lines, data, err), _message(err, _resolve(lines, tuple(err["loc"]))))
                     for err in exc.errors()]
         return None, _unique(problems)
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-    loaded = FlowFile(key or Path(file).stem, file, flow, data, lines, digest)
+    # What a run stores: JSON-safe (a YAML date becomes its ISO text), and its digest names the version.
+    stored = json.loads(json.dumps(data, sort_keys=True, default=str))
+    digest = hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()
+    loaded = FlowFile(key or Path(file).stem, file, flow, stored, lines, digest)
     problems = check(loaded)
     if any(p.severity == "error" for p in problems):
         return None, problems

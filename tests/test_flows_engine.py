@@ -350,3 +350,24 @@ def test_http_step_posts_json_once_with_an_idempotency_key(flows_env, redis, tmp
     assert FakeConnector.tags == [("1001", ["crm-synced"])]
     (run,) = runs()
     assert run.status == "done"
+
+
+def test_an_unquoted_time_of_day_waits_until_that_time(flows_env, redis, tmp_path: Path) -> None:
+    # `until: 09:00` unquoted is read by YAML 1.1 as 540 (sexagesimal minutes): still nine o'clock.
+    flow_dir(tmp_path, flows_env, notes=TWO_NOTES.replace("  - wait: 1d", "  - wait: {until: 09:00}"))
+    process_event(event("order.placed", T0, customer(), order=order("81", T0)))
+    (run,) = runs()
+    assert run.wake_at == datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
+    walk_to(redis, datetime(2026, 3, 3, 9, 0, tzinfo=UTC))
+    assert subjects(tmp_path) == ["First note", "Second note"]
+
+
+def test_yaml_dates_in_a_flow_are_stored_as_text(env: pytest.MonkeyPatch) -> None:
+    from flows.loader import load_text
+
+    text = ("name: x\nkind: transactional\ntrigger: {event: order.placed}\nsteps:\n"
+            "  - http: {url: 'https://hooks.example.com/a', json: {since: 2026-03-01}}\n")
+    loaded, problems = load_text(text, "x.yaml")
+    assert problems == [] and loaded is not None
+    assert loaded.data["steps"][0]["http"]["json"] == {"since": "2026-03-01"}
+    json.dumps(loaded.data)
