@@ -455,3 +455,21 @@ def test_samples_send_says_when_nothing_listens(env, redis):
         ("woocommerce", store_domain("http://127.0.0.1:9/sandbox/woocommerce"),
          "http://127.0.0.1:9/sandbox/woocommerce")]
     assert shops[0].webhook_secret_enc
+
+
+def test_rq_dashboard_is_mounted_for_operators_only(client, redis):
+    pytest.importorskip("rq_dashboard")
+    from encore.queue import EVENTS, queue
+
+    queue(EVENTS).enqueue_call("encore.jobs.process_event", args=({"id": "broken"},), job_id="broken-rq")
+    drain(redis)
+    page = client.get("/admin/rq/", environ_base=LOCAL)
+    assert page.status_code == 200 and "RQ dashboard" in page.get_data(as_text=True)
+    queues = client.get("/admin/rq/0/data/queues.json", environ_base=LOCAL).get_json()
+    assert {q["name"] for q in queues["queues"]} >= {"events"}
+    failed = client.get("/admin/rq/0/data/jobs/events/failed/8/asc/1.json", environ_base=LOCAL).get_json()
+    assert [job["id"] for job in failed["jobs"]] == ["broken-rq"]  # read with Encore's JSON serializer
+    assert client.get("/admin/rq/", environ_base=REMOTE).status_code == 401
+    shop = client.get("/admin/rq/", headers={"Authorization": f"Bearer {_token()}"}, environ_base=REMOTE)
+    assert shop.status_code == 401
+    assert "/admin/rq/" in client.get("/admin/failures", environ_base=LOCAL).get_data(as_text=True)

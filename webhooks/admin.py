@@ -577,39 +577,46 @@ def requeue(queue_name: str, job_id: str):  # type: ignore[no-untyped-def]
 
 # ---- RQ's own dashboard (optional) -----------------------------------------------------------------
 
-_dashboard_guarded = False
-
-
-def _operators_only():  # type: ignore[no-untyped-def]
-    viewer = _viewer()
-    if viewer is None or not viewer.everything:
-        abort(401)
-    return None
-
-
 def _dashboard_mounted() -> bool:
     return "rq_dashboard" in current_app.blueprints
 
 
+def connection_url() -> str:
+    """A URL for the Redis connection this process uses (RQ's dashboard wants one)."""
+    from encore.queue import get_redis
+
+    kwargs = get_redis().connection_pool.connection_kwargs
+    auth = f":{kwargs['password']}@" if kwargs.get("password") else ""
+    if kwargs.get("path"):
+        return f"unix://{auth}{kwargs['path']}?db={kwargs.get('db', 0)}"
+    scheme = "rediss" if kwargs.get("ssl") else "redis"
+    return f"{scheme}://{auth}{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
 def mount_rq_dashboard(app: Any) -> bool:
-    """Mount `rq-dashboard` at /admin/rq behind the same sign-in, when the package is installed."""
+    """Mount `rq-dashboard` at /admin/rq for operators (password or local sign-in), when it is installed."""
     try:
         import rq_dashboard
         from rq.serializers import JSONSerializer
         from rq_dashboard import web
     except ImportError:
         return False
-    from encore.queue import redis_url
-
-    global _dashboard_guarded
     web.config.serializer = JSONSerializer
     app.config.from_object(rq_dashboard.default_settings)
-    app.config["RQ_DASHBOARD_REDIS_URL"] = redis_url()
-    if not _dashboard_guarded:
-        rq_dashboard.blueprint.before_request(_operators_only)
-        _dashboard_guarded = True
-    web.setup_rq_connection(app)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix="/admin/rq")
+
+    @app.before_request
+    def _rq_dashboard_for_operators():  # type: ignore[no-untyped-def]
+        if request.blueprint != "rq_dashboard":
+            return None
+        viewer = _viewer()
+        if viewer is None or not viewer.everything:
+            abort(401)
+        if not hasattr(current_app, "redis_conn"):  # connect on first use, to the queue's own Redis
+            current_app.config["RQ_DASHBOARD_REDIS_URL"] = connection_url()
+            web.setup_rq_connection(current_app)
+        return None
+
     return True
 
 
