@@ -133,7 +133,10 @@ def events_of(recorded: Recorded) -> list[Event]:
 def _duration(value: str) -> timedelta:
     from flows.schema import parse_duration
 
-    return parse_duration(value)
+    try:
+        return parse_duration(value)
+    except (ValueError, TypeError):
+        raise click.BadParameter(f"{value!r} is not a duration (like 30m, 2h, 14d)", param_hint="--follow") from None
 
 
 @click.command()
