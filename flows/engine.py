@@ -108,11 +108,11 @@ def stop_shop(session: Session, shop_id: int, reason: str) -> int:
 
 # ---- starting runs ---------------------------------------------------------------------------------
 
-def _insert_run(session: Session, values: dict[str, Any]) -> int | None:
-    """INSERT … ON CONFLICT DO NOTHING RETURNING id: the new run's id, or None when the key exists."""
+def _insert_run(session: Session, values: dict[str, Any]) -> FlowRun | None:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING the row: the new run (in the session), or None if the key exists."""
     builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = builder(FlowRun).values(**values).on_conflict_do_nothing(index_elements=["run_key"]).returning(FlowRun.id)
-    return session.execute(stmt).scalar_one_or_none()
+    stmt = builder(FlowRun).values(**values).on_conflict_do_nothing(index_elements=["run_key"]).returning(FlowRun)
+    return session.scalars(stmt).one_or_none()
 
 
 def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer, trigger_key: str,
@@ -154,27 +154,27 @@ def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Custo
         # Shown, not silent: a suppressed run with its reason (keyed apart so a later consent can start one).
         status, reason, token = SUPPRESSED, "no consent", None
         run_key = f"{run_key}:suppressed"
-    run_id = _insert_run(session, dict(
+    run = _insert_run(session, dict(
         run_key=run_key, shop_id=shop.id, customer_id=customer.id, flow_key=flow_file.key, flow_name=flow.name,
         flow_digest=flow_file.digest, definition=flow_file.data, trigger_key=trigger_key, event_id=event_id,
         status=status, reason=reason, position=[0], context=context, attempts=0, started_at=now, updated_at=now,
         finished_at=now if status == SUPPRESSED else None, lease_token=token,
         lease_until=now + LEASE if token else None))
-    if run_id is None:
+    if run is None:
         return None if status == SUPPRESSED else _existing(session, run_key)
-    probe.id, probe.position = run_id, [0]
-    _trace(session, probe, "start", f"started by {'event ' + event_id if event_id else 'date ' + trigger_key}",
-           trigger_key=trigger_key)
-    for condition in flow.conditions:
-        _trace(session, probe, "condition", f"{condition} -> true (start)", expression=condition, result=True)
+    session.info.setdefault("flow_runs", []).append(run)  # keep it in the identity map for the first steps
+    held = "; ".join(f"{condition} -> true" for condition in flow.conditions)
+    _trace(session, run, "start", f"started by {'event ' + event_id if event_id else 'date ' + trigger_key}"
+           + (f" ({held})" if held else ""), trigger_key=trigger_key,
+           conditions={condition: True for condition in flow.conditions} or None)
     if status == SUPPRESSED:
-        _trace(session, probe, "suppressed", "not started: no consent (customer.email_consent is not true)",
+        _trace(session, run, "suppressed", "not started: no consent (customer.email_consent is not true)",
                reason="no consent")
         from encore.metrics import EMAILS
 
         EMAILS.labels(flow=flow_file.key, outcome="no consent").inc()
         return None
-    return run_id, token
+    return run.id, token
 
 
 def _existing(session: Session, run_key: str) -> tuple[int, str | None] | None:
