@@ -276,8 +276,9 @@ def _step(session: Session, run_id: int, token: str) -> tuple[str, tuple[Any, st
         return (run.status if run else "gone"), None, False
     now = dates.now()
     if run.status == WAITING:
-        if run.wake_at is not None and run.wake_at > now:
-            return WAITING, (run.wake_at, run.job_id or _job_id(run)), False
+        if run.wake_at is not None and run.wake_at > now:  # woken early (clocks differ): sleep again
+            run.job_id = f"{_job_id(run)}-{uuid.uuid4().hex[:8]}"
+            return WAITING, (run.wake_at, run.job_id), False
         run.status = RUNNING
     shop = session.get(Shop, run.shop_id)
     customer = session.get(Customer, run.customer_id) if run.customer_id else None

@@ -371,3 +371,15 @@ def test_yaml_dates_in_a_flow_are_stored_as_text(env: pytest.MonkeyPatch) -> Non
     assert problems == [] and loaded is not None
     assert loaded.data["steps"][0]["http"]["json"] == {"since": "2026-03-01"}
     json.dumps(loaded.data)
+
+
+def test_a_run_woken_early_goes_back_to_sleep(flows_env, redis, tmp_path: Path) -> None:
+    flow_dir(tmp_path, flows_env, notes=TWO_NOTES)
+    process_event(event("order.placed", T0, customer(), order=order("91", T0)))
+    (run,) = runs()
+    assert engine.resume_run(run.id) == "waiting"  # a resume job arriving before its time
+    assert subjects(tmp_path) == ["First note"]
+    (again,) = runs()
+    assert again.status == "waiting" and again.job_id != run.job_id
+    walk_to(redis, T0 + timedelta(days=1))
+    assert subjects(tmp_path) == ["First note", "Second note"]
