@@ -473,3 +473,42 @@ def test_rq_dashboard_is_mounted_for_operators_only(client, redis):
     shop = client.get("/admin/rq/", headers={"Authorization": f"Bearer {_token()}"}, environ_base=REMOTE)
     assert shop.status_code == 401
     assert "/admin/rq/" in client.get("/admin/failures", environ_base=LOCAL).get_data(as_text=True)
+
+
+def test_every_page_on_sqlite_and_postgresql(db_url, env, redis):
+    from encore.store.ledger import get_or_create_shop
+    from encore.store.models import EventRecord
+    from flows.models import FlowEffect, FlowRun, FlowTrace
+    from tests.conftest import use_database
+    from webhooks import create_app
+
+    use_database(env, db_url)
+    now = datetime.now(UTC)
+    with session_scope() as session:
+        shop = get_or_create_shop(session, "shopify", SHOP)
+        session.flush()
+        ada = Customer(shop_id=shop.id, platform_id="1", email="Ada@Example.com", first_name="Ada",
+                       email_consent=True)
+        session.add(ada)
+        session.flush()
+        session.add(EventRecord(id="ev-1", shop_id=shop.id, customer_id=ada.id, platform="shopify",
+                                topic="orders/create", type="order.placed", occurred_at=now, received_at=now))
+        run = FlowRun(run_key="k", shop_id=shop.id, customer_id=ada.id, flow_key="loyalty_third_order",
+                      flow_name="Thank loyal customers", flow_digest="d", definition={}, trigger_key="once",
+                      status="done", position=[2], context={}, started_at=now, updated_at=now)
+        session.add(run)
+        session.flush()
+        session.add(FlowTrace(run_id=run.id, at=now, kind="suppressed", message="email not sent: frequency cap",
+                              step="steps[2]", detail={"reason": "frequency cap"}))
+        session.add(FlowEffect(key="m", run_id=run.id, shop_id=shop.id, customer_id=ada.id, kind="email",
+                               status="done", result={"to": "Ada@Example.com", "subject": "Three orders!"},
+                               created_at=now))
+        ada_id = ada.id
+    client = create_app().test_client()
+    assert "Ada@Example.com" in client.get("/admin/customers?q=ada@ex", environ_base=LOCAL).get_data(as_text=True)
+    timeline = client.get(f"/admin/customers/{ada_id}", environ_base=LOCAL).get_data(as_text=True)
+    assert "email not sent: frequency cap" in timeline and "order.placed" in timeline and "Three orders!" in timeline
+    assert "Three orders!" in client.get("/admin/messages", environ_base=LOCAL).get_data(as_text=True)
+    assert client.get("/admin/", environ_base=LOCAL).status_code == 200
+    preview = client.get(f"/admin/preview/email?flow=loyalty_third_order&customer={ada_id}", environ_base=LOCAL)
+    assert preview.status_code == 200 and "Ada" in preview.get_data(as_text=True)
