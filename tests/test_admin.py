@@ -512,3 +512,24 @@ def test_every_page_on_sqlite_and_postgresql(db_url, env, redis):
     assert client.get("/admin/", environ_base=LOCAL).status_code == 200
     preview = client.get(f"/admin/preview/email?flow=loyalty_third_order&customer={ada_id}", environ_base=LOCAL)
     assert preview.status_code == 200 and "Ada" in preview.get_data(as_text=True)
+
+
+def test_an_operator_looks_at_one_store_or_all(client, redis):
+    from encore.store.ledger import get_or_create_shop
+
+    with session_scope() as session:
+        first = get_or_create_shop(session, "shopify", SHOP)
+        second = get_or_create_shop(session, "woocommerce", "woo.example.com")
+        session.flush()
+        session.add(Customer(shop_id=first.id, platform_id="1", email="first@example.com"))
+        session.add(Customer(shop_id=second.id, platform_id="2", email="second@example.com"))
+        second_id = second.id
+    page = client.get("/admin/customers", environ_base=LOCAL).get_data(as_text=True)
+    assert "first@example.com" in page and "second@example.com" in page and 'name="store"' in page
+    chosen = client.post("/admin/store", data={"store": str(second_id), "back": "/admin/customers",
+                                               "csrf": _csrf(client)}, environ_base=LOCAL)
+    assert chosen.status_code == 302 and chosen.headers["Location"].endswith("/admin/customers")
+    page = client.get("/admin/customers", environ_base=LOCAL).get_data(as_text=True)
+    assert "first@example.com" not in page and "second@example.com" in page
+    client.post("/admin/store", data={"store": "", "csrf": _csrf(client)}, environ_base=LOCAL)
+    assert "first@example.com" in client.get("/admin/customers", environ_base=LOCAL).get_data(as_text=True)

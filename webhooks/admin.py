@@ -59,6 +59,8 @@ class Viewer:
     how: str
     shop: str | None = None
     shop_ids: list[int] = field(default_factory=list)
+    shops: list[tuple[int, str]] = field(default_factory=list)
+    chosen: int | None = None
 
     @property
     def everything(self) -> bool:
@@ -138,10 +140,14 @@ def require_sign_in():  # type: ignore[no-untyped-def]
             return redirect(url_for("admin.login", next=request.full_path))
         abort(401)
     with session_scope() as db:
-        query = select(Shop.id)
+        query = select(Shop.id, Shop.name, Shop.domain).order_by(Shop.id)
         if viewer.shop:
             query = query.where(Shop.domain == viewer.shop)
-        viewer.shop_ids = list(db.execute(query).scalars())
+        viewer.shops = [(row.id, row.name or row.domain) for row in db.execute(query)]
+    viewer.shop_ids = [shop_id for shop_id, _ in viewer.shops]
+    chosen = session.get("encore_store")
+    if viewer.everything and chosen in viewer.shop_ids:
+        viewer.chosen, viewer.shop_ids = chosen, [chosen]
     g.viewer = viewer
     if request.method == "POST":
         given = request.form.get("csrf", "")
@@ -186,6 +192,18 @@ def login():  # type: ignore[no-untyped-def]
         error = "That password is not right." if configured else "No ADMIN_PASSWORD is set on this server."
         log.warning("admin sign-in refused", extra={"remote_addr": request.remote_addr})
     return render_template("admin/login.html", error=error, configured=bool(configured)), 401 if error else 200
+
+
+@blueprint.post("/store")
+def choose_store():  # type: ignore[no-untyped-def]
+    """Look at one store (operators with several), or at all of them."""
+    value = request.form.get("store", "")
+    if value.isdigit() and int(value) in [shop_id for shop_id, _ in g.viewer.shops]:
+        session["encore_store"] = int(value)
+    else:
+        session.pop("encore_store", None)
+    target = request.form.get("back") or url_for("admin.flows")
+    return redirect(target if target.startswith("/admin") else url_for("admin.flows"))
 
 
 @blueprint.post("/logout")
