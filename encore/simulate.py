@@ -860,7 +860,7 @@ def _day(value: str, name: str, end: bool = False) -> datetime:
 @click.option("--currency", default="EUR", show_default=True, help="the shop's currency")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
               help="write every email, code, suppression and exit here")
-@click.option("--days", default=14, show_default=True, help="how many of the busiest days to show per day")
+@click.option("--days", default=14, show_default=True, help="how many of the busiest days to show (0: every day)")
 def simulate(orders_file: Path, customers_file: Path | None, date_from: str | None, date_to: str | None,
              flows_dir: Path | None, zone_name: str | None, currency: str, csv_path: Path | None, days: int) -> None:
     """Run the flows over historical orders with a simulated clock: who would get which email, when, and why not."""
@@ -916,8 +916,10 @@ def simulate(orders_file: Path, customers_file: Path | None, date_from: str | No
     by_day: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     for item in sim.outcomes:
         by_day[(item.at.astimezone(tz).date().isoformat(), item.flow)][item.action] += 1
-    busiest = sorted(by_day.items(), key=lambda kv: (-(kv[1]["email"] + kv[1]["suppressed"]), kv[0]))[:days]
-    daily = Table("day", "flow", "emails", "codes", "suppressed", title=f"the {len(busiest)} busiest days and flows")
+    ranked = sorted(by_day.items(), key=lambda kv: (-(kv[1]["email"] + kv[1]["suppressed"]), kv[0]))
+    busiest = ranked[:days] if days > 0 else ranked
+    title = f"the {len(busiest)} busiest days and flows" if days > 0 else "every day and flow"
+    daily = Table("day", "flow", "emails", "codes", "suppressed", title=title)
     for (day, flow), counts in sorted(busiest):
         daily.add_row(day, flow, str(counts["email"]), str(counts["code"]), str(counts["suppressed"]))
     out.print(daily)

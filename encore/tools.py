@@ -345,6 +345,38 @@ def samples_send(url: str | None) -> None:
     click.echo(f"done: open {url}/admin (emails: Messages, and the outbox folder)")
 
 
+@samples.command("forget")
+@click.option("--url", default=None, help="where Encore runs (default: APP_URL)")
+def samples_forget(url: str | None) -> None:
+    """Remove the sample store and everything it brought (customers, orders, runs, archived webhooks)."""
+    from sqlalchemy import delete, select
+
+    from encore import archive
+    from encore.settings import get_settings
+    from encore.store import migrate, session_scope
+    from encore.store.models import EventRecord, Shop
+    from webhooks.sandbox import COUPONS_KEY, PATH
+    from webhooks.woocommerce import store_domain
+
+    migrate()
+    domain = store_domain((url or get_settings().APP_URL).rstrip("/") + PATH)
+    with session_scope() as session:
+        shop = session.execute(select(Shop).where(Shop.platform == "woocommerce", Shop.domain == domain)).scalar()
+        if shop is None:
+            raise click.ClickException(f"no sample store {domain} (see `encore stores list`)")
+        session.execute(delete(EventRecord).where(EventRecord.shop_id == shop.id))
+        session.execute(delete(archive.WebhookDelivery).where(archive.WebhookDelivery.platform == "woocommerce",
+                                                              archive.WebhookDelivery.shop == domain))
+        session.delete(shop)
+    try:
+        from encore.queue import get_redis
+
+        get_redis().delete(COUPONS_KEY)
+    except Exception:  # noqa: BLE001 - Redis down: the coupons expire with it
+        pass
+    click.echo(f"sample store {domain} removed")
+
+
 def _simulate_command() -> click.Command:
     from encore.simulate import simulate
 
