@@ -107,6 +107,11 @@ def test_samples_then_the_admin_page_in_chromium(server, browser, redis, tmp_pat
     assert cells[3] == "2" and cells[5] == "2" and cells[6] == "2"  # runs, emails, codes
     assert not_blank(shot(page, folder, "flows", full_page=True))
 
+    page.click("text=Thank loyal customers on their third order")
+    runs = page.locator("table").inner_text()
+    assert "grace@example.com" in runs and "completed" in runs
+    assert not_blank(shot(page, folder, "flow", full_page=True))
+
     page.click("text=Customers")
     page.fill("input[name=q]", "grace")
     page.click("button:has-text('Find')")

@@ -166,7 +166,9 @@ def csrf_token() -> str:
 
 @blueprint.app_context_processor
 def _template_globals() -> dict[str, Any]:
-    return {"csrf_token": csrf_token, "viewer": g.get("viewer"), "money": _money}
+    from flows.steps import position_label
+
+    return {"csrf_token": csrf_token, "viewer": g.get("viewer"), "money": _money, "step_label": position_label}
 
 
 def _money(value: Any, currency: str | None = None) -> str:
@@ -331,6 +333,31 @@ def flows():  # type: ignore[no-untyped-def]
     currency = next((item.currency for item in items if item.currency), None)
     return render_template("admin/flows.html", flows=items, problems=problems, totals=totals, revenue=revenue,
                            currency=currency, days=WINDOW.days)
+
+
+@blueprint.get("/flows/<flow_key>")
+def flow_runs(flow_key: str):  # type: ignore[no-untyped-def]
+    """One flow's recent runs: who, when, how far, and why it stopped or was suppressed."""
+    from flows import loader
+    from flows.models import FlowRun
+
+    status = request.args.get("status") or None
+    with session_scope() as db:
+        query = select(FlowRun, Customer.email, Customer.id).outerjoin(Customer, Customer.id == FlowRun.customer_id) \
+            .where(FlowRun.flow_key == flow_key, FlowRun.shop_id.in_(g.viewer.shop_ids))
+        if status:
+            query = query.where(FlowRun.status == status)
+        rows = db.execute(query.order_by(FlowRun.started_at.desc()).limit(200)).all()
+        counts = dict(db.execute(select(FlowRun.status, func.count()).where(
+            FlowRun.flow_key == flow_key, FlowRun.shop_id.in_(g.viewer.shop_ids),
+            FlowRun.started_at >= utcnow() - WINDOW).group_by(FlowRun.status)).all())
+    flow_file = loader.registry().flows.get(flow_key)
+    if flow_file is None and not rows and not counts:
+        abort(404)
+    name = flow_file.flow.name if flow_file else (rows[0][0].flow_name if rows else flow_key)
+    return render_template("admin/flow.html", key=flow_key, name=name, flow=flow_file, rows=rows, counts=counts,
+                           status=status, days=WINDOW.days,
+                           trigger=describe_trigger(flow_file.flow.trigger) if flow_file else None)
 
 
 # ---- customers -------------------------------------------------------------------------------------
