@@ -106,6 +106,16 @@ def read_recorded(paths: list[Path], platform: str | None = None, shop: str | No
             yield Recorded(platform=found, shop=domain, topic=name, body=path.read_bytes(), source=str(path))
 
 
+def archived(since: datetime | None, until: datetime | None, platform: str | None, shop: str | None,
+             topic: str | None) -> Iterator[Recorded]:
+    """Recorded webhooks from the archive, oldest first."""
+    from encore import archive
+
+    for row in archive.deliveries(since, until, platform, shop, topic):
+        yield Recorded(platform=row.platform, shop=row.shop, topic=row.topic, body=row.body.encode(),
+                       headers=dict(row.headers or {}), delivery_id=row.delivery_id, source=f"archive #{row.id}")
+
+
 def events_of(recorded: Recorded) -> list[Event]:
     """The canonical events the platform's receiver makes of a recorded delivery."""
     from webhooks.base import Delivery
@@ -140,7 +150,12 @@ def _duration(value: str) -> timedelta:
 
 
 @click.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("files", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--archive", "from_archive", is_flag=True,
+              help="replay the archived webhooks instead of files (narrow with --since, --until, --platform, --shop, "
+                   "--topic)")
+@click.option("--since", help="with --archive: received at or after (YYYY-MM-DD or ISO 8601)")
+@click.option("--until", help="with --archive: received before (YYYY-MM-DD or ISO 8601)")
 @click.option("--dry-run", is_flag=True, help="rehearse on a copy of the store: write what would happen, send nothing")
 @click.option("--follow", default="90d", show_default=True,
               help="with --dry-run: also rehearse the steps after waits, up to this long after now")
@@ -149,8 +164,9 @@ def _duration(value: str) -> timedelta:
 @click.option("--platform", type=click.Choice(["shopify", "woocommerce"]), help="platform of payload files")
 @click.option("--shop", help="store domain of payload files (default: the only store of the platform)")
 @click.option("--topic", help="topic of payload files (default: from the file name, e.g. orders_create.json)")
-def replay(files: tuple[Path, ...], dry_run: bool, follow: str, report: Path | None, use_queue: bool,
-           platform: str | None, shop: str | None, topic: str | None) -> None:
+def replay(files: tuple[Path, ...], from_archive: bool, since: str | None, until: str | None, dry_run: bool,
+           follow: str, report: Path | None, use_queue: bool, platform: str | None, shop: str | None,
+           topic: str | None) -> None:
     """Send recorded webhooks (a JSON-lines export, payload files or folders) through the pipeline again.
 
     Events already processed are recognised and skipped by the ledger, so replaying after an outage
@@ -159,9 +175,14 @@ def replay(files: tuple[Path, ...], dry_run: bool, follow: str, report: Path | N
     from encore import logs
     from encore.store import migrate
 
+    if bool(files) == from_archive:
+        raise click.UsageError("give recorded webhook files, or --archive")
     logs.setup("WARNING")
     migrate()
-    recorded = list(read_recorded(list(files), platform, shop, topic))
+    if from_archive:
+        recorded = list(archived(_when(since, "--since"), _when(until, "--until"), platform, shop, topic))
+    else:
+        recorded = list(read_recorded(list(files), platform, shop, topic))
     if not recorded:
         raise click.ClickException("no recorded webhooks found")
     if dry_run:

@@ -151,3 +151,19 @@ def test_dry_run_rehearses_on_a_copy_of_sqlite_or_postgresql(db_url, env, redis,
     lines = [json.loads(line) for line in report.read_text().splitlines()]
     assert any(r["flow"] == "loyalty_third_order" and r["kind"] == "sent" for r in lines), lines
     assert _count(Order) == 2 and _count(FlowRun) == 0 and _count(EventRecord) == 0
+
+
+def test_replay_straight_from_the_archive(client, redis, env, tmp_path):
+    _post_shopify(client, "customers/create", "customers_create", "wh-a1")
+    _post_shopify(client, "orders/create", "orders_create", "wh-a2")
+    drain(redis)
+    result = CliRunner().invoke(main, ["replay", "--archive", "--since", "2000-01-01", "--topic", "orders/create"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("already processed") == 1 and "archive #" in result.output
+    nothing = CliRunner().invoke(main, ["replay", "--archive", "--until", "2000-01-01"])
+    assert nothing.exit_code != 0 and "no recorded webhooks found" in nothing.output
+    export = tmp_path / "x.jsonl"
+    export.write_text("")
+    assert CliRunner().invoke(main, ["replay"]).exit_code == 2
+    both = CliRunner().invoke(main, ["replay", str(export), "--archive"])
+    assert both.exit_code == 2 and "give recorded webhook files, or --archive" in both.output
