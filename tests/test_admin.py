@@ -82,7 +82,8 @@ def post_woo(client, body: dict, topic: str) -> None:  # type: ignore[no-untyped
 # ---- sign-in ---------------------------------------------------------------------------------------
 
 def test_without_a_password_only_this_machine_gets_in(client):
-    assert client.get("/admin/", environ_base=LOCAL).status_code == 200
+    local = client.get("/admin/", environ_base=LOCAL)
+    assert local.status_code == 200 and local.headers["Content-Security-Policy"] == "frame-ancestors 'self'"
     away = client.get("/admin/", environ_base=REMOTE)
     assert away.status_code == 302 and "/admin/login" in away.headers["Location"]
     # a proxy on this machine forwarding someone else's request is not this machine
@@ -132,6 +133,8 @@ def test_shopify_session_token_signs_in_that_shop_only(client, redis):
         session.add(Customer(shop_id=other.id, platform_id="2", email="theirs@example.com"))
     page = client.get("/admin/customers", headers={"Authorization": f"Bearer {_token()}"}, environ_base=REMOTE)
     assert page.status_code == 200
+    # Shopify shows the page inside its admin, and only there
+    assert page.headers["Content-Security-Policy"] == f"frame-ancestors https://{SHOP} https://admin.shopify.com"
     text = page.get_data(as_text=True)
     assert "mine@example.com" in text and "theirs@example.com" not in text
     # the browser stays signed in as that shop (the signed session), and sees no operator pages

@@ -156,6 +156,16 @@ def require_sign_in():  # type: ignore[no-untyped-def]
     return None
 
 
+@blueprint.after_request
+def frame_policy(response: Response) -> Response:
+    """Who may show these pages in a frame: the Shopify admin for a shop's sign-in, else only this site."""
+    viewer = g.get("viewer")
+    if "Content-Security-Policy" not in response.headers:
+        ancestors = f"https://{viewer.shop} https://admin.shopify.com" if viewer and viewer.shop else "'self'"
+        response.headers["Content-Security-Policy"] = f"frame-ancestors {ancestors}"
+    return response
+
+
 def csrf_token() -> str:
     """The session's token for forms."""
     token = session.get("encore_csrf")
