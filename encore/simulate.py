@@ -523,7 +523,8 @@ class Simulation:
             count += 1
             for name, moment in (("order.paid", item.paid_at), ("order.fulfilled", item.fulfilled_at),
                                  ("order.cancelled", item.cancelled_at)):
-                if moment is not None and (name in self.by_event or name in self.exiting):
+                listened = name in self.by_event or name in self.exiting or name == "order.cancelled"
+                if moment is not None and listened:
                     self.at(max(moment, created), "event", (name, customer, item.order))
                     count += 1
         emails = {c.email for c in self.customers.values() if c.email}
@@ -555,6 +556,10 @@ class Simulation:
             self.plan_dates(customer, "customer.last_order_at")
             if customer.orders_count == 1:
                 self.plan_dates(customer, "customer.first_order_at")
+        elif name == "order.cancelled":  # the ledger counts orders that are not cancelled
+            customer.orders_count = max(0, customer.orders_count - 1)
+            customer.total_spent -= order.total or Decimal("0")
+            customer.changed()
         exiting, starting = self.exiting.get(name), self.by_event.get(name)
         if not exiting and not starting:
             return

@@ -206,3 +206,27 @@ def test_the_fast_subjects_agree_with_the_template_engine():
             for ctx in contexts:
                 assert fast(ctx) == expressions.render_string(subject, ctx)
     assert simulate.simple_text("{{ customer.first_name | upper }}") is None
+
+
+def test_a_woocommerce_csv_export(tmp_path):
+    path = tmp_path / "woo-orders.csv"
+    path.write_text(
+        "Order ID,Order Date,Order Status,Customer ID,Billing First Name,Billing Last Name,Billing Email,"
+        "Order Total,Coupon Code,Date Completed\n"
+        "701,2026-05-01 10:00:00,completed,25,Grace,Hopper,GRACE@example.com,42.00,,2026-05-02 09:00:00\n"
+        "702,2026-05-03 10:00:00,processing,25,Grace,Hopper,grace@example.com,18.50,SPRING,\n"
+        "703,2026-05-04 10:00:00,cancelled,,Guest,Buyer,guest@example.com,9.00,,\n")
+    orders = simulate.read_orders(path)
+    assert [o.order.id for o in orders] == ["701", "702", "703"]
+    first = orders[0]
+    assert (first.customer_key, first.email, first.first_name) == ("25", "grace@example.com", "Grace")
+    assert first.order.total == Decimal("42.00") and first.fulfilled_at == datetime(2026, 5, 2, 9, 0, tzinfo=UTC)
+    assert first.paid_at == first.order.created_at  # completed: paid when placed
+    assert orders[1].order.discount_codes == ["SPRING"] and orders[1].fulfilled_at is None
+    assert orders[2].cancelled_at is not None and orders[2].customer_key == "email:guest@example.com"
+    sim = run(path, zone="UTC")
+    thanks = rows(sim, "thank_you_first_order", "email")
+    assert [(t.customer, t.at) for t in thanks] == [("grace@example.com", datetime(2026, 5, 1, 12, 0, tzinfo=UTC))]
+    # the guest's only order was cancelled: the ledger no longer counts it, so the thank-you run ends
+    assert [(o.action, o.reason) for o in rows(sim, "thank_you_first_order", customer="guest@example.com")] == [
+        ("exited", "condition no longer holds: customer.orders_count == 1")]
