@@ -24,6 +24,8 @@ lint: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/flows.py
+	$(BIN)/python bench/mail.py
+	$(BIN)/python bench/simulate.py
 
 clean:
 	rm -rf $(VENV) .encore outbox encore.db
