@@ -685,17 +685,19 @@ class Simulation:
         run_key = (key, customer.key, trigger_key)
         if run_key in self.run_keys:
             return
-        if self._customer_only_flow(key, flow):  # decide before building the run
+        simple = self._customer_only_flow(key, flow)
+        if simple and flow.conditions:  # decide before building the run
             failed = self.holds(flow, {"customer": customer.view(), "shop": self.shop}, customer)
             if failed is not None:
                 self.not_started[(key, f"condition false: {failed}")] += 1
                 return
         self.runs += 1
         run = SimRun(self.runs, key, flow, customer, self.now, event, order)
-        failed = self.holds(flow, self.context(run), customer)
-        if failed is not None:
-            self.not_started[(key, f"condition false: {failed}")] += 1
-            return
+        if not simple:
+            failed = self.holds(flow, self.context(run), customer)
+            if failed is not None:
+                self.not_started[(key, f"condition false: {failed}")] += 1
+                return
         if flow.entry.cooldown:
             last = self.last_start.get((key, customer.key))
             if last is not None and last > self.now - flow.entry.cooldown:
@@ -715,12 +717,14 @@ class Simulation:
     def advance(self, run: SimRun) -> None:
         """Execute a run's steps until it ends or waits (as the engine's `_step` loop)."""
         for _ in range(200):
-            ctx = self.context(run)
-            failed = self.holds(run.flow, ctx, run.customer)
-            if failed is not None:
-                run.active = False
-                self.record(run, "exited", reason=f"condition no longer holds: {failed}")
-                return
+            ctx: dict[str, Any] | None = None
+            if run.flow.conditions:
+                ctx = self.context(run)
+                failed = self.holds(run.flow, ctx, run.customer)
+                if failed is not None:
+                    run.active = False
+                    self.record(run, "exited", reason=f"condition no longer holds: {failed}")
+                    return
             step = step_at(run.flow.steps, run.position)
             kind = self.kinds.get(id(step))
             if kind is None:
@@ -740,7 +744,7 @@ class Simulation:
                 return
             if kind == "if":
                 try:
-                    result = bool(expressions.holds(step.if_, ctx))
+                    result = bool(expressions.holds(step.if_, ctx or self.context(run)))
                 except expressions.ExpressionError:
                     result = False
                 branch = step.then if result else step.else_
@@ -751,14 +755,15 @@ class Simulation:
                 run.active = False
                 return
             elif kind == "send_email":
-                deferred = self.send_email(run, step.send_email, ctx)
+                deferred = self.send_email(run, step.send_email, ctx or self.context(run))
                 if deferred is not None:
                     self.at(deferred, "resume", run)
                     return
             elif kind == "create_discount":
                 self.create_discount(run, step.create_discount)
             elif kind == "tag_customer":
-                run.customer.tags.update(expressions.render_string(t, ctx) for t in step.tag_customer)
+                tag_ctx = ctx or self.context(run)
+                run.customer.tags.update(expressions.render_string(t, tag_ctx) for t in step.tag_customer)
                 run.customer.changed()
             following = next_position(run.flow.steps, run.position)
             if following is None:
