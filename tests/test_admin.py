@@ -145,7 +145,7 @@ def test_shopify_session_token_signs_in_that_shop_only(client, redis):
 
 
 @pytest.mark.parametrize("token", [
-    _token(secret="another-apps-secret"),
+    _token(secret="another-apps-secret-0123456789abcdef"),
     _token(aud="another-api-key"),
     _token(exp=int(time.time()) - 3600),
     _token(shop="not-a-shop.example.com"),
