@@ -230,6 +230,13 @@ def test_customer_timeline_says_why(client, redis, woo_store):
     assert "bob@example.com" in found and "ada@example.com" not in found
     messages = client.get("/admin/messages", environ_base=LOCAL).get_data(as_text=True)
     assert "ada@example.com" in messages and "Welcome to" in messages and "bob@example.com" not in messages
+    # the email as it was written to the outbox
+    link = re.search(r'href="(/admin/messages/[^"]+)"', messages).group(1)  # type: ignore[union-attr]
+    sent = client.get(link.replace("&amp;", "&"), environ_base=LOCAL)
+    assert sent.status_code == 200 and "Ada" in sent.get_data(as_text=True)
+    assert re.search(r"HELLO-\w{4}-\w{4}", sent.get_data(as_text=True))
+    assert "script-src 'none'" in sent.headers["Content-Security-Policy"]
+    assert client.get("/admin/messages/not-a-key", environ_base=LOCAL).status_code == 404
     assert client.get("/admin/customers/999999", environ_base=LOCAL).status_code == 404
 
 

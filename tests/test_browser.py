@@ -135,6 +135,11 @@ def test_samples_then_the_admin_page_in_chromium(server, browser, redis, tmp_pat
 
     page.goto(f"{server}/admin/messages")
     assert page.locator("td", has_text="ada@example.com").count() >= 1
+    assert not_blank(shot(page, folder, "messages", full_page=True))
+    view = page.locator("tr", has_text="ada@example.com").locator("a", has_text="view").get_attribute("href")
+    page.goto(f"{server}{view}")
+    assert "Welcome to Sample Store, Ada!" in page.inner_text("body")  # the email as sent, from the outbox
+    assert not_blank(shot(page, folder, "sent-email", full_page=True))
     # a forged webhook and a failing job, then the Failures page and its Requeue button
     import requests
 
