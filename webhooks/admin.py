@@ -444,7 +444,7 @@ def customer(customer_id: int):  # type: ignore[no-untyped-def]
                             .order_by(FlowEffect.created_at.desc()).limit(100)).scalars().all()
         suppressed = is_suppressed(db, row.shop_id, row.email) if row.email else None
     return render_template("admin/customer.html", customer=row, shop=shop, items=items, emails=emails,
-                           suppressed=suppressed, flows=_flow_choices())
+                           suppressed=suppressed, flows=_flow_choices(), outbox=outbox_folder() is not None)
 
 
 # ---- messages --------------------------------------------------------------------------------------
