@@ -110,6 +110,7 @@ def test_samples_then_the_admin_page_in_chromium(server, browser, redis, tmp_pat
     page.click("text=Thank loyal customers on their third order")
     runs = page.locator("table").inner_text()
     assert "grace@example.com" in runs and "completed" in runs
+    assert "Emails not sent, and why: frequency cap 1" in page.inner_text("main")
     assert not_blank(shot(page, folder, "flow", full_page=True))
 
     page.click("text=Customers")

@@ -350,7 +350,7 @@ def flows():  # type: ignore[no-untyped-def]
 def flow_runs(flow_key: str):  # type: ignore[no-untyped-def]
     """One flow's recent runs: who, when, how far, and why it stopped or was suppressed."""
     from flows import loader
-    from flows.models import FlowRun
+    from flows.models import FlowRun, FlowTrace
 
     status = request.args.get("status") or None
     with session_scope() as db:
@@ -362,12 +362,17 @@ def flow_runs(flow_key: str):  # type: ignore[no-untyped-def]
         counts = dict(db.execute(select(FlowRun.status, func.count()).where(
             FlowRun.flow_key == flow_key, FlowRun.shop_id.in_(g.viewer.shop_ids),
             FlowRun.started_at >= utcnow() - WINDOW).group_by(FlowRun.status)).all())
+        reasons: dict[str, int] = defaultdict(int)
+        for (detail,) in db.execute(select(FlowTrace.detail).join(FlowRun, FlowRun.id == FlowTrace.run_id).where(
+                FlowRun.flow_key == flow_key, FlowRun.shop_id.in_(g.viewer.shop_ids), FlowTrace.kind == "suppressed",
+                FlowTrace.at >= utcnow() - WINDOW)):
+            reasons[str((detail or {}).get("reason") or "other")] += 1
     flow_file = loader.registry().flows.get(flow_key)
     if flow_file is None and not rows and not counts:
         abort(404)
     name = flow_file.flow.name if flow_file else (rows[0][0].flow_name if rows else flow_key)
     return render_template("admin/flow.html", key=flow_key, name=name, flow=flow_file, rows=rows, counts=counts,
-                           status=status, days=WINDOW.days,
+                           status=status, days=WINDOW.days, reasons=sorted(reasons.items(), key=lambda kv: -kv[1]),
                            trigger=describe_trigger(flow_file.flow.trigger) if flow_file else None)
 
 
