@@ -211,3 +211,23 @@ def test_concurrent_events_for_a_new_customer_make_one_row(db):
     assert count(Customer) == 1
     row = ledger_row()
     assert (row.orders_count, row.total_spent) == (8, Decimal("80.00"))
+
+
+def test_redaction_also_removes_the_archived_webhook_bodies(db):
+    from encore import archive
+
+    ada = shopify_event("orders/create", order_payload(1))
+    bob = shopify_event("orders/create", order_payload(2, customer_gid="gid://shopify/Customer/8002",
+                                                       email="bob@example.com"))
+    for event in (ada, bob):
+        apply(event)
+        archive.record_delivery("shopify", SHOP, "orders/create", event.id, [("X-Shopify-Topic", "orders/create")],
+                                json.dumps(event.raw).encode(), "queued", [event.id])
+    redact = {"shop_id": 1, "shop_domain": SHOP, "customer": {"id": 7001, "email": "ada@example.com", "phone": None},
+              "orders_to_redact": [1]}
+    apply(shopify_event("customers/redact", redact))
+    kept = list(archive.deliveries())
+    assert [d.event_ids for d in kept] == [[bob.id]]
+    assert all("ada@example.com" not in d.body for d in kept)
+    apply(shopify_event("shop/redact", {"shop_id": 1, "shop_domain": SHOP}))
+    assert list(archive.deliveries()) == []

@@ -13,12 +13,13 @@ Applying an event is idempotent and order-independent:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import String, cast, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -37,13 +38,25 @@ class LedgerResult:
     order: Order | None = None
 
 
+_INSERTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
+
+
 def _insert(session: Session, model: type[Base], values: dict[str, Any], conflict: list[str]) -> bool:
-    """INSERT … ON CONFLICT DO NOTHING; True when a row was inserted."""
+    """INSERT … ON CONFLICT DO NOTHING; True when a row was inserted.
+
+    The statement is built once per (dialect, table, columns) and reused with new parameters, which
+    spares SQLAlchemy from coercing literal values on every event.
+    """
     dialect = session.get_bind().dialect.name
-    builder = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = builder(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
-    key_column = model.__table__.c[conflict[0]]
-    return session.execute(stmt.returning(key_column)).first() is not None
+    key = (dialect, model.__tablename__, tuple(sorted(values)), tuple(conflict))
+    stmt = _INSERTS.get(key)
+    if stmt is None:
+        builder = pg_insert if dialect == "postgresql" else sqlite_insert
+        table = model.__table__
+        stmt = (builder(table).on_conflict_do_nothing(index_elements=conflict)
+                .returning(table.c[conflict[0]]))
+        _INSERTS[key] = stmt
+    return session.execute(stmt, values).first() is not None
 
 
 def get_or_create_shop(session: Session, platform: str, domain: str) -> Shop:
@@ -64,7 +77,7 @@ def find_customer(session: Session, shop_id: int, key: str, *, lock: bool = Fals
 def apply_event(session: Session, event: ev.Event) -> LedgerResult:
     """Apply one canonical event to the ledger inside the caller's transaction."""
     privacy = event.type.is_privacy
-    payload = None if privacy else event.to_dict()
+    payload = None if privacy else event.to_dict(raw=False)  # the raw body is in the webhook archive
     new = _insert(session, EventRecord, {
         "id": event.id, "platform": event.platform, "topic": event.topic, "type": event.type.value,
         "occurred_at": event.occurred_at, "received_at": event.received_at, "processed_at": utcnow(),
@@ -215,6 +228,8 @@ def redact_customer(session: Session, shop: Shop, event: ev.Event) -> int:
     removed = 0
     order_ids = [str(o) for o in event.data.get("orders_to_redact", [])]
     for row in {r.id: r for r in rows}.values():
+        event_ids = session.execute(select(EventRecord.id).where(EventRecord.customer_id == row.id)).scalars().all()
+        forget_deliveries(session, shop, event_ids)
         session.execute(delete(EventRecord).where(EventRecord.customer_id == row.id))
         session.execute(delete(Order).where(Order.customer_id == row.id))
         session.delete(row)
@@ -225,8 +240,25 @@ def redact_customer(session: Session, shop: Shop, event: ev.Event) -> int:
     return removed
 
 
+def forget_deliveries(session: Session, shop: Shop, event_ids: Sequence[str]) -> None:
+    """Delete the archived webhook bodies that carried these events (they hold personal data)."""
+    from encore.archive import WebhookDelivery
+
+    text_ids = cast(WebhookDelivery.event_ids, String)
+    for start in range(0, len(event_ids), 200):
+        chunk = event_ids[start:start + 200]
+        session.execute(delete(WebhookDelivery).where(
+            WebhookDelivery.platform == shop.platform, WebhookDelivery.shop == shop.domain,
+            or_(*(text_ids.like(f'%"{event_id}"%') for event_id in chunk))).execution_options(
+                synchronize_session=False))
+
+
 def redact_shop(session: Session, shop: Shop) -> None:
-    """Delete a shop and everything stored about it (Shopify `shop/redact`)."""
+    """Delete a shop and everything stored about it (Shopify `shop/redact`), archived webhooks included."""
+    from encore.archive import WebhookDelivery
+
+    session.execute(delete(WebhookDelivery).where(WebhookDelivery.platform == shop.platform,
+                                                  WebhookDelivery.shop == shop.domain))
     session.execute(update(EventRecord).where(EventRecord.shop_id == shop.id).values(customer_id=None))
     for model in (EventRecord, Order, Customer):
         session.execute(delete(model).where(model.shop_id == shop.id))
