@@ -5,15 +5,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from rq import SimpleWorker, Worker
-from rq.worker import BaseWorker
 from rq.serializers import JSONSerializer
+from rq.worker import BaseWorker
 
 from encore import logs
 from encore.queue import QUEUES, get_redis, queue
 from encore.store import migrate
+
+log = logging.getLogger("encore.worker")
 
 WORKER_CLASSES: dict[str, type[BaseWorker]] = {"simple": SimpleWorker, "fork": Worker}
 
@@ -34,6 +37,10 @@ def main(burst: bool = False) -> None:
     """Migrate the store, then work until stopped (with RQ's scheduler for delayed steps)."""
     logs.setup()
     migrate()
+    from flows.loader import registry
+
+    loaded = registry()  # a bad flow file is reported now, and skipped while the others run
+    log.info("flows loaded", extra={"flows": sorted(loaded.flows), "problems": len(loaded.problems)})
     build_worker().work(burst=burst, with_scheduler=True, logging_level="INFO")
 
 
