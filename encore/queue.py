@@ -96,7 +96,8 @@ def enqueue_event(event: Event, connection: Redis | None = None) -> bool:
 
 def delivery_body(key: str, connection: Redis | None = None) -> bytes | None:
     """The raw body of a queued delivery (kept until it is processed, at most FAILURE_TTL)."""
-    return (connection or get_redis()).get(BODY_PREFIX + key)
+    body = (connection or get_redis()).get(BODY_PREFIX + key)
+    return body.encode() if isinstance(body, str) else body
 
 
 def forget_delivery_body(key: str, connection: Redis | None = None) -> None:

@@ -19,7 +19,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import String, cast, delete, func, or_, select, update
+from sqlalchemy import String, Table, cast, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -38,6 +38,13 @@ class LedgerResult:
     order: Order | None = None
 
 
+def cast_table(model: type[Base]) -> Table:
+    """The Table behind a mapped class."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
 _INSERTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
 
 
@@ -52,7 +59,7 @@ def _insert(session: Session, model: type[Base], values: dict[str, Any], conflic
     stmt = _INSERTS.get(key)
     if stmt is None:
         builder = pg_insert if dialect == "postgresql" else sqlite_insert
-        table = model.__table__
+        table = cast_table(model)
         stmt = (builder(table).on_conflict_do_nothing(index_elements=conflict)
                 .returning(table.c[conflict[0]]))
         _INSERTS[key] = stmt
