@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from redis import Redis
@@ -70,28 +71,40 @@ def queue(name: str = EVENTS, connection: Redis | None = None) -> Queue:
     return Queue(name, connection=connection or get_redis(), serializer=JSONSerializer)
 
 
-def enqueue_event(event: Event, connection: Redis | None = None) -> bool:
-    """Queue an event for the worker once; False when this event id was queued before (a duplicate).
+@contextmanager
+def _first_time(connection: Redis, key: str) -> Iterator[bool]:
+    """Mark `key` as seen; yields False when it was seen before.
 
-    The event id is both the dedupe key and the RQ job id, so a retried delivery can't become two jobs.
-    If queueing fails the dedupe mark is removed, so the platform's retry is accepted.
+    If the block fails the mark is removed again, so the platform's retry is accepted, not taken
+    for a duplicate.
     """
-    connection = connection or get_redis()
-    seen = SEEN_PREFIX + event.id
-    if not connection.set(seen, os.getpid(), nx=True, ex=get_settings().DEDUPE_TTL_SECONDS):
-        return False
+    seen = SEEN_PREFIX + key
+    if not connection.set(seen, 1, nx=True, ex=get_settings().DEDUPE_TTL_SECONDS):
+        yield False
+        return
     try:
-        queue(EVENTS, connection).enqueue_call(
-            "encore.jobs.process_event", args=(event.to_dict(),), job_id=event.id, retry=EVENT_RETRY,
-            result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, description=f"{event.platform} {event.topic}",
-        )
+        yield True
     except Exception:
         try:
             connection.delete(seen)
         except Exception:  # noqa: BLE001 - Redis is already failing; the original error matters
             log.warning("could not clear dedupe mark %s", seen)
         raise
-    return True
+
+
+def enqueue_event(event: Event, connection: Redis | None = None) -> bool:
+    """Queue a canonical event for the worker once; False when this event id was queued before.
+
+    The event id is both the dedupe key and the RQ job id, so a repeated event can't become two jobs.
+    """
+    connection = connection or get_redis()
+    with _first_time(connection, event.id) as first:
+        if first:
+            queue(EVENTS, connection).enqueue_call(
+                "encore.jobs.process_event", args=(event.to_dict(),), job_id=event.id, retry=EVENT_RETRY,
+                result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, description=f"{event.platform} {event.topic}",
+            )
+    return first
 
 
 def delivery_body(key: str, connection: Redis | None = None) -> bytes | None:
@@ -113,22 +126,14 @@ def enqueue_delivery(platform: str, delivery: dict[str, Any], body: bytes, key: 
     so the job never exists without its body and a 200 means both are in Redis.
     """
     connection = connection or get_redis()
-    seen = SEEN_PREFIX + key
-    if not connection.set(seen, 1, nx=True, ex=get_settings().DEDUPE_TTL_SECONDS):
-        return False
-    try:
-        with connection.pipeline() as pipe:
-            queue(EVENTS, connection).enqueue_call(
-                "encore.jobs.process_delivery", args=(platform, delivery), job_id=key, retry=EVENT_RETRY,
-                result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, description=f"{platform} {delivery.get('topic')}",
-                pipeline=pipe,
-            )  # RQ opens the MULTI; the body joins the same transaction
-            pipe.set(BODY_PREFIX + key, body, ex=FAILURE_TTL)
-            pipe.execute()
-    except Exception:
-        try:
-            connection.delete(seen)
-        except Exception:  # noqa: BLE001 - Redis is already failing; the original error matters
-            log.warning("could not clear dedupe mark %s", seen)
-        raise
-    return True
+    with _first_time(connection, key) as first:
+        if first:
+            with connection.pipeline() as pipe:
+                queue(EVENTS, connection).enqueue_call(
+                    "encore.jobs.process_delivery", args=(platform, delivery), job_id=key, retry=EVENT_RETRY,
+                    result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
+                    description=f"{platform} {delivery.get('topic')}", pipeline=pipe,
+                )  # RQ opens the MULTI; the body joins the same transaction
+                pipe.set(BODY_PREFIX + key, body, ex=FAILURE_TTL)
+                pipe.execute()
+    return first
