@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 from typing import Any
+
+import orjson
 
 from encore import archive, logs
 from encore.events import Event, EventType, parse_datetime
@@ -63,9 +63,10 @@ def process_delivery(platform: str, data: dict[str, Any]) -> dict[str, Any]:
     body = delivery_body(key)
     if body is None:
         raise LookupError(f"the body of delivery {key} is no longer in Redis")
-    receiver = importlib.import_module(f"webhooks.{platform}").receiver
+    from webhooks import RECEIVERS  # the same registry the receiving view uses
+
     try:
-        events = receiver.parse(delivery, json.loads(body), body)
+        events = RECEIVERS[platform].parse(delivery, orjson.loads(body), body)
     except (ValueError, TypeError, KeyError) as exc:
         archive.record_rejection(platform, "malformed", 400, f"{delivery.topic}: {exc}", delivery.topic, delivery.shop)
         log.error("delivery could not be normalised", extra={"platform": platform, "topic": delivery.topic,
