@@ -215,7 +215,7 @@ def import_customers(store: str, orders: bool, since) -> None:  # type: ignore[n
                         row = session.get(Shop, shop.id)
                         ledger_customer = upsert_customer(session, row, buyer, order.updated_at or utcnow()) \
                             if buyer else None
-                        stored = upsert_order(session, row, order, ledger_customer)
+                        stored, _ = upsert_order(session, row, order, ledger_customer)
                         if ledger_customer is not None or stored.customer_id is not None:
                             from encore.store.models import Customer
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Index, String, Text, delete, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from encore.store.models import Base, IdType, JSONType, UTCDateTime, utcnow
 
@@ -58,16 +58,24 @@ def safe_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 
 def record_delivery(platform: str, shop: str, topic: str, delivery_id: str | None, headers: Iterable[tuple[str, str]],
-                    body: bytes, outcome: str, event_ids: list[str]) -> None:
-    """Keep an accepted delivery; a failure here is logged, never passed on (the event is already queued)."""
+                    body: bytes, outcome: str, event_ids: list[str], session: Session | None = None) -> None:
+    """Keep an accepted delivery; a failure here is logged, never passed on (the event is already queued).
+
+    With `session`, the row joins the caller's transaction (the worker archives a delivery together
+    with the ledger's changes); otherwise it is written in a transaction of its own.
+    """
     from encore.store import session_scope
 
+    row = WebhookDelivery(platform=platform, shop=shop[:255], topic=topic[:128],
+                          delivery_id=(delivery_id or "")[:255] or None, outcome=outcome, event_ids=event_ids,
+                          headers=safe_headers(headers), body=body.decode("utf-8", errors="replace"),
+                          received_at=utcnow())
+    if session is not None:
+        session.add(row)
+        return
     try:
-        with session_scope() as session:
-            session.add(WebhookDelivery(platform=platform, shop=shop[:255], topic=topic[:128],
-                                        delivery_id=(delivery_id or "")[:255] or None, outcome=outcome,
-                                        event_ids=event_ids, headers=safe_headers(headers),
-                                        body=body.decode("utf-8", errors="replace"), received_at=utcnow()))
+        with session_scope() as own:
+            own.add(row)
     except Exception as exc:  # noqa: BLE001 - the archive must never fail a delivery
         log.warning("webhook not archived", extra={"platform": platform, "topic": topic, "error": str(exc)[:200]})
 

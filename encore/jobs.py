@@ -32,20 +32,21 @@ def _apply(event: Event, archived: tuple[str, Delivery, bytes] | None = None) ->
     from flows.engine import handle_event
 
     with logs.bind(event_id=event.id, event_type=event.type.value, shop=event.shop):
+        # One transaction for the ledger, the archive and the runs the event starts: the engine commits
+        # it before any step acts, and a failure before that leaves nothing behind for the retry.
         with session_scope() as session:
             result = apply_event(session, event)
             if result.new and result.shop is not None and event.type == EventType.CUSTOMER_DATA_REQUEST:
                 from connectors.privacy import record_export
 
                 record_export(session, result.shop, event)
-            shop_id = result.shop.id if result.shop else None
             customer_id = result.customer.id if result.customer else None
-        log.info("event applied to the ledger", extra={"new": result.new, "customer_id": customer_id})
-        if archived is not None and result.new:
-            platform, delivery, body = archived
-            archive.record_delivery(platform, delivery.shop, delivery.topic, delivery.delivery_id,
-                                    delivery.http_headers.items(), body, "queued", [event.id])
-        handle_event(event, shop_id=shop_id, customer_id=customer_id, new=result.new)
+            log.info("event applied to the ledger", extra={"new": result.new, "customer_id": customer_id})
+            if archived is not None and result.new:
+                platform, delivery, body = archived
+                archive.record_delivery(platform, delivery.shop, delivery.topic, delivery.delivery_id,
+                                        delivery.http_headers.items(), body, "queued", [event.id], session=session)
+            handle_event(event, shop=result.shop, customer=result.customer, new=result.new, session=session)
     EVENTS_PROCESSED.labels(type=event.type.value, new=str(result.new).lower()).inc()
     if result.new:
         JOB_LATENCY.labels(type=event.type.value).observe(max(0.0, (utcnow() - event.received_at).total_seconds()))

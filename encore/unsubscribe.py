@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from itsdangerous import BadSignature, URLSafeSerializer
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from encore.settings import get_settings
@@ -35,10 +35,14 @@ def unsubscribe_url(shop_id: int, email: str) -> str:
     return f"{get_settings().APP_URL.rstrip('/')}/unsubscribe/{make_token(shop_id, email)}"
 
 
+_REASON = select(Suppression.reason).where(Suppression.shop_id == bindparam("shop_id"),
+                                          Suppression.email == bindparam("email"))
+
+
 def is_suppressed(session: Session, shop_id: int, email: str) -> str | None:
     """The suppression reason for an address at a shop, or None if it may be mailed."""
-    return session.execute(select(Suppression.reason).where(
-        Suppression.shop_id == shop_id, Suppression.email == email.strip().lower())).scalar_one_or_none()
+    where = {"shop_id": shop_id, "email": email.strip().lower()}
+    return session.connection().execute(_REASON, where).scalar_one_or_none()
 
 
 def suppress(session: Session, shop_id: int, email: str, reason: str = "unsubscribed", source: str = "") -> None:

@@ -11,23 +11,39 @@ started with: its definition is stored on the row.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
+from encore import logs
 from encore.events import Event, EventType
 from encore.store import get_sessionmaker, session_scope
 from encore.store.models import Customer, Shop
 from flows import dates, loader
 from flows.loader import FlowFile
-from flows.models import ACTIVE, DONE, EXITED, FAILED, RUNNING, STOPPED, SUPPRESSED, WAITING, FlowRun, FlowTrace
-from flows.steps import StepRunner, TransientStepError, next_position, position_label, step_at
+from flows.models import (
+    ACTIVE,
+    DONE,
+    EXITED,
+    FAILED,
+    NEW_RUNS,
+    RUNNING,
+    STOPPED,
+    SUPPRESSED,
+    WAITING,
+    FlowRun,
+    FlowTrace,
+    add_trace,
+)
+from flows.schema import step_kind
+from flows.steps import StepRunner, TransientStepError, next_position, position_label, preload_effects, step_at
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +52,41 @@ MAX_ATTEMPTS = 8
 RETRY_BACKOFF = [60, 300, 900, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600]
 MAX_STEPS_PER_ADVANCE = 200
 RESUME = "flows.engine.resume_run"
+WAKE = "flows.engine.wake_due"
+BLOCKED = "blocked"  # driving stopped before a step with a side effect (pure_only)
+PURE_STEPS = frozenset({"wait", "if", "stop"})
+WAKE_PREFIX = "flowwake-"
+WAKE_MARK = "encore:wake:"
+WAKE_SECONDS = 60  # waits end on the minute: one wake job per minute, however many runs wake in it
+WAKE_BATCH = 100
+
+
+# Hot statements, built once.
+_ACTIVE_RUNS = select(FlowRun).where(
+    FlowRun.customer_id == bindparam("customer_id"), FlowRun.status.in_(ACTIVE),
+    or_(FlowRun.event_id.is_(None), FlowRun.event_id != bindparam("event_id")))
+_RECENT_RUN = select(FlowRun.run_key).where(
+    FlowRun.customer_id == bindparam("customer_id"), FlowRun.flow_key == bindparam("flow_key"),
+    FlowRun.status != SUPPRESSED, FlowRun.started_at > bindparam("since")).order_by(FlowRun.id.desc()).limit(1)
+_RUN_BY_KEY = select(FlowRun.id, FlowRun.status).where(FlowRun.run_key == bindparam("run_key"))
 
 
 # ---- events ----------------------------------------------------------------------------------------
 
-def handle_event(event: Event, *, shop_id: int | None, customer_id: int | None, new: bool) -> None:
-    """Start or advance the flow runs an event concerns. Must be idempotent.
+def handle_event(event: Event, *, shop: Shop | None, customer: Customer | None, new: bool,
+                 session: Session) -> None:
+    """Start or advance the flow runs an event concerns, in the ledger's session. Must be idempotent.
 
     `new` is False when the ledger saw the event before; a retried job still comes here, and the run's
-    unique key and the side effects' keys make the second pass finish what the first began.
+    unique key and the side effects' keys make the second pass finish what the first began. The
+    ledger's changes and the runs started here are committed together, before any step acts.
     """
-    if shop_id is None:
+    if shop is None:
         return
     if event.type == EventType.APP_UNINSTALLED:
-        with session_scope() as session:
-            stop_shop(session, shop_id, "app uninstalled")
+        stop_shop(session, shop.id, "app uninstalled")
         return
-    if event.type.is_privacy or customer_id is None:
+    if event.type.is_privacy or customer is None:
         return
     registry = loader.registry()
     starting = registry.for_event(event.type.value)
@@ -62,29 +96,39 @@ def handle_event(event: Event, *, shop_id: int | None, customer_id: int | None, 
     from flows import triggers
 
     to_advance: list[tuple[int, str | None]] = []
-    with session_scope() as session:  # one transaction per step; the runs started here are driven in it
-        if exiting:
-            exit_runs(session, customer_id, event)
-        shop = session.get(Shop, shop_id)
-        customer = session.get(Customer, customer_id)
-        if shop is None or customer is None or not shop.active:
-            return
+    if exiting:
+        exit_runs(session, customer.id, event)
+    if shop.active:
+        context = triggers.event_context(event) if starting else {}
         for flow_file in starting:
-            context = triggers.event_context(event)
             key = triggers.event_trigger_key(flow_file, event, shop, customer)
             started = start_run(session, flow_file, shop, customer, key, context, event_id=event.id)
             if started is not None:
                 to_advance.append(started)
-        session.commit()  # the runs exist (and are leased to us) before any step acts
-        for run_id, token in to_advance:
-            advance(run_id, token, session if token else None)
+    # Steps without side effects (a wait, a branch) run in this same transaction, before it commits; a
+    # run that reaches a side effect is advanced after the commit (its claim commits again before acting).
+    wakes: list[tuple[int, tuple[Any, str]]] = []
+    rest: list[tuple[int, str | None]] = []
+    for run_id, token in to_advance:
+        if token is None:
+            rest.append((run_id, None))
+            continue
+        with logs.bind(run_id=run_id):
+            status, wake = _drive(session, run_id, token, pure_only=True)
+        if status == BLOCKED:
+            rest.append((run_id, token))
+        elif wake is not None:
+            wakes.append((run_id, wake))
+    session.commit()  # the ledger's changes and the runs exist before any step acts
+    for run_id, wake in wakes:
+        schedule(run_id, *wake)
+    for run_id, token in rest:
+        advance(run_id, token, session if token else None)
 
 
 def exit_runs(session: Session, customer_id: int, event: Event) -> int:
     """End a customer's active runs whose flow version lists this event in `exit_on`."""
-    runs = session.execute(select(FlowRun).where(
-        FlowRun.customer_id == customer_id, FlowRun.status.in_(ACTIVE),
-        or_(FlowRun.event_id.is_(None), FlowRun.event_id != event.id))).scalars().all()
+    runs = session.execute(_ACTIVE_RUNS, {"customer_id": customer_id, "event_id": event.id}).scalars().all()
     ended = 0
     for run in runs:
         if event.type.value not in loader.flow_from_data(run.definition, run.flow_digest).exit_on:
@@ -108,11 +152,29 @@ def stop_shop(session: Session, shop_id: int, reason: str) -> int:
 
 # ---- starting runs ---------------------------------------------------------------------------------
 
+_INSERT_RUN: dict[str, Any] = {}
+
+
 def _insert_run(session: Session, values: dict[str, Any]) -> FlowRun | None:
-    """INSERT … ON CONFLICT DO NOTHING RETURNING the row: the new run (in the session), or None if the key exists."""
-    builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = builder(FlowRun).values(**values).on_conflict_do_nothing(index_elements=["run_key"]).returning(FlowRun)
-    return session.scalars(stmt).one_or_none()
+    """INSERT … ON CONFLICT DO NOTHING RETURNING id: the new run (in the session), or None if the key exists.
+
+    The statement is built once per dialect; the row is put in the session as the persistent object
+    it now is (every column is known), without selecting it back.
+    """
+    dialect = session.get_bind().dialect.name
+    stmt = _INSERT_RUN.get(dialect)
+    if stmt is None:
+        builder = pg_insert if dialect == "postgresql" else sqlite_insert
+        table = FlowRun.__table__
+        stmt = _INSERT_RUN[dialect] = (builder(table).on_conflict_do_nothing(index_elements=["run_key"])
+                                       .returning(table.c.id))
+    run_id = session.execute(stmt, values).scalar()
+    if run_id is None:
+        return None
+    run = FlowRun(id=run_id, wake_at=None, job_id=None, **values)
+    make_transient_to_detached(run)
+    session.add(run)
+    return run
 
 
 def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer, trigger_key: str,
@@ -141,9 +203,8 @@ def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Custo
             log.warning("flow %s: %s", flow_file.key, exc)
             return None
     if flow.entry.cooldown:
-        recent = session.execute(select(FlowRun.run_key).where(
-            FlowRun.customer_id == customer.id, FlowRun.flow_key == flow_file.key, FlowRun.status != SUPPRESSED,
-            FlowRun.started_at > now - flow.entry.cooldown).order_by(FlowRun.id.desc()).limit(1)).scalar()
+        recent = session.connection().execute(_RECENT_RUN, {"customer_id": customer.id, "flow_key": flow_file.key,
+                                               "since": now - flow.entry.cooldown}).scalar()
         if recent is not None:
             if recent == run_key:
                 return _existing(session, run_key)
@@ -163,6 +224,7 @@ def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Custo
     if run is None:
         return None if status == SUPPRESSED else _existing(session, run_key)
     session.info.setdefault("flow_runs", []).append(run)  # keep it in the identity map for the first steps
+    session.info.setdefault(NEW_RUNS, set()).add(run.id)
     held = "; ".join(f"{condition} -> true" for condition in flow.conditions)
     _trace(session, run, "start", f"started by {'event ' + event_id if event_id else 'date ' + trigger_key}"
            + (f" ({held})" if held else ""), trigger_key=trigger_key,
@@ -178,7 +240,7 @@ def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Custo
 
 
 def _existing(session: Session, run_key: str) -> tuple[int, str | None] | None:
-    row = session.execute(select(FlowRun.id, FlowRun.status).where(FlowRun.run_key == run_key)).first()
+    row = session.connection().execute(_RUN_BY_KEY, {"run_key": run_key}).first()
     return (row.id, None) if row is not None and row.status in ACTIVE else None
 
 
@@ -191,8 +253,6 @@ def resume_run(run_id: int) -> str:
 
 def advance(run_id: int, token: str | None = None, session: Session | None = None) -> str:
     """Execute a run's steps until it ends or waits (every log line inside carries `run_id`)."""
-    from encore import logs
-
     with logs.bind(run_id=run_id):
         return _advance(run_id, token, session)
 
@@ -249,14 +309,20 @@ def _advance(run_id: int, token: str | None = None, session: Session | None = No
     return status
 
 
-def _drive(session: Session, run_id: int, token: str) -> tuple[str, tuple[Any, str] | None]:
-    """Run steps (committing after each) until the run waits or ends; then give the lease back."""
+def _drive(session: Session, run_id: int, token: str, *, pure_only: bool = False) -> tuple[str, tuple[Any, str] | None]:
+    """Run steps until the run waits or ends; then give the lease back.
+
+    A step with a side effect commits the transaction before it acts (its claim); the others don't
+    need to. With `pure_only`, driving stops before the first step with a side effect and returns
+    BLOCKED, keeping the lease for the caller, who commits and then advances the run.
+    """
     status, wake = RUNNING, None
     for _ in range(MAX_STEPS_PER_ADVANCE):
-        status, wake, more = _step(session, run_id, token)
+        status, wake, more = _step(session, run_id, token, pure_only=pure_only)
         if not more:
             break
-        session.commit()
+    if status == BLOCKED:
+        return status, None
     run = session.get(FlowRun, run_id)
     if run is not None and run.lease_token == token:
         run.lease_until, run.lease_token = None, None
@@ -269,17 +335,17 @@ def _release(run_id: int, token: str) -> None:
                         .values(lease_until=None, lease_token=None))
 
 
-def _step(session: Session, run_id: int, token: str) -> tuple[str, tuple[Any, str] | None, bool]:
+def _step(session: Session, run_id: int, token: str, *, pure_only: bool = False,
+          ) -> tuple[str, tuple[Any, str] | None, bool]:
     """Run one step of a run: (status, (wake_at, job id) to schedule, whether to go on)."""
     run = session.get(FlowRun, run_id)
     if run is None or run.lease_token != token or run.status not in ACTIVE:
         return (run.status if run else "gone"), None, False
     now = dates.now()
-    if run.status == WAITING:
-        if run.wake_at is not None and run.wake_at > now:  # woken early (clocks differ): sleep again
-            run.job_id = f"{_job_id(run)}-{uuid.uuid4().hex[:8]}"
-            return WAITING, (run.wake_at, run.job_id), False
-        run.status = RUNNING
+    if run.status == WAITING and run.wake_at is not None and run.wake_at > now:  # woken early: sleep again
+        run.job_id = _job_id(run)
+        return WAITING, (run.wake_at, run.job_id), False
+    # A waiting run is left as it is until its step is done (the step's claim commits without touching it).
     shop = session.get(Shop, run.shop_id)
     customer = session.get(Customer, run.customer_id) if run.customer_id else None
     if shop is None or not shop.active:
@@ -292,6 +358,8 @@ def _step(session: Session, run_id: int, token: str) -> tuple[str, tuple[Any, st
         _finish(session, run, EXITED, "condition no longer holds")
         return EXITED, None, False
     step = step_at(flow.steps, run.position)
+    if pure_only and step_kind(step) not in PURE_STEPS:
+        return BLOCKED, None, False
     outcome = runner.run_step(step)
     run.updated_at = now
     run.attempts = 0
@@ -301,7 +369,7 @@ def _step(session: Session, run_id: int, token: str) -> tuple[str, tuple[Any, st
         return run.status, None, False
     if outcome.action == "enter":
         assert outcome.position is not None
-        run.position = outcome.position
+        run.status, run.position = RUNNING, outcome.position
         return RUNNING, None, True
     if outcome.action == "defer":
         run.status, run.wake_at = WAITING, outcome.until
@@ -317,6 +385,7 @@ def _step(session: Session, run_id: int, token: str) -> tuple[str, tuple[Any, st
         run.status, run.wake_at = WAITING, outcome.until
         run.job_id = _job_id(run)
         return WAITING, (run.wake_at, run.job_id), False
+    run.status = RUNNING
     return RUNNING, None, True
 
 
@@ -338,19 +407,108 @@ def _retry_later(run_id: int, token: str, exc: Exception) -> tuple[str, tuple[An
 
 
 def _job_id(run: FlowRun) -> str:
+    """The job that will resume a run: its minute's wake job when it waits, else a job of its own."""
+    if run.wake_at is not None and run.wake_at > dates.now():
+        return wake_job_id(run.wake_at)
     label = position_label(run.position).replace("[", "_").replace("]", "").replace(".", "-")
     return f"flowrun-{run.id}-{label}-{run.attempts or 0}"
 
 
+def wake_slot(when: datetime) -> int:
+    """The end of the WAKE_SECONDS slot that `when` falls in (epoch seconds): a wait ends at most that late."""
+    seconds = when.timestamp()
+    return int(-(-seconds // WAKE_SECONDS) * WAKE_SECONDS)
+
+
+def wake_job_id(when: datetime) -> str:
+    return f"{WAKE_PREFIX}{wake_slot(when)}"
+
+
 def schedule(run_id: int, when: Any, job_id: str) -> None:
-    """Queue the run's resume job at `when` (RQ's scheduler moves it to the `flows` queue then)."""
-    from encore.queue import FLOWS, queue
+    """Have the run resumed at `when`.
+
+    Waits share one `wake_due` job per WAKE_SECONDS slot, queued with RQ's `enqueue_at` the first time
+    a run needs it (a Redis mark keeps the others from queueing it again); RQ's scheduler moves it
+    to the `flows` queue when the slot ends. A run due now, or rescued, gets a `resume_run` job of its own.
+    """
+    from encore.queue import FLOWS, get_redis, queue
 
     q = queue(FLOWS)
-    if when <= dates.now():
-        q.enqueue_call(RESUME, args=(run_id,), job_id=job_id, result_ttl=600, failure_ttl=30 * 24 * 3600)
-    else:
-        q.enqueue_at(when, RESUME, run_id, job_id=job_id, result_ttl=600, failure_ttl=30 * 24 * 3600)
+    if not job_id.startswith(WAKE_PREFIX):
+        if when <= dates.now():
+            q.enqueue_call(RESUME, args=(run_id,), job_id=job_id, result_ttl=600, failure_ttl=30 * 24 * 3600)
+        else:
+            q.enqueue_at(when, RESUME, run_id, job_id=job_id, result_ttl=600, failure_ttl=30 * 24 * 3600)
+        return
+    slot = int(job_id[len(WAKE_PREFIX):])
+    connection = get_redis()
+    mark = WAKE_MARK + job_id
+    ttl = max(3600, int(slot - dates.now().timestamp()) + 24 * 3600)
+    if not connection.set(mark, 1, nx=True, ex=ttl):
+        return  # another run of this slot queued the job already
+    try:
+        q.enqueue_at(datetime.fromtimestamp(slot, UTC), WAKE, slot, job_id=job_id, result_ttl=600,
+                     failure_ttl=30 * 24 * 3600)
+    except Exception:
+        connection.delete(mark)  # the next run of this slot queues it, or the re-scheduler does
+        raise
+
+
+def wake_due(slot: int | None = None) -> int:
+    """RQ job: advance the waiting runs that are due, WAKE_BATCH at a time; returns how many were advanced.
+
+    The batch is leased in one statement (on PostgreSQL skipping rows another worker holds), loaded
+    with its shops and customers in three queries, and driven run by run, each committed on its own.
+    When more are due than one batch, another wake job is queued at once so that other workers share
+    the work.
+    """
+    now = dates.now()
+    token = uuid.uuid4().hex
+    started = time.monotonic()
+    advanced = 0
+    with session_scope() as session:
+        ids = _lease_due(session, now, token)
+        session.commit()
+        if not ids:
+            return 0
+        # The batch, its shops and customers in three queries (held here, so the steps find them loaded).
+        runs = session.scalars(select(FlowRun).where(FlowRun.id.in_(ids))).all()
+        shops = session.scalars(select(Shop).where(Shop.id.in_({run.shop_id for run in runs}))).all()
+        customer_ids = {run.customer_id for run in runs if run.customer_id}
+        customers = session.scalars(select(Customer).where(Customer.id.in_(customer_ids))).all() if customer_ids else []
+        preload_effects(session, ids)
+        for run_id in ids:
+            if time.monotonic() - started > LEASE.total_seconds() / 2:
+                break  # the rest go back before their lease could run out under us
+            advance(run_id, token, session)
+            advanced += 1
+        del runs, shops, customers
+        if advanced < len(ids):
+            session.execute(update(FlowRun).where(FlowRun.lease_token == token)
+                            .values(lease_until=None, lease_token=None)
+                            .execution_options(synchronize_session=False))
+    if advanced < len(ids) or len(ids) == WAKE_BATCH:
+        from encore.queue import FLOWS, queue
+
+        queue(FLOWS).enqueue_call(WAKE, args=(slot,), job_id=f"{WAKE_PREFIX}{slot}-more-{token[:8]}",
+                                  result_ttl=600, failure_ttl=30 * 24 * 3600)
+    return advanced
+
+
+def _lease_due(session: Session, now: datetime, token: str) -> list[int]:
+    """Lease up to WAKE_BATCH waiting runs whose time has come; their ids, soonest first."""
+    free = or_(FlowRun.lease_until.is_(None), FlowRun.lease_until < now)
+    due = (select(FlowRun.id).where(FlowRun.status == WAITING, FlowRun.wake_at <= now, free)
+           .order_by(FlowRun.wake_at, FlowRun.id).limit(WAKE_BATCH))
+    if session.get_bind().dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    # A materialised CTE: PostgreSQL may otherwise evaluate a LIMIT subquery more than once and lease more.
+    batch = due.cte("due").prefix_with("MATERIALIZED", dialect="postgresql")
+    leased = session.execute(
+        update(FlowRun).where(FlowRun.id.in_(select(batch.c.id)), FlowRun.status == WAITING, free)
+        .values(lease_until=now + LEASE, lease_token=token).returning(FlowRun.id, FlowRun.wake_at)
+        .execution_options(synchronize_session=False)).all()
+    return [row.id for row in sorted(leased, key=lambda row: (row.wake_at, row.id))]
 
 
 def _finish(session: Session, run: FlowRun, status: str, reason: str) -> None:
@@ -360,8 +518,8 @@ def _finish(session: Session, run: FlowRun, status: str, reason: str) -> None:
 
 
 def _trace(session: Session, run: FlowRun, kind: str, message: str, **detail: Any) -> None:
-    session.add(FlowTrace(run_id=run.id, at=dates.now(), kind=kind, message=message,
-                          step=position_label(run.position) if run.position else None, detail=detail or None))
+    add_trace(session, run.id, dates.now(), kind, message, position_label(run.position) if run.position else None,
+              detail or None)
 
 
 # ---- keeping runs alive ----------------------------------------------------------------------------

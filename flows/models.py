@@ -9,14 +9,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, event
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from encore.store.models import Base, Customer, IdType, JSONType, UTCDateTime, utcnow
 
 RUNNING, WAITING, DONE, STOPPED, EXITED, FAILED, SUPPRESSED = (
     "running", "waiting", "done", "stopped", "exited", "failed", "suppressed")
 ACTIVE = (RUNNING, WAITING)
+NEW_RUNS = "encore_new_runs"  # session.info: ids of the runs this session created (no side effect can exist yet)
 
 # Date triggers find due customers by range over these (birthdays use ix_customers_birthday_md).
 Index("ix_customers_shop_last_order", Customer.shop_id, Customer.last_order_at)
@@ -91,3 +92,34 @@ class FlowEffect(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# ---- trace lines, written in one statement per transaction -------------------------------------------
+
+_TRACES = "encore_flow_traces"
+
+
+def add_trace(session: Session, run_id: int, at: datetime, kind: str, message: str, step: str | None,
+              detail: dict[str, Any] | None) -> None:
+    """Add a trace line to the session's transaction; the lines are inserted together when it commits."""
+    session.info.setdefault(_TRACES, []).append(
+        {"run_id": run_id, "at": at, "kind": kind, "message": message, "step": step, "detail": detail})
+
+
+def pending_traces(session: Session) -> list[dict[str, Any]]:
+    """The trace lines of the session's transaction not yet written."""
+    return list(session.info.get(_TRACES, ()))
+
+
+@event.listens_for(Session, "before_commit")
+def _write_traces(session: Session) -> None:
+    rows = session.info.pop(_TRACES, None)
+    if rows:
+        session.flush()  # the runs they belong to first
+        session.execute(FlowTrace.__table__.insert(), rows)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_traces(session: Session) -> None:
+    session.info.pop(_TRACES, None)  # they described work that did not happen
+    session.info.pop(NEW_RUNS, None)

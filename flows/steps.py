@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from encore import events as ev
@@ -22,7 +22,7 @@ from encore.metrics import EMAILS, platform_error
 from encore.settings import get_settings
 from encore.store.models import Customer, Order, Shop
 from flows import dates, expressions, render
-from flows.models import FlowEffect, FlowRun, FlowTrace
+from flows.models import NEW_RUNS, FlowEffect, FlowRun, add_trace
 from flows.schema import Flow, step_kind
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,27 @@ def _transport() -> Any:
     if transport is None:
         transport = _transports[url] = get_transport(url)
     return transport
+
+
+_EFFECTS = FlowEffect.__table__
+_CLAIM = _EFFECTS.insert()
+_UNCLAIM = _EFFECTS.delete().where(_EFFECTS.c.key == bindparam("effect_key"))
+_FINISH = (_EFFECTS.update().where(_EFFECTS.c.key == bindparam("effect_key"))
+           .values(status=bindparam("status"), result=bindparam("result"), done_at=bindparam("done_at")))
+_RECENT_EMAILS = select(func.count()).select_from(FlowEffect).where(
+    FlowEffect.customer_id == bindparam("customer_id"), FlowEffect.kind == "email", FlowEffect.marketing.is_(True),
+    FlowEffect.created_at > bindparam("since"), FlowEffect.status.in_(("done", "pending", "uncertain")))
+
+
+_PRELOADED = "encore_preloaded_effects"
+
+
+def preload_effects(session: Session, run_ids: list[int]) -> None:
+    """Load the side-effect records of a batch of runs in one query, for their next step to look up."""
+    found: dict[int, dict[str, FlowEffect]] = {run_id: {} for run_id in run_ids}
+    for effect in session.scalars(select(FlowEffect).where(FlowEffect.run_id.in_(run_ids))):
+        found[effect.run_id][effect.key] = effect
+    session.info[_PRELOADED] = found
 
 
 # ---- positions -------------------------------------------------------------------------------------
@@ -203,8 +224,8 @@ class StepRunner:
     def trace(self, kind: str, message: str, **detail: Any) -> None:
         """Add a line to the run's trace."""
         position = self.run.position
-        self.session.add(FlowTrace(run_id=self.run.id, at=dates.now(), kind=kind, message=message,
-                                   step=position_label(position) if position else None, detail=detail or None))
+        add_trace(self.session, self.run.id, dates.now(), kind, message,
+                  position_label(position) if position else None, detail or None)
 
     def key(self, kind: str) -> str:
         """The idempotency key of the current step's side effect."""
@@ -274,7 +295,7 @@ class StepRunner:
             if self.run.context.get("checkout") and ctx["checkout"] and ctx["checkout"].email:
                 address = ctx["checkout"].email
         key = self.key("email")
-        existing = None if self.dry_run else self.session.get(FlowEffect, key)
+        existing = None if self.dry_run else self._effect(key)
         if existing is not None:
             if existing.status == "pending":
                 self.trace("suppressed", "delivery of this email was interrupted; not sent again so that the "
@@ -351,9 +372,8 @@ class StepRunner:
             return "quiet hours"
         if self.flow.frequency_cap and customer is not None:
             since = dates.now() - self.flow.frequency_cap
-            recent = self.session.execute(select(func.count()).select_from(FlowEffect).where(
-                FlowEffect.customer_id == customer.id, FlowEffect.kind == "email", FlowEffect.marketing.is_(True),
-                FlowEffect.created_at > since, FlowEffect.status.in_(("done", "pending", "uncertain")))).scalar_one()
+            recent = self.session.connection().execute(
+                _RECENT_EMAILS, {"customer_id": customer.id, "since": since}).scalar_one()
             if recent:
                 return "frequency cap"
         return None
@@ -362,7 +382,7 @@ class StepRunner:
         """Create a unique single-use code for the customer (idempotent by the step's key)."""
         spec = step.create_discount
         key = self.key("discount")
-        existing = None if self.dry_run else self.session.get(FlowEffect, key)
+        existing = None if self.dry_run else self._effect(key)
         if existing is not None and existing.status == "done" and existing.result:
             self.set_var(spec.as_, existing.result)
             return NEXT
@@ -387,7 +407,7 @@ class StepRunner:
                              and not customer.platform_id.startswith("email:") else None),
                 customer_email=customer.email if customer and spec.restrict_to_customer else None,
                 title=f"{self.flow.name} ({self.run.id})")
-            effect = existing or self._claim(key, "discount")
+            effect = self._claim(key, "discount", existing)
             try:
                 discount = connectors.get_connector(self.shop).create_discount(request)
             except PlatformError as exc:
@@ -418,13 +438,13 @@ class StepRunner:
         if customer is None or self.dry_run:
             return NEXT
         key = self.key("tag")
-        existing = self.session.get(FlowEffect, key)
+        existing = self._effect(key)
         if existing is not None and existing.status == "done":
             return NEXT
         from connectors import base as connectors
         from connectors.base import PlatformError
 
-        effect = existing or self._claim(key, "tag")
+        effect = self._claim(key, "tag", existing)
         if not customer.platform_id.startswith("email:"):
             try:
                 connectors.get_connector(self.shop).tag_customer(customer.platform_id, tags)
@@ -452,10 +472,10 @@ class StepRunner:
         if self.dry_run:
             return NEXT
         key = self.key("http")
-        existing = self.session.get(FlowEffect, key)
+        existing = self._effect(key)
         if existing is not None and existing.status == "done":
             return NEXT
-        effect = existing or self._claim(key, "http")
+        effect = self._claim(key, "http", existing)
         headers = {**spec.headers, "Content-Type": "application/json", "Idempotency-Key": key,
                    "User-Agent": "Encore"}
         request = urllib.request.Request(spec.url, data=json.dumps(body, default=str).encode(), headers=headers,
@@ -474,23 +494,36 @@ class StepRunner:
         return NEXT
 
     # -- side-effect records ---------------------------------------------------------------------
-    def _claim(self, key: str, kind: str) -> FlowEffect:
-        """Record (and commit) the intent before acting, so an interrupted act is known on retry."""
-        effect = FlowEffect(key=key, run_id=self.run.id, shop_id=self.shop.id,
-                            customer_id=self.customer.id if self.customer else None, kind=kind, status="pending",
-                            marketing=kind == "email" and self.flow.marketing, created_at=dates.now())
-        self.session.add(effect)
-        self.session.commit()
-        return effect
+    def _effect(self, key: str) -> FlowEffect | None:
+        """The record of this step's side effect from an earlier attempt (none for a run begun in this session)."""
+        if self.run.id in self.session.info.get(NEW_RUNS, ()):
+            return None
+        loaded = self.session.info.get(_PRELOADED, {}).pop(self.run.id, None)
+        if loaded is not None:
+            return loaded.get(key)
+        return self.session.get(FlowEffect, key)
 
-    def _unclaim(self, effect: FlowEffect) -> None:
-        self.session.delete(effect)
+    def _claim(self, key: str, kind: str, existing: FlowEffect | None = None) -> str:
+        """Record (and commit) the intent before acting, so an interrupted act is known on retry; returns the key.
+
+        An effect claimed by an earlier attempt (`existing`) is acted on again under the same key.
+        """
+        if existing is not None:
+            return key
+        self.session.connection().execute(_CLAIM, {
+            "key": key, "run_id": self.run.id, "shop_id": self.shop.id,
+            "customer_id": self.customer.id if self.customer else None, "kind": kind, "status": "pending",
+            "marketing": kind == "email" and self.flow.marketing, "created_at": dates.now()})
+        self.session.commit()
+        return key
+
+    def _unclaim(self, key: str) -> None:
+        self.session.connection().execute(_UNCLAIM, {"effect_key": key})
         self.session.commit()
 
-    def _finish(self, effect: FlowEffect, status: str, result: dict[str, Any]) -> None:
-        effect.status = status
-        effect.result = result
-        effect.done_at = dates.now()
+    def _finish(self, key: str, status: str, result: dict[str, Any]) -> None:
+        self.session.connection().execute(_FINISH, {"effect_key": key, "status": status, "result": result,
+                                                    "done_at": dates.now()})
 
     def redeemed(self, code: str) -> bool:
         """Whether an order in the ledger used `code`, else what the platform says."""

@@ -51,8 +51,31 @@ def _email(**overrides) -> OutgoingEmail:  # type: ignore[no-untyped-def]
 
 # ---- the message -----------------------------------------------------------------------------------
 
+def parsed(message: email.message.Message) -> email.message.EmailMessage:
+    """The message as a mail client reads it: its bytes, parsed."""
+    return email.message_from_bytes(message.as_bytes(), policy=email.policy.default)  # type: ignore[return-value]
+
+
+def test_non_ascii_names_and_subjects_are_encoded_apart_from_their_addresses(env):
+    message = parsed(build_message(_email(
+        subject="Joyeux anniversaire, Zoë ✨", from_addr="Bäckerei Müller <shop@example.com>",
+        reply_to="Zoë <help@example.com>", to="Zoë <zoe@example.com>")))
+    assert message["Subject"] == "Joyeux anniversaire, Zoë ✨"
+    assert message["From"].addresses[0].display_name == "Bäckerei Müller"
+    assert message["From"].addresses[0].addr_spec == "shop@example.com"
+    assert message["Reply-To"].addresses[0].addr_spec == "help@example.com"
+    assert message["To"].addresses[0].addr_spec == "zoe@example.com"
+    assert message.get_body(("plain",)).get_content().strip() == "Hi Ada"
+
+
+def test_an_international_address_keeps_its_utf8(env):
+    raw = build_message(_email(to="zoë@exämple.com")).as_bytes(policy=email.policy.SMTPUTF8)
+    message = email.message_from_string(raw.decode(), policy=email.policy.default)
+    assert message["To"].addresses[0].addr_spec == "zoë@exämple.com"
+    assert "Hi Ada" in message.get_body(("plain",)).get_content()
+
 def test_message_has_unsubscribe_headers_parts_and_idempotency_key(env):
-    message = build_message(_email(preheader="A gift inside"))
+    message = parsed(build_message(_email(preheader="A gift inside")))
     assert message["List-Unsubscribe"] == "<http://localhost:8000/unsubscribe/abc.def>"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert message[IDEMPOTENCY_HEADER] == "run-17:step-2"
@@ -69,7 +92,7 @@ def test_a_preheader_the_template_already_shows_is_not_added_twice(env):
 
     html = Environment(autoescape=True).from_string(
         "<html><body><div style='display:none'>{{ p }}</div><p>Hi</p></body></html>").render(p="It's \"yours\"")
-    out = build_message(_email(html=html, preheader="It's \"yours\"")).get_body(("html",)).get_content()
+    out = parsed(build_message(_email(html=html, preheader="It's \"yours\""))).get_body(("html",)).get_content()
     assert out.count("yours") == 1
 
 
@@ -77,13 +100,13 @@ def test_at_rules_stay_and_remote_stylesheets_are_not_fetched(env):
     html = ("<html><head><link rel='stylesheet' href='http://203.0.113.1/x.css'>"
             "<style>td{padding:4px} @media (max-width: 600px) { td { padding: 0 } }</style></head>"
             "<body><table><tr><td>x</td></tr></table></body></html>")
-    out = build_message(_email(html=html)).get_body(("html",)).get_content()
+    out = parsed(build_message(_email(html=html))).get_body(("html",)).get_content()
     assert 'style="padding: 4px;"' in out
     assert "@media (max-width: 600px)" in out
 
 
 def test_inlining_can_be_turned_off(env):
-    out = build_message(_email(inline_css=False)).get_body(("html",)).get_content()
+    out = parsed(build_message(_email(inline_css=False))).get_body(("html",)).get_content()
     assert "<style>" in out and 'style="color' not in out
 
 

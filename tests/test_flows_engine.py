@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rq.registry import ScheduledJobRegistry
+from rq.serializers import JSONSerializer
 from sqlalchemy import select
 
 from encore.jobs import process_event
+from encore.queue import FLOWS, queue
 from encore.store import session_scope
 from encore.store.models import Shop
 from flows import dates, engine
@@ -380,6 +383,77 @@ def test_a_run_woken_early_goes_back_to_sleep(flows_env, redis, tmp_path: Path) 
     assert engine.resume_run(run.id) == "waiting"  # a resume job arriving before its time
     assert subjects(tmp_path) == ["First note"]
     (again,) = runs()
-    assert again.status == "waiting" and again.job_id != run.job_id
+    assert again.status == "waiting" and again.wake_at == run.wake_at
+    scheduled = ScheduledJobRegistry(FLOWS, connection=redis, serializer=JSONSerializer)
+    assert again.job_id in scheduled.get_job_ids()  # its minute's wake job is still there to resume it
     walk_to(redis, T0 + timedelta(days=1))
     assert subjects(tmp_path) == ["First note", "Second note"]
+
+
+def wake_jobs(redis: Any) -> list[str]:
+    registry = ScheduledJobRegistry(FLOWS, connection=redis, serializer=JSONSerializer)
+    return [job_id for job_id in registry.get_job_ids() if job_id.startswith(engine.WAKE_PREFIX)]
+
+
+def test_waits_ending_in_one_minute_share_one_wake_job(flows_env, redis, tmp_path: Path, db_url: str) -> None:
+    from tests.conftest import use_database
+
+    use_database(flows_env, db_url)
+    flow_dir(tmp_path, flows_env, notes=TWO_NOTES)
+    for n in range(12):  # twelve orders five seconds apart: their waits end within one minute
+        at = T0 + timedelta(seconds=5 * n + 5)
+        dates.set_now(at)
+        process_event(event("order.placed", at, customer(str(500 + n)), order=order(f"w{n}", at)))
+    assert len(subjects(tmp_path)) == 12
+    (job_id,) = wake_jobs(redis)
+    assert job_id == f"{engine.WAKE_PREFIX}{int((T0 + timedelta(days=1, minutes=1)).timestamp())}"
+    assert {run.job_id for run in runs()} == {job_id}
+    walk_to(redis, T0 + timedelta(days=1, seconds=30))  # the minute is not over: nobody is woken early
+    assert len(subjects(tmp_path)) == 12
+    walk_to(redis, T0 + timedelta(days=1, minutes=1))
+    assert subjects(tmp_path).count("Second note") == 12
+    assert {run.status for run in runs()} == {"done"}
+    walk_to(redis, T0 + timedelta(days=3))  # nothing runs twice
+    assert len(subjects(tmp_path)) == 24
+
+
+def test_a_wake_job_hands_what_is_beyond_one_batch_to_another(flows_env, redis, tmp_path: Path) -> None:
+    flows_env.setattr(engine, "WAKE_BATCH", 4)
+    flow_dir(tmp_path, flows_env, notes=TWO_NOTES)
+    for n in range(10):
+        process_event(event("order.placed", T0, customer(str(600 + n)), order=order(f"b{n}", T0)))
+    dates.set_now(T0 + timedelta(days=1, minutes=1))
+    assert engine.wake_due() == 4
+    queued = queue(FLOWS, redis).job_ids
+    assert len(queued) == 1 and queued[0].startswith(engine.WAKE_PREFIX)  # the rest, for any worker to take
+    walk_to(redis, T0 + timedelta(days=1, minutes=1))
+    assert subjects(tmp_path).count("Second note") == 10
+
+
+def test_two_workers_lease_disjoint_batches_of_due_runs(flows_env, redis, tmp_path: Path, db_url: str) -> None:
+    import threading
+
+    from tests.conftest import use_database
+
+    use_database(flows_env, db_url)
+    flow_dir(tmp_path, flows_env, notes=TWO_NOTES)
+    for n in range(40):
+        process_event(event("order.placed", T0, customer(str(700 + n)), order=order(f"d{n}", T0)))
+    now = T0 + timedelta(days=1, minutes=1)
+    flows_env.setattr(engine, "WAKE_BATCH", 15)
+    leased: list[list[int]] = []
+    barrier = threading.Barrier(3)
+
+    def lease() -> None:
+        barrier.wait()
+        with session_scope() as session:
+            leased.append(engine._lease_due(session, now, f"worker-{threading.get_ident()}"))
+
+    threads = [threading.Thread(target=lease) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    everything = [run_id for batch in leased for run_id in batch]
+    assert sorted(len(batch) for batch in leased) == [10, 15, 15]
+    assert len(set(everything)) == 40  # every due run leased once, by one worker

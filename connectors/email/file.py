@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from email.message import EmailMessage
+from email.message import Message
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,12 +20,16 @@ def outbox_path(url: str) -> Path:
 class FileTransport(Transport):
     """Writes each message as `<idempotency key>.eml`, atomically."""
 
-    def deliver(self, message: EmailMessage) -> None:
+    def deliver(self, message: Message) -> None:
         """Write one message; a message with the same idempotency key replaces the earlier file."""
         folder = outbox_path(self.url)
-        folder.mkdir(parents=True, exist_ok=True)
         key = str(message.get(IDEMPOTENCY_HEADER) or message["Message-ID"])
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)[:180] + ".eml"
         tmp = folder / f".{name}.{os.getpid()}.tmp"
-        tmp.write_bytes(message.as_bytes())
+        data = message.as_bytes()
+        try:
+            tmp.write_bytes(data)
+        except FileNotFoundError:  # the first message, or the folder was removed meanwhile
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
         os.replace(tmp, folder / name)

@@ -21,7 +21,7 @@ import socket
 import ssl
 import threading
 import time
-from email.message import EmailMessage
+from email.message import Message
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from connectors.email.base import PermanentEmailError, TransientEmailError, Transport
@@ -162,7 +162,7 @@ class SMTPTransport(Transport):
         with self._lock:
             self._close()
 
-    def deliver(self, message: EmailMessage) -> None:
+    def deliver(self, message: Message) -> None:
         """Send one message; raises SMTPTransientError or SMTPPermanentError.
 
         The connection is kept for the next message (`keepalive` idle seconds, 0 to close it after

@@ -64,7 +64,8 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
     session = get_sessionmaker(url)()
     try:
         yield session
-        session.commit()
+        if session.in_transaction():  # nothing to commit after the block committed its own work
+            session.commit()
     except BaseException:
         session.rollback()
         raise

@@ -19,7 +19,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import String, Table, cast, delete, func, or_, select, update
+from sqlalchemy import String, Table, bindparam, cast, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -63,37 +63,60 @@ def _insert(session: Session, model: type[Base], values: dict[str, Any], conflic
         stmt = (builder(table).on_conflict_do_nothing(index_elements=conflict)
                 .returning(table.c[conflict[0]]))
         _INSERTS[key] = stmt
-    return session.execute(stmt, values).first() is not None
+    return session.connection().execute(stmt, values).first() is not None
+
+
+# The ledger's hot statements, built once: SQLAlchemy then skips building and coercing them per event.
+_SHOP = select(Shop).where(Shop.platform == bindparam("platform"), Shop.domain == bindparam("domain"))
+_CUSTOMER = select(Customer).where(Customer.shop_id == bindparam("shop_id"), Customer.platform_id == bindparam("key"))
+_CUSTOMER_LOCKED = _CUSTOMER.with_for_update()
+_ORDER_LOCKED = select(Order).where(Order.shop_id == bindparam("shop_id"),
+                                    Order.platform_id == bindparam("key")).with_for_update()
+_EVENT_CUSTOMER = select(EventRecord.customer_id).where(EventRecord.id == bindparam("event_id"))
+_TOTALS_EXCEPT = select(func.count(Order.id), func.coalesce(func.sum(Order.total), 0), func.min(Order.placed_at),
+                        func.max(Order.placed_at)).where(Order.customer_id == bindparam("customer_id"),
+                                                         Order.id != bindparam("order_id"),
+                                                         Order.deleted.is_(False), Order.cancelled_at.is_(None))
+_TOTALS = select(func.count(Order.id), func.coalesce(func.sum(Order.total), 0), func.min(Order.placed_at),
+                 func.max(Order.placed_at)).where(Order.customer_id == bindparam("customer_id"),
+                                                  Order.deleted.is_(False), Order.cancelled_at.is_(None))
 
 
 def get_or_create_shop(session: Session, platform: str, domain: str) -> Shop:
     """The shop row for (platform, domain), created on first sight."""
-    _insert(session, Shop, {"platform": platform, "domain": domain, "settings": {}, "active": True,
-                            "created_at": utcnow()}, ["platform", "domain"])
-    return session.execute(select(Shop).where(Shop.platform == platform, Shop.domain == domain)).scalar_one()
+    where = {"platform": platform, "domain": domain}
+    shop = session.execute(_SHOP, where).scalar_one_or_none()
+    if shop is None:
+        _insert(session, Shop, {**where, "settings": {}, "active": True, "created_at": utcnow()},
+                ["platform", "domain"])
+        shop = session.execute(_SHOP, where).scalar_one()
+    return shop
 
 
 def find_customer(session: Session, shop_id: int, key: str, *, lock: bool = False) -> Customer | None:
     """The ledger row of a customer by platform id (or `email:` key)."""
-    stmt = select(Customer).where(Customer.shop_id == shop_id, Customer.platform_id == key)
-    if lock:
-        stmt = stmt.with_for_update()
-    return session.execute(stmt).scalar_one_or_none()
+    stmt = _CUSTOMER_LOCKED if lock else _CUSTOMER
+    return session.execute(stmt, {"shop_id": shop_id, "key": key}).scalar_one_or_none()
 
 
 def apply_event(session: Session, event: ev.Event) -> LedgerResult:
-    """Apply one canonical event to the ledger inside the caller's transaction."""
+    """Apply one canonical event to the ledger inside the caller's transaction.
+
+    The common case costs few statements: the shop, the event's insert (the idempotency gate), a
+    select of the customer and of the order (inserted only when new), the count's recompute when the
+    order changed, and one flush.
+    """
     privacy = event.type.is_privacy
     payload = None if privacy else event.to_dict(raw=False)  # the raw body is in the webhook archive
-    new = _insert(session, EventRecord, {
-        "id": event.id, "platform": event.platform, "topic": event.topic, "type": event.type.value,
-        "occurred_at": event.occurred_at, "received_at": event.received_at, "processed_at": utcnow(),
-        "payload": payload}, ["id"])
     shop = get_or_create_shop(session, event.platform, event.shop)
-    record = session.get(EventRecord, event.id)
-    assert record is not None  # inserted above, or by an earlier delivery
+    new = _insert(session, EventRecord, {
+        "id": event.id, "shop_id": None if event.type == ev.EventType.SHOP_REDACT else shop.id,
+        "platform": event.platform, "topic": event.topic,
+        "type": event.type.value, "occurred_at": event.occurred_at, "received_at": event.received_at,
+        "processed_at": utcnow(), "payload": payload}, ["id"])
     if not new:
-        customer = session.get(Customer, record.customer_id) if record.customer_id else None
+        customer_id = session.connection().execute(_EVENT_CUSTOMER, {"event_id": event.id}).scalar()
+        customer = session.get(Customer, customer_id) if customer_id else None
         return LedgerResult(new=False, shop=shop, customer=customer)
 
     if event.type == ev.EventType.SHOP_REDACT:
@@ -101,31 +124,33 @@ def apply_event(session: Session, event: ev.Event) -> LedgerResult:
         return LedgerResult(new=True, shop=None)
     if event.type == ev.EventType.APP_UNINSTALLED:
         uninstall_shop(session, shop)
-        record.shop_id = shop.id
         return LedgerResult(new=True, shop=shop)
     if event.type == ev.EventType.CUSTOMER_REDACT:
         redact_customer(session, shop, event)
-        record.shop_id = shop.id
         return LedgerResult(new=True, shop=shop)
     if event.type == ev.EventType.CUSTOMER_DATA_REQUEST:
-        record.shop_id = shop.id
         return LedgerResult(new=True, shop=shop)
 
     customer = upsert_customer(session, shop, event.customer, event.occurred_at) if event.customer else None
     order = None
     if event.order is not None:
-        order = upsert_order(session, shop, event.order, customer, deleted=event.type == ev.EventType.ORDER_DELETED)
+        order, changed = upsert_order(session, shop, event.order, customer,
+                                      deleted=event.type == ev.EventType.ORDER_DELETED)
         customer_id = order.customer_id
         if customer_id is not None:
             if customer is None or customer.id != customer_id:
                 customer = session.get(Customer, customer_id)
-            if customer is not None:
-                recompute(session, customer)
+            if customer is not None and changed:
+                recompute(session, customer, order)
     elif customer is not None and event.type == ev.EventType.CUSTOMER_PURCHASING_SUMMARY:
         recompute(session, customer)
-    record.shop_id = shop.id
-    record.customer_id = customer.id if customer else None
+    if customer is not None:
+        session.connection().execute(_SET_EVENT_CUSTOMER, {"event_id": event.id, "customer_id": customer.id})
     return LedgerResult(new=True, shop=shop, customer=customer, order=order)
+
+
+_SET_EVENT_CUSTOMER = (cast_table(EventRecord).update().where(cast_table(EventRecord).c.id == bindparam("event_id"))
+                       .values(customer_id=bindparam("customer_id")))
 
 
 _PROFILE_FIELDS = ("email", "first_name", "last_name", "phone", "locale", "has_account")
@@ -136,11 +161,12 @@ def upsert_customer(session: Session, shop: Shop, incoming: ev.Customer, seen_at
     key = incoming.key
     if key is None:
         return None
-    if _insert(session, Customer, {"shop_id": shop.id, "platform_id": key, "tags": [], "orders_count": 0,
-                                   "total_spent": Decimal("0"), "created_at": utcnow(),
-                                   "updated_at": utcnow()}, ["shop_id", "platform_id"]):
-        session.flush()
     row = find_customer(session, shop.id, key, lock=True)
+    if row is None:
+        _insert(session, Customer, {"shop_id": shop.id, "platform_id": key, "tags": [], "orders_count": 0,
+                                    "total_spent": Decimal("0"), "created_at": utcnow(), "updated_at": utcnow()},
+                ["shop_id", "platform_id"])
+        row = find_customer(session, shop.id, key, lock=True)  # ours, or a concurrent first event's
     assert row is not None
     version = incoming.updated_at or seen_at
     newer = row.profile_version is None or version >= row.profile_version
@@ -175,13 +201,26 @@ def upsert_customer(session: Session, shop: Shop, incoming: ev.Customer, seen_at
 
 
 def upsert_order(session: Session, shop: Shop, incoming: ev.Order, customer: Customer | None,
-                 *, deleted: bool = False) -> Order:
-    """Create or update an order row, ignoring versions older than the one stored."""
-    _insert(session, Order, {"shop_id": shop.id, "platform_id": incoming.id, "discount_codes": [],
-                             "deleted": False, "created_at": utcnow()}, ["shop_id", "platform_id"])
-    row = session.execute(
-        select(Order).where(Order.shop_id == shop.id, Order.platform_id == incoming.id).with_for_update()
-    ).scalar_one()
+                 *, deleted: bool = False) -> tuple[Order, bool]:
+    """Create or update an order row, ignoring versions older than the one stored.
+
+    Returns the row and whether anything the customer's figures depend on changed (its total, date,
+    cancellation, deletion or customer), so an unchanged order spares the recompute.
+    """
+    where = {"shop_id": shop.id, "key": incoming.id}
+    row = session.execute(_ORDER_LOCKED, where).scalar_one_or_none()
+    created = row is None
+    if row is None:  # inserted as this version says; the code below then finds nothing to change
+        _insert(session, Order, {
+            "shop_id": shop.id, "platform_id": incoming.id, "number": incoming.number,
+            "placed_at": incoming.created_at, "total": incoming.total, "currency": incoming.currency,
+            "financial_status": incoming.financial_status, "fulfillment_status": incoming.fulfillment_status,
+            "cancelled_at": incoming.cancelled_at, "discount_codes": list(incoming.discount_codes or []),
+            "platform_updated_at": incoming.updated_at, "deleted": deleted,
+            "customer_id": customer.id if customer is not None else None, "created_at": utcnow()},
+            ["shop_id", "platform_id"])
+        row = session.execute(_ORDER_LOCKED, where).scalar_one()
+    before = (row.total, row.placed_at, row.cancelled_at, row.deleted, row.customer_id)
     newer = incoming.updated_at is not None and (
         row.platform_updated_at is None or incoming.updated_at >= row.platform_updated_at)
     values: dict[str, Any] = {
@@ -202,17 +241,27 @@ def upsert_order(session: Session, shop: Shop, incoming: ev.Order, customer: Cus
         row.deleted = True
     if customer is not None and row.customer_id is None:
         row.customer_id = customer.id
-    session.flush()
-    return row
+    return row, created or (row.total, row.placed_at, row.cancelled_at, row.deleted, row.customer_id) != before
 
 
-def recompute(session: Session, customer: Customer) -> None:
-    """Recompute a customer's order count, total and first/last order dates from the order rows."""
-    counted = (Order.customer_id == customer.id, Order.deleted.is_(False), Order.cancelled_at.is_(None))
-    count, total, first, last = session.execute(
-        select(func.count(Order.id), func.coalesce(func.sum(Order.total), 0),
-               func.min(Order.placed_at), func.max(Order.placed_at)).where(*counted)
-    ).one()
+def recompute(session: Session, customer: Customer, changed: Order | None = None) -> None:
+    """Recompute a customer's order count, total and first/last order dates from the order rows.
+
+    With `changed` (an order modified in this session), the other orders are summed in the database
+    and that one is added here, so its changes need not be flushed first: the customer's new figures
+    and the order's changes then go out in the transaction's one flush.
+    """
+    if changed is None:
+        count, total, first, last = session.execute(_TOTALS, {"customer_id": customer.id}).one()  # autoflushed
+    else:
+        count, total, first, last = session.connection().execute(
+            _TOTALS_EXCEPT, {"customer_id": customer.id, "order_id": changed.id}).one()
+        if changed.customer_id == customer.id and not changed.deleted and changed.cancelled_at is None:
+            count += 1
+            total = Decimal(str(total)) + (changed.total or Decimal("0"))
+            if changed.placed_at is not None:
+                first = min(first, changed.placed_at) if first is not None else changed.placed_at
+                last = max(last, changed.placed_at) if last is not None else changed.placed_at
     total = Decimal(str(total)).quantize(Decimal("0.01"))
     customer.orders_count = max(count, customer.reported_orders_count or 0)
     customer.total_spent = max(total, customer.reported_total_spent or Decimal("0"))
