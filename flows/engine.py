@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 
 from encore import logs
 from encore.events import Event, EventType
-from encore.store import get_sessionmaker, session_scope
+from encore.store import get_sessionmaker, session_scope, stage
 from encore.store.models import Customer, Shop
 from flows import dates, loader
 from flows.loader import FlowFile
@@ -251,18 +251,21 @@ def resume_run(run_id: int) -> str:
     return advance(run_id)
 
 
-def advance(run_id: int, token: str | None = None, session: Session | None = None) -> str:
+def advance(run_id: int, token: str | None = None, session: Session | None = None, *, commit: bool = True) -> str:
     """Execute a run's steps until it ends or waits (every log line inside carries `run_id`)."""
     with logs.bind(run_id=run_id):
-        return _advance(run_id, token, session)
+        return _advance(run_id, token, session, commit)
 
 
-def _advance(run_id: int, token: str | None = None, session: Session | None = None) -> str:
+def _advance(run_id: int, token: str | None = None, session: Session | None = None, commit: bool = True) -> str:
     """Execute a run's steps until it ends or waits; returns the run's status afterwards.
 
     `token` is the lease the caller already holds (a run it just created, in `session`); otherwise the
     lease is taken here, and a run leased by another worker (or by one that died, until the lease
-    runs out) is left alone.
+    runs out) is left alone. With `commit=False` (a wake batch) the run's last changes are committed
+    with the next run's claim or at the end of the batch; if a later run fails before its claim,
+    the rollback takes them back, and the run, still leased and waiting, is driven again once the
+    lease runs out, where its claimed effect is found and not repeated.
     """
     now = dates.now()
     own_session = None
@@ -281,7 +284,8 @@ def _advance(run_id: int, token: str | None = None, session: Session | None = No
     try:
         if session is not None:
             status, wake = _drive(session, run_id, token)
-            session.commit()
+            if commit:
+                session.commit()
         else:
             with session_scope() as fresh:
                 status, wake = _drive(fresh, run_id, token)
@@ -325,7 +329,7 @@ def _drive(session: Session, run_id: int, token: str, *, pure_only: bool = False
         return status, None
     run = session.get(FlowRun, run_id)
     if run is not None and run.lease_token == token:
-        run.lease_until, run.lease_token = None, None
+        stage(session, run, lease_until=None, lease_token=None)
     return status, wake
 
 
@@ -343,7 +347,7 @@ def _step(session: Session, run_id: int, token: str, *, pure_only: bool = False,
         return (run.status if run else "gone"), None, False
     now = dates.now()
     if run.status == WAITING and run.wake_at is not None and run.wake_at > now:  # woken early: sleep again
-        run.job_id = _job_id(run)
+        stage(session, run, job_id=_job_id(run))
         return WAITING, (run.wake_at, run.job_id), False
     # A waiting run is left as it is until its step is done (the step's claim commits without touching it).
     shop = session.get(Shop, run.shop_id)
@@ -361,31 +365,29 @@ def _step(session: Session, run_id: int, token: str, *, pure_only: bool = False,
     if pure_only and step_kind(step) not in PURE_STEPS:
         return BLOCKED, None, False
     outcome = runner.run_step(step)
-    run.updated_at = now
-    run.attempts = 0
+    stage(session, run, updated_at=now, attempts=0)
     if outcome.action == "stop":
         _finish(session, run, STOPPED if outcome.reason != "end" else DONE, outcome.reason)
         _trace(session, run, "stop", f"stopped: {outcome.reason}")
         return run.status, None, False
     if outcome.action == "enter":
         assert outcome.position is not None
-        run.status, run.position = RUNNING, outcome.position
+        stage(session, run, status=RUNNING, position=outcome.position)
         return RUNNING, None, True
     if outcome.action == "defer":
-        run.status, run.wake_at = WAITING, outcome.until
-        run.job_id = _job_id(run)
+        stage(session, run, status=WAITING, wake_at=outcome.until)
+        stage(session, run, job_id=_job_id(run))
         return WAITING, (run.wake_at, run.job_id), False
     following = next_position(flow.steps, run.position)
     if following is None:
         _finish(session, run, DONE, "completed")
         _trace(session, run, "done", "run completed")
         return DONE, None, False
-    run.position = following
     if outcome.action == "wait":
-        run.status, run.wake_at = WAITING, outcome.until
-        run.job_id = _job_id(run)
+        stage(session, run, position=following, status=WAITING, wake_at=outcome.until)
+        stage(session, run, job_id=_job_id(run))
         return WAITING, (run.wake_at, run.job_id), False
-    run.status = RUNNING
+    stage(session, run, position=following, status=RUNNING)
     return RUNNING, None, True
 
 
@@ -394,14 +396,14 @@ def _retry_later(run_id: int, token: str, exc: Exception) -> tuple[str, tuple[An
         run = session.get(FlowRun, run_id)
         if run is None or run.lease_token != token:
             return "gone", None
-        run.attempts = (run.attempts or 0) + 1
+        stage(session, run, attempts=(run.attempts or 0) + 1)
         if run.attempts > MAX_ATTEMPTS:
             _finish(session, run, FAILED, f"gave up after {MAX_ATTEMPTS} attempts")
             _trace(session, run, "error", f"gave up after {MAX_ATTEMPTS} attempts: {exc}")
             return FAILED, None
         delay = getattr(exc, "retry_after", None) or RETRY_BACKOFF[min(run.attempts, len(RETRY_BACKOFF)) - 1]
-        run.status, run.wake_at = WAITING, dates.now() + timedelta(seconds=float(delay))
-        run.job_id = _job_id(run)
+        stage(session, run, status=WAITING, wake_at=dates.now() + timedelta(seconds=float(delay)))
+        stage(session, run, job_id=_job_id(run))
         _trace(session, run, "retry", f"will retry at {run.wake_at.isoformat()}: {exc}", attempt=run.attempts)
         return WAITING, (run.wake_at, run.job_id)
 
@@ -480,7 +482,7 @@ def wake_due(slot: int | None = None) -> int:
         for run_id in ids:
             if time.monotonic() - started > LEASE.total_seconds() / 2:
                 break  # the rest go back before their lease could run out under us
-            advance(run_id, token, session)
+            advance(run_id, token, session, commit=False)
             advanced += 1
         del runs, shops, customers
         if advanced < len(ids):
@@ -512,9 +514,8 @@ def _lease_due(session: Session, now: datetime, token: str) -> list[int]:
 
 
 def _finish(session: Session, run: FlowRun, status: str, reason: str) -> None:
-    run.status, run.reason = status, reason[:255]
-    run.finished_at = run.updated_at = dates.now()
-    run.wake_at = None
+    now = dates.now()
+    stage(session, run, status=status, reason=reason[:255], finished_at=now, updated_at=now, wake_at=None)
 
 
 def _trace(session: Session, run: FlowRun, kind: str, message: str, **detail: Any) -> None:

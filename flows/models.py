@@ -111,12 +111,14 @@ def pending_traces(session: Session) -> list[dict[str, Any]]:
     return list(session.info.get(_TRACES, ()))
 
 
+_INSERT_TRACE = FlowTrace.__table__.insert()
+
+
 @event.listens_for(Session, "before_commit")
 def _write_traces(session: Session) -> None:
     rows = session.info.pop(_TRACES, None)
-    if rows:
-        session.flush()  # the runs they belong to first
-        session.execute(FlowTrace.__table__.insert(), rows)
+    if rows:  # their runs are in the database already (inserted, or loaded)
+        session.connection().execute(_INSERT_TRACE, rows)
 
 
 @event.listens_for(Session, "after_rollback")

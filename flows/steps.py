@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from encore import events as ev
 from encore.metrics import EMAILS, platform_error
 from encore.settings import get_settings
+from encore.store import stage
 from encore.store.models import Customer, Order, Shop
 from flows import dates, expressions, render
 from flows.models import NEW_RUNS, FlowEffect, FlowRun, add_trace
@@ -194,6 +195,7 @@ class StepRunner:
     customer: Customer | None
     dry_run: bool = False
     rendered: list[dict[str, Any]] = field(default_factory=list)
+    _models: dict[tuple[Any, int], Any] = field(default_factory=dict, repr=False)
 
     # -- context ---------------------------------------------------------------------------------
     def tz(self) -> Any:
@@ -207,19 +209,28 @@ class StepRunner:
             "customer": customer_view(self.customer), "shop": shop_view(self.shop),
             "event": stored.get("event") or {}, "run": {"id": self.run.id, "started_at": self.run.started_at,
                                                          "flow": self.run.flow_name},
-            "order": ev.Order.model_validate(stored["order"]) if stored.get("order") else None,
-            "checkout": ev.Checkout.model_validate(stored["checkout"]) if stored.get("checkout") else None,
+            "order": self._parsed(ev.Order, stored.get("order")),
+            "checkout": self._parsed(ev.Checkout, stored.get("checkout")),
             "now": dates.now(),
         }
         for name, value in (stored.get("vars") or {}).items():
             ctx[name] = DiscountView(value, self) if isinstance(value, dict) and "code" in value else value
         return ctx
 
+    def _parsed(self, model: Any, data: dict[str, Any] | None) -> Any:
+        """The stored order or checkout as its model, parsed once per runner (`context()` is called per check)."""
+        if not data:
+            return None
+        key = (model, id(data))
+        if key not in self._models:
+            self._models[key] = model.model_validate(data)
+        return self._models[key]
+
     def set_var(self, name: str, value: Any) -> None:
         """Make a value available to later steps under `name`."""
         stored = dict(self.run.context or {})
         stored["vars"] = {**(stored.get("vars") or {}), name: value}
-        self.run.context = stored
+        stage(self.session, self.run, context=stored)
 
     def trace(self, kind: str, message: str, **detail: Any) -> None:
         """Add a line to the run's trace."""
@@ -455,7 +466,7 @@ class StepRunner:
                 self._finish(effect, "failed", {"error": exc.message})
                 self.trace("error", f"tags not added: {exc.message}")
                 return NEXT
-        customer.tags = sorted(set(customer.tags or []) | set(tags))
+        stage(self.session, customer, tags=sorted(set(customer.tags or []) | set(tags)))
         self._finish(effect, "done", {"tags": tags})
         self.trace("tag", f"tagged {', '.join(tags)}", tags=tags)
         return NEXT

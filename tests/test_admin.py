@@ -384,7 +384,7 @@ def test_run_id_is_on_every_log_line_of_a_run(monkeypatch, caplog):
     from encore.logs import ContextFilter
     from flows import engine
 
-    def inside(run_id, token=None, session=None):  # type: ignore[no-untyped-def]
+    def inside(run_id, token=None, session=None, commit=True):  # type: ignore[no-untyped-def]
         logging.getLogger("flows.engine").warning("a step of the run")
         return "done"
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, bindparam, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from encore.settings import get_settings
 
@@ -96,3 +98,59 @@ def dispose_all() -> None:
         engine.dispose()
     _engines.clear()
     _sessionmakers.clear()
+
+
+# ---- staged updates: the hot paths' writes, without the unit of work ----------------------------------
+
+_STAGED = "encore_staged_updates"
+_UPDATES: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
+def stage(session: Session, row: Any, **values: Any) -> None:
+    """Set columns of a loaded row now, and write them with one UPDATE when the transaction commits.
+
+    The flow engine and the ledger change a few columns of a few rows per event; SQLAlchemy's unit of
+    work costs several times the UPDATE itself, so those changes skip it: the object holds the new
+    values (as loaded, not dirty) and `write_staged` issues one prepared UPDATE per row. Queries that
+    read staged columns in the same transaction must call `write_staged` first (commits do).
+    """
+    state = inspect(row)
+    if state.identity is None:  # not stored (a preview's run): ordinary attributes
+        for key, value in values.items():
+            setattr(row, key, value)
+        return
+    for key, value in values.items():
+        set_committed_value(row, key, value)
+    staged = session.info.setdefault(_STAGED, {})
+    identity = (type(row), state.identity)
+    entry = staged.get(identity)
+    if entry is None:
+        staged[identity] = (row, dict(values))
+    else:
+        entry[1].update(values)
+
+
+def write_staged(session: Session) -> None:
+    """Issue the staged UPDATEs (one per row)."""
+    staged = session.info.pop(_STAGED, None)
+    if not staged:
+        return
+    connection = session.connection()
+    for (model, identity), (_, values) in staged.items():
+        table = model.__table__
+        key = (table.name, tuple(sorted(values)))
+        stmt = _UPDATES.get(key)
+        if stmt is None:
+            (pk,) = table.primary_key.columns
+            stmt = _UPDATES[key] = table.update().where(pk == bindparam("staged_pk"))
+        connection.execute(stmt, {**values, "staged_pk": identity[0]})
+
+
+@event.listens_for(Session, "before_commit")
+def _write_staged_before_commit(session: Session) -> None:
+    write_staged(session)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_staged(session: Session) -> None:
+    session.info.pop(_STAGED, None)  # the rollback expired the objects too: they reload what is stored

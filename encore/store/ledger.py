@@ -25,6 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from encore import events as ev
+from encore.store import stage, write_staged
 from encore.store.models import Base, Customer, EventRecord, Order, Shop, utcnow
 
 
@@ -170,33 +171,34 @@ def upsert_customer(session: Session, shop: Shop, incoming: ev.Customer, seen_at
     assert row is not None
     version = incoming.updated_at or seen_at
     newer = row.profile_version is None or version >= row.profile_version
+    changes: dict[str, Any] = {}
     for field in _PROFILE_FIELDS:
         value = getattr(incoming, field)
         if field == "email" and value:
             value = value.strip()
         if value is not None and (newer or getattr(row, field) is None):
-            setattr(row, field, value)
+            changes[field] = value
     if incoming.tags is not None and newer:
-        row.tags = sorted(set(incoming.tags))
+        changes["tags"] = sorted(set(incoming.tags))
     if incoming.birthday is not None and (newer or row.birthday is None):
-        row.birthday = incoming.birthday
-        row.birthday_month, row.birthday_day = incoming.birthday.month, incoming.birthday.day
+        changes.update(birthday=incoming.birthday, birthday_month=incoming.birthday.month,
+                       birthday_day=incoming.birthday.day)
     if incoming.created_at and row.platform_created_at is None:
-        row.platform_created_at = incoming.created_at
+        changes["platform_created_at"] = incoming.created_at
     if newer:
-        row.profile_version = version
+        changes["profile_version"] = version
     if incoming.email_consent is not None:
         consent_at = incoming.consent_updated_at or version
         if row.consent_updated_at is None or consent_at >= row.consent_updated_at:
-            row.email_consent = incoming.email_consent
-            row.consent_updated_at = consent_at
+            changes.update(email_consent=incoming.email_consent, consent_updated_at=consent_at)
     if incoming.orders_count is not None or incoming.total_spent is not None:
         if row.reported_at is None or version >= row.reported_at:
             if incoming.orders_count is not None:
-                row.reported_orders_count = incoming.orders_count
+                changes["reported_orders_count"] = incoming.orders_count
             if incoming.total_spent is not None:
-                row.reported_total_spent = incoming.total_spent
-            row.reported_at = version
+                changes["reported_total_spent"] = incoming.total_spent
+            changes["reported_at"] = version
+    _stage_changed(session, row, changes)
     return row
 
 
@@ -228,20 +230,29 @@ def upsert_order(session: Session, shop: Shop, incoming: ev.Order, customer: Cus
         "currency": incoming.currency, "financial_status": incoming.financial_status,
         "fulfillment_status": incoming.fulfillment_status, "cancelled_at": incoming.cancelled_at,
     }
+    changes: dict[str, Any] = {}
     for field, value in values.items():
         if newer and field == "cancelled_at":
-            row.cancelled_at = incoming.cancelled_at  # a newer version without it: the order was restored
+            changes["cancelled_at"] = incoming.cancelled_at  # a newer version without it: the order was restored
         elif value is not None and (newer or getattr(row, field) is None):
-            setattr(row, field, value)
+            changes[field] = value
     if incoming.discount_codes and (newer or not row.discount_codes):
-        row.discount_codes = list(incoming.discount_codes)
+        changes["discount_codes"] = list(incoming.discount_codes)
     if newer:
-        row.platform_updated_at = incoming.updated_at
+        changes["platform_updated_at"] = incoming.updated_at
     if deleted:
-        row.deleted = True
+        changes["deleted"] = True
     if customer is not None and row.customer_id is None:
-        row.customer_id = customer.id
+        changes["customer_id"] = customer.id
+    _stage_changed(session, row, changes)
     return row, created or (row.total, row.placed_at, row.cancelled_at, row.deleted, row.customer_id) != before
+
+
+def _stage_changed(session: Session, row: Base, changes: dict[str, Any]) -> None:
+    """Stage the columns whose value differs from the row's (nothing when the event changes nothing)."""
+    changed = {key: value for key, value in changes.items() if getattr(row, key) != value}
+    if changed:
+        stage(session, row, **changed)
 
 
 def recompute(session: Session, customer: Customer, changed: Order | None = None) -> None:
@@ -252,6 +263,7 @@ def recompute(session: Session, customer: Customer, changed: Order | None = None
     and the order's changes then go out in the transaction's one flush.
     """
     if changed is None:
+        write_staged(session)  # the orders' staged changes first
         count, total, first, last = session.execute(_TOTALS, {"customer_id": customer.id}).one()  # autoflushed
     else:
         count, total, first, last = session.connection().execute(
@@ -263,10 +275,10 @@ def recompute(session: Session, customer: Customer, changed: Order | None = None
                 first = min(first, changed.placed_at) if first is not None else changed.placed_at
                 last = max(last, changed.placed_at) if last is not None else changed.placed_at
     total = Decimal(str(total)).quantize(Decimal("0.01"))
-    customer.orders_count = max(count, customer.reported_orders_count or 0)
-    customer.total_spent = max(total, customer.reported_total_spent or Decimal("0"))
-    customer.first_order_at = first
-    customer.last_order_at = last
+    _stage_changed(session, customer, {
+        "orders_count": max(count, customer.reported_orders_count or 0),
+        "total_spent": max(total, customer.reported_total_spent or Decimal("0")),
+        "first_order_at": first, "last_order_at": last})
 
 
 def redact_customer(session: Session, shop: Shop, event: ev.Event) -> int:
