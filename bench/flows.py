@@ -1,17 +1,20 @@
 """The flow engine's cost per event, and the date sweep over a million customers.
 
-    .venv/bin/python bench/flows.py [--events 1500] [--customers 1000000] [--json]
+    .venv/bin/python bench/flows.py [--events 800] [--rounds 3] [--customers 1000000] [--dir bench/out] [--json]
 
 1. Throughput. On one worker process, in the same run and against the same Redis:
    - no-op RQ jobs through `SimpleWorker` and through the forking `Worker` (RQ's own per-job cost);
    - canonical events through the real pipeline (`encore.jobs.process_event`: ledger, then every
      built-in flow): for each customer `customer.created` (welcome: a code and an email),
-     `checkout.started` (abandoned checkout: a wait), `order.placed` (thank-you: a wait; win-back
-     exits; loyalty checks its condition) and `order.fulfilled` (check-in: a wait); then the clock
-     moves four days on and every scheduled resume job runs (the waits' emails go out). A fake
-     platform connector makes the codes; emails go to the file outbox.
-   events/s = events / (time to process them + time to run their waits). Target: >= 0.5 x the
-   SimpleWorker no-op jobs/s.
+     `checkout.started` (abandoned checkout: a wait), `order.placed` (thank-you: a wait; the
+     abandoned checkout exits; loyalty checks its condition) and `order.fulfilled` (check-in: a
+     wait); then the clock moves four days on and the wake jobs run (the waits' emails go out). A
+     fake platform connector makes the codes; emails go to the file outbox.
+   events/s = events / (time to process them + time to run their waits). The SimpleWorker no-op
+   rate and the event rate are measured in alternating rounds (fresh customers each round) and
+   each is the best of `--rounds`. Target: >= 0.5 x the SimpleWorker no-op jobs/s.
+   The store and the outbox are in a folder under `--dir` (default bench/out, on the project's disk
+   like `make run`'s encore.db and outbox/).
 2. The date sweep: N customers in SQLite (birthdays and last orders spread over the year), the
    library's birthday and win-back flows; `flows.triggers.sweep` for one day, timed, with the peak
    Python memory it allocates (tracemalloc) at N/4 and at N to show it stays flat. Target: < 2 s.
@@ -116,7 +119,7 @@ def noop_rate(connection: Redis, worker_class: type, jobs: int) -> float:
     return jobs / (time.perf_counter() - start)
 
 
-def make_events(customers: int, first: int = 10_000) -> list:
+def make_events(customers: int, first: int = 10_000, t0: datetime = T0) -> list:
     from encore import events as ev
 
     events = []
@@ -124,7 +127,7 @@ def make_events(customers: int, first: int = 10_000) -> list:
         cid = str(first + n)
         person = ev.Customer(id=cid, email=f"c{cid}@example.com", first_name="Ada", email_consent=n % 5 != 0,
                              birthday=date(1990, 1 + n % 12, 1 + n % 28))
-        at = T0 + timedelta(seconds=n)
+        at = t0 + timedelta(seconds=n)
         order = ev.Order(id=f"o{cid}", number=cid, created_at=at, updated_at=at, total=Decimal("64.00"),
                          currency="EUR", line_items=[ev.LineItem(title="Tea", quantity=2, price=Decimal("32.00"))],
                          financial_status="paid")
@@ -139,14 +142,46 @@ def make_events(customers: int, first: int = 10_000) -> list:
     return events
 
 
-def throughput(connection: Redis, event_count: int) -> dict:
-    from rq import SimpleWorker, Worker
+def library_round(connection: Redis, customers: int, first: int, t0: datetime) -> dict:
+    """One round through the library: the events of `customers` new customers at `t0`, then their waits."""
+    from rq import SimpleWorker
     from rq.job import Job
     from rq.registry import ScheduledJobRegistry
     from rq.serializers import JSONSerializer
 
-    import connectors.base
     from encore.queue import FLOWS, enqueue_event, queue
+    from flows import dates
+
+    dates.set_now(t0)
+    events = make_events(customers, first=first, t0=t0)
+    for event in events:
+        enqueue_event(event, connection)
+    start = time.perf_counter()
+    drain(connection, SimpleWorker)
+    handled = time.perf_counter() - start
+    # Four days later: every wait is over; the scheduler would move these jobs, we do it here.
+    later = t0 + timedelta(days=4)
+    dates.set_now(later)
+    registry = ScheduledJobRegistry(FLOWS, connection=connection, serializer=JSONSerializer)
+    q = queue(FLOWS, connection)
+    waits = registry.get_jobs_to_schedule(int(later.timestamp()), chunk_size=1_000_000)
+    for job_id in waits:
+        registry.remove(job_id)
+        q.enqueue_job(Job.fetch(job_id, connection=connection, serializer=JSONSerializer))
+    start = time.perf_counter()
+    drain(connection, SimpleWorker)
+    resumed = time.perf_counter() - start
+    dates.set_now(None)
+    return {"events": len(events), "event_seconds": handled, "wait_jobs": len(waits), "wait_seconds": resumed,
+            "rate": len(events) / (handled + resumed)}
+
+
+def throughput(connection: Redis, event_count: int, rounds: int) -> dict:
+    """RQ's no-op rate and the library's event rate, each the best of `rounds` alternating rounds."""
+    from rq import SimpleWorker, Worker
+
+    import connectors.base
+    from encore.queue import enqueue_event
     from encore.store import migrate
     from flows import dates
     from tests.flows.helpers import FakeConnector
@@ -165,8 +200,6 @@ def throughput(connection: Redis, event_count: int) -> dict:
             email_seconds[0] += time.perf_counter() - start
 
     email_api.send = timed_send  # the MIME building and the outbox write, counted apart
-    dates.set_now(T0)
-    simple = noop_rate(connection, SimpleWorker, max(event_count, 1000))
     forking = noop_rate(connection, Worker, 300)
 
     # The same pipeline with no flows at all (an empty FLOWS_DIR): the ledger's share of each event.
@@ -176,34 +209,27 @@ def throughput(connection: Redis, event_count: int) -> dict:
     empty.mkdir(parents=True, exist_ok=True)
     os.environ["FLOWS_DIR"] = str(empty)
     reset_settings()
+    dates.set_now(T0)
     bare_events = make_events(event_count // 4, first=900_000)
     for event in bare_events:
         enqueue_event(event, connection)
     start = time.perf_counter()
     drain(connection, SimpleWorker)
     ledger_rate = len(bare_events) / (time.perf_counter() - start)
+    dates.set_now(None)
     os.environ.pop("FLOWS_DIR")
     reset_settings()
 
-    events = make_events(event_count // 4)
-    for event in events:
-        enqueue_event(event, connection)
-    start = time.perf_counter()
-    drain(connection, SimpleWorker)
-    handled = time.perf_counter() - start
-    # Four days later: every wait is over; the scheduler would move these jobs, we do it here.
-    later = T0 + timedelta(days=4)
-    dates.set_now(later)
-    registry = ScheduledJobRegistry(FLOWS, connection=connection, serializer=JSONSerializer)
-    q = queue(FLOWS, connection)
-    waits = registry.get_jobs_to_schedule(int(later.timestamp()), chunk_size=1_000_000)
-    for job_id in waits:
-        registry.remove(job_id)
-        q.enqueue_job(Job.fetch(job_id, connection=connection, serializer=JSONSerializer))
-    start = time.perf_counter()
-    drain(connection, SimpleWorker)
-    resumed = time.perf_counter() - start
-    dates.set_now(None)
+    simple_rates, results = [], []
+    for n in range(rounds):  # alternating, so that a busy moment of the machine hits both sides alike
+        simple_rates.append(noop_rate(connection, SimpleWorker, max(event_count, 1000)))
+        email_seconds[0] = 0.0
+        result = library_round(connection, event_count // 4, first=10_000 + 100_000 * n,
+                               t0=T0 + timedelta(days=30 * n))
+        result["email_seconds"] = email_seconds[0]
+        results.append(result)
+    best = max(results, key=lambda r: r["rate"])
+    simple = max(simple_rates)
     from sqlalchemy import func, select
 
     from encore.store import session_scope
@@ -212,17 +238,20 @@ def throughput(connection: Redis, event_count: int) -> dict:
     with session_scope() as session:
         statuses = dict(session.execute(select(FlowRun.status, func.count()).group_by(FlowRun.status)).all())
     emails = len(list((Path(os.environ["EMAIL_URL"][7:])).glob("*.eml")))
-    rate = len(events) / (handled + resumed)
+    rate = best["rate"]
     flow_ms = 1000 / rate - 1000 / ledger_rate  # what the flows add to each event, waits included
-    email_ms = 1000 * email_seconds[0] / len(events)
+    email_ms = 1000 * best["email_seconds"] / best["events"]
     return {"email_ms_per_event": round(email_ms, 2), "engine_ms_per_event": round(flow_ms - email_ms, 2),
             "engine_cost_vs_rq_job": round((flow_ms - email_ms) / (1000 / simple), 2),
             "ledger_only_events_per_s": round(ledger_rate, 1), "flow_ms_per_event": round(flow_ms, 2),
             "rq_ms_per_job": round(1000 / simple, 2), "flow_cost_vs_rq_job": round(flow_ms / (1000 / simple), 2),
-            "events": len(events), "event_seconds": round(handled, 3), "wait_jobs": len(waits),
-            "wait_seconds": round(resumed, 3), "events_per_s": round(rate, 1), "emails": emails,
-            "runs": statuses, "noop_simple_jobs_per_s": round(simple, 1), "noop_fork_jobs_per_s": round(forking, 1),
-            "ratio_vs_simple": round(rate / simple, 3), "ratio_vs_fork": round(rate / forking, 3)}
+            "rounds": rounds, "events": best["events"], "event_seconds": round(best["event_seconds"], 3),
+            "wait_jobs": best["wait_jobs"], "wait_seconds": round(best["wait_seconds"], 3),
+            "events_per_s": round(rate, 1), "events_per_s_rounds": [round(r["rate"], 1) for r in results],
+            "noop_simple_jobs_per_s_rounds": [round(r, 1) for r in simple_rates],
+            "emails": emails, "runs": statuses, "noop_simple_jobs_per_s": round(simple, 1),
+            "noop_fork_jobs_per_s": round(forking, 1), "ratio_vs_simple": round(rate / simple, 3),
+            "ratio_vs_fork": round(rate / forking, 3)}
 
 
 def fill_customers(path: Path, count: int) -> None:
@@ -286,15 +315,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=800)
     parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3, help="each rate is the best of this many rounds")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--dir", type=Path, default=ROOT / "bench" / "out",
+                        help="where the store and the outbox go (default bench/out: the project's disk, like "
+                             "`make run`'s encore.db and outbox/; pass /tmp to measure a tmp folder instead)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="encore-bench-flows-") as name, redis_database() as (url, connection):
+    args.dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="encore-bench-flows-", dir=args.dir) as name, \
+            redis_database() as (url, connection):
         tmp = Path(name)
         setup_env(tmp, url)
         from encore import queue as encore_queue
 
         encore_queue.set_redis(connection)
-        result = {"throughput": throughput(connection, args.events)}
+        result = {"throughput": throughput(connection, args.events, args.rounds)}
         result["sweep_quarter"] = sweep_time(tmp, connection, args.customers // 4)
         result["sweep"] = sweep_time(tmp, connection, args.customers)
     ok = result["throughput"]["ratio_vs_simple"] >= TARGET_RATIO and result["sweep"]["seconds"] < TARGET_SWEEP_SECONDS
@@ -305,7 +340,9 @@ def main() -> int:
         print(f"no-op RQ jobs, one process: SimpleWorker {t['noop_simple_jobs_per_s']}/s, "
               f"Worker (fork) {t['noop_fork_jobs_per_s']}/s")
         print(f"events through the whole library: {t['events']} events in {t['event_seconds']} s "
-              f"+ {t['wait_jobs']} resumed waits in {t['wait_seconds']} s = {t['events_per_s']} events/s; "
+              f"+ {t['wait_jobs']} wake jobs in {t['wait_seconds']} s = {t['events_per_s']} events/s "
+              f"(best of {t['rounds']}: {t['events_per_s_rounds']}; "
+              f"no-op rounds {t['noop_simple_jobs_per_s_rounds']}); "
               f"{t['emails']} emails; runs {t['runs']}")
         print(f"ratio vs SimpleWorker no-op: {t['ratio_vs_simple']} (target >= {TARGET_RATIO}); "
               f"vs Worker no-op: {t['ratio_vs_fork']}")

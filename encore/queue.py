@@ -62,8 +62,12 @@ def get_redis() -> Redis:
 
 def set_redis(connection: Redis | None) -> None:
     """Use this connection from now on (tests; `encore run` children)."""
-    global _redis
+    global _redis, generation
     _redis = connection
+    generation += 1
+
+
+generation = 0  # bumped by set_redis: what a process remembers about Redis's contents is void then
 
 
 def queue(name: str = EVENTS, connection: Redis | None = None) -> Queue:

@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import bindparam, or_, select, update
@@ -188,12 +189,11 @@ def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Custo
     flow = flow_file.flow
     run_key = f"{shop.id}:{flow_file.key}:{customer.id}:{trigger_key}"
     now = dates.now()
-    probe = FlowRun(id=None, run_key=run_key, shop_id=shop.id, customer_id=customer.id, flow_key=flow_file.key,
-                    flow_name=flow.name, flow_digest=flow_file.digest, definition=flow_file.data,
-                    trigger_key=trigger_key, context=context, position=[0], started_at=now)
-    ctx = StepRunner(session, probe, flow, shop, customer).context()
     from flows import expressions
 
+    if flow.conditions:  # what the run would see, from a stand-in (no row is made for a flow that won't start)
+        probe = SimpleNamespace(id=None, context=context, position=[0], started_at=now, flow_name=flow.name)
+        ctx = StepRunner(session, probe, flow, shop, customer).context()  # type: ignore[arg-type]
     for condition in flow.conditions:
         try:
             if not expressions.holds(condition, ctx):
@@ -443,17 +443,27 @@ def schedule(run_id: int, when: Any, job_id: str) -> None:
             q.enqueue_at(when, RESUME, run_id, job_id=job_id, result_ttl=600, failure_ttl=30 * 24 * 3600)
         return
     slot = int(job_id[len(WAKE_PREFIX):])
+    from encore import queue as queue_module
+
+    seen = (queue_module.generation, slot)
+    if seen in _slots_known:
+        return  # this process queued the slot's job, or saw it queued (a lost job is the re-scheduler's)
     connection = get_redis()
     mark = WAKE_MARK + job_id
     ttl = max(3600, int(slot - dates.now().timestamp()) + 24 * 3600)
-    if not connection.set(mark, 1, nx=True, ex=ttl):
-        return  # another run of this slot queued the job already
-    try:
-        q.enqueue_at(datetime.fromtimestamp(slot, UTC), WAKE, slot, job_id=job_id, result_ttl=600,
-                     failure_ttl=30 * 24 * 3600)
-    except Exception:
-        connection.delete(mark)  # the next run of this slot queues it, or the re-scheduler does
-        raise
+    if connection.set(mark, 1, nx=True, ex=ttl):
+        try:
+            q.enqueue_at(datetime.fromtimestamp(slot, UTC), WAKE, slot, job_id=job_id, result_ttl=600,
+                         failure_ttl=30 * 24 * 3600)
+        except Exception:
+            connection.delete(mark)  # the next run of this slot queues it, or the re-scheduler does
+            raise
+    if len(_slots_known) > 100_000:
+        _slots_known.clear()
+    _slots_known.add(seen)
+
+
+_slots_known: set[tuple[int, int]] = set()  # (Redis generation, slot) whose wake job is queued
 
 
 def wake_due(slot: int | None = None) -> int:

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, bindparam, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -28,6 +29,11 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
+def _json_dumps(value: Any) -> str:
+    """JSON columns through orjson (several times faster than the json module; int keys become strings alike)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 def normalise_url(url: str) -> str:
     """Map plain `postgres://`/`postgresql://` URLs to the psycopg 3 driver."""
     for prefix in ("postgres://", "postgresql://"):
@@ -41,11 +47,12 @@ def get_engine(url: str | None = None) -> Engine:
     url = normalise_url(url or get_settings().DATABASE_URL)
     engine = _engines.get(url)
     if engine is None:
+        json_options = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
         if url.startswith("sqlite"):
-            engine = create_engine(url, connect_args={"timeout": 30})
+            engine = create_engine(url, connect_args={"timeout": 30}, **json_options)
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, **json_options)
         _engines[url] = engine
     return engine
 
