@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -42,6 +43,8 @@ from flows.models import (
     FlowRun,
     FlowTrace,
     add_trace,
+    capture_traces,
+    keep_traces,
 )
 from flows.schema import step_kind
 from flows.steps import StepRunner, TransientStepError, next_position, position_label, preload_effects, step_at
@@ -70,6 +73,8 @@ _RECENT_RUN = select(FlowRun.run_key).where(
     FlowRun.customer_id == bindparam("customer_id"), FlowRun.flow_key == bindparam("flow_key"),
     FlowRun.status != SUPPRESSED, FlowRun.started_at > bindparam("since")).order_by(FlowRun.id.desc()).limit(1)
 _RUN_BY_KEY = select(FlowRun.id, FlowRun.status).where(FlowRun.run_key == bindparam("run_key"))
+_SET_JOB_ID = (FlowRun.__table__.update().where(FlowRun.__table__.c.id == bindparam("run_id"))
+               .values(job_id=bindparam("job_id")))
 
 
 # ---- events ----------------------------------------------------------------------------------------
@@ -96,30 +101,25 @@ def handle_event(event: Event, *, shop: Shop | None, customer: Customer | None, 
         return
     from flows import triggers
 
-    to_advance: list[tuple[int, str | None]] = []
     if exiting:
         exit_runs(session, customer.id, event)
+    # Each new run's first steps without side effects (a wait, a branch) run before its row is written,
+    # in this transaction; a run that reaches a side effect is advanced after the commit (its claim
+    # commits again before acting), and so is an active run of the same key left by an earlier attempt.
+    wakes: list[tuple[int, tuple[Any, str]]] = []
+    rest: list[tuple[int, str | None]] = []
     if shop.active:
         context = triggers.event_context(event) if starting else {}
         for flow_file in starting:
             key = triggers.event_trigger_key(flow_file, event, shop, customer)
-            started = start_run(session, flow_file, shop, customer, key, context, event_id=event.id)
-            if started is not None:
-                to_advance.append(started)
-    # Steps without side effects (a wait, a branch) run in this same transaction, before it commits; a
-    # run that reaches a side effect is advanced after the commit (its claim commits again before acting).
-    wakes: list[tuple[int, tuple[Any, str]]] = []
-    rest: list[tuple[int, str | None]] = []
-    for run_id, token in to_advance:
-        if token is None:
-            rest.append((run_id, None))
-            continue
-        with logs.bind(run_id=run_id):
-            status, wake = _drive(session, run_id, token, pure_only=True)
-        if status == BLOCKED:
-            rest.append((run_id, token))
-        elif wake is not None:
-            wakes.append((run_id, wake))
+            started = start_and_drive(session, flow_file, shop, customer, key, context, event_id=event.id)
+            if started is None:
+                continue
+            run_id, token, status, wake = started
+            if status in (BLOCKED, "existing"):
+                rest.append((run_id, token))
+            elif wake is not None:
+                wakes.append((run_id, wake))
     session.commit()  # the ledger's changes and the runs exist before any step acts
     for run_id, wake in wakes:
         schedule(run_id, *wake)
@@ -156,11 +156,12 @@ def stop_shop(session: Session, shop_id: int, reason: str) -> int:
 _INSERT_RUN: dict[str, Any] = {}
 
 
-def _insert_run(session: Session, values: dict[str, Any]) -> FlowRun | None:
-    """INSERT … ON CONFLICT DO NOTHING RETURNING id: the new run (in the session), or None if the key exists.
+def _insert_run(session: Session, values: dict[str, Any], keep: bool = True) -> FlowRun | int | None:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING id: the new run, or None if the key exists.
 
-    The statement is built once per dialect; the row is put in the session as the persistent object
-    it now is (every column is known), without selecting it back.
+    The statement is built once per dialect. With `keep`, the row is put in the session as the
+    persistent object it now is (every column is known), without selecting it back; otherwise only
+    its id is returned.
     """
     dialect = session.get_bind().dialect.name
     stmt = _INSERT_RUN.get(dialect)
@@ -169,23 +170,27 @@ def _insert_run(session: Session, values: dict[str, Any]) -> FlowRun | None:
         table = FlowRun.__table__
         stmt = _INSERT_RUN[dialect] = (builder(table).on_conflict_do_nothing(index_elements=["run_key"])
                                        .returning(table.c.id))
-    run_id = session.execute(stmt, values).scalar()
-    if run_id is None:
-        return None
-    run = FlowRun(id=run_id, wake_at=None, job_id=None, **values)
+    run_id = session.connection().execute(stmt, values).scalar()
+    if run_id is None or not keep:
+        return run_id
+    run = FlowRun(id=run_id, **values)
     make_transient_to_detached(run)
     session.add(run)
     return run
 
 
-def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer, trigger_key: str,
-              context: dict[str, Any], event_id: str | None = None) -> tuple[int, str | None] | None:
-    """Create the run for (flow, customer, trigger key) if its entry rules and conditions allow.
+@dataclass
+class _Admitted:
+    """A run its flow's entry rules let start: the row to insert, and the lease it is inserted with."""
 
-    Returns (run id, lease token) of a run to advance: a new one, leased to the caller, or the existing
-    active one for this key with no token (a retried job finishes it once its lease is free). None
-    when the flow does not start (conditions false, cool-down, not consented, already finished).
-    """
+    values: dict[str, Any]
+    run_key: str
+    token: str | None
+
+
+def _admit(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer, trigger_key: str,
+           context: dict[str, Any], event_id: str | None) -> _Admitted | tuple[int, str | None] | None:
+    """Check a flow's conditions and entry rules for a customer: the run to insert, or start_run's answer."""
     flow = flow_file.flow
     run_key = f"{shop.id}:{flow_file.key}:{customer.id}:{trigger_key}"
     now = dates.now()
@@ -215,28 +220,90 @@ def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Custo
         # Shown, not silent: a suppressed run with its reason (keyed apart so a later consent can start one).
         status, reason, token = SUPPRESSED, "no consent", None
         run_key = f"{run_key}:suppressed"
-    run = _insert_run(session, dict(
+    values = dict(
         run_key=run_key, shop_id=shop.id, customer_id=customer.id, flow_key=flow_file.key, flow_name=flow.name,
         flow_digest=flow_file.digest, definition=flow_file.data, trigger_key=trigger_key, event_id=event_id,
         status=status, reason=reason, position=[0], context=context, attempts=0, started_at=now, updated_at=now,
         finished_at=now if status == SUPPRESSED else None, lease_token=token,
-        lease_until=now + LEASE if token else None))
-    if run is None:
-        return None if status == SUPPRESSED else _existing(session, run_key)
-    session.info.setdefault("flow_runs", []).append(run)  # keep it in the identity map for the first steps
-    session.info.setdefault(NEW_RUNS, set()).add(run.id)
-    held = "; ".join(f"{condition} -> true" for condition in flow.conditions)
+        lease_until=now + LEASE if token else None, wake_at=None, job_id=None)
+    return _Admitted(values, run_key, token)
+
+
+def _started(session: Session, flow_file: FlowFile, run: Any, event_id: str | None, trigger_key: str) -> None:
+    """The first lines of a new run's trace (and the suppression, for a run without consent)."""
+    conditions = flow_file.flow.conditions
+    held = "; ".join(f"{condition} -> true" for condition in conditions)
     _trace(session, run, "start", f"started by {'event ' + event_id if event_id else 'date ' + trigger_key}"
            + (f" ({held})" if held else ""), trigger_key=trigger_key,
-           conditions={condition: True for condition in flow.conditions} or None)
-    if status == SUPPRESSED:
+           conditions={condition: True for condition in conditions} or None)
+    if run.status == SUPPRESSED:
         _trace(session, run, "suppressed", "not started: no consent (customer.email_consent is not true)",
                reason="no consent")
         from encore.metrics import EMAILS
 
         EMAILS.labels(flow=flow_file.key, outcome="no consent").inc()
+
+
+def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer, trigger_key: str,
+              context: dict[str, Any], event_id: str | None = None) -> tuple[int, str | None] | None:
+    """Create the run for (flow, customer, trigger key) if its entry rules and conditions allow.
+
+    Returns (run id, lease token) of a run to advance: a new one, leased to the caller, or the existing
+    active one for this key with no token (a retried job finishes it once its lease is free). None
+    when the flow does not start (conditions false, cool-down, not consented, already finished).
+    """
+    admitted = _admit(session, flow_file, shop, customer, trigger_key, context, event_id)
+    if not isinstance(admitted, _Admitted):
+        return admitted
+    run = _insert_run(session, admitted.values)
+    if run is None:
+        return None if admitted.token is None else _existing(session, admitted.run_key)
+    session.info.setdefault("flow_runs", []).append(run)  # keep it in the identity map for the first steps
+    session.info.setdefault(NEW_RUNS, set()).add(run.id)
+    _started(session, flow_file, run, event_id, trigger_key)
+    return None if run.status == SUPPRESSED else (run.id, admitted.token)
+
+
+def start_and_drive(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer, trigger_key: str,
+                    context: dict[str, Any], event_id: str | None = None,
+                    ) -> tuple[int, str | None, str, tuple[Any, str] | None] | None:
+    """Start a run as `start_run` does, running its first steps without side effects before the row exists.
+
+    A run whose first step is a wait is inserted already waiting: one INSERT, no UPDATE, no ORM
+    object. Returns (run id, token, status, wake) where status is BLOCKED for a run stopped before a
+    step with a side effect (leased to the caller, to advance after the commit), "existing" for an
+    active run of the same key (token None), or the status the run reached; None when it does not start.
+    """
+    admitted = _admit(session, flow_file, shop, customer, trigger_key, context, event_id)
+    if admitted is None:
         return None
-    return run.id, token
+    if not isinstance(admitted, _Admitted):
+        return admitted[0], None, "existing", None
+    if admitted.token is None:  # suppressed: nothing to drive
+        started = start_run(session, flow_file, shop, customer, trigger_key, context, event_id)
+        return None if started is None else (started[0], started[1], "existing", None)
+    draft = SimpleNamespace(id=None, **admitted.values)
+    with capture_traces(session) as lines:
+        _started(session, flow_file, draft, event_id, trigger_key)
+        status, wake = _drive(session, draft, admitted.token, pure_only=True)
+    values = {key: getattr(draft, key) for key in admitted.values}
+    run = _insert_run(session, values, keep=status == BLOCKED)
+    if run is None:
+        existing = _existing(session, admitted.run_key)
+        return None if existing is None else (existing[0], None, "existing", None)
+    run_id = run if isinstance(run, int) else run.id
+    for line in lines:
+        line["run_id"] = run_id
+    keep_traces(session, lines)
+    session.info.setdefault(NEW_RUNS, set()).add(run_id)
+    if not isinstance(run, int):
+        session.info.setdefault("flow_runs", []).append(run)
+    if wake is not None and not wake[1].startswith(WAKE_PREFIX):  # a job of its own: named after the id
+        draft.id = run_id
+        job_id = _job_id(draft)
+        session.connection().execute(_SET_JOB_ID, {"run_id": run_id, "job_id": job_id})
+        wake = (wake[0], job_id)
+    return run_id, admitted.token if status == BLOCKED else None, status, wake
 
 
 def _existing(session: Session, run_key: str) -> tuple[int, str | None] | None:
@@ -313,7 +380,8 @@ def _advance(run_id: int, token: str | None = None, session: Session | None = No
     return status
 
 
-def _drive(session: Session, run_id: int, token: str, *, pure_only: bool = False) -> tuple[str, tuple[Any, str] | None]:
+def _drive(session: Session, run_id: int | Any, token: str, *, pure_only: bool = False,
+           ) -> tuple[str, tuple[Any, str] | None]:
     """Run steps until the run waits or ends; then give the lease back.
 
     A step with a side effect commits the transaction before it acts (its claim); the others don't
@@ -327,7 +395,7 @@ def _drive(session: Session, run_id: int, token: str, *, pure_only: bool = False
             break
     if status == BLOCKED:
         return status, None
-    run = session.get(FlowRun, run_id)
+    run = session.get(FlowRun, run_id) if isinstance(run_id, int) else run_id
     if run is not None and run.lease_token == token:
         stage(session, run, lease_until=None, lease_token=None)
     return status, wake
@@ -339,10 +407,10 @@ def _release(run_id: int, token: str) -> None:
                         .values(lease_until=None, lease_token=None))
 
 
-def _step(session: Session, run_id: int, token: str, *, pure_only: bool = False,
+def _step(session: Session, run_id: int | Any, token: str, *, pure_only: bool = False,
           ) -> tuple[str, tuple[Any, str] | None, bool]:
-    """Run one step of a run: (status, (wake_at, job id) to schedule, whether to go on)."""
-    run = session.get(FlowRun, run_id)
+    """Run one step of a run (by id, or a draft not stored yet): (status, (wake_at, job id), whether to go on)."""
+    run = session.get(FlowRun, run_id) if isinstance(run_id, int) else run_id
     if run is None or run.lease_token != token or run.status not in ACTIVE:
         return (run.status if run else "gone"), None, False
     now = dates.now()

@@ -6,6 +6,8 @@ so a retried job finds what it already did instead of doing it again.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -104,6 +106,26 @@ def add_trace(session: Session, run_id: int, at: datetime, kind: str, message: s
     """Add a trace line to the session's transaction; the lines are inserted together when it commits."""
     session.info.setdefault(_TRACES, []).append(
         {"run_id": run_id, "at": at, "kind": kind, "message": message, "step": step, "detail": detail})
+
+
+@contextmanager
+def capture_traces(session: Session) -> Iterator[list[dict[str, Any]]]:
+    """Collect the trace lines added inside the block apart (a draft run's, before it has an id)."""
+    saved = session.info.pop(_TRACES, None)
+    lines: list[dict[str, Any]] = []
+    session.info[_TRACES] = lines
+    try:
+        yield lines
+    finally:
+        if saved is None:
+            session.info.pop(_TRACES, None)
+        else:
+            session.info[_TRACES] = saved
+
+
+def keep_traces(session: Session, lines: list[dict[str, Any]]) -> None:
+    """Add captured trace lines to the transaction's."""
+    session.info.setdefault(_TRACES, []).extend(lines)
 
 
 def pending_traces(session: Session) -> list[dict[str, Any]]:

@@ -121,8 +121,8 @@ def stage(session: Session, row: Any, **values: Any) -> None:
     values (as loaded, not dirty) and `write_staged` issues one prepared UPDATE per row. Queries that
     read staged columns in the same transaction must call `write_staged` first (commits do).
     """
-    state = inspect(row)
-    if state.identity is None:  # not stored (a preview's run): ordinary attributes
+    state = inspect(row, raiseerr=False)
+    if state is None or state.identity is None:  # not stored (a preview's run, a draft): ordinary attributes
         for key, value in values.items():
             setattr(row, key, value)
         return
