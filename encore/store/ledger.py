@@ -17,12 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import String, Table, bindparam, cast, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from encore import events as ev
 from encore.store import stage, write_staged
@@ -47,6 +48,20 @@ def cast_table(model: type[Base]) -> Table:
 
 
 _INSERTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
+_INSERTS_RETURNING_ID: dict[tuple[str, str, tuple[str, ...]], Any] = {}
+
+
+def _insert_statement(session: Session, model: type[Base], conflict: list[str]) -> Any:
+    """INSERT … ON CONFLICT (conflict) DO NOTHING RETURNING id, built once per dialect and table."""
+    dialect = session.get_bind().dialect.name
+    key = (dialect, model.__tablename__, tuple(conflict))
+    stmt = _INSERTS_RETURNING_ID.get(key)
+    if stmt is None:
+        builder = pg_insert if dialect == "postgresql" else sqlite_insert
+        table = cast_table(model)
+        stmt = _INSERTS_RETURNING_ID[key] = (builder(table).on_conflict_do_nothing(index_elements=conflict)
+                                             .returning(table.c.id))
+    return stmt
 
 
 def _insert(session: Session, model: type[Base], values: dict[str, Any], conflict: list[str]) -> bool:
@@ -110,11 +125,17 @@ def apply_event(session: Session, event: ev.Event) -> LedgerResult:
     privacy = event.type.is_privacy
     payload = None if privacy else event.to_dict(raw=False)  # the raw body is in the webhook archive
     shop = get_or_create_shop(session, event.platform, event.shop)
+    # The customer's row, when there is one, is read before the gate so that the event row carries it.
+    key = event.customer.key if event.customer is not None and not privacy else None
+    known: Any = _LOOK_UP
+    if key is not None and event.type != ev.EventType.CUSTOMER_CREATED:
+        known = find_customer(session, shop.id, key, lock=True)
+    known_id = known.id if known is not None and known is not _LOOK_UP else None
     new = _insert(session, EventRecord, {
         "id": event.id, "shop_id": None if event.type == ev.EventType.SHOP_REDACT else shop.id,
         "platform": event.platform, "topic": event.topic,
         "type": event.type.value, "occurred_at": event.occurred_at, "received_at": event.received_at,
-        "processed_at": utcnow(), "payload": payload}, ["id"])
+        "processed_at": utcnow(), "payload": payload, "customer_id": known_id}, ["id"])
     if not new:
         customer_id = session.connection().execute(_EVENT_CUSTOMER, {"event_id": event.id}).scalar()
         customer = session.get(Customer, customer_id) if customer_id else None
@@ -132,11 +153,12 @@ def apply_event(session: Session, event: ev.Event) -> LedgerResult:
     if event.type == ev.EventType.CUSTOMER_DATA_REQUEST:
         return LedgerResult(new=True, shop=shop)
 
-    customer = upsert_customer(session, shop, event.customer, event.occurred_at) if event.customer else None
+    customer = upsert_customer(session, shop, event.customer, event.occurred_at, known) if event.customer else None
     order = None
     if event.order is not None:
         order, changed = upsert_order(session, shop, event.order, customer,
-                                      deleted=event.type == ev.EventType.ORDER_DELETED)
+                                      deleted=event.type == ev.EventType.ORDER_DELETED,
+                                      likely_new=event.type == ev.EventType.ORDER_PLACED)
         customer_id = order.customer_id
         if customer_id is not None:
             if customer is None or customer.id != customer_id:
@@ -145,7 +167,7 @@ def apply_event(session: Session, event: ev.Event) -> LedgerResult:
                 recompute(session, customer, order)
     elif customer is not None and event.type == ev.EventType.CUSTOMER_PURCHASING_SUMMARY:
         recompute(session, customer)
-    if customer is not None:
+    if customer is not None and customer.id != known_id:
         session.connection().execute(_SET_EVENT_CUSTOMER, {"event_id": event.id, "customer_id": customer.id})
     return LedgerResult(new=True, shop=shop, customer=customer, order=order)
 
@@ -157,18 +179,42 @@ _SET_EVENT_CUSTOMER = (cast_table(EventRecord).update().where(cast_table(EventRe
 _PROFILE_FIELDS = ("email", "first_name", "last_name", "phone", "locale", "has_account")
 
 
-def upsert_customer(session: Session, shop: Shop, incoming: ev.Customer, seen_at: datetime) -> Customer | None:
-    """Create or update a customer's ledger row from what an event says about them."""
+_LOOK_UP = object()  # upsert_customer's `row` default: select the row first
+
+
+def upsert_customer(session: Session, shop: Shop, incoming: ev.Customer, seen_at: datetime,
+                    row: Any = _LOOK_UP) -> Customer | None:
+    """Create or update a customer's ledger row from what an event says about them.
+
+    `row` is the customer's row when the caller looked it up already (None: not there yet). A new
+    customer is inserted with their whole profile and put in the session without selecting it back.
+    """
     key = incoming.key
     if key is None:
         return None
-    row = find_customer(session, shop.id, key, lock=True)
+    if row is _LOOK_UP:
+        row = find_customer(session, shop.id, key, lock=True)
     if row is None:
-        _insert(session, Customer, {"shop_id": shop.id, "platform_id": key, "tags": [], "orders_count": 0,
-                                    "total_spent": Decimal("0"), "created_at": utcnow(), "updated_at": utcnow()},
-                ["shop_id", "platform_id"])
-        row = find_customer(session, shop.id, key, lock=True)  # ours, or a concurrent first event's
+        now = utcnow()
+        blank: dict[str, Any] = {column.key: None for column in cast_table(Customer).columns if column.key != "id"}
+        blank.update(shop_id=shop.id, platform_id=key, tags=[], orders_count=0, total_spent=Decimal("0"),
+                     created_at=now, updated_at=now)
+        blank.update(_profile_changes(SimpleNamespace(**blank), incoming, seen_at))
+        customer_id = session.connection().execute(_insert_statement(session, Customer, ["shop_id", "platform_id"]),
+                                                   blank).scalar()
+        if customer_id is not None:
+            created = Customer(id=customer_id, **blank)
+            make_transient_to_detached(created)
+            session.add(created)
+            return created
+        row = find_customer(session, shop.id, key, lock=True)  # a concurrent first event's
     assert row is not None
+    _stage_changed(session, row, _profile_changes(row, incoming, seen_at))
+    return row
+
+
+def _profile_changes(row: Any, incoming: ev.Customer, seen_at: datetime) -> dict[str, Any]:
+    """The columns an event's view of a customer changes: the newer version wins, consent by its own time."""
     version = incoming.updated_at or seen_at
     newer = row.profile_version is None or version >= row.profile_version
     changes: dict[str, Any] = {}
@@ -198,30 +244,36 @@ def upsert_customer(session: Session, shop: Shop, incoming: ev.Customer, seen_at
             if incoming.total_spent is not None:
                 changes["reported_total_spent"] = incoming.total_spent
             changes["reported_at"] = version
-    _stage_changed(session, row, changes)
-    return row
+    return changes
 
 
 def upsert_order(session: Session, shop: Shop, incoming: ev.Order, customer: Customer | None,
-                 *, deleted: bool = False) -> tuple[Order, bool]:
+                 *, deleted: bool = False, likely_new: bool = False) -> tuple[Order, bool]:
     """Create or update an order row, ignoring versions older than the one stored.
 
     Returns the row and whether anything the customer's figures depend on changed (its total, date,
-    cancellation, deletion or customer), so an unchanged order spares the recompute.
+    cancellation, deletion or customer), so an unchanged order spares the recompute. With
+    `likely_new` (an order's creation) the insert is tried first.
     """
     where = {"shop_id": shop.id, "key": incoming.id}
-    row = session.execute(_ORDER_LOCKED, where).scalar_one_or_none()
-    created = row is None
-    if row is None:  # inserted as this version says; the code below then finds nothing to change
-        _insert(session, Order, {
+    row = None if likely_new else session.execute(_ORDER_LOCKED, where).scalar_one_or_none()
+    created = False
+    if row is None:  # inserted as this version says, and put in the session without selecting it back
+        values = {
             "shop_id": shop.id, "platform_id": incoming.id, "number": incoming.number,
             "placed_at": incoming.created_at, "total": incoming.total, "currency": incoming.currency,
             "financial_status": incoming.financial_status, "fulfillment_status": incoming.fulfillment_status,
             "cancelled_at": incoming.cancelled_at, "discount_codes": list(incoming.discount_codes or []),
             "platform_updated_at": incoming.updated_at, "deleted": deleted,
-            "customer_id": customer.id if customer is not None else None, "created_at": utcnow()},
-            ["shop_id", "platform_id"])
-        row = session.execute(_ORDER_LOCKED, where).scalar_one()
+            "customer_id": customer.id if customer is not None else None, "created_at": utcnow()}
+        order_id = session.connection().execute(_insert_statement(session, Order, ["shop_id", "platform_id"]),
+                                                values).scalar()
+        if order_id is not None:
+            row = Order(id=order_id, **values)
+            make_transient_to_detached(row)
+            session.add(row)
+            return row, True
+        row = session.execute(_ORDER_LOCKED, where).scalar_one()  # there already (a concurrent event's)
     before = (row.total, row.placed_at, row.cancelled_at, row.deleted, row.customer_id)
     newer = incoming.updated_at is not None and (
         row.platform_updated_at is None or incoming.updated_at >= row.platform_updated_at)
