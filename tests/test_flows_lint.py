@@ -171,3 +171,56 @@ def test_text_part_reads_well_without_the_hidden_preheader(env: pytest.MonkeyPat
     assert "We would love" not in text and "<" not in text and "Unsubscribe" not in text
     assert html_to_text('<p>Go <a href="https://x.example/a">here</a></p><ul><li>one</li></ul>') == \
         "Go here (https://x.example/a)\n\n- one\n"
+
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+LIBRARY_CONTEXT: dict = {
+    "customer": {"first_name": "Ada", "email": "ada@example.com"},
+    "shop": {"name": "Tea & Co", "domain": "tea.example", "email": "hi@tea.example", "currency": "EUR"},
+    "order": {"number": "1001", "total": "12.50", "currency": "EUR",
+              "line_items": [{"title": "Tea <green>", "quantity": 2, "price": "3.00"}]},
+    "checkout": {"recovery_url": "https://tea.example/r/1", "total": "12.00", "currency": "EUR",
+                 "line_items": [{"title": "Mug", "quantity": 1, "price": "9.00"}]},
+    "unsubscribe_url": "http://localhost:8000/unsubscribe/abc", "subject": "Thanks", "preheader": "Inside",
+    "run": {}, "event": {},
+}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in TEMPLATES.glob("*.html") if p.name != "base.html"))
+@pytest.mark.parametrize("shop_email", ["hi@tea.example", None])
+def test_a_templates_text_version_reads_like_its_html_converted(env: pytest.MonkeyPatch, name: str,
+                                                                 shop_email: str | None) -> None:
+    from flows.render import environment, html_to_text, render_email
+
+    code = {"code": "HELLO-7K", "value": "10%", "expires_on": "1 May 2026", "minimum_subtotal": "30.00"}
+    context = {**LIBRARY_CONTEXT, "shop": {**LIBRARY_CONTEXT["shop"], "email": shop_email}}
+    context.update({var: code for var in ("welcome", "gift", "reward", "code", "discount", "comeback")})
+    html, text = render_email(name, context)
+    assert html == environment().get_template(name).render(context)
+    assert text == html_to_text(html)  # one Jinja render per email instead of an HTML parse
+    assert "Ada" in text and "<" not in text.replace("Tea <green>", "")
+
+
+def test_a_text_version_keeps_jinja_it_must_and_falls_back_when_it_cannot(env: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    from encore.settings import reset_settings
+    from flows import render
+
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "odd.html").write_text(
+        "<html><head>{% if subject %}<title>{{ subject }}</title>{% endif %}</head><body>"
+        "<p>{% if customer.orders_count<3 %}New here{% else %}Welcome back{% endif %}, {{ customer.first_name }}!</p>"
+        '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p></body></html>')
+    # A loop opened inside an attribute: the text version loses its start, so it can't compile.
+    (folder / "broken.html").write_text('<p data-n="{% for n in numbers %}">{{ n }}</p>{% endfor %}')
+    env.setenv("TEMPLATES_DIR", str(folder))
+    reset_settings()
+    render.reset()
+    context = {"customer": {"first_name": "Ada", "orders_count": 1}, "subject": "Hi",
+               "unsubscribe_url": "https://x.example/u"}
+    html, text = render.render_email("odd.html", context)
+    assert text == render.html_to_text(html) == "New here, Ada!\n\nUnsubscribe (https://x.example/u)\n"
+    html, text = render.render_email("broken.html", {**context, "numbers": [7]})
+    assert html == '<p data-n="">7</p>' and text == render.html_to_text(html) == "7\n"
+    render.reset()
