@@ -12,7 +12,7 @@ from encore.events import Event, EventType, parse_datetime
 from encore.metrics import EVENTS_PROCESSED, JOB_LATENCY
 from encore.queue import delivery_body, forget_delivery_body
 from encore.store import session_scope
-from encore.store.ledger import apply_event
+from encore.store.ledger import LedgerResult, apply_event
 from encore.store.models import utcnow
 from webhooks.base import Delivery
 
@@ -29,28 +29,41 @@ def process_event(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _apply(event: Event, archived: tuple[str, Delivery, bytes] | None = None) -> dict[str, Any]:
-    from flows.engine import handle_event
+    from flows.engine import EventNotCommitted
 
     with logs.bind(event_id=event.id, event_type=event.type.value, shop=event.shop):
-        # One transaction for the ledger, the archive and the runs the event starts: the engine commits
-        # it before any step acts, and a failure before that leaves nothing behind for the retry.
-        with session_scope() as session:
-            result = apply_event(session, event)
-            if result.new and result.shop is not None and event.type == EventType.CUSTOMER_DATA_REQUEST:
-                from connectors.privacy import record_export
-
-                record_export(session, result.shop, event)
-            customer_id = result.customer.id if result.customer else None
-            log.info("event applied to the ledger", extra={"new": result.new, "customer_id": customer_id})
-            if archived is not None and result.new:
-                platform, delivery, body = archived
-                archive.record_delivery(platform, delivery.shop, delivery.topic, delivery.delivery_id,
-                                        delivery.http_headers.items(), body, "queued", [event.id], session=session)
-            handle_event(event, shop=result.shop, customer=result.customer, new=result.new, session=session)
+        try:
+            result = _apply_once(event, archived, defer_commit=True)
+        except EventNotCommitted as exc:  # nothing of it was kept: once more, committing before the runs act
+            log.warning("a flow run failed before the event was committed; applying it again",
+                        extra={"error": str(exc)[:300]})
+            result = _apply_once(event, archived, defer_commit=False)
     EVENTS_PROCESSED.labels(type=event.type.value, new=str(result.new).lower()).inc()
     if result.new:
         JOB_LATENCY.labels(type=event.type.value).observe(max(0.0, (utcnow() - event.received_at).total_seconds()))
+    customer_id = result.customer.id if result.customer else None
     return {"event": event.id, "type": event.type.value, "new": result.new, "customer_id": customer_id}
+
+
+def _apply_once(event: Event, archived: tuple[str, Delivery, bytes] | None, *, defer_commit: bool) -> LedgerResult:
+    """The ledger, the archive and the flows for one event, in one transaction (see `handle_event`)."""
+    from flows.engine import handle_event
+
+    with session_scope() as session:
+        result = apply_event(session, event)
+        if result.new and result.shop is not None and event.type == EventType.CUSTOMER_DATA_REQUEST:
+            from connectors.privacy import record_export
+
+            record_export(session, result.shop, event)
+        customer_id = result.customer.id if result.customer else None
+        log.info("event applied to the ledger", extra={"new": result.new, "customer_id": customer_id})
+        if archived is not None and result.new:
+            platform, delivery, body = archived
+            archive.record_delivery(platform, delivery.shop, delivery.topic, delivery.delivery_id,
+                                    delivery.http_headers.items(), body, "queued", [event.id], session=session)
+        handle_event(event, shop=result.shop, customer=result.customer, new=result.new, session=session,
+                     defer_commit=defer_commit)
+    return result
 
 
 def process_delivery(platform: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -25,13 +25,14 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from encore import logs
-from encore.events import Event, EventType
+from encore.events import Checkout, Event, EventType, Order
 from encore.store import get_sessionmaker, session_scope, stage
 from encore.store.models import Customer, Shop
 from flows import dates, loader
 from flows.loader import FlowFile
 from flows.models import (
     ACTIVE,
+    COMMITS,
     DONE,
     EXITED,
     FAILED,
@@ -47,7 +48,15 @@ from flows.models import (
     keep_traces,
 )
 from flows.schema import step_kind
-from flows.steps import StepRunner, TransientStepError, next_position, position_label, preload_effects, step_at
+from flows.steps import (
+    StepRunner,
+    TransientStepError,
+    next_position,
+    parsed_once,
+    position_label,
+    preload_effects,
+    step_at,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +88,24 @@ _SET_JOB_ID = (FlowRun.__table__.update().where(FlowRun.__table__.c.id == bindpa
 
 # ---- events ----------------------------------------------------------------------------------------
 
+class EventNotCommitted(Exception):
+    """A run failed before the event's transaction was committed (its ledger changes are gone with it).
+
+    Raised only when `handle_event` deferred the commit; the caller applies the event again with
+    `defer_commit=False`, where the run's failure is recorded on the run as usual.
+    """
+
+
 def handle_event(event: Event, *, shop: Shop | None, customer: Customer | None, new: bool,
-                 session: Session) -> None:
+                 session: Session, defer_commit: bool = False) -> None:
     """Start or advance the flow runs an event concerns, in the ledger's session. Must be idempotent.
 
     `new` is False when the ledger saw the event before; a retried job still comes here, and the run's
     unique key and the side effects' keys make the second pass finish what the first began. The
-    ledger's changes and the runs started here are committed together, before any step acts.
+    ledger's changes and the runs started here are committed together, before any step acts. With
+    `defer_commit`, when every run to advance is new and stopped before a side effect, that commit
+    is the first run's claim (one commit less per event); should that run fail before it,
+    EventNotCommitted is raised.
     """
     if shop is None:
         return
@@ -110,6 +130,9 @@ def handle_event(event: Event, *, shop: Shop | None, customer: Customer | None, 
     rest: list[tuple[int, str | None]] = []
     if shop.active:
         context = triggers.event_context(event) if starting else {}
+        for model, value in ((Order, event.order), (Checkout, event.checkout)):  # the steps need not parse them
+            if value is not None and context.get(model.__name__.lower()):
+                parsed_once(session, model, context[model.__name__.lower()], value)
         for flow_file in starting:
             key = triggers.event_trigger_key(flow_file, event, shop, customer)
             started = start_and_drive(session, flow_file, shop, customer, key, context, event_id=event.id)
@@ -120,11 +143,30 @@ def handle_event(event: Event, *, shop: Shop | None, customer: Customer | None, 
                 rest.append((run_id, token))
             elif wake is not None:
                 wakes.append((run_id, wake))
-    session.commit()  # the ledger's changes and the runs exist before any step acts
-    for run_id, wake in wakes:
-        schedule(run_id, *wake)
-    for run_id, token in rest:
-        advance(run_id, token, session if token else None)
+    deferred = defer_commit and bool(rest) and all(token is not None for _, token in rest)
+    if not deferred:
+        session.commit()  # the ledger's changes and the runs exist before any step acts
+        for run_id, wake in wakes:
+            schedule(run_id, *wake)
+    for index, (run_id, token) in enumerate(rest):
+        if deferred and index == 0:  # its claim (or its end) commits the event's transaction
+            session.info[_UNCOMMITTED] = session.info.get(COMMITS, 0)
+            try:
+                advance(run_id, token, session)
+            finally:
+                session.info.pop(_UNCOMMITTED, None)
+            for waiting_id, wake in wakes:
+                schedule(waiting_id, *wake)
+        else:
+            advance(run_id, token, session if token else None)
+
+
+_UNCOMMITTED = "encore_event_uncommitted"  # session.info: the commit count when the event's commit was deferred
+
+
+def _event_uncommitted(session: Session | None) -> bool:
+    """Whether a failure now would take the event's own, not yet committed, changes with it."""
+    return session is not None and session.info.get(_UNCOMMITTED, -1) == session.info.get(COMMITS, 0)
 
 
 def exit_runs(session: Session, customer_id: int, event: Event) -> int:
@@ -357,11 +399,15 @@ def _advance(run_id: int, token: str | None = None, session: Session | None = No
             with session_scope() as fresh:
                 status, wake = _drive(fresh, run_id, token)
     except (TransientStepError, OperationalError) as exc:
+        if _event_uncommitted(session):
+            raise EventNotCommitted(str(exc)) from exc
         if session is not None:
             session.rollback()
         status, wake = _retry_later(run_id, token, exc)
         _release(run_id, token)
     except Exception as exc:
+        if _event_uncommitted(session):
+            raise EventNotCommitted(str(exc)) from exc
         log.exception("flow run %s failed", run_id)
         if session is not None:
             session.rollback()

@@ -143,6 +143,14 @@ def _write_traces(session: Session) -> None:
         session.connection().execute(_INSERT_TRACE, rows)
 
 
+COMMITS = "encore_commits"  # session.info: how many times the session committed
+
+
+@event.listens_for(Session, "after_commit")
+def _count_commit(session: Session) -> None:
+    session.info[COMMITS] = session.info.get(COMMITS, 0) + 1
+
+
 @event.listens_for(Session, "after_rollback")
 def _forget_traces(session: Session) -> None:
     session.info.pop(_TRACES, None)  # they described work that did not happen

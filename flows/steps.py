@@ -77,6 +77,16 @@ _RECENT_EMAILS = select(func.count()).select_from(FlowEffect).where(
 
 
 _PRELOADED = "encore_preloaded_effects"
+_PARSED = "encore_parsed_models"
+
+
+def parsed_once(session: Session, model: Any, data: dict[str, Any], known: Any = None) -> Any:
+    """`model.model_validate(data)`, kept in the session for the same dict (`known`: the model it came from)."""
+    cache = session.info.setdefault(_PARSED, {})
+    entry = cache.get((model, id(data)))
+    if entry is None or entry[0] is not data:
+        entry = cache[(model, id(data))] = (data, known if known is not None else model.model_validate(data))
+    return entry[1]
 
 
 def preload_effects(session: Session, run_ids: list[int]) -> None:
@@ -195,7 +205,6 @@ class StepRunner:
     customer: Customer | None
     dry_run: bool = False
     rendered: list[dict[str, Any]] = field(default_factory=list)
-    _models: dict[tuple[Any, int], Any] = field(default_factory=dict, repr=False)
 
     # -- context ---------------------------------------------------------------------------------
     def tz(self) -> Any:
@@ -218,13 +227,10 @@ class StepRunner:
         return ctx
 
     def _parsed(self, model: Any, data: dict[str, Any] | None) -> Any:
-        """The stored order or checkout as its model, parsed once per runner (`context()` is called per check)."""
+        """The stored order or checkout as its model, parsed once per session (`context()` runs per check)."""
         if not data:
             return None
-        key = (model, id(data))
-        if key not in self._models:
-            self._models[key] = model.model_validate(data)
-        return self._models[key]
+        return parsed_once(self.session, model, data)
 
     def set_var(self, name: str, value: Any) -> None:
         """Make a value available to later steps under `name`."""

@@ -457,3 +457,38 @@ def test_two_workers_lease_disjoint_batches_of_due_runs(flows_env, redis, tmp_pa
     everything = [run_id for batch in leased for run_id in batch]
     assert sorted(len(batch) for batch in leased) == [10, 15, 15]
     assert len(set(everything)) == 40  # every due run leased once, by one worker
+
+
+BROKEN_FIRST_STEP = """
+name: Broken note
+kind: transactional
+trigger: {event: order.placed}
+steps:
+  - send_email: {template: broken.html, subject: "Broken"}
+"""
+
+
+def test_a_run_failing_before_the_event_is_committed_still_leaves_the_ledger_applied(
+        flows_env, redis, tmp_path: Path) -> None:
+    from encore.settings import reset_settings
+    from encore.store.models import Customer, EventRecord
+    from flows import render
+
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "broken.html").write_text("<p>{{ 1 // 0 }}</p>")  # fails when rendered
+    flows_env.setenv("TEMPLATES_DIR", str(templates))
+    reset_settings()
+    render.reset()
+    flow_dir(tmp_path, flows_env, broken=BROKEN_FIRST_STEP, notes=TWO_NOTES)
+    data = event("order.placed", T0, customer("3003"), order=order("77", T0))
+    process_event(data)
+    with session_scope() as session:
+        assert session.get(EventRecord, data["id"]) is not None
+        (buyer,) = session.execute(select(Customer)).scalars().all()
+        assert buyer.orders_count == 1
+    statuses = {run.flow_key: (run.status, run.reason) for run in runs()}
+    assert statuses["broken"][0] == "failed" and "division or modulo by zero" in statuses["broken"][1]
+    assert statuses["notes"][0] == "waiting"  # the other flow's run went on
+    assert subjects(tmp_path) == ["First note"]
+    render.reset()
