@@ -230,6 +230,8 @@ class StepRunner:
         """The stored order or checkout as its model, parsed once per session (`context()` runs per check)."""
         if not data:
             return None
+        if self.session is None:  # a preview without a store
+            return model.model_validate(data)
         return parsed_once(self.session, model, data)
 
     def set_var(self, name: str, value: Any) -> None:
