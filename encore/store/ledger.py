@@ -257,9 +257,8 @@ def upsert_order(session: Session, shop: Shop, incoming: ev.Order, customer: Cus
     """
     where = {"shop_id": shop.id, "key": incoming.id}
     row = None if likely_new else session.execute(_ORDER_LOCKED, where).scalar_one_or_none()
-    created = False
     if row is None:  # inserted as this version says, and put in the session without selecting it back
-        values = {
+        fresh: dict[str, Any] = {
             "shop_id": shop.id, "platform_id": incoming.id, "number": incoming.number,
             "placed_at": incoming.created_at, "total": incoming.total, "currency": incoming.currency,
             "financial_status": incoming.financial_status, "fulfillment_status": incoming.fulfillment_status,
@@ -267,9 +266,9 @@ def upsert_order(session: Session, shop: Shop, incoming: ev.Order, customer: Cus
             "platform_updated_at": incoming.updated_at, "deleted": deleted,
             "customer_id": customer.id if customer is not None else None, "created_at": utcnow()}
         order_id = session.connection().execute(_insert_statement(session, Order, ["shop_id", "platform_id"]),
-                                                values).scalar()
+                                                fresh).scalar()
         if order_id is not None:
-            row = Order(id=order_id, **values)
+            row = Order(id=order_id, **fresh)
             make_transient_to_detached(row)
             session.add(row)
             return row, True
@@ -297,7 +296,7 @@ def upsert_order(session: Session, shop: Shop, incoming: ev.Order, customer: Cus
     if customer is not None and row.customer_id is None:
         changes["customer_id"] = customer.id
     _stage_changed(session, row, changes)
-    return row, created or (row.total, row.placed_at, row.cancelled_at, row.deleted, row.customer_id) != before
+    return row, (row.total, row.placed_at, row.cancelled_at, row.deleted, row.customer_id) != before
 
 
 def _stage_changed(session: Session, row: Base, changes: dict[str, Any]) -> None:
