@@ -19,14 +19,12 @@ from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import bindparam, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 
 from encore import logs
 from encore.events import Checkout, Event, EventType, Order
-from encore.store import get_sessionmaker, session_scope, stage
+from encore.store import get_sessionmaker, insert_new, session_scope, stage
 from encore.store.models import Customer, Shop
 from flows import dates, loader
 from flows.loader import FlowFile
@@ -195,30 +193,9 @@ def stop_shop(session: Session, shop_id: int, reason: str) -> int:
 
 # ---- starting runs ---------------------------------------------------------------------------------
 
-_INSERT_RUN: dict[str, Any] = {}
-
-
 def _insert_run(session: Session, values: dict[str, Any], keep: bool = True) -> FlowRun | int | None:
-    """INSERT … ON CONFLICT DO NOTHING RETURNING id: the new run, or None if the key exists.
-
-    The statement is built once per dialect. With `keep`, the row is put in the session as the
-    persistent object it now is (every column is known), without selecting it back; otherwise only
-    its id is returned.
-    """
-    dialect = session.get_bind().dialect.name
-    stmt = _INSERT_RUN.get(dialect)
-    if stmt is None:
-        builder = pg_insert if dialect == "postgresql" else sqlite_insert
-        table = FlowRun.__table__
-        stmt = _INSERT_RUN[dialect] = (builder(table).on_conflict_do_nothing(index_elements=["run_key"])
-                                       .returning(table.c.id))
-    run_id = session.connection().execute(stmt, values).scalar()
-    if run_id is None or not keep:
-        return run_id
-    run = FlowRun(id=run_id, **values)
-    make_transient_to_detached(run)
-    session.add(run)
-    return run
+    """The new run (with `keep`, in the session; else its id), or None if a run with its key exists."""
+    return insert_new(session, FlowRun, values, ["run_key"], attach=keep)
 
 
 @dataclass

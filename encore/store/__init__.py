@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Engine, bindparam, create_engine, event, inspect
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from encore.settings import get_settings
@@ -105,6 +105,38 @@ def dispose_all() -> None:
         engine.dispose()
     _engines.clear()
     _sessionmakers.clear()
+
+
+# ---- inserts of whole rows -----------------------------------------------------------------------------
+
+_INSERTS: dict[tuple[str, str, tuple[str, ...]], Any] = {}
+
+
+def insert_new(session: Session, model: Any, values: dict[str, Any], conflict: list[str], *,
+               attach: bool = True) -> Any:
+    """INSERT … ON CONFLICT (`conflict`) DO NOTHING RETURNING id: the new row, or None if one exists.
+
+    `values` holds every column but the id, so the new row is put in the session as the persistent
+    object it is, without selecting it back (`attach=False`: only its id is returned). The statement
+    is built once per dialect and table.
+    """
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    dialect = session.get_bind().dialect.name
+    key = (dialect, model.__tablename__, tuple(conflict))
+    stmt = _INSERTS.get(key)
+    if stmt is None:
+        builder = pg_insert if dialect == "postgresql" else sqlite_insert
+        table = model.__table__
+        stmt = _INSERTS[key] = builder(table).on_conflict_do_nothing(index_elements=conflict).returning(table.c.id)
+    row_id = session.connection().execute(stmt, values).scalar()
+    if row_id is None or not attach:
+        return row_id
+    row = model(id=row_id, **values)
+    make_transient_to_detached(row)
+    session.add(row)
+    return row
 
 
 # ---- staged updates: the hot paths' writes, without the unit of work ----------------------------------

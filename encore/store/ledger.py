@@ -23,10 +23,10 @@ from typing import Any
 from sqlalchemy import String, Table, bindparam, cast, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 
 from encore import events as ev
-from encore.store import stage, write_staged
+from encore.store import insert_new, stage, write_staged
 from encore.store.models import Base, Customer, EventRecord, Order, Shop, utcnow
 
 
@@ -48,22 +48,6 @@ def cast_table(model: type[Base]) -> Table:
 
 
 _INSERTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
-_INSERTS_RETURNING_ID: dict[tuple[str, str, tuple[str, ...]], Any] = {}
-
-
-def _insert_statement(session: Session, model: type[Base], conflict: list[str]) -> Any:
-    """INSERT … ON CONFLICT (conflict) DO NOTHING RETURNING id, built once per dialect and table."""
-    dialect = session.get_bind().dialect.name
-    key = (dialect, model.__tablename__, tuple(conflict))
-    stmt = _INSERTS_RETURNING_ID.get(key)
-    if stmt is None:
-        builder = pg_insert if dialect == "postgresql" else sqlite_insert
-        table = cast_table(model)
-        stmt = _INSERTS_RETURNING_ID[key] = (builder(table).on_conflict_do_nothing(index_elements=conflict)
-                                             .returning(table.c.id))
-    return stmt
-
-
 def _insert(session: Session, model: type[Base], values: dict[str, Any], conflict: list[str]) -> bool:
     """INSERT … ON CONFLICT DO NOTHING; True when a row was inserted.
 
@@ -200,12 +184,8 @@ def upsert_customer(session: Session, shop: Shop, incoming: ev.Customer, seen_at
         blank.update(shop_id=shop.id, platform_id=key, tags=[], orders_count=0, total_spent=Decimal("0"),
                      created_at=now, updated_at=now)
         blank.update(_profile_changes(SimpleNamespace(**blank), incoming, seen_at))
-        customer_id = session.connection().execute(_insert_statement(session, Customer, ["shop_id", "platform_id"]),
-                                                   blank).scalar()
-        if customer_id is not None:
-            created = Customer(id=customer_id, **blank)
-            make_transient_to_detached(created)
-            session.add(created)
+        created = insert_new(session, Customer, blank, ["shop_id", "platform_id"])
+        if created is not None:
             return created
         row = find_customer(session, shop.id, key, lock=True)  # a concurrent first event's
     assert row is not None
@@ -265,12 +245,8 @@ def upsert_order(session: Session, shop: Shop, incoming: ev.Order, customer: Cus
             "cancelled_at": incoming.cancelled_at, "discount_codes": list(incoming.discount_codes or []),
             "platform_updated_at": incoming.updated_at, "deleted": deleted,
             "customer_id": customer.id if customer is not None else None, "created_at": utcnow()}
-        order_id = session.connection().execute(_insert_statement(session, Order, ["shop_id", "platform_id"]),
-                                                fresh).scalar()
-        if order_id is not None:
-            row = Order(id=order_id, **fresh)
-            make_transient_to_detached(row)
-            session.add(row)
+        row = insert_new(session, Order, fresh, ["shop_id", "platform_id"])
+        if row is not None:
             return row, True
         row = session.execute(_ORDER_LOCKED, where).scalar_one()  # there already (a concurrent event's)
     before = (row.total, row.placed_at, row.cancelled_at, row.deleted, row.customer_id)
