@@ -220,6 +220,9 @@ def throughput(connection: Redis, event_count: int, rounds: int) -> dict:
     os.environ.pop("FLOWS_DIR")
     reset_settings()
 
+    import worker
+
+    worker.settle()  # as Encore's worker does once it has loaded everything
     simple_rates, results = [], []
     for n in range(rounds):  # alternating, so that a busy moment of the machine hits both sides alike
         simple_rates.append(noop_rate(connection, SimpleWorker, max(event_count, 1000)))
