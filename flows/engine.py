@@ -274,13 +274,22 @@ def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Custo
     admitted = _admit(session, flow_file, shop, customer, trigger_key, context, event_id)
     if not isinstance(admitted, _Admitted):
         return admitted
-    run = _insert_run(session, admitted.values)
+    run = _insert_admitted(session, flow_file, admitted, event_id, trigger_key)
     if run is None:
         return None if admitted.token is None else _existing(session, admitted.run_key)
+    return None if run.status == SUPPRESSED else (run.id, admitted.token)
+
+
+def _insert_admitted(session: Session, flow_file: FlowFile, admitted: _Admitted, event_id: str | None,
+                     trigger_key: str) -> FlowRun | None:
+    """Insert an admitted run as it is (None when its key exists), with the first lines of its trace."""
+    run = _insert_run(session, admitted.values)
+    if run is None:
+        return None
     session.info.setdefault("flow_runs", []).append(run)  # keep it in the identity map for the first steps
     session.info.setdefault(NEW_RUNS, set()).add(run.id)
     _started(session, flow_file, run, event_id, trigger_key)
-    return None if run.status == SUPPRESSED else (run.id, admitted.token)
+    return run
 
 
 def start_and_drive(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer, trigger_key: str,
@@ -298,9 +307,9 @@ def start_and_drive(session: Session, flow_file: FlowFile, shop: Shop, customer:
         return None
     if not isinstance(admitted, _Admitted):
         return admitted[0], None, "existing", None
-    if admitted.token is None:  # suppressed: nothing to drive
-        started = start_run(session, flow_file, shop, customer, trigger_key, context, event_id)
-        return None if started is None else (started[0], started[1], "existing", None)
+    if admitted.token is None:  # suppressed (no consent): recorded, never driven
+        _insert_admitted(session, flow_file, admitted, event_id, trigger_key)
+        return None
     draft = SimpleNamespace(id=None, **admitted.values)
     with capture_traces(session) as lines:
         _started(session, flow_file, draft, event_id, trigger_key)
@@ -561,9 +570,9 @@ def wake_due(slot: int | None = None) -> int:
     """RQ job: advance the waiting runs that are due, WAKE_BATCH at a time; returns how many were advanced.
 
     The batch is leased in one statement (on PostgreSQL skipping rows another worker holds), loaded
-    with its shops and customers in three queries, and driven run by run, each committed on its own.
-    When more are due than one batch, another wake job is queued at once so that other workers share
-    the work.
+    with its shops, customers and side-effect records in four queries, and driven run by run; a run's
+    last changes are committed with the next run's claim (see `_advance`) or at the end. When more
+    are due than one batch, another wake job is queued at once so that other workers share the work.
     """
     now = dates.now()
     token = uuid.uuid4().hex

@@ -128,11 +128,6 @@ def keep_traces(session: Session, lines: list[dict[str, Any]]) -> None:
     session.info.setdefault(_TRACES, []).extend(lines)
 
 
-def pending_traces(session: Session) -> list[dict[str, Any]]:
-    """The trace lines of the session's transaction not yet written."""
-    return list(session.info.get(_TRACES, ()))
-
-
 _INSERT_TRACE = FlowTrace.__table__.insert()
 
 

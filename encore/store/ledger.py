@@ -102,9 +102,10 @@ def find_customer(session: Session, shop_id: int, key: str, *, lock: bool = Fals
 def apply_event(session: Session, event: ev.Event) -> LedgerResult:
     """Apply one canonical event to the ledger inside the caller's transaction.
 
-    The common case costs few statements: the shop, the event's insert (the idempotency gate), a
-    select of the customer and of the order (inserted only when new), the count's recompute when the
-    order changed, and one flush.
+    The common case costs few statements: the shop, the customer (read before the event's insert,
+    the idempotency gate, so that the event row carries it), the order (inserted whole when new),
+    the recompute of the customer's figures when the order changed, and the customer's changes as
+    one UPDATE when the transaction commits (`store.stage`).
     """
     privacy = event.type.is_privacy
     payload = None if privacy else event.to_dict(raw=False)  # the raw body is in the webhook archive
