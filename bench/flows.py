@@ -200,6 +200,9 @@ def throughput(connection: Redis, event_count: int, rounds: int) -> dict:
             email_seconds[0] += time.perf_counter() - start
 
     email_api.send = timed_send  # the MIME building and the outbox write, counted apart
+    import worker
+
+    worker.settle()  # as Encore's worker does once it has loaded everything
     forking = noop_rate(connection, Worker, 300)
 
     # The same pipeline with no flows at all (an empty FLOWS_DIR): the ledger's share of each event.
@@ -220,9 +223,6 @@ def throughput(connection: Redis, event_count: int, rounds: int) -> dict:
     os.environ.pop("FLOWS_DIR")
     reset_settings()
 
-    import worker
-
-    worker.settle()  # as Encore's worker does once it has loaded everything
     simple_rates, results = [], []
     for n in range(rounds):  # alternating, so that a busy moment of the machine hits both sides alike
         simple_rates.append(noop_rate(connection, SimpleWorker, max(event_count, 1000)))
