@@ -1,9 +1,9 @@
 """The steps of a flow run: one method per step kind, each doing at most one keyed side effect.
 
-`StepRunner.run(step)` dispatches by the step's key (`wait` -> `wait()`, `send_email` -> `send_email()`…)
-and returns an `Outcome`: go on, wait until an instant, enter a branch, or stop. Side effects go
-through `effect()`, which claims the idempotency key in the store before acting and records the
-result after, so a retried job finds the result instead of acting twice.
+`StepRunner.run_step(step)` dispatches by the step's key (`wait` -> `step_wait()`, `send_email` ->
+`step_send_email()`…) and returns an `Outcome`: go on, wait until an instant, enter a branch, or stop.
+A side effect's idempotency key is claimed in the store (`_claim`, committed) before acting and its
+result recorded after (`_finish`), so a retried job finds the claim instead of acting twice.
 """
 
 from __future__ import annotations
@@ -353,18 +353,18 @@ class StepRunner:
             to=address, subject=subject, html=html, text=text, idempotency_key=key, marketing=self.flow.marketing,
             from_addr=from_addr or None, reply_to=reply_to or None, preheader=preheader,
             unsubscribe_url=unsubscribe)
-        effect = self._claim(key, "email")
+        self._claim(key, "email")
         try:
             message_id = email_api.send(message, _transport())
         except email_api.TransientEmailError as exc:
-            self._unclaim(effect)
+            self._unclaim(key)
             raise TransientStepError(f"email to {address} deferred: {exc}") from exc
         except email_api.PermanentEmailError as exc:
-            self._finish(effect, "failed", {"error": str(exc)})
+            self._finish(key, "failed", {"error": str(exc)})
             self.trace("error", f"email {spec.template!r} to {address} failed permanently: {exc}",
                        template=spec.template, key=key)
             return NEXT
-        self._finish(effect, "done", {"message_id": message_id, "to": address, "subject": subject})
+        self._finish(key, "done", {"message_id": message_id, "to": address, "subject": subject})
         EMAILS.labels(flow=self.run.flow_key, outcome="sent").inc()
         self.trace("sent", f"sent {spec.template!r} to {address}: {subject}", template=spec.template,
                    to=address, subject=subject, message_id=message_id, key=key)
@@ -426,14 +426,14 @@ class StepRunner:
                              and not customer.platform_id.startswith("email:") else None),
                 customer_email=customer.email if customer and spec.restrict_to_customer else None,
                 title=f"{self.flow.name} ({self.run.id})")
-            effect = self._claim(key, "discount", existing)
+            self._claim(key, "discount", existing)
             try:
                 discount = connectors.get_connector(self.shop).create_discount(request)
             except PlatformError as exc:
                 platform_error(self.shop.platform, exc)
                 if exc.transient:
                     raise TransientStepError(f"discount not created yet: {exc.message}", exc.retry_after) from exc
-                self._finish(effect, "failed", {"error": exc.message, "status": exc.status})
+                self._finish(key, "failed", {"error": exc.message, "status": exc.status})
                 self.trace("error", f"discount not created: {exc.message}", status=exc.status)
                 return Outcome("stop", reason=f"discount failed: {exc.message}")
             code, platform_id = discount.code, discount.platform_id
@@ -445,7 +445,7 @@ class StepRunner:
                   "minimum_subtotal": str(spec.minimum_subtotal) if spec.minimum_subtotal is not None else None,
                   "platform_id": platform_id}
         if not self.dry_run:
-            self._finish(effect, "done", result)
+            self._finish(key, "done", result)
             self.trace("discount", f"created code {code} ({display})", code=code, key=key)
         self.set_var(spec.as_, result)
         return NEXT
@@ -463,7 +463,7 @@ class StepRunner:
         from connectors import base as connectors
         from connectors.base import PlatformError
 
-        effect = self._claim(key, "tag", existing)
+        self._claim(key, "tag", existing)
         if not customer.platform_id.startswith("email:"):
             try:
                 connectors.get_connector(self.shop).tag_customer(customer.platform_id, tags)
@@ -471,11 +471,11 @@ class StepRunner:
                 platform_error(self.shop.platform, exc)
                 if exc.transient:
                     raise TransientStepError(f"tags not added yet: {exc.message}", exc.retry_after) from exc
-                self._finish(effect, "failed", {"error": exc.message})
+                self._finish(key, "failed", {"error": exc.message})
                 self.trace("error", f"tags not added: {exc.message}")
                 return NEXT
         stage(self.session, customer, tags=sorted(set(customer.tags or []) | set(tags)))
-        self._finish(effect, "done", {"tags": tags})
+        self._finish(key, "done", {"tags": tags})
         self.trace("tag", f"tagged {', '.join(tags)}", tags=tags)
         return NEXT
 
@@ -494,7 +494,7 @@ class StepRunner:
         existing = self._effect(key)
         if existing is not None and existing.status == "done":
             return NEXT
-        effect = self._claim(key, "http", existing)
+        self._claim(key, "http", existing)
         headers = {**spec.headers, "Content-Type": "application/json", "Idempotency-Key": key,
                    "User-Agent": "Encore"}
         request = urllib.request.Request(spec.url, data=json.dumps(body, default=str).encode(), headers=headers,
@@ -508,7 +508,7 @@ class StepRunner:
             raise TransientStepError(f"POST {spec.url} failed: {exc}") from exc
         if status == 429 or status >= 500:
             raise TransientStepError(f"POST {spec.url}: HTTP {status}")
-        self._finish(effect, "done" if status < 400 else "failed", {"status": status})
+        self._finish(key, "done" if status < 400 else "failed", {"status": status})
         self.trace("http", f"POST {spec.url}: HTTP {status}", status=status)
         return NEXT
 
@@ -522,19 +522,18 @@ class StepRunner:
             return loaded.get(key)
         return self.session.get(FlowEffect, key)
 
-    def _claim(self, key: str, kind: str, existing: FlowEffect | None = None) -> str:
-        """Record (and commit) the intent before acting, so an interrupted act is known on retry; returns the key.
+    def _claim(self, key: str, kind: str, existing: FlowEffect | None = None) -> None:
+        """Record (and commit) the intent before acting, so an interrupted act is known on retry.
 
         An effect claimed by an earlier attempt (`existing`) is acted on again under the same key.
         """
         if existing is not None:
-            return key
+            return
         self.session.connection().execute(_CLAIM, {
             "key": key, "run_id": self.run.id, "shop_id": self.shop.id,
             "customer_id": self.customer.id if self.customer else None, "kind": kind, "status": "pending",
             "marketing": kind == "email" and self.flow.marketing, "created_at": dates.now()})
         self.session.commit()
-        return key
 
     def _unclaim(self, key: str) -> None:
         self.session.connection().execute(_UNCLAIM, {"effect_key": key})
