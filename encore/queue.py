@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
 from typing import Any
 
 from redis import Redis
 from rq import Queue, Retry
+from rq.exceptions import DequeueTimeout
 from rq.serializers import JSONSerializer
+from rq.utils import as_text
+from rq.utils import now as rq_now
 
 from encore.events import Event
 from encore.settings import get_settings
@@ -70,30 +72,152 @@ def set_redis(connection: Redis | None) -> None:
 generation = 0  # bumped by set_redis: what a process remembers about Redis's contents is void then
 
 
-def queue(name: str = EVENTS, connection: Redis | None = None) -> Queue:
-    """An RQ queue with the JSON serializer every Encore job uses."""
-    return Queue(name, connection=connection or get_redis(), serializer=JSONSerializer)
+def queue(name: str = EVENTS, connection: Redis | None = None) -> ReliableQueue:
+    """An RQ queue with the JSON serializer every Encore job uses (its workers take jobs with LMOVE)."""
+    return ReliableQueue(name, connection=connection or get_redis(), serializer=JSONSerializer)
 
 
-@contextmanager
-def _first_time(connection: Redis, key: str) -> Iterator[bool]:
-    """Mark `key` as seen; yields False when it was seen before.
+class ReliableQueue(Queue):
+    """An RQ queue whose workers take jobs with LMOVE, across every queue they listen on.
 
-    If the block fails the mark is removed again, so the platform's retry is accepted, not taken
-    for a duplicate.
+    RQ moves a job into the queue's intermediate list as it takes it (LMOVE, so a job is never in
+    no list at all) only when a worker listens on one queue; with several it pops with BLPOP, and a
+    job popped as Redis goes down is in no list and no registry: lost. Here every take is an LMOVE,
+    tried on each queue in order in one round trip (a Lua script), and an idle worker blocks with
+    BLMOVE on the first queue for at most DEQUEUE_POLL seconds before trying them all again. The
+    worker drops the job from the intermediate list when it registers it as started; one that never
+    got that far is put back on its queue by the worker's maintenance (`requeue_stranded`).
     """
-    seen = SEEN_PREFIX + key
-    if not connection.set(seen, 1, nx=True, ex=get_settings().DEDUPE_TTL_SECONDS):
-        yield False
-        return
-    try:
-        yield True
-    except Exception:
-        try:
-            connection.delete(seen)
-        except Exception:  # noqa: BLE001 - Redis is already failing; the original error matters
-            log.warning("could not clear dedupe mark %s", seen)
-        raise
+
+    @classmethod
+    def dequeue_any(cls, queues, timeout, connection, job_class=None, serializer=None,  # type: ignore[no-untyped-def]
+                    death_penalty_class=None):
+        queues = list(queues)
+        keys: list[str] = []
+        for q in queues:
+            keys += [q.key, q.intermediate_queue_key]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        take = _script(connection, _TAKE_ANY)
+        while True:
+            result = take(keys=keys)
+            if result is None and deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DequeueTimeout(timeout, keys[0::2])
+                job_id = connection.blmove(keys[0], keys[1], min(DEQUEUE_POLL, max(left, 0.01)))
+                result = None if job_id is None else [keys[0], job_id]
+            if result is None:
+                if deadline is None:
+                    return None
+                continue
+            queue_key, job_id = (as_text(part) for part in result)
+            found = cls._fetch_dequeued_job(connection, queue_key, job_id, job_class=job_class,
+                                            serializer=serializer, death_penalty_class=death_penalty_class)
+            if found is not None:
+                return found
+
+
+DEQUEUE_POLL = 0.5  # an idle worker looks at its other queues at least this often (seconds)
+STRANDED_AFTER = 10.0  # a job this long in an intermediate list, and not started, is put back on its queue
+
+# Take the first job of the first non-empty queue into its intermediate list: KEYS = queue, its list, …
+_TAKE_ANY = """
+for i = 1, #KEYS, 2 do
+  local job_id = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'RIGHT')
+  if job_id then return {KEYS[i], job_id} end
+end
+return nil
+"""
+
+# Put a stranded job back at the head of its queue, if it is still in the intermediate list.
+_PUT_BACK = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# A delivery's dedupe mark, its RQ job, and its raw body, written together or not at all. The mark is
+# written last: a script stopped by an error (a key of the wrong type) has then written no mark.
+# KEYS: the mark, the job hash, the queue, the body, RQ's set of queues
+# ARGV: mark TTL, body TTL (0: no body), body, job id, queue key, then the job hash's fields and values
+_ENQUEUE_ONCE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 6))
+if ARGV[2] ~= '0' then redis.call('SET', KEYS[4], ARGV[3], 'EX', ARGV[2]) end
+redis.call('SADD', KEYS[5], ARGV[5])
+redis.call('RPUSH', KEYS[3], ARGV[4])
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return 1
+"""
+
+_scripts: dict[tuple[int, str], Any] = {}
+
+
+def _script(connection: Redis, source: str) -> Any:
+    """A registered Lua script (EVALSHA, loading it again after a Redis restart), one per connection."""
+    key = (id(connection), source)
+    script = _scripts.get(key)
+    if script is None:
+        script = _scripts[key] = connection.register_script(source)
+    return script
+
+
+def requeue_stranded(q: Queue) -> int:
+    """Put back on `q` the jobs taken into its intermediate list but never started (a worker died between).
+
+    A job is put back once it has been seen there, not started, for STRANDED_AFTER seconds; returns how many.
+    """
+    intermediate = q.intermediate_queue
+    put_back = 0
+    started = set(q.started_job_registry.get_job_ids())
+    for job_id in intermediate.get_job_ids():
+        if job_id in started:
+            continue
+        if intermediate.set_first_seen(job_id):
+            continue
+        first_seen = intermediate.get_first_seen(job_id)
+        if first_seen is None or (rq_now() - first_seen).total_seconds() < STRANDED_AFTER:
+            continue
+        if _script(q.connection, _PUT_BACK)(keys=[intermediate.key, q.key], args=[job_id]):
+            q.connection.delete(intermediate.get_first_seen_key(job_id))
+            log.warning("job %s was taken from %s but never started; put back on the queue", job_id, q.name)
+            put_back += 1
+    return put_back
+
+
+def _enqueue_once(connection: Redis, key: str, func: str, args: tuple[Any, ...], description: str,
+                  body: bytes | None = None) -> bool:
+    """Queue `func(*args)` on the events queue as job `key`, once: False when `key` was queued before.
+
+    The dedupe mark, RQ's job hash and queue entry (and the raw body, if any) are written by one
+    Lua script, in one round trip: a 200 means all of them are in Redis, and a failure leaves none,
+    so the platform's retry is never taken for a duplicate of something that is not there.
+    """
+    q = _events_queue(connection)
+    job = q.create_job(func, args=args, job_id=key, retry=EVENT_RETRY, result_ttl=RESULT_TTL,
+                       failure_ttl=FAILURE_TTL, description=description)
+    q._prepare_for_queue(job)
+    fields: list[Any] = []
+    for name, value in job.to_dict().items():
+        if value is not None:
+            fields += [name, value]
+    ttl = get_settings().DEDUPE_TTL_SECONDS
+    return bool(_script(connection, _ENQUEUE_ONCE)(
+        keys=[SEEN_PREFIX + key, job.key, q.key, BODY_PREFIX + key, Queue.redis_queues_keys],
+        args=[ttl, FAILURE_TTL if body is not None else 0, body or b"", key, q.key, *fields]))
+
+
+_queues: dict[int, ReliableQueue] = {}
+
+
+def _events_queue(connection: Redis) -> ReliableQueue:
+    """The events queue of `connection`, kept (it remembers the server's version once asked)."""
+    q = _queues.get(id(connection))
+    if q is None or q.connection is not connection:
+        q = _queues[id(connection)] = queue(EVENTS, connection)
+    return q
 
 
 def enqueue_event(event: Event, connection: Redis | None = None) -> bool:
@@ -101,14 +225,8 @@ def enqueue_event(event: Event, connection: Redis | None = None) -> bool:
 
     The event id is both the dedupe key and the RQ job id, so a repeated event can't become two jobs.
     """
-    connection = connection or get_redis()
-    with _first_time(connection, event.id) as first:
-        if first:
-            queue(EVENTS, connection).enqueue_call(
-                "encore.jobs.process_event", args=(event.to_dict(),), job_id=event.id, retry=EVENT_RETRY,
-                result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, description=f"{event.platform} {event.topic}",
-            )
-    return first
+    return _enqueue_once(connection or get_redis(), event.id, "encore.jobs.process_event", (event.to_dict(),),
+                         f"{event.platform} {event.topic}")
 
 
 def delivery_body(key: str, connection: Redis | None = None) -> bytes | None:
@@ -126,18 +244,8 @@ def enqueue_delivery(platform: str, delivery: dict[str, Any], body: bytes, key: 
                      connection: Redis | None = None) -> bool:
     """Queue a verified webhook delivery once; False when its key was queued before (a duplicate).
 
-    The raw body is stored beside the job, in the same MULTI/EXEC transaction as RQ's own writes,
-    so the job never exists without its body and a 200 means both are in Redis.
+    The raw body is stored beside the job, by the same script as the dedupe mark and RQ's own
+    writes, so the job never exists without its body and a 200 means all are in Redis.
     """
-    connection = connection or get_redis()
-    with _first_time(connection, key) as first:
-        if first:
-            with connection.pipeline() as pipe:
-                queue(EVENTS, connection).enqueue_call(
-                    "encore.jobs.process_delivery", args=(platform, delivery), job_id=key, retry=EVENT_RETRY,
-                    result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
-                    description=f"{platform} {delivery.get('topic')}", pipeline=pipe,
-                )  # RQ opens the MULTI; the body joins the same transaction
-                pipe.set(BODY_PREFIX + key, body, ex=FAILURE_TTL)
-                pipe.execute()
-    return first
+    return _enqueue_once(connection or get_redis(), key, "encore.jobs.process_delivery", (platform, delivery),
+                         f"{platform} {delivery.get('topic')}", body)

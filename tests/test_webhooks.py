@@ -236,19 +236,53 @@ def test_redis_down_gives_503_and_a_retry_is_accepted_later(client, redis: Redis
     assert retried.get_json()["status"] == "queued"
 
 
-def test_enqueue_failure_after_dedupe_mark_leaves_no_mark(client, redis: Redis, monkeypatch):
-    """If the job can't be written, the platform's retry must not be mistaken for a duplicate."""
+@pytest.mark.parametrize("round_trips", [0, 1, 2, 3])
+def test_redis_dying_mid_delivery_never_leaves_a_200_without_its_job(client, redis: Redis, round_trips: int):
+    """Redis answers `round_trips` commands, then the connection dies: a 503, or a 200 with the job and body there.
+
+    Whatever the first answer, the platform's retry (Redis back) ends with the job and its body in Redis.
+    """
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from rq import Queue
 
-    def broken(*args, **kwargs):
-        raise RedisConnectionError("connection reset")
+    from encore import queue as encore_queue
+    from encore.queue import BODY_PREFIX
 
-    monkeypatch.setattr(Queue, "enqueue_call", broken)
+    class Dying(Redis):
+        left = round_trips
+
+        def execute_command(self, *args, **options):  # type: ignore[no-untyped-def]
+            if Dying.left <= 0:
+                raise RedisConnectionError("connection reset by peer")
+            Dying.left -= 1
+            return super().execute_command(*args, **options)
+
+    dying = Dying(connection_pool=redis.connection_pool)
     body = json.dumps(payload("shopify", "orders_create")).encode()
     headers = shopify_headers(body, "orders/create")
+    encore_queue.set_redis(dying)
+    first = client.post("/webhooks/shopify", data=body, headers=headers)
+    encore_queue.set_redis(redis)
+    assert first.status_code in (200, 503)
+    key = f"shopify-{headers['X-Shopify-Webhook-Id']}"
+    if first.status_code == 200:
+        assert redis.exists(f"rq:job:{key}") and redis.exists(BODY_PREFIX + key)
+    else:
+        assert not redis.exists(f"encore:seen:{key}")
+    retried = client.post("/webhooks/shopify", data=body, headers=headers)
+    assert retried.status_code == 200
+    assert retried.get_json()["status"] == ("duplicate" if first.status_code == 200 else "queued")
+    assert redis.exists(f"rq:job:{key}") and redis.exists(BODY_PREFIX + key)
+    assert redis.lrange("rq:queue:events", 0, -1) == [key.encode()]
+
+
+def test_a_script_stopped_by_an_error_writes_no_dedupe_mark(client, redis: Redis):
+    """A key of the wrong type stops the enqueue script: 503, no mark, and the retry is accepted once fixed."""
+    body = json.dumps(payload("shopify", "orders_create")).encode()
+    headers = shopify_headers(body, "orders/create")
+    redis.set("rq:queue:events", "not a list")
     assert client.post("/webhooks/shopify", data=body, headers=headers).status_code == 503
-    monkeypatch.undo()
+    assert not redis.exists(f"encore:seen:shopify-{headers['X-Shopify-Webhook-Id']}")
+    redis.delete("rq:queue:events")
     assert client.post("/webhooks/shopify", data=body, headers=headers).get_json()["status"] == "queued"
 
 
