@@ -1,6 +1,17 @@
 """The RQ worker with its scheduler: events -> ledger -> flows, and the delayed steps of flow runs.
 
 `python worker.py` (the Procfile's `worker`) and `encore worker` run the same thing.
+
+RQ's workers, as they come, break Encore's promises in a few places; `Resilient` mends them:
+- a job is taken with LMOVE from every queue (`ReliableQueue`), and one taken but never started
+  (the worker died in between) is put back on its queue within seconds (`requeue_stranded`);
+- a SimpleWorker sends heartbeats while a job runs, so a killed worker's job is known abandoned
+  (and retried) in under a minute instead of after the job's whole timeout;
+- the scheduler (delayed jobs, retries, waits) is looked after every few seconds: a lock left by
+  a scheduler that stopped beating (its worker was killed) is broken, and a scheduler process
+  that died (Redis went away) is started again, so scheduled work resumes within seconds;
+- a Redis outage is ridden out with backoff instead of quitting;
+- SIGTERM finishes the current job, then stops (RQ's warm shutdown).
 """
 
 from __future__ import annotations
@@ -8,24 +19,214 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import SimpleWorker, Worker
+from rq.exceptions import StopRequested
+from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
+from rq.scripts import release_lock
 from rq.serializers import JSONSerializer
+from rq.utils import now as rq_now
+from rq.utils import utcparse
 from rq.worker import BaseWorker
 
 from encore import logs
-from encore.queue import QUEUES, get_redis, queue
+from encore.queue import QUEUES, ReliableQueue, get_redis, queue, requeue_stranded
 from encore.store import migrate
 
 log = logging.getLogger("encore.worker")
 
-WORKER_CLASSES: dict[str, type[BaseWorker]] = {"simple": SimpleWorker, "fork": Worker}
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+MAINTENANCE_SECONDS = 10  # registries cleaned, abandoned and stranded jobs recovered (RQ's default: 600)
+SCHEDULER_CHECK_SECONDS = 2  # how often a worker makes sure some scheduler is alive
+SCHEDULER_STALE_SECONDS = 10  # a scheduler lock whose holder has not beaten for this long is broken
+HEARTBEAT_SECONDS = 10  # a running job's heartbeat; it is abandoned 30 s after the last one
+DEQUEUE_SECONDS = 5  # the longest a worker blocks for a job before its own upkeep
+BACKOFF_MAX = 5.0
+
+T = TypeVar("T")
+
+
+class Resilient(BaseWorker):
+    """What Encore's workers add to RQ's (see the module's docstring); mixed into SimpleWorker and Worker."""
+
+    queue_class = ReliableQueue
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("maintenance_interval", MAINTENANCE_SECONDS)
+        kwargs.setdefault("job_monitoring_interval", HEARTBEAT_SECONDS)
+        super().__init__(*args, **kwargs)
+        self._scheduler_checked = 0.0
+        self._burst = False
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return DEQUEUE_SECONDS
+
+    # -- riding out Redis outages --------------------------------------------------------------------
+    def _through_outage(self, what: str, call: Callable[[], T]) -> T:
+        """`call()`, again and again with backoff while Redis can't be reached (a stop request ends it)."""
+        delay = 0.5
+        while True:
+            try:
+                return call()
+            except REDIS_DOWN as exc:
+                if self._stop_requested:
+                    raise StopRequested() from exc
+                log.warning("Redis unreachable (%s: %s); worker waits %.1f s", what, type(exc).__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        self._through_outage("suspension check", lambda: super(Resilient, self).check_for_suspension(burst))
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is not None:  # only queues commands
+            return super().heartbeat(timeout, pipeline)
+        self._through_outage("heartbeat", lambda: super(Resilient, self).heartbeat(timeout))
+
+    def execute_job(self, job: Any, queue: Any) -> None:
+        try:
+            super().execute_job(job, queue)
+        except REDIS_DOWN as exc:
+            # The job's end could not be recorded: it stays registered as started, stops beating, and
+            # is retried as abandoned (its steps are idempotent) once Redis is back.
+            log.error("Redis went away while job %s ran (%s); it will be retried", job.id, type(exc).__name__)
+            self._through_outage("after a job", lambda: self.connection.ping())
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        except REDIS_DOWN as exc:
+            log.warning("could not record the worker's stop in Redis: %s", type(exc).__name__)
+
+    # -- upkeep: registries, stranded jobs, the scheduler -------------------------------------------------
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        return super().should_run_maintenance_tasks or self._scheduler_due()
+
+    def run_maintenance_tasks(self) -> None:
+        def upkeep() -> None:
+            if self._scheduler_due():
+                self.ensure_scheduler()
+            if super(Resilient, self).should_run_maintenance_tasks:
+                for q in self.queues:
+                    requeue_stranded(q)
+                self.clean_registries()
+                self.clean_group_registries()
+
+        self._through_outage("maintenance", upkeep)
+
+    def _scheduler_due(self) -> bool:
+        return (self.scheduler is not None and not self._burst
+                and time.monotonic() - self._scheduler_checked >= SCHEDULER_CHECK_SECONDS)
+
+    def _start_scheduler(self, burst: bool = False, *args: Any, **kwargs: Any) -> None:
+        self._burst = burst  # a burst worker moves the due jobs once, and starts no scheduler process
+
+        def start() -> None:
+            break_stale_scheduler_locks(self.connection, [q.name for q in self.queues])
+            super(Resilient, self)._start_scheduler(burst, *args, **kwargs)
+
+        self._through_outage("scheduler start", start)
+        self._scheduler_checked = time.monotonic()
+
+    def ensure_scheduler(self) -> None:
+        """Start this worker's scheduler when no live scheduler holds the queues' locks."""
+        self._scheduler_checked = time.monotonic()
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        names = [q.name for q in self.queues]
+        running = scheduler._process is not None and scheduler._process.is_alive()
+        holders = self.connection.mget([RQScheduler.get_locking_key(name) for name in names])
+        if running and all(holder is not None and holder.decode() == scheduler.name for holder in holders):
+            return
+        if break_stale_scheduler_locks(self.connection, names, holders) or not running:
+            if running:  # it holds some locks but not all: start it again, to take them all
+                self.stop_scheduler()
+                scheduler.release_locks()
+            if scheduler.acquire_locks(auto_start=True):
+                log.info("scheduler started for %s", ", ".join(sorted(scheduler.acquired_locks)))
+
+    # -- taking and running a job -------------------------------------------------------------------
+    def prepare_job_execution(self, job: Any, remove_from_intermediate_queue: bool = False) -> None:
+        """Register the job as started and take it out of its intermediate list, in one transaction."""
+        super().prepare_job_execution(job, remove_from_intermediate_queue=True)
+
+    def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
+        """A running job is abandoned (and retried) when its heartbeats stop for this long."""
+        return self.job_monitoring_interval + 30
+
+
+def break_stale_scheduler_locks(connection: Any, queue_names: list[str], holders: list[Any] | None = None) -> int:
+    """Release scheduler locks whose holder has stopped beating; returns how many were released.
+
+    A scheduler refreshes its lock and its `last_heartbeat` every second; RQ lets a lock live 61 s,
+    so a worker killed with its scheduler would leave delayed work stalled for that long (and RQ
+    tries again only every 10 minutes). A holder silent for SCHEDULER_STALE_SECONDS is dead.
+    """
+    keys = [RQScheduler.get_locking_key(name) for name in queue_names]
+    if holders is None:
+        holders = connection.mget(keys)
+    released = 0
+    now = rq_now()
+    for key, holder in zip(keys, holders, strict=True):
+        if holder is None:
+            continue
+        name = holder.decode() if isinstance(holder, bytes) else str(holder)
+        beat = connection.hget(SCHEDULER_KEY_TEMPLATE % name, "last_heartbeat")
+        if beat is not None:
+            age = (now - utcparse(beat.decode())).total_seconds()
+            if age < SCHEDULER_STALE_SECONDS:
+                continue
+        if release_lock(connection, key, name):
+            log.warning("released the scheduler lock %s of scheduler %s, silent for %s", key, name,
+                        "ever" if beat is None else f"{age:.0f} s")
+            released += 1
+    return released
+
+
+class EncoreWorker(Resilient, SimpleWorker):
+    """RQ's SimpleWorker (jobs in-process), with Encore's upkeep and a heartbeat while a job runs."""
+
+    def execute_job(self, job: Any, queue: Any) -> None:
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.job_monitoring_interval):
+                try:
+                    execution = next(iter(list(self.executions.values())), None)
+                    if execution is not None:
+                        self.maintain_heartbeats(job, execution)
+                except Exception as exc:  # noqa: BLE001 - a missed beat is tried again; the job goes on
+                    log.debug("heartbeat of job %s failed: %s", job.id, exc)
+
+        thread = threading.Thread(target=beat, name="job-heartbeat", daemon=True)
+        thread.start()
+        try:
+            super().execute_job(job, queue)
+        finally:
+            stop.set()
+            thread.join()
+
+
+class EncoreForkWorker(Resilient, Worker):
+    """RQ's forking Worker (each job in a child process), with Encore's upkeep."""
+
+
+WORKER_CLASSES: dict[str, type[BaseWorker]] = {"simple": EncoreWorker, "fork": EncoreForkWorker}
 
 
 def build_worker(name: str | None = None, worker_class: str | None = None) -> BaseWorker:
     """A worker on every Encore queue, JSON-serialized.
 
-    `SimpleWorker` (the default) runs jobs in-process, reusing database connections; set
+    `EncoreWorker` (the default) runs jobs in-process, reusing database connections; set
     ENCORE_WORKER_CLASS=fork for RQ's forking worker, which isolates each job in a child process.
     """
     cls = WORKER_CLASSES[worker_class or os.environ.get("ENCORE_WORKER_CLASS", "simple")]
