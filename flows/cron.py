@@ -9,6 +9,6 @@ from flows.triggers import sweep
 CRON_JOBS = [
     # Hourly: every shop's date triggers due in the next 36 hours, queued at each customer's local time.
     dict(func=sweep, queue_name=FLOWS, cron="5 * * * *"),
-    # Every five minutes: runs whose resume job is gone (Redis restarted, a worker died mid-run).
-    dict(func=reschedule_lost, queue_name=MAINTENANCE, interval=300),
+    # Every minute: runs whose resume job is gone (Redis restarted, a worker died mid-run).
+    dict(func=reschedule_lost, queue_name=MAINTENANCE, interval=60),
 ]

@@ -10,6 +10,7 @@ started with: its definition is stored on the row.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -18,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
+from rq import Retry
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -70,6 +72,9 @@ WAKE_PREFIX = "flowwake-"
 WAKE_MARK = "encore:wake:"
 WAKE_SECONDS = 60  # waits end on the minute: one wake job per minute, however many runs wake in it
 WAKE_BATCH = 100
+# A resume or wake job fails in RQ only when its worker died or the store was unreachable (a step's
+# own failure is recorded on the run): RQ runs it again, and it takes back the leases it held.
+JOB_RETRY = Retry(max=5, interval=[5, 30, 120, 600, 1800])
 
 
 # Hot statements, built once.
@@ -234,7 +239,7 @@ def _admit(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer
                 return _existing(session, run_key)
             log.debug("flow %s not started for customer %s: cool-down", flow_file.key, customer.id)
             return None
-    status, reason, token = RUNNING, None, uuid.uuid4().hex
+    status, reason, token = RUNNING, None, new_lease()
     if flow.marketing and flow.consent_required and not customer.email_consent:
         # Shown, not silent: a suppressed run with its reason (keyed apart so a later consent can start one).
         status, reason, token = SUPPRESSED, "no consent", None
@@ -339,6 +344,35 @@ def _existing(session: Session, run_key: str) -> tuple[int, str | None] | None:
     return (row.id, None) if row is not None and row.status in ACTIVE else None
 
 
+# ---- leases ----------------------------------------------------------------------------------------
+
+def new_lease() -> str:
+    """A lease token; inside an RQ job it begins with the job's mark (see `lease_free`)."""
+    return f"{_job_mark() or '-.'}{uuid.uuid4().hex}"
+
+
+def lease_free(now: datetime) -> Any:
+    """The condition for a run's lease to be free: none, run out, or taken by an earlier attempt of this job.
+
+    A job whose worker died mid-run is retried by RQ once its heartbeats stop, under the same job id;
+    the leases it held are its own, and it takes them back at once instead of waiting for them to run
+    out (the run's side effects are keyed, so whatever the dead attempt did is not done twice).
+    """
+    free = or_(FlowRun.lease_until.is_(None), FlowRun.lease_until < now)
+    mark = _job_mark()
+    return free if mark is None else or_(free, FlowRun.lease_token.startswith(mark, autoescape=True))
+
+
+def _job_mark() -> str | None:
+    """The current RQ job's mark in lease tokens (16 hex digits and a dot), None outside a job."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is None:
+        return None
+    return hashlib.sha1(job.id.encode()).hexdigest()[:16] + "."
+
+
 # ---- advancing runs --------------------------------------------------------------------------------
 
 def resume_run(run_id: int) -> str:
@@ -365,11 +399,10 @@ def _advance(run_id: int, token: str | None = None, session: Session | None = No
     now = dates.now()
     own_session = None
     if token is None:
-        token = uuid.uuid4().hex
+        token = new_lease()
         own_session = session = get_sessionmaker()()
         taken = session.execute(update(FlowRun).where(
-            FlowRun.id == run_id, FlowRun.status.in_(ACTIVE),
-            or_(FlowRun.lease_until.is_(None), FlowRun.lease_until < now),
+            FlowRun.id == run_id, FlowRun.status.in_(ACTIVE), lease_free(now),
         ).values(lease_until=now + LEASE, lease_token=token)).rowcount
         session.commit()
         if not taken:
@@ -538,9 +571,11 @@ def schedule(run_id: int, when: Any, job_id: str) -> None:
     q = queue(FLOWS)
     if not job_id.startswith(WAKE_PREFIX):
         if when <= dates.now():
-            q.enqueue_call(RESUME, args=(run_id,), job_id=job_id, result_ttl=600, failure_ttl=30 * 24 * 3600)
+            q.enqueue_call(RESUME, args=(run_id,), job_id=job_id, result_ttl=600, failure_ttl=30 * 24 * 3600,
+                           retry=JOB_RETRY)
         else:
-            q.enqueue_at(when, RESUME, run_id, job_id=job_id, result_ttl=600, failure_ttl=30 * 24 * 3600)
+            q.enqueue_at(when, RESUME, run_id, job_id=job_id, result_ttl=600, failure_ttl=30 * 24 * 3600,
+                         retry=JOB_RETRY)
         return
     slot = int(job_id[len(WAKE_PREFIX):])
     from encore import queue as queue_module
@@ -554,7 +589,7 @@ def schedule(run_id: int, when: Any, job_id: str) -> None:
     if connection.set(mark, 1, nx=True, ex=ttl):
         try:
             q.enqueue_at(datetime.fromtimestamp(slot, UTC), WAKE, slot, job_id=job_id, result_ttl=600,
-                         failure_ttl=30 * 24 * 3600)
+                         failure_ttl=30 * 24 * 3600, retry=JOB_RETRY)
         except Exception:
             connection.delete(mark)  # the next run of this slot queues it, or the re-scheduler does
             raise
@@ -575,7 +610,7 @@ def wake_due(slot: int | None = None) -> int:
     are due than one batch, another wake job is queued at once so that other workers share the work.
     """
     now = dates.now()
-    token = uuid.uuid4().hex
+    token = new_lease()
     started = time.monotonic()
     advanced = 0
     with session_scope() as session:
@@ -602,14 +637,14 @@ def wake_due(slot: int | None = None) -> int:
     if advanced < len(ids) or len(ids) == WAKE_BATCH:
         from encore.queue import FLOWS, queue
 
-        queue(FLOWS).enqueue_call(WAKE, args=(slot,), job_id=f"{WAKE_PREFIX}{slot}-more-{token[:8]}",
-                                  result_ttl=600, failure_ttl=30 * 24 * 3600)
+        queue(FLOWS).enqueue_call(WAKE, args=(slot,), job_id=f"{WAKE_PREFIX}{slot}-more-{token[-8:]}",
+                                  result_ttl=600, failure_ttl=30 * 24 * 3600, retry=JOB_RETRY)
     return advanced
 
 
 def _lease_due(session: Session, now: datetime, token: str) -> list[int]:
     """Lease up to WAKE_BATCH waiting runs whose time has come; their ids, soonest first."""
-    free = or_(FlowRun.lease_until.is_(None), FlowRun.lease_until < now)
+    free = lease_free(now)
     due = (select(FlowRun.id).where(FlowRun.status == WAITING, FlowRun.wake_at <= now, free)
            .order_by(FlowRun.wake_at, FlowRun.id).limit(WAKE_BATCH))
     if session.get_bind().dialect.name == "postgresql":
@@ -636,9 +671,12 @@ def _trace(session: Session, run: FlowRun, kind: str, message: str, **detail: An
 # ---- keeping runs alive ----------------------------------------------------------------------------
 
 def reschedule_lost(grace_seconds: int = 120) -> int:
-    """Cron job: re-queue runs whose resume job is gone (Redis lost it, a worker died mid-run)."""
-    from rq.job import Job, JobStatus
+    """Cron job: re-queue runs whose resume job is gone (Redis lost it, a worker died mid-run) or stuck.
 
+    A job still scheduled for longer than the grace after its time is stuck (no scheduler moved it):
+    the run gets a job of its own too. Should the stuck one run after all, the run's lease and its
+    side effects' keys keep it from acting twice.
+    """
     from encore.queue import get_redis
 
     connection = get_redis()
@@ -653,15 +691,8 @@ def reschedule_lost(grace_seconds: int = 120) -> int:
             FlowRun.updated_at < due,
         ).order_by(FlowRun.id).limit(10000)).all()
     for row in rows:
-        if row.job_id:
-            try:
-                job = Job.fetch(row.job_id, connection=connection)
-                alive = job.get_status() in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED,
-                                             JobStatus.DEFERRED)
-            except Exception:  # noqa: BLE001 - NoSuchJobError or an unreadable job: it is gone either way
-                alive = False
-            if alive:
-                continue
+        if row.job_id and _job_alive(connection, row.job_id, due):
+            continue
         job_id = f"flowrun-{row.id}-rescue-{uuid.uuid4().hex[:8]}"
         with session_scope() as session:
             session.execute(update(FlowRun).where(FlowRun.id == row.id).values(job_id=job_id))
@@ -670,6 +701,22 @@ def reschedule_lost(grace_seconds: int = 120) -> int:
     if requeued:
         log.info("re-queued %d flow runs whose job was gone", requeued)
     return requeued
+
+
+def _job_alive(connection: Any, job_id: str, due: datetime) -> bool:
+    """Whether the job will still run: queued, running, waiting on others, or scheduled and not overdue."""
+    from rq.job import Job, JobStatus
+    from rq.registry import ScheduledJobRegistry
+
+    try:
+        job = Job.fetch(job_id, connection=connection)
+        status = job.get_status()
+        if status == JobStatus.SCHEDULED:
+            registry = ScheduledJobRegistry(job.origin, connection=connection)
+            return registry.get_scheduled_time(job) >= due
+        return status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED)
+    except Exception:  # noqa: BLE001 - NoSuchJobError or an unreadable job: it is gone either way
+        return False
 
 
 def trace_of(session: Session, run_id: int) -> list[FlowTrace]:

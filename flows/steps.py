@@ -315,18 +315,18 @@ class StepRunner:
                 address = ctx["checkout"].email
         key = self.key("email")
         existing = None if self.dry_run else self._effect(key)
-        if existing is not None:
-            if existing.status == "pending":
-                self.trace("suppressed", "delivery of this email was interrupted; not sent again so that the "
-                                         "customer cannot get it twice", reason="interrupted", key=key)
-                existing.status = "uncertain"
+        # A claim still pending is a send interrupted before the server's answer was recorded (the worker
+        # died, or Redis went away): it is sent again under the same key, so with the same Message-ID,
+        # and a copy the server did take shows as one email. Anything else recorded was done already.
+        resend = existing is not None and existing.status == "pending"
+        if existing is not None and not resend:
             return NEXT
         if not address:
             return self._suppressed("no email address")
         if self.dry_run:
             address = address or "preview@example.com"
         if self.flow.marketing and not self.dry_run:
-            reason = self._marketing_block(address)
+            reason = self._marketing_block(address, again=resend)
             if reason == "quiet hours":
                 assert self.flow.quiet_hours is not None
                 until = dates.next_local_time(dates.now(), self.flow.quiet_hours.to, self.tz())
@@ -353,7 +353,10 @@ class StepRunner:
             to=address, subject=subject, html=html, text=text, idempotency_key=key, marketing=self.flow.marketing,
             from_addr=from_addr or None, reply_to=reply_to or None, preheader=preheader,
             unsubscribe_url=unsubscribe)
-        self._claim(key, "email")
+        self._claim(key, "email", existing)
+        if resend:
+            self.trace("resend", "the first attempt to send this email was interrupted; sending it again with "
+                                 "the same Message-ID", key=key)
         try:
             message_id = email_api.send(message, _transport())
         except email_api.TransientEmailError as exc:
@@ -376,8 +379,12 @@ class StepRunner:
         self.trace("suppressed", f"email not sent: {reason}", reason=reason)
         return NEXT
 
-    def _marketing_block(self, address: str) -> str | None:
-        """Why a marketing email must not go out now (None when it may)."""
+    def _marketing_block(self, address: str, again: bool = False) -> str | None:
+        """Why a marketing email must not go out now (None when it may).
+
+        `again`: the email's interrupted first attempt is sent again; consent and the unsubscribe list
+        still hold, but not quiet hours or the frequency cap, which it was admitted under (and counts in).
+        """
         from encore.unsubscribe import is_suppressed
 
         customer = self.customer
@@ -386,6 +393,8 @@ class StepRunner:
         reason = is_suppressed(self.session, self.shop.id, address)
         if reason:
             return "unsubscribed" if reason == "unsubscribed" else f"suppressed ({reason})"
+        if again:
+            return None
         if self.flow.quiet_hours and dates.in_window(dates.now(), self.flow.quiet_hours.from_,
                                                      self.flow.quiet_hours.to, self.tz()):
             return "quiet hours"

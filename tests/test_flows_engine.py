@@ -149,7 +149,7 @@ def subjects(tmp_path: Path) -> list[str]:
     return sorted(m["Subject"] for m in outbox(tmp_path))
 
 
-def test_a_worker_killed_mid_run_resumes_without_a_duplicate(flows_env, redis, tmp_path: Path) -> None:
+def test_a_worker_killed_mid_send_resends_with_the_same_message_id(flows_env, redis, tmp_path: Path) -> None:
     import os
     import subprocess
     import sys
@@ -174,7 +174,7 @@ def test_a_worker_killed_mid_run_resumes_without_a_duplicate(flows_env, redis, t
     assert subjects(tmp_path) == ["First note"]
     (run,) = runs()
     assert run.status == "waiting"
-    assert any(kind == "suppressed" and "interrupted" in message for kind, message in trace(run.id))
+    assert any(kind == "resend" and "same Message-ID" in message for kind, message in trace(run.id))
     walk_to(redis, T0 + timedelta(days=1, minutes=10))
     assert subjects(tmp_path) == ["First note", "Second note"]
     assert runs()[0].status == "done"

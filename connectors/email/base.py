@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import abc
 import binascii
+import hashlib
+import hmac
 import importlib
 from dataclasses import dataclass, field
 from email.header import Header
@@ -11,7 +13,7 @@ from email.message import EmailMessage, Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import SMTPUTF8, Compat32
-from email.utils import formataddr, formatdate, make_msgid, parseaddr
+from email.utils import formataddr, formatdate, parseaddr
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -125,9 +127,28 @@ def _one_line(encoded: str) -> str:
     return " ".join(encoded.split())
 
 
+def message_id(idempotency_key: str, domain: str) -> str:
+    """The Message-ID of the email with this idempotency key: the same for every attempt to send it.
+
+    A send interrupted before the server's answer is sent again under the same key, so with the same
+    Message-ID; mailbox providers show copies that share one as one email. It is keyed with
+    SECRET_KEY, so two installations never make the same one and the key itself is not shown.
+    """
+    secret = get_settings().secret_key
+    key = _message_id_keys.get(secret)
+    if key is None:
+        key = _message_id_keys[secret] = hmac.new(secret.encode(), b"encore message-id", hashlib.sha256).digest()
+    digest = hmac.new(key, idempotency_key.encode(), hashlib.sha256).hexdigest()[:40]
+    return f"<{digest}@{domain}>"
+
+
+_message_id_keys: dict[str, bytes] = {}
+
+
 def _common_headers(email: OutgoingEmail, sender: str) -> list[tuple[str, str]]:
     domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
-    headers = [("Date", formatdate(localtime=False, usegmt=True)), ("Message-ID", make_msgid(domain=domain)),
+    headers = [("Date", formatdate(localtime=False, usegmt=True)),
+               ("Message-ID", message_id(email.idempotency_key, domain)),
                (IDEMPOTENCY_HEADER, email.idempotency_key)]
     if email.unsubscribe_url:
         headers.append(("List-Unsubscribe", f"<{email.unsubscribe_url}>"))
