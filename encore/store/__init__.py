@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, bindparam, create_engine, event, inspect
+from sqlalchemy import Engine, bindparam, create_engine, event, inspect, make_url, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from encore.settings import get_settings
 
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: SQLite migrations are not serialised between processes there
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The PostgreSQL advisory lock that lets one process at a time migrate a database ("encore" in ASCII).
+MIGRATION_LOCK_KEY = 0x656E636F7265
+# Seconds to wait for PostgreSQL to accept a connection (libpq waits forever by default); a URL may set its own.
+CONNECT_TIMEOUT = 10
 
 _engines: dict[str, Engine] = {}
 _sessionmakers: dict[str, sessionmaker[Session]] = {}
@@ -52,7 +65,9 @@ def get_engine(url: str | None = None) -> Engine:
             engine = create_engine(url, connect_args={"timeout": 30}, **json_options)
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, **json_options)
+            connect_args = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT}
+            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                                   connect_args=connect_args, **json_options)
         _engines[url] = engine
     return engine
 
@@ -93,10 +108,75 @@ def alembic_config(url: str | None = None):  # type: ignore[no-untyped-def]
 
 
 def migrate(url: str | None = None) -> None:
-    """Bring the database at `url` to the newest schema (idempotent)."""
+    """Bring the database at `url` to the newest schema (idempotent; processes starting together take turns)."""
     from alembic import command
 
-    command.upgrade(alembic_config(url), "head")
+    url = normalise_url(url or get_settings().DATABASE_URL)
+    with migration_lock(url):
+        command.upgrade(alembic_config(url), "head")
+
+
+@contextmanager
+def migration_lock(url: str) -> Iterator[None]:
+    """Hold the lock that lets one process at a time migrate the database at `url`.
+
+    PostgreSQL: a session advisory lock (MIGRATION_LOCK_KEY) on a connection of its own, released
+    after. SQLite: an exclusive `flock` on `<database file>.migrate-lock` beside the database; an
+    in-memory database needs none. Without the lock, processes starting together on an empty
+    database all create the same tables, and all but one fail.
+    """
+    engine = get_engine(url)
+    if engine.dialect.name == "postgresql":
+        with _advisory_lock(engine):
+            yield
+    elif engine.dialect.name == "sqlite":
+        with _file_lock(_sqlite_file(engine)):
+            yield
+    else:
+        yield
+
+
+@contextmanager
+def _advisory_lock(engine: Engine) -> Iterator[None]:
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        try:
+            yield
+        finally:
+            try:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            except DBAPIError as exc:  # the session is gone, and its lock with it; never pool the connection
+                log.warning("migration lock not released", extra={"error": type(exc.orig).__name__})
+                connection.invalidate()
+
+
+def _sqlite_file(engine: Engine) -> Path | None:
+    """The database file of a SQLite engine; None for an in-memory database."""
+    database = engine.url.database
+    if not database or database == ":memory:" or engine.url.query.get("mode") == "memory":
+        return None
+    return Path(database.removeprefix("file:"))
+
+
+@contextmanager
+def _file_lock(database: Path | None) -> Iterator[None]:
+    if database is None or fcntl is None:
+        yield
+        return
+    try:
+        handle = open(database.with_name(database.name + ".migrate-lock"), "a+b")
+    except OSError:  # a folder that is missing or read-only: SQLite itself will say why it can't migrate
+        handle = None
+    if handle is None:
+        yield
+        return
+    with handle:  # the lock file stays; only its lock comes and goes
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def dispose_all() -> None:
