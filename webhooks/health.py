@@ -1,23 +1,41 @@
-"""Health checks: does Redis answer, does the database answer."""
+"""/healthz: does Redis answer, does the database answer, is its schema at head; and Redis durability warnings."""
 
 from __future__ import annotations
 
-from sqlalchemy import text
+import time
 
-from encore.queue import get_redis
-from encore.store import get_engine
+from encore import health, queue
+
+PERSISTENCE_TTL_SECONDS = 60.0
+_persistence: tuple[float, int, str | None] | None = None  # (checked until, Redis generation, warning)
 
 
-def check() -> dict[str, str]:
+def check(schema: health.SchemaWatch | None = None) -> dict[str, str]:
     """The failing parts with a short reason; empty when all is well."""
     failing: dict[str, str] = {}
-    try:
-        get_redis().ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not healthy"
-        failing["redis"] = type(exc).__name__
-    try:
-        with get_engine().connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001
-        failing["database"] = type(exc).__name__
+    reason = health.check_redis()
+    if reason:
+        failing["redis"] = reason
+    reason = health.check_database()
+    if reason:
+        failing["database"] = reason
+    elif schema is not None:
+        problem = schema.ensure()
+        if problem:
+            failing["schema"] = problem
     return failing
+
+
+def warnings() -> dict[str, str]:
+    """What is not failing but puts the promises at risk (Redis that may lose queued webhooks)."""
+    warning = persistence()
+    return {"redis_persistence": warning} if warning else {}
+
+
+def persistence() -> str | None:
+    """`encore.health.redis_persistence` of the queue's Redis, asked at most once a minute."""
+    global _persistence
+    now = time.monotonic()
+    if _persistence is None or _persistence[0] <= now or _persistence[1] != queue.generation:
+        _persistence = (now + PERSISTENCE_TTL_SECONDS, queue.generation, health.redis_persistence(queue.get_redis()))
+    return _persistence[2]
