@@ -123,7 +123,7 @@ class Resilient(BaseWorker):
         self._through_outage("maintenance", upkeep)
 
     def _scheduler_due(self) -> bool:
-        return (self.scheduler is not None and not self._burst
+        return (self.scheduler is not None and not self._burst and not self._stop_requested
                 and time.monotonic() - self._scheduler_checked >= SCHEDULER_CHECK_SECONDS)
 
     def _start_scheduler(self, burst: bool = False, *args: Any, **kwargs: Any) -> None:
@@ -131,7 +131,20 @@ class Resilient(BaseWorker):
 
         def start() -> None:
             break_stale_scheduler_locks(self.connection, [q.name for q in self.queues])
-            super(Resilient, self)._start_scheduler(burst, *args, **kwargs)
+            self.scheduler = Scheduler(self.queues, connection=self.connection, serializer=self.serializer,
+                                       logging_level=self.log.level or logging.INFO)
+            self.scheduler.acquire_locks()
+            if not self.scheduler.acquired_locks:
+                return
+            if burst:
+                try:
+                    self.scheduler.register_birth()
+                    self.scheduler.enqueue_scheduled_jobs()
+                finally:
+                    self.scheduler.release_locks()
+                    self.scheduler.register_death()
+            else:
+                self.scheduler.start()
 
         self._through_outage("scheduler start", start)
         self._scheduler_checked = time.monotonic()
@@ -162,6 +175,24 @@ class Resilient(BaseWorker):
     def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
         """A running job is abandoned (and retried) when its heartbeats stop for this long."""
         return self.job_monitoring_interval + 30
+
+
+class Scheduler(RQScheduler):
+    """RQ's scheduler (a child process of the worker), which also stops when its worker is gone.
+
+    A worker killed outright would otherwise leave its scheduler running on, orphaned; stopping,
+    it releases its locks, and another worker's scheduler takes over at once.
+    """
+
+    def work(self) -> None:
+        self._worker_pid = os.getppid()
+        super().work()
+
+    def heartbeat(self) -> None:
+        if os.getppid() != self._worker_pid:
+            self.log.warning("the worker that started this scheduler is gone; stopping")
+            self._stop_requested = True
+        super().heartbeat()
 
 
 def break_stale_scheduler_locks(connection: Any, queue_names: list[str], holders: list[Any] | None = None) -> int:

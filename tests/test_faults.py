@@ -1,0 +1,259 @@
+"""Faults the worker must survive without losing work: kills, a Redis restart, a stale scheduler lock, SIGTERM.
+
+Each case runs real processes (`python worker.py`, a redis-server of its own) against real Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+from rq.scheduler import RQScheduler
+from rq.serializers import JSONSerializer
+
+from encore import queue as encore_queue
+from encore.queue import EVENTS, FLOWS, MAINTENANCE, queue, requeue_stranded
+from tests.conftest import redis_url_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    return predicate()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(env: dict[str, str], cwd: Path, log: Path, script: str | None = None) -> subprocess.Popen:
+    command = [sys.executable, "-c", script] if script else [sys.executable, str(ROOT / "worker.py")]
+    return subprocess.Popen(command, env={**env, "PYTHONPATH": str(ROOT)}, cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _status(connection: Redis, job_id: str) -> JobStatus | None:
+    try:
+        return Job.fetch(job_id, connection=connection, serializer=JSONSerializer).get_status()
+    except Exception:  # noqa: BLE001 - gone
+        return None
+
+
+@pytest.fixture
+def worker_env(env: pytest.MonkeyPatch, redis: Redis, tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "REDIS_URL": redis_url_of(redis)}
+
+
+# ---- taking jobs ----------------------------------------------------------------------------------
+
+def test_a_job_is_taken_from_any_queue_into_its_intermediate_list(redis: Redis):
+    queues = [queue(name, redis) for name in (EVENTS, FLOWS, MAINTENANCE)]
+    queues[1].enqueue_call("builtins.len", args=([1, 2],), job_id="on-flows")
+    job, taken_from = encore_queue.ReliableQueue.dequeue_any(queues, None, connection=redis,
+                                                             serializer=JSONSerializer)
+    assert (job.id, taken_from.name) == ("on-flows", FLOWS)
+    assert redis.lrange(queues[1].intermediate_queue_key, 0, -1) == [b"on-flows"]  # never in no list at all
+    started = time.monotonic()
+    assert encore_queue.ReliableQueue.dequeue_any(queues, None, connection=redis, serializer=JSONSerializer) is None
+    queues[2].enqueue_call("builtins.len", args=([1],), job_id="later")  # a blocking take sees every queue
+    job, taken_from = encore_queue.ReliableQueue.dequeue_any(queues, 5, connection=redis, serializer=JSONSerializer)
+    assert (job.id, taken_from.name) == ("later", MAINTENANCE)
+    assert time.monotonic() - started < 2
+
+
+def test_a_job_taken_by_a_worker_that_died_before_starting_it_is_put_back(redis: Redis, monkeypatch):
+    q = queue(EVENTS, redis)
+    q.enqueue_call("builtins.len", args=([1, 2],), job_id="stranded")
+    encore_queue.ReliableQueue.dequeue_any([q], None, connection=redis, serializer=JSONSerializer)
+    assert q.count == 0  # taken, never started: its worker died here
+    assert requeue_stranded(q) == 0  # first seen now
+    monkeypatch.setattr(encore_queue, "STRANDED_AFTER", 0.0)
+    assert requeue_stranded(q) == 1
+    assert q.job_ids == ["stranded"] and redis.llen(q.intermediate_queue_key) == 0
+    import worker
+
+    worker.build_worker().work(burst=True)
+    assert _status(redis, "stranded") == JobStatus.FINISHED
+
+
+KILLED_AFTER_TAKING = """
+import os, worker
+from rq.worker import BaseWorker
+BaseWorker.prepare_job_execution = lambda *args, **kwargs: os._exit(9)  # dies between taking and starting
+worker.build_worker().work(burst=True)
+"""
+
+
+def test_a_worker_killed_between_taking_and_starting_a_job_loses_nothing(worker_env, redis: Redis, tmp_path):
+    q = queue(EVENTS, redis)
+    q.enqueue_call("builtins.len", args=([1, 2, 3],), job_id="taken")
+    dying = _worker(worker_env, tmp_path, tmp_path / "worker.log", KILLED_AFTER_TAKING)
+    assert dying.wait(timeout=60) == 9
+    assert q.count == 0 and _status(redis, "taken") == JobStatus.QUEUED  # in no queue: lost, before the fix
+    log = tmp_path / "worker.log"
+    survivor = _worker(worker_env, tmp_path, log)  # its upkeep puts the job back, then runs it
+    try:
+        assert _wait_for(lambda: _status(redis, "taken") == JobStatus.FINISHED, timeout=60), log.read_text()[-2000:]
+    finally:
+        _stop(survivor)
+
+
+# ---- the scheduler -------------------------------------------------------------------------------------
+
+def test_a_killed_workers_scheduler_lock_is_taken_over_within_seconds(worker_env, redis: Redis, tmp_path):
+    log = tmp_path / "worker.log"
+    first = _worker(worker_env, tmp_path, log)
+    lock = RQScheduler.get_locking_key(EVENTS)
+    try:
+        assert _wait_for(lambda: redis.get(lock), timeout=60), log.read_text()[-2000:]
+    finally:
+        first.kill()  # SIGKILL: its scheduler child sees it gone and stops
+        first.wait()
+    holder = redis.get(lock)
+    scheduler_pid = int(redis.hget(f"rq:scheduler:{holder.decode()}", "pid"))
+    second = _worker(worker_env, tmp_path, log)
+    try:
+        # RQ's own: the lock outlives its holder by 61 s, and a worker tries again only every 10 minutes.
+        assert _wait_for(lambda: redis.get(lock) not in (None, holder), timeout=15), log.read_text()[-3000:]
+        job = queue(EVENTS, redis).enqueue_in(timedelta(seconds=1), "builtins.len", [1, 2])
+        assert _wait_for(lambda: _status(redis, job.id) == JobStatus.FINISHED, timeout=15), log.read_text()[-3000:]
+    finally:
+        _stop(second)
+    assert _wait_for(lambda: not _alive(scheduler_pid), timeout=10)  # the orphaned scheduler stopped
+
+
+# ---- Redis going away --------------------------------------------------------------------------------
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A redis-server of this test's own (appendonly), on a free port, that the test may stop and start."""
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed")
+    port, folder = _free_port(), tmp_path / "redis"
+    folder.mkdir()
+    server = _start_redis(port, folder)
+    yield port, folder
+    Redis(port=port).shutdown(nosave=True) if server.poll() is None else None
+    _kill_quietly(server)
+
+
+def _start_redis(port: int, folder: Path) -> subprocess.Popen:
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+                               "--appendonly", "yes", "--save", ""], stdout=subprocess.DEVNULL)
+    assert _wait_for(lambda: _pings(port), timeout=20)
+    _start_redis.servers.append(server)  # type: ignore[attr-defined]
+    return server
+
+
+_start_redis.servers = []  # type: ignore[attr-defined]
+
+
+def _pings(port: int) -> bool:
+    try:
+        return bool(Redis(port=port, socket_connect_timeout=0.5).ping())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _kill_quietly(server: subprocess.Popen) -> None:
+    for started in _start_redis.servers:  # type: ignore[attr-defined]
+        if started.poll() is None:
+            started.kill()
+            started.wait()
+    _start_redis.servers.clear()  # type: ignore[attr-defined]
+
+
+def test_the_worker_rides_out_a_redis_restart(env, own_redis, tmp_path):
+    port, folder = own_redis
+    connection = Redis(port=port)
+    encore_queue.set_redis(connection)
+    log = tmp_path / "worker.log"
+    worker = _worker({**os.environ, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}, tmp_path, log)
+    try:
+        before = queue(EVENTS, connection).enqueue_call("builtins.len", args=([1],))
+        assert _wait_for(lambda: _status(connection, before.id) == JobStatus.FINISHED, timeout=30)
+        connection.shutdown()  # AOF kept
+        time.sleep(4)  # longer than redis-py's own retries
+        assert worker.poll() is None, log.read_text()[-3000:]
+        _start_redis(port, folder)
+        after = queue(EVENTS, connection).enqueue_call("builtins.len", args=([1, 2],))
+        later = queue(FLOWS, connection).enqueue_in(timedelta(seconds=1), "builtins.len", [3])
+        assert _wait_for(lambda: _status(connection, after.id) == JobStatus.FINISHED, timeout=30), \
+            log.read_text()[-3000:]
+        assert _wait_for(lambda: _status(connection, later.id) == JobStatus.FINISHED, timeout=30), \
+            log.read_text()[-3000:]  # its scheduler, dead with the outage, was started again
+        assert worker.poll() is None
+    finally:
+        _stop(worker)
+        encore_queue.set_redis(None)
+
+
+# ---- a killed worker's job, and SIGTERM ------------------------------------------------------------------
+
+def test_a_killed_workers_job_is_retried_once_its_heartbeats_stop(worker_env, redis: Redis, tmp_path):
+    script = ("import os, threading, worker\n"
+              "threading.Timer(2.0, lambda: os._exit(9)).start()\n"  # SIGKILL-like, mid-job
+              "worker.build_worker().work(burst=True)\n")
+    job = queue(EVENTS, redis).enqueue_call("time.sleep", args=(5,), job_id="slow", retry=encore_queue.EVENT_RETRY)
+    dying = _worker(worker_env, tmp_path, tmp_path / "worker.log", script)
+    assert dying.wait(timeout=30) == 9
+    registry = StartedJobRegistry(EVENTS, connection=redis, serializer=JSONSerializer)
+    assert "slow" in registry.get_job_ids()
+    import worker
+
+    (expires,) = [score for _, score in redis.zrange(registry.key, 0, -1, withscores=True)]
+    # Abandoned 40 s after its last beat (RQ's SimpleWorker: the job's whole timeout, 180 s, plus 60).
+    assert expires - time.time() <= worker.HEARTBEAT_SECONDS + 30
+    registry.cleanup(timestamp=expires + 1)
+    assert Job.fetch(job.id, connection=redis, serializer=JSONSerializer).get_status() == JobStatus.SCHEDULED
+
+
+def test_sigterm_lets_the_current_job_finish_then_the_worker_stops(worker_env, redis: Redis, tmp_path):
+    q = queue(EVENTS, redis)
+    current = q.enqueue_call("time.sleep", args=(3,), job_id="current")
+    waiting = q.enqueue_call("builtins.len", args=([1],), job_id="waiting-its-turn")
+    log = tmp_path / "worker.log"
+    worker = _worker(worker_env, tmp_path, log)
+    assert _wait_for(lambda: _status(redis, current.id) == JobStatus.STARTED, timeout=30), log.read_text()[-2000:]
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert _status(redis, current.id) == JobStatus.FINISHED
+    assert _status(redis, waiting.id) == JobStatus.QUEUED and q.job_ids == [waiting.id]  # left for the next worker
