@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -46,28 +47,72 @@ def run(port: int, workers: int) -> None:
         "worker": [sys.executable, "-m", "encore.cli", "worker"],
         "cron": [sys.executable, "-m", "encore.cli", "cron"],
     }
-    children = {name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()}
+    supervisor = Supervisor(commands, env)
     click.echo(f"Encore is running on http://localhost:{port} (Ctrl-C stops it)", err=True)
-
-    def stop(*_args: object) -> None:
-        for child in children.values():
-            if child.poll() is None:
-                child.terminate()
-
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, lambda *_args: supervisor.stop())
     try:
-        while all(child.poll() is None for child in children.values()):
-            time.sleep(0.5)
-        failed = [name for name, child in children.items() if child.poll() not in (None, 0)]
-        if failed:
-            click.echo(f"stopped because {', '.join(failed)} exited", err=True)
+        supervisor.run()
     except KeyboardInterrupt:
         pass
     finally:
-        stop()
-        for child in children.values():
+        supervisor.stop()
+
+
+class Supervisor:
+    """`encore run`'s children: each started again (with backoff) when it dies, until stopped.
+
+    A child that exits is logged with its exit status and started again after a delay that doubles
+    while it keeps dying young (1 s up to 30 s), and resets once it has lived a minute.
+    """
+
+    RESTART_MIN, RESTART_MAX, HEALTHY_AFTER = 1.0, 30.0, 60.0
+
+    def __init__(self, commands: dict[str, list[str]], env: dict[str, str]) -> None:
+        self.commands, self.env = commands, env
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.started: dict[str, float] = {}
+        self.delay = {name: self.RESTART_MIN for name in commands}
+        self.due: dict[str, float] = {}
+        self.stopping = False
+        for name in commands:
+            self._start(name)
+
+    def _start(self, name: str) -> None:
+        self.children[name] = subprocess.Popen(self.commands[name], env=self.env)
+        self.started[name] = time.monotonic()
+
+    def run(self) -> None:
+        """Watch the children until `stop`."""
+        log = logging.getLogger("encore.run")
+        while not self.stopping:
+            now = time.monotonic()
+            for name, child in self.children.items():
+                code = child.poll()
+                if code is None or name in self.due:
+                    continue
+                lived = now - self.started[name]
+                if lived >= self.HEALTHY_AFTER:
+                    self.delay[name] = self.RESTART_MIN
+                self.due[name] = now + self.delay[name]
+                log.error("%s exited with status %s after %.0f s; starting it again in %.0f s",
+                          name, code, lived, self.delay[name], extra={"child": name, "status": code})
+                self.delay[name] = min(self.delay[name] * 2, self.RESTART_MAX)
+            for name, when in list(self.due.items()):
+                if when <= now and not self.stopping:
+                    del self.due[name]
+                    self._start(name)
+                    log.info("%s started again", name, extra={"child": name})
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Ask every child to stop (SIGTERM: the worker finishes its job), then wait; kill what won't stop."""
+        self.stopping = True
+        for child in self.children.values():
+            if child.poll() is None:
+                child.terminate()
+        for child in self.children.values():
             try:
-                child.wait(timeout=15)
+                child.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 child.kill()
 

