@@ -285,6 +285,11 @@ def main(burst: bool = False) -> None:
     loaded = registry()  # a bad flow file is reported now, and skipped while the others run
     log.info("flows loaded", extra={"flows": sorted(loaded.flows), "problems": len(loaded.problems)})
     worker = build_worker()
+    from encore.health import redis_persistence
+
+    warning = redis_persistence(worker.connection)
+    if warning:
+        log.warning("Redis may lose queued work: %s", warning)
     settle()
     worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
 
