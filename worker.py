@@ -31,8 +31,8 @@ from rq.exceptions import StopRequested
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.scripts import release_lock
 from rq.serializers import JSONSerializer
+from rq.utils import as_text, utcparse
 from rq.utils import now as rq_now
-from rq.utils import utcparse
 from rq.worker import BaseWorker
 
 from encore import logs
@@ -158,7 +158,7 @@ class Resilient(BaseWorker):
         names = [q.name for q in self.queues]
         running = scheduler._process is not None and scheduler._process.is_alive()
         holders = self.connection.mget([RQScheduler.get_locking_key(name) for name in names])
-        if running and all(holder is not None and holder.decode() == scheduler.name for holder in holders):
+        if running and all(holder is not None and as_text(holder) == scheduler.name for holder in holders):
             return
         if break_stale_scheduler_locks(self.connection, names, holders) or not running:
             if running:  # it holds some locks but not all: start it again, to take them all
@@ -210,7 +210,7 @@ def break_stale_scheduler_locks(connection: Any, queue_names: list[str], holders
     for key, holder in zip(keys, holders, strict=True):
         if holder is None:
             continue
-        name = holder.decode() if isinstance(holder, bytes) else str(holder)
+        name = as_text(holder)
         beat = connection.hget(SCHEDULER_KEY_TEMPLATE % name, "last_heartbeat")
         if beat is not None:
             age = (now - utcparse(beat.decode())).total_seconds()

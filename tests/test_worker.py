@@ -169,7 +169,8 @@ def test_encore_run_starts_a_child_that_dies_again(tmp_path):
         os.kill(first, signal.SIGKILL)
         assert _wait_for(lambda: worker_pid() not in (None, first), timeout=30)
         body = json.dumps(payload("shopify", "orders_create")).encode()
-        assert _post(f"http://127.0.0.1:{port}/webhooks/shopify", body, shopify_headers(body, "orders/create"))[0] == 200
+        url = f"http://127.0.0.1:{port}/webhooks/shopify"
+        assert _post(url, body, shopify_headers(body, "orders/create"))[0] == 200
         assert _wait_for(lambda: _orders(f"sqlite:///{tmp_path / 'encore.db'}") == 1, timeout=30)
         assert run.poll() is None
     finally:
