@@ -536,14 +536,14 @@ def _retry_later(run_id: int, token: str, exc: Exception) -> tuple[str, tuple[An
             return FAILED, None
         delay = getattr(exc, "retry_after", None) or RETRY_BACKOFF[min(run.attempts, len(RETRY_BACKOFF)) - 1]
         stage(session, run, status=WAITING, wake_at=dates.now() + timedelta(seconds=float(delay)))
-        stage(session, run, job_id=_job_id(run))
+        stage(session, run, job_id=_job_id(run, own=True))  # on time: a retry is one run, not a minute's batch
         _trace(session, run, "retry", f"will retry at {run.wake_at.isoformat()}: {exc}", attempt=run.attempts)
         return WAITING, (run.wake_at, run.job_id)
 
 
-def _job_id(run: FlowRun) -> str:
-    """The job that will resume a run: its minute's wake job when it waits, else a job of its own."""
-    if run.wake_at is not None and run.wake_at > dates.now():
+def _job_id(run: FlowRun, own: bool = False) -> str:
+    """The job that will resume a run: its minute's wake job when it waits, else (or `own`) a job of its own."""
+    if not own and run.wake_at is not None and run.wake_at > dates.now():
         return wake_job_id(run.wake_at)
     label = position_label(run.position).replace("[", "_").replace("]", "").replace(".", "-")
     return f"flowrun-{run.id}-{label}-{run.attempts or 0}"
