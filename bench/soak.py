@@ -736,9 +736,7 @@ class Soak:
             "drain_seconds": round(drained_s, 1),
             "faults": [{"kind": w["kind"], "at_share": w["share"], "start_s": round(w["start"] - self.t0, 2),
                         "seconds": round(w["end"] - w["start"], 2), "during_load": w["during_load"],
-                        "answers_503": sum(1 for at, answer in sender.answers
-                                           if answer == "503" and w["start"] <= at <= w["end"] + 2.0)}
-                       for w in self.windows],
+                        "answers_503": self.answers_503(w)} for w in self.windows],
             "fault_errors": self.fault_errors,
             "unexpected_exits": [{**e, "at": round(e["at"] - self.t0, 2)} for e in self.supervisor.unexpected_exits],
             "process_starts": {name: p.starts for name, p in self.supervisor.processes.items()},
@@ -769,6 +767,15 @@ class Soak:
             return result
         except Exception as exc:  # noqa: BLE001
             return {"error": f"{type(exc).__name__}: {exc}"}
+
+    def answers_503(self, window: dict[str, Any]) -> int:
+        """The 503 answers given during a fault (a Redis outage's up to 2 s after it, retries still in flight)."""
+        assert self.sender is not None
+        if window["kind"] == "redis restart":
+            return sum(1 for at, answer in self.sender.answers
+                       if answer == "503" and window["start"] <= at <= window["end"] + 2.0)
+        return sum(1 for at, answer in self.sender.answers if answer == "503" and window["start"] <= at <= window["end"]
+                   and not self.in_window(at, ("redis restart",), margin=2.0))
 
     def failed_jobs(self) -> dict[str, Any]:
         """The failed registries of the three queues: counts and a few examples."""
