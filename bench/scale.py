@@ -886,8 +886,8 @@ def report(output: dict[str, Any]) -> None:
             tries = f" (of {row['events_per_s_tries']})" if len(row.get("events_per_s_tries", [])) > 1 else ""
             print(f"  {row['workers']} worker(s), {row['experiment']:<40} {row['events_per_s']:6.1f} events/s{tries}, "
                   f"with waits {row.get('with_waits_per_s')}; CPU per event {cpu['worker_ms']} + "
-                  f"{cpu['postgres_ms']} + {cpu['redis_ms']} = {cpu['total_ms']} ms (with waits {both.get('total_ms')} ms); others "
-                  f"{cpu['others_cores']} cores"
+                  f"{cpu['postgres_ms']} + {cpu['redis_ms']} = {cpu['total_ms']} ms (with waits "
+                  f"{both.get('total_ms')} ms); others {cpu['others_cores']} cores"
                   f"{'' if row['ok'] else '  CHECKS FAILED'}")
     if "profile" in output:
         for backend in ("postgresql", "sqlite"):
