@@ -224,27 +224,38 @@ def break_stale_scheduler_locks(connection: Any, queue_names: list[str], holders
 
 
 class EncoreWorker(Resilient, SimpleWorker):
-    """RQ's SimpleWorker (jobs in-process), with Encore's upkeep and a heartbeat while a job runs."""
+    """RQ's SimpleWorker (jobs in-process), with Encore's upkeep and a heartbeat while a job runs.
+
+    One thread per worker, started with its first job, beats for the job running at the time (RQ's
+    forking worker does the same from its parent process); a job costs it two attribute writes.
+    """
+
+    _running: tuple[Any, float] | None = None
+    _beater: threading.Thread | None = None
 
     def execute_job(self, job: Any, queue: Any) -> None:
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(self.job_monitoring_interval):
-                try:
-                    execution = next(iter(list(self.executions.values())), None)
-                    if execution is not None:
-                        self.maintain_heartbeats(job, execution)
-                except Exception as exc:  # noqa: BLE001 - a missed beat is tried again; the job goes on
-                    log.debug("heartbeat of job %s failed: %s", job.id, exc)
-
-        thread = threading.Thread(target=beat, name="job-heartbeat", daemon=True)
-        thread.start()
+        if self._beater is None:
+            self._beater = threading.Thread(target=self._beat, name="job-heartbeat", daemon=True)
+            self._beater.start()
+        self._running = (job, time.monotonic())
         try:
             super().execute_job(job, queue)
         finally:
-            stop.set()
-            thread.join()
+            self._running = None
+
+    def _beat(self) -> None:
+        interval = self.job_monitoring_interval
+        while True:
+            time.sleep(interval / 2)
+            running = self._running
+            if running is None or time.monotonic() - running[1] < interval / 2:
+                continue
+            try:
+                execution = next(iter(list(self.executions.values())), None)
+                if execution is not None and self._running is running:
+                    self.maintain_heartbeats(running[0], execution)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is tried again; the job goes on
+                log.debug("heartbeat of job %s failed: %s", running[0].id, exc)
 
 
 class EncoreForkWorker(Resilient, Worker):
