@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,6 +228,24 @@ def woo_headers(body: bytes, topic: str, *, secret: str = WC_SECRET, source: str
         "X-WC-Webhook-Signature": sign(body, secret), "X-WC-Webhook-ID": "12",
         "X-WC-Webhook-Delivery-ID": uuid.uuid4().hex,
     }
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    """Call `predicate` until it returns something true (returned) or `timeout` seconds pass (its last answer)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    return predicate()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def drain(connection: Redis) -> None:

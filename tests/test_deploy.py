@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,9 +31,11 @@ from tests.conftest import (
     SHOP,
     SHOPIFY_SECRET,
     WC_URL,
+    free_port,
     payload,
     redis_url_of,
     shopify_headers,
+    wait_for,
     woo_headers,
 )
 from webhooks import secrets as webhook_secrets
@@ -49,22 +50,6 @@ CUSTOM_SECRET = "custom-app-secret-0123"
 def _revision(url: str) -> str | None:
     with get_engine(url).connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    return predicate()
 
 
 def _migrate_in(url: str) -> subprocess.Popen:
@@ -291,11 +276,11 @@ def _get(url: str) -> int:
 
 
 def test_gunicorn_alone_on_a_new_sqlite_database(tmp_path, redis: Redis):
-    port = _free_port()
+    port = free_port()
     url = f"sqlite:///{tmp_path / 'encore.db'}"
     server = _gunicorn(tmp_path, port, redis, url)
     try:
-        assert _wait_for(lambda: _get(f"http://127.0.0.1:{port}/healthz") == 200, timeout=60), "never healthy"
+        assert wait_for(lambda: _get(f"http://127.0.0.1:{port}/healthz") == 200, timeout=60), "never healthy"
         body, headers = _order()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/webhooks/shopify", data=body, headers=headers,
                                          method="POST")
@@ -442,7 +427,7 @@ def own_redis(tmp_path) -> Iterator[Redis]:  # type: ignore[no-untyped-def]
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
                                "no", "--daemonize", "no", "--dir", str(tmp_path)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -455,7 +440,7 @@ def own_redis(tmp_path) -> Iterator[Redis]:  # type: ignore[no-untyped-def]
             return False
 
     try:
-        assert _wait_for(answers, timeout=10), "redis-server did not start"
+        assert wait_for(answers, timeout=10), "redis-server did not start"
         yield connection
     finally:
         server.kill()  # a throwaway: nothing in it is worth a clean shutdown
@@ -493,7 +478,7 @@ def test_redis_without_config_falls_back_to_info(own_redis: Redis, caplog):
     assert "volatile-lru" in (health.redis_persistence(limited) or "")
     own_redis.config_set("maxmemory-policy", "noeviction")
     own_redis.config_set("appendonly", "yes")
-    assert _wait_for(lambda: health.redis_persistence(limited) is None, timeout=10)
+    assert wait_for(lambda: health.redis_persistence(limited) is None, timeout=10)
 
 
 def test_the_web_app_warns_about_redis_durability_once_and_healthz_shows_it(env, redis: Redis, own_redis: Redis,

