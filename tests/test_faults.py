@@ -125,13 +125,20 @@ def test_a_killed_workers_scheduler_lock_is_taken_over_within_seconds(worker_env
     log = tmp_path / "worker.log"
     first = _worker(worker_env, tmp_path, log)
     lock = RQScheduler.get_locking_key(EVENTS)
+
+    def running_scheduler() -> tuple[bytes, int] | None:
+        """The lock's holder and its pid, once the scheduler process has registered itself."""
+        holder = redis.get(lock)
+        pid = holder and redis.hget(f"rq:scheduler:{holder.decode()}", "pid")
+        return (holder, int(pid)) if pid and int(pid) else None
+
     try:
-        assert wait_for(lambda: redis.get(lock), timeout=60), log.read_text()[-2000:]
+        found = wait_for(running_scheduler, timeout=60)
+        assert found, log.read_text()[-2000:]
     finally:
         first.kill()  # SIGKILL: its scheduler child sees it gone and stops
         first.wait()
-    holder = redis.get(lock)
-    scheduler_pid = int(redis.hget(f"rq:scheduler:{holder.decode()}", "pid"))
+    holder, scheduler_pid = found
     second = _worker(worker_env, tmp_path, log)
     try:
         # RQ's own: the lock outlives its holder by 61 s, and a worker tries again only every 10 minutes.
