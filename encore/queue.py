@@ -6,11 +6,13 @@ import logging
 import time
 from typing import Any
 
+import orjson
 from redis import Redis
 from rq import Queue, Retry
 from rq.exceptions import DequeueTimeout
+from rq.job import Job
 from rq.serializers import JSONSerializer
-from rq.utils import as_text
+from rq.utils import as_text, utcformat
 from rq.utils import now as rq_now
 
 from encore.events import Event
@@ -196,17 +198,35 @@ def _enqueue_once(connection: Redis, key: str, func: str, args: tuple[Any, ...],
     so the platform's retry is never taken for a duplicate of something that is not there.
     """
     q = _events_queue(connection)
-    job = q.create_job(func, args=args, job_id=key, retry=EVENT_RETRY, result_ttl=RESULT_TTL,
-                       failure_ttl=FAILURE_TTL, description=description)
-    q._prepare_for_queue(job)
-    fields: list[Any] = []
-    for name, value in job.to_dict().items():
-        if value is not None:
-            fields += [name, value]
     ttl = get_settings().DEDUPE_TTL_SECONDS
     return bool(_script(connection, _ENQUEUE_ONCE)(
-        keys=[SEEN_PREFIX + key, job.key, q.key, BODY_PREFIX + key, Queue.redis_queues_keys],
-        args=[ttl, FAILURE_TTL if body is not None else 0, body or b"", key, q.key, *fields]))
+        keys=[SEEN_PREFIX + key, Job.key_for(key), q.key, BODY_PREFIX + key, Queue.redis_queues_keys],
+        args=[ttl, FAILURE_TTL if body is not None else 0, body or b"", key, q.key,
+              *job_fields(q, func, args, description)]))
+
+
+def job_fields(q: Queue, func: str, args: tuple[Any, ...], description: str) -> list[Any]:
+    """The fields of RQ's job hash for `func(*args)` queued on `q` now, flat (name, value, …).
+
+    What RQ's `Job.create(…).to_dict()` writes, without building a Job per webhook: the fields that
+    are the same for every job of `func` are taken once from a Job that RQ itself builds; the call
+    (its JSON, which RQ reads uncompressed as well), the description and the times are added here.
+    """
+    static = _static_fields.get((q.name, func))
+    if static is None:
+        model = q.create_job(func, args=(), job_id="model", retry=EVENT_RETRY, result_ttl=RESULT_TTL,
+                             failure_ttl=FAILURE_TTL)
+        q._prepare_for_queue(model)
+        static = _static_fields[(q.name, func)] = [
+            part for name, value in model.to_dict().items()
+            if value is not None and name not in _PER_JOB for part in (name, value)]
+    stamp = utcformat(rq_now())
+    return [*static, "created_at", stamp, "enqueued_at", stamp, "description", description,
+            "data", orjson.dumps([func, None, list(args), {}])]
+
+
+_PER_JOB = frozenset({"created_at", "enqueued_at", "description", "data"})
+_static_fields: dict[tuple[str, str], list[Any]] = {}
 
 
 _queues: dict[int, ReliableQueue] = {}

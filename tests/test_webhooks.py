@@ -317,3 +317,27 @@ def test_a_delivery_the_worker_cannot_normalise_is_recorded_and_not_retried(clie
     assert archive.rejections()[0]["reason"] == "malformed"
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(EventRecord)) == 0
+
+
+def test_a_queued_delivery_is_the_job_rq_itself_would_write(redis: Redis):
+    """The enqueue script writes RQ's own job hash: the same fields, read back by RQ as the same call."""
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    from encore.queue import EVENT_RETRY, FAILURE_TTL, RESULT_TTL, enqueue_delivery
+
+    delivery = {"shop": SHOP, "topic": "orders/create", "delivery_id": "d-1", "http_headers": {"X-A": "é"}}
+    assert enqueue_delivery("shopify", delivery, b"{}", "shopify-d-1", redis)
+    q = queue(EVENTS, redis)
+    model = q.create_job("encore.jobs.process_delivery", args=("shopify", delivery), job_id="m", retry=EVENT_RETRY,
+                         result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, description="shopify orders/create")
+    q._prepare_for_queue(model)
+    expected = {name for name, value in model.to_dict().items() if value is not None}
+    assert {name.decode() for name in redis.hkeys("rq:job:shopify-d-1")} == expected
+    job = Job.fetch("shopify-d-1", connection=redis, serializer=JSONSerializer)
+    assert (job.func_name, job.args, job.kwargs) == ("encore.jobs.process_delivery", ["shopify", delivery], {})
+    assert (job.origin, job.get_status(), job.retries_left, job.retry_intervals) == ("events", "queued", 5,
+                                                                                     EVENT_RETRY.intervals)
+    assert (job.timeout, job.result_ttl, job.failure_ttl, job.description) == (
+        model.timeout, RESULT_TTL, FAILURE_TTL, "shopify orders/create")
+    assert abs((job.enqueued_at - model.enqueued_at).total_seconds()) < 60
