@@ -24,25 +24,34 @@ connection is retried as platforms do (0.5 s doubling to 5 s, up to 30 attempts)
 other answer is final and counted as unexpected.
 
 Faults, spread over the load by its progress (by default at 25 %, 50 % and 75 % of the deliveries
-sent): the worker SIGKILLed and restarted a second later (twice, `--worker-kills`), and Redis shut
-down with SHUTDOWN (the AOF kept) and started again on the same port and folder `--redis-outage`
-seconds later (once, `--redis-restarts`). A process that exits on its own is restarted too, as a
-platform would, and reported. `--no-faults` runs a baseline without any (451s included: set
-`--defer-rate 0` for none of those either).
+sent): the worker SIGKILLed with its process group (its RQ scheduler child too, as a platform stopping
+a container does; `--kill-scope process` kills the worker process alone) and restarted a second
+later (twice, `--worker-kills`), and Redis shut down with SHUTDOWN (the AOF kept) and started again
+on the same port and folder `--redis-outage` seconds later (once, `--redis-restarts`). Faults run one
+after the other, so at a small N and a high rate the later ones fall after the last delivery (the
+report says which were under way while deliveries were still being sent). A process that exits on
+its own is restarted too, as a platform would, and reported. `--no-faults` runs a baseline without
+any (451s included: set `--defer-rate 0` for none of those either).
 
 Then it waits until every customer's email is accepted, or `--drain-timeout` seconds, printing
 progress every 10 s, and reports: orders, deliveries, answers by status, unexpected 5xx (500-599
 except 503) and 4xx, lost (customers with no accepted email), duplicates (customers with more than
-one accepted message: distinct Message-IDs, or one Message-ID accepted twice), failed RQ jobs, the
-ledger (orders and customers in the database equal to N), and the webhook-to-email latency (from the
-webhook's first 2xx to the mail server's 250) for the orders whose first request was sent outside
-the fault windows, leaving out messages deferred on their first attempt. For each lost email it
+one distinct Message-ID accepted), the customers to whom one Message-ID was accepted twice (a
+re-sent copy: Encore gives every attempt of one email the same Message-ID, so this is where a
+resend shows; `--strict` makes it fail the run too), failed RQ jobs, scheduled jobs left overdue and
+the scheduler locks, the ledger (orders and customers in the database equal to N), and the
+webhook-to-email latency (from the webhook's first 2xx to the mail server's 250) for the orders
+whose first request was sent outside the fault windows (a fault's window: from its start until
+Redis answers again, or the restarted worker is registered with RQ), leaving out messages deferred
+on their first attempt; also for the orders no fault touched at all. For each lost email it
 looks up where its order stopped (Redis job and body, ledger, flow run, email claim, trace) and
 groups them; it also counts the error lines of each process's log.
 
 Exit status 0 when lost, duplicates and unexpected 5xx are all 0; 1 otherwise; 2 when the soak itself
 could not run. The temporary folder is removed at the end; when the run fails, the process logs
-(and the SQLite file) are kept and their folder printed.
+(and the SQLite file) are kept and their folder printed. `--root DIR` runs another copy of the
+product (e.g. `git archive <commit> | tar -x -C DIR`) with this soak, to measure one commit while
+the working tree changes, or to compare two.
 """
 
 from __future__ import annotations
@@ -1119,6 +1128,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     soak = Soak(args, say)
     figures: dict[str, Any] | None = None
     try:
