@@ -28,9 +28,12 @@ jobs drained by one worker process (the ratio events/s : no-op jobs/s, as bench/
 
 `--profile` adds, for one worker on PostgreSQL and on SQLite (a file under `--dir`): its rate and
 CPU split, the SQL statements by kind, transactions, pool checkouts and Redis round trips per event
-(with the time waited on each), and cProfile's top functions; and one worker on PostgreSQL with no
-flows at all (the ledger's share). `--database-url` uses that PostgreSQL database as it is: it is
-migrated and every Encore table in it is EMPTIED before each round (give it a scratch database).
+(with the time waited on each), and cProfile's top functions; one worker on PostgreSQL with no
+flows at all (the ledger's share); and what one round trip or per-job step costs on this machine
+(bench/_scale_ops.py). `--experiments` runs what-if rounds: the worker processes changed as a
+proposed change to the product would change them (bench/_scale_worker.py), each also on no-op jobs.
+`--database-url` uses that PostgreSQL database as it is: it is migrated and every Encore table in
+it is EMPTIED before each round (give it a scratch database).
 Exit status 1 when a check fails.
 """
 
@@ -541,7 +544,8 @@ def checks(tmp: Path, customers: int, deliveries: int, library: bool) -> dict[st
     return result
 
 
-def noop_round(jobs: int, args: argparse.Namespace, connection: Redis, redis_url: str) -> Drain:
+def noop_round(jobs: int, args: argparse.Namespace, connection: Redis, redis_url: str,
+               extra: list[str] | None = None) -> Drain:
     """As many no-op RQ jobs as deliveries, drained by one worker process: RQ's own cost per job."""
     from encore.queue import FLOWS, queue
     from encore.store import migrate
@@ -559,7 +563,7 @@ def noop_round(jobs: int, args: argparse.Namespace, connection: Redis, redis_url
             for _ in range(jobs):
                 q.enqueue_call("bench.flows.noop", result_ttl=600, pipeline=pipe)
             pipe.execute()
-        result = drain(1, T0, env, tmp / "worker", connection, PostgresCPU(url))
+        result = drain(1, T0, env, tmp / "worker", connection, PostgresCPU(url), extra)
     os.environ.clear()
     os.environ.update(saved)
     return result
@@ -810,11 +814,20 @@ def experiments(deliveries: list[Delivery], customers: int, args: argparse.Names
                                    extra=extra, pg_settings=settings)
                 row = figures(result, cores)
                 row.update(experiment=what, ok=all_ok(result))
+                if workers == 1:  # RQ's own cost per job, changed the same way
+                    noop = noop_round(len(deliveries), args, connection, redis_url, extra)
+                    row["noop_jobs_per_s"] = round(len(deliveries) / noop.seconds, 1)
+                    row["noop_cpu_ms_per_job"] = {"worker": round(1000 * noop.worker_cpu_s / len(deliveries), 3),
+                                                  "redis": round(1000 * noop.redis_cpu_s / len(deliveries), 3)}
                 tries.setdefault((workers, what), []).append(row)
     rows = []
     for group in tries.values():
         row = max(group, key=lambda r: r["events_per_s"])
         row["events_per_s_tries"] = [r["events_per_s"] for r in group]
+        row["median_events_per_s"] = sorted(row["events_per_s_tries"])[len(group) // 2]
+        if "noop_jobs_per_s" in row:
+            row["noop_jobs_per_s_tries"] = [r["noop_jobs_per_s"] for r in group]
+            row["noop_worker_cpu_ms_tries"] = [r["noop_cpu_ms_per_job"]["worker"] for r in group]
         row["ok"] = all(r["ok"] for r in group)
         rows.append(row)
     return rows
@@ -846,9 +859,27 @@ def profile(deliveries: list[Delivery], customers: int, args: argparse.Namespace
         ledger = run_round(1, deliveries, customers, args, connection, redis_url, "ledger", flows_dir=empty,
                            waits=False)
         out["postgresql_no_flows"] = {"figures": figures(ledger, cores), "ok": all_ok(ledger)}
+        out["operations"] = operations(args, connection, redis_url)
     finally:
         shutil.rmtree(sqlite_dir, ignore_errors=True)
     return out
+
+
+def operations(args: argparse.Namespace, connection: Redis, redis_url: str) -> dict[str, Any]:
+    """bench/_scale_ops.py against a fresh database and the Redis database: what each round trip costs here."""
+    saved = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="encore-bench-scale-ops-", dir=args.dir) as name, \
+            fresh_database(args.database_url) as url:
+        connection.flushdb()
+        env = environment(url, redis_url, Path(name))
+        done = subprocess.run([sys.executable, str(BENCH / "_scale_ops.py")], env=env, cwd=ROOT,
+                              capture_output=True, text=True)
+        connection.flushdb()
+    os.environ.clear()
+    os.environ.update(saved)
+    if done.returncode:
+        raise RuntimeError(f"bench/_scale_ops.py failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def report(output: dict[str, Any]) -> None:
@@ -889,6 +920,9 @@ def report(output: dict[str, Any]) -> None:
                   f"{cpu['postgres_ms']} + {cpu['redis_ms']} = {cpu['total_ms']} ms (with waits "
                   f"{both.get('total_ms')} ms); others {cpu['others_cores']} cores"
                   f"{'' if row['ok'] else '  CHECKS FAILED'}")
+            if "noop_jobs_per_s" in row:
+                print(f"      no-op RQ jobs, one process: {row['noop_jobs_per_s_tries']} jobs/s, worker CPU per job "
+                      f"{row['noop_worker_cpu_ms_tries']} ms")
     if "profile" in output:
         for backend in ("postgresql", "sqlite"):
             p = output["profile"][backend]
@@ -917,6 +951,9 @@ def report(output: dict[str, Any]) -> None:
         f = output["profile"]["postgresql_no_flows"]["figures"]
         print(f"\n== one worker on PostgreSQL with no flows (ledger and archive only): {f['events_per_s']} events/s; "
               f"CPU per event {f['cpu_per_event']}")
+        print("\n== one operation as a worker does it (bench/_scale_ops.py): wall, this process's CPU, server CPU, µs")
+        for name, cost in output["profile"]["operations"].items():
+            print(f"  {cost['wall_us']:8.1f} {cost['cpu_us']:8.1f} {cost['server_cpu_us']:8.1f}  {name}")
     print("PASS" if output["ok"] else "FAIL")
 
 
