@@ -21,7 +21,6 @@ round trips and commands by name (redis-py's client and pipelines), with the tim
 
 `--experiment NAME` (repeatable) changes this process the way a proposed change to the product
 would, to measure what that change could gain; the product's files are not touched:
-    no-job-thread   no heartbeat thread started per job (as one long-lived beating thread would cost)
     lean-rq         the worker's own heartbeat at most once a second, and its busy/idle state not
                     written on its own round trip (as if folded into the job's pipelines)
     quiet-logs      the INFO log lines of every job and event not written (root logger at WARNING)
@@ -211,18 +210,13 @@ def install_counts(counts: Counts) -> None:
     Pipeline.immediate_execute_command = immediate  # type: ignore[method-assign]
 
 
-EXPERIMENTS = ("no-job-thread", "lean-rq", "quiet-logs", "no-pre-ping", "shop-cache")
+EXPERIMENTS = ("lean-rq", "quiet-logs", "no-pre-ping", "shop-cache")
 
 
 def apply_experiments(names: list[str], rq_worker: Any) -> None:
     """Change this process as the named proposals would change the product (see the module docstring)."""
     import logging
-    import types
 
-    import worker
-
-    if "no-job-thread" in names:
-        rq_worker.execute_job = types.MethodType(worker.Resilient.execute_job, rq_worker)
     if "lean-rq" in names:
         heartbeat, set_state = rq_worker.heartbeat, rq_worker.set_state
         last = [0.0]
