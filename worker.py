@@ -46,6 +46,7 @@ MAINTENANCE_SECONDS = 10  # registries cleaned, abandoned and stranded jobs reco
 SCHEDULER_CHECK_SECONDS = 2  # how often a worker makes sure some scheduler is alive
 SCHEDULER_STALE_SECONDS = 10  # a scheduler lock whose holder has not beaten for this long is broken
 HEARTBEAT_SECONDS = 10  # a running job's heartbeat; it is abandoned 30 s after the last one
+BOOKKEEPING_SECONDS = 1.0  # RQ's worker heartbeat and suspension check, at most this often
 DEQUEUE_SECONDS = 5  # the longest a worker blocks for a job before its own upkeep
 BACKOFF_MAX = 5.0
 
@@ -63,6 +64,8 @@ class Resilient(BaseWorker):
         super().__init__(*args, **kwargs)
         self._scheduler_checked = 0.0
         self._burst = False
+        self._beaten = self._suspension_checked = -BOOKKEEPING_SECONDS
+        self._state_written: str | None = None
 
     @property
     def dequeue_timeout(self) -> int:
@@ -82,13 +85,33 @@ class Resilient(BaseWorker):
                 time.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
 
+    # -- RQ's bookkeeping, at most once a second ---------------------------------------------------------
+    # RQ beats for the worker three times per job (three round trips each), writes its idle state twice
+    # and checks for `rq suspend` once: about half of a job's Redis round trips. A worker's key lives
+    # for minutes, so a beat and a suspension check once a second say the same, and an unchanged state
+    # needs no write.
     def check_for_suspension(self, burst: bool) -> None:
+        now = time.monotonic()
+        if now - self._suspension_checked < BOOKKEEPING_SECONDS:
+            return
+        self._suspension_checked = now
         self._through_outage("suspension check", lambda: super(Resilient, self).check_for_suspension(burst))
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         if pipeline is not None:  # only queues commands
             return super().heartbeat(timeout, pipeline)
+        now = time.monotonic()
+        if timeout is None and now - self._beaten < BOOKKEEPING_SECONDS:
+            return
         self._through_outage("heartbeat", lambda: super(Resilient, self).heartbeat(timeout))
+        self._beaten = now
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        if pipeline is None and state == self._state_written:
+            self._state = state
+            return
+        super().set_state(state, pipeline)
+        self._state_written = state
 
     def execute_job(self, job: Any, queue: Any) -> None:
         try:
