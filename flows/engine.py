@@ -606,18 +606,22 @@ def wake_due(slot: int | None = None) -> int:
 
     The batch is leased in one statement (on PostgreSQL skipping rows another worker holds), loaded
     with its shops, customers and side-effect records in four queries, and driven run by run; a run's
-    last changes are committed with the next run's claim (see `_advance`) or at the end. When more
-    are due than one batch, another wake job is queued at once so that other workers share the work.
+    last changes are committed with the next run's claim (see `_advance`) or at the end. When a full
+    batch is leased, another wake job is queued before driving it, so that other workers share the work.
     """
     now = dates.now()
     token = new_lease()
     started = time.monotonic()
     advanced = 0
+    more_queued = False
     with session_scope() as session:
         ids = _lease_due(session, now, token)
         session.commit()
         if not ids:
             return 0
+        if len(ids) == WAKE_BATCH:  # more may be due: another worker takes the next batch meanwhile
+            _queue_more(slot, token)
+            more_queued = True
         # The batch, its shops and customers in three queries (held here, so the steps find them loaded).
         runs = session.scalars(select(FlowRun).where(FlowRun.id.in_(ids))).all()
         shops = session.scalars(select(Shop).where(Shop.id.in_({run.shop_id for run in runs}))).all()
@@ -634,12 +638,17 @@ def wake_due(slot: int | None = None) -> int:
             session.execute(update(FlowRun).where(FlowRun.lease_token == token)
                             .values(lease_until=None, lease_token=None)
                             .execution_options(synchronize_session=False))
-    if advanced < len(ids) or len(ids) == WAKE_BATCH:
-        from encore.queue import FLOWS, queue
-
-        queue(FLOWS).enqueue_call(WAKE, args=(slot,), job_id=f"{WAKE_PREFIX}{slot}-more-{token[-8:]}",
-                                  result_ttl=600, failure_ttl=30 * 24 * 3600, retry=JOB_RETRY)
+    if advanced < len(ids) and not more_queued:
+        _queue_more(slot, token)
     return advanced
+
+
+def _queue_more(slot: int | None, token: str) -> None:
+    """Queue another wake job for the same slot, now (for the runs beyond this job's batch)."""
+    from encore.queue import FLOWS, queue
+
+    queue(FLOWS).enqueue_call(WAKE, args=(slot,), job_id=f"{WAKE_PREFIX}{slot}-more-{token[-8:]}",
+                              result_ttl=600, failure_ttl=30 * 24 * 3600, retry=JOB_RETRY)
 
 
 def _lease_due(session: Session, now: datetime, token: str) -> list[int]:
