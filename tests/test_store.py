@@ -64,3 +64,22 @@ def test_stores_add_and_list(env, db_url):
     with session_scope() as session:
         shop = session.execute(select(Shop).where(Shop.platform == "shopify")).scalar_one()
         assert shop.access_token_enc != "shpat_x" and decrypt(shop.access_token_enc) == "shpat_x"
+
+
+def test_a_pooled_postgresql_connection_closed_by_the_server_is_replaced(postgres_url, monkeypatch):
+    """A connection that rested (the server restarted, or closed it) is checked at checkout and replaced."""
+    if postgres_url is None:
+        pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432")
+    from sqlalchemy import text
+
+    from encore import store
+
+    engine = store.get_engine(postgres_url)
+    with engine.connect() as conn:
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    with engine.connect() as other:  # a second connection of the pool ends the first, as a restart would
+        other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    monkeypatch.setattr(store, "PING_AFTER_IDLE", 0.0)
+    for _ in range(3):  # whichever pooled connection is checked out, the query works
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1

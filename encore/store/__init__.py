@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Engine, bindparam, create_engine, event, inspect, make_url, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -55,6 +56,30 @@ def normalise_url(url: str) -> str:
     return url
 
 
+PING_AFTER_IDLE = 10.0  # seconds a pooled PostgreSQL connection may rest before it is checked again
+
+
+def _checked_in(_dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-untyped-def]
+    """Check a pooled connection that rested PING_AFTER_IDLE seconds (a restarted server closed it).
+
+    SQLAlchemy's `pool_pre_ping` checks at every checkout, a round trip per transaction (about two
+    per event); a connection used a moment ago is alive. A dead one is replaced by the pool, and
+    one that died in between fails its transaction, which the job retries (the pool is renewed then).
+    """
+    if time.monotonic() - record.info.get("idle_since", 0.0) < PING_AFTER_IDLE:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SELECT 1")
+        cursor.close()
+    except Exception as exc:  # noqa: BLE001 - any failure: the pool connects anew
+        raise DisconnectionError(f"pooled connection is gone: {exc}") from exc
+
+
 def get_engine(url: str | None = None) -> Engine:
     """The engine for `url` (default DATABASE_URL), created once per process."""
     url = normalise_url(url or get_settings().DATABASE_URL)
@@ -66,8 +91,10 @@ def get_engine(url: str | None = None) -> Engine:
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             connect_args = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT}
-            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
-                                   connect_args=connect_args, **json_options)
+            engine = create_engine(url, pool_size=5, max_overflow=10, connect_args=connect_args, **json_options)
+            event.listen(engine.pool, "connect", _checked_in)
+            event.listen(engine.pool, "checkin", _checked_in)
+            event.listen(engine.pool, "checkout", _ping_if_idle)
         _engines[url] = engine
     return engine
 
