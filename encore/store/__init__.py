@@ -76,6 +76,7 @@ def _ping_if_idle(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-
         cursor = dbapi_connection.cursor()
         cursor.execute("SELECT 1")
         cursor.close()
+        dbapi_connection.rollback()  # hand it back idle, not inside the transaction the SELECT began
     except Exception as exc:  # noqa: BLE001 - any failure: the pool connects anew
         raise DisconnectionError(f"pooled connection is gone: {exc}") from exc
 
