@@ -522,6 +522,9 @@ class Soak:
         web = processes["web"].replace("0.0.0.0", "127.0.0.1")  # listen on this machine only
         self.supervisor.add(Process("web", web, self.env, self.logs / "web.log"))
         self.supervisor.add(Process("worker", processes["worker"], self.env, self.logs / "worker.log"))
+        for index in range(2, self.args.workers + 1):  # more of the same; the faults kill the first one
+            self.supervisor.add(Process(f"worker.{index}", processes["worker"], self.env,
+                                        self.logs / f"worker.{index}.log"))
         self.supervisor.add(Process("cron", processes["cron"], self.env, self.logs / "cron.log"))
         self.wait_healthy(web_port)
         self.wait_worker()
@@ -1092,6 +1095,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redeliver", type=float, default=0.1, help="share of orders delivered twice (0.1)")
     parser.add_argument("--max-attempts", type=int, default=30, help="attempts per delivery, as a platform (30)")
     parser.add_argument("--defer-rate", type=float, default=0.2, help="first attempts answered 451 (0.2)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes, as a platform scales the Procfile's worker (1)")
     parser.add_argument("--no-faults", action="store_true", help="no worker kills, no Redis restart")
     parser.add_argument("--worker-kills", type=int, default=2, help="worker SIGKILLs during the load (2)")
     parser.add_argument("--redis-restarts", type=int, default=1, help="Redis restarts during the load (1)")
