@@ -266,7 +266,9 @@ def test_a_web_restart_mid_load_loses_no_webhook(env, redis: Redis, tmp_path):
         web = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", "2", "--graceful-timeout", "20",
                                 "--bind", f"127.0.0.1:{port}", "webhooks:create_app()"], env=web_env, cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=(tmp_path / "web.log").open("ab"))
-        assert wait_for(lambda: _answers(port), timeout=30), (tmp_path / "web.log").read_text()[-2000:]
+        if not wait_for(lambda: _answers(port), timeout=30):
+            _stop(web)
+            pytest.fail((tmp_path / "web.log").read_text()[-2000:])
         return web
 
     body = json.dumps(payload("shopify", "orders_create")).encode()
