@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,13 +94,16 @@ def redis_url_of(connection: Redis) -> str:
 
 # ---- databases -------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str | None]:
-    """A fresh PostgreSQL database for this session, or None where no server answers."""
+@contextmanager
+def fresh_postgres(prefix: str) -> Iterator[str | None]:
+    """A new, empty PostgreSQL database (its plain URL), dropped afterwards; None where no server answers.
+
+    With ENCORE_REQUIRE_POSTGRES=1 (set by `.ci/run`) an unreachable server fails the test instead.
+    """
     try:
         import psycopg
 
-        name = f"encore_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
         with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
     except Exception as exc:  # noqa: BLE001
@@ -105,13 +111,24 @@ def postgres_url() -> Iterator[str | None]:
             pytest.fail(f"PostgreSQL is required but unreachable: {exc}")
         yield None
         return
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    url = f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
-    migrate(url)
-    yield url
-    dispose_all()
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        dispose_all()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str | None]:
+    """A fresh, migrated PostgreSQL database for this session, or None where no server answers."""
+    with fresh_postgres("encore_test") as plain:
+        if plain is None:
+            yield None
+            return
+        url = plain.replace("postgresql://", "postgresql+psycopg://", 1)
+        migrate(url)
+        yield url
 
 
 def _truncate_postgres(url: str) -> None:
@@ -246,6 +263,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM a process started with `start_new_session=True` and its children; SIGKILL after 30 s."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def drain(connection: Redis) -> None:

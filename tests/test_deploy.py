@@ -6,13 +6,11 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,16 +23,17 @@ from redis import Redis
 from encore import health
 from encore import queue as encore_queue
 from encore.settings import reset_settings
-from encore.store import MIGRATION_LOCK_KEY, alembic_config, dispose_all, get_engine, migrate
+from encore.store import MIGRATION_LOCK_KEY, alembic_config, get_engine, migrate
 from tests.conftest import (
-    PG_ADMIN_URL,
     SHOP,
     SHOPIFY_SECRET,
     WC_URL,
     free_port,
+    fresh_postgres,
     payload,
     redis_url_of,
     shopify_headers,
+    stop_group,
     wait_for,
     woo_headers,
 )
@@ -62,21 +61,10 @@ def _migrate_in(url: str) -> subprocess.Popen:
 @pytest.fixture
 def empty_postgres() -> Iterator[str]:
     """A new, empty PostgreSQL database, dropped afterwards."""
-    try:
-        import psycopg
-
-        name = f"encore_deploy_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except Exception as exc:  # noqa: BLE001
-        if os.environ.get("ENCORE_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"PostgreSQL is required but unreachable: {exc}")
-        pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432")
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    dispose_all()
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres("encore_deploy") as url:
+        if url is None:
+            pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432")
+        yield url
 
 
 # ---- migrations run by many processes at once ------------------------------------------------------
@@ -290,12 +278,7 @@ def test_gunicorn_alone_on_a_new_sqlite_database(tmp_path, redis: Redis):
         assert _get(f"http://127.0.0.1:{port}/admin/") == 200
         assert _revision(url) == HEAD
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
     errors = server.stderr.read().decode() if server.stderr else ""
     assert "Traceback" not in errors, errors[-2000:]
 

