@@ -8,8 +8,8 @@ from flask import Flask, Response, abort, jsonify, request
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from encore import logs, queue
-from encore.health import SchemaWatch, redis_persistence
+from encore import logs
+from encore.health import SchemaWatch
 from encore.settings import get_settings
 from webhooks import base, health, shopify, woocommerce
 
@@ -42,7 +42,7 @@ def create_app() -> Flask:
     if problem:
         log.error("database not ready at start; pages that need it answer 503 until it is",
                   extra={"problem": problem})
-    warning = redis_persistence(queue.get_redis())
+    warning = health.persistence()  # the answer /healthz shows for the next minute too
     if warning:
         log.warning(warning)
 
