@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from jinja2 import TemplateSyntaxError
 from pydantic import ValidationError
 
 from encore.settings import get_settings
@@ -316,13 +315,14 @@ def _template_checks(name: str, path: Path_, add: Any, known: set[str], marketin
     if not render.exists(name):
         add(path, f"missing template {name!r} (looked in: {', '.join(str(p) for p in render.template_dirs())})")
         return set()
-    try:
-        used = render.undeclared(name)
-        twin = render.text_twin(name)
-        if twin:
-            used |= render.undeclared(twin)
-    except TemplateSyntaxError as exc:
-        add(path, f"template {name!r} line {exc.lineno}: {exc.message}")
+    used, broken = render.check(name)
+    twin = render.text_twin(name)
+    if twin:
+        twin_used, twin_broken = render.check(twin)
+        used, broken = used | twin_used, broken + twin_broken
+    for problem in broken:
+        add(path, f"template {name!r} cannot be used: {problem}")
+    if broken:
         return set()
     for variable in sorted(used - known):
         add(path, f"undefined variable {variable!r} in template {name!r} (known: {', '.join(sorted(known))})")
@@ -368,13 +368,12 @@ def _signature(directory: Path) -> tuple[Any, ...]:
         entries = sorted(os.scandir(directory), key=lambda e: e.name)
     except OSError:
         return ()
-    template_dirs = tuple(str(p) for p in render.template_dirs())
-    return template_dirs + tuple((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries
-                                 if e.name.endswith((".yaml", ".yml")))
+    return render.fingerprint() + tuple((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries
+                                        if e.name.endswith((".yaml", ".yml")))
 
 
 def registry() -> Registry:
-    """The current flows (reloaded when a flow file changes); bad files are logged and skipped."""
+    """The current flows (reloaded when a flow file or a template changes); bad files are logged and skipped."""
     directory = flows_dir()
     signature = _signature(directory)
     cached = _cache.get(str(directory))

@@ -7,7 +7,9 @@ as `text (url)`) with its Jinja tags kept, rendered like the HTML.
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
 from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -22,6 +24,7 @@ from jinja2 import (
     TemplateSyntaxError,
     Undefined,
     meta,
+    nodes,
     select_autoescape,
 )
 from jinja2.sandbox import SandboxedEnvironment
@@ -41,6 +44,25 @@ def template_dirs() -> list[Path]:
     """Where templates are looked up, in order."""
     configured = get_settings().TEMPLATES_DIR
     return [p for p in (configured, BUILTIN_TEMPLATES) if p is not None]
+
+
+def fingerprint() -> tuple[Any, ...]:
+    """The template folders and, for TEMPLATES_DIR, each file's name, time and size: it changes when a template does.
+
+    The built-in templates change only with Encore itself. A flow skipped for a broken template is
+    loaded again once the template is mended, without a restart.
+    """
+    configured = get_settings().TEMPLATES_DIR
+    found: list[Any] = [str(p) for p in template_dirs()]
+    if configured is not None:
+        for folder, _, files in os.walk(configured):
+            for file in files:
+                try:
+                    stat = os.stat(os.path.join(folder, file))
+                except OSError:
+                    continue
+                found.append((folder, file, stat.st_mtime_ns, stat.st_size))
+    return tuple(found)
 
 
 def environment(strict: bool = False) -> SandboxedEnvironment:
@@ -70,36 +92,120 @@ def money(value: Any, currency: str | None = None) -> str:
 
 
 def exists(name: str) -> bool:
-    """Whether a template can be found."""
+    """Whether a template can be found (an unreadable one exists: `check` says what is wrong with it)."""
     try:
         environment().loader.get_source(environment(), name)  # type: ignore[union-attr]
     except TemplateNotFound:
         return False
+    except (OSError, UnicodeDecodeError):
+        return True
     return True
 
 
-def sources(name: str) -> list[tuple[str, str]]:
-    """The template's source and those it extends or includes, as (name, source)."""
+@dataclass(frozen=True)
+class TemplateProblem:
+    """What stops a template from rendering, at the file and line where it is."""
+
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+def check(name: str) -> tuple[set[str], list[TemplateProblem]]:
+    """The names a template (with its layout, includes and imports) reads from its context, and what is broken.
+
+    Each template it names is loaded, parsed and compiled as rendering would: a missing `include`,
+    `extends` or `import`, a syntax error, an unknown filter, a macro imported that the other template
+    does not define, or a file that is not UTF-8 is found here, at its own file and line, instead of
+    when a customer's email is rendered.
+    """
     env = environment()
-    seen: dict[str, str] = {}
-    pending = [name]
+    problems: list[TemplateProblem] = []
+    parsed: dict[str, nodes.Template | None] = {}
+    imports: list[tuple[str, int, str, set[str]]] = []  # (file, line, template imported, names it must define)
+    pending: list[tuple[str, str, int, str]] = [(name, "", 0, "")]  # (template, referring file, line, verb)
     while pending:
-        current = pending.pop()
-        if current in seen:
+        current, referrer, line, verb = pending.pop()
+        if current in parsed:
             continue
-        source = env.loader.get_source(env, current)[0]  # type: ignore[union-attr]
-        seen[current] = source
-        pending.extend(n for n in meta.find_referenced_templates(env.parse(source)) if n)
-    return list(seen.items())
+        parsed[current] = None
+        try:
+            source, filename, _ = env.loader.get_source(env, current)  # type: ignore[union-attr]
+        except TemplateNotFound:
+            looked = ", ".join(str(p) for p in template_dirs())
+            problems.append(TemplateProblem(referrer, line, f"{verb} {current!r}, which does not exist "
+                                                            f"(looked in: {looked})"))
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(TemplateProblem(referrer or current, line or 1, f"cannot read {current!r}: {exc}"))
+            continue
+        file = filename or current
+        try:
+            tree = env.parse(source, current, filename)
+        except TemplateSyntaxError as exc:
+            problems.append(TemplateProblem(file, exc.lineno, exc.message or str(exc)))
+            continue
+        for node in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+            names = _constant_names(node.template)
+            if isinstance(node, nodes.Include) and (node.ignore_missing or any(exists(n) for n in names)):
+                names = [n for n in names if exists(n)]  # the first found is the one rendered
+            verb = {nodes.Extends: "extends", nodes.Include: "includes"}.get(type(node), "imports")
+            pending.extend((n, file, node.lineno, verb) for n in names)
+            if isinstance(node, nodes.FromImport) and names:
+                imports.append((file, node.lineno, names[0], {n if isinstance(n, str) else n[0] for n in node.names}))
+            elif isinstance(node, nodes.Import) and names:
+                imports.extend((file, attribute.lineno, names[0], {attribute.attr})
+                               for attribute in tree.find_all(nodes.Getattr)
+                               if isinstance(attribute.node, nodes.Name) and attribute.node.name == node.target)
+        try:  # what only compiling finds: unknown filters and tests, a bad `from … import _private`
+            env.compile(env.parse(source, current, filename), current, filename)
+        except TemplateSyntaxError as exc:
+            problems.append(TemplateProblem(file, exc.lineno, exc.message or str(exc)))
+            continue
+        parsed[current] = tree
+    for file, line, imported, wanted in imports:
+        tree = parsed.get(imported)
+        if tree is not None:  # a missing or broken one is reported already
+            problems.extend(TemplateProblem(file, line, f"{imported!r} defines no macro or variable {missing!r}")
+                            for missing in sorted(wanted - _top_level_names(tree)))
+    trees = [tree for tree in parsed.values() if tree is not None]
+    # A name set at the top of one (a child's `{% set title %}`) is seen by the others (its layout).
+    bound = set().union(*(_top_level_names(tree) for tree in trees))
+    used = set().union(*(meta.find_undeclared_variables(tree) for tree in trees)) - bound
+    return used, sorted(set(problems), key=lambda p: (p.file, p.line, p.message))
 
 
-def undeclared(name: str) -> set[str]:
-    """The names a template (with its layout and includes) reads from its context."""
-    env = environment()
-    found: set[str] = set()
-    for _, source in sources(name):
-        found |= meta.find_undeclared_variables(env.parse(source))
-    return found
+def _constant_names(node: nodes.Node) -> list[str]:
+    """The template names an `extends`/`include`/`import` gives as constants (a list for `include [a, b]`)."""
+    if isinstance(node, nodes.Const) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, (nodes.List, nodes.Tuple)):
+        found = [item.value for item in node.items if isinstance(item, nodes.Const) and isinstance(item.value, str)]
+        return found if len(found) == len(node.items) else []
+    return []
+
+
+def _top_level_names(tree: nodes.Template) -> set[str]:
+    """What a template defines at its top (macros, `set`, imports): visible in its blocks, exported to importers."""
+    names: set[str] = set()
+    body = list(tree.body)
+    while body:
+        node = body.pop()
+        if isinstance(node, nodes.Macro):
+            names.add(node.name)
+        elif isinstance(node, (nodes.Assign, nodes.AssignBlock)):
+            target = node.target
+            names |= {target.name} if isinstance(target, nodes.Name) else {n.name for n in target.find_all(nodes.Name)}
+        elif isinstance(node, nodes.Import):
+            names.add(node.target)
+        elif isinstance(node, nodes.FromImport):
+            names |= {n if isinstance(n, str) else n[1] for n in node.names}
+        elif isinstance(node, nodes.If):
+            body.extend([*node.body, *node.elif_, *node.else_])
+    return names
 
 
 def text_twin(name: str) -> str | None:

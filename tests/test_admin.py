@@ -283,6 +283,32 @@ def test_a_broken_template_is_shown_not_a_500(client, redis, env, tmp_path):
     assert page.status_code == 200 and "ZeroDivisionError" in page.get_data(as_text=True)
 
 
+def test_a_template_that_cannot_load_is_reported_on_the_flows_page_and_its_flow_skipped(client, redis, env, tmp_path):
+    folder = tmp_path / "tpl"
+    folder.mkdir()
+    (folder / "welcome.html").write_text('{% extends "base.html" %}{% block content %}<p>Hi</p>\n'
+                                         '{% include "footer_typo.html" %}{% endblock %}')
+    env.setenv("TEMPLATES_DIR", str(folder))
+    reset_settings()
+    from flows import render
+
+    render.reset()
+    from encore.store.ledger import get_or_create_shop
+
+    with session_scope() as session:
+        get_or_create_shop(session, "shopify", SHOP)
+    try:
+        page = client.get("/admin/", headers={"Authorization": f"Bearer {_token()}"}, environ_base=REMOTE)
+    finally:
+        render.reset()
+    text = page.get_data(as_text=True)
+    assert page.status_code == 200, text
+    assert (f"welcome.yaml:18: template &#39;welcome.html&#39; cannot be used: {folder / 'welcome.html'}:2: "
+            f"includes &#39;footer_typo.html&#39;, which does not exist") in text
+    assert "Welcome, with a first-purchase code" not in text  # skipped
+    assert "Birthday surprise" in text and "We miss you" in text  # the others are loaded
+
+
 # ---- failures --------------------------------------------------------------------------------------
 
 def test_failed_jobs_are_listed_and_requeued(client, redis):

@@ -99,6 +99,85 @@ def test_lint_warns_about_valid_but_wrong_flows(case: str, templates: Path, tmp_
     assert f"{path}:{line}: warning: {fragment}" in result.output
 
 
+BROKEN_FLOW = ("name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n      template: broken.html\n"
+               "      subject: hi\n")
+MACROS = "{% macro button(url, label) %}<a href=\"{{ url }}\">{{ label }}</a>{% endmacro %}\n"
+
+TEMPLATE_CASES = {
+    # the files written to TEMPLATES_DIR (the flow uses broken.html) -> (file, line, message fragment)
+    "include_typo": ({"broken.html": '{% extends "base.html" %}{% block content %}\n<p>Hi</p>\n'
+                                     '{% include "footer_typo.html" %}{% endblock %}'},
+                     "broken.html", 3, "includes 'footer_typo.html', which does not exist (looked in: "),
+    "syntax_error": ({"broken.html": '{% extends "base.html" %}\n{% block content %}\n{{ customer.first_name }\n'
+                                     "{% endblock %}"}, "broken.html", 3, "unexpected '}'"),
+    "syntax_error_in_layout": ({"layout.html": "<html>\n{% block content %}{% endblok %}</html>",
+                                "broken.html": '{% extends "layout.html" %}{% block content %}x{% endblock %}'},
+                               "layout.html", 2, "Encountered unknown tag 'endblok'"),
+    "missing_layout": ({"broken.html": '\n{% extends "layot.html" %}'}, "broken.html", 2,
+                       "extends 'layot.html', which does not exist"),
+    "undefined_macro_import": ({"macros.html": MACROS, "broken.html": '{% from "macros.html" import buton %}\n'
+                                                                      "{{ buton('/x', 'Go') }}"},
+                               "broken.html", 1, "'macros.html' defines no macro or variable 'buton'"),
+    "import_from_a_missing_file": ({"broken.html": '<p>\n{% from "macro.html" import button %}</p>'},
+                                   "broken.html", 2, "imports 'macro.html', which does not exist"),
+    "undefined_macro_of_a_module": ({"macros.html": MACROS, "broken.html": '{% import "macros.html" as ui %}\n'
+                                                                           "{{ ui.buton('/x', 'Go') }}"},
+                                    "broken.html", 2, "'macros.html' defines no macro or variable 'buton'"),
+    "unknown_filter": ({"broken.html": "<p>\n{{ customer.first_name | titel }}</p>"}, "broken.html", 2,
+                       "No filter named 'titel'"),
+    "broken_text_twin": ({"broken.html": "<p>{{ customer.first_name }}</p>",
+                          "broken.txt": 'Hi\n{% include "signature.txt" %}'}, "broken.txt", 2,
+                         "includes 'signature.txt', which does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TEMPLATE_CASES))
+def test_a_broken_template_is_a_lint_error_at_its_file_and_line(case: str, templates: Path, tmp_path: Path) -> None:
+    files, where, line, fragment = TEMPLATE_CASES[case]
+    for name, text in files.items():
+        (templates / name).write_text(text)
+    folder = tmp_path / "flows"
+    path = write(folder, "broken", BROKEN_FLOW)
+    write(folder, "good", GOOD)
+    result = CliRunner().invoke(main, ["flows", "lint", str(folder)])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    (error,) = [found for found in result.stdout.splitlines() if "warning:" not in found]
+    assert error.startswith(f"{path}:6: template 'broken.html' cannot be used: {templates / where}:{line}: "), error
+    assert fragment in error
+    assert "2 flow file(s): 1 error(s)" in result.stderr
+
+
+def test_a_flow_using_a_broken_template_is_skipped_while_the_others_load(
+        env: pytest.MonkeyPatch, templates: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (templates / "broken.html").write_text('<p>Hi</p>\n{% include "footer_typo.html" %}')
+    folder = tmp_path / "flows"
+    write(folder, "broken", BROKEN_FLOW)
+    write(folder, "good", GOOD)
+    env.setenv("FLOWS_DIR", str(folder))
+    reset_settings()
+    registry = loader.registry()
+    assert list(registry.flows) == ["good"]
+    assert [str(p) for p in registry.problems if p.severity == "error"] == [
+        f"{folder / 'broken.yaml'}:6: template 'broken.html' cannot be used: {templates / 'broken.html'}:2: "
+        f"includes 'footer_typo.html', which does not exist (looked in: {templates}, {render.BUILTIN_TEMPLATES})"]
+    assert "broken.yaml:6: template 'broken.html' cannot be used" in caplog.text
+    # Mended, the flow loads again without a restart.
+    (templates / "footer_typo.html").write_text("<p>Bye</p>")
+    assert sorted(loader.registry().flows) == ["broken", "good"]
+
+
+def test_names_a_template_imports_at_its_top_are_known_in_its_blocks(templates: Path, tmp_path: Path) -> None:
+    (templates / "macros.html").write_text(MACROS)
+    (templates / "broken.html").write_text(
+        '{% extends "base.html" %}{% from "macros.html" import button %}{% import "macros.html" as ui %}'
+        "{% set greeting = 'Hi' %}{% block content %}{{ greeting }} {{ button('/a', 'A') }}"
+        "{{ ui.button('/b', 'B') }}{{ unsubscribe_url }}{% endblock %}")
+    path = write(tmp_path / "flows", "uses_macros", BROKEN_FLOW)
+    result = CliRunner().invoke(main, ["flows", "lint", str(path)])
+    assert result.exit_code == 0 and result.stdout == "", result.output
+
+
 def test_lint_of_the_library_and_the_examples_is_clean(env: pytest.MonkeyPatch) -> None:
     for target in (loader.LIBRARY, Path("/work/shared/flow-examples")):
         if not target.exists():

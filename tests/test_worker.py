@@ -77,6 +77,51 @@ def test_python_worker_py_processes_queued_events(client, redis: Redis, env, tmp
         worker.wait(timeout=30)
 
 
+ORDER_FLOW = """\
+name: {name}
+kind: transactional
+trigger:
+  event: order.placed
+steps:
+  - send_email:
+      template: {template}
+      subject: "{name}: order {{{{ order.number }}}}"
+"""
+
+
+def test_a_broken_template_stops_its_flow_only_and_the_worker_says_so(client, redis: Redis, env, tmp_path):
+    templates, flows = tmp_path / "templates", tmp_path / "flows"
+    templates.mkdir()
+    flows.mkdir()
+    (templates / "receipt.html").write_text('<p>Thanks</p>\n{% include "footer_typo.html" %}')
+    (flows / "broken.yaml").write_text(ORDER_FLOW.format(name="Receipt", template="receipt.html"))
+    (flows / "good.yaml").write_text(ORDER_FLOW.format(name="Thanks", template="thank_you_first_order.html"))
+    env.setenv("TEMPLATES_DIR", str(templates))
+    env.setenv("FLOWS_DIR", str(flows))
+    reset_settings()
+    body = json.dumps(payload("shopify", "orders_create")).encode()
+    answer = client.post("/webhooks/shopify", data=body, headers=shopify_headers(body, "orders/create"))
+    assert answer.status_code == 200
+    log_file = tmp_path / "worker.log"
+    with log_file.open("wb") as log:
+        worker = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], cwd=tmp_path, stdout=log, stderr=log,
+                                  env=dict(os.environ, REDIS_URL=redis_url_of(redis), PYTHONPATH=str(ROOT)))
+        try:
+            outbox = tmp_path / "outbox"
+            assert wait_for(lambda: outbox.is_dir() and any(outbox.glob("*.eml"))), log_file.read_text()
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=30)
+    (sent,) = [p.read_text() for p in outbox.glob("*.eml")]
+    assert "Subject: Thanks: order" in sent
+    lines = [json.loads(line) for line in log_file.read_text().splitlines() if line.startswith("{")]
+    problems = [line["message"] for line in lines if line["level"] == "error"]
+    assert problems == [f"flow problem: {flows / 'broken.yaml'}:7: template 'receipt.html' cannot be used: "
+                        f"{templates / 'receipt.html'}:2: includes 'footer_typo.html', which does not exist "
+                        f"(looked in: {templates}, {ROOT / 'templates'})"], log_file.read_text()
+    assert "Traceback" not in log_file.read_text()
+
+
 def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
