@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
+from connectors.email.base import header_text, mailbox
 from encore import events as ev
 from encore.metrics import EMAILS, platform_error
 from encore.settings import get_settings
@@ -325,8 +326,13 @@ class StepRunner:
             return self._suppressed("no email address")
         if self.dry_run:
             address = address or "preview@example.com"
+        address = header_text(address)
+        try:  # `to` may be `Name <address>`: consent, suppressions and unsubscribing go by the address
+            recipient = mailbox(address)[1]
+        except ValueError:
+            recipient = address  # not one address: refused when the message is built, and traced
         if self.flow.marketing and not self.dry_run:
-            reason = self._marketing_block(address, again=resend)
+            reason = self._marketing_block(recipient, again=resend)
             if reason == "quiet hours":
                 assert self.flow.quiet_hours is not None
                 until = dates.next_local_time(dates.now(), self.flow.quiet_hours.to, self.tz())
@@ -336,8 +342,8 @@ class StepRunner:
                 return self._suppressed(reason)
         from encore.unsubscribe import unsubscribe_url
 
-        unsubscribe = unsubscribe_url(self.shop.id, address) if self.flow.marketing else None
-        subject = expressions.render_string(spec.subject, ctx)
+        unsubscribe = unsubscribe_url(self.shop.id, recipient) if self.flow.marketing else None
+        subject = header_text(expressions.render_string(spec.subject, ctx))  # as sent: one line
         preheader = expressions.render_string(spec.preheader, ctx) if spec.preheader else None
         ctx.update(unsubscribe_url=unsubscribe, subject=subject, preheader=preheader)
         html, text = render.render_email(spec.template, ctx)

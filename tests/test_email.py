@@ -12,6 +12,7 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -108,6 +109,81 @@ def test_at_rules_stay_and_remote_stylesheets_are_not_fetched(env):
 def test_inlining_can_be_turned_off(env):
     out = parsed(build_message(_email(inline_css=False))).get_body(("html",)).get_content()
     assert "<style>" in out and 'style="color' not in out
+
+
+# Header-injection strings from public attack lists, percent-decoded as a form or an API hands them
+# over: the SMTP list of github.com/artemskorypin/injection-fuzzing-basics
+# (Header_injection/SMTP Mail Header Injection/header_smtp_crlf.txt) and PayloadsAllTheThings'
+# CRLF Injection (Files/crlfinjection.txt and its UTF-8 "filter bypass"); then a folded line, the
+# non-ASCII path, and the line breaks other parsers honour (U+2028, U+2029, NEL, VT, FF).
+INJECTIONS = [
+    "Eve\r\n\r\nInjected body line",
+    unquote("victim@example.com%0d%0aBcc: attacker@example.com"),
+    unquote("victim@example.com%0d%0aCc: attacker@example.com"),
+    unquote("victim@example.com%0d%0aReply-To: attacker@example.com"),
+    unquote("victim@example.com%0d%0aReturn-Path: attacker@example.com"),
+    unquote("victim@example.com%0d%0aBcc: attacker@example.com%0d%0aReply-To: attacker@example.com"),
+    unquote("victim@example.com%0d%0aCc: attacker@example.com%0d%0aX-Mailer: injected-scanner"),
+    unquote("victim@example.com%0d%0aSubject: injected subject%0d%0a%0d%0aINJECTED_SMTP_BODY"),
+    unquote("victim@example.com%0d%0aBcc: attacker@example.com%0d%0a%0d%0aThis is injected content."),
+    unquote("test@gmail.com%0ato:admin@target.com%0aBcc:attacker@evil.com"),
+    unquote("/%0dSet-Cookie:crlf=injection"),
+    unquote("/%23%0d%0aSet-Cookie:crlf=injection"),
+    unquote("/%2e%2e%2f%0d%0aSet-Cookie:crlf=injection"),
+    unquote("%E5%98%8A%E5%98%8Dcontent-type:text/html%E5%98%8A%E5%98%8Dlocation:"),
+    "Eve\r\n Bcc: attacker@example.com",
+    "Zoë\r\nBcc: attacker@example.com",
+    "Eve\u2028Bcc: attacker@example.com\u2029Cc: attacker@example.com",
+    "Eve\x85Bcc: attacker@example.com\x0bCc: attacker@example.com\x0c",
+]
+HEADERS = ["Content-Type", "MIME-Version", "From", "To", "Reply-To", "Subject", "Date", "Message-ID",
+           IDEMPOTENCY_HEADER, "List-Unsubscribe", "List-Unsubscribe-Post"]
+PART_HEADERS = ["Content-Type", "MIME-Version", "Content-Transfer-Encoding"]
+
+
+def assert_only_our_headers(message: email.message.EmailMessage, extra: tuple[str, ...] = ()) -> None:
+    """Exactly the headers Encore writes, every part's header section ending where it should."""
+    assert sorted(message.keys()) == sorted([*HEADERS, *extra])
+    assert not message.preamble or not message.preamble.strip()
+    assert [sorted(part.keys()) for part in message.iter_parts()] == [sorted(PART_HEADERS)] * 2
+    assert [part.defects for part in message.walk()] == [[], [], []]
+    for name in message.keys():
+        assert not any(c in str(message[name]) for c in "\r\n\x0b\x0c\x85\u2028\u2029")
+
+
+@pytest.mark.parametrize("text", INJECTIONS)
+def test_a_rendered_value_adds_no_header_and_no_recipient(env, text: str):
+    message = parsed(build_message(_email(
+        subject=f"Welcome {text}", from_addr=f"{text} at Tea <shop@example.com>", reply_to=f"{text} <help@example.com>",
+        to=f"{text} <ada@example.com>", headers={"X-Campaign": text})))
+    assert_only_our_headers(message, ("X-Campaign",))
+    assert message["Subject"].split() == f"Welcome {text}".split()  # the words kept, the line breaks gone
+    assert message["X-Campaign"].split() == text.split()
+    for header, address, name in (("From", "shop@example.com", f"{text} at Tea"), ("To", "ada@example.com", text),
+                                  ("Reply-To", "help@example.com", text)):
+        (mailbox,) = message[header].addresses
+        assert mailbox.addr_spec == address and mailbox.display_name.split() == name.split()
+    assert message.get_body(("plain",)).get_content().strip() == "Hi Ada"
+
+
+@pytest.mark.parametrize("address", [
+    "ada@example.com\r\nBcc: attacker@example.com", "ada@example.com, attacker@example.com",
+    "Ada <ada@example.com>, attacker@example.com", "ada@example.com attacker@example.com",
+    "Ada <ada@example.com\nBcc: attacker@example.com>", ""])
+def test_an_address_that_is_not_one_mailbox_is_refused(env, address: str):
+    for field_name in ("to", "from_addr") if address else ("to",):  # no `from`: EMAIL_FROM
+        with pytest.raises(PermanentEmailError, match="not one email address"):
+            build_message(_email(**{field_name: address}))
+    # An optional Reply-To is left out (replies go to From), and nothing of it is written.
+    message = parsed(build_message(_email(reply_to=address or "None")))
+    assert sorted(message.keys()) == sorted(h for h in HEADERS if h != "Reply-To")
+    assert "attacker" not in message.as_string()
+
+
+@pytest.mark.parametrize("name", ["Bcc", "to", "Subject", "X-Encore-Idempotency-Key", "X-Bad Name", "X-A:b", "X-\r\n"])
+def test_an_extra_header_cannot_take_a_reserved_or_bad_name(env, name: str):
+    with pytest.raises(ValueError, match="can't be set"):
+        build_message(_email(headers={name: "x"}))
 
 
 def test_transactional_email_has_no_unsubscribe_headers(env):
@@ -353,3 +429,102 @@ def test_after_a_failure_the_connection_is_not_reused(env, smtp_server):
     handler.data_reply = None
     send(_email(), transport)
     assert len(handler.messages) == 1
+
+
+# ---- a customer's name from an attack list, through a flow, to a real SMTP server -------------------------
+
+HELLO_FLOW = """\
+name: Hello
+trigger: {event: customer.created}
+steps:
+  - send_email:
+      template: hello.html
+      subject: "Welcome {{ customer.first_name }}"
+      from: "{{ customer.first_name }} at Tea <shop@example.com>"
+      reply_to: "{{ customer.first_name }} <help@example.com>"
+      to: "{{ customer.first_name }} <{{ customer.email }}>"
+"""
+
+HELLO_TEMPLATE = '<p>Hello {{ customer.first_name }}</p><p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>'
+
+
+@pytest.fixture
+def flow_over_smtp(env, redis, tmp_path: Path, smtp_server) -> Iterator[Recorder]:  # type: ignore[no-untyped-def]
+    """The flow above, its template, and EMAIL_URL pointing at the aiosmtpd server."""
+    from encore.settings import reset_settings
+    from flows import dates, render
+
+    handler, port = smtp_server
+    for folder, name, text in (("flows", "hello.yaml", HELLO_FLOW), ("templates", "hello.html", HELLO_TEMPLATE)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / name).write_text(text)
+    env.setenv("FLOWS_DIR", str(tmp_path / "flows"))
+    env.setenv("TEMPLATES_DIR", str(tmp_path / "templates"))
+    env.setenv("EMAIL_URL", f"smtp://127.0.0.1:{port}?keepalive=0")
+    reset_settings()
+    render.reset()
+    dates.set_now(dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC))
+    yield handler
+    dates.set_now(None)
+    render.reset()
+
+
+def _runs() -> list[tuple[str, list[tuple[str, str]]]]:
+    from sqlalchemy import select
+
+    from encore.store import session_scope
+    from flows.engine import trace_of
+    from flows.models import FlowRun
+
+    with session_scope() as session:
+        return [(run.status, [(t.kind, t.message) for t in trace_of(session, run.id)])
+                for run in session.execute(select(FlowRun).order_by(FlowRun.id)).scalars()]
+
+
+@pytest.mark.parametrize("text", INJECTIONS)
+def test_an_attack_in_a_customers_name_reaches_the_mail_server_as_text(flow_over_smtp, text: str):
+    from encore.jobs import process_event
+    from tests.flows.helpers import customer, event
+
+    process_event(event("customer.created", dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC), customer(first_name=text)))
+    (mail_from, rcpt_tos, content), = flow_over_smtp.messages  # one message, to the customer alone
+    assert mail_from == "shop@example.com" and rcpt_tos == ["c1001@example.com"]
+    received: email.message.EmailMessage = email.message_from_bytes(  # type: ignore[assignment]
+        content, policy=email.policy.default)
+    assert_only_our_headers(received)
+    assert received["Subject"].split() == f"Welcome {text}".split()
+    (to,) = received["To"].addresses
+    assert to.addr_spec == "c1001@example.com" and to.display_name.split() == text.split()
+    assert [a.addr_spec for a in received["From"].addresses + received["Reply-To"].addresses] == \
+        ["shop@example.com", "help@example.com"]
+    assert received["List-Unsubscribe"].startswith("<http://localhost:8000/unsubscribe/")
+    assert received.get_body(("plain",)).get_content().split()[:1 + len(text.split())] == ["Hello", *text.split()]
+    ((status, trace),) = _runs()
+    assert status == "done" and any(kind == "sent" for kind, _ in trace)
+
+
+def test_an_injected_address_is_sent_nowhere_and_traced(flow_over_smtp):
+    from encore.jobs import process_event
+    from tests.flows.helpers import customer, event
+
+    process_event(event("customer.created", dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC),
+                        customer(email="c1001@example.com\r\nBcc: attacker@example.com")))
+    assert flow_over_smtp.messages == []
+    ((_, trace),) = _runs()
+    assert any(kind == "error" and "To: not one email address: 'Ada <c1001@example.com Bcc: attacker@example.com>'"
+               in message for kind, message in trace), trace
+
+
+def test_a_to_with_a_display_name_still_respects_the_unsubscribe(flow_over_smtp):
+    from encore.jobs import process_event
+    from encore.store import session_scope
+    from encore.store.ledger import get_or_create_shop
+    from encore.unsubscribe import suppress
+    from tests.flows.helpers import SHOP, customer, event
+
+    with session_scope() as session:
+        suppress(session, get_or_create_shop(session, "shopify", SHOP).id, "c1001@example.com")
+    process_event(event("customer.created", dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC), customer()))
+    assert flow_over_smtp.messages == []
+    ((_, trace),) = _runs()
+    assert ("suppressed", "email not sent: unsubscribed") in trace

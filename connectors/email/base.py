@@ -7,13 +7,15 @@ import binascii
 import hashlib
 import hmac
 import importlib
+import re
 from dataclasses import dataclass, field
 from email.header import Header
+from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import SMTPUTF8, Compat32
-from email.utils import formataddr, formatdate, parseaddr
+from email.utils import formataddr, formatdate, unquote
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -76,31 +78,94 @@ class _Policy(Compat32):
 _POLICY = _Policy(max_line_length=998, mangle_from_=False)
 
 
+# Line breaks of every kind a mail or HTTP parser may honour (CR, LF, VT, FF, the file separators,
+# NEL, U+2028/U+2029) and the other control characters: none may reach a header line.
+_CONTROLS = re.compile(r"[ \t]*[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029][\x00-\x1f\x7f-\x9f\u2028\u2029 ]*")
+# One addr-spec: a local part and a domain, with none of the characters that separate or quote addresses.
+_ADDR_SPEC = re.compile(r'[^\s@<>,;:"()\[\]\\]+@[^\s@<>,;:"()\[\]\\]+')
+# Headers the message sets itself (or whose change would change who receives it): `headers` can't set them.
+RESERVED_HEADERS = frozenset(name.lower() for name in (
+    "From", "To", "Cc", "Bcc", "Reply-To", "Sender", "Subject", "Date", "Message-ID", "MIME-Version",
+    "Content-Type", "Content-Transfer-Encoding", "Content-Disposition", "Return-Path", "List-Unsubscribe",
+    "List-Unsubscribe-Post", IDEMPOTENCY_HEADER))
+_FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322: printable ASCII but the colon
+
+
+def header_text(value: str) -> str:
+    """A header value on one line: each run of line breaks and other control characters becomes one space.
+
+    A customer's name rendered into a subject or a display name can't start a header of its own
+    (`Bcc:`) or end the header section early (pushing Date, Message-ID and List-Unsubscribe into the
+    body); what was written around the break stays readable.
+    """
+    return _CONTROLS.sub(" ", value).strip()
+
+
+def mailbox(value: str) -> tuple[str, str]:
+    """(display name, address) of one mailbox, written `address` or `Name <address>`; ValueError otherwise.
+
+    The display name is whatever stands before the last `<`, so commas, colons or quotes in a name
+    never make a second recipient; a value that is not exactly one address (a list, an address with
+    spaces) is refused rather than guessed at.
+    """
+    text = header_text(value)
+    name, address = "", text
+    if text.endswith(">") and "<" in text:
+        name, _, address = text[:-1].rpartition("<")
+        name = unquote(name.strip())
+    address = address.strip()
+    if not _ADDR_SPEC.fullmatch(address):
+        raise ValueError(f"not one email address: {text!r}")
+    return name.strip(), address
+
+
 def build_message(email: OutgoingEmail) -> Message:
     """The MIME message: text and HTML alternatives, Message-ID, unsubscribe headers (RFC 8058).
 
+    Every header value is put on one line (`header_text`), and From and To must each be one mailbox
+    (`mailbox`; PermanentEmailError otherwise; a Reply-To that is not is left out), written out again
+    with its display name quoted, so that no rendered value can add a header, end the header section
+    or add a recipient.
     Built with the stdlib's `email.mime` classes, three times faster than `EmailMessage`'s header
     registry; headers with non-ASCII text are RFC 2047 encoded (display names apart from their
     address). An address that is not ASCII itself (SMTPUTF8) takes the `EmailMessage` path.
     """
     from connectors.email.html import prepare
 
-    sender = email.from_addr or get_settings().EMAIL_FROM
+    mailboxes: dict[str, tuple[str, str]] = {}
+    for header, value in (("From", email.from_addr or get_settings().EMAIL_FROM), ("To", email.to),
+                          ("Reply-To", email.reply_to)):
+        if value or header != "Reply-To":
+            try:
+                mailboxes[header] = mailbox(value or "")
+            except ValueError as exc:
+                if header == "Reply-To":  # optional: replies then go to From (`{{ shop.email }}` of a shop without one)
+                    continue
+                raise PermanentEmailError(f"{header}: {exc}") from None
+    extra = _extra_headers(email.headers)
     html = prepare(email.html, email.preheader, inline=email.inline_css)
-    addresses = [sender, email.to, email.reply_to or ""]
-    if not all(parseaddr(address)[1].isascii() for address in addresses):
-        return _build_international(email, sender, html)
+    sender = mailboxes["From"][1]
+    if not all(address.isascii() for _, address in mailboxes.values()):
+        return _build_international(email, mailboxes, extra, html)
     message = MIMEMultipart("alternative", policy=_POLICY)
-    message["From"] = _address(sender)
-    message["To"] = _address(email.to)
-    message["Subject"] = _text(email.subject)
-    if email.reply_to:
-        message["Reply-To"] = _address(email.reply_to)
-    for name, value in _common_headers(email, sender):
+    for header, (name, address) in mailboxes.items():
+        message[header] = _address(name, address)
+    message["Subject"] = _text(header_text(email.subject))
+    for name, value in _common_headers(email, sender) + extra:
         message[name] = _text(value)
     message.attach(_text_part(email.text, "plain"))
     message.attach(_text_part(html, "html"))
     return message
+
+
+def _extra_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
+    """The caller's own headers, one line each; a name that is not a header name, or is reserved, is refused."""
+    found = []
+    for name, value in headers.items():
+        if not _FIELD_NAME.fullmatch(name) or name.lower() in RESERVED_HEADERS:
+            raise ValueError(f"{name!r} can't be set as an extra header")
+        found.append((name, header_text(value)))
+    return found
 
 
 def _text_part(body: str, subtype: str) -> MIMENonMultipart:
@@ -111,10 +176,11 @@ def _text_part(body: str, subtype: str) -> MIMENonMultipart:
     return part
 
 
-def _address(value: str) -> str:
-    name, address = parseaddr(value)
-    if not address or not name or name.isascii():
-        return _text(value)
+def _address(name: str, address: str) -> str:
+    if not name:
+        return address
+    if name.isascii():
+        return formataddr((name, address))
     return _one_line(formataddr((name, address), charset="utf-8"))
 
 
@@ -146,25 +212,25 @@ _message_id_keys: dict[str, bytes] = {}
 
 
 def _common_headers(email: OutgoingEmail, sender: str) -> list[tuple[str, str]]:
-    domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
-    headers = [("Date", formatdate(localtime=False, usegmt=True)),
-               ("Message-ID", message_id(email.idempotency_key, domain)),
-               (IDEMPOTENCY_HEADER, email.idempotency_key)]
+    """Date, Message-ID, the idempotency key and the unsubscribe headers; `sender` is the From address."""
+    domain = sender.rpartition("@")[2] or "localhost"
+    key = header_text(email.idempotency_key)
+    headers = [("Date", formatdate(localtime=False, usegmt=True)), ("Message-ID", message_id(key, domain)),
+               (IDEMPOTENCY_HEADER, key)]
     if email.unsubscribe_url:
-        headers.append(("List-Unsubscribe", f"<{email.unsubscribe_url}>"))
+        headers.append(("List-Unsubscribe", f"<{header_text(email.unsubscribe_url)}>"))
         headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
-    headers.extend(email.headers.items())
     return headers
 
 
-def _build_international(email: OutgoingEmail, sender: str, html: str) -> EmailMessage:
+def _build_international(email: OutgoingEmail, mailboxes: dict[str, tuple[str, str]],
+                         extra: list[tuple[str, str]], html: str) -> EmailMessage:
     message = EmailMessage(policy=SMTPUTF8)
-    message["From"] = sender
-    message["To"] = email.to
-    message["Subject"] = email.subject
-    if email.reply_to:
-        message["Reply-To"] = email.reply_to
-    for name, value in _common_headers(email, sender):
+    for header, (name, address) in mailboxes.items():
+        local, _, domain = address.rpartition("@")
+        message[header] = Address(display_name=name, username=local, domain=domain)
+    message["Subject"] = header_text(email.subject)
+    for name, value in _common_headers(email, mailboxes["From"][1]) + extra:
         message[name] = value
     message.set_content(email.text)
     message.add_alternative(html, subtype="html")
