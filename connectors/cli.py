@@ -231,7 +231,7 @@ def import_customers(store: str, orders: bool, since) -> None:  # type: ignore[n
 
 @click.group()
 def privacy() -> None:
-    """Answer customers' data requests."""
+    """Answer customers' data requests, and erase a customer on request."""
 
 
 @privacy.command("exports")
@@ -267,6 +267,34 @@ def show_export(export_id: int) -> None:
         if export is None:
             raise click.BadParameter(f"no export {export_id}", param_hint="EXPORT_ID")
         click.echo(json.dumps(export.data, indent=2, sort_keys=True))
+
+
+@privacy.command("redact")
+@click.argument("store")
+@click.option("--email", default=None, help="the customer's email address (any case)")
+@click.option("--customer-id", default=None, help="the customer's id on the platform")
+def redact(store: str, email: str | None, customer_id: str | None) -> None:
+    """Erase a customer from Encore as Shopify's customers/redact does (WooCommerce has no such webhook).
+
+    Their ledger rows, orders, events, flow runs and emails' records, archived webhooks, queued jobs
+    and outbox copies go; a suppression stays, as a keyed hash of the address. Running it again is safe.
+    """
+    from encore import events as ev
+    from encore.jobs import process_event
+
+    if not (email and email.strip()) and not (customer_id and customer_id.strip()):
+        raise click.UsageError("give --email or --customer-id (or both)")
+    migrate()
+    with session_scope() as session:
+        shop = find_shop(session, store)
+        platform, domain = shop.platform, shop.domain
+    now = utcnow()
+    customer = ev.Customer(id=(customer_id or "").strip() or None, email=(email or "").strip() or None)
+    event = ev.Event(id=ev.event_id(platform, "redact", domain, customer.key, now.isoformat()),
+                     type=ev.EventType.CUSTOMER_REDACT, platform=platform, shop=domain, topic="encore/privacy-redact",
+                     occurred_at=now, customer=customer)
+    process_event(event.to_dict())
+    click.echo(f"redacted from {domain}: every record of that customer; a suppression, if any, stays as a keyed hash")
 
 
 COMMANDS: list[click.Command] = [stores, import_, privacy]

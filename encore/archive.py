@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Index, String, Text, delete, select
+from sqlalchemy import Index, String, Text, delete, func, or_, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from encore.store.models import Base, IdType, JSONType, UTCDateTime, utcnow
@@ -22,6 +22,8 @@ from encore.store.models import Base, IdType, JSONType, UTCDateTime, utcnow
 log = logging.getLogger(__name__)
 
 REJECTED_KEY = "encore:webhooks:rejected"
+# What is archived of a redaction's own delivery (outcome "redacted"): its record, not the body naming the person.
+REDACTED_BODY = b"{}"
 REJECTED_KEEP = 500
 # Never stored: signatures, and anything that authenticates a request.
 SECRET_HEADERS = frozenset({"x-shopify-hmac-sha256", "x-wc-webhook-signature", "authorization", "cookie",
@@ -78,6 +80,27 @@ def record_delivery(platform: str, shop: str, topic: str, delivery_id: str | Non
             own.add(row)
     except Exception as exc:  # noqa: BLE001 - the archive must never fail a delivery
         log.warning("webhook not archived", extra={"platform": platform, "topic": topic, "error": str(exc)[:200]})
+
+
+def forget(session: Session, platform: str, shop: str, needles: list[str],
+           names: Callable[[WebhookDelivery], bool], *, whole_shop: bool = False) -> int:
+    """Delete a shop's archived deliveries that name a person (a redaction); returns how many.
+
+    The bodies holding one of `needles` (lower-case fragments) are read, and those `names` confirms
+    are deleted: a coarse filter in the database, the exact answer in Python. `whole_shop`: all of them.
+    """
+    query = select(WebhookDelivery).where(WebhookDelivery.platform == platform, WebhookDelivery.shop == shop)
+    if not whole_shop:
+        if not needles:
+            return 0
+        body = func.lower(WebhookDelivery.body)
+        query = query.where(or_(*(body.contains(needle, autoescape=True) for needle in needles)))
+    doomed = [row.id for row in session.execute(query.execution_options(yield_per=200)).scalars()
+              if whole_shop or names(row)]
+    for start in range(0, len(doomed), 500):
+        session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(doomed[start:start + 500]))
+                        .execution_options(synchronize_session=False))
+    return len(doomed)
 
 
 def record_rejection(platform: str, reason: str, status: int, detail: str, topic: str | None = None,

@@ -57,13 +57,28 @@ def _apply_once(event: Event, archived: tuple[str, Delivery, bytes] | None, *, d
             record_export(session, result.shop, event)
         customer_id = result.customer.id if result.customer else None
         log.info("event applied to the ledger", extra={"new": result.new, "customer_id": customer_id})
-        if archived is not None and result.new:
+        if archived is not None and result.new and not (result.redacted and result.redacted.whole_shop):
             platform, delivery, body = archived
+            outcome = "queued"
+            if result.redacted is not None:  # a redaction's own body names whom it forgets: only its record stays
+                body, outcome = archive.REDACTED_BODY, "redacted"
             archive.record_delivery(platform, delivery.shop, delivery.topic, delivery.delivery_id,
-                                    delivery.http_headers.items(), body, "queued", [event.id], session=session)
+                                    delivery.http_headers.items(), body, outcome, [event.id], session=session)
+        if result.redacted is not None:
+            from connectors.privacy import forget
+
+            forget(session, result.redacted, keep_jobs=_running_jobs(event))
         handle_event(event, shop=result.shop, customer=result.customer, new=result.new, session=session,
                      defer_commit=defer_commit)
     return result
+
+
+def _running_jobs(event: Event) -> set[str]:
+    """The RQ jobs a redaction must leave alone: the one running it (its raw body is still needed)."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    return {event.id} | ({job.id} if job is not None else set())
 
 
 def process_delivery(platform: str, data: dict[str, Any]) -> dict[str, Any]:

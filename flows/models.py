@@ -11,9 +11,10 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, event
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, event, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from encore.store.ledger import BEFORE_REDACT, Person
 from encore.store.models import Base, Customer, IdType, JSONType, UTCDateTime, utcnow
 
 RUNNING, WAITING, DONE, STOPPED, EXITED, FAILED, SUPPRESSED = (
@@ -150,3 +151,25 @@ def _count_commit(session: Session) -> None:
 def _forget_traces(session: Session) -> None:
     session.info.pop(_TRACES, None)  # they described work that did not happen
     session.info.pop(NEW_RUNS, None)
+
+
+# ---- redaction -------------------------------------------------------------------------------------
+
+def _emails_of(session: Session, person: Person) -> None:
+    """Before a redaction: the keys of the emails sent to or about the person (or by the whole shop).
+
+    The rows go by cascade with the customer or the shop; the keys name the copies kept outside the
+    store (the file outbox writes one file per key), so those can be removed too.
+    """
+    query = select(FlowEffect.key).where(FlowEffect.kind == "email")
+    if person.whole_shop:
+        query = query.where(FlowEffect.shop_id == person.shop_id)
+    elif person.customer_ids:
+        query = query.where(FlowEffect.run_id.in_(
+            select(FlowRun.id).where(FlowRun.customer_id.in_(sorted(person.customer_ids)))))
+    else:
+        return
+    person.messages.update(session.execute(query).scalars())
+
+
+BEFORE_REDACT.append(_emails_of)

@@ -3,7 +3,9 @@
 GET shows a confirmation page and changes nothing (mail scanners and link previews fetch links);
 POST records the suppression at once. The POST is also RFC 8058's one-click unsubscribe: a mail
 client sends `List-Unsubscribe=One-Click` to the `List-Unsubscribe` URL, without cookies or a form
-token, and expects a 2xx. A forged or mangled token gets a 404 and records nothing.
+token, and expects a 2xx. A forged or mangled token, or a first-format link its shop no longer
+honours, gets a 404 and records nothing. The token names the address only by its keyed hash, so
+the page can't show it, and doesn't.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from flask import Blueprint, render_template_string, request
 
 from encore.store import session_scope
 from encore.store.models import Shop
-from encore.unsubscribe import is_suppressed, read_token, suppress
+from encore.unsubscribe import Recipient, honours_legacy, read_token, suppress_key, suppression_reason
 
 log = logging.getLogger("encore.unsubscribe")
 
@@ -28,11 +30,11 @@ button{font-size:1rem;padding:.6rem 1.2rem;border:0;border-radius:4px;background
 </head><body>
 <h1>{{ title }}</h1>
 {% if state == "confirm" %}
-<p>Stop marketing emails from {{ shop }} to <strong>{{ email }}</strong>?</p>
+<p>Stop marketing emails from {{ shop }} to the address this email was sent to?</p>
 <form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">
 <button type="submit">Unsubscribe</button></form>
 {% elif state == "done" %}
-<p><strong>{{ email }}</strong> will get no more marketing emails from {{ shop }}.</p>
+<p>The address this email was sent to will get no more marketing emails from {{ shop }}.</p>
 <p>Order confirmations and other messages about your purchases still arrive.</p>
 {% else %}
 <p>This unsubscribe link is not valid. Use the link in the latest email you received, or reply to it.</p>
@@ -44,19 +46,29 @@ def _shop_name(shop: Shop | None) -> str:
     return (shop.name or shop.domain) if shop else "this store"
 
 
+def _invalid():  # type: ignore[no-untyped-def]
+    return render_template_string(PAGE, title="Link not valid", state="invalid"), 404
+
+
+def _refused(named: Recipient, shop: Shop | None) -> bool:
+    """A first-format link its (existing) shop no longer honours."""
+    return named.legacy and shop is not None and not honours_legacy(shop)
+
+
 @blueprint.get("/unsubscribe/<token>")
 def confirm(token: str):  # type: ignore[no-untyped-def]
     """The confirmation page (GET never unsubscribes)."""
     named = read_token(token)
     if named is None:
-        return render_template_string(PAGE, title="Link not valid", state="invalid"), 404
-    shop_id, email = named
+        return _invalid()
     with session_scope() as session:
-        shop = session.get(Shop, shop_id)
-        state = "done" if shop is not None and is_suppressed(session, shop_id, email) else "confirm"
+        shop = session.get(Shop, named.shop_id)
+        if _refused(named, shop):
+            return _invalid()
+        done = shop is not None and suppression_reason(session, named.shop_id, named.key) is not None
         name = _shop_name(shop)
-    title = "You are unsubscribed" if state == "done" else "Unsubscribe"
-    return render_template_string(PAGE, title=title, state=state, shop=name, email=email)
+    title = "You are unsubscribed" if done else "Unsubscribe"
+    return render_template_string(PAGE, title=title, state="done" if done else "confirm", shop=name)
 
 
 @blueprint.post("/unsubscribe/<token>")
@@ -64,13 +76,15 @@ def unsubscribe(token: str):  # type: ignore[no-untyped-def]
     """Record the suppression now (the page's button and RFC 8058 one-click alike)."""
     named = read_token(token)
     if named is None:
-        return render_template_string(PAGE, title="Link not valid", state="invalid"), 404
-    shop_id, email = named
+        return _invalid()
     one_click = request.form.get("List-Unsubscribe") == "One-Click"
     with session_scope() as session:
-        shop = session.get(Shop, shop_id)
+        shop = session.get(Shop, named.shop_id)
+        if _refused(named, shop):
+            return _invalid()
         if shop is not None:  # a deleted shop has nothing left to send from
-            suppress(session, shop_id, email, reason="unsubscribed", source="one-click" if one_click else "link")
+            suppress_key(session, named.shop_id, named.key, reason="unsubscribed",
+                         source="one-click" if one_click else "link")
         name = _shop_name(shop)
-    log.info("unsubscribed", extra={"shop_id": shop_id, "one_click": one_click})
-    return render_template_string(PAGE, title="You are unsubscribed", state="done", shop=name, email=email), 200
+    log.info("unsubscribed", extra={"shop_id": named.shop_id, "one_click": one_click, "legacy_link": named.legacy})
+    return render_template_string(PAGE, title="You are unsubscribed", state="done", shop=name), 200

@@ -12,8 +12,10 @@ Applying an event is idempotent and order-independent:
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -31,13 +33,115 @@ from encore.store.models import Base, Customer, EventRecord, Order, Shop, utcnow
 
 
 @dataclass
+class Person:
+    """Whom a redaction forgets, gathered before their rows go: whatever a trace of them elsewhere could carry.
+
+    For `customers/redact`, the customer's platform ids and ledger keys, addresses (normalised),
+    phone numbers (digits), orders and ledger rows; `whole_shop` for `shop/redact`, where everything
+    of the shop goes. `messages` are the idempotency keys of the emails sent to or about them (the
+    rooms in BEFORE_REDACT add what they know), so copies kept outside the store can be found.
+    """
+
+    platform: str
+    shop: str
+    shop_id: int | None = None
+    whole_shop: bool = False
+    platform_ids: set[str] = dataclasses.field(default_factory=set)
+    keys: set[str] = dataclasses.field(default_factory=set)
+    emails: set[str] = dataclasses.field(default_factory=set)
+    phones: set[str] = dataclasses.field(default_factory=set)
+    phone_texts: set[str] = dataclasses.field(default_factory=set)
+    order_ids: set[str] = dataclasses.field(default_factory=set)
+    customer_ids: set[int] = dataclasses.field(default_factory=set)
+    event_ids: set[str] = dataclasses.field(default_factory=set)
+    messages: set[str] = dataclasses.field(default_factory=set)
+
+    def add(self, customer: ev.Customer | Customer) -> None:
+        """Take in what a customer (from an event, or a ledger row) says about who they are."""
+        if isinstance(customer, Customer):
+            self.customer_ids.add(customer.id)
+            key = customer.platform_id
+            self.keys.add(key)
+            if not key.startswith("email:"):
+                self.platform_ids.add(key)
+        else:
+            if customer.id:
+                self.platform_ids.add(customer.id)
+            if customer.key:
+                self.keys.add(customer.key)
+        if customer.email and customer.email.strip():
+            address = customer.email.strip().lower()
+            self.emails.add(address)
+            self.keys.add("email:" + address)
+        if customer.phone and len(_digits(customer.phone)) >= MIN_PHONE_DIGITS:
+            self.phones.add(_digits(customer.phone))
+            self.phone_texts.add(customer.phone.strip())
+
+    def named_in(self, text: str) -> bool:
+        """Whether a text holds one of their addresses (in any case, not inside a longer one) or phone numbers
+        (however written)."""
+        lowered = text.lower()
+        for address in self.emails:
+            if address in lowered and re.search(
+                    rf"(?<![\w.%+-]){re.escape(address)}(?!\.?[\w-])", lowered):
+                return True
+        return bool(self.phones) and any(self._phone(found) for found in _PHONE_LIKE.findall(text))
+
+    def named_by(self, event: ev.Event) -> bool:
+        """Whether a canonical event of their shop is about them: their customer, address, phone or order."""
+        if event.platform != self.platform or event.shop != self.shop:
+            return False
+        if self.whole_shop:
+            return True
+        customer = event.customer
+        if customer is not None and (
+                (customer.id is not None and customer.id in self.platform_ids)
+                or (customer.key is not None and customer.key in self.keys)
+                or (customer.email is not None and customer.email.strip().lower() in self.emails)
+                or (customer.phone is not None and self._phone(customer.phone))):
+            return True
+        if event.order is not None and event.order.id in self.order_ids:
+            return True
+        checkout = event.checkout
+        return checkout is not None and checkout.email is not None and checkout.email.strip().lower() in self.emails
+
+    def needles(self) -> list[str]:
+        """Lower-case fragments one of which any JSON text naming them contains (a coarse first filter)."""
+        found = set(self.emails) | {text.lower() for text in self.phone_texts}
+        for value in self.platform_ids | self.order_ids:
+            found.update(f'{sep}{value}{end}' for sep in ('":', '": ') for end in (",", "}"))
+            found.update((f'":"{value}"', f'": "{value}"', f'/{value}"'))
+        return sorted(found)
+
+    def _phone(self, text: str) -> bool:
+        digits = _digits(text)
+        if len(digits) < MIN_PHONE_DIGITS:
+            return False
+        return any(digits.endswith(known) or known.endswith(digits) for known in self.phones)
+
+
+MIN_PHONE_DIGITS = 7
+_PHONE_LIKE = re.compile(r"\+?\d[\d ().-]{5,}\d")
+
+
+def _digits(text: str) -> str:
+    return re.sub(r"\D", "", text)
+
+
+# Rooms that keep more about a customer beside the ledger add to the Person before the rows go:
+# f(session, person) -> None. The flows add the keys of the emails sent to or about them.
+BEFORE_REDACT: list[Callable[[Session, Person], None]] = []
+
+
+@dataclass
 class LedgerResult:
-    """What applying one event did."""
+    """What applying one event did; `redacted` says whom a `customers/redact` or `shop/redact` forgot."""
 
     new: bool
     shop: Shop | None
     customer: Customer | None = None
     order: Order | None = None
+    redacted: Person | None = None
 
 
 def cast_table(model: type[Base]) -> Table:
@@ -127,14 +231,12 @@ def apply_event(session: Session, event: ev.Event) -> LedgerResult:
         return LedgerResult(new=False, shop=shop, customer=customer)
 
     if event.type == ev.EventType.SHOP_REDACT:
-        redact_shop(session, shop)
-        return LedgerResult(new=True, shop=None)
+        return LedgerResult(new=True, shop=None, redacted=redact_shop(session, shop))
     if event.type == ev.EventType.APP_UNINSTALLED:
         uninstall_shop(session, shop)
         return LedgerResult(new=True, shop=shop)
     if event.type == ev.EventType.CUSTOMER_REDACT:
-        redact_customer(session, shop, event)
-        return LedgerResult(new=True, shop=shop)
+        return LedgerResult(new=True, shop=shop, redacted=redact_customer(session, shop, event))
     if event.type == ev.EventType.CUSTOMER_DATA_REQUEST:
         return LedgerResult(new=True, shop=shop)
 
@@ -309,31 +411,79 @@ def recompute(session: Session, customer: Customer, changed: Order | None = None
         "first_order_at": first, "last_order_at": last})
 
 
-def redact_customer(session: Session, shop: Shop, event: ev.Event) -> int:
-    """Delete everything stored about one customer (Shopify `customers/redact`); returns customers removed."""
-    keys = {k for k in (event.customer.key if event.customer else None,
-                        event.customer.id if event.customer else None) if k}
-    email = event.customer.email.strip().lower() if event.customer and event.customer.email else None
-    if email:
-        keys.add("email:" + email)
-    rows = list(session.execute(select(Customer).where(Customer.shop_id == shop.id, Customer.platform_id.in_(keys))
-                                ).scalars()) if keys else []
-    if email:
-        rows += session.execute(select(Customer).where(Customer.shop_id == shop.id,
-                                                       func.lower(Customer.email) == email)).scalars().all()
-    removed = 0
-    order_ids = [str(o) for o in event.data.get("orders_to_redact", [])]
-    for row in {r.id: r for r in rows}.values():
-        event_ids = session.execute(select(EventRecord.id).where(EventRecord.customer_id == row.id)).scalars().all()
-        forget_deliveries(session, shop, event_ids)
-        session.execute(delete(EventRecord).where(EventRecord.customer_id == row.id))
-        session.execute(delete(Order).where(Order.customer_id == row.id))
+def person_of(shop: Shop, event: ev.Event) -> Person:
+    """Who a `customers/redact` names, as its payload says (before the ledger is asked)."""
+    person = Person(platform=shop.platform, shop=shop.domain, shop_id=shop.id)
+    if event.customer is not None:
+        person.add(event.customer)
+    person.order_ids.update(str(o) for o in event.data.get("orders_to_redact") or [] if o)
+    return person
+
+
+def customers_named(session: Session, shop: Shop, person: Person) -> list[Customer]:
+    """The shop's ledger rows of a person: by platform id or ledger key, or by address in any case."""
+    rows: dict[int, Customer] = {}
+    if person.keys:
+        for row in session.execute(select(Customer).where(
+                Customer.shop_id == shop.id, Customer.platform_id.in_(sorted(person.keys)))).scalars():
+            rows[row.id] = row
+    if person.emails:
+        for row in session.execute(select(Customer).where(
+                Customer.shop_id == shop.id, func.lower(Customer.email).in_(sorted(person.emails)))).scalars():
+            rows[row.id] = row
+    return list(rows.values())
+
+
+def redact_customer(session: Session, shop: Shop, event: ev.Event) -> Person:
+    """Delete everything the store holds about one customer (Shopify `customers/redact`); returns whom it forgot.
+
+    Their ledger rows (and with them, by cascade, their flow runs, traces, emails' records and data
+    exports), their orders, the events that named them, and the archived deliveries of those events.
+    Their suppression, a keyed hash of the address, stays: it still keeps marketing email from them.
+    """
+    person = person_of(shop, event)
+    rows = customers_named(session, shop, person)
+    for row in rows:
+        person.add(row)
+    ids = sorted(person.customer_ids)
+    if ids:
+        person.order_ids.update(session.execute(select(Order.platform_id).where(Order.customer_id.in_(ids))).scalars())
+        person.event_ids.update(session.execute(select(EventRecord.id).where(
+            EventRecord.customer_id.in_(ids))).scalars())
+    person.event_ids.update(_unlinked_events_naming(session, shop, person))
+    for hook in BEFORE_REDACT:
+        hook(session, person)
+    event_ids = sorted(person.event_ids)
+    forget_deliveries(session, shop, event_ids)
+    for start in range(0, len(event_ids), 500):
+        session.execute(delete(EventRecord).where(EventRecord.id.in_(event_ids[start:start + 500])))
+    if ids:
+        session.execute(delete(Order).where(Order.customer_id.in_(ids)))
+    if person.order_ids:
+        session.execute(delete(Order).where(Order.shop_id == shop.id, Order.platform_id.in_(sorted(person.order_ids))))
+    for row in rows:
         session.delete(row)
-        removed += 1
-    if order_ids:
-        session.execute(delete(Order).where(Order.shop_id == shop.id, Order.platform_id.in_(order_ids)))
     session.flush()
-    return removed
+    return person
+
+
+def _unlinked_events_naming(session: Session, shop: Shop, person: Person) -> list[str]:
+    """Events of the shop linked to no customer that still name the person (a refund of their order, say)."""
+    needles = person.needles()
+    if not needles:
+        return []
+    text = func.lower(cast(EventRecord.payload, String))
+    found = []
+    for event_id, payload in session.execute(select(EventRecord.id, EventRecord.payload).where(
+            EventRecord.shop_id == shop.id, EventRecord.customer_id.is_(None),
+            or_(*(text.contains(needle, autoescape=True) for needle in needles)))):
+        try:
+            named = person.named_by(ev.Event.from_dict(payload))
+        except ValueError:
+            named = person.named_in(json.dumps(payload))
+        if named:
+            found.append(event_id)
+    return found
 
 
 def forget_deliveries(session: Session, shop: Shop, event_ids: Sequence[str]) -> None:
@@ -349,10 +499,13 @@ def forget_deliveries(session: Session, shop: Shop, event_ids: Sequence[str]) ->
                 synchronize_session=False))
 
 
-def redact_shop(session: Session, shop: Shop) -> None:
+def redact_shop(session: Session, shop: Shop) -> Person:
     """Delete a shop and everything stored about it (Shopify `shop/redact`), archived webhooks included."""
     from encore.archive import WebhookDelivery
 
+    person = Person(platform=shop.platform, shop=shop.domain, shop_id=shop.id, whole_shop=True)
+    for hook in BEFORE_REDACT:
+        hook(session, person)
     session.execute(delete(WebhookDelivery).where(WebhookDelivery.platform == shop.platform,
                                                   WebhookDelivery.shop == shop.domain))
     session.execute(update(EventRecord).where(EventRecord.shop_id == shop.id).values(customer_id=None))
@@ -360,6 +513,7 @@ def redact_shop(session: Session, shop: Shop) -> None:
         session.execute(delete(model).where(model.shop_id == shop.id))
     session.delete(shop)
     session.flush()
+    return person
 
 
 def uninstall_shop(session: Session, shop: Shop) -> None:

@@ -96,6 +96,8 @@ class Shop(Base):
     installed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     uninstalled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # Until when unsubscribe links of the first format (which named the address) are honoured; None: never.
+    legacy_links_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -183,14 +185,19 @@ class EventRecord(Base):
 
 
 class Suppression(Base):
-    """An address that must not get marketing email from a shop (unsubscribed, bounced, complained)."""
+    """An address that must not get marketing email from a shop (unsubscribed, bounced, complained).
+
+    The address itself is not kept: `email_hash` is its keyed hash (`encore.unsubscribe.address_key`),
+    all a send needs to be checked, so a suppression outlives the customer's redaction without
+    holding anything that names them.
+    """
 
     __tablename__ = "suppressions"
-    __table_args__ = (UniqueConstraint("shop_id", "email"),)
+    __table_args__ = (UniqueConstraint("shop_id", "email_hash"),)
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))
-    email: Mapped[str] = mapped_column(String(320))
+    email_hash: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(String(32))
     source: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
