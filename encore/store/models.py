@@ -60,6 +60,19 @@ class UTCDateTime(TypeDecorator):
 Money = Numeric(14, 2, asdecimal=True)
 JSONType = JSON()
 IdType = BigInteger().with_variant(Integer(), "sqlite")
+MAX_ID = 2**63 - 1  # the largest IdType value, on PostgreSQL (BIGINT) and SQLite (INTEGER) alike
+
+
+def parse_id(value: object) -> int | None:
+    """A row id given from outside (a URL, a form, a command line), or None when it can't be one.
+
+    Only ASCII digits count (`str.isdigit` also takes `²` and other digits `int` refuses), and only
+    values IdType can hold: a larger number would overflow the database's integer, not miss a row.
+    """
+    if not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 19:
+        return None
+    number = int(value)
+    return number if number <= MAX_ID else None
 
 
 def utcnow() -> datetime:
