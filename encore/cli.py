@@ -14,6 +14,9 @@ import click
 from encore import logs
 from encore.settings import get_settings
 
+# gunicorn's default access line without the query string: sign-in tokens and OAuth codes ride in it.
+ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+
 
 @click.group()
 @click.version_option(package_name="encore")
@@ -43,12 +46,18 @@ def run(port: int, workers: int) -> None:
     migrate()
     commands = {
         "web": [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind", f"0.0.0.0:{port}",
-                "--access-logfile", "-", "webhooks:create_app()"],
+                "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT, "webhooks:create_app()"],
         "worker": [sys.executable, "-m", "encore.cli", "worker"],
         "cron": [sys.executable, "-m", "encore.cli", "cron"],
     }
     supervisor = Supervisor(commands, env)
     click.echo(f"Encore is running on http://localhost:{port} (Ctrl-C stops it)", err=True)
+    if not settings.ADMIN_PASSWORD:
+        from encore.access import LINK_MAX_AGE, sign_in_url
+
+        click.echo(f"Admin page, one sign-in within {LINK_MAX_AGE // 60} minutes: "
+                   f"{sign_in_url(f'http://localhost:{port}')}\n"
+                   "  (`encore admin link` prints another; set ADMIN_PASSWORD to sign in with a password)", err=True)
     signal.signal(signal.SIGTERM, lambda *_args: supervisor.stop())
     try:
         supervisor.run()
@@ -134,6 +143,20 @@ def cron() -> None:
 
     logs.setup()
     build_scheduler(get_redis()).start()
+
+
+@main.group()
+def admin() -> None:
+    """Signing in to the admin page."""
+
+
+@admin.command("link")
+@click.option("--url", default=None, help="where your browser reaches Encore (default: APP_URL)")
+def admin_link(url: str | None) -> None:
+    """Print a one-time sign-in link to /admin (one use, within 15 minutes; needs the server's SECRET_KEY)."""
+    from encore.access import sign_in_url
+
+    click.echo(sign_in_url(url or get_settings().APP_URL))
 
 
 @main.command()

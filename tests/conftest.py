@@ -279,3 +279,11 @@ def drain(connection: Redis) -> None:
     """Run every queued job to completion in this process (RQ's SimpleWorker in burst mode)."""
     queues = [encore_queue.queue(name, connection) for name in encore_queue.QUEUES]
     SimpleWorker(queues, connection=connection, serializer=JSONSerializer).work(burst=True)
+
+
+def sign_in(client) -> None:  # type: ignore[no-untyped-def]
+    """Sign a Flask test client in to /admin as the operator, through a one-time sign-in link."""
+    from encore.access import sign_in_url
+
+    answer = client.get(sign_in_url(""))
+    assert answer.status_code == 302, answer.get_data(as_text=True)

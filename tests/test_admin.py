@@ -18,7 +18,7 @@ from encore import archive
 from encore.settings import reset_settings
 from encore.store import session_scope
 from encore.store.models import Customer
-from tests.conftest import SHOP, SHOPIFY_SECRET, WC_URL, drain, payload, shopify_headers, woo_headers
+from tests.conftest import SHOP, SHOPIFY_SECRET, WC_URL, drain, payload, shopify_headers, sign_in, woo_headers
 
 API = f"{WC_URL}/wp-json/wc/v3"
 LOCAL = {"REMOTE_ADDR": "127.0.0.1"}
@@ -81,15 +81,16 @@ def post_woo(client, body: dict, topic: str) -> None:  # type: ignore[no-untyped
 
 # ---- sign-in ---------------------------------------------------------------------------------------
 
-def test_without_a_password_only_this_machine_gets_in(client):
+def test_without_a_password_only_a_sign_in_link_gets_in(client):
+    # coming from this machine is no sign-in: a proxy on the same host looks just the same
     local = client.get("/admin/", environ_base=LOCAL)
-    assert local.status_code == 200 and local.headers["Content-Security-Policy"] == "frame-ancestors 'self'"
+    assert local.status_code == 302 and "/admin/login" in local.headers["Location"]
     away = client.get("/admin/", environ_base=REMOTE)
     assert away.status_code == 302 and "/admin/login" in away.headers["Location"]
-    # a proxy on this machine forwarding someone else's request is not this machine
-    proxied = client.get("/admin/", environ_base=LOCAL, headers={"X-Forwarded-For": "198.51.100.7"})
-    assert proxied.status_code == 302
     assert client.post("/admin/login", data={"password": ""}, environ_base=REMOTE).status_code == 401
+    sign_in(client)
+    signed_in = client.get("/admin/", environ_base=REMOTE)
+    assert signed_in.status_code == 200 and signed_in.headers["Content-Security-Policy"] == "frame-ancestors 'self'"
 
 
 def test_password_sign_in(env, redis):
@@ -164,7 +165,8 @@ def test_oauth_install_signs_the_browser_in(client, redis, monkeypatch):
         from flask import session
 
         admin.sign_in_shop(SHOP)
-        assert session[admin.SESSION_KEY] == {"how": "shopify", "shop": SHOP}
+        assert admin._grant() == {"how": "shopify", "shop": SHOP}
+        assert set(session[admin.SESSION_KEY]) == {"sid"}  # the cookie names a session kept in Redis
     source = open(admin.__file__.replace("admin.py", "oauth.py")).read()
     assert "sign_in_shop(shop)" in source
 
@@ -173,6 +175,7 @@ def test_oauth_install_signs_the_browser_in(client, redis, monkeypatch):
 
 @responses.activate
 def test_flows_page_counts_runs_emails_codes_redemptions_and_revenue(client, redis, woo_store, tmp_path):
+    sign_in(client)
     made = fake_woocommerce_coupons()
     post_woo(client, woo_customer(501, "ada@example.com", consent=True), "customer.created")
     post_woo(client, woo_customer(502, "bob@example.com", consent=False, first="Bob"), "customer.created")
@@ -208,6 +211,7 @@ def test_flows_page_counts_runs_emails_codes_redemptions_and_revenue(client, red
 
 @responses.activate
 def test_customer_timeline_says_why(client, redis, woo_store):
+    sign_in(client)
     fake_woocommerce_coupons()
     post_woo(client, woo_customer(601, "ada@example.com", consent=True), "customer.created")
     post_woo(client, woo_customer(602, "bob@example.com", consent=False, first="Bob"), "customer.created")
@@ -243,6 +247,7 @@ def test_customer_timeline_says_why(client, redis, woo_store):
 # ---- previews --------------------------------------------------------------------------------------
 
 def test_preview_renders_every_email_step_for_the_sample_and_a_real_customer(client, redis):
+    sign_in(client)
     page = client.get("/admin/preview?flow=win_back", environ_base=LOCAL).get_data(as_text=True)
     assert "steps[1]" in page and "steps[3].then[0]" in page  # both emails of the flow
     assert 'width="680"' in page and 'width="375"' in page
@@ -270,6 +275,7 @@ def test_preview_renders_every_email_step_for_the_sample_and_a_real_customer(cli
 
 
 def test_a_broken_template_is_shown_not_a_500(client, redis, env, tmp_path):
+    sign_in(client)
     broken = tmp_path / "tpl"
     broken.mkdir()
     (broken / "welcome.html").write_text("{% extends 'base.html' %}{% block content %}{{ 1 / 0 }}{% endblock %}")
@@ -312,6 +318,7 @@ def test_a_template_that_cannot_load_is_reported_on_the_flows_page_and_its_flow_
 # ---- failures --------------------------------------------------------------------------------------
 
 def test_failed_jobs_are_listed_and_requeued(client, redis):
+    sign_in(client)
     from encore.queue import EVENTS, queue
 
     job = queue(EVENTS).enqueue_call("encore.jobs.process_event", args=({"id": "broken"},), job_id="broken-1")
@@ -330,6 +337,7 @@ def test_failed_jobs_are_listed_and_requeued(client, redis):
 
 
 def test_rejected_webhooks_are_listed_with_their_reason_and_no_secret(client, redis):
+    sign_in(client)
     body = json.dumps(payload("shopify", "orders_create")).encode()
     headers = shopify_headers(body, "orders/create")
     headers["X-Shopify-Hmac-Sha256"] = "forged-signature-value"
@@ -512,15 +520,17 @@ def test_rq_dashboard_is_mounted_for_operators_only(client, redis):
 
     queue(EVENTS).enqueue_call("encore.jobs.process_event", args=({"id": "broken"},), job_id="broken-rq")
     drain(redis)
+    assert client.get("/admin/rq/", environ_base=LOCAL).status_code == 401
+    shop = client.application.test_client()
+    shop_page = shop.get("/admin/rq/", headers={"Authorization": f"Bearer {_token()}"}, environ_base=REMOTE)
+    assert shop_page.status_code == 401
+    sign_in(client)
     page = client.get("/admin/rq/", environ_base=LOCAL)
     assert page.status_code == 200 and "RQ dashboard" in page.get_data(as_text=True)
     queues = client.get("/admin/rq/0/data/queues.json", environ_base=LOCAL).get_json()
     assert {q["name"] for q in queues["queues"]} >= {"events"}
     failed = client.get("/admin/rq/0/data/jobs/events/failed/8/asc/1.json", environ_base=LOCAL).get_json()
     assert [job["id"] for job in failed["jobs"]] == ["broken-rq"]  # read with Encore's JSON serializer
-    assert client.get("/admin/rq/", environ_base=REMOTE).status_code == 401
-    shop = client.get("/admin/rq/", headers={"Authorization": f"Bearer {_token()}"}, environ_base=REMOTE)
-    assert shop.status_code == 401
     assert "/admin/rq/" in client.get("/admin/failures", environ_base=LOCAL).get_data(as_text=True)
 
 
@@ -554,6 +564,7 @@ def test_every_page_on_sqlite_and_postgresql(db_url, env, redis):
                                created_at=now))
         ada_id = ada.id
     client = create_app().test_client()
+    sign_in(client)
     assert "Ada@Example.com" in client.get("/admin/customers?q=ada@ex", environ_base=LOCAL).get_data(as_text=True)
     timeline = client.get(f"/admin/customers/{ada_id}", environ_base=LOCAL).get_data(as_text=True)
     assert "email not sent: frequency cap" in timeline and "order.placed" in timeline and "Three orders!" in timeline
@@ -564,6 +575,7 @@ def test_every_page_on_sqlite_and_postgresql(db_url, env, redis):
 
 
 def test_an_operator_looks_at_one_store_or_all(client, redis):
+    sign_in(client)
     from encore.store.ledger import get_or_create_shop
 
     with session_scope() as session:

@@ -100,7 +100,12 @@ def test_samples_then_the_admin_page_in_chromium(server, browser, redis, tmp_pat
     page, folder = browser, tmp_path / "shots"
     folder.mkdir()
 
-    page.goto(f"{server}/admin/")
+    page.goto(f"{server}/admin/")  # coming from this machine is no sign-in
+    assert page.url.startswith(f"{server}/admin/login") and "encore admin link" in page.inner_text("main")
+    from encore.access import sign_in_url
+
+    page.goto(sign_in_url(server))  # the one-time link `encore run` prints
+    assert page.url == f"{server}/admin/"
     assert page.locator("h1").inner_text().startswith("Flows")
     welcome = page.locator("tr", has_text="Welcome, with a first-purchase code")
     cells = welcome.locator("td").all_inner_texts()
@@ -166,3 +171,24 @@ def test_samples_then_the_admin_page_in_chromium(server, browser, redis, tmp_pat
 def test_a_blank_page_is_recognised(browser, tmp_path):
     browser.set_content("<html><body style='background:#fff'></body></html>")
     assert not not_blank(shot(browser, tmp_path, "blank"))
+
+
+def test_rq_dashboards_buttons_carry_the_sessions_csrf_token(server, browser, redis):
+    pytest.importorskip("rq_dashboard")
+    from encore.access import sign_in_url
+    from encore.queue import EVENTS, queue
+    from tests.conftest import drain, wait_for
+
+    queue(EVENTS).enqueue_call("encore.jobs.process_event", args=({"id": "broken"},), job_id="broken-job")
+    drain(redis)
+    page = browser
+    page.goto(sign_in_url(server))
+    page.goto(f"{server}/admin/rq/0/view/jobs/{EVENTS}/failed/8/asc/1")
+    row = page.locator("tr[data-job-id='broken-job']")
+    row.wait_for()
+    # a script of the page that does not send the token changes nothing, though the cookie goes along
+    status = page.evaluate("url => fetch(url, {method: 'POST'}).then(r => r.status)",
+                           f"{server}/admin/rq/requeue/{EVENTS}")
+    assert status == 403 and "broken-job" in queue(EVENTS).failed_job_registry.get_job_ids()
+    row.locator("[data-role=requeue-job-btn]").click()  # the dashboard's own button sends it
+    assert wait_for(lambda: "broken-job" in queue(EVENTS).job_ids, timeout=10)

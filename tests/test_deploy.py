@@ -33,6 +33,7 @@ from tests.conftest import (
     payload,
     redis_url_of,
     shopify_headers,
+    sign_in,
     stop_group,
     wait_for,
     woo_headers,
@@ -168,6 +169,7 @@ def test_the_web_app_brings_a_new_database_to_head_at_start(env, redis: Redis, t
     assert _revision(url) == HEAD
     body, headers = _order()
     assert client.post("/webhooks/shopify", data=body, headers=headers).status_code == 200
+    sign_in(client)
     assert client.get("/admin/").status_code == 200
     install = client.get(f"/shopify/install?shop={SHOP}")
     assert install.status_code == 302
@@ -192,6 +194,7 @@ def test_the_web_app_starts_without_its_database_and_recovers(env, redis: Redis,
 
     folder.mkdir()
     app.extensions["encore.schema"].retry_seconds = 0  # the next request tries again
+    sign_in(client)
     assert client.get("/admin/").status_code == 200
     assert _revision(url) == HEAD
     assert client.get("/healthz").status_code == 200
@@ -222,6 +225,7 @@ def test_a_schema_behind_head_fails_healthz_and_database_pages(env, redis: Redis
     app.extensions["encore.schema"].retry_seconds = 0
     assert client.get("/healthz").status_code == 200
     assert _revision(url) == HEAD
+    sign_in(client)
     assert client.get("/admin/").status_code == 200
 
 
@@ -235,6 +239,7 @@ def test_healthz_remembers_a_schema_at_head(client, redis: Redis, monkeypatch):
 
 
 def test_a_database_error_inside_a_page_answers_503(client, redis: Redis, env):
+    sign_in(client)
     assert client.get("/admin/").status_code == 200
     env.setenv("DATABASE_URL", UNREACHABLE)
     reset_settings()
@@ -275,7 +280,11 @@ def test_gunicorn_alone_on_a_new_sqlite_database(tmp_path, redis: Redis):
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
             assert json.loads(response.read())["status"] == "queued"
-        assert _get(f"http://127.0.0.1:{port}/admin/") == 200
+        from encore.access import sign_in_url
+
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with opener.open(sign_in_url(f"http://127.0.0.1:{port}", secret_key="test-secret-key"), timeout=10) as page:
+            assert page.status == 200 and page.url.endswith("/admin/")  # signed in with a one-time link
         assert _revision(url) == HEAD
     finally:
         stop_group(server)

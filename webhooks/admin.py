@@ -3,18 +3,21 @@
 Sign-in, in order:
 1. A Shopify embedded-app session token (`Authorization: Bearer …` or `?id_token=…`): a JWT signed
    HS256 with SHOPIFY_API_SECRET whose `aud` is SHOPIFY_API_KEY; its `dest` names the shop.
-2. The shop whose OAuth install just completed (the install callback puts it in the signed session).
-3. ADMIN_PASSWORD, entered on `/admin/login`.
-4. With no ADMIN_PASSWORD set: requests from this machine only (loopback, and not forwarded by a proxy),
-   so that `make run` on a laptop opens straight away and nothing else can.
-A shop's sign-in sees that shop only; the password and the local sign-in see every shop.
+2. The shop whose OAuth install just completed (the install callback signs the browser in).
+3. ADMIN_PASSWORD, entered on `/admin/login`; failed attempts are throttled per client and per account.
+4. A one-time sign-in link (`/admin/sign-in?token=…`): `encore run` prints one, `encore admin link`
+   makes another. That is how a laptop without ADMIN_PASSWORD gets in.
+Nothing is let in for coming from this machine: a reverse proxy on the same host looks just like a
+local browser. Each sign-in starts a server-side session (`encore.access`), and signing out ends it.
+A shop's sign-in sees that shop only; the password and the link see every shop. Every page answers
+only to APP_URL's host and this machine's own names, which turns DNS rebinding away.
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
+import math
 import secrets
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,11 +28,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, g, redirect, render_template, request, session, url_for
+from redis.exceptions import RedisError
 from sqlalchemy import func, or_, select
+from werkzeug.routing import BaseConverter, ValidationError
 
+from encore import access
 from encore.settings import get_settings
 from encore.store import session_scope
-from encore.store.models import Customer, EventRecord, Order, Shop, utcnow
+from encore.store.models import Customer, EventRecord, Order, Shop, parse_id, utcnow
+from webhooks import peers, unavailable
 
 log = logging.getLogger("encore.admin")
 
@@ -95,19 +102,58 @@ def shop_from_session_token(token: str) -> str | None:
     return shop
 
 
-def sign_in_shop(shop: str) -> None:
-    """Remember in the signed session that this browser speaks for `shop` (after OAuth or a session token)."""
-    session[SESSION_KEY] = {"how": "shopify", "shop": shop}
+class IdConverter(BaseConverter):
+    """`<id:name>` in a route: a row id, as `parse_id` reads it; anything else matches no page (404)."""
+
+    regex = r"[0-9]+"
+
+    def to_python(self, value: str) -> int:
+        number = parse_id(value)
+        if number is None:
+            raise ValidationError()
+        return number
+
+    def to_url(self, value: Any) -> str:
+        return str(int(value))
+
+
+def _lifetime() -> int:
+    return int(current_app.permanent_session_lifetime.total_seconds())
+
+
+def _session_id() -> str | None:
+    stored = session.get(SESSION_KEY)
+    session_id = stored.get("sid") if isinstance(stored, dict) else None
+    return session_id if isinstance(session_id, str) else None
+
+
+def _grant() -> dict[str, Any] | None:
+    """Who this browser's session signed in as (read from Redis once per request), or None."""
+    if "admin_grant" not in g:
+        session_id = _session_id()
+        g.admin_grant = access.session_grant(session_id, _lifetime()) if session_id else None
+    grant = g.admin_grant
+    return grant if isinstance(grant, dict) else None
+
+
+def start_session(how: str, shop: str | None = None) -> None:
+    """Sign this browser in: a new server-side session (the previous one ends) and a new form token."""
+    previous = _session_id()
+    if previous:
+        access.end_session(previous)
+    grant = {"how": how, "shop": shop}
+    session.pop("encore_csrf", None)
+    session[SESSION_KEY] = {"sid": access.start_session(grant, _lifetime())}
     session.permanent = True
+    g.admin_grant = grant
 
 
-def _local_request() -> bool:
-    if request.headers.get("X-Forwarded-For") or request.headers.get("Forwarded"):
-        return False
-    try:
-        return ipaddress.ip_address(request.remote_addr or "").is_loopback
-    except ValueError:
-        return False
+def sign_in_shop(shop: str) -> None:
+    """Sign this browser in as the shop `shop` (after OAuth or a session token); a session for it is kept."""
+    grant = _grant()
+    if grant and grant.get("how") == "shopify" and grant.get("shop") == shop:
+        return
+    start_session("shopify", shop)
 
 
 def _viewer() -> Viewer | None:
@@ -120,20 +166,36 @@ def _viewer() -> Viewer | None:
         if shop is None:
             return None
         sign_in_shop(shop)
-    stored = session.get(SESSION_KEY)
-    if isinstance(stored, dict) and stored.get("how") == "shopify" and stored.get("shop"):
-        return Viewer("shopify", stored["shop"])
-    if isinstance(stored, dict) and stored.get("how") == "password" and get_settings().ADMIN_PASSWORD:
+    grant = _grant()
+    how = grant.get("how") if grant else None
+    if how == "shopify" and grant and grant.get("shop"):
+        return Viewer("shopify", str(grant["shop"]))
+    if how == "password" and get_settings().ADMIN_PASSWORD:
         return Viewer("password")
-    if not get_settings().ADMIN_PASSWORD and _local_request():
-        return Viewer("local")
+    if how == "link":
+        return Viewer("link")
     return None
+
+
+def refuse_malformed() -> None:
+    """Turn away what no admin page can answer: a `Host` that is not Encore's (DNS rebinding) and NUL
+    characters (PostgreSQL can't compare text holding them)."""
+    if not peers.known_host(request):
+        log.warning("admin request for an unknown host refused", extra={"host": request.host[:200]})
+        abort(400, "Encore's admin page answers only at APP_URL's host and localhost; "
+                   "set APP_URL to the address you open it at.")
+    texts = [request.path, *(key + value for key, value in request.args.items(multi=True))]
+    if request.method == "POST":
+        texts.extend(key + value for key, value in request.form.items(multi=True))
+    if any("\x00" in text for text in texts):
+        abort(400, "NUL characters are not allowed")
 
 
 @blueprint.before_request
 def require_sign_in():  # type: ignore[no-untyped-def]
-    """Every page but the login form and the stylesheet needs a viewer."""
-    if request.endpoint in ("admin.login", "admin.static"):
+    """Every page but the sign-in pages and the stylesheet needs a viewer; every page, a known host."""
+    refuse_malformed()
+    if request.endpoint in ("admin.login", "admin.sign_in", "admin.static"):
         return None
     viewer = _viewer()
     if viewer is None:
@@ -155,6 +217,13 @@ def require_sign_in():  # type: ignore[no-untyped-def]
         if not hmac.compare_digest(given, csrf_token()):
             abort(400, "the form expired; reload the page")
     return None
+
+
+@blueprint.errorhandler(RedisError)
+def redis_unavailable(exc: RedisError):  # type: ignore[no-untyped-def]
+    """Sessions, sign-in links and the throttle live in Redis: without it, 503 and try again."""
+    log.error("Redis unavailable", extra={"path": request.path, "error": type(exc).__name__})
+    return unavailable("redis_unavailable", f"Redis unavailable ({type(exc).__name__}); try again in a few seconds")
 
 
 @blueprint.after_request
@@ -188,31 +257,69 @@ def _money(value: Any, currency: str | None = None) -> str:
     return format_money(value or 0, currency)
 
 
+LINK_REFUSALS = {
+    "invalid": "That sign-in link is not valid.",
+    "expired": "That sign-in link has expired.",
+    "used": "That sign-in link was already used.",
+}
+
+
+def _render_sign_in(error: str | None, status: int, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    configured = bool(get_settings().ADMIN_PASSWORD)
+    response = Response(render_template("admin/login.html", error=error, configured=configured), status=status,
+                        headers=headers or {})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @blueprint.route("/login", methods=["GET", "POST"])
 def login():  # type: ignore[no-untyped-def]
-    """The password form (ADMIN_PASSWORD)."""
+    """The password form (ADMIN_PASSWORD): 401 for a wrong password, 429 with Retry-After when throttled."""
     configured = get_settings().ADMIN_PASSWORD
-    error = None
-    if request.method == "POST":
-        given = request.form.get("password", "")
-        if configured and hmac.compare_digest(given.encode(), configured.encode()):
-            session[SESSION_KEY] = {"how": "password"}
-            session.permanent = True
-            target = request.args.get("next") or url_for("admin.flows")
-            if not target.startswith("/admin"):
-                target = url_for("admin.flows")
-            return redirect(target)
-        error = "That password is not right." if configured else "No ADMIN_PASSWORD is set on this server."
-        log.warning("admin sign-in refused", extra={"remote_addr": request.remote_addr})
-    return render_template("admin/login.html", error=error, configured=bool(configured)), 401 if error else 200
+    if request.method == "GET":
+        return _render_sign_in(None, 200)
+    client = peers.client_address(request)
+    throttled = access.attempt(client)
+    if throttled is not None:
+        log.warning("admin sign-in throttled", extra={"client": client, "scope": throttled.scope,
+                                                      "retry_after": throttled.retry_after})
+        minutes = math.ceil(throttled.retry_after / 60)
+        return _render_sign_in(f"Too many sign-in attempts; try again in {minutes} minute{'s' * (minutes != 1)}.",
+                               429, {"Retry-After": str(throttled.retry_after)})
+    given = request.form.get("password", "")
+    if configured and hmac.compare_digest(given.encode(), configured.encode()):
+        access.succeeded(client)
+        start_session("password")
+        log.info("admin signed in", extra={"client": client, "how": "password"})
+        target = request.args.get("next") or url_for("admin.flows")
+        return redirect(target if target.startswith("/admin") else url_for("admin.flows"))
+    log.warning("admin sign-in refused", extra={"client": client})
+    return _render_sign_in("That password is not right." if configured else "No ADMIN_PASSWORD is set on this server.",
+                           401)
+
+
+@blueprint.get("/sign-in")
+def sign_in():  # type: ignore[no-untyped-def]
+    """Spend a one-time sign-in link (`encore run` prints one, `encore admin link` makes another)."""
+    outcome = access.redeem_link_token(request.args.get("token", ""))
+    client = peers.client_address(request)
+    if outcome != "ok":
+        log.warning("admin sign-in link refused", extra={"client": client, "reason": outcome})
+        return _render_sign_in(LINK_REFUSALS[outcome], 401)
+    start_session("link")
+    log.info("admin signed in", extra={"client": client, "how": "link"})
+    response = redirect(url_for("admin.flows"))
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @blueprint.post("/store")
 def choose_store():  # type: ignore[no-untyped-def]
     """Look at one store (operators with several), or at all of them."""
-    value = request.form.get("store", "")
-    if value.isdigit() and int(value) in [shop_id for shop_id, _ in g.viewer.shops]:
-        session["encore_store"] = int(value)
+    chosen = parse_id(request.form.get("store", ""))
+    if chosen is not None and chosen in [shop_id for shop_id, _ in g.viewer.shops]:
+        session["encore_store"] = chosen
     else:
         session.pop("encore_store", None)
     target = request.form.get("back") or url_for("admin.flows")
@@ -221,8 +328,11 @@ def choose_store():  # type: ignore[no-untyped-def]
 
 @blueprint.post("/logout")
 def logout():  # type: ignore[no-untyped-def]
-    """Forget the sign-in."""
-    session.pop(SESSION_KEY, None)
+    """Sign out: the server-side session ends, so no copy of the cookie works any more."""
+    session_id = _session_id()
+    if session_id:
+        access.end_session(session_id)
+    session.clear()
     return redirect(url_for("admin.login"))
 
 
@@ -435,7 +545,7 @@ def timeline(db: Any, customer: Customer) -> list[TimelineItem]:
     return items
 
 
-@blueprint.get("/customers/<int:customer_id>")
+@blueprint.get("/customers/<id:customer_id>")
 def customer(customer_id: int):  # type: ignore[no-untyped-def]
     """A customer's ledger row and timeline."""
     from encore.unsubscribe import is_suppressed
@@ -567,8 +677,14 @@ def render_preview(flow_key: str, step: str | None, customer_id: int | None) -> 
 
 
 def _customer_arg() -> int | None:
+    """The `customer` a preview is for: none (the sample customer), or a row id (else no such customer, 404)."""
     value = request.args.get("customer", "")
-    return int(value) if value.isdigit() else None
+    if not value:
+        return None
+    customer_id = parse_id(value)
+    if customer_id is None:
+        abort(404, f"no customer {value[:40]!r}")
+    return customer_id
 
 
 @blueprint.get("/preview")
@@ -693,8 +809,36 @@ def connection_url() -> str:
     return f"{scheme}://{auth}{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
+# The dashboard's pages and JSON reads; any other GET (its `requeue/<queue>` answers GET too) is refused.
+RQ_DASHBOARD_READS = frozenset({"queues_overview", "workers_overview", "jobs_overview", "job_view", "list_queues",
+                                "list_jobs", "job_info", "list_workers", "favicon", "static"})
+RQ_DASHBOARD_NUMBERS = frozenset({"per_page", "page"})  # a page and its size: 1 or more
+RQ_DASHBOARD_CSRF_COOKIE = "_csrf_token"  # the dashboard's script sends this cookie back as X-CSRFToken
+
+
+def guard_rq_dashboard() -> None:
+    """What the dashboard needs before any of its views run: a known host, an operator's session, reads
+    only by GET, and every change (POST) carrying the session's CSRF token in `X-CSRFToken`."""
+    refuse_malformed()
+    viewer = _viewer()
+    if viewer is None or not viewer.everything:
+        abort(401)
+    if request.method in ("GET", "HEAD"):
+        if (request.endpoint or "").rpartition(".")[2] not in RQ_DASHBOARD_READS:
+            abort(405)
+    elif not hmac.compare_digest(request.headers.get("X-CSRFToken", ""), csrf_token()):
+        log.warning("RQ dashboard change without the form token refused", extra={"path": request.path})
+        abort(403, "the page expired; reload it")
+    arguments = request.view_args or {}
+    if arguments.get("instance_number", 0) != 0:  # one Redis is configured: instance 0
+        abort(404)
+    for name in RQ_DASHBOARD_NUMBERS & arguments.keys():
+        if not parse_id(str(arguments[name])):
+            abort(404)
+
+
 def mount_rq_dashboard(app: Any) -> bool:
-    """Mount `rq-dashboard` at /admin/rq for operators (password or local sign-in), when it is installed."""
+    """Mount `rq-dashboard` at /admin/rq for operators (password or link sign-in), when it is installed."""
     try:
         import rq_dashboard
         from rq.serializers import JSONSerializer
@@ -709,13 +853,21 @@ def mount_rq_dashboard(app: Any) -> bool:
     def _rq_dashboard_for_operators():  # type: ignore[no-untyped-def]
         if request.blueprint != "rq_dashboard":
             return None
-        viewer = _viewer()
-        if viewer is None or not viewer.everything:
-            abort(401)
+        try:
+            guard_rq_dashboard()
+        except RedisError as exc:
+            return redis_unavailable(exc)
         if not hasattr(current_app, "redis_conn"):  # connect on first use, to the queue's own Redis
             current_app.config["RQ_DASHBOARD_REDIS_URL"] = connection_url()
             web.setup_rq_connection(current_app)
         return None
+
+    @app.after_request
+    def _rq_dashboard_form_token(response: Response) -> Response:
+        if request.blueprint == "rq_dashboard" and g.get("admin_grant") and response.mimetype == "text/html":
+            response.set_cookie(RQ_DASHBOARD_CSRF_COOKIE, csrf_token(), path="/admin/rq", samesite="Strict",
+                                secure=current_app.config.get("SESSION_COOKIE_SECURE", False))
+        return response
 
     return True
 
@@ -724,6 +876,7 @@ def register(app: Any) -> None:
     """Mount the admin page (and RQ's dashboard when installed) on the web app."""
     if get_settings().APP_URL.startswith("https://"):  # the Shopify admin shows the page in a frame
         app.config.update(SESSION_COOKIE_SECURE=True, SESSION_COOKIE_SAMESITE="None")
+    app.url_map.converters["id"] = IdConverter
     app.register_blueprint(blueprint)
     from webhooks import sandbox
 

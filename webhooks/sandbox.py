@@ -2,18 +2,19 @@
 
 `encore samples send` registers a WooCommerce store whose URL is `APP_URL/sandbox/woocommerce`, so
 the flows' discount codes and tags are made here instead of in a real shop: coupons are kept in Redis
-and nothing leaves the machine. It answers requests from this machine only (loopback, not forwarded).
+and nothing leaves the machine. It answers requests from this machine only (loopback, no header a
+proxy adds) that name APP_URL's host or localhost.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from typing import Any
 
 from flask import Blueprint, abort, jsonify, request
 
-from encore.store.models import utcnow
+from encore.store.models import parse_id, utcnow
+from webhooks import peers
 
 blueprint = Blueprint("sandbox", __name__, url_prefix="/sandbox/woocommerce/wp-json/wc/v3")
 
@@ -29,13 +30,8 @@ def _redis() -> Any:
 
 @blueprint.before_request
 def local_only():  # type: ignore[no-untyped-def]
-    """Only this machine may use the sandbox."""
-    if request.headers.get("X-Forwarded-For") or request.headers.get("Forwarded"):
-        abort(403)
-    try:
-        if not ipaddress.ip_address(request.remote_addr or "").is_loopback:
-            abort(403)
-    except ValueError:
+    """Only this machine may use the sandbox, and only under a name of Encore's (not a rebound one)."""
+    if not peers.from_this_machine(request) or not peers.known_host(request):
         abort(403)
     return None
 
@@ -94,8 +90,8 @@ def create_coupon():  # type: ignore[no-untyped-def]
 def customer(customer_id: str):  # type: ignore[no-untyped-def]
     """A customer with no fields but its id and meta (what tagging reads and writes)."""
     body = request.get_json(silent=True) or {}
-    return jsonify({"id": int(customer_id) if customer_id.isdigit() else customer_id,
-                    "meta_data": body.get("meta_data") or []})
+    number = parse_id(customer_id)
+    return jsonify({"id": customer_id if number is None else number, "meta_data": body.get("meta_data") or []})
 
 
 @blueprint.get("/<any(orders, customers):collection>")
