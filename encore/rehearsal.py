@@ -7,7 +7,8 @@
 - every shop's connector is a `RehearsalConnector`: codes are computed exactly as the real connectors
   compute them (`connectors.codes.code_for`) but created nowhere, and tags go nowhere;
 - the engine's `schedule` records wake-ups instead of queueing RQ jobs, and `follow()` plays them
-  with the engine's clock moved to each wake-up, so later steps are rehearsed too.
+  with the engine's clock moved to each wake-up, so later steps are rehearsed too;
+- a rehearsed redaction removes nothing from Redis, which is the real queue's.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def copy_database(source_url: str, target: Path) -> str:
 def rehearsal(folder: Path) -> Iterator[Rehearsal]:
     """Run the block against a throwaway copy of the store, with no email sent and nothing made on a platform."""
     import connectors.base as connector_registry
+    import connectors.privacy as privacy
     from flows import engine
     from flows.models import FlowRun
 
@@ -128,7 +130,7 @@ def rehearsal(folder: Path) -> Iterator[Rehearsal]:
     url = copy_database(get_settings().DATABASE_URL, folder / "rehearsal.db")
     outbox = folder / "outbox"
     saved_env = {name: os.environ.get(name) for name in ("DATABASE_URL", "EMAIL_URL")}
-    saved = (connector_registry.get_connector, engine.schedule)
+    saved = (connector_registry.get_connector, engine.schedule, privacy.forget_in_redis)
     os.environ["DATABASE_URL"] = url
     os.environ["EMAIL_URL"] = f"file://{outbox}"
     reset_settings()
@@ -144,12 +146,16 @@ def rehearsal(folder: Path) -> Iterator[Rehearsal]:
     def connector_for(shop: Shop) -> Connector:
         return RehearsalConnector(shop)
 
+    def leave_redis(connection: Any, person: Any, keep_jobs: Any = None) -> int:
+        return 0
+
     connector_registry.get_connector = connector_for  # type: ignore[assignment]
     engine.schedule = record  # type: ignore[assignment]
+    privacy.forget_in_redis = leave_redis
     try:
         yield current
     finally:
-        connector_registry.get_connector, engine.schedule = saved  # type: ignore[assignment]
+        connector_registry.get_connector, engine.schedule, privacy.forget_in_redis = saved  # type: ignore[assignment]
         for name, value in saved_env.items():
             if value is None:
                 os.environ.pop(name, None)

@@ -496,3 +496,26 @@ def test_the_file_outbox_forgets_by_recipient_and_by_key(env, tmp_path: Path):
     assert transport.forget(addresses=[ZERELDA["email"]], keys=["notice-3"]) == 3
     assert sorted(p.name for p in (tmp_path / "box").iterdir()) == ["hello-2.eml", "notice-4.eml"]
     assert transport.forget(addresses=[], keys=[]) == 0
+
+
+def test_a_rehearsed_redaction_changes_nothing(shop, smtp, env, redis, db_url, tmp_path: Path):
+    client = shop
+    outbox = use_file_outbox(env, tmp_path)
+    deliver(client, "customers/create", shopify_customer(ZERELDA))
+    drain(redis)
+    update = ev.Event(id="reconciled-2", type=ev.EventType.CUSTOMER_UPDATED, platform="shopify", shop=SHOP,
+                      topic="customers/update", occurred_at=ev.parse_datetime("2026-11-20T00:00:00Z"),
+                      customer=ev.Customer(id=str(ZERELDA["id"]), email=ZERELDA["email"]))
+    assert enqueue_event(update)  # queued, not run: a real redaction would take it away
+    wanted = needles(ZERELDA)
+    before = everywhere(db_url, redis, outbox, wanted)
+    assert all(before.values()), before
+    recorded = tmp_path / "recorded" / "shopify" / "customers_redact.json"
+    recorded.parent.mkdir(parents=True)
+    recorded.write_text(json.dumps({"shop_id": 954889, "shop_domain": SHOP, "orders_to_redact": [],
+                                    "customer": {"id": ZERELDA["id"], "email": ZERELDA["email"], "phone": None}}))
+
+    result = CliRunner().invoke(main, ["replay", str(recorded), "--dry-run", "--shop", SHOP])
+    assert result.exit_code == 0, result.output
+    assert everywhere(db_url, redis, outbox, wanted) == before
+    assert redis.lrange("rq:queue:events", 0, -1) == [b"reconciled-2"]
