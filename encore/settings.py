@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     FLOWS_DIR: Path | None = None
     TEMPLATES_DIR: Path | None = None
     DEFAULT_TIMEZONE: str = "UTC"
+    # Hosts, addresses and networks (comma-separated) the flows' `http` step may reach though not public.
+    HTTP_STEP_ALLOW_HOSTS: str = ""
 
     # Operational knobs (not part of the outside contract).
     WEBHOOK_MAX_BYTES: int = 2 * 1024 * 1024

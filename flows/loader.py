@@ -289,6 +289,11 @@ def check(loaded: FlowFile) -> list[Problem]:
                 for name, value in step.http.json_.items():
                     if isinstance(value, str):
                         inline(path + ("http", "json", name), value)
+                from connectors import http as outbound  # requests and the connectors: only for an http step
+
+                refused = outbound.refused_without_resolving(step.http.url)
+                if refused:
+                    add(path + ("http", "url"), f"http: {refused}", "warning")
             elif isinstance(step, SendEmailStep):
                 email = step.send_email
                 for attr in ("subject", "preheader", "from_", "reply_to", "to"):

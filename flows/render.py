@@ -149,7 +149,7 @@ def check(name: str) -> tuple[set[str], list[TemplateProblem]]:
             problems.append(TemplateProblem(file, exc.lineno, exc.message or str(exc)))
             continue
         for node in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
-            names = _constant_names(node.template)
+            names = _constant_names(node.template)  # type: ignore[attr-defined] # the four all have one
             if isinstance(node, nodes.Include) and (node.ignore_missing or any(exists(n) for n in names)):
                 names = [n for n in names if exists(n)]  # the first found is the one rendered
             verb = {nodes.Extends: "extends", nodes.Include: "includes"}.get(type(node), "imports")
@@ -167,10 +167,10 @@ def check(name: str) -> tuple[set[str], list[TemplateProblem]]:
             continue
         parsed[current] = tree
     for file, line, imported, wanted in imports:
-        tree = parsed.get(imported)
-        if tree is not None:  # a missing or broken one is reported already
+        exporter = parsed.get(imported)
+        if exporter is not None:  # a missing or broken one is reported already
             problems.extend(TemplateProblem(file, line, f"{imported!r} defines no macro or variable {missing!r}")
-                            for missing in sorted(wanted - _top_level_names(tree)))
+                            for missing in sorted(wanted - _top_level_names(exporter)))
     trees = [tree for tree in parsed.values() if tree is not None]
     # A name set at the top of one (a child's `{% set title %}`) is seen by the others (its layout).
     bound = set().union(*(_top_level_names(tree) for tree in trees))

@@ -495,10 +495,15 @@ class StepRunner:
         return NEXT
 
     def step_http(self, step: Any) -> Outcome:
-        """POST the step's JSON (values rendered) with an Idempotency-Key header."""
+        """POST the step's JSON (values rendered) with an Idempotency-Key header, to a public address only.
+
+        A URL whose host is not public (`connectors.http.refusal`) and not in HTTP_STEP_ALLOW_HOSTS
+        fails the step once, traced, without a retry; a redirect is not followed.
+        """
+        import http.client
         import json
-        import urllib.error
-        import urllib.request
+
+        from connectors import http as outbound
 
         spec = step.http
         ctx = self.context()
@@ -512,17 +517,22 @@ class StepRunner:
         self._claim(key, "http", existing)
         headers = {**spec.headers, "Content-Type": "application/json", "Idempotency-Key": key,
                    "User-Agent": "Encore"}
-        request = urllib.request.Request(spec.url, data=json.dumps(body, default=str).encode(), headers=headers,
-                                         method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=spec.timeout) as response:  # noqa: S310 - http(s) only
-                status = response.status
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-        except (urllib.error.URLError, OSError) as exc:
-            raise TransientStepError(f"POST {spec.url} failed: {exc}") from exc
+            status, location = outbound.post_json(spec.url, json.dumps(body, default=str).encode(), headers,
+                                                  spec.timeout)
+        except outbound.RefusedURL as exc:
+            self._finish(key, "failed", {"error": str(exc)})
+            self.trace("error", f"POST {spec.url} refused: {exc}", key=key)
+            return NEXT
+        except (OSError, http.client.HTTPException) as exc:
+            raise TransientStepError(f"POST {spec.url} failed: {type(exc).__name__}: {exc}") from exc
         if status == 429 or status >= 500:
             raise TransientStepError(f"POST {spec.url}: HTTP {status}")
+        if location is not None:
+            self._finish(key, "failed", {"status": status, "location": location[:500]})
+            self.trace("error", f"POST {spec.url}: HTTP {status}, a redirect to {location[:200]!r}, not followed",
+                       status=status)
+            return NEXT
         self._finish(key, "done" if status < 400 else "failed", {"status": status})
         self.trace("http", f"POST {spec.url}: HTTP {status}", status=status)
         return NEXT

@@ -18,7 +18,7 @@ from encore.store import session_scope
 from encore.store.models import Shop
 from flows import dates, engine
 from flows.models import FlowEffect, FlowRun
-from tests.flows.helpers import FakeConnector, customer, event, order, outbox, walk_to
+from tests.flows.helpers import FakeConnector, customer, event, hook_server, order, outbox, walk_to
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
@@ -322,37 +322,62 @@ steps:
 
 
 def test_http_step_posts_json_once_with_an_idempotency_key(flows_env, redis, tmp_path: Path) -> None:
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    received: list[tuple[dict[str, Any], str | None]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the http.server API
-            length = int(self.headers["Content-Length"])
-            received.append((json.loads(self.rfile.read(length)), self.headers["Idempotency-Key"]))
-            self.send_response(500 if len(received) == 1 else 204)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    flows_env.setenv("HTTP_STEP_ALLOW_HOSTS", "127.0.0.1")  # this machine, listed
+    with hook_server((500, {})) as (server, received):  # the first answer fails: the step is retried later
         flow_dir(tmp_path, flows_env, crm=HTTP_FLOW.replace("URL", f"http://127.0.0.1:{server.server_port}/hook"))
         data = event("order.placed", T0, customer(), order=order("71", T0))
-        process_event(data)  # the endpoint fails with a 500: the step is retried later
+        process_event(data)
         walk_to(redis, T0 + timedelta(minutes=2))
         process_event(data)
         walk_to(redis, T0 + timedelta(minutes=30))
-    finally:
-        server.shutdown()
-    assert [body for body, _ in received] == [{"email": "c1001@example.com", "order": "71", "vip": True}] * 2
-    assert received[0][1] == received[1][1] and received[0][1].startswith("crm-")
+    assert [r["json"] for r in received] == [{"email": "c1001@example.com", "order": "71", "vip": True}] * 2
+    keys = [r["headers"]["Idempotency-Key"] for r in received]
+    assert keys[0] == keys[1] and keys[0].startswith("crm-")
     assert FakeConnector.tags == [("1001", ["crm-synced"])]
     (run,) = runs()
     assert run.status == "done"
+
+
+@pytest.mark.parametrize(("host", "listed"), [("127.0.0.1", "127.0.0.1"), ("localhost", "localhost"),
+                                              ("2130706433", "127.0.0.0/8"), ("0x7f000001", "127.0.0.1/32")])
+def test_http_step_refuses_this_machine_unless_listed(flows_env, redis, tmp_path: Path, host: str,
+                                                      listed: str) -> None:
+    with hook_server() as (server, received):
+        url = f"http://{host}:{server.server_port}/hook"
+        flow_dir(tmp_path, flows_env, crm=HTTP_FLOW.replace("URL", url))
+        process_event(event("order.placed", T0, customer(), order=order("71", T0)))
+        walk_to(redis, T0 + timedelta(hours=2))
+        assert received == []  # refused once, not retried
+        (run,) = runs()
+        assert run.status == "done" and not run.attempts and FakeConnector.tags == [("1001", ["crm-synced"])]
+        assert ("error", f"POST {url} refused: {host} " + ("" if host == "127.0.0.1" else "(127.0.0.1) ") +
+                "is loopback; the http step reaches only public addresses unless HTTP_STEP_ALLOW_HOSTS lists "
+                "the host") in trace(run.id)
+        with session_scope() as session:
+            (effect,) = session.scalars(select(FlowEffect).where(FlowEffect.kind == "http"))
+            assert effect.status == "failed" and "is loopback" in effect.result["error"]
+
+        flows_env.setenv("HTTP_STEP_ALLOW_HOSTS", f"crm.example.com, {listed}")
+        from encore.settings import reset_settings
+
+        reset_settings()
+        process_event(event("order.placed", T0, customer(), order=order("72", T0)))
+    assert [r["json"]["order"] for r in received] == ["72"]
+    assert received[0]["headers"]["Host"] == f"{host}:{server.server_port}"
+
+
+def test_http_step_does_not_follow_a_redirect(flows_env, redis, tmp_path: Path) -> None:
+    flows_env.setenv("HTTP_STEP_ALLOW_HOSTS", "127.0.0.1")
+    metadata = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
+    with hook_server((302, {"Location": metadata})) as (server, received):
+        url = f"http://127.0.0.1:{server.server_port}/hook"
+        flow_dir(tmp_path, flows_env, crm=HTTP_FLOW.replace("URL", url))
+        process_event(event("order.placed", T0, customer(), order=order("71", T0)))
+        walk_to(redis, T0 + timedelta(hours=2))
+    assert [r["path"] for r in received] == ["/hook"]
+    (run,) = runs()
+    assert ("error", f"POST {url}: HTTP 302, a redirect to {metadata!r}, not followed") in trace(run.id)
+    assert not run.attempts
 
 
 def test_an_unquoted_time_of_day_waits_until_that_time(flows_env, redis, tmp_path: Path) -> None:

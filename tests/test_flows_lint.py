@@ -303,3 +303,20 @@ def test_a_text_version_keeps_jinja_it_must_and_falls_back_when_it_cannot(env: p
     html, text = render.render_email("broken.html", {**context, "numbers": [7]})
     assert html == '<p data-n="">7</p>' and text == render.html_to_text(html) == "7\n"
     render.reset()
+
+
+def test_an_http_step_to_this_machine_is_a_lint_warning_unless_listed(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    text = "name: x\ntrigger:\n  event: order.placed\nsteps:\n  - http:\n      url: http://{host}:6379/\n"
+    for host, shown in (("127.0.0.1", "127.0.0.1 is loopback"),
+                        ("[::ffff:169.254.169.254]", "::ffff:169.254.169.254 is link-local (as 169.254.169.254)"),
+                        ("2130706433", "2130706433 is loopback"), ("localhost", "localhost is loopback")):
+        path = write(tmp_path / "flows", "crm", text.format(host=host))
+        result = CliRunner().invoke(main, ["flows", "lint", str(path)])
+        assert result.exit_code == 0, result.output
+        assert result.stdout == (f"{path}:6: warning: http: {shown}: the step will be refused unless "
+                                 "HTTP_STEP_ALLOW_HOSTS lists the host\n")
+    env.setenv("HTTP_STEP_ALLOW_HOSTS", "localhost")
+    reset_settings()
+    assert CliRunner().invoke(main, ["flows", "lint", str(path)]).stdout == ""
+    path = write(tmp_path / "flows", "crm", text.format(host="hooks.example.com"))
+    assert CliRunner().invoke(main, ["flows", "lint", str(path)]).stdout == ""  # a name: judged when resolved

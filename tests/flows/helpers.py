@@ -1,12 +1,17 @@
-"""Helpers for the flow tests: a fake connector, events, and a clock that walks through waits."""
+"""Helpers for the flow tests: a fake connector, events, a clock that walks through waits, a local HTTP server."""
 
 from __future__ import annotations
 
 import email
 import email.policy
 import itertools
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +112,35 @@ def outbox(tmp_path: Path) -> list[email.message.Message]:
     if not folder.exists():
         return []
     return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in sorted(folder.glob("*.eml"))]
+
+
+@contextmanager
+def hook_server(*answers: tuple[int, dict[str, str]]) -> Iterator[tuple[ThreadingHTTPServer, list[dict[str, Any]]]]:
+    """A real HTTP server on 127.0.0.1 recording each POST (path, headers, JSON body); it answers `answers`
+    in turn (status, headers), then 204."""
+    received: list[dict[str, Any]] = []
+    pending = list(answers)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            length = int(self.headers["Content-Length"])
+            received.append({"path": self.path, "headers": dict(self.headers),
+                             "json": json.loads(self.rfile.read(length))})
+            status, headers = pending.pop(0) if pending else (204, {})
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server, received
+    finally:
+        server.shutdown()
+        server.server_close()
