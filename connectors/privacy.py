@@ -139,7 +139,11 @@ def delivery_names(person: Person, platform: str, delivery: dict[str, Any], body
     if person.whole_shop:
         return True
     raw = body.encode() if isinstance(body, str) else body
-    if person.named_in(raw.decode("utf-8", errors="replace")):
+    text = raw.decode("utf-8", errors="replace")
+    lowered = text.lower()
+    if not any(needle in lowered for needle in person.needles()):
+        return False  # neither their address, phone, nor one of their ids is in it: nothing to parse
+    if person.named_in(text):
         return True
     from webhooks import RECEIVERS  # the same parsers the worker uses
     from webhooks.base import Delivery
