@@ -190,8 +190,9 @@ def forget_in_redis(connection: Any, person: Person, keep_jobs: set[str] | None 
                     pipe.xrange(name)
                 else:
                     getattr(pipe, _READ[kind])(name)
-                if _job_id(name, kind) is not None:
-                    pipe.get(BODY_PREFIX + _job_id(name, kind))
+                job_id = _job_id(name, kind)
+                if job_id is not None:
+                    pipe.get(BODY_PREFIX + job_id)
                 elif name.startswith(BODY_PREFIX):
                     pipe.exists(JOB_PREFIX + name[len(BODY_PREFIX):])
                 else:
