@@ -31,6 +31,7 @@ def run(port: int, workers: int) -> None:
     """Run web, worker and cron together (embedded Redis when REDIS_URL is unset)."""
     from encore.queue import redis_url
     from encore.store import migrate
+    from webhooks.server import gunicorn_options
 
     logs.setup()
     settings = get_settings()
@@ -45,7 +46,7 @@ def run(port: int, workers: int) -> None:
     env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     migrate()
     commands = {
-        "web": [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind", f"0.0.0.0:{port}",
+        "web": [sys.executable, "-m", "gunicorn", *gunicorn_options(workers), "--bind", f"0.0.0.0:{port}",
                 "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT, "webhooks:create_app()"],
         "worker": [sys.executable, "-m", "encore.cli", "worker"],
         "cron": [sys.executable, "-m", "encore.cli", "cron"],

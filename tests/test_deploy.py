@@ -129,7 +129,8 @@ def test_in_memory_sqlite_migrates_without_a_lock_file(tmp_path, monkeypatch):
 def test_procfile_has_a_release_step_and_keeps_the_other_processes():
     lines = (ROOT / "Procfile").read_text().splitlines()
     assert "release: encore migrate" in lines
-    assert 'web: gunicorn --workers 4 --bind 0.0.0.0:${PORT:-8000} "webhooks:create_app()"' in lines
+    assert ('web: gunicorn --config python:webhooks.server --workers 4 --bind 0.0.0.0:${PORT:-8000} '
+            '"webhooks:create_app()"') in lines
     assert "worker: python worker.py" in lines
     assert "cron: encore cron" in lines
 
