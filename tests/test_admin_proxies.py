@@ -72,7 +72,7 @@ class App:
 
 
 def start_gunicorn(folder: Path, redis: Redis, **settings: str) -> tuple[subprocess.Popen[bytes], App]:
-    """gunicorn (2 sync workers, as `encore run` binds it but on loopback) with a seeded SQLite store."""
+    """gunicorn as the Procfile runs it (2 workers), bound to loopback, with a seeded SQLite store."""
     folder.mkdir(parents=True, exist_ok=True)
     database = f"sqlite:///{folder / 'encore.db'}"
     migrate(database)
@@ -91,8 +91,9 @@ def start_gunicorn(folder: Path, redis: Redis, **settings: str) -> tuple[subproc
     env.update(DATABASE_URL=database, REDIS_URL=redis_url_of(redis), SECRET_KEY=SECRET,
                APP_URL=f"https://{PUBLIC_HOST}", ENCORE_DATA_DIR=str(folder / "data"),
                EMAIL_URL=f"file://{folder / 'outbox'}", PYTHONPATH=str(ROOT), **settings)
-    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}",
-                                "webhooks:create_app()"], env=env, cwd=folder, start_new_session=True,
+    command = [sys.executable, "-m", "gunicorn", "--config", "python:webhooks.server", "--workers", "2",
+               "--bind", f"127.0.0.1:{port}", "webhooks:create_app()"]
+    process = subprocess.Popen(command, env=env, cwd=folder, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=open(folder / "gunicorn.log", "wb"))
     if not wait_for(lambda: _listening(port), timeout=60):
         stop_group(process)
