@@ -10,7 +10,7 @@ from sqlalchemy import select
 from encore.crypto import encrypt
 from encore.store import migrate, session_scope
 from encore.store.ledger import get_or_create_shop
-from encore.store.models import Shop, utcnow
+from encore.store.models import Shop, parse_id, utcnow
 
 
 @click.group()
@@ -147,8 +147,8 @@ def list_stores() -> None:
 def find_shop(session, store: str) -> Shop:  # type: ignore[no-untyped-def]
     """A connected store by id or domain (click error when there is none)."""
     query = select(Shop)
-    if store.isdigit():
-        query = query.where(Shop.id == int(store))
+    if (shop_id := parse_id(store)) is not None:
+        query = query.where(Shop.id == shop_id)
     else:
         from webhooks.woocommerce import store_domain
 

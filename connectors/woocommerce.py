@@ -25,7 +25,7 @@ from connectors.http import RetryPolicy, Sleep, json_of, platform_message, raise
 from encore import events as ev
 from encore.crypto import decrypt
 from encore.settings import get_settings
-from encore.store.models import Shop
+from encore.store.models import Shop, parse_id
 
 # What the flows need: orders (placed, paid, fulfilled, cancelled, refunded) and customers.
 WEBHOOK_TOPICS = ["order.created", "order.updated", "order.deleted", "order.restored",
@@ -43,6 +43,11 @@ def webhook_address() -> str:
 def generate_secret() -> str:
     """A new webhook secret."""
     return secrets.token_urlsafe(32)
+
+
+def _header_count(response: requests.Response, name: str) -> int | None:
+    """A count the store sends in a header (`X-WP-Total`, `X-WP-TotalPages`); None when absent or not a count."""
+    return parse_id(response.headers.get(name, "").strip())
 
 
 def _money(value: Decimal) -> str:
@@ -98,16 +103,15 @@ class WooCommerceConnector(Connector):
             if not isinstance(items, list):
                 raise PlatformError(f"WooCommerce GET {endpoint}: expected a list")
             yield from items
-            total = response.headers.get("X-WP-TotalPages")
-            if not items or (total is not None and page >= int(total)) or (total is None and len(items) < PER_PAGE):
+            total = _header_count(response, "X-WP-TotalPages")
+            if not items or (total is not None and page >= total) or (total is None and len(items) < PER_PAGE):
                 return
             page += 1
 
     def count(self, resource: str) -> int | None:
         """How many customers or orders the store has (`X-WP-Total`), for progress bars."""
         params = {"per_page": 1, **({"role": "all"} if resource == "customers" else {})}
-        total = self.request("GET", resource, params=params).headers.get("X-WP-Total")
-        return int(total) if total and total.isdigit() else None
+        return _header_count(self.request("GET", resource, params=params), "X-WP-Total")
 
     # ---- the store -----------------------------------------------------------------------------------
 

@@ -201,3 +201,22 @@ def test_shop_redact_removes_the_connector_rows(client, redis, env):
                             ).status_code == 200
     drain(redis)
     assert _count(DiscountCode) == 0 and _count(SyncCursor) == 0 and _count(Shop) == 0
+
+
+def test_import_reads_odd_page_counts_from_the_store_as_unknown(redis, woo_store):
+    """A store (or a plug-in in front of it) sending counts that are not counts: the import still works."""
+    old = utcnow() - timedelta(days=900)
+    with responses.RequestsMock() as mock:
+        mock.get(f"{API}/customers", json=[_customer(25, old)],
+                 headers={"X-WP-Total": "²", "X-WP-TotalPages": "99999999999999999999999"})
+        mock.get(f"{API}/orders", json=[], headers={"X-WP-Total": "-1", "X-WP-TotalPages": "1e3"})
+        result = CliRunner().invoke(main, ["import", "customers", "woo.example.com"])
+    assert result.exit_code == 0, result.output
+    assert "imported 1 customers and 0 orders from woo.example.com" in result.output
+
+
+def test_a_store_named_by_a_number_that_is_no_id_is_a_clear_error(redis, woo_store):
+    for store in ("²", "99999999999999999999999"):
+        result = CliRunner().invoke(main, ["import", "customers", store])
+        assert result.exit_code == 2 and "no store" in result.output, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
