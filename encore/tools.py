@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 import tempfile
 import uuid
@@ -321,9 +322,10 @@ def sample_store(url: str) -> tuple[str, str]:
         shop = get_or_create_shop(session, "woocommerce", domain)
         if not shop.webhook_secret_enc:
             shop.webhook_secret_enc = encrypt(generate_secret())
-            shop.consumer_key_enc = encrypt("ck_sandbox")
-            shop.consumer_secret_enc = encrypt("cs_sandbox")
             shop.installed_at = utcnow()
+        if not shop.consumer_key_enc or decrypt(shop.consumer_key_enc) == "ck_sandbox":  # the sandbox checks it
+            shop.consumer_key_enc = encrypt(f"ck_{secrets.token_hex(20)}")
+            shop.consumer_secret_enc = encrypt(f"cs_{secrets.token_hex(20)}")
         shop.url, shop.name, shop.active = store_url, shop.name or SAMPLE_STORE_NAME, True
         shop.currency, shop.email = shop.currency or "EUR", shop.email or "hello@sample-store.example"
         secret = decrypt(shop.webhook_secret_enc)

@@ -223,6 +223,23 @@ def woo_store(env: pytest.MonkeyPatch) -> str:
     return WC_URL
 
 
+@pytest.fixture
+def sandbox_key(env: pytest.MonkeyPatch) -> dict[str, str]:
+    """The sample store registered as `encore samples send` does; the query its client signs with."""
+    from sqlalchemy import select
+
+    from encore.crypto import decrypt
+    from encore.store import session_scope
+    from encore.store.models import Shop
+    from encore.tools import sample_store
+    from webhooks.woocommerce import store_domain
+
+    url, _secret = sample_store("http://localhost")
+    with session_scope() as session:
+        shop = session.execute(select(Shop).where(Shop.domain == store_domain(url))).scalar_one()
+        return {"oauth_consumer_key": decrypt(shop.consumer_key_enc)}
+
+
 # ---- signed deliveries -----------------------------------------------------------------------------
 
 def shopify_headers(body: bytes, topic: str, *, secret: str = SHOPIFY_SECRET, shop: str = SHOP,

@@ -67,7 +67,7 @@ def test_loopback_without_a_password_is_not_a_sign_in(client, redis, headers):
     assert "encore admin link" in login.get_data(as_text=True)  # where a newcomer finds the way in
 
 
-def test_only_encores_own_host_names_are_answered(client, redis, env):
+def test_only_encores_own_host_names_are_answered(client, redis, env, sandbox_key):
     env.setenv("APP_URL", "https://encore.example.com")
     reset_settings()
     sign_in(client)
@@ -79,15 +79,16 @@ def test_only_encores_own_host_names_are_answered(client, redis, env):
         assert client.get("/admin/", headers={"Host": host}).status_code == 400, host
         assert client.get("/admin/login", headers={"Host": host}).status_code == 400, host
     assert client.get(access.sign_in_url(""), headers={"Host": "evil.example"}).status_code == 400
-    assert client.get("/sandbox/woocommerce/wp-json/wc/v3/coupons", environ_base=LOCAL,
+    assert client.get("/sandbox/woocommerce/wp-json/wc/v3/coupons", environ_base=LOCAL, query_string=sandbox_key,
                       headers={"Host": "evil.example"}).status_code == 403
 
 
-def test_the_sandbox_refuses_any_forwarded_request(client, redis):
+def test_the_sandbox_refuses_any_forwarded_request(client, redis, sandbox_key):
     base = "/sandbox/woocommerce/wp-json/wc/v3"
-    assert client.get(f"{base}/coupons", environ_base=LOCAL).status_code == 200
+    assert client.get(f"{base}/coupons", environ_base=LOCAL, query_string=sandbox_key).status_code == 200
     for header in ("X-Real-IP", "Via", "X-Forwarded-Proto", "Forwarded", "X-Request-Start"):
-        assert client.get(f"{base}/coupons", environ_base=LOCAL, headers={header: "x"}).status_code == 403, header
+        assert client.get(f"{base}/coupons", environ_base=LOCAL, query_string=sandbox_key,
+                          headers={header: "x"}).status_code == 403, header
 
 
 # ---- one-time sign-in links ------------------------------------------------------------------------
@@ -287,7 +288,7 @@ def test_parse_id_reads_ascii_digits_within_the_store_ids():
         assert parse_id(bad) is None, bad
 
 
-def test_bad_ids_answer_404_or_400_on_sqlite_and_postgresql(db_url, env, redis):
+def test_bad_ids_answer_404_or_400_on_sqlite_and_postgresql(db_url, env, redis, request):
     use_database(env, db_url)
     from webhooks import create_app
 
@@ -323,5 +324,6 @@ def test_bad_ids_answer_404_or_400_on_sqlite_and_postgresql(db_url, env, redis):
     for store in (chr(0xB2), "99999999999999999999999", "-1", "abc"):
         assert client.post("/admin/store", data={"store": store, "csrf": token}).status_code == 302
     assert client.post("/admin/store", data={"store": "a\x00b", "csrf": token}).status_code == 400
-    sandbox = client.get(f"/sandbox/woocommerce/wp-json/wc/v3/customers/{quote(chr(0xB2))}", environ_base=LOCAL)
+    sandbox = client.get(f"/sandbox/woocommerce/wp-json/wc/v3/customers/{quote(chr(0xB2))}", environ_base=LOCAL,
+                         query_string=request.getfixturevalue("sandbox_key"))  # registered in this database
     assert sandbox.status_code == 200 and sandbox.get_json()["id"] == chr(0xB2)

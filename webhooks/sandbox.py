@@ -3,17 +3,22 @@
 `encore samples send` registers a WooCommerce store whose URL is `APP_URL/sandbox/woocommerce`, so
 the flows' discount codes and tags are made here instead of in a real shop: coupons are kept in Redis
 and nothing leaves the machine. It answers requests from this machine only (loopback, no header a
-proxy adds) that name APP_URL's host or localhost.
+proxy adds) that name APP_URL's host or localhost, and carry the sample store's consumer key (random
+per installation, as a real store's is): a proxy on this machine that adds no header can't open it.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from typing import Any
 
-from flask import Blueprint, abort, jsonify, request
+from flask import Blueprint, Request, abort, jsonify, request
+from sqlalchemy import select
 
-from encore.store.models import parse_id, utcnow
+from encore.crypto import decrypt
+from encore.store import session_scope
+from encore.store.models import Shop, parse_id, utcnow
 from webhooks import peers
 
 blueprint = Blueprint("sandbox", __name__, url_prefix="/sandbox/woocommerce/wp-json/wc/v3")
@@ -31,9 +36,22 @@ def _redis() -> Any:
 @blueprint.before_request
 def local_only():  # type: ignore[no-untyped-def]
     """Only this machine may use the sandbox, and only under a name of Encore's (not a rebound one)."""
-    if not peers.from_this_machine(request) or not peers.known_host(request):
+    if not peers.from_this_machine(request) or not peers.known_host(request) or not _sample_store_key(request):
         abort(403)
     return None
+
+
+def _sample_store_key(request: Request) -> bool:
+    """Whether the request carries a sample store's consumer key (basic auth over https, OAuth 1.0a's
+    `oauth_consumer_key` over http, as the WooCommerce client sends it)."""
+    given = (request.authorization.username if request.authorization else None) or \
+        request.args.get("oauth_consumer_key") or request.args.get("consumer_key")
+    if not given:
+        return False
+    with session_scope() as session:
+        keys = session.execute(select(Shop.consumer_key_enc).where(
+            Shop.platform == "woocommerce", Shop.url.like(f"%{PATH}"), Shop.consumer_key_enc.is_not(None))).scalars()
+        return any(hmac.compare_digest(decrypt(key).encode(), given.encode()) for key in keys)
 
 
 def _list(items: list[Any]):  # type: ignore[no-untyped-def]
