@@ -104,12 +104,16 @@ def forget(session: Session, platform: str, shop: str, needles: list[str],
 
 
 def record_rejection(platform: str, reason: str, status: int, detail: str, topic: str | None = None,
-                     shop: str | None = None, remote_addr: str | None = None) -> None:
-    """Remember why a delivery was refused (the newest REJECTED_KEEP, in Redis; no body is kept)."""
+                     shop: str | None = None, remote_addr: str | None = None, delivery_id: str | None = None) -> None:
+    """Remember why a delivery was refused (the newest REJECTED_KEEP, in Redis; no body is kept).
+
+    The platform's delivery id, when there is one, finds the delivery in the platform's own log.
+    """
     from encore.queue import get_redis
 
     entry = {"at": utcnow().isoformat(), "platform": platform, "reason": reason, "status": status,
-             "detail": detail[:300], "topic": topic, "shop": (shop or "")[:255] or None, "remote_addr": remote_addr}
+             "detail": detail[:300], "topic": topic, "shop": (shop or "")[:255] or None, "remote_addr": remote_addr,
+             "delivery_id": (delivery_id or "")[:255] or None}
     try:
         with get_redis().pipeline() as pipe:
             pipe.lpush(REJECTED_KEY, json.dumps(entry))

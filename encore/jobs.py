@@ -6,9 +6,10 @@ import logging
 from typing import Any
 
 import orjson
+from sqlalchemy.exc import DataError
 
 from encore import archive, logs
-from encore.events import Event, EventType, parse_datetime
+from encore.events import MALFORMED_ERRORS, Event, EventType, parse_datetime, problem
 from encore.metrics import EVENTS_PROCESSED, JOB_LATENCY
 from encore.queue import delivery_body, forget_delivery_body
 from encore.store import session_scope
@@ -84,8 +85,12 @@ def _running_jobs(event: Event) -> set[str]:
 def process_delivery(platform: str, data: dict[str, Any]) -> dict[str, Any]:
     """Normalise a queued webhook delivery into canonical events, archive it, and apply each event.
 
-    A delivery the platform's parser rejects is recorded as rejected (admin page, metrics) and not
-    retried: running it again would fail the same way.
+    The receiver ran the same parser before its 200, so a refusal here is rare (a delivery queued
+    before an upgrade, or by a parser changed since). A data error fails the same way on every
+    attempt, so it is recorded as rejected (the admin page's rejected webhooks, the log) and not
+    retried: a delivery the parser refuses, or an event whose values the database refuses (the
+    delivery's other events are still applied). Anything else, such as Redis or the database not
+    answering, fails the job and RQ retries it.
     """
     delivery = Delivery.from_dict(data)
     key = delivery.key or ""
@@ -96,17 +101,32 @@ def process_delivery(platform: str, data: dict[str, Any]) -> dict[str, Any]:
 
     try:
         events = RECEIVERS[platform].parse(delivery, orjson.loads(body), body)
-    except (ValueError, TypeError, KeyError) as exc:
-        archive.record_rejection(platform, "malformed", 400, f"{delivery.topic}: {exc}", delivery.topic, delivery.shop)
-        log.error("delivery could not be normalised", extra={"platform": platform, "topic": delivery.topic,
-                                                             "event_id": key, "error": str(exc)[:300]})
-        forget_delivery_body(key)
-        return {"event": key, "rejected": str(exc)[:300]}
+    except MALFORMED_ERRORS as exc:
+        return _reject(platform, delivery, problem(exc))
     received = parse_datetime(delivery.received_at)
     results = []
     for event in events:
         if received is not None:
             event.received_at = received
-        results.append(_apply(event, (platform, delivery, body)))
+        try:
+            results.append(_apply(event, (platform, delivery, body)))
+        except DataError as exc:  # nothing of this event was kept: its transaction rolled back
+            reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]  # no SQL, no values
+            results.append(_reject(platform, delivery, f"the database refused a value: {reason[:200]}",
+                                   event_id=event.id, forget=False))
     forget_delivery_body(key)
     return results[0] if len(results) == 1 else {"event": key, "results": results}
+
+
+def _reject(platform: str, delivery: Delivery, why: str, *, event_id: str | None = None,
+            forget: bool = True) -> dict[str, Any]:
+    """Record a delivery (or one of its events) the worker can't take, so that it is not retried."""
+    key = delivery.key or ""
+    detail = f"{delivery.topic}: {why}"
+    archive.record_rejection(platform, "malformed", 400, detail, delivery.topic, delivery.shop,
+                             delivery_id=delivery.delivery_id)
+    log.error("delivery could not be normalised", extra={"platform": platform, "topic": delivery.topic,
+                                                         "event_id": event_id or key, "error": why[:300]})
+    if forget:
+        forget_delivery_body(key)
+    return {"event": event_id or key, "rejected": why[:300]}

@@ -166,3 +166,98 @@ def test_event_id_is_a_valid_job_id():
     hashed = event_id("woocommerce", "shop", "order.updated", 727, "2017-03-22T19:30:35")
     assert hashed.startswith("woocommerce-") and len(hashed) == len("woocommerce-") + 40
     assert event_id("shopify", "weird id/with:chars") != "shopify-weird id/with:chars"
+
+
+# ---- what the store can hold ---------------------------------------------------------------------------
+
+def test_a_time_with_no_utc_equivalent_is_refused_not_overflowed():
+    from encore.events import parse_datetime
+
+    with pytest.raises(ValueError, match="out of range"):
+        parse_datetime("0001-01-01T00:00:00+05:00")
+    with pytest.raises(ValueError, match="out of range"):
+        parse_datetime("9999-12-31T23:00:00-05:00")
+    assert parse_datetime("not a date") is None  # junk is still "not told"
+    assert parse_datetime("2026-11-20T10:00:00+05:00") == datetime(2026, 11, 20, 5, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("field", "inside", "outside"), [
+    ("orders_count", 2**31 - 1, 2**31),
+    ("orders_count", 0, -1),
+    ("total_spent", Decimal("999999999999.99"), Decimal("1000000000000")),
+    ("total_spent", Decimal("-999999999999.99"), Decimal("-1000000000000")),
+    ("total_spent", Decimal("0.30000000000000004"), Decimal("1e-999999")),
+    ("created_at", datetime(1900, 1, 1, tzinfo=UTC), datetime(1899, 12, 31, 23, 59, 59, tzinfo=UTC)),
+    ("created_at", datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)),
+    ("birthday", date(1900, 1, 1), date(1899, 12, 31)),
+    ("first_name", "x" * 255, "x" * 256),
+    ("first_name", "Zoë 😀", "Jo\x00hn"),
+    ("id", "9" * 128, "9" * 129),
+])
+def test_customer_values_are_bounded_to_what_the_store_holds(field, inside, outside):
+    from pydantic import ValidationError
+
+    from encore.events import Customer
+
+    assert getattr(Customer(**{field: inside}), field) == inside
+    with pytest.raises(ValidationError):
+        Customer(**{field: outside})
+    customer = Customer()
+    with pytest.raises(ValidationError):  # an assignment is checked too
+        setattr(customer, field, outside)
+
+
+def test_line_item_quantity_fits_64_bits_and_money_is_finite():
+    from pydantic import ValidationError
+
+    from encore.events import LineItem
+
+    assert LineItem(quantity=2**63 - 1).quantity == 2**63 - 1
+    for bad in ({"quantity": 2**63}, {"quantity": int(1e300)}, {"price": Decimal("NaN")},
+                {"price": Decimal("Infinity")}):
+        with pytest.raises(ValidationError):
+            LineItem(**bad)
+
+
+def test_a_guests_key_must_fit_the_ledger_but_a_registered_customers_email_may_be_longer():
+    from pydantic import ValidationError
+
+    from encore.events import Customer
+
+    address = "x" * 150 + "@example.com"
+    assert Customer(id="42", email=address).key == "42"
+    assert Customer(email="x" * 110 + "@example.com").key is not None
+    with pytest.raises(ValidationError, match="can't key the ledger"):
+        Customer(email=address)
+
+
+def test_the_event_models_bounds_are_the_store_columns_widths():
+    """The text bounds of the event model follow the columns they are stored in."""
+    from typing import get_args
+
+    from encore import events as ev
+    from encore.store import models
+
+    def width(model: type[ev.BaseModel], field: str) -> int:
+        info = model.model_fields[field]  # `Key` keeps its bounds in the metadata, `Key | None` in the annotation
+        nested = [meta for arg in get_args(info.annotation) for meta in getattr(arg, "__metadata__", ())]
+        for meta in [*info.metadata, *nested]:
+            if getattr(meta, "max_length", None):
+                return int(meta.max_length)
+        raise AssertionError(f"{model.__name__}.{field} has no bound")
+
+    columns = {
+        (ev.Customer, "id"): models.Customer.platform_id, (ev.Customer, "email"): models.Customer.email,
+        (ev.Customer, "first_name"): models.Customer.first_name, (ev.Customer, "last_name"): models.Customer.last_name,
+        (ev.Customer, "phone"): models.Customer.phone, (ev.Customer, "locale"): models.Customer.locale,
+        (ev.Order, "id"): models.Order.platform_id, (ev.Order, "number"): models.Order.number,
+        (ev.Order, "currency"): models.Order.currency, (ev.Order, "financial_status"): models.Order.financial_status,
+        (ev.Order, "fulfillment_status"): models.Order.fulfillment_status, (ev.Event, "id"): models.EventRecord.id,
+        (ev.Event, "topic"): models.EventRecord.topic, (ev.Event, "platform"): models.EventRecord.platform,
+        (ev.Event, "shop"): models.Shop.domain,
+    }
+    for (model, field), column in columns.items():
+        assert width(model, field) == column.type.length, f"{model.__name__}.{field}"
+    assert ev.KEY_MAX == models.Customer.platform_id.type.length
+    money = models.Customer.total_spent.type
+    assert ev.MONEY_MAX == Decimal(10) ** (money.precision - money.scale) - Decimal(1).scaleb(-money.scale)

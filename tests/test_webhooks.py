@@ -9,6 +9,7 @@ import pytest
 from redis import Redis
 from sqlalchemy import func, select
 
+from encore import archive
 from encore.queue import BODY_PREFIX, EVENTS, queue
 from encore.store import session_scope
 from encore.store.models import Customer, EventRecord, Order
@@ -94,8 +95,96 @@ def _missing_id(platform, body, headers):
     return bad, PLATFORMS[platform]["headers"](bad, PLATFORMS[platform]["topic"]), 400
 
 
+def _bad_source(name: str, value: str):  # type: ignore[no-untyped-def]
+    """A source URL no store can have: an unknown WooCommerce store (401), not a Shopify shop's domain (400)."""
+    def case(platform, body, headers):
+        if platform == "shopify":
+            return body, {**headers, "X-Shopify-Shop-Domain": value}, 400
+        return body, {**headers, "X-WC-Webhook-Source": value}, 401
+    case.__name__ = name
+    return case
+
+
+def _signed_change(name: str, change):  # type: ignore[no-untyped-def]
+    """A signed delivery whose payload `change(platform, data)` altered (it may return another topic)."""
+    def case(platform, body, headers):
+        data = json.loads(body)
+        topic = change(platform, data) or PLATFORMS[platform]["topic"]
+        bad = json.dumps(data).encode()
+        return bad, PLATFORMS[platform]["headers"](bad, topic), 400
+    case.__name__ = name
+    return case
+
+
+def _orders_count(value):  # type: ignore[no-untyped-def]
+    def change(platform, data):
+        if platform == "shopify":
+            data["customer"]["orders_count"] = value
+            return None
+        data.clear()
+        data.update(payload("woocommerce", "customer_created"), orders_count=value)
+        return "customer.created"
+    return change
+
+
+def _quantity(value):  # type: ignore[no-untyped-def]
+    def change(platform, data):
+        data["line_items"][0]["quantity"] = value
+    return change
+
+
+def _created_at(value):  # type: ignore[no-untyped-def]
+    def change(platform, data):
+        data["created_at" if platform == "shopify" else "date_created_gmt"] = value
+    return change
+
+
+def _number_cases():  # type: ignore[no-untyped-def]
+    return [
+        _signed_change("_orders_count_1e300", _orders_count(1e300)),
+        _signed_change("_orders_count_23_digits", _orders_count("99999999999999999999999")),
+        _signed_change("_orders_count_over_int32", _orders_count(2**31)),
+        _signed_change("_orders_count_negative", _orders_count(-1)),
+        _signed_change("_quantity_1e300", _quantity(1e300)),
+        _signed_change("_quantity_over_int64", _quantity(2**63)),
+        _signed_change("_created_at_year_1_east_of_utc", _created_at("0001-01-01T00:00:00+05:00")),
+        _signed_change("_created_at_year_9999_west_of_utc", _created_at("9999-12-31T23:00:00-05:00")),
+        _signed_change("_created_at_year_1", _created_at("0001-01-01T00:00:00Z")),
+        _signed_change("_created_at_year_3000", _created_at("3000-01-01T00:00:00Z")),
+    ]
+
+
+def _total(value):  # type: ignore[no-untyped-def]
+    def change(platform, data):
+        data["total_price" if platform == "shopify" else "total"] = value
+    return change
+
+
+def _field(path: tuple, value):  # type: ignore[no-untyped-def]
+    """Set `path` (Shopify's order path; WooCommerce's is its own) to `value`."""
+    def change(platform, data):
+        target = data
+        keys = path[0] if platform == "shopify" else path[1]
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+    return change
+
+
 BAD_INPUTS = [_missing_signature, _wrong_signature, _tampered_body, _garbage_signature, _empty_body, _not_json,
-              _json_array, _wrong_content_type, _huge_body, _unknown_store, _missing_id]
+              _json_array, _wrong_content_type, _huge_body, _unknown_store, _missing_id,
+              _bad_source("_source_port_out_of_range", "http://a:99999/"),
+              _bad_source("_source_broken_ipv6", "http://[::1"),
+              _bad_source("_source_javascript", "javascript:alert(1)"),
+              *_number_cases(),
+              _signed_change("_total_over_numeric_14_2", _total("1000000000000")),
+              _signed_change("_total_with_a_huge_exponent", _total("1e-999999")),
+              _signed_change("_email_over_its_column", _field((("customer", "email"), ("billing", "email")),
+                                                              "x" * 320 + "@example.com")),
+              _signed_change("_name_with_nul", _field((("customer", "first_name"), ("billing", "first_name")),
+                                                      "Jo\x00hn")),
+              _signed_change("_order_id_over_its_column", _field((("admin_graphql_api_id",), ("id",)), "9" * 129)),
+              _signed_change("_currency_over_its_column", _field((("currency",), ("currency",)), "DOLLARS!!"))]
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
@@ -107,6 +196,8 @@ def test_bad_input_is_rejected_and_nothing_is_queued(platform, case, client, red
     assert response.status_code == expected, response.get_data(as_text=True)
     assert response.is_json and response.get_json()["error"]
     assert queue(EVENTS, redis).count == 0
+    recorded = archive.rejections()  # the admin page's rejected webhooks
+    assert recorded and (recorded[0]["platform"], recorded[0]["status"]) == (platform, expected)
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
@@ -303,20 +394,110 @@ def test_shop_domain_header_must_be_a_myshopify_domain(client, redis: Redis):
     assert SHOP.endswith(".myshopify.com")
 
 
-def test_a_delivery_the_worker_cannot_normalise_is_recorded_and_not_retried(client, redis: Redis, woo_store):
-    from encore import archive
-
+def test_a_value_the_event_model_refuses_is_answered_400_before_anything_is_queued(client, redis: Redis, woo_store):
     data = payload("woocommerce", "order_created")
     data["line_items"][0]["quantity"] = "two"
     body = json.dumps(data).encode()
     response = client.post("/webhooks/woocommerce", data=body, headers=woo_headers(body, "order.created"))
-    assert response.status_code == 200
+    assert response.status_code == 400
+    assert queue(EVENTS, redis).count == 0
+    rejected = archive.rejections()[0]
+    assert (rejected["reason"], rejected["topic"], rejected["status"]) == ("malformed", "order.created", 400)
+
+
+def _queue_as_accepted(platform: str, data: dict, topic: str, key: str) -> None:
+    """Queue a delivery the way the receiver does after its 200, but without its checks (an older version's)."""
+    from encore.queue import enqueue_delivery
+
+    shop = SHOP if platform == "shopify" else "woo.example.com"
+    delivery = {"shop": shop, "topic": topic, "delivery_id": key, "headers": {}, "key": key,
+                "received_at": "2026-11-20T10:00:00+00:00", "http_headers": {}}
+    assert enqueue_delivery(platform, delivery, json.dumps(data).encode(), key)
+
+
+# The values that once passed the receiver and then failed the worker on every retry.
+WORKER_BAD_VALUES = {
+    "orders_count_1e300": _orders_count(1e300),
+    "orders_count_23_digits": _orders_count("99999999999999999999999"),
+    "quantity_1e300": _quantity(1e300),
+    "created_at_year_1_east_of_utc": _created_at("0001-01-01T00:00:00+05:00"),
+    "created_at_year_9999_west_of_utc": _created_at("9999-12-31T23:00:00-05:00"),
+}
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+@pytest.mark.parametrize("value", WORKER_BAD_VALUES)
+def test_a_queued_delivery_the_worker_cannot_take_is_recorded_and_not_retried(platform, value, env, db_url,
+                                                                             redis: Redis):
+    """Data errors are the same on every attempt: the job ends, the rejection is recorded, nothing is applied."""
+    from rq.job import JobStatus
+
+    from tests.conftest import use_database
+
+    use_database(env, db_url)
+    data = payload(platform, PLATFORMS[platform]["fixture"])
+    topic = WORKER_BAD_VALUES[value](platform, data) or PLATFORMS[platform]["topic"]
+    _queue_as_accepted(platform, data, topic, f"{platform}-bad-{value.replace('_', '-')}")
+    good = payload(platform, PLATFORMS[platform]["fixture"])  # the same queue, a delivery the worker can take
+    _queue_as_accepted(platform, good, PLATFORMS[platform]["topic"], f"{platform}-good")
     drain(redis)
-    job = queue(EVENTS, redis).fetch_job(response.get_json()["events"][0])
-    assert job.is_finished and job.return_value()["rejected"]
-    assert archive.rejections()[0]["reason"] == "malformed"
+    job = queue(EVENTS, redis).fetch_job(f"{platform}-bad-{value.replace('_', '-')}")
+    assert job.get_status() == JobStatus.FINISHED and job.retries_left == 5  # never retried
+    assert job.return_value()["rejected"]
+    assert not queue(EVENTS, redis).failed_job_registry.count
+    assert not queue(EVENTS, redis).scheduled_job_registry.count
+    rejected = archive.rejections()[0]
+    assert (rejected["platform"], rejected["reason"], rejected["topic"]) == (platform, "malformed", topic)
+    assert rejected["delivery_id"] == f"{platform}-bad-{value.replace('_', '-')}"
+    assert not redis.exists(BODY_PREFIX + job.id)
     with session_scope() as session:
-        assert session.scalar(select(func.count()).select_from(EventRecord)) == 0
+        ids = session.execute(select(EventRecord.id)).scalars().all()
+    assert ids == [f"{platform}-good"]
+
+
+def test_an_event_the_database_refuses_is_rejected_and_the_deliverys_others_are_applied(env, postgres_url, redis,
+                                                                                      monkeypatch):
+    """A value the event model let through but PostgreSQL refuses (DataError) is not retried either."""
+    if postgres_url is None:
+        pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432")
+    from tests.conftest import _truncate_postgres, use_database
+    from webhooks import RECEIVERS
+
+    _truncate_postgres(postgres_url)
+    use_database(env, postgres_url)
+    receiver = RECEIVERS["shopify"]
+    parse = receiver.parse
+
+    def two_events(delivery, payload_, body):  # type: ignore[no-untyped-def]
+        good = parse(delivery, payload_, body)[0]
+        bad = good.model_copy(update={"id": good.id + "-2"})
+        bad.order = bad.order.model_construct(**{**dict(bad.order), "number": "9" * 65})  # wider than its column
+        return [bad, good]
+
+    monkeypatch.setattr(receiver, "parse", two_events)
+    _queue_as_accepted("shopify", payload("shopify", "orders_create"), "orders/create", "shopify-two")
+    drain(redis)
+    job = queue(EVENTS, redis).fetch_job("shopify-two")
+    assert job.is_finished and job.retries_left == 5
+    results = job.return_value()["results"]
+    assert "value too long" in results[0]["rejected"] and results[1]["new"] is True
+    assert archive.rejections()[0]["detail"].startswith("orders/create: the database refused a value")
+    with session_scope() as session:
+        assert session.execute(select(EventRecord.id)).scalars().all() == ["shopify-two"]
+        assert session.execute(select(Order.number)).scalars().all() == ["1234"]
+
+
+def test_a_database_that_does_not_answer_is_retried(env, redis: Redis):
+    """Not a data error: the job fails and RQ schedules its retry, the body kept for it."""
+    from tests.conftest import use_database
+
+    use_database(env, "postgresql+psycopg://postgres@127.0.0.1:1/encore?connect_timeout=1")
+    _queue_as_accepted("shopify", payload("shopify", "orders_create"), "orders/create", "shopify-later")
+    drain(redis)
+    job = queue(EVENTS, redis).fetch_job("shopify-later")
+    assert job.get_status() == "scheduled" and job.retries_left == 4
+    assert redis.exists(BODY_PREFIX + job.id)
+    assert archive.rejections() == []
 
 
 def test_a_queued_delivery_is_the_job_rq_itself_would_write(redis: Redis):

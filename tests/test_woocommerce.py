@@ -131,10 +131,19 @@ def test_stores_add_with_wrong_keys_fails_clearly_and_saves_nothing(env):
         assert session.execute(select(Shop)).scalars().all() == []
 
 
-def test_stores_add_rejects_a_non_url(env):
-    result = CliRunner().invoke(main, ["stores", "add", "woocommerce", "not a url", "--consumer-key", "k",
+@pytest.mark.parametrize("url", ["not a url", "http://a:99999/", "http://[::1", "javascript:alert(1)"])
+def test_stores_add_rejects_a_non_url(env, url):
+    result = CliRunner().invoke(main, ["stores", "add", "woocommerce", url, "--consumer-key", "k",
                                        "--consumer-secret", "s", "--no-verify"])
     assert result.exit_code == 2 and "not a store URL" in result.output
+
+
+@pytest.mark.parametrize("source", ["http://a:99999/", "http://[::1", "javascript:alert(1)", "https://", "file:///x"])
+def test_a_source_that_is_not_a_store_url_has_no_domain(source):
+    from webhooks.woocommerce import store_domain
+
+    assert store_domain(source) == ""
+    assert store_domain("HTTPS://Woo.Example.com:8443/shop/") == "woo.example.com:8443/shop"
 
 
 # ---- coupons ----------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from encore import archive
-from encore.events import Event
+from encore.events import MALFORMED_ERRORS, Event, problem
 from encore.queue import enqueue_delivery
 from encore.settings import get_settings
 from encore.store.models import utcnow
@@ -83,7 +83,11 @@ class Receiver(Protocol):
         """
 
     def parse(self, delivery: Delivery, payload: Any, body: bytes) -> list[Event]:
-        """Canonical events for a verified payload (in the worker); [] for topics Encore does not handle."""
+        """Canonical events for a verified payload; [] for topics Encore does not handle.
+
+        Run by the receiver to check a delivery before the 200, then by the worker. Raises one of
+        `encore.events.MALFORMED_ERRORS` for a payload it can't take (answered 400).
+        """
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -134,10 +138,12 @@ def parse_json(req: Request, body: bytes) -> Any:
 def receive(receiver: Receiver):  # type: ignore[no-untyped-def]
     """The Flask view body shared by every platform's receiver.
 
-    It does the least that makes a delivery safe to acknowledge: size, signature, JSON, the fields
-    the event key needs. The raw body and the delivery go to Redis in one transaction with the RQ
-    job; the worker normalises them (`encore.jobs.process_delivery`), so a 200 costs little more
-    than the signature check and two Redis round trips.
+    It does the least that makes a delivery safe to acknowledge: size, signature, JSON, the event
+    key, and a trial run of the platform's `parse`, so that a value the event model refuses (out of
+    range for the store, of the wrong type) is answered 400 now rather than failing in the worker
+    after a 200. The raw body and the delivery go to Redis in one transaction with the RQ job; the
+    worker normalises them again (`encore.jobs.process_delivery`), so a 200 costs little more than
+    the signature check, the parse (about 0.05 ms of CPU for a 15 KB order) and two Redis round trips.
     """
     platform = receiver.platform
     delivery: Delivery | None = None
@@ -150,12 +156,16 @@ def receive(receiver: Receiver):  # type: ignore[no-untyped-def]
         payload = parse_json(request, body)
         try:
             key = receiver.key(delivery, payload, body)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise Rejected(400, "malformed", f"{delivery.topic}: {exc}") from exc
+            if key is not None:  # normalised now only to be checked: the worker's run of it must not fail
+                delivery.key = key
+                receiver.parse(delivery, payload, body)
+        except MALFORMED_ERRORS as exc:
+            raise Rejected(400, "malformed", f"{delivery.topic}: {problem(exc)}") from exc
     except Rejected as exc:
         metrics.received(platform, exc.reason)
         archive.record_rejection(platform, exc.reason, exc.status, exc.detail, delivery.topic if delivery else None,
-                                 delivery.shop if delivery else None, request.remote_addr)
+                                 delivery.shop if delivery else None, request.remote_addr,
+                                 delivery.delivery_id if delivery else None)
         log.warning("webhook rejected", extra={"platform": platform, "reason": exc.reason, "status": exc.status,
                                                "detail": exc.detail[:300],
                                                "topic": delivery.topic if delivery else None})
@@ -166,7 +176,6 @@ def receive(receiver: Receiver):  # type: ignore[no-untyped-def]
         log.info("webhook topic not handled", extra={"platform": platform, "topic": delivery.topic,
                                                      "delivery_id": delivery.delivery_id})
         return jsonify(status="ignored", topic=delivery.topic), 200
-    delivery.key = key
     delivery.received_at = utcnow().isoformat()
     delivery.http_headers = archive.safe_headers(request.headers.items())
     try:

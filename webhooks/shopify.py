@@ -13,15 +13,20 @@ import re
 from typing import Any
 
 from flask import Request
+from pydantic import ConfigDict, TypeAdapter
 
 from encore.events import (
     Checkout,
+    Code,
     Customer,
     Event,
     EventType,
     LineItem,
     Order,
+    array,
     event_id,
+    integer,
+    mapping,
     parse_date,
     parse_datetime,
     parse_decimal,
@@ -66,7 +71,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "checkouts/update": ("token", "id"),
 }
 
-SHOP_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]*\.myshopify\.com$")
+# The data request's id is kept with the export it asks for (`data_exports.request_id`, 64 characters).
+_REQUEST_ID = TypeAdapter(Code | None, config=ConfigDict(title="data_request.id"))
+SHOP_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]{0,229}\.myshopify\.com$")  # at most 255 characters, as stored
 CONSENT_STATES = {"subscribed": True, "not_subscribed": False, "unsubscribed": False, "redacted": False,
                   "pending": False, "invalid": False}
 
@@ -136,8 +143,8 @@ class ShopifyReceiver:
             event.customer = consent_customer(payload)
         elif kind == EventType.CUSTOMER_PURCHASING_SUMMARY:
             event.customer = Customer(id=_id(payload.get("customerId")) or _require_id(None, "customerId"),
-                                      orders_count=_int(payload.get("numberOfOrders")),
-                                      total_spent=parse_decimal((payload.get("amountSpent") or {}).get("amount")),
+                                      orders_count=integer(payload.get("numberOfOrders")),
+                                      total_spent=parse_decimal(mapping(payload.get("amountSpent")).get("amount")),
                                       updated_at=parse_datetime(payload.get("occurredAt")))
         elif kind in (EventType.CUSTOMER_CREATED, EventType.CUSTOMER_UPDATED, EventType.CUSTOMER_DELETED):
             event.customer = customer(payload)
@@ -145,11 +152,11 @@ class ShopifyReceiver:
             event.checkout = checkout(payload)
             event.customer = checkout_customer(payload)
         elif kind in (EventType.CUSTOMER_REDACT, EventType.CUSTOMER_DATA_REQUEST):
-            event.customer = customer(payload.get("customer") or {})
-            event.data["orders_to_redact"] = [_id(o) for o in payload.get("orders_to_redact") or []]
-            event.data["orders_requested"] = [_id(o) for o in payload.get("orders_requested") or []]
+            event.customer = customer(mapping(payload.get("customer")))
+            event.data["orders_to_redact"] = [_id(o) for o in array(payload.get("orders_to_redact"))]
+            event.data["orders_requested"] = [_id(o) for o in array(payload.get("orders_requested"))]
             if isinstance(payload.get("data_request"), dict):
-                event.data["data_request_id"] = _id(payload["data_request"].get("id"))
+                event.data["data_request_id"] = _REQUEST_ID.validate_python(_id(payload["data_request"].get("id")))
         return [event]
 
 
@@ -188,13 +195,6 @@ def _require_id(value: str | None, name: str) -> str:
     return value
 
 
-def _int(value: Any) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
 def _tags(value: Any) -> list[str] | None:
     if value is None:
         return None
@@ -221,7 +221,7 @@ def customer(obj: dict[str, Any]) -> Customer:
         last_name=text(obj.get("last_name")), phone=text(obj.get("phone")), email_consent=consent,
         consent_updated_at=consent_at, tags=_tags(obj.get("tags")), locale=text(obj.get("locale")),
         has_account=(obj["state"] == "enabled") if isinstance(obj.get("state"), str) else None,
-        orders_count=_int(obj.get("orders_count")), total_spent=parse_decimal(obj.get("total_spent")),
+        orders_count=integer(obj.get("orders_count")), total_spent=parse_decimal(obj.get("total_spent")),
         created_at=parse_datetime(obj.get("created_at")), updated_at=parse_datetime(obj.get("updated_at")),
         birthday=parse_date(obj.get("birthday")),
     )
@@ -253,18 +253,18 @@ def consent_customer(payload: dict[str, Any]) -> Customer:
 
 def _line_items(items: Any) -> list[LineItem]:
     result = []
-    for item in items or []:
+    for item in array(items):
         if not isinstance(item, dict):
             continue
         result.append(LineItem(product_id=_id(item.get("product_id")), variant_id=_id(item.get("variant_id")),
                                sku=text(item.get("sku")), title=text(item.get("title") or item.get("name")) or "",
-                               quantity=_int(item.get("quantity")) or 1, price=parse_decimal(item.get("price"))))
+                               quantity=integer(item.get("quantity")) or 1, price=parse_decimal(item.get("price"))))
     return result
 
 
 def order(payload: dict[str, Any]) -> Order:
     """An order from an `orders/*` payload."""
-    codes = [str(d.get("code")) for d in payload.get("discount_codes") or [] if isinstance(d, dict) and d.get("code")]
+    codes = [str(d.get("code")) for d in array(payload.get("discount_codes")) if isinstance(d, dict) and d.get("code")]
     return Order(
         id=_require_id(_exact_id(payload), "id"), number=text(payload.get("order_number") or payload.get("name")),
         created_at=parse_datetime(payload.get("created_at")), updated_at=parse_datetime(payload.get("updated_at")),

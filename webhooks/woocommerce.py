@@ -21,7 +21,10 @@ from encore.events import (
     EventType,
     LineItem,
     Order,
+    array,
     event_id,
+    integer,
+    mapping,
     parse_date,
     parse_datetime,
     parse_decimal,
@@ -54,12 +57,21 @@ PING = re.compile(rb"^webhook_id=\d+$")
 
 
 def store_domain(url: str) -> str:
-    """The key a WooCommerce store is registered under: host and path, lower-case, no scheme or slash."""
+    """The key a WooCommerce store is registered under: host and path, lower-case, no scheme or slash.
+
+    "" for text that is not a URL with a host (a port out of range, a broken IPv6 address,
+    `javascript:…`): no store is registered under "", so such a source is an unknown store.
+    """
     raw = url.strip()
-    parts = urlsplit(raw if "://" in raw else "//" + raw)
-    host = (parts.hostname or "").lower()
-    if parts.port and parts.port not in (80, 443):
-        host = f"{host}:{parts.port}"
+    try:
+        parts = urlsplit(raw if "://" in raw else "//" + raw)
+        host, port = (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        return ""
+    if not host:
+        return ""
+    if port and port not in (80, 443):
+        host = f"{host}:{port}"
     return (host + parts.path.rstrip("/")).rstrip("/")
 
 
@@ -80,6 +92,8 @@ class WooCommerceReceiver:
         if not signature:
             raise Rejected(401, "missing_signature", "X-WC-Webhook-Signature is missing")
         domain = store_domain(source)
+        if not domain:
+            raise Rejected(401, "unknown_store", "X-WC-Webhook-Source is not a store's URL")
         secrets = lookup(platform, domain)
         if secrets is None:
             raise Rejected(401, "unknown_store", f"no WooCommerce store registered for {domain}")
@@ -143,7 +157,7 @@ def _id(value: Any) -> str | None:
 
 
 def _meta(payload: dict[str, Any], key: str) -> Any:
-    for item in payload.get("meta_data") or []:
+    for item in array(payload.get("meta_data")):
         if isinstance(item, dict) and item.get("key") == key:
             return item.get("value")
     return None
@@ -152,7 +166,7 @@ def _meta(payload: dict[str, Any], key: str) -> Any:
 def customer(payload: dict[str, Any]) -> Customer:
     """A customer from a customer payload; birthday and consent come from configurable meta keys."""
     settings = get_settings()
-    billing: dict[str, Any] = payload["billing"] if isinstance(payload.get("billing"), dict) else {}
+    billing = mapping(payload.get("billing"))
     consent_raw = _meta(payload, settings.WOOCOMMERCE_CONSENT_META)
     modified = parse_datetime(payload.get("date_modified_gmt"))
     return Customer(
@@ -163,7 +177,7 @@ def customer(payload: dict[str, Any]) -> Customer:
         email_consent=None if consent_raw is None else truthy(consent_raw),
         consent_updated_at=modified if consent_raw is not None else None,
         has_account=True if _id(payload.get("id")) else None,
-        orders_count=int(payload["orders_count"]) if str(payload.get("orders_count", "")).isdigit() else None,
+        orders_count=integer(payload.get("orders_count")),
         total_spent=parse_decimal(payload.get("total_spent")),
         created_at=parse_datetime(payload.get("date_created_gmt")), updated_at=modified,
     )
@@ -171,7 +185,7 @@ def customer(payload: dict[str, Any]) -> Customer:
 
 def order_customer(payload: dict[str, Any]) -> Customer | None:
     """The order's customer: a registered one by `customer_id`, a guest by the billing email."""
-    billing: dict[str, Any] = payload["billing"] if isinstance(payload.get("billing"), dict) else {}
+    billing = mapping(payload.get("billing"))
     cid, email = _id(payload.get("customer_id")), text(billing.get("email"))
     if not cid and not email:
         return None
@@ -189,13 +203,13 @@ def order(payload: dict[str, Any]) -> Order:
     items = [LineItem(product_id=_id(i.get("product_id")), variant_id=_id(i.get("variation_id")),
                       sku=text(i.get("sku")), title=text(i.get("name")) or "", quantity=int(i.get("quantity") or 1),
                       price=parse_decimal(i.get("price")))
-             for i in payload.get("line_items") or [] if isinstance(i, dict)]
+             for i in array(payload.get("line_items")) if isinstance(i, dict)]
     modified = parse_datetime(payload.get("date_modified_gmt"))
     return Order(
         id=oid, number=text(payload.get("number")), created_at=parse_datetime(payload.get("date_created_gmt")),
         updated_at=modified, total=parse_decimal(payload.get("total")), currency=text(payload.get("currency")),
         line_items=items,
-        discount_codes=[str(c["code"]) for c in payload.get("coupon_lines") or []
+        discount_codes=[str(c["code"]) for c in array(payload.get("coupon_lines"))
                         if isinstance(c, dict) and c.get("code")],
         financial_status=status, fulfillment_status="fulfilled" if status == "completed" else None,
         cancelled_at=modified if status in ("cancelled", "trash") else None,

@@ -406,7 +406,8 @@ def recompute(session: Session, customer: Customer, changed: Order | None = None
             if changed.placed_at is not None:
                 first = min(first, changed.placed_at) if first is not None else changed.placed_at
                 last = max(last, changed.placed_at) if last is not None else changed.placed_at
-    total = Decimal(str(total)).quantize(Decimal("0.01"))
+    # The sum of amounts that each fit the Money column may not: a lifetime over it is kept at its largest.
+    total = min(max(Decimal(str(total)), -ev.MONEY_MAX), ev.MONEY_MAX).quantize(Decimal("0.01"))
     _stage_changed(session, customer, {
         "orders_count": max(count, customer.reported_orders_count or 0),
         "total_spent": max(total, customer.reported_total_spent or Decimal("0")),
