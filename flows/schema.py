@@ -229,7 +229,10 @@ class TagCustomerStep(_Step):
 
 
 class Http(_Model):
-    """POST JSON to a URL (string values are templates); the request carries an Idempotency-Key header."""
+    """POST JSON to a URL (string values are templates); the request carries an Idempotency-Key header.
+
+    Only a public address is reached (HTTP_STEP_ALLOW_HOSTS lists others); a redirect is not followed.
+    """
 
     url: str = Field(pattern=r"^https?://")
     json_: dict[str, Any] = Field(default_factory=dict, alias="json")
