@@ -286,8 +286,10 @@ def test_a_broken_template_is_shown_not_a_500(client, redis, env, tmp_path):
 
     render.reset()
     page = client.get("/admin/preview?flow=welcome", environ_base=LOCAL)
+    frame = client.get("/admin/preview/email?flow=welcome", environ_base=LOCAL)  # what the page's frames load
     render.reset()
     assert page.status_code == 200 and "ZeroDivisionError" in page.get_data(as_text=True)
+    assert frame.status_code == 422 and "ZeroDivisionError" in frame.get_data(as_text=True)
 
 
 def test_a_template_that_cannot_load_is_reported_on_the_flows_page_and_its_flow_skipped(client, redis, env, tmp_path):

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, g, redirect, render_template, request, session, url_for
+from markupsafe import escape
 from redis.exceptions import RedisError
 from sqlalchemy import func, or_, select
 from werkzeug.routing import BaseConverter, ValidationError
@@ -696,22 +697,31 @@ def preview():  # type: ignore[no-untyped-def]
         return render_template("admin/preview.html", choices=choices, flow=None, rendered=[], selected=None,
                                widths=WIDTHS, customer_id=None, error=None)
     customer_id = _customer_arg()
-    error = None
+    flow_file, rendered, selected, error = _render_preview(flow_key, customer_id)
+    return render_template("admin/preview.html", choices=choices, flow=flow_file, flow_key=flow_key,
+                           rendered=rendered, selected=selected, widths=WIDTHS, customer_id=customer_id, error=error)
+
+
+def _render_preview(flow_key: str, customer_id: int | None) -> tuple[Any, list[Any], Any, str | None]:
+    """`render_preview` for the request's step, with the error a template raised (shown to the marketer,
+    never a 500) as the last item."""
     try:
-        flow_file, rendered, selected = render_preview(flow_key, request.args.get("step"), customer_id)
-    except Exception as exc:  # a template error is shown to the marketer, not a 500
+        return (*render_preview(flow_key, request.args.get("step"), customer_id), None)
+    except Exception as exc:
         if getattr(exc, "code", None) == 404:
             raise
         log.warning("preview failed", extra={"flow": flow_key, "error": str(exc)[:300]})
-        flow_file, rendered, selected, error = None, [], None, f"{type(exc).__name__}: {exc}"
-    return render_template("admin/preview.html", choices=choices, flow=flow_file, flow_key=flow_key,
-                           rendered=rendered, selected=selected, widths=WIDTHS, customer_id=customer_id, error=error)
+        return None, [], None, f"{type(exc).__name__}: {exc}"
 
 
 @blueprint.get("/preview/email")
 def preview_email():  # type: ignore[no-untyped-def]
     """The rendered HTML of one email (shown in the preview's frames; scripts never run there)."""
-    _, _, selected = render_preview(request.args.get("flow", ""), request.args.get("step"), _customer_arg())
+    _, _, selected, error = _render_preview(request.args.get("flow", ""), _customer_arg())
+    if error is not None:
+        return Response(f"<p>This email can't be rendered: {escape(error)}</p>", status=422,
+                        content_type="text/html; charset=utf-8",
+                        headers={"Content-Security-Policy": "script-src 'none'; frame-ancestors 'self'"})
     if selected is None:
         abort(404, "this flow sends no email")
     response = Response(selected.html, content_type="text/html; charset=utf-8")
