@@ -228,6 +228,10 @@ class TagCustomerStep(_Step):
     tag_customer: Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_tags), Field(min_length=1)]
 
 
+_HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110's field name
+_LINE_BREAK = re.compile(r"[\r\n\x00]")
+
+
 class Http(_Model):
     """POST JSON to a URL (string values are templates); the request carries an Idempotency-Key header.
 
@@ -238,6 +242,17 @@ class Http(_Model):
     json_: dict[str, Any] = Field(default_factory=dict, alias="json")
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: float = Field(10, gt=0, le=60)
+
+    @field_validator("headers")
+    @classmethod
+    def _header_lines(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not _HTTP_TOKEN.fullmatch(name):
+                raise PydanticCustomError("bad_header", "'{name}' is not an HTTP header name", {"name": name})
+            if _LINE_BREAK.search(value):
+                raise PydanticCustomError("bad_header", "the value of header '{name}' has a line break or a NUL",
+                                          {"name": name})
+        return headers
 
 
 class HttpStep(_Step):

@@ -320,3 +320,18 @@ def test_an_http_step_to_this_machine_is_a_lint_warning_unless_listed(env: pytes
     assert CliRunner().invoke(main, ["flows", "lint", str(path)]).stdout == ""
     path = write(tmp_path / "flows", "crm", text.format(host="hooks.example.com"))
     assert CliRunner().invoke(main, ["flows", "lint", str(path)]).stdout == ""  # a name: judged when resolved
+
+
+def test_an_http_step_header_that_would_split_the_request_is_a_lint_error(tmp_path: Path) -> None:
+    text = ('name: x\ntrigger:\n  event: order.placed\nsteps:\n  - http:\n      url: https://hooks.example.com/\n'
+            '      headers:\n        {header}\n')
+    for header, message in (('X-Token: "a\\r\\nX-Injected: 1"', "the value of header 'X-Token' has a line break"),
+                            ('"X Bad": "1"', "'X Bad' is not an HTTP header name"),
+                            ('"X-Nul": "a\\0b"', "the value of header 'X-Nul' has a line break or a NUL")):
+        path = write(tmp_path / "flows", "crm", text.format(header=header))
+        result = CliRunner().invoke(main, ["flows", "lint", str(path)])
+        assert result.exit_code == 1, result.output
+        assert f"{path}:" in result.output and message in result.output, result.output
+        assert "Traceback" not in result.output
+    path = write(tmp_path / "flows", "crm", text.format(header='X-Token: "{{ shop.domain }}"'))
+    assert CliRunner().invoke(main, ["flows", "lint", str(path)]).exit_code == 0
