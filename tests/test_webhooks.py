@@ -522,3 +522,25 @@ def test_a_queued_delivery_is_the_job_rq_itself_would_write(redis: Redis):
     assert (job.timeout, job.result_ttl, job.failure_ttl, job.description) == (
         model.timeout, RESULT_TTL, FAILURE_TTL, "shopify orders/create")
     assert abs((job.enqueued_at - model.enqueued_at).total_seconds()) < 60
+
+
+def test_a_redaction_naming_hundreds_of_orders_is_applied(env, db_url, client, redis: Redis):
+    """Each order id is a few text filters; hundreds of them in one OR are deeper than SQLite parses."""
+    from tests.conftest import use_database
+
+    use_database(env, db_url)
+    order = json.dumps(payload("shopify", "orders_create")).encode()
+    placed = client.post("/webhooks/shopify", data=order, headers=shopify_headers(order, "orders/create"))
+    assert placed.status_code == 200
+    data = payload("shopify", "customers_redact")
+    data["customer"] = {"id": 115310627314723954, "email": "john@example.com", "phone": None}
+    data["orders_to_redact"] = list(range(1000, 1300)) + [820982911946154508]
+    body = json.dumps(data).encode()
+    response = client.post("/webhooks/shopify", data=body, headers=shopify_headers(body, "customers/redact"))
+    assert response.status_code == 200
+    drain(redis)
+    job = queue(EVENTS, redis).fetch_job(response.get_json()["events"][0])
+    assert job.is_finished, job.latest_result().exc_string if job.latest_result() else job.get_status()
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Order)) == 0
+        assert session.scalar(select(func.count()).select_from(Customer)) == 0

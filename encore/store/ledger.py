@@ -472,20 +472,24 @@ def redact_customer(session: Session, shop: Shop, event: ev.Event) -> Person:
 
 def _unlinked_events_naming(session: Session, shop: Shop, person: Person) -> list[str]:
     """Events of the shop linked to no customer that still name the person (a refund of their order, say)."""
+    from encore.archive import NEEDLES_PER_QUERY
+
     needles = person.needles()
-    if not needles:
-        return []
     text = func.lower(cast(EventRecord.payload, String))
-    found = []
-    for event_id, payload in session.execute(select(EventRecord.id, EventRecord.payload).where(
-            EventRecord.shop_id == shop.id, EventRecord.customer_id.is_(None),
-            or_(*(text.contains(needle, autoescape=True) for needle in needles)))):
-        try:
-            named = person.named_by(ev.Event.from_dict(payload))
-        except ValueError:
-            named = person.named_in(json.dumps(payload))
-        if named:
-            found.append(event_id)
+    found, seen = [], set()
+    for start in range(0, len(needles), NEEDLES_PER_QUERY):
+        for event_id, payload in session.execute(select(EventRecord.id, EventRecord.payload).where(
+                EventRecord.shop_id == shop.id, EventRecord.customer_id.is_(None),
+                or_(*(text.contains(needle, autoescape=True) for needle in needles[start:start + NEEDLES_PER_QUERY])))):
+            if event_id in seen:
+                continue
+            seen.add(event_id)
+            try:
+                named = person.named_by(ev.Event.from_dict(payload))
+            except ValueError:
+                named = person.named_in(json.dumps(payload))
+            if named:
+                found.append(event_id)
     return found
 
 
