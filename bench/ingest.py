@@ -14,11 +14,11 @@ answer was 200, the events queue holds exactly N jobs, the ratio is >= 0.5 and i
 It also prints the CPU the gunicorn workers (and Redis) spent per request, read from /proc and
 Redis INFO: steadier than req/s on a machine shared with other work, and it shows where time goes.
 
-Gunicorn settings (the same for both): `--worker-class sync --workers 4`, two worker processes per
-core of a 2-core machine, so one worker's Redis round trips overlap another's CPU work. The ingest
-is CPU-bound Python, so threads (gthread) only add GIL contention: of sync 2/4/8 and gthread 2x4,
-4x2, 4x4, 2x8 tried there, sync 2 and 4 gave the most ingest throughput and sync 4 the lowest p99.
-Override with `--worker-class`, `--workers` and `--threads` to try others on another machine.
+Gunicorn settings (the same for both): the web process's own, as the Procfile starts it
+(`--config python:webhooks.server --workers 4`: gthread workers with 32 threads and a read timeout,
+so that slow clients can't starve the receivers; see bench/slow_clients.py). Override with
+`--worker-class`, `--workers` and `--threads` to compare others (`--worker-class sync` was the
+setting before; on this machine sync and gthread gave about the same ingest throughput).
 Exit status 1 when a check fails.
 """
 
@@ -82,6 +82,10 @@ def redis_cpu(connection: Redis) -> float:
 
 def gunicorn_options(args: argparse.Namespace) -> list[str]:
     """The gunicorn settings both servers run with."""
+    if args.worker_class is None:
+        from webhooks.server import gunicorn_options as web_process
+
+        return [*web_process(args.workers), "--backlog", "2048", "--log-level", "warning"]
     return ["--worker-class", args.worker_class, "--workers", str(args.workers), "--threads", str(args.threads),
             "--backlog", "2048", "--log-level", "warning"]
 
@@ -175,7 +179,8 @@ def run(args: argparse.Namespace) -> dict:
         env = base_env | {"REDIS_URL": redis_url, "DATABASE_URL": database, "SHOPIFY_API_SECRET": SECRET,
                           "SECRET_KEY": "bench-secret-key", "ENCORE_DATA_DIR": str(cwd / "data"),
                           "EMAIL_URL": f"file://{cwd / 'outbox'}", "PYTHONPATH": str(ROOT)}
-        with gunicorn("_bare:create_app()", [*options, "--pythonpath", str(BENCH)], base_env, cwd,
+        bare_env = base_env | {"PYTHONPATH": str(ROOT)}  # for the web process's gunicorn settings
+        with gunicorn("_bare:create_app()", [*options, "--pythonpath", str(BENCH)], bare_env, cwd,
                       cwd / "bare.log") as (bare_port, bare_pid), \
                 gunicorn("webhooks:create_app()", options, env, cwd, cwd / "ingest.log") as (ingest_port, ingest_pid):
             load(bare_port, args.warmup, args.concurrency)
@@ -230,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="client threads (16)")
     parser.add_argument("--warmup", type=int, default=500, help="deliveries sent to each before measuring (500)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating chunks the load is split into (5)")
-    parser.add_argument("--worker-class", default="sync", help="gunicorn worker class (sync)")
+    parser.add_argument("--worker-class", default=None, help="gunicorn worker class (the web process's own)")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes (4)")
     parser.add_argument("--threads", type=int, default=1, help="threads per worker, for gthread (1)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
