@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from encore.store import session_scope
-from flows import dates, engine
+from flows import dates
 from flows.models import FlowRun
 from tests.conftest import drain, payload, shopify_headers
 from tests.flows.helpers import FakeConnector, outbox, walk_to
@@ -55,17 +55,15 @@ def test_first_order_webhook_delivered_twice_thanks_once_then_checks_in(shop_flo
     assert len(subjects) == 2 and subjects[0].startswith("How is your order #")
 
 
-def test_customer_created_without_consent_shows_a_suppressed_welcome(shop_flows, redis, tmp_path: Path) -> None:
+def test_customer_created_without_consent_starts_no_welcome(shop_flows, redis, tmp_path: Path) -> None:
+    """Shopify's example customer has no marketing consent: the welcome's conditions keep its run from starting."""
+    from encore.store.models import Customer
+
+    assert "email_marketing_consent" not in payload("shopify", "customers_create")
     deliver(shop_flows, "customers/create", "customers_create", "w-9")
     drain(redis)
     with session_scope() as session:
-        run = session.execute(select(FlowRun).where(FlowRun.flow_key == "welcome")).scalar_one_or_none()
-        lines = [(t.kind, t.detail) for t in engine.trace_of(session, run.id)] if run else []
-    data = payload("shopify", "customers_create")
-    consent = (data.get("email_marketing_consent") or {}).get("state") == "subscribed"
-    if consent:
-        assert run is not None and run.status in ("done", "waiting")
-    else:
-        assert outbox(tmp_path) == []
-        if run is not None:  # a customer with orders does not meet the welcome's conditions: no run at all
-            assert ("suppressed", {"reason": "no consent"}) in lines
+        (person,) = session.execute(select(Customer)).scalars().all()
+        assert (person.email, person.email_consent) == ("bob@biller.com", None)  # applied; consent never given
+        assert session.execute(select(FlowRun)).scalars().all() == []
+    assert outbox(tmp_path) == []

@@ -133,6 +133,21 @@ def test_callback_stores_the_token_encrypted_and_subscribes_webhooks(client, sho
         assert session.execute(select(OAuthState)).scalars().all() == []
 
 
+def test_the_install_signs_the_browser_in_as_that_shop(client, shopify_api):
+    """After the callback the browser sees its shop's admin pages, framed by Shopify only; the cookie names a
+    session kept in Redis, nothing more."""
+    from webhooks.admin import SESSION_KEY
+
+    state = _install(client)
+    assert client.get("/admin/customers").status_code == 302  # not signed in before
+    assert client.get("/shopify/callback?" + urlencode(_callback_params(state))).status_code == 200
+    page = client.get("/admin/customers")
+    assert page.status_code == 200
+    assert page.headers["Content-Security-Policy"] == f"frame-ancestors https://{SHOP} https://admin.shopify.com"
+    with client.session_transaction() as session:
+        assert set(session[SESSION_KEY]) == {"sid"}
+
+
 def test_replayed_state_is_refused(client, shopify_api):
     state = _install(client)
     params = _callback_params(state)
@@ -150,7 +165,7 @@ def test_forged_hmac_is_refused_and_leaves_the_state_usable(client, shopify_api)
     assert client.get("/shopify/callback?" + urlencode(forged)).status_code == 401
     missing = {k: v for k, v in params.items() if k != "hmac"}
     assert client.get("/shopify/callback?" + urlencode(missing)).status_code == 401
-    assert shopify_api.calls == [] or all(not c.request.url.endswith("/access_token") for c in shopify_api.calls)
+    assert not any(c.request.url.endswith("/access_token") for c in shopify_api.calls)
     assert _shops() == []
     assert client.get("/shopify/callback?" + urlencode(params)).status_code == 200  # the real one still works
 

@@ -34,8 +34,20 @@ def test_migrations_match_the_models(db_url):
 
 
 def test_migrate_is_idempotent(db_url):
+    """Migrating a database already at head again leaves it at head, with its rows and the models' schema."""
+    from encore.health import revisions
+
+    with session_scope(db_url) as session:
+        session.add(Shop(platform="shopify", domain="kept.myshopify.com"))
     migrate(db_url)
     migrate(db_url)
+    current, heads = revisions(db_url)
+    assert current == heads and len(heads) == 1
+    with session_scope(db_url) as session:
+        assert session.execute(select(Shop.domain)).scalars().all() == ["kept.myshopify.com"]
+    _load_room_models()
+    with get_engine(db_url).connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
 
 
 def test_tokens_are_stored_encrypted_and_need_the_key():
