@@ -404,20 +404,54 @@ def test_metrics_count_emails_and_platform_errors(client, redis, woo_store):
     assert f'encore_webhooks_total{{outcome="queued",platform="woocommerce"}} {queued_before + 5}' in text
 
 
-def test_run_id_is_on_every_log_line_of_a_run(monkeypatch, caplog):
+ASK_THE_STORE = """
+name: Ask the store whether the code was used
+trigger: {event: customer.created}
+steps:
+  - create_discount: {as: welcome, percent: 10, expires_in: 14d, prefix: HELLO}
+  - wait: 1d
+  - if: welcome.redeemed
+    then:
+      - stop: the code was used
+"""
+
+
+@responses.activate
+def test_run_id_is_on_every_log_line_of_a_run(client, redis, woo_store, env, tmp_path, caplog):
+    """A step's log line does not name its run; the engine binds the run's id around every line of it."""
     import logging
 
     from encore.logs import ContextFilter
-    from flows import engine
+    from flows import dates
+    from flows.models import FlowRun
+    from tests.flows.helpers import walk_to
 
-    def inside(run_id, token=None, session=None, commit=True):  # type: ignore[no-untyped-def]
-        logging.getLogger("flows.engine").warning("a step of the run")
-        return "done"
-
-    monkeypatch.setattr(engine, "_advance", inside)
+    folder = tmp_path / "flows"
+    folder.mkdir()
+    (folder / "ask.yaml").write_text(ASK_THE_STORE)
+    env.setenv("FLOWS_DIR", str(folder))
+    reset_settings()
+    fake_woocommerce_coupons()
+    post_woo(client, woo_customer(801, "ada@example.com", consent=True), "customer.created")
+    drain(redis)
+    with session_scope() as session:
+        (run,) = session.execute(select(FlowRun)).scalars().all()
+    assert run.status == "waiting"
+    responses.replace(responses.GET, f"{API}/coupons", status=401,  # the store no longer lets Encore read coupons
+                      json={"code": "woocommerce_rest_cannot_view", "message": "Sorry, you cannot list resources.",
+                            "data": {"status": 401}})
     caplog.handler.addFilter(ContextFilter())
-    assert engine.advance(42) == "done"
-    assert [getattr(r, "run_id", None) for r in caplog.records if r.getMessage() == "a step of the run"] == [42]
+    caplog.set_level(logging.INFO)
+    try:
+        walk_to(redis, datetime.now(UTC) + timedelta(days=1, minutes=2))
+    finally:
+        dates.set_now(None)
+    with session_scope() as session:
+        after = session.get(FlowRun, run.id)
+        assert after is not None and after.status == "done"
+    lines = [r for r in caplog.records if r.name.startswith(("flows.", "connectors."))]
+    assert any(r.getMessage().startswith("could not ask the platform whether HELLO-") for r in lines)
+    assert [getattr(r, "run_id", None) for r in lines] == [run.id] * len(lines)
 
 
 def test_flow_results_on_sqlite_and_postgresql(db_url, env, redis):
