@@ -16,6 +16,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from encore import resources
 from encore.events import Event
 
 console = Console(stderr=True)
@@ -296,7 +297,7 @@ def _when(value: str | None, name: str) -> datetime | None:
 
 # ---- encore samples --------------------------------------------------------------------------------
 
-SAMPLES = Path(__file__).resolve().parent / "samples"
+SAMPLES = resources.folder("encore.samples")
 SAMPLE_STORE_NAME = "Sample Store"
 
 

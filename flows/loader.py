@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import ValidationError
 
+from encore import resources
 from encore.settings import get_settings
 from flows import expressions, render
 from flows.schema import (
@@ -34,7 +35,7 @@ from flows.schema import (
 
 log = logging.getLogger(__name__)
 
-LIBRARY = Path(__file__).resolve().parent / "library"
+LIBRARY = resources.folder("flows", "library")
 Path_ = tuple[Any, ...]
 
 

@@ -29,9 +29,10 @@ from jinja2 import (
 )
 from jinja2.sandbox import SandboxedEnvironment
 
+from encore import resources
 from encore.settings import get_settings
 
-BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+BUILTIN_TEMPLATES = resources.folder("flows.templates")  # the repository's templates/, mapped in pyproject.toml
 
 _envs: dict[tuple[str, ...], SandboxedEnvironment] = {}
 

@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
+from encore import resources
 from encore.settings import get_settings
 
 try:
@@ -24,7 +25,7 @@ except ImportError:  # not a POSIX system: SQLite migrations are not serialised 
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATIONS = resources.folder(__name__, "migrations")
 # The PostgreSQL advisory lock that lets one process at a time migrate a database ("encore" in ASCII).
 MIGRATION_LOCK_KEY = 0x656E636F7265
 # Seconds to wait for PostgreSQL to accept a connection (libpq waits forever by default); a URL may set its own.

@@ -1,0 +1,1 @@
+"""Encore's built-in email templates, installed as the package `flows.templates` (see pyproject.toml)."""
