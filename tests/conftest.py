@@ -18,10 +18,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import responses
 from redis import Redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
@@ -304,3 +307,52 @@ def sign_in(client) -> None:  # type: ignore[no-untyped-def]
 
     answer = client.get(sign_in_url(""))
     assert answer.status_code == 302, answer.get_data(as_text=True)
+
+
+# ---- a WooCommerce store's deliveries and coupons -------------------------------------------------
+
+def fake_woocommerce_coupons() -> list[dict]:  # type: ignore[type-arg]
+    """WooCommerce's coupons endpoint as documented: GET ?code= lists, POST creates (201)."""
+    made: list[dict] = []  # type: ignore[type-arg]
+
+    def lookup(request):  # type: ignore[no-untyped-def]
+        code = parse_qs(urlsplit(request.url).query).get("code", [""])[0].lower()
+        return 200, {}, json.dumps([c for c in made if c["code"] == code])
+
+    def create(request):  # type: ignore[no-untyped-def]
+        body = json.loads(request.body)
+        coupon = {"id": 700 + len(made), "code": body["code"].lower(), "amount": body["amount"],
+                  "discount_type": body["discount_type"], "date_expires": body.get("date_expires"),
+                  "date_expires_gmt": body.get("date_expires"), "usage_count": 0, "individual_use": True,
+                  "email_restrictions": body.get("email_restrictions", []), "usage_limit": body.get("usage_limit")}
+        made.append(coupon)
+        return 201, {}, json.dumps(coupon)
+
+    responses.add_callback(responses.GET, f"{WC_URL}/wp-json/wc/v3/coupons", callback=lookup)
+    responses.add_callback(responses.POST, f"{WC_URL}/wp-json/wc/v3/coupons", callback=create)
+    return made
+
+
+def woo_customer(cid: int, email: str, consent: bool, first: str = "Ada") -> dict:  # type: ignore[type-arg]
+    body = payload("woocommerce", "customer_created")
+    body.update(id=cid, email=email, first_name=first, date_modified_gmt=f"2026-11-20T09:00:{cid % 60:02d}")
+    body["billing"]["email"] = email
+    body["meta_data"] = [{"id": 1, "key": "marketing_consent", "value": "yes" if consent else "no"}]
+    return body
+
+
+def woo_order(oid: int, cid: int, email: str, total: str, code: str | None = None) -> dict:  # type: ignore[type-arg]
+    body = payload("woocommerce", "order_created")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    body.update(id=oid, number=str(oid), customer_id=cid, total=total, currency="EUR", date_created_gmt=now,
+                date_modified_gmt=now)
+    body["billing"]["email"] = email
+    body["coupon_lines"] = [{"id": 1, "code": code, "discount": "5.00", "discount_tax": "0.00",
+                             "meta_data": []}] if code else []
+    return body
+
+
+def post_woo(client, body: dict, topic: str) -> None:  # type: ignore[no-untyped-def,type-arg]
+    raw = json.dumps(body).encode()
+    answer = client.post("/webhooks/woocommerce", data=raw, headers=woo_headers(raw, topic))
+    assert answer.status_code == 200, answer.get_data(as_text=True)

@@ -1,14 +1,12 @@
-"""The admin page: sign-in rules, flows and their results, timelines, previews, failures, the webhook archive."""
+"""The admin page: sign-in rules, flows and their results, timelines, previews, failures."""
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
@@ -19,9 +17,19 @@ from encore import archive
 from encore.settings import reset_settings
 from encore.store import session_scope
 from encore.store.models import Customer
-from tests.conftest import SHOP, SHOPIFY_SECRET, WC_URL, drain, payload, shopify_headers, sign_in, woo_headers
+from tests.conftest import (
+    SHOP,
+    SHOPIFY_SECRET,
+    drain,
+    fake_woocommerce_coupons,
+    payload,
+    post_woo,
+    shopify_headers,
+    sign_in,
+    woo_customer,
+    woo_order,
+)
 
-API = f"{WC_URL}/wp-json/wc/v3"
 LOCAL = {"REMOTE_ADDR": "127.0.0.1"}
 REMOTE = {"REMOTE_ADDR": "203.0.113.9"}
 
@@ -31,53 +39,6 @@ def _csrf(client) -> str:  # type: ignore[no-untyped-def]
     client.get("/admin/failures", environ_base=LOCAL)
     with client.session_transaction() as session:
         return str(session["encore_csrf"])
-
-
-def fake_woocommerce_coupons() -> list[dict]:  # type: ignore[type-arg]
-    """WooCommerce's coupons endpoint as documented: GET ?code= lists, POST creates (201)."""
-    made: list[dict] = []  # type: ignore[type-arg]
-
-    def lookup(request):  # type: ignore[no-untyped-def]
-        code = parse_qs(urlsplit(request.url).query).get("code", [""])[0].lower()
-        return 200, {}, json.dumps([c for c in made if c["code"] == code])
-
-    def create(request):  # type: ignore[no-untyped-def]
-        body = json.loads(request.body)
-        coupon = {"id": 700 + len(made), "code": body["code"].lower(), "amount": body["amount"],
-                  "discount_type": body["discount_type"], "date_expires": body.get("date_expires"),
-                  "date_expires_gmt": body.get("date_expires"), "usage_count": 0, "individual_use": True,
-                  "email_restrictions": body.get("email_restrictions", []), "usage_limit": body.get("usage_limit")}
-        made.append(coupon)
-        return 201, {}, json.dumps(coupon)
-
-    responses.add_callback(responses.GET, f"{API}/coupons", callback=lookup)
-    responses.add_callback(responses.POST, f"{API}/coupons", callback=create)
-    return made
-
-
-def woo_customer(cid: int, email: str, consent: bool, first: str = "Ada") -> dict:  # type: ignore[type-arg]
-    body = payload("woocommerce", "customer_created")
-    body.update(id=cid, email=email, first_name=first, date_modified_gmt=f"2026-11-20T09:00:{cid % 60:02d}")
-    body["billing"]["email"] = email
-    body["meta_data"] = [{"id": 1, "key": "marketing_consent", "value": "yes" if consent else "no"}]
-    return body
-
-
-def woo_order(oid: int, cid: int, email: str, total: str, code: str | None = None) -> dict:  # type: ignore[type-arg]
-    body = payload("woocommerce", "order_created")
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    body.update(id=oid, number=str(oid), customer_id=cid, total=total, currency="EUR", date_created_gmt=now,
-                date_modified_gmt=now)
-    body["billing"]["email"] = email
-    body["coupon_lines"] = [{"id": 1, "code": code, "discount": "5.00", "discount_tax": "0.00",
-                             "meta_data": []}] if code else []
-    return body
-
-
-def post_woo(client, body: dict, topic: str) -> None:  # type: ignore[no-untyped-def,type-arg]
-    raw = json.dumps(body).encode()
-    answer = client.post("/webhooks/woocommerce", data=raw, headers=woo_headers(raw, topic))
-    assert answer.status_code == 200, answer.get_data(as_text=True)
 
 
 # ---- sign-in ---------------------------------------------------------------------------------------
@@ -232,6 +193,48 @@ def test_customer_timeline_says_why(client, redis, woo_store):
     assert client.get("/admin/customers/999999", environ_base=LOCAL).status_code == 404
 
 
+def test_flow_results_on_sqlite_and_postgresql(db_url, env, redis):
+    from encore.store.ledger import get_or_create_shop
+    from encore.store.models import Order
+    from flows.models import FlowEffect, FlowRun
+    from tests.conftest import use_database
+    from webhooks.admin import flow_stats
+
+    use_database(env, db_url)
+    now = datetime.now(UTC)
+    with session_scope() as session:
+        shop = get_or_create_shop(session, "shopify", SHOP)
+        other = get_or_create_shop(session, "shopify", "other.myshopify.com")
+        session.flush()
+        ada = Customer(shop_id=shop.id, platform_id="1", email="ada@example.com")
+        session.add(ada)
+        session.flush()
+        for number, (status, when) in enumerate([("done", now - timedelta(days=2)), ("suppressed", now),
+                                                 ("done", now - timedelta(days=45))]):
+            run = FlowRun(run_key=f"k{number}", shop_id=shop.id, customer_id=ada.id, flow_key="welcome",
+                          flow_name="Welcome", flow_digest="d", definition={}, trigger_key="once", status=status,
+                          position=[0], context={}, started_at=when, updated_at=when)
+            session.add(run)
+            session.flush()
+            if status == "done":
+                session.add(FlowEffect(key=f"e{number}", run_id=run.id, shop_id=shop.id, customer_id=ada.id,
+                                       kind="discount", status="done", result={"code": f"HELLO-AAA{number}"},
+                                       created_at=when))
+                session.add(FlowEffect(key=f"m{number}", run_id=run.id, shop_id=shop.id, customer_id=ada.id,
+                                       kind="email", status="done", marketing=True, created_at=when))
+        for number, (codes, total, shop_id) in enumerate([(["hello-aaa0"], "70.00", shop.id),
+                                                          (["OTHER"], "20.00", shop.id),
+                                                          (["HELLO-AAA0"], "99.00", other.id)]):
+            session.add(Order(shop_id=shop_id, platform_id=f"o{number}", customer_id=ada.id if shop_id == shop.id
+                              else None, placed_at=now - timedelta(days=1), total=Decimal(total), currency="EUR",
+                              discount_codes=codes))
+        shop_id = shop.id
+    welcome = {s.key: s for s in flow_stats([shop_id])}["welcome"]
+    # the 45-day-old run is outside the window; the other shop's order with the same code is not ours
+    assert (welcome.runs, welcome.suppressed, welcome.emails, welcome.codes) == (1, 1, 1, 1)
+    assert (welcome.redeemed, welcome.revenue, welcome.currency) == (1, Decimal("70.00"), "EUR")
+
+
 # ---- previews --------------------------------------------------------------------------------------
 
 def test_preview_renders_every_email_step_for_the_sample_and_a_real_customer(client, redis):
@@ -343,210 +346,7 @@ def test_rejected_webhooks_are_listed_with_their_reason_and_no_secret(client, re
     assert redis.llen(archive.REJECTED_KEY) == archive.REJECTED_KEEP
 
 
-# ---- the webhook archive ---------------------------------------------------------------------------
-
-def test_accepted_webhooks_are_archived_without_signatures_and_purged(client, redis, env):
-    body = json.dumps(payload("shopify", "orders_create")).encode()
-    headers = shopify_headers(body, "orders/create", webhook_id="wh-1")
-    assert client.post("/webhooks/shopify", data=body, headers=headers).status_code == 200
-    assert client.post("/webhooks/shopify", data=body, headers=headers).status_code == 200  # a retry
-    assert list(archive.deliveries()) == []  # the worker archives a delivery as it normalises it
-    drain(redis)
-    rows = list(archive.deliveries())
-    assert [r.outcome for r in rows] == ["queued"]  # the duplicate was never queued, so is not archived twice
-    row = rows[0]
-    assert row.body.encode() == body and row.topic == "orders/create" and row.shop == SHOP
-    assert row.delivery_id == "wh-1" and row.event_ids
-    assert "X-Shopify-Hmac-Sha256" not in row.headers and row.headers["X-Shopify-Topic"] == "orders/create"
-    assert archive.purge(now=datetime.now(UTC) + timedelta(days=29)) == 0
-    env.setenv("WEBHOOK_RETENTION_DAYS", "7")
-    reset_settings()
-    assert archive.purge(now=datetime.now(UTC) + timedelta(days=8)) == 1
-    assert list(archive.deliveries()) == []
-
-    from encore.cron import declared_jobs
-
-    assert any(job["func"] is archive.purge for job in declared_jobs())
-
-
-# ---- observability ---------------------------------------------------------------------------------
-
-def _sample(name: str, **labels: str) -> float:
-    from prometheus_client import REGISTRY
-
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-@responses.activate
-def test_metrics_count_emails_and_platform_errors(client, redis, woo_store):
-    queued_before = _sample("encore_webhooks_total", platform="woocommerce", outcome="queued")
-    sent_before = _sample("encore_emails_total", flow="welcome", outcome="sent")
-    errors_before = _sample("encore_platform_api_errors_total", platform="woocommerce", kind="client")
-    made = fake_woocommerce_coupons()
-    post_woo(client, woo_customer(701, "ada@example.com", consent=True), "customer.created")
-    drain(redis)
-    assert len(made) == 1
-    assert _sample("encore_emails_total", flow="welcome", outcome="sent") == sent_before + 1
-    responses.replace(responses.POST, f"{API}/coupons", status=400,
-                      json={"code": "woocommerce_rest_invalid", "message": "Invalid coupon", "data": {"status": 400}})
-    post_woo(client, woo_customer(702, "bea@example.com", consent=True, first="Bea"), "customer.created")
-    drain(redis)
-    assert _sample("encore_platform_api_errors_total", platform="woocommerce", kind="client") == errors_before + 1
-    refused_before = _sample("encore_emails_total", flow="loyalty_third_order", outcome="no consent")
-    for number in range(3):  # a third order without consent: the loyalty email is suppressed
-        post_woo(client, woo_order(9700 + number, 703, "cy@example.com", "20.00"), "order.created")
-    drain(redis)
-    assert _sample("encore_emails_total", flow="loyalty_third_order", outcome="no consent") == refused_before + 1
-    text = client.get("/metrics").get_data(as_text=True)
-    assert 'encore_emails_total{flow="welcome",outcome="sent"}' in text
-    assert "encore_platform_api_errors_total" in text and "encore_queue_depth" in text
-    assert _sample("encore_webhooks_total", platform="woocommerce", outcome="queued") == queued_before + 5
-    assert f'encore_webhooks_total{{outcome="queued",platform="woocommerce"}} {queued_before + 5}' in text
-
-
-ASK_THE_STORE = """
-name: Ask the store whether the code was used
-trigger: {event: customer.created}
-steps:
-  - create_discount: {as: welcome, percent: 10, expires_in: 14d, prefix: HELLO}
-  - wait: 1d
-  - if: welcome.redeemed
-    then:
-      - stop: the code was used
-"""
-
-
-@responses.activate
-def test_run_id_is_on_every_log_line_of_a_run(client, redis, woo_store, env, tmp_path, caplog):
-    """A step's log line does not name its run; the engine binds the run's id around every line of it."""
-    import logging
-
-    from encore.logs import ContextFilter
-    from flows import dates
-    from flows.models import FlowRun
-    from tests.flows.helpers import walk_to
-
-    folder = tmp_path / "flows"
-    folder.mkdir()
-    (folder / "ask.yaml").write_text(ASK_THE_STORE)
-    env.setenv("FLOWS_DIR", str(folder))
-    reset_settings()
-    fake_woocommerce_coupons()
-    post_woo(client, woo_customer(801, "ada@example.com", consent=True), "customer.created")
-    drain(redis)
-    with session_scope() as session:
-        (run,) = session.execute(select(FlowRun)).scalars().all()
-    assert run.status == "waiting"
-    responses.replace(responses.GET, f"{API}/coupons", status=401,  # the store no longer lets Encore read coupons
-                      json={"code": "woocommerce_rest_cannot_view", "message": "Sorry, you cannot list resources.",
-                            "data": {"status": 401}})
-    caplog.handler.addFilter(ContextFilter())
-    caplog.set_level(logging.INFO)
-    try:
-        walk_to(redis, datetime.now(UTC) + timedelta(days=1, minutes=2))
-    finally:
-        dates.set_now(None)
-    with session_scope() as session:
-        after = session.get(FlowRun, run.id)
-        assert after is not None and after.status == "done"
-    lines = [r for r in caplog.records if r.name.startswith(("flows.", "connectors."))]
-    assert any(r.getMessage().startswith("could not ask the platform whether HELLO-") for r in lines)
-    assert [getattr(r, "run_id", None) for r in lines] == [run.id] * len(lines)
-
-
-def test_flow_results_on_sqlite_and_postgresql(db_url, env, redis):
-    from encore.store.ledger import get_or_create_shop
-    from encore.store.models import Order
-    from flows.models import FlowEffect, FlowRun
-    from tests.conftest import use_database
-    from webhooks.admin import flow_stats
-
-    use_database(env, db_url)
-    now = datetime.now(UTC)
-    with session_scope() as session:
-        shop = get_or_create_shop(session, "shopify", SHOP)
-        other = get_or_create_shop(session, "shopify", "other.myshopify.com")
-        session.flush()
-        ada = Customer(shop_id=shop.id, platform_id="1", email="ada@example.com")
-        session.add(ada)
-        session.flush()
-        for number, (status, when) in enumerate([("done", now - timedelta(days=2)), ("suppressed", now),
-                                                 ("done", now - timedelta(days=45))]):
-            run = FlowRun(run_key=f"k{number}", shop_id=shop.id, customer_id=ada.id, flow_key="welcome",
-                          flow_name="Welcome", flow_digest="d", definition={}, trigger_key="once", status=status,
-                          position=[0], context={}, started_at=when, updated_at=when)
-            session.add(run)
-            session.flush()
-            if status == "done":
-                session.add(FlowEffect(key=f"e{number}", run_id=run.id, shop_id=shop.id, customer_id=ada.id,
-                                       kind="discount", status="done", result={"code": f"HELLO-AAA{number}"},
-                                       created_at=when))
-                session.add(FlowEffect(key=f"m{number}", run_id=run.id, shop_id=shop.id, customer_id=ada.id,
-                                       kind="email", status="done", marketing=True, created_at=when))
-        for number, (codes, total, shop_id) in enumerate([(["hello-aaa0"], "70.00", shop.id),
-                                                          (["OTHER"], "20.00", shop.id),
-                                                          (["HELLO-AAA0"], "99.00", other.id)]):
-            session.add(Order(shop_id=shop_id, platform_id=f"o{number}", customer_id=ada.id if shop_id == shop.id
-                              else None, placed_at=now - timedelta(days=1), total=Decimal(total), currency="EUR",
-                              discount_codes=codes))
-        shop_id = shop.id
-    welcome = {s.key: s for s in flow_stats([shop_id])}["welcome"]
-    # the 45-day-old run is outside the window; the other shop's order with the same code is not ours
-    assert (welcome.runs, welcome.suppressed, welcome.emails, welcome.codes) == (1, 1, 1, 1)
-    assert (welcome.redeemed, welcome.revenue, welcome.currency) == (1, Decimal("70.00"), "EUR")
-
-
-# ---- the sandbox store and the samples -------------------------------------------------------------
-
-def test_the_sandbox_store_answers_this_machine_only(client, redis, sandbox_key):
-    base = "/sandbox/woocommerce/wp-json/wc/v3"
-    assert client.get(f"{base}/coupons", environ_base=REMOTE, query_string=sandbox_key).status_code == 403
-    assert client.get(f"{base}/coupons", environ_base=LOCAL, query_string=sandbox_key,
-                      headers={"X-Forwarded-For": "198.51.100.7"}).status_code == 403
-    # a proxy on this machine that adds no header looks local: the sample store's key keeps it out
-    wrong = sandbox_key["oauth_consumer_key"][:-1]
-    for key in ({}, {"oauth_consumer_key": "ck_sandbox"}, {"oauth_consumer_key": wrong}, {"consumer_key": wrong}):
-        assert client.get(f"{base}/coupons", environ_base=LOCAL, query_string=key).status_code == 403, key
-    made = client.post(f"{base}/coupons", json={"code": "HELLO-AB12-CD34", "amount": "10.00",
-                                                 "discount_type": "percent"}, environ_base=LOCAL,
-                       query_string=sandbox_key)
-    assert made.status_code == 201 and made.get_json()["code"] == "hello-ab12-cd34"
-    again = client.post(f"{base}/coupons", json={"code": "HELLO-AB12-CD34"}, environ_base=LOCAL,
-                        query_string=sandbox_key)
-    assert again.status_code == 400 and again.get_json()["code"] == "woocommerce_rest_coupon_code_already_exists"
-    found = client.get(f"{base}/coupons?code=HELLO-AB12-CD34", environ_base=LOCAL,
-                       headers={"Authorization": "Basic " + base64.b64encode(
-                           f"{sandbox_key['oauth_consumer_key']}:x".encode()).decode()}).get_json()
-    assert [c["code"] for c in found] == ["hello-ab12-cd34"]
-
-
-def test_samples_send_says_when_nothing_listens(env, redis):
-    from click.testing import CliRunner
-
-    from encore.cli import main
-
-    result = CliRunner().invoke(main, ["samples", "send", "--url", "http://127.0.0.1:9"])
-    assert result.exit_code != 0 and "is `make run` running?" in result.output
-    # the sample store is registered once, with its own secret, pointing at the sandbox
-    from encore.store.models import Shop
-    from webhooks.woocommerce import store_domain
-
-    with session_scope() as session:
-        shops = session.execute(select(Shop)).scalars().all()
-    assert [(s.platform, s.domain, s.url) for s in shops] == [
-        ("woocommerce", store_domain("http://127.0.0.1:9/sandbox/woocommerce"),
-         "http://127.0.0.1:9/sandbox/woocommerce")]
-    assert shops[0].webhook_secret_enc
-    with session_scope() as session:
-        session.add(Customer(shop_id=shops[0].id, platform_id="101", email="ada@example.com"))
-    forgot = CliRunner().invoke(main, ["samples", "forget", "--url", "http://127.0.0.1:9"])
-    assert forgot.exit_code == 0, forgot.output
-    with session_scope() as session:
-        assert session.execute(select(Shop)).first() is None
-        assert session.execute(select(Customer)).first() is None  # the store's rows went with it
-    again = CliRunner().invoke(main, ["samples", "forget", "--url", "http://127.0.0.1:9"])
-    assert again.exit_code != 0 and "no sample store" in again.output
-
+# ---- RQ's dashboard, every page, one store or all -------------------------------------------------
 
 def test_rq_dashboard_is_mounted_for_operators_only(client, redis):
     pytest.importorskip("rq_dashboard")
