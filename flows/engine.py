@@ -14,19 +14,18 @@ import hashlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal, cast, overload
 
 from rq import Retry
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import CursorResult, bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from encore import logs
 from encore.events import Checkout, Event, EventType, Order
 from encore.store import get_sessionmaker, insert_new, session_scope, stage
+from encore.store.ledger import cast_table
 from encore.store.models import Customer, Shop
 from flows import dates, loader
 from flows.loader import FlowFile
@@ -41,8 +40,10 @@ from flows.models import (
     STOPPED,
     SUPPRESSED,
     WAITING,
+    DraftRun,
     FlowRun,
     FlowTrace,
+    Run,
     add_trace,
     capture_traces,
     keep_traces,
@@ -85,7 +86,7 @@ _RECENT_RUN = select(FlowRun.run_key).where(
     FlowRun.customer_id == bindparam("customer_id"), FlowRun.flow_key == bindparam("flow_key"),
     FlowRun.status != SUPPRESSED, FlowRun.started_at > bindparam("since")).order_by(FlowRun.id.desc()).limit(1)
 _RUN_BY_KEY = select(FlowRun.id, FlowRun.status).where(FlowRun.run_key == bindparam("run_key"))
-_SET_JOB_ID = (FlowRun.__table__.update().where(FlowRun.__table__.c.id == bindparam("run_id"))
+_SET_JOB_ID = (cast_table(FlowRun).update().where(cast_table(FlowRun).c.id == bindparam("run_id"))
                .values(job_id=bindparam("job_id")))
 
 
@@ -198,31 +199,29 @@ def stop_shop(session: Session, shop_id: int, reason: str) -> int:
 
 # ---- starting runs ---------------------------------------------------------------------------------
 
+@overload
+def _insert_run(session: Session, values: dict[str, Any], keep: Literal[True] = ...) -> FlowRun | None: ...
+@overload
+def _insert_run(session: Session, values: dict[str, Any], keep: bool) -> FlowRun | int | None: ...
 def _insert_run(session: Session, values: dict[str, Any], keep: bool = True) -> FlowRun | int | None:
     """The new run (with `keep`, in the session; else its id), or None if a run with its key exists."""
     return insert_new(session, FlowRun, values, ["run_key"], attach=keep)
 
 
-@dataclass
-class _Admitted:
-    """A run its flow's entry rules let start: the row to insert, and the lease it is inserted with."""
-
-    values: dict[str, Any]
-    run_key: str
-    token: str | None
-
-
 def _admit(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer, trigger_key: str,
-           context: dict[str, Any], event_id: str | None) -> _Admitted | tuple[int, str | None] | None:
-    """Check a flow's conditions and entry rules for a customer: the run to insert, or start_run's answer."""
+           context: dict[str, Any], event_id: str | None) -> DraftRun | tuple[int, str | None] | None:
+    """Check a flow's conditions and entry rules for a customer: the draft of the run to insert, or start_run's
+    answer. The draft is leased (`lease_token`) unless it is a suppressed run, recorded but never driven."""
     flow = flow_file.flow
-    run_key = f"{shop.id}:{flow_file.key}:{customer.id}:{trigger_key}"
     now = dates.now()
+    draft = DraftRun(run_key=f"{shop.id}:{flow_file.key}:{customer.id}:{trigger_key}", shop_id=shop.id,
+                     customer_id=customer.id, flow_key=flow_file.key, flow_name=flow.name,
+                     flow_digest=flow_file.digest, definition=flow_file.data, trigger_key=trigger_key,
+                     event_id=event_id, context=context, started_at=now, updated_at=now)
     from flows import expressions
 
-    if flow.conditions:  # what the run would see, from a stand-in (no row is made for a flow that won't start)
-        probe = SimpleNamespace(id=None, context=context, position=[0], started_at=now, flow_name=flow.name)
-        ctx = StepRunner(session, probe, flow, shop, customer).context()  # type: ignore[arg-type]
+    if flow.conditions:  # what the run would see, from its draft (no row is made for a flow that won't start)
+        ctx = StepRunner(session, draft, flow, shop, customer).context()
     for condition in flow.conditions:
         try:
             if not expressions.holds(condition, ctx):
@@ -235,25 +234,20 @@ def _admit(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer
         recent = session.connection().execute(_RECENT_RUN, {"customer_id": customer.id, "flow_key": flow_file.key,
                                                "since": now - flow.entry.cooldown}).scalar()
         if recent is not None:
-            if recent == run_key:
-                return _existing(session, run_key)
+            if recent == draft.run_key:
+                return _existing(session, draft.run_key)
             log.debug("flow %s not started for customer %s: cool-down", flow_file.key, customer.id)
             return None
-    status, reason, token = RUNNING, None, new_lease()
     if flow.marketing and flow.consent_required and not customer.email_consent:
         # Shown, not silent: a suppressed run with its reason (keyed apart so a later consent can start one).
-        status, reason, token = SUPPRESSED, "no consent", None
-        run_key = f"{run_key}:suppressed"
-    values = dict(
-        run_key=run_key, shop_id=shop.id, customer_id=customer.id, flow_key=flow_file.key, flow_name=flow.name,
-        flow_digest=flow_file.digest, definition=flow_file.data, trigger_key=trigger_key, event_id=event_id,
-        status=status, reason=reason, position=[0], context=context, attempts=0, started_at=now, updated_at=now,
-        finished_at=now if status == SUPPRESSED else None, lease_token=token,
-        lease_until=now + LEASE if token else None, wake_at=None, job_id=None)
-    return _Admitted(values, run_key, token)
+        draft.status, draft.reason, draft.finished_at = SUPPRESSED, "no consent", now
+        draft.run_key = f"{draft.run_key}:suppressed"
+    else:
+        draft.lease_token, draft.lease_until = new_lease(), now + LEASE
+    return draft
 
 
-def _started(session: Session, flow_file: FlowFile, run: Any, event_id: str | None, trigger_key: str) -> None:
+def _started(session: Session, flow_file: FlowFile, run: Run, event_id: str | None, trigger_key: str) -> None:
     """The first lines of a new run's trace (and the suppression, for a run without consent)."""
     conditions = flow_file.flow.conditions
     held = "; ".join(f"{condition} -> true" for condition in conditions)
@@ -276,19 +270,19 @@ def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Custo
     active one for this key with no token (a retried job finishes it once its lease is free). None
     when the flow does not start (conditions false, cool-down, not consented, already finished).
     """
-    admitted = _admit(session, flow_file, shop, customer, trigger_key, context, event_id)
-    if not isinstance(admitted, _Admitted):
-        return admitted
-    run = _insert_admitted(session, flow_file, admitted, event_id, trigger_key)
+    draft = _admit(session, flow_file, shop, customer, trigger_key, context, event_id)
+    if not isinstance(draft, DraftRun):
+        return draft
+    run = _insert_admitted(session, flow_file, draft, event_id, trigger_key)
     if run is None:
-        return None if admitted.token is None else _existing(session, admitted.run_key)
-    return None if run.status == SUPPRESSED else (run.id, admitted.token)
+        return None if draft.lease_token is None else _existing(session, draft.run_key)
+    return None if run.status == SUPPRESSED else (run.id, draft.lease_token)
 
 
-def _insert_admitted(session: Session, flow_file: FlowFile, admitted: _Admitted, event_id: str | None,
+def _insert_admitted(session: Session, flow_file: FlowFile, draft: DraftRun, event_id: str | None,
                      trigger_key: str) -> FlowRun | None:
-    """Insert an admitted run as it is (None when its key exists), with the first lines of its trace."""
-    run = _insert_run(session, admitted.values)
+    """Insert an admitted run as its draft is (None when its key exists), with the first lines of its trace."""
+    run = _insert_run(session, draft.row())
     if run is None:
         return None
     session.info.setdefault("flow_runs", []).append(run)  # keep it in the identity map for the first steps
@@ -307,22 +301,21 @@ def start_and_drive(session: Session, flow_file: FlowFile, shop: Shop, customer:
     step with a side effect (leased to the caller, to advance after the commit), "existing" for an
     active run of the same key (token None), or the status the run reached; None when it does not start.
     """
-    admitted = _admit(session, flow_file, shop, customer, trigger_key, context, event_id)
-    if admitted is None:
+    draft = _admit(session, flow_file, shop, customer, trigger_key, context, event_id)
+    if draft is None:
         return None
-    if not isinstance(admitted, _Admitted):
-        return admitted[0], None, "existing", None
-    if admitted.token is None:  # suppressed (no consent): recorded, never driven
-        _insert_admitted(session, flow_file, admitted, event_id, trigger_key)
+    if not isinstance(draft, DraftRun):
+        return draft[0], None, "existing", None
+    token = draft.lease_token
+    if token is None:  # suppressed (no consent): recorded, never driven
+        _insert_admitted(session, flow_file, draft, event_id, trigger_key)
         return None
-    draft = SimpleNamespace(id=None, **admitted.values)
     with capture_traces(session) as lines:
         _started(session, flow_file, draft, event_id, trigger_key)
-        status, wake = _drive(session, draft, admitted.token, pure_only=True)
-    values = {key: getattr(draft, key) for key in admitted.values}
-    run = _insert_run(session, values, keep=status == BLOCKED)
+        status, wake = _drive(session, draft, token, pure_only=True)
+    run = _insert_run(session, draft.row(), keep=status == BLOCKED)
     if run is None:
-        existing = _existing(session, admitted.run_key)
+        existing = _existing(session, draft.run_key)
         return None if existing is None else (existing[0], None, "existing", None)
     run_id = run if isinstance(run, int) else run.id
     for line in lines:
@@ -336,7 +329,7 @@ def start_and_drive(session: Session, flow_file: FlowFile, shop: Shop, customer:
         job_id = _job_id(draft)
         session.connection().execute(_SET_JOB_ID, {"run_id": run_id, "job_id": job_id})
         wake = (wake[0], job_id)
-    return run_id, admitted.token if status == BLOCKED else None, status, wake
+    return run_id, token if status == BLOCKED else None, status, wake
 
 
 def _existing(session: Session, run_key: str) -> tuple[int, str | None] | None:
@@ -401,9 +394,9 @@ def _advance(run_id: int, token: str | None = None, session: Session | None = No
     if token is None:
         token = new_lease()
         own_session = session = get_sessionmaker()()
-        taken = session.execute(update(FlowRun).where(
+        taken = cast(CursorResult[Any], session.execute(update(FlowRun).where(  # an UPDATE's result: a cursor's
             FlowRun.id == run_id, FlowRun.status.in_(ACTIVE), lease_free(now),
-        ).values(lease_until=now + LEASE, lease_token=token)).rowcount
+        ).values(lease_until=now + LEASE, lease_token=token))).rowcount
         session.commit()
         if not taken:
             session.close()
@@ -445,7 +438,7 @@ def _advance(run_id: int, token: str | None = None, session: Session | None = No
     return status
 
 
-def _drive(session: Session, run_id: int | Any, token: str, *, pure_only: bool = False,
+def _drive(session: Session, run_id: int | DraftRun, token: str, *, pure_only: bool = False,
            ) -> tuple[str, tuple[Any, str] | None]:
     """Run steps until the run waits or ends; then give the lease back.
 
@@ -472,7 +465,7 @@ def _release(run_id: int, token: str) -> None:
                         .values(lease_until=None, lease_token=None))
 
 
-def _step(session: Session, run_id: int | Any, token: str, *, pure_only: bool = False,
+def _step(session: Session, run_id: int | DraftRun, token: str, *, pure_only: bool = False,
           ) -> tuple[str, tuple[Any, str] | None, bool]:
     """Run one step of a run (by id, or a draft not stored yet): (status, (wake_at, job id), whether to go on)."""
     run = session.get(FlowRun, run_id) if isinstance(run_id, int) else run_id
@@ -480,8 +473,9 @@ def _step(session: Session, run_id: int | Any, token: str, *, pure_only: bool = 
         return (run.status if run else "gone"), None, False
     now = dates.now()
     if run.status == WAITING and run.wake_at is not None and run.wake_at > now:  # woken early: sleep again
-        stage(session, run, job_id=_job_id(run))
-        return WAITING, (run.wake_at, run.job_id), False
+        job_id = _job_id(run)
+        stage(session, run, job_id=job_id)
+        return WAITING, (run.wake_at, job_id), False
     # A waiting run is left as it is until its step is done (the step's claim commits without touching it).
     shop = session.get(Shop, run.shop_id)
     customer = session.get(Customer, run.customer_id) if run.customer_id else None
@@ -508,18 +502,22 @@ def _step(session: Session, run_id: int | Any, token: str, *, pure_only: bool = 
         stage(session, run, status=RUNNING, position=outcome.position)
         return RUNNING, None, True
     if outcome.action == "defer":
+        assert outcome.until is not None
         stage(session, run, status=WAITING, wake_at=outcome.until)
-        stage(session, run, job_id=_job_id(run))
-        return WAITING, (run.wake_at, run.job_id), False
+        job_id = _job_id(run)
+        stage(session, run, job_id=job_id)
+        return WAITING, (outcome.until, job_id), False
     following = next_position(flow.steps, run.position)
     if following is None:
         _finish(session, run, DONE, "completed")
         _trace(session, run, "done", "run completed")
         return DONE, None, False
     if outcome.action == "wait":
+        assert outcome.until is not None
         stage(session, run, position=following, status=WAITING, wake_at=outcome.until)
-        stage(session, run, job_id=_job_id(run))
-        return WAITING, (run.wake_at, run.job_id), False
+        job_id = _job_id(run)
+        stage(session, run, job_id=job_id)
+        return WAITING, (outcome.until, job_id), False
     stage(session, run, position=following, status=RUNNING)
     return RUNNING, None, True
 
@@ -535,13 +533,15 @@ def _retry_later(run_id: int, token: str, exc: Exception) -> tuple[str, tuple[An
             _trace(session, run, "error", f"gave up after {MAX_ATTEMPTS} attempts: {exc}")
             return FAILED, None
         delay = getattr(exc, "retry_after", None) or RETRY_BACKOFF[min(run.attempts, len(RETRY_BACKOFF)) - 1]
-        stage(session, run, status=WAITING, wake_at=dates.now() + timedelta(seconds=float(delay)))
-        stage(session, run, job_id=_job_id(run, own=True))  # on time: a retry is one run, not a minute's batch
-        _trace(session, run, "retry", f"will retry at {run.wake_at.isoformat()}: {exc}", attempt=run.attempts)
-        return WAITING, (run.wake_at, run.job_id)
+        wake_at = dates.now() + timedelta(seconds=float(delay))
+        stage(session, run, status=WAITING, wake_at=wake_at)
+        job_id = _job_id(run, own=True)  # on time: a retry is one run, not a minute's batch
+        stage(session, run, job_id=job_id)
+        _trace(session, run, "retry", f"will retry at {wake_at.isoformat()}: {exc}", attempt=run.attempts)
+        return WAITING, (wake_at, job_id)
 
 
-def _job_id(run: FlowRun, own: bool = False) -> str:
+def _job_id(run: Run, own: bool = False) -> str:
     """The job that will resume a run: its minute's wake job when it waits, else (or `own`) a job of its own."""
     if not own and run.wake_at is not None and run.wake_at > dates.now():
         return wake_job_id(run.wake_at)
@@ -667,12 +667,12 @@ def _lease_due(session: Session, now: datetime, token: str) -> list[int]:
     return [row.id for row in sorted(leased, key=lambda row: (row.wake_at, row.id))]
 
 
-def _finish(session: Session, run: FlowRun, status: str, reason: str) -> None:
+def _finish(session: Session, run: Run, status: str, reason: str) -> None:
     now = dates.now()
     stage(session, run, status=status, reason=reason[:255], finished_at=now, updated_at=now, wake_at=None)
 
 
-def _trace(session: Session, run: FlowRun, kind: str, message: str, **detail: Any) -> None:
+def _trace(session: Session, run: Run, kind: str, message: str, **detail: Any) -> None:
     add_trace(session, run.id, dates.now(), kind, message, position_label(run.position) if run.position else None,
               detail or None)
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from encore import resources
 from encore.settings import get_settings
@@ -122,7 +123,7 @@ def _resolve(lines: dict[Path_, int], loc: Path_) -> Path_:
     return best[2]
 
 
-def _error_line(lines: dict[Path_, int], data: Any, error: dict[str, Any]) -> int:
+def _error_line(lines: dict[Path_, int], data: Any, error: ErrorDetails) -> int:
     """The line of an error; an unknown key is pointed at itself rather than at its parent."""
     path = _resolve(lines, tuple(error["loc"]))
     if error["type"] in ("unknown_trigger", "unknown_step") and isinstance(error.get("input"), dict) \
@@ -167,7 +168,7 @@ def load_text(text: str, file: str, key: str | None = None) -> tuple[FlowFile | 
     return loaded, problems
 
 
-def _message(error: dict[str, Any], found: Path_) -> str:
+def _message(error: ErrorDetails, found: Path_) -> str:
     loc = [str(p) for p in error["loc"] if not isinstance(p, int)]
     where = _ALIASES.get(loc[-1], loc[-1]) if loc else ""
     if error["type"].startswith("bad_"):

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, event, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from encore.store.ledger import BEFORE_REDACT, Person
+from encore.store.ledger import BEFORE_REDACT, Person, cast_table
 from encore.store.models import Base, Customer, IdType, JSONType, UTCDateTime, utcnow
 
 RUNNING, WAITING, DONE, STOPPED, EXITED, FAILED, SUPPRESSED = (
@@ -61,6 +62,45 @@ class FlowRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+@dataclass
+class DraftRun:
+    """A run whose row is not written yet, with FlowRun's columns (its `id` is None until the row exists).
+
+    The engine checks a flow's conditions against it, runs its first steps without side effects on
+    it, and then writes its row once, as those steps left it.
+    """
+
+    run_key: str
+    shop_id: int
+    customer_id: int | None
+    flow_key: str
+    flow_name: str
+    flow_digest: str
+    definition: dict[str, Any]
+    trigger_key: str
+    event_id: str | None
+    context: dict[str, Any]
+    started_at: datetime
+    updated_at: datetime
+    status: str = RUNNING
+    reason: str | None = None
+    position: list[Any] = field(default_factory=lambda: [0])
+    attempts: int = 0
+    finished_at: datetime | None = None
+    lease_token: str | None = None
+    lease_until: datetime | None = None
+    wake_at: datetime | None = None
+    job_id: str | None = None
+    id: int | None = None
+
+    def row(self) -> dict[str, Any]:
+        """The values of its row: every column but the id."""
+        return {column.name: getattr(self, column.name) for column in fields(self) if column.name != "id"}
+
+
+Run = FlowRun | DraftRun  # what the steps run on: a stored run, or a draft
+
+
 class FlowTrace(Base):
     """One line of a run's trace: a condition's result, a wait, a send, a suppression and its reason."""
 
@@ -102,9 +142,12 @@ class FlowEffect(Base):
 _TRACES = "encore_flow_traces"
 
 
-def add_trace(session: Session, run_id: int, at: datetime, kind: str, message: str, step: str | None,
+def add_trace(session: Session, run_id: int | None, at: datetime, kind: str, message: str, step: str | None,
               detail: dict[str, Any] | None) -> None:
-    """Add a trace line to the session's transaction; the lines are inserted together when it commits."""
+    """Add a trace line to the session's transaction; the lines are inserted together when it commits.
+
+    A draft's lines (`run_id` None) are captured apart and given the id when its row is written.
+    """
     session.info.setdefault(_TRACES, []).append(
         {"run_id": run_id, "at": at, "kind": kind, "message": message, "step": step, "detail": detail})
 
@@ -129,7 +172,7 @@ def keep_traces(session: Session, lines: list[dict[str, Any]]) -> None:
     session.info.setdefault(_TRACES, []).extend(lines)
 
 
-_INSERT_TRACE = FlowTrace.__table__.insert()
+_INSERT_TRACE = cast_table(FlowTrace).insert()
 
 
 @event.listens_for(Session, "before_commit")

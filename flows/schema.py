@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import time, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -85,7 +85,7 @@ LocalTime = Annotated[time, BeforeValidator(parse_local_time), PlainSerializer(l
                       WithJsonSchema({"type": "string", "pattern": r"^\d{1,2}:\d{2}$",
                                       "description": "a local time of day, HH:MM"})]
 TRIGGER_EVENTS = tuple(t.value for t in EventType if t is not EventType.UNKNOWN)
-EventName = Literal[TRIGGER_EVENTS]  # type: ignore[valid-type]
+EventName = Literal[TRIGGER_EVENTS]  # type: ignore[valid-type]  # built from EventType at import: mypy can't read it
 DateField = Literal["customer.birthday", "customer.last_order_at", "customer.first_order_at"]
 YEARLY_FIELDS = frozenset({"customer.birthday", "customer.first_order_at"})
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -305,10 +305,13 @@ def _check_step(value: Any) -> Any:
     return value
 
 
-Step = Annotated[
-    Union[tuple(Annotated[model, Tag(kind)] for kind, model in STEP_MODELS.items())],  # type: ignore[valid-type]  # noqa: UP007
-    Discriminator(step_kind), BeforeValidator(_check_step),
-]
+if TYPE_CHECKING:  # the union below as a type checker reads it (that one is built from STEP_MODELS at import)
+    Step = WaitStep | SendEmailStep | CreateDiscountStep | TagCustomerStep | IfStep | HttpStep | StopStep
+else:
+    Step = Annotated[
+        Union[tuple(Annotated[model, Tag(kind)] for kind, model in STEP_MODELS.items())],  # noqa: UP007
+        Discriminator(step_kind), BeforeValidator(_check_step),
+    ]
 IfStep.model_rebuild()
 
 

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
@@ -22,9 +22,10 @@ from encore import events as ev
 from encore.metrics import EMAILS, platform_error
 from encore.settings import get_settings
 from encore.store import stage
+from encore.store.ledger import cast_table
 from encore.store.models import Customer, Order, Shop
 from flows import dates, expressions, render
-from flows.models import NEW_RUNS, FlowEffect, FlowRun, add_trace
+from flows.models import NEW_RUNS, FlowEffect, Run, add_trace
 from flows.schema import Flow, step_kind
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def _transport() -> Any:
     return transport
 
 
-_EFFECTS = FlowEffect.__table__
+_EFFECTS = cast_table(FlowEffect)
 _CLAIM = _EFFECTS.insert()
 _UNCLAIM = _EFFECTS.delete().where(_EFFECTS.c.key == bindparam("effect_key"))
 _FINISH = (_EFFECTS.update().where(_EFFECTS.c.key == bindparam("effect_key"))
@@ -200,7 +201,7 @@ class StepRunner:
     """Runs the steps of one run inside one session; `dry_run` renders without side effects (previews)."""
 
     session: Session
-    run: FlowRun
+    run: Run
     flow: Flow
     shop: Shop
     customer: Customer | None
@@ -272,6 +273,8 @@ class StepRunner:
     def run_step(self, step: Any) -> Outcome:
         """Run one step by its kind."""
         kind = step_kind(step)
+        if kind is None:
+            raise ValueError(f"not a step: {step!r}")
         return getattr(self, "step_" + kind)(step)
 
     def step_wait(self, step: Any) -> Outcome:
@@ -420,7 +423,7 @@ class StepRunner:
         if existing is not None and existing.status == "done" and existing.result:
             self.set_var(spec.as_, existing.result)
             return NEXT
-        kind = "percent" if spec.percent is not None else "fixed"
+        kind: Literal["percent", "fixed"] = "percent" if spec.percent is not None else "fixed"
         value = spec.percent if spec.percent is not None else spec.amount
         assert value is not None
         ends_at = dates.now() + spec.expires_in

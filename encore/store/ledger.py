@@ -17,9 +17,8 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
-from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import String, Table, bindparam, cast, delete, func, or_, select, update
@@ -271,6 +270,26 @@ _PROFILE_FIELDS = ("email", "first_name", "last_name", "phone", "locale", "has_a
 _LOOK_UP = object()  # upsert_customer's `row` default: select the row first
 
 
+@dataclass(frozen=True)
+class _BlankProfile:
+    """A new customer's row as `_profile_changes` reads it: nothing stored yet."""
+
+    email: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    phone: str | None = None
+    locale: str | None = None
+    has_account: bool | None = None
+    birthday: date | None = None
+    platform_created_at: datetime | None = None
+    profile_version: datetime | None = None
+    consent_updated_at: datetime | None = None
+    reported_at: datetime | None = None
+
+
+_BLANK_PROFILE = _BlankProfile()
+
+
 def upsert_customer(session: Session, shop: Shop, incoming: ev.Customer, seen_at: datetime,
                     row: Any = _LOOK_UP) -> Customer | None:
     """Create or update a customer's ledger row from what an event says about them.
@@ -288,7 +307,7 @@ def upsert_customer(session: Session, shop: Shop, incoming: ev.Customer, seen_at
         blank: dict[str, Any] = {column.key: None for column in cast_table(Customer).columns if column.key != "id"}
         blank.update(shop_id=shop.id, platform_id=key, tags=[], orders_count=0, total_spent=Decimal("0"),
                      created_at=now, updated_at=now)
-        blank.update(_profile_changes(SimpleNamespace(**blank), incoming, seen_at))
+        blank.update(_profile_changes(_BLANK_PROFILE, incoming, seen_at))
         created = insert_new(session, Customer, blank, ["shop_id", "platform_id"])
         if created is not None:
             return created
@@ -298,7 +317,7 @@ def upsert_customer(session: Session, shop: Shop, incoming: ev.Customer, seen_at
     return row
 
 
-def _profile_changes(row: Any, incoming: ev.Customer, seen_at: datetime) -> dict[str, Any]:
+def _profile_changes(row: Customer | _BlankProfile, incoming: ev.Customer, seen_at: datetime) -> dict[str, Any]:
     """The columns an event's view of a customer changes: the newer version wins, consent by its own time."""
     version = incoming.updated_at or seen_at
     newer = row.profile_version is None or version >= row.profile_version
