@@ -72,7 +72,7 @@ def add_woocommerce(url: str, consumer_key: str, consumer_secret: str, webhook_s
                        f"{webhook_address()} and secret {secret}")
         return
     with session_scope() as session:
-        shop = session.get(Shop, shop_id)
+        shop = session.get_one(Shop, shop_id)
         try:
             topics = WooCommerceConnector(shop).register_webhooks()
         except PlatformError as exc:
@@ -122,7 +122,7 @@ def add_shopify(domain: str, access_token: str, webhook_secret: str | None, regi
     if register_webhooks:
         with session_scope() as session:
             try:
-                connector = ShopifyConnector(session.get(Shop, shop_id))
+                connector = ShopifyConnector(session.get_one(Shop, shop_id))
                 topics = connector.register_webhooks()
             except PlatformError as exc:
                 raise click.ClickException(f"store {shop_id} saved, but its webhooks could not be subscribed: "
@@ -203,7 +203,7 @@ def import_customers(store: str, orders: bool, since) -> None:  # type: ignore[n
             task = progress.add_task(f"customers of {shop.domain}", total=_count(connector, "customers"))
             for customer in connector.fetch_customers(since_at):
                 with session_scope() as session:
-                    row = session.get(Shop, shop.id)
+                    row = session.get_one(Shop, shop.id)
                     upsert_customer(session, row, customer, customer.updated_at or utcnow())
                 counts["customers"] += 1
                 progress.advance(task)
@@ -212,14 +212,14 @@ def import_customers(store: str, orders: bool, since) -> None:  # type: ignore[n
                 task = progress.add_task(f"orders of {shop.domain}", total=_count(connector, "orders"))
                 for order, buyer in connector.fetch_orders(since_at):
                     with session_scope() as session:
-                        row = session.get(Shop, shop.id)
+                        row = session.get_one(Shop, shop.id)
                         ledger_customer = upsert_customer(session, row, buyer, order.updated_at or utcnow()) \
                             if buyer else None
                         stored, _ = upsert_order(session, row, order, ledger_customer)
                         if ledger_customer is not None or stored.customer_id is not None:
                             from encore.store.models import Customer
 
-                            recompute(session, ledger_customer or session.get(Customer, stored.customer_id))
+                            recompute(session, ledger_customer or session.get_one(Customer, stored.customer_id))
                     counts["orders"] += 1
                     progress.advance(task)
                 progress.update(task, total=counts["orders"])

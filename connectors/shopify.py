@@ -171,7 +171,7 @@ class ShopifyConnector(Connector):
         label = f"Shopify {what}"
         headers = {"X-Shopify-Access-Token": self.token, "Content-Type": "application/json",
                    "Accept": "application/json"}
-        payload = {"query": query, "variables": variables or {}}
+        payload: dict[str, Any] = {"query": query, "variables": variables or {}}
         for attempt in range(self.retry.attempts):
             response = self.retry.call(lambda: self.http.post(self.endpoint, json=payload, headers=headers,
                                                               timeout=30), label)

@@ -124,6 +124,8 @@ class WooCommerceConnector(Connector):
 
     def site_timezone(self) -> str | None:
         """The WordPress site's IANA time zone from its public REST index (None when set as a bare offset)."""
+        if not self.shop.url:
+            return None
         try:
             response = requests.get(f"{self.shop.url.rstrip('/')}/wp-json/", timeout=10,
                                     headers={"Accept": "application/json"})

@@ -15,12 +15,12 @@ import logging
 import secrets
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import requests
 import shopify
 from flask import Blueprint, redirect, render_template_string, request
-from sqlalchemy import delete
+from sqlalchemy import CursorResult, delete
 
 from connectors.base import PlatformError
 from encore.crypto import encrypt
@@ -109,9 +109,9 @@ def consume_state(nonce: str, shop: str) -> bool:
     if not nonce:
         return False
     with session_scope() as session:
-        removed = session.execute(delete(OAuthState).where(
+        removed = cast(CursorResult[Any], session.execute(delete(OAuthState).where(  # a DELETE's result: a cursor's
             OAuthState.nonce == nonce, OAuthState.shop_domain == shop,
-            OAuthState.created_at >= utcnow() - STATE_TTL)).rowcount
+            OAuthState.created_at >= utcnow() - STATE_TTL))).rowcount
     return removed == 1
 
 

@@ -51,7 +51,7 @@ def _sample_store_key(request: Request) -> bool:
     with session_scope() as session:
         keys = session.execute(select(Shop.consumer_key_enc).where(
             Shop.platform == "woocommerce", Shop.url.like(f"%{PATH}"), Shop.consumer_key_enc.is_not(None))).scalars()
-        return any(hmac.compare_digest(decrypt(key).encode(), given.encode()) for key in keys)
+        return any(hmac.compare_digest(decrypt(key).encode(), given.encode()) for key in keys if key is not None)
 
 
 def _list(items: list[Any]):  # type: ignore[no-untyped-def]
