@@ -176,6 +176,7 @@ BAD_INPUTS = [_missing_signature, _wrong_signature, _tampered_body, _garbage_sig
               _bad_source("_source_port_out_of_range", "http://a:99999/"),
               _bad_source("_source_broken_ipv6", "http://[::1"),
               _bad_source("_source_javascript", "javascript:alert(1)"),
+              _bad_source("_source_longer_than_a_domain", "w" * 300 + ".myshopify.com"),
               *_number_cases(),
               _signed_change("_total_over_numeric_14_2", _total("1000000000000")),
               _signed_change("_total_with_a_huge_exponent", _total("1e-999999")),
@@ -392,6 +393,37 @@ def test_shop_domain_header_must_be_a_myshopify_domain(client, redis: Redis):
     headers = shopify_headers(body, "orders/create", shop="evil.example.com")
     assert client.post("/webhooks/shopify", data=body, headers=headers).status_code == 400
     assert SHOP.endswith(".myshopify.com")
+
+
+def test_a_data_request_id_wider_than_its_column_is_answered_400(client, redis: Redis):
+    data = payload("shopify", "customers_data_request")
+    data["data_request"]["id"] = "9" * 65  # kept with the export, data_exports.request_id: 64 characters
+    body = json.dumps(data).encode()
+    response = client.post("/webhooks/shopify", data=body, headers=shopify_headers(body, "customers/data_request"))
+    assert response.status_code == 400
+    assert "data_request.id" in archive.rejections()[0]["detail"]
+
+
+@pytest.mark.parametrize(("topic", "example", "path", "value"), [
+    ("customers/purchasing_summary", "customers_purchasing_summary", ("amountSpent",), "1,000 USD"),
+    ("customers/data_request", "customers_data_request", ("customer",), "a string"),
+    ("customers/redact", "customers_redact", ("orders_to_redact",), {"0": 1}),
+    ("orders/create", "orders_create", ("line_items",), "none"),
+    ("orders/create", "orders_create", ("discount_codes",), 12),
+])
+def test_an_object_or_array_of_the_wrong_type_is_read_as_empty(topic, example, path, value, client, redis: Redis):
+    """As WooCommerce sends an empty object as `[]`: no 500 (the parsers once called `.get` on a string)."""
+    data = payload("shopify", example)
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    body = json.dumps(data).encode()
+    response = client.post("/webhooks/shopify", data=body, headers=shopify_headers(body, topic))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    drain(redis)
+    job = queue(EVENTS, redis).fetch_job(response.get_json()["events"][0])
+    assert job.is_finished and "rejected" not in job.return_value()
 
 
 def test_a_value_the_event_model_refuses_is_answered_400_before_anything_is_queued(client, redis: Redis, woo_store):
