@@ -594,8 +594,8 @@ def message(key: str):  # type: ignore[no-untyped-def]
     """A sent email as it was written to the file outbox (its HTML part; scripts never run)."""
     import email
     import email.policy
-    import re
 
+    from connectors.email.file import file_name
     from flows.models import FlowEffect
 
     folder = outbox_folder()
@@ -603,7 +603,7 @@ def message(key: str):  # type: ignore[no-untyped-def]
         effect = db.get(FlowEffect, key)
         if effect is None or effect.kind != "email" or effect.shop_id not in g.viewer.shop_ids or folder is None:
             abort(404)
-    path = folder / (re.sub(r"[^A-Za-z0-9_.-]+", "_", key)[:180] + ".eml")
+    path = folder / file_name(key)
     if not path.is_file():
         abort(404, "the message is no longer in the outbox")
     parsed = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
