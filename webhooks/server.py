@@ -28,10 +28,7 @@ worker_class = "webhooks.server.ReadTimeoutWorker"
 threads = 32  # threads waiting on a socket cost little; CPU work stays at one per core (GIL)
 worker_connections = threads  # more wait in the listen backlog, for a worker with a free thread
 keepalive = 5
-timeout = 30
-graceful_timeout = 30
 limit_request_line = 8190
-limit_request_fields = 100
 
 
 class _TimedConn(gthread.TConn):
