@@ -278,6 +278,20 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):  # type: 
     return predicate()
 
 
+def http_status(url: str, timeout: float = 10) -> int:
+    """The status of a GET of `url` (0 when nothing answered in `timeout` seconds)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as sock:

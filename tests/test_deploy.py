@@ -30,6 +30,7 @@ from tests.conftest import (
     WC_URL,
     free_port,
     fresh_postgres,
+    http_status,
     payload,
     redis_url_of,
     shopify_headers,
@@ -259,22 +260,12 @@ def _gunicorn(tmp_path: Path, port: int, redis: Redis, database_url: str) -> sub
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 
-def _get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
-
-
 def test_gunicorn_alone_on_a_new_sqlite_database(tmp_path, redis: Redis):
     port = free_port()
     url = f"sqlite:///{tmp_path / 'encore.db'}"
     server = _gunicorn(tmp_path, port, redis, url)
     try:
-        assert wait_for(lambda: _get(f"http://127.0.0.1:{port}/healthz") == 200, timeout=60), "never healthy"
+        assert wait_for(lambda: http_status(f"http://127.0.0.1:{port}/healthz") == 200, timeout=60), "never healthy"
         body, headers = _order()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/webhooks/shopify", data=body, headers=headers,
                                          method="POST")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from redis import Redis
 
-from tests.conftest import SHOPIFY_SECRET, free_port, payload, redis_url_of, stop_group, wait_for
+from tests.conftest import SHOPIFY_SECRET, free_port, http_status, payload, redis_url_of, stop_group, wait_for
 from webhooks.base import sign
 from webhooks.server import READ_TIMEOUT
 
@@ -66,11 +66,11 @@ def test_stalled_clients_are_dropped_while_health_and_receivers_answer(tmp_path,
     held: list[socket.socket] = []
     try:
         url = f"http://127.0.0.1:{port}"
-        assert wait_for(lambda: _status(f"{url}/healthz") == 200, timeout=60), "the web process never answered"
+        assert wait_for(lambda: http_status(f"{url}/healthz") == 200, timeout=60), "the web process never answered"
         held = [_stall(port, body=i % 2 == 0) for i in range(STALLED)]
         time.sleep(0.5)  # the server has taken them in
 
-        assert _status(f"{url}/healthz", timeout=3) == 200
+        assert http_status(f"{url}/healthz", timeout=3) == 200
         order = payload("shopify", "orders_create")
         body = json.dumps(order).encode()
         request = urllib.request.Request(f"{url}/webhooks/shopify", data=body, method="POST", headers={
@@ -94,16 +94,6 @@ def test_stalled_clients_are_dropped_while_health_and_receivers_answer(tmp_path,
     errors = web.stderr.read().decode() if web.stderr else ""
     assert "Traceback" not in errors, errors[-2000:]
     assert "WORKER TIMEOUT" not in errors, errors[-2000:]
-
-
-def _status(url: str, timeout: float = 10) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:
-            return int(answer.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
 
 
 def _queued(redis: Redis) -> int:
