@@ -28,6 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from encore.events import INT64_MAX
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -60,7 +62,7 @@ class UTCDateTime(TypeDecorator):
 Money = Numeric(14, 2, asdecimal=True)
 JSONType = JSON()
 IdType = BigInteger().with_variant(Integer(), "sqlite")
-MAX_ID = 2**63 - 1  # the largest IdType value, on PostgreSQL (BIGINT) and SQLite (INTEGER) alike
+MAX_ID = INT64_MAX  # the largest IdType value, on PostgreSQL (BIGINT) and SQLite (INTEGER) alike
 
 
 def parse_id(value: object) -> int | None:
