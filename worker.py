@@ -11,7 +11,9 @@ RQ's workers, as they come, break Encore's promises in a few places; `Resilient`
   a scheduler that stopped beating (its worker was killed) is broken, and a scheduler process
   that died (Redis went away) is started again, so scheduled work resumes within seconds;
 - a Redis outage is ridden out with backoff instead of quitting;
-- SIGTERM finishes the current job, then stops (RQ's warm shutdown).
+- SIGTERM finishes the current job, then stops (RQ's warm shutdown);
+- a job and its delivery's raw body are read in one round trip, and the body is deleted in the
+  transaction that records the job's success.
 """
 
 from __future__ import annotations
@@ -36,7 +38,15 @@ from rq.utils import now as rq_now
 from rq.worker import BaseWorker
 
 from encore import logs
-from encore.queue import QUEUES, ReliableQueue, get_redis, queue, requeue_stranded
+from encore.queue import (
+    QUEUES,
+    ReliableQueue,
+    collect_finished_bodies,
+    finished_bodies,
+    get_redis,
+    queue,
+    requeue_stranded,
+)
 from encore.store import migrate
 
 log = logging.getLogger("encore.worker")
@@ -114,6 +124,7 @@ class Resilient(BaseWorker):
         self._state_written = state
 
     def execute_job(self, job: Any, queue: Any) -> None:
+        collect_finished_bodies(True)
         try:
             super().execute_job(job, queue)
         except REDIS_DOWN as exc:
@@ -121,6 +132,32 @@ class Resilient(BaseWorker):
             # is retried as abandoned (its steps are idempotent) once Redis is back.
             log.error("Redis went away while job %s ran (%s); it will be retried", job.id, type(exc).__name__)
             self._through_outage("after a job", lambda: self.connection.ping())
+        finally:
+            collect_finished_bodies(False)
+
+    def handle_execution_ended(self, job: Any, queue: Any, heartbeat_ttl: int) -> None:
+        """The job's end time, without RQ's own round trip to stamp its hash's `last_heartbeat`.
+
+        RQ writes that stamp between the job's return and the transaction that records its outcome;
+        nothing reads it (abandoned jobs are found through the started registry), and the outcome's
+        transaction follows at once.
+        """
+        job.ended_at = job.last_heartbeat = rq_now()
+
+    # -- a delivery's raw body goes with its job's success, in the same transaction ----------------------
+    def cleanup_execution(self, job: Any, pipeline: Any, execution: Any = None) -> None:
+        bodies = finished_bodies()
+        if bodies:
+            pipeline.delete(*bodies)
+        super().cleanup_execution(job, pipeline, execution)
+
+    def handle_job_failure(self, *args: Any, **kwargs: Any) -> None:
+        finished_bodies().clear()  # a failed job keeps its body for the retry
+        super().handle_job_failure(*args, **kwargs)
+
+    def handle_job_retry(self, *args: Any, **kwargs: Any) -> None:
+        finished_bodies().clear()
+        super().handle_job_retry(*args, **kwargs)
 
     def teardown(self) -> None:
         try:

@@ -12,7 +12,7 @@ from rq import Queue, Retry
 from rq.exceptions import DequeueTimeout
 from rq.job import Job
 from rq.serializers import JSONSerializer
-from rq.utils import as_text, utcformat
+from rq.utils import as_text, backend_class, utcformat
 from rq.utils import now as rq_now
 
 from encore.events import Event
@@ -85,7 +85,8 @@ class ReliableQueue(Queue):
     RQ moves a job into the queue's intermediate list as it takes it (LMOVE, so a job is never in
     no list at all) only when a worker listens on one queue; with several it pops with BLPOP, and a
     job popped as Redis goes down is in no list and no registry: lost. Here every take is an LMOVE,
-    tried on each queue in order in one round trip (a Lua script), and an idle worker blocks with
+    tried on each queue in order in one round trip (a Lua script, which also reads the job's hash
+    and its delivery's raw body, so taking a job costs one round trip), and an idle worker blocks with
     BLMOVE on the first queue for at most DEQUEUE_POLL seconds before trying them all again. The
     worker drops the job from the intermediate list when it registers it as started; one that never
     got that far is put back on its queue by the worker's maintenance (`requeue_stranded`).
@@ -100,8 +101,9 @@ class ReliableQueue(Queue):
             keys += [q.key, q.intermediate_queue_key]
         deadline = None if timeout is None else time.monotonic() + timeout
         take = _script(connection, _TAKE_ANY)
+        job_cls = backend_class(cls, "job_class", override=job_class)
         while True:
-            result = take(keys=keys)
+            result = take(keys=keys, args=[job_cls.redis_job_namespace_prefix, BODY_PREFIX])
             if result is None and deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -112,21 +114,58 @@ class ReliableQueue(Queue):
                 if deadline is None:
                     return None
                 continue
-            queue_key, job_id = (as_text(part) for part in result)
-            found = cls._fetch_dequeued_job(connection, queue_key, job_id, job_class=job_class,
-                                            serializer=serializer, death_penalty_class=death_penalty_class)
+            global _taken_body
+            queue_key, job_id = as_text(result[0]), as_text(result[1])
+            _taken_body = (job_id, result[3]) if len(result) == 4 and result[3] is not None else None
+            if len(result) == 2:  # taken by the blocking read: RQ fetches the job itself
+                found = cls._fetch_dequeued_job(connection, queue_key, job_id, job_class=job_cls,
+                                                serializer=serializer, death_penalty_class=death_penalty_class)
+            else:
+                found = cls._taken_job(connection, queue_key, job_id, result[2], job_cls, serializer,
+                                       death_penalty_class)
             if found is not None:
                 return found
 
+    # Encore's jobs never depend on one another, so a finished job has no dependents to look up (RQ
+    # would read its dependents' set in a round trip of its own); a job queued with some is refused.
+    def create_job(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("depends_on") is not None:
+            raise ValueError("Encore's queues take no job dependencies (depends_on)")
+        return super().create_job(*args, **kwargs)
+
+    def move_dependents_to_ready(self, job, pipeline=None, exclude_job_id=None,  # type: ignore[no-untyped-def]
+                                 refresh_job_status=True):
+        return {}
+
+    @classmethod
+    def _taken_job(cls, connection: Redis, queue_key: str, job_id: str, fields: list[bytes], job_cls: type[Job],
+                   serializer: Any, death_penalty_class: Any) -> tuple[Job, Queue] | None:
+        """The job whose hash the take script read with it, built as RQ's `Job.fetch` builds it."""
+        if not fields:  # the hash is gone (the job was deleted): RQ's dequeue passes over it too
+            return None
+        q = cls.from_queue_key(queue_key, connection=connection, job_class=job_cls, serializer=serializer,
+                               death_penalty_class=death_penalty_class)
+        job = job_cls(job_id, connection=connection, serializer=serializer)
+        try:
+            job.restore(dict(zip(fields[0::2], fields[1::2], strict=True)))
+        except Exception as exc:
+            exc.job_id = job_id  # type: ignore[attr-defined] - as RQ's own fetch reports it
+            exc.queue = q  # type: ignore[attr-defined]
+            raise
+        return job, q
 
 DEQUEUE_POLL = 0.5  # an idle worker looks at its other queues at least this often (seconds)
 STRANDED_AFTER = 10.0  # a job this long in an intermediate list, and not started, is put back on its queue
 
-# Take the first job of the first non-empty queue into its intermediate list: KEYS = queue, its list, …
+# Take the first job of the first non-empty queue into its intermediate list, and read the job's hash
+# and its delivery's raw body (if any) in the same round trip.
+# KEYS: a queue, its intermediate list, … ARGV: RQ's job key prefix, the body key prefix
 _TAKE_ANY = """
 for i = 1, #KEYS, 2 do
   local job_id = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'RIGHT')
-  if job_id then return {KEYS[i], job_id} end
+  if job_id then
+    return {KEYS[i], job_id, redis.call('HGETALL', ARGV[1] .. job_id), redis.call('GET', ARGV[2] .. job_id)}
+  end
 end
 return nil
 """
@@ -249,15 +288,46 @@ def enqueue_event(event: Event, connection: Redis | None = None) -> bool:
                          f"{event.platform} {event.topic}")
 
 
+_taken_body: tuple[str, bytes] | None = None  # the body the take script read with the job now running
+
+
 def delivery_body(key: str, connection: Redis | None = None) -> bytes | None:
-    """The raw body of a queued delivery (kept until it is processed, at most FAILURE_TTL)."""
+    """The raw body of a queued delivery (kept until it is processed, at most FAILURE_TTL).
+
+    The worker's take script already read the running job's body with the job; that copy is used once.
+    """
+    global _taken_body
+    taken, _taken_body = _taken_body, None
+    if taken is not None and taken[0] == key and connection is None:
+        return taken[1]
     body = (connection or get_redis()).get(BODY_PREFIX + key)
     return body.encode() if isinstance(body, str) else body
 
 
+_finished_bodies: list[str] | None = None  # while a worker runs a job: bodies dropped with its success
+
+
 def forget_delivery_body(key: str, connection: Redis | None = None) -> None:
-    """Drop a processed delivery's raw body from Redis (the archive keeps it)."""
+    """Drop a processed delivery's raw body from Redis (the archive keeps it).
+
+    Inside a worker's job the delete is left to the worker, which makes it in the same transaction
+    that records the job's success (`finish_bodies`): a job that fails afterwards keeps its body.
+    """
+    if _finished_bodies is not None and connection is None:
+        _finished_bodies.append(BODY_PREFIX + key)
+        return
     (connection or get_redis()).delete(BODY_PREFIX + key)
+
+
+def collect_finished_bodies(on: bool) -> None:
+    """Start (a job begins in the worker) or stop collecting the bodies a running job forgets."""
+    global _finished_bodies
+    _finished_bodies = [] if on else None
+
+
+def finished_bodies() -> list[str]:
+    """The keys of the bodies the running job forgot: the worker deletes them as it records its success."""
+    return _finished_bodies if _finished_bodies is not None else []
 
 
 def enqueue_delivery(platform: str, delivery: dict[str, Any], body: bytes, key: str,

@@ -90,3 +90,27 @@ def test_run_id_is_on_every_log_line_of_a_run(client, redis, woo_store, env, tmp
     lines = [r for r in caplog.records if r.name.startswith(("flows.", "connectors."))]
     assert any(r.getMessage().startswith("could not ask the platform whether HELLO-") for r in lines)
     assert [getattr(r, "run_id", None) for r in lines] == [run.id] * len(lines)
+
+
+def test_a_jobs_log_keeps_its_start_and_completion_and_drops_rqs_repeats(client, redis: Redis, caplog):
+    import worker
+
+    logs.setup()
+    body = json.dumps(payload("shopify", "orders_create")).encode()
+    job_id = client.post("/webhooks/shopify", data=body,
+                         headers=shopify_headers(body, "orders/create")).get_json()["events"][0]
+    rq_worker = logging.getLogger("rq.worker")
+    kept = []
+    capture = logging.Handler()
+    capture.emit = kept.append  # type: ignore[method-assign]
+    rq_worker.addHandler(capture)
+    try:
+        worker.build_worker().work(burst=True)
+    finally:
+        rq_worker.removeHandler(capture)
+    about_the_job = [record.getMessage() for record in kept if job_id in record.getMessage()
+                     or "Successfully completed" in record.getMessage()]
+    assert len(about_the_job) == 2, about_the_job
+    assert "shopify orders/create" in about_the_job[0] and job_id in about_the_job[0]
+    assert about_the_job[1].startswith("Successfully completed shopify orders/create job in")
+    assert not [record for record in kept if "Job OK" in record.getMessage() or "result is kept" in record.getMessage()]

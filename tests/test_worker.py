@@ -202,3 +202,63 @@ def test_encore_run_starts_a_child_that_dies_again(tmp_path):
         assert run.poll() is None
     finally:
         stop_group(run)
+
+
+class CountingRedis(Redis):
+    """A Redis client that notes every command it sends on its own (pipelines and scripts not included)."""
+
+    sent: list[tuple[str, str]]
+
+    def execute_command(self, *args, **options):  # type: ignore[no-untyped-def]
+        self.sent.append((str(args[0]).upper(), str(args[1]) if len(args) > 1 else ""))
+        return super().execute_command(*args, **options)
+
+
+def test_the_worker_takes_a_job_with_its_body_in_one_round_trip_and_drops_the_body_with_its_success(
+        client, redis: Redis, env):
+    import worker
+    from encore import queue as queue_module
+
+    ids = []
+    for number in range(3):
+        data = payload("shopify", "orders_create")
+        body = json.dumps(data).encode()
+        answer = client.post("/webhooks/shopify", data=body,
+                             headers=shopify_headers(body, "orders/create", webhook_id=f"take-{number}"))
+        ids.append(answer.get_json()["events"][0])
+    assert all(redis.exists(queue_module.BODY_PREFIX + job_id) for job_id in ids)
+    counting = CountingRedis.from_url(redis_url_of(redis))
+    counting.sent = []
+    queue_module.set_redis(counting)
+    worker.build_worker().work(burst=True)
+    for job_id in ids:
+        job = queue(EVENTS, redis).fetch_job(job_id)
+        assert job.is_finished and job.return_value()["event"] == job_id and job.return_value()["new"]
+        assert not redis.exists(queue_module.BODY_PREFIX + job_id)  # gone with the job's success
+    commands = {name for name, key in counting.sent if any(job_id in key for job_id in ids)}
+    # No GET of a body or HGETALL of a job: the take read both.
+    assert commands == set(), [sent for sent in counting.sent if "take" in sent[1]]
+    assert [key for _, key in counting.sent if key.endswith(":dependents")] == []  # no dependents looked up
+
+
+def test_a_job_that_fails_in_the_worker_keeps_its_body_for_the_retry(client, redis: Redis, env, tmp_path):
+    import worker
+    from encore import queue as queue_module
+
+    body = json.dumps(payload("shopify", "orders_create")).encode()
+    job_id = client.post("/webhooks/shopify", data=body,
+                         headers=shopify_headers(body, "orders/create")).get_json()["events"][0]
+    env.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'missing-dir' / 'nope.db'}")  # the store is unreachable
+    reset_settings()
+    worker.build_worker().work(burst=True)
+    job = queue(EVENTS, redis).fetch_job(job_id)
+    assert job.get_status() == "scheduled" and job.retries_left == EVENT_RETRY.max - 1
+    assert redis.get(queue_module.BODY_PREFIX + job_id) == body
+
+
+def test_encore_queues_refuse_job_dependencies(redis: Redis):
+    q = queue(EVENTS, redis)
+    first = q.enqueue_call("builtins.len", args=([1],), job_id="first")
+    with pytest.raises(ValueError, match="depends_on"):
+        q.enqueue_call("builtins.len", args=([2],), job_id="second", depends_on=first)
+    assert q.job_ids == ["first"]
