@@ -148,8 +148,8 @@ class ReliableQueue(Queue):
         job = job_cls(job_id, connection=connection, serializer=serializer)
         try:
             job.restore(dict(zip(fields[0::2], fields[1::2], strict=True)))
-        except Exception as exc:
-            exc.job_id = job_id  # type: ignore[attr-defined] - as RQ's own fetch reports it
+        except Exception as exc:  # named as RQ's own fetch names it
+            exc.job_id = job_id  # type: ignore[attr-defined]
             exc.queue = q  # type: ignore[attr-defined]
             raise
         return job, q
