@@ -62,10 +62,10 @@ def main() -> int:
 
     from sqlalchemy import event, text
 
-    from encore import logs
-    from encore.queue import get_redis
-    from encore.store import get_engine, migrate, session_scope
-    from encore.store.ledger import _SHOP, get_or_create_shop
+    from encore_retention.core import logs
+    from encore_retention.core.queue import get_redis
+    from encore_retention.core.store import get_engine, migrate, session_scope
+    from encore_retention.core.store.ledger import _SHOP, get_or_create_shop
 
     migrate()
     redis = get_redis()

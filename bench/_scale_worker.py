@@ -238,11 +238,11 @@ def apply_experiments(names: list[str], rq_worker: Any) -> None:
         logging.getLogger().setLevel("WARNING")
         rq_worker.log.setLevel("WARNING")
     if "no-pre-ping" in names:
-        from encore.store import get_engine
+        from encore_retention.core.store import get_engine
 
         get_engine().pool._pre_ping = False
     if "shop-cache" in names:
-        from encore.store import ledger
+        from encore_retention.core.store import ledger
 
         real, cache = ledger.get_or_create_shop, {}
 
@@ -264,16 +264,16 @@ def main() -> int:
     parser.add_argument("--experiment", action="append", default=[], choices=EXPERIMENTS)
     args = parser.parse_args()
 
-    import connectors.base
-    import worker
-    from encore import logs
-    from encore.store import migrate
-    from flows import dates
-    from flows.loader import registry
+    from encore_retention import worker
+    from encore_retention.connectors import base as connector_registry
+    from encore_retention.core import logs
+    from encore_retention.core.store import migrate
+    from encore_retention.flows import dates
+    from encore_retention.flows.loader import registry
     from tests.flows.helpers import FakeConnector
 
     dates.set_now(datetime.fromisoformat(args.now))
-    connectors.base.get_connector = lambda shop: FakeConnector(shop)  # never call a platform
+    connector_registry.get_connector = lambda shop: FakeConnector(shop)  # never call a platform
     logs.setup()
     migrate()
     registry()

@@ -58,7 +58,7 @@ def setup_env(tmp: Path, redis_url: str) -> None:
     })
     os.environ.pop("FLOWS_DIR", None)
     os.environ.pop("TEMPLATES_DIR", None)
-    from encore.settings import reset_settings
+    from encore_retention.core.settings import reset_settings
 
     reset_settings()
 
@@ -67,7 +67,7 @@ def drain(connection: Redis, worker_class: type) -> int:
     """Run every queued job with a worker of `worker_class`; returns the number of jobs done."""
     from rq.serializers import JSONSerializer
 
-    from encore.queue import QUEUES, queue
+    from encore_retention.core.queue import QUEUES, queue
 
     queues = [queue(name, connection) for name in QUEUES]
     before = sum(q.count for q in queues)
@@ -76,7 +76,7 @@ def drain(connection: Redis, worker_class: type) -> int:
 
 
 def noop_rate(connection: Redis, worker_class: type, jobs: int) -> float:
-    from encore.queue import FLOWS, queue
+    from encore_retention.core.queue import FLOWS, queue
 
     q = queue(FLOWS, connection)
     with connection.pipeline() as pipe:
@@ -89,7 +89,7 @@ def noop_rate(connection: Redis, worker_class: type, jobs: int) -> float:
 
 
 def make_events(customers: int, first: int = 10_000, t0: datetime = T0) -> list:
-    from encore import events as ev
+    from encore_retention.core import events as ev
 
     events = []
     for n in range(customers):
@@ -118,8 +118,8 @@ def library_round(connection: Redis, customers: int, first: int, t0: datetime) -
     from rq.registry import ScheduledJobRegistry
     from rq.serializers import JSONSerializer
 
-    from encore.queue import FLOWS, enqueue_event, queue
-    from flows import dates
+    from encore_retention.core.queue import FLOWS, enqueue_event, queue
+    from encore_retention.flows import dates
 
     dates.set_now(t0)
     events = make_events(customers, first=first, t0=t0)
@@ -149,15 +149,15 @@ def throughput(connection: Redis, event_count: int, rounds: int) -> dict:
     """RQ's no-op rate and the library's event rate, each the best of `rounds` alternating rounds."""
     from rq import SimpleWorker, Worker
 
-    import connectors.base
-    from encore.queue import enqueue_event
-    from encore.store import migrate
-    from flows import dates
+    from encore_retention.connectors import base as connector_registry
+    from encore_retention.core.queue import enqueue_event
+    from encore_retention.core.store import migrate
+    from encore_retention.flows import dates
     from tests.flows.helpers import FakeConnector
 
     migrate()
-    connectors.base.get_connector = lambda shop: FakeConnector(shop)  # never call a platform
-    import connectors.email as email_api
+    connector_registry.get_connector = lambda shop: FakeConnector(shop)  # never call a platform
+    import encore_retention.connectors.email as email_api
 
     real_send, email_seconds = email_api.send, [0.0]
 
@@ -169,13 +169,13 @@ def throughput(connection: Redis, event_count: int, rounds: int) -> dict:
             email_seconds[0] += time.perf_counter() - start
 
     email_api.send = timed_send  # the MIME building and the outbox write, counted apart
-    import worker
+    from encore_retention import worker
 
     worker.settle()  # as Encore's worker does once it has loaded everything
     forking = noop_rate(connection, Worker, 300)
 
     # The same pipeline with no flows at all (an empty FLOWS_DIR): the ledger's share of each event.
-    from encore.settings import reset_settings
+    from encore_retention.core.settings import reset_settings
 
     empty = Path(os.environ["ENCORE_DATA_DIR"]) / "no-flows"
     empty.mkdir(parents=True, exist_ok=True)
@@ -204,8 +204,8 @@ def throughput(connection: Redis, event_count: int, rounds: int) -> dict:
     simple = max(simple_rates)
     from sqlalchemy import func, select
 
-    from encore.store import session_scope
-    from flows.models import FlowRun
+    from encore_retention.core.store import session_scope
+    from encore_retention.flows.models import FlowRun
 
     with session_scope() as session:
         statuses = dict(session.execute(select(FlowRun.status, func.count()).group_by(FlowRun.status)).all())
@@ -254,9 +254,9 @@ def fill_customers(path: Path, count: int) -> None:
 
 
 def sweep_time(tmp: Path, connection: Redis, count: int) -> dict:
-    from encore.settings import reset_settings
-    from encore.store import dispose_all, migrate
-    from flows import dates, triggers
+    from encore_retention.core.settings import reset_settings
+    from encore_retention.core.store import dispose_all, migrate
+    from encore_retention.flows import dates, triggers
 
     db = tmp / f"sweep-{count}.db"
     os.environ["DATABASE_URL"] = f"sqlite:///{db}"
@@ -298,7 +298,7 @@ def main() -> int:
             redis_database() as (url, connection):
         tmp = Path(name)
         setup_env(tmp, url)
-        from encore import queue as encore_queue
+        from encore_retention.core import queue as encore_queue
 
         encore_queue.set_redis(connection)
         result = {"throughput": throughput(connection, args.events, args.rounds)}

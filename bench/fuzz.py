@@ -47,7 +47,7 @@ CHUNK = 500  # cases posted between two runs of the queued jobs
 @contextmanager
 def database(kind: str, folder: Path) -> Iterator[str]:
     """A migrated, empty database URL of `kind`, dropped afterwards (PostgreSQL)."""
-    from encore.store import migrate
+    from encore_retention.core.store import migrate
 
     if kind == "sqlite":
         url = f"sqlite:///{folder / 'encore.db'}"
@@ -66,11 +66,11 @@ def run(cases: int, seed: int, kind: str) -> tuple[Outcome, float, int]:
     """Post `cases` fuzzed deliveries and run what was queued: the outcome, the seconds it took, emails sent."""
     from click.testing import CliRunner
 
-    from encore import queue as encore_queue
-    from encore.cli import main
-    from encore.settings import reset_settings
-    from webhooks import create_app
-    from webhooks import secrets as webhook_secrets
+    from encore_retention.core import queue as encore_queue
+    from encore_retention.core.cli import main
+    from encore_retention.core.settings import reset_settings
+    from encore_retention.webhooks import create_app
+    from encore_retention.webhooks import secrets as webhook_secrets
 
     with tempfile.TemporaryDirectory(prefix="encore-fuzz-") as tmp, redis_database() as (_url, connection):
         folder = Path(tmp)

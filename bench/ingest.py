@@ -83,7 +83,7 @@ def redis_cpu(connection: Redis) -> float:
 def gunicorn_options(args: argparse.Namespace) -> list[str]:
     """The gunicorn settings both servers run with."""
     if args.worker_class is None:
-        from webhooks.server import gunicorn_options as web_process
+        from encore_retention.webhooks.server import gunicorn_options as web_process
 
         return [*web_process(args.workers), "--backlog", "2048", "--log-level", "warning"]
     return ["--worker-class", args.worker_class, "--workers", str(args.workers), "--threads", str(args.threads),
@@ -165,8 +165,8 @@ def combine(name: str, chunks: list[dict]) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     """Measure both servers, alternating chunks of the load; a dict of the figures, the ratio and the verdict."""
-    from encore.queue import EVENTS, queue
-    from encore.store import migrate
+    from encore_retention.core.queue import EVENTS, queue
+    from encore_retention.core.store import migrate
 
     options = gunicorn_options(args)
     sizes = [args.requests // args.rounds + (1 if i < args.requests % args.rounds else 0) for i in range(args.rounds)]

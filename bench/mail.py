@@ -59,7 +59,7 @@ def main() -> int:
 
     from aiosmtpd.controller import Controller
 
-    from connectors.email import OutgoingEmail, build_message, get_transport
+    from encore_retention.connectors.email import OutgoingEmail, build_message, get_transport
 
     html = _html()
 

@@ -144,7 +144,7 @@ def shopify_payload(event: Any, examples: dict[str, dict[str, Any]]) -> dict[str
 
 def make_deliveries(count: int, wave: int) -> tuple[list[Delivery], int]:
     """`count` deliveries (rounded down to whole customers) of distinct new customers; and how many customers."""
-    from webhooks.base import sign
+    from encore_retention.webhooks.base import sign
 
     customers = count // 4
     events = make_events(customers)  # four per customer, in order
@@ -169,7 +169,7 @@ def make_deliveries(count: int, wave: int) -> tuple[list[Delivery], int]:
 
 def enqueue(deliveries: list[Delivery]) -> float:
     """Post every delivery to the receivers (no worker runs meanwhile); the seconds it took."""
-    from webhooks import create_app
+    from encore_retention.webhooks import create_app
 
     client = create_app().test_client()
     started = time.perf_counter()
@@ -197,13 +197,13 @@ def fresh_database(given: str | None, settings: dict[str, str] | None = None) ->
     """
     from sqlalchemy import text
 
-    from encore.store import dispose_all, get_engine, migrate
-    from encore.store.models import Base
+    from encore_retention.core.store import dispose_all, get_engine, migrate
+    from encore_retention.core.store.models import Base
 
     if given:
         migrate(given)
-        import encore.archive  # noqa: F401 - every table in the metadata
-        import flows.models  # noqa: F401
+        import encore_retention.core.archive  # noqa: F401 - every table in the metadata
+        import encore_retention.flows.models  # noqa: F401
 
         tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
         with get_engine(given).begin() as connection:
@@ -368,7 +368,7 @@ def release_waits(connection: Redis, when: Any) -> int:
     from rq.registry import ScheduledJobRegistry
     from rq.serializers import JSONSerializer
 
-    from encore.queue import QUEUES, queue
+    from encore_retention.core.queue import QUEUES, queue
 
     moved = 0
     for name in QUEUES:
@@ -386,7 +386,7 @@ def queue_state(connection: Redis) -> dict[str, int]:
     from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
     from rq.serializers import JSONSerializer
 
-    from encore.queue import QUEUES, queue
+    from encore_retention.core.queue import QUEUES, queue
 
     state = Counter()
     for name in QUEUES:
@@ -414,10 +414,10 @@ def environment(database: str, redis_url: str, tmp: Path, flows_dir: Path | None
 
 def use(env: dict[str, str], connection: Redis) -> None:
     """Point this process's settings, store and queue at a round's database and Redis."""
-    from encore import queue as encore_queue
-    from encore.settings import reset_settings
-    from encore.store import dispose_all
-    from webhooks import secrets
+    from encore_retention.core import queue as encore_queue
+    from encore_retention.core.settings import reset_settings
+    from encore_retention.core.store import dispose_all
+    from encore_retention.webhooks import secrets
 
     os.environ.clear()
     os.environ.update(env)
@@ -432,7 +432,7 @@ def run_round(workers: int, deliveries: list[Delivery], customers: int, args: ar
               flows_dir: Path | None = None, extra: list[str] | None = None, waits: bool = True,
               pg_settings: dict[str, str] | None = None) -> dict[str, Any]:
     """Queue every delivery, drain with `workers` processes, then their waits; figures and checks."""
-    from encore.store import migrate
+    from encore_retention.core.store import migrate
 
     saved = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix=f"encore-bench-scale-{label}-", dir=args.dir) as name, \
@@ -497,10 +497,10 @@ def checks(tmp: Path, customers: int, deliveries: int, library: bool) -> dict[st
     """The ledger's counts, emails per (customer, flow) from the side-effect records and the outbox files."""
     from sqlalchemy import func, select
 
-    from encore.archive import WebhookDelivery
-    from encore.store import session_scope
-    from encore.store.models import Customer, EventRecord, Order
-    from flows.models import FlowEffect, FlowRun
+    from encore_retention.core.archive import WebhookDelivery
+    from encore_retention.core.store import session_scope
+    from encore_retention.core.store.models import Customer, EventRecord, Order
+    from encore_retention.flows.models import FlowEffect, FlowRun
 
     with session_scope() as session:
         ledger = {
@@ -547,8 +547,8 @@ def checks(tmp: Path, customers: int, deliveries: int, library: bool) -> dict[st
 def noop_round(jobs: int, args: argparse.Namespace, connection: Redis, redis_url: str,
                extra: list[str] | None = None) -> Drain:
     """As many no-op RQ jobs as deliveries, drained by one worker process: RQ's own cost per job."""
-    from encore.queue import FLOWS, queue
-    from encore.store import migrate
+    from encore_retention.core.queue import FLOWS, queue
+    from encore_retention.core.store import migrate
 
     saved = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="encore-bench-scale-noop-", dir=args.dir) as name, \
@@ -738,7 +738,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.database_url:
-        from encore.store import normalise_url
+        from encore_retention.core.store import normalise_url
 
         args.database_url = normalise_url(args.database_url).replace("postgresql+psycopg://", "postgresql://")
     args.dir.mkdir(parents=True, exist_ok=True)

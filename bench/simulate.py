@@ -79,8 +79,8 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="write the generated files here and keep them")
     args = parser.parse_args()
 
-    from encore import simulate
-    from flows import dates, loader
+    from encore_retention.core import simulate
+    from encore_retention.flows import dates, loader
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.keep or Path(tmp)

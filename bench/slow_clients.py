@@ -119,9 +119,9 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from encore.store import migrate
-    from webhooks import server
-    from webhooks.server import gunicorn_options
+    from encore_retention.core.store import migrate
+    from encore_retention.webhooks import server
+    from encore_retention.webhooks.server import gunicorn_options
 
     configurations = {
         "sync x4 (before)": ["--worker-class", "sync", "--workers", "4", "--log-level", "critical"],

@@ -869,8 +869,8 @@ class Soak:
 
     def event_key(self, order: Order) -> str:
         """The delivery's job id (event key) as the receiver computes it (the product's own function)."""
-        from encore.events import event_id
-        from webhooks.woocommerce import store_domain
+        from encore_retention.core.events import event_id
+        from encore_retention.webhooks.woocommerce import store_domain
 
         if order.platform == "shopify":
             return event_id("shopify", order.headers["X-Shopify-Webhook-Id"])

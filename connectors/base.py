@@ -16,15 +16,15 @@ from decimal import Decimal
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from encore import events as ev
+from encore_retention.core import events as ev
 
 if TYPE_CHECKING:
-    from encore.store.models import Shop
+    from encore_retention.core.store.models import Shop
 
 ENTRY_POINT_GROUP = "encore.connectors"
 BUILTIN: dict[str, str] = {
-    "shopify": "connectors.shopify:ShopifyConnector",
-    "woocommerce": "connectors.woocommerce:WooCommerceConnector",
+    "shopify": "encore_retention.connectors.shopify:ShopifyConnector",
+    "woocommerce": "encore_retention.connectors.woocommerce:WooCommerceConnector",
 }
 
 
@@ -85,7 +85,7 @@ class Connector(abc.ABC):
     @classmethod
     def receiver(cls) -> Any:
         """The webhook receiver (`webhooks.base.Receiver`) of this platform."""
-        module = importlib.import_module(f"webhooks.{cls.platform}")
+        module = importlib.import_module(f"encore_retention.webhooks.{cls.platform}")
         return module.receiver
 
     @abc.abstractmethod

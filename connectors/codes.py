@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
-from connectors.base import Discount, DiscountRequest
-from encore.settings import get_settings
-from encore.store import session_scope
+from encore_retention.connectors.base import Discount, DiscountRequest
+from encore_retention.core.settings import get_settings
+from encore_retention.core.store import session_scope
 
 if TYPE_CHECKING:
-    from encore.store.models import Shop
+    from encore_retention.core.store.models import Shop
 
 ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 LENGTH = 8
@@ -60,7 +60,7 @@ def _session_of(shop: Shop) -> Iterator[Session]:
 
 def remembered(shop: Shop, idempotency_key: str) -> Discount | None:
     """The discount already made for this key, if this installation made one."""
-    from connectors.models import DiscountCode
+    from encore_retention.connectors.models import DiscountCode
 
     with _session_of(shop) as session:
         row = session.execute(select(DiscountCode).where(
@@ -76,8 +76,8 @@ def remember(shop: Shop, idempotency_key: str, discount: Discount) -> None:
     from sqlalchemy.dialects.postgresql import insert as pg_insert
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    from connectors.models import DiscountCode
-    from encore.store.models import utcnow
+    from encore_retention.connectors.models import DiscountCode
+    from encore_retention.core.store.models import utcnow
 
     with _session_of(shop) as session:
         builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert

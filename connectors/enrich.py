@@ -13,9 +13,9 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from connectors.base import PlatformError, get_connector
-from encore.store.ledger import upsert_customer
-from encore.store.models import Customer, Shop, utcnow
+from encore_retention.connectors.base import PlatformError, get_connector
+from encore_retention.core.store.ledger import upsert_customer
+from encore_retention.core.store.models import Customer, Shop, utcnow
 
 log = logging.getLogger(__name__)
 

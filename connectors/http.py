@@ -29,8 +29,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from connectors.base import PlatformError
-from encore.settings import get_settings
+from encore_retention.connectors.base import PlatformError
+from encore_retention.core.settings import get_settings
 
 Sleep = Callable[[float], None]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

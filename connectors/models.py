@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from encore.store.models import Base, IdType, JSONType, Money, UTCDateTime, utcnow
+from encore_retention.core.store.models import Base, IdType, JSONType, Money, UTCDateTime, utcnow
 
 
 class OAuthState(Base):

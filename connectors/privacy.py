@@ -29,12 +29,12 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from encore import archive
-from encore import events as ev
-from encore.queue import BODY_PREFIX, get_redis
-from encore.store.ledger import Person, customers_named, export_customer, person_of
-from encore.store.models import Customer, Shop, Suppression, utcnow
-from encore.unsubscribe import address_key
+from encore_retention.core import archive
+from encore_retention.core import events as ev
+from encore_retention.core.queue import BODY_PREFIX, PROCESS_DELIVERY, PROCESS_EVENT, current_path, get_redis
+from encore_retention.core.store.ledger import Person, customers_named, export_customer, person_of
+from encore_retention.core.store.models import Customer, Shop, Suppression, utcnow
+from encore_retention.core.unsubscribe import address_key
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def record_export(session: Session, shop: Shop, event: ev.Event) -> int | None:
     from sqlalchemy.dialects.postgresql import insert as pg_insert
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    from connectors.models import DataExport
+    from encore_retention.connectors.models import DataExport
 
     request_id = str(event.data.get("data_request_id") or "") or None
     if request_id:  # the same request delivered again (a new delivery id): one export
@@ -145,8 +145,8 @@ def delivery_names(person: Person, platform: str, delivery: dict[str, Any], body
         return False  # neither their address, phone, nor one of their ids is in it: nothing to parse
     if person.named_in(text):
         return True
-    from webhooks import RECEIVERS  # the same parsers the worker uses
-    from webhooks.base import Delivery
+    from encore_retention.webhooks import RECEIVERS  # the same parsers the worker uses
+    from encore_retention.webhooks.base import Delivery
 
     receiver = RECEIVERS.get(platform)
     if receiver is None:
@@ -276,13 +276,14 @@ def _job_names(person: Person, fields: dict[bytes, bytes], body: bytes | None) -
         func, _instance, args, _kwargs = orjson.loads(_inflate(fields.get(b"data", b"")))
     except (orjson.JSONDecodeError, TypeError, ValueError):
         func, args = None, []
-    if func == "encore.jobs.process_delivery" and len(args) >= 2 and isinstance(args[1], dict):
+    func = current_path(func) if isinstance(func, str) else None  # queued before an upgrade: its old name
+    if func == PROCESS_DELIVERY and len(args) >= 2 and isinstance(args[1], dict):
         platform, delivery = args[0], args[1]
         if delivery.get("shop") != person.shop or platform != person.platform:
             return False
         return person.whole_shop or person.named_in(text) or (
             body is not None and delivery_names(person, platform, delivery, body))
-    if func == "encore.jobs.process_event" and args and isinstance(args[0], dict):
+    if func == PROCESS_EVENT and args and isinstance(args[0], dict):
         try:
             event = ev.Event.from_dict(args[0])
         except ValueError:
@@ -332,7 +333,7 @@ def forget_messages(person: Person) -> int:
 
     A transport that keeps copies (the file outbox) has `forget(addresses, keys)`; SMTP keeps none.
     """
-    from connectors.email import get_transport
+    from encore_retention.connectors.email import get_transport
 
     transport = get_transport()
     remove = getattr(transport, "forget", None)

@@ -26,13 +26,13 @@ from typing import Any
 import requests
 import shopify
 
-from connectors import codes
-from connectors.base import Connector, Discount, DiscountRequest, PlatformError
-from connectors.http import RetryPolicy, Sleep, json_of, raise_for_status
-from encore import events as ev
-from encore.crypto import decrypt
-from encore.settings import get_settings
-from encore.store.models import Shop
+from encore_retention.connectors import codes
+from encore_retention.connectors.base import Connector, Discount, DiscountRequest, PlatformError
+from encore_retention.connectors.http import RetryPolicy, Sleep, json_of, raise_for_status
+from encore_retention.core import events as ev
+from encore_retention.core.crypto import decrypt
+from encore_retention.core.settings import get_settings
+from encore_retention.core.store.models import Shop
 
 log = logging.getLogger(__name__)
 

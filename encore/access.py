@@ -23,8 +23,8 @@ import orjson
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from redis import Redis
 
-from encore.queue import get_redis
-from encore.settings import get_settings
+from encore_retention.core.queue import get_redis
+from encore_retention.core.settings import get_settings
 
 LINK_SALT = "encore-admin-sign-in"
 LINK_MAX_AGE = 15 * 60

@@ -11,8 +11,8 @@ import time
 
 import click
 
-from encore import logs
-from encore.settings import get_settings
+from encore_retention.core import logs
+from encore_retention.core.settings import get_settings
 
 # gunicorn's default access line without the query string: sign-in tokens and OAuth codes ride in it.
 ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(f)s" "%(a)s"'
@@ -29,9 +29,9 @@ def main() -> None:
 @click.option("--workers", default=2, show_default=True, help="gunicorn worker processes")
 def run(port: int, workers: int) -> None:
     """Run web, worker and cron together (embedded Redis when REDIS_URL is unset)."""
-    from encore.queue import redis_url
-    from encore.store import migrate
-    from webhooks.server import gunicorn_options
+    from encore_retention.core.queue import redis_url
+    from encore_retention.core.store import migrate
+    from encore_retention.webhooks.server import gunicorn_options
 
     logs.setup()
     settings = get_settings()
@@ -47,14 +47,15 @@ def run(port: int, workers: int) -> None:
     migrate()
     commands = {
         "web": [sys.executable, "-m", "gunicorn", *gunicorn_options(workers), "--bind", f"0.0.0.0:{port}",
-                "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT, "webhooks:create_app()"],
-        "worker": [sys.executable, "-m", "encore.cli", "worker"],
-        "cron": [sys.executable, "-m", "encore.cli", "cron"],
+                "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
+                "encore_retention.webhooks:create_app()"],
+        "worker": [sys.executable, "-m", "encore_retention.core.cli", "worker"],
+        "cron": [sys.executable, "-m", "encore_retention.core.cli", "cron"],
     }
     supervisor = Supervisor(commands, env)
     click.echo(f"Encore is running on http://localhost:{port} (Ctrl-C stops it)", err=True)
     if not settings.ADMIN_PASSWORD:
-        from encore.access import LINK_MAX_AGE, sign_in_url
+        from encore_retention.core.access import LINK_MAX_AGE, sign_in_url
 
         click.echo(f"Admin page, one sign-in within {LINK_MAX_AGE // 60} minutes: "
                    f"{sign_in_url(f'http://localhost:{port}')}\n"
@@ -131,7 +132,7 @@ class Supervisor:
 @click.option("--burst", is_flag=True, help="drain the queues, then exit")
 def worker(burst: bool) -> None:
     """Run the RQ worker with its scheduler."""
-    import worker as worker_module
+    from encore_retention import worker as worker_module
 
     worker_module.main(burst=burst)
 
@@ -139,8 +140,8 @@ def worker(burst: bool) -> None:
 @main.command()
 def cron() -> None:
     """Run RQ's cron scheduler for date triggers and periodic jobs."""
-    from encore.cron import build_scheduler
-    from encore.queue import get_redis
+    from encore_retention.core.cron import build_scheduler
+    from encore_retention.core.queue import get_redis
 
     logs.setup()
     build_scheduler(get_redis()).start()
@@ -155,7 +156,7 @@ def admin() -> None:
 @click.option("--url", default=None, help="where your browser reaches Encore (default: APP_URL)")
 def admin_link(url: str | None) -> None:
     """Print a one-time sign-in link to /admin (one use, within 15 minutes; needs the server's SECRET_KEY)."""
-    from encore.access import sign_in_url
+    from encore_retention.core.access import sign_in_url
 
     click.echo(sign_in_url(url or get_settings().APP_URL))
 
@@ -163,7 +164,7 @@ def admin_link(url: str | None) -> None:
 @main.command()
 def migrate() -> None:
     """Bring the database to the newest schema."""
-    from encore.store import migrate as run_migrations
+    from encore_retention.core.store import migrate as run_migrations
 
     run_migrations()
     click.echo("database is up to date")
@@ -171,9 +172,9 @@ def migrate() -> None:
 
 def _register_room_commands() -> None:
     """Add the command groups each room contributes (flows, stores, import, …)."""
-    from connectors.cli import COMMANDS as connector_commands
-    from encore.tools import COMMANDS as tool_commands
-    from flows.cli import COMMANDS as flow_commands
+    from encore_retention.connectors.cli import COMMANDS as connector_commands
+    from encore_retention.core.tools import COMMANDS as tool_commands
+    from encore_retention.flows.cli import COMMANDS as flow_commands
 
     for command in (*flow_commands, *connector_commands, *tool_commands):
         main.add_command(command)

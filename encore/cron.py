@@ -13,11 +13,11 @@ from typing import Any
 from redis import Redis
 from rq.cron import CronJob, CronScheduler
 
-from encore.queue import MAINTENANCE, queue
+from encore_retention.core.queue import MAINTENANCE, queue
 
 log = logging.getLogger(__name__)
 
-CRON_MODULES = ("flows.cron", "connectors.cron", "encore.archive")
+CRON_MODULES = ("encore_retention.flows.cron", "encore_retention.connectors.cron", "encore_retention.core.archive")
 
 
 class JSONCronJob(CronJob):

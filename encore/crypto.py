@@ -7,7 +7,7 @@ import hashlib
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from encore.settings import get_settings
+from encore_retention.core.settings import get_settings
 
 __all__ = ["InvalidToken", "decrypt", "encrypt"]
 

@@ -17,8 +17,8 @@ from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import text
 
-from encore.queue import get_redis
-from encore.store import alembic_config, get_engine, migrate
+from encore_retention.core.queue import get_redis
+from encore_retention.core.store import alembic_config, get_engine, migrate
 
 log = logging.getLogger(__name__)
 

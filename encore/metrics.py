@@ -36,7 +36,7 @@ class QueueDepth(Collector):
     """Jobs waiting in each Encore queue, read from Redis when scraped."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from encore.queue import QUEUES, queue
+        from encore_retention.core.queue import QUEUES, queue
 
         family = GaugeMetricFamily("encore_queue_depth", "Jobs waiting per queue", labels=["queue"])
         try:

@@ -12,11 +12,11 @@ from rq import Queue, Retry
 from rq.exceptions import DequeueTimeout
 from rq.job import Job
 from rq.serializers import JSONSerializer
-from rq.utils import as_text, backend_class, utcformat
+from rq.utils import as_text, backend_class, import_attribute, utcformat
 from rq.utils import now as rq_now
 
-from encore.events import Event
-from encore.settings import get_settings
+from encore_retention.core.events import Event
+from encore_retention.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,8 @@ FLOWS = "flows"
 MAINTENANCE = "maintenance"
 QUEUES = (EVENTS, FLOWS, MAINTENANCE)
 
+PROCESS_EVENT = "encore_retention.core.jobs.process_event"  # the jobs the receivers queue, by dotted path
+PROCESS_DELIVERY = "encore_retention.core.jobs.process_delivery"
 SEEN_PREFIX = "encore:seen:"
 BODY_PREFIX = "encore:body:"
 # Transient failures (database busy, a platform's 5xx) retry with backoff; then the job is failed and kept.
@@ -79,6 +81,31 @@ def queue(name: str = EVENTS, connection: Redis | None = None) -> ReliableQueue:
     return ReliableQueue(name, connection=connection or get_redis(), serializer=JSONSerializer)
 
 
+# Job functions as named before the package had one import root: jobs queued then (still in Redis
+# after an upgrade: waiting, scheduled, retried or failed and requeued) run the same functions now.
+LEGACY_PATHS = (("encore.", "encore_retention.core."), ("flows.", "encore_retention.flows."),
+                ("connectors.", "encore_retention.connectors."), ("webhooks.", "encore_retention.webhooks."))
+
+
+def current_path(name: str) -> str:
+    """A job function's dotted path as it is named now (see LEGACY_PATHS)."""
+    for old, new in LEGACY_PATHS:
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
+class EncoreJob(Job):
+    """RQ's Job, whose function is found under its current path when it was queued under an old one."""
+
+    @property
+    def func(self):  # type: ignore[no-untyped-def]
+        name = self.func_name
+        if name is not None and not self.instance and current_path(name) != name:
+            return import_attribute(current_path(name))
+        return super().func
+
+
 class ReliableQueue(Queue):
     """An RQ queue whose workers take jobs with LMOVE, across every queue they listen on.
 
@@ -91,6 +118,8 @@ class ReliableQueue(Queue):
     worker drops the job from the intermediate list when it registers it as started; one that never
     got that far is put back on its queue by the worker's maintenance (`requeue_stranded`).
     """
+
+    job_class = EncoreJob
 
     @classmethod
     def dequeue_any(cls, queues, timeout, connection, job_class=None, serializer=None,  # type: ignore[no-untyped-def]
@@ -284,7 +313,7 @@ def enqueue_event(event: Event, connection: Redis | None = None) -> bool:
 
     The event id is both the dedupe key and the RQ job id, so a repeated event can't become two jobs.
     """
-    return _enqueue_once(connection or get_redis(), event.id, "encore.jobs.process_event", (event.to_dict(),),
+    return _enqueue_once(connection or get_redis(), event.id, PROCESS_EVENT, (event.to_dict(),),
                          f"{event.platform} {event.topic}")
 
 
@@ -337,5 +366,5 @@ def enqueue_delivery(platform: str, delivery: dict[str, Any], body: bytes, key: 
     The raw body is stored beside the job, by the same script as the dedupe mark and RQ's own
     writes, so the job never exists without its body and a 200 means all are in Redis.
     """
-    return _enqueue_once(connection or get_redis(), key, "encore.jobs.process_delivery", (platform, delivery),
+    return _enqueue_once(connection or get_redis(), key, PROCESS_DELIVERY, (platform, delivery),
                          f"{platform} {delivery.get('topic')}", body)

@@ -11,8 +11,8 @@ def folder(package: str, name: str = "") -> Path:
 
     Read through `importlib.resources`: the folder in site-packages when Encore is installed from its
     wheel, the checkout's when it is installed editable (`pip install -e .`, which `make` runs), where
-    `flows.templates` is the repository's top-level templates/ (mapped in pyproject.toml). Jinja, Alembic
-    and the flow loader walk these folders, so they must be real ones, not inside a zip.
+    `encore_retention.flows.templates` is the repository's top-level templates/ (mapped in pyproject.toml).
+    Jinja, Alembic and the flow loader walk these folders, so they must be real ones, not inside a zip.
     """
     try:
         root = files(package)

@@ -29,10 +29,10 @@ from typing import Any
 
 import click
 
-from encore import events as ev
-from flows import dates, expressions
-from flows.schema import DateTrigger, EventTrigger, step_kind
-from flows.steps import format_money, next_position, position_label, step_at
+from encore_retention.core import events as ev
+from encore_retention.flows import dates, expressions
+from encore_retention.flows.schema import DateTrigger, EventTrigger, step_kind
+from encore_retention.flows.steps import format_money, next_position, position_label, step_at
 
 ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 # `customer.orders_count == 3`, `customer.email_consent`, `not customer.tags`: read straight from the view.
@@ -283,7 +283,7 @@ def _json_items(path: Path, plural: str) -> Iterable[dict[str, Any]]:
 
 
 def _json_orders(path: Path) -> Iterator[HistoricalOrder]:
-    from webhooks import shopify, woocommerce
+    from encore_retention.webhooks import shopify, woocommerce
 
     for number, payload in enumerate(_json_items(path, "orders"), 1):
         if not isinstance(payload, dict):
@@ -319,7 +319,7 @@ def _json_orders(path: Path) -> Iterator[HistoricalOrder]:
 def read_customers(path: Path) -> list[KnownCustomer]:
     """Customers from a Shopify or WooCommerce customers export (CSV or JSON)."""
     if path.suffix.lower() in (".json", ".jsonl"):
-        from webhooks import shopify, woocommerce
+        from encore_retention.webhooks import shopify, woocommerce
 
         found = []
         for payload in _json_items(path, "customers"):
@@ -878,7 +878,7 @@ def simulate(orders_file: Path, customers_file: Path | None, date_from: str | No
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from flows import dates, loader
+    from encore_retention.flows import dates, loader
 
     out = Console()
     if flows_dir is not None:

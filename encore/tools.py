@@ -16,8 +16,8 @@ from typing import Any
 import click
 from rich.console import Console
 
-from encore import resources
-from encore.events import Event
+from encore_retention.core import resources
+from encore_retention.core.events import Event
 
 console = Console(stderr=True)
 
@@ -38,7 +38,7 @@ class Recorded:
 
 
 def _receiver(platform: str) -> Any:
-    from webhooks import RECEIVERS
+    from encore_retention.webhooks import RECEIVERS
 
     receiver = RECEIVERS.get(platform)
     if receiver is None:
@@ -50,7 +50,7 @@ def topic_from_name(platform: str, stem: str) -> str | None:
     """`orders_create` -> `orders/create`, `order_created` -> `order.created`: a payload file's topic."""
     import importlib
 
-    topics = importlib.import_module(f"webhooks.{platform}").TOPICS
+    topics = importlib.import_module(f"encore_retention.webhooks.{platform}").TOPICS
     for topic in topics:
         if topic.replace("/", "_").replace(".", "_") == stem:
             return str(topic)
@@ -60,8 +60,8 @@ def topic_from_name(platform: str, stem: str) -> str | None:
 def _default_shop(platform: str) -> str | None:
     from sqlalchemy import select
 
-    from encore.store import session_scope
-    from encore.store.models import Shop
+    from encore_retention.core.store import session_scope
+    from encore_retention.core.store.models import Shop
 
     with session_scope() as session:
         domains = session.execute(select(Shop.domain).where(Shop.platform == platform, Shop.active.is_(True))).all()
@@ -111,7 +111,7 @@ def read_recorded(paths: list[Path], platform: str | None = None, shop: str | No
 def archived(since: datetime | None, until: datetime | None, platform: str | None, shop: str | None,
              topic: str | None) -> Iterator[Recorded]:
     """Recorded webhooks from the archive, oldest first."""
-    from encore import archive
+    from encore_retention.core import archive
 
     for row in archive.deliveries(since, until, platform, shop, topic):
         yield Recorded(platform=row.platform, shop=row.shop, topic=row.topic, body=row.body.encode(),
@@ -120,7 +120,7 @@ def archived(since: datetime | None, until: datetime | None, platform: str | Non
 
 def events_of(recorded: Recorded) -> list[Event]:
     """The canonical events the platform's receiver makes of a recorded delivery."""
-    from webhooks.base import Delivery
+    from encore_retention.webhooks.base import Delivery
 
     receiver = _receiver(recorded.platform)
     headers = {k.lower(): v for k, v in recorded.headers.items()}
@@ -143,7 +143,7 @@ def events_of(recorded: Recorded) -> list[Event]:
 # ---- encore replay ---------------------------------------------------------------------------------
 
 def _duration(value: str) -> timedelta:
-    from flows.schema import parse_duration
+    from encore_retention.flows.schema import parse_duration
 
     try:
         return parse_duration(value)
@@ -174,8 +174,8 @@ def replay(files: tuple[Path, ...], from_archive: bool, since: str | None, until
     Events already processed are recognised and skipped by the ledger, so replaying after an outage
     processes only what was missed. With --dry-run nothing is sent, created or changed.
     """
-    from encore import logs
-    from encore.store import migrate
+    from encore_retention.core import logs
+    from encore_retention.core.store import migrate
 
     if bool(files) == from_archive:
         raise click.UsageError("give recorded webhook files, or --archive")
@@ -201,8 +201,8 @@ def replay(files: tuple[Path, ...], from_archive: bool, since: str | None, until
 def _replay(recorded: list[Recorded], use_queue: bool) -> list[dict[str, Any]]:
     from rich.table import Table
 
-    from encore.jobs import process_event
-    from encore.queue import enqueue_event
+    from encore_retention.core.jobs import process_event
+    from encore_retention.core.queue import enqueue_event
 
     rows: list[dict[str, Any]] = []
     table = Table("source", "event", "type", "outcome", title="replay")
@@ -222,9 +222,9 @@ def _replay(recorded: list[Recorded], use_queue: bool) -> list[dict[str, Any]]:
 def _rehearse(recorded: list[Recorded], follow: timedelta) -> list[dict[str, Any]]:
     from rich.table import Table
 
-    from encore.jobs import process_event
-    from encore.rehearsal import outcome_rows, rehearsal
-    from flows import dates
+    from encore_retention.core.jobs import process_event
+    from encore_retention.core.rehearsal import outcome_rows, rehearsal
+    from encore_retention.flows import dates
 
     with tempfile.TemporaryDirectory(prefix="encore-rehearsal-") as folder, rehearsal(Path(folder)) as rehearsed:
         # A replayed event must count as new in the copy, or the copy's ledger would skip it.
@@ -265,8 +265,8 @@ def export() -> None:
 def export_webhooks(out: Path | None, since: str | None, until: str | None, platform: str | None, shop: str | None,
                     topic: str | None) -> None:
     """Write archived webhooks as JSON lines (what `encore replay` reads)."""
-    from encore import archive
-    from encore.store import migrate
+    from encore_retention.core import archive
+    from encore_retention.core.store import migrate
 
     migrate()
     target = out.open("w", encoding="utf-8") if out else sys.stdout
@@ -284,7 +284,7 @@ def export_webhooks(out: Path | None, since: str | None, until: str | None, plat
 def _when(value: str | None, name: str) -> datetime | None:
     if not value:
         return None
-    from encore.events import parse_datetime
+    from encore_retention.core.events import parse_datetime
 
     try:
         parsed = parse_datetime(value if "T" in value else f"{value}T00:00:00+00:00")
@@ -297,7 +297,7 @@ def _when(value: str | None, name: str) -> datetime | None:
 
 # ---- encore samples --------------------------------------------------------------------------------
 
-SAMPLES = resources.folder("encore.samples")
+SAMPLES = resources.folder("encore_retention.core.samples")
 SAMPLE_STORE_NAME = "Sample Store"
 
 
@@ -308,13 +308,13 @@ def samples() -> None:
 
 def sample_store(url: str) -> tuple[str, str]:
     """Register (once) the sample WooCommerce store served by the sandbox; returns (source URL, webhook secret)."""
-    from connectors.woocommerce import generate_secret
-    from encore.crypto import decrypt, encrypt
-    from encore.store import migrate, session_scope
-    from encore.store.ledger import get_or_create_shop
-    from encore.store.models import utcnow
-    from webhooks.sandbox import PATH
-    from webhooks.woocommerce import store_domain
+    from encore_retention.connectors.woocommerce import generate_secret
+    from encore_retention.core.crypto import decrypt, encrypt
+    from encore_retention.core.store import migrate, session_scope
+    from encore_retention.core.store.ledger import get_or_create_shop
+    from encore_retention.core.store.models import utcnow
+    from encore_retention.webhooks.sandbox import PATH
+    from encore_retention.webhooks.woocommerce import store_domain
 
     migrate()
     store_url = url.rstrip("/") + PATH
@@ -339,8 +339,8 @@ def samples_send(url: str | None) -> None:
     """Sign and post the bundled sample webhooks to a running Encore (through a sandbox WooCommerce store)."""
     import requests
 
-    from encore.settings import get_settings
-    from webhooks.base import sign
+    from encore_retention.core.settings import get_settings
+    from encore_retention.webhooks.base import sign
 
     url = (url or get_settings().APP_URL).rstrip("/")
     store_url, secret = sample_store(url)
@@ -375,12 +375,12 @@ def samples_forget(url: str | None) -> None:
     """Remove the sample store and everything it brought (customers, orders, runs, archived webhooks)."""
     from sqlalchemy import delete, select
 
-    from encore import archive
-    from encore.settings import get_settings
-    from encore.store import migrate, session_scope
-    from encore.store.models import EventRecord, Shop
-    from webhooks.sandbox import COUPONS_KEY, PATH
-    from webhooks.woocommerce import store_domain
+    from encore_retention.core import archive
+    from encore_retention.core.settings import get_settings
+    from encore_retention.core.store import migrate, session_scope
+    from encore_retention.core.store.models import EventRecord, Shop
+    from encore_retention.webhooks.sandbox import COUPONS_KEY, PATH
+    from encore_retention.webhooks.woocommerce import store_domain
 
     migrate()
     domain = store_domain((url or get_settings().APP_URL).rstrip("/") + PATH)
@@ -393,7 +393,7 @@ def samples_forget(url: str | None) -> None:
                                                               archive.WebhookDelivery.shop == domain))
         session.delete(shop)
     try:
-        from encore.queue import get_redis
+        from encore_retention.core.queue import get_redis
 
         get_redis().delete(COUPONS_KEY)
     except Exception:  # noqa: BLE001 - Redis down: the coupons expire with it
@@ -402,7 +402,7 @@ def samples_forget(url: str | None) -> None:
 
 
 def _simulate_command() -> click.Command:
-    from encore.simulate import simulate
+    from encore_retention.core.simulate import simulate
 
     return simulate
 

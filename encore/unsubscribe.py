@@ -21,9 +21,9 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from encore.settings import get_settings
-from encore.store import insert_new
-from encore.store.models import Shop, Suppression, utcnow
+from encore_retention.core.settings import get_settings
+from encore_retention.core.store import insert_new
+from encore_retention.core.store.models import Shop, Suppression, utcnow
 
 SALT = "encore-unsubscribe-2"
 LEGACY_SALT = "encore-unsubscribe"  # the first format: [shop id, address]

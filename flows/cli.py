@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from flows import loader
+from encore_retention.flows import loader
 
 
 @click.group()
@@ -39,7 +39,7 @@ def lint(paths: tuple[Path, ...]) -> None:
 @flows.command()
 def schema() -> None:
     """Print the JSON Schema of a flow file (for editors)."""
-    from flows.schema import json_schema
+    from encore_retention.flows.schema import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
 
@@ -52,7 +52,7 @@ def schema() -> None:
               help="folder for the HTML (and .txt) files")
 def preview(flow: str, customer_file: Path, out: Path) -> None:
     """Render a flow's emails for a sample customer to HTML files (nothing is sent or created)."""
-    from flows import preview as previews
+    from encore_retention.flows import preview as previews
 
     path = Path(flow)
     if not path.exists():
@@ -84,10 +84,10 @@ def runs(email: str | None, flow_key: str | None, status: str | None, limit: int
     """Show recent flow runs with their traces: what was sent, and why something was not."""
     from sqlalchemy import func, select
 
-    from encore.store import session_scope
-    from encore.store.models import Customer
-    from flows.engine import trace_of
-    from flows.models import FlowRun
+    from encore_retention.core.store import session_scope
+    from encore_retention.core.store.models import Customer
+    from encore_retention.flows.engine import trace_of
+    from encore_retention.flows.models import FlowRun
 
     with session_scope() as session:
         stmt = select(FlowRun, Customer.email).outerjoin(Customer, Customer.id == FlowRun.customer_id)
@@ -114,7 +114,7 @@ def sweep(day: str | None) -> None:
     """Queue the date-triggered runs due now (or on --date, to catch up after downtime); idempotent."""
     from datetime import date
 
-    from flows.triggers import sweep as run_sweep
+    from encore_retention.flows.triggers import sweep as run_sweep
 
     if day:
         try:

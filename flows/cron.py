@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from encore.queue import FLOWS, MAINTENANCE
-from flows.engine import reschedule_lost
-from flows.triggers import sweep
+from encore_retention.core.queue import FLOWS, MAINTENANCE
+from encore_retention.flows.engine import reschedule_lost
+from encore_retention.flows.triggers import sweep
 
 CRON_JOBS = [
     # Hourly: every shop's date triggers due in the next 36 hours, queued at each customer's local time.

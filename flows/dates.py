@@ -48,7 +48,7 @@ def frozen_time(value: datetime) -> Iterator[None]:
 
 def zone(name: str | None, fallback: str | None = None) -> tzinfo:
     """The time zone named `name`, else `fallback`, else DEFAULT_TIMEZONE; unknown names fall through."""
-    from encore.settings import get_settings
+    from encore_retention.core.settings import get_settings
 
     return _zone(name, fallback, get_settings().DEFAULT_TIMEZONE)
 

@@ -22,14 +22,14 @@ from sqlalchemy import CursorResult, bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from encore import logs
-from encore.events import Checkout, Event, EventType, Order
-from encore.store import get_sessionmaker, insert_new, session_scope, stage
-from encore.store.ledger import cast_table
-from encore.store.models import Customer, Shop
-from flows import dates, loader
-from flows.loader import FlowFile
-from flows.models import (
+from encore_retention.core import logs
+from encore_retention.core.events import Checkout, Event, EventType, Order
+from encore_retention.core.store import get_sessionmaker, insert_new, session_scope, stage
+from encore_retention.core.store.ledger import cast_table
+from encore_retention.core.store.models import Customer, Shop
+from encore_retention.flows import dates, loader
+from encore_retention.flows.loader import FlowFile
+from encore_retention.flows.models import (
     ACTIVE,
     COMMITS,
     DONE,
@@ -48,8 +48,8 @@ from flows.models import (
     capture_traces,
     keep_traces,
 )
-from flows.schema import step_kind
-from flows.steps import (
+from encore_retention.flows.schema import step_kind
+from encore_retention.flows.steps import (
     StepRunner,
     TransientStepError,
     next_position,
@@ -65,8 +65,8 @@ LEASE = timedelta(minutes=5)
 MAX_ATTEMPTS = 8
 RETRY_BACKOFF = [60, 300, 900, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600]
 MAX_STEPS_PER_ADVANCE = 200
-RESUME = "flows.engine.resume_run"
-WAKE = "flows.engine.wake_due"
+RESUME = "encore_retention.flows.engine.resume_run"
+WAKE = "encore_retention.flows.engine.wake_due"
 BLOCKED = "blocked"  # driving stopped before a step with a side effect (pure_only)
 PURE_STEPS = frozenset({"wait", "if", "stop"})
 WAKE_PREFIX = "flowwake-"
@@ -123,7 +123,7 @@ def handle_event(event: Event, *, shop: Shop | None, customer: Customer | None, 
     exiting = registry.exiting_on(event.type.value)
     if not starting and not exiting:
         return
-    from flows import triggers
+    from encore_retention.flows import triggers
 
     if exiting:
         exit_runs(session, customer.id, event)
@@ -218,7 +218,7 @@ def _admit(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer
                      customer_id=customer.id, flow_key=flow_file.key, flow_name=flow.name,
                      flow_digest=flow_file.digest, definition=flow_file.data, trigger_key=trigger_key,
                      event_id=event_id, context=context, started_at=now, updated_at=now)
-    from flows import expressions
+    from encore_retention.flows import expressions
 
     if flow.conditions:  # what the run would see, from its draft (no row is made for a flow that won't start)
         ctx = StepRunner(session, draft, flow, shop, customer).context()
@@ -257,7 +257,7 @@ def _started(session: Session, flow_file: FlowFile, run: Run, event_id: str | No
     if run.status == SUPPRESSED:
         _trace(session, run, "suppressed", "not started: no consent (customer.email_consent is not true)",
                reason="no consent")
-        from encore.metrics import EMAILS
+        from encore_retention.core.metrics import EMAILS
 
         EMAILS.labels(flow=flow_file.key, outcome="no consent").inc()
 
@@ -566,7 +566,7 @@ def schedule(run_id: int, when: Any, job_id: str) -> None:
     a run needs it (a Redis mark keeps the others from queueing it again); RQ's scheduler moves it
     to the `flows` queue when the slot ends. A run due now, or rescued, gets a `resume_run` job of its own.
     """
-    from encore.queue import FLOWS, get_redis, queue
+    from encore_retention.core.queue import FLOWS, get_redis, queue
 
     q = queue(FLOWS)
     if not job_id.startswith(WAKE_PREFIX):
@@ -578,7 +578,7 @@ def schedule(run_id: int, when: Any, job_id: str) -> None:
                          retry=JOB_RETRY)
         return
     slot = int(job_id[len(WAKE_PREFIX):])
-    from encore import queue as queue_module
+    from encore_retention.core import queue as queue_module
 
     seen = (queue_module.generation, slot)
     if seen in _slots_known:
@@ -645,7 +645,7 @@ def wake_due(slot: int | None = None) -> int:
 
 def _queue_more(slot: int | None, token: str) -> None:
     """Queue another wake job for the same slot, now (for the runs beyond this job's batch)."""
-    from encore.queue import FLOWS, queue
+    from encore_retention.core.queue import FLOWS, queue
 
     queue(FLOWS).enqueue_call(WAKE, args=(slot,), job_id=f"{WAKE_PREFIX}{slot}-more-{token[-8:]}",
                               result_ttl=600, failure_ttl=30 * 24 * 3600, retry=JOB_RETRY)
@@ -686,7 +686,7 @@ def reschedule_lost(grace_seconds: int = 120) -> int:
     the run gets a job of its own too. Should the stuck one run after all, the run's lease and its
     side effects' keys keep it from acting twice.
     """
-    from encore.queue import get_redis
+    from encore_retention.core.queue import get_redis
 
     connection = get_redis()
     now = dates.now()

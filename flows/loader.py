@@ -20,10 +20,10 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from encore import resources
-from encore.settings import get_settings
-from flows import expressions, render
-from flows.schema import (
+from encore_retention.core import resources
+from encore_retention.core.settings import get_settings
+from encore_retention.flows import expressions, render
+from encore_retention.flows.schema import (
     CreateDiscountStep,
     DateTrigger,
     EventTrigger,
@@ -36,7 +36,7 @@ from flows.schema import (
 
 log = logging.getLogger(__name__)
 
-LIBRARY = resources.folder("flows", "library")
+LIBRARY = resources.folder(__package__ or "encore_retention.flows", "library")
 Path_ = tuple[Any, ...]
 
 
@@ -291,7 +291,9 @@ def check(loaded: FlowFile) -> list[Problem]:
                 for name, value in step.http.json_.items():
                     if isinstance(value, str):
                         inline(path + ("http", "json", name), value)
-                from connectors import http as outbound  # requests and the connectors: only for an http step
+                from encore_retention.connectors import (
+                    http as outbound,  # requests and the connectors: only for an http step
+                )
 
                 refused = outbound.refused_without_resolving(step.http.url)
                 if refused:
@@ -313,7 +315,7 @@ def check(loaded: FlowFile) -> list[Problem]:
 
 
 def _fmt(delta: timedelta) -> str:
-    from flows.schema import format_duration
+    from encore_retention.flows.schema import format_duration
 
     return format_duration(delta)
 

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, event, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from encore.store.ledger import BEFORE_REDACT, Person, cast_table
-from encore.store.models import Base, Customer, IdType, JSONType, UTCDateTime, utcnow
+from encore_retention.core.store.ledger import BEFORE_REDACT, Person, cast_table
+from encore_retention.core.store.models import Base, Customer, IdType, JSONType, UTCDateTime, utcnow
 
 RUNNING, WAITING, DONE, STOPPED, EXITED, FAILED, SUPPRESSED = (
     "running", "waiting", "done", "stopped", "exited", "failed", "suppressed")

@@ -12,13 +12,13 @@ from typing import Any
 
 import yaml
 
-from encore import events as ev
-from encore.store.models import Customer, Shop
-from flows import dates
-from flows.loader import FlowFile
-from flows.models import FlowRun
-from flows.schema import IfStep, SendEmailStep
-from flows.steps import StepRunner
+from encore_retention.core import events as ev
+from encore_retention.core.store.models import Customer, Shop
+from encore_retention.flows import dates
+from encore_retention.flows.loader import FlowFile
+from encore_retention.flows.models import FlowRun
+from encore_retention.flows.schema import IfStep, SendEmailStep
+from encore_retention.flows.steps import StepRunner
 
 
 @dataclass
@@ -81,7 +81,7 @@ def render_flow(flow_file: FlowFile, data: dict[str, Any]) -> list[Preview]:
             runner.run_step(step)
             if isinstance(step, SendEmailStep) and len(runner.rendered) > before:
                 item = runner.rendered[-1]
-                from flows.steps import position_label
+                from encore_retention.flows.steps import position_label
 
                 previews.append(Preview(position_label(run.position), item["template"], item["subject"],
                                         item["html"], item["text"]))

@@ -29,10 +29,11 @@ from jinja2 import (
 )
 from jinja2.sandbox import SandboxedEnvironment
 
-from encore import resources
-from encore.settings import get_settings
+from encore_retention.core import resources
+from encore_retention.core.settings import get_settings
 
-BUILTIN_TEMPLATES = resources.folder("flows.templates")  # the repository's templates/, mapped in pyproject.toml
+# The repository's templates/, shipped as this package (mapped in pyproject.toml).
+BUILTIN_TEMPLATES = resources.folder("encore_retention.flows.templates")
 
 _envs: dict[tuple[str, ...], SandboxedEnvironment] = {}
 
@@ -87,7 +88,7 @@ def reset() -> None:
 
 def money(value: Any, currency: str | None = None) -> str:
     """`12.5`, `EUR` -> `€12.50`."""
-    from flows.steps import format_money
+    from encore_retention.flows.steps import format_money
 
     return format_money(value, currency)
 

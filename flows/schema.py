@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from encore.events import EventType
+from encore_retention.core.events import EventType
 
 # ---- scalar types ----------------------------------------------------------------------------------
 

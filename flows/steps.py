@@ -17,16 +17,16 @@ from typing import Any, Literal
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from connectors.email.base import header_text, mailbox
-from encore import events as ev
-from encore.metrics import EMAILS, platform_error
-from encore.settings import get_settings
-from encore.store import stage
-from encore.store.ledger import cast_table
-from encore.store.models import Customer, Order, Shop
-from flows import dates, expressions, render
-from flows.models import NEW_RUNS, FlowEffect, Run, add_trace
-from flows.schema import Flow, step_kind
+from encore_retention.connectors.email.base import header_text, mailbox
+from encore_retention.core import events as ev
+from encore_retention.core.metrics import EMAILS, platform_error
+from encore_retention.core.settings import get_settings
+from encore_retention.core.store import stage
+from encore_retention.core.store.ledger import cast_table
+from encore_retention.core.store.models import Customer, Order, Shop
+from encore_retention.flows import dates, expressions, render
+from encore_retention.flows.models import NEW_RUNS, FlowEffect, Run, add_trace
+from encore_retention.flows.schema import Flow, step_kind
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ _transports: dict[str, Any] = {}
 
 def _transport() -> Any:
     """The email transport for EMAIL_URL, made once per process."""
-    from connectors.email import get_transport
+    from encore_retention.connectors.email import get_transport
 
     url = get_settings().EMAIL_URL
     transport = _transports.get(url)
@@ -343,7 +343,7 @@ class StepRunner:
                 return Outcome("defer", until=until)
             if reason:
                 return self._suppressed(reason)
-        from encore.unsubscribe import unsubscribe_url
+        from encore_retention.core.unsubscribe import unsubscribe_url
 
         unsubscribe = unsubscribe_url(self.shop.id, recipient) if self.flow.marketing else None
         subject = header_text(expressions.render_string(spec.subject, ctx))  # as sent: one line
@@ -356,7 +356,7 @@ class StepRunner:
             self.rendered.append({"to": address, "subject": subject, "html": html, "text": text,
                                   "template": spec.template})
             return NEXT
-        from connectors import email as email_api
+        from encore_retention.connectors import email as email_api
 
         message = email_api.OutgoingEmail(
             to=address, subject=subject, html=html, text=text, idempotency_key=key, marketing=self.flow.marketing,
@@ -394,7 +394,7 @@ class StepRunner:
         `again`: the email's interrupted first attempt is sent again; consent and the unsubscribe list
         still hold, but not quiet hours or the frequency cap, which it was admitted under (and counts in).
         """
-        from encore.unsubscribe import is_suppressed
+        from encore_retention.core.unsubscribe import is_suppressed
 
         customer = self.customer
         if self.flow.consent_required and not (customer and customer.email_consent):
@@ -432,8 +432,8 @@ class StepRunner:
             code = f"{spec.prefix}PREVIEW".upper()
             platform_id = None
         else:
-            from connectors import base as connectors
-            from connectors.base import DiscountRequest, PlatformError
+            from encore_retention.connectors import base as connectors
+            from encore_retention.connectors.base import DiscountRequest, PlatformError
 
             customer = self.customer
             request = DiscountRequest(
@@ -478,8 +478,8 @@ class StepRunner:
         existing = self._effect(key)
         if existing is not None and existing.status == "done":
             return NEXT
-        from connectors import base as connectors
-        from connectors.base import PlatformError
+        from encore_retention.connectors import base as connectors
+        from encore_retention.connectors.base import PlatformError
 
         self._claim(key, "tag", existing)
         if not customer.platform_id.startswith("email:"):
@@ -506,7 +506,7 @@ class StepRunner:
         import http.client
         import json
 
-        from connectors import http as outbound
+        from encore_retention.connectors import http as outbound
 
         spec = step.http
         ctx = self.context()
@@ -581,7 +581,7 @@ class StepRunner:
             if any(code.upper() in [c.upper() for c in (codes or [])] for (codes,) in rows):
                 return True
         try:
-            from connectors import base as connectors
+            from encore_retention.connectors import base as connectors
 
             return bool(connectors.get_connector(self.shop).discount_redeemed(code))
         except Exception:  # noqa: BLE001 - unknown counts as not redeemed; the ledger is the main source

@@ -18,16 +18,16 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from encore.events import Event
-from encore.store import session_scope
-from encore.store.models import Customer, Shop
-from flows import dates, loader
-from flows.loader import FlowFile
-from flows.schema import DateTrigger
+from encore_retention.core.events import Event
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import Customer, Shop
+from encore_retention.flows import dates, loader
+from encore_retention.flows.loader import FlowFile
+from encore_retention.flows.schema import DateTrigger
 
 log = logging.getLogger(__name__)
 
-START = "flows.triggers.start_date_runs"
+START = "encore_retention.flows.triggers.start_date_runs"
 MARK_PREFIX = "encore:due:"
 CATCH_UP = timedelta(hours=24)
 LOOK_AHEAD = timedelta(hours=36)
@@ -155,7 +155,7 @@ def sweep(day: str | None = None, shop_id: int | None = None) -> dict[str, int]:
     due that day is queued (those past start now): idempotent, to catch up after downtime. Due
     customers are grouped by send time, one start job per group of up to BATCH customers.
     """
-    from encore.queue import FLOWS, get_redis, queue
+    from encore_retention.core.queue import FLOWS, get_redis, queue
 
     registry = loader.registry()
     dated = registry.dated()
@@ -244,7 +244,7 @@ def start_date_runs(shop_id: int, flow_key: str, due_at: str, items: list[list[A
 
 def start_date_run(shop_id: int, flow_key: str, customer_id: int, trigger_key: str, due_at: str) -> int | None:
     """Start one date-triggered run if the customer is still due (their date may have changed since the sweep)."""
-    from flows.engine import advance, start_run
+    from encore_retention.flows.engine import advance, start_run
 
     flow_file = loader.registry().flows.get(flow_key)
     if flow_file is None or not flow_file.flow.enabled or not isinstance(flow_file.flow.trigger, DateTrigger):

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,11 +30,11 @@ from redis import Redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
-from encore import queue as encore_queue
-from encore.settings import reset_settings
-from encore.store import dispose_all, migrate
-from webhooks import secrets as webhook_secrets
-from webhooks.base import sign
+from encore_retention.core import queue as encore_queue
+from encore_retention.core.settings import reset_settings
+from encore_retention.core.store import dispose_all, migrate
+from encore_retention.webhooks import secrets as webhook_secrets
+from encore_retention.webhooks.base import sign
 
 PAYLOADS = Path(__file__).parent / "payloads"
 SHOPIFY_SECRET = "shpss_test_secret_0123456789abcdef"
@@ -41,6 +42,9 @@ SHOP = "encore-test.myshopify.com"
 WC_SECRET = "wc-webhook-secret-test"
 WC_URL = "https://woo.example.com"
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+CLI = "encore_retention.core.cli"  # `python -m` of the command line, as `encore` runs it
 
 
 def payload(platform: str, topic: str) -> dict[str, Any]:
@@ -138,7 +142,7 @@ def _truncate_postgres(url: str) -> None:
     """Empty every table of the schema (whichever room's migration made it)."""
     from sqlalchemy import text
 
-    from encore.store import get_engine
+    from encore_retention.core.store import get_engine
 
     with get_engine(url).begin() as conn:
         tables = conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
@@ -199,7 +203,7 @@ def use_database(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
 
 @pytest.fixture
 def app(env: pytest.MonkeyPatch, redis: Redis):  # type: ignore[no-untyped-def]
-    from webhooks import create_app
+    from encore_retention.webhooks import create_app
 
     application = create_app()
     application.testing = True
@@ -216,7 +220,7 @@ def woo_store(env: pytest.MonkeyPatch) -> str:
     """A registered WooCommerce store (through the CLI), returning its URL."""
     from click.testing import CliRunner
 
-    from encore.cli import main
+    from encore_retention.core.cli import main
 
     result = CliRunner().invoke(main, ["stores", "add", "woocommerce", WC_URL, "--consumer-key", "ck_test",
                                        "--consumer-secret", "cs_test", "--webhook-secret", WC_SECRET,
@@ -231,11 +235,11 @@ def sandbox_key(env: pytest.MonkeyPatch) -> dict[str, str]:
     """The sample store registered as `encore samples send` does; the query its client signs with."""
     from sqlalchemy import select
 
-    from encore.crypto import decrypt
-    from encore.store import session_scope
-    from encore.store.models import Shop
-    from encore.tools import sample_store
-    from webhooks.woocommerce import store_domain
+    from encore_retention.core.crypto import decrypt
+    from encore_retention.core.store import session_scope
+    from encore_retention.core.store.models import Shop
+    from encore_retention.core.tools import sample_store
+    from encore_retention.webhooks.woocommerce import store_domain
 
     url, _secret = sample_store("http://localhost")
     with session_scope() as session:
@@ -317,7 +321,7 @@ def drain(connection: Redis) -> None:
 
 def sign_in(client) -> None:  # type: ignore[no-untyped-def]
     """Sign a Flask test client in to /admin as the operator, through a one-time sign-in link."""
-    from encore.access import sign_in_url
+    from encore_retention.core.access import sign_in_url
 
     answer = client.get(sign_in_url(""))
     assert answer.status_code == 302, answer.get_data(as_text=True)
@@ -370,3 +374,16 @@ def post_woo(client, body: dict, topic: str) -> None:  # type: ignore[no-untyped
     raw = json.dumps(body).encode()
     answer = client.post("/webhooks/woocommerce", data=raw, headers=woo_headers(raw, topic))
     assert answer.status_code == 200, answer.get_data(as_text=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_copy_of_each_module() -> Iterator[None]:
+    """No module of Encore is loaded by a folder's old top-level name (a second copy beside the package's own).
+
+    From the checkout's root `import encore.x` or `flows.x` would still find the folder, and a test
+    patching such a copy would patch nothing the product runs.
+    """
+    yield
+    copies = sorted(name for name in sys.modules
+                    if name.split(".")[0] in ("encore", "flows", "connectors") or name.startswith("webhooks."))
+    assert copies == [], f"modules loaded under their folders' names, not encore_retention's: {copies}"

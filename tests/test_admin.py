@@ -13,10 +13,11 @@ import pytest
 import responses
 from sqlalchemy import select
 
-from encore import archive
-from encore.settings import reset_settings
-from encore.store import session_scope
-from encore.store.models import Customer
+from encore_retention.core import archive
+from encore_retention.core.queue import PROCESS_EVENT
+from encore_retention.core.settings import reset_settings
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import Customer
 from tests.conftest import (
     SHOP,
     SHOPIFY_SECRET,
@@ -58,7 +59,7 @@ def test_without_a_password_only_a_sign_in_link_gets_in(client):
 def test_password_sign_in(env, redis):
     env.setenv("ADMIN_PASSWORD", "correct horse")
     reset_settings()
-    from webhooks import create_app
+    from encore_retention.webhooks import create_app
 
     client = create_app().test_client()
     # with a password set, even this machine signs in
@@ -86,7 +87,7 @@ def _token(secret: str = SHOPIFY_SECRET, aud: str = "test-api-key", shop: str = 
 
 
 def test_shopify_session_token_signs_in_that_shop_only(client, redis):
-    from encore.store.ledger import get_or_create_shop
+    from encore_retention.core.store.ledger import get_or_create_shop
 
     with session_scope() as session:
         mine = get_or_create_shop(session, "shopify", SHOP)
@@ -136,7 +137,7 @@ def test_flows_page_counts_runs_emails_codes_redemptions_and_revenue(client, red
         post_woo(client, woo_order(9002 + number, 502, "bob@example.com", "20.00"), "order.created")
     drain(redis)
 
-    from webhooks.admin import flow_stats
+    from encore_retention.webhooks.admin import flow_stats
 
     with session_scope() as session:
         shop_ids = [s for (s,) in session.execute(select(Customer.shop_id).distinct())]
@@ -194,11 +195,11 @@ def test_customer_timeline_says_why(client, redis, woo_store):
 
 
 def test_flow_results_on_sqlite_and_postgresql(db_url, env, redis):
-    from encore.store.ledger import get_or_create_shop
-    from encore.store.models import Order
-    from flows.models import FlowEffect, FlowRun
+    from encore_retention.core.store.ledger import get_or_create_shop
+    from encore_retention.core.store.models import Order
+    from encore_retention.flows.models import FlowEffect, FlowRun
+    from encore_retention.webhooks.admin import flow_stats
     from tests.conftest import use_database
-    from webhooks.admin import flow_stats
 
     use_database(env, db_url)
     now = datetime.now(UTC)
@@ -247,7 +248,7 @@ def test_preview_renders_every_email_step_for_the_sample_and_a_real_customer(cli
     assert html.status_code == 200 and "BACKPREVIEW" in html.get_data(as_text=True)
     assert "script-src 'none'" in html.headers["Content-Security-Policy"]
 
-    from encore.store.ledger import get_or_create_shop
+    from encore_retention.core.store.ledger import get_or_create_shop
 
     with session_scope() as session:
         shop = get_or_create_shop(session, "shopify", SHOP)
@@ -272,7 +273,7 @@ def test_a_broken_template_is_shown_not_a_500(client, redis, env, tmp_path):
     (broken / "welcome.html").write_text("{% extends 'base.html' %}{% block content %}{{ 1 / 0 }}{% endblock %}")
     env.setenv("TEMPLATES_DIR", str(broken))
     reset_settings()
-    from flows import render
+    from encore_retention.flows import render
 
     render.reset()
     page = client.get("/admin/preview?flow=welcome", environ_base=LOCAL)
@@ -289,10 +290,10 @@ def test_a_template_that_cannot_load_is_reported_on_the_flows_page_and_its_flow_
                                          '{% include "footer_typo.html" %}{% endblock %}')
     env.setenv("TEMPLATES_DIR", str(folder))
     reset_settings()
-    from flows import render
+    from encore_retention.flows import render
 
     render.reset()
-    from encore.store.ledger import get_or_create_shop
+    from encore_retention.core.store.ledger import get_or_create_shop
 
     with session_scope() as session:
         get_or_create_shop(session, "shopify", SHOP)
@@ -312,9 +313,9 @@ def test_a_template_that_cannot_load_is_reported_on_the_flows_page_and_its_flow_
 
 def test_failed_jobs_are_listed_and_requeued(client, redis):
     sign_in(client)
-    from encore.queue import EVENTS, queue
+    from encore_retention.core.queue import EVENTS, queue
 
-    job = queue(EVENTS).enqueue_call("encore.jobs.process_event", args=({"id": "broken"},), job_id="broken-1")
+    job = queue(EVENTS).enqueue_call(PROCESS_EVENT, args=({"id": "broken"},), job_id="broken-1")
     drain(redis)
     assert job.id in queue(EVENTS).failed_job_registry.get_job_ids()
     page = client.get("/admin/failures", environ_base=LOCAL).get_data(as_text=True)
@@ -350,9 +351,9 @@ def test_rejected_webhooks_are_listed_with_their_reason_and_no_secret(client, re
 
 def test_rq_dashboard_is_mounted_for_operators_only(client, redis):
     pytest.importorskip("rq_dashboard")
-    from encore.queue import EVENTS, queue
+    from encore_retention.core.queue import EVENTS, queue
 
-    queue(EVENTS).enqueue_call("encore.jobs.process_event", args=({"id": "broken"},), job_id="broken-rq")
+    queue(EVENTS).enqueue_call(PROCESS_EVENT, args=({"id": "broken"},), job_id="broken-rq")
     drain(redis)
     assert client.get("/admin/rq/", environ_base=LOCAL).status_code == 401
     shop = client.application.test_client()
@@ -369,11 +370,11 @@ def test_rq_dashboard_is_mounted_for_operators_only(client, redis):
 
 
 def test_every_page_on_sqlite_and_postgresql(db_url, env, redis):
-    from encore.store.ledger import get_or_create_shop
-    from encore.store.models import EventRecord
-    from flows.models import FlowEffect, FlowRun, FlowTrace
+    from encore_retention.core.store.ledger import get_or_create_shop
+    from encore_retention.core.store.models import EventRecord
+    from encore_retention.flows.models import FlowEffect, FlowRun, FlowTrace
+    from encore_retention.webhooks import create_app
     from tests.conftest import use_database
-    from webhooks import create_app
 
     use_database(env, db_url)
     now = datetime.now(UTC)
@@ -410,7 +411,7 @@ def test_every_page_on_sqlite_and_postgresql(db_url, env, redis):
 
 def test_an_operator_looks_at_one_store_or_all(client, redis):
     sign_in(client)
-    from encore.store.ledger import get_or_create_shop
+    from encore_retention.core.store.ledger import get_or_create_shop
 
     with session_scope() as session:
         first = get_or_create_shop(session, "shopify", SHOP)

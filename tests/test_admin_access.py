@@ -12,11 +12,12 @@ import pytest
 from click.testing import CliRunner
 from redis import Redis
 
-from encore import access
-from encore import queue as encore_queue
-from encore.settings import reset_settings
-from encore.store import session_scope
-from encore.store.models import Customer
+from encore_retention.core import access
+from encore_retention.core import queue as encore_queue
+from encore_retention.core.queue import PROCESS_EVENT
+from encore_retention.core.settings import reset_settings
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import Customer
 from tests.conftest import SHOP, drain, free_port, sign_in, use_database
 
 LOCAL = {"REMOTE_ADDR": "127.0.0.1"}
@@ -24,7 +25,7 @@ PASSWORD = "correct horse battery"
 
 
 def _customer(email: str = "ada.personal@example.com") -> int:
-    from encore.store.ledger import get_or_create_shop
+    from encore_retention.core.store.ledger import get_or_create_shop
 
     with session_scope() as session:
         shop = get_or_create_shop(session, "shopify", SHOP)
@@ -38,7 +39,7 @@ def _customer(email: str = "ada.personal@example.com") -> int:
 def _password_client(env, redis):  # type: ignore[no-untyped-def]
     env.setenv("ADMIN_PASSWORD", PASSWORD)
     reset_settings()
-    from webhooks import create_app
+    from encore_retention.webhooks import create_app
 
     return create_app().test_client()
 
@@ -104,7 +105,7 @@ def test_a_sign_in_link_signs_in_once(client, redis, app):
     page = client.get(f"/admin/customers/{ada}")
     assert page.status_code == 200 and "ada.personal@example.com" in page.get_data(as_text=True)
     # spent: nobody else signs in with it, not even in another process of the app
-    from webhooks import create_app
+    from encore_retention.webhooks import create_app
 
     for other in (app.test_client(), create_app().test_client()):
         again = other.get(path)
@@ -129,7 +130,7 @@ def test_a_sign_in_link_expires_and_cant_be_forged(client, redis, monkeypatch):
 
 
 def test_encore_admin_link_prints_a_link_the_server_accepts(client, redis, env):
-    from encore.cli import main
+    from encore_retention.core.cli import main
 
     env.setenv("APP_URL", "https://encore.example.com")
     reset_settings()
@@ -146,7 +147,7 @@ def test_encore_admin_link_prints_a_link_the_server_accepts(client, redis, env):
 
 @pytest.mark.parametrize("how", ["password", "link"])
 def test_a_copy_of_the_cookie_is_worth_nothing_after_signing_out(env, redis, how):
-    from webhooks import create_app
+    from encore_retention.webhooks import create_app
 
     client = _password_client(env, redis)
     if how == "password":
@@ -195,7 +196,7 @@ def _login(client, password: str, address: str, **headers: str):  # type: ignore
 
 
 def test_sign_in_is_throttled_per_client_and_logged_without_the_password(env, redis, caplog):
-    from webhooks import create_app
+    from encore_retention.webhooks import create_app
 
     client = _password_client(env, redis)
     caplog.set_level(logging.INFO)
@@ -249,11 +250,11 @@ def test_behind_a_proxy_the_client_is_the_address_the_proxy_added(env, redis):
 
 def test_rq_dashboard_changes_need_the_session_and_its_csrf_token(client, redis):
     pytest.importorskip("rq_dashboard")
-    from encore.queue import EVENTS, queue
+    from encore_retention.core.queue import EVENTS, queue
 
-    queue(EVENTS).enqueue_call("encore.jobs.process_event", args=({"id": "broken"},), job_id="broken-rq")
+    queue(EVENTS).enqueue_call(PROCESS_EVENT, args=({"id": "broken"},), job_id="broken-rq")
     drain(redis)
-    queue(EVENTS).enqueue_call("encore.jobs.process_event", args=({"id": "waiting"},), job_id="waiting-rq")
+    queue(EVENTS).enqueue_call(PROCESS_EVENT, args=({"id": "waiting"},), job_id="waiting-rq")
     empty = "/admin/rq/queue/events/queued/empty"
     cross_site = {"Origin": "https://evil.example", "Referer": "https://evil.example/", "Sec-Fetch-Site": "cross-site"}
     # a cross-site form post with no cookie, even from this machine
@@ -281,7 +282,7 @@ def test_rq_dashboard_changes_need_the_session_and_its_csrf_token(client, redis)
 # ---- bad ids and numbers: 404 or 400, never 500 ----------------------------------------------------
 
 def test_parse_id_reads_ascii_digits_within_the_store_ids():
-    from encore.store.models import MAX_ID, parse_id
+    from encore_retention.core.store.models import MAX_ID, parse_id
 
     assert parse_id("42") == 42 and parse_id(str(MAX_ID)) == MAX_ID and parse_id("0") == 0
     for bad in (str(MAX_ID + 1), "9" * 400, "\u00b2", "\u0663", "-1", "+1", " 1", "1.0", "", "1e3", None, 7):
@@ -290,7 +291,7 @@ def test_parse_id_reads_ascii_digits_within_the_store_ids():
 
 def test_bad_ids_answer_404_or_400_on_sqlite_and_postgresql(db_url, env, redis, request):
     use_database(env, db_url)
-    from webhooks import create_app
+    from encore_retention.webhooks import create_app
 
     client = create_app().test_client()
     sign_in(client)

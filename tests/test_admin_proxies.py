@@ -27,10 +27,10 @@ import pytest
 import requests
 from redis import Redis
 
-from encore.access import CLIENT_LIMIT, sign_in_url
-from encore.store import dispose_all, migrate, session_scope
-from encore.store.models import Customer
-from tests.conftest import SHOP, free_port, redis_url_of, stop_group, wait_for
+from encore_retention.core.access import CLIENT_LIMIT, sign_in_url
+from encore_retention.core.store import dispose_all, migrate, session_scope
+from encore_retention.core.store.models import Customer
+from tests.conftest import CLI, SHOP, free_port, redis_url_of, stop_group, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "proxy-test-secret-key"
@@ -76,7 +76,7 @@ def start_gunicorn(folder: Path, redis: Redis, **settings: str) -> tuple[subproc
     folder.mkdir(parents=True, exist_ok=True)
     database = f"sqlite:///{folder / 'encore.db'}"
     migrate(database)
-    from encore.store.ledger import get_or_create_shop
+    from encore_retention.core.store.ledger import get_or_create_shop
 
     with session_scope(database) as session:
         shop = get_or_create_shop(session, "shopify", SHOP)
@@ -91,8 +91,8 @@ def start_gunicorn(folder: Path, redis: Redis, **settings: str) -> tuple[subproc
     env.update(DATABASE_URL=database, REDIS_URL=redis_url_of(redis), SECRET_KEY=SECRET,
                APP_URL=f"https://{PUBLIC_HOST}", ENCORE_DATA_DIR=str(folder / "data"),
                EMAIL_URL=f"file://{folder / 'outbox'}", PYTHONPATH=str(ROOT), **settings)
-    command = [sys.executable, "-m", "gunicorn", "--config", "python:webhooks.server", "--workers", "2",
-               "--bind", f"127.0.0.1:{port}", "webhooks:create_app()"]
+    command = [sys.executable, "-m", "gunicorn", "--config", "python:encore_retention.webhooks.server",
+               "--workers", "2", "--bind", f"127.0.0.1:{port}", "webhooks:create_app()"]
     process = subprocess.Popen(command, env=env, cwd=folder, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=open(folder / "gunicorn.log", "wb"))
     if not wait_for(lambda: _listening(port), timeout=60):
@@ -371,7 +371,7 @@ def test_encore_run_prints_a_sign_in_link_that_works_once(tmp_path: Path) -> Non
                         "APP_URL")}
     env["PYTHONPATH"] = str(ROOT)
     out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
-    run = subprocess.Popen([sys.executable, "-m", "encore.cli", "run", "--port", str(port), "--workers", "1"],
+    run = subprocess.Popen([sys.executable, "-m", CLI, "run", "--port", str(port), "--workers", "1"],
                            env=env, cwd=tmp_path, stdout=open(out, "wb"), stderr=open(err, "wb"),
                            start_new_session=True)
     try:

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from encore_retention.core.queue import PROCESS_EVENT
+
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -31,8 +33,8 @@ def server(env, redis) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The web app served by a real HTTP server on 127.0.0.1, in a thread."""
     from werkzeug.serving import make_server
 
-    from encore.settings import reset_settings
-    from webhooks import create_app
+    from encore_retention.core.settings import reset_settings
+    from encore_retention.webhooks import create_app
 
     probe = make_server("127.0.0.1", 0, lambda *a: [])  # find a free port
     port = probe.server_port
@@ -85,7 +87,7 @@ def shot(page: Any, folder: Path, name: str, **options: Any) -> Path:
 
 
 def test_samples_then_the_admin_page_in_chromium(server, browser, redis, tmp_path):
-    from encore.cli import main
+    from encore_retention.core.cli import main
     from tests.conftest import drain
 
     # the README's one command: the bundled samples, signed and posted to the running server
@@ -102,7 +104,7 @@ def test_samples_then_the_admin_page_in_chromium(server, browser, redis, tmp_pat
 
     page.goto(f"{server}/admin/")  # coming from this machine is no sign-in
     assert page.url.startswith(f"{server}/admin/login") and "encore admin link" in page.inner_text("main")
-    from encore.access import sign_in_url
+    from encore_retention.core.access import sign_in_url
 
     page.goto(sign_in_url(server))  # the one-time link `encore run` prints
     assert page.url == f"{server}/admin/"
@@ -149,13 +151,13 @@ def test_samples_then_the_admin_page_in_chromium(server, browser, redis, tmp_pat
     # a forged webhook and a failing job, then the Failures page and its Requeue button
     import requests
 
-    from encore.queue import EVENTS, queue
+    from encore_retention.core.queue import EVENTS, queue
 
     forged = requests.post(f"{server}/webhooks/woocommerce", data=b'{"id": 1}', timeout=10, headers={
         "Content-Type": "application/json", "X-WC-Webhook-Source": "https://nobody.example/",
         "X-WC-Webhook-Topic": "order.created", "X-WC-Webhook-Signature": "Zm9yZ2Vk"})
     assert forged.status_code == 401
-    queue(EVENTS).enqueue_call("encore.jobs.process_event", args=({"id": "broken"},), job_id="broken-job")
+    queue(EVENTS).enqueue_call(PROCESS_EVENT, args=({"id": "broken"},), job_id="broken-job")
     drain(redis)
     page.goto(f"{server}/admin/failures")
     jobs, rejected = page.locator("table").nth(0), page.locator("table").nth(1)
@@ -175,11 +177,11 @@ def test_a_blank_page_is_recognised(browser, tmp_path):
 
 def test_rq_dashboards_buttons_carry_the_sessions_csrf_token(server, browser, redis):
     pytest.importorskip("rq_dashboard")
-    from encore.access import sign_in_url
-    from encore.queue import EVENTS, queue
+    from encore_retention.core.access import sign_in_url
+    from encore_retention.core.queue import EVENTS, queue
     from tests.conftest import drain, wait_for
 
-    queue(EVENTS).enqueue_call("encore.jobs.process_event", args=({"id": "broken"},), job_id="broken-job")
+    queue(EVENTS).enqueue_call(PROCESS_EVENT, args=({"id": "broken"},), job_id="broken-job")
     drain(redis)
     page = browser
     page.goto(sign_in_url(server))

@@ -8,8 +8,8 @@ from decimal import Decimal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.base import DiscountRequest
-from connectors.codes import ALPHABET, code_for
+from encore_retention.connectors.base import DiscountRequest
+from encore_retention.connectors.codes import ALPHABET, code_for
 
 SHAPE = re.compile(rf"^(?:[A-Z0-9]{{1,20}}-)?[{ALPHABET}]{{4}}-[{ALPHABET}]{{4}}$")
 
@@ -32,7 +32,7 @@ def test_codes_differ_by_key_shop_and_secret(env):
     assert len(codes) == 2000
     assert code_for(1, _request("k")) != code_for(2, _request("k"))
     env.setenv("SECRET_KEY", "another-secret")
-    from encore.settings import reset_settings
+    from encore_retention.core.settings import reset_settings
 
     before = code_for(1, _request("k"))
     reset_settings()

@@ -9,8 +9,8 @@ from email.utils import format_datetime
 import pytest
 import requests
 
-from connectors.base import PlatformError
-from connectors.http import RetryPolicy, platform_message, retry_after
+from encore_retention.connectors.base import PlatformError
+from encore_retention.connectors.http import RetryPolicy, platform_message, retry_after
 
 
 def _response(status: int, headers: dict[str, str] | None = None, body: bytes = b"") -> requests.Response:
@@ -79,7 +79,7 @@ REFUSED = [
 
 @pytest.mark.parametrize(("url", "reason"), REFUSED)
 def test_an_address_that_is_not_public_is_refused_however_it_is_written(env, url: str, reason: str):
-    from connectors.http import RefusedURL, post_json
+    from encore_retention.connectors.http import RefusedURL, post_json
 
     with pytest.raises(RefusedURL) as refused:
         post_json(url, b"{}", {}, timeout=2)
@@ -90,7 +90,7 @@ def test_an_address_that_is_not_public_is_refused_however_it_is_written(env, url
 @pytest.mark.parametrize("url", ["ftp://example.com/", "http:///nohost", "http://example.com:99999/",
                                  "http://exa mple.com/", "http://example.com/a b"])
 def test_a_url_that_is_not_one_is_refused(env, url: str):
-    from connectors.http import RefusedURL, post_json
+    from encore_retention.connectors.http import RefusedURL, post_json
 
     with pytest.raises(RefusedURL):
         post_json(url, b"{}", {}, timeout=2)
@@ -98,13 +98,13 @@ def test_a_url_that_is_not_one_is_refused(env, url: str):
 
 @pytest.mark.parametrize("host", ["8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8", "2002:808:808::1"])
 def test_a_public_address_passes(host: str):
-    from connectors.http import AllowList, checked_addresses
+    from encore_retention.connectors.http import AllowList, checked_addresses
 
     assert {found[4][0] for found in checked_addresses(host, 443, AllowList())} == {host}
 
 
 def test_the_allow_list_takes_names_addresses_and_networks():
-    from connectors.http import AllowList, RefusedURL, checked_addresses
+    from encore_retention.connectors.http import AllowList, RefusedURL, checked_addresses
 
     allowed = AllowList.parse(" localhost , 10.0.0.0/8,[::1], 169.254.169.254,")
     for host in ("localhost", "LocalHost", "10.1.2.3", "::1", "169.254.169.254"):
@@ -118,7 +118,7 @@ def test_the_allow_list_takes_names_addresses_and_networks():
 def test_every_address_a_name_resolves_to_must_pass(monkeypatch: pytest.MonkeyPatch):
     import socket
 
-    from connectors.http import AllowList, RefusedURL, checked_addresses
+    from encore_retention.connectors.http import AllowList, RefusedURL, checked_addresses
 
     answers = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", 80)),
                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", 80))]
@@ -131,7 +131,7 @@ def test_the_connection_goes_to_the_address_checked_not_to_a_second_answer(monke
     """A name answering a listed address when checked, then another one (DNS rebinding), still reaches the first."""
     import socket
 
-    from connectors.http import AllowList, post_json
+    from encore_retention.connectors.http import AllowList, post_json
     from tests.flows.helpers import hook_server
 
     real = socket.getaddrinfo

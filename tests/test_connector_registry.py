@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from connectors.base import DiscountRequest, available, connector_class, get_connector
-from connectors.shopify import ShopifyConnector
-from connectors.woocommerce import WooCommerceConnector
-from encore.store.models import Shop
+from encore_retention.connectors.base import DiscountRequest, available, connector_class, get_connector
+from encore_retention.connectors.shopify import ShopifyConnector
+from encore_retention.connectors.woocommerce import WooCommerceConnector
+from encore_retention.core.store.models import Shop
 
 PACKAGE = Path(__file__).parent / "example_connector"
 

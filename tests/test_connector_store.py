@@ -7,14 +7,14 @@ from decimal import Decimal
 
 from sqlalchemy import func, select
 
-from connectors import codes
-from connectors.base import Discount
-from connectors.models import DataExport, DiscountCode, SyncCursor
-from connectors.privacy import record_export
-from encore import events as ev
-from encore.store import session_scope
-from encore.store.ledger import get_or_create_shop, redact_customer, redact_shop, upsert_customer
-from encore.store.models import Shop, utcnow
+from encore_retention.connectors import codes
+from encore_retention.connectors.base import Discount
+from encore_retention.connectors.models import DataExport, DiscountCode, SyncCursor
+from encore_retention.connectors.privacy import record_export
+from encore_retention.core import events as ev
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.ledger import get_or_create_shop, redact_customer, redact_shop, upsert_customer
+from encore_retention.core.store.models import Shop, utcnow
 from tests.conftest import use_database
 
 

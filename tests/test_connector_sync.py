@@ -12,11 +12,11 @@ import responses
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from connectors.cron import CRON_JOBS, reconcile_shop, reconcile_woocommerce
-from connectors.models import DataExport, SyncCursor
-from encore.cli import main
-from encore.store import session_scope
-from encore.store.models import Customer, EventRecord, Order, Shop, utcnow
+from encore_retention.connectors.cron import CRON_JOBS, reconcile_shop, reconcile_woocommerce
+from encore_retention.connectors.models import DataExport, SyncCursor
+from encore_retention.core.cli import main
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import Customer, EventRecord, Order, Shop, utcnow
 from tests.conftest import WC_URL, drain, payload, shopify_headers, woo_headers
 
 API = f"{WC_URL}/wp-json/wc/v3"
@@ -186,7 +186,7 @@ def test_data_request_for_an_unknown_customer_records_an_empty_export(client, re
 
 
 def test_shop_redact_removes_the_connector_rows(client, redis, env):
-    from connectors.models import DiscountCode, OAuthState
+    from encore_retention.connectors.models import DiscountCode, OAuthState
 
     with session_scope() as session:
         shop = Shop(platform="shopify", domain="encore-test.myshopify.com", active=True, settings={},

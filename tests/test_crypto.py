@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from encore.crypto import InvalidToken, decrypt, encrypt
+from encore_retention.core.crypto import InvalidToken, decrypt, encrypt
 
 
 def test_tokens_are_stored_encrypted_and_need_the_key():

@@ -20,10 +20,11 @@ from alembic.script import ScriptDirectory
 from click.testing import CliRunner
 from redis import Redis
 
-from encore import health
-from encore import queue as encore_queue
-from encore.settings import reset_settings
-from encore.store import MIGRATION_LOCK_KEY, alembic_config, get_engine, migrate
+from encore_retention.core import health
+from encore_retention.core import queue as encore_queue
+from encore_retention.core.settings import reset_settings
+from encore_retention.core.store import MIGRATION_LOCK_KEY, alembic_config, get_engine, migrate
+from encore_retention.webhooks import secrets as webhook_secrets
 from tests.conftest import (
     SHOP,
     SHOPIFY_SECRET,
@@ -39,7 +40,6 @@ from tests.conftest import (
     wait_for,
     woo_headers,
 )
-from webhooks import secrets as webhook_secrets
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
@@ -55,7 +55,8 @@ def _revision(url: str) -> str | None:
 
 def _migrate_in(url: str) -> subprocess.Popen:
     """`migrate(url)` in a process of its own."""
-    return subprocess.Popen([sys.executable, "-c", f"from encore.store import migrate; migrate({url!r})"],
+    code = f"from encore_retention.core.store import migrate; migrate({url!r})"
+    return subprocess.Popen([sys.executable, "-c", code],
                             cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -130,14 +131,14 @@ def test_in_memory_sqlite_migrates_without_a_lock_file(tmp_path, monkeypatch):
 def test_procfile_has_a_release_step_and_keeps_the_other_processes():
     lines = (ROOT / "Procfile").read_text().splitlines()
     assert "release: encore migrate" in lines
-    assert ('web: gunicorn --config python:webhooks.server --workers 4 --bind 0.0.0.0:${PORT:-8000} '
+    assert ('web: gunicorn --config python:encore_retention.webhooks.server --workers 4 --bind 0.0.0.0:${PORT:-8000} '
             '"webhooks:create_app()"') in lines
     assert "worker: python worker.py" in lines
     assert "cron: encore cron" in lines
 
 
 def test_encore_migrate_brings_a_new_database_to_head(env, tmp_path):
-    from encore.cli import main
+    from encore_retention.core.cli import main
 
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     env.setenv("DATABASE_URL", url)
@@ -150,7 +151,7 @@ def test_encore_migrate_brings_a_new_database_to_head(env, tmp_path):
 # ---- the web app on a new database -----------------------------------------------------------------
 
 def _app(env: pytest.MonkeyPatch, url: str):  # type: ignore[no-untyped-def]
-    from webhooks import create_app
+    from encore_retention.webhooks import create_app
 
     env.setenv("DATABASE_URL", url)
     reset_settings()
@@ -212,7 +213,7 @@ def test_a_schema_behind_head_fails_healthz_and_database_pages(env, redis: Redis
     def refused(*_args, **_kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("permission denied for schema public")
 
-    monkeypatch.setattr("encore.health.migrate", refused)
+    monkeypatch.setattr("encore_retention.core.health.migrate", refused)
     app = _app(env, url)
     client = app.test_client()
     answer = client.get("/healthz")
@@ -234,7 +235,7 @@ def test_a_schema_behind_head_fails_healthz_and_database_pages(env, redis: Redis
 def test_healthz_remembers_a_schema_at_head(client, redis: Redis, monkeypatch):
     assert client.get("/healthz").status_code == 200
     calls: list[str | None] = []
-    monkeypatch.setattr("encore.health.revisions", lambda url=None: calls.append(url) or ((), ()))
+    monkeypatch.setattr("encore_retention.core.health.revisions", lambda url=None: calls.append(url) or ((), ()))
     for _ in range(3):
         assert client.get("/healthz").status_code == 200
     assert calls == []
@@ -272,7 +273,7 @@ def test_gunicorn_alone_on_a_new_sqlite_database(tmp_path, redis: Redis):
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
             assert json.loads(response.read())["status"] == "queued"
-        from encore.access import sign_in_url
+        from encore_retention.core.access import sign_in_url
 
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
         with opener.open(sign_in_url(f"http://127.0.0.1:{port}", secret_key="test-secret-key"), timeout=10) as page:
@@ -293,7 +294,7 @@ def _database_down(env: pytest.MonkeyPatch, url: str = UNREACHABLE) -> None:
 
 
 def _custom_shop(env: pytest.MonkeyPatch) -> None:
-    from encore.cli import main
+    from encore_retention.core.cli import main
 
     result = CliRunner().invoke(main, ["stores", "add", "shopify", CUSTOM_SHOP, "--access-token", "shpat_custom",
                                        "--webhook-secret", CUSTOM_SECRET])
@@ -455,7 +456,7 @@ def test_redis_without_config_falls_back_to_info(own_redis: Redis, caplog):
     port = own_redis.connection_pool.connection_kwargs["port"]
     own_redis.execute_command("ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all", "-config")
     limited = Redis(host="127.0.0.1", port=port, username="app", password="pw")
-    with caplog.at_level(logging.DEBUG, logger="encore.health"):
+    with caplog.at_level(logging.DEBUG, logger=health.log.name):
         assert health.redis_persistence(limited) is None  # AOF off, snapshots unknown: no warning
     assert any("unknown" in record.getMessage() for record in caplog.records)
     own_redis.config_set("maxmemory-policy", "volatile-lru")
@@ -467,7 +468,7 @@ def test_redis_without_config_falls_back_to_info(own_redis: Redis, caplog):
 
 def test_the_web_app_warns_about_redis_durability_once_and_healthz_shows_it(env, redis: Redis, own_redis: Redis,
                                                                           caplog):
-    from webhooks import create_app
+    from encore_retention.webhooks import create_app
 
     encore_queue.set_redis(own_redis)
     with caplog.at_level(logging.WARNING):

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from connectors.email import (
+from encore_retention.connectors.email import (
     OutgoingEmail,
     PermanentEmailError,
     TransientEmailError,
@@ -30,9 +30,9 @@ from connectors.email import (
     get_transport,
     send,
 )
-from connectors.email.base import IDEMPOTENCY_HEADER
-from connectors.email.file import FileTransport
-from connectors.email.smtp import SMTPTransport
+from encore_retention.connectors.email.base import IDEMPOTENCY_HEADER
+from encore_retention.connectors.email.file import FileTransport
+from encore_retention.connectors.email.smtp import SMTPTransport
 
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 
@@ -451,8 +451,8 @@ HELLO_TEMPLATE = '<p>Hello {{ customer.first_name }}</p><p><a href="{{ unsubscri
 @pytest.fixture
 def flow_over_smtp(env, redis, tmp_path: Path, smtp_server) -> Iterator[Recorder]:  # type: ignore[no-untyped-def]
     """The flow above, its template, and EMAIL_URL pointing at the aiosmtpd server."""
-    from encore.settings import reset_settings
-    from flows import dates, render
+    from encore_retention.core.settings import reset_settings
+    from encore_retention.flows import dates, render
 
     handler, port = smtp_server
     for folder, name, text in (("flows", "hello.yaml", HELLO_FLOW), ("templates", "hello.html", HELLO_TEMPLATE)):
@@ -472,9 +472,9 @@ def flow_over_smtp(env, redis, tmp_path: Path, smtp_server) -> Iterator[Recorder
 def _runs() -> list[tuple[str, list[tuple[str, str]]]]:
     from sqlalchemy import select
 
-    from encore.store import session_scope
-    from flows.engine import trace_of
-    from flows.models import FlowRun
+    from encore_retention.core.store import session_scope
+    from encore_retention.flows.engine import trace_of
+    from encore_retention.flows.models import FlowRun
 
     with session_scope() as session:
         return [(run.status, [(t.kind, t.message) for t in trace_of(session, run.id)])
@@ -483,7 +483,7 @@ def _runs() -> list[tuple[str, list[tuple[str, str]]]]:
 
 @pytest.mark.parametrize("text", INJECTIONS)
 def test_an_attack_in_a_customers_name_reaches_the_mail_server_as_text(flow_over_smtp, text: str):
-    from encore.jobs import process_event
+    from encore_retention.core.jobs import process_event
     from tests.flows.helpers import customer, event
 
     process_event(event("customer.created", dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC), customer(first_name=text)))
@@ -504,7 +504,7 @@ def test_an_attack_in_a_customers_name_reaches_the_mail_server_as_text(flow_over
 
 
 def test_an_injected_address_is_sent_nowhere_and_traced(flow_over_smtp):
-    from encore.jobs import process_event
+    from encore_retention.core.jobs import process_event
     from tests.flows.helpers import customer, event
 
     process_event(event("customer.created", dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC),
@@ -516,10 +516,10 @@ def test_an_injected_address_is_sent_nowhere_and_traced(flow_over_smtp):
 
 
 def test_a_to_with_a_display_name_still_respects_the_unsubscribe(flow_over_smtp):
-    from encore.jobs import process_event
-    from encore.store import session_scope
-    from encore.store.ledger import get_or_create_shop
-    from encore.unsubscribe import suppress
+    from encore_retention.core.jobs import process_event
+    from encore_retention.core.store import session_scope
+    from encore_retention.core.store.ledger import get_or_create_shop
+    from encore_retention.core.unsubscribe import suppress
     from tests.flows.helpers import SHOP, customer, event
 
     with session_scope() as session:

@@ -8,11 +8,11 @@ from decimal import Decimal
 
 import pytest
 
-from encore.events import Event, EventType, event_id
+from encore_retention.core.events import Event, EventType, event_id
+from encore_retention.webhooks.base import Delivery
+from encore_retention.webhooks.shopify import receiver as shopify
+from encore_retention.webhooks.woocommerce import receiver as woocommerce
 from tests.conftest import payload
-from webhooks.base import Delivery
-from webhooks.shopify import receiver as shopify
-from webhooks.woocommerce import receiver as woocommerce
 
 
 def _shopify(topic: str, data: dict, webhook_id: str = "d1f2") -> Event:
@@ -142,7 +142,7 @@ def test_woocommerce_customer_with_birthday_and_consent_meta(env):
     customer = _woo("customer.created", data).customer
     assert customer.id == "25" and customer.birthday == date(1990, 2, 28) and customer.email_consent is True
     env.setenv("WOOCOMMERCE_CONSENT_META", "newsletter")
-    from encore.settings import reset_settings
+    from encore_retention.core.settings import reset_settings
 
     reset_settings()
     assert _woo("customer.created", data).customer.email_consent is None  # key not present: unknown
@@ -171,7 +171,7 @@ def test_event_id_is_a_valid_job_id():
 # ---- what the store can hold ---------------------------------------------------------------------------
 
 def test_a_time_with_no_utc_equivalent_is_refused_not_overflowed():
-    from encore.events import parse_datetime
+    from encore_retention.core.events import parse_datetime
 
     with pytest.raises(ValueError, match="out of range"):
         parse_datetime("0001-01-01T00:00:00+05:00")
@@ -197,7 +197,7 @@ def test_a_time_with_no_utc_equivalent_is_refused_not_overflowed():
 def test_customer_values_are_bounded_to_what_the_store_holds(field, inside, outside):
     from pydantic import ValidationError
 
-    from encore.events import Customer
+    from encore_retention.core.events import Customer
 
     assert getattr(Customer(**{field: inside}), field) == inside
     with pytest.raises(ValidationError):
@@ -210,7 +210,7 @@ def test_customer_values_are_bounded_to_what_the_store_holds(field, inside, outs
 def test_line_item_quantity_fits_64_bits_and_money_is_finite():
     from pydantic import ValidationError
 
-    from encore.events import LineItem
+    from encore_retention.core.events import LineItem
 
     assert LineItem(quantity=2**63 - 1).quantity == 2**63 - 1
     for bad in ({"quantity": 2**63}, {"quantity": int(1e300)}, {"price": Decimal("NaN")},
@@ -222,7 +222,7 @@ def test_line_item_quantity_fits_64_bits_and_money_is_finite():
 def test_a_guests_key_must_fit_the_ledger_but_a_registered_customers_email_may_be_longer():
     from pydantic import ValidationError
 
-    from encore.events import Customer
+    from encore_retention.core.events import Customer
 
     address = "x" * 150 + "@example.com"
     assert Customer(id="42", email=address).key == "42"
@@ -235,8 +235,8 @@ def test_the_event_models_bounds_are_the_store_columns_widths():
     """The text bounds of the event model follow the columns they are stored in."""
     from typing import get_args
 
-    from encore import events as ev
-    from encore.store import models
+    from encore_retention.core import events as ev
+    from encore_retention.core.store import models
 
     def width(model: type[ev.BaseModel], field: str) -> int:
         info = model.model_fields[field]  # `Key` keeps its bounds in the metadata, `Key | None` in the annotation

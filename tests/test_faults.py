@@ -23,8 +23,8 @@ from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
-from encore import queue as encore_queue
-from encore.queue import EVENTS, FLOWS, MAINTENANCE, queue, requeue_stranded
+from encore_retention.core import queue as encore_queue
+from encore_retention.core.queue import EVENTS, FLOWS, MAINTENANCE, queue, requeue_stranded
 from tests.conftest import free_port, redis_url_of, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,14 +92,15 @@ def test_a_job_taken_by_a_worker_that_died_before_starting_it_is_put_back(redis:
     monkeypatch.setattr(encore_queue, "STRANDED_AFTER", 0.0)
     assert requeue_stranded(q) == 1
     assert q.job_ids == ["stranded"] and redis.llen(q.intermediate_queue_key) == 0
-    import worker
+    from encore_retention import worker
 
     worker.build_worker().work(burst=True)
     assert _status(redis, "stranded") == JobStatus.FINISHED
 
 
 KILLED_AFTER_TAKING = """
-import os, worker
+import os
+from encore_retention import worker
 from rq.worker import BaseWorker
 BaseWorker.prepare_job_execution = lambda *args, **kwargs: os._exit(9)  # dies between taking and starting
 worker.build_worker().work(burst=True)
@@ -220,7 +221,7 @@ def test_the_worker_rides_out_a_redis_restart(env, own_redis, tmp_path):
 # ---- a killed worker's job, and SIGTERM ------------------------------------------------------------------
 
 def test_a_killed_workers_job_is_retried_once_its_heartbeats_stop(worker_env, redis: Redis, tmp_path):
-    script = ("import os, threading, worker\n"
+    script = ("import os, threading\nfrom encore_retention import worker\n"
               "threading.Timer(2.0, lambda: os._exit(9)).start()\n"  # SIGKILL-like, mid-job
               "worker.build_worker().work(burst=True)\n")
     job = queue(EVENTS, redis).enqueue_call("time.sleep", args=(5,), job_id="slow", retry=encore_queue.EVENT_RETRY)
@@ -228,7 +229,7 @@ def test_a_killed_workers_job_is_retried_once_its_heartbeats_stop(worker_env, re
     assert dying.wait(timeout=30) == 9
     registry = StartedJobRegistry(EVENTS, connection=redis, serializer=JSONSerializer)
     assert "slow" in registry.get_job_ids()
-    import worker
+    from encore_retention import worker
 
     (expires,) = [score for _, score in redis.zrange(registry.key, 0, -1, withscores=True)]
     # Abandoned 40 s after its last beat (RQ's SimpleWorker: the job's whole timeout, 180 s, plus 60).

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flows import dates
-from flows.schema import DateTrigger
+from encore_retention.flows import dates
+from encore_retention.flows.schema import DateTrigger
 
 ZONES = ["UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe", "America/Sao_Paulo", "Asia/Kolkata",
          "Pacific/Chatham", "Europe/London", "America/St_Johns"]
@@ -101,7 +101,7 @@ def test_autumn_fold_sends_once_at_the_first_occurrence() -> None:
 
 def test_birthday_trigger_due_day_and_leap_birthdays() -> None:
     trigger = DateTrigger(date="customer.birthday", offset="-14d", at="09:00")
-    from flows.triggers import due_day
+    from encore_retention.flows.triggers import due_day
 
     assert due_day(trigger, date(1996, 2, 29), 2027) == date(2027, 2, 14)
     assert due_day(trigger, date(1996, 2, 29), 2028) == date(2028, 2, 15)

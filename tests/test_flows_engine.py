@@ -12,12 +12,13 @@ from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 from sqlalchemy import select
 
-from encore.jobs import process_event
-from encore.queue import FLOWS, queue
-from encore.store import session_scope
-from encore.store.models import Shop
-from flows import dates, engine
-from flows.models import FlowEffect, FlowRun
+from encore_retention.connectors import base as connector_registry
+from encore_retention.core.jobs import process_event
+from encore_retention.core.queue import FLOWS, queue
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import Shop
+from encore_retention.flows import dates, engine
+from encore_retention.flows.models import FlowEffect, FlowRun
 from tests.flows.helpers import FakeConnector, customer, event, hook_server, order, outbox, walk_to
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -27,10 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def flows_env(env: pytest.MonkeyPatch, redis: Any, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Real Redis and SQLite, the built-in library, a fake platform connector, a frozen clock at T0."""
-    import connectors.base
 
     FakeConnector.reset()
-    env.setattr(connectors.base, "get_connector", lambda shop: FakeConnector(shop))
+    env.setattr(connector_registry, "get_connector", lambda shop: FakeConnector(shop))
     dates.set_now(T0)
     yield env
     dates.set_now(None)
@@ -38,7 +38,7 @@ def flows_env(env: pytest.MonkeyPatch, redis: Any, tmp_path: Path):  # type: ign
 
 def flow_dir(tmp_path: Path, env: pytest.MonkeyPatch, **files: str) -> Path:
     """A FLOWS_DIR holding the given flow files."""
-    from encore.settings import reset_settings
+    from encore_retention.core.settings import reset_settings
 
     folder = tmp_path / "flows"
     folder.mkdir(exist_ok=True)
@@ -99,7 +99,7 @@ def test_no_email_without_consent_and_the_reason_is_traced(flows_env, tmp_path: 
 
 
 def test_no_email_after_an_unsubscribe(flows_env, tmp_path: Path) -> None:
-    from encore.unsubscribe import suppress
+    from encore_retention.core.unsubscribe import suppress
 
     flow_dir(tmp_path, flows_env, welcome=WELCOME_NOW.replace("steps:\n", "steps:\n  - wait: 1d\n"))
     process_event(event("customer.created", T0, customer()))
@@ -114,7 +114,7 @@ def test_no_email_after_an_unsubscribe(flows_env, tmp_path: Path) -> None:
 
 
 def flows_env_redis():  # type: ignore[no-untyped-def]
-    from encore.queue import get_redis
+    from encore_retention.core.queue import get_redis
 
     return get_redis()
 
@@ -132,15 +132,15 @@ steps:
 KILL_SCRIPT = """
 import json, os, sys
 from datetime import datetime
-import connectors.email as email_api
-from flows import dates
+import encore_retention.connectors.email as email_api
+from encore_retention.flows import dates
 real_send = email_api.send
 def send_then_die(message, transport=None):
     real_send(message, transport)
     os._exit(9)  # the worker dies after delivering, before recording it
 email_api.send = send_then_die
 dates.set_now(datetime.fromisoformat(sys.argv[1]))
-from encore.jobs import process_event
+from encore_retention.core.jobs import process_event
 process_event(json.loads(sys.argv[2]))
 """
 
@@ -252,7 +252,7 @@ def test_quiet_hours_defer_a_marketing_email(flows_env, redis, tmp_path: Path) -
 
 
 def test_a_transient_email_failure_is_retried_once(flows_env, redis, tmp_path: Path) -> None:
-    import connectors.email as email_api
+    import encore_retention.connectors.email as email_api
 
     real_send = email_api.send
     calls = []
@@ -296,7 +296,7 @@ def test_exactly_once_on_sqlite_and_postgresql(flows_env, redis, tmp_path: Path,
 def test_runs_command_shows_traces_with_suppression_reasons(flows_env, redis, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from encore.cli import main
+    from encore_retention.core.cli import main
 
     flow_dir(tmp_path, flows_env, welcome=WELCOME_NOW)
     process_event(event("customer.created", T0, customer(email_consent=False)))
@@ -358,7 +358,7 @@ def test_http_step_refuses_this_machine_unless_listed(flows_env, redis, tmp_path
             assert effect.status == "failed" and "is loopback" in effect.result["error"]
 
         flows_env.setenv("HTTP_STEP_ALLOW_HOSTS", f"crm.example.com, {listed}")
-        from encore.settings import reset_settings
+        from encore_retention.core.settings import reset_settings
 
         reset_settings()
         process_event(event("order.placed", T0, customer(), order=order("72", T0)))
@@ -391,7 +391,7 @@ def test_an_unquoted_time_of_day_waits_until_that_time(flows_env, redis, tmp_pat
 
 
 def test_yaml_dates_in_a_flow_are_stored_as_text(env: pytest.MonkeyPatch) -> None:
-    from flows.loader import load_text
+    from encore_retention.flows.loader import load_text
 
     text = ("name: x\nkind: transactional\ntrigger: {event: order.placed}\nsteps:\n"
             "  - http: {url: 'https://hooks.example.com/a', json: {since: 2026-03-01}}\n")
@@ -500,9 +500,9 @@ steps:
 
 def test_a_run_failing_before_the_event_is_committed_still_leaves_the_ledger_applied(
         flows_env, redis, tmp_path: Path) -> None:
-    from encore.settings import reset_settings
-    from encore.store.models import Customer, EventRecord
-    from flows import render
+    from encore_retention.core.settings import reset_settings
+    from encore_retention.core.store.models import Customer, EventRecord
+    from encore_retention.flows import render
 
     templates = tmp_path / "templates"
     templates.mkdir()

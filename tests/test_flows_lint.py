@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from encore.cli import main
-from encore.settings import reset_settings
-from flows import loader, render
+from encore_retention.core.cli import main
+from encore_retention.core.settings import reset_settings
+from encore_retention.flows import loader, render
 
 GOOD = """\
 name: Good
@@ -239,7 +239,7 @@ def test_preview_of_an_unknown_flow_fails_clearly(env: pytest.MonkeyPatch, tmp_p
 
 
 def test_text_part_reads_well_without_the_hidden_preheader(env: pytest.MonkeyPatch) -> None:
-    from flows.render import html_to_text, render_email
+    from encore_retention.flows.render import html_to_text, render_email
 
     html, text = render_email("check_in.html", {
         "customer": {"first_name": "Ada"}, "shop": {"name": "Tea Corner", "domain": "tea.example"},
@@ -269,7 +269,7 @@ LIBRARY_CONTEXT: dict = {
 @pytest.mark.parametrize("shop_email", ["hi@tea.example", None])
 def test_a_templates_text_version_reads_like_its_html_converted(env: pytest.MonkeyPatch, name: str,
                                                                  shop_email: str | None) -> None:
-    from flows.render import environment, html_to_text, render_email
+    from encore_retention.flows.render import environment, html_to_text, render_email
 
     code = {"code": "HELLO-7K", "value": "10%", "expires_on": "1 May 2026", "minimum_subtotal": "30.00"}
     context = {**LIBRARY_CONTEXT, "shop": {**LIBRARY_CONTEXT["shop"], "email": shop_email}}
@@ -282,8 +282,8 @@ def test_a_templates_text_version_reads_like_its_html_converted(env: pytest.Monk
 
 def test_a_text_version_keeps_jinja_it_must_and_falls_back_when_it_cannot(env: pytest.MonkeyPatch,
                                                                           tmp_path: Path) -> None:
-    from encore.settings import reset_settings
-    from flows import render
+    from encore_retention.core.settings import reset_settings
+    from encore_retention.flows import render
 
     folder = tmp_path / "templates"
     folder.mkdir()

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from encore.store import session_scope
-from flows import dates
-from flows.models import FlowRun
+from encore_retention.connectors import base as connector_registry
+from encore_retention.core.store import session_scope
+from encore_retention.flows import dates
+from encore_retention.flows.models import FlowRun
 from tests.conftest import drain, payload, shopify_headers
 from tests.flows.helpers import FakeConnector, outbox, walk_to
 
@@ -21,10 +22,9 @@ T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 @pytest.fixture
 def shop_flows(client, redis: Any, env: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    import connectors.base
 
     FakeConnector.reset()
-    env.setattr(connectors.base, "get_connector", lambda shop: FakeConnector(shop))
+    env.setattr(connector_registry, "get_connector", lambda shop: FakeConnector(shop))
     dates.set_now(T0)
     yield client
     dates.set_now(None)
@@ -57,7 +57,7 @@ def test_first_order_webhook_delivered_twice_thanks_once_then_checks_in(shop_flo
 
 def test_customer_created_without_consent_starts_no_welcome(shop_flows, redis, tmp_path: Path) -> None:
     """Shopify's example customer has no marketing consent: the welcome's conditions keep its run from starting."""
-    from encore.store.models import Customer
+    from encore_retention.core.store.models import Customer
 
     assert "email_marketing_consent" not in payload("shopify", "customers_create")
     deliver(shop_flows, "customers/create", "customers_create", "w-9")

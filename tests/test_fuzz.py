@@ -6,16 +6,16 @@ import pytest
 from click.testing import CliRunner
 from redis import Redis
 
+from encore_retention.webhooks import secrets as webhook_secrets
 from tests.conftest import SHOP, SHOPIFY_SECRET, WC_SECRET, WC_URL, use_database
 from tests.webhook_fuzz import Fuzzer, post_all, run_queued
-from webhooks import secrets as webhook_secrets
 
 CASES = 800
 
 
 def register_woo_store() -> None:
     """The WooCommerce store the fuzz signs for, in the database the test uses."""
-    from encore.cli import main
+    from encore_retention.core.cli import main
 
     result = CliRunner().invoke(main, ["stores", "add", "woocommerce", WC_URL, "--consumer-key", "ck_test",
                                        "--consumer-secret", "cs_test", "--webhook-secret", WC_SECRET, "--no-verify"])

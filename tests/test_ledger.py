@@ -12,15 +12,15 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from encore.crypto import encrypt
-from encore.events import Event
-from encore.store import session_scope
-from encore.store.ledger import apply_event, export_customer, get_or_create_shop
-from encore.store.models import Customer, EventRecord, Order, Shop, Suppression
-from encore.unsubscribe import suppress
+from encore_retention.core.crypto import encrypt
+from encore_retention.core.events import Event
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.ledger import apply_event, export_customer, get_or_create_shop
+from encore_retention.core.store.models import Customer, EventRecord, Order, Shop, Suppression
+from encore_retention.core.unsubscribe import suppress
+from encore_retention.webhooks.base import Delivery
+from encore_retention.webhooks.shopify import receiver as shopify
 from tests.conftest import payload, use_database
-from webhooks.base import Delivery
-from webhooks.shopify import receiver as shopify
 
 SHOP = "ledger.myshopify.com"
 CUSTOMER_GID = "gid://shopify/Customer/7001"
@@ -214,7 +214,7 @@ def test_concurrent_events_for_a_new_customer_make_one_row(db):
 
 
 def test_redaction_also_removes_the_archived_webhook_bodies(db):
-    from encore import archive
+    from encore_retention.core import archive
 
     ada = shopify_event("orders/create", order_payload(1))
     bob = shopify_event("orders/create", order_payload(2, customer_gid="gid://shopify/Customer/8002",

@@ -11,9 +11,9 @@ import responses
 from redis import Redis
 from sqlalchemy import select
 
-from encore import logs
-from encore.settings import reset_settings
-from encore.store import session_scope
+from encore_retention.core import logs
+from encore_retention.core.settings import reset_settings
+from encore_retention.core.store import session_scope
 from tests.conftest import WC_URL, drain, fake_woocommerce_coupons, payload, post_woo, shopify_headers, woo_customer
 
 API = f"{WC_URL}/wp-json/wc/v3"
@@ -59,9 +59,9 @@ def test_run_id_is_on_every_log_line_of_a_run(client, redis, woo_store, env, tmp
     """A step's log line does not name its run; the engine binds the run's id around every line of it."""
     import logging
 
-    from encore.logs import ContextFilter
-    from flows import dates
-    from flows.models import FlowRun
+    from encore_retention.core.logs import ContextFilter
+    from encore_retention.flows import dates
+    from encore_retention.flows.models import FlowRun
     from tests.flows.helpers import walk_to
 
     folder = tmp_path / "flows"
@@ -87,13 +87,14 @@ def test_run_id_is_on_every_log_line_of_a_run(client, redis, woo_store, env, tmp
     with session_scope() as session:
         after = session.get(FlowRun, run.id)
         assert after is not None and after.status == "done"
-    lines = [r for r in caplog.records if r.name.startswith(("flows.", "connectors."))]
+    rooms = ("encore_retention.flows.", "encore_retention.connectors.")
+    lines = [r for r in caplog.records if r.name.startswith(rooms)]
     assert any(r.getMessage().startswith("could not ask the platform whether HELLO-") for r in lines)
     assert [getattr(r, "run_id", None) for r in lines] == [run.id] * len(lines)
 
 
 def test_a_jobs_log_keeps_its_start_and_completion_and_drops_rqs_repeats(client, redis: Redis, caplog):
-    import worker
+    from encore_retention import worker
 
     logs.setup()
     body = json.dumps(payload("shopify", "orders_create")).encode()

@@ -12,10 +12,10 @@ import pytest
 import responses
 from sqlalchemy import select
 
-from connectors.models import OAuthState
-from encore.crypto import decrypt
-from encore.store import session_scope
-from encore.store.models import Shop
+from encore_retention.connectors.models import OAuthState
+from encore_retention.core.crypto import decrypt
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import Shop
 from tests.conftest import SHOP, SHOPIFY_SECRET
 
 TOKEN = "shpat_fresh_offline_token"
@@ -136,7 +136,7 @@ def test_callback_stores_the_token_encrypted_and_subscribes_webhooks(client, sho
 def test_the_install_signs_the_browser_in_as_that_shop(client, shopify_api):
     """After the callback the browser sees its shop's admin pages, framed by Shopify only; the cookie names a
     session kept in Redis, nothing more."""
-    from webhooks.admin import SESSION_KEY
+    from encore_retention.webhooks.admin import SESSION_KEY
 
     state = _install(client)
     assert client.get("/admin/customers").status_code == 302  # not signed in before
@@ -193,7 +193,7 @@ def test_old_callback_is_refused(client, shopify_api):
 
 def test_install_without_app_credentials_says_so(client, env):
     env.delenv("SHOPIFY_API_KEY")
-    from encore.settings import reset_settings
+    from encore_retention.core.settings import reset_settings
 
     reset_settings()
     assert client.get(f"/shopify/install?shop={SHOP}").status_code == 503

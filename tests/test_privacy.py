@@ -25,16 +25,16 @@ from click.testing import CliRunner
 from redis import Redis
 from sqlalchemy import inspect, select, text
 
-from connectors.models import DataExport
-from connectors.privacy import HELD_AS
-from encore import archive
-from encore import events as ev
-from encore.cli import main
-from encore.queue import enqueue_event
-from encore.settings import reset_settings
-from encore.store import get_engine, session_scope
-from encore.store.models import Customer, Suppression
-from flows.models import FlowRun, FlowTrace
+from encore_retention.connectors.models import DataExport
+from encore_retention.connectors.privacy import HELD_AS
+from encore_retention.core import archive
+from encore_retention.core import events as ev
+from encore_retention.core.cli import main
+from encore_retention.core.queue import enqueue_event
+from encore_retention.core.settings import reset_settings
+from encore_retention.core.store import get_engine, session_scope
+from encore_retention.core.store.models import Customer, Suppression
+from encore_retention.flows.models import FlowRun, FlowTrace
 from tests.conftest import (
     SHOP,
     WC_SECRET,
@@ -196,7 +196,7 @@ def shop(env, redis, db_url, tmp_path: Path, smtp):  # type: ignore[no-untyped-d
     env.setenv("TEMPLATES_DIR", str(tmp_path / "templates"))
     env.setenv("EMAIL_URL", f"smtp://127.0.0.1:{smtp[1]}")
     reset_settings()
-    from webhooks import create_app
+    from encore_retention.webhooks import create_app
 
     app = create_app()
     app.testing = True
@@ -452,10 +452,10 @@ def test_woocommerce_customer_is_redacted_by_the_command(shop, smtp, env, redis,
 # ---- the parts ----------------------------------------------------------------------------------------
 
 def test_redis_loses_what_names_the_person_and_keeps_other_shops_and_people(env, redis):
-    from connectors.privacy import forget_in_redis
-    from encore.queue import enqueue_delivery
-    from encore.store.ledger import Person
-    from webhooks.base import Delivery
+    from encore_retention.connectors.privacy import forget_in_redis
+    from encore_retention.core.queue import enqueue_delivery
+    from encore_retention.core.store.ledger import Person
+    from encore_retention.webhooks.base import Delivery
 
     person = Person(platform="shopify", shop=SHOP)
     person.add(ev.Customer(id="7704419931", email=ZERELDA["email"], phone=ZERELDA["phone"]))
@@ -483,7 +483,7 @@ def test_redis_loses_what_names_the_person_and_keeps_other_shops_and_people(env,
 
 
 def test_the_file_outbox_forgets_by_recipient_and_by_key(env, tmp_path: Path):
-    from connectors.email import OutgoingEmail, get_transport, send
+    from encore_retention.connectors.email import OutgoingEmail, get_transport, send
 
     transport = get_transport(f"file://{tmp_path / 'box'}")
     for key, to in (("hello-1", f"Zerelda Q <{ZERELDA['email'].upper()}>"),

@@ -9,10 +9,10 @@ import responses
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from encore.cli import main
-from encore.store import migrate, session_scope
-from encore.store.models import Customer, EventRecord, Order
-from flows.models import FlowEffect, FlowRun
+from encore_retention.core.cli import main
+from encore_retention.core.store import migrate, session_scope
+from encore_retention.core.store.models import Customer, EventRecord, Order
+from encore_retention.flows.models import FlowEffect, FlowRun
 from tests.conftest import PAYLOADS, WC_URL, drain, payload, shopify_headers, use_database
 from tests.test_admin import fake_woocommerce_coupons, post_woo, woo_customer, woo_order
 
@@ -121,14 +121,14 @@ def test_dry_run_rehearses_on_a_copy_of_sqlite_or_postgresql(db_url, env, redis,
     from datetime import UTC, datetime, timedelta
     from decimal import Decimal
 
-    from encore.store.ledger import get_or_create_shop
+    from encore_retention.core.store.ledger import get_or_create_shop
     from tests.conftest import SHOP
 
     use_database(env, db_url)
     body = payload("shopify", "orders_create")
     body["cancelled_at"] = None
     body["customer"]["email_marketing_consent"] = {"state": "subscribed", "opt_in_level": "single_opt_in"}
-    from webhooks.shopify import order_customer
+    from encore_retention.webhooks.shopify import order_customer
 
     customer_id = order_customer(body).key  # type: ignore[union-attr]
     with session_scope() as session:  # two earlier orders: this one is the third

@@ -13,11 +13,11 @@ import responses
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from connectors.base import DiscountRequest, PlatformError, get_connector
-from connectors.shopify import WEBHOOK_TOPICS, ShopifyConnector
-from encore.cli import main
-from encore.store import session_scope
-from encore.store.models import Shop
+from encore_retention.connectors.base import DiscountRequest, PlatformError, get_connector
+from encore_retention.connectors.shopify import WEBHOOK_TOPICS, ShopifyConnector
+from encore_retention.core.cli import main
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import Shop
 from tests.conftest import SHOP
 
 GRAPHQL = f"https://{SHOP}/admin/api/2026-04/graphql.json"
@@ -229,7 +229,7 @@ CUSTOMER_NODE = {
 
 def test_fetch_customer_reads_birthday_metafield_and_consent(shop, admin, env):
     env.setenv("SHOPIFY_BIRTHDAY_METAFIELD", "custom.dob")
-    from encore.settings import reset_settings
+    from encore_retention.core.settings import reset_settings
 
     reset_settings()
     admin.on("customer", _data({"customer": CUSTOMER_NODE}))
@@ -293,7 +293,7 @@ def test_register_webhooks_subscribes_what_is_missing(shop, admin):
 
 
 def test_an_uninstalled_shop_has_no_connector(shop):
-    from encore.store.ledger import uninstall_shop
+    from encore_retention.core.store.ledger import uninstall_shop
 
     with session_scope() as session:
         uninstall_shop(session, session.get(Shop, shop.id))
@@ -341,10 +341,10 @@ def test_stores_add_shopify_with_a_rejected_token_saves_nothing(env, admin):
 
 
 def test_complete_customer_fills_a_ledger_row_the_webhook_left_without_email(shop, admin):
-    from connectors.enrich import complete_customer
-    from encore import events as ev
-    from encore.store.ledger import upsert_customer
-    from encore.store.models import Customer, utcnow
+    from encore_retention.connectors.enrich import complete_customer
+    from encore_retention.core import events as ev
+    from encore_retention.core.store.ledger import upsert_customer
+    from encore_retention.core.store.models import Customer, utcnow
 
     with session_scope() as session:
         row = session.get(Shop, shop.id)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from encore import simulate
-from encore.cli import main
-from flows import dates, expressions, loader
+from encore_retention.core import simulate
+from encore_retention.core.cli import main
+from encore_retention.flows import dates, expressions, loader
 
 SHOPIFY_COLUMNS = ["Name", "Email", "Financial Status", "Paid at", "Fulfillment Status", "Fulfilled at",
                    "Accepts Marketing", "Currency", "Subtotal", "Total", "Discount Code", "Created at",
@@ -188,7 +188,7 @@ def test_the_fast_conditions_agree_with_the_expression_evaluator(condition):
 
 
 def test_the_fast_subjects_agree_with_the_template_engine():
-    from encore import events as ev
+    from encore_retention.core import events as ev
 
     contexts = [
         {"customer": {"first_name": "Ada"}, "shop": {"name": "Tea"}, "order": ev.Order(id="1", number="1001"),

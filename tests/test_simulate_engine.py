@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from encore import events as ev
-from encore import simulate
-from encore.jobs import process_event
-from encore.store import session_scope
-from encore.store.models import Customer
-from flows import dates, loader
-from flows.models import FlowRun, FlowTrace
+from encore_retention.connectors import base as connector_registry
+from encore_retention.core import events as ev
+from encore_retention.core import simulate
+from encore_retention.core.jobs import process_event
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import Customer
+from encore_retention.flows import dates, loader
+from encore_retention.flows.models import FlowRun, FlowTrace
 from tests.flows.helpers import FakeConnector, customer, event, order, walk_to
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -38,10 +39,9 @@ END = T0 + timedelta(days=9)
 
 @pytest.fixture
 def engine_env(env: pytest.MonkeyPatch, redis: Any):  # type: ignore[no-untyped-def]
-    import connectors.base
 
     FakeConnector.reset()
-    env.setattr(connectors.base, "get_connector", lambda shop: FakeConnector(shop))
+    env.setattr(connector_registry, "get_connector", lambda shop: FakeConnector(shop))
     dates.set_now(T0)
     yield redis
     dates.set_now(None)

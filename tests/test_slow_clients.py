@@ -19,9 +19,9 @@ from pathlib import Path
 
 from redis import Redis
 
+from encore_retention.webhooks.base import sign
+from encore_retention.webhooks.server import READ_TIMEOUT
 from tests.conftest import SHOPIFY_SECRET, free_port, http_status, payload, redis_url_of, stop_group, wait_for
-from webhooks.base import sign
-from webhooks.server import READ_TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 2
@@ -97,6 +97,6 @@ def test_stalled_clients_are_dropped_while_health_and_receivers_answer(tmp_path,
 
 
 def _queued(redis: Redis) -> int:
-    from encore.queue import EVENTS, queue
+    from encore_retention.core.queue import EVENTS, queue
 
     return queue(EVENTS, redis).count

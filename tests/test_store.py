@@ -10,15 +10,15 @@ from alembic.migration import MigrationContext
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from encore.cli import main
-from encore.crypto import decrypt
-from encore.store import get_engine, migrate, session_scope
-from encore.store.models import Base, Shop
+from encore_retention.core.cli import main
+from encore_retention.core.crypto import decrypt
+from encore_retention.core.store import get_engine, migrate, session_scope
+from encore_retention.core.store.models import Base, Shop
 from tests.conftest import use_database
 
 
 def _load_room_models() -> None:
-    for name in ("flows.models", "connectors.models"):
+    for name in ("encore_retention.flows.models", "encore_retention.connectors.models"):
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -35,7 +35,7 @@ def test_migrations_match_the_models(db_url):
 
 def test_migrate_is_idempotent(db_url):
     """Migrating a database already at head again leaves it at head, with its rows and the models' schema."""
-    from encore.health import revisions
+    from encore_retention.core.health import revisions
 
     with session_scope(db_url) as session:
         session.add(Shop(platform="shopify", domain="kept.myshopify.com"))
@@ -76,7 +76,7 @@ def test_a_pooled_postgresql_connection_closed_by_the_server_is_replaced(postgre
         pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432")
     from sqlalchemy import text
 
-    from encore import store
+    from encore_retention.core import store
 
     engine = store.get_engine(postgres_url)
     with engine.connect() as conn:

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from encore.store import session_scope
-from encore.store.models import Customer
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import Customer
 
 
 def test_samples_send_says_when_nothing_listens(env, redis):
     from click.testing import CliRunner
 
-    from encore.cli import main
+    from encore_retention.core.cli import main
 
     result = CliRunner().invoke(main, ["samples", "send", "--url", "http://127.0.0.1:9"])
     assert result.exit_code != 0 and "is `make run` running?" in result.output
     # the sample store is registered once, with its own secret, pointing at the sandbox
-    from encore.store.models import Shop
-    from webhooks.woocommerce import store_domain
+    from encore_retention.core.store.models import Shop
+    from encore_retention.webhooks.woocommerce import store_domain
 
     with session_scope() as session:
         shops = session.execute(select(Shop)).scalars().all()

@@ -13,11 +13,11 @@ import pytest
 from itsdangerous import URLSafeSerializer
 from sqlalchemy import select, text, update
 
-from encore.settings import reset_settings
-from encore.store import alembic_config, get_engine, migrate, session_scope
-from encore.store.ledger import get_or_create_shop
-from encore.store.models import Shop, Suppression, utcnow
-from encore.unsubscribe import address_key, is_suppressed, make_token, read_token, unsubscribe_url
+from encore_retention.core.settings import reset_settings
+from encore_retention.core.store import alembic_config, get_engine, migrate, session_scope
+from encore_retention.core.store.ledger import get_or_create_shop
+from encore_retention.core.store.models import Shop, Suppression, utcnow
+from encore_retention.core.unsubscribe import address_key, is_suppressed, make_token, read_token, unsubscribe_url
 from tests.conftest import fresh_postgres, use_database
 
 ADDRESS = "Grace.Hopper@Example.org"  # no letter of it is a hex digit
@@ -180,7 +180,7 @@ def test_migration_hashes_the_stored_addresses_and_keeps_old_links_working(diale
             assert shop.legacy_links_until is not None
             assert timedelta(days=364) < shop.legacy_links_until - utcnow() <= timedelta(days=365)
             assert is_suppressed(session, shop_id, "Ada.Lovelace@example.com") == "unsubscribed"
-        from webhooks import create_app
+        from encore_retention.webhooks import create_app
 
         client = create_app().test_client()
         assert client.post(f"/unsubscribe/{legacy_token(shop_id, 'Linus@Example.com')}",

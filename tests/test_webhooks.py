@@ -9,10 +9,10 @@ import pytest
 from redis import Redis
 from sqlalchemy import func, select
 
-from encore import archive
-from encore.queue import BODY_PREFIX, EVENTS, queue
-from encore.store import session_scope
-from encore.store.models import Customer, EventRecord, Order
+from encore_retention.core import archive
+from encore_retention.core.queue import BODY_PREFIX, EVENTS, PROCESS_DELIVERY, queue
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import Customer, EventRecord, Order
 from tests.conftest import (
     SHOP,
     SHOPIFY_SECRET,
@@ -229,7 +229,7 @@ def test_shopify_delivered_twice_is_one_job_and_one_ledger_update(client, redis:
     assert queue(EVENTS, redis).count == 1
     drain(redis)
     # The same delivery processed again (a job retried after a crash) changes nothing either.
-    from encore.jobs import process_delivery
+    from encore_retention.core.jobs import process_delivery
 
     job = queue(EVENTS, redis).fetch_job(first.get_json()["events"][0])
     assert job is not None and job.is_finished
@@ -257,7 +257,7 @@ def test_shopify_event_id_header_is_not_the_dedupe_key(client, redis: Redis):
 def test_shopify_previous_secret_is_accepted_during_rotation(client, redis: Redis, env):
     env.setenv("SHOPIFY_API_SECRET", "the-new-secret")
     env.setenv("SHOPIFY_API_SECRET_PREVIOUS", SHOPIFY_SECRET)
-    from encore.settings import reset_settings
+    from encore_retention.core.settings import reset_settings
 
     reset_settings()
     body = json.dumps(payload("shopify", "customers_create")).encode()
@@ -315,7 +315,7 @@ def test_woocommerce_wrong_secret_for_a_known_store_is_401(client, redis: Redis,
 
 
 def test_redis_down_gives_503_and_a_retry_is_accepted_later(client, redis: Redis, monkeypatch):
-    from encore import queue as encore_queue
+    from encore_retention.core import queue as encore_queue
 
     body = json.dumps(payload("shopify", "orders_create")).encode()
     headers = shopify_headers(body, "orders/create")
@@ -336,8 +336,8 @@ def test_redis_dying_mid_delivery_never_leaves_a_200_without_its_job(client, red
     """
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from encore import queue as encore_queue
-    from encore.queue import BODY_PREFIX
+    from encore_retention.core import queue as encore_queue
+    from encore_retention.core.queue import BODY_PREFIX
 
     class Dying(Redis):
         left = round_trips
@@ -379,7 +379,7 @@ def test_a_script_stopped_by_an_error_writes_no_dedupe_mark(client, redis: Redis
 
 
 def test_healthz_reports_the_failing_part(client, redis: Redis):
-    from encore import queue as encore_queue
+    from encore_retention.core import queue as encore_queue
 
     assert client.get("/healthz").status_code == 200
     encore_queue.set_redis(Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5))
@@ -439,7 +439,7 @@ def test_a_value_the_event_model_refuses_is_answered_400_before_anything_is_queu
 
 def _queue_as_accepted(platform: str, data: dict, topic: str, key: str) -> None:
     """Queue a delivery the way the receiver does after its 200, but without its checks (an older version's)."""
-    from encore.queue import enqueue_delivery
+    from encore_retention.core.queue import enqueue_delivery
 
     shop = SHOP if platform == "shopify" else "woo.example.com"
     delivery = {"shop": shop, "topic": topic, "delivery_id": key, "headers": {}, "key": key,
@@ -492,8 +492,8 @@ def test_an_event_the_database_refuses_is_rejected_and_the_deliverys_others_are_
     """A value the event model let through but PostgreSQL refuses (DataError) is not retried either."""
     if postgres_url is None:
         pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432")
+    from encore_retention.webhooks import RECEIVERS
     from tests.conftest import _truncate_postgres, use_database
-    from webhooks import RECEIVERS
 
     _truncate_postgres(postgres_url)
     use_database(env, postgres_url)
@@ -537,18 +537,18 @@ def test_a_queued_delivery_is_the_job_rq_itself_would_write(redis: Redis):
     from rq.job import Job
     from rq.serializers import JSONSerializer
 
-    from encore.queue import EVENT_RETRY, FAILURE_TTL, RESULT_TTL, enqueue_delivery
+    from encore_retention.core.queue import EVENT_RETRY, FAILURE_TTL, RESULT_TTL, enqueue_delivery
 
     delivery = {"shop": SHOP, "topic": "orders/create", "delivery_id": "d-1", "http_headers": {"X-A": "é"}}
     assert enqueue_delivery("shopify", delivery, b"{}", "shopify-d-1", redis)
     q = queue(EVENTS, redis)
-    model = q.create_job("encore.jobs.process_delivery", args=("shopify", delivery), job_id="m", retry=EVENT_RETRY,
+    model = q.create_job(PROCESS_DELIVERY, args=("shopify", delivery), job_id="m", retry=EVENT_RETRY,
                          result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, description="shopify orders/create")
     q._prepare_for_queue(model)
     expected = {name for name, value in model.to_dict().items() if value is not None}
     assert {name.decode() for name in redis.hkeys("rq:job:shopify-d-1")} == expected
     job = Job.fetch("shopify-d-1", connection=redis, serializer=JSONSerializer)
-    assert (job.func_name, job.args, job.kwargs) == ("encore.jobs.process_delivery", ["shopify", delivery], {})
+    assert (job.func_name, job.args, job.kwargs) == (PROCESS_DELIVERY, ["shopify", delivery], {})
     assert (job.origin, job.get_status(), job.retries_left, job.retry_intervals) == ("events", "queued", 5,
                                                                                      EVENT_RETRY.intervals)
     assert (job.timeout, job.result_ttl, job.failure_ttl, job.description) == (

@@ -25,15 +25,17 @@ from pathlib import Path
 
 import pytest
 
-from flows import loader
+from encore_retention.flows import loader
 from tests.conftest import PAYLOADS, SHOPIFY_SECRET, redis_url_of, shopify_headers
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-# The folders whose files the wheel must hold, and where they land in it.
-SHIPPED = {"connectors": "connectors", "encore": "encore", "flows": "flows", "webhooks": "webhooks",
-           "templates": "flows/templates"}
+# The folders whose files the wheel must hold, and where they land in it: everything under one import root.
+SHIPPED = {"connectors": "encore_retention/connectors", "encore": "encore_retention/core",
+           "flows": "encore_retention/flows", "webhooks": "encore_retention/webhooks",
+           "templates": "encore_retention/flows/templates"}
+ROOT_FILES = {"encore_retention/__init__.py", "encore_retention/worker.py"}
 # Left out of the copy the wheel is built from: an in-tree build would leave build/ and egg-info in the checkout,
 # shared by runs side by side.
 NOT_COPIED = shutil.ignore_patterns(".*", "__pycache__", "*.pyc", "*.egg-info", "build", "dist", "outbox", "*.db",
@@ -44,9 +46,9 @@ SETTINGS = ("DATABASE_URL", "REDIS_URL", "EMAIL_URL", "EMAIL_FROM", "SECRET_KEY"
 
 PROBE = """
 import json, sys
-import flows
-from encore import store, tools
-from flows import loader, render
+from encore_retention import flows
+from encore_retention.core import store, tools
+from encore_retention.flows import loader, render
 found, problems = loader.load_dir(loader.LIBRARY)
 print(json.dumps({"flows_module": flows.__file__, "path": sys.path, "flows": sorted(f.key for f in found),
                   "problems": [str(p) for p in problems],
@@ -58,7 +60,7 @@ print(json.dumps({"flows_module": flows.__file__, "path": sys.path, "flows": sor
 POST = """
 import json, sys
 from pathlib import Path
-from webhooks import create_app
+from encore_retention.webhooks import create_app
 client = create_app().test_client()
 body, headers = Path(sys.argv[1]).read_bytes(), json.loads(Path(sys.argv[2]).read_text())
 webhook = client.post("/webhooks/shopify", data=body, headers=headers)
@@ -119,7 +121,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
                             "--no-index", str(source), "-w", str(base / "dist")],
                            capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stdout + built.stderr
-    [wheel] = (base / "dist").glob("encore-*.whl")
+    [wheel] = (base / "dist").glob("encore_retention-*.whl")
 
     environment = base / "venv"
     venv.EnvBuilder(with_pip=False).create(environment)
@@ -139,7 +141,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
 
 def _shipped_files() -> set[str]:
     """Every file of the shipped folders of the checkout, named as in the wheel."""
-    found = {"worker.py"}
+    found = set(ROOT_FILES)
     for folder, target in SHIPPED.items():
         for path in (ROOT / folder).rglob("*"):
             relative = path.relative_to(ROOT / folder)
@@ -150,16 +152,20 @@ def _shipped_files() -> set[str]:
 
 
 def _holds_encore(folder: Path) -> bool:
-    """Whether Encore's modules can be imported from a folder on the import path."""
-    return any((folder / name).exists() for name in (*SHIPPED, "worker.py") if name != "templates")
+    """Whether Encore's modules can be imported from a folder on the import path (by any name, old or new)."""
+    return any((folder / name).exists() for name in ("encore_retention", *SHIPPED, "worker.py") if name != "templates")
 
 
 def test_the_wheel_holds_every_file_of_the_packages_and_the_templates(installed):
     with zipfile.ZipFile(installed.wheel) as archive:
         names = {name for name in archive.namelist() if ".dist-info/" not in name}
     assert _shipped_files() - names == set()
-    assert {"flows/templates/base.html", "flows/library/welcome.yaml", "encore/store/migrations/script.py.mako",
-            "webhooks/templates/admin/login.html", "webhooks/static/admin.css"} <= names
+    assert {"encore_retention/flows/templates/base.html", "encore_retention/flows/library/welcome.yaml",
+            "encore_retention/core/store/migrations/script.py.mako",
+            "encore_retention/webhooks/templates/admin/login.html",
+            "encore_retention/webhooks/static/admin.css"} <= names
+    # One import root: nothing lands beside it in site-packages (no `webhooks`, `flows`, `worker` of ours there).
+    assert {name.split("/")[0] for name in names} == {"encore_retention"}
 
 
 def test_installed_from_the_wheel_it_loads_the_built_in_library_from_site_packages(installed):

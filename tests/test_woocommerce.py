@@ -14,12 +14,12 @@ import responses
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from connectors.base import DiscountRequest, PlatformError, get_connector
-from connectors.woocommerce import WEBHOOK_TOPICS, WooCommerceConnector
-from encore.cli import main
-from encore.crypto import decrypt
-from encore.store import session_scope
-from encore.store.models import Shop
+from encore_retention.connectors.base import DiscountRequest, PlatformError, get_connector
+from encore_retention.connectors.woocommerce import WEBHOOK_TOPICS, WooCommerceConnector
+from encore_retention.core.cli import main
+from encore_retention.core.crypto import decrypt
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import Shop
 from tests.conftest import WC_URL, payload
 
 API = f"{WC_URL}/wp-json/wc/v3"
@@ -140,7 +140,7 @@ def test_stores_add_rejects_a_non_url(env, url):
 
 @pytest.mark.parametrize("source", ["http://a:99999/", "http://[::1", "javascript:alert(1)", "https://", "file:///x"])
 def test_a_source_that_is_not_a_store_url_has_no_domain(source):
-    from webhooks.woocommerce import store_domain
+    from encore_retention.webhooks.woocommerce import store_domain
 
     assert store_domain(source) == ""
     assert store_domain("HTTPS://Woo.Example.com:8443/shop/") == "woo.example.com:8443/shop"
@@ -284,7 +284,7 @@ def test_4xx_is_reported_with_the_platform_message_and_not_retried(woo_store):
 @responses.activate
 def test_fetch_customer_reads_birthday_and_consent_meta(woo_store, env):
     env.setenv("WOOCOMMERCE_BIRTHDAY_META", "dob")
-    from encore.settings import reset_settings
+    from encore_retention.core.settings import reset_settings
 
     reset_settings()
     customer = payload("woocommerce", "customer_created")
@@ -329,7 +329,7 @@ def test_fetch_orders_pages_through_modified_after(woo_store):
 @responses.activate
 def test_create_discount_joins_the_callers_transaction(woo_store):
     """The flow engine calls with a shop from its own session, maybe holding SQLite's write lock."""
-    from connectors.models import DiscountCode
+    from encore_retention.connectors.models import DiscountCode
 
     responses.get(f"{API}/coupons", json=[])
     responses.add_callback(responses.POST, f"{API}/coupons", callback=lambda r: (

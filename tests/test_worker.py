@@ -16,9 +16,10 @@ from redis import Redis
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from sqlalchemy import create_engine, text
 
-from encore.queue import EVENT_RETRY, EVENTS, queue
-from encore.settings import reset_settings
+from encore_retention.core.queue import EVENT_RETRY, EVENTS, queue
+from encore_retention.core.settings import reset_settings
 from tests.conftest import (
+    CLI,
     SHOPIFY_SECRET,
     drain,
     free_port,
@@ -135,7 +136,7 @@ def _start(tmp_path: Path, port: int) -> subprocess.Popen:
     process_env = {k: v for k, v in os.environ.items()
                    if k not in ("REDIS_URL", "DATABASE_URL", "ENCORE_DATA_DIR", "SECRET_KEY", "EMAIL_URL")}
     process_env.update(SHOPIFY_API_SECRET=SHOPIFY_SECRET, PYTHONPATH=str(ROOT))
-    run = subprocess.Popen([sys.executable, "-m", "encore.cli", "run", "--port", str(port), "--workers", "1"],
+    run = subprocess.Popen([sys.executable, "-m", CLI, "run", "--port", str(port), "--workers", "1"],
                            env=process_env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
 
@@ -189,7 +190,7 @@ def test_encore_run_starts_a_child_that_dies_again(tmp_path):
     run = _start(tmp_path, port)
     try:
         def worker_pid() -> int | None:
-            return next((pid for pid, args in _children(run.pid).items() if args.endswith("encore.cli worker")), None)
+            return next((pid for pid, args in _children(run.pid).items() if args.endswith(f"{CLI} worker")), None)
 
         first = wait_for(worker_pid)
         assert first
@@ -216,8 +217,8 @@ class CountingRedis(Redis):
 
 def test_the_worker_takes_a_job_with_its_body_in_one_round_trip_and_drops_the_body_with_its_success(
         client, redis: Redis, env):
-    import worker
-    from encore import queue as queue_module
+    from encore_retention import worker
+    from encore_retention.core import queue as queue_module
 
     ids = []
     for number in range(3):
@@ -242,8 +243,8 @@ def test_the_worker_takes_a_job_with_its_body_in_one_round_trip_and_drops_the_bo
 
 
 def test_a_job_that_fails_in_the_worker_keeps_its_body_for_the_retry(client, redis: Redis, env, tmp_path):
-    import worker
-    from encore import queue as queue_module
+    from encore_retention import worker
+    from encore_retention.core import queue as queue_module
 
     body = json.dumps(payload("shopify", "orders_create")).encode()
     job_id = client.post("/webhooks/shopify", data=body,
@@ -262,3 +263,37 @@ def test_encore_queues_refuse_job_dependencies(redis: Redis):
     with pytest.raises(ValueError, match="depends_on"):
         q.enqueue_call("builtins.len", args=([2],), job_id="second", depends_on=first)
     assert q.job_ids == ["first"]
+
+
+def test_a_job_queued_under_its_path_before_the_one_import_root_still_runs(client, redis: Redis, env):
+    """Jobs in Redis at an upgrade name their functions as before (`encore.jobs…`): the worker finds them."""
+    from encore_retention import worker
+    from encore_retention.core.queue import current_path
+
+    body = json.dumps(payload("shopify", "orders_create")).encode()
+    job_id = client.post("/webhooks/shopify", data=body,
+                         headers=shopify_headers(body, "orders/create")).get_json()["events"][0]
+    func, instance, args, kwargs = json.loads(redis.hget(f"rq:job:{job_id}", "data"))
+    assert func == "encore_retention.core.jobs.process_delivery"
+    redis.hset(f"rq:job:{job_id}", "data", json.dumps(["encore.jobs.process_delivery", instance, args, kwargs]))
+    assert current_path("flows.engine.wake_due") == "encore_retention.flows.engine.wake_due"
+    worker.build_worker().work(burst=True)
+    job = queue(EVENTS, redis).fetch_job(job_id)
+    assert job.is_finished and job.return_value()["new"] is True
+    assert _orders(os.environ["DATABASE_URL"]) == 1
+    assert "encore.jobs" not in sys.modules  # run as the package's own function, not a copy loaded by the old name
+
+
+def test_the_web_process_named_by_its_folder_loads_each_module_once(env, redis: Redis, tmp_path):
+    """`gunicorn "webhooks:create_app()"` from the checkout imports `webhooks`: it is the package, not a copy."""
+    script = ("import sys, webhooks\n"
+              "import encore_retention.webhooks as package\n"
+              "app = webhooks.create_app()\n"
+              "assert webhooks is package and webhooks.create_app is package.app.create_app\n"
+              "print(sorted(name for name in sys.modules\n"
+              "             if name.split('.')[0] in ('webhooks', 'flows', 'connectors', 'encore', 'worker')))\n")
+    process_env = dict(os.environ, REDIS_URL=redis_url_of(redis), PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=process_env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['webhooks']"  # the alias alone: no module loaded under a second name

@@ -27,7 +27,7 @@ from typing import Any
 import responses
 from redis import Redis
 
-from webhooks.base import sign
+from encore_retention.webhooks.base import sign
 
 PAYLOADS = Path(__file__).parent / "payloads"
 
@@ -428,7 +428,7 @@ def run_queued(connection: Redis, outcome: Outcome, wc_url: str) -> Outcome:
     from rq.job import Job, JobStatus
     from rq.serializers import JSONSerializer
 
-    from encore import queue as encore_queue
+    from encore_retention.core import queue as encore_queue
 
     def collect(job: Job, exc_type: type, exc_value: BaseException, _tb: Any) -> bool:
         outcome.job_errors.append((job.id, f"{exc_type.__name__}: {exc_value}"[:500]))

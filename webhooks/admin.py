@@ -33,11 +33,11 @@ from redis.exceptions import RedisError
 from sqlalchemy import func, or_, select
 from werkzeug.routing import BaseConverter, ValidationError
 
-from encore import access
-from encore.settings import get_settings
-from encore.store import session_scope
-from encore.store.models import Customer, EventRecord, Order, Shop, parse_id, utcnow
-from webhooks import peers, unavailable
+from encore_retention.core import access
+from encore_retention.core.settings import get_settings
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import Customer, EventRecord, Order, Shop, parse_id, utcnow
+from encore_retention.webhooks import peers, unavailable
 
 log = logging.getLogger("encore.admin")
 
@@ -94,7 +94,7 @@ def shop_from_session_token(token: str) -> str | None:
             continue
     if claims is None:
         return None
-    from webhooks.shopify import SHOP_DOMAIN
+    from encore_retention.webhooks.shopify import SHOP_DOMAIN
 
     shop = (urlsplit(str(claims.get("dest", ""))).hostname or "").lower()
     issuer = (urlsplit(str(claims.get("iss", ""))).hostname or "").lower()
@@ -247,13 +247,13 @@ def csrf_token() -> str:
 
 @blueprint.app_context_processor
 def _template_globals() -> dict[str, Any]:
-    from flows.steps import position_label
+    from encore_retention.flows.steps import position_label
 
     return {"csrf_token": csrf_token, "viewer": g.get("viewer"), "money": _money, "step_label": position_label}
 
 
 def _money(value: Any, currency: str | None = None) -> str:
-    from flows.steps import format_money
+    from encore_retention.flows.steps import format_money
 
     return format_money(value or 0, currency)
 
@@ -361,7 +361,7 @@ class FlowStats:
 
 def describe_trigger(trigger: Any) -> str:
     """`order.placed`, or `customer.birthday -14d at 09:00`."""
-    from flows.schema import DateTrigger, format_duration
+    from encore_retention.flows.schema import DateTrigger, format_duration
 
     if isinstance(trigger, DateTrigger):
         offset = f" {'+' if trigger.offset >= timedelta(0) else '-'}{format_duration(abs(trigger.offset))}" \
@@ -373,8 +373,8 @@ def describe_trigger(trigger: Any) -> str:
 
 def email_steps(flow: Any) -> list[tuple[str, str]]:
     """(position label, template) of every `send_email` step, both sides of each `if`."""
-    from flows.schema import IfStep, SendEmailStep
-    from flows.steps import position_label
+    from encore_retention.flows.schema import IfStep, SendEmailStep
+    from encore_retention.flows.steps import position_label
 
     found: list[tuple[str, str]] = []
 
@@ -392,8 +392,8 @@ def email_steps(flow: Any) -> list[tuple[str, str]]:
 
 def flow_stats(shop_ids: list[int], now: Any = None) -> list[FlowStats]:
     """Every flow (loaded, or seen in runs) with runs, emails, codes, redemptions and revenue since WINDOW ago."""
-    from flows import loader
-    from flows.models import SUPPRESSED, FlowEffect, FlowRun
+    from encore_retention.flows import loader
+    from encore_retention.flows.models import SUPPRESSED, FlowEffect, FlowRun
 
     since = (now or utcnow()) - WINDOW
     registry = loader.registry()
@@ -445,7 +445,7 @@ def flow_stats(shop_ids: list[int], now: Any = None) -> list[FlowStats]:
 @blueprint.get("/")
 def flows():  # type: ignore[no-untyped-def]
     """The flows and their last 30 days."""
-    from flows import loader
+    from encore_retention.flows import loader
 
     viewer: Viewer = g.viewer
     items = flow_stats(viewer.shop_ids)
@@ -460,8 +460,8 @@ def flows():  # type: ignore[no-untyped-def]
 @blueprint.get("/flows/<flow_key>")
 def flow_runs(flow_key: str):  # type: ignore[no-untyped-def]
     """One flow's recent runs: who, when, how far, and why it stopped or was suppressed."""
-    from flows import loader
-    from flows.models import FlowRun, FlowTrace
+    from encore_retention.flows import loader
+    from encore_retention.flows.models import FlowRun, FlowTrace
 
     status = request.args.get("status") or None
     with session_scope() as db:
@@ -525,7 +525,7 @@ class TimelineItem:
 
 def timeline(db: Any, customer: Customer) -> list[TimelineItem]:
     """Events received and runs started (each with its trace: conditions, waits, sends, suppressions)."""
-    from flows.models import FlowRun, FlowTrace
+    from encore_retention.flows.models import FlowRun, FlowTrace
 
     items: list[TimelineItem] = []
     for record in db.execute(select(EventRecord).where(EventRecord.customer_id == customer.id)
@@ -549,8 +549,8 @@ def timeline(db: Any, customer: Customer) -> list[TimelineItem]:
 @blueprint.get("/customers/<id:customer_id>")
 def customer(customer_id: int):  # type: ignore[no-untyped-def]
     """A customer's ledger row and timeline."""
-    from encore.unsubscribe import is_suppressed
-    from flows.models import FlowEffect
+    from encore_retention.core.unsubscribe import is_suppressed
+    from encore_retention.flows.models import FlowEffect
 
     with session_scope() as db:
         row = _customer_or_404(db, customer_id)
@@ -568,7 +568,7 @@ def customer(customer_id: int):  # type: ignore[no-untyped-def]
 @blueprint.get("/messages")
 def messages():  # type: ignore[no-untyped-def]
     """The emails sent (and failed), newest first."""
-    from flows.models import FlowEffect, FlowRun
+    from encore_retention.flows.models import FlowEffect, FlowRun
 
     with session_scope() as db:
         rows = db.execute(select(FlowEffect, FlowRun.flow_name, Customer.email, Customer.id).join(
@@ -584,7 +584,7 @@ def outbox_folder() -> Path | None:
     url = get_settings().EMAIL_URL
     if not url.startswith("file:"):
         return None
-    from connectors.email.file import outbox_path
+    from encore_retention.connectors.email.file import outbox_path
 
     return outbox_path(url)
 
@@ -595,8 +595,8 @@ def message(key: str):  # type: ignore[no-untyped-def]
     import email
     import email.policy
 
-    from connectors.email.file import file_name
-    from flows.models import FlowEffect
+    from encore_retention.connectors.email.file import file_name
+    from encore_retention.flows.models import FlowEffect
 
     folder = outbox_folder()
     with session_scope() as db:
@@ -621,7 +621,7 @@ def message(key: str):  # type: ignore[no-untyped-def]
 # ---- previews --------------------------------------------------------------------------------------
 
 def _flow_choices() -> list[tuple[str, str, list[tuple[str, str]]]]:
-    from flows import loader
+    from encore_retention.flows import loader
 
     return [(key, f.flow.name, email_steps(f.flow)) for key, f in sorted(loader.registry().flows.items())]
 
@@ -654,8 +654,8 @@ def customer_sample(customer: Customer, shop: Shop | None, db: Any) -> dict[str,
 
 def render_preview(flow_key: str, step: str | None, customer_id: int | None) -> tuple[Any, list[Any], Any]:
     """(the flow file, its rendered emails, the selected one) for a sample or a real customer."""
-    from flows import loader
-    from flows import preview as previews
+    from encore_retention.flows import loader
+    from encore_retention.flows import preview as previews
 
     flow_file = loader.registry().flows.get(flow_key)
     if flow_file is None:
@@ -746,7 +746,7 @@ def failed_jobs(limit: int = 100) -> list[dict[str, Any]]:
     """The failed jobs of every Encore queue, newest first, with their exception."""
     from rq.job import Job
 
-    from encore.queue import QUEUES, get_redis, queue
+    from encore_retention.core.queue import QUEUES, get_redis, queue
 
     found: list[dict[str, Any]] = []
     for name in QUEUES:
@@ -769,7 +769,7 @@ def failures():  # type: ignore[no-untyped-def]
     """Failed jobs (with a requeue button) and rejected webhooks (with the reason)."""
     from redis.exceptions import RedisError
 
-    from encore import archive
+    from encore_retention.core import archive
 
     error = None
     try:
@@ -787,7 +787,7 @@ def requeue(queue_name: str, job_id: str):  # type: ignore[no-untyped-def]
     """Put a failed job back on its queue."""
     from rq.exceptions import InvalidJobOperationError, NoSuchJobError
 
-    from encore.queue import QUEUES, queue
+    from encore_retention.core.queue import QUEUES, queue
 
     if not g.viewer.everything:
         abort(403)
@@ -809,7 +809,7 @@ def _dashboard_mounted() -> bool:
 
 def connection_url() -> str:
     """A URL for the Redis connection this process uses (RQ's dashboard wants one)."""
-    from encore.queue import get_redis
+    from encore_retention.core.queue import get_redis
 
     kwargs = get_redis().connection_pool.connection_kwargs
     auth = f":{kwargs['password']}@" if kwargs.get("password") else ""
@@ -888,7 +888,7 @@ def register(app: Any) -> None:
         app.config.update(SESSION_COOKIE_SECURE=True, SESSION_COOKIE_SAMESITE="None")
     app.url_map.converters["id"] = IdConverter
     app.register_blueprint(blueprint)
-    from webhooks import sandbox
+    from encore_retention.webhooks import sandbox
 
     app.register_blueprint(sandbox.blueprint)
     try:

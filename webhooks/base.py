@@ -23,12 +23,12 @@ from flask import Request, jsonify, request
 from redis.exceptions import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from encore import archive
-from encore.events import MALFORMED_ERRORS, Event, problem
-from encore.queue import enqueue_delivery
-from encore.settings import get_settings
-from encore.store.models import utcnow
-from webhooks import metrics
+from encore_retention.core import archive
+from encore_retention.core.events import MALFORMED_ERRORS, Event, problem
+from encore_retention.core.queue import enqueue_delivery
+from encore_retention.core.settings import get_settings
+from encore_retention.core.store.models import utcnow
+from encore_retention.webhooks import metrics
 
 log = logging.getLogger("encore.webhooks")
 

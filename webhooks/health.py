@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from encore import health, queue
+from encore_retention.core import health, queue
 
 PERSISTENCE_TTL_SECONDS = 60.0
 _persistence: tuple[float, int, str | None] | None = None  # (checked until, Redis generation, warning)

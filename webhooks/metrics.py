@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from encore.metrics import WEBHOOKS
+from encore_retention.core.metrics import WEBHOOKS
 
 
 def received(platform: str, outcome: str) -> None:

@@ -22,14 +22,14 @@ import shopify
 from flask import Blueprint, redirect, render_template_string, request
 from sqlalchemy import CursorResult, delete
 
-from connectors.base import PlatformError
-from encore.crypto import encrypt
-from encore.settings import get_settings
-from encore.store import session_scope
-from encore.store.ledger import get_or_create_shop
-from encore.store.models import utcnow
-from webhooks import secrets as webhook_secrets
-from webhooks.shopify import SHOP_DOMAIN
+from encore_retention.connectors.base import PlatformError
+from encore_retention.core.crypto import encrypt
+from encore_retention.core.settings import get_settings
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.ledger import get_or_create_shop
+from encore_retention.core.store.models import utcnow
+from encore_retention.webhooks import secrets as webhook_secrets
+from encore_retention.webhooks.shopify import SHOP_DOMAIN
 
 log = logging.getLogger("encore.oauth")
 
@@ -90,7 +90,7 @@ def install():  # type: ignore[no-untyped-def]
         return _page("Not a Shopify shop", "Expected a shop domain like example.myshopify.com.", 400)
     if "hmac" in params and not (hmac_valid(params) and _fresh(params)):
         return _page("Request not signed by Shopify", "Start the install again from the Shopify admin.", 401)
-    from connectors.models import OAuthState
+    from encore_retention.connectors.models import OAuthState
 
     nonce = secrets.token_urlsafe(32)
     with session_scope() as session:
@@ -104,7 +104,7 @@ def install():  # type: ignore[no-untyped-def]
 
 def consume_state(nonce: str, shop: str) -> bool:
     """Use up a state: True once for a state issued for this shop within STATE_TTL, then never again."""
-    from connectors.models import OAuthState
+    from encore_retention.connectors.models import OAuthState
 
     if not nonce:
         return False
@@ -131,7 +131,7 @@ def exchange_code(shop: str, code: str) -> dict[str, Any]:
 @blueprint.get("/shopify/callback")
 def callback():  # type: ignore[no-untyped-def]
     """Finish the install: verify, exchange the code, store the token, subscribe the webhooks."""
-    from connectors.shopify import ShopifyConnector
+    from encore_retention.connectors.shopify import ShopifyConnector
 
     if not _configured():
         return _page("Shopify is not configured", "Set SHOPIFY_API_KEY and SHOPIFY_API_SECRET.", 503)
@@ -161,7 +161,7 @@ def callback():  # type: ignore[no-untyped-def]
         shop_id = row.id
     webhook_secrets.forget("shopify", shop)
     with session_scope() as session:
-        from encore.store.models import Shop
+        from encore_retention.core.store.models import Shop
 
         row = session.get(Shop, shop_id)
         connector = ShopifyConnector(row, token=grant["access_token"])
@@ -177,7 +177,7 @@ def callback():  # type: ignore[no-untyped-def]
             return _page("Installed, but not listening yet",
                          f"Shopify refused the webhook subscriptions ({exc.message}). Open the app again to retry.",
                          502)
-    from webhooks.admin import sign_in_shop
+    from encore_retention.webhooks.admin import sign_in_shop
 
     sign_in_shop(shop)
     log.info("shop installed", extra={"shop": shop, "topics": len(topics)})

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from flask import Request
 
-from encore.settings import get_settings
+from encore_retention.core.settings import get_settings
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # Headers proxies, load balancers and platform routers add; any one of them means "forwarded".

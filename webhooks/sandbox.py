@@ -16,10 +16,10 @@ from typing import Any
 from flask import Blueprint, Request, abort, jsonify, request
 from sqlalchemy import select
 
-from encore.crypto import decrypt
-from encore.store import session_scope
-from encore.store.models import Shop, parse_id, utcnow
-from webhooks import peers
+from encore_retention.core.crypto import decrypt
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import Shop, parse_id, utcnow
+from encore_retention.webhooks import peers
 
 blueprint = Blueprint("sandbox", __name__, url_prefix="/sandbox/woocommerce/wp-json/wc/v3")
 
@@ -28,7 +28,7 @@ PATH = "/sandbox/woocommerce"
 
 
 def _redis() -> Any:
-    from encore.queue import get_redis
+    from encore_retention.core.queue import get_redis
 
     return get_redis()
 

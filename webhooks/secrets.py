@@ -20,10 +20,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from encore.crypto import InvalidToken, decrypt
-from encore.store import session_scope
-from encore.store.models import Shop
-from webhooks.base import Rejected
+from encore_retention.core.crypto import InvalidToken, decrypt
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import Shop
+from encore_retention.webhooks.base import Rejected
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 from flask import Request
 from pydantic import ConfigDict, TypeAdapter
 
-from encore.events import (
+from encore_retention.core.events import (
     Checkout,
     Code,
     Customer,
@@ -32,9 +32,9 @@ from encore.events import (
     parse_decimal,
     text,
 )
-from encore.settings import get_settings
-from webhooks.base import Delivery, Rejected, signature_matches
-from webhooks.secrets import shop_secrets
+from encore_retention.core.settings import get_settings
+from encore_retention.webhooks.base import Delivery, Rejected, signature_matches
+from encore_retention.webhooks.secrets import shop_secrets
 
 platform = "shopify"
 
@@ -166,7 +166,7 @@ receiver = ShopifyReceiver()
 # ---- mapping -------------------------------------------------------------------------------------
 
 def _now():  # type: ignore[no-untyped-def]
-    from encore.store.models import utcnow
+    from encore_retention.core.store.models import utcnow
 
     return utcnow()
 

@@ -14,9 +14,9 @@ import logging
 
 from flask import Blueprint, render_template_string, request
 
-from encore.store import session_scope
-from encore.store.models import Shop
-from encore.unsubscribe import Recipient, honours_legacy, read_token, suppress_key, suppression_reason
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import Shop
+from encore_retention.core.unsubscribe import Recipient, honours_legacy, read_token, suppress_key, suppression_reason
 
 log = logging.getLogger("encore.unsubscribe")
 

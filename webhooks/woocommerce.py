@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from flask import Request
 
-from encore.events import (
+from encore_retention.core.events import (
     Customer,
     Event,
     EventType,
@@ -31,9 +31,9 @@ from encore.events import (
     text,
     truthy,
 )
-from encore.settings import get_settings
-from webhooks.base import Delivery, Rejected, signature_matches
-from webhooks.secrets import lookup
+from encore_retention.core.settings import get_settings
+from encore_retention.webhooks.base import Delivery, Rejected, signature_matches
+from encore_retention.webhooks.secrets import lookup
 
 platform = "woocommerce"
 
@@ -145,7 +145,7 @@ receiver = WooCommerceReceiver()
 
 
 def _now():  # type: ignore[no-untyped-def]
-    from encore.store.models import utcnow
+    from encore_retention.core.store.models import utcnow
 
     return utcnow()
 

@@ -8,7 +8,7 @@ header on one line, every address one mailbox) and hands it to the transport EMA
 
 from __future__ import annotations
 
-from connectors.email.base import (
+from encore_retention.connectors.email.base import (
     OutgoingEmail,
     PermanentEmailError,
     TransientEmailError,

@@ -19,17 +19,17 @@ from email.utils import formataddr, formatdate, unquote
 from typing import Any
 from urllib.parse import urlsplit
 
-from encore.settings import get_settings
+from encore_retention.core.settings import get_settings
 
 IDEMPOTENCY_HEADER = "X-Encore-Idempotency-Key"
 TRANSPORT_ENTRY_POINT_GROUP = "encore.email_transports"
 
 # EMAIL_URL scheme -> "module:Class"; a new transport is one module and one line here.
 TRANSPORTS: dict[str, str] = {
-    "file": "connectors.email.file:FileTransport",
-    "smtp": "connectors.email.smtp:SMTPTransport",
-    "smtps": "connectors.email.smtp:SMTPTransport",
-    "smtp+starttls": "connectors.email.smtp:SMTPTransport",
+    "file": "encore_retention.connectors.email.file:FileTransport",
+    "smtp": "encore_retention.connectors.email.smtp:SMTPTransport",
+    "smtps": "encore_retention.connectors.email.smtp:SMTPTransport",
+    "smtp+starttls": "encore_retention.connectors.email.smtp:SMTPTransport",
 }
 
 
@@ -130,7 +130,7 @@ def build_message(email: OutgoingEmail) -> Message:
     registry; headers with non-ASCII text are RFC 2047 encoded (display names apart from their
     address). An address that is not ASCII itself (SMTPUTF8) takes the `EmailMessage` path.
     """
-    from connectors.email.html import prepare
+    from encore_retention.connectors.email.html import prepare
 
     mailboxes: dict[str, tuple[str, str]] = {}
     for header, value in (("From", email.from_addr or get_settings().EMAIL_FROM), ("To", email.to),

@@ -12,7 +12,7 @@ from email.utils import getaddresses
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from connectors.email.base import IDEMPOTENCY_HEADER, Transport
+from encore_retention.connectors.email.base import IDEMPOTENCY_HEADER, Transport
 
 HEADER_LIMIT = 64 * 1024  # a message's header block is read at most this far when looking for an address
 

@@ -24,7 +24,7 @@ import time
 from email.message import Message
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from connectors.email.base import PermanentEmailError, TransientEmailError, Transport
+from encore_retention.connectors.email.base import PermanentEmailError, TransientEmailError, Transport
 
 DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
 KEEPALIVE_CHECK = 5.0  # idle seconds after which a kept connection is checked with NOOP before use

@@ -15,8 +15,8 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
-from encore import resources
-from encore.settings import get_settings
+from encore_retention.core import resources
+from encore_retention.core.settings import get_settings
 
 try:
     import fcntl

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from encore.events import INT64_MAX
+from encore_retention.core.events import INT64_MAX
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

@@ -20,10 +20,10 @@ from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
-from connectors.base import Connector, Discount, DiscountRequest
-from encore import events as ev
-from encore.queue import FLOWS, queue
-from flows import dates
+from encore_retention.connectors.base import Connector, Discount, DiscountRequest
+from encore_retention.core import events as ev
+from encore_retention.core.queue import FLOWS, queue
+from encore_retention.flows import dates
 from tests.conftest import drain
 
 SHOP = "encore-test.myshopify.com"

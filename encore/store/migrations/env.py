@@ -6,12 +6,12 @@ import importlib
 
 from alembic import context
 
-from encore.store import get_engine
-from encore.store.models import Base
+from encore_retention.core.store import get_engine
+from encore_retention.core.store.models import Base
 
 config = context.config
 # Each room keeps its tables in its own `models` module on the same Base; load them for autogenerate.
-for _room in ("flows.models", "connectors.models", "encore.archive"):
+for _room in ("encore_retention.flows.models", "encore_retention.connectors.models", "encore_retention.core.archive"):
     try:
         importlib.import_module(_room)
     except ModuleNotFoundError as exc:

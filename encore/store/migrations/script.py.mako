@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from encore.store.models import IdType, UTCDateTime  # noqa: F401
+from encore_retention.core.store.models import IdType, UTCDateTime  # noqa: F401
 
 revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}

@@ -10,8 +10,8 @@ import hashlib
 from collections.abc import Iterator
 from datetime import datetime
 
-from connectors.base import Connector, Discount, DiscountRequest
-from encore import events as ev
+from encore_retention.connectors.base import Connector, Discount, DiscountRequest
+from encore_retention.core import events as ev
 
 
 class ExampleConnector(Connector):

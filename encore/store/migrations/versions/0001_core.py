@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from encore.store.models import IdType, UTCDateTime
+from encore_retention.core.store.models import IdType, UTCDateTime
 
 revision = '0001'
 down_revision = None

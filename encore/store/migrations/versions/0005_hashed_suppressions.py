@@ -17,7 +17,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from alembic import op
 
-from encore.store.models import UTCDateTime, utcnow
+from encore_retention.core.store.models import UTCDateTime, utcnow
 
 revision = "0005"
 down_revision = "0004"
@@ -28,7 +28,7 @@ CHUNK = 1000
 
 
 def upgrade() -> None:
-    from encore.unsubscribe import LEGACY_LINK_DAYS, address_key
+    from encore_retention.core.unsubscribe import LEGACY_LINK_DAYS, address_key
 
     op.add_column("shops", sa.Column("legacy_links_until", UTCDateTime(), nullable=True))
     shops = sa.table("shops", sa.column("legacy_links_until", UTCDateTime()))
