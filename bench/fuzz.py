@@ -66,8 +66,8 @@ def run(cases: int, seed: int, kind: str) -> tuple[Outcome, float, int]:
     """Post `cases` fuzzed deliveries and run what was queued: the outcome, the seconds it took, emails sent."""
     from click.testing import CliRunner
 
+    from encore_retention.cli import main
     from encore_retention.core import queue as encore_queue
-    from encore_retention.core.cli import main
     from encore_retention.core.settings import reset_settings
     from encore_retention.webhooks import create_app
     from encore_retention.webhooks import secrets as webhook_secrets

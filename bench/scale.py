@@ -575,7 +575,7 @@ BREAKDOWN = (
     ("RQ: the work loop, all of it", "rq/worker/base.py", "work"),
     ("RQ: one job performed (perform_job)", "rq/worker/base.py", "perform_job"),
     ("the job's function", "rq/job.py", "_execute"),
-    ("  process_delivery", "encore/jobs.py", "process_delivery"),
+    ("  process_delivery", "encore_retention/jobs.py", "process_delivery"),
     ("    the raw body from Redis (GET)", "encore/queue.py", "delivery_body"),
     ("    the raw body dropped (DEL)", "encore/queue.py", "forget_delivery_body"),
     ("    the receiver's parse", "webhooks/shopify.py", "parse"),

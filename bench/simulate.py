@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="write the generated files here and keep them")
     args = parser.parse_args()
 
-    from encore_retention.core import simulate
+    from encore_retention import simulate
     from encore_retention.flows import dates, loader
 
     with tempfile.TemporaryDirectory() as tmp:

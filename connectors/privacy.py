@@ -145,8 +145,8 @@ def delivery_names(person: Person, platform: str, delivery: dict[str, Any], body
         return False  # neither their address, phone, nor one of their ids is in it: nothing to parse
     if person.named_in(text):
         return True
-    from encore_retention.webhooks import RECEIVERS  # the same parsers the worker uses
     from encore_retention.webhooks.base import Delivery
+    from encore_retention.webhooks.receivers import RECEIVERS  # the same parsers the worker uses
 
     receiver = RECEIVERS.get(platform)
     if receiver is None:

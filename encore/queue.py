@@ -25,8 +25,8 @@ FLOWS = "flows"
 MAINTENANCE = "maintenance"
 QUEUES = (EVENTS, FLOWS, MAINTENANCE)
 
-PROCESS_EVENT = "encore_retention.core.jobs.process_event"  # the jobs the receivers queue, by dotted path
-PROCESS_DELIVERY = "encore_retention.core.jobs.process_delivery"
+PROCESS_EVENT = "encore_retention.jobs.process_event"  # the jobs the receivers queue, by dotted path
+PROCESS_DELIVERY = "encore_retention.jobs.process_delivery"
 SEEN_PREFIX = "encore:seen:"
 BODY_PREFIX = "encore:body:"
 # Transient failures (database busy, a platform's 5xx) retry with backoff; then the job is failed and kept.
@@ -83,8 +83,9 @@ def queue(name: str = EVENTS, connection: Redis | None = None) -> ReliableQueue:
 
 # Job functions as named before the package had one import root: jobs queued then (still in Redis
 # after an upgrade: waiting, scheduled, retried or failed and requeued) run the same functions now.
-LEGACY_PATHS = (("encore.", "encore_retention.core."), ("flows.", "encore_retention.flows."),
-                ("connectors.", "encore_retention.connectors."), ("webhooks.", "encore_retention.webhooks."))
+LEGACY_PATHS = (("encore.jobs.", "encore_retention.jobs."), ("encore.", "encore_retention.core."),
+                ("flows.", "encore_retention.flows."), ("connectors.", "encore_retention.connectors."),
+                ("webhooks.", "encore_retention.webhooks."))
 
 
 def current_path(name: str) -> str:

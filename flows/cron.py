@@ -1,4 +1,4 @@
-"""Periodic jobs of the flow engine, registered with rq.cron by `encore cron` (see encore/cron.py)."""
+"""Periodic jobs of the flow engine, registered with rq.cron by `encore cron` (see encore_retention/cron.py)."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ WC_URL = "https://woo.example.com"
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-CLI = "encore_retention.core.cli"  # `python -m` of the command line, as `encore` runs it
+CLI = "encore_retention.cli"  # `python -m` of the command line, as `encore` runs it
 
 
 def payload(platform: str, topic: str) -> dict[str, Any]:
@@ -220,7 +220,7 @@ def woo_store(env: pytest.MonkeyPatch) -> str:
     """A registered WooCommerce store (through the CLI), returning its URL."""
     from click.testing import CliRunner
 
-    from encore_retention.core.cli import main
+    from encore_retention.cli import main
 
     result = CliRunner().invoke(main, ["stores", "add", "woocommerce", WC_URL, "--consumer-key", "ck_test",
                                        "--consumer-secret", "cs_test", "--webhook-secret", WC_SECRET,
@@ -238,7 +238,7 @@ def sandbox_key(env: pytest.MonkeyPatch) -> dict[str, str]:
     from encore_retention.core.crypto import decrypt
     from encore_retention.core.store import session_scope
     from encore_retention.core.store.models import Shop
-    from encore_retention.core.tools import sample_store
+    from encore_retention.tools import sample_store
     from encore_retention.webhooks.woocommerce import store_domain
 
     url, _secret = sample_store("http://localhost")

@@ -130,7 +130,7 @@ def test_a_sign_in_link_expires_and_cant_be_forged(client, redis, monkeypatch):
 
 
 def test_encore_admin_link_prints_a_link_the_server_accepts(client, redis, env):
-    from encore_retention.core.cli import main
+    from encore_retention.cli import main
 
     env.setenv("APP_URL", "https://encore.example.com")
     reset_settings()

@@ -29,6 +29,6 @@ def test_accepted_webhooks_are_archived_without_signatures_and_purged(client, re
     assert archive.purge(now=datetime.now(UTC) + timedelta(days=8)) == 1
     assert list(archive.deliveries()) == []
 
-    from encore_retention.core.cron import declared_jobs
+    from encore_retention.cron import declared_jobs
 
     assert any(job["func"] is archive.purge for job in declared_jobs())

@@ -87,7 +87,7 @@ def shot(page: Any, folder: Path, name: str, **options: Any) -> Path:
 
 
 def test_samples_then_the_admin_page_in_chromium(server, browser, redis, tmp_path):
-    from encore_retention.core.cli import main
+    from encore_retention.cli import main
     from tests.conftest import drain
 
     # the README's one command: the bundled samples, signed and posted to the running server

@@ -12,9 +12,9 @@ import responses
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
+from encore_retention.cli import main
 from encore_retention.connectors.cron import CRON_JOBS, reconcile_shop, reconcile_woocommerce
 from encore_retention.connectors.models import DataExport, SyncCursor
-from encore_retention.core.cli import main
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Customer, EventRecord, Order, Shop, utcnow
 from tests.conftest import WC_URL, drain, payload, shopify_headers, woo_headers

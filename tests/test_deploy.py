@@ -138,7 +138,7 @@ def test_procfile_has_a_release_step_and_keeps_the_other_processes():
 
 
 def test_encore_migrate_brings_a_new_database_to_head(env, tmp_path):
-    from encore_retention.core.cli import main
+    from encore_retention.cli import main
 
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     env.setenv("DATABASE_URL", url)
@@ -294,7 +294,7 @@ def _database_down(env: pytest.MonkeyPatch, url: str = UNREACHABLE) -> None:
 
 
 def _custom_shop(env: pytest.MonkeyPatch) -> None:
-    from encore_retention.core.cli import main
+    from encore_retention.cli import main
 
     result = CliRunner().invoke(main, ["stores", "add", "shopify", CUSTOM_SHOP, "--access-token", "shpat_custom",
                                        "--webhook-secret", CUSTOM_SECRET])
@@ -481,3 +481,13 @@ def test_the_web_app_warns_about_redis_durability_once_and_healthz_shows_it(env,
     assert "appendonly" in answer.get_json()["warnings"]["redis_persistence"]
     own_redis.config_set("appendonly", "yes")
     assert client.get("/healthz").status_code == 200
+
+
+def test_encore_version_names_the_installed_distribution():
+    from importlib.metadata import version
+
+    from encore_retention.cli import main
+
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert version("encore-retention") in result.output

@@ -483,7 +483,7 @@ def _runs() -> list[tuple[str, list[tuple[str, str]]]]:
 
 @pytest.mark.parametrize("text", INJECTIONS)
 def test_an_attack_in_a_customers_name_reaches_the_mail_server_as_text(flow_over_smtp, text: str):
-    from encore_retention.core.jobs import process_event
+    from encore_retention.jobs import process_event
     from tests.flows.helpers import customer, event
 
     process_event(event("customer.created", dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC), customer(first_name=text)))
@@ -504,7 +504,7 @@ def test_an_attack_in_a_customers_name_reaches_the_mail_server_as_text(flow_over
 
 
 def test_an_injected_address_is_sent_nowhere_and_traced(flow_over_smtp):
-    from encore_retention.core.jobs import process_event
+    from encore_retention.jobs import process_event
     from tests.flows.helpers import customer, event
 
     process_event(event("customer.created", dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC),
@@ -516,10 +516,10 @@ def test_an_injected_address_is_sent_nowhere_and_traced(flow_over_smtp):
 
 
 def test_a_to_with_a_display_name_still_respects_the_unsubscribe(flow_over_smtp):
-    from encore_retention.core.jobs import process_event
     from encore_retention.core.store import session_scope
     from encore_retention.core.store.ledger import get_or_create_shop
     from encore_retention.core.unsubscribe import suppress
+    from encore_retention.jobs import process_event
     from tests.flows.helpers import SHOP, customer, event
 
     with session_scope() as session:

@@ -13,12 +13,12 @@ from rq.serializers import JSONSerializer
 from sqlalchemy import select
 
 from encore_retention.connectors import base as connector_registry
-from encore_retention.core.jobs import process_event
 from encore_retention.core.queue import FLOWS, queue
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Shop
 from encore_retention.flows import dates, engine
 from encore_retention.flows.models import FlowEffect, FlowRun
+from encore_retention.jobs import process_event
 from tests.flows.helpers import FakeConnector, customer, event, hook_server, order, outbox, walk_to
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -140,7 +140,7 @@ def send_then_die(message, transport=None):
     os._exit(9)  # the worker dies after delivering, before recording it
 email_api.send = send_then_die
 dates.set_now(datetime.fromisoformat(sys.argv[1]))
-from encore_retention.core.jobs import process_event
+from encore_retention.jobs import process_event
 process_event(json.loads(sys.argv[2]))
 """
 
@@ -296,7 +296,7 @@ def test_exactly_once_on_sqlite_and_postgresql(flows_env, redis, tmp_path: Path,
 def test_runs_command_shows_traces_with_suppression_reasons(flows_env, redis, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from encore_retention.core.cli import main
+    from encore_retention.cli import main
 
     flow_dir(tmp_path, flows_env, welcome=WELCOME_NOW)
     process_event(event("customer.created", T0, customer(email_consent=False)))

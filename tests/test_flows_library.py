@@ -12,10 +12,10 @@ from sqlalchemy import select
 
 from encore_retention.connectors import base as connector_registry
 from encore_retention.core import events as ev
-from encore_retention.core.jobs import process_event
 from encore_retention.core.store import session_scope
 from encore_retention.flows import dates, engine, triggers
 from encore_retention.flows.models import FlowRun
+from encore_retention.jobs import process_event
 from tests.flows.helpers import FakeConnector, customer, event, order, outbox, walk_to
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -204,7 +204,7 @@ def test_abandoned_checkout_not_sent_when_the_order_follows(library, tmp_path: P
 def test_encore_sweep_command_catches_up_a_day(library, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from encore_retention.core.cli import main
+    from encore_retention.cli import main
 
     process_event(event("customer.created", T0, customer(birthday=date(1990, 3, 20), orders_count=1)))
     walk_to(library, datetime(2026, 3, 9, 12, 0, tzinfo=UTC))  # three days after the send day: the sweep was down

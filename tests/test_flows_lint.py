@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from encore_retention.core.cli import main
+from encore_retention.cli import main
 from encore_retention.core.settings import reset_settings
 from encore_retention.flows import loader, render
 

@@ -15,7 +15,7 @@ CASES = 800
 
 def register_woo_store() -> None:
     """The WooCommerce store the fuzz signs for, in the database the test uses."""
-    from encore_retention.core.cli import main
+    from encore_retention.cli import main
 
     result = CliRunner().invoke(main, ["stores", "add", "woocommerce", WC_URL, "--consumer-key", "ck_test",
                                        "--consumer-secret", "cs_test", "--webhook-secret", WC_SECRET, "--no-verify"])

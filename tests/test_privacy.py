@@ -25,11 +25,11 @@ from click.testing import CliRunner
 from redis import Redis
 from sqlalchemy import inspect, select, text
 
+from encore_retention.cli import main
 from encore_retention.connectors.models import DataExport
 from encore_retention.connectors.privacy import HELD_AS
 from encore_retention.core import archive
 from encore_retention.core import events as ev
-from encore_retention.core.cli import main
 from encore_retention.core.queue import enqueue_event
 from encore_retention.core.settings import reset_settings
 from encore_retention.core.store import get_engine, session_scope

@@ -9,7 +9,7 @@ import responses
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from encore_retention.core.cli import main
+from encore_retention.cli import main
 from encore_retention.core.store import migrate, session_scope
 from encore_retention.core.store.models import Customer, EventRecord, Order
 from encore_retention.flows.models import FlowEffect, FlowRun

@@ -13,9 +13,9 @@ import responses
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from encore_retention.cli import main
 from encore_retention.connectors.base import DiscountRequest, PlatformError, get_connector
 from encore_retention.connectors.shopify import WEBHOOK_TOPICS, ShopifyConnector
-from encore_retention.core.cli import main
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Shop
 from tests.conftest import SHOP

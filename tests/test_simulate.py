@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from encore_retention.core import simulate
-from encore_retention.core.cli import main
+from encore_retention import simulate
+from encore_retention.cli import main
 from encore_retention.flows import dates, expressions, loader
 
 SHOPIFY_COLUMNS = ["Name", "Email", "Financial Status", "Paid at", "Fulfillment Status", "Fulfilled at",

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from encore_retention import simulate
 from encore_retention.connectors import base as connector_registry
 from encore_retention.core import events as ev
-from encore_retention.core import simulate
-from encore_retention.core.jobs import process_event
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Customer
 from encore_retention.flows import dates, loader
 from encore_retention.flows.models import FlowRun, FlowTrace
+from encore_retention.jobs import process_event
 from tests.flows.helpers import FakeConnector, customer, event, order, walk_to
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)

@@ -10,7 +10,7 @@ from alembic.migration import MigrationContext
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from encore_retention.core.cli import main
+from encore_retention.cli import main
 from encore_retention.core.crypto import decrypt
 from encore_retention.core.store import get_engine, migrate, session_scope
 from encore_retention.core.store.models import Base, Shop

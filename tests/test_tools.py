@@ -11,7 +11,7 @@ from encore_retention.core.store.models import Customer
 def test_samples_send_says_when_nothing_listens(env, redis):
     from click.testing import CliRunner
 
-    from encore_retention.core.cli import main
+    from encore_retention.cli import main
 
     result = CliRunner().invoke(main, ["samples", "send", "--url", "http://127.0.0.1:9"])
     assert result.exit_code != 0 and "is `make run` running?" in result.output

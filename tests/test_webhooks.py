@@ -229,7 +229,7 @@ def test_shopify_delivered_twice_is_one_job_and_one_ledger_update(client, redis:
     assert queue(EVENTS, redis).count == 1
     drain(redis)
     # The same delivery processed again (a job retried after a crash) changes nothing either.
-    from encore_retention.core.jobs import process_delivery
+    from encore_retention.jobs import process_delivery
 
     job = queue(EVENTS, redis).fetch_job(first.get_json()["events"][0])
     assert job is not None and job.is_finished
@@ -492,7 +492,7 @@ def test_an_event_the_database_refuses_is_rejected_and_the_deliverys_others_are_
     """A value the event model let through but PostgreSQL refuses (DataError) is not retried either."""
     if postgres_url is None:
         pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432")
-    from encore_retention.webhooks import RECEIVERS
+    from encore_retention.webhooks.receivers import RECEIVERS
     from tests.conftest import _truncate_postgres, use_database
 
     _truncate_postgres(postgres_url)

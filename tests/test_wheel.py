@@ -35,7 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = {"connectors": "encore_retention/connectors", "encore": "encore_retention/core",
            "flows": "encore_retention/flows", "webhooks": "encore_retention/webhooks",
            "templates": "encore_retention/flows/templates"}
-ROOT_FILES = {"encore_retention/__init__.py", "encore_retention/worker.py"}
+# The top layer's own modules (worker, CLI, jobs, tools), beside the linked folders.
+ROOT_FILES = {path.relative_to(ROOT).as_posix() for path in (ROOT / "encore_retention").rglob("*.py")
+              if not any((ROOT / part).is_symlink() for part in path.relative_to(ROOT).parents if part != Path("."))
+              and "__pycache__" not in path.parts}
 # Left out of the copy the wheel is built from: an in-tree build would leave build/ and egg-info in the checkout,
 # shared by runs side by side.
 NOT_COPIED = shutil.ignore_patterns(".*", "__pycache__", "*.pyc", "*.egg-info", "build", "dist", "outbox", "*.db",
@@ -47,7 +50,8 @@ SETTINGS = ("DATABASE_URL", "REDIS_URL", "EMAIL_URL", "EMAIL_FROM", "SECRET_KEY"
 PROBE = """
 import json, sys
 from encore_retention import flows
-from encore_retention.core import store, tools
+from encore_retention import tools
+from encore_retention.core import store
 from encore_retention.flows import loader, render
 found, problems = loader.load_dir(loader.LIBRARY)
 print(json.dumps({"flows_module": flows.__file__, "path": sys.path, "flows": sorted(f.key for f in found),

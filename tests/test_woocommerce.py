@@ -14,9 +14,9 @@ import responses
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from encore_retention.cli import main
 from encore_retention.connectors.base import DiscountRequest, PlatformError, get_connector
 from encore_retention.connectors.woocommerce import WEBHOOK_TOPICS, WooCommerceConnector
-from encore_retention.core.cli import main
 from encore_retention.core.crypto import decrypt
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Shop

@@ -274,7 +274,7 @@ def test_a_job_queued_under_its_path_before_the_one_import_root_still_runs(clien
     job_id = client.post("/webhooks/shopify", data=body,
                          headers=shopify_headers(body, "orders/create")).get_json()["events"][0]
     func, instance, args, kwargs = json.loads(redis.hget(f"rq:job:{job_id}", "data"))
-    assert func == "encore_retention.core.jobs.process_delivery"
+    assert func == "encore_retention.jobs.process_delivery"
     redis.hset(f"rq:job:{job_id}", "data", json.dumps(["encore.jobs.process_delivery", instance, args, kwargs]))
     assert current_path("flows.engine.wake_due") == "encore_retention.flows.engine.wake_due"
     worker.build_worker().work(burst=True)

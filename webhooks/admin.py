@@ -37,7 +37,8 @@ from encore_retention.core import access
 from encore_retention.core.settings import get_settings
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Customer, EventRecord, Order, Shop, parse_id, utcnow
-from encore_retention.webhooks import peers, unavailable
+from encore_retention.webhooks import peers
+from encore_retention.webhooks.app import unavailable
 
 log = logging.getLogger("encore.admin")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Request
 from pydantic import ConfigDict, TypeAdapter
 
 from encore_retention.core.events import (
@@ -33,7 +32,7 @@ from encore_retention.core.events import (
     text,
 )
 from encore_retention.core.settings import get_settings
-from encore_retention.webhooks.base import Delivery, Rejected, signature_matches
+from encore_retention.webhooks.base import Delivery, Headers, Rejected, signature_matches
 from encore_retention.webhooks.secrets import shop_secrets
 
 platform = "shopify"
@@ -83,14 +82,14 @@ class ShopifyReceiver:
 
     platform = platform
 
-    def verify(self, req: Request, body: bytes) -> Delivery:
+    def verify(self, headers: Headers, body: bytes) -> Delivery:
         """Check `X-Shopify-Hmac-Sha256` against the app secret(s), then a custom app's own secret.
 
         The app secrets come from the settings, so ingest needs only Redis; the store is asked (and
         its answer cached) only when they don't match, for a shop registered with a secret of its own.
         """
-        shop = (req.headers.get("X-Shopify-Shop-Domain") or "").strip().lower()
-        signature = req.headers.get("X-Shopify-Hmac-Sha256")
+        shop = (headers.get("X-Shopify-Shop-Domain") or "").strip().lower()
+        signature = headers.get("X-Shopify-Hmac-Sha256")
         if not signature:
             raise Rejected(401, "missing_signature", "X-Shopify-Hmac-Sha256 is missing")
         app_secrets = get_settings().shopify_secrets
@@ -100,14 +99,14 @@ class ShopifyReceiver:
                 raise Rejected(401, "unknown_store", "Shopify is not configured (SHOPIFY_API_SECRET unset)")
             if not signature_matches(body, signature, own):
                 raise Rejected(401, "bad_signature", "X-Shopify-Hmac-Sha256 does not match the body")
-        topic = (req.headers.get("X-Shopify-Topic") or "").strip()
+        topic = (headers.get("X-Shopify-Topic") or "").strip()
         if not shop or not SHOP_DOMAIN.match(shop):
             raise Rejected(400, "bad_shop", "X-Shopify-Shop-Domain is missing or not a myshopify.com domain")
         if not topic:
             raise Rejected(400, "missing_topic", "X-Shopify-Topic is missing")
-        return Delivery(shop=shop, topic=topic, delivery_id=req.headers.get("X-Shopify-Webhook-Id"),
-                        headers={"triggered_at": req.headers.get("X-Shopify-Triggered-At", ""),
-                                 "api_version": req.headers.get("X-Shopify-Api-Version", "")})
+        return Delivery(shop=shop, topic=topic, delivery_id=headers.get("X-Shopify-Webhook-Id"),
+                        headers={"triggered_at": headers.get("X-Shopify-Triggered-At") or "",
+                                 "api_version": headers.get("X-Shopify-Api-Version") or ""})
 
     def key(self, delivery: Delivery, payload: dict[str, Any], body: bytes) -> str | None:
         """`shopify-<X-Shopify-Webhook-Id>` (a hash of shop, topic and body without one); None if unhandled."""

@@ -13,8 +13,6 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Request
-
 from encore_retention.core.events import (
     Customer,
     Event,
@@ -32,7 +30,7 @@ from encore_retention.core.events import (
     truthy,
 )
 from encore_retention.core.settings import get_settings
-from encore_retention.webhooks.base import Delivery, Rejected, signature_matches
+from encore_retention.webhooks.base import Delivery, Headers, Rejected, signature_matches
 from encore_retention.webhooks.secrets import lookup
 
 platform = "woocommerce"
@@ -80,13 +78,13 @@ class WooCommerceReceiver:
 
     platform = platform
 
-    def verify(self, req: Request, body: bytes) -> Delivery:
+    def verify(self, headers: Headers, body: bytes) -> Delivery:
         """Answer the creation ping; otherwise find the store and check `X-WC-Webhook-Signature`."""
-        has_wc_headers = any(h.lower().startswith("x-wc-webhook-") for h in req.headers.keys())
+        has_wc_headers = any(h.lower().startswith("x-wc-webhook-") for h in headers.keys())
         if not has_wc_headers and PING.match(body.strip()):
             return Delivery(shop="", topic="ping", ping=True)
-        source = req.headers.get("X-WC-Webhook-Source")
-        signature = req.headers.get("X-WC-Webhook-Signature")
+        source = headers.get("X-WC-Webhook-Source")
+        signature = headers.get("X-WC-Webhook-Signature")
         if not source:
             raise Rejected(401, "unknown_store", "X-WC-Webhook-Source is missing")
         if not signature:
@@ -101,13 +99,13 @@ class WooCommerceReceiver:
             raise Rejected(401, "unknown_store", f"store {domain} has no webhook secret")
         if not signature_matches(body, signature, secrets):
             raise Rejected(401, "bad_signature", "X-WC-Webhook-Signature does not match the body")
-        topic = (req.headers.get("X-WC-Webhook-Topic") or "").strip()
+        topic = (headers.get("X-WC-Webhook-Topic") or "").strip()
         if not topic:
-            resource, action = req.headers.get("X-WC-Webhook-Resource"), req.headers.get("X-WC-Webhook-Event")
+            resource, action = headers.get("X-WC-Webhook-Resource"), headers.get("X-WC-Webhook-Event")
             topic = f"{resource}.{action}" if resource and action else ""
         if not topic:
             raise Rejected(400, "missing_topic", "X-WC-Webhook-Topic is missing")
-        return Delivery(shop=domain, topic=topic, delivery_id=req.headers.get("X-WC-Webhook-Delivery-ID"))
+        return Delivery(shop=domain, topic=topic, delivery_id=headers.get("X-WC-Webhook-Delivery-ID"))
 
     def key(self, delivery: Delivery, payload: dict[str, Any], body: bytes) -> str | None:
         """Topic + resource id + `date_modified_gmt` (the delivery id is new on every delivery); None if unhandled."""

@@ -280,7 +280,7 @@ def redact(store: str, email: str | None, customer_id: str | None) -> None:
     and outbox copies go; a suppression stays, as a keyed hash of the address. Running it again is safe.
     """
     from encore_retention.core import events as ev
-    from encore_retention.core.jobs import process_event
+    from encore_retention.jobs import process_event
 
     if not (email and email.strip()) and not (customer_id and customer_id.strip()):
         raise click.UsageError("give --email or --customer-id (or both)")

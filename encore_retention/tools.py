@@ -38,7 +38,7 @@ class Recorded:
 
 
 def _receiver(platform: str) -> Any:
-    from encore_retention.webhooks import RECEIVERS
+    from encore_retention.webhooks.receivers import RECEIVERS
 
     receiver = RECEIVERS.get(platform)
     if receiver is None:
@@ -201,8 +201,8 @@ def replay(files: tuple[Path, ...], from_archive: bool, since: str | None, until
 def _replay(recorded: list[Recorded], use_queue: bool) -> list[dict[str, Any]]:
     from rich.table import Table
 
-    from encore_retention.core.jobs import process_event
     from encore_retention.core.queue import enqueue_event
+    from encore_retention.jobs import process_event
 
     rows: list[dict[str, Any]] = []
     table = Table("source", "event", "type", "outcome", title="replay")
@@ -222,9 +222,9 @@ def _replay(recorded: list[Recorded], use_queue: bool) -> list[dict[str, Any]]:
 def _rehearse(recorded: list[Recorded], follow: timedelta) -> list[dict[str, Any]]:
     from rich.table import Table
 
-    from encore_retention.core.jobs import process_event
-    from encore_retention.core.rehearsal import outcome_rows, rehearsal
     from encore_retention.flows import dates
+    from encore_retention.jobs import process_event
+    from encore_retention.rehearsal import outcome_rows, rehearsal
 
     with tempfile.TemporaryDirectory(prefix="encore-rehearsal-") as folder, rehearsal(Path(folder)) as rehearsed:
         # A replayed event must count as new in the copy, or the copy's ledger would skip it.
@@ -402,7 +402,7 @@ def samples_forget(url: str | None) -> None:
 
 
 def _simulate_command() -> click.Command:
-    from encore_retention.core.simulate import simulate
+    from encore_retention.simulate import simulate
 
     return simulate
 

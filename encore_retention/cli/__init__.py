@@ -19,7 +19,7 @@ ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(
 
 
 @click.group()
-@click.version_option(package_name="encore")
+@click.version_option(package_name="encore-retention")
 def main() -> None:
     """Encore: retention automation for Shopify and WooCommerce stores."""
 
@@ -49,8 +49,8 @@ def run(port: int, workers: int) -> None:
         "web": [sys.executable, "-m", "gunicorn", *gunicorn_options(workers), "--bind", f"0.0.0.0:{port}",
                 "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
                 "encore_retention.webhooks:create_app()"],
-        "worker": [sys.executable, "-m", "encore_retention.core.cli", "worker"],
-        "cron": [sys.executable, "-m", "encore_retention.core.cli", "cron"],
+        "worker": [sys.executable, "-m", "encore_retention.cli", "worker"],
+        "cron": [sys.executable, "-m", "encore_retention.cli", "cron"],
     }
     supervisor = Supervisor(commands, env)
     click.echo(f"Encore is running on http://localhost:{port} (Ctrl-C stops it)", err=True)
@@ -140,8 +140,8 @@ def worker(burst: bool) -> None:
 @main.command()
 def cron() -> None:
     """Run RQ's cron scheduler for date triggers and periodic jobs."""
-    from encore_retention.core.cron import build_scheduler
     from encore_retention.core.queue import get_redis
+    from encore_retention.cron import build_scheduler
 
     logs.setup()
     build_scheduler(get_redis()).start()
@@ -170,17 +170,14 @@ def migrate() -> None:
     click.echo("database is up to date")
 
 
-def _register_room_commands() -> None:
-    """Add the command groups each room contributes (flows, stores, import, …)."""
-    from encore_retention.connectors.cli import COMMANDS as connector_commands
-    from encore_retention.core.tools import COMMANDS as tool_commands
-    from encore_retention.flows.cli import COMMANDS as flow_commands
+def _register_area_commands() -> None:
+    """Add the command groups of each area (flows, stores, import, privacy, replay, …)."""
+    from encore_retention.cli.flows import COMMANDS as flow_commands
+    from encore_retention.cli.stores import COMMANDS as store_commands
+    from encore_retention.tools import COMMANDS as tool_commands
 
-    for command in (*flow_commands, *connector_commands, *tool_commands):
+    for command in (*flow_commands, *store_commands, *tool_commands):
         main.add_command(command)
 
 
-_register_room_commands()
-
-if __name__ == "__main__":
-    main()
+_register_area_commands()

@@ -97,7 +97,7 @@ def process_delivery(platform: str, data: dict[str, Any]) -> dict[str, Any]:
     body = delivery_body(key)
     if body is None:
         raise LookupError(f"the body of delivery {key} is no longer in Redis")
-    from encore_retention.webhooks import RECEIVERS  # the same registry the receiving view uses
+    from encore_retention.webhooks.receivers import RECEIVERS  # the same registry the receiving view uses
 
     try:
         events = RECEIVERS[platform].parse(delivery, orjson.loads(body), body)
