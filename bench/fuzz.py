@@ -69,7 +69,7 @@ def run(cases: int, seed: int, kind: str) -> tuple[Outcome, float, int]:
     from encore_retention.cli import main
     from encore_retention.core import queue as encore_queue
     from encore_retention.core.settings import reset_settings
-    from encore_retention.webhooks import create_app
+    from encore_retention.web import create_app
     from encore_retention.webhooks import secrets as webhook_secrets
 
     with tempfile.TemporaryDirectory(prefix="encore-fuzz-") as tmp, redis_database() as (_url, connection):

@@ -83,7 +83,7 @@ def redis_cpu(connection: Redis) -> float:
 def gunicorn_options(args: argparse.Namespace) -> list[str]:
     """The gunicorn settings both servers run with."""
     if args.worker_class is None:
-        from encore_retention.webhooks.server import gunicorn_options as web_process
+        from encore_retention.web.server import gunicorn_options as web_process
 
         return [*web_process(args.workers), "--backlog", "2048", "--log-level", "warning"]
     return ["--worker-class", args.worker_class, "--workers", str(args.workers), "--threads", str(args.threads),

@@ -169,7 +169,7 @@ def make_deliveries(count: int, wave: int) -> tuple[list[Delivery], int]:
 
 def enqueue(deliveries: list[Delivery]) -> float:
     """Post every delivery to the receivers (no worker runs meanwhile); the seconds it took."""
-    from encore_retention.webhooks import create_app
+    from encore_retention.web import create_app
 
     client = create_app().test_client()
     started = time.perf_counter()

@@ -120,8 +120,8 @@ def main() -> int:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from encore_retention.core.store import migrate
-    from encore_retention.webhooks import server
-    from encore_retention.webhooks.server import gunicorn_options
+    from encore_retention.web import server
+    from encore_retention.web.server import gunicorn_options
 
     configurations = {
         "sync x4 (before)": ["--worker-class", "sync", "--workers", "4", "--log-level", "critical"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +48,8 @@ class Settings(BaseSettings):
     DEDUPE_TTL_SECONDS: int = 7 * 24 * 3600
     ADMIN_PASSWORD: str | None = None
     WEBHOOK_RETENTION_DAYS: int = 30
+    # The sample WooCommerce store for `encore samples send`: on, off, or unset for "in development only".
+    SANDBOX: bool | None = Field(default=None, validation_alias="ENCORE_SANDBOX")
 
     def data_path(self, *parts: str) -> Path:
         """A path inside the data directory, creating the directory on first use."""
@@ -63,6 +66,17 @@ class Settings(BaseSettings):
             path.write_text(secrets.token_urlsafe(48))
             path.chmod(0o600)
         return path.read_text().strip()
+
+    @property
+    def development(self) -> bool:
+        """Whether this install runs for development or a trial: APP_URL is this machine (the default)."""
+        host = (urlsplit(self.APP_URL).hostname or "").lower()
+        return host in ("localhost", "127.0.0.1", "::1") or host.endswith(".localhost")
+
+    @property
+    def sandbox(self) -> bool:
+        """Whether the web app mounts the sample store: ENCORE_SANDBOX, or in development when unset."""
+        return self.development if self.SANDBOX is None else self.SANDBOX
 
     @property
     def shopify_secrets(self) -> list[str]:

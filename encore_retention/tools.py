@@ -313,7 +313,7 @@ def sample_store(url: str) -> tuple[str, str]:
     from encore_retention.core.store import migrate, session_scope
     from encore_retention.core.store.ledger import get_or_create_shop
     from encore_retention.core.store.models import utcnow
-    from encore_retention.webhooks.sandbox import PATH
+    from encore_retention.web.sandbox import PATH
     from encore_retention.webhooks.woocommerce import store_domain
 
     migrate()
@@ -379,7 +379,7 @@ def samples_forget(url: str | None) -> None:
     from encore_retention.core.settings import get_settings
     from encore_retention.core.store import migrate, session_scope
     from encore_retention.core.store.models import EventRecord, Shop
-    from encore_retention.webhooks.sandbox import COUPONS_KEY, PATH
+    from encore_retention.web.sandbox import COUPONS_KEY, PATH
     from encore_retention.webhooks.woocommerce import store_domain
 
     migrate()

@@ -203,7 +203,7 @@ def use_database(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
 
 @pytest.fixture
 def app(env: pytest.MonkeyPatch, redis: Redis):  # type: ignore[no-untyped-def]
-    from encore_retention.webhooks import create_app
+    from encore_retention.web import create_app
 
     application = create_app()
     application.testing = True

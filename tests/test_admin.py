@@ -59,7 +59,7 @@ def test_without_a_password_only_a_sign_in_link_gets_in(client):
 def test_password_sign_in(env, redis):
     env.setenv("ADMIN_PASSWORD", "correct horse")
     reset_settings()
-    from encore_retention.webhooks import create_app
+    from encore_retention.web import create_app
 
     client = create_app().test_client()
     # with a password set, even this machine signs in
@@ -137,7 +137,7 @@ def test_flows_page_counts_runs_emails_codes_redemptions_and_revenue(client, red
         post_woo(client, woo_order(9002 + number, 502, "bob@example.com", "20.00"), "order.created")
     drain(redis)
 
-    from encore_retention.webhooks.admin import flow_stats
+    from encore_retention.web.admin.flows import flow_stats
 
     with session_scope() as session:
         shop_ids = [s for (s,) in session.execute(select(Customer.shop_id).distinct())]
@@ -198,7 +198,7 @@ def test_flow_results_on_sqlite_and_postgresql(db_url, env, redis):
     from encore_retention.core.store.ledger import get_or_create_shop
     from encore_retention.core.store.models import Order
     from encore_retention.flows.models import FlowEffect, FlowRun
-    from encore_retention.webhooks.admin import flow_stats
+    from encore_retention.web.admin.flows import flow_stats
     from tests.conftest import use_database
 
     use_database(env, db_url)
@@ -373,7 +373,7 @@ def test_every_page_on_sqlite_and_postgresql(db_url, env, redis):
     from encore_retention.core.store.ledger import get_or_create_shop
     from encore_retention.core.store.models import EventRecord
     from encore_retention.flows.models import FlowEffect, FlowRun, FlowTrace
-    from encore_retention.webhooks import create_app
+    from encore_retention.web import create_app
     from tests.conftest import use_database
 
     use_database(env, db_url)

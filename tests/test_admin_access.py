@@ -39,7 +39,7 @@ def _customer(email: str = "ada.personal@example.com") -> int:
 def _password_client(env, redis):  # type: ignore[no-untyped-def]
     env.setenv("ADMIN_PASSWORD", PASSWORD)
     reset_settings()
-    from encore_retention.webhooks import create_app
+    from encore_retention.web import create_app
 
     return create_app().test_client()
 
@@ -105,7 +105,7 @@ def test_a_sign_in_link_signs_in_once(client, redis, app):
     page = client.get(f"/admin/customers/{ada}")
     assert page.status_code == 200 and "ada.personal@example.com" in page.get_data(as_text=True)
     # spent: nobody else signs in with it, not even in another process of the app
-    from encore_retention.webhooks import create_app
+    from encore_retention.web import create_app
 
     for other in (app.test_client(), create_app().test_client()):
         again = other.get(path)
@@ -147,7 +147,7 @@ def test_encore_admin_link_prints_a_link_the_server_accepts(client, redis, env):
 
 @pytest.mark.parametrize("how", ["password", "link"])
 def test_a_copy_of_the_cookie_is_worth_nothing_after_signing_out(env, redis, how):
-    from encore_retention.webhooks import create_app
+    from encore_retention.web import create_app
 
     client = _password_client(env, redis)
     if how == "password":
@@ -196,7 +196,7 @@ def _login(client, password: str, address: str, **headers: str):  # type: ignore
 
 
 def test_sign_in_is_throttled_per_client_and_logged_without_the_password(env, redis, caplog):
-    from encore_retention.webhooks import create_app
+    from encore_retention.web import create_app
 
     client = _password_client(env, redis)
     caplog.set_level(logging.INFO)
@@ -291,7 +291,7 @@ def test_parse_id_reads_ascii_digits_within_the_store_ids():
 
 def test_bad_ids_answer_404_or_400_on_sqlite_and_postgresql(db_url, env, redis, request):
     use_database(env, db_url)
-    from encore_retention.webhooks import create_app
+    from encore_retention.web import create_app
 
     client = create_app().test_client()
     sign_in(client)

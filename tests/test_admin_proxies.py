@@ -91,7 +91,7 @@ def start_gunicorn(folder: Path, redis: Redis, **settings: str) -> tuple[subproc
     env.update(DATABASE_URL=database, REDIS_URL=redis_url_of(redis), SECRET_KEY=SECRET,
                APP_URL=f"https://{PUBLIC_HOST}", ENCORE_DATA_DIR=str(folder / "data"),
                EMAIL_URL=f"file://{folder / 'outbox'}", PYTHONPATH=str(ROOT), **settings)
-    command = [sys.executable, "-m", "gunicorn", "--config", "python:encore_retention.webhooks.server",
+    command = [sys.executable, "-m", "gunicorn", "--config", "python:encore_retention.web.server",
                "--workers", "2", "--bind", f"127.0.0.1:{port}", "webhooks:create_app()"]
     process = subprocess.Popen(command, env=env, cwd=folder, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=open(folder / "gunicorn.log", "wb"))

@@ -34,7 +34,7 @@ def server(env, redis) -> Iterator[str]:  # type: ignore[no-untyped-def]
     from werkzeug.serving import make_server
 
     from encore_retention.core.settings import reset_settings
-    from encore_retention.webhooks import create_app
+    from encore_retention.web import create_app
 
     probe = make_server("127.0.0.1", 0, lambda *a: [])  # find a free port
     port = probe.server_port

@@ -131,7 +131,7 @@ def test_in_memory_sqlite_migrates_without_a_lock_file(tmp_path, monkeypatch):
 def test_procfile_has_a_release_step_and_keeps_the_other_processes():
     lines = (ROOT / "Procfile").read_text().splitlines()
     assert "release: encore migrate" in lines
-    assert ('web: gunicorn --config python:encore_retention.webhooks.server --workers 4 --bind 0.0.0.0:${PORT:-8000} '
+    assert ('web: gunicorn --config python:encore_retention.web.server --workers 4 --bind 0.0.0.0:${PORT:-8000} '
             '"webhooks:create_app()"') in lines
     assert "worker: python worker.py" in lines
     assert "cron: encore cron" in lines
@@ -151,7 +151,7 @@ def test_encore_migrate_brings_a_new_database_to_head(env, tmp_path):
 # ---- the web app on a new database -----------------------------------------------------------------
 
 def _app(env: pytest.MonkeyPatch, url: str):  # type: ignore[no-untyped-def]
-    from encore_retention.webhooks import create_app
+    from encore_retention.web import create_app
 
     env.setenv("DATABASE_URL", url)
     reset_settings()
@@ -468,7 +468,7 @@ def test_redis_without_config_falls_back_to_info(own_redis: Redis, caplog):
 
 def test_the_web_app_warns_about_redis_durability_once_and_healthz_shows_it(env, redis: Redis, own_redis: Redis,
                                                                           caplog):
-    from encore_retention.webhooks import create_app
+    from encore_retention.web import create_app
 
     encore_queue.set_redis(own_redis)
     with caplog.at_level(logging.WARNING):

@@ -136,7 +136,7 @@ def test_callback_stores_the_token_encrypted_and_subscribes_webhooks(client, sho
 def test_the_install_signs_the_browser_in_as_that_shop(client, shopify_api):
     """After the callback the browser sees its shop's admin pages, framed by Shopify only; the cookie names a
     session kept in Redis, nothing more."""
-    from encore_retention.webhooks.admin import SESSION_KEY
+    from encore_retention.web.admin.auth import SESSION_KEY
 
     state = _install(client)
     assert client.get("/admin/customers").status_code == 302  # not signed in before

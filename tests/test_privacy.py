@@ -196,7 +196,7 @@ def shop(env, redis, db_url, tmp_path: Path, smtp):  # type: ignore[no-untyped-d
     env.setenv("TEMPLATES_DIR", str(tmp_path / "templates"))
     env.setenv("EMAIL_URL", f"smtp://127.0.0.1:{smtp[1]}")
     reset_settings()
-    from encore_retention.webhooks import create_app
+    from encore_retention.web import create_app
 
     app = create_app()
     app.testing = True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 
+import pytest
+
 LOCAL = {"REMOTE_ADDR": "127.0.0.1"}
 REMOTE = {"REMOTE_ADDR": "203.0.113.9"}
 
@@ -28,3 +30,25 @@ def test_the_sandbox_store_answers_this_machine_only(client, redis, sandbox_key)
                        headers={"Authorization": "Basic " + base64.b64encode(
                            f"{sandbox_key['oauth_consumer_key']}:x".encode()).decode()}).get_json()
     assert [c["code"] for c in found] == ["hello-ab12-cd34"]
+
+
+@pytest.mark.parametrize(("app_url", "switch", "mounted"), [
+    ("http://localhost:8000", None, True),  # development: the default APP_URL
+    ("http://127.0.0.1:8000", None, True),
+    ("https://encore.example.com", None, False),  # a deploy with its public address: no sample store at all
+    ("https://encore.example.com", "1", True),
+    ("http://localhost:8000", "0", False),
+])
+def test_the_sandbox_is_mounted_in_development_only(env, redis, sandbox_key, app_url, switch, mounted):
+    from encore_retention.core.settings import reset_settings
+    from encore_retention.web import create_app
+
+    env.setenv("APP_URL", app_url)
+    if switch is not None:
+        env.setenv("ENCORE_SANDBOX", switch)
+    reset_settings()
+    client = create_app().test_client()
+    host = app_url.split("://")[1].split(":")[0]
+    answer = client.get("/sandbox/woocommerce/wp-json/wc/v3/coupons", environ_base=LOCAL, query_string=sandbox_key,
+                        headers={"Host": host})
+    assert answer.status_code == (200 if mounted else 404)

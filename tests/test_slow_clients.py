@@ -19,8 +19,8 @@ from pathlib import Path
 
 from redis import Redis
 
+from encore_retention.web.server import READ_TIMEOUT
 from encore_retention.webhooks.base import sign
-from encore_retention.webhooks.server import READ_TIMEOUT
 from tests.conftest import SHOPIFY_SECRET, free_port, http_status, payload, redis_url_of, stop_group, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

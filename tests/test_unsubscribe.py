@@ -180,7 +180,7 @@ def test_migration_hashes_the_stored_addresses_and_keeps_old_links_working(diale
             assert shop.legacy_links_until is not None
             assert timedelta(days=364) < shop.legacy_links_until - utcnow() <= timedelta(days=365)
             assert is_suppressed(session, shop_id, "Ada.Lovelace@example.com") == "unsubscribed"
-        from encore_retention.webhooks import create_app
+        from encore_retention.web import create_app
 
         client = create_app().test_client()
         assert client.post(f"/unsubscribe/{legacy_token(shop_id, 'Linus@Example.com')}",

@@ -36,9 +36,9 @@ SHIPPED = {"connectors": "encore_retention/connectors", "encore": "encore_retent
            "flows": "encore_retention/flows", "webhooks": "encore_retention/webhooks",
            "templates": "encore_retention/flows/templates"}
 # The top layer's own modules (worker, CLI, jobs, tools), beside the linked folders.
-ROOT_FILES = {path.relative_to(ROOT).as_posix() for path in (ROOT / "encore_retention").rglob("*.py")
-              if not any((ROOT / part).is_symlink() for part in path.relative_to(ROOT).parents if part != Path("."))
-              and "__pycache__" not in path.parts}
+ROOT_FILES = {path.relative_to(ROOT).as_posix() for path in (ROOT / "encore_retention").rglob("*")
+              if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+              and not any((ROOT / part).is_symlink() for part in path.relative_to(ROOT).parents if part != Path("."))}
 # Left out of the copy the wheel is built from: an in-tree build would leave build/ and egg-info in the checkout,
 # shared by runs side by side.
 NOT_COPIED = shutil.ignore_patterns(".*", "__pycache__", "*.pyc", "*.egg-info", "build", "dist", "outbox", "*.db",
@@ -64,7 +64,7 @@ print(json.dumps({"flows_module": flows.__file__, "path": sys.path, "flows": sor
 POST = """
 import json, sys
 from pathlib import Path
-from encore_retention.webhooks import create_app
+from encore_retention.web import create_app
 client = create_app().test_client()
 body, headers = Path(sys.argv[1]).read_bytes(), json.loads(Path(sys.argv[2]).read_text())
 webhook = client.post("/webhooks/shopify", data=body, headers=headers)
@@ -166,8 +166,8 @@ def test_the_wheel_holds_every_file_of_the_packages_and_the_templates(installed)
     assert _shipped_files() - names == set()
     assert {"encore_retention/flows/templates/base.html", "encore_retention/flows/library/welcome.yaml",
             "encore_retention/core/store/migrations/script.py.mako",
-            "encore_retention/webhooks/templates/admin/login.html",
-            "encore_retention/webhooks/static/admin.css"} <= names
+            "encore_retention/web/admin/templates/admin/login.html",
+            "encore_retention/web/admin/static/admin.css"} <= names
     # One import root: nothing lands beside it in site-packages (no `webhooks`, `flows`, `worker` of ours there).
     assert {name.split("/")[0] for name in names} == {"encore_retention"}
 
@@ -209,8 +209,9 @@ def test_installed_from_the_wheel_a_signed_order_becomes_an_email(installed, red
     (work / "headers.json").write_text(json.dumps(shopify_headers(body, "orders/create")))
     posted = installed.python(POST, str(work / "order.json"), str(work / "headers.json"), env=env)
     assert posted.returncode == 0, posted.stderr
+    css = ROOT / "encore_retention" / "web" / "admin" / "static" / "admin.css"
     assert json.loads(posted.stdout) == {"webhook": 200, "login": 200, "signed_in_page": True, "css": 200,
-                                         "css_bytes": (ROOT / "webhooks" / "static" / "admin.css").stat().st_size}
+                                         "css_bytes": css.stat().st_size}
 
     drained = installed.run([str(installed.bin / "encore"), "worker", "--burst"], env)
     assert drained.returncode == 0, drained.stderr

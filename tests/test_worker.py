@@ -289,7 +289,8 @@ def test_the_web_process_named_by_its_folder_loads_each_module_once(env, redis: 
     script = ("import sys, webhooks\n"
               "import encore_retention.webhooks as package\n"
               "app = webhooks.create_app()\n"
-              "assert webhooks is package and webhooks.create_app is package.app.create_app\n"
+              "from encore_retention.web import app as web_app\n"
+              "assert webhooks is package and webhooks.create_app is web_app.create_app\n"
               "print(sorted(name for name in sys.modules\n"
               "             if name.split('.')[0] in ('webhooks', 'flows', 'connectors', 'encore', 'worker')))\n")
     process_env = dict(os.environ, REDIS_URL=redis_url_of(redis), PYTHONPATH=str(ROOT))

@@ -1,8 +1,10 @@
-"""Webhook receivers (one module per platform) and, for now, the web app (`create_app`).
+"""Webhook receivers: verify the signature over the raw body, normalise into canonical events.
 
-The receivers (`base`, `shopify`, `woocommerce`, `receivers`, `secrets`) need no Flask: the worker
-and the tools import them alone. `create_app` and `RECEIVERS` are found here on first use, so that
-importing a receiver does not load the web app.
+One module per platform (`shopify`, `woocommerce`) of the same shape, what they share (`base`),
+their registry (`receivers`) and the stores' own secrets (`secrets`). None of it needs Flask: the
+web app's view (`encore_retention.web.receive`), the worker and the tools use the same parsers.
+`create_app` is the web app's, handed over here on first use for the Procfile's
+`gunicorn "webhooks:create_app()"`; importing a receiver does not load the web app.
 
 The package is `encore_retention.webhooks`. Imported by its folder's name from the repository root,
 as the Procfile's `gunicorn "webhooks:create_app()"` does, it stands aside for that package, so that
@@ -22,9 +24,9 @@ if __name__ != "encore_retention.webhooks":
 
 def __getattr__(name: str) -> Any:
     if name in ("create_app", "unavailable"):
-        from encore_retention.webhooks import app
+        from encore_retention import web  # the web app stands on the receivers: reached only on demand
 
-        return getattr(app, name)
+        return getattr(web, name)
     if name == "RECEIVERS":
         from encore_retention.webhooks.receivers import RECEIVERS
 

@@ -3,7 +3,7 @@
 A platform module supplies a `Receiver`: `verify()` checks the signature over the raw body and says
 which shop and topic the delivery is for, `parse()` turns the payload into canonical events. None of
 it needs Flask: the worker and the tools run the same parsers. The web app's view
-(`encore_retention.webhooks.app.receive`) does the rest and maps every failure to the contract's answer:
+(`encore_retention.web.app.receive`) does the rest and maps every failure to the contract's answer:
 
     200 queued, duplicate, ignored topic, ping · 400 malformed · 401 bad signature or unknown store
     413 too large · 503 the queue can't take it (the platform retries; nothing is lost)

@@ -31,7 +31,7 @@ def run(port: int, workers: int) -> None:
     """Run web, worker and cron together (embedded Redis when REDIS_URL is unset)."""
     from encore_retention.core.queue import redis_url
     from encore_retention.core.store import migrate
-    from encore_retention.webhooks.server import gunicorn_options
+    from encore_retention.web.server import gunicorn_options
 
     logs.setup()
     settings = get_settings()

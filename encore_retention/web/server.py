@@ -24,7 +24,7 @@ from gunicorn.workers import gthread
 
 READ_TIMEOUT = 5.0  # seconds a client may send nothing in the middle of a request
 
-worker_class = "encore_retention.webhooks.server.ReadTimeoutWorker"
+worker_class = "encore_retention.web.server.ReadTimeoutWorker"
 threads = 32  # threads waiting on a socket cost little; CPU work stays at one per core (GIL)
 worker_connections = threads  # more wait in the listen backlog, for a worker with a free thread
 keepalive = 5
@@ -84,5 +84,5 @@ def post_worker_init(worker: Any) -> None:
 
 def gunicorn_options(workers: int) -> list[str]:
     """Command-line options that start gunicorn with these settings (for `encore run` and the benches)."""
-    return ["--config", "python:encore_retention.webhooks.server", "--workers", str(workers)]
+    return ["--config", "python:encore_retention.web.server", "--workers", str(workers)]
 

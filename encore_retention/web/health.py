@@ -1,10 +1,29 @@
-"""/healthz: does Redis answer, does the database answer, is its schema at head; and Redis durability warnings."""
+"""`/healthz` (Redis, the database, its schema at head; Redis durability warnings) and `/metrics`."""
 
 from __future__ import annotations
 
 import time
 
+from flask import Blueprint, Response, current_app, jsonify
+
 from encore_retention.core import health, queue
+from encore_retention.core.metrics import exposition
+
+blueprint = Blueprint("health", __name__)
+
+
+@blueprint.get("/healthz")
+def healthz():  # type: ignore[no-untyped-def]
+    failing = check(current_app.extensions["encore.schema"])
+    found = warnings() if "redis" not in failing else {}
+    status = 503 if failing else 200
+    return jsonify(status="ok" if not failing else "failing", failing=failing, warnings=found), status
+
+
+@blueprint.get("/metrics")
+def metrics():  # type: ignore[no-untyped-def]
+    body, content_type = exposition()
+    return Response(body, content_type=content_type)
 
 PERSISTENCE_TTL_SECONDS = 60.0
 _persistence: tuple[float, int, str | None] | None = None  # (checked until, Redis generation, warning)

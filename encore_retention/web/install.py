@@ -28,6 +28,7 @@ from encore_retention.core.settings import get_settings
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.ledger import get_or_create_shop
 from encore_retention.core.store.models import utcnow
+from encore_retention.web.admin.auth import sign_in_shop
 from encore_retention.webhooks import secrets as webhook_secrets
 from encore_retention.webhooks.shopify import SHOP_DOMAIN
 
@@ -177,8 +178,6 @@ def callback():  # type: ignore[no-untyped-def]
             return _page("Installed, but not listening yet",
                          f"Shopify refused the webhook subscriptions ({exc.message}). Open the app again to retry.",
                          502)
-    from encore_retention.webhooks.admin import sign_in_shop
-
     sign_in_shop(shop)
     log.info("shop installed", extra={"shop": shop, "topics": len(topics)})
     refused = getattr(connector, "refused", {})

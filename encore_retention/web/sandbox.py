@@ -19,7 +19,7 @@ from sqlalchemy import select
 from encore_retention.core.crypto import decrypt
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Shop, parse_id, utcnow
-from encore_retention.webhooks import peers
+from encore_retention.web import peers
 
 blueprint = Blueprint("sandbox", __name__, url_prefix="/sandbox/woocommerce/wp-json/wc/v3")
 
