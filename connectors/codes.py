@@ -16,11 +16,15 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, object_session
 
 from encore_retention.connectors.base import Discount, DiscountRequest
+from encore_retention.connectors.models import DiscountCode
 from encore_retention.core.settings import get_settings
 from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import utcnow
 
 if TYPE_CHECKING:
     from encore_retention.core.store.models import Shop
@@ -60,7 +64,6 @@ def _session_of(shop: Shop) -> Iterator[Session]:
 
 def remembered(shop: Shop, idempotency_key: str) -> Discount | None:
     """The discount already made for this key, if this installation made one."""
-    from encore_retention.connectors.models import DiscountCode
 
     with _session_of(shop) as session:
         row = session.execute(select(DiscountCode).where(
@@ -73,11 +76,7 @@ def remembered(shop: Shop, idempotency_key: str) -> Discount | None:
 
 def remember(shop: Shop, idempotency_key: str, discount: Discount) -> None:
     """Record the discount made for this key (idempotent)."""
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    from encore_retention.connectors.models import DiscountCode
-    from encore_retention.core.store.models import utcnow
 
     with _session_of(shop) as session:
         builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert

@@ -17,6 +17,8 @@ from typing import Any
 from redis import Redis
 from sqlalchemy import select
 
+from encore_retention.connectors.base import get_connector
+from encore_retention.connectors.models import SyncCursor
 from encore_retention.core import events as ev
 from encore_retention.core.queue import MAINTENANCE, enqueue_event
 from encore_retention.core.store import session_scope
@@ -32,7 +34,6 @@ OVERLAP = timedelta(minutes=5)
 
 
 def _cursor(shop_id: int, resource: str) -> datetime | None:
-    from encore_retention.connectors.models import SyncCursor
 
     with session_scope() as session:
         row = session.get(SyncCursor, (shop_id, resource))
@@ -40,7 +41,6 @@ def _cursor(shop_id: int, resource: str) -> datetime | None:
 
 
 def _save_cursor(shop_id: int, resource: str, cursor: datetime | None, error: str | None = None) -> None:
-    from encore_retention.connectors.models import SyncCursor
 
     with session_scope() as session:
         row = session.get(SyncCursor, (shop_id, resource))
@@ -68,7 +68,6 @@ def _known_version(shop_id: int, resource: str, payload: dict[str, Any]) -> tupl
 def reconcile_shop(shop_id: int, *, connector: Any = None, now: datetime | None = None,
                    connection: Redis | None = None) -> dict[str, int]:
     """Queue the changes of one WooCommerce store that no webhook brought; returns counts by resource."""
-    from encore_retention.connectors.base import get_connector
 
     now = now or utcnow()
     with session_scope() as session:

@@ -26,15 +26,23 @@ from itertools import islice
 from typing import Any
 
 import orjson
+from rq.job import Job
+from rq.serializers import JSONSerializer
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from encore_retention.connectors.email import get_transport
+from encore_retention.connectors.models import DataExport
 from encore_retention.core import archive
 from encore_retention.core import events as ev
 from encore_retention.core.queue import BODY_PREFIX, PROCESS_DELIVERY, PROCESS_EVENT, current_path, get_redis
 from encore_retention.core.store.ledger import Person, customers_named, export_customer, person_of
 from encore_retention.core.store.models import Customer, Shop, Suppression, utcnow
 from encore_retention.core.unsubscribe import address_key
+from encore_retention.webhooks.base import Delivery
+from encore_retention.webhooks.receivers import RECEIVERS
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +94,7 @@ def build_export(session: Session, shop: Shop, event: ev.Event) -> tuple[Custome
 
 def record_export(session: Session, shop: Shop, event: ev.Event) -> int | None:
     """Store the export answering a data request (once per event); returns its id."""
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    from encore_retention.connectors.models import DataExport
 
     request_id = str(event.data.get("data_request_id") or "") or None
     if request_id:  # the same request delivered again (a new delivery id): one export
@@ -145,8 +150,6 @@ def delivery_names(person: Person, platform: str, delivery: dict[str, Any], body
         return False  # neither their address, phone, nor one of their ids is in it: nothing to parse
     if person.named_in(text):
         return True
-    from encore_retention.webhooks.base import Delivery
-    from encore_retention.webhooks.receivers import RECEIVERS  # the same parsers the worker uses
 
     receiver = RECEIVERS.get(platform)
     if receiver is None:
@@ -296,8 +299,6 @@ def _job_names(person: Person, fields: dict[bytes, bytes], body: bytes | None) -
 
 def _delete_job(connection: Any, job_id: str) -> None:
     """Delete an RQ job with RQ (its queue entry, registries and results too), and its raw body."""
-    from rq.job import Job
-    from rq.serializers import JSONSerializer
 
     try:
         Job.fetch(job_id, connection=connection, serializer=JSONSerializer).delete(remove_from_queue=True)
@@ -333,7 +334,6 @@ def forget_messages(person: Person) -> int:
 
     A transport that keeps copies (the file outbox) has `forget(addresses, keys)`; SMTP keeps none.
     """
-    from encore_retention.connectors.email import get_transport
 
     transport = get_transport()
     remove = getattr(transport, "forget", None)

@@ -26,6 +26,8 @@ from encore_retention.core import events as ev
 from encore_retention.core.crypto import decrypt
 from encore_retention.core.settings import get_settings
 from encore_retention.core.store.models import Shop, parse_id
+from encore_retention.webhooks.base import Delivery
+from encore_retention.webhooks.woocommerce import customer, order, order_customer, receiver
 
 # What the flows need: orders (placed, paid, fulfilled, cancelled, refunded) and customers.
 WEBHOOK_TOPICS = ["order.created", "order.updated", "order.deleted", "order.restored",
@@ -243,7 +245,6 @@ class WooCommerceConnector(Connector):
 
     def fetch_customer(self, customer_id: str) -> ev.Customer | None:
         """The customer now (None if deleted)."""
-        from encore_retention.webhooks.woocommerce import customer
 
         response = self.request("GET", f"customers/{customer_id}", allow=(404,))
         if response.status_code == 404:
@@ -272,22 +273,18 @@ class WooCommerceConnector(Connector):
 
     def fetch_orders(self, since: datetime | None = None) -> Iterator[tuple[ev.Order, ev.Customer | None]]:
         """Orders changed since a time, with their customers."""
-        from encore_retention.webhooks.woocommerce import order, order_customer
 
         for payload in self.order_payloads(since):
             yield order(payload), order_customer(payload)
 
     def fetch_customers(self, since: datetime | None = None) -> Iterator[ev.Customer]:
         """Customers changed since a time."""
-        from encore_retention.webhooks.woocommerce import customer
 
         for payload in self.customer_payloads(since):
             yield customer(payload)
 
     def events_for(self, topic: str, payload: dict[str, Any]) -> list[ev.Event]:
         """Canonical events for a fetched resource, keyed exactly as its webhook would be."""
-        from encore_retention.webhooks.base import Delivery
-        from encore_retention.webhooks.woocommerce import receiver
 
         body = json.dumps(payload, sort_keys=True).encode()
         return receiver.parse(Delivery(shop=self.shop.domain, topic=topic), payload, body)

@@ -17,6 +17,9 @@ from typing import Any
 from sqlalchemy import Index, String, Text, delete, func, or_, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from encore_retention.core.queue import get_redis
+from encore_retention.core.settings import get_settings
+from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Base, IdType, JSONType, UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
@@ -66,7 +69,6 @@ def record_delivery(platform: str, shop: str, topic: str, delivery_id: str | Non
     With `session`, the row joins the caller's transaction (the worker archives a delivery together
     with the ledger's changes); otherwise it is written in a transaction of its own.
     """
-    from encore_retention.core.store import session_scope
 
     row = WebhookDelivery(platform=platform, shop=shop[:255], topic=topic[:128],
                           delivery_id=(delivery_id or "")[:255] or None, outcome=outcome, event_ids=event_ids,
@@ -120,7 +122,6 @@ def record_rejection(platform: str, reason: str, status: int, detail: str, topic
 
     The platform's delivery id, when there is one, finds the delivery in the platform's own log.
     """
-    from encore_retention.core.queue import get_redis
 
     entry = {"at": utcnow().isoformat(), "platform": platform, "reason": reason, "status": status,
              "detail": detail[:300], "topic": topic, "shop": (shop or "")[:255] or None, "remote_addr": remote_addr,
@@ -136,21 +137,18 @@ def record_rejection(platform: str, reason: str, status: int, detail: str, topic
 
 def rejections(limit: int = 100) -> list[dict[str, Any]]:
     """The newest rejected deliveries, newest first."""
-    from encore_retention.core.queue import get_redis
 
     return [json.loads(item) for item in get_redis().lrange(REJECTED_KEY, 0, limit - 1)]
 
 
 def retention() -> timedelta:
     """How long accepted deliveries are kept (WEBHOOK_RETENTION_DAYS)."""
-    from encore_retention.core.settings import get_settings
 
     return timedelta(days=get_settings().WEBHOOK_RETENTION_DAYS)
 
 
 def purge(now: datetime | None = None) -> int:
     """Cron job: delete the deliveries older than the retention period; returns how many."""
-    from encore_retention.core.store import session_scope
 
     cutoff = (now or utcnow()) - retention()
     with session_scope() as session:
@@ -164,7 +162,6 @@ def purge(now: datetime | None = None) -> int:
 def deliveries(since: datetime | None = None, until: datetime | None = None, platform: str | None = None,
                shop: str | None = None, topic: str | None = None) -> Iterator[WebhookDelivery]:
     """Archived deliveries, oldest first, filtered."""
-    from encore_retention.core.store import session_scope
 
     query = select(WebhookDelivery).order_by(WebhookDelivery.received_at, WebhookDelivery.id)
     if since is not None:

@@ -13,6 +13,8 @@ import time
 from functools import lru_cache
 from typing import Any
 
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import text
@@ -49,7 +51,6 @@ def check_database(url: str | None = None) -> str | None:
 @lru_cache(maxsize=1)
 def _script() -> tuple[tuple[str, ...], frozenset[str]]:
     """The shipped migrations' heads and every revision they know (read once per process)."""
-    from alembic.script import ScriptDirectory
 
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     return tuple(sorted(script.get_heads())), frozenset(rev.revision for rev in script.walk_revisions())
@@ -57,7 +58,6 @@ def _script() -> tuple[tuple[str, ...], frozenset[str]]:
 
 def revisions(url: str | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The database's current revisions and the shipped migrations' heads."""
-    from alembic.migration import MigrationContext
 
     with get_engine(url).connect() as connection:
         current = MigrationContext.configure(connection).get_current_heads()

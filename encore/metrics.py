@@ -10,9 +10,19 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from encore_retention.core.queue import QUEUES, queue
 
 WEBHOOKS = Counter("encore_webhooks_total", "Webhook deliveries by platform and outcome", ["platform", "outcome"])
 EVENTS_PROCESSED = Counter("encore_events_processed_total", "Events applied by the worker", ["type", "new"])
@@ -36,7 +46,6 @@ class QueueDepth(Collector):
     """Jobs waiting in each Encore queue, read from Redis when scraped."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from encore_retention.core.queue import QUEUES, queue
 
         family = GaugeMetricFamily("encore_queue_depth", "Jobs waiting per queue", labels=["queue"])
         try:
@@ -51,11 +60,9 @@ def exposition() -> tuple[bytes, str]:
     """The metrics text and its content type, across processes when PROMETHEUS_MULTIPROC_DIR is set."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
 
         multiprocess.MultiProcessCollector(registry)
     else:
-        from prometheus_client import REGISTRY
 
         registry = REGISTRY
     output = generate_latest(registry)

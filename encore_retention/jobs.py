@@ -6,8 +6,10 @@ import logging
 from typing import Any
 
 import orjson
+from rq import get_current_job
 from sqlalchemy.exc import DataError
 
+from encore_retention.connectors.privacy import forget, record_export
 from encore_retention.core import archive, logs
 from encore_retention.core.events import MALFORMED_ERRORS, Event, EventType, parse_datetime, problem
 from encore_retention.core.metrics import EVENTS_PROCESSED, JOB_LATENCY
@@ -15,7 +17,9 @@ from encore_retention.core.queue import delivery_body, forget_delivery_body
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.ledger import LedgerResult, apply_event
 from encore_retention.core.store.models import utcnow
+from encore_retention.flows.engine import EventNotCommitted, handle_event
 from encore_retention.webhooks.base import Delivery
+from encore_retention.webhooks.receivers import RECEIVERS
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +34,6 @@ def process_event(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _apply(event: Event, archived: tuple[str, Delivery, bytes] | None = None) -> dict[str, Any]:
-    from encore_retention.flows.engine import EventNotCommitted
 
     with logs.bind(event_id=event.id, event_type=event.type.value, shop=event.shop):
         try:
@@ -48,12 +51,10 @@ def _apply(event: Event, archived: tuple[str, Delivery, bytes] | None = None) ->
 
 def _apply_once(event: Event, archived: tuple[str, Delivery, bytes] | None, *, defer_commit: bool) -> LedgerResult:
     """The ledger, the archive and the flows for one event, in one transaction (see `handle_event`)."""
-    from encore_retention.flows.engine import handle_event
 
     with session_scope() as session:
         result = apply_event(session, event)
         if result.new and result.shop is not None and event.type == EventType.CUSTOMER_DATA_REQUEST:
-            from encore_retention.connectors.privacy import record_export
 
             record_export(session, result.shop, event)
         customer_id = result.customer.id if result.customer else None
@@ -66,7 +67,6 @@ def _apply_once(event: Event, archived: tuple[str, Delivery, bytes] | None, *, d
             archive.record_delivery(platform, delivery.shop, delivery.topic, delivery.delivery_id,
                                     delivery.http_headers.items(), body, outcome, [event.id], session=session)
         if result.redacted is not None:
-            from encore_retention.connectors.privacy import forget
 
             forget(session, result.redacted, keep_jobs=_running_jobs(event))
         handle_event(event, shop=result.shop, customer=result.customer, new=result.new, session=session,
@@ -76,7 +76,6 @@ def _apply_once(event: Event, archived: tuple[str, Delivery, bytes] | None, *, d
 
 def _running_jobs(event: Event) -> set[str]:
     """The RQ jobs a redaction must leave alone: the one running it (its raw body is still needed)."""
-    from rq import get_current_job
 
     job = get_current_job()
     return {event.id} | ({job.id} if job is not None else set())
@@ -97,7 +96,6 @@ def process_delivery(platform: str, data: dict[str, Any]) -> dict[str, Any]:
     body = delivery_body(key)
     if body is None:
         raise LookupError(f"the body of delivery {key} is no longer in Redis")
-    from encore_retention.webhooks.receivers import RECEIVERS  # the same registry the receiving view uses
 
     try:
         events = RECEIVERS[platform].parse(delivery, orjson.loads(body), body)

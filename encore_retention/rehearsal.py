@@ -24,9 +24,15 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
+import encore_retention.connectors.base as connector_registry
+import encore_retention.connectors.privacy as privacy
 from encore_retention.connectors.base import Connector, Discount, DiscountRequest
+from encore_retention.connectors.codes import code_for
 from encore_retention.core.settings import get_settings, reset_settings
-from encore_retention.core.store.models import Shop
+from encore_retention.core.store import get_engine, migrate, normalise_url, session_scope
+from encore_retention.core.store.models import Base, Customer, Shop
+from encore_retention.flows import dates, engine
+from encore_retention.flows.models import FlowRun, FlowTrace
 
 
 class RehearsalConnector(Connector):
@@ -36,7 +42,6 @@ class RehearsalConnector(Connector):
 
     def create_discount(self, request: DiscountRequest) -> Discount:
         """The code the real connector would create for this request."""
-        from encore_retention.connectors.codes import code_for
 
         return Discount(code=code_for(self.shop.id, request), kind=request.kind, value=request.value,
                         platform_id=None, ends_at=request.ends_at)
@@ -69,7 +74,6 @@ class Rehearsal:
 
     def follow(self, until: datetime) -> int:
         """Play the recorded wake-ups due before `until`, in time order, with the clock at each; returns how many."""
-        from encore_retention.flows import dates, engine
 
         played = 0
         previous = dates._frozen
@@ -89,7 +93,6 @@ class Rehearsal:
 
 def copy_database(source_url: str, target: Path) -> str:
     """A SQLite copy of the store at `source_url`, migrated to the newest schema; returns its URL."""
-    from encore_retention.core.store import get_engine, migrate, normalise_url
 
     target_url = f"sqlite:///{target}"
     source_url = normalise_url(source_url)
@@ -101,7 +104,6 @@ def copy_database(source_url: str, target: Path) -> str:
     migrate(target_url)
     if source_url.startswith("sqlite"):
         return target_url
-    from encore_retention.core.store.models import Base
 
     for room in ("encore_retention.flows.models", "encore_retention.connectors.models",
                  "encore_retention.core.archive"):
@@ -122,10 +124,6 @@ def copy_database(source_url: str, target: Path) -> str:
 @contextmanager
 def rehearsal(folder: Path) -> Iterator[Rehearsal]:
     """Run the block against a throwaway copy of the store, with no email sent and nothing made on a platform."""
-    import encore_retention.connectors.base as connector_registry
-    import encore_retention.connectors.privacy as privacy
-    from encore_retention.flows import engine
-    from encore_retention.flows.models import FlowRun
 
     folder.mkdir(parents=True, exist_ok=True)
     url = copy_database(get_settings().DATABASE_URL, folder / "rehearsal.db")
@@ -135,7 +133,6 @@ def rehearsal(folder: Path) -> Iterator[Rehearsal]:
     os.environ["DATABASE_URL"] = url
     os.environ["EMAIL_URL"] = f"file://{outbox}"
     reset_settings()
-    from encore_retention.core.store import session_scope
 
     with session_scope() as session:
         first = (session.execute(select(FlowRun.id).order_by(FlowRun.id.desc()).limit(1)).scalar() or 0) + 1
@@ -167,9 +164,6 @@ def rehearsal(folder: Path) -> Iterator[Rehearsal]:
 
 def outcome_rows(first_run_id: int) -> list[dict[str, Any]]:
     """What the rehearsed runs did, line by line: (time, flow, customer, kind, message)."""
-    from encore_retention.core.store import session_scope
-    from encore_retention.core.store.models import Customer
-    from encore_retention.flows.models import FlowRun, FlowTrace
 
     with session_scope() as session:
         rows = session.execute(

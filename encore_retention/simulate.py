@@ -28,11 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from encore_retention.core import events as ev
-from encore_retention.flows import dates, expressions
+from encore_retention.flows import dates, expressions, loader
+from encore_retention.flows.render import format_money
 from encore_retention.flows.schema import DateTrigger, EventTrigger, step_kind
-from encore_retention.flows.steps import format_money, next_position, position_label, step_at
+from encore_retention.flows.steps import next_position, position_label, step_at
+from encore_retention.webhooks import shopify, woocommerce
 
 ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 # `customer.orders_count == 3`, `customer.email_consent`, `not customer.tags`: read straight from the view.
@@ -283,7 +288,6 @@ def _json_items(path: Path, plural: str) -> Iterable[dict[str, Any]]:
 
 
 def _json_orders(path: Path) -> Iterator[HistoricalOrder]:
-    from encore_retention.webhooks import shopify, woocommerce
 
     for number, payload in enumerate(_json_items(path, "orders"), 1):
         if not isinstance(payload, dict):
@@ -319,7 +323,6 @@ def _json_orders(path: Path) -> Iterator[HistoricalOrder]:
 def read_customers(path: Path) -> list[KnownCustomer]:
     """Customers from a Shopify or WooCommerce customers export (CSV or JSON)."""
     if path.suffix.lower() in (".json", ".jsonl"):
-        from encore_retention.webhooks import shopify, woocommerce
 
         found = []
         for payload in _json_items(path, "customers"):
@@ -874,11 +877,7 @@ def _day(value: str, name: str, end: bool = False) -> datetime:
 def simulate(orders_file: Path, customers_file: Path | None, date_from: str | None, date_to: str | None,
              flows_dir: Path | None, zone_name: str | None, currency: str, csv_path: Path | None, days: int) -> None:
     """Run the flows over historical orders with a simulated clock: who would get which email, when, and why not."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
-    from encore_retention.flows import dates, loader
 
     out = Console()
     if flows_dir is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import secrets
 import sys
@@ -14,10 +15,29 @@ from pathlib import Path
 from typing import Any
 
 import click
+import requests
 from rich.console import Console
+from rich.table import Table
+from sqlalchemy import delete, select
 
-from encore_retention.core import resources
-from encore_retention.core.events import Event
+from encore_retention.connectors.woocommerce import generate_secret
+from encore_retention.core import archive, logs, resources
+from encore_retention.core.crypto import decrypt, encrypt
+from encore_retention.core.events import Event, parse_datetime
+from encore_retention.core.queue import enqueue_event, get_redis
+from encore_retention.core.settings import get_settings
+from encore_retention.core.store import migrate, session_scope
+from encore_retention.core.store.ledger import get_or_create_shop
+from encore_retention.core.store.models import EventRecord, Shop, utcnow
+from encore_retention.flows import dates
+from encore_retention.flows.schema import parse_duration
+from encore_retention.jobs import process_event
+from encore_retention.rehearsal import outcome_rows, rehearsal
+from encore_retention.simulate import simulate
+from encore_retention.web.sandbox import COUPONS_KEY, PATH
+from encore_retention.webhooks.base import Delivery, sign
+from encore_retention.webhooks.receivers import RECEIVERS
+from encore_retention.webhooks.woocommerce import store_domain
 
 console = Console(stderr=True)
 
@@ -38,7 +58,6 @@ class Recorded:
 
 
 def _receiver(platform: str) -> Any:
-    from encore_retention.webhooks.receivers import RECEIVERS
 
     receiver = RECEIVERS.get(platform)
     if receiver is None:
@@ -48,7 +67,6 @@ def _receiver(platform: str) -> Any:
 
 def topic_from_name(platform: str, stem: str) -> str | None:
     """`orders_create` -> `orders/create`, `order_created` -> `order.created`: a payload file's topic."""
-    import importlib
 
     topics = importlib.import_module(f"encore_retention.webhooks.{platform}").TOPICS
     for topic in topics:
@@ -58,10 +76,7 @@ def topic_from_name(platform: str, stem: str) -> str | None:
 
 
 def _default_shop(platform: str) -> str | None:
-    from sqlalchemy import select
 
-    from encore_retention.core.store import session_scope
-    from encore_retention.core.store.models import Shop
 
     with session_scope() as session:
         domains = session.execute(select(Shop.domain).where(Shop.platform == platform, Shop.active.is_(True))).all()
@@ -111,7 +126,6 @@ def read_recorded(paths: list[Path], platform: str | None = None, shop: str | No
 def archived(since: datetime | None, until: datetime | None, platform: str | None, shop: str | None,
              topic: str | None) -> Iterator[Recorded]:
     """Recorded webhooks from the archive, oldest first."""
-    from encore_retention.core import archive
 
     for row in archive.deliveries(since, until, platform, shop, topic):
         yield Recorded(platform=row.platform, shop=row.shop, topic=row.topic, body=row.body.encode(),
@@ -120,7 +134,6 @@ def archived(since: datetime | None, until: datetime | None, platform: str | Non
 
 def events_of(recorded: Recorded) -> list[Event]:
     """The canonical events the platform's receiver makes of a recorded delivery."""
-    from encore_retention.webhooks.base import Delivery
 
     receiver = _receiver(recorded.platform)
     headers = {k.lower(): v for k, v in recorded.headers.items()}
@@ -143,7 +156,6 @@ def events_of(recorded: Recorded) -> list[Event]:
 # ---- encore replay ---------------------------------------------------------------------------------
 
 def _duration(value: str) -> timedelta:
-    from encore_retention.flows.schema import parse_duration
 
     try:
         return parse_duration(value)
@@ -174,8 +186,6 @@ def replay(files: tuple[Path, ...], from_archive: bool, since: str | None, until
     Events already processed are recognised and skipped by the ledger, so replaying after an outage
     processes only what was missed. With --dry-run nothing is sent, created or changed.
     """
-    from encore_retention.core import logs
-    from encore_retention.core.store import migrate
 
     if bool(files) == from_archive:
         raise click.UsageError("give recorded webhook files, or --archive")
@@ -199,10 +209,7 @@ def replay(files: tuple[Path, ...], from_archive: bool, since: str | None, until
 
 
 def _replay(recorded: list[Recorded], use_queue: bool) -> list[dict[str, Any]]:
-    from rich.table import Table
 
-    from encore_retention.core.queue import enqueue_event
-    from encore_retention.jobs import process_event
 
     rows: list[dict[str, Any]] = []
     table = Table("source", "event", "type", "outcome", title="replay")
@@ -220,11 +227,7 @@ def _replay(recorded: list[Recorded], use_queue: bool) -> list[dict[str, Any]]:
 
 
 def _rehearse(recorded: list[Recorded], follow: timedelta) -> list[dict[str, Any]]:
-    from rich.table import Table
 
-    from encore_retention.flows import dates
-    from encore_retention.jobs import process_event
-    from encore_retention.rehearsal import outcome_rows, rehearsal
 
     with tempfile.TemporaryDirectory(prefix="encore-rehearsal-") as folder, rehearsal(Path(folder)) as rehearsed:
         # A replayed event must count as new in the copy, or the copy's ledger would skip it.
@@ -265,8 +268,6 @@ def export() -> None:
 def export_webhooks(out: Path | None, since: str | None, until: str | None, platform: str | None, shop: str | None,
                     topic: str | None) -> None:
     """Write archived webhooks as JSON lines (what `encore replay` reads)."""
-    from encore_retention.core import archive
-    from encore_retention.core.store import migrate
 
     migrate()
     target = out.open("w", encoding="utf-8") if out else sys.stdout
@@ -284,7 +285,6 @@ def export_webhooks(out: Path | None, since: str | None, until: str | None, plat
 def _when(value: str | None, name: str) -> datetime | None:
     if not value:
         return None
-    from encore_retention.core.events import parse_datetime
 
     try:
         parsed = parse_datetime(value if "T" in value else f"{value}T00:00:00+00:00")
@@ -308,13 +308,6 @@ def samples() -> None:
 
 def sample_store(url: str) -> tuple[str, str]:
     """Register (once) the sample WooCommerce store served by the sandbox; returns (source URL, webhook secret)."""
-    from encore_retention.connectors.woocommerce import generate_secret
-    from encore_retention.core.crypto import decrypt, encrypt
-    from encore_retention.core.store import migrate, session_scope
-    from encore_retention.core.store.ledger import get_or_create_shop
-    from encore_retention.core.store.models import utcnow
-    from encore_retention.web.sandbox import PATH
-    from encore_retention.webhooks.woocommerce import store_domain
 
     migrate()
     store_url = url.rstrip("/") + PATH
@@ -337,10 +330,7 @@ def sample_store(url: str) -> tuple[str, str]:
 @click.option("--url", default=None, help="where Encore runs (default: APP_URL)")
 def samples_send(url: str | None) -> None:
     """Sign and post the bundled sample webhooks to a running Encore (through a sandbox WooCommerce store)."""
-    import requests
 
-    from encore_retention.core.settings import get_settings
-    from encore_retention.webhooks.base import sign
 
     url = (url or get_settings().APP_URL).rstrip("/")
     store_url, secret = sample_store(url)
@@ -373,14 +363,7 @@ def samples_send(url: str | None) -> None:
 @click.option("--url", default=None, help="where Encore runs (default: APP_URL)")
 def samples_forget(url: str | None) -> None:
     """Remove the sample store and everything it brought (customers, orders, runs, archived webhooks)."""
-    from sqlalchemy import delete, select
 
-    from encore_retention.core import archive
-    from encore_retention.core.settings import get_settings
-    from encore_retention.core.store import migrate, session_scope
-    from encore_retention.core.store.models import EventRecord, Shop
-    from encore_retention.web.sandbox import COUPONS_KEY, PATH
-    from encore_retention.webhooks.woocommerce import store_domain
 
     migrate()
     domain = store_domain((url or get_settings().APP_URL).rstrip("/") + PATH)
@@ -393,7 +376,6 @@ def samples_forget(url: str | None) -> None:
                                                               archive.WebhookDelivery.shop == domain))
         session.delete(shop)
     try:
-        from encore_retention.core.queue import get_redis
 
         get_redis().delete(COUPONS_KEY)
     except Exception:  # noqa: BLE001 - Redis down: the coupons expire with it
@@ -402,7 +384,6 @@ def samples_forget(url: str | None) -> None:
 
 
 def _simulate_command() -> click.Command:
-    from encore_retention.simulate import simulate
 
     return simulate
 

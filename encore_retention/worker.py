@@ -38,6 +38,7 @@ from rq.utils import now as rq_now
 from rq.worker import BaseWorker
 
 from encore_retention.core import logs
+from encore_retention.core.health import redis_persistence
 from encore_retention.core.queue import (
     QUEUES,
     EncoreJob,
@@ -49,6 +50,7 @@ from encore_retention.core.queue import (
     requeue_stranded,
 )
 from encore_retention.core.store import migrate
+from encore_retention.flows.loader import registry
 
 log = logging.getLogger("encore.worker")
 
@@ -353,12 +355,10 @@ def main(burst: bool = False) -> None:
     """Migrate the store, then work until stopped (with RQ's scheduler for delayed steps)."""
     logs.setup()
     migrate()
-    from encore_retention.flows.loader import registry
 
     loaded = registry()  # a bad flow file is reported now, and skipped while the others run
     log.info("flows loaded", extra={"flows": sorted(loaded.flows), "problems": len(loaded.problems)})
     worker = build_worker()
-    from encore_retention.core.health import redis_persistence
 
     warning = redis_persistence(worker.connection)
     if warning:

@@ -19,6 +19,8 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from encore_retention.core.settings import get_settings
+
 _frozen: datetime | None = None
 
 
@@ -48,7 +50,6 @@ def frozen_time(value: datetime) -> Iterator[None]:
 
 def zone(name: str | None, fallback: str | None = None) -> tzinfo:
     """The time zone named `name`, else `fallback`, else DEFAULT_TIMEZONE; unknown names fall through."""
-    from encore_retention.core.settings import get_settings
 
     return _zone(name, fallback, get_settings().DEFAULT_TIMEZONE)
 

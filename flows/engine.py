@@ -17,17 +17,22 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast, overload
 
-from rq import Retry
+from rq import Retry, get_current_job
+from rq.job import Job, JobStatus
+from rq.registry import ScheduledJobRegistry
 from sqlalchemy import CursorResult, bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from encore_retention.core import logs
+from encore_retention.core import queue as queue_module
 from encore_retention.core.events import Checkout, Event, EventType, Order
+from encore_retention.core.metrics import EMAILS
+from encore_retention.core.queue import FLOWS, get_redis, queue
 from encore_retention.core.store import get_sessionmaker, insert_new, session_scope, stage
 from encore_retention.core.store.ledger import cast_table
 from encore_retention.core.store.models import Customer, Shop
-from encore_retention.flows import dates, loader
+from encore_retention.flows import dates, expressions, loader
 from encore_retention.flows.loader import FlowFile
 from encore_retention.flows.models import (
     ACTIVE,
@@ -100,6 +105,34 @@ class EventNotCommitted(Exception):
     """
 
 
+def event_context(event: Event) -> dict[str, Any]:
+    """What a run started by an event keeps: the event, its order or checkout (JSON)."""
+    return {
+        "event": {"id": event.id, "type": event.type.value, "occurred_at": event.occurred_at.isoformat(),
+                  "topic": event.topic},
+        "order": event.order.model_dump(mode="json") if event.order else None,
+        "checkout": event.checkout.model_dump(mode="json") if event.checkout else None,
+        "vars": {},
+    }
+
+
+def event_trigger_key(flow_file: FlowFile, event: Event, shop: Shop, customer: Customer) -> str:
+    """The run key's trigger part: one run per customer, per year, per order, per checkout, or per event."""
+    entry = flow_file.flow.entry
+    if entry.once_per_customer:
+        return "once"
+    if entry.once_per == "year":
+        tz = dates.zone(customer.timezone, shop.timezone)
+        return f"year:{event.occurred_at.astimezone(tz).year}"
+    if event.order is not None:
+        return f"order:{event.order.id}"
+    if event.checkout is not None:
+        return f"checkout:{event.checkout.token}"
+    if event.type.value == "customer.created":
+        return "customer.created"
+    return f"event:{event.id}"
+
+
 def handle_event(event: Event, *, shop: Shop | None, customer: Customer | None, new: bool,
                  session: Session, defer_commit: bool = False) -> None:
     """Start or advance the flow runs an event concerns, in the ledger's session. Must be idempotent.
@@ -123,7 +156,6 @@ def handle_event(event: Event, *, shop: Shop | None, customer: Customer | None, 
     exiting = registry.exiting_on(event.type.value)
     if not starting and not exiting:
         return
-    from encore_retention.flows import triggers
 
     if exiting:
         exit_runs(session, customer.id, event)
@@ -133,12 +165,12 @@ def handle_event(event: Event, *, shop: Shop | None, customer: Customer | None, 
     wakes: list[tuple[int, tuple[Any, str]]] = []
     rest: list[tuple[int, str | None]] = []
     if shop.active:
-        context = triggers.event_context(event) if starting else {}
+        context = event_context(event) if starting else {}
         for model, value in ((Order, event.order), (Checkout, event.checkout)):  # the steps need not parse them
             if value is not None and context.get(model.__name__.lower()):
                 parsed_once(session, model, context[model.__name__.lower()], value)
         for flow_file in starting:
-            key = triggers.event_trigger_key(flow_file, event, shop, customer)
+            key = event_trigger_key(flow_file, event, shop, customer)
             started = start_and_drive(session, flow_file, shop, customer, key, context, event_id=event.id)
             if started is None:
                 continue
@@ -218,7 +250,6 @@ def _admit(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer
                      customer_id=customer.id, flow_key=flow_file.key, flow_name=flow.name,
                      flow_digest=flow_file.digest, definition=flow_file.data, trigger_key=trigger_key,
                      event_id=event_id, context=context, started_at=now, updated_at=now)
-    from encore_retention.flows import expressions
 
     if flow.conditions:  # what the run would see, from its draft (no row is made for a flow that won't start)
         ctx = StepRunner(session, draft, flow, shop, customer).context()
@@ -257,7 +288,6 @@ def _started(session: Session, flow_file: FlowFile, run: Run, event_id: str | No
     if run.status == SUPPRESSED:
         _trace(session, run, "suppressed", "not started: no consent (customer.email_consent is not true)",
                reason="no consent")
-        from encore_retention.core.metrics import EMAILS
 
         EMAILS.labels(flow=flow_file.key, outcome="no consent").inc()
 
@@ -358,7 +388,6 @@ def lease_free(now: datetime) -> Any:
 
 def _job_mark() -> str | None:
     """The current RQ job's mark in lease tokens (16 hex digits and a dot), None outside a job."""
-    from rq import get_current_job
 
     job = get_current_job()
     if job is None:
@@ -566,7 +595,6 @@ def schedule(run_id: int, when: Any, job_id: str) -> None:
     a run needs it (a Redis mark keeps the others from queueing it again); RQ's scheduler moves it
     to the `flows` queue when the slot ends. A run due now, or rescued, gets a `resume_run` job of its own.
     """
-    from encore_retention.core.queue import FLOWS, get_redis, queue
 
     q = queue(FLOWS)
     if not job_id.startswith(WAKE_PREFIX):
@@ -578,7 +606,6 @@ def schedule(run_id: int, when: Any, job_id: str) -> None:
                          retry=JOB_RETRY)
         return
     slot = int(job_id[len(WAKE_PREFIX):])
-    from encore_retention.core import queue as queue_module
 
     seen = (queue_module.generation, slot)
     if seen in _slots_known:
@@ -645,7 +672,6 @@ def wake_due(slot: int | None = None) -> int:
 
 def _queue_more(slot: int | None, token: str) -> None:
     """Queue another wake job for the same slot, now (for the runs beyond this job's batch)."""
-    from encore_retention.core.queue import FLOWS, queue
 
     queue(FLOWS).enqueue_call(WAKE, args=(slot,), job_id=f"{WAKE_PREFIX}{slot}-more-{token[-8:]}",
                               result_ttl=600, failure_ttl=30 * 24 * 3600, retry=JOB_RETRY)
@@ -686,7 +712,6 @@ def reschedule_lost(grace_seconds: int = 120) -> int:
     the run gets a job of its own too. Should the stuck one run after all, the run's lease and its
     side effects' keys keep it from acting twice.
     """
-    from encore_retention.core.queue import get_redis
 
     connection = get_redis()
     now = dates.now()
@@ -714,8 +739,6 @@ def reschedule_lost(grace_seconds: int = 120) -> int:
 
 def _job_alive(connection: Any, job_id: str, due: datetime) -> bool:
     """Whether the job will still run: queued, running, waiting on others, or scheduled and not overdue."""
-    from rq.job import Job, JobStatus
-    from rq.registry import ScheduledJobRegistry
 
     try:
         job = Job.fetch(job_id, connection=connection)

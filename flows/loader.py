@@ -20,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from encore_retention.connectors import http as outbound
 from encore_retention.core import resources
 from encore_retention.core.settings import get_settings
 from encore_retention.flows import expressions, render
@@ -32,6 +33,7 @@ from encore_retention.flows.schema import (
     IfStep,
     SendEmailStep,
     WaitStep,
+    format_duration,
 )
 
 log = logging.getLogger(__name__)
@@ -291,9 +293,6 @@ def check(loaded: FlowFile) -> list[Problem]:
                 for name, value in step.http.json_.items():
                     if isinstance(value, str):
                         inline(path + ("http", "json", name), value)
-                from encore_retention.connectors import (
-                    http as outbound,  # requests and the connectors: only for an http step
-                )
 
                 refused = outbound.refused_without_resolving(step.http.url)
                 if refused:
@@ -315,7 +314,6 @@ def check(loaded: FlowFile) -> list[Problem]:
 
 
 def _fmt(delta: timedelta) -> str:
-    from encore_retention.flows.schema import format_duration
 
     return format_duration(delta)
 

@@ -18,7 +18,7 @@ from encore_retention.flows import dates
 from encore_retention.flows.loader import FlowFile
 from encore_retention.flows.models import FlowRun
 from encore_retention.flows.schema import IfStep, SendEmailStep
-from encore_retention.flows.steps import StepRunner
+from encore_retention.flows.steps import StepRunner, position_label
 
 
 @dataclass
@@ -81,7 +81,6 @@ def render_flow(flow_file: FlowFile, data: dict[str, Any]) -> list[Preview]:
             runner.run_step(step)
             if isinstance(step, SendEmailStep) and len(runner.rendered) > before:
                 item = runner.rendered[-1]
-                from encore_retention.flows.steps import position_label
 
                 previews.append(Preview(position_label(run.position), item["template"], item["subject"],
                                         item["html"], item["text"]))

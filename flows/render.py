@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -40,6 +41,22 @@ _envs: dict[tuple[str, ...], SandboxedEnvironment] = {}
 
 class _Lenient(Undefined):
     """Missing values render as nothing (an optional field absent for one customer must not fail a send)."""
+
+
+CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "CAD": "CA$", "AUD": "A$", "NZD": "NZ$",
+                    "CHF": "CHF ", "INR": "₹"}
+
+
+def format_money(value: Any, currency: str | None = None) -> str:
+    """An amount with its currency (`€12.50`, `12.50 SEK`)."""
+    try:
+        amount = Decimal(str(value)).quantize(Decimal("0.01"))
+    except (InvalidOperation, ValueError):
+        return str(value)
+    if not currency:
+        return f"{amount}"
+    symbol = CURRENCY_SYMBOLS.get(currency.upper())
+    return f"{symbol}{amount}" if symbol else f"{amount} {currency.upper()}"
 
 
 def template_dirs() -> list[Path]:
@@ -88,7 +105,6 @@ def reset() -> None:
 
 def money(value: Any, currency: str | None = None) -> str:
     """`12.5`, `EUR` -> `€12.50`."""
-    from encore_retention.flows.steps import format_money
 
     return format_money(value, currency)
 

@@ -8,15 +8,22 @@ result recorded after (`_finish`), so a retried job finds the claim instead of a
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
+from encore_retention.connectors import base as connectors
+from encore_retention.connectors import email as email_api
+from encore_retention.connectors import http as outbound
+from encore_retention.connectors.base import DiscountRequest, PlatformError
+from encore_retention.connectors.email import get_transport
 from encore_retention.connectors.email.base import header_text, mailbox
 from encore_retention.core import events as ev
 from encore_retention.core.metrics import EMAILS, platform_error
@@ -24,14 +31,13 @@ from encore_retention.core.settings import get_settings
 from encore_retention.core.store import stage
 from encore_retention.core.store.ledger import cast_table
 from encore_retention.core.store.models import Customer, Order, Shop
+from encore_retention.core.unsubscribe import is_suppressed, unsubscribe_url
 from encore_retention.flows import dates, expressions, render
 from encore_retention.flows.models import NEW_RUNS, FlowEffect, Run, add_trace
 from encore_retention.flows.schema import Flow, step_kind
 
 log = logging.getLogger(__name__)
 
-CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "CAD": "CA$", "AUD": "A$", "NZD": "NZ$",
-                    "CHF": "CHF ", "INR": "₹"}
 
 
 class TransientStepError(Exception):
@@ -42,16 +48,6 @@ class TransientStepError(Exception):
         self.retry_after = retry_after
 
 
-def format_money(value: Any, currency: str | None = None) -> str:
-    """An amount with its currency (`€12.50`, `12.50 SEK`)."""
-    try:
-        amount = Decimal(str(value)).quantize(Decimal("0.01"))
-    except (InvalidOperation, ValueError):
-        return str(value)
-    if not currency:
-        return f"{amount}"
-    symbol = CURRENCY_SYMBOLS.get(currency.upper())
-    return f"{symbol}{amount}" if symbol else f"{amount} {currency.upper()}"
 
 
 _transports: dict[str, Any] = {}
@@ -59,7 +55,6 @@ _transports: dict[str, Any] = {}
 
 def _transport() -> Any:
     """The email transport for EMAIL_URL, made once per process."""
-    from encore_retention.connectors.email import get_transport
 
     url = get_settings().EMAIL_URL
     transport = _transports.get(url)
@@ -343,7 +338,6 @@ class StepRunner:
                 return Outcome("defer", until=until)
             if reason:
                 return self._suppressed(reason)
-        from encore_retention.core.unsubscribe import unsubscribe_url
 
         unsubscribe = unsubscribe_url(self.shop.id, recipient) if self.flow.marketing else None
         subject = header_text(expressions.render_string(spec.subject, ctx))  # as sent: one line
@@ -356,7 +350,6 @@ class StepRunner:
             self.rendered.append({"to": address, "subject": subject, "html": html, "text": text,
                                   "template": spec.template})
             return NEXT
-        from encore_retention.connectors import email as email_api
 
         message = email_api.OutgoingEmail(
             to=address, subject=subject, html=html, text=text, idempotency_key=key, marketing=self.flow.marketing,
@@ -394,7 +387,6 @@ class StepRunner:
         `again`: the email's interrupted first attempt is sent again; consent and the unsubscribe list
         still hold, but not quiet hours or the frequency cap, which it was admitted under (and counts in).
         """
-        from encore_retention.core.unsubscribe import is_suppressed
 
         customer = self.customer
         if self.flow.consent_required and not (customer and customer.email_consent):
@@ -432,8 +424,6 @@ class StepRunner:
             code = f"{spec.prefix}PREVIEW".upper()
             platform_id = None
         else:
-            from encore_retention.connectors import base as connectors
-            from encore_retention.connectors.base import DiscountRequest, PlatformError
 
             customer = self.customer
             request = DiscountRequest(
@@ -456,7 +446,7 @@ class StepRunner:
                 return Outcome("stop", reason=f"discount failed: {exc.message}")
             code, platform_id = discount.code, discount.platform_id
             ends_at = discount.ends_at or ends_at
-        display = f"{value.normalize():f}%" if kind == "percent" else format_money(value, currency)
+        display = f"{value.normalize():f}%" if kind == "percent" else render.format_money(value, currency)
         local_end = ends_at.astimezone(self.tz())
         result = {"code": code, "kind": kind, "amount": str(value), "value": display,
                   "expires_at": ends_at.astimezone(UTC).isoformat(), "expires_on": local_end.strftime("%d %B %Y"),
@@ -478,8 +468,6 @@ class StepRunner:
         existing = self._effect(key)
         if existing is not None and existing.status == "done":
             return NEXT
-        from encore_retention.connectors import base as connectors
-        from encore_retention.connectors.base import PlatformError
 
         self._claim(key, "tag", existing)
         if not customer.platform_id.startswith("email:"):
@@ -503,10 +491,7 @@ class StepRunner:
         A URL whose host is not public (`connectors.http.refusal`) and not in HTTP_STEP_ALLOW_HOSTS
         fails the step once, traced, without a retry; a redirect is not followed.
         """
-        import http.client
-        import json
 
-        from encore_retention.connectors import http as outbound
 
         spec = step.http
         ctx = self.context()
@@ -581,7 +566,6 @@ class StepRunner:
             if any(code.upper() in [c.upper() for c in (codes or [])] for (codes,) in rows):
                 return True
         try:
-            from encore_retention.connectors import base as connectors
 
             return bool(connectors.get_connector(self.shop).discount_redeemed(code))
         except Exception:  # noqa: BLE001 - unknown counts as not redeemed; the ledger is the main source

@@ -1,4 +1,4 @@
-"""Triggers: what an event starts (its context and trigger key), and the date sweep.
+"""Date triggers: the sweep that starts the runs of date-triggered flows (birthdays, win-backs).
 
 The sweep finds each shop's due customers for the date-triggered flows with indexed queries
 (birthday month and day; a range over last_order_at or first_order_at) and queues a start job at each
@@ -18,10 +18,11 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from encore_retention.core.events import Event
+from encore_retention.core.queue import FLOWS, get_redis, queue
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Customer, Shop
 from encore_retention.flows import dates, loader
+from encore_retention.flows.engine import advance, start_run
 from encore_retention.flows.loader import FlowFile
 from encore_retention.flows.schema import DateTrigger
 
@@ -33,36 +34,6 @@ CATCH_UP = timedelta(hours=24)
 LOOK_AHEAD = timedelta(hours=36)
 ANNIVERSARY_YEARS = 50
 BATCH = 1000
-
-
-# ---- events ----------------------------------------------------------------------------------------
-
-def event_context(event: Event) -> dict[str, Any]:
-    """What a run started by an event keeps: the event, its order or checkout (JSON)."""
-    return {
-        "event": {"id": event.id, "type": event.type.value, "occurred_at": event.occurred_at.isoformat(),
-                  "topic": event.topic},
-        "order": event.order.model_dump(mode="json") if event.order else None,
-        "checkout": event.checkout.model_dump(mode="json") if event.checkout else None,
-        "vars": {},
-    }
-
-
-def event_trigger_key(flow_file: FlowFile, event: Event, shop: Shop, customer: Customer) -> str:
-    """The run key's trigger part: one run per customer, per year, per order, per checkout, or per event."""
-    entry = flow_file.flow.entry
-    if entry.once_per_customer:
-        return "once"
-    if entry.once_per == "year":
-        tz = dates.zone(customer.timezone, shop.timezone)
-        return f"year:{event.occurred_at.astimezone(tz).year}"
-    if event.order is not None:
-        return f"order:{event.order.id}"
-    if event.checkout is not None:
-        return f"checkout:{event.checkout.token}"
-    if event.type.value == "customer.created":
-        return "customer.created"
-    return f"event:{event.id}"
 
 
 # ---- dates -----------------------------------------------------------------------------------------
@@ -155,7 +126,6 @@ def sweep(day: str | None = None, shop_id: int | None = None) -> dict[str, int]:
     due that day is queued (those past start now): idempotent, to catch up after downtime. Due
     customers are grouped by send time, one start job per group of up to BATCH customers.
     """
-    from encore_retention.core.queue import FLOWS, get_redis, queue
 
     registry = loader.registry()
     dated = registry.dated()
@@ -244,7 +214,6 @@ def start_date_runs(shop_id: int, flow_key: str, due_at: str, items: list[list[A
 
 def start_date_run(shop_id: int, flow_key: str, customer_id: int, trigger_key: str, due_at: str) -> int | None:
     """Start one date-triggered run if the customer is still due (their date may have changed since the sweep)."""
-    from encore_retention.flows.engine import advance, start_run
 
     flow_file = loader.registry().flows.get(flow_key)
     if flow_file is None or not flow_file.flow.enabled or not isinstance(flow_file.flow.trigger, DateTrigger):

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from encore_retention.webhooks.receivers import RECEIVERS
+
 if __name__ != "encore_retention.webhooks":
     import importlib
     import sys
@@ -28,7 +30,6 @@ def __getattr__(name: str) -> Any:
 
         return getattr(web, name)
     if name == "RECEIVERS":
-        from encore_retention.webhooks.receivers import RECEIVERS
 
         return RECEIVERS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,6 +32,7 @@ from encore_retention.core.events import (
     text,
 )
 from encore_retention.core.settings import get_settings
+from encore_retention.core.store.models import utcnow
 from encore_retention.webhooks.base import Delivery, Headers, Rejected, signature_matches
 from encore_retention.webhooks.secrets import shop_secrets
 
@@ -165,7 +166,6 @@ receiver = ShopifyReceiver()
 # ---- mapping -------------------------------------------------------------------------------------
 
 def _now():  # type: ignore[no-untyped-def]
-    from encore_retention.core.store.models import utcnow
 
     return utcnow()
 

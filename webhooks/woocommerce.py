@@ -30,6 +30,7 @@ from encore_retention.core.events import (
     truthy,
 )
 from encore_retention.core.settings import get_settings
+from encore_retention.core.store.models import utcnow
 from encore_retention.webhooks.base import Delivery, Headers, Rejected, signature_matches
 from encore_retention.webhooks.secrets import lookup
 
@@ -143,7 +144,6 @@ receiver = WooCommerceReceiver()
 
 
 def _now():  # type: ignore[no-untyped-def]
-    from encore_retention.core.store.models import utcnow
 
     return utcnow()
 

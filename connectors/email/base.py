@@ -16,9 +16,11 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import SMTPUTF8, Compat32
 from email.utils import formataddr, formatdate, unquote
+from importlib.metadata import entry_points
 from typing import Any
 from urllib.parse import urlsplit
 
+from encore_retention.connectors.email.html import prepare
 from encore_retention.core.settings import get_settings
 
 IDEMPOTENCY_HEADER = "X-Encore-Idempotency-Key"
@@ -130,7 +132,6 @@ def build_message(email: OutgoingEmail) -> Message:
     registry; headers with non-ASCII text are RFC 2047 encoded (display names apart from their
     address). An address that is not ASCII itself (SMTPUTF8) takes the `EmailMessage` path.
     """
-    from encore_retention.connectors.email.html import prepare
 
     mailboxes: dict[str, tuple[str, str]] = {}
     for header, value in (("From", email.from_addr or get_settings().EMAIL_FROM), ("To", email.to),
@@ -250,7 +251,6 @@ class Transport(abc.ABC):
 
 def available_transports() -> dict[str, str]:
     """Every EMAIL_URL scheme with its `module:Class`: built-in, then the `encore.email_transports` entry points."""
-    from importlib.metadata import entry_points
 
     found = dict(TRANSPORTS)
     for entry in entry_points(group=TRANSPORT_ENTRY_POINT_GROUP):

@@ -10,7 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import Engine, bindparam, create_engine, event, inspect, make_url, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -128,7 +132,6 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
 
 def alembic_config(url: str | None = None):  # type: ignore[no-untyped-def]
     """An Alembic Config pointing at the shipped migrations and `url`."""
-    from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -138,7 +141,6 @@ def alembic_config(url: str | None = None):  # type: ignore[no-untyped-def]
 
 def migrate(url: str | None = None) -> None:
     """Bring the database at `url` to the newest schema (idempotent; processes starting together take turns)."""
-    from alembic import command
 
     url = normalise_url(url or get_settings().DATABASE_URL)
     with migration_lock(url):
@@ -229,8 +231,6 @@ def insert_new(session: Session, model: Any, values: dict[str, Any], conflict: l
     object it is, without selecting it back (`attach=False`: only its id is returned). The statement
     is built once per dialect and table.
     """
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     dialect = session.get_bind().dialect.name
     key = (dialect, model.__tablename__, tuple(conflict))

@@ -27,6 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from encore_retention.core import events as ev
+from encore_retention.core.archive import NEEDLES_PER_QUERY, WebhookDelivery
 from encore_retention.core.store import insert_new, stage, write_staged
 from encore_retention.core.store.models import Base, Customer, EventRecord, Order, Shop, utcnow
 
@@ -491,7 +492,6 @@ def redact_customer(session: Session, shop: Shop, event: ev.Event) -> Person:
 
 def _unlinked_events_naming(session: Session, shop: Shop, person: Person) -> list[str]:
     """Events of the shop linked to no customer that still name the person (a refund of their order, say)."""
-    from encore_retention.core.archive import NEEDLES_PER_QUERY
 
     needles = person.needles()
     text = func.lower(cast(EventRecord.payload, String))
@@ -514,7 +514,6 @@ def _unlinked_events_naming(session: Session, shop: Shop, person: Person) -> lis
 
 def forget_deliveries(session: Session, shop: Shop, event_ids: Sequence[str]) -> None:
     """Delete the archived webhook bodies that carried these events (they hold personal data)."""
-    from encore_retention.core.archive import WebhookDelivery
 
     text_ids = cast(WebhookDelivery.event_ids, String)
     for start in range(0, len(event_ids), 200):
@@ -527,7 +526,6 @@ def forget_deliveries(session: Session, shop: Shop, event_ids: Sequence[str]) ->
 
 def redact_shop(session: Session, shop: Shop) -> Person:
     """Delete a shop and everything stored about it (Shopify `shop/redact`), archived webhooks included."""
-    from encore_retention.core.archive import WebhookDelivery
 
     person = Person(platform=shop.platform, shop=shop.domain, shop_id=shop.id, whole_shop=True)
     for hook in BEFORE_REDACT:

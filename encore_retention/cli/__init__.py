@@ -11,8 +11,17 @@ import time
 
 import click
 
+from encore_retention import worker as worker_module
+from encore_retention.cli.flows import COMMANDS as flow_commands
+from encore_retention.cli.stores import COMMANDS as store_commands
 from encore_retention.core import logs
+from encore_retention.core.access import LINK_MAX_AGE, sign_in_url
+from encore_retention.core.queue import get_redis, redis_url
 from encore_retention.core.settings import get_settings
+from encore_retention.core.store import migrate as run_migrations
+from encore_retention.cron import build_scheduler
+from encore_retention.tools import COMMANDS as tool_commands
+from encore_retention.web.server import gunicorn_options
 
 # gunicorn's default access line without the query string: sign-in tokens and OAuth codes ride in it.
 ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(f)s" "%(a)s"'
@@ -29,9 +38,6 @@ def main() -> None:
 @click.option("--workers", default=2, show_default=True, help="gunicorn worker processes")
 def run(port: int, workers: int) -> None:
     """Run web, worker and cron together (embedded Redis when REDIS_URL is unset)."""
-    from encore_retention.core.queue import redis_url
-    from encore_retention.core.store import migrate
-    from encore_retention.web.server import gunicorn_options
 
     logs.setup()
     settings = get_settings()
@@ -44,7 +50,7 @@ def run(port: int, workers: int) -> None:
     for stale in metrics_dir.glob("*.db"):
         stale.unlink()
     env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
-    migrate()
+    run_migrations()
     commands = {
         "web": [sys.executable, "-m", "gunicorn", *gunicorn_options(workers), "--bind", f"0.0.0.0:{port}",
                 "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
@@ -55,7 +61,6 @@ def run(port: int, workers: int) -> None:
     supervisor = Supervisor(commands, env)
     click.echo(f"Encore is running on http://localhost:{port} (Ctrl-C stops it)", err=True)
     if not settings.ADMIN_PASSWORD:
-        from encore_retention.core.access import LINK_MAX_AGE, sign_in_url
 
         click.echo(f"Admin page, one sign-in within {LINK_MAX_AGE // 60} minutes: "
                    f"{sign_in_url(f'http://localhost:{port}')}\n"
@@ -132,7 +137,6 @@ class Supervisor:
 @click.option("--burst", is_flag=True, help="drain the queues, then exit")
 def worker(burst: bool) -> None:
     """Run the RQ worker with its scheduler."""
-    from encore_retention import worker as worker_module
 
     worker_module.main(burst=burst)
 
@@ -140,8 +144,6 @@ def worker(burst: bool) -> None:
 @main.command()
 def cron() -> None:
     """Run RQ's cron scheduler for date triggers and periodic jobs."""
-    from encore_retention.core.queue import get_redis
-    from encore_retention.cron import build_scheduler
 
     logs.setup()
     build_scheduler(get_redis()).start()
@@ -156,7 +158,6 @@ def admin() -> None:
 @click.option("--url", default=None, help="where your browser reaches Encore (default: APP_URL)")
 def admin_link(url: str | None) -> None:
     """Print a one-time sign-in link to /admin (one use, within 15 minutes; needs the server's SECRET_KEY)."""
-    from encore_retention.core.access import sign_in_url
 
     click.echo(sign_in_url(url or get_settings().APP_URL))
 
@@ -164,7 +165,6 @@ def admin_link(url: str | None) -> None:
 @main.command()
 def migrate() -> None:
     """Bring the database to the newest schema."""
-    from encore_retention.core.store import migrate as run_migrations
 
     run_migrations()
     click.echo("database is up to date")
@@ -172,9 +172,6 @@ def migrate() -> None:
 
 def _register_area_commands() -> None:
     """Add the command groups of each area (flows, stores, import, privacy, replay, …)."""
-    from encore_retention.cli.flows import COMMANDS as flow_commands
-    from encore_retention.cli.stores import COMMANDS as store_commands
-    from encore_retention.tools import COMMANDS as tool_commands
 
     for command in (*flow_commands, *store_commands, *tool_commands):
         main.add_command(command)

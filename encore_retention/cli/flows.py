@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import date
 from pathlib import Path
 
 import click
+from sqlalchemy import func, select
 
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import Customer
 from encore_retention.flows import loader
+from encore_retention.flows import preview as previews
+from encore_retention.flows.engine import trace_of
+from encore_retention.flows.models import FlowRun
+from encore_retention.flows.schema import json_schema
+from encore_retention.flows.triggers import sweep as run_sweep
 
 
 @click.group()
@@ -39,7 +48,6 @@ def lint(paths: tuple[Path, ...]) -> None:
 @flows.command()
 def schema() -> None:
     """Print the JSON Schema of a flow file (for editors)."""
-    from encore_retention.flows.schema import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
 
@@ -52,7 +60,6 @@ def schema() -> None:
               help="folder for the HTML (and .txt) files")
 def preview(flow: str, customer_file: Path, out: Path) -> None:
     """Render a flow's emails for a sample customer to HTML files (nothing is sent or created)."""
-    from encore_retention.flows import preview as previews
 
     path = Path(flow)
     if not path.exists():
@@ -82,12 +89,7 @@ def preview(flow: str, customer_file: Path, out: Path) -> None:
 @click.option("--limit", default=20, show_default=True)
 def runs(email: str | None, flow_key: str | None, status: str | None, limit: int) -> None:
     """Show recent flow runs with their traces: what was sent, and why something was not."""
-    from sqlalchemy import func, select
 
-    from encore_retention.core.store import session_scope
-    from encore_retention.core.store.models import Customer
-    from encore_retention.flows.engine import trace_of
-    from encore_retention.flows.models import FlowRun
 
     with session_scope() as session:
         stmt = select(FlowRun, Customer.email).outerjoin(Customer, Customer.id == FlowRun.customer_id)
@@ -112,9 +114,7 @@ def runs(email: str | None, flow_key: str | None, status: str | None, limit: int
 @click.option("--date", "day", metavar="YYYY-MM-DD", help="run the date triggers due on this local day now")
 def sweep(day: str | None) -> None:
     """Queue the date-triggered runs due now (or on --date, to catch up after downtime); idempotent."""
-    from datetime import date
 
-    from encore_retention.flows.triggers import sweep as run_sweep
 
     if day:
         try:

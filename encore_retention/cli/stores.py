@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC
+
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
 
+from encore_retention.connectors.base import PlatformError, get_connector
+from encore_retention.connectors.models import DataExport
+from encore_retention.connectors.shopify import ShopifyConnector
+from encore_retention.connectors.shopify import webhook_address as shopify_webhook_address
+from encore_retention.connectors.woocommerce import WooCommerceConnector, generate_secret
+from encore_retention.connectors.woocommerce import webhook_address as woocommerce_webhook_address
+from encore_retention.core import events as ev
 from encore_retention.core.crypto import encrypt
 from encore_retention.core.store import migrate, session_scope
-from encore_retention.core.store.ledger import get_or_create_shop
-from encore_retention.core.store.models import Shop, parse_id, utcnow
+from encore_retention.core.store.ledger import get_or_create_shop, recompute, upsert_customer, upsert_order
+from encore_retention.core.store.models import Customer, Shop, parse_id, utcnow
+from encore_retention.jobs import process_event
+from encore_retention.webhooks import secrets as webhook_secrets
+from encore_retention.webhooks.shopify import SHOP_DOMAIN
+from encore_retention.webhooks.woocommerce import store_domain
 
 
 @click.group()
@@ -33,10 +48,6 @@ def add() -> None:
 def add_woocommerce(url: str, consumer_key: str, consumer_secret: str, webhook_secret: str | None,
                     no_verify: bool) -> None:
     """Connect a WooCommerce store: check the keys, create its webhooks, print the store id."""
-    from encore_retention.connectors.base import PlatformError
-    from encore_retention.connectors.woocommerce import WooCommerceConnector, generate_secret, webhook_address
-    from encore_retention.webhooks import secrets as webhook_secrets
-    from encore_retention.webhooks.woocommerce import store_domain
 
     domain = store_domain(url)
     if not domain or not url.strip().lower().startswith(("http://", "https://")):
@@ -69,7 +80,7 @@ def add_woocommerce(url: str, consumer_key: str, consumer_secret: str, webhook_s
         click.echo(f"store {shop_id} added: woocommerce {domain}")
         if generated:
             click.echo(f"create the webhooks in WooCommerce > Settings > Advanced > Webhooks with delivery URL "
-                       f"{webhook_address()} and secret {secret}")
+                       f"{woocommerce_webhook_address()} and secret {secret}")
         return
     with session_scope() as session:
         shop = session.get_one(Shop, shop_id)
@@ -79,7 +90,7 @@ def add_woocommerce(url: str, consumer_key: str, consumer_secret: str, webhook_s
             raise click.ClickException(f"store {shop_id} saved, but its webhooks could not be created: "
                                        f"{exc.message} (run the command again to retry)") from exc
     click.echo(f"store {shop_id} added: woocommerce {domain}")
-    click.echo(f"webhooks: {', '.join(topics)} -> {webhook_address()}")
+    click.echo(f"webhooks: {', '.join(topics)} -> {woocommerce_webhook_address()}")
 
 
 @add.command("shopify")
@@ -90,10 +101,6 @@ def add_woocommerce(url: str, consumer_key: str, consumer_secret: str, webhook_s
               help="check the token, read the shop's name, currency and time zone, and subscribe the webhooks")
 def add_shopify(domain: str, access_token: str, webhook_secret: str | None, register_webhooks: bool) -> None:
     """Register a Shopify shop with a custom-app token."""
-    from encore_retention.connectors.base import PlatformError
-    from encore_retention.connectors.shopify import ShopifyConnector, webhook_address
-    from encore_retention.webhooks import secrets as webhook_secrets
-    from encore_retention.webhooks.shopify import SHOP_DOMAIN
 
     domain = domain.strip().lower()
     if not SHOP_DOMAIN.match(domain):
@@ -127,7 +134,7 @@ def add_shopify(domain: str, access_token: str, webhook_secret: str | None, regi
             except PlatformError as exc:
                 raise click.ClickException(f"store {shop_id} saved, but its webhooks could not be subscribed: "
                                            f"{exc.message} (run the command again to retry)") from exc
-        click.echo(f"webhooks: {', '.join(topics)} -> {webhook_address()}")
+        click.echo(f"webhooks: {', '.join(topics)} -> {shopify_webhook_address()}")
         for topic, message in sorted(connector.refused.items()):
             click.echo(f"refused: {topic}: {message}", err=True)
 
@@ -150,7 +157,6 @@ def find_shop(session, store: str) -> Shop:  # type: ignore[no-untyped-def]
     if (shop_id := parse_id(store)) is not None:
         query = query.where(Shop.id == shop_id)
     else:
-        from encore_retention.webhooks.woocommerce import store_domain
 
         query = query.where(Shop.domain.in_({store.strip().lower(), store_domain(store)}))
     shops = session.execute(query).scalars().all()
@@ -163,7 +169,6 @@ def find_shop(session, store: str) -> Shop:  # type: ignore[no-untyped-def]
 
 def _count(connector, resource: str) -> int | None:  # type: ignore[no-untyped-def]
     """The connector's count of a resource, if it can tell (a progress bar without a total still counts)."""
-    from encore_retention.connectors.base import PlatformError
 
     try:
         return connector.count(resource)
@@ -183,12 +188,8 @@ def import_() -> None:
               help="only what changed since this date (UTC); default everything")
 def import_customers(store: str, orders: bool, since) -> None:  # type: ignore[no-untyped-def]
     """Import a store's customers (and orders) into the ledger, without starting any flow."""
-    from datetime import UTC
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from encore_retention.connectors.base import PlatformError, get_connector
-    from encore_retention.core.store.ledger import recompute, upsert_customer, upsert_order
 
     migrate()
     with session_scope() as session:
@@ -217,7 +218,6 @@ def import_customers(store: str, orders: bool, since) -> None:  # type: ignore[n
                             if buyer else None
                         stored, _ = upsert_order(session, row, order, ledger_customer)
                         if ledger_customer is not None or stored.customer_id is not None:
-                            from encore_retention.core.store.models import Customer
 
                             recompute(session, ledger_customer or session.get_one(Customer, stored.customer_id))
                     counts["orders"] += 1
@@ -238,7 +238,6 @@ def privacy() -> None:
 @click.argument("store", required=False)
 def list_exports(store: str | None) -> None:
     """List the data request exports (Shopify customers/data_request)."""
-    from encore_retention.connectors.models import DataExport
 
     migrate()
     table = Table("id", "store", "customer", "request", "created")
@@ -257,9 +256,7 @@ def list_exports(store: str | None) -> None:
 @click.argument("export_id", type=int)
 def show_export(export_id: int) -> None:
     """Print one export as JSON (send it to the customer)."""
-    import json
 
-    from encore_retention.connectors.models import DataExport
 
     migrate()
     with session_scope() as session:
@@ -279,8 +276,6 @@ def redact(store: str, email: str | None, customer_id: str | None) -> None:
     Their ledger rows, orders, events, flow runs and emails' records, archived webhooks, queued jobs
     and outbox copies go; a suppression stays, as a keyed hash of the address. Running it again is safe.
     """
-    from encore_retention.core import events as ev
-    from encore_retention.jobs import process_event
 
     if not (email and email.strip()) and not (customer_id and customer_id.strip()):
         raise click.UsageError("give --email or --customer-id (or both)")

@@ -23,11 +23,13 @@ from flask import Blueprint, redirect, render_template_string, request
 from sqlalchemy import CursorResult, delete
 
 from encore_retention.connectors.base import PlatformError
+from encore_retention.connectors.models import OAuthState
+from encore_retention.connectors.shopify import ShopifyConnector
 from encore_retention.core.crypto import encrypt
 from encore_retention.core.settings import get_settings
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.ledger import get_or_create_shop
-from encore_retention.core.store.models import utcnow
+from encore_retention.core.store.models import Shop, utcnow
 from encore_retention.web.admin.auth import sign_in_shop
 from encore_retention.webhooks import secrets as webhook_secrets
 from encore_retention.webhooks.shopify import SHOP_DOMAIN
@@ -91,7 +93,6 @@ def install():  # type: ignore[no-untyped-def]
         return _page("Not a Shopify shop", "Expected a shop domain like example.myshopify.com.", 400)
     if "hmac" in params and not (hmac_valid(params) and _fresh(params)):
         return _page("Request not signed by Shopify", "Start the install again from the Shopify admin.", 401)
-    from encore_retention.connectors.models import OAuthState
 
     nonce = secrets.token_urlsafe(32)
     with session_scope() as session:
@@ -105,7 +106,6 @@ def install():  # type: ignore[no-untyped-def]
 
 def consume_state(nonce: str, shop: str) -> bool:
     """Use up a state: True once for a state issued for this shop within STATE_TTL, then never again."""
-    from encore_retention.connectors.models import OAuthState
 
     if not nonce:
         return False
@@ -132,7 +132,6 @@ def exchange_code(shop: str, code: str) -> dict[str, Any]:
 @blueprint.get("/shopify/callback")
 def callback():  # type: ignore[no-untyped-def]
     """Finish the install: verify, exchange the code, store the token, subscribe the webhooks."""
-    from encore_retention.connectors.shopify import ShopifyConnector
 
     if not _configured():
         return _page("Shopify is not configured", "Set SHOPIFY_API_KEY and SHOPIFY_API_SECRET.", 503)
@@ -162,7 +161,6 @@ def callback():  # type: ignore[no-untyped-def]
         shop_id = row.id
     webhook_secrets.forget("shopify", shop)
     with session_scope() as session:
-        from encore_retention.core.store.models import Shop
 
         row = session.get(Shop, shop_id)
         connector = ShopifyConnector(row, token=grant["access_token"])

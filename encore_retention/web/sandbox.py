@@ -17,6 +17,7 @@ from flask import Blueprint, Request, abort, jsonify, request
 from sqlalchemy import select
 
 from encore_retention.core.crypto import decrypt
+from encore_retention.core.queue import get_redis
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Shop, parse_id, utcnow
 from encore_retention.web import peers
@@ -28,7 +29,6 @@ PATH = "/sandbox/woocommerce"
 
 
 def _redis() -> Any:
-    from encore_retention.core.queue import get_redis
 
     return get_redis()
 

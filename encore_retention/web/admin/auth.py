@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import jwt
 from flask import Blueprint, Response, abort, current_app, g, redirect, render_template, request, session, url_for
 from redis.exceptions import RedisError
 from sqlalchemy import select
@@ -32,8 +33,11 @@ from encore_retention.core import access
 from encore_retention.core.settings import get_settings
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Shop, parse_id
+from encore_retention.flows.render import format_money
+from encore_retention.flows.steps import position_label
 from encore_retention.web import peers
 from encore_retention.web.answers import unavailable
+from encore_retention.webhooks.shopify import SHOP_DOMAIN
 
 log = logging.getLogger("encore.admin")
 
@@ -62,7 +66,6 @@ class Viewer:
 
 def shop_from_session_token(token: str) -> str | None:
     """The shop domain of a valid Shopify session token, else None."""
-    import jwt
 
     settings = get_settings()
     if not (settings.SHOPIFY_API_SECRET and settings.SHOPIFY_API_KEY):
@@ -77,7 +80,6 @@ def shop_from_session_token(token: str) -> str | None:
             continue
     if claims is None:
         return None
-    from encore_retention.webhooks.shopify import SHOP_DOMAIN
 
     shop = (urlsplit(str(claims.get("dest", ""))).hostname or "").lower()
     issuer = (urlsplit(str(claims.get("iss", ""))).hostname or "").lower()
@@ -230,13 +232,11 @@ def csrf_token() -> str:
 
 @blueprint.app_context_processor
 def _template_globals() -> dict[str, Any]:
-    from encore_retention.flows.steps import position_label
 
     return {"csrf_token": csrf_token, "viewer": g.get("viewer"), "money": _money, "step_label": position_label}
 
 
 def _money(value: Any, currency: str | None = None) -> str:
-    from encore_retention.flows.steps import format_money
 
     return format_money(value or 0, currency)
 

@@ -12,6 +12,8 @@ from sqlalchemy import func, or_, select
 
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Customer, EventRecord, Shop
+from encore_retention.core.unsubscribe import is_suppressed
+from encore_retention.flows.models import FlowEffect, FlowRun, FlowTrace
 from encore_retention.web.admin.auth import blueprint
 from encore_retention.web.admin.flows import flow_choices
 from encore_retention.web.admin.messages import outbox_folder
@@ -56,7 +58,6 @@ class TimelineItem:
 
 def timeline(db: Any, customer: Customer) -> list[TimelineItem]:
     """Events received and runs started (each with its trace: conditions, waits, sends, suppressions)."""
-    from encore_retention.flows.models import FlowRun, FlowTrace
 
     items: list[TimelineItem] = []
     for record in db.execute(select(EventRecord).where(EventRecord.customer_id == customer.id)
@@ -80,8 +81,6 @@ def timeline(db: Any, customer: Customer) -> list[TimelineItem]:
 @blueprint.get("/customers/<id:customer_id>")
 def customer(customer_id: int):  # type: ignore[no-untyped-def]
     """A customer's ledger row and timeline."""
-    from encore_retention.core.unsubscribe import is_suppressed
-    from encore_retention.flows.models import FlowEffect
 
     with session_scope() as db:
         row = customer_or_404(db, customer_id)

@@ -8,7 +8,11 @@ from typing import Any
 
 from flask import Response, abort, current_app, g, redirect, render_template, request, url_for
 from redis.exceptions import RedisError
+from rq.exceptions import InvalidJobOperationError, NoSuchJobError
+from rq.job import Job
 
+from encore_retention.core import archive
+from encore_retention.core.queue import QUEUES, get_redis, queue
 from encore_retention.core.store.models import parse_id
 from encore_retention.web.admin.auth import blueprint, csrf_token, current_viewer, redis_unavailable, refuse_malformed
 
@@ -29,9 +33,7 @@ def exception_line(traceback: str) -> str:
 
 def failed_jobs(limit: int = 100) -> list[dict[str, Any]]:
     """The failed jobs of every Encore queue, newest first, with their exception."""
-    from rq.job import Job
 
-    from encore_retention.core.queue import QUEUES, get_redis, queue
 
     found: list[dict[str, Any]] = []
     for name in QUEUES:
@@ -52,9 +54,7 @@ def failed_jobs(limit: int = 100) -> list[dict[str, Any]]:
 @blueprint.get("/failures")
 def failures():  # type: ignore[no-untyped-def]
     """Failed jobs (with a requeue button) and rejected webhooks (with the reason)."""
-    from redis.exceptions import RedisError
 
-    from encore_retention.core import archive
 
     error = None
     try:
@@ -70,9 +70,7 @@ def failures():  # type: ignore[no-untyped-def]
 @blueprint.post("/failures/<queue_name>/<job_id>/requeue")
 def requeue(queue_name: str, job_id: str):  # type: ignore[no-untyped-def]
     """Put a failed job back on its queue."""
-    from rq.exceptions import InvalidJobOperationError, NoSuchJobError
 
-    from encore_retention.core.queue import QUEUES, queue
 
     if not g.viewer.everything:
         abort(403)
@@ -94,7 +92,6 @@ def _dashboard_mounted() -> bool:
 
 def connection_url() -> str:
     """A URL for the Redis connection this process uses (RQ's dashboard wants one)."""
-    from encore_retention.core.queue import get_redis
 
     kwargs = get_redis().connection_pool.connection_kwargs
     auth = f":{kwargs['password']}@" if kwargs.get("password") else ""
@@ -135,7 +132,7 @@ def guard_rq_dashboard() -> None:
 def mount_rq_dashboard(app: Any) -> bool:
     """Mount `rq-dashboard` at /admin/rq for operators (password or link sign-in), when it is installed."""
     try:
-        import rq_dashboard
+        import rq_dashboard  # optional: the `dashboard` extra
         from rq.serializers import JSONSerializer
         from rq_dashboard import web
     except ImportError:

@@ -14,6 +14,10 @@ from sqlalchemy import func, select
 
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Customer, Order, utcnow
+from encore_retention.flows import loader
+from encore_retention.flows.models import SUPPRESSED, FlowEffect, FlowRun, FlowTrace
+from encore_retention.flows.schema import DateTrigger, IfStep, SendEmailStep, format_duration
+from encore_retention.flows.steps import position_label
 from encore_retention.web.admin.auth import Viewer, blueprint
 
 log = logging.getLogger("encore.admin")
@@ -43,7 +47,6 @@ class FlowStats:
 
 def describe_trigger(trigger: Any) -> str:
     """`order.placed`, or `customer.birthday -14d at 09:00`."""
-    from encore_retention.flows.schema import DateTrigger, format_duration
 
     if isinstance(trigger, DateTrigger):
         offset = f" {'+' if trigger.offset >= timedelta(0) else '-'}{format_duration(abs(trigger.offset))}" \
@@ -55,8 +58,6 @@ def describe_trigger(trigger: Any) -> str:
 
 def email_steps(flow: Any) -> list[tuple[str, str]]:
     """(position label, template) of every `send_email` step, both sides of each `if`."""
-    from encore_retention.flows.schema import IfStep, SendEmailStep
-    from encore_retention.flows.steps import position_label
 
     found: list[tuple[str, str]] = []
 
@@ -74,8 +75,6 @@ def email_steps(flow: Any) -> list[tuple[str, str]]:
 
 def flow_stats(shop_ids: list[int], now: Any = None) -> list[FlowStats]:
     """Every flow (loaded, or seen in runs) with runs, emails, codes, redemptions and revenue since WINDOW ago."""
-    from encore_retention.flows import loader
-    from encore_retention.flows.models import SUPPRESSED, FlowEffect, FlowRun
 
     since = (now or utcnow()) - WINDOW
     registry = loader.registry()
@@ -127,7 +126,6 @@ def flow_stats(shop_ids: list[int], now: Any = None) -> list[FlowStats]:
 @blueprint.get("/")
 def flows():  # type: ignore[no-untyped-def]
     """The flows and their last 30 days."""
-    from encore_retention.flows import loader
 
     viewer: Viewer = g.viewer
     items = flow_stats(viewer.shop_ids)
@@ -142,8 +140,6 @@ def flows():  # type: ignore[no-untyped-def]
 @blueprint.get("/flows/<flow_key>")
 def flow_runs(flow_key: str):  # type: ignore[no-untyped-def]
     """One flow's recent runs: who, when, how far, and why it stopped or was suppressed."""
-    from encore_retention.flows import loader
-    from encore_retention.flows.models import FlowRun, FlowTrace
 
     status = request.args.get("status") or None
     with session_scope() as db:
@@ -169,6 +165,5 @@ def flow_runs(flow_key: str):  # type: ignore[no-untyped-def]
                            trigger=describe_trigger(flow_file.flow.trigger) if flow_file else None)
 
 def flow_choices() -> list[tuple[str, str, list[tuple[str, str]]]]:
-    from encore_retention.flows import loader
 
     return [(key, f.flow.name, email_steps(f.flow)) for key, f in sorted(loader.registry().flows.items())]

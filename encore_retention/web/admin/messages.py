@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import logging
+from html import escape
 from pathlib import Path
 
 from flask import Response, abort, g, render_template
 from sqlalchemy import select
 
+from encore_retention.connectors.email.file import file_name, outbox_path
 from encore_retention.core.settings import get_settings
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Customer
+from encore_retention.flows.models import FlowEffect, FlowRun
 from encore_retention.web.admin.auth import blueprint
 
 log = logging.getLogger("encore.admin")
@@ -20,7 +25,6 @@ log = logging.getLogger("encore.admin")
 @blueprint.get("/messages")
 def messages():  # type: ignore[no-untyped-def]
     """The emails sent (and failed), newest first."""
-    from encore_retention.flows.models import FlowEffect, FlowRun
 
     with session_scope() as db:
         rows = db.execute(select(FlowEffect, FlowRun.flow_name, Customer.email, Customer.id).join(
@@ -36,7 +40,6 @@ def outbox_folder() -> Path | None:
     url = get_settings().EMAIL_URL
     if not url.startswith("file:"):
         return None
-    from encore_retention.connectors.email.file import outbox_path
 
     return outbox_path(url)
 
@@ -44,11 +47,7 @@ def outbox_folder() -> Path | None:
 @blueprint.get("/messages/<path:key>")
 def message(key: str):  # type: ignore[no-untyped-def]
     """A sent email as it was written to the file outbox (its HTML part; scripts never run)."""
-    import email
-    import email.policy
 
-    from encore_retention.connectors.email.file import file_name
-    from encore_retention.flows.models import FlowEffect
 
     folder = outbox_folder()
     with session_scope() as db:
@@ -62,7 +61,6 @@ def message(key: str):  # type: ignore[no-untyped-def]
     part = parsed.get_body(preferencelist=("html", "plain"))  # type: ignore[attr-defined]
     body = part.get_content() if part is not None else ""
     if part is not None and part.get_content_type() == "text/plain":
-        from html import escape
 
         body = f"<pre>{escape(body)}</pre>"
     response = Response(body, content_type="text/html; charset=utf-8")

@@ -11,6 +11,8 @@ from sqlalchemy import select
 
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Customer, Order, Shop, parse_id
+from encore_retention.flows import loader
+from encore_retention.flows import preview as previews
 from encore_retention.web.admin.auth import blueprint
 from encore_retention.web.admin.customers import customer_or_404
 from encore_retention.web.admin.flows import flow_choices
@@ -60,8 +62,6 @@ def customer_sample(customer: Customer, shop: Shop | None, db: Any) -> dict[str,
 
 def render_preview(flow_key: str, step: str | None, customer_id: int | None) -> tuple[Any, list[Any], Any]:
     """(the flow file, its rendered emails, the selected one) for a sample or a real customer."""
-    from encore_retention.flows import loader
-    from encore_retention.flows import preview as previews
 
     flow_file = loader.registry().flows.get(flow_key)
     if flow_file is None:
