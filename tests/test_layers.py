@@ -56,3 +56,26 @@ def test_an_upward_import_breaks_its_contract(tmp_path, module, upward, contract
     assert result.returncode == 1, result.stdout + result.stderr
     broken = [line for line in result.stdout.splitlines() if " BROKEN" in line]
     assert any(line.startswith(contract) for line in broken), result.stdout  # others may break through it too
+
+
+def _modules() -> list[str]:
+    import pkgutil
+
+    import encore_retention
+
+    return sorted(module.name for module in pkgutil.walk_packages(encore_retention.__path__, "encore_retention.")
+                  if ".migrations" not in module.name and not module.name.endswith("__main__"))
+
+
+def test_every_module_imports_on_its_own():
+    """No import cycle hides behind the order modules happen to load in: each one, first, in a new interpreter."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def imports(name: str) -> tuple[str, str]:
+        done = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, timeout=120)
+        return name, (done.stderr.strip().splitlines() or [""])[-1] if done.returncode else ""
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        failed = {name: error for name, error in pool.map(imports, _modules()) if error}
+    assert len(_modules()) > 60
+    assert failed == {}
