@@ -2,17 +2,7 @@
 
 `auth` holds the blueprint and its gate; each page module adds its views to it.
 
-Sign-in, in order:
-1. A Shopify embedded-app session token (`Authorization: Bearer …` or `?id_token=…`): a JWT signed
-   HS256 with SHOPIFY_API_SECRET whose `aud` is SHOPIFY_API_KEY; its `dest` names the shop.
-2. The shop whose OAuth install just completed (the install callback signs the browser in).
-3. ADMIN_PASSWORD, entered on `/admin/login`; failed attempts are throttled per client and per account.
-4. A one-time sign-in link (`/admin/sign-in?token=…`): `encore run` prints one, `encore admin link`
-   makes another. That is how a laptop without ADMIN_PASSWORD gets in.
-Nothing is let in for coming from this machine: a reverse proxy on the same host looks just like a
-local browser. Each sign-in starts a server-side session (`encore.access`), and signing out ends it.
-A shop's sign-in sees that shop only; the password and the link see every shop. Every page answers
-only to APP_URL's host and this machine's own names, which turns DNS rebinding away.
+How a merchant or an operator signs in, and what each sees, is `auth`'s docstring.
 """
 
 from __future__ import annotations
