@@ -34,12 +34,16 @@ def sign(body: bytes, secret: str) -> str:
 def build_requests(body: bytes, count: int, *, host: str, path: str, topic: str, secret: str) -> list[bytes]:
     """`count` raw POST requests, each a new delivery of the same signed body."""
     signature = sign(body, secret)
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nX-Shopify-Topic: {topic}\r\nX-Shopify-Shop-Domain: {SHOP}\r\n"
-            f"X-Shopify-Hmac-Sha256: {signature}\r\nX-Shopify-API-Version: 2026-04\r\n"
-            "X-Shopify-Triggered-At: 2026-11-20T10:00:00.000Z\r\n")
-    return [(head + f"X-Shopify-Webhook-Id: {uuid.uuid4()}\r\nX-Shopify-Event-Id: {uuid.uuid4()}\r\n\r\n").encode()
-            + body for _ in range(count)]
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nX-Shopify-Topic: {topic}\r\nX-Shopify-Shop-Domain: {SHOP}\r\n"
+        f"X-Shopify-Hmac-Sha256: {signature}\r\nX-Shopify-API-Version: 2026-04\r\n"
+        "X-Shopify-Triggered-At: 2026-11-20T10:00:00.000Z\r\n"
+    )
+    return [
+        (head + f"X-Shopify-Webhook-Id: {uuid.uuid4()}\r\nX-Shopify-Event-Id: {uuid.uuid4()}\r\n\r\n").encode() + body
+        for _ in range(count)
+    ]
 
 
 class ServerClosed(Exception):
@@ -128,11 +132,17 @@ def run(address: tuple[str, int], requests: list[bytes], concurrency: int) -> di
     for status in statuses:
         counts[str(status)] = counts.get(str(status), 0) + 1
     return {
-        "requests": len(requests), "concurrency": concurrency, "elapsed_s": elapsed,
+        "requests": len(requests),
+        "concurrency": concurrency,
+        "elapsed_s": elapsed,
         "throughput": len(requests) / elapsed if elapsed else 0.0,
-        "p50_ms": percentile(done, 0.50) * 1000, "p99_ms": percentile(done, 0.99) * 1000,
-        "max_ms": (done[-1] if done else 0.0) * 1000, "statuses": counts, "errors": errors[:5],
-        "connections": next(reconnects), "load_cpu": cpu / elapsed if elapsed else 0.0,
+        "p50_ms": percentile(done, 0.50) * 1000,
+        "p99_ms": percentile(done, 0.99) * 1000,
+        "max_ms": (done[-1] if done else 0.0) * 1000,
+        "statuses": counts,
+        "errors": errors[:5],
+        "connections": next(reconnects),
+        "load_cpu": cpu / elapsed if elapsed else 0.0,
         "latencies_ms": [lat * 1000 for lat in done],
     }
 
@@ -157,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args(argv)
     body = args.body.read_bytes()
-    requests = build_requests(body, args.requests, host=f"{args.host}:{args.port}", path=args.path,
-                              topic=args.topic, secret=args.secret)
+    requests = build_requests(
+        body, args.requests, host=f"{args.host}:{args.port}", path=args.path, topic=args.topic, secret=args.secret
+    )
     json.dump(run((args.host, args.port), requests, args.concurrency), sys.stdout)
     sys.stdout.write("\n")
     return 0

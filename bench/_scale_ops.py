@@ -36,8 +36,9 @@ def backend_cpu(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(operations: dict[str, Callable[[], Any]], count: int, rounds: int, server: Callable[[], float]
-            ) -> dict[str, dict[str, float]]:
+def measure(
+    operations: dict[str, Callable[[], Any]], count: int, rounds: int, server: Callable[[], float]
+) -> dict[str, dict[str, float]]:
     """Per operation: the best round's wall µs, this process's CPU µs and the server's CPU µs per call."""
     best: dict[str, dict[str, float]] = {}
     for _ in range(rounds):
@@ -47,8 +48,11 @@ def measure(operations: dict[str, Callable[[], Any]], count: int, rounds: int, s
             for _ in range(count):
                 operation()
             wall = time.perf_counter() - started
-            figures = {"wall_us": 1e6 * wall / count, "cpu_us": 1e6 * (time.process_time() - cpu) / count,
-                       "server_cpu_us": 1e6 * (server() - served) / count}
+            figures = {
+                "wall_us": 1e6 * wall / count,
+                "cpu_us": 1e6 * (time.process_time() - cpu) / count,
+                "server_cpu_us": 1e6 * (server() - served) / count,
+            }
             if name not in best or figures["wall_us"] < best[name]["wall_us"]:
                 best[name] = figures
     return {name: {key: round(value, 1) for key, value in figures.items()} for name, figures in best.items()}
@@ -124,13 +128,19 @@ def main() -> int:
     def log_line() -> None:
         log.info("event applied to the ledger", extra={"new": True, "customer_id": 12345})
 
-    redis_ops = measure({"Redis: one command (HSET), its own round trip": lambda: redis.hset("bench:ops", "f", "v"),
-                         "Redis: HSET + 2 EXPIRE, three round trips (a worker heartbeat)": separate3,
-                         "Redis: HSET + 2 EXPIRE in one pipeline": pipeline3,
-                         "a thread started and joined per job": thread_per_job,
-                         "a long-lived thread woken per job": long_lived_thread,
-                         "a JSON log line at INFO (encore.logs)": log_line},
-                        args.count, args.rounds, redis_cpu)
+    redis_ops = measure(
+        {
+            "Redis: one command (HSET), its own round trip": lambda: redis.hset("bench:ops", "f", "v"),
+            "Redis: HSET + 2 EXPIRE, three round trips (a worker heartbeat)": separate3,
+            "Redis: HSET + 2 EXPIRE in one pipeline": pipeline3,
+            "a thread started and joined per job": thread_per_job,
+            "a long-lived thread woken per job": long_lived_thread,
+            "a JSON log line at INFO (encore.logs)": log_line,
+        },
+        args.count,
+        args.rounds,
+        redis_cpu,
+    )
     redis.delete("bench:ops")
 
     engine = get_engine()
@@ -150,6 +160,7 @@ def main() -> int:
             engine.pool._pre_ping = pre_ping
             with session_scope() as session:
                 session.execute(_SHOP, {"platform": "shopify", "domain": "bench.myshopify.com"}).scalar_one()
+
         return run
 
     def commit_insert(synchronous: bool) -> Callable[[], None]:
@@ -158,14 +169,20 @@ def main() -> int:
                 if not synchronous:
                     connection.execute(text("SET LOCAL synchronous_commit = off"))
                 connection.execute(text("INSERT INTO bench_ops (v) VALUES ('x')"))
+
         return run
 
-    database_ops = measure({
-        "PostgreSQL: a session with one SELECT shops (ORM), pre-ping on": session_with_select(True),
-        "PostgreSQL: a session with one SELECT shops (ORM), pre-ping off": session_with_select(False),
-        "PostgreSQL: BEGIN, INSERT, COMMIT (synchronous_commit on)": commit_insert(True),
-        "PostgreSQL: BEGIN, SET LOCAL synchronous_commit off, INSERT, COMMIT": commit_insert(False),
-    }, args.count, args.rounds, pg_cpu)
+    database_ops = measure(
+        {
+            "PostgreSQL: a session with one SELECT shops (ORM), pre-ping on": session_with_select(True),
+            "PostgreSQL: a session with one SELECT shops (ORM), pre-ping off": session_with_select(False),
+            "PostgreSQL: BEGIN, INSERT, COMMIT (synchronous_commit on)": commit_insert(True),
+            "PostgreSQL: BEGIN, SET LOCAL synchronous_commit off, INSERT, COMMIT": commit_insert(False),
+        },
+        args.count,
+        args.rounds,
+        pg_cpu,
+    )
     engine.pool._pre_ping = True
     with session_scope() as session:  # one statement inside an open transaction, as the ledger sends them
         session.execute(text("SELECT 1"))
@@ -176,9 +193,17 @@ def main() -> int:
         def select_one() -> None:
             session.connection().exec_driver_sql("SELECT 1").scalar()
 
-        database_ops.update(measure({"PostgreSQL: SELECT shops (ORM) inside a transaction": select_shop,
-                                     "PostgreSQL: SELECT 1 inside a transaction (driver)": select_one},
-                                    args.count, args.rounds, pg_cpu))
+        database_ops.update(
+            measure(
+                {
+                    "PostgreSQL: SELECT shops (ORM) inside a transaction": select_shop,
+                    "PostgreSQL: SELECT 1 inside a transaction (driver)": select_one,
+                },
+                args.count,
+                args.rounds,
+                pg_cpu,
+            )
+        )
     with engine.begin() as connection:
         connection.execute(text("DROP TABLE bench_ops"))
     print(json.dumps({**redis_ops, **database_ops}))

@@ -60,11 +60,17 @@ class Counts:
         self.redis_seconds = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"statements": dict(self.statements), "statement_seconds": dict(self.statement_seconds),
-                "rows": dict(self.rows), "transaction": dict(self.transaction),
-                "transaction_seconds": dict(self.transaction_seconds), "checkouts": self.checkouts,
-                "redis_trips": dict(self.redis_trips), "redis_commands": dict(self.redis_commands),
-                "redis_seconds": self.redis_seconds}
+        return {
+            "statements": dict(self.statements),
+            "statement_seconds": dict(self.statement_seconds),
+            "rows": dict(self.rows),
+            "transaction": dict(self.transaction),
+            "transaction_seconds": dict(self.transaction_seconds),
+            "checkouts": self.checkouts,
+            "redis_trips": dict(self.redis_trips),
+            "redis_commands": dict(self.redis_commands),
+            "redis_seconds": self.redis_seconds,
+        }
 
 
 _WORDS = re.compile(r"\s+")
@@ -306,8 +312,13 @@ def main() -> int:
         profile.dump_stats(args.cprofile)
     else:
         rq_worker.work(burst=True, logging_level="INFO")
-    report = {"cpu_s": time.process_time() - cpu, "busy_s": time.perf_counter() - started,
-              "finished_at": time.time(), "jobs": outcomes[True], "failed_jobs": outcomes[False]}
+    report = {
+        "cpu_s": time.process_time() - cpu,
+        "busy_s": time.perf_counter() - started,
+        "finished_at": time.time(),
+        "jobs": outcomes[True],
+        "failed_jobs": outcomes[False],
+    }
     if counts is not None:
         report["counts"] = counts.as_dict()
     print("done " + json.dumps(report), flush=True)

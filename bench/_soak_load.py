@@ -75,22 +75,44 @@ def shopify_order(index: int, run: str, secret: str) -> Order:
     order_id, customer_id = 7_100_000_000 + index, 8_100_000_000 + index
     email = f"soak-{run}-s{index:06d}@example.com"
     created = _now_iso() + "+00:00"
-    payload.update(id=order_id, admin_graphql_api_id=f"gid://shopify/Order/{order_id}", email=email,
-                   contact_email=email, name=f"#S{index}", order_number=100_000 + index, number=100_000 + index,
-                   created_at=created, updated_at=created, processed_at=created,
-                   token=uuid.uuid4().hex, checkout_token=None, cart_token=None)
+    payload.update(
+        id=order_id,
+        admin_graphql_api_id=f"gid://shopify/Order/{order_id}",
+        email=email,
+        contact_email=email,
+        name=f"#S{index}",
+        order_number=100_000 + index,
+        number=100_000 + index,
+        created_at=created,
+        updated_at=created,
+        processed_at=created,
+        token=uuid.uuid4().hex,
+        checkout_token=None,
+        cart_token=None,
+    )
     customer = copy.deepcopy(payload.get("customer") or {})
-    customer.update(id=customer_id, admin_graphql_api_id=f"gid://shopify/Customer/{customer_id}", email=email,
-                    first_name=f"Soak{index}", last_name="Shopify", orders_count=1, created_at=created,
-                    updated_at=created)
+    customer.update(
+        id=customer_id,
+        admin_graphql_api_id=f"gid://shopify/Customer/{customer_id}",
+        email=email,
+        first_name=f"Soak{index}",
+        last_name="Shopify",
+        orders_count=1,
+        created_at=created,
+        updated_at=created,
+    )
     if isinstance(customer.get("default_address"), dict):
         customer["default_address"] = {**customer["default_address"], "customer_id": customer_id}
     payload["customer"] = customer
     body = json.dumps(payload, separators=(",", ":")).encode()
     headers = {
-        "Content-Type": "application/json", "X-Shopify-Topic": "orders/create", "X-Shopify-Shop-Domain": SHOP,
-        "X-Shopify-Hmac-Sha256": sign(body, secret), "X-Shopify-API-Version": "2026-04",
-        "X-Shopify-Webhook-Id": str(uuid.uuid4()), "X-Shopify-Event-Id": str(uuid.uuid4()),
+        "Content-Type": "application/json",
+        "X-Shopify-Topic": "orders/create",
+        "X-Shopify-Shop-Domain": SHOP,
+        "X-Shopify-Hmac-Sha256": sign(body, secret),
+        "X-Shopify-API-Version": "2026-04",
+        "X-Shopify-Webhook-Id": str(uuid.uuid4()),
+        "X-Shopify-Event-Id": str(uuid.uuid4()),
         "X-Shopify-Triggered-At": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     }
     return Order(index, "shopify", email, "/webhooks/shopify", body, headers)
@@ -102,17 +124,29 @@ def woocommerce_order(index: int, run: str, secret: str) -> Order:
     order_id = 9_100_000 + index
     email = f"soak-{run}-w{index:06d}@example.com"
     now = _now_iso()
-    payload.update(id=order_id, number=str(order_id), order_key=f"wc_order_{uuid.uuid4().hex[:13]}",
-                   customer_id=0, date_created=now, date_created_gmt=now, date_modified=now, date_modified_gmt=now,
-                   date_paid=now, date_paid_gmt=now)
-    payload["billing"] = {**payload["billing"], "email": email, "first_name": f"Soak{index}",
-                          "last_name": "Woo"}
+    payload.update(
+        id=order_id,
+        number=str(order_id),
+        order_key=f"wc_order_{uuid.uuid4().hex[:13]}",
+        customer_id=0,
+        date_created=now,
+        date_created_gmt=now,
+        date_modified=now,
+        date_modified_gmt=now,
+        date_paid=now,
+        date_paid_gmt=now,
+    )
+    payload["billing"] = {**payload["billing"], "email": email, "first_name": f"Soak{index}", "last_name": "Woo"}
     payload["_links"] = {"self": [{"href": f"{WOO_URL}/wp-json/wc/v3/orders/{order_id}"}]}
     body = json.dumps(payload, separators=(",", ":")).encode()
     headers = {
-        "Content-Type": "application/json", "X-WC-Webhook-Source": WOO_URL + "/",
-        "X-WC-Webhook-Topic": "order.created", "X-WC-Webhook-Resource": "order", "X-WC-Webhook-Event": "created",
-        "X-WC-Webhook-Signature": sign(body, secret), "X-WC-Webhook-ID": "12",
+        "Content-Type": "application/json",
+        "X-WC-Webhook-Source": WOO_URL + "/",
+        "X-WC-Webhook-Topic": "order.created",
+        "X-WC-Webhook-Resource": "order",
+        "X-WC-Webhook-Event": "created",
+        "X-WC-Webhook-Signature": sign(body, secret),
+        "X-WC-Webhook-ID": "12",
         "X-WC-Webhook-Delivery-ID": uuid.uuid4().hex,
     }
     return Order(index, "woocommerce", email, "/webhooks/woocommerce", body, headers)
@@ -120,8 +154,10 @@ def woocommerce_order(index: int, run: str, secret: str) -> Order:
 
 def build_orders(count: int, run: str, shopify_secret: str, woo_secret: str) -> list[Order]:
     """`count` first orders of distinct new customers, alternately Shopify and WooCommerce."""
-    return [shopify_order(i, run, shopify_secret) if i % 2 == 0 else woocommerce_order(i, run, woo_secret)
-            for i in range(count)]
+    return [
+        shopify_order(i, run, shopify_secret) if i % 2 == 0 else woocommerce_order(i, run, woo_secret)
+        for i in range(count)
+    ]
 
 
 def deliveries(orders: list[Order], redeliver: float, rng: random.Random) -> list[Delivery]:
@@ -135,9 +171,19 @@ def deliveries(orders: list[Order], redeliver: float, rng: random.Random) -> lis
 class Sender:
     """Sends deliveries at `rate` per second from `concurrency` threads, retrying 503s and connection failures."""
 
-    def __init__(self, port: int, items: list[Delivery], *, rate: float, concurrency: int, max_attempts: int = 30,
-                 backoff: float = 0.5, max_backoff: float = 5.0, timeout: float = 30.0,
-                 log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        port: int,
+        items: list[Delivery],
+        *,
+        rate: float,
+        concurrency: int,
+        max_attempts: int = 30,
+        backoff: float = 0.5,
+        max_backoff: float = 5.0,
+        timeout: float = 30.0,
+        log: Callable[[str], None] = print,
+    ) -> None:
         self.port = port
         self.items = items
         self.rate = rate
@@ -167,8 +213,9 @@ class Sender:
         with self.cond:
             for slot, item in enumerate(self.items):
                 heapq.heappush(self.heap, (self.started + slot / self.rate, next(self.sequence), item))
-        self.threads = [threading.Thread(target=self._client, name=f"soak-load-{i}", daemon=True)
-                        for i in range(self.concurrency)]
+        self.threads = [
+            threading.Thread(target=self._client, name=f"soak-load-{i}", daemon=True) for i in range(self.concurrency)
+        ]
         for thread in self.threads:
             thread.start()
 
@@ -257,11 +304,15 @@ class Sender:
                     item.outcome = "gave up" if retry else f"http {answer}"
                     if not retry:
                         self.unexpected.append(f"{order.platform} order {order.index}: HTTP {answer}")
-                        self.log(f"unexpected answer: {order.platform} order {order.index} "
-                                 f"({'re-delivery' if item.redelivery else 'delivery'}): HTTP {answer}")
+                        self.log(
+                            f"unexpected answer: {order.platform} order {order.index} "
+                            f"({'re-delivery' if item.redelivery else 'delivery'}): HTTP {answer}"
+                        )
                     else:
-                        self.log(f"gave up on {order.platform} order {order.index} after {item.attempts} "
-                                 f"attempts: {item.answers[-3:]}")
+                        self.log(
+                            f"gave up on {order.platform} order {order.index} after {item.attempts} "
+                            f"attempts: {item.answers[-3:]}"
+                        )
                 self.outstanding -= 1
                 if self.outstanding == 0:
                     self.finished = time.monotonic()

@@ -66,9 +66,15 @@ class Sink:
             if first and self.defers(key):
                 self.deferred[key] = (time.time(), recipients)
                 return DEFERRED_REPLY
-            self.accepted.append(Accepted(at=time.time(), recipients=recipients,
-                                          message_id=str(headers.get("Message-ID", "")).strip(), key=key,
-                                          subject=subject))
+            self.accepted.append(
+                Accepted(
+                    at=time.time(),
+                    recipients=recipients,
+                    message_id=str(headers.get("Message-ID", "")).strip(),
+                    key=key,
+                    subject=subject,
+                )
+            )
         return "250 OK"
 
     def snapshot(self) -> tuple[list[Accepted], dict[str, tuple[float, tuple[str, ...]]], int]:

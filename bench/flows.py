@@ -52,10 +52,15 @@ def noop() -> None:
 
 
 def setup_env(tmp: Path, redis_url: str) -> None:
-    os.environ.update({
-        "DATABASE_URL": f"sqlite:///{tmp / 'encore.db'}", "ENCORE_DATA_DIR": str(tmp / "data"),
-        "SECRET_KEY": "bench-secret", "EMAIL_URL": f"file://{tmp / 'outbox'}", "REDIS_URL": redis_url,
-    })
+    os.environ.update(
+        {
+            "DATABASE_URL": f"sqlite:///{tmp / 'encore.db'}",
+            "ENCORE_DATA_DIR": str(tmp / "data"),
+            "SECRET_KEY": "bench-secret",
+            "EMAIL_URL": f"file://{tmp / 'outbox'}",
+            "REDIS_URL": redis_url,
+        }
+    )
     os.environ.pop("FLOWS_DIR", None)
     os.environ.pop("TEMPLATES_DIR", None)
     from encore_retention.core.settings import reset_settings
@@ -94,20 +99,51 @@ def make_events(customers: int, first: int = 10_000, t0: datetime = T0) -> list:
     events = []
     for n in range(customers):
         cid = str(first + n)
-        person = ev.Customer(id=cid, email=f"c{cid}@example.com", first_name="Ada", email_consent=n % 5 != 0,
-                             birthday=date(1990, 1 + n % 12, 1 + n % 28))
+        person = ev.Customer(
+            id=cid,
+            email=f"c{cid}@example.com",
+            first_name="Ada",
+            email_consent=n % 5 != 0,
+            birthday=date(1990, 1 + n % 12, 1 + n % 28),
+        )
         at = t0 + timedelta(seconds=n)
-        order = ev.Order(id=f"o{cid}", number=cid, created_at=at, updated_at=at, total=Decimal("64.00"),
-                         currency="EUR", line_items=[ev.LineItem(title="Tea", quantity=2, price=Decimal("32.00"))],
-                         financial_status="paid")
-        checkout = ev.Checkout(token=f"t{cid}", email=person.email, recovery_url=f"https://shop.example/r/{cid}",
-                               total=Decimal("64.00"), currency="EUR")
-        for kind, extra in (("customer.created", {}), ("checkout.started", {"checkout": checkout}),
-                            ("order.placed", {"order": order}), ("order.fulfilled", {"order": order})):
+        order = ev.Order(
+            id=f"o{cid}",
+            number=cid,
+            created_at=at,
+            updated_at=at,
+            total=Decimal("64.00"),
+            currency="EUR",
+            line_items=[ev.LineItem(title="Tea", quantity=2, price=Decimal("32.00"))],
+            financial_status="paid",
+        )
+        checkout = ev.Checkout(
+            token=f"t{cid}",
+            email=person.email,
+            recovery_url=f"https://shop.example/r/{cid}",
+            total=Decimal("64.00"),
+            currency="EUR",
+        )
+        for kind, extra in (
+            ("customer.created", {}),
+            ("checkout.started", {"checkout": checkout}),
+            ("order.placed", {"order": order}),
+            ("order.fulfilled", {"order": order}),
+        ):
             event_id = f"bench-{kind.replace('.', '_')}-{cid}"
-            events.append(ev.Event(id=event_id, type=ev.EventType(kind), platform="shopify",
-                                   shop="bench.myshopify.com", topic=kind, occurred_at=at, received_at=at,
-                                   customer=person, **extra))
+            events.append(
+                ev.Event(
+                    id=event_id,
+                    type=ev.EventType(kind),
+                    platform="shopify",
+                    shop="bench.myshopify.com",
+                    topic=kind,
+                    occurred_at=at,
+                    received_at=at,
+                    customer=person,
+                    **extra,
+                )
+            )
     return events
 
 
@@ -141,8 +177,13 @@ def library_round(connection: Redis, customers: int, first: int, t0: datetime) -
     drain(connection, SimpleWorker)
     resumed = time.perf_counter() - start
     dates.set_now(None)
-    return {"events": len(events), "event_seconds": handled, "wait_jobs": len(waits), "wait_seconds": resumed,
-            "rate": len(events) / (handled + resumed)}
+    return {
+        "events": len(events),
+        "event_seconds": handled,
+        "wait_jobs": len(waits),
+        "wait_seconds": resumed,
+        "rate": len(events) / (handled + resumed),
+    }
 
 
 def throughput(connection: Redis, event_count: int, rounds: int) -> dict:
@@ -196,8 +237,7 @@ def throughput(connection: Redis, event_count: int, rounds: int) -> dict:
     for n in range(rounds):  # alternating, so that a busy moment of the machine hits both sides alike
         simple_rates.append(noop_rate(connection, SimpleWorker, max(event_count, 1000)))
         email_seconds[0] = 0.0
-        result = library_round(connection, event_count // 4, first=10_000 + 100_000 * n,
-                               t0=T0 + timedelta(days=30 * n))
+        result = library_round(connection, event_count // 4, first=10_000 + 100_000 * n, t0=T0 + timedelta(days=30 * n))
         result["email_seconds"] = email_seconds[0]
         results.append(result)
     best = max(results, key=lambda r: r["rate"])
@@ -213,17 +253,29 @@ def throughput(connection: Redis, event_count: int, rounds: int) -> dict:
     rate = best["rate"]
     flow_ms = 1000 / rate - 1000 / ledger_rate  # what the flows add to each event, waits included
     email_ms = 1000 * best["email_seconds"] / best["events"]
-    return {"email_ms_per_event": round(email_ms, 2), "engine_ms_per_event": round(flow_ms - email_ms, 2),
-            "engine_cost_vs_rq_job": round((flow_ms - email_ms) / (1000 / simple), 2),
-            "ledger_only_events_per_s": round(ledger_rate, 1), "flow_ms_per_event": round(flow_ms, 2),
-            "rq_ms_per_job": round(1000 / simple, 2), "flow_cost_vs_rq_job": round(flow_ms / (1000 / simple), 2),
-            "rounds": rounds, "events": best["events"], "event_seconds": round(best["event_seconds"], 3),
-            "wait_jobs": best["wait_jobs"], "wait_seconds": round(best["wait_seconds"], 3),
-            "events_per_s": round(rate, 1), "events_per_s_rounds": [round(r["rate"], 1) for r in results],
-            "noop_simple_jobs_per_s_rounds": [round(r, 1) for r in simple_rates],
-            "emails": emails, "runs": statuses, "noop_simple_jobs_per_s": round(simple, 1),
-            "noop_fork_jobs_per_s": round(forking, 1), "ratio_vs_simple": round(rate / simple, 3),
-            "ratio_vs_fork": round(rate / forking, 3)}
+    return {
+        "email_ms_per_event": round(email_ms, 2),
+        "engine_ms_per_event": round(flow_ms - email_ms, 2),
+        "engine_cost_vs_rq_job": round((flow_ms - email_ms) / (1000 / simple), 2),
+        "ledger_only_events_per_s": round(ledger_rate, 1),
+        "flow_ms_per_event": round(flow_ms, 2),
+        "rq_ms_per_job": round(1000 / simple, 2),
+        "flow_cost_vs_rq_job": round(flow_ms / (1000 / simple), 2),
+        "rounds": rounds,
+        "events": best["events"],
+        "event_seconds": round(best["event_seconds"], 3),
+        "wait_jobs": best["wait_jobs"],
+        "wait_seconds": round(best["wait_seconds"], 3),
+        "events_per_s": round(rate, 1),
+        "events_per_s_rounds": [round(r["rate"], 1) for r in results],
+        "noop_simple_jobs_per_s_rounds": [round(r, 1) for r in simple_rates],
+        "emails": emails,
+        "runs": statuses,
+        "noop_simple_jobs_per_s": round(simple, 1),
+        "noop_fork_jobs_per_s": round(forking, 1),
+        "ratio_vs_simple": round(rate / simple, 3),
+        "ratio_vs_fork": round(rate / forking, 3),
+    }
 
 
 def fill_customers(path: Path, count: int) -> None:
@@ -231,8 +283,10 @@ def fill_customers(path: Path, count: int) -> None:
     connection = sqlite3.connect(path)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=OFF")
-    connection.execute("INSERT INTO shops (id, platform, domain, name, active, settings, created_at) "
-                       "VALUES (1, 'shopify', 'bench.myshopify.com', 'Bench', 1, '{}', '2026-01-01 00:00:00')")
+    connection.execute(
+        "INSERT INTO shops (id, platform, domain, name, active, settings, created_at) "
+        "VALUES (1, 'shopify', 'bench.myshopify.com', 'Bench', 1, '{}', '2026-01-01 00:00:00')"
+    )
     rng = random.Random(7)
     base = datetime(2025, 1, 1)
 
@@ -240,14 +294,29 @@ def fill_customers(path: Path, count: int) -> None:
         for n in range(count):
             birthday = date(1960 + n % 45, 1, 1) + timedelta(days=rng.randrange(366))
             last = base + timedelta(minutes=rng.randrange(430 * 24 * 60))
-            yield (1, f"p{n}", f"c{n}@example.com", birthday.isoformat(), birthday.month, birthday.day, 1,
-                   "[]", 1, "10.00", last.isoformat(sep=" "), last.isoformat(sep=" "), "2026-01-01 00:00:00",
-                   "2026-01-01 00:00:00")
+            yield (
+                1,
+                f"p{n}",
+                f"c{n}@example.com",
+                birthday.isoformat(),
+                birthday.month,
+                birthday.day,
+                1,
+                "[]",
+                1,
+                "10.00",
+                last.isoformat(sep=" "),
+                last.isoformat(sep=" "),
+                "2026-01-01 00:00:00",
+                "2026-01-01 00:00:00",
+            )
 
     connection.executemany(
         "INSERT INTO customers (shop_id, platform_id, email, birthday, birthday_month, birthday_day, email_consent, "
         "tags, orders_count, total_spent, first_order_at, last_order_at, created_at, updated_at) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows())
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        rows(),
+    )
     connection.commit()
     connection.execute("ANALYZE")
     connection.close()
@@ -278,9 +347,16 @@ def sweep_time(tmp: Path, connection: Redis, count: int) -> dict:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     dates.set_now(None)
-    return {"customers": count, "due": counts["due"], "queued": counts["queued"], "jobs": counts["jobs"],
-            "seconds": round(elapsed, 3), "peak_mib": round(peak / 2**20, 2), "repeat_seconds": round(repeat, 3),
-            "repeat_queued": again["queued"]}
+    return {
+        "customers": count,
+        "due": counts["due"],
+        "queued": counts["queued"],
+        "jobs": counts["jobs"],
+        "seconds": round(elapsed, 3),
+        "peak_mib": round(peak / 2**20, 2),
+        "repeat_seconds": round(repeat, 3),
+        "repeat_queued": again["queued"],
+    }
 
 
 def main() -> int:
@@ -289,13 +365,19 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3, help="each rate is the best of this many rounds")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--dir", type=Path, default=ROOT / "bench" / "out",
-                        help="where the store and the outbox go (default bench/out: the project's disk, like "
-                             "`make run`'s encore.db and outbox/; pass /tmp to measure a tmp folder instead)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=ROOT / "bench" / "out",
+        help="where the store and the outbox go (default bench/out: the project's disk, like "
+        "`make run`'s encore.db and outbox/; pass /tmp to measure a tmp folder instead)",
+    )
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="encore-bench-flows-", dir=args.dir) as name, \
-            redis_database() as (url, connection):
+    with (
+        tempfile.TemporaryDirectory(prefix="encore-bench-flows-", dir=args.dir) as name,
+        redis_database() as (url, connection),
+    ):
         tmp = Path(name)
         setup_env(tmp, url)
         from encore_retention.core import queue as encore_queue
@@ -309,26 +391,37 @@ def main() -> int:
         print(json.dumps(result, indent=2))
     else:
         t, s, q = result["throughput"], result["sweep"], result["sweep_quarter"]
-        print(f"no-op RQ jobs, one process: SimpleWorker {t['noop_simple_jobs_per_s']}/s, "
-              f"Worker (fork) {t['noop_fork_jobs_per_s']}/s")
-        print(f"events through the whole library: {t['events']} events in {t['event_seconds']} s "
-              f"+ {t['wait_jobs']} wake jobs in {t['wait_seconds']} s = {t['events_per_s']} events/s "
-              f"(best of {t['rounds']}: {t['events_per_s_rounds']}; "
-              f"no-op rounds {t['noop_simple_jobs_per_s_rounds']}); "
-              f"{t['emails']} emails; runs {t['runs']}")
-        print(f"ratio vs SimpleWorker no-op: {t['ratio_vs_simple']} (target >= {TARGET_RATIO}); "
-              f"vs Worker no-op: {t['ratio_vs_fork']}")
-        print(f"the same events with no flows (ledger only): {t['ledger_only_events_per_s']} events/s; the flows add "
-              f"{t['flow_ms_per_event']} ms per event, "
-              f"{t['flow_cost_vs_rq_job']} x RQ's {t['rq_ms_per_job']} ms per job: "
-              f"{t['email_ms_per_event']} ms building and writing emails (connectors.email.send), "
-              f"{t['engine_ms_per_event']} ms the engine itself "
-              f"({t['engine_cost_vs_rq_job']} x)")
-        print(f"date sweep over {q['customers']:,} customers: {q['seconds']} s, {q['due']} due, "
-              f"peak {q['peak_mib']} MiB")
-        print(f"date sweep over {s['customers']:,} customers: {s['seconds']} s (target < {TARGET_SWEEP_SECONDS}), "
-              f"{s['due']} due, {s['queued']} queued in {s['jobs']} jobs, peak {s['peak_mib']} MiB; "
-              f"sweeping again: {s['repeat_seconds']} s, {s['repeat_queued']} queued")
+        print(
+            f"no-op RQ jobs, one process: SimpleWorker {t['noop_simple_jobs_per_s']}/s, "
+            f"Worker (fork) {t['noop_fork_jobs_per_s']}/s"
+        )
+        print(
+            f"events through the whole library: {t['events']} events in {t['event_seconds']} s "
+            f"+ {t['wait_jobs']} wake jobs in {t['wait_seconds']} s = {t['events_per_s']} events/s "
+            f"(best of {t['rounds']}: {t['events_per_s_rounds']}; "
+            f"no-op rounds {t['noop_simple_jobs_per_s_rounds']}); "
+            f"{t['emails']} emails; runs {t['runs']}"
+        )
+        print(
+            f"ratio vs SimpleWorker no-op: {t['ratio_vs_simple']} (target >= {TARGET_RATIO}); "
+            f"vs Worker no-op: {t['ratio_vs_fork']}"
+        )
+        print(
+            f"the same events with no flows (ledger only): {t['ledger_only_events_per_s']} events/s; the flows add "
+            f"{t['flow_ms_per_event']} ms per event, "
+            f"{t['flow_cost_vs_rq_job']} x RQ's {t['rq_ms_per_job']} ms per job: "
+            f"{t['email_ms_per_event']} ms building and writing emails (connectors.email.send), "
+            f"{t['engine_ms_per_event']} ms the engine itself "
+            f"({t['engine_cost_vs_rq_job']} x)"
+        )
+        print(
+            f"date sweep over {q['customers']:,} customers: {q['seconds']} s, {q['due']} due, peak {q['peak_mib']} MiB"
+        )
+        print(
+            f"date sweep over {s['customers']:,} customers: {s['seconds']} s (target < {TARGET_SWEEP_SECONDS}), "
+            f"{s['due']} due, {s['queued']} queued in {s['jobs']} jobs, peak {s['peak_mib']} MiB; "
+            f"sweeping again: {s['repeat_seconds']} s, {s['repeat_queued']} queued"
+        )
         print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

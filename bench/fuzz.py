@@ -75,16 +75,36 @@ def run(cases: int, seed: int, kind: str) -> tuple[Outcome, float, int]:
     with tempfile.TemporaryDirectory(prefix="encore-fuzz-") as tmp, redis_database() as (_url, connection):
         folder = Path(tmp)
         with database(kind, folder) as url:
-            os.environ.update({"DATABASE_URL": url, "ENCORE_DATA_DIR": str(folder / "data"),
-                               "SECRET_KEY": "fuzz-secret-key", "SHOPIFY_API_SECRET": SHOPIFY_SECRET,
-                               "SHOPIFY_API_KEY": "fuzz-api-key", "EMAIL_URL": f"file://{folder / 'outbox'}",
-                               "APP_URL": "http://localhost:8000"})
+            os.environ.update(
+                {
+                    "DATABASE_URL": url,
+                    "ENCORE_DATA_DIR": str(folder / "data"),
+                    "SECRET_KEY": "fuzz-secret-key",
+                    "SHOPIFY_API_SECRET": SHOPIFY_SECRET,
+                    "SHOPIFY_API_KEY": "fuzz-api-key",
+                    "EMAIL_URL": f"file://{folder / 'outbox'}",
+                    "APP_URL": "http://localhost:8000",
+                }
+            )
             os.environ.pop("SHOPIFY_API_SECRET_PREVIOUS", None)
             reset_settings()
             encore_queue.set_redis(connection)
-            result = CliRunner().invoke(main, ["stores", "add", "woocommerce", WC_URL, "--consumer-key", "ck_fuzz",
-                                               "--consumer-secret", "cs_fuzz", "--webhook-secret", WC_SECRET,
-                                               "--no-verify"])
+            result = CliRunner().invoke(
+                main,
+                [
+                    "stores",
+                    "add",
+                    "woocommerce",
+                    WC_URL,
+                    "--consumer-key",
+                    "ck_fuzz",
+                    "--consumer-secret",
+                    "cs_fuzz",
+                    "--webhook-secret",
+                    WC_SECRET,
+                    "--no-verify",
+                ],
+            )
             if result.exit_code != 0:
                 raise SystemExit(f"could not register the WooCommerce store: {result.output}")
             webhook_secrets.forget()
@@ -96,12 +116,18 @@ def run(cases: int, seed: int, kind: str) -> tuple[Outcome, float, int]:
             started = time.monotonic()
             generated = fuzzer.cases(cases)
             for start in range(0, cases, CHUNK):
-                post_all(client, (case for _, case in zip(range(min(CHUNK, cases - start)), generated, strict=False)),
-                         outcome)
+                post_all(
+                    client,
+                    (case for _, case in zip(range(min(CHUNK, cases - start)), generated, strict=False)),
+                    outcome,
+                )
                 run_queued(connection, outcome, WC_URL)
                 outcome.queued.clear()  # counted in `applied` and `rejected_by_worker` already
-                outcome.cases = {key: outcome.cases[key] for key, _ in outcome.job_errors + outcome.rejected_by_worker
-                                 if key in outcome.cases}
+                outcome.cases = {
+                    key: outcome.cases[key]
+                    for key, _ in outcome.job_errors + outcome.rejected_by_worker
+                    if key in outcome.cases
+                }
             elapsed = time.monotonic() - started
             emails = len(list((folder / "outbox").glob("*.eml")))
             encore_queue.set_redis(None)
@@ -120,12 +146,18 @@ def main() -> int:
     outcome, elapsed, emails = run(args.cases, args.seed, args.database)
     unexpected = outcome.unexpected
     figures = {
-        "cases": sum(outcome.statuses.values()), "seed": args.seed, "database": args.database,
-        "seconds": round(elapsed, 1), "statuses": {str(k): v for k, v in sorted(outcome.statuses.items())},
-        "unexpected_5xx": len(unexpected), "answered_503": outcome.statuses.get(503, 0),
-        "jobs_applied": outcome.applied, "jobs_removed_by_a_redaction": outcome.removed,
+        "cases": sum(outcome.statuses.values()),
+        "seed": args.seed,
+        "database": args.database,
+        "seconds": round(elapsed, 1),
+        "statuses": {str(k): v for k, v in sorted(outcome.statuses.items())},
+        "unexpected_5xx": len(unexpected),
+        "answered_503": outcome.statuses.get(503, 0),
+        "jobs_applied": outcome.applied,
+        "jobs_removed_by_a_redaction": outcome.removed,
         "jobs_rejected_by_worker": len(outcome.rejected_by_worker),
-        "jobs_raised": len(outcome.job_errors), "emails_sent": emails,
+        "jobs_raised": len(outcome.job_errors),
+        "emails_sent": emails,
     }
     ok = not unexpected and not outcome.job_errors and not outcome.rejected_by_worker
     if args.json:
@@ -134,10 +166,12 @@ def main() -> int:
         print(f"{figures['cases']} cases (seed {args.seed}, {args.database}) in {figures['seconds']} s")
         for status, count in figures["statuses"].items():
             print(f"  {status}: {count}")
-        print(f"queued deliveries applied by the worker: {outcome.applied}; removed by a redaction before their "
-              f"turn: {outcome.removed}; rejected by the worker: "
-              f"{len(outcome.rejected_by_worker)}; jobs that raised: {len(outcome.job_errors)}; "
-              f"emails sent: {emails}")
+        print(
+            f"queued deliveries applied by the worker: {outcome.applied}; removed by a redaction before their "
+            f"turn: {outcome.removed}; rejected by the worker: "
+            f"{len(outcome.rejected_by_worker)}; jobs that raised: {len(outcome.job_errors)}; "
+            f"emails sent: {emails}"
+        )
         for status, case, text in unexpected[:20]:
             print(f"  {status} {case.platform} {case.what}: {text[:200]}")
         for job_id, text in (outcome.job_errors + outcome.rejected_by_worker)[:20]:

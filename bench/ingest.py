@@ -86,8 +86,18 @@ def gunicorn_options(args: argparse.Namespace) -> list[str]:
         from encore_retention.web.server import gunicorn_options as web_process
 
         return [*web_process(args.workers), "--backlog", "2048", "--log-level", "warning"]
-    return ["--worker-class", args.worker_class, "--workers", str(args.workers), "--threads", str(args.threads),
-            "--backlog", "2048", "--log-level", "warning"]
+    return [
+        "--worker-class",
+        args.worker_class,
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+        "--backlog",
+        "2048",
+        "--log-level",
+        "warning",
+    ]
 
 
 @contextmanager
@@ -122,8 +132,20 @@ def gunicorn(app: str, options: list[str], env: dict[str, str], cwd: Path, log: 
 
 def load(port: int, requests: int, concurrency: int) -> dict:
     """Run the load process against `port`; its figures."""
-    command = [sys.executable, str(BENCH / "_load.py"), "--port", str(port), "--body", str(PAYLOAD),
-               "--secret", SECRET, "--requests", str(requests), "--concurrency", str(concurrency)]
+    command = [
+        sys.executable,
+        str(BENCH / "_load.py"),
+        "--port",
+        str(port),
+        "--body",
+        str(PAYLOAD),
+        "--secret",
+        SECRET,
+        "--requests",
+        str(requests),
+        "--concurrency",
+        str(concurrency),
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"the load process failed ({done.returncode}):\n{done.stderr[-2000:]}")
@@ -153,9 +175,14 @@ def combine(name: str, chunks: list[dict]) -> dict:
     server_cpu = [c["server_cpu_s"] for c in chunks]
     redis_cpu_s = [c["redis_cpu_s"] for c in chunks]
     return {
-        "server": name, "requests": requests, "elapsed_s": elapsed, "throughput": requests / elapsed,
-        "p50_ms": percentile(latencies, 0.50), "p99_ms": percentile(latencies, 0.99),
-        "max_ms": latencies[-1] if latencies else 0.0, "statuses": statuses,
+        "server": name,
+        "requests": requests,
+        "elapsed_s": elapsed,
+        "throughput": requests / elapsed,
+        "p50_ms": percentile(latencies, 0.50),
+        "p99_ms": percentile(latencies, 0.99),
+        "max_ms": latencies[-1] if latencies else 0.0,
+        "statuses": statuses,
         "errors": [e for c in chunks for e in c["errors"]][:5],
         "server_cpu_ms": None if None in server_cpu else sum(server_cpu) / requests * 1000,
         "redis_cpu_ms": None if None in redis_cpu_s else sum(redis_cpu_s) / requests * 1000,
@@ -174,15 +201,28 @@ def run(args: argparse.Namespace) -> dict:
         cwd = Path(tmp)
         database = f"sqlite:///{cwd / 'encore.db'}"
         migrate(database)
-        base_env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("SHOPIFY_", "REDIS_", "DATABASE_", "ENCORE_", "WOOCOMMERCE_"))}
-        env = base_env | {"REDIS_URL": redis_url, "DATABASE_URL": database, "SHOPIFY_API_SECRET": SECRET,
-                          "SECRET_KEY": "bench-secret-key", "ENCORE_DATA_DIR": str(cwd / "data"),
-                          "EMAIL_URL": f"file://{cwd / 'outbox'}", "PYTHONPATH": str(ROOT)}
+        base_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SHOPIFY_", "REDIS_", "DATABASE_", "ENCORE_", "WOOCOMMERCE_"))
+        }
+        env = base_env | {
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": database,
+            "SHOPIFY_API_SECRET": SECRET,
+            "SECRET_KEY": "bench-secret-key",
+            "ENCORE_DATA_DIR": str(cwd / "data"),
+            "EMAIL_URL": f"file://{cwd / 'outbox'}",
+            "PYTHONPATH": str(ROOT),
+        }
         bare_env = base_env | {"PYTHONPATH": str(ROOT)}  # for the web process's gunicorn settings
-        with gunicorn("_bare:create_app()", [*options, "--pythonpath", str(BENCH)], bare_env, cwd,
-                      cwd / "bare.log") as (bare_port, bare_pid), \
-                gunicorn("webhooks:create_app()", options, env, cwd, cwd / "ingest.log") as (ingest_port, ingest_pid):
+        with (
+            gunicorn("_bare:create_app()", [*options, "--pythonpath", str(BENCH)], bare_env, cwd, cwd / "bare.log") as (
+                bare_port,
+                bare_pid,
+            ),
+            gunicorn("webhooks:create_app()", options, env, cwd, cwd / "ingest.log") as (ingest_port, ingest_pid),
+        ):
             load(bare_port, args.warmup, args.concurrency)
             load(ingest_port, args.warmup, args.concurrency)
             redis.flushdb()
@@ -200,23 +240,36 @@ def run(args: argparse.Namespace) -> dict:
         f"ratio >= {TARGET_RATIO}": ratio >= TARGET_RATIO,
         f"ingest p99 < {TARGET_P99_MS:g} ms": ingest["p99_ms"] < TARGET_P99_MS,
     }
-    return {"gunicorn": " ".join(options), "requests": args.requests, "concurrency": args.concurrency,
-            "rounds": args.rounds, "results": [bare, ingest], "ratio": ratio, "checks": checks,
-            "pass": all(checks.values())}
+    return {
+        "gunicorn": " ".join(options),
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "rounds": args.rounds,
+        "results": [bare, ingest],
+        "ratio": ratio,
+        "checks": checks,
+        "pass": all(checks.values()),
+    }
 
 
 def report(figures: dict) -> None:
     """Print the figures as a small table."""
-    print(f"gunicorn {figures['gunicorn']}; {figures['requests']} signed 15 KB Shopify orders/create deliveries "
-          f"at concurrency {figures['concurrency']}, in {figures['rounds']} alternating rounds")
-    print(f"{'server':<15}{'requests':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-          f"{'cpu ms/req':>12}{'load cpu':>10}")
+    print(
+        f"gunicorn {figures['gunicorn']}; {figures['requests']} signed 15 KB Shopify orders/create deliveries "
+        f"at concurrency {figures['concurrency']}, in {figures['rounds']} alternating rounds"
+    )
+    print(
+        f"{'server':<15}{'requests':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+        f"{'cpu ms/req':>12}{'load cpu':>10}"
+    )
     for r in figures["results"]:
         cpu = "" if r["server_cpu_ms"] is None else f"{r['server_cpu_ms']:.2f}"
         if r["redis_cpu_ms"] is not None:
             cpu += f" +{r['redis_cpu_ms']:.2f}"
-        print(f"{r['server']:<15}{r['requests']:>9}{r['throughput']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-              f"{r['max_ms']:>9.1f}{cpu:>12}{r['load_cpu']:>9.0%} ")
+        print(
+            f"{r['server']:<15}{r['requests']:>9}{r['throughput']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+            f"{r['max_ms']:>9.1f}{cpu:>12}{r['load_cpu']:>9.0%} "
+        )
     print("(cpu ms/req: gunicorn workers' CPU per request, + Redis server's; load cpu: the load process's CPU use)")
     for r in figures["results"]:
         if r["statuses"] != {"200": figures["requests"]}:

@@ -36,10 +36,12 @@ td.item{padding:8px;border-bottom:1px solid #eee}.footer p{font-size:12px;color:
 
 def _html() -> str:
     rows = "".join(f"<tr><td class='item'>Product {i}</td><td class='item'>$ {i}9.00</td></tr>" for i in range(60))
-    return (f"<html><head>{STYLE}</head><body><div class='wrapper'><div class='container'>"
-            f"<h1>Happy birthday, Ada</h1><p>Here is a gift.</p><p class='code'>BDAY-7KQ4-M9XW</p>"
-            f"<p class='button'><a href='https://shop.example.com'>Shop now</a></p><table>{rows}</table>"
-            f"<div class='footer'><p>You get this email because you subscribed.</p></div></div></div></body></html>")
+    return (
+        f"<html><head>{STYLE}</head><body><div class='wrapper'><div class='container'>"
+        f"<h1>Happy birthday, Ada</h1><p>Here is a gift.</p><p class='code'>BDAY-7KQ4-M9XW</p>"
+        f"<p class='button'><a href='https://shop.example.com'>Shop now</a></p><table>{rows}</table>"
+        f"<div class='footer'><p>You get this email because you subscribed.</p></div></div></div></body></html>"
+    )
 
 
 def _free_port() -> int:
@@ -64,13 +66,22 @@ def main() -> int:
     html = _html()
 
     def email(i: int, inline: bool = True) -> OutgoingEmail:
-        return OutgoingEmail(to=f"c{i}@example.com", subject="Happy birthday", html=html, text="Happy birthday",
-                             idempotency_key=f"bench-{i}", unsubscribe_url=f"http://localhost:8000/unsubscribe/{i}",
-                             from_addr="Shop <shop@example.com>", inline_css=inline, preheader="A gift inside")
+        return OutgoingEmail(
+            to=f"c{i}@example.com",
+            subject="Happy birthday",
+            html=html,
+            text="Happy birthday",
+            idempotency_key=f"bench-{i}",
+            unsubscribe_url=f"http://localhost:8000/unsubscribe/{i}",
+            from_addr="Shop <shop@example.com>",
+            inline_css=inline,
+            preheader="A gift inside",
+        )
 
     n = args.messages
     build_message(email(0))  # warm-up
     timings: dict[str, float] = {}
+
     def best(label: str, seconds: float) -> None:
         timings[label] = min(seconds, timings.get(label, seconds))
 
@@ -94,9 +105,11 @@ def main() -> int:
     try:
         messages = [build_message(email(i)) for i in range(n)]
         for _round in range(args.rounds):
-            for label, url in (("deliver, file outbox", f"file://{folder / 'out'}"),
-                               ("deliver, SMTP kept", f"smtp://127.0.0.1:{port}"),
-                               ("deliver, SMTP each", f"smtp://127.0.0.1:{port}?keepalive=0")):
+            for label, url in (
+                ("deliver, file outbox", f"file://{folder / 'out'}"),
+                ("deliver, SMTP kept", f"smtp://127.0.0.1:{port}"),
+                ("deliver, SMTP each", f"smtp://127.0.0.1:{port}?keepalive=0"),
+            ):
                 transport = get_transport(url)
                 start = time.perf_counter()
                 for message in messages:

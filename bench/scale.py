@@ -80,11 +80,16 @@ ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.
 LOG_PROBLEMS = ("deadlock detected", "UniqueViolation", "IntegrityError", "Traceback")
 WAITS_OVER = timedelta(days=4)  # every wait of the library's event flows has ended by then
 SYNC_COMMIT_OFF = "sync-commit-off"  # what-if: the database's sessions commit without waiting for the WAL flush
-TOPICS = {"customer.created": "customers/create", "checkout.started": "checkouts/create",
-          "order.placed": "orders/create", "order.fulfilled": "orders/fulfilled"}
+TOPICS = {
+    "customer.created": "customers/create",
+    "checkout.started": "checkouts/create",
+    "order.placed": "orders/create",
+    "order.fulfilled": "orders/fulfilled",
+}
 
 
 # ---- the deliveries ---------------------------------------------------------------------------------
+
 
 @dataclass
 class Delivery:
@@ -101,8 +106,15 @@ def _example(name: str) -> dict[str, Any]:
 
 def _customer_payload(base: dict[str, Any], person: Any, at: str) -> dict[str, Any]:
     payload = copy.deepcopy(base)
-    payload.update(id=int(person.id), admin_graphql_api_id=f"gid://shopify/Customer/{person.id}", email=person.email,
-                   first_name=person.first_name, last_name="Lovelace", created_at=at, updated_at=at)
+    payload.update(
+        id=int(person.id),
+        admin_graphql_api_id=f"gid://shopify/Customer/{person.id}",
+        email=person.email,
+        first_name=person.first_name,
+        last_name="Lovelace",
+        created_at=at,
+        updated_at=at,
+    )
     payload["default_address"].update(customer_id=int(person.id), first_name=person.first_name, last_name="Lovelace")
     return payload
 
@@ -113,32 +125,65 @@ def shopify_payload(event: Any, examples: dict[str, dict[str, Any]]) -> dict[str
     person = event.customer
     if event.type.value == "customer.created":
         payload = _customer_payload(examples["customers_create"], person, at)
-        payload.update(birthday=person.birthday.isoformat(), orders_count=0, total_spent="0.00",
-                       email_marketing_consent={"state": "subscribed" if person.email_consent else "not_subscribed",
-                                                "opt_in_level": "single_opt_in", "consent_updated_at": at})
+        payload.update(
+            birthday=person.birthday.isoformat(),
+            orders_count=0,
+            total_spent="0.00",
+            email_marketing_consent={
+                "state": "subscribed" if person.email_consent else "not_subscribed",
+                "opt_in_level": "single_opt_in",
+                "consent_updated_at": at,
+            },
+        )
         return payload
     nested = _customer_payload(examples["orders_create"]["customer"], person, at)
     if event.type.value == "checkout.started":
         checkout = event.checkout
         payload = copy.deepcopy(examples["checkouts_create"])
         item = {**payload["line_items"][0], "title": "Tea", "quantity": 2, "price": "32.00"}
-        payload.update(token=checkout.token, cart_token=f"cart-{checkout.token}", email=checkout.email,
-                       abandoned_checkout_url=checkout.recovery_url, currency=checkout.currency,
-                       presentment_currency=checkout.currency, total_price=str(checkout.total),
-                       subtotal_price=str(checkout.total), created_at=at, updated_at=at, completed_at=None,
-                       line_items=[item], customer=nested)
+        payload.update(
+            token=checkout.token,
+            cart_token=f"cart-{checkout.token}",
+            email=checkout.email,
+            abandoned_checkout_url=checkout.recovery_url,
+            currency=checkout.currency,
+            presentment_currency=checkout.currency,
+            total_price=str(checkout.total),
+            subtotal_price=str(checkout.total),
+            created_at=at,
+            updated_at=at,
+            completed_at=None,
+            line_items=[item],
+            customer=nested,
+        )
         return payload
     order = event.order
     payload = copy.deepcopy(examples["orders_create"])
     item = {**payload["line_items"][0], "title": "Tea", "name": "Tea", "quantity": 2, "price": "32.00"}
     fulfilled = event.type.value == "order.fulfilled"
-    payload.update(id=order.id, admin_graphql_api_id=f"gid://shopify/Order/{order.id}", name=f"#{order.number}",
-                   order_number=order.number, number=order.number, email=person.email, contact_email=person.email,
-                   created_at=order.created_at.isoformat(), updated_at=at, processed_at=at,
-                   currency=order.currency, presentment_currency=order.currency, total_price=str(order.total),
-                   subtotal_price=str(order.total), financial_status=order.financial_status,
-                   fulfillment_status="fulfilled" if fulfilled else None, checkout_token=f"t{person.id}",
-                   discount_codes=[], cancelled_at=None, line_items=[item], customer=nested)
+    payload.update(
+        id=order.id,
+        admin_graphql_api_id=f"gid://shopify/Order/{order.id}",
+        name=f"#{order.number}",
+        order_number=order.number,
+        number=order.number,
+        email=person.email,
+        contact_email=person.email,
+        created_at=order.created_at.isoformat(),
+        updated_at=at,
+        processed_at=at,
+        currency=order.currency,
+        presentment_currency=order.currency,
+        total_price=str(order.total),
+        subtotal_price=str(order.total),
+        financial_status=order.financial_status,
+        fulfillment_status="fulfilled" if fulfilled else None,
+        checkout_token=f"t{person.id}",
+        discount_codes=[],
+        cancelled_at=None,
+        line_items=[item],
+        customer=nested,
+    )
     return payload
 
 
@@ -158,12 +203,21 @@ def make_deliveries(count: int, wave: int) -> tuple[list[Delivery], int]:
                     event.occurred_at += timedelta(hours=1)
                 body = json.dumps(shopify_payload(event, examples), separators=(",", ":")).encode()
                 topic = TOPICS[event.type.value]
-                deliveries.append(Delivery(topic, body, {
-                    "X-Shopify-Topic": topic, "X-Shopify-Shop-Domain": SHOP,
-                    "X-Shopify-Hmac-Sha256": sign(body, SECRET),
-                    "X-Shopify-Webhook-Id": str(uuid.uuid5(uuid.NAMESPACE_URL, event.id)),
-                    "X-Shopify-Event-Id": str(uuid.uuid4()), "X-Shopify-API-Version": "2026-04",
-                    "X-Shopify-Triggered-At": event.occurred_at.isoformat()}))
+                deliveries.append(
+                    Delivery(
+                        topic,
+                        body,
+                        {
+                            "X-Shopify-Topic": topic,
+                            "X-Shopify-Shop-Domain": SHOP,
+                            "X-Shopify-Hmac-Sha256": sign(body, SECRET),
+                            "X-Shopify-Webhook-Id": str(uuid.uuid5(uuid.NAMESPACE_URL, event.id)),
+                            "X-Shopify-Event-Id": str(uuid.uuid4()),
+                            "X-Shopify-API-Version": "2026-04",
+                            "X-Shopify-Triggered-At": event.occurred_at.isoformat(),
+                        },
+                    )
+                )
     return deliveries, customers
 
 
@@ -174,14 +228,16 @@ def enqueue(deliveries: list[Delivery]) -> float:
     client = create_app().test_client()
     started = time.perf_counter()
     for delivery in deliveries:
-        answer = client.post("/webhooks/shopify", data=delivery.body, headers=delivery.headers,
-                             content_type="application/json")
+        answer = client.post(
+            "/webhooks/shopify", data=delivery.body, headers=delivery.headers, content_type="application/json"
+        )
         if answer.status_code != 200 or answer.get_json().get("status") != "queued":
             raise RuntimeError(f"{delivery.topic} answered {answer.status_code}: {answer.get_data(as_text=True)}")
     return time.perf_counter() - started
 
 
 # ---- databases, and the CPU of the servers ----------------------------------------------------------
+
 
 def _admin() -> Any:
     import psycopg
@@ -293,6 +349,7 @@ def redis_cpu(connection: Redis) -> float:
 
 # ---- worker processes --------------------------------------------------------------------------------
 
+
 @dataclass
 class Drain:
     """What N worker processes did in one drain."""
@@ -309,16 +366,29 @@ class Drain:
     machine_cpu_s: float = 0.0  # every process's CPU meanwhile: what is not ours above ran beside the bench
 
 
-def drain(workers: int, now: Any, env: dict[str, str], logs: Path, connection: Redis, pg: PostgresCPU | None,
-          extra: list[str] | None = None) -> Drain:
+def drain(
+    workers: int,
+    now: Any,
+    env: dict[str, str],
+    logs: Path,
+    connection: Redis,
+    pg: PostgresCPU | None,
+    extra: list[str] | None = None,
+) -> Drain:
     """Start `workers` worker processes, let them load, then drain the queues together; the figures."""
     command = [sys.executable, str(BENCH / "_scale_worker.py"), "--now", now.isoformat(), *(extra or [])]
     started = time.perf_counter()
     processes = []
     for index in range(workers):
         log = (logs.parent / f"{logs.name}-{index}.log").open("ab")
-        processes.append((subprocess.Popen(command, env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                           stderr=log, text=True), log))
+        processes.append(
+            (
+                subprocess.Popen(
+                    command, env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
+                ),
+                log,
+            )
+        )
 
     def expect(process: subprocess.Popen, word: str) -> str:
         while True:
@@ -326,7 +396,7 @@ def drain(workers: int, now: Any, env: dict[str, str], logs: Path, connection: R
             if not line:
                 raise RuntimeError(f"a worker process exited ({process.wait()}) before '{word}'; see {logs}-*.log")
             if line.startswith(word):
-                return line[len(word):].strip()
+                return line[len(word) :].strip()
 
     try:
         for process, _ in processes:
@@ -354,12 +424,18 @@ def drain(workers: int, now: Any, env: dict[str, str], logs: Path, connection: R
                 process.kill()
                 process.wait()
             log.close()
-    return Drain(workers=workers, seconds=max(r["finished_at"] for r in reports) - go,
-                 jobs=sum(r["jobs"] for r in reports), failed_jobs=sum(r["failed_jobs"] for r in reports),
-                 worker_cpu_s=sum(r["cpu_s"] for r in reports),
-                 postgres_cpu_s=PostgresCPU.used(pg_before, pg_after) if pg and pg.postmaster else None,
-                 redis_cpu_s=redis_after - redis_before, reports=reports, start_s=ready,
-                 machine_cpu_s=machine_after - machine_before)
+    return Drain(
+        workers=workers,
+        seconds=max(r["finished_at"] for r in reports) - go,
+        jobs=sum(r["jobs"] for r in reports),
+        failed_jobs=sum(r["failed_jobs"] for r in reports),
+        worker_cpu_s=sum(r["cpu_s"] for r in reports),
+        postgres_cpu_s=PostgresCPU.used(pg_before, pg_after) if pg and pg.postmaster else None,
+        redis_cpu_s=redis_after - redis_before,
+        reports=reports,
+        start_s=ready,
+        machine_cpu_s=machine_after - machine_before,
+    )
 
 
 def release_waits(connection: Redis, when: Any) -> int:
@@ -392,19 +468,30 @@ def queue_state(connection: Redis) -> dict[str, int]:
     for name in QUEUES:
         q = queue(name, connection)
         state["queued"] += q.count
-        for label, registry in (("started", StartedJobRegistry), ("scheduled", ScheduledJobRegistry),
-                                ("failed", FailedJobRegistry)):
+        for label, registry in (
+            ("started", StartedJobRegistry),
+            ("scheduled", ScheduledJobRegistry),
+            ("failed", FailedJobRegistry),
+        ):
             state[label] += registry(name, connection=connection, serializer=JSONSerializer).count
     return dict(state)
 
 
 # ---- one round ---------------------------------------------------------------------------------------
 
+
 def environment(database: str, redis_url: str, tmp: Path, flows_dir: Path | None = None) -> dict[str, str]:
     """The environment of this process and of the worker processes for one round."""
-    env = {**os.environ, "DATABASE_URL": database, "REDIS_URL": redis_url, "SECRET_KEY": "bench-secret",
-           "ENCORE_DATA_DIR": str(tmp / "data"), "EMAIL_URL": f"file://{tmp / 'outbox'}",
-           "SHOPIFY_API_SECRET": SECRET, "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database,
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": "bench-secret",
+        "ENCORE_DATA_DIR": str(tmp / "data"),
+        "EMAIL_URL": f"file://{tmp / 'outbox'}",
+        "SHOPIFY_API_SECRET": SECRET,
+        "PYTHONPATH": str(ROOT),
+    }
     for name in ("FLOWS_DIR", "TEMPLATES_DIR", "ENCORE_WORKER_CLASS", "SHOPIFY_API_SECRET_PREVIOUS"):
         env.pop(name, None)
     if flows_dir is not None:
@@ -427,16 +514,29 @@ def use(env: dict[str, str], connection: Redis) -> None:
     encore_queue.set_redis(connection)
 
 
-def run_round(workers: int, deliveries: list[Delivery], customers: int, args: argparse.Namespace,
-              connection: Redis, redis_url: str, label: str, *, database: str | None = None,
-              flows_dir: Path | None = None, extra: list[str] | None = None, waits: bool = True,
-              pg_settings: dict[str, str] | None = None) -> dict[str, Any]:
+def run_round(
+    workers: int,
+    deliveries: list[Delivery],
+    customers: int,
+    args: argparse.Namespace,
+    connection: Redis,
+    redis_url: str,
+    label: str,
+    *,
+    database: str | None = None,
+    flows_dir: Path | None = None,
+    extra: list[str] | None = None,
+    waits: bool = True,
+    pg_settings: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Queue every delivery, drain with `workers` processes, then their waits; figures and checks."""
     from encore_retention.core.store import migrate
 
     saved = dict(os.environ)
-    with tempfile.TemporaryDirectory(prefix=f"encore-bench-scale-{label}-", dir=args.dir) as name, \
-            (fresh_database(args.database_url, pg_settings) if database is None else _as_is(database)) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix=f"encore-bench-scale-{label}-", dir=args.dir) as name,
+        fresh_database(args.database_url, pg_settings) if database is None else _as_is(database) as url,
+    ):
         tmp = Path(name)
         connection.flushdb()
         env = environment(url, redis_url, tmp, flows_dir)
@@ -448,8 +548,13 @@ def run_round(workers: int, deliveries: list[Delivery], customers: int, args: ar
         pg = PostgresCPU(url) if url.startswith("postgres") else None
         logs = tmp / "worker"
         first = drain(workers, T0, env, logs, connection, pg, _phase(extra, tmp / "events.prof"))
-        result: dict[str, Any] = {"label": label, "workers": workers, "deliveries": len(deliveries),
-                                  "enqueue_s": round(enqueue_s, 2), "events": first}
+        result: dict[str, Any] = {
+            "label": label,
+            "workers": workers,
+            "deliveries": len(deliveries),
+            "enqueue_s": round(enqueue_s, 2),
+            "events": first,
+        }
         if waits:
             moved = release_waits(connection, T0 + WAITS_OVER)
             second = drain(workers, T0 + WAITS_OVER, env, logs, connection, pg, _phase(extra, tmp / "waits.prof"))
@@ -457,8 +562,9 @@ def run_round(workers: int, deliveries: list[Delivery], customers: int, args: ar
         result["queues"] = queue_state(connection)
         result["checks"] = checks(tmp, customers, len(deliveries), flows_dir is None and waits)
         result["checks"]["log_problems"] = log_problems(tmp)
-        result["checks"]["failed_jobs"] = result["queues"].get("failed", 0) + first.failed_jobs + (
-            result["waits"].failed_jobs if waits else 0)
+        result["checks"]["failed_jobs"] = (
+            result["queues"].get("failed", 0) + first.failed_jobs + (result["waits"].failed_jobs if waits else 0)
+        )
         for path in tmp.glob("*.prof"):
             kept = args.dir / "scale-profiles" / f"{label}-{path.name}"
             kept.parent.mkdir(exist_ok=True)
@@ -508,16 +614,30 @@ def checks(tmp: Path, customers: int, deliveries: int, library: bool) -> dict[st
             "orders": session.scalar(select(func.count()).select_from(Order)),
             "events": session.scalar(select(func.count()).select_from(EventRecord)),
             "archived_deliveries": session.scalar(select(func.count()).select_from(WebhookDelivery)),
-            "customers_not_one_order": session.scalar(select(func.count()).select_from(Customer).where(
-                (Customer.orders_count != 1) | (Customer.total_spent != 64))),
+            "customers_not_one_order": session.scalar(
+                select(func.count())
+                .select_from(Customer)
+                .where((Customer.orders_count != 1) | (Customer.total_spent != 64))
+            ),
         }
-        sent = session.execute(select(FlowRun.customer_id, FlowRun.flow_key, func.count()).join(
-            FlowEffect, FlowEffect.run_id == FlowRun.id).where(FlowEffect.kind == "email", FlowEffect.status == "done")
-            .group_by(FlowRun.customer_id, FlowRun.flow_key)).all()
-        effects = dict(session.execute(select(FlowEffect.kind + ":" + FlowEffect.status, func.count())
-                                       .group_by(FlowEffect.kind, FlowEffect.status)).all())
-        runs = dict(session.execute(select(FlowRun.flow_key + ":" + FlowRun.status, func.count())
-                                    .group_by(FlowRun.flow_key, FlowRun.status)).all())
+        sent = session.execute(
+            select(FlowRun.customer_id, FlowRun.flow_key, func.count())
+            .join(FlowEffect, FlowEffect.run_id == FlowRun.id)
+            .where(FlowEffect.kind == "email", FlowEffect.status == "done")
+            .group_by(FlowRun.customer_id, FlowRun.flow_key)
+        ).all()
+        effects = dict(
+            session.execute(
+                select(FlowEffect.kind + ":" + FlowEffect.status, func.count()).group_by(
+                    FlowEffect.kind, FlowEffect.status
+                )
+            ).all()
+        )
+        runs = dict(
+            session.execute(
+                select(FlowRun.flow_key + ":" + FlowRun.status, func.count()).group_by(FlowRun.flow_key, FlowRun.status)
+            ).all()
+        )
     emails = Counter()
     for _customer, flow_key, count in sent:
         emails[flow_key] += count
@@ -529,12 +649,22 @@ def checks(tmp: Path, customers: int, deliveries: int, library: bool) -> dict[st
             message = email.message_from_binary_file(handle, policy=email.policy.default)
         seen[(str(message["To"]), str(message["Subject"]))] += 1
     consenting = sum(1 for n in range(customers) if n % 5 != 0)  # make_events: every fifth withholds consent
-    expected = {"customers": customers, "orders": customers, "events": deliveries, "archived_deliveries": deliveries,
-                "customers_not_one_order": 0}
+    expected = {
+        "customers": customers,
+        "orders": customers,
+        "events": deliveries,
+        "archived_deliveries": deliveries,
+        "customers_not_one_order": 0,
+    }
     result: dict[str, Any] = {
-        "ledger": ledger, "ledger_ok": ledger == expected, "emails_by_flow": dict(emails),
-        "duplicate_emails": duplicates, "outbox_files": len(files),
-        "outbox_duplicates": sum(1 for count in seen.values() if count > 1), "effects": effects, "runs": runs,
+        "ledger": ledger,
+        "ledger_ok": ledger == expected,
+        "emails_by_flow": dict(emails),
+        "duplicate_emails": duplicates,
+        "outbox_files": len(files),
+        "outbox_duplicates": sum(1 for count in seen.values() if count > 1),
+        "effects": effects,
+        "runs": runs,
     }
     if library:
         want = {flow: consenting if who == "consenting" else customers for flow, who in EXPECTED_EMAILS.items()}
@@ -544,15 +674,18 @@ def checks(tmp: Path, customers: int, deliveries: int, library: bool) -> dict[st
     return result
 
 
-def noop_round(jobs: int, args: argparse.Namespace, connection: Redis, redis_url: str,
-               extra: list[str] | None = None) -> Drain:
+def noop_round(
+    jobs: int, args: argparse.Namespace, connection: Redis, redis_url: str, extra: list[str] | None = None
+) -> Drain:
     """As many no-op RQ jobs as deliveries, drained by one worker process: RQ's own cost per job."""
     from encore_retention.core.queue import FLOWS, queue
     from encore_retention.core.store import migrate
 
     saved = dict(os.environ)
-    with tempfile.TemporaryDirectory(prefix="encore-bench-scale-noop-", dir=args.dir) as name, \
-            fresh_database(args.database_url) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="encore-bench-scale-noop-", dir=args.dir) as name,
+        fresh_database(args.database_url) as url,
+    ):
         tmp = Path(name)
         connection.flushdb()
         env = environment(url, redis_url, tmp)
@@ -618,47 +751,68 @@ def profile_summary(path: Path, events: int, limit: int = 25) -> dict[str, Any]:
                 if ct > cumulative:  # same-named functions of one file nest (Session.commit, Logger.handle): the outer
                     calls, cumulative = nc, ct
         if calls:
-            parts.append({"part": label, "ms_per_event": round(1000 * cumulative / events, 3),
-                          "calls_per_event": round(calls / events, 2)})
+            parts.append(
+                {
+                    "part": label,
+                    "ms_per_event": round(1000 * cumulative / events, 3),
+                    "calls_per_event": round(calls / events, 2),
+                }
+            )
     out = io.StringIO()
     pstats.Stats(str(path), stream=out).strip_dirs().sort_stats("tottime").print_stats(limit)
     top = [line for line in out.getvalue().splitlines() if re.match(r"\s+\d", line)]
     out = io.StringIO()
     pstats.Stats(str(path), stream=out).strip_dirs().sort_stats("cumulative").print_stats(limit + 15)
     cumulative = [line for line in out.getvalue().splitlines() if re.match(r"\s+\d", line)]
-    return {"total_s": round(stats.total_tt, 3), "parts": parts, "top_own_time": top,  # type: ignore[attr-defined]
-            "top_cumulative": cumulative}
+    return {
+        "total_s": round(stats.total_tt, 3),
+        "parts": parts,
+        "top_own_time": top,  # type: ignore[attr-defined]
+        "top_cumulative": cumulative,
+    }
 
 
 # ---- figures -----------------------------------------------------------------------------------------
+
 
 def figures(result: dict[str, Any], cores: int) -> dict[str, Any]:
     """Rates and CPU per event of one round."""
     n = result["deliveries"]
     first: Drain = result["events"]
-    out: dict[str, Any] = {"workers": result["workers"], "events_per_s": round(n / first.seconds, 1),
-                           "seconds": round(first.seconds, 2), "start_s": round(first.start_s, 2)}
+    out: dict[str, Any] = {
+        "workers": result["workers"],
+        "events_per_s": round(n / first.seconds, 1),
+        "seconds": round(first.seconds, 2),
+        "start_s": round(first.start_s, 2),
+    }
 
     def per_event(drains: list[Drain]) -> dict[str, Any]:
         worker = sum(d.worker_cpu_s for d in drains)
-        postgres = sum(d.postgres_cpu_s or 0.0 for d in drains) if all(
-            d.postgres_cpu_s is not None for d in drains) else None
+        postgres = (
+            sum(d.postgres_cpu_s or 0.0 for d in drains) if all(d.postgres_cpu_s is not None for d in drains) else None
+        )
         redis = sum(d.redis_cpu_s for d in drains)
         total = worker + (postgres or 0.0) + redis
         wall = sum(d.seconds for d in drains)
         others = sum(d.machine_cpu_s for d in drains) - total
-        return {"worker_ms": round(1000 * worker / n, 2),
-                "postgres_ms": round(1000 * postgres / n, 2) if postgres is not None else None,
-                "redis_ms": round(1000 * redis / n, 2), "total_ms": round(1000 * total / n, 2),
-                "cpu_busy": round(total / (wall * cores), 2),
-                "others_cores": round(max(others, 0.0) / wall, 2)}  # other processes' CPU, in cores
+        return {
+            "worker_ms": round(1000 * worker / n, 2),
+            "postgres_ms": round(1000 * postgres / n, 2) if postgres is not None else None,
+            "redis_ms": round(1000 * redis / n, 2),
+            "total_ms": round(1000 * total / n, 2),
+            "cpu_busy": round(total / (wall * cores), 2),
+            "others_cores": round(max(others, 0.0) / wall, 2),
+        }  # other processes' CPU, in cores
 
     out["cpu_per_event"] = per_event([first])
     if "waits" in result:
         second: Drain = result["waits"]
-        out.update(wait_jobs=result["wait_jobs"], wait_seconds=round(second.seconds, 2),
-                   with_waits_per_s=round(n / (first.seconds + second.seconds), 1),
-                   cpu_per_event_with_waits=per_event([first, second]))
+        out.update(
+            wait_jobs=result["wait_jobs"],
+            wait_seconds=round(second.seconds, 2),
+            with_waits_per_s=round(n / (first.seconds + second.seconds), 1),
+            cpu_per_event_with_waits=per_event([first, second]),
+        )
     return out
 
 
@@ -686,8 +840,9 @@ def counts_per_event(result: dict[str, Any]) -> dict[str, Any]:
         return {
             "statements": round(statements / n, 2),
             "statements_by_kind": {k: round(v / n, 3) for k, v in total["statements"].most_common()},
-            "statement_ms_by_kind": {k: round(1000 * total["statement_seconds"][k] / n, 3)
-                                     for k, _ in total["statements"].most_common()},
+            "statement_ms_by_kind": {
+                k: round(1000 * total["statement_seconds"][k] / n, 3) for k, _ in total["statements"].most_common()
+            },
             "executemany_rows": {k: round(v / n, 3) for k, v in total["rows"].items()},
             "transaction_commands": {k: round(v / n, 2) for k, v in transaction.items()},
             "transaction_ms": {k: round(1000 * v / n, 3) for k, v in total["transaction_seconds"].items()},
@@ -697,7 +852,8 @@ def counts_per_event(result: dict[str, Any]) -> dict[str, Any]:
             "redis_round_trips_by_command": {k: round(v / n, 2) for k, v in total["redis_trips"].most_common()},
             "redis_commands": round(sum(total["redis_commands"].values()) / n, 2),
             "redis_commands_by_name": {k: round(v / n, 2) for k, v in total["redis_commands"].most_common()},
-            "ms_per_event": round(1000 * wall / n, 3), "sql_ms": round(1000 * sql_s / n, 3),
+            "ms_per_event": round(1000 * wall / n, 3),
+            "sql_ms": round(1000 * sql_s / n, 3),
             "transaction_control_ms": round(1000 * tx_s / n, 3),
             "redis_ms": round(1000 * total["redis_seconds"] / n, 3),
         }
@@ -711,30 +867,54 @@ def counts_per_event(result: dict[str, Any]) -> dict[str, Any]:
 
 def all_ok(result: dict[str, Any]) -> bool:
     c = result["checks"]
-    return (not any(c["log_problems"].values()) and not c["failed_jobs"] and not c["duplicate_emails"]
-            and not c["outbox_duplicates"] and c["ledger_ok"] and c.get("emails_ok", True)
-            and not result["queues"].get("queued") and not result["queues"].get("started"))
+    return (
+        not any(c["log_problems"].values())
+        and not c["failed_jobs"]
+        and not c["duplicate_emails"]
+        and not c["outbox_duplicates"]
+        and c["ledger_ok"]
+        and c.get("emails_ok", True)
+        and not result["queues"].get("queued")
+        and not result["queues"].get("started")
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--deliveries", type=int, default=2400)
     parser.add_argument("--workers", default="1,2,4", help="worker counts, comma-separated")
-    parser.add_argument("--database-url", default=None,
-                        help="a scratch PostgreSQL database to use (emptied before each round); "
-                             "default: a fresh database per round on 127.0.0.1:5432, dropped afterwards")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="rounds per worker count (and per what-if), alternating; each figure is the best")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a scratch PostgreSQL database to use (emptied before each round); "
+        "default: a fresh database per round on 127.0.0.1:5432, dropped afterwards",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds per worker count (and per what-if), alternating; each figure is the best",
+    )
     parser.add_argument("--wave", type=int, default=50, help="customers per wave of the delivery order")
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile one worker on PostgreSQL and on SQLite (statements, round trips, cProfile)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one worker on PostgreSQL and on SQLite (statements, round trips, cProfile)",
+    )
     parser.add_argument("--no-scale", action="store_true", help="no scale rounds (with --profile or --experiments)")
-    parser.add_argument("--experiments", default="",
-                        help="what-if rounds, comma-separated, each one or more of "
-                             f"{', '.join((*EXPERIMENTS, SYNC_COMMIT_OFF))} joined by '+' (see bench/_scale_worker.py)")
+    parser.add_argument(
+        "--experiments",
+        default="",
+        help="what-if rounds, comma-separated, each one or more of "
+        f"{', '.join((*EXPERIMENTS, SYNC_COMMIT_OFF))} joined by '+' (see bench/_scale_worker.py)",
+    )
     parser.add_argument("--experiment-workers", default="1,4", help="worker counts of the what-if rounds")
-    parser.add_argument("--dir", type=Path, default=ROOT / "bench" / "out",
-                        help="where outboxes, logs and the SQLite file go (default bench/out, the project's disk)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=ROOT / "bench" / "out",
+        help="where outboxes, logs and the SQLite file go (default bench/out, the project's disk)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.database_url:
@@ -752,8 +932,10 @@ def main() -> int:
             baseline = noop_round(len(deliveries), args, connection, redis_url)
             noop_rate = len(deliveries) / baseline.seconds
             output["noop_jobs_per_s"] = round(noop_rate, 1)
-            output["noop_cpu_ms_per_job"] = {"worker": round(1000 * baseline.worker_cpu_s / len(deliveries), 3),
-                                             "redis": round(1000 * baseline.redis_cpu_s / len(deliveries), 3)}
+            output["noop_cpu_ms_per_job"] = {
+                "worker": round(1000 * baseline.worker_cpu_s / len(deliveries), 3),
+                "redis": round(1000 * baseline.redis_cpu_s / len(deliveries), 3),
+            }
             rounds = []
             tries: dict[int, list[dict[str, Any]]] = {workers: [] for workers in counts}
             for _ in range(args.repeat):  # alternating, so that a busy moment of the machine hits every count alike
@@ -796,8 +978,9 @@ def main() -> int:
     return 0 if ok else 1
 
 
-def experiments(deliveries: list[Delivery], customers: int, args: argparse.Namespace, connection: Redis,
-                redis_url: str, cores: int) -> list[dict[str, Any]]:
+def experiments(
+    deliveries: list[Delivery], customers: int, args: argparse.Namespace, connection: Redis, redis_url: str, cores: int
+) -> list[dict[str, Any]]:
     """The what-if rounds: the product as it is ("none"), then with each set of proposed changes simulated."""
     sets = ["none", *[name.strip() for name in args.experiments.split(",") if name.strip()]]
     tries: dict[tuple[int, str], list[dict[str, Any]]] = {}
@@ -810,15 +993,26 @@ def experiments(deliveries: list[Delivery], customers: int, args: argparse.Names
                     raise SystemExit(f"unknown experiment {', '.join(sorted(unknown))}")
                 extra = [arg for name in names if name != SYNC_COMMIT_OFF for arg in ("--experiment", name)]
                 settings = {"synchronous_commit": "off"} if SYNC_COMMIT_OFF in names else None
-                result = run_round(workers, deliveries, customers, args, connection, redis_url, f"x{workers}",
-                                   extra=extra, pg_settings=settings)
+                result = run_round(
+                    workers,
+                    deliveries,
+                    customers,
+                    args,
+                    connection,
+                    redis_url,
+                    f"x{workers}",
+                    extra=extra,
+                    pg_settings=settings,
+                )
                 row = figures(result, cores)
                 row.update(experiment=what, ok=all_ok(result))
                 if workers == 1:  # RQ's own cost per job, changed the same way
                     noop = noop_round(len(deliveries), args, connection, redis_url, extra)
                     row["noop_jobs_per_s"] = round(len(deliveries) / noop.seconds, 1)
-                    row["noop_cpu_ms_per_job"] = {"worker": round(1000 * noop.worker_cpu_s / len(deliveries), 3),
-                                                  "redis": round(1000 * noop.redis_cpu_s / len(deliveries), 3)}
+                    row["noop_cpu_ms_per_job"] = {
+                        "worker": round(1000 * noop.worker_cpu_s / len(deliveries), 3),
+                        "redis": round(1000 * noop.redis_cpu_s / len(deliveries), 3),
+                    }
                 tries.setdefault((workers, what), []).append(row)
     rows = []
     for group in tries.values():
@@ -833,8 +1027,9 @@ def experiments(deliveries: list[Delivery], customers: int, args: argparse.Names
     return rows
 
 
-def profile(deliveries: list[Delivery], customers: int, args: argparse.Namespace, connection: Redis,
-            redis_url: str, cores: int) -> dict[str, Any]:
+def profile(
+    deliveries: list[Delivery], customers: int, args: argparse.Namespace, connection: Redis, redis_url: str, cores: int
+) -> dict[str, Any]:
     """One worker on PostgreSQL and on SQLite: rates, round trips per event, cProfile; and PostgreSQL without flows."""
     out: dict[str, Any] = {}
     sqlite_dir = Path(tempfile.mkdtemp(prefix="encore-bench-scale-sqlite-", dir=args.dir))
@@ -848,16 +1043,28 @@ def profile(deliveries: list[Delivery], customers: int, args: argparse.Namespace
                 if database is not None:
                     for suffix in ("", "-wal", "-shm"):
                         Path(str(sqlite_dir / "encore.db") + suffix).unlink(missing_ok=True)
-                runs[mode] = run_round(1, deliveries, customers, args, connection, redis_url, f"{backend}-{mode}",
-                                       database=database, extra=extra)
+                runs[mode] = run_round(
+                    1,
+                    deliveries,
+                    customers,
+                    args,
+                    connection,
+                    redis_url,
+                    f"{backend}-{mode}",
+                    database=database,
+                    extra=extra,
+                )
             plain = runs["plain"]
             out[backend] = {
-                "figures": figures(plain, cores), "ok": all(all_ok(r) for r in runs.values()),
-                "counts": counts_per_event(runs["count"]), "cprofile": runs["cprofile"].get("profiles", {}),
+                "figures": figures(plain, cores),
+                "ok": all(all_ok(r) for r in runs.values()),
+                "counts": counts_per_event(runs["count"]),
+                "cprofile": runs["cprofile"].get("profiles", {}),
                 "checks": plain["checks"],
             }
-        ledger = run_round(1, deliveries, customers, args, connection, redis_url, "ledger", flows_dir=empty,
-                           waits=False)
+        ledger = run_round(
+            1, deliveries, customers, args, connection, redis_url, "ledger", flows_dir=empty, waits=False
+        )
         out["postgresql_no_flows"] = {"figures": figures(ledger, cores), "ok": all_ok(ledger)}
         out["operations"] = operations(args, connection, redis_url)
     finally:
@@ -868,12 +1075,15 @@ def profile(deliveries: list[Delivery], customers: int, args: argparse.Namespace
 def operations(args: argparse.Namespace, connection: Redis, redis_url: str) -> dict[str, Any]:
     """bench/_scale_ops.py against a fresh database and the Redis database: what each round trip costs here."""
     saved = dict(os.environ)
-    with tempfile.TemporaryDirectory(prefix="encore-bench-scale-ops-", dir=args.dir) as name, \
-            fresh_database(args.database_url) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="encore-bench-scale-ops-", dir=args.dir) as name,
+        fresh_database(args.database_url) as url,
+    ):
         connection.flushdb()
         env = environment(url, redis_url, Path(name))
-        done = subprocess.run([sys.executable, str(BENCH / "_scale_ops.py")], env=env, cwd=ROOT,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, str(BENCH / "_scale_ops.py")], env=env, cwd=ROOT, capture_output=True, text=True
+        )
         connection.flushdb()
     os.environ.clear()
     os.environ.update(saved)
@@ -886,56 +1096,73 @@ def report(output: dict[str, Any]) -> None:
     """The figures as text."""
     print(f"{output['deliveries']} webhook deliveries of {output['customers']} new customers, {output['cores']} cores")
     if "rounds" in output:
-        print(f"baseline: {output['deliveries']} no-op RQ jobs, one worker process: {output['noop_jobs_per_s']} jobs/s "
-              f"(CPU per job: worker {output['noop_cpu_ms_per_job']['worker']} ms, "
-              f"Redis {output['noop_cpu_ms_per_job']['redis']} ms)")
+        print(
+            f"baseline: {output['deliveries']} no-op RQ jobs, one worker process: {output['noop_jobs_per_s']} jobs/s "
+            f"(CPU per job: worker {output['noop_cpu_ms_per_job']['worker']} ms, "
+            f"Redis {output['noop_cpu_ms_per_job']['redis']} ms)"
+        )
         for row in output["rounds"]:
             cpu = row["cpu_per_event"]
             tries = f" (of {row['events_per_s_tries']})" if len(row.get("events_per_s_tries", [])) > 1 else ""
-            print(f"{row['workers']} worker(s): {row['events_per_s']} events/s{tries} ({row['seconds']} s), scaling "
-                  f"{row['scaling']}x, {row['ratio_vs_noop']} x no-op; CPU per event: workers {cpu['worker_ms']} ms, "
-                  f"PostgreSQL {cpu['postgres_ms']} ms, Redis {cpu['redis_ms']} ms = {cpu['total_ms']} ms "
-                  f"({cpu['cpu_busy']:.0%} of the cores; other processes meanwhile {cpu['others_cores']} cores)")
+            print(
+                f"{row['workers']} worker(s): {row['events_per_s']} events/s{tries} ({row['seconds']} s), scaling "
+                f"{row['scaling']}x, {row['ratio_vs_noop']} x no-op; CPU per event: workers {cpu['worker_ms']} ms, "
+                f"PostgreSQL {cpu['postgres_ms']} ms, Redis {cpu['redis_ms']} ms = {cpu['total_ms']} ms "
+                f"({cpu['cpu_busy']:.0%} of the cores; other processes meanwhile {cpu['others_cores']} cores)"
+            )
             if "with_waits_per_s" in row:
                 cpu = row["cpu_per_event_with_waits"]
-                tries = (f" (of {row['with_waits_per_s_tries']})" if len(row.get("with_waits_per_s_tries", [])) > 1
-                         else "")
-                print(f"    then {row['wait_jobs']} wake jobs in {row['wait_seconds']} s: with waits "
-                      f"{row['with_waits_per_s']} events/s{tries}, scaling {row['scaling_with_waits']}x; CPU per event "
-                      f"{cpu['worker_ms']} + {cpu['postgres_ms']} + {cpu['redis_ms']} = {cpu['total_ms']} ms")
+                tries = (
+                    f" (of {row['with_waits_per_s_tries']})" if len(row.get("with_waits_per_s_tries", [])) > 1 else ""
+                )
+                print(
+                    f"    then {row['wait_jobs']} wake jobs in {row['wait_seconds']} s: with waits "
+                    f"{row['with_waits_per_s']} events/s{tries}, scaling {row['scaling_with_waits']}x; CPU per event "
+                    f"{cpu['worker_ms']} + {cpu['postgres_ms']} + {cpu['redis_ms']} = {cpu['total_ms']} ms"
+                )
             c = row["checks"]
-            print(f"    checks: {'PASS' if row['ok'] else 'FAIL'}; log problems {c['log_problems']}, failed jobs "
-                  f"{c['failed_jobs']}, left {row['queues']}, duplicate emails {c['duplicate_emails']} "
-                  f"(outbox {c['outbox_duplicates']} of {c['outbox_files']} files), emails {c['emails_by_flow']}"
-                  f"{'' if c.get('emails_ok', True) else ' expected ' + str(c.get('emails_expected'))}, "
-                  f"ledger {'ok' if c['ledger_ok'] else c['ledger']}")
+            print(
+                f"    checks: {'PASS' if row['ok'] else 'FAIL'}; log problems {c['log_problems']}, failed jobs "
+                f"{c['failed_jobs']}, left {row['queues']}, duplicate emails {c['duplicate_emails']} "
+                f"(outbox {c['outbox_duplicates']} of {c['outbox_files']} files), emails {c['emails_by_flow']}"
+                f"{'' if c.get('emails_ok', True) else ' expected ' + str(c.get('emails_expected'))}, "
+                f"ledger {'ok' if c['ledger_ok'] else c['ledger']}"
+            )
         print(f"best: {output['best_workers']} worker(s)")
     if "experiments" in output:
         print("\nwhat-if rounds (bench/_scale_worker.py --experiment; the product's files unchanged):")
         for row in output["experiments"]:
             cpu, both = row["cpu_per_event"], row.get("cpu_per_event_with_waits", {})
             tries = f" (of {row['events_per_s_tries']})" if len(row.get("events_per_s_tries", [])) > 1 else ""
-            print(f"  {row['workers']} worker(s), {row['experiment']:<40} {row['events_per_s']:6.1f} events/s{tries}, "
-                  f"with waits {row.get('with_waits_per_s')}; CPU per event {cpu['worker_ms']} + "
-                  f"{cpu['postgres_ms']} + {cpu['redis_ms']} = {cpu['total_ms']} ms (with waits "
-                  f"{both.get('total_ms')} ms); others {cpu['others_cores']} cores"
-                  f"{'' if row['ok'] else '  CHECKS FAILED'}")
+            print(
+                f"  {row['workers']} worker(s), {row['experiment']:<40} {row['events_per_s']:6.1f} events/s{tries}, "
+                f"with waits {row.get('with_waits_per_s')}; CPU per event {cpu['worker_ms']} + "
+                f"{cpu['postgres_ms']} + {cpu['redis_ms']} = {cpu['total_ms']} ms (with waits "
+                f"{both.get('total_ms')} ms); others {cpu['others_cores']} cores"
+                f"{'' if row['ok'] else '  CHECKS FAILED'}"
+            )
             if "noop_jobs_per_s" in row:
-                print(f"      no-op RQ jobs, one process: {row['noop_jobs_per_s_tries']} jobs/s, worker CPU per job "
-                      f"{row['noop_worker_cpu_ms_tries']} ms")
+                print(
+                    f"      no-op RQ jobs, one process: {row['noop_jobs_per_s_tries']} jobs/s, worker CPU per job "
+                    f"{row['noop_worker_cpu_ms_tries']} ms"
+                )
     if "profile" in output:
         for backend in ("postgresql", "sqlite"):
             p = output["profile"][backend]
             f, cpu = p["figures"], p["figures"]["cpu_per_event"]
-            print(f"\n== one worker on {backend}: {f['events_per_s']} events/s, with waits {f.get('with_waits_per_s')}"
-                  f"; CPU per event: worker {cpu['worker_ms']} ms, database {cpu['postgres_ms']} ms, "
-                  f"Redis {cpu['redis_ms']} ms")
+            print(
+                f"\n== one worker on {backend}: {f['events_per_s']} events/s, with waits {f.get('with_waits_per_s')}"
+                f"; CPU per event: worker {cpu['worker_ms']} ms, database {cpu['postgres_ms']} ms, "
+                f"Redis {cpu['redis_ms']} ms"
+            )
             for phase, c in p["counts"].items():
-                print(f"  [{phase}] per event: {c['statements']} SQL statements + {c['transaction_commands']} "
-                      f"({c['pool_checkouts']} pool checkouts) = {c['database_round_trips']} database calls; "
-                      f"{c['redis_round_trips']} Redis round trips ({c['redis_commands']} commands); wall "
-                      f"{c['ms_per_event']} ms, of which waiting on: SQL {c['sql_ms']} ms, "
-                      f"BEGIN/COMMIT/pre-ping {c['transaction_control_ms']} ms, Redis {c['redis_ms']} ms")
+                print(
+                    f"  [{phase}] per event: {c['statements']} SQL statements + {c['transaction_commands']} "
+                    f"({c['pool_checkouts']} pool checkouts) = {c['database_round_trips']} database calls; "
+                    f"{c['redis_round_trips']} Redis round trips ({c['redis_commands']} commands); wall "
+                    f"{c['ms_per_event']} ms, of which waiting on: SQL {c['sql_ms']} ms, "
+                    f"BEGIN/COMMIT/pre-ping {c['transaction_control_ms']} ms, Redis {c['redis_ms']} ms"
+                )
                 if phase != "together":
                     for kind, count in c["statements_by_kind"].items():
                         print(f"      {count:7.3f}  {c['statement_ms_by_kind'][kind]:7.3f} ms  {kind}")
@@ -949,8 +1176,10 @@ def report(output: dict[str, Any]) -> None:
                 print("    top functions by own time: ncalls tottime percall cumtime percall")
                 print("\n".join("    " + line for line in summary["top_own_time"][:15]))
         f = output["profile"]["postgresql_no_flows"]["figures"]
-        print(f"\n== one worker on PostgreSQL with no flows (ledger and archive only): {f['events_per_s']} events/s; "
-              f"CPU per event {f['cpu_per_event']}")
+        print(
+            f"\n== one worker on PostgreSQL with no flows (ledger and archive only): {f['events_per_s']} events/s; "
+            f"CPU per event {f['cpu_per_event']}"
+        )
         print("\n== one operation as a worker does it (bench/_scale_ops.py): wall, this process's CPU, server CPU, µs")
         for name, cost in output["profile"]["operations"].items():
             print(f"  {cost['wall_us']:8.1f} {cost['cpu_us']:8.1f} {cost['server_cpu_us']:8.1f}  {name}")

@@ -20,12 +20,39 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SHOPIFY_ORDER_COLUMNS = ["Name", "Email", "Financial Status", "Paid at", "Fulfillment Status", "Fulfilled at",
-                         "Accepts Marketing", "Currency", "Subtotal", "Shipping", "Taxes", "Total", "Discount Code",
-                         "Discount Amount", "Shipping Method", "Created at", "Lineitem quantity", "Lineitem name",
-                         "Lineitem price", "Billing Name", "Cancelled at", "Id"]
-SHOPIFY_CUSTOMER_COLUMNS = ["Customer ID", "First Name", "Last Name", "Email", "Accepts Email Marketing", "Tags",
-                            "Birthday"]
+SHOPIFY_ORDER_COLUMNS = [
+    "Name",
+    "Email",
+    "Financial Status",
+    "Paid at",
+    "Fulfillment Status",
+    "Fulfilled at",
+    "Accepts Marketing",
+    "Currency",
+    "Subtotal",
+    "Shipping",
+    "Taxes",
+    "Total",
+    "Discount Code",
+    "Discount Amount",
+    "Shipping Method",
+    "Created at",
+    "Lineitem quantity",
+    "Lineitem name",
+    "Lineitem price",
+    "Billing Name",
+    "Cancelled at",
+    "Id",
+]
+SHOPIFY_CUSTOMER_COLUMNS = [
+    "Customer ID",
+    "First Name",
+    "Last Name",
+    "Email",
+    "Accepts Email Marketing",
+    "Tags",
+    "Birthday",
+]
 FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim", "Margaret", "Linus"]
 LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Perlman", "Berners-Lee"]
 
@@ -62,13 +89,32 @@ def generate(folder: Path, orders: int, seed: int = 7) -> tuple[Path, Path]:
             stamp = "%Y-%m-%d %H:%M:%S +0000"
             for index, price in enumerate(prices):
                 first_row = index == 0
-                writer.writerow([
-                    f"#{number}", email, "paid" if first_row else "", created.strftime(stamp) if first_row else "",
-                    "fulfilled" if first_row else "", fulfilled.strftime(stamp) if first_row else "",
-                    consent if first_row else "", "EUR" if first_row else "", f"{sum(prices)}.00" if first_row else "",
-                    "5.00" if first_row else "", "0.00" if first_row else "", f"{total}.00" if first_row else "",
-                    "", "", "Standard" if first_row else "", created.strftime(stamp), "1", f"Item {price}",
-                    f"{price}.00", name if first_row else "", "", str(5000000000 + number) if first_row else ""])
+                writer.writerow(
+                    [
+                        f"#{number}",
+                        email,
+                        "paid" if first_row else "",
+                        created.strftime(stamp) if first_row else "",
+                        "fulfilled" if first_row else "",
+                        fulfilled.strftime(stamp) if first_row else "",
+                        consent if first_row else "",
+                        "EUR" if first_row else "",
+                        f"{sum(prices)}.00" if first_row else "",
+                        "5.00" if first_row else "",
+                        "0.00" if first_row else "",
+                        f"{total}.00" if first_row else "",
+                        "",
+                        "",
+                        "Standard" if first_row else "",
+                        created.strftime(stamp),
+                        "1",
+                        f"Item {price}",
+                        f"{price}.00",
+                        name if first_row else "",
+                        "",
+                        str(5000000000 + number) if first_row else "",
+                    ]
+                )
     return folder / "orders.csv", folder / "customers.csv"
 
 
@@ -101,9 +147,14 @@ def main() -> None:
 
         flows = loader.load_dir(loader.LIBRARY)[0]
         began, cpu = time.perf_counter(), time.process_time()
-        sim = simulate.run_simulation(orders, known, {f.key: f for f in flows},
-                                      datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC),
-                                      dates.zone("Europe/Berlin"))
+        sim = simulate.run_simulation(
+            orders,
+            known,
+            {f.key: f for f in flows},
+            datetime(2026, 1, 1, tzinfo=UTC),
+            datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC),
+            dates.zone("Europe/Berlin"),
+        )
         simulated, simulated_cpu = time.perf_counter() - began, time.process_time() - cpu
         began = time.perf_counter()
         with (folder / "report.csv").open("w", newline="") as handle:
@@ -115,15 +166,21 @@ def main() -> None:
     print(f"orders: {len(orders)} ({rows - 1} CSV rows), customers: {len(known)}, flows: {len(flows)}")
     print(f"generate the export:       {generated:7.2f} s")
     print(f"baseline, csv.reader only: {baseline:7.2f} s")
-    print(f"read orders and customers: {read:7.2f} s wall, {read_cpu:6.2f} s CPU  "
-          f"({read / baseline:.1f}x the baseline)")
-    print(f"simulate a year:           {simulated:7.2f} s wall, {simulated_cpu:6.2f} s CPU  "
-          f"({simulated / baseline:.1f}x the baseline)")
+    print(
+        f"read orders and customers: {read:7.2f} s wall, {read_cpu:6.2f} s CPU  ({read / baseline:.1f}x the baseline)"
+    )
+    print(
+        f"simulate a year:           {simulated:7.2f} s wall, {simulated_cpu:6.2f} s CPU  "
+        f"({simulated / baseline:.1f}x the baseline)"
+    )
     print(f"write the CSV report:      {written:7.2f} s wall")
-    print(f"total (read, simulate, write): {read + simulated + written:7.2f} s wall (target: under 60 s); "
-          f"CPU {read_cpu + simulated_cpu:.2f} s")
-    print(f"outcome: {emails} emails, {suppressed} suppressed, {len(sim.outcomes)} report rows, "
-          f"{sim.runs} run attempts")
+    print(
+        f"total (read, simulate, write): {read + simulated + written:7.2f} s wall (target: under 60 s); "
+        f"CPU {read_cpu + simulated_cpu:.2f} s"
+    )
+    print(
+        f"outcome: {emails} emails, {suppressed} suppressed, {len(sim.outcomes)} report rows, {sim.runs} run attempts"
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,10 @@ def stall(port: int, count: int) -> list[socket.socket]:
     for i in range(count):
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         if i % 2 == 0:
-            sock.sendall(b"POST /webhooks/shopify HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 15000\r\n\r\n" + b"{" * 100)
+            sock.sendall(
+                b"POST /webhooks/shopify HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 15000\r\n\r\n" + b"{" * 100
+            )
         else:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: local")
         held.append(sock)
@@ -63,8 +65,9 @@ def dropped_after(held: list[socket.socket], started: float, limit: float) -> fl
     return time.monotonic() - started
 
 
-def probe(port: int, method: str, path: str, body: bytes = b"",
-          headers: dict[str, str] | None = None) -> tuple[float, int]:
+def probe(
+    port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[float, int]:
     """One request on a new connection: (seconds, status), status 0 when it failed or timed out."""
     started = time.monotonic()
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=PROBE_TIMEOUT)
@@ -82,9 +85,14 @@ def probe(port: int, method: str, path: str, body: bytes = b"",
 
 def webhook_headers(body: bytes) -> dict[str, str]:
     """Headers of a signed Shopify orders/create delivery, a new delivery each time."""
-    return {"Content-Type": "application/json", "X-Shopify-Topic": "orders/create",
-            "X-Shopify-Hmac-Sha256": sign(body, SECRET), "X-Shopify-Shop-Domain": "bench.myshopify.com",
-            "X-Shopify-Webhook-Id": str(uuid.uuid4()), "X-Shopify-API-Version": "2025-10"}
+    return {
+        "Content-Type": "application/json",
+        "X-Shopify-Topic": "orders/create",
+        "X-Shopify-Hmac-Sha256": sign(body, SECRET),
+        "X-Shopify-Shop-Domain": "bench.myshopify.com",
+        "X-Shopify-Webhook-Id": str(uuid.uuid4()),
+        "X-Shopify-API-Version": "2025-10",
+    }
 
 
 def measure(port: int, stalled: int, probes: int) -> dict:
@@ -106,9 +114,15 @@ def measure(port: int, stalled: int, probes: int) -> dict:
         sock.close()
     health.sort()
     hooks.sort()
-    return {"stalled": stalled, "healthz_p50_s": percentile(health, 0.5), "healthz_max_s": health[-1],
-            "webhook_p50_s": percentile(hooks, 0.5), "webhook_max_s": hooks[-1], "statuses": statuses,
-            "stalled_dropped_after_s": dropped}
+    return {
+        "stalled": stalled,
+        "healthz_p50_s": percentile(health, 0.5),
+        "healthz_max_s": health[-1],
+        "webhook_p50_s": percentile(hooks, 0.5),
+        "webhook_max_s": hooks[-1],
+        "statuses": statuses,
+        "stalled_dropped_after_s": dropped,
+    }
 
 
 def main() -> int:
@@ -136,9 +150,15 @@ def main() -> int:
         database = f"sqlite:///{cwd / 'encore.db'}"
         migrate(database)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOPIFY_", "REDIS_", "DATABASE_"))}
-        env |= {"REDIS_URL": redis_url, "DATABASE_URL": database, "SHOPIFY_API_SECRET": SECRET,
-                "SECRET_KEY": "bench-secret-key", "ENCORE_DATA_DIR": str(cwd / "data"),
-                "EMAIL_URL": f"file://{cwd / 'outbox'}", "PYTHONPATH": str(ROOT)}
+        env |= {
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": database,
+            "SHOPIFY_API_SECRET": SECRET,
+            "SECRET_KEY": "bench-secret-key",
+            "ENCORE_DATA_DIR": str(cwd / "data"),
+            "EMAIL_URL": f"file://{cwd / 'outbox'}",
+            "PYTHONPATH": str(ROOT),
+        }
         for name, options in configurations.items():
             for count in counts:
                 with gunicorn("webhooks:create_app()", options, env, cwd, cwd / "web.log") as (port, _pid):
@@ -147,19 +167,25 @@ def main() -> int:
                 results.append(figures)
                 if not args.json:
                     dropped = figures["stalled_dropped_after_s"]
-                    print(f"{name:<18} stalled {count:>3}: /healthz p50 {figures['healthz_p50_s']:.3f} s "
-                          f"max {figures['healthz_max_s']:.3f} s; webhook p50 {figures['webhook_p50_s']:.3f} s "
-                          f"max {figures['webhook_max_s']:.3f} s; stalled dropped after "
-                          f"{'never (90 s)' if dropped is None else f'{dropped:.1f} s'}; {figures['statuses']}",
-                          flush=True)
+                    print(
+                        f"{name:<18} stalled {count:>3}: /healthz p50 {figures['healthz_p50_s']:.3f} s "
+                        f"max {figures['healthz_max_s']:.3f} s; webhook p50 {figures['webhook_p50_s']:.3f} s "
+                        f"max {figures['webhook_max_s']:.3f} s; stalled dropped after "
+                        f"{'never (90 s)' if dropped is None else f'{dropped:.1f} s'}; {figures['statuses']}",
+                        flush=True,
+                    )
     capacity = 4 * server.threads  # stalled clients the web process's threads can hold at once
     own = [r for r in results if r["configuration"] == "web process" and r["stalled"] < capacity]
     passed = all(r["healthz_max_s"] < GOAL_S and r["webhook_max_s"] < GOAL_S for r in own)
     if args.json:
         print(json.dumps({"results": results, "pass": passed}, indent=2))
     else:
-        print("PASS" if passed else f"FAIL: with fewer than {capacity} clients stalled, the web process answered "
-                                    f"a probe slower than {GOAL_S:g} s")
+        print(
+            "PASS"
+            if passed
+            else f"FAIL: with fewer than {capacity} clients stalled, the web process answered "
+            f"a probe slower than {GOAL_S:g} s"
+        )
     return 0 if passed else 1
 
 

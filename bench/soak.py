@@ -104,10 +104,34 @@ steps:
       subject: "Thank you, {{ customer.first_name or 'friend' }}!"
 """
 # Settings the processes must not inherit from the calling shell: the soak sets its own.
-INHERITED_NOT = ("SHOPIFY_", "REDIS_", "DATABASE_", "ENCORE_", "WOOCOMMERCE_", "EMAIL_", "FLOWS_", "TEMPLATES_",
-                 "PROMETHEUS_", "APP_URL", "SECRET_KEY", "ADMIN_", "WEBHOOK_", "DEDUPE_", "DEFAULT_TIMEZONE", "PORT",
-                 "RQ_", "PYTHONPATH", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy",
-                 "https_proxy", "all_proxy", "no_proxy")
+INHERITED_NOT = (
+    "SHOPIFY_",
+    "REDIS_",
+    "DATABASE_",
+    "ENCORE_",
+    "WOOCOMMERCE_",
+    "EMAIL_",
+    "FLOWS_",
+    "TEMPLATES_",
+    "PROMETHEUS_",
+    "APP_URL",
+    "SECRET_KEY",
+    "ADMIN_",
+    "WEBHOOK_",
+    "DEDUPE_",
+    "DEFAULT_TIMEZONE",
+    "PORT",
+    "RQ_",
+    "PYTHONPATH",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+)
 
 
 def free_port() -> int:
@@ -146,6 +170,7 @@ class Say:
 
 # ---- processes -------------------------------------------------------------------------------------
 
+
 class Process:
     """One Procfile process run through `sh -c 'exec …'` in its own process group, its output in a log file."""
 
@@ -162,12 +187,19 @@ class Process:
         """Start it (again)."""
         self.starts += 1
         with self.log.open("ab") as output:
-            output.write(f"---- soak: start #{self.starts} of {self.name} at {time.time():.3f}: "
-                         f"{self.command}\n".encode())
+            output.write(
+                f"---- soak: start #{self.starts} of {self.name} at {time.time():.3f}: {self.command}\n".encode()
+            )
             output.flush()
-            self.popen = subprocess.Popen(["sh", "-c", f"exec {self.command}"], cwd=self.env["PYTHONPATH"],
-                                          env=self.env, stdout=output, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True)
+            self.popen = subprocess.Popen(
+                ["sh", "-c", f"exec {self.command}"],
+                cwd=self.env["PYTHONPATH"],
+                env=self.env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.groups.append(self.popen.pid)
 
     @property
@@ -295,11 +327,27 @@ class RedisServer:
 
     def start(self, timeout: float = 20.0) -> None:
         """Start the server and wait until it answers PING (with its AOF loaded)."""
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-                   "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no"]
+        command = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.folder),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+        ]
         with self.log.open("ab") as output:
-            self.popen = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True)
+            self.popen = subprocess.Popen(
+                command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while True:
             if self.popen.poll() is not None:
@@ -344,6 +392,7 @@ class RedisServer:
 
 
 # ---- the soak --------------------------------------------------------------------------------------
+
 
 class Soak:
     """One soak run: sets everything up, sends the load with its faults, drains, measures, cleans up."""
@@ -402,25 +451,41 @@ class Soak:
         metrics = self.tmp / "metrics"
         metrics.mkdir()
         assert self.redis is not None
-        env.update({
-            "PATH": f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}", "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": str(self.root),
-            "REDIS_URL": self.redis.url, "DATABASE_URL": self.database_url, "SECRET_KEY": "soak-secret-key",
-            "SHOPIFY_API_SECRET": SHOPIFY_SECRET, "SHOPIFY_API_KEY": "soak-api-key",
-            "EMAIL_URL": f"smtp://127.0.0.1:{smtp_port}", "FLOWS_DIR": str(flows_dir),
-            "ENCORE_DATA_DIR": str(self.tmp / "data"), "PROMETHEUS_MULTIPROC_DIR": str(metrics),
-            "APP_URL": f"http://127.0.0.1:{web_port}", "PORT": str(web_port),
-            # Outbound HTTP (a platform's API) goes to a closed port here: nothing leaves the machine.
-            "HTTP_PROXY": f"http://127.0.0.1:{free_port()}", "HTTPS_PROXY": f"http://127.0.0.1:{free_port()}",
-            "NO_PROXY": "127.0.0.1,localhost",
-        })
+        env.update(
+            {
+                "PATH": f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}",
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": str(self.root),
+                "REDIS_URL": self.redis.url,
+                "DATABASE_URL": self.database_url,
+                "SECRET_KEY": "soak-secret-key",
+                "SHOPIFY_API_SECRET": SHOPIFY_SECRET,
+                "SHOPIFY_API_KEY": "soak-api-key",
+                "EMAIL_URL": f"smtp://127.0.0.1:{smtp_port}",
+                "FLOWS_DIR": str(flows_dir),
+                "ENCORE_DATA_DIR": str(self.tmp / "data"),
+                "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+                "APP_URL": f"http://127.0.0.1:{web_port}",
+                "PORT": str(web_port),
+                # Outbound HTTP (a platform's API) goes to a closed port here: nothing leaves the machine.
+                "HTTP_PROXY": f"http://127.0.0.1:{free_port()}",
+                "HTTPS_PROXY": f"http://127.0.0.1:{free_port()}",
+                "NO_PROXY": "127.0.0.1,localhost",
+            }
+        )
         self.env = env
 
     def run_once(self, name: str, command: str, timeout: float = 120.0) -> str:
         """Run a one-off command (the release step, a CLI call) as the platform would; its output."""
         log = self.logs / f"{name}.log"
-        done = subprocess.run(["sh", "-c", f"exec {command}"], cwd=self.root, env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+        done = subprocess.run(
+            ["sh", "-c", f"exec {command}"],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         log.write_text(f"$ {command}\n{done.stdout}{done.stderr}")
         if done.returncode:
             raise RuntimeError(f"`{command}` failed ({done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
@@ -517,14 +582,18 @@ class Soak:
         processes = procfile(self.root)
         self.run_once("release", processes.get("release", "encore migrate"))
         self.run_once("flows-lint", f"encore flows lint {shlex.quote(self.env['FLOWS_DIR'])}")
-        self.run_once("stores", f"encore stores add woocommerce {WOO_URL} --consumer-key ck_x --consumer-secret cs_x "
-                                f"--webhook-secret {WOO_SECRET} --no-verify")
+        self.run_once(
+            "stores",
+            f"encore stores add woocommerce {WOO_URL} --consumer-key ck_x --consumer-secret cs_x "
+            f"--webhook-secret {WOO_SECRET} --no-verify",
+        )
         web = processes["web"].replace("0.0.0.0", "127.0.0.1")  # listen on this machine only
         self.supervisor.add(Process("web", web, self.env, self.logs / "web.log"))
         self.supervisor.add(Process("worker", processes["worker"], self.env, self.logs / "worker.log"))
         for index in range(2, self.args.workers + 1):  # more of the same; the faults kill the first one
-            self.supervisor.add(Process(f"worker.{index}", processes["worker"], self.env,
-                                        self.logs / f"worker.{index}.log"))
+            self.supervisor.add(
+                Process(f"worker.{index}", processes["worker"], self.env, self.logs / f"worker.{index}.log")
+            )
         self.supervisor.add(Process("cron", processes["cron"], self.env, self.logs / "cron.log"))
         self.wait_healthy(web_port)
         self.wait_worker()
@@ -569,8 +638,10 @@ class Soak:
         during = self.sender is not None and not self.sender.done()
         group = self.args.kill_scope == "group"
         pid = self.supervisor.kill("worker", group=group)
-        self.say(f"fault: worker (pid {pid}{' and its process group' if group else ' alone'}) killed with SIGKILL "
-                 f"at {share:.0%} of the load")
+        self.say(
+            f"fault: worker (pid {pid}{' and its process group' if group else ' alone'}) killed with SIGKILL "
+            f"at {share:.0%} of the load"
+        )
         self.stop_event.wait(self.args.restart_delay)
         self.supervisor.restart("worker")
         worker = self.supervisor.processes["worker"]
@@ -579,8 +650,7 @@ class Soak:
             if self.stop_event.wait(0.1):
                 break
         end = time.time()
-        self.windows.append({"kind": "worker kill", "share": share, "start": start, "end": end,
-                             "during_load": during})
+        self.windows.append({"kind": "worker kill", "share": share, "start": start, "end": end, "during_load": during})
         self.say(f"fault over: the new worker (pid {worker.pid}) is registered {end - start:.1f} s after the kill")
 
     def restart_redis(self, share: float) -> None:
@@ -595,8 +665,9 @@ class Soak:
             self.stop_event.wait(remaining)
         self.redis.start()
         end = time.time()
-        self.windows.append({"kind": "redis restart", "share": share, "start": start, "end": end,
-                             "during_load": during})
+        self.windows.append(
+            {"kind": "redis restart", "share": share, "start": start, "end": end, "during_load": during}
+        )
         self.say(f"fault over: Redis answers again after {end - start:.1f} s")
 
     # -- load and drain ----------------------------------------------------------------------------
@@ -619,21 +690,31 @@ class Soak:
         answers = ", ".join(f"{k}: {v}" for k, v in sorted(self.sender.statuses.items()))
         state = self.queue_state()
         queues = "Redis down" if state is None else ", ".join(f"{k} {v}" for k, v in state.items())
-        return (f"sent {self.sender.first_sends}/{len(self.items)} deliveries ({answers}); emails accepted "
-                f"{mailed}/{len(self.orders)}, pending {len(self.orders) - mailed}; jobs: {queues}")
+        return (
+            f"sent {self.sender.first_sends}/{len(self.items)} deliveries ({answers}); emails accepted "
+            f"{mailed}/{len(self.orders)}, pending {len(self.orders) - mailed}; jobs: {queues}"
+        )
 
     def load(self, port: int) -> None:
         """Send the load with its faults; returns when every delivery has its answer (or the load's deadline)."""
         rng = random.Random(self.args.seed)
         self.orders = build_orders(self.args.orders, self.run_id, SHOPIFY_SECRET, WOO_SECRET)
         self.items = deliveries(self.orders, self.args.redeliver, rng)
-        self.sender = Sender(port, self.items, rate=self.args.rate, concurrency=self.args.concurrency,
-                             max_attempts=self.args.max_attempts, log=self.say)
+        self.sender = Sender(
+            port,
+            self.items,
+            rate=self.args.rate,
+            concurrency=self.args.concurrency,
+            max_attempts=self.args.max_attempts,
+            log=self.say,
+        )
         plan = self.fault_plan()
         planned = len(self.items) / self.args.rate
-        self.say(f"load: {len(self.orders)} orders, {len(self.items)} deliveries at {self.args.rate:g}/s "
-                 f"(about {planned:.0f} s); faults: "
-                 + (", ".join(f"{kind} at {share:.0%}" for share, kind in plan) or "none"))
+        self.say(
+            f"load: {len(self.orders)} orders, {len(self.items)} deliveries at {self.args.rate:g}/s "
+            f"(about {planned:.0f} s); faults: "
+            + (", ".join(f"{kind} at {share:.0%}" for share, kind in plan) or "none")
+        )
         self.sender.start()
         faults = threading.Thread(target=self.run_faults, args=(plan,), name="soak-faults", daemon=True)
         faults.start()
@@ -674,10 +755,12 @@ class Soak:
         return time.monotonic() - started
 
     # -- figures -----------------------------------------------------------------------------------
-    def in_window(self, at: float | None, kinds: tuple[str, ...] = ("worker kill", "redis restart"),
-                  margin: float = 0.0) -> bool:
-        return at is not None and any(w["start"] - margin <= at <= w["end"] + margin
-                                      for w in self.windows if w["kind"] in kinds)
+    def in_window(
+        self, at: float | None, kinds: tuple[str, ...] = ("worker kill", "redis restart"), margin: float = 0.0
+    ) -> bool:
+        return at is not None and any(
+            w["start"] - margin <= at <= w["end"] + margin for w in self.windows if w["kind"] in kinds
+        )
 
     def figures(self, drained_s: float) -> dict[str, Any]:
         """Every figure of the run, as one JSON-safe dict."""
@@ -694,8 +777,11 @@ class Soak:
         numeric = {int(k): v for k, v in statuses.items() if k.isdigit()}
         unexpected_5xx = sum(v for k, v in numeric.items() if 500 <= k < 600 and k != 503)
         unexpected_4xx = sum(v for k, v in numeric.items() if 400 <= k < 500)
-        outside_503 = sum(1 for at, answer in sender.answers
-                          if answer == "503" and not self.in_window(at, ("redis restart",), margin=2.0))
+        outside_503 = sum(
+            1
+            for at, answer in sender.answers
+            if answer == "503" and not self.in_window(at, ("redis restart",), margin=2.0)
+        )
         elapsed = (sender.finished or time.monotonic()) - sender.started
         firsts = sorted(item.first_sent for item in self.items if item.first_sent is not None)
         latency_all, latency_clean, latency_untouched = [], [], []
@@ -717,54 +803,83 @@ class Soak:
         ledger = self.ledger()
         gave_up = sum(1 for item in self.items if item.outcome == "gave up")
         result: dict[str, Any] = {
-            "orders": len(self.orders), "shopify_orders": sum(o.platform == "shopify" for o in self.orders),
+            "orders": len(self.orders),
+            "shopify_orders": sum(o.platform == "shopify" for o in self.orders),
             "woocommerce_orders": sum(o.platform == "woocommerce" for o in self.orders),
-            "deliveries": len(self.items), "redeliveries": sum(i.redelivery for i in self.items),
-            "requests": sender.requests, "responses": statuses,
-            "unexpected_5xx": unexpected_5xx, "unexpected_4xx": unexpected_4xx,
+            "deliveries": len(self.items),
+            "redeliveries": sum(i.redelivery for i in self.items),
+            "requests": sender.requests,
+            "responses": statuses,
+            "unexpected_5xx": unexpected_5xx,
+            "unexpected_4xx": unexpected_4xx,
             "answers_503_outside_redis_outage": outside_503,
-            "deliveries_given_up": gave_up, "unexpected_answers": sender.unexpected[:20],
-            "target_rate": self.args.rate, "load_seconds": round(elapsed, 2),
+            "deliveries_given_up": gave_up,
+            "unexpected_answers": sender.unexpected[:20],
+            "target_rate": self.args.rate,
+            "load_seconds": round(elapsed, 2),
             "achieved_delivery_rate": round(len(self.items) / (firsts[-1] - firsts[0]), 1) if len(firsts) > 1 else None,
             "achieved_request_rate": round(sender.requests / elapsed, 1) if elapsed else None,
-            "smtp_attempts": attempts, "smtp_deferred_first_attempts": len(deferred), "smtp_accepted": len(accepted),
+            "smtp_attempts": attempts,
+            "smtp_deferred_first_attempts": len(deferred),
+            "smtp_accepted": len(accepted),
             "accepted_to_unexpected_recipients": sum(1 for m in accepted for r in m.recipients if r not in expected),
             "customers_mailed": len(expected) - len(lost_orders),
-            "lost": len(lost_orders), "duplicates": len(twice), "same_message_id_accepted_again": len(resent),
+            "lost": len(lost_orders),
+            "duplicates": len(twice),
+            "same_message_id_accepted_again": len(resent),
             "lost_by_platform": dict(Counter(o.platform for o in lost_orders)),
-            "failed_jobs": failed, "ledger": ledger,
+            "failed_jobs": failed,
+            "ledger": ledger,
             "latency_ms": {
                 "rule": "webhook's first 2xx to the mail server's 250; orders whose first request was sent outside "
-                        "the fault windows; messages deferred (451) on their first attempt left out",
-                "count": len(latency_clean), "p50": _round(percentile(latency_clean, 0.5)),
+                "the fault windows; messages deferred (451) on their first attempt left out",
+                "count": len(latency_clean),
+                "p50": _round(percentile(latency_clean, 0.5)),
                 "p99": _round(percentile(latency_clean, 0.99)),
                 "max": _round(latency_clean[-1] if latency_clean else None),
-                "untouched": {"rule": "also leaving out orders whose webhook-to-email interval overlaps a fault",
-                              "count": len(latency_untouched), "p50": _round(percentile(latency_untouched, 0.5)),
-                              "p99": _round(percentile(latency_untouched, 0.99))},
-                "all_not_deferred": {"count": len(latency_all), "p50": _round(percentile(latency_all, 0.5)),
-                                     "p99": _round(percentile(latency_all, 0.99))},
+                "untouched": {
+                    "rule": "also leaving out orders whose webhook-to-email interval overlaps a fault",
+                    "count": len(latency_untouched),
+                    "p50": _round(percentile(latency_untouched, 0.5)),
+                    "p99": _round(percentile(latency_untouched, 0.99)),
+                },
+                "all_not_deferred": {
+                    "count": len(latency_all),
+                    "p50": _round(percentile(latency_all, 0.5)),
+                    "p99": _round(percentile(latency_all, 0.99)),
+                },
             },
             "drain_seconds": round(drained_s, 1),
-            "faults": [{"kind": w["kind"], "at_share": w["share"], "start_s": round(w["start"] - self.t0, 2),
-                        "seconds": round(w["end"] - w["start"], 2), "during_load": w["during_load"],
-                        "answers_503": self.answers_503(w)} for w in self.windows],
+            "faults": [
+                {
+                    "kind": w["kind"],
+                    "at_share": w["share"],
+                    "start_s": round(w["start"] - self.t0, 2),
+                    "seconds": round(w["end"] - w["start"], 2),
+                    "during_load": w["during_load"],
+                    "answers_503": self.answers_503(w),
+                }
+                for w in self.windows
+            ],
             "fault_errors": self.fault_errors,
             "unexpected_exits": [{**e, "at": round(e["at"] - self.t0, 2)} for e in self.supervisor.unexpected_exits],
             "process_starts": {name: p.starts for name, p in self.supervisor.processes.items()},
-            "database": "postgresql" if self.pg_drop else "sqlite", "root": str(self.root),
+            "database": "postgresql" if self.pg_drop else "sqlite",
+            "root": str(self.root),
             "tree": tree_state(self.root),
         }
         result["lost_analysis"] = self.analyse_lost(lost_orders) if lost_orders else []
         result["duplicate_examples"] = [
-            {"email": email, "messages": [{"message_id": m.message_id, "key": m.key,
-                                           "at_s": round(m.at - self.t0, 2)} for m in ms]}
-            for email, ms in list({**twice, **resent}.items())[:5]]
+            {
+                "email": email,
+                "messages": [{"message_id": m.message_id, "key": m.key, "at_s": round(m.at - self.t0, 2)} for m in ms],
+            }
+            for email, ms in list({**twice, **resent}.items())[:5]
+        ]
         result["scheduler_locks"] = self.scheduler_locks()
         result["jobs_at_end"] = self.queue_state()
         result["log_errors"] = summarise_logs(self.logs)
-        result["passed"] = (lost_orders == [] and not twice and unexpected_5xx == 0
-                            and not (self.args.strict and resent))
+        result["passed"] = lost_orders == [] and not twice and unexpected_5xx == 0 and not (self.args.strict and resent)
         return result
 
     def scheduler_locks(self) -> dict[str, Any]:
@@ -785,10 +900,18 @@ class Soak:
         """The 503 answers given during a fault (a Redis outage's up to 2 s after it, retries still in flight)."""
         assert self.sender is not None
         if window["kind"] == "redis restart":
-            return sum(1 for at, answer in self.sender.answers
-                       if answer == "503" and window["start"] <= at <= window["end"] + 2.0)
-        return sum(1 for at, answer in self.sender.answers if answer == "503" and window["start"] <= at <= window["end"]
-                   and not self.in_window(at, ("redis restart",), margin=2.0))
+            return sum(
+                1
+                for at, answer in self.sender.answers
+                if answer == "503" and window["start"] <= at <= window["end"] + 2.0
+            )
+        return sum(
+            1
+            for at, answer in self.sender.answers
+            if answer == "503"
+            and window["start"] <= at <= window["end"]
+            and not self.in_window(at, ("redis restart",), margin=2.0)
+        )
 
     def failed_jobs(self) -> dict[str, Any]:
         """The failed registries of the three queues: counts and a few examples."""
@@ -809,8 +932,14 @@ class Soak:
                     try:
                         job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
                         error = (job.exc_info or "").strip().splitlines()
-                        result["examples"].append({"queue": name, "job": job_id, "func": job.func_name,
-                                                   "error": error[-1][:300] if error else ""})
+                        result["examples"].append(
+                            {
+                                "queue": name,
+                                "job": job_id,
+                                "func": job.func_name,
+                                "error": error[-1][:300] if error else "",
+                            }
+                        )
                     except Exception as exc:  # noqa: BLE001
                         result["examples"].append({"queue": name, "job": job_id, "error": f"unreadable: {exc}"})
         except Exception as exc:  # noqa: BLE001
@@ -835,8 +964,12 @@ class Soak:
         except Exception as exc:  # noqa: BLE001
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         n = len(self.orders)
-        return {"orders": orders, "customers": customers, "customers_with_one_order": first,
-                "ok": orders == n and customers == n and first == n}
+        return {
+            "orders": orders,
+            "customers": customers,
+            "customers_with_one_order": first,
+            "ok": orders == n and customers == n and first == n,
+        }
 
     def analyse_lost(self, lost: list[Order]) -> list[dict[str, Any]]:
         """Where each lost email's order stopped, grouped: the Redis job and body, the ledger, the run, the trace."""
@@ -846,15 +979,24 @@ class Soak:
                 where, detail = self.where_stopped(order)
             except Exception as exc:  # noqa: BLE001 - the inspection itself failed: say so
                 where, detail = f"could not inspect: {type(exc).__name__}", {"error": str(exc)[:300]}
-            detail.update(email=order.email, platform=order.platform,
-                          first_2xx_s=_round(order.first_ok - self.t0 if order.first_ok else None),
-                          next_fault=self.next_fault(order.first_ok))
+            detail.update(
+                email=order.email,
+                platform=order.platform,
+                first_2xx_s=_round(order.first_ok - self.t0 if order.first_ok else None),
+                next_fault=self.next_fault(order.first_ok),
+            )
             groups[where].append(detail)
         result = []
         for where, items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
             by_fault = Counter(re.sub(r"^[\d.]+ s before", "before", i["next_fault"]) for i in items)
-            result.append({"where": where, "count": len(items), "by_next_fault": dict(by_fault.most_common()),
-                           "examples": items[:3]})
+            result.append(
+                {
+                    "where": where,
+                    "count": len(items),
+                    "by_next_fault": dict(by_fault.most_common()),
+                    "examples": items[:3],
+                }
+            )
         return result
 
     def next_fault(self, at: float | None) -> str:
@@ -875,8 +1017,9 @@ class Soak:
         if order.platform == "shopify":
             return event_id("shopify", order.headers["X-Shopify-Webhook-Id"])
         payload = json.loads(order.body)
-        return event_id("woocommerce", store_domain(WOO_URL), "order.created", payload["id"],
-                        payload["date_modified_gmt"])
+        return event_id(
+            "woocommerce", store_domain(WOO_URL), "order.created", payload["id"], payload["date_modified_gmt"]
+        )
 
     def where_stopped(self, order: Order) -> tuple[str, dict[str, Any]]:
         """A short description of where a lost email's order stopped, and the details found."""
@@ -910,8 +1053,11 @@ class Soak:
         if not customers:
             return "event recorded but no customer row", detail
         customer_id = customers[0][0]
-        runs = self.sql("SELECT id, status, reason, job_id, lease_until, attempts FROM flow_runs "
-                        "WHERE customer_id = :c ORDER BY id", c=customer_id)
+        runs = self.sql(
+            "SELECT id, status, reason, job_id, lease_until, attempts FROM flow_runs "
+            "WHERE customer_id = :c ORDER BY id",
+            c=customer_id,
+        )
         if not runs:
             return "in the ledger, no flow run", detail
         run = runs[-1]
@@ -919,11 +1065,16 @@ class Soak:
         traces = self.sql("SELECT kind, message FROM flow_trace WHERE run_id = :r ORDER BY id", r=run.id)
         effect = ", ".join(sorted({e.status for e in effects})) or "none"
         last = traces[-1] if traces else None
-        detail.update(run_id=run.id, run_status=run.status, reason=run.reason, job_id=run.job_id,
-                      lease_until=str(run.lease_until) if run.lease_until else None, attempts=run.attempts,
-                      effects=[{"status": e.status, "result": str(e.result)[:200] if e.result else None}
-                               for e in effects],
-                      trace=[f"{t.kind}: {t.message[:200]}" for t in traces[-4:]])
+        detail.update(
+            run_id=run.id,
+            run_status=run.status,
+            reason=run.reason,
+            job_id=run.job_id,
+            lease_until=str(run.lease_until) if run.lease_until else None,
+            attempts=run.attempts,
+            effects=[{"status": e.status, "result": str(e.result)[:200] if e.result else None} for e in effects],
+            trace=[f"{t.kind}: {t.message[:200]}" for t in traces[-4:]],
+        )
         run_job = "no job id"
         if run.job_id:
             try:
@@ -939,8 +1090,9 @@ class Soak:
         detail["run_job"] = run_job
         last_text = _generic(f"{last.kind}: {last.message}") if last else "no trace"
         reason = f" ({_generic(run.reason)})" if run.reason else ""
-        return (f"run {run.status}{reason}, {_generic(run_job)}; email claim: {effect}; "
-                f"last trace: {last_text[:160]}"), detail
+        return (
+            f"run {run.status}{reason}, {_generic(run_job)}; email claim: {effect}; last trace: {last_text[:160]}"
+        ), detail
 
     # -- end ---------------------------------------------------------------------------------------
     def cleanup(self, keep_logs: bool) -> None:
@@ -975,9 +1127,11 @@ class Soak:
         """The whole soak; its figures."""
         self.t0 = time.time()
         port = self.setup()
-        self.say(f"web on 127.0.0.1:{port}, Redis on {self.redis.port if self.redis else '?'}, "
-                 f"mail on {self.mail.port if self.mail else '?'}, database {self.database_url.split(':')[0]}, "
-                 f"logs in {self.logs}")
+        self.say(
+            f"web on 127.0.0.1:{port}, Redis on {self.redis.port if self.redis else '?'}, "
+            f"mail on {self.mail.port if self.mail else '?'}, database {self.database_url.split(':')[0]}, "
+            f"logs in {self.logs}"
+        )
         self.t0 = time.time()
         self.load(port)
         drained = self.drain()
@@ -1026,10 +1180,16 @@ def tree_state(root: Path) -> dict[str, Any]:
     if not (root / ".git").exists():
         return {"commit": None, "changed": [], "note": "not a git working tree"}
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True, timeout=10).stdout.splitlines()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.splitlines()
         return {"commit": commit, "changed": [line[3:] for line in status]}
     except (OSError, subprocess.SubprocessError):
         return {}
@@ -1048,12 +1208,22 @@ def report(figures: dict[str, Any], say: Callable[[str], None]) -> None:
         f"deliveries given up: {figures['deliveries_given_up']}",
         f"rate: {figures['achieved_delivery_rate']} deliveries/s first sent (target {figures['target_rate']:g}), "
         f"{figures['achieved_request_rate']} requests/s over {figures['load_seconds']} s",
-        "faults: " + ("; ".join(f"{f['kind']} at {f['at_share']:.0%} (t={f['start_s']} s, {f['seconds']} s, "
-                                f"{'while deliveries were still being sent' if f['during_load'] else 'after the load'}"
-                                f", {f['answers_503']} answers 503)" for f in figures["faults"]) or "none")
+        "faults: "
+        + (
+            "; ".join(
+                f"{f['kind']} at {f['at_share']:.0%} (t={f['start_s']} s, {f['seconds']} s, "
+                f"{'while deliveries were still being sent' if f['during_load'] else 'after the load'}"
+                f", {f['answers_503']} answers 503)"
+                for f in figures["faults"]
+            )
+            or "none"
+        )
         + (f"; errors: {figures['fault_errors']}" if figures["fault_errors"] else ""),
-        "processes that exited on their own: " + (", ".join(f"{e['process']} (status {e['exit_code']}, t={e['at']} s)"
-                                                           for e in figures["unexpected_exits"]) or "none"),
+        "processes that exited on their own: "
+        + (
+            ", ".join(f"{e['process']} (status {e['exit_code']}, t={e['at']} s)" for e in figures["unexpected_exits"])
+            or "none"
+        ),
         f"mail: {figures['smtp_attempts']} attempts, {figures['smtp_deferred_first_attempts']} first attempts "
         f"deferred (451), {figures['smtp_accepted']} accepted; to unexpected recipients: "
         f"{figures['accepted_to_unexpected_recipients']}",
@@ -1065,10 +1235,12 @@ def report(figures: dict[str, Any], say: Callable[[str], None]) -> None:
         f"ledger: {figures['ledger']}",
     ]
     latency = figures["latency_ms"]
-    lines.append(f"webhook-to-email latency (orders first sent outside fault windows, messages deferred on their "
-                 f"first attempt left out; n={latency['count']}): p50 {latency['p50']} ms, p99 {latency['p99']} ms, "
-                 f"max {latency['max']} ms; untouched by any fault (n={latency['untouched']['count']}): p50 "
-                 f"{latency['untouched']['p50']} ms, p99 {latency['untouched']['p99']} ms")
+    lines.append(
+        f"webhook-to-email latency (orders first sent outside fault windows, messages deferred on their "
+        f"first attempt left out; n={latency['count']}): p50 {latency['p50']} ms, p99 {latency['p99']} ms, "
+        f"max {latency['max']} ms; untouched by any fault (n={latency['untouched']['count']}): p50 "
+        f"{latency['untouched']['p50']} ms, p99 {latency['untouched']['p99']} ms"
+    )
     for example in figures["failed_jobs"].get("examples", []):
         lines.append(f"  failed job {example['queue']}/{example['job']} {example.get('func', '')}: {example['error']}")
     for group in figures["lost_analysis"]:
@@ -1095,31 +1267,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redeliver", type=float, default=0.1, help="share of orders delivered twice (0.1)")
     parser.add_argument("--max-attempts", type=int, default=30, help="attempts per delivery, as a platform (30)")
     parser.add_argument("--defer-rate", type=float, default=0.2, help="first attempts answered 451 (0.2)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes, as a platform scales the Procfile's worker (1)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes, as a platform scales the Procfile's worker (1)"
+    )
     parser.add_argument("--no-faults", action="store_true", help="no worker kills, no Redis restart")
     parser.add_argument("--worker-kills", type=int, default=2, help="worker SIGKILLs during the load (2)")
     parser.add_argument("--redis-restarts", type=int, default=1, help="Redis restarts during the load (1)")
     parser.add_argument("--redis-outage", type=float, default=8.0, help="seconds Redis stays down (8)")
     parser.add_argument("--restart-delay", type=float, default=1.0, help="seconds before a killed worker restarts (1)")
-    parser.add_argument("--crash-restart-delay", type=float, default=2.0,
-                        help="seconds before a process that exited on its own restarts (2)")
-    parser.add_argument("--drain-timeout", type=float, default=600.0,
-                        help="seconds to wait after the load for every email (600)")
-    parser.add_argument("--linger", type=float, default=2.0,
-                        help="seconds to keep listening after the last email, for late copies (2)")
-    parser.add_argument("--database-url", default=None,
-                        help="a PostgreSQL server URL: a fresh database is created on it (default: SQLite)")
+    parser.add_argument(
+        "--crash-restart-delay",
+        type=float,
+        default=2.0,
+        help="seconds before a process that exited on its own restarts (2)",
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=600.0, help="seconds to wait after the load for every email (600)"
+    )
+    parser.add_argument(
+        "--linger", type=float, default=2.0, help="seconds to keep listening after the last email, for late copies (2)"
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a PostgreSQL server URL: a fresh database is created on it (default: SQLite)",
+    )
     parser.add_argument("--redis-server", default=None, help="the redis-server binary (default: from PATH)")
     parser.add_argument("--seed", default="encore-soak", help="seed of the shuffle and the 451 choice")
-    parser.add_argument("--strict", action="store_true",
-                        help="also fail when one Message-ID is accepted twice (a re-sent copy; mail clients may "
-                             "show copies sharing a Message-ID as one email)")
-    parser.add_argument("--kill-scope", choices=("group", "process"), default="group",
-                        help="SIGKILL the worker with its process group (its scheduler child too, as a platform "
-                             "stopping a container does) or the worker process alone (group)")
-    parser.add_argument("--root", default=str(ROOT),
-                        help="the product tree to run, e.g. an export of one commit (default: this repository)")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="also fail when one Message-ID is accepted twice (a re-sent copy; mail clients may "
+        "show copies sharing a Message-ID as one email)",
+    )
+    parser.add_argument(
+        "--kill-scope",
+        choices=("group", "process"),
+        default="group",
+        help="SIGKILL the worker with its process group (its scheduler child too, as a platform "
+        "stopping a container does) or the worker process alone (group)",
+    )
+    parser.add_argument(
+        "--root",
+        default=str(ROOT),
+        help="the product tree to run, e.g. an export of one commit (default: this repository)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the whole temporary folder")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object at the end")
     args = parser.parse_args(argv)

@@ -31,8 +31,9 @@ BUILTIN: dict[str, str] = {
 class PlatformError(Exception):
     """A platform API call failed. `transient` errors (429, 5xx, timeouts) are worth retrying."""
 
-    def __init__(self, message: str, *, status: int | None = None, transient: bool = False,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, transient: bool = False, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status

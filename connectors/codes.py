@@ -35,8 +35,9 @@ LENGTH = 8
 
 def code_for(shop_id: int, request: DiscountRequest) -> str:
     """The code for a request: `PREFIX-XXXX-XXXX`, deterministic per (shop, idempotency key)."""
-    digest = hmac.new(get_settings().secret_key.encode(), f"discount:{shop_id}:{request.idempotency_key}".encode(),
-                      hashlib.sha256).digest()
+    digest = hmac.new(
+        get_settings().secret_key.encode(), f"discount:{shop_id}:{request.idempotency_key}".encode(), hashlib.sha256
+    ).digest()
     number = int.from_bytes(digest[:10], "big")
     chars = []
     for _ in range(LENGTH):
@@ -66,21 +67,36 @@ def remembered(shop: Shop, idempotency_key: str) -> Discount | None:
     """The discount already made for this key, if this installation made one."""
 
     with _session_of(shop) as session:
-        row = session.execute(select(DiscountCode).where(
-            DiscountCode.shop_id == shop.id, DiscountCode.idempotency_key == idempotency_key)).scalar_one_or_none()
+        row = session.execute(
+            select(DiscountCode).where(DiscountCode.shop_id == shop.id, DiscountCode.idempotency_key == idempotency_key)
+        ).scalar_one_or_none()
         if row is None:
             return None
-        return Discount(code=row.code, kind=row.kind, value=row.value, platform_id=row.platform_id,  # type: ignore[arg-type]
-                        ends_at=row.ends_at)
+        return Discount(
+            code=row.code,
+            kind=row.kind,  # type: ignore[arg-type]
+            value=row.value,
+            platform_id=row.platform_id,
+            ends_at=row.ends_at,
+        )
 
 
 def remember(shop: Shop, idempotency_key: str, discount: Discount) -> None:
     """Record the discount made for this key (idempotent)."""
 
-
     with _session_of(shop) as session:
         builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        session.execute(builder(DiscountCode).values(
-            shop_id=shop.id, idempotency_key=idempotency_key, code=discount.code, platform_id=discount.platform_id,
-            kind=discount.kind, value=discount.value, ends_at=discount.ends_at, created_at=utcnow(),
-        ).on_conflict_do_nothing(index_elements=["shop_id", "idempotency_key"]))
+        session.execute(
+            builder(DiscountCode)
+            .values(
+                shop_id=shop.id,
+                idempotency_key=idempotency_key,
+                code=discount.code,
+                platform_id=discount.platform_id,
+                kind=discount.kind,
+                value=discount.value,
+                ends_at=discount.ends_at,
+                created_at=utcnow(),
+            )
+            .on_conflict_do_nothing(index_elements=["shop_id", "idempotency_key"])
+        )

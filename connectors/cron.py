@@ -58,15 +58,17 @@ def _known_version(shop_id: int, resource: str, payload: dict[str, Any]) -> tupl
     key = str(payload.get("id"))
     with session_scope() as session:
         if resource == "orders":
-            row = session.execute(select(Order).where(Order.shop_id == shop_id, Order.platform_id == key)
-                                  ).scalar_one_or_none()
+            row = session.execute(
+                select(Order).where(Order.shop_id == shop_id, Order.platform_id == key)
+            ).scalar_one_or_none()
             return row is not None, row.platform_updated_at if row else None
         customer = find_customer(session, shop_id, key)
         return customer is not None, customer.profile_version if customer else None
 
 
-def reconcile_shop(shop_id: int, *, connector: Any = None, now: datetime | None = None,
-                   connection: Redis | None = None) -> dict[str, int]:
+def reconcile_shop(
+    shop_id: int, *, connector: Any = None, now: datetime | None = None, connection: Redis | None = None
+) -> dict[str, int]:
     """Queue the changes of one WooCommerce store that no webhook brought; returns counts by resource."""
 
     now = now or utcnow()
@@ -106,9 +108,15 @@ def reconcile_shop(shop_id: int, *, connector: Any = None, now: datetime | None 
 def reconcile_woocommerce() -> dict[str, Any]:
     """Reconcile every active WooCommerce store; one failing store doesn't stop the others."""
     with session_scope() as session:
-        shop_ids = session.execute(select(Shop.id).where(
-            Shop.platform == "woocommerce", Shop.active.is_(True), Shop.consumer_key_enc.is_not(None))
-        ).scalars().all()
+        shop_ids = (
+            session.execute(
+                select(Shop.id).where(
+                    Shop.platform == "woocommerce", Shop.active.is_(True), Shop.consumer_key_enc.is_not(None)
+                )
+            )
+            .scalars()
+            .all()
+        )
     results: dict[str, Any] = {}
     for shop_id in shop_ids:
         try:

@@ -74,15 +74,20 @@ def raise_for_status(response: requests.Response, what: str) -> None:
     if response.status_code < 400:
         return
     transient = response.status_code == 429 or response.status_code >= 500
-    raise PlatformError(f"{what}: HTTP {response.status_code}: {platform_message(response)}",
-                        status=response.status_code, transient=transient, retry_after=retry_after(response))
+    raise PlatformError(
+        f"{what}: HTTP {response.status_code}: {platform_message(response)}",
+        status=response.status_code,
+        transient=transient,
+        retry_after=retry_after(response),
+    )
 
 
 class RetryPolicy:
     """How many times, and how long, to retry a call that failed for a reason that may pass."""
 
-    def __init__(self, *, attempts: int = 4, backoff: float = 1.0, max_wait: float = 30.0,
-                 sleep: Sleep | None = None) -> None:
+    def __init__(
+        self, *, attempts: int = 4, backoff: float = 1.0, max_wait: float = 30.0, sleep: Sleep | None = None
+    ) -> None:
         self.attempts = attempts
         self.backoff = backoff
         self.max_wait = max_wait
@@ -90,7 +95,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """The backoff before retry number `attempt + 1` (1, 2, 4, … times `backoff`)."""
-        return self.backoff * (2 ** attempt)
+        return self.backoff * (2**attempt)
 
     def call(self, request: Callable[[], requests.Response], what: str) -> requests.Response:
         """`request()` until it answers below 500 and not 429; raises a transient PlatformError when out of tries."""
@@ -104,12 +109,17 @@ class RetryPolicy:
                 if response.status_code == 429:
                     asked = retry_after(response)
                     wait = asked if asked is not None else self.delay(attempt)
-                    error = PlatformError(f"{what}: rate limited (HTTP 429)", status=429, transient=True,
-                                          retry_after=wait)
+                    error = PlatformError(
+                        f"{what}: rate limited (HTTP 429)", status=429, transient=True, retry_after=wait
+                    )
                 elif response.status_code >= 500:
                     wait = self.delay(attempt)
-                    error = PlatformError(f"{what}: HTTP {response.status_code}: {platform_message(response)}",
-                                          status=response.status_code, transient=True, retry_after=wait)
+                    error = PlatformError(
+                        f"{what}: HTTP {response.status_code}: {platform_message(response)}",
+                        status=response.status_code,
+                        transient=True,
+                        retry_after=wait,
+                    )
                 else:
                     return response
             if attempt + 1 >= self.attempts or wait > self.max_wait:
@@ -131,11 +141,13 @@ def json_of(response: requests.Response, what: str) -> Any:
     try:
         return response.json()
     except ValueError as exc:
-        raise PlatformError(f"{what}: the answer is not JSON: {response.text[:200]!r}", status=response.status_code,
-                            transient=True) from exc
+        raise PlatformError(
+            f"{what}: the answer is not JSON: {response.text[:200]!r}", status=response.status_code, transient=True
+        ) from exc
 
 
 # ---- the flows' `http` step: URLs a flow file names, kept off this machine and its network -----------
+
 
 class RefusedURL(Exception):
     """A URL the `http` step won't post to (not public, not http(s), malformed); never worth a retry."""
@@ -155,7 +167,8 @@ def refusal(address: IPAddress) -> str | None:
     """
     if isinstance(address, ipaddress.IPv6Address):
         translated = address.ipv4_mapped or (
-            ipaddress.IPv4Address(int(address) & 0xFFFFFFFF) if address in _NAT64 else None)
+            ipaddress.IPv4Address(int(address) & 0xFFFFFFFF) if address in _NAT64 else None
+        )
         if translated is not None:
             found = refusal(translated)
             return f"{found} (as {translated})" if found else None
@@ -164,10 +177,16 @@ def refusal(address: IPAddress) -> str | None:
             return f"{refusal(tunnelled)} (as {tunnelled})"
         if address.is_site_local:
             return "site-local"
-    checks = (("unspecified", address.is_unspecified), ("loopback", address.is_loopback),
-              ("link-local", address.is_link_local), ("multicast", address.is_multicast),
-              ("unique-local", address in _UNIQUE_LOCAL), ("private", address.is_private),
-              ("reserved", address.is_reserved), ("not globally reachable", not address.is_global))
+    checks = (
+        ("unspecified", address.is_unspecified),
+        ("loopback", address.is_loopback),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),
+        ("unique-local", address in _UNIQUE_LOCAL),
+        ("private", address.is_private),
+        ("reserved", address.is_reserved),
+        ("not globally reachable", not address.is_global),
+    )
     return next((reason for reason, hit in checks if hit), None)
 
 
@@ -239,8 +258,10 @@ def checked_addresses(host: str, port: int, allowed: AllowList | None = None) ->
         reason = refusal(address)
         if reason and not allowed.allows(host, address):
             shown = host if str(address) == host else f"{host} ({address})"
-            raise RefusedURL(f"{shown} is {reason}; the http step reaches only public addresses unless "
-                             f"HTTP_STEP_ALLOW_HOSTS lists the host")
+            raise RefusedURL(
+                f"{shown} is {reason}; the http step reaches only public addresses unless "
+                f"HTTP_STEP_ALLOW_HOSTS lists the host"
+            )
     return found
 
 
@@ -281,8 +302,9 @@ def _pinned(connection: http.client.HTTPConnection, addresses: list[tuple[Any, .
     connection._create_connection = connect  # type: ignore[attr-defined]
 
 
-def post_json(url: str, body: bytes, headers: dict[str, str], timeout: float,
-              allowed: AllowList | None = None) -> tuple[int, str | None]:
+def post_json(
+    url: str, body: bytes, headers: dict[str, str], timeout: float, allowed: AllowList | None = None
+) -> tuple[int, str | None]:
     """POST `body` to a URL a flow names; (status, Location of a redirect, which is not followed).
 
     The host is resolved once and every address checked (`checked_addresses`); the connection goes
@@ -302,9 +324,11 @@ def post_json(url: str, body: bytes, headers: dict[str, str], timeout: float,
     if _BAD_TARGET.search(target):
         raise RefusedURL(f"{url!r}: spaces and control characters must be percent-encoded")
     addresses = checked_addresses(parts.hostname, port, allowed)
-    connection = (http.client.HTTPSConnection(parts.hostname, port, timeout=timeout,
-                                              context=ssl.create_default_context())
-                  if scheme == "https" else http.client.HTTPConnection(parts.hostname, port, timeout=timeout))
+    connection = (
+        http.client.HTTPSConnection(parts.hostname, port, timeout=timeout, context=ssl.create_default_context())
+        if scheme == "https"
+        else http.client.HTTPConnection(parts.hostname, port, timeout=timeout)
+    )
     _pinned(connection, addresses)
     try:
         connection.request("POST", target, body=body, headers=headers)

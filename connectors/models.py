@@ -30,8 +30,10 @@ class DiscountCode(Base):
     """A discount code a connector created, by the flow step's idempotency key (no personal data)."""
 
     __tablename__ = "discount_codes"
-    __table_args__ = (UniqueConstraint("shop_id", "idempotency_key"),
-                      Index("ix_discount_codes_shop_code", "shop_id", "code"))
+    __table_args__ = (
+        UniqueConstraint("shop_id", "idempotency_key"),
+        Index("ix_discount_codes_shop_code", "shop_id", "code"),
+    )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))

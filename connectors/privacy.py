@@ -70,7 +70,8 @@ def build_export(session: Session, shop: Shop, event: ev.Event) -> tuple[Custome
     """
     row = _customer_row(session, shop, event)
     data: dict[str, Any] = {
-        "shop": shop.domain, "requested_at": event.occurred_at.isoformat(),
+        "shop": shop.domain,
+        "requested_at": event.occurred_at.isoformat(),
         "data_request_id": event.data.get("data_request_id"),
         "orders_requested": event.data.get("orders_requested") or [],
     }
@@ -78,14 +79,24 @@ def build_export(session: Session, shop: Shop, event: ev.Event) -> tuple[Custome
         data.update(customer=None, orders=[], events=[])
     else:
         data.update(export_customer(session, shop, row.platform_id))
-    addresses = {a.strip().lower() for a in (row.email if row else None,
-                                             event.customer.email if event.customer else None) if a and a.strip()}
+    addresses = {
+        a.strip().lower()
+        for a in (row.email if row else None, event.customer.email if event.customer else None)
+        if a and a.strip()
+    }
     keys = sorted(address_key(shop.id, address) for address in addresses)
-    data["suppressions"] = [
-        {"address": HELD_AS, "reason": s.reason, "source": s.source, "created_at": s.created_at.isoformat()}
-        for s in session.execute(select(Suppression).where(
-            Suppression.shop_id == shop.id, Suppression.email_hash.in_(keys)).order_by(Suppression.id)).scalars()
-    ] if keys else []
+    data["suppressions"] = (
+        [
+            {"address": HELD_AS, "reason": s.reason, "source": s.source, "created_at": s.created_at.isoformat()}
+            for s in session.execute(
+                select(Suppression)
+                .where(Suppression.shop_id == shop.id, Suppression.email_hash.in_(keys))
+                .order_by(Suppression.id)
+            ).scalars()
+        ]
+        if keys
+        else []
+    )
     if row is not None:
         for name, section in SECTIONS.items():
             data[name] = section(session, shop, row)
@@ -95,26 +106,40 @@ def build_export(session: Session, shop: Shop, event: ev.Event) -> tuple[Custome
 def record_export(session: Session, shop: Shop, event: ev.Event) -> int | None:
     """Store the export answering a data request (once per event); returns its id."""
 
-
     request_id = str(event.data.get("data_request_id") or "") or None
     if request_id:  # the same request delivered again (a new delivery id): one export
-        existing = session.execute(select(DataExport.id).where(
-            DataExport.shop_id == shop.id, DataExport.request_id == request_id)).scalars().first()
+        existing = (
+            session.execute(
+                select(DataExport.id).where(DataExport.shop_id == shop.id, DataExport.request_id == request_id)
+            )
+            .scalars()
+            .first()
+        )
         if existing is not None:
             return existing
     row, data = build_export(session, shop, event)
     builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(builder(DataExport).values(
-        shop_id=shop.id, customer_id=row.id if row else None, event_id=event.id,
-        request_id=request_id, data=data, created_at=utcnow(),
-    ).on_conflict_do_nothing(index_elements=["event_id"]))
+    session.execute(
+        builder(DataExport)
+        .values(
+            shop_id=shop.id,
+            customer_id=row.id if row else None,
+            event_id=event.id,
+            request_id=request_id,
+            data=data,
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["event_id"])
+    )
     export_id = session.execute(select(DataExport.id).where(DataExport.event_id == event.id)).scalar_one()
-    log.info("data request export recorded", extra={"shop": shop.domain, "export_id": export_id,
-                                                    "found": row is not None})
+    log.info(
+        "data request export recorded", extra={"shop": shop.domain, "export_id": export_id, "found": row is not None}
+    )
     return export_id
 
 
 # ---- redaction beyond the ledger --------------------------------------------------------------------
+
 
 def forget(session: Session, person: Person, keep_jobs: Iterable[str] = ()) -> dict[str, int]:
     """Remove what the ledger's redaction left elsewhere: archive, Redis, outbox; returns counts by place.
@@ -123,18 +148,27 @@ def forget(session: Session, person: Person, keep_jobs: Iterable[str] = ()) -> d
     retried and finds the ledger's rows (and everything else) again. `keep_jobs` are the RQ jobs
     not to touch (the one running this), whose raw bodies their job still needs.
     """
-    counts = {"archived": archive.forget(session, person.platform, person.shop, person.needles(),
-                                         lambda row: archived_names(person, row), whole_shop=person.whole_shop),
-              "redis": forget_in_redis(get_redis(), person, set(keep_jobs)),
-              "outbox": forget_messages(person)}
+    counts = {
+        "archived": archive.forget(
+            session,
+            person.platform,
+            person.shop,
+            person.needles(),
+            lambda row: archived_names(person, row),
+            whole_shop=person.whole_shop,
+        ),
+        "redis": forget_in_redis(get_redis(), person, set(keep_jobs)),
+        "outbox": forget_messages(person),
+    }
     log.info("redaction: copies removed beyond the ledger", extra={"shop": person.shop, **counts})
     return counts
 
 
 def archived_names(person: Person, row: archive.WebhookDelivery) -> bool:
     """Whether an archived delivery names the person."""
-    return delivery_names(person, row.platform, {"shop": row.shop, "topic": row.topic,
-                                                 "delivery_id": row.delivery_id}, row.body)
+    return delivery_names(
+        person, row.platform, {"shop": row.shop, "topic": row.topic, "delivery_id": row.delivery_id}, row.body
+    )
 
 
 def delivery_names(person: Person, platform: str, delivery: dict[str, Any], body: bytes | str) -> bool:
@@ -155,8 +189,11 @@ def delivery_names(person: Person, platform: str, delivery: dict[str, Any], body
     if receiver is None:
         return False
     try:
-        events = receiver.parse(Delivery.from_dict({k: delivery[k] for k in ("shop", "topic", "delivery_id", "key")
-                                                    if k in delivery}), orjson.loads(raw), raw)
+        events = receiver.parse(
+            Delivery.from_dict({k: delivery[k] for k in ("shop", "topic", "delivery_id", "key") if k in delivery}),
+            orjson.loads(raw),
+            raw,
+        )
     except Exception:  # noqa: BLE001 - a body its parser refuses names nobody it could find
         return False
     return any(person.named_by(event) for event in events)
@@ -197,7 +234,7 @@ def forget_in_redis(connection: Any, person: Person, keep_jobs: set[str] | None 
                 if job_id is not None:
                     pipe.get(BODY_PREFIX + job_id)
                 elif name.startswith(BODY_PREFIX):
-                    pipe.exists(JOB_PREFIX + name[len(BODY_PREFIX):])
+                    pipe.exists(JOB_PREFIX + name[len(BODY_PREFIX) :])
                 else:
                     pipe.echo("")
             read = pipe.execute()
@@ -208,20 +245,21 @@ def forget_in_redis(connection: Any, person: Person, keep_jobs: set[str] | None 
 
 def _job_id(name: str, kind: str) -> str | None:
     """The id of the RQ job whose hash this key is (`rq:job:<id>`, not its dependents' set and such)."""
-    if kind == "hash" and name.startswith(JOB_PREFIX) and ":" not in name[len(JOB_PREFIX):]:
-        return name[len(JOB_PREFIX):]
+    if kind == "hash" and name.startswith(JOB_PREFIX) and ":" not in name[len(JOB_PREFIX) :]:
+        return name[len(JOB_PREFIX) :]
     return None
 
 
-def _forget_in_key(connection: Any, person: Person, name: str, kind: str, value: Any, beside: Any,
-                   keep: set[str]) -> int:
+def _forget_in_key(
+    connection: Any, person: Person, name: str, kind: str, value: Any, beside: Any, keep: set[str]
+) -> int:
     job_id = _job_id(name, kind)
     if job_id is not None:
         if job_id in keep or not _job_names(person, value, beside):
             return 0
         _delete_job(connection, job_id)
         return 1
-    if name.startswith(BODY_PREFIX) and (beside or name[len(BODY_PREFIX):] in keep):
+    if name.startswith(BODY_PREFIX) and (beside or name[len(BODY_PREFIX) :] in keep):
         return 0  # its job decides (a delivery's body says which shop it is for only through its job)
     if not value:
         return 0
@@ -284,8 +322,11 @@ def _job_names(person: Person, fields: dict[bytes, bytes], body: bytes | None) -
         platform, delivery = args[0], args[1]
         if delivery.get("shop") != person.shop or platform != person.platform:
             return False
-        return person.whole_shop or person.named_in(text) or (
-            body is not None and delivery_names(person, platform, delivery, body))
+        return (
+            person.whole_shop
+            or person.named_in(text)
+            or (body is not None and delivery_names(person, platform, delivery, body))
+        )
     if func == PROCESS_EVENT and args and isinstance(args[0], dict):
         try:
             event = ev.Event.from_dict(args[0])
@@ -328,6 +369,7 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 # -- outbox --------------------------------------------------------------------------------------------
+
 
 def forget_messages(person: Person) -> int:
     """Have the email transport drop its copies of the messages to or about the person; returns how many.

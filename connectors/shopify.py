@@ -38,15 +38,32 @@ log = logging.getLogger(__name__)
 
 # The webhooks the flows need (the privacy topics are declared in shopify.app.toml instead).
 WEBHOOK_TOPICS = [
-    "orders/create", "orders/paid", "orders/fulfilled", "orders/cancelled", "orders/updated", "orders/delete",
-    "refunds/create", "customers/create", "customers/update", "customers/delete",
-    "customers/email_marketing_consent_update", "customers/purchasing_summary", "checkouts/create",
-    "checkouts/update", "app/uninstalled",
+    "orders/create",
+    "orders/paid",
+    "orders/fulfilled",
+    "orders/cancelled",
+    "orders/updated",
+    "orders/delete",
+    "refunds/create",
+    "customers/create",
+    "customers/update",
+    "customers/delete",
+    "customers/email_marketing_consent_update",
+    "customers/purchasing_summary",
+    "checkouts/create",
+    "checkouts/update",
+    "app/uninstalled",
 ]
 PRIVACY_TOPICS = ["customers/data_request", "customers/redact", "shop/redact"]
 PAGE_SIZE = 100
-CONSENT = {"SUBSCRIBED": True, "NOT_SUBSCRIBED": False, "UNSUBSCRIBED": False, "PENDING": False,
-           "INVALID": False, "REDACTED": False}
+CONSENT = {
+    "SUBSCRIBED": True,
+    "NOT_SUBSCRIBED": False,
+    "UNSUBSCRIBED": False,
+    "PENDING": False,
+    "INVALID": False,
+    "REDACTED": False,
+}
 
 DISCOUNT_CREATE = """
 mutation discountCodeBasicCreate($basicCodeDiscount: DiscountCodeBasicInput!) {
@@ -74,16 +91,22 @@ fragment CustomerFields on Customer {
   defaultEmailAddress { emailAddress marketingState marketingUpdatedAt }
   birthday: metafield(namespace: $namespace, key: $key) { value }
 }"""
-CUSTOMER = """
+CUSTOMER = (
+    """
 query customer($id: ID!, $namespace: String!, $key: String!) { customer(id: $id) { ...CustomerFields } }
-""" + CUSTOMER_FIELDS
-CUSTOMERS = """
+"""
+    + CUSTOMER_FIELDS
+)
+CUSTOMERS = (
+    """
 query customers($first: Int!, $after: String, $query: String, $namespace: String!, $key: String!) {
   customers(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {
     nodes { ...CustomerFields }
     pageInfo { hasNextPage endCursor }
   }
-}""" + CUSTOMER_FIELDS
+}"""
+    + CUSTOMER_FIELDS
+)
 ORDERS = """
 query orders($first: Int!, $after: String, $query: String) {
   orders(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {
@@ -151,8 +174,9 @@ class ShopifyConnector(Connector):
 
     platform = "shopify"
 
-    def __init__(self, shop: Shop, *, token: str | None = None, sleep: Sleep | None = None,
-                 http: requests.Session | None = None) -> None:
+    def __init__(
+        self, shop: Shop, *, token: str | None = None, sleep: Sleep | None = None, http: requests.Session | None = None
+    ) -> None:
         super().__init__(shop)
         token = token or (decrypt(shop.access_token_enc) if shop.access_token_enc else None)
         if not token:
@@ -169,12 +193,16 @@ class ShopifyConnector(Connector):
     def graphql(self, query: str, variables: dict[str, Any] | None = None, *, what: str = "GraphQL") -> dict[str, Any]:
         """Run one query or mutation; waits out throttling and 5xx, raises PlatformError otherwise."""
         label = f"Shopify {what}"
-        headers = {"X-Shopify-Access-Token": self.token, "Content-Type": "application/json",
-                   "Accept": "application/json"}
+        headers = {
+            "X-Shopify-Access-Token": self.token,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
         payload: dict[str, Any] = {"query": query, "variables": variables or {}}
         for attempt in range(self.retry.attempts):
-            response = self.retry.call(lambda: self.http.post(self.endpoint, json=payload, headers=headers,
-                                                              timeout=30), label)
+            response = self.retry.call(
+                lambda: self.http.post(self.endpoint, json=payload, headers=headers, timeout=30), label
+            )
             raise_for_status(response, label)
             body = json_of(response, label)
             errors = body.get("errors") if isinstance(body, dict) else None
@@ -183,8 +211,11 @@ class ShopifyConnector(Connector):
                     raise PlatformError(f"{label}: {errors}", status=response.status_code)
                 if any((e.get("extensions") or {}).get("code") == "THROTTLED" for e in errors if isinstance(e, dict)):
                     wait = self.throttle_wait(body)
-                    self.retry.wait(wait, PlatformError(f"{label}: throttled", status=429, transient=True,
-                                                        retry_after=wait), attempt)
+                    self.retry.wait(
+                        wait,
+                        PlatformError(f"{label}: throttled", status=429, transient=True, retry_after=wait),
+                        attempt,
+                    )
                     continue
                 data = body.get("data")
                 if not data or all(v is None for v in data.values()):
@@ -221,8 +252,9 @@ class ShopifyConnector(Connector):
             value: dict[str, Any] = {"percentage": float(request.value / Decimal(100))}
         else:
             value = {"discountAmount": {"amount": _money(request.value), "appliesOnEachItem": False}}
-        context: dict[str, Any] = ({"customers": {"add": [gid("Customer", request.customer_id)]}}
-                                   if request.customer_id else {"all": "ALL"})
+        context: dict[str, Any] = (
+            {"customers": {"add": [gid("Customer", request.customer_id)]}} if request.customer_id else {"all": "ALL"}
+        )
         basic: dict[str, Any] = {
             "title": request.title or f"{request.prefix or 'Encore'} {code}".strip(),
             "code": code,
@@ -246,8 +278,14 @@ class ShopifyConnector(Connector):
 
     def _discount(self, node: dict[str, Any], code: str, request: DiscountRequest) -> Discount:
         details = node.get("codeDiscount") or {}
-        return Discount(code=code, kind=request.kind, value=request.value, platform_id=node.get("id"),
-                        ends_at=ev.parse_datetime(details.get("endsAt")) or request.ends_at, raw=node)
+        return Discount(
+            code=code,
+            kind=request.kind,
+            value=request.value,
+            platform_id=node.get("id"),
+            ends_at=ev.parse_datetime(details.get("endsAt")) or request.ends_at,
+            raw=node,
+        )
 
     def create_discount(self, request: DiscountRequest) -> Discount:
         """A single-use code for one customer; the same request twice finds the first code."""
@@ -302,9 +340,12 @@ class ShopifyConnector(Connector):
         amount = node.get("amountSpent") or {}
         birthday = (node.get("birthday") or {}).get("value")
         return ev.Customer(
-            id=plain_id(node.get("id")), email=ev.text(email.get("emailAddress")),
-            first_name=ev.text(node.get("firstName")), last_name=ev.text(node.get("lastName")),
-            phone=ev.text(node.get("phone")), locale=ev.text(node.get("locale")),
+            id=plain_id(node.get("id")),
+            email=ev.text(email.get("emailAddress")),
+            first_name=ev.text(node.get("firstName")),
+            last_name=ev.text(node.get("lastName")),
+            phone=ev.text(node.get("phone")),
+            locale=ev.text(node.get("locale")),
             birthday=ev.parse_date(birthday),
             email_consent=CONSENT.get(str(state).upper(), False) if state else None,
             consent_updated_at=ev.parse_datetime(email.get("marketingUpdatedAt")),
@@ -312,7 +353,8 @@ class ShopifyConnector(Connector):
             has_account=(node["state"] == "ENABLED") if isinstance(node.get("state"), str) else None,
             orders_count=int(node["numberOfOrders"]) if node.get("numberOfOrders") is not None else None,
             total_spent=ev.parse_decimal(amount.get("amount")),
-            created_at=ev.parse_datetime(node.get("createdAt")), updated_at=ev.parse_datetime(node.get("updatedAt")),
+            created_at=ev.parse_datetime(node.get("createdAt")),
+            updated_at=ev.parse_datetime(node.get("updatedAt")),
         )
 
     def fetch_customer(self, customer_id: str) -> ev.Customer | None:
@@ -344,21 +386,30 @@ class ShopifyConnector(Connector):
     @staticmethod
     def to_order(node: dict[str, Any]) -> tuple[ev.Order, ev.Customer | None]:
         """A canonical order (and its customer) from a GraphQL `Order`."""
-        total = ((node.get("totalPriceSet") or {}).get("shopMoney") or {})
-        subtotal = ((node.get("subtotalPriceSet") or {}).get("shopMoney") or {})
-        items = [ev.LineItem(product_id=plain_id((i.get("product") or {}).get("id")),
-                             variant_id=plain_id((i.get("variant") or {}).get("id")), sku=ev.text(i.get("sku")),
-                             title=ev.text(i.get("title")) or "", quantity=int(i.get("quantity") or 1),
-                             price=ev.parse_decimal(((i.get("originalUnitPriceSet") or {}).get("shopMoney") or {})
-                                                    .get("amount")))
-                 for i in ((node.get("lineItems") or {}).get("nodes") or [])]
+        total = (node.get("totalPriceSet") or {}).get("shopMoney") or {}
+        subtotal = (node.get("subtotalPriceSet") or {}).get("shopMoney") or {}
+        items = [
+            ev.LineItem(
+                product_id=plain_id((i.get("product") or {}).get("id")),
+                variant_id=plain_id((i.get("variant") or {}).get("id")),
+                sku=ev.text(i.get("sku")),
+                title=ev.text(i.get("title")) or "",
+                quantity=int(i.get("quantity") or 1),
+                price=ev.parse_decimal(((i.get("originalUnitPriceSet") or {}).get("shopMoney") or {}).get("amount")),
+            )
+            for i in ((node.get("lineItems") or {}).get("nodes") or [])
+        ]
         financial = node.get("displayFinancialStatus")
         fulfillment = node.get("displayFulfillmentStatus")
         order = ev.Order(
-            id=plain_id(node["id"]) or "", number=ev.text(node.get("name")),
-            created_at=ev.parse_datetime(node.get("createdAt")), updated_at=ev.parse_datetime(node.get("updatedAt")),
-            total=ev.parse_decimal(total.get("amount")), subtotal=ev.parse_decimal(subtotal.get("amount")),
-            currency=ev.text(total.get("currencyCode") or node.get("currencyCode")), line_items=items,
+            id=plain_id(node["id"]) or "",
+            number=ev.text(node.get("name")),
+            created_at=ev.parse_datetime(node.get("createdAt")),
+            updated_at=ev.parse_datetime(node.get("updatedAt")),
+            total=ev.parse_decimal(total.get("amount")),
+            subtotal=ev.parse_decimal(subtotal.get("amount")),
+            currency=ev.text(total.get("currencyCode") or node.get("currencyCode")),
+            line_items=items,
             discount_codes=[str(c) for c in node.get("discountCodes") or []],
             financial_status=str(financial).lower() if financial else None,
             fulfillment_status=str(fulfillment).lower() if fulfillment else None,
@@ -368,8 +419,12 @@ class ShopifyConnector(Connector):
         email = ev.text((buyer.get("defaultEmailAddress") or {}).get("emailAddress")) or ev.text(node.get("email"))
         customer = None
         if buyer.get("id") or email:
-            customer = ev.Customer(id=plain_id(buyer.get("id")), email=email,
-                                   first_name=ev.text(buyer.get("firstName")), last_name=ev.text(buyer.get("lastName")))
+            customer = ev.Customer(
+                id=plain_id(buyer.get("id")),
+                email=email,
+                first_name=ev.text(buyer.get("firstName")),
+                last_name=ev.text(buyer.get("lastName")),
+            )
         return order, customer
 
     def fetch_orders(self, since: datetime | None = None) -> Iterator[tuple[ev.Order, ev.Customer | None]]:
@@ -406,8 +461,11 @@ class ShopifyConnector(Connector):
             enum = topic_enum(topic)
             if (enum, address) not in existing:
                 try:
-                    result = self.graphql(WEBHOOK_CREATE, {"topic": enum, "webhookSubscription": {
-                        "uri": address, "format": "JSON"}}, what="webhookSubscriptionCreate")
+                    result = self.graphql(
+                        WEBHOOK_CREATE,
+                        {"topic": enum, "webhookSubscription": {"uri": address, "format": "JSON"}},
+                        what="webhookSubscriptionCreate",
+                    )
                 except PlatformError as exc:
                     if exc.transient:
                         raise
@@ -419,9 +477,11 @@ class ShopifyConnector(Connector):
                     continue
             done.append(topic)
         if self.refused:
-            log.warning("Shopify refused some webhook topics", extra={"shop": self.shop.domain,
-                                                                      "topics": sorted(self.refused)})
+            log.warning(
+                "Shopify refused some webhook topics", extra={"shop": self.shop.domain, "topics": sorted(self.refused)}
+            )
         if not done and topics:
-            raise PlatformError(f"Shopify webhookSubscriptionCreate: {'; '.join(sorted(set(self.refused.values())))}",
-                                status=422)
+            raise PlatformError(
+                f"Shopify webhookSubscriptionCreate: {'; '.join(sorted(set(self.refused.values())))}", status=422
+            )
         return done

@@ -30,8 +30,15 @@ from encore_retention.webhooks.base import Delivery
 from encore_retention.webhooks.woocommerce import customer, order, order_customer, receiver
 
 # What the flows need: orders (placed, paid, fulfilled, cancelled, refunded) and customers.
-WEBHOOK_TOPICS = ["order.created", "order.updated", "order.deleted", "order.restored",
-                  "customer.created", "customer.updated", "customer.deleted"]
+WEBHOOK_TOPICS = [
+    "order.created",
+    "order.updated",
+    "order.deleted",
+    "order.restored",
+    "customer.created",
+    "customer.updated",
+    "customer.deleted",
+]
 TAGS_META = "encore_tags"
 PER_PAGE = 100
 KINDS = {"percent": "percent", "fixed": "fixed_cart"}
@@ -61,8 +68,15 @@ class WooCommerceConnector(Connector):
 
     platform = "woocommerce"
 
-    def __init__(self, shop: Shop, *, api: API | None = None, sleep: Sleep | None = None,
-                 consumer_key: str | None = None, consumer_secret: str | None = None) -> None:
+    def __init__(
+        self,
+        shop: Shop,
+        *,
+        api: API | None = None,
+        sleep: Sleep | None = None,
+        consumer_key: str | None = None,
+        consumer_secret: str | None = None,
+    ) -> None:
         super().__init__(shop)
         if api is None:
             if not shop.url:
@@ -71,15 +85,23 @@ class WooCommerceConnector(Connector):
             secret = consumer_secret or (decrypt(shop.consumer_secret_enc) if shop.consumer_secret_enc else None)
             if not key or not secret:
                 raise PlatformError(f"store {shop.domain} has no REST API keys")
-            api = API(url=shop.url, consumer_key=key, consumer_secret=secret, version="wc/v3", timeout=20,
-                      user_agent="Encore")
+            api = API(
+                url=shop.url, consumer_key=key, consumer_secret=secret, version="wc/v3", timeout=20, user_agent="Encore"
+            )
         self.api = api
         self.retry = RetryPolicy(sleep=sleep)
 
     # ---- HTTP ----------------------------------------------------------------------------------------
 
-    def request(self, method: str, endpoint: str, data: Any = None, params: dict[str, Any] | None = None,
-                *, allow: tuple[int, ...] = ()) -> requests.Response:
+    def request(
+        self,
+        method: str,
+        endpoint: str,
+        data: Any = None,
+        params: dict[str, Any] | None = None,
+        *,
+        allow: tuple[int, ...] = (),
+    ) -> requests.Response:
         """One REST call with retries; a 4xx not in `allow` raises PlatformError with WooCommerce's message."""
         what = f"WooCommerce {method} {endpoint}"
 
@@ -120,8 +142,11 @@ class WooCommerceConnector(Connector):
     def verify(self) -> dict[str, Any]:
         """Check the keys against the store (they must read WooCommerce settings); returns what it learned."""
         response = self.request("GET", "settings/general")
-        settings = {item.get("id"): item.get("value") for item in json_of(response, "WooCommerce settings")
-                    if isinstance(item, dict)}
+        settings = {
+            item.get("id"): item.get("value")
+            for item in json_of(response, "WooCommerce settings")
+            if isinstance(item, dict)
+        }
         return {"currency": settings.get("woocommerce_currency"), "timezone": self.site_timezone()}
 
     def site_timezone(self) -> str | None:
@@ -129,8 +154,9 @@ class WooCommerceConnector(Connector):
         if not self.shop.url:
             return None
         try:
-            response = requests.get(f"{self.shop.url.rstrip('/')}/wp-json/", timeout=10,
-                                    headers={"Accept": "application/json"})
+            response = requests.get(
+                f"{self.shop.url.rstrip('/')}/wp-json/", timeout=10, headers={"Accept": "application/json"}
+            )
             zone = response.json().get("timezone_string") if response.status_code == 200 else None
         except (requests.RequestException, ValueError, AttributeError):
             return None
@@ -145,13 +171,17 @@ class WooCommerceConnector(Connector):
         if not self.shop.webhook_secret_enc:
             raise PlatformError(f"store {self.shop.domain} has no webhook secret")
         secret = decrypt(self.shop.webhook_secret_enc)
-        existing = {(w.get("topic"), (w.get("delivery_url") or "").rstrip("/")): w
-                    for w in self.pages("webhooks", {})}
+        existing = {(w.get("topic"), (w.get("delivery_url") or "").rstrip("/")): w for w in self.pages("webhooks", {})}
         done = []
         for topic in topics:
             found = existing.get((topic, address.rstrip("/")))
-            body = {"name": f"Encore {topic}", "topic": topic, "delivery_url": address, "secret": secret,
-                    "status": "active"}
+            body = {
+                "name": f"Encore {topic}",
+                "topic": topic,
+                "delivery_url": address,
+                "secret": secret,
+                "status": "active",
+            }
             if found is None:
                 self.request("POST", "webhooks", body)
             else:  # re-enable one WooCommerce disabled after failures, and make its secret ours
@@ -164,10 +194,14 @@ class WooCommerceConnector(Connector):
     def _discount(self, coupon: dict[str, Any], request: DiscountRequest) -> Discount:
         kind = "percent" if coupon.get("discount_type") == "percent" else "fixed"
         expires = ev.parse_datetime(coupon.get("date_expires_gmt"))
-        return Discount(code=str(coupon["code"]).upper(), kind=kind,  # type: ignore[arg-type]
-                        value=ev.parse_decimal(coupon.get("amount")) or request.value,
-                        platform_id=str(coupon.get("id")) if coupon.get("id") is not None else None,
-                        ends_at=expires or request.ends_at, raw=coupon)
+        return Discount(
+            code=str(coupon["code"]).upper(),
+            kind=kind,  # type: ignore[arg-type]
+            value=ev.parse_decimal(coupon.get("amount")) or request.value,
+            platform_id=str(coupon.get("id")) if coupon.get("id") is not None else None,
+            ends_at=expires or request.ends_at,
+            raw=coupon,
+        )
 
     def find_coupon(self, code: str) -> dict[str, Any] | None:
         """The coupon with exactly this code, if the store has one."""
@@ -180,8 +214,12 @@ class WooCommerceConnector(Connector):
     def coupon_body(self, code: str, request: DiscountRequest) -> dict[str, Any]:
         """The `POST /coupons` body for a request."""
         body: dict[str, Any] = {
-            "code": code, "discount_type": KINDS[request.kind], "amount": _money(request.value),
-            "individual_use": True, "usage_limit": request.usage_limit, "usage_limit_per_user": 1,
+            "code": code,
+            "discount_type": KINDS[request.kind],
+            "amount": _money(request.value),
+            "individual_use": True,
+            "usage_limit": request.usage_limit,
+            "usage_limit_per_user": 1,
             "description": request.title or f"Encore {request.idempotency_key}"[:200],
         }
         email = request.customer_email
@@ -238,8 +276,17 @@ class WooCommerceConnector(Connector):
         """Add tags to the customer's `encore_tags` meta (WooCommerce has no customer tags)."""
         response = self.request("GET", f"customers/{customer_id}")
         current = json_of(response, "WooCommerce customer")
-        existing = next((m.get("value") for m in current.get("meta_data") or []
-                         if isinstance(m, dict) and m.get("key") == TAGS_META), "") or ""
+        existing = (
+            next(
+                (
+                    m.get("value")
+                    for m in current.get("meta_data") or []
+                    if isinstance(m, dict) and m.get("key") == TAGS_META
+                ),
+                "",
+            )
+            or ""
+        )
         merged = sorted({t.strip() for t in [*str(existing).split(","), *tags] if t.strip()})
         self.request("PUT", f"customers/{customer_id}", {"meta_data": [{"key": TAGS_META, "value": ",".join(merged)}]})
 

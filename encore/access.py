@@ -57,6 +57,7 @@ def _redis(connection: Redis | None) -> Redis:
 
 # ---- one-time sign-in links ------------------------------------------------------------------------
 
+
 def _serializer(secret_key: str | None = None) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(secret_key or get_settings().secret_key, salt=LINK_SALT)
 
@@ -90,6 +91,7 @@ def redeem_link_token(token: str, connection: Redis | None = None) -> str:
 
 # ---- server-side sessions --------------------------------------------------------------------------
 
+
 def _session_key(session_id: str) -> str:
     return SESSION_PREFIX + hashlib.sha256(session_id.encode()).hexdigest()
 
@@ -116,6 +118,7 @@ def end_session(session_id: str, connection: Redis | None = None) -> None:
 
 
 # ---- the sign-in throttle --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Throttled:

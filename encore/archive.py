@@ -29,16 +29,19 @@ REJECTED_KEY = "encore:webhooks:rejected"
 REDACTED_BODY = b"{}"
 REJECTED_KEEP = 500
 # Never stored: signatures, and anything that authenticates a request.
-SECRET_HEADERS = frozenset({"x-shopify-hmac-sha256", "x-wc-webhook-signature", "authorization", "cookie",
-                            "proxy-authorization", "x-api-key"})
+SECRET_HEADERS = frozenset(
+    {"x-shopify-hmac-sha256", "x-wc-webhook-signature", "authorization", "cookie", "proxy-authorization", "x-api-key"}
+)
 
 
 class WebhookDelivery(Base):
     """One accepted webhook delivery, kept for replay."""
 
     __tablename__ = "webhook_deliveries"
-    __table_args__ = (Index("ix_webhook_deliveries_received", "received_at"),
-                      Index("ix_webhook_deliveries_shop", "platform", "shop"))
+    __table_args__ = (
+        Index("ix_webhook_deliveries_received", "received_at"),
+        Index("ix_webhook_deliveries_shop", "platform", "shop"),
+    )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     platform: Mapped[str] = mapped_column(String(32))
@@ -53,8 +56,15 @@ class WebhookDelivery(Base):
 
     def to_record(self) -> dict[str, Any]:
         """The JSON-lines form `encore export webhooks` writes and `encore replay` reads."""
-        return {"platform": self.platform, "shop": self.shop, "topic": self.topic, "delivery_id": self.delivery_id,
-                "received_at": self.received_at.isoformat(), "headers": self.headers, "body": self.body}
+        return {
+            "platform": self.platform,
+            "shop": self.shop,
+            "topic": self.topic,
+            "delivery_id": self.delivery_id,
+            "received_at": self.received_at.isoformat(),
+            "headers": self.headers,
+            "body": self.body,
+        }
 
 
 def safe_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -62,18 +72,34 @@ def safe_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     return {name: value for name, value in headers if name.lower() not in SECRET_HEADERS}
 
 
-def record_delivery(platform: str, shop: str, topic: str, delivery_id: str | None, headers: Iterable[tuple[str, str]],
-                    body: bytes, outcome: str, event_ids: list[str], session: Session | None = None) -> None:
+def record_delivery(
+    platform: str,
+    shop: str,
+    topic: str,
+    delivery_id: str | None,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+    outcome: str,
+    event_ids: list[str],
+    session: Session | None = None,
+) -> None:
     """Keep an accepted delivery; a failure here is logged, never passed on (the event is already queued).
 
     With `session`, the row joins the caller's transaction (the worker archives a delivery together
     with the ledger's changes); otherwise it is written in a transaction of its own.
     """
 
-    row = WebhookDelivery(platform=platform, shop=shop[:255], topic=topic[:128],
-                          delivery_id=(delivery_id or "")[:255] or None, outcome=outcome, event_ids=event_ids,
-                          headers=safe_headers(headers), body=body.decode("utf-8", errors="replace"),
-                          received_at=utcnow())
+    row = WebhookDelivery(
+        platform=platform,
+        shop=shop[:255],
+        topic=topic[:128],
+        delivery_id=(delivery_id or "")[:255] or None,
+        outcome=outcome,
+        event_ids=event_ids,
+        headers=safe_headers(headers),
+        body=body.decode("utf-8", errors="replace"),
+        received_at=utcnow(),
+    )
     if session is not None:
         session.add(row)
         return
@@ -89,8 +115,15 @@ def record_delivery(platform: str, shop: str, topic: str, delivery_id: str | Non
 NEEDLES_PER_QUERY = 100
 
 
-def forget(session: Session, platform: str, shop: str, needles: list[str],
-           names: Callable[[WebhookDelivery], bool], *, whole_shop: bool = False) -> int:
+def forget(
+    session: Session,
+    platform: str,
+    shop: str,
+    needles: list[str],
+    names: Callable[[WebhookDelivery], bool],
+    *,
+    whole_shop: bool = False,
+) -> int:
     """Delete a shop's archived deliveries that name a person (a redaction); returns how many.
 
     The bodies holding one of `needles` (lower-case fragments) are read, and those `names` confirms
@@ -103,29 +136,49 @@ def forget(session: Session, platform: str, shop: str, needles: list[str],
         body = func.lower(WebhookDelivery.body)
         doomed, seen = [], set()
         for start in range(0, len(needles), NEEDLES_PER_QUERY):
-            found = query.where(or_(*(body.contains(needle, autoescape=True)
-                                      for needle in needles[start:start + NEEDLES_PER_QUERY])))
+            found = query.where(
+                or_(*(body.contains(needle, autoescape=True) for needle in needles[start : start + NEEDLES_PER_QUERY]))
+            )
             for row in session.execute(found.execution_options(yield_per=200)).scalars():
                 if row.id not in seen:
                     seen.add(row.id)
                     if names(row):
                         doomed.append(row.id)
     for start in range(0, len(doomed), 500):
-        session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(doomed[start:start + 500]))
-                        .execution_options(synchronize_session=False))
+        session.execute(
+            delete(WebhookDelivery)
+            .where(WebhookDelivery.id.in_(doomed[start : start + 500]))
+            .execution_options(synchronize_session=False)
+        )
     return len(doomed)
 
 
-def record_rejection(platform: str, reason: str, status: int, detail: str, topic: str | None = None,
-                     shop: str | None = None, remote_addr: str | None = None, delivery_id: str | None = None) -> None:
+def record_rejection(
+    platform: str,
+    reason: str,
+    status: int,
+    detail: str,
+    topic: str | None = None,
+    shop: str | None = None,
+    remote_addr: str | None = None,
+    delivery_id: str | None = None,
+) -> None:
     """Remember why a delivery was refused (the newest REJECTED_KEEP, in Redis; no body is kept).
 
     The platform's delivery id, when there is one, finds the delivery in the platform's own log.
     """
 
-    entry = {"at": utcnow().isoformat(), "platform": platform, "reason": reason, "status": status,
-             "detail": detail[:300], "topic": topic, "shop": (shop or "")[:255] or None, "remote_addr": remote_addr,
-             "delivery_id": (delivery_id or "")[:255] or None}
+    entry = {
+        "at": utcnow().isoformat(),
+        "platform": platform,
+        "reason": reason,
+        "status": status,
+        "detail": detail[:300],
+        "topic": topic,
+        "shop": (shop or "")[:255] or None,
+        "remote_addr": remote_addr,
+        "delivery_id": (delivery_id or "")[:255] or None,
+    }
     try:
         with get_redis().pipeline() as pipe:
             pipe.lpush(REJECTED_KEY, json.dumps(entry))
@@ -159,8 +212,13 @@ def purge(now: datetime | None = None) -> int:
     return removed
 
 
-def deliveries(since: datetime | None = None, until: datetime | None = None, platform: str | None = None,
-               shop: str | None = None, topic: str | None = None) -> Iterator[WebhookDelivery]:
+def deliveries(
+    since: datetime | None = None,
+    until: datetime | None = None,
+    platform: str | None = None,
+    shop: str | None = None,
+    topic: str | None = None,
+) -> Iterator[WebhookDelivery]:
     """Archived deliveries, oldest first, filtered."""
 
     query = select(WebhookDelivery).order_by(WebhookDelivery.received_at, WebhookDelivery.id)
@@ -168,8 +226,11 @@ def deliveries(since: datetime | None = None, until: datetime | None = None, pla
         query = query.where(WebhookDelivery.received_at >= since)
     if until is not None:
         query = query.where(WebhookDelivery.received_at < until)
-    for column, value in ((WebhookDelivery.platform, platform), (WebhookDelivery.shop, shop),
-                          (WebhookDelivery.topic, topic)):
+    for column, value in (
+        (WebhookDelivery.platform, platform),
+        (WebhookDelivery.shop, shop),
+        (WebhookDelivery.topic, topic),
+    ):
         if value:
             query = query.where(column == value)
     with session_scope() as session:

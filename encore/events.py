@@ -235,6 +235,7 @@ def problem(exc: Exception) -> str:
         return f"{exc.title}{'.' + where if where else ''}: {first['msg']}{more}"
     return f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyError) else str(exc)
 
+
 _JOB_ID_OK = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 

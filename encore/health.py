@@ -48,6 +48,7 @@ def check_database(url: str | None = None) -> str | None:
 
 # ---- the schema --------------------------------------------------------------------------------------
 
+
 @lru_cache(maxsize=1)
 def _script() -> tuple[tuple[str, ...], frozenset[str]]:
     """The shipped migrations' heads and every revision they know (read once per process)."""
@@ -74,8 +75,7 @@ def schema_behind(current: tuple[str, ...], heads: tuple[str, ...]) -> str | Non
         return None
     unknown = set(current) - _script()[1]
     if unknown:
-        log.warning("database schema is newer than this code", extra={"current": sorted(unknown),
-                                                                      "head": list(heads)})
+        log.warning("database schema is newer than this code", extra={"current": sorted(unknown), "head": list(heads)})
         return None
     return f"behind: at {', '.join(current) or 'none'}, head is {', '.join(heads)}"
 
@@ -130,8 +130,10 @@ class SchemaWatch:
             try:
                 migrate(self.url)
             except Exception as exc:  # noqa: BLE001 - reported by check() below, tried again later
-                log.error("database schema not brought up to date; trying again later",
-                          extra={"problem": self.problem, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                log.error(
+                    "database schema not brought up to date; trying again later",
+                    extra={"problem": self.problem, "error": f"{type(exc).__name__}: {exc}"[:300]},
+                )
             return self.check()
         finally:
             self._lock.release()
@@ -143,6 +145,7 @@ class SchemaWatch:
 
 
 # ---- Redis durability --------------------------------------------------------------------------------
+
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value if value is not None else "")
@@ -168,21 +171,29 @@ def redis_persistence(connection: Redis) -> str | None:
             aof = bool(int(connection.info("persistence").get("aof_enabled", 0)))
             policy = _text(connection.info("memory").get("maxmemory_policy")).lower() or None
         except (RedisError, ValueError) as info_exc:
-            log.debug("Redis persistence unknown: neither CONFIG nor INFO answered",
-                      extra={"error": f"{type(exc).__name__}; {type(info_exc).__name__}"})
+            log.debug(
+                "Redis persistence unknown: neither CONFIG nor INFO answered",
+                extra={"error": f"{type(exc).__name__}; {type(info_exc).__name__}"},
+            )
             return None
         snapshots = True if aof else None
         if snapshots is None:
-            log.debug("Redis persistence unknown: AOF is off, and whether RDB snapshots are on needs CONFIG",
-                      extra={"error": type(exc).__name__})
+            log.debug(
+                "Redis persistence unknown: AOF is off, and whether RDB snapshots are on needs CONFIG",
+                extra={"error": type(exc).__name__},
+            )
     except RedisError as exc:
         log.debug("Redis persistence unknown: Redis did not answer", extra={"error": type(exc).__name__})
         return None
     warnings = []
     if not aof and snapshots is False:
-        warnings.append("Redis keeps no copy on disk (appendonly is no and save is empty): a restart loses "
-                        "queued webhooks and scheduled steps; turn on appendonly yes")
+        warnings.append(
+            "Redis keeps no copy on disk (appendonly is no and save is empty): a restart loses "
+            "queued webhooks and scheduled steps; turn on appendonly yes"
+        )
     if policy and policy != "noeviction":
-        warnings.append(f"Redis maxmemory-policy is {policy}, not noeviction: when memory fills it may evict "
-                        "queued webhooks and jobs")
+        warnings.append(
+            f"Redis maxmemory-policy is {policy}, not noeviction: when memory fills it may evict "
+            "queued webhooks and jobs"
+        )
     return "; ".join(warnings) or None

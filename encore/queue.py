@@ -61,8 +61,7 @@ def get_redis() -> Redis:
     """The process's Redis connection."""
     global _redis
     if _redis is None:
-        _redis = Redis.from_url(redis_url(), socket_connect_timeout=2, socket_timeout=5,
-                                health_check_interval=30)
+        _redis = Redis.from_url(redis_url(), socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
     return _redis
 
 
@@ -83,16 +82,20 @@ def queue(name: str = EVENTS, connection: Redis | None = None) -> ReliableQueue:
 
 # Job functions as named before the package had one import root: jobs queued then (still in Redis
 # after an upgrade: waiting, scheduled, retried or failed and requeued) run the same functions now.
-LEGACY_PATHS = (("encore.jobs.", "encore_retention.jobs."), ("encore.", "encore_retention.core."),
-                ("flows.", "encore_retention.flows."), ("connectors.", "encore_retention.connectors."),
-                ("webhooks.", "encore_retention.webhooks."))
+LEGACY_PATHS = (
+    ("encore.jobs.", "encore_retention.jobs."),
+    ("encore.", "encore_retention.core."),
+    ("flows.", "encore_retention.flows."),
+    ("connectors.", "encore_retention.connectors."),
+    ("webhooks.", "encore_retention.webhooks."),
+)
 
 
 def current_path(name: str) -> str:
     """A job function's dotted path as it is named now (see LEGACY_PATHS)."""
     for old, new in LEGACY_PATHS:
         if name.startswith(old):
-            return new + name[len(old):]
+            return new + name[len(old) :]
     return name
 
 
@@ -100,7 +103,7 @@ class EncoreJob(Job):
     """RQ's Job, whose function is found under its current path when it was queued under an old one."""
 
     @property
-    def func(self):  # type: ignore[no-untyped-def]
+    def func(self):
         name = self.func_name
         if name is not None and not self.instance and current_path(name) != name:
             return import_attribute(current_path(name))
@@ -123,8 +126,15 @@ class ReliableQueue(Queue):
     job_class = EncoreJob
 
     @classmethod
-    def dequeue_any(cls, queues, timeout, connection, job_class=None, serializer=None,  # type: ignore[no-untyped-def]
-                    death_penalty_class=None):
+    def dequeue_any(
+        cls,
+        queues,
+        timeout,
+        connection,
+        job_class=None,
+        serializer=None,
+        death_penalty_class=None,
+    ):
         queues = list(queues)
         keys: list[str] = []
         for q in queues:
@@ -148,33 +158,58 @@ class ReliableQueue(Queue):
             queue_key, job_id = as_text(result[0]), as_text(result[1])
             _taken_body = (job_id, result[3]) if len(result) == 4 and result[3] is not None else None
             if len(result) == 2:  # taken by the blocking read: RQ fetches the job itself
-                found = cls._fetch_dequeued_job(connection, queue_key, job_id, job_class=job_cls,
-                                                serializer=serializer, death_penalty_class=death_penalty_class)
+                found = cls._fetch_dequeued_job(
+                    connection,
+                    queue_key,
+                    job_id,
+                    job_class=job_cls,
+                    serializer=serializer,
+                    death_penalty_class=death_penalty_class,
+                )
             else:
-                found = cls._taken_job(connection, queue_key, job_id, result[2], job_cls, serializer,
-                                       death_penalty_class)
+                found = cls._taken_job(
+                    connection, queue_key, job_id, result[2], job_cls, serializer, death_penalty_class
+                )
             if found is not None:
                 return found
 
     # Encore's jobs never depend on one another, so a finished job has no dependents to look up (RQ
     # would read its dependents' set in a round trip of its own); a job queued with some is refused.
-    def create_job(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def create_job(self, *args, **kwargs):
         if kwargs.get("depends_on") is not None:
             raise ValueError("Encore's queues take no job dependencies (depends_on)")
         return super().create_job(*args, **kwargs)
 
-    def move_dependents_to_ready(self, job, pipeline=None, exclude_job_id=None,  # type: ignore[no-untyped-def]
-                                 refresh_job_status=True):
+    def move_dependents_to_ready(
+        self,
+        job,
+        pipeline=None,
+        exclude_job_id=None,
+        refresh_job_status=True,
+    ):
         return {}
 
     @classmethod
-    def _taken_job(cls, connection: Redis, queue_key: str, job_id: str, fields: list[bytes], job_cls: type[Job],
-                   serializer: Any, death_penalty_class: Any) -> tuple[Job, Queue] | None:
+    def _taken_job(
+        cls,
+        connection: Redis,
+        queue_key: str,
+        job_id: str,
+        fields: list[bytes],
+        job_cls: type[Job],
+        serializer: Any,
+        death_penalty_class: Any,
+    ) -> tuple[Job, Queue] | None:
         """The job whose hash the take script read with it, built as RQ's `Job.fetch` builds it."""
         if not fields:  # the hash is gone (the job was deleted): RQ's dequeue passes over it too
             return None
-        q = cls.from_queue_key(queue_key, connection=connection, job_class=job_cls, serializer=serializer,
-                               death_penalty_class=death_penalty_class)
+        q = cls.from_queue_key(
+            queue_key,
+            connection=connection,
+            job_class=job_cls,
+            serializer=serializer,
+            death_penalty_class=death_penalty_class,
+        )
         job = job_cls(job_id, connection=connection, serializer=serializer)
         try:
             job.restore(dict(zip(fields[0::2], fields[1::2], strict=True)))
@@ -183,6 +218,7 @@ class ReliableQueue(Queue):
             exc.queue = q  # type: ignore[attr-defined]
             raise
         return job, q
+
 
 DEQUEUE_POLL = 0.5  # an idle worker looks at its other queues at least this often (seconds)
 STRANDED_AFTER = 10.0  # a job this long in an intermediate list, and not started, is put back on its queue
@@ -258,8 +294,9 @@ def requeue_stranded(q: Queue) -> int:
     return put_back
 
 
-def _enqueue_once(connection: Redis, key: str, func: str, args: tuple[Any, ...], description: str,
-                  body: bytes | None = None) -> bool:
+def _enqueue_once(
+    connection: Redis, key: str, func: str, args: tuple[Any, ...], description: str, body: bytes | None = None
+) -> bool:
     """Queue `func(*args)` on the events queue as job `key`, once: False when `key` was queued before.
 
     The dedupe mark, RQ's job hash and queue entry (and the raw body, if any) are written by one
@@ -268,10 +305,19 @@ def _enqueue_once(connection: Redis, key: str, func: str, args: tuple[Any, ...],
     """
     q = _events_queue(connection)
     ttl = get_settings().DEDUPE_TTL_SECONDS
-    return bool(_script(connection, _ENQUEUE_ONCE)(
-        keys=[SEEN_PREFIX + key, Job.key_for(key), q.key, BODY_PREFIX + key, Queue.redis_queues_keys],
-        args=[ttl, FAILURE_TTL if body is not None else 0, body or b"", key, q.key,
-              *job_fields(q, func, args, description)]))
+    return bool(
+        _script(connection, _ENQUEUE_ONCE)(
+            keys=[SEEN_PREFIX + key, Job.key_for(key), q.key, BODY_PREFIX + key, Queue.redis_queues_keys],
+            args=[
+                ttl,
+                FAILURE_TTL if body is not None else 0,
+                body or b"",
+                key,
+                q.key,
+                *job_fields(q, func, args, description),
+            ],
+        )
+    )
 
 
 def job_fields(q: Queue, func: str, args: tuple[Any, ...], description: str) -> list[Any]:
@@ -283,15 +329,28 @@ def job_fields(q: Queue, func: str, args: tuple[Any, ...], description: str) -> 
     """
     static = _static_fields.get((q.name, func))
     if static is None:
-        model = q.create_job(func, args=(), job_id="model", retry=EVENT_RETRY, result_ttl=RESULT_TTL,
-                             failure_ttl=FAILURE_TTL)
+        model = q.create_job(
+            func, args=(), job_id="model", retry=EVENT_RETRY, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL
+        )
         q._prepare_for_queue(model)
         static = _static_fields[(q.name, func)] = [
-            part for name, value in model.to_dict().items()
-            if value is not None and name not in _PER_JOB for part in (name, value)]
+            part
+            for name, value in model.to_dict().items()
+            if value is not None and name not in _PER_JOB
+            for part in (name, value)
+        ]
     stamp = utcformat(rq_now())
-    return [*static, "created_at", stamp, "enqueued_at", stamp, "description", description,
-            "data", orjson.dumps([func, None, list(args), {}])]
+    return [
+        *static,
+        "created_at",
+        stamp,
+        "enqueued_at",
+        stamp,
+        "description",
+        description,
+        "data",
+        orjson.dumps([func, None, list(args), {}]),
+    ]
 
 
 _PER_JOB = frozenset({"created_at", "enqueued_at", "description", "data"})
@@ -314,8 +373,9 @@ def enqueue_event(event: Event, connection: Redis | None = None) -> bool:
 
     The event id is both the dedupe key and the RQ job id, so a repeated event can't become two jobs.
     """
-    return _enqueue_once(connection or get_redis(), event.id, PROCESS_EVENT, (event.to_dict(),),
-                         f"{event.platform} {event.topic}")
+    return _enqueue_once(
+        connection or get_redis(), event.id, PROCESS_EVENT, (event.to_dict(),), f"{event.platform} {event.topic}"
+    )
 
 
 _taken_body: tuple[str, bytes] | None = None  # the body the take script read with the job now running
@@ -360,12 +420,19 @@ def finished_bodies() -> list[str]:
     return _finished_bodies if _finished_bodies is not None else []
 
 
-def enqueue_delivery(platform: str, delivery: dict[str, Any], body: bytes, key: str,
-                     connection: Redis | None = None) -> bool:
+def enqueue_delivery(
+    platform: str, delivery: dict[str, Any], body: bytes, key: str, connection: Redis | None = None
+) -> bool:
     """Queue a verified webhook delivery once; False when its key was queued before (a duplicate).
 
     The raw body is stored beside the job, by the same script as the dedupe mark and RQ's own
     writes, so the job never exists without its body and a 200 means all are in Redis.
     """
-    return _enqueue_once(connection or get_redis(), key, PROCESS_DELIVERY, (platform, delivery),
-                         f"{platform} {delivery.get('topic')}", body)
+    return _enqueue_once(
+        connection or get_redis(),
+        key,
+        PROCESS_DELIVERY,
+        (platform, delivery),
+        f"{platform} {delivery.get('topic')}",
+        body,
+    )

@@ -19,8 +19,10 @@ def folder(package: str, name: str = "") -> Path:
     except ModuleNotFoundError as exc:
         if exc.name is None or not (package == exc.name or package.startswith(exc.name + ".")):
             raise
-        raise RuntimeError(f"Encore's package {package!r} is not installed: run `pip install -e .` in the "
-                           "checkout (`make` does), or install the wheel") from None
+        raise RuntimeError(
+            f"Encore's package {package!r} is not installed: run `pip install -e .` in the "
+            "checkout (`make` does), or install the wheel"
+        ) from None
     found = root.joinpath(name) if name else root
     if not isinstance(found, Path):
         raise RuntimeError(f"Encore's package {package!r} is not on disk ({found}): install it unzipped, as pip does")

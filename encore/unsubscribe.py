@@ -102,8 +102,9 @@ def unsubscribe_url(shop_id: int, email: str) -> str:
     return f"{get_settings().APP_URL.rstrip('/')}/unsubscribe/{make_token(shop_id, email)}"
 
 
-_REASON = select(Suppression.reason).where(Suppression.shop_id == bindparam("shop_id"),
-                                          Suppression.email_hash == bindparam("key"))
+_REASON = select(Suppression.reason).where(
+    Suppression.shop_id == bindparam("shop_id"), Suppression.email_hash == bindparam("key")
+)
 
 
 def is_suppressed(session: Session, shop_id: int, email: str) -> str | None:
@@ -124,5 +125,10 @@ def suppress(session: Session, shop_id: int, email: str, reason: str = "unsubscr
 def suppress_key(session: Session, shop_id: int, key: str, reason: str = "unsubscribed", source: str = "") -> None:
     """Record a suppression by the address's keyed hash (what an unsubscribe link carries; idempotent)."""
     if suppression_reason(session, shop_id, key) is None:  # two clicks at once: the second inserts nothing
-        insert_new(session, Suppression, {"shop_id": shop_id, "email_hash": key, "reason": reason, "source": source,
-                                          "created_at": utcnow()}, ["shop_id", "email_hash"], attach=False)
+        insert_new(
+            session,
+            Suppression,
+            {"shop_id": shop_id, "email_hash": key, "reason": reason, "source": source, "created_at": utcnow()},
+            ["shop_id", "email_hash"],
+            attach=False,
+        )

@@ -24,13 +24,14 @@ CRON_MODULES = ("encore_retention.flows.cron", "encore_retention.connectors.cron
 class JSONCronJob(CronJob):
     """A CronJob whose jobs use Encore's JSON serializer, like every other job the worker runs."""
 
-    def enqueue(self, connection: Redis):  # type: ignore[no-untyped-def]
+    def enqueue(self, connection: Redis):
 
         if not self.func:
             raise ValueError("CronJob has no function to enqueue")
         with connection.pipeline() as pipeline:
             job = queue(self.queue_name, connection).enqueue(
-                self.func, args=self.args, kwargs=self.kwargs, **self.job_options, pipeline=pipeline)
+                self.func, args=self.args, kwargs=self.kwargs, **self.job_options, pipeline=pipeline
+            )
             assert job.enqueued_at is not None
             pipeline.zadd(self.job_history_key, {job.id: job.enqueued_at.timestamp()})
             pipeline.zremrangebyrank(self.job_history_key, 0, -(DEFAULT_CRON_JOB_HISTORY_LIMIT + 1))

@@ -39,8 +39,9 @@ def _apply(event: Event, archived: tuple[str, Delivery, bytes] | None = None) ->
         try:
             result = _apply_once(event, archived, defer_commit=True)
         except EventNotCommitted as exc:  # nothing of it was kept: once more, committing before the runs act
-            log.warning("a flow run failed before the event was committed; applying it again",
-                        extra={"error": str(exc)[:300]})
+            log.warning(
+                "a flow run failed before the event was committed; applying it again", extra={"error": str(exc)[:300]}
+            )
             result = _apply_once(event, archived, defer_commit=False)
     EVENTS_PROCESSED.labels(type=event.type.value, new=str(result.new).lower()).inc()
     if result.new:
@@ -55,7 +56,6 @@ def _apply_once(event: Event, archived: tuple[str, Delivery, bytes] | None, *, d
     with session_scope() as session:
         result = apply_event(session, event)
         if result.new and result.shop is not None and event.type == EventType.CUSTOMER_DATA_REQUEST:
-
             record_export(session, result.shop, event)
         customer_id = result.customer.id if result.customer else None
         log.info("event applied to the ledger", extra={"new": result.new, "customer_id": customer_id})
@@ -64,13 +64,27 @@ def _apply_once(event: Event, archived: tuple[str, Delivery, bytes] | None, *, d
             outcome = "queued"
             if result.redacted is not None:  # a redaction's own body names whom it forgets: only its record stays
                 body, outcome = archive.REDACTED_BODY, "redacted"
-            archive.record_delivery(platform, delivery.shop, delivery.topic, delivery.delivery_id,
-                                    delivery.http_headers.items(), body, outcome, [event.id], session=session)
+            archive.record_delivery(
+                platform,
+                delivery.shop,
+                delivery.topic,
+                delivery.delivery_id,
+                delivery.http_headers.items(),
+                body,
+                outcome,
+                [event.id],
+                session=session,
+            )
         if result.redacted is not None:
-
             forget(session, result.redacted, keep_jobs=_running_jobs(event))
-        handle_event(event, shop=result.shop, customer=result.customer, new=result.new, session=session,
-                     defer_commit=defer_commit)
+        handle_event(
+            event,
+            shop=result.shop,
+            customer=result.customer,
+            new=result.new,
+            session=session,
+            defer_commit=defer_commit,
+        )
     return result
 
 
@@ -110,21 +124,28 @@ def process_delivery(platform: str, data: dict[str, Any]) -> dict[str, Any]:
             results.append(_apply(event, (platform, delivery, body)))
         except DataError as exc:  # nothing of this event was kept: its transaction rolled back
             reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]  # no SQL, no values
-            results.append(_reject(platform, delivery, f"the database refused a value: {reason[:200]}",
-                                   event_id=event.id, forget=False))
+            results.append(
+                _reject(
+                    platform, delivery, f"the database refused a value: {reason[:200]}", event_id=event.id, forget=False
+                )
+            )
     forget_delivery_body(key)
     return results[0] if len(results) == 1 else {"event": key, "results": results}
 
 
-def _reject(platform: str, delivery: Delivery, why: str, *, event_id: str | None = None,
-            forget: bool = True) -> dict[str, Any]:
+def _reject(
+    platform: str, delivery: Delivery, why: str, *, event_id: str | None = None, forget: bool = True
+) -> dict[str, Any]:
     """Record a delivery (or one of its events) the worker can't take, so that it is not retried."""
     key = delivery.key or ""
     detail = f"{delivery.topic}: {why}"
-    archive.record_rejection(platform, "malformed", 400, detail, delivery.topic, delivery.shop,
-                             delivery_id=delivery.delivery_id)
-    log.error("delivery could not be normalised", extra={"platform": platform, "topic": delivery.topic,
-                                                         "event_id": event_id or key, "error": why[:300]})
+    archive.record_rejection(
+        platform, "malformed", 400, detail, delivery.topic, delivery.shop, delivery_id=delivery.delivery_id
+    )
+    log.error(
+        "delivery could not be normalised",
+        extra={"platform": platform, "topic": delivery.topic, "event_id": event_id or key, "error": why[:300]},
+    )
     if forget:
         forget_delivery_body(key)
     return {"event": event_id or key, "rejected": why[:300]}

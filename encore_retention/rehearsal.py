@@ -43,8 +43,13 @@ class RehearsalConnector(Connector):
     def create_discount(self, request: DiscountRequest) -> Discount:
         """The code the real connector would create for this request."""
 
-        return Discount(code=code_for(self.shop.id, request), kind=request.kind, value=request.value,
-                        platform_id=None, ends_at=request.ends_at)
+        return Discount(
+            code=code_for(self.shop.id, request),
+            kind=request.kind,
+            value=request.value,
+            platform_id=None,
+            ends_at=request.ends_at,
+        )
 
     def tag_customer(self, customer_id: str, tags: list[str]) -> None:
         """Tags are only recorded in the rehearsal's ledger."""
@@ -96,8 +101,8 @@ def copy_database(source_url: str, target: Path) -> str:
 
     target_url = f"sqlite:///{target}"
     source_url = normalise_url(source_url)
-    if source_url.startswith("sqlite:///") and Path(source_url[len("sqlite:///"):]).exists():
-        with sqlite3.connect(source_url[len("sqlite:///"):]) as src, sqlite3.connect(target) as dst:
+    if source_url.startswith("sqlite:///") and Path(source_url[len("sqlite:///") :]).exists():
+        with sqlite3.connect(source_url[len("sqlite:///") :]) as src, sqlite3.connect(target) as dst:
             src.backup(dst)
         migrate(target_url)
         return target_url
@@ -105,8 +110,11 @@ def copy_database(source_url: str, target: Path) -> str:
     if source_url.startswith("sqlite"):
         return target_url
 
-    for room in ("encore_retention.flows.models", "encore_retention.connectors.models",
-                 "encore_retention.core.archive"):
+    for room in (
+        "encore_retention.flows.models",
+        "encore_retention.connectors.models",
+        "encore_retention.core.archive",
+    ):
         __import__(room)
     with get_engine(source_url).connect() as src, get_engine(target_url).begin() as dst:
         for table in Base.metadata.sorted_tables:
@@ -147,13 +155,13 @@ def rehearsal(folder: Path) -> Iterator[Rehearsal]:
     def leave_redis(connection: Any, person: Any, keep_jobs: Any = None) -> int:
         return 0
 
-    connector_registry.get_connector = connector_for  # type: ignore[assignment]
-    engine.schedule = record  # type: ignore[assignment]
+    connector_registry.get_connector = connector_for
+    engine.schedule = record
     privacy.forget_in_redis = leave_redis
     try:
         yield current
     finally:
-        connector_registry.get_connector, engine.schedule, privacy.forget_in_redis = saved  # type: ignore[assignment]
+        connector_registry.get_connector, engine.schedule, privacy.forget_in_redis = saved
         for name, value in saved_env.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -167,9 +175,29 @@ def outcome_rows(first_run_id: int) -> list[dict[str, Any]]:
 
     with session_scope() as session:
         rows = session.execute(
-            select(FlowTrace.at, FlowRun.id, FlowRun.flow_key, Customer.email, FlowTrace.kind, FlowTrace.message,
-                   FlowTrace.detail)
-            .join(FlowRun, FlowRun.id == FlowTrace.run_id).outerjoin(Customer, Customer.id == FlowRun.customer_id)
-            .where(FlowRun.id >= first_run_id).order_by(FlowTrace.at, FlowTrace.id)).all()
-    return [{"at": at.isoformat(), "run": run_id, "flow": flow, "customer": email, "kind": kind, "message": message,
-             "detail": detail} for at, run_id, flow, email, kind, message, detail in rows]
+            select(
+                FlowTrace.at,
+                FlowRun.id,
+                FlowRun.flow_key,
+                Customer.email,
+                FlowTrace.kind,
+                FlowTrace.message,
+                FlowTrace.detail,
+            )
+            .join(FlowRun, FlowRun.id == FlowTrace.run_id)
+            .outerjoin(Customer, Customer.id == FlowRun.customer_id)
+            .where(FlowRun.id >= first_run_id)
+            .order_by(FlowTrace.at, FlowTrace.id)
+        ).all()
+    return [
+        {
+            "at": at.isoformat(),
+            "run": run_id,
+            "flow": flow,
+            "customer": email,
+            "kind": kind,
+            "message": message,
+            "detail": detail,
+        }
+        for at, run_id, flow, email, kind, message, detail in rows
+    ]

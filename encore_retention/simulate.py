@@ -43,8 +43,13 @@ ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 # `customer.orders_count == 3`, `customer.email_consent`, `not customer.tags`: read straight from the view.
 SIMPLE = re.compile(r"^\s*(not\s+)?customer\.([a-z_]+)\s*(?:(==|!=|>=|<=|>|<)\s*(-?\d+))?\s*$")
 COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b, "<": lambda a, b: a < b}
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+}
 
 
 PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]\w*)\.([a-z_]\w*)(?:\s+or\s+'([^'{}]*)')?\s*\}\}")
@@ -99,6 +104,7 @@ def simple_condition(source: str) -> Callable[[dict[str, Any]], bool] | None:
 
 
 # ---- reading exports -------------------------------------------------------------------------------
+
 
 @dataclass
 class HistoricalOrder:
@@ -160,8 +166,7 @@ CUSTOMER_COLUMNS: dict[str, tuple[str, ...]] = {
     "email": ("email", "billingemail", "emailaddress"),
     "first_name": ("firstname", "billingfirstname"),
     "last_name": ("lastname", "billinglastname"),
-    "consent": ("acceptsemailmarketing", "acceptsmarketing", "marketingconsent", "emailmarketingconsent",
-                "newsletter"),
+    "consent": ("acceptsemailmarketing", "acceptsmarketing", "marketingconsent", "emailmarketingconsent", "newsletter"),
     "birthday": ("birthday", "birthdate", "dateofbirth", "dob"),
     "created_at": ("createdat", "datecreated", "datecreatedgmt", "registered", "dateregistered"),
     "tags": ("tags",),
@@ -238,6 +243,7 @@ def read_orders(path: Path) -> list[HistoricalOrder]:
         raise click.ClickException(f"{path}: no {' or '.join(missing)} column (found: {', '.join(header[:12])}…)")
     by_id: dict[str, HistoricalOrder] = {}
     for number, row in enumerate(reader, 2):
+
         def get(name: str, row: list[str] = row) -> str | None:
             index = cols.get(name)
             return row[index].strip() if index is not None and index < len(row) and row[index].strip() else None
@@ -256,19 +262,31 @@ def read_orders(path: Path) -> list[HistoricalOrder]:
             first, _, last = (get("billing_name") or "").partition(" ")
         status = (get("status") or "").lower()
         financial = (get("financial_status") or "").lower() or None
-        paid = _time(get("paid_at")) or (created if financial == "paid" or status in ("processing", "completed")
-                                          else None)
+        paid = _time(get("paid_at")) or (
+            created if financial == "paid" or status in ("processing", "completed") else None
+        )
         fulfilled = _time(get("fulfilled_at")) or (created if status == "completed" else None)
         cancelled = _time(get("cancelled_at")) or (created if status == "cancelled" else None)
         codes = [c.strip() for c in (get("codes") or "").replace(";", ",").split(",") if c.strip()]
         order = ev.Order.model_construct(
-            id=order_id, number=(get("number") or order_id).lstrip("#"), created_at=created, updated_at=created,
-            total=_money(get("total")), subtotal=_money(get("subtotal")), currency=get("currency"), line_items=[],
-            discount_codes=codes, financial_status=financial, fulfillment_status=get("fulfillment_status"),
-            cancelled_at=cancelled, checkout_token=None)
+            id=order_id,
+            number=(get("number") or order_id).lstrip("#"),
+            created_at=created,
+            updated_at=created,
+            total=_money(get("total")),
+            subtotal=_money(get("subtotal")),
+            currency=get("currency"),
+            line_items=[],
+            discount_codes=codes,
+            financial_status=financial,
+            fulfillment_status=get("fulfillment_status"),
+            cancelled_at=cancelled,
+            checkout_token=None,
+        )
         key = get("customer_id") or (f"email:{email}" if email else f"order:{order_id}")
-        by_id[order_id] = HistoricalOrder(order, key, email, first, last, _yes(get("consent")), paid, fulfilled,
-                                          cancelled)
+        by_id[order_id] = HistoricalOrder(
+            order, key, email, first, last, _yes(get("consent")), paid, fulfilled, cancelled
+        )
     return list(by_id.values())
 
 
@@ -309,21 +327,29 @@ def _json_orders(path: Path) -> Iterator[HistoricalOrder]:
             cancelled = created if payload.get("status") == "cancelled" else None
         else:
             paid = _time(payload.get("processed_at")) if payload.get("financial_status") == "paid" else None
-            fulfillments = [_time(f.get("created_at")) for f in payload.get("fulfillments") or []
-                            if isinstance(f, dict)]
+            fulfillments = [
+                _time(f.get("created_at")) for f in payload.get("fulfillments") or [] if isinstance(f, dict)
+            ]
             fulfilled = min((f for f in fulfillments if f), default=None)
             cancelled = order.cancelled_at
         email = (customer.email if customer else None) or None
         key = (customer.key if customer else None) or f"order:{order.id}"
-        yield HistoricalOrder(order, key, email.lower() if email else None, customer.first_name if customer else None,
-                              customer.last_name if customer else None, customer.email_consent if customer else None,
-                              paid, fulfilled, cancelled)
+        yield HistoricalOrder(
+            order,
+            key,
+            email.lower() if email else None,
+            customer.first_name if customer else None,
+            customer.last_name if customer else None,
+            customer.email_consent if customer else None,
+            paid,
+            fulfilled,
+            cancelled,
+        )
 
 
 def read_customers(path: Path) -> list[KnownCustomer]:
     """Customers from a Shopify or WooCommerce customers export (CSV or JSON)."""
     if path.suffix.lower() in (".json", ".jsonl"):
-
         found = []
         for payload in _json_items(path, "customers"):
             if not isinstance(payload, dict):
@@ -332,9 +358,18 @@ def read_customers(path: Path) -> list[KnownCustomer]:
             customer = module.customer(payload)
             if customer.key is None:
                 continue
-            found.append(KnownCustomer(customer.key, (customer.email or "").lower() or None, customer.first_name,
-                                       customer.last_name, customer.email_consent, customer.birthday,
-                                       customer.created_at, list(customer.tags or [])))
+            found.append(
+                KnownCustomer(
+                    customer.key,
+                    (customer.email or "").lower() or None,
+                    customer.first_name,
+                    customer.last_name,
+                    customer.email_consent,
+                    customer.birthday,
+                    customer.created_at,
+                    list(customer.tags or []),
+                )
+            )
         return found
     header, reader = _rows(path)
     cols = _columns(header, CUSTOMER_COLUMNS)
@@ -342,6 +377,7 @@ def read_customers(path: Path) -> list[KnownCustomer]:
         raise click.ClickException(f"{path}: no email or customer id column")
     customers = []
     for row in reader:
+
         def get(name: str, row: list[str] = row) -> str | None:
             index = cols.get(name)
             return row[index].strip() if index is not None and index < len(row) and row[index].strip() else None
@@ -350,15 +386,23 @@ def read_customers(path: Path) -> list[KnownCustomer]:
         key = get("id") or (f"email:{email}" if email else None)
         if key is None:
             continue
-        customers.append(KnownCustomer(key.lstrip("'"), email, get("first_name"), get("last_name"),
-                                       _yes(get("consent")),
-                                       ev.parse_date(get("birthday")) if get("birthday") else None,
-                                       _time(get("created_at")),
-                                       [t.strip() for t in (get("tags") or "").split(",") if t.strip()]))
+        customers.append(
+            KnownCustomer(
+                key.lstrip("'"),
+                email,
+                get("first_name"),
+                get("last_name"),
+                _yes(get("consent")),
+                ev.parse_date(get("birthday")) if get("birthday") else None,
+                _time(get("created_at")),
+                [t.strip() for t in (get("tags") or "").split(",") if t.strip()],
+            )
+        )
     return customers
 
 
 # ---- the simulated store ---------------------------------------------------------------------------
+
 
 @dataclass
 class SimCustomer:
@@ -393,11 +437,24 @@ class SimCustomer:
         return self._view
 
     def _make_view(self) -> dict[str, Any]:
-        return {"id": self.key, "email": self.email, "first_name": self.first_name, "last_name": self.last_name,
-                "phone": None, "locale": None, "timezone": None, "orders_count": self.orders_count,
-                "total_spent": self.total_spent, "first_order_at": self.first_order_at,
-                "last_order_at": self.last_order_at, "birthday": self.birthday, "email_consent": bool(self.consent),
-                "tags": sorted(self.tags), "has_account": None, "created_at": self.created_at}
+        return {
+            "id": self.key,
+            "email": self.email,
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "phone": None,
+            "locale": None,
+            "timezone": None,
+            "orders_count": self.orders_count,
+            "total_spent": self.total_spent,
+            "first_order_at": self.first_order_at,
+            "last_order_at": self.last_order_at,
+            "birthday": self.birthday,
+            "email_consent": bool(self.consent),
+            "tags": sorted(self.tags),
+            "has_account": None,
+            "created_at": self.created_at,
+        }
 
 
 @dataclass
@@ -431,7 +488,7 @@ class Outcome:
     reason: str = ""
 
 
-class _Code(dict):  # type: ignore[type-arg]
+class _Code(dict):
     """A created discount as expressions and subjects see it (`reward.value`, `comeback.redeemed`)."""
 
     def __str__(self) -> str:
@@ -441,8 +498,15 @@ class _Code(dict):  # type: ignore[type-arg]
 class Simulation:
     """The flows of a registry over a stream of historical events, in time order."""
 
-    def __init__(self, flows: dict[str, Any], shop: dict[str, Any], tz: tzinfo, start: datetime, end: datetime,
-                 now_hook: Callable[[datetime], None] | None = None) -> None:
+    def __init__(
+        self,
+        flows: dict[str, Any],
+        shop: dict[str, Any],
+        tz: tzinfo,
+        start: datetime,
+        end: datetime,
+        now_hook: Callable[[datetime], None] | None = None,
+    ) -> None:
         self.flows = {key: f.flow for key, f in flows.items() if f.flow.enabled}
         self.by_event: dict[str, list[str]] = defaultdict(list)
         self.exiting: dict[str, list[str]] = defaultdict(list)
@@ -511,12 +575,16 @@ class Simulation:
             customer = self.customers.get(item.customer_key)
             if customer is None:
                 info = by_key.get(item.customer_key) or (by_email.get(item.email) if item.email else None)
-                customer = SimCustomer(item.customer_key, item.email or (info.email if info else None),
-                                       item.first_name or (info.first_name if info else None),
-                                       item.last_name or (info.last_name if info else None),
-                                       info.consent if info and info.consent is not None else item.consent,
-                                       info.birthday if info else None, set(info.tags) if info else set(),
-                                       created_at=info.created_at if info else None)
+                customer = SimCustomer(
+                    item.customer_key,
+                    item.email or (info.email if info else None),
+                    item.first_name or (info.first_name if info else None),
+                    item.last_name or (info.last_name if info else None),
+                    info.consent if info and info.consent is not None else item.consent,
+                    info.birthday if info else None,
+                    set(info.tags) if info else set(),
+                    created_at=info.created_at if info else None,
+                )
                 self.customers[item.customer_key] = customer
             if customer.consent is None and item.consent is not None:
                 customer.consent = item.consent
@@ -524,8 +592,11 @@ class Simulation:
                 first_seen[item.customer_key] = created
             self.at(created, "event", ("order.placed", customer, item.order))
             count += 1
-            for name, moment in (("order.paid", item.paid_at), ("order.fulfilled", item.fulfilled_at),
-                                 ("order.cancelled", item.cancelled_at)):
+            for name, moment in (
+                ("order.paid", item.paid_at),
+                ("order.fulfilled", item.fulfilled_at),
+                ("order.cancelled", item.cancelled_at),
+            ):
                 listened = name in self.by_event or name in self.exiting or name == "order.cancelled"
                 if moment is not None and listened:
                     self.at(max(moment, created), "event", (name, customer, item.order))
@@ -533,9 +604,16 @@ class Simulation:
         emails = {c.email for c in self.customers.values() if c.email}
         for info in known:
             if info.key not in self.customers and (info.email is None or info.email not in emails):
-                self.customers[info.key] = SimCustomer(info.key, info.email, info.first_name, info.last_name,
-                                                       info.consent, info.birthday, set(info.tags),
-                                                       created_at=info.created_at)
+                self.customers[info.key] = SimCustomer(
+                    info.key,
+                    info.email,
+                    info.first_name,
+                    info.last_name,
+                    info.consent,
+                    info.birthday,
+                    set(info.tags),
+                    created_at=info.created_at,
+                )
         for key, customer in self.customers.items():
             created = customer.created_at or (first_seen[key] - timedelta(seconds=1) if key in first_seen else None)
             listened = "customer.created" in self.by_event or "customer.created" in self.exiting
@@ -566,8 +644,12 @@ class Simulation:
         exiting, starting = self.exiting.get(name), self.by_event.get(name)
         if not exiting and not starting:
             return
-        event = {"id": f"{name}:{order.id if order is not None else customer.key}", "type": name,
-                 "occurred_at": self.now.isoformat(), "topic": name}
+        event = {
+            "id": f"{name}:{order.id if order is not None else customer.key}",
+            "type": name,
+            "occurred_at": self.now.isoformat(),
+            "topic": name,
+        }
         if exiting and customer.runs:
             customer.runs = [run for run in customer.runs if run.active]
             for run in customer.runs:
@@ -602,8 +684,11 @@ class Simulation:
                 continue
             local = value.astimezone(self.tz).date() if isinstance(value, datetime) else value
             if trigger.yearly:
-                days = [dates.anniversary(local, year) + trigger.offset
-                        for year in range(self.start.year - 1, self.end.year + 2) if year >= local.year]
+                days = [
+                    dates.anniversary(local, year) + trigger.offset
+                    for year in range(self.start.year - 1, self.end.year + 2)
+                    if year >= local.year
+                ]
             else:
                 days = [local + trigger.offset]
             for day in days:
@@ -632,9 +717,15 @@ class Simulation:
     # -- runs --------------------------------------------------------------------------------------
     def context(self, run: SimRun) -> dict[str, Any]:
         """What expressions and subjects read (as the engine's StepRunner.context)."""
-        ctx: dict[str, Any] = {"customer": run.customer.view(), "shop": self.shop, "event": run.event,
-                               "run": {"id": run.number, "started_at": run.started_at, "flow": run.flow.name},
-                               "order": run.order, "checkout": None, "now": self.now}
+        ctx: dict[str, Any] = {
+            "customer": run.customer.view(),
+            "shop": self.shop,
+            "event": run.event,
+            "run": {"id": run.number, "started_at": run.started_at, "flow": run.flow.name},
+            "order": run.order,
+            "checkout": None,
+            "now": self.now,
+        }
         ctx.update(run.vars)
         return ctx
 
@@ -682,8 +773,9 @@ class Simulation:
             found = self.pure[condition] = expressions.names_in_expression(condition) <= {"customer", "shop"}
         return found
 
-    def start_run(self, key: str, flow: Any, customer: SimCustomer, trigger_key: str, event: dict[str, Any],
-                  order: Any) -> None:
+    def start_run(
+        self, key: str, flow: Any, customer: SimCustomer, trigger_key: str, event: dict[str, Any], order: Any
+    ) -> None:
         """Start a run if its key is new, its conditions hold, and its cool-down has passed."""
         run_key = (key, customer.key, trigger_key)
         if run_key in self.run_keys:
@@ -805,8 +897,12 @@ class Simulation:
 
     def create_discount(self, run: SimRun, spec: Any) -> None:
         """A code like the connectors make (prefix and 8 characters), made nowhere."""
-        digest = int.from_bytes(hashlib.sha256(f"{run.flow_key}:{run.customer.key}:{run.number}:"
-                                               f"{position_label(run.position)}".encode()).digest()[:10], "big")
+        digest = int.from_bytes(
+            hashlib.sha256(
+                f"{run.flow_key}:{run.customer.key}:{run.number}:{position_label(run.position)}".encode()
+            ).digest()[:10],
+            "big",
+        )
         chars = []
         for _ in range(8):
             digest, index = divmod(digest, len(ALPHABET))
@@ -817,21 +913,32 @@ class Simulation:
         kind = "percent" if spec.percent is not None else "fixed"
         display = f"{value.normalize():f}%" if kind == "percent" else format_money(value, self.shop.get("currency"))
         ends = self.now + spec.expires_in
-        run.vars[spec.as_] = _Code(code=code, kind=kind, amount=str(value), value=display, redeemed=False,
-                                   expires_at=ends.isoformat(),
-                                   expires_on=ends.astimezone(self.tz).strftime("%d %B %Y"),
-                                   minimum_subtotal=str(spec.minimum_subtotal) if spec.minimum_subtotal else None)
+        run.vars[spec.as_] = _Code(
+            code=code,
+            kind=kind,
+            amount=str(value),
+            value=display,
+            redeemed=False,
+            expires_at=ends.isoformat(),
+            expires_on=ends.astimezone(self.tz).strftime("%d %B %Y"),
+            minimum_subtotal=str(spec.minimum_subtotal) if spec.minimum_subtotal else None,
+        )
         run.code = code
         self.record(run, "code", code=code)
 
-    def record(self, run: SimRun, action: str, template: str = "", subject: str = "", code: str = "",
-               reason: str = "") -> None:
+    def record(
+        self, run: SimRun, action: str, template: str = "", subject: str = "", code: str = "", reason: str = ""
+    ) -> None:
         """Add a line to the report."""
-        self.outcomes.append(Outcome(self.now, run.flow_key, run.customer.email or run.customer.key, action, template,
-                                     subject, code, reason))
+        self.outcomes.append(
+            Outcome(
+                self.now, run.flow_key, run.customer.email or run.customer.key, action, template, subject, code, reason
+            )
+        )
 
 
 # ---- reporting -------------------------------------------------------------------------------------
+
 
 def summary(sim: Simulation) -> dict[str, Counter[str]]:
     """Per flow: emails, codes, suppressed by reason, exits."""
@@ -847,8 +954,19 @@ def write_csv(outcomes: list[Outcome], target: Any) -> None:
     writer = csv.writer(target)
     writer.writerow(["date", "time_utc", "flow", "customer", "action", "template", "subject", "code", "reason"])
     for item in outcomes:
-        writer.writerow([item.at.date().isoformat(), item.at.strftime("%H:%M"), item.flow, item.customer, item.action,
-                         item.template, item.subject, item.code, item.reason])
+        writer.writerow(
+            [
+                item.at.date().isoformat(),
+                item.at.strftime("%H:%M"),
+                item.flow,
+                item.customer,
+                item.action,
+                item.template,
+                item.subject,
+                item.code,
+                item.reason,
+            ]
+        )
 
 
 def _day(value: str, name: str, end: bool = False) -> datetime:
@@ -861,23 +979,48 @@ def _day(value: str, name: str, end: bool = False) -> datetime:
 
 
 @click.command()
-@click.option("--orders", "orders_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="orders export: Shopify or WooCommerce, CSV or JSON")
-@click.option("--customers", "customers_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="customers export (consent, birthdays, tags)")
+@click.option(
+    "--orders",
+    "orders_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="orders export: Shopify or WooCommerce, CSV or JSON",
+)
+@click.option(
+    "--customers",
+    "customers_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="customers export (consent, birthdays, tags)",
+)
 @click.option("--from", "date_from", metavar="YYYY-MM-DD", help="first day (default: the first order's)")
 @click.option("--to", "date_to", metavar="YYYY-MM-DD", help="last day (default: the last order's)")
-@click.option("--flows", "flows_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="flow folder (default: FLOWS_DIR or the built-in library)")
+@click.option(
+    "--flows",
+    "flows_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="flow folder (default: FLOWS_DIR or the built-in library)",
+)
 @click.option("--timezone", "zone_name", help="the shop's time zone (default: DEFAULT_TIMEZONE)")
 @click.option("--currency", default="EUR", show_default=True, help="the shop's currency")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="write every email, code, suppression and exit here")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write every email, code, suppression and exit here",
+)
 @click.option("--days", default=14, show_default=True, help="how many of the busiest days to show (0: every day)")
-def simulate(orders_file: Path, customers_file: Path | None, date_from: str | None, date_to: str | None,
-             flows_dir: Path | None, zone_name: str | None, currency: str, csv_path: Path | None, days: int) -> None:
+def simulate(
+    orders_file: Path,
+    customers_file: Path | None,
+    date_from: str | None,
+    date_to: str | None,
+    flows_dir: Path | None,
+    zone_name: str | None,
+    currency: str,
+    csv_path: Path | None,
+    days: int,
+) -> None:
     """Run the flows over historical orders with a simulated clock: who would get which email, when, and why not."""
-
 
     out = Console()
     if flows_dir is not None:
@@ -901,12 +1044,25 @@ def simulate(orders_file: Path, customers_file: Path | None, date_from: str | No
     if end < start:
         raise click.BadParameter("--to is before --from", param_hint="--to")
     tz = dates.zone(zone_name)
-    shop = {"id": 0, "name": "Your store", "domain": "store.example", "email": None, "currency": currency,
-            "timezone": str(tz), "platform": "simulation"}
+    shop = {
+        "id": 0,
+        "name": "Your store",
+        "domain": "store.example",
+        "email": None,
+        "currency": currency,
+        "timezone": str(tz),
+        "platform": "simulation",
+    }
     sim = Simulation(registry, shop, tz, start, end)
     total = sim.load(orders, known)
-    with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as progress:
+    with Progress(
+        TextColumn("simulating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as progress:
         task = progress.add_task("events", total=total)
         sim.run(lambda done, pending: progress.update(task, completed=done, total=done + pending))
     per_flow = summary(sim)
@@ -918,9 +1074,15 @@ def simulate(orders_file: Path, customers_file: Path | None, date_from: str | No
         reasons = {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("suppressed: ")}
         exited = sum(v for k, v in counts.items() if k.startswith("exited: "))
         skipped = {reason: n for (flow, reason), n in sim.not_started.items() if flow == key}
-        table.add_row(key, str(counts["email"]), str(counts["code"]), str(sum(reasons.values())),
-                      ", ".join(f"{r} ({n})" for r, n in sorted(reasons.items())), str(exited),
-                      ", ".join(f"{r} ({n})" for r, n in sorted(skipped.items(), key=lambda x: -x[1])[:2]))
+        table.add_row(
+            key,
+            str(counts["email"]),
+            str(counts["code"]),
+            str(sum(reasons.values())),
+            ", ".join(f"{r} ({n})" for r, n in sorted(reasons.items())),
+            str(exited),
+            ", ".join(f"{r} ({n})" for r, n in sorted(skipped.items(), key=lambda x: -x[1])[:2]),
+        )
     out.print(table)
     by_day: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     for item in sim.outcomes:
@@ -940,11 +1102,25 @@ def simulate(orders_file: Path, customers_file: Path | None, date_from: str | No
         out.print("add --csv PATH for every email, code, suppression and exit, per day")
 
 
-def run_simulation(orders: list[HistoricalOrder], known: list[KnownCustomer], flows: dict[str, Any],
-                   start: datetime, end: datetime, tz: tzinfo, currency: str = "EUR") -> Simulation:
+def run_simulation(
+    orders: list[HistoricalOrder],
+    known: list[KnownCustomer],
+    flows: dict[str, Any],
+    start: datetime,
+    end: datetime,
+    tz: tzinfo,
+    currency: str = "EUR",
+) -> Simulation:
     """Simulate without the command line (tests, benchmarks)."""
-    shop = {"id": 0, "name": "Your store", "domain": "store.example", "email": None, "currency": currency,
-            "timezone": str(tz), "platform": "simulation"}
+    shop = {
+        "id": 0,
+        "name": "Your store",
+        "domain": "store.example",
+        "email": None,
+        "currency": currency,
+        "timezone": str(tz),
+        "platform": "simulation",
+    }
     sim = Simulation(flows, shop, tz, start, end)
     sim.load(orders, known)
     sim.run()

@@ -44,6 +44,7 @@ console = Console(stderr=True)
 
 # ---- recorded deliveries ---------------------------------------------------------------------------
 
+
 @dataclass
 class Recorded:
     """One recorded webhook: enough to send it through the platform's receiver again."""
@@ -77,14 +78,14 @@ def topic_from_name(platform: str, stem: str) -> str | None:
 
 def _default_shop(platform: str) -> str | None:
 
-
     with session_scope() as session:
         domains = session.execute(select(Shop.domain).where(Shop.platform == platform, Shop.active.is_(True))).all()
     return domains[0][0] if len(domains) == 1 else None
 
 
-def read_recorded(paths: list[Path], platform: str | None = None, shop: str | None = None,
-                  topic: str | None = None) -> Iterator[Recorded]:
+def read_recorded(
+    paths: list[Path], platform: str | None = None, shop: str | None = None, topic: str | None = None
+) -> Iterator[Recorded]:
     """Recorded webhooks from JSON-lines exports, payload files, or folders of payload files (sorted)."""
     for path in paths:
         if path.is_dir():
@@ -102,34 +103,49 @@ def read_recorded(paths: list[Path], platform: str | None = None, shop: str | No
                 try:
                     record = json.loads(line)
                     body = record["body"]
-                    yield Recorded(platform=record["platform"], shop=record["shop"], topic=record["topic"],
-                                   body=(body if isinstance(body, str) else json.dumps(body)).encode(),
-                                   headers=record.get("headers") or {}, delivery_id=record.get("delivery_id"),
-                                   source=f"{path}:{number}")
+                    yield Recorded(
+                        platform=record["platform"],
+                        shop=record["shop"],
+                        topic=record["topic"],
+                        body=(body if isinstance(body, str) else json.dumps(body)).encode(),
+                        headers=record.get("headers") or {},
+                        delivery_id=record.get("delivery_id"),
+                        source=f"{path}:{number}",
+                    )
                 except (ValueError, KeyError, TypeError) as exc:
                     raise click.ClickException(f"{path}:{number}: not a recorded webhook ({exc})") from None
         else:
             found = platform or next((p for p in ("shopify", "woocommerce") if p in path.parts), None)
             if found is None:
-                raise click.ClickException(f"{path}: which platform? (put it under shopify/ or woocommerce/, "
-                                           "or pass --platform)")
+                raise click.ClickException(
+                    f"{path}: which platform? (put it under shopify/ or woocommerce/, or pass --platform)"
+                )
             name = topic or topic_from_name(found, path.stem)
             if name is None:
-                raise click.ClickException(f"{path}: which topic? (name the file like orders_create.json, "
-                                           "or pass --topic)")
+                raise click.ClickException(
+                    f"{path}: which topic? (name the file like orders_create.json, or pass --topic)"
+                )
             domain = shop or _default_shop(found)
             if domain is None:
                 raise click.ClickException(f"{path}: which store? pass --shop (the store's domain)")
             yield Recorded(platform=found, shop=domain, topic=name, body=path.read_bytes(), source=str(path))
 
 
-def archived(since: datetime | None, until: datetime | None, platform: str | None, shop: str | None,
-             topic: str | None) -> Iterator[Recorded]:
+def archived(
+    since: datetime | None, until: datetime | None, platform: str | None, shop: str | None, topic: str | None
+) -> Iterator[Recorded]:
     """Recorded webhooks from the archive, oldest first."""
 
     for row in archive.deliveries(since, until, platform, shop, topic):
-        yield Recorded(platform=row.platform, shop=row.shop, topic=row.topic, body=row.body.encode(),
-                       headers=dict(row.headers or {}), delivery_id=row.delivery_id, source=f"archive #{row.id}")
+        yield Recorded(
+            platform=row.platform,
+            shop=row.shop,
+            topic=row.topic,
+            body=row.body.encode(),
+            headers=dict(row.headers or {}),
+            delivery_id=row.delivery_id,
+            source=f"archive #{row.id}",
+        )
 
 
 def events_of(recorded: Recorded) -> list[Event]:
@@ -139,8 +155,10 @@ def events_of(recorded: Recorded) -> list[Event]:
     headers = {k.lower(): v for k, v in recorded.headers.items()}
     delivery_headers = {}
     if recorded.platform == "shopify":
-        delivery_headers = {"triggered_at": headers.get("x-shopify-triggered-at", ""),
-                            "api_version": headers.get("x-shopify-api-version", "")}
+        delivery_headers = {
+            "triggered_at": headers.get("x-shopify-triggered-at", ""),
+            "api_version": headers.get("x-shopify-api-version", ""),
+        }
     delivery_id = recorded.delivery_id or headers.get("x-shopify-webhook-id") or headers.get("x-wc-webhook-delivery-id")
     delivery = Delivery(shop=recorded.shop, topic=recorded.topic, delivery_id=delivery_id, headers=delivery_headers)
     try:
@@ -155,6 +173,7 @@ def events_of(recorded: Recorded) -> list[Event]:
 
 # ---- encore replay ---------------------------------------------------------------------------------
 
+
 def _duration(value: str) -> timedelta:
 
     try:
@@ -165,22 +184,39 @@ def _duration(value: str) -> timedelta:
 
 @click.command()
 @click.argument("files", nargs=-1, type=click.Path(exists=True, path_type=Path))
-@click.option("--archive", "from_archive", is_flag=True,
-              help="replay the archived webhooks instead of files (narrow with --since, --until, --platform, --shop, "
-                   "--topic)")
+@click.option(
+    "--archive",
+    "from_archive",
+    is_flag=True,
+    help="replay the archived webhooks instead of files (narrow with --since, --until, --platform, --shop, --topic)",
+)
 @click.option("--since", help="with --archive: received at or after (YYYY-MM-DD or ISO 8601)")
 @click.option("--until", help="with --archive: received before (YYYY-MM-DD or ISO 8601)")
 @click.option("--dry-run", is_flag=True, help="rehearse on a copy of the store: write what would happen, send nothing")
-@click.option("--follow", default="90d", show_default=True,
-              help="with --dry-run: also rehearse the steps after waits, up to this long after now")
+@click.option(
+    "--follow",
+    default="90d",
+    show_default=True,
+    help="with --dry-run: also rehearse the steps after waits, up to this long after now",
+)
 @click.option("--report", type=click.Path(path_type=Path), help="write what happened (or would) as JSON lines here")
 @click.option("--queue", "use_queue", is_flag=True, help="queue the events for the running worker instead")
 @click.option("--platform", type=click.Choice(["shopify", "woocommerce"]), help="platform of payload files")
 @click.option("--shop", help="store domain of payload files (default: the only store of the platform)")
 @click.option("--topic", help="topic of payload files (default: from the file name, e.g. orders_create.json)")
-def replay(files: tuple[Path, ...], from_archive: bool, since: str | None, until: str | None, dry_run: bool,
-           follow: str, report: Path | None, use_queue: bool, platform: str | None, shop: str | None,
-           topic: str | None) -> None:
+def replay(
+    files: tuple[Path, ...],
+    from_archive: bool,
+    since: str | None,
+    until: str | None,
+    dry_run: bool,
+    follow: str,
+    report: Path | None,
+    use_queue: bool,
+    platform: str | None,
+    shop: str | None,
+    topic: str | None,
+) -> None:
     """Send recorded webhooks (a JSON-lines export, payload files or folders) through the pipeline again.
 
     Events already processed are recognised and skipped by the ledger, so replaying after an outage
@@ -210,7 +246,6 @@ def replay(files: tuple[Path, ...], from_archive: bool, since: str | None, until
 
 def _replay(recorded: list[Recorded], use_queue: bool) -> list[dict[str, Any]]:
 
-
     rows: list[dict[str, Any]] = []
     table = Table("source", "event", "type", "outcome", title="replay")
     for item in recorded:
@@ -228,7 +263,6 @@ def _replay(recorded: list[Recorded], use_queue: bool) -> list[dict[str, Any]]:
 
 def _rehearse(recorded: list[Recorded], follow: timedelta) -> list[dict[str, Any]]:
 
-
     with tempfile.TemporaryDirectory(prefix="encore-rehearsal-") as folder, rehearsal(Path(folder)) as rehearsed:
         # A replayed event must count as new in the copy, or the copy's ledger would skip it.
         for item in recorded:
@@ -238,20 +272,32 @@ def _rehearse(recorded: list[Recorded], follow: timedelta) -> list[dict[str, Any
         rehearsed.follow(dates.now() + follow)
         rows = outcome_rows(rehearsed.first_run_id)
         sent = len(list(rehearsed.outbox.glob("*.eml"))) if rehearsed.outbox.exists() else 0
-    shown = [r for r in rows if r["kind"] in ("start", "sent", "suppressed", "discount", "wait", "deferred", "exit",
-                                              "stop", "error", "tag", "http")]
+    shown = [
+        r
+        for r in rows
+        if r["kind"]
+        in ("start", "sent", "suppressed", "discount", "wait", "deferred", "exit", "stop", "error", "tag", "http")
+    ]
     table = Table("when (UTC)", "flow", "customer", "what", "detail", title="what would happen (dry run)")
     for row in shown:
         style = {"sent": "green", "suppressed": "yellow", "error": "red"}.get(row["kind"], "")
-        table.add_row(row["at"][:16].replace("T", " "), row["flow"], row["customer"] or "", row["kind"],
-                      row["message"], style=style)
+        table.add_row(
+            row["at"][:16].replace("T", " "),
+            row["flow"],
+            row["customer"] or "",
+            row["kind"],
+            row["message"],
+            style=style,
+        )
     Console().print(table)
-    console.print(f"{len(recorded)} webhook(s) rehearsed: {sent} email(s) would be sent; nothing was sent, "
-                  "created or changed")
+    console.print(
+        f"{len(recorded)} webhook(s) rehearsed: {sent} email(s) would be sent; nothing was sent, created or changed"
+    )
     return rows
 
 
 # ---- encore export webhooks ------------------------------------------------------------------------
+
 
 @click.group("export")
 def export() -> None:
@@ -265,8 +311,9 @@ def export() -> None:
 @click.option("--platform", type=click.Choice(["shopify", "woocommerce"]))
 @click.option("--shop", help="store domain")
 @click.option("--topic", help="platform topic, e.g. orders/create")
-def export_webhooks(out: Path | None, since: str | None, until: str | None, platform: str | None, shop: str | None,
-                    topic: str | None) -> None:
+def export_webhooks(
+    out: Path | None, since: str | None, until: str | None, platform: str | None, shop: str | None, topic: str | None
+) -> None:
     """Write archived webhooks as JSON lines (what `encore replay` reads)."""
 
     migrate()
@@ -331,7 +378,6 @@ def sample_store(url: str) -> tuple[str, str]:
 def samples_send(url: str | None) -> None:
     """Sign and post the bundled sample webhooks to a running Encore (through a sandbox WooCommerce store)."""
 
-
     url = (url or get_settings().APP_URL).rstrip("/")
     store_url, secret = sample_store(url)
     files = sorted((SAMPLES / "woocommerce").glob("*.json"))
@@ -343,15 +389,22 @@ def samples_send(url: str | None) -> None:
             continue
         body = path.read_bytes()
         resource, _, action = topic.partition(".")
-        headers = {"Content-Type": "application/json", "X-WC-Webhook-Source": store_url + "/",
-                   "X-WC-Webhook-Topic": topic, "X-WC-Webhook-Resource": resource, "X-WC-Webhook-Event": action,
-                   "X-WC-Webhook-Signature": sign(body, secret), "X-WC-Webhook-ID": "1",
-                   "X-WC-Webhook-Delivery-ID": uuid.uuid4().hex}
+        headers = {
+            "Content-Type": "application/json",
+            "X-WC-Webhook-Source": store_url + "/",
+            "X-WC-Webhook-Topic": topic,
+            "X-WC-Webhook-Resource": resource,
+            "X-WC-Webhook-Event": action,
+            "X-WC-Webhook-Signature": sign(body, secret),
+            "X-WC-Webhook-ID": "1",
+            "X-WC-Webhook-Delivery-ID": uuid.uuid4().hex,
+        }
         try:
             response = requests.post(f"{url}/webhooks/woocommerce", data=body, headers=headers, timeout=15)
         except requests.RequestException as exc:
-            raise click.ClickException(f"Encore does not answer at {url} ({type(exc).__name__}); is `make run` "
-                                       "running?") from None
+            raise click.ClickException(
+                f"Encore does not answer at {url} ({type(exc).__name__}); is `make run` running?"
+            ) from None
         answer = response.json().get("status") or response.json().get("error") if response.content else ""
         click.echo(f"{path.name}: {topic} -> HTTP {response.status_code} {answer}")
         if response.status_code != 200:
@@ -364,7 +417,6 @@ def samples_send(url: str | None) -> None:
 def samples_forget(url: str | None) -> None:
     """Remove the sample store and everything it brought (customers, orders, runs, archived webhooks)."""
 
-
     migrate()
     domain = store_domain((url or get_settings().APP_URL).rstrip("/") + PATH)
     with session_scope() as session:
@@ -372,11 +424,13 @@ def samples_forget(url: str | None) -> None:
         if shop is None:
             raise click.ClickException(f"no sample store {domain} (see `encore stores list`)")
         session.execute(delete(EventRecord).where(EventRecord.shop_id == shop.id))
-        session.execute(delete(archive.WebhookDelivery).where(archive.WebhookDelivery.platform == "woocommerce",
-                                                              archive.WebhookDelivery.shop == domain))
+        session.execute(
+            delete(archive.WebhookDelivery).where(
+                archive.WebhookDelivery.platform == "woocommerce", archive.WebhookDelivery.shop == domain
+            )
+        )
         session.delete(shop)
     try:
-
         get_redis().delete(COUPONS_KEY)
     except Exception:  # noqa: BLE001 - Redis down: the coupons expire with it
         pass

@@ -187,16 +187,24 @@ class Resilient(BaseWorker):
         self._through_outage("maintenance", upkeep)
 
     def _scheduler_due(self) -> bool:
-        return (self.scheduler is not None and not self._burst and not self._stop_requested
-                and time.monotonic() - self._scheduler_checked >= SCHEDULER_CHECK_SECONDS)
+        return (
+            self.scheduler is not None
+            and not self._burst
+            and not self._stop_requested
+            and time.monotonic() - self._scheduler_checked >= SCHEDULER_CHECK_SECONDS
+        )
 
     def _start_scheduler(self, burst: bool = False, *args: Any, **kwargs: Any) -> None:
         self._burst = burst  # a burst worker moves the due jobs once, and starts no scheduler process
 
         def start() -> None:
             break_stale_scheduler_locks(self.connection, [q.name for q in self.queues])
-            self.scheduler = Scheduler(self.queues, connection=self.connection, serializer=self.serializer,
-                                       logging_level=self.log.level or logging.INFO)
+            self.scheduler = Scheduler(
+                self.queues,
+                connection=self.connection,
+                serializer=self.serializer,
+                logging_level=self.log.level or logging.INFO,
+            )
             self.scheduler.acquire_locks()
             if not self.scheduler.acquired_locks:
                 return
@@ -281,8 +289,12 @@ def break_stale_scheduler_locks(connection: Any, queue_names: list[str], holders
             if age < SCHEDULER_STALE_SECONDS:
                 continue
         if release_lock(connection, key, name):
-            log.warning("released the scheduler lock %s of scheduler %s, silent for %s", key, name,
-                        "ever" if beat is None else f"{age:.0f} s")
+            log.warning(
+                "released the scheduler lock %s of scheduler %s, silent for %s",
+                key,
+                name,
+                "ever" if beat is None else f"{age:.0f} s",
+            )
             released += 1
     return released
 
@@ -337,8 +349,7 @@ def build_worker(name: str | None = None, worker_class: str | None = None) -> Ba
     """
     cls = WORKER_CLASSES[worker_class or os.environ.get("ENCORE_WORKER_CLASS", "simple")]
     connection = get_redis()
-    return cls([queue(q, connection) for q in QUEUES], connection=connection, serializer=JSONSerializer,
-               name=name)
+    return cls([queue(q, connection) for q in QUEUES], connection=connection, serializer=JSONSerializer, name=name)
 
 
 def settle() -> None:

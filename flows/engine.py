@@ -85,17 +85,32 @@ JOB_RETRY = Retry(max=5, interval=[5, 30, 120, 600, 1800])
 
 # Hot statements, built once.
 _ACTIVE_RUNS = select(FlowRun).where(
-    FlowRun.customer_id == bindparam("customer_id"), FlowRun.status.in_(ACTIVE),
-    or_(FlowRun.event_id.is_(None), FlowRun.event_id != bindparam("event_id")))
-_RECENT_RUN = select(FlowRun.run_key).where(
-    FlowRun.customer_id == bindparam("customer_id"), FlowRun.flow_key == bindparam("flow_key"),
-    FlowRun.status != SUPPRESSED, FlowRun.started_at > bindparam("since")).order_by(FlowRun.id.desc()).limit(1)
+    FlowRun.customer_id == bindparam("customer_id"),
+    FlowRun.status.in_(ACTIVE),
+    or_(FlowRun.event_id.is_(None), FlowRun.event_id != bindparam("event_id")),
+)
+_RECENT_RUN = (
+    select(FlowRun.run_key)
+    .where(
+        FlowRun.customer_id == bindparam("customer_id"),
+        FlowRun.flow_key == bindparam("flow_key"),
+        FlowRun.status != SUPPRESSED,
+        FlowRun.started_at > bindparam("since"),
+    )
+    .order_by(FlowRun.id.desc())
+    .limit(1)
+)
 _RUN_BY_KEY = select(FlowRun.id, FlowRun.status).where(FlowRun.run_key == bindparam("run_key"))
-_SET_JOB_ID = (cast_table(FlowRun).update().where(cast_table(FlowRun).c.id == bindparam("run_id"))
-               .values(job_id=bindparam("job_id")))
+_SET_JOB_ID = (
+    cast_table(FlowRun)
+    .update()
+    .where(cast_table(FlowRun).c.id == bindparam("run_id"))
+    .values(job_id=bindparam("job_id"))
+)
 
 
 # ---- events ----------------------------------------------------------------------------------------
+
 
 class EventNotCommitted(Exception):
     """A run failed before the event's transaction was committed (its ledger changes are gone with it).
@@ -108,8 +123,12 @@ class EventNotCommitted(Exception):
 def event_context(event: Event) -> dict[str, Any]:
     """What a run started by an event keeps: the event, its order or checkout (JSON)."""
     return {
-        "event": {"id": event.id, "type": event.type.value, "occurred_at": event.occurred_at.isoformat(),
-                  "topic": event.topic},
+        "event": {
+            "id": event.id,
+            "type": event.type.value,
+            "occurred_at": event.occurred_at.isoformat(),
+            "topic": event.topic,
+        },
         "order": event.order.model_dump(mode="json") if event.order else None,
         "checkout": event.checkout.model_dump(mode="json") if event.checkout else None,
         "vars": {},
@@ -133,8 +152,15 @@ def event_trigger_key(flow_file: FlowFile, event: Event, shop: Shop, customer: C
     return f"event:{event.id}"
 
 
-def handle_event(event: Event, *, shop: Shop | None, customer: Customer | None, new: bool,
-                 session: Session, defer_commit: bool = False) -> None:
+def handle_event(
+    event: Event,
+    *,
+    shop: Shop | None,
+    customer: Customer | None,
+    new: bool,
+    session: Session,
+    defer_commit: bool = False,
+) -> None:
     """Start or advance the flow runs an event concerns, in the ledger's session. Must be idempotent.
 
     `new` is False when the ledger saw the event before; a retried job still comes here, and the run's
@@ -231,6 +257,7 @@ def stop_shop(session: Session, shop_id: int, reason: str) -> int:
 
 # ---- starting runs ---------------------------------------------------------------------------------
 
+
 @overload
 def _insert_run(session: Session, values: dict[str, Any], keep: Literal[True] = ...) -> FlowRun | None: ...
 @overload
@@ -240,16 +267,33 @@ def _insert_run(session: Session, values: dict[str, Any], keep: bool = True) -> 
     return insert_new(session, FlowRun, values, ["run_key"], attach=keep)
 
 
-def _admit(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer, trigger_key: str,
-           context: dict[str, Any], event_id: str | None) -> DraftRun | tuple[int, str | None] | None:
+def _admit(
+    session: Session,
+    flow_file: FlowFile,
+    shop: Shop,
+    customer: Customer,
+    trigger_key: str,
+    context: dict[str, Any],
+    event_id: str | None,
+) -> DraftRun | tuple[int, str | None] | None:
     """Check a flow's conditions and entry rules for a customer: the draft of the run to insert, or start_run's
     answer. The draft is leased (`lease_token`) unless it is a suppressed run, recorded but never driven."""
     flow = flow_file.flow
     now = dates.now()
-    draft = DraftRun(run_key=f"{shop.id}:{flow_file.key}:{customer.id}:{trigger_key}", shop_id=shop.id,
-                     customer_id=customer.id, flow_key=flow_file.key, flow_name=flow.name,
-                     flow_digest=flow_file.digest, definition=flow_file.data, trigger_key=trigger_key,
-                     event_id=event_id, context=context, started_at=now, updated_at=now)
+    draft = DraftRun(
+        run_key=f"{shop.id}:{flow_file.key}:{customer.id}:{trigger_key}",
+        shop_id=shop.id,
+        customer_id=customer.id,
+        flow_key=flow_file.key,
+        flow_name=flow.name,
+        flow_digest=flow_file.digest,
+        definition=flow_file.data,
+        trigger_key=trigger_key,
+        event_id=event_id,
+        context=context,
+        started_at=now,
+        updated_at=now,
+    )
 
     if flow.conditions:  # what the run would see, from its draft (no row is made for a flow that won't start)
         ctx = StepRunner(session, draft, flow, shop, customer).context()
@@ -262,8 +306,13 @@ def _admit(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer
             log.warning("flow %s: %s", flow_file.key, exc)
             return None
     if flow.entry.cooldown:
-        recent = session.connection().execute(_RECENT_RUN, {"customer_id": customer.id, "flow_key": flow_file.key,
-                                               "since": now - flow.entry.cooldown}).scalar()
+        recent = (
+            session.connection()
+            .execute(
+                _RECENT_RUN, {"customer_id": customer.id, "flow_key": flow_file.key, "since": now - flow.entry.cooldown}
+            )
+            .scalar()
+        )
         if recent is not None:
             if recent == draft.run_key:
                 return _existing(session, draft.run_key)
@@ -282,18 +331,35 @@ def _started(session: Session, flow_file: FlowFile, run: Run, event_id: str | No
     """The first lines of a new run's trace (and the suppression, for a run without consent)."""
     conditions = flow_file.flow.conditions
     held = "; ".join(f"{condition} -> true" for condition in conditions)
-    _trace(session, run, "start", f"started by {'event ' + event_id if event_id else 'date ' + trigger_key}"
-           + (f" ({held})" if held else ""), trigger_key=trigger_key,
-           conditions={condition: True for condition in conditions} or None)
+    _trace(
+        session,
+        run,
+        "start",
+        f"started by {'event ' + event_id if event_id else 'date ' + trigger_key}" + (f" ({held})" if held else ""),
+        trigger_key=trigger_key,
+        conditions={condition: True for condition in conditions} or None,
+    )
     if run.status == SUPPRESSED:
-        _trace(session, run, "suppressed", "not started: no consent (customer.email_consent is not true)",
-               reason="no consent")
+        _trace(
+            session,
+            run,
+            "suppressed",
+            "not started: no consent (customer.email_consent is not true)",
+            reason="no consent",
+        )
 
         EMAILS.labels(flow=flow_file.key, outcome="no consent").inc()
 
 
-def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer, trigger_key: str,
-              context: dict[str, Any], event_id: str | None = None) -> tuple[int, str | None] | None:
+def start_run(
+    session: Session,
+    flow_file: FlowFile,
+    shop: Shop,
+    customer: Customer,
+    trigger_key: str,
+    context: dict[str, Any],
+    event_id: str | None = None,
+) -> tuple[int, str | None] | None:
     """Create the run for (flow, customer, trigger key) if its entry rules and conditions allow.
 
     Returns (run id, lease token) of a run to advance: a new one, leased to the caller, or the existing
@@ -309,8 +375,9 @@ def start_run(session: Session, flow_file: FlowFile, shop: Shop, customer: Custo
     return None if run.status == SUPPRESSED else (run.id, draft.lease_token)
 
 
-def _insert_admitted(session: Session, flow_file: FlowFile, draft: DraftRun, event_id: str | None,
-                     trigger_key: str) -> FlowRun | None:
+def _insert_admitted(
+    session: Session, flow_file: FlowFile, draft: DraftRun, event_id: str | None, trigger_key: str
+) -> FlowRun | None:
     """Insert an admitted run as its draft is (None when its key exists), with the first lines of its trace."""
     run = _insert_run(session, draft.row())
     if run is None:
@@ -321,9 +388,15 @@ def _insert_admitted(session: Session, flow_file: FlowFile, draft: DraftRun, eve
     return run
 
 
-def start_and_drive(session: Session, flow_file: FlowFile, shop: Shop, customer: Customer, trigger_key: str,
-                    context: dict[str, Any], event_id: str | None = None,
-                    ) -> tuple[int, str | None, str, tuple[Any, str] | None] | None:
+def start_and_drive(
+    session: Session,
+    flow_file: FlowFile,
+    shop: Shop,
+    customer: Customer,
+    trigger_key: str,
+    context: dict[str, Any],
+    event_id: str | None = None,
+) -> tuple[int, str | None, str, tuple[Any, str] | None] | None:
     """Start a run as `start_run` does, running its first steps without side effects before the row exists.
 
     A run whose first step is a wait is inserted already waiting: one INSERT, no UPDATE, no ORM
@@ -369,6 +442,7 @@ def _existing(session: Session, run_key: str) -> tuple[int, str | None] | None:
 
 # ---- leases ----------------------------------------------------------------------------------------
 
+
 def new_lease() -> str:
     """A lease token; inside an RQ job it begins with the job's mark (see `lease_free`)."""
     return f"{_job_mark() or '-.'}{uuid.uuid4().hex}"
@@ -397,6 +471,7 @@ def _job_mark() -> str | None:
 
 # ---- advancing runs --------------------------------------------------------------------------------
 
+
 def resume_run(run_id: int) -> str:
     """RQ job: continue a run after its wait (or after a retry delay)."""
     return advance(run_id)
@@ -423,9 +498,18 @@ def _advance(run_id: int, token: str | None = None, session: Session | None = No
     if token is None:
         token = new_lease()
         own_session = session = get_sessionmaker()()
-        taken = cast(CursorResult[Any], session.execute(update(FlowRun).where(  # an UPDATE's result: a cursor's
-            FlowRun.id == run_id, FlowRun.status.in_(ACTIVE), lease_free(now),
-        ).values(lease_until=now + LEASE, lease_token=token))).rowcount
+        taken = cast(
+            CursorResult[Any],
+            session.execute(
+                update(FlowRun)
+                .where(  # an UPDATE's result: a cursor's
+                    FlowRun.id == run_id,
+                    FlowRun.status.in_(ACTIVE),
+                    lease_free(now),
+                )
+                .values(lease_until=now + LEASE, lease_token=token)
+            ),
+        ).rowcount
         session.commit()
         if not taken:
             session.close()
@@ -467,8 +551,13 @@ def _advance(run_id: int, token: str | None = None, session: Session | None = No
     return status
 
 
-def _drive(session: Session, run_id: int | DraftRun, token: str, *, pure_only: bool = False,
-           ) -> tuple[str, tuple[Any, str] | None]:
+def _drive(
+    session: Session,
+    run_id: int | DraftRun,
+    token: str,
+    *,
+    pure_only: bool = False,
+) -> tuple[str, tuple[Any, str] | None]:
     """Run steps until the run waits or ends; then give the lease back.
 
     A step with a side effect commits the transaction before it acts (its claim); the others don't
@@ -490,12 +579,20 @@ def _drive(session: Session, run_id: int | DraftRun, token: str, *, pure_only: b
 
 def _release(run_id: int, token: str) -> None:
     with session_scope() as session:
-        session.execute(update(FlowRun).where(FlowRun.id == run_id, FlowRun.lease_token == token)
-                        .values(lease_until=None, lease_token=None))
+        session.execute(
+            update(FlowRun)
+            .where(FlowRun.id == run_id, FlowRun.lease_token == token)
+            .values(lease_until=None, lease_token=None)
+        )
 
 
-def _step(session: Session, run_id: int | DraftRun, token: str, *, pure_only: bool = False,
-          ) -> tuple[str, tuple[Any, str] | None, bool]:
+def _step(
+    session: Session,
+    run_id: int | DraftRun,
+    token: str,
+    *,
+    pure_only: bool = False,
+) -> tuple[str, tuple[Any, str] | None, bool]:
     """Run one step of a run (by id, or a draft not stored yet): (status, (wake_at, job id), whether to go on)."""
     run = session.get(FlowRun, run_id) if isinstance(run_id, int) else run_id
     if run is None or run.lease_token != token or run.status not in ACTIVE:
@@ -599,13 +696,15 @@ def schedule(run_id: int, when: Any, job_id: str) -> None:
     q = queue(FLOWS)
     if not job_id.startswith(WAKE_PREFIX):
         if when <= dates.now():
-            q.enqueue_call(RESUME, args=(run_id,), job_id=job_id, result_ttl=600, failure_ttl=30 * 24 * 3600,
-                           retry=JOB_RETRY)
+            q.enqueue_call(
+                RESUME, args=(run_id,), job_id=job_id, result_ttl=600, failure_ttl=30 * 24 * 3600, retry=JOB_RETRY
+            )
         else:
-            q.enqueue_at(when, RESUME, run_id, job_id=job_id, result_ttl=600, failure_ttl=30 * 24 * 3600,
-                         retry=JOB_RETRY)
+            q.enqueue_at(
+                when, RESUME, run_id, job_id=job_id, result_ttl=600, failure_ttl=30 * 24 * 3600, retry=JOB_RETRY
+            )
         return
-    slot = int(job_id[len(WAKE_PREFIX):])
+    slot = int(job_id[len(WAKE_PREFIX) :])
 
     seen = (queue_module.generation, slot)
     if seen in _slots_known:
@@ -615,8 +714,15 @@ def schedule(run_id: int, when: Any, job_id: str) -> None:
     ttl = max(3600, int(slot - dates.now().timestamp()) + 24 * 3600)
     if connection.set(mark, 1, nx=True, ex=ttl):
         try:
-            q.enqueue_at(datetime.fromtimestamp(slot, UTC), WAKE, slot, job_id=job_id, result_ttl=600,
-                         failure_ttl=30 * 24 * 3600, retry=JOB_RETRY)
+            q.enqueue_at(
+                datetime.fromtimestamp(slot, UTC),
+                WAKE,
+                slot,
+                job_id=job_id,
+                result_ttl=600,
+                failure_ttl=30 * 24 * 3600,
+                retry=JOB_RETRY,
+            )
         except Exception:
             connection.delete(mark)  # the next run of this slot queues it, or the re-scheduler does
             raise
@@ -662,9 +768,12 @@ def wake_due(slot: int | None = None) -> int:
             advanced += 1
         del runs, shops, customers
         if advanced < len(ids):
-            session.execute(update(FlowRun).where(FlowRun.lease_token == token)
-                            .values(lease_until=None, lease_token=None)
-                            .execution_options(synchronize_session=False))
+            session.execute(
+                update(FlowRun)
+                .where(FlowRun.lease_token == token)
+                .values(lease_until=None, lease_token=None)
+                .execution_options(synchronize_session=False)
+            )
     if advanced < len(ids) and not more_queued:
         _queue_more(slot, token)
     return advanced
@@ -673,23 +782,36 @@ def wake_due(slot: int | None = None) -> int:
 def _queue_more(slot: int | None, token: str) -> None:
     """Queue another wake job for the same slot, now (for the runs beyond this job's batch)."""
 
-    queue(FLOWS).enqueue_call(WAKE, args=(slot,), job_id=f"{WAKE_PREFIX}{slot}-more-{token[-8:]}",
-                              result_ttl=600, failure_ttl=30 * 24 * 3600, retry=JOB_RETRY)
+    queue(FLOWS).enqueue_call(
+        WAKE,
+        args=(slot,),
+        job_id=f"{WAKE_PREFIX}{slot}-more-{token[-8:]}",
+        result_ttl=600,
+        failure_ttl=30 * 24 * 3600,
+        retry=JOB_RETRY,
+    )
 
 
 def _lease_due(session: Session, now: datetime, token: str) -> list[int]:
     """Lease up to WAKE_BATCH waiting runs whose time has come; their ids, soonest first."""
     free = lease_free(now)
-    due = (select(FlowRun.id).where(FlowRun.status == WAITING, FlowRun.wake_at <= now, free)
-           .order_by(FlowRun.wake_at, FlowRun.id).limit(WAKE_BATCH))
+    due = (
+        select(FlowRun.id)
+        .where(FlowRun.status == WAITING, FlowRun.wake_at <= now, free)
+        .order_by(FlowRun.wake_at, FlowRun.id)
+        .limit(WAKE_BATCH)
+    )
     if session.get_bind().dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
     # A materialised CTE: PostgreSQL may otherwise evaluate a LIMIT subquery more than once and lease more.
     batch = due.cte("due").prefix_with("MATERIALIZED", dialect="postgresql")
     leased = session.execute(
-        update(FlowRun).where(FlowRun.id.in_(select(batch.c.id)), FlowRun.status == WAITING, free)
-        .values(lease_until=now + LEASE, lease_token=token).returning(FlowRun.id, FlowRun.wake_at)
-        .execution_options(synchronize_session=False)).all()
+        update(FlowRun)
+        .where(FlowRun.id.in_(select(batch.c.id)), FlowRun.status == WAITING, free)
+        .values(lease_until=now + LEASE, lease_token=token)
+        .returning(FlowRun.id, FlowRun.wake_at)
+        .execution_options(synchronize_session=False)
+    ).all()
     return [row.id for row in sorted(leased, key=lambda row: (row.wake_at, row.id))]
 
 
@@ -699,11 +821,19 @@ def _finish(session: Session, run: Run, status: str, reason: str) -> None:
 
 
 def _trace(session: Session, run: Run, kind: str, message: str, **detail: Any) -> None:
-    add_trace(session, run.id, dates.now(), kind, message, position_label(run.position) if run.position else None,
-              detail or None)
+    add_trace(
+        session,
+        run.id,
+        dates.now(),
+        kind,
+        message,
+        position_label(run.position) if run.position else None,
+        detail or None,
+    )
 
 
 # ---- keeping runs alive ----------------------------------------------------------------------------
+
 
 def reschedule_lost(grace_seconds: int = 120) -> int:
     """Cron job: re-queue runs whose resume job is gone (Redis lost it, a worker died mid-run) or stuck.
@@ -718,12 +848,17 @@ def reschedule_lost(grace_seconds: int = 120) -> int:
     due = now - timedelta(seconds=grace_seconds)
     requeued = 0
     with session_scope() as session:
-        rows = session.execute(select(FlowRun.id, FlowRun.status, FlowRun.job_id, FlowRun.lease_until).where(
-            FlowRun.status.in_(ACTIVE),
-            or_(FlowRun.wake_at.is_(None), FlowRun.wake_at < due),
-            or_(FlowRun.lease_until.is_(None), FlowRun.lease_until < now),
-            FlowRun.updated_at < due,
-        ).order_by(FlowRun.id).limit(10000)).all()
+        rows = session.execute(
+            select(FlowRun.id, FlowRun.status, FlowRun.job_id, FlowRun.lease_until)
+            .where(
+                FlowRun.status.in_(ACTIVE),
+                or_(FlowRun.wake_at.is_(None), FlowRun.wake_at < due),
+                or_(FlowRun.lease_until.is_(None), FlowRun.lease_until < now),
+                FlowRun.updated_at < due,
+            )
+            .order_by(FlowRun.id)
+            .limit(10000)
+        ).all()
     for row in rows:
         if row.job_id and _job_alive(connection, row.job_id, due):
             continue

@@ -9,8 +9,9 @@ from jinja2 import TemplateSyntaxError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
 # The names an expression or a template may use; each step's `as:` name adds one.
-NAMES = frozenset({"customer", "order", "checkout", "shop", "run", "event", "unsubscribe_url", "now", "subject",
-                   "preheader"})
+NAMES = frozenset(
+    {"customer", "order", "checkout", "shop", "run", "event", "unsubscribe_url", "now", "subject", "preheader"}
+)
 
 _env = SandboxedEnvironment(autoescape=False)
 

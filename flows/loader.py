@@ -74,6 +74,7 @@ class FlowFile:
 
 # ---- YAML with lines -------------------------------------------------------------------------------
 
+
 def _walk(node: yaml.Node, path: Path_, lines: dict[Path_, int], loader: yaml.SafeLoader) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
@@ -128,8 +129,7 @@ def _resolve(lines: dict[Path_, int], loc: Path_) -> Path_:
 def _error_line(lines: dict[Path_, int], data: Any, error: ErrorDetails) -> int:
     """The line of an error; an unknown key is pointed at itself rather than at its parent."""
     path = _resolve(lines, tuple(error["loc"]))
-    if error["type"] in ("unknown_trigger", "unknown_step") and isinstance(error.get("input"), dict) \
-            and error["input"]:
+    if error["type"] in ("unknown_trigger", "unknown_step") and isinstance(error.get("input"), dict) and error["input"]:
         first = next(iter(error["input"]))
         return lines.get(path + (first,), lines.get(path, 1))
     return lines.get(path, 1)
@@ -144,6 +144,7 @@ _ALIASES = {"if_": "if", "else_": "else", "as_": "as", "from_": "from", "for_": 
 
 # ---- loading ---------------------------------------------------------------------------------------
 
+
 def load_text(text: str, file: str, key: str | None = None) -> tuple[FlowFile | None, list[Problem]]:
     """Validate one flow's text; the FlowFile is None when there are errors."""
     try:
@@ -157,8 +158,10 @@ def load_text(text: str, file: str, key: str | None = None) -> tuple[FlowFile | 
     try:
         flow = Flow.model_validate(data)
     except ValidationError as exc:
-        problems = [Problem(file, _error_line(lines, data, err), _message(err, _resolve(lines, tuple(err["loc"]))))
-                    for err in exc.errors()]
+        problems = [
+            Problem(file, _error_line(lines, data, err), _message(err, _resolve(lines, tuple(err["loc"]))))
+            for err in exc.errors()
+        ]
         return None, _unique(problems)
     # What a run stores: JSON-safe (a YAML date becomes its ISO text), and its digest names the version.
     stored = json.loads(json.dumps(data, sort_keys=True, default=str))
@@ -225,6 +228,7 @@ def load_dir(directory: Path) -> tuple[list[FlowFile], list[Problem]]:
 
 # ---- stage two: meaning ----------------------------------------------------------------------------
 
+
 def _as_names(steps: list[Any]) -> set[str]:
     names: set[str] = set()
     for step in steps:
@@ -266,13 +270,19 @@ def check(loaded: FlowFile) -> list[Problem]:
 
     for index, condition in enumerate(flow.conditions):
         expression(("conditions", index), condition)
-    if isinstance(flow.trigger, DateTrigger) and flow.trigger.yearly and flow.entry.once_per != "year" \
-            and not flow.entry.once_per_customer:
-        add(("trigger",), f"a yearly date trigger ({flow.trigger.date}) without `entry: once_per: year` "
-                          "may run twice in a year", "warning")
+    if (
+        isinstance(flow.trigger, DateTrigger)
+        and flow.trigger.yearly
+        and flow.entry.once_per != "year"
+        and not flow.entry.once_per_customer
+    ):
+        add(
+            ("trigger",),
+            f"a yearly date trigger ({flow.trigger.date}) without `entry: once_per: year` may run twice in a year",
+            "warning",
+        )
     if isinstance(flow.trigger, EventTrigger) and flow.trigger.event in flow.exit_on:
-        add(("exit_on",), f"{flow.trigger.event} both starts and ends this flow; only other runs are ended",
-            "warning")
+        add(("exit_on",), f"{flow.trigger.event} both starts and ends this flow; only other runs are ended", "warning")
 
     # discounts: name -> (expires_in, elapsed wait since it was created)
     def walk(steps: list[Any], base: Path_, discounts: dict[str, tuple[timedelta, timedelta]]) -> None:
@@ -301,13 +311,16 @@ def check(loaded: FlowFile) -> list[Problem]:
                 email = step.send_email
                 for attr in ("subject", "preheader", "from_", "reply_to", "to"):
                     inline(path + ("send_email", _ALIASES.get(attr, attr)), getattr(email, attr))
-                used = _template_checks(email.template, path + ("send_email", "template"), add, known,
-                                        flow.marketing)
+                used = _template_checks(email.template, path + ("send_email", "template"), add, known, flow.marketing)
                 used |= expressions.names_in_string(email.subject) if "{" in email.subject else set()
                 for name, (expires_in, elapsed) in discounts.items():
                     if name in used and elapsed >= expires_in:
-                        add(path, f"discount {name!r} expires ({_fmt(expires_in)}) before this email is sent "
-                                  f"({_fmt(elapsed)} after it is created)", "warning")
+                        add(
+                            path,
+                            f"discount {name!r} expires ({_fmt(expires_in)}) before this email is sent "
+                            f"({_fmt(elapsed)} after it is created)",
+                            "warning",
+                        )
 
     walk(flow.steps, ("steps",), {})
     return problems
@@ -334,12 +347,12 @@ def _template_checks(name: str, path: Path_, add: Any, known: set[str], marketin
     for variable in sorted(used - known):
         add(path, f"undefined variable {variable!r} in template {name!r} (known: {', '.join(sorted(known))})")
     if marketing and "unsubscribe_url" not in used:
-        add(path, f"marketing email template {name!r} has no unsubscribe link (`{{{{ unsubscribe_url }}}}`)",
-            "warning")
+        add(path, f"marketing email template {name!r} has no unsubscribe link (`{{{{ unsubscribe_url }}}}`)", "warning")
     return used
 
 
 # ---- the registry the engine reads -----------------------------------------------------------------
+
 
 def flows_dir() -> Path:
     """FLOWS_DIR, or the built-in library."""
@@ -355,8 +368,11 @@ class Registry:
 
     def for_event(self, event_type: str) -> list[FlowFile]:
         """Enabled flows started by an event type."""
-        return [f for f in self.flows.values() if f.flow.enabled and isinstance(f.flow.trigger, EventTrigger)
-                and f.flow.trigger.event == event_type]
+        return [
+            f
+            for f in self.flows.values()
+            if f.flow.enabled and isinstance(f.flow.trigger, EventTrigger) and f.flow.trigger.event == event_type
+        ]
 
     def exiting_on(self, event_type: str) -> list[FlowFile]:
         """Flows whose waiting runs end on an event type."""
@@ -375,8 +391,9 @@ def _signature(directory: Path) -> tuple[Any, ...]:
         entries = sorted(os.scandir(directory), key=lambda e: e.name)
     except OSError:
         return ()
-    return render.fingerprint() + tuple((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries
-                                        if e.name.endswith((".yaml", ".yml")))
+    return render.fingerprint() + tuple(
+        (e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries if e.name.endswith((".yaml", ".yml"))
+    )
 
 
 def registry() -> Registry:

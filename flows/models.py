@@ -19,7 +19,14 @@ from encore_retention.core.store.ledger import BEFORE_REDACT, Person, cast_table
 from encore_retention.core.store.models import Base, Customer, IdType, JSONType, UTCDateTime, utcnow
 
 RUNNING, WAITING, DONE, STOPPED, EXITED, FAILED, SUPPRESSED = (
-    "running", "waiting", "done", "stopped", "exited", "failed", "suppressed")
+    "running",
+    "waiting",
+    "done",
+    "stopped",
+    "exited",
+    "failed",
+    "suppressed",
+)
 ACTIVE = (RUNNING, WAITING)
 NEW_RUNS = "encore_new_runs"  # session.info: ids of the runs this session created (no side effect can exist yet)
 
@@ -142,14 +149,22 @@ class FlowEffect(Base):
 _TRACES = "encore_flow_traces"
 
 
-def add_trace(session: Session, run_id: int | None, at: datetime, kind: str, message: str, step: str | None,
-              detail: dict[str, Any] | None) -> None:
+def add_trace(
+    session: Session,
+    run_id: int | None,
+    at: datetime,
+    kind: str,
+    message: str,
+    step: str | None,
+    detail: dict[str, Any] | None,
+) -> None:
     """Add a trace line to the session's transaction; the lines are inserted together when it commits.
 
     A draft's lines (`run_id` None) are captured apart and given the id when its row is written.
     """
     session.info.setdefault(_TRACES, []).append(
-        {"run_id": run_id, "at": at, "kind": kind, "message": message, "step": step, "detail": detail})
+        {"run_id": run_id, "at": at, "kind": kind, "message": message, "step": step, "detail": detail}
+    )
 
 
 @contextmanager
@@ -198,6 +213,7 @@ def _forget_traces(session: Session) -> None:
 
 # ---- redaction -------------------------------------------------------------------------------------
 
+
 def _emails_of(session: Session, person: Person) -> None:
     """Before a redaction: the keys of the emails sent to or about the person (or by the whole shop).
 
@@ -208,8 +224,9 @@ def _emails_of(session: Session, person: Person) -> None:
     if person.whole_shop:
         query = query.where(FlowEffect.shop_id == person.shop_id)
     elif person.customer_ids:
-        query = query.where(FlowEffect.run_id.in_(
-            select(FlowRun.id).where(FlowRun.customer_id.in_(sorted(person.customer_ids)))))
+        query = query.where(
+            FlowEffect.run_id.in_(select(FlowRun.id).where(FlowRun.customer_id.in_(sorted(person.customer_ids))))
+        )
     else:
         return
     person.messages.update(session.execute(query).scalars())

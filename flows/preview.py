@@ -44,27 +44,54 @@ def _customer(data: dict[str, Any]) -> Customer:
     fields = {k: v for k, v in data.items() if k not in ("order", "checkout", "shop")}
     birthday = ev.parse_date(str(fields["birthday"])) if fields.get("birthday") else None
     return Customer(
-        id=0, shop_id=0, platform_id=str(fields.get("id", "preview")), email=fields.get("email"),
-        first_name=fields.get("first_name"), last_name=fields.get("last_name"), locale=fields.get("locale"),
-        timezone=fields.get("timezone"), birthday=birthday, email_consent=fields.get("email_consent", True),
-        tags=list(fields.get("tags") or []), has_account=fields.get("has_account"),
-        orders_count=int(fields.get("orders_count", 0)), total_spent=Decimal(str(fields.get("total_spent", "0"))),
+        id=0,
+        shop_id=0,
+        platform_id=str(fields.get("id", "preview")),
+        email=fields.get("email"),
+        first_name=fields.get("first_name"),
+        last_name=fields.get("last_name"),
+        locale=fields.get("locale"),
+        timezone=fields.get("timezone"),
+        birthday=birthday,
+        email_consent=fields.get("email_consent", True),
+        tags=list(fields.get("tags") or []),
+        has_account=fields.get("has_account"),
+        orders_count=int(fields.get("orders_count", 0)),
+        total_spent=Decimal(str(fields.get("total_spent", "0"))),
         first_order_at=ev.parse_datetime(fields.get("first_order_at")),
-        last_order_at=ev.parse_datetime(fields.get("last_order_at")))
+        last_order_at=ev.parse_datetime(fields.get("last_order_at")),
+    )
 
 
 def render_flow(flow_file: FlowFile, data: dict[str, Any]) -> list[Preview]:
     """Every email of a flow (both sides of each `if`) rendered for the sample customer."""
     shop_data = data.get("shop") or {}
-    shop = Shop(id=0, platform="preview", domain=shop_data.get("domain", "shop.example.com"),
-                name=shop_data.get("name", "Example Shop"), email=shop_data.get("email", "hello@shop.example.com"),
-                currency=shop_data.get("currency", "EUR"), timezone=shop_data.get("timezone"), active=True)
-    context = {"event": {"type": "preview", "occurred_at": dates.now().isoformat()},
-               "order": ev.Order.model_validate(data["order"]).model_dump(mode="json") if data.get("order") else None,
-               "checkout": (ev.Checkout.model_validate(data["checkout"]).model_dump(mode="json")
-                            if data.get("checkout") else None), "vars": {}}
-    run = FlowRun(id=0, flow_key=flow_file.key, flow_name=flow_file.flow.name, context=context, position=[0],
-                  started_at=datetime.now(UTC))
+    shop = Shop(
+        id=0,
+        platform="preview",
+        domain=shop_data.get("domain", "shop.example.com"),
+        name=shop_data.get("name", "Example Shop"),
+        email=shop_data.get("email", "hello@shop.example.com"),
+        currency=shop_data.get("currency", "EUR"),
+        timezone=shop_data.get("timezone"),
+        active=True,
+    )
+    context = {
+        "event": {"type": "preview", "occurred_at": dates.now().isoformat()},
+        "order": ev.Order.model_validate(data["order"]).model_dump(mode="json") if data.get("order") else None,
+        "checkout": (
+            ev.Checkout.model_validate(data["checkout"]).model_dump(mode="json") if data.get("checkout") else None
+        ),
+        "vars": {},
+    }
+    run = FlowRun(
+        id=0,
+        flow_key=flow_file.key,
+        flow_name=flow_file.flow.name,
+        context=context,
+        position=[0],
+        started_at=datetime.now(UTC),
+    )
     runner = StepRunner(None, run, flow_file.flow, shop, _customer(data), dry_run=True)  # type: ignore[arg-type]
     previews: list[Preview] = []
 
@@ -82,8 +109,9 @@ def render_flow(flow_file: FlowFile, data: dict[str, Any]) -> list[Preview]:
             if isinstance(step, SendEmailStep) and len(runner.rendered) > before:
                 item = runner.rendered[-1]
 
-                previews.append(Preview(position_label(run.position), item["template"], item["subject"],
-                                        item["html"], item["text"]))
+                previews.append(
+                    Preview(position_label(run.position), item["template"], item["subject"], item["html"], item["text"])
+                )
 
     walk(flow_file.flow.steps, [])
     return previews

@@ -43,8 +43,17 @@ class _Lenient(Undefined):
     """Missing values render as nothing (an optional field absent for one customer must not fail a send)."""
 
 
-CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "CAD": "CA$", "AUD": "A$", "NZD": "NZ$",
-                    "CHF": "CHF ", "INR": "₹"}
+CURRENCY_SYMBOLS = {
+    "USD": "$",
+    "EUR": "€",
+    "GBP": "£",
+    "JPY": "¥",
+    "CAD": "CA$",
+    "AUD": "A$",
+    "NZD": "NZ$",
+    "CHF": "CHF ",
+    "INR": "₹",
+}
 
 
 def format_money(value: Any, currency: str | None = None) -> str:
@@ -90,9 +99,14 @@ def environment(strict: bool = False) -> SandboxedEnvironment:
     env = _envs.get(dirs)
     if env is None:
         loader = ChoiceLoader([FileSystemLoader(str(p)) for p in template_dirs()])
-        env = SandboxedEnvironment(loader=loader, autoescape=select_autoescape(["html", "htm"]),
-                                   undefined=StrictUndefined if strict else _Lenient, trim_blocks=True,
-                                   lstrip_blocks=True, auto_reload=True)
+        env = SandboxedEnvironment(
+            loader=loader,
+            autoescape=select_autoescape(["html", "htm"]),
+            undefined=StrictUndefined if strict else _Lenient,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            auto_reload=True,
+        )
         env.filters["money"] = money
         _envs[dirs] = env
     return env
@@ -154,8 +168,9 @@ def check(name: str) -> tuple[set[str], list[TemplateProblem]]:
             source, filename, _ = env.loader.get_source(env, current)  # type: ignore[union-attr]
         except TemplateNotFound:
             looked = ", ".join(str(p) for p in template_dirs())
-            problems.append(TemplateProblem(referrer, line, f"{verb} {current!r}, which does not exist "
-                                                            f"(looked in: {looked})"))
+            problems.append(
+                TemplateProblem(referrer, line, f"{verb} {current!r}, which does not exist (looked in: {looked})")
+            )
             continue
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(TemplateProblem(referrer or current, line or 1, f"cannot read {current!r}: {exc}"))
@@ -175,9 +190,11 @@ def check(name: str) -> tuple[set[str], list[TemplateProblem]]:
             if isinstance(node, nodes.FromImport) and names:
                 imports.append((file, node.lineno, names[0], {n if isinstance(n, str) else n[0] for n in node.names}))
             elif isinstance(node, nodes.Import) and names:
-                imports.extend((file, attribute.lineno, names[0], {attribute.attr})
-                               for attribute in tree.find_all(nodes.Getattr)
-                               if isinstance(attribute.node, nodes.Name) and attribute.node.name == node.target)
+                imports.extend(
+                    (file, attribute.lineno, names[0], {attribute.attr})
+                    for attribute in tree.find_all(nodes.Getattr)
+                    if isinstance(attribute.node, nodes.Name) and attribute.node.name == node.target
+                )
         try:  # what only compiling finds: unknown filters and tests, a bad `from … import _private`
             env.compile(env.parse(source, current, filename), current, filename)
         except TemplateSyntaxError as exc:
@@ -187,8 +204,10 @@ def check(name: str) -> tuple[set[str], list[TemplateProblem]]:
     for file, line, imported, wanted in imports:
         exporter = parsed.get(imported)
         if exporter is not None:  # a missing or broken one is reported already
-            problems.extend(TemplateProblem(file, line, f"{imported!r} defines no macro or variable {missing!r}")
-                            for missing in sorted(wanted - _top_level_names(exporter)))
+            problems.extend(
+                TemplateProblem(file, line, f"{imported!r} defines no macro or variable {missing!r}")
+                for missing in sorted(wanted - _top_level_names(exporter))
+            )
     trees = [tree for tree in parsed.values() if tree is not None]
     # A name set at the top of one (a child's `{% set title %}`) is seen by the others (its layout).
     bound = set().union(*(_top_level_names(tree) for tree in trees))
@@ -274,8 +293,11 @@ def text_source(source: str) -> str:
         tags.append(match.group(0))
         return f"\x00{len(tags) - 1}\x00"
 
-    parser = _TextParser(statements=lambda data: "".join(
-        tags[int(index)] for index in _MARK.findall(data) if tags[int(index)].startswith("{%")))
+    parser = _TextParser(
+        statements=lambda data: "".join(
+            tags[int(index)] for index in _MARK.findall(data) if tags[int(index)].startswith("{%")
+        )
+    )
     parser.feed(_JINJA_TAG.sub(set_aside, source))
     parser.close()
     text = unescape("".join(parser.parts))
@@ -300,8 +322,14 @@ def text_environment() -> SandboxedEnvironment:
     env = _envs.get(dirs)
     if env is None:
         assert html_env.loader is not None
-        env = SandboxedEnvironment(loader=_TextLoader(html_env.loader), autoescape=False, undefined=_Lenient,
-                                   trim_blocks=True, lstrip_blocks=True, auto_reload=True)
+        env = SandboxedEnvironment(
+            loader=_TextLoader(html_env.loader),
+            autoescape=False,
+            undefined=_Lenient,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            auto_reload=True,
+        )
         env.filters["money"] = money
         _envs[dirs] = env
     return env

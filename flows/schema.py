@@ -44,8 +44,9 @@ def parse_duration(value: Any) -> timedelta:
         return timedelta(0)
     match = _DURATION.match(value) if isinstance(value, str) else None
     if match is None:
-        raise PydanticCustomError("bad_duration", "bad duration '{value}' (expected e.g. 30m, 2h, 14d, 8w)",
-                                  {"value": value})
+        raise PydanticCustomError(
+            "bad_duration", "bad duration '{value}' (expected e.g. 30m, 2h, 14d, 8w)", {"value": value}
+        )
     total = sum((int(n) * _UNITS[unit] for n, unit in _PART.findall(match.group(2))), timedelta(0))
     return -total if match.group(1) else total
 
@@ -74,16 +75,23 @@ def parse_local_time(value: Any) -> time:
         match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*", value)
         if match and int(match.group(1)) < 24 and int(match.group(2)) < 60:
             return time(int(match.group(1)), int(match.group(2)))
-    raise PydanticCustomError("bad_time", "bad time of day '{value}' (expected HH:MM, e.g. \"09:00\")",
-                              {"value": value})
+    raise PydanticCustomError(
+        "bad_time", "bad time of day '{value}' (expected HH:MM, e.g. \"09:00\")", {"value": value}
+    )
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration),
-                     WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN,
-                                     "description": "a duration: 30m, 2h, 14d, 8w"})]
-LocalTime = Annotated[time, BeforeValidator(parse_local_time), PlainSerializer(lambda t: t.strftime("%H:%M")),
-                      WithJsonSchema({"type": "string", "pattern": r"^\d{1,2}:\d{2}$",
-                                      "description": "a local time of day, HH:MM"})]
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "description": "a duration: 30m, 2h, 14d, 8w"}),
+]
+LocalTime = Annotated[
+    time,
+    BeforeValidator(parse_local_time),
+    PlainSerializer(lambda t: t.strftime("%H:%M")),
+    WithJsonSchema({"type": "string", "pattern": r"^\d{1,2}:\d{2}$", "description": "a local time of day, HH:MM"}),
+]
 TRIGGER_EVENTS = tuple(t.value for t in EventType if t is not EventType.UNKNOWN)
 EventName = Literal[TRIGGER_EVENTS]  # type: ignore[valid-type]  # built from EventType at import: mypy can't read it
 DateField = Literal["customer.birthday", "customer.last_order_at", "customer.first_order_at"]
@@ -96,6 +104,7 @@ class _Model(BaseModel):
 
 
 # ---- triggers --------------------------------------------------------------------------------------
+
 
 class EventTrigger(_Model):
     """Start a run when a canonical event about a customer arrives."""
@@ -110,7 +119,8 @@ class DateTrigger(_Model):
     offset: Duration = timedelta(0)
     at: LocalTime = time(9, 0)
     every: Literal["year"] | None = Field(
-        None, description="yearly recurrence; the default for birthday and first_order_at")
+        None, description="yearly recurrence; the default for birthday and first_order_at"
+    )
 
     @property
     def yearly(self) -> bool:
@@ -138,18 +148,23 @@ def _trigger_kind(value: Any) -> str | None:
 def _check_trigger(value: Any) -> Any:
     if isinstance(value, dict) and _trigger_kind(value) is None:
         keys = ", ".join(repr(k) for k in value) or "nothing"
-        raise PydanticCustomError("unknown_trigger", "unknown trigger {keys} (expected one of: {choices})",
-                                  {"keys": keys, "choices": ", ".join(TRIGGER_KINDS)})
+        raise PydanticCustomError(
+            "unknown_trigger",
+            "unknown trigger {keys} (expected one of: {choices})",
+            {"keys": keys, "choices": ", ".join(TRIGGER_KINDS)},
+        )
     return value
 
 
 Trigger = Annotated[
     Annotated[EventTrigger, Tag("event")] | Annotated[DateTrigger, Tag("date")],
-    Discriminator(_trigger_kind), BeforeValidator(_check_trigger),
+    Discriminator(_trigger_kind),
+    BeforeValidator(_check_trigger),
 ]
 
 
 # ---- steps -----------------------------------------------------------------------------------------
+
 
 class _Step(_Model):
     name: str | None = Field(None, description="a label shown in the run's trace")
@@ -250,8 +265,9 @@ class Http(_Model):
             if not _HTTP_TOKEN.fullmatch(name):
                 raise PydanticCustomError("bad_header", "'{name}' is not an HTTP header name", {"name": name})
             if _LINE_BREAK.search(value):
-                raise PydanticCustomError("bad_header", "the value of header '{name}' has a line break or a NUL",
-                                          {"name": name})
+                raise PydanticCustomError(
+                    "bad_header", "the value of header '{name}' has a line break or a NUL", {"name": name}
+                )
         return headers
 
 
@@ -270,8 +286,13 @@ class StopStep(_Step):
 
 
 STEP_MODELS: dict[str, type[_Step]] = {
-    "wait": WaitStep, "send_email": SendEmailStep, "create_discount": CreateDiscountStep,
-    "tag_customer": TagCustomerStep, "if": IfStep, "http": HttpStep, "stop": StopStep,
+    "wait": WaitStep,
+    "send_email": SendEmailStep,
+    "create_discount": CreateDiscountStep,
+    "tag_customer": TagCustomerStep,
+    "if": IfStep,
+    "http": HttpStep,
+    "stop": StopStep,
 }
 STEP_KINDS = tuple(STEP_MODELS)
 
@@ -294,14 +315,18 @@ def _check_step(value: Any) -> Any:
         keys = [k for k in value if k not in ("name", "then", "else")]
         several = [k for k in keys if k in STEP_KINDS]
         if len(several) > 1:
-            raise PydanticCustomError("several_steps", "one step per list item, found {found}",
-                                      {"found": ", ".join(several)})
-        raise PydanticCustomError("unknown_step", "unknown step {name} (expected one of: {choices})",
-                                  {"name": ", ".join(repr(k) for k in keys) or "(empty)",
-                                   "choices": ", ".join(STEP_KINDS)})
+            raise PydanticCustomError(
+                "several_steps", "one step per list item, found {found}", {"found": ", ".join(several)}
+            )
+        raise PydanticCustomError(
+            "unknown_step",
+            "unknown step {name} (expected one of: {choices})",
+            {"name": ", ".join(repr(k) for k in keys) or "(empty)", "choices": ", ".join(STEP_KINDS)},
+        )
     if not isinstance(value, dict | _Step):
-        raise PydanticCustomError("unknown_step", "a step is a mapping such as `wait: 1h`, got '{value}'",
-                                  {"value": value})
+        raise PydanticCustomError(
+            "unknown_step", "a step is a mapping such as `wait: 1h`, got '{value}'", {"value": value}
+        )
     return value
 
 
@@ -310,12 +335,14 @@ if TYPE_CHECKING:  # the union below as a type checker reads it (that one is bui
 else:
     Step = Annotated[
         Union[tuple(Annotated[model, Tag(kind)] for kind, model in STEP_MODELS.items())],  # noqa: UP007
-        Discriminator(step_kind), BeforeValidator(_check_step),
+        Discriminator(step_kind),
+        BeforeValidator(_check_step),
     ]
 IfStep.model_rebuild()
 
 
 # ---- the flow --------------------------------------------------------------------------------------
+
 
 class Entry(_Model):
     """Re-entry: how often one customer may go through the flow."""
@@ -349,14 +376,17 @@ class Flow(_Model):
     enabled: bool = True
     trigger: Trigger
     conditions: Annotated[list[str], BeforeValidator(_listify)] = Field(
-        default_factory=list, description="expressions that must all hold to start, re-checked before every step")
+        default_factory=list, description="expressions that must all hold to start, re-checked before every step"
+    )
     exit_on: Annotated[list[EventName], BeforeValidator(_listify)] = Field(
-        default_factory=list, description="events that end a waiting run for that customer")
+        default_factory=list, description="events that end a waiting run for that customer"
+    )
     entry: Entry = Field(default_factory=Entry)
     requires_consent: bool | None = Field(None, description="default: true for marketing, false for transactional")
     quiet_hours: QuietHours | None = None
     frequency_cap: Annotated[Duration | None, BeforeValidator(_cap)] = Field(
-        timedelta(hours=16), description="at most one marketing email per customer across flows in this period")
+        timedelta(hours=16), description="at most one marketing email per customer across flows in this period"
+    )
     steps: list[Step] = Field(min_length=1)
 
     @property

@@ -39,15 +39,12 @@ from encore_retention.flows.schema import Flow, step_kind
 log = logging.getLogger(__name__)
 
 
-
 class TransientStepError(Exception):
     """A step failed in a way worth retrying later (a platform's 5xx or 429, a refused connection)."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
 
 
 _transports: dict[str, Any] = {}
@@ -66,11 +63,22 @@ def _transport() -> Any:
 _EFFECTS = cast_table(FlowEffect)
 _CLAIM = _EFFECTS.insert()
 _UNCLAIM = _EFFECTS.delete().where(_EFFECTS.c.key == bindparam("effect_key"))
-_FINISH = (_EFFECTS.update().where(_EFFECTS.c.key == bindparam("effect_key"))
-           .values(status=bindparam("status"), result=bindparam("result"), done_at=bindparam("done_at")))
-_RECENT_EMAILS = select(func.count()).select_from(FlowEffect).where(
-    FlowEffect.customer_id == bindparam("customer_id"), FlowEffect.kind == "email", FlowEffect.marketing.is_(True),
-    FlowEffect.created_at > bindparam("since"), FlowEffect.status.in_(("done", "pending", "uncertain")))
+_FINISH = (
+    _EFFECTS.update()
+    .where(_EFFECTS.c.key == bindparam("effect_key"))
+    .values(status=bindparam("status"), result=bindparam("result"), done_at=bindparam("done_at"))
+)
+_RECENT_EMAILS = (
+    select(func.count())
+    .select_from(FlowEffect)
+    .where(
+        FlowEffect.customer_id == bindparam("customer_id"),
+        FlowEffect.kind == "email",
+        FlowEffect.marketing.is_(True),
+        FlowEffect.created_at > bindparam("since"),
+        FlowEffect.status.in_(("done", "pending", "uncertain")),
+    )
+)
 
 
 _PRELOADED = "encore_preloaded_effects"
@@ -95,6 +103,7 @@ def preload_effects(session: Session, run_ids: list[int]) -> None:
 
 
 # ---- positions -------------------------------------------------------------------------------------
+
 
 def container_at(steps: list[Any], prefix: list[Any]) -> list[Any]:
     """The step list a position prefix points into ([] -> the flow's steps; [3, "then"] -> a branch)."""
@@ -133,26 +142,42 @@ def position_label(position: list[Any]) -> str:
 
 # ---- what expressions and templates see ------------------------------------------------------------
 
+
 def customer_view(customer: Customer | None) -> dict[str, Any]:
     """The `customer` of expressions and templates, from the ledger row."""
     if customer is None:
         return {}
     return {
-        "id": customer.platform_id, "email": customer.email, "first_name": customer.first_name,
-        "last_name": customer.last_name, "phone": customer.phone, "locale": customer.locale,
-        "timezone": customer.timezone, "orders_count": customer.orders_count or 0,
-        "total_spent": customer.total_spent or Decimal("0"), "first_order_at": customer.first_order_at,
-        "last_order_at": customer.last_order_at, "birthday": customer.birthday,
-        "email_consent": bool(customer.email_consent), "tags": list(customer.tags or []),
-        "has_account": bool(customer.has_account), "created_at": customer.platform_created_at,
+        "id": customer.platform_id,
+        "email": customer.email,
+        "first_name": customer.first_name,
+        "last_name": customer.last_name,
+        "phone": customer.phone,
+        "locale": customer.locale,
+        "timezone": customer.timezone,
+        "orders_count": customer.orders_count or 0,
+        "total_spent": customer.total_spent or Decimal("0"),
+        "first_order_at": customer.first_order_at,
+        "last_order_at": customer.last_order_at,
+        "birthday": customer.birthday,
+        "email_consent": bool(customer.email_consent),
+        "tags": list(customer.tags or []),
+        "has_account": bool(customer.has_account),
+        "created_at": customer.platform_created_at,
     }
 
 
 def shop_view(shop: Shop) -> dict[str, Any]:
     """The `shop` of expressions and templates."""
-    return {"id": shop.id, "name": shop.name or shop.domain, "domain": shop.domain, "email": shop.email,
-            "currency": shop.currency, "timezone": shop.timezone or get_settings().DEFAULT_TIMEZONE,
-            "platform": shop.platform}
+    return {
+        "id": shop.id,
+        "name": shop.name or shop.domain,
+        "domain": shop.domain,
+        "email": shop.email,
+        "currency": shop.currency,
+        "timezone": shop.timezone or get_settings().DEFAULT_TIMEZONE,
+        "platform": shop.platform,
+    }
 
 
 class DiscountView:
@@ -212,9 +237,10 @@ class StepRunner:
         """Everything an expression or template may read."""
         stored = self.run.context or {}
         ctx: dict[str, Any] = {
-            "customer": customer_view(self.customer), "shop": shop_view(self.shop),
-            "event": stored.get("event") or {}, "run": {"id": self.run.id, "started_at": self.run.started_at,
-                                                         "flow": self.run.flow_name},
+            "customer": customer_view(self.customer),
+            "shop": shop_view(self.shop),
+            "event": stored.get("event") or {},
+            "run": {"id": self.run.id, "started_at": self.run.started_at, "flow": self.run.flow_name},
             "order": self._parsed(ev.Order, stored.get("order")),
             "checkout": self._parsed(ev.Checkout, stored.get("checkout")),
             "now": dates.now(),
@@ -240,8 +266,15 @@ class StepRunner:
     def trace(self, kind: str, message: str, **detail: Any) -> None:
         """Add a line to the run's trace."""
         position = self.run.position
-        add_trace(self.session, self.run.id, dates.now(), kind, message,
-                  position_label(position) if position else None, detail or None)
+        add_trace(
+            self.session,
+            self.run.id,
+            dates.now(),
+            kind,
+            message,
+            position_label(position) if position else None,
+            detail or None,
+        )
 
     def key(self, kind: str) -> str:
         """The idempotency key of the current step's side effect."""
@@ -258,8 +291,12 @@ class StepRunner:
                 self.trace("condition", f"{condition} -> error: {exc}", expression=condition, result=None)
                 return False
             if not result or when == "start":
-                self.trace("condition", f"{condition} -> {'true' if result else 'false'} ({when})",
-                           expression=condition, result=bool(result))
+                self.trace(
+                    "condition",
+                    f"{condition} -> {'true' if result else 'false'} ({when})",
+                    expression=condition,
+                    result=bool(result),
+                )
             if not result:
                 return False
         return True
@@ -290,8 +327,7 @@ class StepRunner:
         except expressions.ExpressionError as exc:
             self.trace("condition", f"if {step.if_} -> error: {exc}", expression=step.if_, result=None)
             result = False
-        self.trace("condition", f"if {step.if_} -> {'true' if result else 'false'}", expression=step.if_,
-                   result=result)
+        self.trace("condition", f"if {step.if_} -> {'true' if result else 'false'}", expression=step.if_, result=result)
         branch = step.then if result else step.else_
         if not branch:
             return NEXT
@@ -307,8 +343,9 @@ class StepRunner:
         spec = step.send_email
         customer = self.customer
         ctx = self.context()
-        address = (expressions.render_string(spec.to, ctx).strip() if spec.to else None) or \
-            (customer.email if customer else None)
+        address = (expressions.render_string(spec.to, ctx).strip() if spec.to else None) or (
+            customer.email if customer else None
+        )
         if not address:
             if self.run.context.get("checkout") and ctx["checkout"] and ctx["checkout"].email:
                 address = ctx["checkout"].email
@@ -347,18 +384,30 @@ class StepRunner:
         from_addr = expressions.render_string(spec.from_, ctx) if spec.from_ else None
         reply_to = expressions.render_string(spec.reply_to, ctx) if spec.reply_to else None
         if self.dry_run:
-            self.rendered.append({"to": address, "subject": subject, "html": html, "text": text,
-                                  "template": spec.template})
+            self.rendered.append(
+                {"to": address, "subject": subject, "html": html, "text": text, "template": spec.template}
+            )
             return NEXT
 
         message = email_api.OutgoingEmail(
-            to=address, subject=subject, html=html, text=text, idempotency_key=key, marketing=self.flow.marketing,
-            from_addr=from_addr or None, reply_to=reply_to or None, preheader=preheader,
-            unsubscribe_url=unsubscribe)
+            to=address,
+            subject=subject,
+            html=html,
+            text=text,
+            idempotency_key=key,
+            marketing=self.flow.marketing,
+            from_addr=from_addr or None,
+            reply_to=reply_to or None,
+            preheader=preheader,
+            unsubscribe_url=unsubscribe,
+        )
         self._claim(key, "email", existing)
         if resend:
-            self.trace("resend", "the first attempt to send this email was interrupted; sending it again with "
-                                 "the same Message-ID", key=key)
+            self.trace(
+                "resend",
+                "the first attempt to send this email was interrupted; sending it again with the same Message-ID",
+                key=key,
+            )
         try:
             message_id = email_api.send(message, _transport())
         except email_api.TransientEmailError as exc:
@@ -366,13 +415,24 @@ class StepRunner:
             raise TransientStepError(f"email to {address} deferred: {exc}") from exc
         except email_api.PermanentEmailError as exc:
             self._finish(key, "failed", {"error": str(exc)})
-            self.trace("error", f"email {spec.template!r} to {address} failed permanently: {exc}",
-                       template=spec.template, key=key)
+            self.trace(
+                "error",
+                f"email {spec.template!r} to {address} failed permanently: {exc}",
+                template=spec.template,
+                key=key,
+            )
             return NEXT
         self._finish(key, "done", {"message_id": message_id, "to": address, "subject": subject})
         EMAILS.labels(flow=self.run.flow_key, outcome="sent").inc()
-        self.trace("sent", f"sent {spec.template!r} to {address}: {subject}", template=spec.template,
-                   to=address, subject=subject, message_id=message_id, key=key)
+        self.trace(
+            "sent",
+            f"sent {spec.template!r} to {address}: {subject}",
+            template=spec.template,
+            to=address,
+            subject=subject,
+            message_id=message_id,
+            key=key,
+        )
         return NEXT
 
     def _suppressed(self, reason: str) -> Outcome:
@@ -396,13 +456,17 @@ class StepRunner:
             return "unsubscribed" if reason == "unsubscribed" else f"suppressed ({reason})"
         if again:
             return None
-        if self.flow.quiet_hours and dates.in_window(dates.now(), self.flow.quiet_hours.from_,
-                                                     self.flow.quiet_hours.to, self.tz()):
+        if self.flow.quiet_hours and dates.in_window(
+            dates.now(), self.flow.quiet_hours.from_, self.flow.quiet_hours.to, self.tz()
+        ):
             return "quiet hours"
         if self.flow.frequency_cap and customer is not None:
             since = dates.now() - self.flow.frequency_cap
-            recent = self.session.connection().execute(
-                _RECENT_EMAILS, {"customer_id": customer.id, "since": since}).scalar_one()
+            recent = (
+                self.session.connection()
+                .execute(_RECENT_EMAILS, {"customer_id": customer.id, "since": since})
+                .scalar_one()
+            )
             if recent:
                 return "frequency cap"
         return None
@@ -424,16 +488,25 @@ class StepRunner:
             code = f"{spec.prefix}PREVIEW".upper()
             platform_id = None
         else:
-
             customer = self.customer
             request = DiscountRequest(
-                idempotency_key=f"encore-{self.shop.id}-{key}", kind=kind, value=value, prefix=spec.prefix,
-                currency=currency, starts_at=dates.now(), ends_at=ends_at, minimum_subtotal=spec.minimum_subtotal,
+                idempotency_key=f"encore-{self.shop.id}-{key}",
+                kind=kind,
+                value=value,
+                prefix=spec.prefix,
+                currency=currency,
+                starts_at=dates.now(),
+                ends_at=ends_at,
+                minimum_subtotal=spec.minimum_subtotal,
                 usage_limit=spec.usage_limit,
-                customer_id=(customer.platform_id if customer and spec.restrict_to_customer
-                             and not customer.platform_id.startswith("email:") else None),
+                customer_id=(
+                    customer.platform_id
+                    if customer and spec.restrict_to_customer and not customer.platform_id.startswith("email:")
+                    else None
+                ),
                 customer_email=customer.email if customer and spec.restrict_to_customer else None,
-                title=f"{self.flow.name} ({self.run.id})")
+                title=f"{self.flow.name} ({self.run.id})",
+            )
             self._claim(key, "discount", existing)
             try:
                 discount = connectors.get_connector(self.shop).create_discount(request)
@@ -448,10 +521,16 @@ class StepRunner:
             ends_at = discount.ends_at or ends_at
         display = f"{value.normalize():f}%" if kind == "percent" else render.format_money(value, currency)
         local_end = ends_at.astimezone(self.tz())
-        result = {"code": code, "kind": kind, "amount": str(value), "value": display,
-                  "expires_at": ends_at.astimezone(UTC).isoformat(), "expires_on": local_end.strftime("%d %B %Y"),
-                  "minimum_subtotal": str(spec.minimum_subtotal) if spec.minimum_subtotal is not None else None,
-                  "platform_id": platform_id}
+        result = {
+            "code": code,
+            "kind": kind,
+            "amount": str(value),
+            "value": display,
+            "expires_at": ends_at.astimezone(UTC).isoformat(),
+            "expires_on": local_end.strftime("%d %B %Y"),
+            "minimum_subtotal": str(spec.minimum_subtotal) if spec.minimum_subtotal is not None else None,
+            "platform_id": platform_id,
+        }
         if not self.dry_run:
             self._finish(key, "done", result)
             self.trace("discount", f"created code {code} ({display})", code=code, key=key)
@@ -492,7 +571,6 @@ class StepRunner:
         fails the step once, traced, without a retry; a redirect is not followed.
         """
 
-
         spec = step.http
         ctx = self.context()
         body = {k: expressions.render_string(v, ctx) if isinstance(v, str) else v for k, v in spec.json_.items()}
@@ -503,11 +581,11 @@ class StepRunner:
         if existing is not None and existing.status == "done":
             return NEXT
         self._claim(key, "http", existing)
-        headers = {**spec.headers, "Content-Type": "application/json", "Idempotency-Key": key,
-                   "User-Agent": "Encore"}
+        headers = {**spec.headers, "Content-Type": "application/json", "Idempotency-Key": key, "User-Agent": "Encore"}
         try:
-            status, location = outbound.post_json(spec.url, json.dumps(body, default=str).encode(), headers,
-                                                  spec.timeout)
+            status, location = outbound.post_json(
+                spec.url, json.dumps(body, default=str).encode(), headers, spec.timeout
+            )
         except outbound.RefusedURL as exc:
             self._finish(key, "failed", {"error": str(exc)})
             self.trace("error", f"POST {spec.url} refused: {exc}", key=key)
@@ -518,8 +596,11 @@ class StepRunner:
             raise TransientStepError(f"POST {spec.url}: HTTP {status}")
         if location is not None:
             self._finish(key, "failed", {"status": status, "location": location[:500]})
-            self.trace("error", f"POST {spec.url}: HTTP {status}, a redirect to {location[:200]!r}, not followed",
-                       status=status)
+            self.trace(
+                "error",
+                f"POST {spec.url}: HTTP {status}, a redirect to {location[:200]!r}, not followed",
+                status=status,
+            )
             return NEXT
         self._finish(key, "done" if status < 400 else "failed", {"status": status})
         self.trace("http", f"POST {spec.url}: HTTP {status}", status=status)
@@ -542,10 +623,19 @@ class StepRunner:
         """
         if existing is not None:
             return
-        self.session.connection().execute(_CLAIM, {
-            "key": key, "run_id": self.run.id, "shop_id": self.shop.id,
-            "customer_id": self.customer.id if self.customer else None, "kind": kind, "status": "pending",
-            "marketing": kind == "email" and self.flow.marketing, "created_at": dates.now()})
+        self.session.connection().execute(
+            _CLAIM,
+            {
+                "key": key,
+                "run_id": self.run.id,
+                "shop_id": self.shop.id,
+                "customer_id": self.customer.id if self.customer else None,
+                "kind": kind,
+                "status": "pending",
+                "marketing": kind == "email" and self.flow.marketing,
+                "created_at": dates.now(),
+            },
+        )
         self.session.commit()
 
     def _unclaim(self, key: str) -> None:
@@ -553,20 +643,23 @@ class StepRunner:
         self.session.commit()
 
     def _finish(self, key: str, status: str, result: dict[str, Any]) -> None:
-        self.session.connection().execute(_FINISH, {"effect_key": key, "status": status, "result": result,
-                                                    "done_at": dates.now()})
+        self.session.connection().execute(
+            _FINISH, {"effect_key": key, "status": status, "result": result, "done_at": dates.now()}
+        )
 
     def redeemed(self, code: str) -> bool:
         """Whether an order in the ledger used `code`, else what the platform says."""
         if self.dry_run:
             return False
         if self.customer is not None:
-            rows = self.session.execute(select(Order.discount_codes).where(
-                Order.customer_id == self.customer.id, Order.placed_at >= self.run.started_at - timedelta(days=1)))
+            rows = self.session.execute(
+                select(Order.discount_codes).where(
+                    Order.customer_id == self.customer.id, Order.placed_at >= self.run.started_at - timedelta(days=1)
+                )
+            )
             if any(code.upper() in [c.upper() for c in (codes or [])] for (codes,) in rows):
                 return True
         try:
-
             return bool(connectors.get_connector(self.shop).discount_redeemed(code))
         except Exception:  # noqa: BLE001 - unknown counts as not redeemed; the ledger is the main source
             log.warning("could not ask the platform whether %s was redeemed", code)

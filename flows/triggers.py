@@ -38,6 +38,7 @@ BATCH = 1000
 
 # ---- dates -----------------------------------------------------------------------------------------
 
+
 def _field(trigger: DateTrigger) -> str:
     return trigger.date.split(".", 1)[1]
 
@@ -67,8 +68,9 @@ def _local_value(customer_tz: str | None, shop_tz: str | None, value: Any) -> da
     return value
 
 
-def candidates(session: Session, shop: Shop, flow_file: FlowFile,
-               days: list[date]) -> Iterator[tuple[int, str | None, date, str]]:
+def candidates(
+    session: Session, shop: Shop, flow_file: FlowFile, days: list[date]
+) -> Iterator[tuple[int, str | None, date, str]]:
     """(customer id, customer time zone, due local day, trigger key) for customers due on any of `days`.
 
     Birthdays are found through the (month, day) index; other date fields by a range over their
@@ -94,8 +96,11 @@ def candidates(session: Session, shop: Shop, flow_file: FlowFile,
                 high_day = _years_back(high_day, years_back) + timedelta(days=1)
             low = datetime.combine(low_day, time(0), UTC) - timedelta(hours=15)
             high = datetime.combine(high_day + timedelta(days=1), time(0), UTC) + timedelta(hours=15)
-            queries.append(select(Customer.id, Customer.timezone, column).where(
-                Customer.shop_id == shop.id, column >= low, column < high))
+            queries.append(
+                select(Customer.id, Customer.timezone, column).where(
+                    Customer.shop_id == shop.id, column >= low, column < high
+                )
+            )
     for stmt in queries:
         for row in session.execute(stmt.execution_options(yield_per=BATCH)):
             customer_id, customer_tz, raw = row
@@ -138,8 +143,11 @@ def sweep(day: str | None = None, shop_id: int | None = None) -> dict[str, int]:
     connection = get_redis()
     flows_queue = queue(FLOWS, connection)
     with session_scope() as session:
-        shops = session.execute(select(Shop).where(Shop.active.is_(True), *(
-            [Shop.id == shop_id] if shop_id else []))).scalars().all()
+        shops = (
+            session.execute(select(Shop).where(Shop.active.is_(True), *([Shop.id == shop_id] if shop_id else [])))
+            .scalars()
+            .all()
+        )
         for shop in shops:
             for flow_file in dated:
                 trigger = flow_file.flow.trigger
@@ -153,11 +161,17 @@ def sweep(day: str | None = None, shop_id: int | None = None) -> dict[str, int]:
                     group.append([customer_id, key])
                     counts["due"] += 1
                     if len(group) >= BATCH:  # a full batch goes out now: memory stays flat
-                        _add(counts, _queue_groups(connection, flows_queue, shop, flow_file, {when: group}, now,
-                                                   force=explicit is not None))
+                        _add(
+                            counts,
+                            _queue_groups(
+                                connection, flows_queue, shop, flow_file, {when: group}, now, force=explicit is not None
+                            ),
+                        )
                         groups[when] = []
-                _add(counts, _queue_groups(connection, flows_queue, shop, flow_file, groups, now,
-                                           force=explicit is not None))
+                _add(
+                    counts,
+                    _queue_groups(connection, flows_queue, shop, flow_file, groups, now, force=explicit is not None),
+                )
     log.info("date sweep: %d due, %d newly queued in %d jobs", counts["due"], counts["queued"], counts["jobs"])
     return counts
 
@@ -167,8 +181,15 @@ def _add(counts: dict[str, int], result: tuple[int, int]) -> None:
     counts["queued"] += result[1]
 
 
-def _queue_groups(connection: Any, flows_queue: Any, shop: Shop, flow_file: FlowFile,
-                  groups: dict[datetime, list[list[Any]]], now: datetime, force: bool = False) -> tuple[int, int]:
+def _queue_groups(
+    connection: Any,
+    flows_queue: Any,
+    shop: Shop,
+    flow_file: FlowFile,
+    groups: dict[datetime, list[list[Any]]],
+    now: datetime,
+    force: bool = False,
+) -> tuple[int, int]:
     """One start job per send time and batch; a Redis mark per job keeps a re-sweep from queueing it again.
 
     `force` (an explicit `--date`) queues even marked jobs: they may have been lost, and starting a run
@@ -177,7 +198,7 @@ def _queue_groups(connection: Any, flows_queue: Any, shop: Shop, flow_file: Flow
     planned = []
     for when, items in sorted(groups.items()):
         for start in range(0, len(items), BATCH):
-            chunk = items[start:start + BATCH]
+            chunk = items[start : start + BATCH]
             digest = hashlib.sha256(json.dumps([shop.id, flow_file.key, when.isoformat(), chunk]).encode())
             planned.append(("flowstart-" + digest.hexdigest()[:32], when, chunk))
     if not planned:
@@ -235,8 +256,12 @@ def start_date_run(shop_id: int, flow_key: str, customer_id: int, trigger_key: s
         if due_day(trigger, value, year) != day or date_trigger_key(flow_file, trigger, value, day) != trigger_key:
             log.info("customer %s no longer due for %s on %s", customer_id, flow_key, day)
             return None
-        context = {"event": {"type": "date", "field": trigger.date, "occurred_at": due.isoformat(),
-                             "day": day.isoformat()}, "order": None, "checkout": None, "vars": {}}
+        context = {
+            "event": {"type": "date", "field": trigger.date, "occurred_at": due.isoformat(), "day": day.isoformat()},
+            "order": None,
+            "checkout": None,
+            "vars": {},
+        }
         started = start_run(session, flow_file, shop, customer, trigger_key, context)
         session.commit()
         if started is None:

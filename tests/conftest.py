@@ -54,6 +54,7 @@ def payload(platform: str, topic: str) -> dict[str, Any]:
 
 # ---- Redis -----------------------------------------------------------------------------------------
 
+
 def _claim_redis_db() -> tuple[Redis, Redis | None, int | None]:
     url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
     try:
@@ -101,6 +102,7 @@ def redis_url_of(connection: Redis) -> str:
 
 # ---- databases -------------------------------------------------------------------------------------
 
+
 @contextmanager
 def fresh_postgres(prefix: str) -> Iterator[str | None]:
     """A new, empty PostgreSQL database (its plain URL), dropped afterwards; None where no server answers.
@@ -145,8 +147,13 @@ def _truncate_postgres(url: str) -> None:
     from encore_retention.core.store import get_engine
 
     with get_engine(url).begin() as conn:
-        tables = conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                                   "AND tablename <> 'alembic_version'")).scalars().all()
+        tables = (
+            conn.execute(
+                text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
+            )
+            .scalars()
+            .all()
+        )
         if tables:
             conn.execute(text(f"TRUNCATE {', '.join(chr(34) + t + chr(34) for t in tables)} RESTART IDENTITY CASCADE"))
 
@@ -175,14 +182,19 @@ def sqlite_url(tmp_path: Path) -> str:
 
 # ---- settings and app ------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sqlite_url: str) -> Iterator[pytest.MonkeyPatch]:
     """An isolated environment: its own data dir, SQLite database, outbox and Shopify secret."""
     monkeypatch.chdir(tmp_path)
     for name, value in {
-        "DATABASE_URL": sqlite_url, "ENCORE_DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": "test-secret-key",
-        "SHOPIFY_API_SECRET": SHOPIFY_SECRET, "SHOPIFY_API_KEY": "test-api-key",
-        "EMAIL_URL": f"file://{tmp_path / 'outbox'}", "APP_URL": "http://localhost:8000",
+        "DATABASE_URL": sqlite_url,
+        "ENCORE_DATA_DIR": str(tmp_path / "data"),
+        "SECRET_KEY": "test-secret-key",
+        "SHOPIFY_API_SECRET": SHOPIFY_SECRET,
+        "SHOPIFY_API_KEY": "test-api-key",
+        "EMAIL_URL": f"file://{tmp_path / 'outbox'}",
+        "APP_URL": "http://localhost:8000",
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("REDIS_URL", raising=False)
@@ -222,9 +234,22 @@ def woo_store(env: pytest.MonkeyPatch) -> str:
 
     from encore_retention.cli import main
 
-    result = CliRunner().invoke(main, ["stores", "add", "woocommerce", WC_URL, "--consumer-key", "ck_test",
-                                       "--consumer-secret", "cs_test", "--webhook-secret", WC_SECRET,
-                                       "--no-verify"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "stores",
+            "add",
+            "woocommerce",
+            WC_URL,
+            "--consumer-key",
+            "ck_test",
+            "--consumer-secret",
+            "cs_test",
+            "--webhook-secret",
+            WC_SECRET,
+            "--no-verify",
+        ],
+    )
     assert result.exit_code == 0, result.output
     webhook_secrets.forget()
     return WC_URL
@@ -249,14 +274,20 @@ def sandbox_key(env: pytest.MonkeyPatch) -> dict[str, str]:
 
 # ---- signed deliveries -----------------------------------------------------------------------------
 
-def shopify_headers(body: bytes, topic: str, *, secret: str = SHOPIFY_SECRET, shop: str = SHOP,
-                    webhook_id: str | None = None) -> dict[str, str]:
+
+def shopify_headers(
+    body: bytes, topic: str, *, secret: str = SHOPIFY_SECRET, shop: str = SHOP, webhook_id: str | None = None
+) -> dict[str, str]:
     """The headers Shopify sends with a delivery, signed with `secret`."""
     return {
-        "Content-Type": "application/json", "X-Shopify-Topic": topic, "X-Shopify-Shop-Domain": shop,
-        "X-Shopify-Hmac-Sha256": sign(body, secret), "X-Shopify-API-Version": "2026-04",
+        "Content-Type": "application/json",
+        "X-Shopify-Topic": topic,
+        "X-Shopify-Shop-Domain": shop,
+        "X-Shopify-Hmac-Sha256": sign(body, secret),
+        "X-Shopify-API-Version": "2026-04",
         "X-Shopify-Webhook-Id": webhook_id or str(uuid.uuid4()),
-        "X-Shopify-Event-Id": str(uuid.uuid4()), "X-Shopify-Triggered-At": "2026-11-20T10:00:00.000Z",
+        "X-Shopify-Event-Id": str(uuid.uuid4()),
+        "X-Shopify-Triggered-At": "2026-11-20T10:00:00.000Z",
     }
 
 
@@ -264,9 +295,13 @@ def woo_headers(body: bytes, topic: str, *, secret: str = WC_SECRET, source: str
     """The headers WooCommerce sends with a delivery, signed with `secret`."""
     resource, _, event = topic.partition(".")
     return {
-        "Content-Type": "application/json", "X-WC-Webhook-Source": source.rstrip("/") + "/",
-        "X-WC-Webhook-Topic": topic, "X-WC-Webhook-Resource": resource, "X-WC-Webhook-Event": event,
-        "X-WC-Webhook-Signature": sign(body, secret), "X-WC-Webhook-ID": "12",
+        "Content-Type": "application/json",
+        "X-WC-Webhook-Source": source.rstrip("/") + "/",
+        "X-WC-Webhook-Topic": topic,
+        "X-WC-Webhook-Resource": resource,
+        "X-WC-Webhook-Event": event,
+        "X-WC-Webhook-Signature": sign(body, secret),
+        "X-WC-Webhook-ID": "12",
         "X-WC-Webhook-Delivery-ID": uuid.uuid4().hex,
     }
 
@@ -329,6 +364,7 @@ def sign_in(client) -> None:  # type: ignore[no-untyped-def]
 
 # ---- a WooCommerce store's deliveries and coupons -------------------------------------------------
 
+
 def fake_woocommerce_coupons() -> list[dict]:  # type: ignore[type-arg]
     """WooCommerce's coupons endpoint as documented: GET ?code= lists, POST creates (201)."""
     made: list[dict] = []  # type: ignore[type-arg]
@@ -339,10 +375,18 @@ def fake_woocommerce_coupons() -> list[dict]:  # type: ignore[type-arg]
 
     def create(request):  # type: ignore[no-untyped-def]
         body = json.loads(request.body)
-        coupon = {"id": 700 + len(made), "code": body["code"].lower(), "amount": body["amount"],
-                  "discount_type": body["discount_type"], "date_expires": body.get("date_expires"),
-                  "date_expires_gmt": body.get("date_expires"), "usage_count": 0, "individual_use": True,
-                  "email_restrictions": body.get("email_restrictions", []), "usage_limit": body.get("usage_limit")}
+        coupon = {
+            "id": 700 + len(made),
+            "code": body["code"].lower(),
+            "amount": body["amount"],
+            "discount_type": body["discount_type"],
+            "date_expires": body.get("date_expires"),
+            "date_expires_gmt": body.get("date_expires"),
+            "usage_count": 0,
+            "individual_use": True,
+            "email_restrictions": body.get("email_restrictions", []),
+            "usage_limit": body.get("usage_limit"),
+        }
         made.append(coupon)
         return 201, {}, json.dumps(coupon)
 
@@ -362,11 +406,19 @@ def woo_customer(cid: int, email: str, consent: bool, first: str = "Ada") -> dic
 def woo_order(oid: int, cid: int, email: str, total: str, code: str | None = None) -> dict:  # type: ignore[type-arg]
     body = payload("woocommerce", "order_created")
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    body.update(id=oid, number=str(oid), customer_id=cid, total=total, currency="EUR", date_created_gmt=now,
-                date_modified_gmt=now)
+    body.update(
+        id=oid,
+        number=str(oid),
+        customer_id=cid,
+        total=total,
+        currency="EUR",
+        date_created_gmt=now,
+        date_modified_gmt=now,
+    )
     body["billing"]["email"] = email
-    body["coupon_lines"] = [{"id": 1, "code": code, "discount": "5.00", "discount_tax": "0.00",
-                             "meta_data": []}] if code else []
+    body["coupon_lines"] = (
+        [{"id": 1, "code": code, "discount": "5.00", "discount_tax": "0.00", "meta_data": []}] if code else []
+    )
     return body
 
 
@@ -384,6 +436,9 @@ def one_copy_of_each_module() -> Iterator[None]:
     patching such a copy would patch nothing the product runs.
     """
     yield
-    copies = sorted(name for name in sys.modules
-                    if name.split(".")[0] in ("encore", "flows", "connectors") or name.startswith("webhooks."))
+    copies = sorted(
+        name
+        for name in sys.modules
+        if name.split(".")[0] in ("encore", "flows", "connectors") or name.startswith("webhooks.")
+    )
     assert copies == [], f"modules loaded under their folders' names, not encore_retention's: {copies}"

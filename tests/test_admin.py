@@ -44,6 +44,7 @@ def _csrf(client) -> str:  # type: ignore[no-untyped-def]
 
 # ---- sign-in ---------------------------------------------------------------------------------------
 
+
 def test_without_a_password_only_a_sign_in_link_gets_in(client):
     # coming from this machine is no sign-in: a proxy on the same host looks just the same
     local = client.get("/admin/", environ_base=LOCAL)
@@ -70,19 +71,31 @@ def test_password_sign_in(env, redis):
     assert right.status_code == 302 and right.headers["Location"].endswith("/admin/messages")
     assert client.get("/admin/", environ_base=REMOTE).status_code == 200
     # an open redirect is not followed
-    again = client.post("/admin/login?next=https://evil.example/", data={"password": "correct horse"},
-                        environ_base=REMOTE)
+    again = client.post(
+        "/admin/login?next=https://evil.example/", data={"password": "correct horse"}, environ_base=REMOTE
+    )
     assert again.headers["Location"].endswith("/admin/")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/admin/", environ_base=REMOTE)
-                     .get_data(as_text=True)).group(1)  # type: ignore[union-attr]
+    csrf = re.search(
+        r'name="csrf" value="([^"]+)"', client.get("/admin/", environ_base=REMOTE).get_data(as_text=True)
+    ).group(1)  # type: ignore[union-attr]
     assert client.post("/admin/logout", data={"csrf": csrf}, environ_base=REMOTE).status_code == 302
     assert client.get("/admin/", environ_base=REMOTE).status_code == 302
 
 
 def _token(secret: str = SHOPIFY_SECRET, aud: str = "test-api-key", shop: str = SHOP, **extra) -> str:  # type: ignore[no-untyped-def]
     now = int(time.time())
-    claims = {"iss": f"https://{shop}/admin", "dest": f"https://{shop}", "aud": aud, "sub": "42", "exp": now + 60,
-              "nbf": now - 5, "iat": now - 5, "jti": "x", "sid": "y", **extra}
+    claims = {
+        "iss": f"https://{shop}/admin",
+        "dest": f"https://{shop}",
+        "aud": aud,
+        "sub": "42",
+        "exp": now + 60,
+        "nbf": now - 5,
+        "iat": now - 5,
+        "jti": "x",
+        "sid": "y",
+        **extra,
+    }
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -108,20 +121,24 @@ def test_shopify_session_token_signs_in_that_shop_only(client, redis):
     assert client.get(f"/admin/customers/{theirs}", environ_base=REMOTE).status_code == 404
 
 
-@pytest.mark.parametrize("token", [
-    _token(secret="another-apps-secret-0123456789abcdef"),
-    _token(aud="another-api-key"),
-    _token(exp=int(time.time()) - 3600),
-    _token(shop="not-a-shop.example.com"),
-    _token(iss="https://someone-else.myshopify.com/admin"),
-    "not.a.jwt",
-])
+@pytest.mark.parametrize(
+    "token",
+    [
+        _token(secret="another-apps-secret-0123456789abcdef"),
+        _token(aud="another-api-key"),
+        _token(exp=int(time.time()) - 3600),
+        _token(shop="not-a-shop.example.com"),
+        _token(iss="https://someone-else.myshopify.com/admin"),
+        "not.a.jwt",
+    ],
+)
 def test_bad_session_tokens_are_refused(client, token):
     answer = client.get("/admin/", headers={"Authorization": f"Bearer {token}"}, environ_base=REMOTE)
     assert answer.status_code == 401
 
 
 # ---- flows, timeline, messages ---------------------------------------------------------------------
+
 
 @responses.activate
 def test_flows_page_counts_runs_emails_codes_redemptions_and_revenue(client, redis, woo_store, tmp_path):
@@ -210,25 +227,65 @@ def test_flow_results_on_sqlite_and_postgresql(db_url, env, redis):
         ada = Customer(shop_id=shop.id, platform_id="1", email="ada@example.com")
         session.add(ada)
         session.flush()
-        for number, (status, when) in enumerate([("done", now - timedelta(days=2)), ("suppressed", now),
-                                                 ("done", now - timedelta(days=45))]):
-            run = FlowRun(run_key=f"k{number}", shop_id=shop.id, customer_id=ada.id, flow_key="welcome",
-                          flow_name="Welcome", flow_digest="d", definition={}, trigger_key="once", status=status,
-                          position=[0], context={}, started_at=when, updated_at=when)
+        for number, (status, when) in enumerate(
+            [("done", now - timedelta(days=2)), ("suppressed", now), ("done", now - timedelta(days=45))]
+        ):
+            run = FlowRun(
+                run_key=f"k{number}",
+                shop_id=shop.id,
+                customer_id=ada.id,
+                flow_key="welcome",
+                flow_name="Welcome",
+                flow_digest="d",
+                definition={},
+                trigger_key="once",
+                status=status,
+                position=[0],
+                context={},
+                started_at=when,
+                updated_at=when,
+            )
             session.add(run)
             session.flush()
             if status == "done":
-                session.add(FlowEffect(key=f"e{number}", run_id=run.id, shop_id=shop.id, customer_id=ada.id,
-                                       kind="discount", status="done", result={"code": f"HELLO-AAA{number}"},
-                                       created_at=when))
-                session.add(FlowEffect(key=f"m{number}", run_id=run.id, shop_id=shop.id, customer_id=ada.id,
-                                       kind="email", status="done", marketing=True, created_at=when))
-        for number, (codes, total, shop_id) in enumerate([(["hello-aaa0"], "70.00", shop.id),
-                                                          (["OTHER"], "20.00", shop.id),
-                                                          (["HELLO-AAA0"], "99.00", other.id)]):
-            session.add(Order(shop_id=shop_id, platform_id=f"o{number}", customer_id=ada.id if shop_id == shop.id
-                              else None, placed_at=now - timedelta(days=1), total=Decimal(total), currency="EUR",
-                              discount_codes=codes))
+                session.add(
+                    FlowEffect(
+                        key=f"e{number}",
+                        run_id=run.id,
+                        shop_id=shop.id,
+                        customer_id=ada.id,
+                        kind="discount",
+                        status="done",
+                        result={"code": f"HELLO-AAA{number}"},
+                        created_at=when,
+                    )
+                )
+                session.add(
+                    FlowEffect(
+                        key=f"m{number}",
+                        run_id=run.id,
+                        shop_id=shop.id,
+                        customer_id=ada.id,
+                        kind="email",
+                        status="done",
+                        marketing=True,
+                        created_at=when,
+                    )
+                )
+        for number, (codes, total, shop_id) in enumerate(
+            [(["hello-aaa0"], "70.00", shop.id), (["OTHER"], "20.00", shop.id), (["HELLO-AAA0"], "99.00", other.id)]
+        ):
+            session.add(
+                Order(
+                    shop_id=shop_id,
+                    platform_id=f"o{number}",
+                    customer_id=ada.id if shop_id == shop.id else None,
+                    placed_at=now - timedelta(days=1),
+                    total=Decimal(total),
+                    currency="EUR",
+                    discount_codes=codes,
+                )
+            )
         shop_id = shop.id
     welcome = {s.key: s for s in flow_stats([shop_id])}["welcome"]
     # the 45-day-old run is outside the window; the other shop's order with the same code is not ours
@@ -237,6 +294,7 @@ def test_flow_results_on_sqlite_and_postgresql(db_url, env, redis):
 
 
 # ---- previews --------------------------------------------------------------------------------------
+
 
 def test_preview_renders_every_email_step_for_the_sample_and_a_real_customer(client, redis):
     sign_in(client)
@@ -254,14 +312,22 @@ def test_preview_renders_every_email_step_for_the_sample_and_a_real_customer(cli
         shop = get_or_create_shop(session, "shopify", SHOP)
         shop.name = "Tea Shop"
         session.flush()
-        grace = Customer(shop_id=shop.id, platform_id="77", email="grace@example.com", first_name="Grace",
-                         orders_count=2, total_spent=Decimal("40"), email_consent=True,
-                         last_order_at=datetime.now(UTC) - timedelta(days=61))
+        grace = Customer(
+            shop_id=shop.id,
+            platform_id="77",
+            email="grace@example.com",
+            first_name="Grace",
+            orders_count=2,
+            total_spent=Decimal("40"),
+            email_consent=True,
+            last_order_at=datetime.now(UTC) - timedelta(days=61),
+        )
         session.add(grace)
         session.flush()
         grace_id = grace.id
-    real = client.get(f"/admin/preview/email?flow=welcome&customer={grace_id}",
-                      environ_base=LOCAL).get_data(as_text=True)
+    real = client.get(f"/admin/preview/email?flow=welcome&customer={grace_id}", environ_base=LOCAL).get_data(
+        as_text=True
+    )
     assert "Grace" in real and "Tea Shop" in real
     assert client.get("/admin/preview?flow=nope", environ_base=LOCAL).status_code == 404
 
@@ -286,8 +352,9 @@ def test_a_broken_template_is_shown_not_a_500(client, redis, env, tmp_path):
 def test_a_template_that_cannot_load_is_reported_on_the_flows_page_and_its_flow_skipped(client, redis, env, tmp_path):
     folder = tmp_path / "tpl"
     folder.mkdir()
-    (folder / "welcome.html").write_text('{% extends "base.html" %}{% block content %}<p>Hi</p>\n'
-                                         '{% include "footer_typo.html" %}{% endblock %}')
+    (folder / "welcome.html").write_text(
+        '{% extends "base.html" %}{% block content %}<p>Hi</p>\n{% include "footer_typo.html" %}{% endblock %}'
+    )
     env.setenv("TEMPLATES_DIR", str(folder))
     reset_settings()
     from encore_retention.flows import render
@@ -303,13 +370,16 @@ def test_a_template_that_cannot_load_is_reported_on_the_flows_page_and_its_flow_
         render.reset()
     text = page.get_data(as_text=True)
     assert page.status_code == 200, text
-    assert (f"welcome.yaml:18: template &#39;welcome.html&#39; cannot be used: {folder / 'welcome.html'}:2: "
-            f"includes &#39;footer_typo.html&#39;, which does not exist") in text
+    assert (
+        f"welcome.yaml:18: template &#39;welcome.html&#39; cannot be used: {folder / 'welcome.html'}:2: "
+        f"includes &#39;footer_typo.html&#39;, which does not exist"
+    ) in text
     assert "Welcome, with a first-purchase code" not in text  # skipped
     assert "Birthday surprise" in text and "We miss you" in text  # the others are loaded
 
 
 # ---- failures --------------------------------------------------------------------------------------
+
 
 def test_failed_jobs_are_listed_and_requeued(client, redis):
     sign_in(client)
@@ -349,6 +419,7 @@ def test_rejected_webhooks_are_listed_with_their_reason_and_no_secret(client, re
 
 # ---- RQ's dashboard, every page, one store or all -------------------------------------------------
 
+
 def test_rq_dashboard_is_mounted_for_operators_only(client, redis):
     pytest.importorskip("rq_dashboard")
     from encore_retention.core.queue import EVENTS, queue
@@ -381,22 +452,60 @@ def test_every_page_on_sqlite_and_postgresql(db_url, env, redis):
     with session_scope() as session:
         shop = get_or_create_shop(session, "shopify", SHOP)
         session.flush()
-        ada = Customer(shop_id=shop.id, platform_id="1", email="Ada@Example.com", first_name="Ada",
-                       email_consent=True)
+        ada = Customer(shop_id=shop.id, platform_id="1", email="Ada@Example.com", first_name="Ada", email_consent=True)
         session.add(ada)
         session.flush()
-        session.add(EventRecord(id="ev-1", shop_id=shop.id, customer_id=ada.id, platform="shopify",
-                                topic="orders/create", type="order.placed", occurred_at=now, received_at=now))
-        run = FlowRun(run_key="k", shop_id=shop.id, customer_id=ada.id, flow_key="loyalty_third_order",
-                      flow_name="Thank loyal customers", flow_digest="d", definition={}, trigger_key="once",
-                      status="done", position=[2], context={}, started_at=now, updated_at=now)
+        session.add(
+            EventRecord(
+                id="ev-1",
+                shop_id=shop.id,
+                customer_id=ada.id,
+                platform="shopify",
+                topic="orders/create",
+                type="order.placed",
+                occurred_at=now,
+                received_at=now,
+            )
+        )
+        run = FlowRun(
+            run_key="k",
+            shop_id=shop.id,
+            customer_id=ada.id,
+            flow_key="loyalty_third_order",
+            flow_name="Thank loyal customers",
+            flow_digest="d",
+            definition={},
+            trigger_key="once",
+            status="done",
+            position=[2],
+            context={},
+            started_at=now,
+            updated_at=now,
+        )
         session.add(run)
         session.flush()
-        session.add(FlowTrace(run_id=run.id, at=now, kind="suppressed", message="email not sent: frequency cap",
-                              step="steps[2]", detail={"reason": "frequency cap"}))
-        session.add(FlowEffect(key="m", run_id=run.id, shop_id=shop.id, customer_id=ada.id, kind="email",
-                               status="done", result={"to": "Ada@Example.com", "subject": "Three orders!"},
-                               created_at=now))
+        session.add(
+            FlowTrace(
+                run_id=run.id,
+                at=now,
+                kind="suppressed",
+                message="email not sent: frequency cap",
+                step="steps[2]",
+                detail={"reason": "frequency cap"},
+            )
+        )
+        session.add(
+            FlowEffect(
+                key="m",
+                run_id=run.id,
+                shop_id=shop.id,
+                customer_id=ada.id,
+                kind="email",
+                status="done",
+                result={"to": "Ada@Example.com", "subject": "Three orders!"},
+                created_at=now,
+            )
+        )
         ada_id = ada.id
     client = create_app().test_client()
     sign_in(client)
@@ -422,8 +531,11 @@ def test_an_operator_looks_at_one_store_or_all(client, redis):
         second_id = second.id
     page = client.get("/admin/customers", environ_base=LOCAL).get_data(as_text=True)
     assert "first@example.com" in page and "second@example.com" in page and 'name="store"' in page
-    chosen = client.post("/admin/store", data={"store": str(second_id), "back": "/admin/customers",
-                                               "csrf": _csrf(client)}, environ_base=LOCAL)
+    chosen = client.post(
+        "/admin/store",
+        data={"store": str(second_id), "back": "/admin/customers", "csrf": _csrf(client)},
+        environ_base=LOCAL,
+    )
     assert chosen.status_code == 302 and chosen.headers["Location"].endswith("/admin/customers")
     page = client.get("/admin/customers", environ_base=LOCAL).get_data(as_text=True)
     assert "first@example.com" not in page and "second@example.com" in page

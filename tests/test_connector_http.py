@@ -56,24 +56,47 @@ def test_policy_returns_4xx_to_the_caller_without_retrying():
 # userinfo and fragment tricks, decimal/octal/hex, IPv4-mapped IPv6, Unicode digits), then cloud
 # metadata, the private, unique-local, multicast, reserved and tunnelled ranges, and this machine's Redis.
 REFUSED = [
-    ("http://127.0.0.1:80", "loopback"), ("http://127.1:80", "loopback"), ("http://0", "unspecified"),
-    ("http://0.0.0.0:80", "unspecified"), ("http://localhost:80", "loopback"), ("http://[::]:80/", "unspecified"),
-    ("http://[0000::1]:80/", "loopback"), ("http://[0:0:0:0:0:ffff:127.0.0.1]/thefile", "loopback (as 127.0.0.1)"),
-    ("http://①②⑦.⓪.⓪.⓪", "loopback"), ("http://127.127.127.127", "loopback"), ("http://127.0.1.3", "loopback"),
-    ("http://2130706433/", "loopback"), ("http://017700000001", "loopback"), ("http://3232235521/", "private"),
-    ("http://0x7f000001/", "loopback"), ("http://0xc0a80014/", "private"), ("http://example.com@127.0.0.1", "loopback"),
-    ("http://127.0.0.1#example.com", "loopback"), ("https://example.com@127.0.0.1", "loopback"),
-    ("http://127.1.1.1:80\\@127.2.2.2:80/", "loopback"), ("http://localhost#example.com", "loopback"),
+    ("http://127.0.0.1:80", "loopback"),
+    ("http://127.1:80", "loopback"),
+    ("http://0", "unspecified"),
+    ("http://0.0.0.0:80", "unspecified"),
+    ("http://localhost:80", "loopback"),
+    ("http://[::]:80/", "unspecified"),
+    ("http://[0000::1]:80/", "loopback"),
+    ("http://[0:0:0:0:0:ffff:127.0.0.1]/thefile", "loopback (as 127.0.0.1)"),
+    ("http://①②⑦.⓪.⓪.⓪", "loopback"),
+    ("http://127.127.127.127", "loopback"),
+    ("http://127.0.1.3", "loopback"),
+    ("http://2130706433/", "loopback"),
+    ("http://017700000001", "loopback"),
+    ("http://3232235521/", "private"),
+    ("http://0x7f000001/", "loopback"),
+    ("http://0xc0a80014/", "private"),
+    ("http://example.com@127.0.0.1", "loopback"),
+    ("http://127.0.0.1#example.com", "loopback"),
+    ("https://example.com@127.0.0.1", "loopback"),
+    ("http://127.1.1.1:80\\@127.2.2.2:80/", "loopback"),
+    ("http://localhost#example.com", "loopback"),
     ("http://LOCALHOST/", "loopback"),
-    ("http://169.254.169.254/latest/meta-data/", "link-local"), ("http://[fe80::1]/", "link-local"),
+    ("http://169.254.169.254/latest/meta-data/", "link-local"),
+    ("http://[fe80::1]/", "link-local"),
     ("http://[::ffff:169.254.169.254]/", "link-local (as 169.254.169.254)"),
     ("http://[::ffff:a9fe:a9fe]/", "link-local (as 169.254.169.254)"),
-    ("http://10.0.0.1/", "private"), ("http://172.16.5.4/", "private"), ("http://192.168.1.1/", "private"),
-    ("http://[fd00::1]/", "unique-local"), ("http://[fc00::1]/", "unique-local"), ("http://[fec0::1]/", "site-local"),
-    ("http://224.0.0.1/", "multicast"), ("http://[ff02::1]/", "multicast"), ("http://240.0.0.1/", "private"),
-    ("http://255.255.255.255/", "private"), ("http://100.64.0.1/", "not globally reachable"),
-    ("http://[::127.0.0.1]/", "reserved"), ("http://[64:ff9b::7f00:1]/", "loopback (as 127.0.0.1)"),
-    ("http://[2002:7f00:1::]/", "loopback (as 127.0.0.1)"), ("http://127.0.0.1:6379/", "loopback"),
+    ("http://10.0.0.1/", "private"),
+    ("http://172.16.5.4/", "private"),
+    ("http://192.168.1.1/", "private"),
+    ("http://[fd00::1]/", "unique-local"),
+    ("http://[fc00::1]/", "unique-local"),
+    ("http://[fec0::1]/", "site-local"),
+    ("http://224.0.0.1/", "multicast"),
+    ("http://[ff02::1]/", "multicast"),
+    ("http://240.0.0.1/", "private"),
+    ("http://255.255.255.255/", "private"),
+    ("http://100.64.0.1/", "not globally reachable"),
+    ("http://[::127.0.0.1]/", "reserved"),
+    ("http://[64:ff9b::7f00:1]/", "loopback (as 127.0.0.1)"),
+    ("http://[2002:7f00:1::]/", "loopback (as 127.0.0.1)"),
+    ("http://127.0.0.1:6379/", "loopback"),
 ]
 
 
@@ -83,12 +106,22 @@ def test_an_address_that_is_not_public_is_refused_however_it_is_written(env, url
 
     with pytest.raises(RefusedURL) as refused:
         post_json(url, b"{}", {}, timeout=2)
-    assert f" is {reason}; the http step reaches only public addresses unless HTTP_STEP_ALLOW_HOSTS lists the host" \
+    assert (
+        f" is {reason}; the http step reaches only public addresses unless HTTP_STEP_ALLOW_HOSTS lists the host"
         in str(refused.value)
+    )
 
 
-@pytest.mark.parametrize("url", ["ftp://example.com/", "http:///nohost", "http://example.com:99999/",
-                                 "http://exa mple.com/", "http://example.com/a b"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/",
+        "http:///nohost",
+        "http://example.com:99999/",
+        "http://exa mple.com/",
+        "http://example.com/a b",
+    ],
+)
 def test_a_url_that_is_not_one_is_refused(env, url: str):
     from encore_retention.connectors.http import RefusedURL, post_json
 
@@ -120,8 +153,10 @@ def test_every_address_a_name_resolves_to_must_pass(monkeypatch: pytest.MonkeyPa
 
     from encore_retention.connectors.http import AllowList, RefusedURL, checked_addresses
 
-    answers = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", 80)),
-               (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", 80))]
+    answers = [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", 80)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", 80)),
+    ]
     monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: answers)
     with pytest.raises(RefusedURL, match=r"hooks.example \(10.0.0.7\) is private;"):
         checked_addresses("hooks.example", 80, AllowList())
@@ -146,8 +181,13 @@ def test_the_connection_goes_to_the_address_checked_not_to_a_second_answer(monke
 
     monkeypatch.setattr(socket, "getaddrinfo", rebinding)
     with hook_server() as (server, received):
-        status, location = post_json(f"http://hooks.example:{server.server_port}/hook", b'{"a": 1}',
-                                     {"Content-Type": "application/json"}, 5, AllowList.parse("127.0.0.1/32"))
+        status, location = post_json(
+            f"http://hooks.example:{server.server_port}/hook",
+            b'{"a": 1}',
+            {"Content-Type": "application/json"},
+            5,
+            AllowList.parse("127.0.0.1/32"),
+        )
     assert (status, location) == (204, None) and asked == ["hooks.example"]
     assert received == [{"path": "/hook", "json": {"a": 1}, "headers": received[0]["headers"]}]
     assert received[0]["headers"]["Host"] == f"hooks.example:{server.server_port}"

@@ -24,18 +24,29 @@ def _count(model) -> int:  # type: ignore[no-untyped-def]
 
 
 def _data_request(customer_id: str, request_id: int) -> ev.Event:
-    return ev.Event(id=f"shopify-dr-{request_id}", type=ev.EventType.CUSTOMER_DATA_REQUEST, platform="shopify",
-                    shop="encore-test.myshopify.com", topic="customers/data_request", occurred_at=utcnow(),
-                    customer=ev.Customer(id=customer_id, email="ada@example.com"),
-                    data={"data_request_id": str(request_id), "orders_requested": []})
+    return ev.Event(
+        id=f"shopify-dr-{request_id}",
+        type=ev.EventType.CUSTOMER_DATA_REQUEST,
+        platform="shopify",
+        shop="encore-test.myshopify.com",
+        topic="customers/data_request",
+        occurred_at=utcnow(),
+        customer=ev.Customer(id=customer_id, email="ada@example.com"),
+        data={"data_request_id": str(request_id), "orders_requested": []},
+    )
 
 
 def test_discount_codes_are_recorded_once_per_key(env, db_url):
     use_database(env, db_url)
     with session_scope() as session:
         shop = get_or_create_shop(session, "shopify", "encore-test.myshopify.com")
-    made = Discount(code="BDAY-AAAA-BBBB", kind="percent", value=Decimal("15"), platform_id="gid://x/1",
-                    ends_at=datetime(2026, 12, 31, tzinfo=UTC))
+    made = Discount(
+        code="BDAY-AAAA-BBBB",
+        kind="percent",
+        value=Decimal("15"),
+        platform_id="gid://x/1",
+        ends_at=datetime(2026, 12, 31, tzinfo=UTC),
+    )
     codes.remember(shop, "k1", made)
     codes.remember(shop, "k1", Discount(code="OTHER", kind="fixed", value=Decimal("5")))
     found = codes.remembered(shop, "k1")

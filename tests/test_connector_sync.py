@@ -69,10 +69,14 @@ def test_reconciliation_queues_only_what_no_webhook_brought_and_only_once(client
         assert counts == {"orders": 1, "customers": 1}
         drain(redis)
         with session_scope() as session:
-            assert session.execute(select(Order.platform_id).order_by(Order.platform_id)).scalars().all() == \
-                ["727", "728"]
-            assert session.execute(select(Customer.email).where(Customer.platform_id == "25")).scalar_one() == \
-                "c25@example.com"
+            assert session.execute(select(Order.platform_id).order_by(Order.platform_id)).scalars().all() == [
+                "727",
+                "728",
+            ]
+            assert (
+                session.execute(select(Customer.email).where(Customer.platform_id == "25")).scalar_one()
+                == "c25@example.com"
+            )
         assert _count(EventRecord) == 3
         # the next run finds the same changes: nothing more reaches the flows
         assert reconcile_shop(_shop_id(), connection=redis) == {"orders": 0, "customers": 0}
@@ -93,9 +97,15 @@ def test_reconciliation_queues_only_what_no_webhook_brought_and_only_once(client
 
 def test_reconciliation_of_a_failing_store_records_the_error_and_carries_on(redis, woo_store):
     with responses.RequestsMock() as mock:
-        mock.get(f"{API}/orders", status=401, json={"code": "woocommerce_rest_cannot_view",
-                                                    "message": "Sorry, you cannot list resources.",
-                                                    "data": {"status": 401}})
+        mock.get(
+            f"{API}/orders",
+            status=401,
+            json={
+                "code": "woocommerce_rest_cannot_view",
+                "message": "Sorry, you cannot list resources.",
+                "data": {"status": 401},
+            },
+        )
         results = reconcile_woocommerce()
     assert "Sorry, you cannot list resources." in results[str(_shop_id())]["error"]
     with session_scope() as session:
@@ -110,8 +120,11 @@ def test_cron_declares_the_reconciliation():
 def test_import_customers_fills_the_ledger_without_events(redis, woo_store):
     old = utcnow() - timedelta(days=900)
     with responses.RequestsMock() as mock:
-        mock.get(f"{API}/customers", json=[_customer(25, old), _customer(26, old)],
-                 headers={"X-WP-Total": "2", "X-WP-TotalPages": "1"})
+        mock.get(
+            f"{API}/customers",
+            json=[_customer(25, old), _customer(26, old)],
+            headers={"X-WP-Total": "2", "X-WP-TotalPages": "1"},
+        )
         order = _order(727, old)
         order["customer_id"] = 25
         mock.get(f"{API}/orders", json=[order], headers={"X-WP-Total": "1", "X-WP-TotalPages": "1"})
@@ -133,6 +146,7 @@ def test_import_of_an_unknown_store_says_so(env):
 
 # ---- customers/data_request -------------------------------------------------------------------------
 
+
 def _deliver_shopify(client, topic: str, body: dict):  # type: ignore[no-untyped-def]
     raw = json.dumps(body).encode()
     return client.post("/webhooks/shopify", data=raw, headers=shopify_headers(raw, topic))
@@ -142,7 +156,9 @@ def test_data_request_produces_an_export_that_redact_removes(client, redis):
     created = payload("shopify", "customers_create")
     created.update(id=191167, admin_graphql_api_id="gid://shopify/Customer/191167", email="john@example.com")
     order = payload("shopify", "orders_create")
-    order["customer"] = dict(order.get("customer") or {}, id=191167, admin_graphql_api_id="gid://shopify/Customer/191167")
+    order["customer"] = dict(
+        order.get("customer") or {}, id=191167, admin_graphql_api_id="gid://shopify/Customer/191167"
+    )
     assert _deliver_shopify(client, "customers/create", created).status_code == 200
     assert _deliver_shopify(client, "orders/create", order).status_code == 200
     request = payload("shopify", "customers_data_request")
@@ -189,16 +205,24 @@ def test_shop_redact_removes_the_connector_rows(client, redis, env):
     from encore_retention.connectors.models import DiscountCode, OAuthState
 
     with session_scope() as session:
-        shop = Shop(platform="shopify", domain="encore-test.myshopify.com", active=True, settings={},
-                    created_at=utcnow())
+        shop = Shop(
+            platform="shopify", domain="encore-test.myshopify.com", active=True, settings={}, created_at=utcnow()
+        )
         session.add(shop)
         session.flush()
-        session.add(DiscountCode(shop_id=shop.id, idempotency_key="k", code="C-1", kind="percent", value=10,
-                                 created_at=utcnow()))
+        session.add(
+            DiscountCode(
+                shop_id=shop.id, idempotency_key="k", code="C-1", kind="percent", value=10, created_at=utcnow()
+            )
+        )
         session.add(SyncCursor(shop_id=shop.id, resource="orders", cursor=utcnow()))
         session.add(OAuthState(nonce="n", shop_domain=shop.domain, created_at=utcnow()))
-    assert _deliver_shopify(client, "shop/redact", {"shop_id": 954889, "shop_domain": "encore-test.myshopify.com"}
-                            ).status_code == 200
+    assert (
+        _deliver_shopify(
+            client, "shop/redact", {"shop_id": 954889, "shop_domain": "encore-test.myshopify.com"}
+        ).status_code
+        == 200
+    )
     drain(redis)
     assert _count(DiscountCode) == 0 and _count(SyncCursor) == 0 and _count(Shop) == 0
 
@@ -207,8 +231,11 @@ def test_import_reads_odd_page_counts_from_the_store_as_unknown(redis, woo_store
     """A store (or a plug-in in front of it) sending counts that are not counts: the import still works."""
     old = utcnow() - timedelta(days=900)
     with responses.RequestsMock() as mock:
-        mock.get(f"{API}/customers", json=[_customer(25, old)],
-                 headers={"X-WP-Total": "²", "X-WP-TotalPages": "99999999999999999999999"})
+        mock.get(
+            f"{API}/customers",
+            json=[_customer(25, old)],
+            headers={"X-WP-Total": "²", "X-WP-TotalPages": "99999999999999999999999"},
+        )
         mock.get(f"{API}/orders", json=[], headers={"X-WP-Total": "-1", "X-WP-TotalPages": "1e3"})
         result = CliRunner().invoke(main, ["import", "customers", "woo.example.com"])
     assert result.exit_code == 0, result.output

@@ -56,9 +56,13 @@ def _revision(url: str) -> str | None:
 def _migrate_in(url: str) -> subprocess.Popen:
     """`migrate(url)` in a process of its own."""
     code = f"from encore_retention.core.store import migrate; migrate({url!r})"
-    return subprocess.Popen([sys.executable, "-c", code],
-                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 @pytest.fixture
@@ -71,6 +75,7 @@ def empty_postgres() -> Iterator[str]:
 
 
 # ---- migrations run by many processes at once ------------------------------------------------------
+
 
 def test_processes_migrating_a_new_postgresql_database_together_all_succeed(empty_postgres):
     processes = [_migrate_in(empty_postgres) for _ in range(6)]
@@ -91,8 +96,10 @@ def test_postgresql_migration_waits_for_the_advisory_lock_and_releases_it(empty_
         assert process.wait(timeout=60) == 0
     migrate(empty_postgres)  # in this process: the lock is let go on the pooled connection too
     with psycopg.connect(empty_postgres, autocommit=True) as conn:
-        held = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
-                            "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchone()
+        held = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchone()
     assert held == (0,)
     assert _revision(empty_postgres) == HEAD
 
@@ -128,11 +135,14 @@ def test_in_memory_sqlite_migrates_without_a_lock_file(tmp_path, monkeypatch):
 
 # ---- the release step ------------------------------------------------------------------------------
 
+
 def test_procfile_has_a_release_step_and_keeps_the_other_processes():
     lines = (ROOT / "Procfile").read_text().splitlines()
     assert "release: encore migrate" in lines
-    assert ('web: gunicorn --config python:encore_retention.web.server --workers 4 --bind 0.0.0.0:${PORT:-8000} '
-            '"webhooks:create_app()"') in lines
+    assert (
+        "web: gunicorn --config python:encore_retention.web.server --workers 4 --bind 0.0.0.0:${PORT:-8000} "
+        '"webhooks:create_app()"'
+    ) in lines
     assert "worker: python worker.py" in lines
     assert "cron: encore cron" in lines
 
@@ -149,6 +159,7 @@ def test_encore_migrate_brings_a_new_database_to_head(env, tmp_path):
 
 
 # ---- the web app on a new database -----------------------------------------------------------------
+
 
 def _app(env: pytest.MonkeyPatch, url: str):  # type: ignore[no-untyped-def]
     from encore_retention.web import create_app
@@ -253,12 +264,24 @@ def test_a_database_error_inside_a_page_answers_503(client, redis: Redis, env):
 
 def _gunicorn(tmp_path: Path, port: int, redis: Redis, database_url: str) -> subprocess.Popen:
     process_env = {k: v for k, v in os.environ.items() if k not in ("SHOPIFY_API_SECRET_PREVIOUS", "ADMIN_PASSWORD")}
-    process_env.update(DATABASE_URL=database_url, REDIS_URL=redis_url_of(redis), SHOPIFY_API_SECRET=SHOPIFY_SECRET,
-                       SHOPIFY_API_KEY="test-api-key", SECRET_KEY="test-secret-key", PYTHONPATH=str(ROOT),
-                       ENCORE_DATA_DIR=str(tmp_path / "data"), EMAIL_URL=f"file://{tmp_path / 'outbox'}")
-    return subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}",
-                             "webhooks:create_app()"], env=process_env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    process_env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url_of(redis),
+        SHOPIFY_API_SECRET=SHOPIFY_SECRET,
+        SHOPIFY_API_KEY="test-api-key",
+        SECRET_KEY="test-secret-key",
+        PYTHONPATH=str(ROOT),
+        ENCORE_DATA_DIR=str(tmp_path / "data"),
+        EMAIL_URL=f"file://{tmp_path / 'outbox'}",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}", "webhooks:create_app()"],
+        env=process_env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def test_gunicorn_alone_on_a_new_sqlite_database(tmp_path, redis: Redis):
@@ -268,8 +291,9 @@ def test_gunicorn_alone_on_a_new_sqlite_database(tmp_path, redis: Redis):
     try:
         assert wait_for(lambda: http_status(f"http://127.0.0.1:{port}/healthz") == 200, timeout=60), "never healthy"
         body, headers = _order()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/webhooks/shopify", data=body, headers=headers,
-                                         method="POST")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/webhooks/shopify", data=body, headers=headers, method="POST"
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
             assert json.loads(response.read())["status"] == "queued"
@@ -287,6 +311,7 @@ def test_gunicorn_alone_on_a_new_sqlite_database(tmp_path, redis: Redis):
 
 # ---- ingest while the database is down -------------------------------------------------------------
 
+
 def _database_down(env: pytest.MonkeyPatch, url: str = UNREACHABLE) -> None:
     """Point DATABASE_URL somewhere nothing answers, keeping what the web process has cached."""
     env.setenv("DATABASE_URL", url)
@@ -296,8 +321,10 @@ def _database_down(env: pytest.MonkeyPatch, url: str = UNREACHABLE) -> None:
 def _custom_shop(env: pytest.MonkeyPatch) -> None:
     from encore_retention.cli import main
 
-    result = CliRunner().invoke(main, ["stores", "add", "shopify", CUSTOM_SHOP, "--access-token", "shpat_custom",
-                                       "--webhook-secret", CUSTOM_SECRET])
+    result = CliRunner().invoke(
+        main,
+        ["stores", "add", "shopify", CUSTOM_SHOP, "--access-token", "shpat_custom", "--webhook-secret", CUSTOM_SECRET],
+    )
     assert result.exit_code == 0, result.output
     webhook_secrets.forget()
 
@@ -383,8 +410,7 @@ def _woo_order() -> tuple[bytes, dict[str, str]]:
     return body, woo_headers(body, "order.created")
 
 
-def test_woocommerce_ingest_for_a_known_store_survives_a_short_database_outage(client, redis: Redis, env,
-                                                                                woo_store):
+def test_woocommerce_ingest_for_a_known_store_survives_a_short_database_outage(client, redis: Redis, env, woo_store):
     env.setattr(webhook_secrets, "TTL_SECONDS", 0.0)  # what the store said is stale at once, but still known
     body, headers = _woo_order()
     assert client.post("/webhooks/woocommerce", data=body, headers=headers).status_code == 200  # warms the cache
@@ -406,6 +432,7 @@ def test_woocommerce_answers_503_for_a_store_it_cannot_look_up(client, redis: Re
 
 # ---- Redis durability ------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def own_redis(tmp_path) -> Iterator[Redis]:  # type: ignore[no-untyped-def]
     """A redis-server of this test's own (no snapshots, no AOF), whose configuration it may change."""
@@ -413,9 +440,25 @@ def own_redis(tmp_path) -> Iterator[Redis]:  # type: ignore[no-untyped-def]
     if binary is None:
         pytest.skip("redis-server is not installed")
     port = free_port()
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                               "no", "--daemonize", "no", "--dir", str(tmp_path)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     connection = Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
 
     def answers() -> bool:
@@ -466,8 +509,9 @@ def test_redis_without_config_falls_back_to_info(own_redis: Redis, caplog):
     assert wait_for(lambda: health.redis_persistence(limited) is None, timeout=10)
 
 
-def test_the_web_app_warns_about_redis_durability_once_and_healthz_shows_it(env, redis: Redis, own_redis: Redis,
-                                                                          caplog):
+def test_the_web_app_warns_about_redis_durability_once_and_healthz_shows_it(
+    env, redis: Redis, own_redis: Redis, caplog
+):
     from encore_retention.web import create_app
 
     encore_queue.set_redis(own_redis)

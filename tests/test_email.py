@@ -41,9 +41,12 @@ USER, PASSWORD = "mailer@example.com", "p@ss word"
 
 def _email(**overrides) -> OutgoingEmail:  # type: ignore[no-untyped-def]
     values = dict(
-        to="ada@example.com", subject="Happy birthday, Ada", idempotency_key="run-17:step-2",
+        to="ada@example.com",
+        subject="Happy birthday, Ada",
+        idempotency_key="run-17:step-2",
         html="<html><head><style>p.lead { color: #c00; }</style></head><body><p class='lead'>Hi Ada</p></body></html>",
-        text="Hi Ada", unsubscribe_url="http://localhost:8000/unsubscribe/abc.def",
+        text="Hi Ada",
+        unsubscribe_url="http://localhost:8000/unsubscribe/abc.def",
         from_addr="Shop <shop@example.com>",
     )
     values.update(overrides)
@@ -52,15 +55,23 @@ def _email(**overrides) -> OutgoingEmail:  # type: ignore[no-untyped-def]
 
 # ---- the message -----------------------------------------------------------------------------------
 
+
 def parsed(message: email.message.Message) -> email.message.EmailMessage:
     """The message as a mail client reads it: its bytes, parsed."""
     return email.message_from_bytes(message.as_bytes(), policy=email.policy.default)  # type: ignore[return-value]
 
 
 def test_non_ascii_names_and_subjects_are_encoded_apart_from_their_addresses(env):
-    message = parsed(build_message(_email(
-        subject="Joyeux anniversaire, Zoë ✨", from_addr="Bäckerei Müller <shop@example.com>",
-        reply_to="Zoë <help@example.com>", to="Zoë <zoe@example.com>")))
+    message = parsed(
+        build_message(
+            _email(
+                subject="Joyeux anniversaire, Zoë ✨",
+                from_addr="Bäckerei Müller <shop@example.com>",
+                reply_to="Zoë <help@example.com>",
+                to="Zoë <zoe@example.com>",
+            )
+        )
+    )
     assert message["Subject"] == "Joyeux anniversaire, Zoë ✨"
     assert message["From"].addresses[0].display_name == "Bäckerei Müller"
     assert message["From"].addresses[0].addr_spec == "shop@example.com"
@@ -74,6 +85,7 @@ def test_an_international_address_keeps_its_utf8(env):
     message = email.message_from_string(raw.decode(), policy=email.policy.default)
     assert message["To"].addresses[0].addr_spec == "zoë@exämple.com"
     assert "Hi Ada" in message.get_body(("plain",)).get_content()
+
 
 def test_message_has_unsubscribe_headers_parts_and_idempotency_key(env):
     message = parsed(build_message(_email(preheader="A gift inside")))
@@ -91,16 +103,21 @@ def test_message_has_unsubscribe_headers_parts_and_idempotency_key(env):
 def test_a_preheader_the_template_already_shows_is_not_added_twice(env):
     from jinja2 import Environment
 
-    html = Environment(autoescape=True).from_string(
-        "<html><body><div style='display:none'>{{ p }}</div><p>Hi</p></body></html>").render(p="It's \"yours\"")
-    out = parsed(build_message(_email(html=html, preheader="It's \"yours\""))).get_body(("html",)).get_content()
+    html = (
+        Environment(autoescape=True)
+        .from_string("<html><body><div style='display:none'>{{ p }}</div><p>Hi</p></body></html>")
+        .render(p='It\'s "yours"')
+    )
+    out = parsed(build_message(_email(html=html, preheader='It\'s "yours"'))).get_body(("html",)).get_content()
     assert out.count("yours") == 1
 
 
 def test_at_rules_stay_and_remote_stylesheets_are_not_fetched(env):
-    html = ("<html><head><link rel='stylesheet' href='http://203.0.113.1/x.css'>"
-            "<style>td{padding:4px} @media (max-width: 600px) { td { padding: 0 } }</style></head>"
-            "<body><table><tr><td>x</td></tr></table></body></html>")
+    html = (
+        "<html><head><link rel='stylesheet' href='http://203.0.113.1/x.css'>"
+        "<style>td{padding:4px} @media (max-width: 600px) { td { padding: 0 } }</style></head>"
+        "<body><table><tr><td>x</td></tr></table></body></html>"
+    )
     out = parsed(build_message(_email(html=html))).get_body(("html",)).get_content()
     assert 'style="padding: 4px;"' in out
     assert "@media (max-width: 600px)" in out
@@ -136,8 +153,19 @@ INJECTIONS = [
     "Eve\u2028Bcc: attacker@example.com\u2029Cc: attacker@example.com",
     "Eve\x85Bcc: attacker@example.com\x0bCc: attacker@example.com\x0c",
 ]
-HEADERS = ["Content-Type", "MIME-Version", "From", "To", "Reply-To", "Subject", "Date", "Message-ID",
-           IDEMPOTENCY_HEADER, "List-Unsubscribe", "List-Unsubscribe-Post"]
+HEADERS = [
+    "Content-Type",
+    "MIME-Version",
+    "From",
+    "To",
+    "Reply-To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    IDEMPOTENCY_HEADER,
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+]
 PART_HEADERS = ["Content-Type", "MIME-Version", "Content-Transfer-Encoding"]
 
 
@@ -153,23 +181,41 @@ def assert_only_our_headers(message: email.message.EmailMessage, extra: tuple[st
 
 @pytest.mark.parametrize("text", INJECTIONS)
 def test_a_rendered_value_adds_no_header_and_no_recipient(env, text: str):
-    message = parsed(build_message(_email(
-        subject=f"Welcome {text}", from_addr=f"{text} at Tea <shop@example.com>", reply_to=f"{text} <help@example.com>",
-        to=f"{text} <ada@example.com>", headers={"X-Campaign": text})))
+    message = parsed(
+        build_message(
+            _email(
+                subject=f"Welcome {text}",
+                from_addr=f"{text} at Tea <shop@example.com>",
+                reply_to=f"{text} <help@example.com>",
+                to=f"{text} <ada@example.com>",
+                headers={"X-Campaign": text},
+            )
+        )
+    )
     assert_only_our_headers(message, ("X-Campaign",))
     assert message["Subject"].split() == f"Welcome {text}".split()  # the words kept, the line breaks gone
     assert message["X-Campaign"].split() == text.split()
-    for header, address, name in (("From", "shop@example.com", f"{text} at Tea"), ("To", "ada@example.com", text),
-                                  ("Reply-To", "help@example.com", text)):
+    for header, address, name in (
+        ("From", "shop@example.com", f"{text} at Tea"),
+        ("To", "ada@example.com", text),
+        ("Reply-To", "help@example.com", text),
+    ):
         (mailbox,) = message[header].addresses
         assert mailbox.addr_spec == address and mailbox.display_name.split() == name.split()
     assert message.get_body(("plain",)).get_content().strip() == "Hi Ada"
 
 
-@pytest.mark.parametrize("address", [
-    "ada@example.com\r\nBcc: attacker@example.com", "ada@example.com, attacker@example.com",
-    "Ada <ada@example.com>, attacker@example.com", "ada@example.com attacker@example.com",
-    "Ada <ada@example.com\nBcc: attacker@example.com>", ""])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "ada@example.com\r\nBcc: attacker@example.com",
+        "ada@example.com, attacker@example.com",
+        "Ada <ada@example.com>, attacker@example.com",
+        "ada@example.com attacker@example.com",
+        "Ada <ada@example.com\nBcc: attacker@example.com>",
+        "",
+    ],
+)
 def test_an_address_that_is_not_one_mailbox_is_refused(env, address: str):
     for field_name in ("to", "from_addr") if address else ("to",):  # no `from`: EMAIL_FROM
         with pytest.raises(PermanentEmailError, match="not one email address"):
@@ -214,6 +260,7 @@ def test_transports_by_scheme(env):
 
 # ---- a real SMTP server ----------------------------------------------------------------------------
 
+
 @dataclass
 class Recorder:
     """aiosmtpd handler: keeps what it received; can answer RCPT or DATA with a chosen reply."""
@@ -238,8 +285,11 @@ class Recorder:
 
 
 def _authenticator(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
-    ok = isinstance(auth_data, LoginPassword) and auth_data.login.decode() == USER and \
-        auth_data.password.decode() == PASSWORD
+    ok = (
+        isinstance(auth_data, LoginPassword)
+        and auth_data.login.decode() == USER
+        and auth_data.password.decode() == PASSWORD
+    )
     return AuthResult(success=ok, handled=False)
 
 
@@ -256,17 +306,23 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_file, key_file = folder / "cert.pem", folder / "key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_file, key_file
 
 
@@ -290,8 +346,15 @@ def smtp_server() -> Iterator[tuple[Recorder, int]]:
 def starttls_server(certificate) -> Iterator[tuple[Recorder, int]]:  # type: ignore[no-untyped-def]
     """A server that requires STARTTLS, then AUTH."""
     handler, port = Recorder(), _free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, tls_context=_server_context(certificate),
-                            require_starttls=True, authenticator=_authenticator, auth_required=True)
+    controller = Controller(
+        handler,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=_server_context(certificate),
+        require_starttls=True,
+        authenticator=_authenticator,
+        auth_required=True,
+    )
     controller.start()
     yield handler, port
     controller.stop()
@@ -301,8 +364,15 @@ def starttls_server(certificate) -> Iterator[tuple[Recorder, int]]:  # type: ign
 def tls_server(certificate) -> Iterator[tuple[Recorder, int]]:  # type: ignore[no-untyped-def]
     """A server speaking TLS from the first byte (smtps), with AUTH."""
     handler, port = Recorder(), _free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, ssl_context=_server_context(certificate),
-                            authenticator=_authenticator, auth_required=True, auth_require_tls=False)
+    controller = Controller(
+        handler,
+        hostname="127.0.0.1",
+        port=port,
+        ssl_context=_server_context(certificate),
+        authenticator=_authenticator,
+        auth_required=True,
+        auth_require_tls=False,
+    )
     controller.start()
     yield handler, port
     controller.stop()
@@ -477,8 +547,10 @@ def _runs() -> list[tuple[str, list[tuple[str, str]]]]:
     from encore_retention.flows.models import FlowRun
 
     with session_scope() as session:
-        return [(run.status, [(t.kind, t.message) for t in trace_of(session, run.id)])
-                for run in session.execute(select(FlowRun).order_by(FlowRun.id)).scalars()]
+        return [
+            (run.status, [(t.kind, t.message) for t in trace_of(session, run.id)])
+            for run in session.execute(select(FlowRun).order_by(FlowRun.id)).scalars()
+        ]
 
 
 @pytest.mark.parametrize("text", INJECTIONS)
@@ -487,18 +559,21 @@ def test_an_attack_in_a_customers_name_reaches_the_mail_server_as_text(flow_over
     from tests.flows.helpers import customer, event
 
     process_event(event("customer.created", dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC), customer(first_name=text)))
-    (mail_from, rcpt_tos, content), = flow_over_smtp.messages  # one message, to the customer alone
+    ((mail_from, rcpt_tos, content),) = flow_over_smtp.messages  # one message, to the customer alone
     assert mail_from == "shop@example.com" and rcpt_tos == ["c1001@example.com"]
     received: email.message.EmailMessage = email.message_from_bytes(  # type: ignore[assignment]
-        content, policy=email.policy.default)
+        content, policy=email.policy.default
+    )
     assert_only_our_headers(received)
     assert received["Subject"].split() == f"Welcome {text}".split()
     (to,) = received["To"].addresses
     assert to.addr_spec == "c1001@example.com" and to.display_name.split() == text.split()
-    assert [a.addr_spec for a in received["From"].addresses + received["Reply-To"].addresses] == \
-        ["shop@example.com", "help@example.com"]
+    assert [a.addr_spec for a in received["From"].addresses + received["Reply-To"].addresses] == [
+        "shop@example.com",
+        "help@example.com",
+    ]
     assert received["List-Unsubscribe"].startswith("<http://localhost:8000/unsubscribe/")
-    assert received.get_body(("plain",)).get_content().split()[:1 + len(text.split())] == ["Hello", *text.split()]
+    assert received.get_body(("plain",)).get_content().split()[: 1 + len(text.split())] == ["Hello", *text.split()]
     ((status, trace),) = _runs()
     assert status == "done" and any(kind == "sent" for kind, _ in trace)
 
@@ -507,12 +582,19 @@ def test_an_injected_address_is_sent_nowhere_and_traced(flow_over_smtp):
     from encore_retention.jobs import process_event
     from tests.flows.helpers import customer, event
 
-    process_event(event("customer.created", dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC),
-                        customer(email="c1001@example.com\r\nBcc: attacker@example.com")))
+    process_event(
+        event(
+            "customer.created",
+            dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC),
+            customer(email="c1001@example.com\r\nBcc: attacker@example.com"),
+        )
+    )
     assert flow_over_smtp.messages == []
     ((_, trace),) = _runs()
-    assert any(kind == "error" and "To: not one email address: 'Ada <c1001@example.com Bcc: attacker@example.com>'"
-               in message for kind, message in trace), trace
+    assert any(
+        kind == "error" and "To: not one email address: 'Ada <c1001@example.com Bcc: attacker@example.com>'" in message
+        for kind, message in trace
+    ), trace
 
 
 def test_a_to_with_a_display_name_still_respects_the_unsubscribe(flow_over_smtp):

@@ -16,8 +16,16 @@ from tests.conftest import payload
 
 
 def _shopify(topic: str, data: dict, webhook_id: str = "d1f2") -> Event:
-    events = shopify.parse(Delivery(shop="s.myshopify.com", topic=topic, delivery_id=webhook_id,
-                                    headers={"triggered_at": "2026-01-02T03:04:05Z"}), data, json.dumps(data).encode())
+    events = shopify.parse(
+        Delivery(
+            shop="s.myshopify.com",
+            topic=topic,
+            delivery_id=webhook_id,
+            headers={"triggered_at": "2026-01-02T03:04:05Z"},
+        ),
+        data,
+        json.dumps(data).encode(),
+    )
     assert len(events) == 1
     return events[0]
 
@@ -43,10 +51,15 @@ def test_shopify_order_maps_money_ids_and_customer():
     assert event.raw["id"] == payload("shopify", "orders_create")["id"]
 
 
-@pytest.mark.parametrize(("topic", "kind"), [("orders/paid", EventType.ORDER_PAID),
-                                             ("orders/fulfilled", EventType.ORDER_FULFILLED),
-                                             ("orders/cancelled", EventType.ORDER_CANCELLED),
-                                             ("orders/updated", EventType.ORDER_UPDATED)])
+@pytest.mark.parametrize(
+    ("topic", "kind"),
+    [
+        ("orders/paid", EventType.ORDER_PAID),
+        ("orders/fulfilled", EventType.ORDER_FULFILLED),
+        ("orders/cancelled", EventType.ORDER_CANCELLED),
+        ("orders/updated", EventType.ORDER_UPDATED),
+    ],
+)
 def test_shopify_order_topics(topic, kind):
     assert _shopify(topic, payload("shopify", "orders_paid")).type is kind
 
@@ -77,9 +90,19 @@ def test_shopify_customer_of_current_api_has_no_consent_or_tags():
 
 def test_shopify_customer_of_an_older_api_version_carries_consent_tags_and_counts():
     data = payload("shopify", "customers_create")
-    data.update({"tags": "vip, newsletter", "orders_count": 4, "total_spent": "199.00", "state": "enabled",
-                 "email_marketing_consent": {"state": "subscribed", "opt_in_level": "single_opt_in",
-                                             "consent_updated_at": "2025-03-01T10:00:00-05:00"}})
+    data.update(
+        {
+            "tags": "vip, newsletter",
+            "orders_count": 4,
+            "total_spent": "199.00",
+            "state": "enabled",
+            "email_marketing_consent": {
+                "state": "subscribed",
+                "opt_in_level": "single_opt_in",
+                "consent_updated_at": "2025-03-01T10:00:00-05:00",
+            },
+        }
+    )
     customer = _shopify("customers/update", data).customer
     assert customer.tags == ["vip", "newsletter"] and customer.orders_count == 4
     assert customer.total_spent == Decimal("199.00") and customer.has_account is True
@@ -89,8 +112,9 @@ def test_shopify_customer_of_an_older_api_version_carries_consent_tags_and_count
 
 
 def test_shopify_consent_and_purchasing_summary_topics():
-    consent = _shopify("customers/email_marketing_consent_update",
-                       payload("shopify", "customers_email_marketing_consent_update"))
+    consent = _shopify(
+        "customers/email_marketing_consent_update", payload("shopify", "customers_email_marketing_consent_update")
+    )
     assert consent.type is EventType.CUSTOMER_CONSENT_CHANGED
     assert consent.customer.id == "706405506930370000" and consent.customer.email_consent is False
     summary = _shopify("customers/purchasing_summary", payload("shopify", "customers_purchasing_summary"))
@@ -137,8 +161,10 @@ def test_woocommerce_dedupe_key_ignores_delivery_id_and_body_formatting():
 
 def test_woocommerce_customer_with_birthday_and_consent_meta(env):
     data = payload("woocommerce", "customer_created")
-    data["meta_data"] = [{"id": 1, "key": "birthday", "value": "1990-02-28"},
-                         {"id": 2, "key": "marketing_consent", "value": "yes"}]
+    data["meta_data"] = [
+        {"id": 1, "key": "birthday", "value": "1990-02-28"},
+        {"id": 2, "key": "marketing_consent", "value": "yes"},
+    ]
     customer = _woo("customer.created", data).customer
     assert customer.id == "25" and customer.birthday == date(1990, 2, 28) and customer.email_consent is True
     env.setenv("WOOCOMMERCE_CONSENT_META", "newsletter")
@@ -150,8 +176,10 @@ def test_woocommerce_customer_with_birthday_and_consent_meta(env):
 
 def test_unknown_topics_give_no_event():
     assert shopify.parse(Delivery(shop="s", topic="products/create"), {"id": 1}, b"{}") == []
-    assert woocommerce.parse(Delivery(shop="w", topic="coupon.created"), payload("woocommerce", "coupon_created"),
-                             b"{}") == []
+    assert (
+        woocommerce.parse(Delivery(shop="w", topic="coupon.created"), payload("woocommerce", "coupon_created"), b"{}")
+        == []
+    )
 
 
 def test_event_round_trips_through_json():
@@ -170,6 +198,7 @@ def test_event_id_is_a_valid_job_id():
 
 # ---- what the store can hold ---------------------------------------------------------------------------
 
+
 def test_a_time_with_no_utc_equivalent_is_refused_not_overflowed():
     from encore_retention.core.events import parse_datetime
 
@@ -181,19 +210,22 @@ def test_a_time_with_no_utc_equivalent_is_refused_not_overflowed():
     assert parse_datetime("2026-11-20T10:00:00+05:00") == datetime(2026, 11, 20, 5, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("field", "inside", "outside"), [
-    ("orders_count", 2**31 - 1, 2**31),
-    ("orders_count", 0, -1),
-    ("total_spent", Decimal("999999999999.99"), Decimal("1000000000000")),
-    ("total_spent", Decimal("-999999999999.99"), Decimal("-1000000000000")),
-    ("total_spent", Decimal("0.30000000000000004"), Decimal("1e-999999")),
-    ("created_at", datetime(1900, 1, 1, tzinfo=UTC), datetime(1899, 12, 31, 23, 59, 59, tzinfo=UTC)),
-    ("created_at", datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)),
-    ("birthday", date(1900, 1, 1), date(1899, 12, 31)),
-    ("first_name", "x" * 255, "x" * 256),
-    ("first_name", "Zoë 😀", "Jo\x00hn"),
-    ("id", "9" * 128, "9" * 129),
-])
+@pytest.mark.parametrize(
+    ("field", "inside", "outside"),
+    [
+        ("orders_count", 2**31 - 1, 2**31),
+        ("orders_count", 0, -1),
+        ("total_spent", Decimal("999999999999.99"), Decimal("1000000000000")),
+        ("total_spent", Decimal("-999999999999.99"), Decimal("-1000000000000")),
+        ("total_spent", Decimal("0.30000000000000004"), Decimal("1e-999999")),
+        ("created_at", datetime(1900, 1, 1, tzinfo=UTC), datetime(1899, 12, 31, 23, 59, 59, tzinfo=UTC)),
+        ("created_at", datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)),
+        ("birthday", date(1900, 1, 1), date(1899, 12, 31)),
+        ("first_name", "x" * 255, "x" * 256),
+        ("first_name", "Zoë 😀", "Jo\x00hn"),
+        ("id", "9" * 128, "9" * 129),
+    ],
+)
 def test_customer_values_are_bounded_to_what_the_store_holds(field, inside, outside):
     from pydantic import ValidationError
 
@@ -213,8 +245,12 @@ def test_line_item_quantity_fits_64_bits_and_money_is_finite():
     from encore_retention.core.events import LineItem
 
     assert LineItem(quantity=2**63 - 1).quantity == 2**63 - 1
-    for bad in ({"quantity": 2**63}, {"quantity": int(1e300)}, {"price": Decimal("NaN")},
-                {"price": Decimal("Infinity")}):
+    for bad in (
+        {"quantity": 2**63},
+        {"quantity": int(1e300)},
+        {"price": Decimal("NaN")},
+        {"price": Decimal("Infinity")},
+    ):
         with pytest.raises(ValidationError):
             LineItem(**bad)
 
@@ -247,13 +283,20 @@ def test_the_event_models_bounds_are_the_store_columns_widths():
         raise AssertionError(f"{model.__name__}.{field} has no bound")
 
     columns = {
-        (ev.Customer, "id"): models.Customer.platform_id, (ev.Customer, "email"): models.Customer.email,
-        (ev.Customer, "first_name"): models.Customer.first_name, (ev.Customer, "last_name"): models.Customer.last_name,
-        (ev.Customer, "phone"): models.Customer.phone, (ev.Customer, "locale"): models.Customer.locale,
-        (ev.Order, "id"): models.Order.platform_id, (ev.Order, "number"): models.Order.number,
-        (ev.Order, "currency"): models.Order.currency, (ev.Order, "financial_status"): models.Order.financial_status,
-        (ev.Order, "fulfillment_status"): models.Order.fulfillment_status, (ev.Event, "id"): models.EventRecord.id,
-        (ev.Event, "topic"): models.EventRecord.topic, (ev.Event, "platform"): models.EventRecord.platform,
+        (ev.Customer, "id"): models.Customer.platform_id,
+        (ev.Customer, "email"): models.Customer.email,
+        (ev.Customer, "first_name"): models.Customer.first_name,
+        (ev.Customer, "last_name"): models.Customer.last_name,
+        (ev.Customer, "phone"): models.Customer.phone,
+        (ev.Customer, "locale"): models.Customer.locale,
+        (ev.Order, "id"): models.Order.platform_id,
+        (ev.Order, "number"): models.Order.number,
+        (ev.Order, "currency"): models.Order.currency,
+        (ev.Order, "financial_status"): models.Order.financial_status,
+        (ev.Order, "fulfillment_status"): models.Order.fulfillment_status,
+        (ev.Event, "id"): models.EventRecord.id,
+        (ev.Event, "topic"): models.EventRecord.topic,
+        (ev.Event, "platform"): models.EventRecord.platform,
         (ev.Event, "shop"): models.Shop.domain,
     }
     for (model, field), column in columns.items():

@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _worker(env: dict[str, str], cwd: Path, log: Path, script: str | None = None) -> subprocess.Popen:
     command = [sys.executable, "-c", script] if script else [sys.executable, str(ROOT / "worker.py")]
-    return subprocess.Popen(command, env={**env, "PYTHONPATH": str(ROOT)}, cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+    return subprocess.Popen(
+        command, env={**env, "PYTHONPATH": str(ROOT)}, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log.open("ab")
+    )
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -68,11 +69,11 @@ def worker_env(env: pytest.MonkeyPatch, redis: Redis, tmp_path: Path) -> dict[st
 
 # ---- taking jobs ----------------------------------------------------------------------------------
 
+
 def test_a_job_is_taken_from_any_queue_into_its_intermediate_list(redis: Redis):
     queues = [queue(name, redis) for name in (EVENTS, FLOWS, MAINTENANCE)]
     queues[1].enqueue_call("builtins.len", args=([1, 2],), job_id="on-flows")
-    job, taken_from = encore_queue.ReliableQueue.dequeue_any(queues, None, connection=redis,
-                                                             serializer=JSONSerializer)
+    job, taken_from = encore_queue.ReliableQueue.dequeue_any(queues, None, connection=redis, serializer=JSONSerializer)
     assert (job.id, taken_from.name) == ("on-flows", FLOWS)
     assert redis.lrange(queues[1].intermediate_queue_key, 0, -1) == [b"on-flows"]  # never in no list at all
     started = time.monotonic()
@@ -123,6 +124,7 @@ def test_a_worker_killed_between_taking_and_starting_a_job_loses_nothing(worker_
 
 # ---- the scheduler -------------------------------------------------------------------------------------
 
+
 def test_a_killed_workers_scheduler_lock_is_taken_over_within_seconds(worker_env, redis: Redis, tmp_path):
     log = tmp_path / "worker.log"
     first = _worker(worker_env, tmp_path, log)
@@ -154,6 +156,7 @@ def test_a_killed_workers_scheduler_lock_is_taken_over_within_seconds(worker_env
 
 # ---- Redis going away --------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A redis-server of this test's own (appendonly), on a free port, that the test may stop and start."""
@@ -168,8 +171,22 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 
 def _start_redis(port: int, folder: Path) -> subprocess.Popen:
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-                               "--appendonly", "yes", "--save", ""], stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(folder),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     assert wait_for(lambda: _pings(port), timeout=20)
     _start_redis.servers.append(server)  # type: ignore[attr-defined]
     return server
@@ -208,10 +225,12 @@ def test_the_worker_rides_out_a_redis_restart(env, own_redis, tmp_path):
         _start_redis(port, folder)
         after = queue(EVENTS, connection).enqueue_call("builtins.len", args=([1, 2],))
         later = queue(FLOWS, connection).enqueue_in(timedelta(seconds=1), "builtins.len", [3])
-        assert wait_for(lambda: _status(connection, after.id) == JobStatus.FINISHED, timeout=30), \
-            log.read_text()[-3000:]
-        assert wait_for(lambda: _status(connection, later.id) == JobStatus.FINISHED, timeout=30), \
-            log.read_text()[-3000:]  # its scheduler, dead with the outage, was started again
+        assert wait_for(lambda: _status(connection, after.id) == JobStatus.FINISHED, timeout=30), log.read_text()[
+            -3000:
+        ]
+        assert wait_for(lambda: _status(connection, later.id) == JobStatus.FINISHED, timeout=30), log.read_text()[
+            -3000:
+        ]  # its scheduler, dead with the outage, was started again
         assert worker.poll() is None
     finally:
         _stop(worker)
@@ -220,10 +239,13 @@ def test_the_worker_rides_out_a_redis_restart(env, own_redis, tmp_path):
 
 # ---- a killed worker's job, and SIGTERM ------------------------------------------------------------------
 
+
 def test_a_killed_workers_job_is_retried_once_its_heartbeats_stop(worker_env, redis: Redis, tmp_path):
-    script = ("import os, threading\nfrom encore_retention import worker\n"
-              "threading.Timer(2.0, lambda: os._exit(9)).start()\n"  # SIGKILL-like, mid-job
-              "worker.build_worker().work(burst=True)\n")
+    script = (
+        "import os, threading\nfrom encore_retention import worker\n"
+        "threading.Timer(2.0, lambda: os._exit(9)).start()\n"  # SIGKILL-like, mid-job
+        "worker.build_worker().work(burst=True)\n"
+    )
     job = queue(EVENTS, redis).enqueue_call("time.sleep", args=(5,), job_id="slow", retry=encore_queue.EVENT_RETRY)
     dying = _worker(worker_env, tmp_path, tmp_path / "worker.log", script)
     assert dying.wait(timeout=30) == 9
@@ -260,13 +282,32 @@ def test_a_web_restart_mid_load_loses_no_webhook(env, redis: Redis, tmp_path):
     from tests.conftest import SHOPIFY_SECRET, payload, shopify_headers
 
     port = free_port()
-    web_env = {**os.environ, "REDIS_URL": redis_url_of(redis), "SHOPIFY_API_SECRET": SHOPIFY_SECRET,
-               "PYTHONPATH": str(ROOT)}
+    web_env = {
+        **os.environ,
+        "REDIS_URL": redis_url_of(redis),
+        "SHOPIFY_API_SECRET": SHOPIFY_SECRET,
+        "PYTHONPATH": str(ROOT),
+    }
 
     def start_web() -> subprocess.Popen:
-        web = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", "2", "--graceful-timeout", "20",
-                                "--bind", f"127.0.0.1:{port}", "webhooks:create_app()"], env=web_env, cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=(tmp_path / "web.log").open("ab"))
+        web = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--workers",
+                "2",
+                "--graceful-timeout",
+                "20",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "webhooks:create_app()",
+            ],
+            env=web_env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "web.log").open("ab"),
+        )
         if not wait_for(lambda: _answers(port), timeout=30):
             _stop(web)
             pytest.fail((tmp_path / "web.log").read_text()[-2000:])

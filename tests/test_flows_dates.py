@@ -12,8 +12,17 @@ from hypothesis import strategies as st
 from encore_retention.flows import dates
 from encore_retention.flows.schema import DateTrigger
 
-ZONES = ["UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe", "America/Sao_Paulo", "Asia/Kolkata",
-         "Pacific/Chatham", "Europe/London", "America/St_Johns"]
+ZONES = [
+    "UTC",
+    "Europe/Paris",
+    "America/New_York",
+    "Australia/Lord_Howe",
+    "America/Sao_Paulo",
+    "Asia/Kolkata",
+    "Pacific/Chatham",
+    "Europe/London",
+    "America/St_Johns",
+]
 zones = st.sampled_from(ZONES).map(ZoneInfo)
 days = st.dates(min_value=date(1990, 1, 1), max_value=date(2060, 12, 31))
 times = st.times().map(lambda t: t.replace(second=0, microsecond=0))
@@ -63,8 +72,11 @@ def test_daylight_saving_neither_skips_nor_doubles_a_daily_send(day: date, at: t
     assert timedelta(hours=22) <= second - first <= timedelta(hours=26)
 
 
-@given(start=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2050, 1, 1), timezones=st.just(UTC)),
-       count=st.integers(1, 60), tz=zones)
+@given(
+    start=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2050, 1, 1), timezones=st.just(UTC)),
+    count=st.integers(1, 60),
+    tz=zones,
+)
 def test_day_durations_keep_the_local_wall_time(start: datetime, count: int, tz: ZoneInfo) -> None:
     moved = dates.add_duration(start, timedelta(days=count), tz)
     before, after = start.astimezone(tz), moved.astimezone(tz)
@@ -73,14 +85,20 @@ def test_day_durations_keep_the_local_wall_time(start: datetime, count: int, tz:
         assert after.time() == before.time()
 
 
-@given(start=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2050, 1, 1), timezones=st.just(UTC)),
-       hours=st.integers(1, 100).filter(lambda h: h % 24), tz=zones)
+@given(
+    start=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2050, 1, 1), timezones=st.just(UTC)),
+    hours=st.integers(1, 100).filter(lambda h: h % 24),
+    tz=zones,
+)
 def test_hour_durations_are_elapsed_time(start: datetime, hours: int, tz: ZoneInfo) -> None:
     assert dates.add_duration(start, timedelta(hours=hours), tz) - start == timedelta(hours=hours)
 
 
-@given(after=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2050, 1, 1), timezones=st.just(UTC)),
-       at=times, tz=zones)
+@given(
+    after=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2050, 1, 1), timezones=st.just(UTC)),
+    at=times,
+    tz=zones,
+)
 def test_next_local_time_is_the_first_one_not_before(after: datetime, at: time, tz: ZoneInfo) -> None:
     found = dates.next_local_time(after, at, tz)
     assert found >= after

@@ -158,9 +158,14 @@ def test_a_worker_killed_mid_send_resends_with_the_same_message_id(flows_env, re
 
     flow_dir(tmp_path, flows_env, notes=TWO_NOTES)
     data = event("order.placed", T0, customer(), order=order("61", T0))
-    child = subprocess.run([sys.executable, "-c", KILL_SCRIPT, T0.isoformat(), json.dumps(data)],
-                           env={**os.environ, "REDIS_URL": redis_url_of(redis), "PYTHONPATH": str(ROOT)},
-                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    child = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, T0.isoformat(), json.dumps(data)],
+        env={**os.environ, "REDIS_URL": redis_url_of(redis), "PYTHONPATH": str(ROOT)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert child.returncode == 9, child.stderr
     assert subjects(tmp_path) == ["First note"]
     (run,) = runs()
@@ -338,10 +343,16 @@ def test_http_step_posts_json_once_with_an_idempotency_key(flows_env, redis, tmp
     assert run.status == "done"
 
 
-@pytest.mark.parametrize(("host", "listed"), [("127.0.0.1", "127.0.0.1"), ("localhost", "localhost"),
-                                              ("2130706433", "127.0.0.0/8"), ("0x7f000001", "127.0.0.1/32")])
-def test_http_step_refuses_this_machine_unless_listed(flows_env, redis, tmp_path: Path, host: str,
-                                                      listed: str) -> None:
+@pytest.mark.parametrize(
+    ("host", "listed"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("localhost", "localhost"),
+        ("2130706433", "127.0.0.0/8"),
+        ("0x7f000001", "127.0.0.1/32"),
+    ],
+)
+def test_http_step_refuses_this_machine_unless_listed(flows_env, redis, tmp_path: Path, host: str, listed: str) -> None:
     with hook_server() as (server, received):
         url = f"http://{host}:{server.server_port}/hook"
         flow_dir(tmp_path, flows_env, crm=HTTP_FLOW.replace("URL", url))
@@ -350,9 +361,13 @@ def test_http_step_refuses_this_machine_unless_listed(flows_env, redis, tmp_path
         assert received == []  # refused once, not retried
         (run,) = runs()
         assert run.status == "done" and not run.attempts and FakeConnector.tags == [("1001", ["crm-synced"])]
-        assert ("error", f"POST {url} refused: {host} " + ("" if host == "127.0.0.1" else "(127.0.0.1) ") +
-                "is loopback; the http step reaches only public addresses unless HTTP_STEP_ALLOW_HOSTS lists "
-                "the host") in trace(run.id)
+        assert (
+            "error",
+            f"POST {url} refused: {host} "
+            + ("" if host == "127.0.0.1" else "(127.0.0.1) ")
+            + "is loopback; the http step reaches only public addresses unless HTTP_STEP_ALLOW_HOSTS lists "
+            "the host",
+        ) in trace(run.id)
         with session_scope() as session:
             (effect,) = session.scalars(select(FlowEffect).where(FlowEffect.kind == "http"))
             assert effect.status == "failed" and "is loopback" in effect.result["error"]
@@ -393,8 +408,10 @@ def test_an_unquoted_time_of_day_waits_until_that_time(flows_env, redis, tmp_pat
 def test_yaml_dates_in_a_flow_are_stored_as_text(env: pytest.MonkeyPatch) -> None:
     from encore_retention.flows.loader import load_text
 
-    text = ("name: x\nkind: transactional\ntrigger: {event: order.placed}\nsteps:\n"
-            "  - http: {url: 'https://hooks.example.com/a', json: {since: 2026-03-01}}\n")
+    text = (
+        "name: x\nkind: transactional\ntrigger: {event: order.placed}\nsteps:\n"
+        "  - http: {url: 'https://hooks.example.com/a', json: {since: 2026-03-01}}\n"
+    )
     loaded, problems = load_text(text, "x.yaml")
     assert problems == [] and loaded is not None
     assert loaded.data["steps"][0]["http"]["json"] == {"since": "2026-03-01"}
@@ -499,7 +516,8 @@ steps:
 
 
 def test_a_run_failing_before_the_event_is_committed_still_leaves_the_ledger_applied(
-        flows_env, redis, tmp_path: Path) -> None:
+    flows_env, redis, tmp_path: Path
+) -> None:
     from encore_retention.core.settings import reset_settings
     from encore_retention.core.store.models import Customer, EventRecord
     from encore_retention.flows import render

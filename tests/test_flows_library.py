@@ -47,8 +47,7 @@ def html_of(message: Any) -> str:
 
 def flow_runs(flow_key: str) -> list[FlowRun]:
     with session_scope() as session:
-        return list(session.execute(select(FlowRun).where(FlowRun.flow_key == flow_key)
-                                    .order_by(FlowRun.id)).scalars())
+        return list(session.execute(select(FlowRun).where(FlowRun.flow_key == flow_key).order_by(FlowRun.id)).scalars())
 
 
 def test_thank_you_after_the_first_order_only(library, tmp_path: Path) -> None:
@@ -175,9 +174,14 @@ def test_check_in_after_fulfilment(library, tmp_path: Path) -> None:
 
 
 def _checkout(token: str) -> ev.Checkout:
-    return ev.Checkout(token=token, email="c1001@example.com", recovery_url=f"https://shop.example/recover/{token}",
-                       total=Decimal("42.00"), currency="EUR",
-                       line_items=[ev.LineItem(title="Green tea", quantity=1, price=Decimal("42.00"))])
+    return ev.Checkout(
+        token=token,
+        email="c1001@example.com",
+        recovery_url=f"https://shop.example/recover/{token}",
+        total=Decimal("42.00"),
+        currency="EUR",
+        line_items=[ev.LineItem(title="Green tea", quantity=1, price=Decimal("42.00"))],
+    )
 
 
 def test_abandoned_checkout_recovered_after_an_hour(library, tmp_path: Path) -> None:

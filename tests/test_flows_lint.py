@@ -24,39 +24,74 @@ steps:
 
 CASES = {
     # file text -> (line, message fragment)
-    "unknown_step": ("name: x\ntrigger:\n  event: order.placed\nsteps:\n  - wait: 1h\n  - send_mail:\n"
-                     "      template: a.html\n", 6,
-                     "unknown step 'send_mail' (expected one of: wait, send_email, create_discount, tag_customer, "
-                     "if, http, stop)"),
-    "unknown_trigger": ("name: x\ntrigger:\n  evnt: order.placed\nsteps:\n  - stop\n", 3,
-                        "unknown trigger 'evnt' (expected one of: event, date)"),
-    "unknown_event": ("name: x\ntrigger:\n  event: order.shipped\nsteps:\n  - stop\n", 3,
-                      "unknown event type 'order.shipped' (expected 'order.placed', 'order.paid'"),
-    "bad_expression": ("name: x\ntrigger:\n  event: order.placed\nconditions:\n  - customer.orders_count ==\n"
-                       "steps:\n  - stop\n", 5, "bad expression 'customer.orders_count =='"),
-    "undefined_in_expression": ("name: x\ntrigger:\n  event: order.placed\nconditions:\n  - custmer.orders_count > 1\n"
-                                "steps:\n  - stop\n", 5, "undefined variable 'custmer'"),
-    "missing_template": ("name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n"
-                         "      template: nope.html\n      subject: hi\n", 6, "missing template 'nope.html'"),
-    "undefined_in_template": ("name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n"
-                              "      template: uses_coupon.html\n      subject: hi\n", 6,
-                              "undefined variable 'coupon' in template 'uses_coupon.html'"),
-    "bad_duration": ("name: x\ntrigger:\n  event: order.placed\nsteps:\n  - wait: 3 days\n", 5,
-                     "wait: bad duration '3 days' (expected e.g. 30m, 2h, 14d, 8w)"),
-    "missing_field": ("name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n      template: a.html\n",
-                      5, "missing `subject`"),
+    "unknown_step": (
+        "name: x\ntrigger:\n  event: order.placed\nsteps:\n  - wait: 1h\n  - send_mail:\n      template: a.html\n",
+        6,
+        "unknown step 'send_mail' (expected one of: wait, send_email, create_discount, tag_customer, if, http, stop)",
+    ),
+    "unknown_trigger": (
+        "name: x\ntrigger:\n  evnt: order.placed\nsteps:\n  - stop\n",
+        3,
+        "unknown trigger 'evnt' (expected one of: event, date)",
+    ),
+    "unknown_event": (
+        "name: x\ntrigger:\n  event: order.shipped\nsteps:\n  - stop\n",
+        3,
+        "unknown event type 'order.shipped' (expected 'order.placed', 'order.paid'",
+    ),
+    "bad_expression": (
+        "name: x\ntrigger:\n  event: order.placed\nconditions:\n  - customer.orders_count ==\nsteps:\n  - stop\n",
+        5,
+        "bad expression 'customer.orders_count =='",
+    ),
+    "undefined_in_expression": (
+        "name: x\ntrigger:\n  event: order.placed\nconditions:\n  - custmer.orders_count > 1\nsteps:\n  - stop\n",
+        5,
+        "undefined variable 'custmer'",
+    ),
+    "missing_template": (
+        "name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n"
+        "      template: nope.html\n      subject: hi\n",
+        6,
+        "missing template 'nope.html'",
+    ),
+    "undefined_in_template": (
+        "name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n"
+        "      template: uses_coupon.html\n      subject: hi\n",
+        6,
+        "undefined variable 'coupon' in template 'uses_coupon.html'",
+    ),
+    "bad_duration": (
+        "name: x\ntrigger:\n  event: order.placed\nsteps:\n  - wait: 3 days\n",
+        5,
+        "wait: bad duration '3 days' (expected e.g. 30m, 2h, 14d, 8w)",
+    ),
+    "missing_field": (
+        "name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n      template: a.html\n",
+        5,
+        "missing `subject`",
+    ),
 }
 
 WARNINGS = {
-    "expires_first": ("name: x\ntrigger:\n  event: order.placed\nsteps:\n"
-                      "  - create_discount: {as: welcome, percent: 5, expires_in: 2d}\n  - wait: 3d\n"
-                      "  - send_email:\n      template: welcome.html\n      subject: hi\n", 7,
-                      "discount 'welcome' expires (2d) before this email is sent (3d after it is created)"),
-    "yearly_unguarded": ("name: x\ntrigger:\n  date: customer.birthday\n  offset: -14d\nsteps:\n  - stop\n", 2,
-                         "a yearly date trigger (customer.birthday) without `entry: once_per: year`"),
-    "no_unsubscribe": ("name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n"
-                       "      template: bare.html\n      subject: hi\n", 6,
-                       "marketing email template 'bare.html' has no unsubscribe link"),
+    "expires_first": (
+        "name: x\ntrigger:\n  event: order.placed\nsteps:\n"
+        "  - create_discount: {as: welcome, percent: 5, expires_in: 2d}\n  - wait: 3d\n"
+        "  - send_email:\n      template: welcome.html\n      subject: hi\n",
+        7,
+        "discount 'welcome' expires (2d) before this email is sent (3d after it is created)",
+    ),
+    "yearly_unguarded": (
+        "name: x\ntrigger:\n  date: customer.birthday\n  offset: -14d\nsteps:\n  - stop\n",
+        2,
+        "a yearly date trigger (customer.birthday) without `entry: once_per: year`",
+    ),
+    "no_unsubscribe": (
+        "name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n"
+        "      template: bare.html\n      subject: hi\n",
+        6,
+        "marketing email template 'bare.html' has no unsubscribe link",
+    ),
 }
 
 
@@ -64,8 +99,9 @@ WARNINGS = {
 def templates(env: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     folder = tmp_path / "templates"
     folder.mkdir()
-    (folder / "uses_coupon.html").write_text('{% extends "base.html" %}{% block content %}{{ coupon.code }}'
-                                             '{% endblock %}')
+    (folder / "uses_coupon.html").write_text(
+        '{% extends "base.html" %}{% block content %}{{ coupon.code }}{% endblock %}'
+    )
     (folder / "bare.html").write_text("<p>Hello {{ customer.first_name }}</p>")
     env.setenv("TEMPLATES_DIR", str(folder))
     reset_settings()
@@ -99,35 +135,74 @@ def test_lint_warns_about_valid_but_wrong_flows(case: str, templates: Path, tmp_
     assert f"{path}:{line}: warning: {fragment}" in result.output
 
 
-BROKEN_FLOW = ("name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n      template: broken.html\n"
-               "      subject: hi\n")
-MACROS = "{% macro button(url, label) %}<a href=\"{{ url }}\">{{ label }}</a>{% endmacro %}\n"
+BROKEN_FLOW = (
+    "name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n      template: broken.html\n"
+    "      subject: hi\n"
+)
+MACROS = '{% macro button(url, label) %}<a href="{{ url }}">{{ label }}</a>{% endmacro %}\n'
 
 TEMPLATE_CASES = {
     # the files written to TEMPLATES_DIR (the flow uses broken.html) -> (file, line, message fragment)
-    "include_typo": ({"broken.html": '{% extends "base.html" %}{% block content %}\n<p>Hi</p>\n'
-                                     '{% include "footer_typo.html" %}{% endblock %}'},
-                     "broken.html", 3, "includes 'footer_typo.html', which does not exist (looked in: "),
-    "syntax_error": ({"broken.html": '{% extends "base.html" %}\n{% block content %}\n{{ customer.first_name }\n'
-                                     "{% endblock %}"}, "broken.html", 3, "unexpected '}'"),
-    "syntax_error_in_layout": ({"layout.html": "<html>\n{% block content %}{% endblok %}</html>",
-                                "broken.html": '{% extends "layout.html" %}{% block content %}x{% endblock %}'},
-                               "layout.html", 2, "Encountered unknown tag 'endblok'"),
-    "missing_layout": ({"broken.html": '\n{% extends "layot.html" %}'}, "broken.html", 2,
-                       "extends 'layot.html', which does not exist"),
-    "undefined_macro_import": ({"macros.html": MACROS, "broken.html": '{% from "macros.html" import buton %}\n'
-                                                                      "{{ buton('/x', 'Go') }}"},
-                               "broken.html", 1, "'macros.html' defines no macro or variable 'buton'"),
-    "import_from_a_missing_file": ({"broken.html": '<p>\n{% from "macro.html" import button %}</p>'},
-                                   "broken.html", 2, "imports 'macro.html', which does not exist"),
-    "undefined_macro_of_a_module": ({"macros.html": MACROS, "broken.html": '{% import "macros.html" as ui %}\n'
-                                                                           "{{ ui.buton('/x', 'Go') }}"},
-                                    "broken.html", 2, "'macros.html' defines no macro or variable 'buton'"),
-    "unknown_filter": ({"broken.html": "<p>\n{{ customer.first_name | titel }}</p>"}, "broken.html", 2,
-                       "No filter named 'titel'"),
-    "broken_text_twin": ({"broken.html": "<p>{{ customer.first_name }}</p>",
-                          "broken.txt": 'Hi\n{% include "signature.txt" %}'}, "broken.txt", 2,
-                         "includes 'signature.txt', which does not exist"),
+    "include_typo": (
+        {
+            "broken.html": '{% extends "base.html" %}{% block content %}\n<p>Hi</p>\n'
+            '{% include "footer_typo.html" %}{% endblock %}'
+        },
+        "broken.html",
+        3,
+        "includes 'footer_typo.html', which does not exist (looked in: ",
+    ),
+    "syntax_error": (
+        {"broken.html": '{% extends "base.html" %}\n{% block content %}\n{{ customer.first_name }\n{% endblock %}'},
+        "broken.html",
+        3,
+        "unexpected '}'",
+    ),
+    "syntax_error_in_layout": (
+        {
+            "layout.html": "<html>\n{% block content %}{% endblok %}</html>",
+            "broken.html": '{% extends "layout.html" %}{% block content %}x{% endblock %}',
+        },
+        "layout.html",
+        2,
+        "Encountered unknown tag 'endblok'",
+    ),
+    "missing_layout": (
+        {"broken.html": '\n{% extends "layot.html" %}'},
+        "broken.html",
+        2,
+        "extends 'layot.html', which does not exist",
+    ),
+    "undefined_macro_import": (
+        {"macros.html": MACROS, "broken.html": "{% from \"macros.html\" import buton %}\n{{ buton('/x', 'Go') }}"},
+        "broken.html",
+        1,
+        "'macros.html' defines no macro or variable 'buton'",
+    ),
+    "import_from_a_missing_file": (
+        {"broken.html": '<p>\n{% from "macro.html" import button %}</p>'},
+        "broken.html",
+        2,
+        "imports 'macro.html', which does not exist",
+    ),
+    "undefined_macro_of_a_module": (
+        {"macros.html": MACROS, "broken.html": "{% import \"macros.html\" as ui %}\n{{ ui.buton('/x', 'Go') }}"},
+        "broken.html",
+        2,
+        "'macros.html' defines no macro or variable 'buton'",
+    ),
+    "unknown_filter": (
+        {"broken.html": "<p>\n{{ customer.first_name | titel }}</p>"},
+        "broken.html",
+        2,
+        "No filter named 'titel'",
+    ),
+    "broken_text_twin": (
+        {"broken.html": "<p>{{ customer.first_name }}</p>", "broken.txt": 'Hi\n{% include "signature.txt" %}'},
+        "broken.txt",
+        2,
+        "includes 'signature.txt', which does not exist",
+    ),
 }
 
 
@@ -149,7 +224,8 @@ def test_a_broken_template_is_a_lint_error_at_its_file_and_line(case: str, templ
 
 
 def test_a_flow_using_a_broken_template_is_skipped_while_the_others_load(
-        env: pytest.MonkeyPatch, templates: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    env: pytest.MonkeyPatch, templates: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     (templates / "broken.html").write_text('<p>Hi</p>\n{% include "footer_typo.html" %}')
     folder = tmp_path / "flows"
     write(folder, "broken", BROKEN_FLOW)
@@ -160,7 +236,8 @@ def test_a_flow_using_a_broken_template_is_skipped_while_the_others_load(
     assert list(registry.flows) == ["good"]
     assert [str(p) for p in registry.problems if p.severity == "error"] == [
         f"{folder / 'broken.yaml'}:6: template 'broken.html' cannot be used: {templates / 'broken.html'}:2: "
-        f"includes 'footer_typo.html', which does not exist (looked in: {templates}, {render.BUILTIN_TEMPLATES})"]
+        f"includes 'footer_typo.html', which does not exist (looked in: {templates}, {render.BUILTIN_TEMPLATES})"
+    ]
     assert "broken.yaml:6: template 'broken.html' cannot be used" in caplog.text
     # Mended, the flow loads again without a restart.
     (templates / "footer_typo.html").write_text("<p>Bye</p>")
@@ -172,7 +249,8 @@ def test_names_a_template_imports_at_its_top_are_known_in_its_blocks(templates: 
     (templates / "broken.html").write_text(
         '{% extends "base.html" %}{% from "macros.html" import button %}{% import "macros.html" as ui %}'
         "{% set greeting = 'Hi' %}{% block content %}{{ greeting }} {{ button('/a', 'A') }}"
-        "{{ ui.button('/b', 'B') }}{{ unsubscribe_url }}{% endblock %}")
+        "{{ ui.button('/b', 'B') }}{{ unsubscribe_url }}{% endblock %}"
+    )
     path = write(tmp_path / "flows", "uses_macros", BROKEN_FLOW)
     result = CliRunner().invoke(main, ["flows", "lint", str(path)])
     assert result.exit_code == 0 and result.stdout == "", result.output
@@ -187,8 +265,9 @@ def test_lint_of_the_library_and_the_examples_is_clean(env: pytest.MonkeyPatch) 
         assert result.stdout == "" and "7 flow file(s): 0 error(s), 0 warning(s)" in result.output, result.output
 
 
-def test_a_bad_flow_is_reported_and_skipped_while_the_others_load(env: pytest.MonkeyPatch, tmp_path: Path,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_a_bad_flow_is_reported_and_skipped_while_the_others_load(
+    env: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = tmp_path / "flows"
     write(folder, "good", GOOD)
     write(folder, "broken", CASES["unknown_step"][0])
@@ -207,16 +286,34 @@ def test_schema_export(env: pytest.MonkeyPatch) -> None:
     assert schema["title"] == "Encore flow"
     assert set(schema["required"]) == {"name", "trigger", "steps"}
     text = json.dumps(schema)
-    for key in ("send_email", "create_discount", "wait", "tag_customer", "http", "stop", "once_per_customer",
-                "quiet_hours", "frequency_cap", "exit_on"):
+    for key in (
+        "send_email",
+        "create_discount",
+        "wait",
+        "tag_customer",
+        "http",
+        "stop",
+        "once_per_customer",
+        "quiet_hours",
+        "frequency_cap",
+        "exit_on",
+    ):
         assert f'"{key}"' in text
     assert "order.placed" in text and "customer.birthday" in text
 
 
 def test_preview_writes_html_files(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     sample = tmp_path / "grace.json"
-    sample.write_text(json.dumps({"first_name": "Grace", "email": "grace@example.com", "orders_count": 3,
-                                  "shop": {"name": "Tea Corner", "currency": "GBP"}}))
+    sample.write_text(
+        json.dumps(
+            {
+                "first_name": "Grace",
+                "email": "grace@example.com",
+                "orders_count": 3,
+                "shop": {"name": "Tea Corner", "currency": "GBP"},
+            }
+        )
+    )
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["flows", "preview", "win_back", "--customer", str(sample), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -241,34 +338,55 @@ def test_preview_of_an_unknown_flow_fails_clearly(env: pytest.MonkeyPatch, tmp_p
 def test_text_part_reads_well_without_the_hidden_preheader(env: pytest.MonkeyPatch) -> None:
     from encore_retention.flows.render import html_to_text, render_email
 
-    html, text = render_email("check_in.html", {
-        "customer": {"first_name": "Ada"}, "shop": {"name": "Tea Corner", "domain": "tea.example"},
-        "order": {"number": "1001"}, "preheader": "We would love to hear from you", "subject": "How is it?",
-        "unsubscribe_url": None})
+    html, text = render_email(
+        "check_in.html",
+        {
+            "customer": {"first_name": "Ada"},
+            "shop": {"name": "Tea Corner", "domain": "tea.example"},
+            "order": {"number": "1001"},
+            "preheader": "We would love to hear from you",
+            "subject": "How is it?",
+            "unsubscribe_url": None,
+        },
+    )
     assert "We would love to hear from you" in html
     assert text.startswith("How is your order #1001?\n\nHi Ada, your order from Tea Corner")
     assert "We would love" not in text and "<" not in text and "Unsubscribe" not in text
-    assert html_to_text('<p>Go <a href="https://x.example/a">here</a></p><ul><li>one</li></ul>') == \
-        "Go here (https://x.example/a)\n\n- one\n"
+    assert (
+        html_to_text('<p>Go <a href="https://x.example/a">here</a></p><ul><li>one</li></ul>')
+        == "Go here (https://x.example/a)\n\n- one\n"
+    )
 
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 LIBRARY_CONTEXT: dict = {
     "customer": {"first_name": "Ada", "email": "ada@example.com"},
     "shop": {"name": "Tea & Co", "domain": "tea.example", "email": "hi@tea.example", "currency": "EUR"},
-    "order": {"number": "1001", "total": "12.50", "currency": "EUR",
-              "line_items": [{"title": "Tea <green>", "quantity": 2, "price": "3.00"}]},
-    "checkout": {"recovery_url": "https://tea.example/r/1", "total": "12.00", "currency": "EUR",
-                 "line_items": [{"title": "Mug", "quantity": 1, "price": "9.00"}]},
-    "unsubscribe_url": "http://localhost:8000/unsubscribe/abc", "subject": "Thanks", "preheader": "Inside",
-    "run": {}, "event": {},
+    "order": {
+        "number": "1001",
+        "total": "12.50",
+        "currency": "EUR",
+        "line_items": [{"title": "Tea <green>", "quantity": 2, "price": "3.00"}],
+    },
+    "checkout": {
+        "recovery_url": "https://tea.example/r/1",
+        "total": "12.00",
+        "currency": "EUR",
+        "line_items": [{"title": "Mug", "quantity": 1, "price": "9.00"}],
+    },
+    "unsubscribe_url": "http://localhost:8000/unsubscribe/abc",
+    "subject": "Thanks",
+    "preheader": "Inside",
+    "run": {},
+    "event": {},
 }
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in TEMPLATES.glob("*.html") if p.name != "base.html"))
 @pytest.mark.parametrize("shop_email", ["hi@tea.example", None])
-def test_a_templates_text_version_reads_like_its_html_converted(env: pytest.MonkeyPatch, name: str,
-                                                                 shop_email: str | None) -> None:
+def test_a_templates_text_version_reads_like_its_html_converted(
+    env: pytest.MonkeyPatch, name: str, shop_email: str | None
+) -> None:
     from encore_retention.flows.render import environment, html_to_text, render_email
 
     code = {"code": "HELLO-7K", "value": "10%", "expires_on": "1 May 2026", "minimum_subtotal": "30.00"}
@@ -280,8 +398,9 @@ def test_a_templates_text_version_reads_like_its_html_converted(env: pytest.Monk
     assert "Ada" in text and "<" not in text.replace("Tea <green>", "")
 
 
-def test_a_text_version_keeps_jinja_it_must_and_falls_back_when_it_cannot(env: pytest.MonkeyPatch,
-                                                                          tmp_path: Path) -> None:
+def test_a_text_version_keeps_jinja_it_must_and_falls_back_when_it_cannot(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from encore_retention.core.settings import reset_settings
     from encore_retention.flows import render
 
@@ -290,14 +409,18 @@ def test_a_text_version_keeps_jinja_it_must_and_falls_back_when_it_cannot(env: p
     (folder / "odd.html").write_text(
         "<html><head>{% if subject %}<title>{{ subject }}</title>{% endif %}</head><body>"
         "<p>{% if customer.orders_count<3 %}New here{% else %}Welcome back{% endif %}, {{ customer.first_name }}!</p>"
-        '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p></body></html>')
+        '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p></body></html>'
+    )
     # A loop opened inside an attribute: the text version loses its start, so it can't compile.
     (folder / "broken.html").write_text('<p data-n="{% for n in numbers %}">{{ n }}</p>{% endfor %}')
     env.setenv("TEMPLATES_DIR", str(folder))
     reset_settings()
     render.reset()
-    context = {"customer": {"first_name": "Ada", "orders_count": 1}, "subject": "Hi",
-               "unsubscribe_url": "https://x.example/u"}
+    context = {
+        "customer": {"first_name": "Ada", "orders_count": 1},
+        "subject": "Hi",
+        "unsubscribe_url": "https://x.example/u",
+    }
     html, text = render.render_email("odd.html", context)
     assert text == render.html_to_text(html) == "New here, Ada!\n\nUnsubscribe (https://x.example/u)\n"
     html, text = render.render_email("broken.html", {**context, "numbers": [7]})
@@ -307,14 +430,18 @@ def test_a_text_version_keeps_jinja_it_must_and_falls_back_when_it_cannot(env: p
 
 def test_an_http_step_to_this_machine_is_a_lint_warning_unless_listed(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     text = "name: x\ntrigger:\n  event: order.placed\nsteps:\n  - http:\n      url: http://{host}:6379/\n"
-    for host, shown in (("127.0.0.1", "127.0.0.1 is loopback"),
-                        ("[::ffff:169.254.169.254]", "::ffff:169.254.169.254 is link-local (as 169.254.169.254)"),
-                        ("2130706433", "2130706433 is loopback"), ("localhost", "localhost is loopback")):
+    for host, shown in (
+        ("127.0.0.1", "127.0.0.1 is loopback"),
+        ("[::ffff:169.254.169.254]", "::ffff:169.254.169.254 is link-local (as 169.254.169.254)"),
+        ("2130706433", "2130706433 is loopback"),
+        ("localhost", "localhost is loopback"),
+    ):
         path = write(tmp_path / "flows", "crm", text.format(host=host))
         result = CliRunner().invoke(main, ["flows", "lint", str(path)])
         assert result.exit_code == 0, result.output
-        assert result.stdout == (f"{path}:6: warning: http: {shown}: the step will be refused unless "
-                                 "HTTP_STEP_ALLOW_HOSTS lists the host\n")
+        assert result.stdout == (
+            f"{path}:6: warning: http: {shown}: the step will be refused unless HTTP_STEP_ALLOW_HOSTS lists the host\n"
+        )
     env.setenv("HTTP_STEP_ALLOW_HOSTS", "localhost")
     reset_settings()
     assert CliRunner().invoke(main, ["flows", "lint", str(path)]).stdout == ""
@@ -323,11 +450,15 @@ def test_an_http_step_to_this_machine_is_a_lint_warning_unless_listed(env: pytes
 
 
 def test_an_http_step_header_that_would_split_the_request_is_a_lint_error(tmp_path: Path) -> None:
-    text = ('name: x\ntrigger:\n  event: order.placed\nsteps:\n  - http:\n      url: https://hooks.example.com/\n'
-            '      headers:\n        {header}\n')
-    for header, message in (('X-Token: "a\\r\\nX-Injected: 1"', "the value of header 'X-Token' has a line break"),
-                            ('"X Bad": "1"', "'X Bad' is not an HTTP header name"),
-                            ('"X-Nul": "a\\0b"', "the value of header 'X-Nul' has a line break or a NUL")):
+    text = (
+        "name: x\ntrigger:\n  event: order.placed\nsteps:\n  - http:\n      url: https://hooks.example.com/\n"
+        "      headers:\n        {header}\n"
+    )
+    for header, message in (
+        ('X-Token: "a\\r\\nX-Injected: 1"', "the value of header 'X-Token' has a line break"),
+        ('"X Bad": "1"', "'X Bad' is not an HTTP header name"),
+        ('"X-Nul": "a\\0b"', "the value of header 'X-Nul' has a line break or a NUL"),
+    ):
         path = write(tmp_path / "flows", "crm", text.format(header=header))
         result = CliRunner().invoke(main, ["flows", "lint", str(path)])
         assert result.exit_code == 1, result.output

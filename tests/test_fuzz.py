@@ -17,8 +17,22 @@ def register_woo_store() -> None:
     """The WooCommerce store the fuzz signs for, in the database the test uses."""
     from encore_retention.cli import main
 
-    result = CliRunner().invoke(main, ["stores", "add", "woocommerce", WC_URL, "--consumer-key", "ck_test",
-                                       "--consumer-secret", "cs_test", "--webhook-secret", WC_SECRET, "--no-verify"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "stores",
+            "add",
+            "woocommerce",
+            WC_URL,
+            "--consumer-key",
+            "ck_test",
+            "--consumer-secret",
+            "cs_test",
+            "--webhook-secret",
+            WC_SECRET,
+            "--no-verify",
+        ],
+    )
     assert result.exit_code == 0, result.output
     webhook_secrets.forget()
 
@@ -29,8 +43,9 @@ def test_malformed_deliveries_get_no_5xx_and_no_job_fails(seed: int, client, env
     register_woo_store()
     fuzzer = Fuzzer(seed, shopify_secret=SHOPIFY_SECRET, shop=SHOP, wc_secret=WC_SECRET, wc_url=WC_URL)
     outcome = post_all(client, fuzzer.cases(CASES))
-    assert not outcome.server_errors, "\n".join(f"{status} {case.platform} {case.what}: {text}"
-                                                for status, case, text in outcome.server_errors[:40])
+    assert not outcome.server_errors, "\n".join(
+        f"{status} {case.platform} {case.what}: {text}" for status, case, text in outcome.server_errors[:40]
+    )
     assert sum(outcome.statuses.values()) == CASES
     assert {200, 400, 401}.issubset(outcome.statuses)  # the fuzz reaches past the signature check
     assert len(outcome.queued) > CASES // 10

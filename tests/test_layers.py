@@ -18,8 +18,14 @@ TREE = ("encore_retention", "encore", "webhooks", "flows", "connectors", "templa
 
 def _lint(root: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(root), "COLUMNS": "250"}  # this copy first; one line per contract
-    return subprocess.run([str(LINT_IMPORTS), str(root / "pyproject.toml"), "--no-cache"],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(LINT_IMPORTS), str(root / "pyproject.toml"), "--no-cache"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _copy(tmp_path: Path) -> Path:
@@ -28,8 +34,7 @@ def _copy(tmp_path: Path) -> Path:
     for name in TREE:
         source = ROOT / name
         if source.is_dir():
-            shutil.copytree(source, copy / name, symlinks=True,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(source, copy / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(source, copy / name)
     return copy
@@ -41,13 +46,16 @@ def test_the_layers_hold_on_the_tree():
     assert "0 broken" in result.stdout
 
 
-@pytest.mark.parametrize(("module", "upward", "contract"), [
-    ("encore/events.py", "from encore_retention.flows import engine", "The foundation imports no room"),
-    ("webhooks/shopify.py", "import flask", "The receivers parse without Flask"),
-    ("flows/steps.py", "from encore_retention.connectors import shopify", "Flows reach a platform only through"),
-    ("connectors/codes.py", "from encore_retention.web import admin", "Connectors know no flow and no web app"),
-    ("flows/engine.py", "from encore_retention.web import app", "Nothing but the CLI imports the web app"),
-])
+@pytest.mark.parametrize(
+    ("module", "upward", "contract"),
+    [
+        ("encore/events.py", "from encore_retention.flows import engine", "The foundation imports no room"),
+        ("webhooks/shopify.py", "import flask", "The receivers parse without Flask"),
+        ("flows/steps.py", "from encore_retention.connectors import shopify", "Flows reach a platform only through"),
+        ("connectors/codes.py", "from encore_retention.web import admin", "Connectors know no flow and no web app"),
+        ("flows/engine.py", "from encore_retention.web import app", "Nothing but the CLI imports the web app"),
+    ],
+)
 def test_an_upward_import_breaks_its_contract(tmp_path, module, upward, contract):
     copy = _copy(tmp_path)
     with (copy / module).open("a") as source:
@@ -63,8 +71,11 @@ def _modules() -> list[str]:
 
     import encore_retention
 
-    return sorted(module.name for module in pkgutil.walk_packages(encore_retention.__path__, "encore_retention.")
-                  if ".migrations" not in module.name and not module.name.endswith("__main__"))
+    return sorted(
+        module.name
+        for module in pkgutil.walk_packages(encore_retention.__path__, "encore_retention.")
+        if ".migrations" not in module.name and not module.name.endswith("__main__")
+    )
 
 
 def test_every_module_imports_on_its_own():

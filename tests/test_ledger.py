@@ -33,19 +33,44 @@ def db(db_url, env):
 
 
 def shopify_event(topic: str, data: dict, webhook_id: str | None = None) -> Event:
-    return shopify.parse(Delivery(shop=SHOP, topic=topic, delivery_id=webhook_id or str(uuid.uuid4())),
-                         data, json.dumps(data).encode())[0]
+    return shopify.parse(
+        Delivery(shop=SHOP, topic=topic, delivery_id=webhook_id or str(uuid.uuid4())), data, json.dumps(data).encode()
+    )[0]
 
 
-def order_payload(order_id: int, *, total: str = "50.00", created: str = "2026-01-10T10:00:00Z",
-                  updated: str | None = None, cancelled: str | None = None, customer_gid: str = CUSTOMER_GID,
-                  email: str = "ada@example.com") -> dict:
+def order_payload(
+    order_id: int,
+    *,
+    total: str = "50.00",
+    created: str = "2026-01-10T10:00:00Z",
+    updated: str | None = None,
+    cancelled: str | None = None,
+    customer_gid: str = CUSTOMER_GID,
+    email: str = "ada@example.com",
+) -> dict:
     data = copy.deepcopy(payload("shopify", "orders_create"))
-    data.update({"id": order_id, "admin_graphql_api_id": f"gid://shopify/Order/{order_id}", "total_price": total,
-                 "created_at": created, "updated_at": updated or created, "cancelled_at": cancelled,
-                 "email": email, "contact_email": email, "financial_status": "paid"})
-    data["customer"].update({"id": int(customer_gid.rsplit("/", 1)[1]), "admin_graphql_api_id": customer_gid,
-                             "email": email, "first_name": "Ada", "last_name": "Lovelace"})
+    data.update(
+        {
+            "id": order_id,
+            "admin_graphql_api_id": f"gid://shopify/Order/{order_id}",
+            "total_price": total,
+            "created_at": created,
+            "updated_at": updated or created,
+            "cancelled_at": cancelled,
+            "email": email,
+            "contact_email": email,
+            "financial_status": "paid",
+        }
+    )
+    data["customer"].update(
+        {
+            "id": int(customer_gid.rsplit("/", 1)[1]),
+            "admin_graphql_api_id": customer_gid,
+            "email": email,
+            "first_name": "Ada",
+            "last_name": "Lovelace",
+        }
+    )
     return data
 
 
@@ -97,23 +122,34 @@ def test_an_update_that_overtakes_the_create_is_not_undone(db):
     assert row.orders_count == 0 and row.total_spent == Decimal("0")  # a cancelled order doesn't count
     # In the natural order the result is the same.
     apply(shopify_event("orders/create", order_payload(78, total="100.00", updated="2026-01-10T10:00:00Z")))
-    apply(shopify_event("orders/cancelled", order_payload(78, total="80.00", updated="2026-01-10T12:00:00Z",
-                                                          cancelled="2026-01-10T12:00:00Z")))
+    apply(
+        shopify_event(
+            "orders/cancelled",
+            order_payload(78, total="80.00", updated="2026-01-10T12:00:00Z", cancelled="2026-01-10T12:00:00Z"),
+        )
+    )
     assert ledger_row().orders_count == 0
 
 
 def test_a_restored_order_counts_again(db):
-    apply(shopify_event("orders/cancelled", order_payload(5, updated="2026-01-10T12:00:00Z",
-                                                          cancelled="2026-01-10T12:00:00Z")))
+    apply(
+        shopify_event(
+            "orders/cancelled", order_payload(5, updated="2026-01-10T12:00:00Z", cancelled="2026-01-10T12:00:00Z")
+        )
+    )
     apply(shopify_event("orders/updated", order_payload(5, updated="2026-01-11T12:00:00Z")))
     assert ledger_row().orders_count == 1
 
 
 def test_platform_purchasing_summary_is_a_floor(db):
     apply(shopify_event("orders/create", order_payload(1, total="10.00")))
-    summary = {"customerId": CUSTOMER_GID, "numberOfOrders": 5, "amountSpent": {"amount": "500.00",
-                                                                                "currencyCode": "USD"},
-               "lastOrderId": "gid://shopify/Order/1", "occurredAt": "2026-01-11T00:00:00.000Z"}
+    summary = {
+        "customerId": CUSTOMER_GID,
+        "numberOfOrders": 5,
+        "amountSpent": {"amount": "500.00", "currencyCode": "USD"},
+        "lastOrderId": "gid://shopify/Order/1",
+        "occurredAt": "2026-01-11T00:00:00.000Z",
+    }
     apply(shopify_event("customers/purchasing_summary", summary))
     row = ledger_row()
     assert (row.orders_count, row.total_spent) == (5, Decimal("500.00"))
@@ -125,10 +161,20 @@ def test_platform_purchasing_summary_is_a_floor(db):
 def test_consent_follows_its_own_timestamp(db):
     consent = payload("shopify", "customers_email_marketing_consent_update")
     consent["customer_id"] = 7001
-    subscribed = consent | {"email_marketing_consent": {"state": "subscribed", "opt_in_level": "single_opt_in",
-                                                         "consent_updated_at": "2026-02-01T00:00:00Z"}}
-    unsubscribed = consent | {"email_marketing_consent": {"state": "unsubscribed", "opt_in_level": None,
-                                                           "consent_updated_at": "2026-03-01T00:00:00Z"}}
+    subscribed = consent | {
+        "email_marketing_consent": {
+            "state": "subscribed",
+            "opt_in_level": "single_opt_in",
+            "consent_updated_at": "2026-02-01T00:00:00Z",
+        }
+    }
+    unsubscribed = consent | {
+        "email_marketing_consent": {
+            "state": "unsubscribed",
+            "opt_in_level": None,
+            "consent_updated_at": "2026-03-01T00:00:00Z",
+        }
+    }
     apply(shopify_event("customers/email_marketing_consent_update", unsubscribed))
     apply(shopify_event("customers/email_marketing_consent_update", subscribed))  # older, arrives late
     assert ledger_row().email_consent is False
@@ -138,8 +184,12 @@ def test_older_profile_does_not_overwrite_newer(db):
     data = payload("shopify", "customers_create")
     data["admin_graphql_api_id"] = CUSTOMER_GID
     apply(shopify_event("customers/update", data | {"email": "new@example.com", "updated_at": "2026-05-01T00:00:00Z"}))
-    apply(shopify_event("customers/update", data | {"email": "old@example.com", "updated_at": "2026-04-01T00:00:00Z",
-                                                    "phone": "+15555550100"}))
+    apply(
+        shopify_event(
+            "customers/update",
+            data | {"email": "old@example.com", "updated_at": "2026-04-01T00:00:00Z", "phone": "+15555550100"},
+        )
+    )
     row = ledger_row()
     assert row.email == "new@example.com"
     assert row.phone == "+15555550100"  # blanks are still filled from an older version
@@ -147,10 +197,17 @@ def test_older_profile_does_not_overwrite_newer(db):
 
 def test_customer_redact_deletes_their_personal_data_only(db):
     apply(shopify_event("orders/create", order_payload(1)))
-    apply(shopify_event("orders/create", order_payload(2, customer_gid="gid://shopify/Customer/8002",
-                                                       email="bob@example.com")))
-    redact = {"shop_id": 1, "shop_domain": SHOP, "customer": {"id": 7001, "email": "ada@example.com", "phone": None},
-              "orders_to_redact": [1]}
+    apply(
+        shopify_event(
+            "orders/create", order_payload(2, customer_gid="gid://shopify/Customer/8002", email="bob@example.com")
+        )
+    )
+    redact = {
+        "shop_id": 1,
+        "shop_domain": SHOP,
+        "customer": {"id": 7001, "email": "ada@example.com", "phone": None},
+        "orders_to_redact": [1],
+    }
     apply(shopify_event("customers/redact", redact))
     with session_scope() as session:
         customers = session.execute(select(Customer.platform_id)).scalars().all()
@@ -217,14 +274,27 @@ def test_redaction_also_removes_the_archived_webhook_bodies(db):
     from encore_retention.core import archive
 
     ada = shopify_event("orders/create", order_payload(1))
-    bob = shopify_event("orders/create", order_payload(2, customer_gid="gid://shopify/Customer/8002",
-                                                       email="bob@example.com"))
+    bob = shopify_event(
+        "orders/create", order_payload(2, customer_gid="gid://shopify/Customer/8002", email="bob@example.com")
+    )
     for event in (ada, bob):
         apply(event)
-        archive.record_delivery("shopify", SHOP, "orders/create", event.id, [("X-Shopify-Topic", "orders/create")],
-                                json.dumps(event.raw).encode(), "queued", [event.id])
-    redact = {"shop_id": 1, "shop_domain": SHOP, "customer": {"id": 7001, "email": "ada@example.com", "phone": None},
-              "orders_to_redact": [1]}
+        archive.record_delivery(
+            "shopify",
+            SHOP,
+            "orders/create",
+            event.id,
+            [("X-Shopify-Topic", "orders/create")],
+            json.dumps(event.raw).encode(),
+            "queued",
+            [event.id],
+        )
+    redact = {
+        "shop_id": 1,
+        "shop_domain": SHOP,
+        "customer": {"id": 7001, "email": "ada@example.com", "phone": None},
+        "orders_to_redact": [1],
+    }
     apply(shopify_event("customers/redact", redact))
     kept = list(archive.deliveries())
     assert [d.event_ids for d in kept] == [[bob.id]]

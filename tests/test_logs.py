@@ -75,9 +75,16 @@ def test_run_id_is_on_every_log_line_of_a_run(client, redis, woo_store, env, tmp
     with session_scope() as session:
         (run,) = session.execute(select(FlowRun)).scalars().all()
     assert run.status == "waiting"
-    responses.replace(responses.GET, f"{API}/coupons", status=401,  # the store no longer lets Encore read coupons
-                      json={"code": "woocommerce_rest_cannot_view", "message": "Sorry, you cannot list resources.",
-                            "data": {"status": 401}})
+    responses.replace(
+        responses.GET,
+        f"{API}/coupons",
+        status=401,  # the store no longer lets Encore read coupons
+        json={
+            "code": "woocommerce_rest_cannot_view",
+            "message": "Sorry, you cannot list resources.",
+            "data": {"status": 401},
+        },
+    )
     caplog.handler.addFilter(ContextFilter())
     caplog.set_level(logging.INFO)
     try:
@@ -98,8 +105,9 @@ def test_a_jobs_log_keeps_its_start_and_completion_and_drops_rqs_repeats(client,
 
     logs.setup()
     body = json.dumps(payload("shopify", "orders_create")).encode()
-    job_id = client.post("/webhooks/shopify", data=body,
-                         headers=shopify_headers(body, "orders/create")).get_json()["events"][0]
+    job_id = client.post("/webhooks/shopify", data=body, headers=shopify_headers(body, "orders/create")).get_json()[
+        "events"
+    ][0]
     rq_worker = logging.getLogger("rq.worker")
     kept = []
     capture = logging.Handler()
@@ -109,8 +117,11 @@ def test_a_jobs_log_keeps_its_start_and_completion_and_drops_rqs_repeats(client,
         worker.build_worker().work(burst=True)
     finally:
         rq_worker.removeHandler(capture)
-    about_the_job = [record.getMessage() for record in kept if job_id in record.getMessage()
-                     or "Successfully completed" in record.getMessage()]
+    about_the_job = [
+        record.getMessage()
+        for record in kept
+        if job_id in record.getMessage() or "Successfully completed" in record.getMessage()
+    ]
     assert len(about_the_job) == 2, about_the_job
     assert "shopify orders/create" in about_the_job[0] and job_id in about_the_job[0]
     assert about_the_job[1].startswith("Successfully completed shopify orders/create job in")

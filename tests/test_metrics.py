@@ -29,8 +29,12 @@ def _scraped(text: str, name: str, **labels: str) -> float:
 
 
 def test_metrics_count_deliveries_and_show_queue_depth(client, redis: Redis):
-    before = _scraped(client.get("/metrics").get_data(as_text=True), "encore_webhooks_total",
-                     platform="shopify", outcome="bad_signature")
+    before = _scraped(
+        client.get("/metrics").get_data(as_text=True),
+        "encore_webhooks_total",
+        platform="shopify",
+        outcome="bad_signature",
+    )
     body = json.dumps(payload("shopify", "orders_create")).encode()
     client.post("/webhooks/shopify", data=body, headers=shopify_headers(body, "orders/create", secret="wrong"))
     client.post("/webhooks/shopify", data=body, headers=shopify_headers(body, "orders/create"))
@@ -59,8 +63,12 @@ def test_metrics_count_emails_and_platform_errors(client, redis, woo_store):
     drain(redis)
     assert len(made) == 1
     assert _sample("encore_emails_total", flow="welcome", outcome="sent") == sent_before + 1
-    responses.replace(responses.POST, f"{API}/coupons", status=400,
-                      json={"code": "woocommerce_rest_invalid", "message": "Invalid coupon", "data": {"status": 400}})
+    responses.replace(
+        responses.POST,
+        f"{API}/coupons",
+        status=400,
+        json={"code": "woocommerce_rest_invalid", "message": "Invalid coupon", "data": {"status": 400}},
+    )
     post_woo(client, woo_customer(702, "bea@example.com", consent=True, first="Bea"), "customer.created")
     drain(redis)
     assert _sample("encore_platform_api_errors_total", platform="woocommerce", kind="client") == errors_before + 1

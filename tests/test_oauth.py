@@ -36,8 +36,13 @@ def _install(client, shop: str = SHOP) -> str:  # type: ignore[no-untyped-def]
 
 
 def _callback_params(state: str, shop: str = SHOP, **extra: str) -> dict[str, str]:
-    params = {"code": "0907a61c0c8d55e99db179b68161bc00", "host": "YWRtaW4uc2hvcGlmeS5jb20vc3RvcmUvZW5jb3Jl",
-              "shop": shop, "state": state, "timestamp": str(int(time.time()))}
+    params = {
+        "code": "0907a61c0c8d55e99db179b68161bc00",
+        "host": "YWRtaW4uc2hvcGlmeS5jb20vc3RvcmUvZW5jb3Jl",
+        "shop": shop,
+        "state": state,
+        "timestamp": str(int(time.time())),
+    }
     params.update(extra)
     return signed(params)
 
@@ -52,27 +57,56 @@ def shopify_api():  # type: ignore[no-untyped-def]
         body = json.loads(request.body)
         name = body["query"].split("{")[0].split()[1].split("(")[0]
         operations.append((name, body["variables"]))
-        cost = {"cost": {"requestedQueryCost": 10, "actualQueryCost": 10, "throttleStatus": {
-            "maximumAvailable": 2000.0, "currentlyAvailable": 1990, "restoreRate": 100.0}}}
+        cost = {
+            "cost": {
+                "requestedQueryCost": 10,
+                "actualQueryCost": 10,
+                "throttleStatus": {"maximumAvailable": 2000.0, "currentlyAvailable": 1990, "restoreRate": 100.0},
+            }
+        }
         if name == "shop":
-            data = {"shop": {"name": "Encore Test", "email": "owner@example.com", "currencyCode": "EUR",
-                             "ianaTimezone": "Europe/Paris"}}
+            data = {
+                "shop": {
+                    "name": "Encore Test",
+                    "email": "owner@example.com",
+                    "currencyCode": "EUR",
+                    "ianaTimezone": "Europe/Paris",
+                }
+            }
         elif name == "webhookSubscriptions":
             data = {"webhookSubscriptions": {"nodes": []}}
         elif body["variables"]["topic"] in REFUSED:
-            data = {"webhookSubscriptionCreate": {"webhookSubscription": None, "userErrors": [{
-                "field": ["webhookSubscription"], "message": "This app is not approved to subscribe to webhook "
-                                                             "topics containing protected customer data."}]}}
+            data = {
+                "webhookSubscriptionCreate": {
+                    "webhookSubscription": None,
+                    "userErrors": [
+                        {
+                            "field": ["webhookSubscription"],
+                            "message": "This app is not approved to subscribe to webhook "
+                            "topics containing protected customer data.",
+                        }
+                    ],
+                }
+            }
         else:
             variables = body["variables"]
-            data = {"webhookSubscriptionCreate": {"webhookSubscription": {
-                "id": f"gid://shopify/WebhookSubscription/{len(operations)}", "topic": variables["topic"],
-                "uri": variables["webhookSubscription"]["uri"]}, "userErrors": []}}
+            data = {
+                "webhookSubscriptionCreate": {
+                    "webhookSubscription": {
+                        "id": f"gid://shopify/WebhookSubscription/{len(operations)}",
+                        "topic": variables["topic"],
+                        "uri": variables["webhookSubscription"]["uri"],
+                    },
+                    "userErrors": [],
+                }
+            }
         return 200, {}, json.dumps({"data": data, "extensions": cost})
 
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.post(f"https://{SHOP}/admin/oauth/access_token",
-                  json={"access_token": TOKEN, "scope": "write_customers,write_discounts,read_orders"})
+        mock.post(
+            f"https://{SHOP}/admin/oauth/access_token",
+            json={"access_token": TOKEN, "scope": "write_customers,write_discounts,read_orders"},
+        )
         mock.add_callback(responses.POST, GRAPHQL, callback=graphql)
         mock.operations = operations  # type: ignore[attr-defined]
         yield mock
@@ -97,8 +131,17 @@ def test_install_redirects_to_the_grant_screen_with_a_single_use_state(client):
     assert [(s.nonce, s.shop_domain) for s in states] == [(query["state"][0], SHOP)]
 
 
-@pytest.mark.parametrize("shop", ["evil.example.com", "encore.myshopify.com.evil.com", "-x.myshopify.com",
-                                  "a_b.myshopify.com", "", "https://encore.myshopify.com/admin"])
+@pytest.mark.parametrize(
+    "shop",
+    [
+        "evil.example.com",
+        "encore.myshopify.com.evil.com",
+        "-x.myshopify.com",
+        "a_b.myshopify.com",
+        "",
+        "https://encore.myshopify.com/admin",
+    ],
+)
 def test_install_rejects_a_bad_shop_domain(client, shop):
     response = client.get("/shopify/install?" + urlencode({"shop": shop}))
     assert response.status_code == 400
@@ -116,8 +159,11 @@ def test_callback_stores_the_token_encrypted_and_subscribes_webhooks(client, sho
     response = client.get("/shopify/callback?" + urlencode(_callback_params(state)))
     assert response.status_code == 200, response.get_data(as_text=True)
     exchange = json.loads(shopify_api.calls[0].request.body)
-    assert exchange == {"client_id": "test-api-key", "client_secret": SHOPIFY_SECRET,
-                        "code": "0907a61c0c8d55e99db179b68161bc00"}
+    assert exchange == {
+        "client_id": "test-api-key",
+        "client_secret": SHOPIFY_SECRET,
+        "code": "0907a61c0c8d55e99db179b68161bc00",
+    }
     [shop] = _shops()
     assert shop.access_token_enc and TOKEN not in shop.access_token_enc
     assert decrypt(shop.access_token_enc) == TOKEN
@@ -126,8 +172,9 @@ def test_callback_stores_the_token_encrypted_and_subscribes_webhooks(client, sho
     topics = [v["topic"] for name, v in shopify_api.operations if name == "webhookSubscriptionCreate"]
     assert "APP_UNINSTALLED" in topics and "ORDERS_CREATE" in topics and "CUSTOMERS_UPDATE" in topics
     assert not any("REDACT" in t or "DATA_REQUEST" in t for t in topics)
-    uris = {v["webhookSubscription"]["uri"] for name, v in shopify_api.operations
-            if name == "webhookSubscriptionCreate"}
+    uris = {
+        v["webhookSubscription"]["uri"] for name, v in shopify_api.operations if name == "webhookSubscriptionCreate"
+    }
     assert uris == {"http://localhost:8000/webhooks/shopify"}
     with session_scope() as session:
         assert session.execute(select(OAuthState)).scalars().all() == []

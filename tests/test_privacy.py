@@ -48,10 +48,20 @@ from tests.conftest import (
 )
 from tests.test_email import Recorder
 
-ZERELDA = {"first": "Zerelda", "last": "Quimbyworth", "email": "Zerelda.Quimbyworth@Example.COM",
-           "phone": "+1 613-555-0142", "id": 7704419931}
-BERTRAM = {"first": "Bertram", "last": "Oakhurst", "email": "bertram.oakhurst@example.net",
-           "phone": "+1 416-555-0177", "id": 8800112233}
+ZERELDA = {
+    "first": "Zerelda",
+    "last": "Quimbyworth",
+    "email": "Zerelda.Quimbyworth@Example.COM",
+    "phone": "+1 613-555-0142",
+    "id": 7704419931,
+}
+BERTRAM = {
+    "first": "Bertram",
+    "last": "Oakhurst",
+    "email": "bertram.oakhurst@example.net",
+    "phone": "+1 416-555-0177",
+    "id": 8800112233,
+}
 
 FLOWS = {
     "hello.yaml": """
@@ -88,13 +98,13 @@ steps:
 }
 TEMPLATES = {
     "hello.html": '{% extends "base.html" %}{% block content %}<p>Hello {{ customer.first_name }} '
-                  '{{ customer.last_name }} ({{ customer.email }})</p>'
-                  '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>{% endblock %}',
+    "{{ customer.last_name }} ({{ customer.email }})</p>"
+    '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>{% endblock %}',
     "thanks.html": '{% extends "base.html" %}{% block content %}<p>Thanks {{ customer.first_name }} '
-                   '{{ customer.last_name }}, for order {{ order.number }}.</p>{% endblock %}',
+    "{{ customer.last_name }}, for order {{ order.number }}.</p>{% endblock %}",
     "notice.html": '{% extends "base.html" %}{% block content %}<p>New order from {{ customer.first_name }} '
-                   '{{ customer.last_name }} &lt;{{ customer.email }}&gt;, phone {{ customer.phone }}</p>'
-                   '{% endblock %}',
+    "{{ customer.last_name }} &lt;{{ customer.email }}&gt;, phone {{ customer.phone }}</p>"
+    "{% endblock %}",
 }
 
 
@@ -102,11 +112,20 @@ def needles(person: dict[str, Any]) -> list[str]:
     """What would betray the person, lower case: the address (and its Gravatar hash), names, phone, id."""
     address = person["email"].lower()
     digits = re.sub(r"\D", "", person["phone"])
-    return [address, hashlib.md5(address.encode()).hexdigest(), person["first"].lower(), person["last"].lower(),
-            digits, digits[-10:], f"{digits[-10:-7]}-{digits[-7:-4]}-{digits[-4:]}", str(person["id"])]
+    return [
+        address,
+        hashlib.md5(address.encode()).hexdigest(),
+        person["first"].lower(),
+        person["last"].lower(),
+        digits,
+        digits[-10:],
+        f"{digits[-10:-7]}-{digits[-7:-4]}-{digits[-4:]}",
+        str(person["id"]),
+    ]
 
 
 # ---- where traces could be -----------------------------------------------------------------------
+
 
 def _found(where: str, value: Any, wanted: list[str]) -> list[str]:
     if isinstance(value, bytes):
@@ -175,6 +194,7 @@ def everywhere(url: str, redis: Redis, outbox: Path, wanted: list[str]) -> dict[
 
 # ---- a shop with flows, a mail server, payloads about someone ----------------------------------------
 
+
 @pytest.fixture
 def smtp() -> Iterator[tuple[Recorder, int]]:
     handler, port = Recorder(), free_port()
@@ -230,8 +250,10 @@ def dressed(data: dict[str, Any], person: dict[str, Any]) -> dict[str, Any]:
                 elif key == "username":
                     node[key] = f"{person['first']}.{person['last']}".lower()
                 elif key == "avatar_url":
-                    node[key] = "https://secure.gravatar.com/avatar/" + hashlib.md5(
-                        person["email"].lower().encode()).hexdigest()
+                    node[key] = (
+                        "https://secure.gravatar.com/avatar/"
+                        + hashlib.md5(person["email"].lower().encode()).hexdigest()
+                    )
                 else:
                     walk(value)
         elif isinstance(node, list):
@@ -244,17 +266,31 @@ def dressed(data: dict[str, Any], person: dict[str, Any]) -> dict[str, Any]:
 
 def shopify_customer(person: dict[str, Any]) -> dict[str, Any]:
     data = dressed(payload("shopify", "customers_create"), person)
-    data.update(id=person["id"], admin_graphql_api_id=f"gid://shopify/Customer/{person['id']}",
-                email_marketing_consent={"state": "subscribed", "opt_in_level": "single_opt_in",
-                                         "consent_updated_at": "2026-11-19T10:00:00Z"})
+    data.update(
+        id=person["id"],
+        admin_graphql_api_id=f"gid://shopify/Customer/{person['id']}",
+        email_marketing_consent={
+            "state": "subscribed",
+            "opt_in_level": "single_opt_in",
+            "consent_updated_at": "2026-11-19T10:00:00Z",
+        },
+    )
     data["default_address"]["customer_id"] = person["id"]
     return data
 
 
 def shopify_order(person: dict[str, Any], order_id: int) -> dict[str, Any]:
     data = dressed(payload("shopify", "orders_create"), person)
-    data.update(id=order_id, admin_graphql_api_id=f"gid://shopify/Order/{order_id}", name=f"#{order_id}",
-                order_number=order_id, cancelled_at=None, cancel_reason=None, financial_status="paid", test=False)
+    data.update(
+        id=order_id,
+        admin_graphql_api_id=f"gid://shopify/Order/{order_id}",
+        name=f"#{order_id}",
+        order_number=order_id,
+        cancelled_at=None,
+        cancel_reason=None,
+        financial_status="paid",
+        test=False,
+    )
     data["customer"].update(id=person["id"], admin_graphql_api_id=f"gid://shopify/Customer/{person['id']}")
     data["customer"]["default_address"]["customer_id"] = person["id"]
     return data
@@ -271,8 +307,11 @@ def unsubscribe_link(message: email.message.Message) -> str:
 
 
 def smtp_messages(handler: Recorder, to: str) -> list[email.message.EmailMessage]:
-    return [email.message_from_bytes(content, policy=email.policy.default)  # type: ignore[misc]
-            for _, rcpt, content in handler.messages if to.lower() in [r.lower() for r in rcpt]]
+    return [
+        email.message_from_bytes(content, policy=email.policy.default)  # type: ignore[misc]
+        for _, rcpt, content in handler.messages
+        if to.lower() in [r.lower() for r in rcpt]
+    ]
 
 
 def outbox_to(folder: Path, to: str) -> list[email.message.EmailMessage]:
@@ -283,14 +322,20 @@ def outbox_to(folder: Path, to: str) -> list[email.message.EmailMessage]:
 def traces_of(client_run_flow: str) -> list[tuple[str, str]]:
     with session_scope() as session:
         runs = session.execute(select(FlowRun.id).where(FlowRun.flow_key == client_run_flow)).scalars().all()
-        return [(t.kind, t.message) for t in session.execute(
-            select(FlowTrace).where(FlowTrace.run_id.in_(runs)).order_by(FlowTrace.id)).scalars()]
+        return [
+            (t.kind, t.message)
+            for t in session.execute(
+                select(FlowTrace).where(FlowTrace.run_id.in_(runs)).order_by(FlowTrace.id)
+            ).scalars()
+        ]
 
 
 # ---- customers/redact -----------------------------------------------------------------------------
 
-def test_customers_redact_leaves_no_trace_and_the_suppression_still_holds(shop, smtp, env, redis, db_url,
-                                                                         tmp_path: Path):
+
+def test_customers_redact_leaves_no_trace_and_the_suppression_still_holds(
+    shop, smtp, env, redis, db_url, tmp_path: Path
+):
     client, (mail, _port) = shop, smtp
     outbox = tmp_path / "outbox"
     wanted = needles(ZERELDA)
@@ -310,17 +355,20 @@ def test_customers_redact_leaves_no_trace_and_the_suppression_still_holds(shop, 
     assert len(outbox_to(outbox, "owner@shop.example")) == 2  # about her, to the shop
 
     # She unsubscribes with the link of the email she got (RFC 8058 one-click).
-    answer = client.post(unsubscribe_link(hello[0]), data="List-Unsubscribe=One-Click",
-                         content_type="application/x-www-form-urlencoded")
+    answer = client.post(
+        unsubscribe_link(hello[0]), data="List-Unsubscribe=One-Click", content_type="application/x-www-form-urlencoded"
+    )
     assert answer.status_code == 200
     with session_scope() as session:
-        assert [(s.reason, s.source) for s in session.execute(select(Suppression)).scalars()] == \
-               [("unsubscribed", "one-click")]
+        assert [(s.reason, s.source) for s in session.execute(select(Suppression)).scalars()] == [
+            ("unsubscribed", "one-click")
+        ]
 
     # She asks what is held: the export has her, both orders, her events and the suppression (as a hash).
     request = dressed(payload("shopify", "customers_data_request"), ZERELDA)
-    request.update(shop_domain=SHOP, customer={"id": ZERELDA["id"], "email": ZERELDA["email"].upper(),
-                                               "phone": ZERELDA["phone"]})
+    request.update(
+        shop_domain=SHOP, customer={"id": ZERELDA["id"], "email": ZERELDA["email"].upper(), "phone": ZERELDA["phone"]}
+    )
     deliver(client, "customers/data_request", request)
     drain(redis)
     with session_scope() as session:
@@ -332,20 +380,32 @@ def test_customers_redact_leaves_no_trace_and_the_suppression_still_holds(shop, 
 
     # Copies elsewhere: an event the reconciliation queued (its job kept after it ran), a rejected
     # delivery whose reason quotes her, and an update queued behind the redact (processed after it).
-    update = ev.Event(id="reconciled-1", type=ev.EventType.CUSTOMER_UPDATED, platform="shopify", shop=SHOP,
-                      topic="customers/update", occurred_at=ev.parse_datetime("2026-11-20T00:00:00Z"),
-                      customer=ev.Customer(id=str(ZERELDA["id"]), email=ZERELDA["email"], first_name="Zerelda",
-                                           phone=ZERELDA["phone"]))
+    update = ev.Event(
+        id="reconciled-1",
+        type=ev.EventType.CUSTOMER_UPDATED,
+        platform="shopify",
+        shop=SHOP,
+        topic="customers/update",
+        occurred_at=ev.parse_datetime("2026-11-20T00:00:00Z"),
+        customer=ev.Customer(
+            id=str(ZERELDA["id"]), email=ZERELDA["email"], first_name="Zerelda", phone=ZERELDA["phone"]
+        ),
+    )
     assert enqueue_event(update)
     drain(redis)
-    archive.record_rejection("shopify", "malformed", 400, f"customers/update: bad email {ZERELDA['email']}",
-                             "customers/update", SHOP)
+    archive.record_rejection(
+        "shopify", "malformed", 400, f"customers/update: bad email {ZERELDA['email']}", "customers/update", SHOP
+    )
     before = everywhere(db_url, redis, outbox, wanted)
     assert all(before.values()), before  # each place held her: the search below can find what it looks for
     assert any(line.startswith("webhook_deliveries.body") for line in before["database"])
 
-    redact = {"shop_id": 954889, "shop_domain": SHOP, "orders_to_redact": [4410001, 4410002],
-              "customer": {"id": ZERELDA["id"], "email": ZERELDA["email"].swapcase(), "phone": "613-555-0142"}}
+    redact = {
+        "shop_id": 954889,
+        "shop_domain": SHOP,
+        "orders_to_redact": [4410001, 4410002],
+        "customer": {"id": ZERELDA["id"], "email": ZERELDA["email"].swapcase(), "phone": "613-555-0142"},
+    }
     deliver(client, "customers/redact", redact)
     late = shopify_customer(ZERELDA) | {"updated_at": "2026-11-21T10:00:00Z"}
     deliver(client, "customers/update", late)  # queued behind the redact: it must not bring her back
@@ -382,6 +442,7 @@ def test_customers_redact_leaves_no_trace_and_the_suppression_still_holds(shop, 
 
 # ---- shop/redact ----------------------------------------------------------------------------------
 
+
 def test_shop_redact_leaves_nothing_of_the_shop(shop, smtp, env, redis, db_url, tmp_path: Path):
     client = shop
     outbox = use_file_outbox(env, tmp_path)
@@ -411,11 +472,26 @@ def test_shop_redact_leaves_nothing_of_the_shop(shop, smtp, env, redis, db_url, 
 
 # ---- WooCommerce: `encore privacy redact` -----------------------------------------------------------
 
+
 def test_woocommerce_customer_is_redacted_by_the_command(shop, smtp, env, redis, db_url, tmp_path: Path):
     client = shop
     outbox = use_file_outbox(env, tmp_path)
-    added = CliRunner().invoke(main, ["stores", "add", "woocommerce", WC_URL, "--consumer-key", "ck_test",
-                                      "--consumer-secret", "cs_test", "--webhook-secret", WC_SECRET, "--no-verify"])
+    added = CliRunner().invoke(
+        main,
+        [
+            "stores",
+            "add",
+            "woocommerce",
+            WC_URL,
+            "--consumer-key",
+            "ck_test",
+            "--consumer-secret",
+            "cs_test",
+            "--webhook-secret",
+            WC_SECRET,
+            "--no-verify",
+        ],
+    )
     assert added.exit_code == 0, added.output
     person = ZERELDA | {"id": 884213}
     customer = dressed(payload("woocommerce", "customer_created"), person)
@@ -442,14 +518,17 @@ def test_woocommerce_customer_is_redacted_by_the_command(shop, smtp, env, redis,
     assert again.exit_code == 2 and "--email or --customer-id" in again.output
     customer.update(id=884214, email=person["email"].lower(), date_modified_gmt="2026-11-22T10:00:00")
     body = json.dumps(customer).encode()
-    assert client.post("/webhooks/woocommerce", data=body,
-                       headers=woo_headers(body, "customer.created")).status_code == 200
+    assert (
+        client.post("/webhooks/woocommerce", data=body, headers=woo_headers(body, "customer.created")).status_code
+        == 200
+    )
     drain(redis)
     assert outbox_to(outbox, person["email"]) == []
     assert ("suppressed", "email not sent: unsubscribed") in traces_of("hello")
 
 
 # ---- the parts ----------------------------------------------------------------------------------------
+
 
 def test_redis_loses_what_names_the_person_and_keeps_other_shops_and_people(env, redis):
     from encore_retention.connectors.privacy import forget_in_redis
@@ -460,22 +539,36 @@ def test_redis_loses_what_names_the_person_and_keeps_other_shops_and_people(env,
     person = Person(platform="shopify", shop=SHOP)
     person.add(ev.Customer(id="7704419931", email=ZERELDA["email"], phone=ZERELDA["phone"]))
     other_shop = "elsewhere.myshopify.com"
-    for shop, text_ in ((SHOP, f"bad email {ZERELDA['email'].upper()}"), (other_shop, f"bad {ZERELDA['email']}"),
-                        (SHOP, "bad email lzerelda.quimbyworth@example.com"), (SHOP, "call (613) 555-0142")):
+    for shop, text_ in (
+        (SHOP, f"bad email {ZERELDA['email'].upper()}"),
+        (other_shop, f"bad {ZERELDA['email']}"),
+        (SHOP, "bad email lzerelda.quimbyworth@example.com"),
+        (SHOP, "call (613) 555-0142"),
+    ):
         archive.record_rejection("shopify", "malformed", 400, text_, "customers/update", shop)
-    redis.hset("encore:sandbox:coupons", mapping={
-        "hello1": json.dumps({"code": "hello1", "email_restrictions": [ZERELDA["email"].lower()]}),
-        "hello2": json.dumps({"code": "hello2", "email_restrictions": ["bertram.oakhurst@example.net"]})})
+    redis.hset(
+        "encore:sandbox:coupons",
+        mapping={
+            "hello1": json.dumps({"code": "hello1", "email_restrictions": [ZERELDA["email"].lower()]}),
+            "hello2": json.dumps({"code": "hello2", "email_restrictions": ["bertram.oakhurst@example.net"]}),
+        },
+    )
     for shop, name in ((SHOP, "mine"), (other_shop, "theirs")):
         body = json.dumps(shopify_customer(ZERELDA)).encode()
         enqueue_delivery("shopify", Delivery(shop=shop, topic="customers/update", key=name).to_dict(), body, name)
     purchases = json.dumps({"customerId": "gid://shopify/Customer/7704419931", "numberOfOrders": 3}).encode()
-    enqueue_delivery("shopify", Delivery(shop=SHOP, topic="customers/purchasing_summary", key="summary").to_dict(),
-                     purchases, "summary")  # names her by id alone
+    enqueue_delivery(
+        "shopify",
+        Delivery(shop=SHOP, topic="customers/purchasing_summary", key="summary").to_dict(),
+        purchases,
+        "summary",
+    )  # names her by id alone
 
     assert forget_in_redis(redis, person) == 5  # two rejections, a coupon, two jobs with their bodies
-    assert [r["detail"] for r in archive.rejections()] == ["bad email lzerelda.quimbyworth@example.com",
-                                                           f"bad {ZERELDA['email']}"]
+    assert [r["detail"] for r in archive.rejections()] == [
+        "bad email lzerelda.quimbyworth@example.com",
+        f"bad {ZERELDA['email']}",
+    ]
     assert list(redis.hgetall("encore:sandbox:coupons")) == [b"hello2"]
     assert redis.lrange("rq:queue:events", 0, -1) == [b"theirs"]
     assert redis.exists("encore:body:theirs", "rq:job:theirs") == 2
@@ -486,9 +579,12 @@ def test_the_file_outbox_forgets_by_recipient_and_by_key(env, tmp_path: Path):
     from encore_retention.connectors.email import OutgoingEmail, get_transport, send
 
     transport = get_transport(f"file://{tmp_path / 'box'}")
-    for key, to in (("hello-1", f"Zerelda Q <{ZERELDA['email'].upper()}>"),
-                    ("hello-2", "lzerelda.quimbyworth@example.com"),
-                    ("notice-3", "owner@shop.example"), ("notice-4", "owner@shop.example")):
+    for key, to in (
+        ("hello-1", f"Zerelda Q <{ZERELDA['email'].upper()}>"),
+        ("hello-2", "lzerelda.quimbyworth@example.com"),
+        ("notice-3", "owner@shop.example"),
+        ("notice-4", "owner@shop.example"),
+    ):
         send(OutgoingEmail(to=to, subject="Hi", html="<p>Hi</p>", text="Hi", idempotency_key=key), transport)
     stray = tmp_path / "box" / ".hello-5.eml.123.tmp"  # a copy its writer never finished
     stray.write_bytes((tmp_path / "box" / "hello-1.eml").read_bytes())
@@ -503,17 +599,31 @@ def test_a_rehearsed_redaction_changes_nothing(shop, smtp, env, redis, db_url, t
     outbox = use_file_outbox(env, tmp_path)
     deliver(client, "customers/create", shopify_customer(ZERELDA))
     drain(redis)
-    update = ev.Event(id="reconciled-2", type=ev.EventType.CUSTOMER_UPDATED, platform="shopify", shop=SHOP,
-                      topic="customers/update", occurred_at=ev.parse_datetime("2026-11-20T00:00:00Z"),
-                      customer=ev.Customer(id=str(ZERELDA["id"]), email=ZERELDA["email"]))
+    update = ev.Event(
+        id="reconciled-2",
+        type=ev.EventType.CUSTOMER_UPDATED,
+        platform="shopify",
+        shop=SHOP,
+        topic="customers/update",
+        occurred_at=ev.parse_datetime("2026-11-20T00:00:00Z"),
+        customer=ev.Customer(id=str(ZERELDA["id"]), email=ZERELDA["email"]),
+    )
     assert enqueue_event(update)  # queued, not run: a real redaction would take it away
     wanted = needles(ZERELDA)
     before = everywhere(db_url, redis, outbox, wanted)
     assert all(before.values()), before
     recorded = tmp_path / "recorded" / "shopify" / "customers_redact.json"
     recorded.parent.mkdir(parents=True)
-    recorded.write_text(json.dumps({"shop_id": 954889, "shop_domain": SHOP, "orders_to_redact": [],
-                                    "customer": {"id": ZERELDA["id"], "email": ZERELDA["email"], "phone": None}}))
+    recorded.write_text(
+        json.dumps(
+            {
+                "shop_id": 954889,
+                "shop_domain": SHOP,
+                "orders_to_redact": [],
+                "customer": {"id": ZERELDA["id"], "email": ZERELDA["email"], "phone": None},
+            }
+        )
+    )
 
     result = CliRunner().invoke(main, ["replay", str(recorded), "--dry-run", "--shop", SHOP])
     assert result.exit_code == 0, result.output

@@ -102,8 +102,9 @@ def test_replay_a_folder_of_payload_files(client, redis, env, woo_store, tmp_pat
 
 def test_bad_recordings_get_a_clear_error(env, redis, tmp_path: Path):
     broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"platform": "shopify", "shop": "x.myshopify.com", "topic": "orders/create", "body": "{}"}\n'
-                      "not json\n")
+    broken.write_text(
+        '{"platform": "shopify", "shop": "x.myshopify.com", "topic": "orders/create", "body": "{}"}\nnot json\n'
+    )
     result = CliRunner().invoke(main, ["replay", str(broken)])
     assert result.exit_code != 0 and "broken.jsonl:2: not a recorded webhook" in result.output
     loose = tmp_path / "orders_create.json"
@@ -134,15 +135,34 @@ def test_dry_run_rehearses_on_a_copy_of_sqlite_or_postgresql(db_url, env, redis,
     with session_scope() as session:  # two earlier orders: this one is the third
         shop = get_or_create_shop(session, "shopify", SHOP)
         session.flush()
-        buyer = Customer(shop_id=shop.id, platform_id=customer_id, email=body["customer"]["email"],
-                         email_consent=True, orders_count=2)
+        buyer = Customer(
+            shop_id=shop.id,
+            platform_id=customer_id,
+            email=body["customer"]["email"],
+            email_consent=True,
+            orders_count=2,
+        )
         session.add(buyer)
         session.flush()
         for number in range(2):
-            session.add(Order(shop_id=shop.id, platform_id=f"old-{number}", customer_id=buyer.id, total=Decimal("30"),
-                              placed_at=datetime.now(UTC) - timedelta(days=10 - number), currency="USD"))
-    record = {"platform": "shopify", "shop": SHOP, "topic": "orders/create", "delivery_id": "wh-9",
-              "headers": {"X-Shopify-Topic": "orders/create"}, "body": json.dumps(body)}
+            session.add(
+                Order(
+                    shop_id=shop.id,
+                    platform_id=f"old-{number}",
+                    customer_id=buyer.id,
+                    total=Decimal("30"),
+                    placed_at=datetime.now(UTC) - timedelta(days=10 - number),
+                    currency="USD",
+                )
+            )
+    record = {
+        "platform": "shopify",
+        "shop": SHOP,
+        "topic": "orders/create",
+        "delivery_id": "wh-9",
+        "headers": {"X-Shopify-Topic": "orders/create"},
+        "body": json.dumps(body),
+    }
     export = tmp_path / "one.jsonl"
     export.write_text(json.dumps(record) + "\n")
     report = tmp_path / "report.jsonl"

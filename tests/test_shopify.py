@@ -25,34 +25,68 @@ TOKEN = "shpat_0123456789abcdef"
 
 
 def _cost(requested: int = 10, available: float = 1990.0, restore: float = 100.0) -> dict:
-    return {"cost": {"requestedQueryCost": requested, "actualQueryCost": requested,
-                     "throttleStatus": {"maximumAvailable": 2000.0, "currentlyAvailable": available,
-                                        "restoreRate": restore}}}
+    return {
+        "cost": {
+            "requestedQueryCost": requested,
+            "actualQueryCost": requested,
+            "throttleStatus": {"maximumAvailable": 2000.0, "currentlyAvailable": available, "restoreRate": restore},
+        }
+    }
 
 
 def _data(data: dict, **cost) -> dict:  # type: ignore[no-untyped-def]
     return {"data": data, "extensions": _cost(**cost)}
 
 
-THROTTLED = {"errors": [{"message": "Throttled", "extensions": {
-    "code": "THROTTLED", "documentation": "https://shopify.dev/api/usage/rate-limits"}}],
-    "extensions": {"cost": {"requestedQueryCost": 752, "actualQueryCost": None,
-                            "throttleStatus": {"maximumAvailable": 2000.0, "currentlyAvailable": 2,
-                                               "restoreRate": 100.0}}}}
+THROTTLED = {
+    "errors": [
+        {
+            "message": "Throttled",
+            "extensions": {"code": "THROTTLED", "documentation": "https://shopify.dev/api/usage/rate-limits"},
+        }
+    ],
+    "extensions": {
+        "cost": {
+            "requestedQueryCost": 752,
+            "actualQueryCost": None,
+            "throttleStatus": {"maximumAvailable": 2000.0, "currentlyAvailable": 2, "restoreRate": 100.0},
+        }
+    },
+}
 
 
 def _created(code: str, node_id: int = 1057371343) -> dict:
-    return _data({"discountCodeBasicCreate": {"codeDiscountNode": {
-        "id": f"gid://shopify/DiscountCodeNode/{node_id}",
-        "codeDiscount": {"title": "Birthday 15%", "startsAt": "2026-12-01T00:00:00Z", "endsAt": "2026-12-31T23:00:00Z",
-                         "codes": {"nodes": [{"code": code}]}}}, "userErrors": []}})
+    return _data(
+        {
+            "discountCodeBasicCreate": {
+                "codeDiscountNode": {
+                    "id": f"gid://shopify/DiscountCodeNode/{node_id}",
+                    "codeDiscount": {
+                        "title": "Birthday 15%",
+                        "startsAt": "2026-12-01T00:00:00Z",
+                        "endsAt": "2026-12-31T23:00:00Z",
+                        "codes": {"nodes": [{"code": code}]},
+                    },
+                },
+                "userErrors": [],
+            }
+        }
+    )
 
 
 def _node(code: str, node_id: int = 1057371343, used: int = 0) -> dict:
-    return {"id": f"gid://shopify/DiscountCodeNode/{node_id}", "codeDiscount": {
-        "__typename": "DiscountCodeBasic", "title": "Birthday 15%", "status": "ACTIVE",
-        "startsAt": "2026-12-01T00:00:00Z", "endsAt": "2026-12-31T23:00:00Z", "asyncUsageCount": used,
-        "codes": {"nodes": [{"code": code}]}}}
+    return {
+        "id": f"gid://shopify/DiscountCodeNode/{node_id}",
+        "codeDiscount": {
+            "__typename": "DiscountCodeBasic",
+            "title": "Birthday 15%",
+            "status": "ACTIVE",
+            "startsAt": "2026-12-01T00:00:00Z",
+            "endsAt": "2026-12-31T23:00:00Z",
+            "asyncUsageCount": used,
+            "codes": {"nodes": [{"code": code}]},
+        },
+    }
 
 
 @pytest.fixture
@@ -100,14 +134,23 @@ def admin():  # type: ignore[no-untyped-def]
 
 
 def _request(**overrides) -> DiscountRequest:  # type: ignore[no-untyped-def]
-    values = dict(idempotency_key="run-7:step-2", kind="percent", value=Decimal("15"), prefix="bday",
-                  starts_at=datetime(2026, 12, 1, tzinfo=UTC), ends_at=datetime(2026, 12, 31, 23, 0, tzinfo=UTC),
-                  minimum_subtotal=Decimal("40"), customer_id="207119551", title="Birthday 15%")
+    values = dict(
+        idempotency_key="run-7:step-2",
+        kind="percent",
+        value=Decimal("15"),
+        prefix="bday",
+        starts_at=datetime(2026, 12, 1, tzinfo=UTC),
+        ends_at=datetime(2026, 12, 31, 23, 0, tzinfo=UTC),
+        minimum_subtotal=Decimal("40"),
+        customer_id="207119551",
+        title="Birthday 15%",
+    )
     values.update(overrides)
     return DiscountRequest(**values)  # type: ignore[arg-type]
 
 
 # ---- discounts --------------------------------------------------------------------------------------
+
 
 def test_create_discount_sends_context_for_the_customer_and_is_idempotent(shop, admin):
     admin.on("codeDiscountNodeByCode", _data({"codeDiscountNodeByCode": None}))
@@ -121,10 +164,14 @@ def test_create_discount_sends_context_for_the_customer_and_is_idempotent(shop, 
     assert code.startswith("BDAY-") and len(code) == len("BDAY-XXXX-XXXX")
     assert admin.calls[0][1] == {"code": code}
     assert variables == {
-        "title": "Birthday 15%", "code": code, "startsAt": "2026-12-01T00:00:00Z", "endsAt": "2026-12-31T23:00:00Z",
+        "title": "Birthday 15%",
+        "code": code,
+        "startsAt": "2026-12-01T00:00:00Z",
+        "endsAt": "2026-12-31T23:00:00Z",
         "context": {"customers": {"add": ["gid://shopify/Customer/207119551"]}},
         "customerGets": {"value": {"percentage": 0.15}, "items": {"all": True}},
-        "usageLimit": 1, "appliesOncePerCustomer": True,
+        "usageLimit": 1,
+        "appliesOncePerCustomer": True,
         "combinesWith": {"orderDiscounts": False, "productDiscounts": False, "shippingDiscounts": True},
         "minimumRequirement": {"subtotal": {"greaterThanOrEqualToSubtotal": "40.00"}},
     }
@@ -138,8 +185,16 @@ def test_create_discount_sends_context_for_the_customer_and_is_idempotent(shop, 
 def test_fixed_amount_without_customer_id_is_for_anyone_once(shop, admin):
     admin.on("codeDiscountNodeByCode", _data({"codeDiscountNodeByCode": None}))
     admin.on("discountCodeBasicCreate", _created("WB-AAAA-BBBB"))
-    get_connector(shop).create_discount(_request(kind="fixed", value=Decimal("5"), customer_id=None,
-                                                 minimum_subtotal=None, ends_at=None, idempotency_key="k2"))
+    get_connector(shop).create_discount(
+        _request(
+            kind="fixed",
+            value=Decimal("5"),
+            customer_id=None,
+            minimum_subtotal=None,
+            ends_at=None,
+            idempotency_key="k2",
+        )
+    )
     variables = admin.calls[1][1]["basicCodeDiscount"]
     assert variables["customerGets"]["value"] == {"discountAmount": {"amount": "5.00", "appliesOnEachItem": False}}
     assert variables["context"] == {"all": "ALL"} and variables["endsAt"] is None
@@ -147,16 +202,38 @@ def test_fixed_amount_without_customer_id_is_for_anyone_once(shop, admin):
 
 
 def test_a_retry_after_a_lost_answer_finds_the_code_instead_of_minting_another(shop, admin):
-    admin.on("codeDiscountNodeByCode", _data({"codeDiscountNodeByCode": None}),
-             _data({"codeDiscountNodeByCode": _node("X", node_id=42)}))
-    admin.on("discountCodeBasicCreate", requests.ConnectionError("read timed out"), _data({"discountCodeBasicCreate": {
-        "codeDiscountNode": None, "userErrors": [{"field": ["basicCodeDiscount", "code"], "code": "TAKEN",
-                                                  "message": "Code must be unique. Please try a different code."}]}}))
+    admin.on(
+        "codeDiscountNodeByCode",
+        _data({"codeDiscountNodeByCode": None}),
+        _data({"codeDiscountNodeByCode": _node("X", node_id=42)}),
+    )
+    admin.on(
+        "discountCodeBasicCreate",
+        requests.ConnectionError("read timed out"),
+        _data(
+            {
+                "discountCodeBasicCreate": {
+                    "codeDiscountNode": None,
+                    "userErrors": [
+                        {
+                            "field": ["basicCodeDiscount", "code"],
+                            "code": "TAKEN",
+                            "message": "Code must be unique. Please try a different code.",
+                        }
+                    ],
+                }
+            }
+        ),
+    )
     slept: list[float] = []
     discount = ShopifyConnector(shop, sleep=slept.append).create_discount(_request())
     assert discount.platform_id == "gid://shopify/DiscountCodeNode/42"
-    assert admin.ops() == ["codeDiscountNodeByCode", "discountCodeBasicCreate", "discountCodeBasicCreate",
-                           "codeDiscountNodeByCode"]
+    assert admin.ops() == [
+        "codeDiscountNodeByCode",
+        "discountCodeBasicCreate",
+        "discountCodeBasicCreate",
+        "codeDiscountNodeByCode",
+    ]
     assert slept == [1.0]
 
 
@@ -168,15 +245,30 @@ def test_an_existing_code_is_returned_without_creating(shop, admin):
 
 def test_user_errors_are_reported_with_shopify_message(shop, admin):
     admin.on("codeDiscountNodeByCode", _data({"codeDiscountNodeByCode": None}))
-    admin.on("discountCodeBasicCreate", _data({"discountCodeBasicCreate": {"codeDiscountNode": None, "userErrors": [
-        {"field": ["basicCodeDiscount", "endsAt"], "code": "INVALID", "message": "Ends at needs to be after starts_at"}
-    ]}}))
+    admin.on(
+        "discountCodeBasicCreate",
+        _data(
+            {
+                "discountCodeBasicCreate": {
+                    "codeDiscountNode": None,
+                    "userErrors": [
+                        {
+                            "field": ["basicCodeDiscount", "endsAt"],
+                            "code": "INVALID",
+                            "message": "Ends at needs to be after starts_at",
+                        }
+                    ],
+                }
+            }
+        ),
+    )
     with pytest.raises(PlatformError) as caught:
         get_connector(shop).create_discount(_request())
     assert "Ends at needs to be after starts_at" in caught.value.message and not caught.value.transient
 
 
 # ---- rate limits and errors -------------------------------------------------------------------------
+
 
 def test_graphql_throttled_waits_until_the_cost_is_restored(shop, admin):
     admin.on("codeDiscountNodeByCode", THROTTLED, _data({"codeDiscountNodeByCode": _node("X", used=1)}))
@@ -187,9 +279,13 @@ def test_graphql_throttled_waits_until_the_cost_is_restored(shop, admin):
 
 
 def test_http_429_waits_retry_after_and_5xx_backs_off(shop, admin):
-    admin.on("tagsAdd", (429, {"Retry-After": "2.0"}, {"errors": "Exceeded 2 calls per second for api client."}),
-             (502, {}, "<html>Bad Gateway</html>"), (503, {}, {"errors": "Service unavailable"}),
-             _data({"tagsAdd": {"node": {"id": "gid://shopify/Customer/1"}, "userErrors": []}}))
+    admin.on(
+        "tagsAdd",
+        (429, {"Retry-After": "2.0"}, {"errors": "Exceeded 2 calls per second for api client."}),
+        (502, {}, "<html>Bad Gateway</html>"),
+        (503, {}, {"errors": "Service unavailable"}),
+        _data({"tagsAdd": {"node": {"id": "gid://shopify/Customer/1"}, "userErrors": []}}),
+    )
     slept: list[float] = []
     ShopifyConnector(shop, sleep=slept.append).tag_customer("1", ["vip"])
     assert slept == [2.0, 2.0, 4.0]
@@ -205,8 +301,10 @@ def test_throttling_for_longer_than_a_worker_should_wait_goes_back_to_the_job(sh
 
 
 def test_4xx_is_a_platform_error_with_shopify_message(shop, admin):
-    admin.on("customer", (401, {}, {"errors": "[API] Invalid API key or access token (unrecognized login or "
-                                              "wrong password)"}))
+    admin.on(
+        "customer",
+        (401, {}, {"errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"}),
+    )
     slept: list[float] = []
     with pytest.raises(PlatformError) as caught:
         ShopifyConnector(shop, sleep=slept.append).fetch_customer("1")
@@ -217,12 +315,22 @@ def test_4xx_is_a_platform_error_with_shopify_message(shop, admin):
 # ---- customers, orders, webhooks --------------------------------------------------------------------
 
 CUSTOMER_NODE = {
-    "id": "gid://shopify/Customer/207119551", "firstName": "Bob", "lastName": "Norman", "phone": None,
-    "locale": "en", "state": "ENABLED", "tags": ["vip"], "createdAt": "2026-01-02T10:00:00Z",
-    "updatedAt": "2026-11-01T10:00:00Z", "numberOfOrders": "3", "amountSpent": {"amount": "199.65",
-                                                                                "currencyCode": "USD"},
-    "defaultEmailAddress": {"emailAddress": "bob.norman@mail.example.com", "marketingState": "SUBSCRIBED",
-                            "marketingUpdatedAt": "2026-03-04T05:06:07Z"},
+    "id": "gid://shopify/Customer/207119551",
+    "firstName": "Bob",
+    "lastName": "Norman",
+    "phone": None,
+    "locale": "en",
+    "state": "ENABLED",
+    "tags": ["vip"],
+    "createdAt": "2026-01-02T10:00:00Z",
+    "updatedAt": "2026-11-01T10:00:00Z",
+    "numberOfOrders": "3",
+    "amountSpent": {"amount": "199.65", "currencyCode": "USD"},
+    "defaultEmailAddress": {
+        "emailAddress": "bob.norman@mail.example.com",
+        "marketingState": "SUBSCRIBED",
+        "marketingUpdatedAt": "2026-03-04T05:06:07Z",
+    },
     "birthday": {"value": "1988-02-29"},
 }
 
@@ -242,32 +350,65 @@ def test_fetch_customer_reads_birthday_metafield_and_consent(shop, admin, env):
 
 def test_without_protected_data_access_the_customer_comes_back_without_email(shop, admin):
     node = dict(CUSTOMER_NODE, firstName=None, lastName=None, defaultEmailAddress=None)
-    admin.on("customer", {"data": {"customer": node}, "errors": [
-        {"message": "This app is not approved to access the Customer object. See "
+    admin.on(
+        "customer",
+        {
+            "data": {"customer": node},
+            "errors": [
+                {
+                    "message": "This app is not approved to access the Customer object. See "
                     "https://shopify.dev/docs/apps/launch/protected-customer-data for more details.",
-         "path": ["customer", "defaultEmailAddress"], "extensions": {"code": "ACCESS_DENIED"}}],
-        "extensions": _cost()})
+                    "path": ["customer", "defaultEmailAddress"],
+                    "extensions": {"code": "ACCESS_DENIED"},
+                }
+            ],
+            "extensions": _cost(),
+        },
+    )
     customer = get_connector(shop).fetch_customer("207119551")
     assert customer is not None and customer.email is None and customer.email_consent is None
     assert customer.birthday is not None
 
 
 def test_fetch_orders_pages_with_an_updated_at_query(shop, admin):
-    order = {"id": "gid://shopify/Order/450789469", "name": "#1001", "createdAt": "2026-11-01T10:00:00Z",
-             "updatedAt": "2026-11-02T10:00:00Z", "cancelledAt": None, "email": "bob.norman@mail.example.com",
-             "currencyCode": "USD", "discountCodes": ["BDAY-AAAA-BBBB"], "displayFinancialStatus": "PAID",
-             "displayFulfillmentStatus": "UNFULFILLED",
-             "totalPriceSet": {"shopMoney": {"amount": "598.94", "currencyCode": "USD"}},
-             "subtotalPriceSet": {"shopMoney": {"amount": "597.00", "currencyCode": "USD"}},
-             "customer": {"id": "gid://shopify/Customer/207119551", "firstName": "Bob", "lastName": "Norman",
-                          "defaultEmailAddress": {"emailAddress": "bob.norman@mail.example.com"}},
-             "lineItems": {"nodes": [{"title": "IPod Nano - 8gb", "quantity": 1, "sku": "IPOD2008PINK",
-                                      "variant": {"id": "gid://shopify/ProductVariant/39072856"},
-                                      "product": {"id": "gid://shopify/Product/632910392"},
-                                      "originalUnitPriceSet": {"shopMoney": {"amount": "199.00"}}}]}}
+    order = {
+        "id": "gid://shopify/Order/450789469",
+        "name": "#1001",
+        "createdAt": "2026-11-01T10:00:00Z",
+        "updatedAt": "2026-11-02T10:00:00Z",
+        "cancelledAt": None,
+        "email": "bob.norman@mail.example.com",
+        "currencyCode": "USD",
+        "discountCodes": ["BDAY-AAAA-BBBB"],
+        "displayFinancialStatus": "PAID",
+        "displayFulfillmentStatus": "UNFULFILLED",
+        "totalPriceSet": {"shopMoney": {"amount": "598.94", "currencyCode": "USD"}},
+        "subtotalPriceSet": {"shopMoney": {"amount": "597.00", "currencyCode": "USD"}},
+        "customer": {
+            "id": "gid://shopify/Customer/207119551",
+            "firstName": "Bob",
+            "lastName": "Norman",
+            "defaultEmailAddress": {"emailAddress": "bob.norman@mail.example.com"},
+        },
+        "lineItems": {
+            "nodes": [
+                {
+                    "title": "IPod Nano - 8gb",
+                    "quantity": 1,
+                    "sku": "IPOD2008PINK",
+                    "variant": {"id": "gid://shopify/ProductVariant/39072856"},
+                    "product": {"id": "gid://shopify/Product/632910392"},
+                    "originalUnitPriceSet": {"shopMoney": {"amount": "199.00"}},
+                }
+            ]
+        },
+    }
     second = dict(order, id="gid://shopify/Order/450789470", name="#1002")
-    admin.on("orders", _data({"orders": {"nodes": [order], "pageInfo": {"hasNextPage": True, "endCursor": "c1"}}}),
-             _data({"orders": {"nodes": [second], "pageInfo": {"hasNextPage": False, "endCursor": "c2"}}}))
+    admin.on(
+        "orders",
+        _data({"orders": {"nodes": [order], "pageInfo": {"hasNextPage": True, "endCursor": "c1"}}}),
+        _data({"orders": {"nodes": [second], "pageInfo": {"hasNextPage": False, "endCursor": "c2"}}}),
+    )
     got = list(get_connector(shop).fetch_orders(datetime(2026, 11, 1, tzinfo=UTC)))
     assert [o.id for o, _ in got] == ["450789469", "450789470"]
     assert admin.calls[0][1] == {"query": "updated_at:>'2026-11-01T00:00:00Z'", "first": 100, "after": None}
@@ -279,10 +420,31 @@ def test_fetch_orders_pages_with_an_updated_at_query(shop, admin):
 
 def test_register_webhooks_subscribes_what_is_missing(shop, admin):
     address = "http://localhost:8000/webhooks/shopify"
-    admin.on("webhookSubscriptions", _data({"webhookSubscriptions": {"nodes": [
-        {"id": "gid://shopify/WebhookSubscription/1", "topic": "ORDERS_CREATE", "uri": address}]}}))
-    admin.on("webhookSubscriptionCreate", _data({"webhookSubscriptionCreate": {"webhookSubscription": {
-        "id": "gid://shopify/WebhookSubscription/2", "topic": "ORDERS_PAID", "uri": address}, "userErrors": []}}))
+    admin.on(
+        "webhookSubscriptions",
+        _data(
+            {
+                "webhookSubscriptions": {
+                    "nodes": [{"id": "gid://shopify/WebhookSubscription/1", "topic": "ORDERS_CREATE", "uri": address}]
+                }
+            }
+        ),
+    )
+    admin.on(
+        "webhookSubscriptionCreate",
+        _data(
+            {
+                "webhookSubscriptionCreate": {
+                    "webhookSubscription": {
+                        "id": "gid://shopify/WebhookSubscription/2",
+                        "topic": "ORDERS_PAID",
+                        "uri": address,
+                    },
+                    "userErrors": [],
+                }
+            }
+        ),
+    )
     topics = get_connector(shop).register_webhooks()
     assert topics == WEBHOOK_TOPICS
     created = [v for op, v in admin.calls if op == "webhookSubscriptionCreate"]
@@ -314,14 +476,49 @@ def test_shipped_app_configuration_declares_the_privacy_topics():
 
 
 def test_stores_add_shopify_can_check_the_token_and_subscribe_webhooks(env, admin):
-    admin.on("shop", _data({"shop": {"name": "Encore Test", "email": "o@example.com", "currencyCode": "CAD",
-                                     "ianaTimezone": "America/Toronto"}}))
+    admin.on(
+        "shop",
+        _data(
+            {
+                "shop": {
+                    "name": "Encore Test",
+                    "email": "o@example.com",
+                    "currencyCode": "CAD",
+                    "ianaTimezone": "America/Toronto",
+                }
+            }
+        ),
+    )
     admin.on("webhookSubscriptions", _data({"webhookSubscriptions": {"nodes": []}}))
-    admin.on("webhookSubscriptionCreate", lambda v: _data({"webhookSubscriptionCreate": {"webhookSubscription": {
-        "id": "gid://shopify/WebhookSubscription/5", "topic": v["topic"], "uri": v["webhookSubscription"]["uri"]},
-        "userErrors": []}}))
-    result = CliRunner().invoke(main, ["stores", "add", "shopify", SHOP, "--access-token", TOKEN,
-                                       "--webhook-secret", "custom-app-secret", "--register-webhooks"])
+    admin.on(
+        "webhookSubscriptionCreate",
+        lambda v: _data(
+            {
+                "webhookSubscriptionCreate": {
+                    "webhookSubscription": {
+                        "id": "gid://shopify/WebhookSubscription/5",
+                        "topic": v["topic"],
+                        "uri": v["webhookSubscription"]["uri"],
+                    },
+                    "userErrors": [],
+                }
+            }
+        ),
+    )
+    result = CliRunner().invoke(
+        main,
+        [
+            "stores",
+            "add",
+            "shopify",
+            SHOP,
+            "--access-token",
+            TOKEN,
+            "--webhook-secret",
+            "custom-app-secret",
+            "--register-webhooks",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "webhooks: orders/create" in result.output
     assert admin.ops().count("webhookSubscriptionCreate") == len(WEBHOOK_TOPICS)
@@ -331,10 +528,12 @@ def test_stores_add_shopify_can_check_the_token_and_subscribe_webhooks(env, admi
 
 
 def test_stores_add_shopify_with_a_rejected_token_saves_nothing(env, admin):
-    admin.on("shop", (401, {}, {"errors": "[API] Invalid API key or access token (unrecognized login or wrong "
-                                          "password)"}))
-    result = CliRunner().invoke(main, ["stores", "add", "shopify", SHOP, "--access-token", TOKEN,
-                                       "--register-webhooks"])
+    admin.on(
+        "shop", (401, {}, {"errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"})
+    )
+    result = CliRunner().invoke(
+        main, ["stores", "add", "shopify", SHOP, "--access-token", TOKEN, "--register-webhooks"]
+    )
     assert result.exit_code == 1 and "Invalid API key or access token" in result.output
     with session_scope() as session:
         assert session.execute(select(Shop)).scalars().all() == []
@@ -359,10 +558,17 @@ def test_complete_customer_fills_a_ledger_row_the_webhook_left_without_email(sho
         assert customer.email == "bob.norman@mail.example.com" and customer.email_consent is True
         assert customer.birthday.isoformat() == "1988-02-29"
     # without access to protected data there is still no address: False, and no error
-    admin.answers["customer"] = [{"data": {"customer": dict(CUSTOMER_NODE, id="gid://shopify/Customer/5",
-                                                             defaultEmailAddress=None)},
-                                  "errors": [{"message": "This app is not approved to access the Customer object.",
-                                              "extensions": {"code": "ACCESS_DENIED"}}]}]
+    admin.answers["customer"] = [
+        {
+            "data": {"customer": dict(CUSTOMER_NODE, id="gid://shopify/Customer/5", defaultEmailAddress=None)},
+            "errors": [
+                {
+                    "message": "This app is not approved to access the Customer object.",
+                    "extensions": {"code": "ACCESS_DENIED"},
+                }
+            ],
+        }
+    ]
     with session_scope() as session:
         row = session.get(Shop, shop.id)
         upsert_customer(session, row, ev.Customer(id="5"), utcnow() - timedelta(days=30))
@@ -379,11 +585,26 @@ def test_topics_shopify_refuses_are_left_out_and_reported(shop, admin):
 
     def create(variables):  # type: ignore[no-untyped-def]
         if variables["topic"].startswith("CUSTOMERS_"):
-            return _data({"webhookSubscriptionCreate": {"webhookSubscription": None, "userErrors": [
-                {"field": ["webhookSubscription"], "message": PROTECTED}]}})
-        return _data({"webhookSubscriptionCreate": {"webhookSubscription": {
-            "id": "gid://shopify/WebhookSubscription/9", "topic": variables["topic"],
-            "uri": variables["webhookSubscription"]["uri"]}, "userErrors": []}})
+            return _data(
+                {
+                    "webhookSubscriptionCreate": {
+                        "webhookSubscription": None,
+                        "userErrors": [{"field": ["webhookSubscription"], "message": PROTECTED}],
+                    }
+                }
+            )
+        return _data(
+            {
+                "webhookSubscriptionCreate": {
+                    "webhookSubscription": {
+                        "id": "gid://shopify/WebhookSubscription/9",
+                        "topic": variables["topic"],
+                        "uri": variables["webhookSubscription"]["uri"],
+                    },
+                    "userErrors": [],
+                }
+            }
+        )
 
     admin.on("webhookSubscriptionCreate", create)
     connector = get_connector(shop)

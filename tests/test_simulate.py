@@ -15,9 +15,24 @@ from encore_retention import simulate
 from encore_retention.cli import main
 from encore_retention.flows import dates, expressions, loader
 
-SHOPIFY_COLUMNS = ["Name", "Email", "Financial Status", "Paid at", "Fulfillment Status", "Fulfilled at",
-                   "Accepts Marketing", "Currency", "Subtotal", "Total", "Discount Code", "Created at",
-                   "Lineitem quantity", "Lineitem name", "Billing Name", "Id"]
+SHOPIFY_COLUMNS = [
+    "Name",
+    "Email",
+    "Financial Status",
+    "Paid at",
+    "Fulfillment Status",
+    "Fulfilled at",
+    "Accepts Marketing",
+    "Currency",
+    "Subtotal",
+    "Total",
+    "Discount Code",
+    "Created at",
+    "Lineitem quantity",
+    "Lineitem name",
+    "Billing Name",
+    "Id",
+]
 
 
 def shopify_csv(path: Path, orders: list[tuple[str, str, str, str, str | None]]) -> Path:
@@ -26,8 +41,26 @@ def shopify_csv(path: Path, orders: list[tuple[str, str, str, str, str | None]])
         writer = csv.writer(handle)
         writer.writerow(SHOPIFY_COLUMNS)
         for number, email, created, consent, fulfilled in orders:
-            writer.writerow([f"#{number}", email, "paid", created, "fulfilled" if fulfilled else "", fulfilled or "",
-                             consent, "EUR", "50.00", "55.00", "", created, "1", "Tea", "Ada Lovelace", number])
+            writer.writerow(
+                [
+                    f"#{number}",
+                    email,
+                    "paid",
+                    created,
+                    "fulfilled" if fulfilled else "",
+                    fulfilled or "",
+                    consent,
+                    "EUR",
+                    "50.00",
+                    "55.00",
+                    "",
+                    created,
+                    "1",
+                    "Tea",
+                    "Ada Lovelace",
+                    number,
+                ]
+            )
             writer.writerow([f"#{number}", email, "", "", "", "", "", "", "", "", "", created, "1", "Cup", "", ""])
     return path
 
@@ -36,29 +69,49 @@ def library() -> dict[str, loader.FlowFile]:
     return {f.key: f for f in loader.load_dir(loader.LIBRARY)[0]}
 
 
-def run(orders_path: Path, flows: dict[str, loader.FlowFile] | None = None, customers: Path | None = None,
-        start: str = "2026-01-01", end: str = "2026-12-31", zone: str = "Europe/Berlin") -> simulate.Simulation:
+def run(
+    orders_path: Path,
+    flows: dict[str, loader.FlowFile] | None = None,
+    customers: Path | None = None,
+    start: str = "2026-01-01",
+    end: str = "2026-12-31",
+    zone: str = "Europe/Berlin",
+) -> simulate.Simulation:
     known = simulate.read_customers(customers) if customers else []
-    return simulate.run_simulation(simulate.read_orders(orders_path), known, flows or library(),
-                                   datetime.fromisoformat(f"{start}T00:00:00+00:00"),
-                                   datetime.fromisoformat(f"{end}T23:59:59+00:00"), dates.zone(zone))
+    return simulate.run_simulation(
+        simulate.read_orders(orders_path),
+        known,
+        flows or library(),
+        datetime.fromisoformat(f"{start}T00:00:00+00:00"),
+        datetime.fromisoformat(f"{end}T23:59:59+00:00"),
+        dates.zone(zone),
+    )
 
 
-def rows(sim: simulate.Simulation, flow: str | None = None, action: str | None = None,
-         customer: str | None = None) -> list[simulate.Outcome]:
-    return [o for o in sim.outcomes if (flow is None or o.flow == flow) and (action is None or o.action == action)
-            and (customer is None or o.customer == customer)]
+def rows(
+    sim: simulate.Simulation, flow: str | None = None, action: str | None = None, customer: str | None = None
+) -> list[simulate.Outcome]:
+    return [
+        o
+        for o in sim.outcomes
+        if (flow is None or o.flow == flow)
+        and (action is None or o.action == action)
+        and (customer is None or o.customer == customer)
+    ]
 
 
 def test_a_year_of_shopify_orders(tmp_path):
-    path = shopify_csv(tmp_path / "orders.csv", [
-        ("1001", "ada@example.com", "2026-01-10 09:15:00 +0100", "yes", "2026-01-11 15:00:00 +0100"),
-        ("1002", "ada@example.com", "2026-02-01 12:00:00 +0100", "yes", None),
-        ("1003", "ada@example.com", "2026-03-01 12:00:00 +0100", "yes", None),
-        ("1004", "bob@example.com", "2026-03-02 12:00:00 +0100", "no", None),
-        ("1005", "bob@example.com", "2026-03-03 12:00:00 +0100", "no", None),
-        ("1006", "bob@example.com", "2026-03-04 12:00:00 +0100", "no", None),
-    ])
+    path = shopify_csv(
+        tmp_path / "orders.csv",
+        [
+            ("1001", "ada@example.com", "2026-01-10 09:15:00 +0100", "yes", "2026-01-11 15:00:00 +0100"),
+            ("1002", "ada@example.com", "2026-02-01 12:00:00 +0100", "yes", None),
+            ("1003", "ada@example.com", "2026-03-01 12:00:00 +0100", "yes", None),
+            ("1004", "bob@example.com", "2026-03-02 12:00:00 +0100", "no", None),
+            ("1005", "bob@example.com", "2026-03-03 12:00:00 +0100", "no", None),
+            ("1006", "bob@example.com", "2026-03-04 12:00:00 +0100", "no", None),
+        ],
+    )
     sim = run(path)
     ada, bob = "ada@example.com", "bob@example.com"
     # welcome: the customer is created just before the first order, with consent
@@ -78,7 +131,8 @@ def test_a_year_of_shopify_orders(tmp_path):
     loyal = rows(sim, "loyalty_third_order", "email", ada)
     assert len(loyal) == 1 and loyal[0].code.startswith("LOYAL-") and "€10.00 off" in loyal[0].subject
     assert [(o.action, o.reason) for o in rows(sim, "loyalty_third_order", customer=bob)] == [
-        ("suppressed", "no consent")]
+        ("suppressed", "no consent")
+    ]
     # win-back: 60 days after the last order, at 10:00 in the shop's zone, then a reminder a week later
     back = rows(sim, "win_back", "email", ada)
     assert [b.at for b in back] == [datetime(2026, 4, 30, 8, 0, tzinfo=UTC), datetime(2026, 5, 7, 8, 0, tzinfo=UTC)]
@@ -93,24 +147,31 @@ def test_the_frequency_cap_quiet_hours_and_exits(tmp_path):
     folder.mkdir()
     (folder / "first.yaml").write_text(
         "name: First\ntrigger:\n  event: order.placed\nfrequency_cap: 7d\n"
-        "steps:\n  - send_email:\n      template: thank_you_first_order.html\n      subject: One\n")
+        "steps:\n  - send_email:\n      template: thank_you_first_order.html\n      subject: One\n"
+    )
     (folder / "second.yaml").write_text(
         "name: Second\ntrigger:\n  event: order.placed\nquiet_hours:\n  from: '21:00'\n  to: '08:00'\n"
-        "steps:\n  - wait: 1h\n  - send_email:\n      template: thank_you_first_order.html\n      subject: Two\n")
+        "steps:\n  - wait: 1h\n  - send_email:\n      template: thank_you_first_order.html\n      subject: Two\n"
+    )
     (folder / "pending.yaml").write_text(
         "name: Pending\ntrigger:\n  event: order.placed\nexit_on: order.fulfilled\n"
-        "steps:\n  - wait: 5d\n  - send_email:\n      template: thank_you_first_order.html\n      subject: Three\n")
+        "steps:\n  - wait: 5d\n  - send_email:\n      template: thank_you_first_order.html\n      subject: Three\n"
+    )
     flows = {f.key: f for f in loader.load_dir(folder)[0]}
     assert set(flows) == {"first", "second", "pending"}
-    path = shopify_csv(tmp_path / "orders.csv", [
-        ("1", "ada@example.com", "2026-06-01 21:30:00 +0000", "yes", "2026-06-02 10:00:00 +0000"),
-    ])
+    path = shopify_csv(
+        tmp_path / "orders.csv",
+        [
+            ("1", "ada@example.com", "2026-06-01 21:30:00 +0000", "yes", "2026-06-02 10:00:00 +0000"),
+        ],
+    )
     sim = run(path, flows, zone="UTC")
     assert [(o.flow, o.at) for o in rows(sim, action="email")] == [("first", datetime(2026, 6, 1, 21, 30, tzinfo=UTC))]
     second = rows(sim, "second")
     # quiet hours moved the send to 08:00; then the 7-day cap of the first flow's email stopped it
     assert [(o.action, o.reason, o.at) for o in second] == [
-        ("suppressed", "frequency cap", datetime(2026, 6, 2, 8, 0, tzinfo=UTC))]
+        ("suppressed", "frequency cap", datetime(2026, 6, 2, 8, 0, tzinfo=UTC))
+    ]
     assert [(o.action, o.reason) for o in rows(sim, "pending")] == [("exited", "exit on order.fulfilled")]
 
 
@@ -118,21 +179,35 @@ def test_woocommerce_json_export_with_a_customers_file_and_a_window(tmp_path):
     from tests.conftest import payload
 
     orders = []
-    for number, (day, status) in enumerate([("2026-02-01", "completed"), ("2026-03-01", "processing"),
-                                            ("2026-09-01", "processing")], 1):
+    for number, (day, status) in enumerate(
+        [("2026-02-01", "completed"), ("2026-03-01", "processing"), ("2026-09-01", "processing")], 1
+    ):
         body = payload("woocommerce", "order_created")
-        body.update(id=700 + number, number=str(700 + number), customer_id=25, status=status,
-                    date_created_gmt=f"{day}T10:00:00", date_modified_gmt=f"{day}T10:00:00",
-                    date_paid_gmt=f"{day}T10:05:00", date_completed_gmt=f"{day}T18:00:00" if status == "completed"
-                    else None)
+        body.update(
+            id=700 + number,
+            number=str(700 + number),
+            customer_id=25,
+            status=status,
+            date_created_gmt=f"{day}T10:00:00",
+            date_modified_gmt=f"{day}T10:00:00",
+            date_paid_gmt=f"{day}T10:05:00",
+            date_completed_gmt=f"{day}T18:00:00" if status == "completed" else None,
+        )
         orders.append(body)
     (tmp_path / "orders.json").write_text(json.dumps(orders))
     customer = payload("woocommerce", "customer_created")
-    customer["meta_data"] = [{"id": 1, "key": "marketing_consent", "value": "yes"},
-                             {"id": 2, "key": "birthday", "value": "1990-03-20"}]
+    customer["meta_data"] = [
+        {"id": 1, "key": "marketing_consent", "value": "yes"},
+        {"id": 2, "key": "birthday", "value": "1990-03-20"},
+    ]
     (tmp_path / "customers.json").write_text(json.dumps([customer]))
-    sim = run(tmp_path / "orders.json", customers=tmp_path / "customers.json", start="2026-01-15",
-              end="2026-06-30", zone="UTC")
+    sim = run(
+        tmp_path / "orders.json",
+        customers=tmp_path / "customers.json",
+        start="2026-01-15",
+        end="2026-06-30",
+        zone="UTC",
+    )
     john = "john.doe@example.com"
     assert {o.flow for o in rows(sim, action="email", customer=john)} >= {"birthday", "check_in_after_delivery"}
     birthday = rows(sim, "birthday", "email", john)
@@ -145,20 +220,30 @@ def test_woocommerce_json_export_with_a_customers_file_and_a_window(tmp_path):
 
 def test_the_command_prints_tables_and_writes_the_csv(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = shopify_csv(tmp_path / "orders.csv", [
-        ("1001", "ada@example.com", "2026-01-10 09:15:00 +0100", "yes", None),
-        ("1002", "bob@example.com", "2026-01-11 09:15:00 +0100", "no", None),
-    ])
+    path = shopify_csv(
+        tmp_path / "orders.csv",
+        [
+            ("1001", "ada@example.com", "2026-01-10 09:15:00 +0100", "yes", None),
+            ("1002", "bob@example.com", "2026-01-11 09:15:00 +0100", "no", None),
+        ],
+    )
     report = tmp_path / "report.csv"
-    result = CliRunner().invoke(main, ["simulate", "--orders", str(path), "--csv", str(report),
-                                       "--timezone", "Europe/Berlin"])
+    result = CliRunner().invoke(
+        main, ["simulate", "--orders", str(path), "--csv", str(report), "--timezone", "Europe/Berlin"]
+    )
     assert result.exit_code == 0, result.output
     assert "2 orders, 2 customers" in result.output and "thank_you_first_order" in result.output
     with report.open() as handle:
         lines = list(csv.DictReader(handle))
     assert {"date", "time_utc", "flow", "customer", "action", "template", "subject", "code", "reason"} <= set(lines[0])
-    assert any(r["flow"] == "thank_you_first_order" and r["customer"] == "bob@example.com" and r["action"] == "email"
-               and r["date"] == "2026-01-11" and r["time_utc"] == "10:15" for r in lines)
+    assert any(
+        r["flow"] == "thank_you_first_order"
+        and r["customer"] == "bob@example.com"
+        and r["action"] == "email"
+        and r["date"] == "2026-01-11"
+        and r["time_utc"] == "10:15"
+        for r in lines
+    )
 
     bad = tmp_path / "bad.csv"
     bad.write_text("Name,Created at\n#1,yesterday\n")
@@ -168,17 +253,28 @@ def test_the_command_prints_tables_and_writes_the_csv(tmp_path, monkeypatch):
     assert wrong.exit_code != 0 and "is not a date" in wrong.output
 
 
-@pytest.mark.parametrize("condition", [
-    "customer.orders_count == 3", "customer.email_consent", "not customer.email_consent", "customer.orders_count >= 1",
-    "not customer.tags", "customer.total_spent > 50", "customer.orders_count != 0", "customer.email_consent == 1",
-    "customer.orders_count < 2",
-])
+@pytest.mark.parametrize(
+    "condition",
+    [
+        "customer.orders_count == 3",
+        "customer.email_consent",
+        "not customer.email_consent",
+        "customer.orders_count >= 1",
+        "not customer.tags",
+        "customer.total_spent > 50",
+        "customer.orders_count != 0",
+        "customer.email_consent == 1",
+        "customer.orders_count < 2",
+    ],
+)
 def test_the_fast_conditions_agree_with_the_expression_evaluator(condition):
     fast = simulate.simple_condition(condition)
     assert fast is not None
-    for view in ({"orders_count": 3, "email_consent": True, "tags": [], "total_spent": Decimal("10")},
-                 {"orders_count": 1, "email_consent": False, "tags": ["a"], "total_spent": Decimal("100.5")},
-                 {"orders_count": None, "email_consent": None, "tags": None, "total_spent": Decimal("0")}):
+    for view in (
+        {"orders_count": 3, "email_consent": True, "tags": [], "total_spent": Decimal("10")},
+        {"orders_count": 1, "email_consent": False, "tags": ["a"], "total_spent": Decimal("100.5")},
+        {"orders_count": None, "email_consent": None, "tags": None, "total_spent": Decimal("0")},
+    ):
         try:
             expected = expressions.holds(condition, {"customer": view})
         except expressions.ExpressionError:
@@ -191,10 +287,18 @@ def test_the_fast_subjects_agree_with_the_template_engine():
     from encore_retention.core import events as ev
 
     contexts = [
-        {"customer": {"first_name": "Ada"}, "shop": {"name": "Tea"}, "order": ev.Order(id="1", number="1001"),
-         "reward": simulate._Code(code="X", value="€10.00")},
-        {"customer": {"first_name": None}, "shop": {"name": None}, "order": ev.Order(id="1"),
-         "reward": simulate._Code(code="X", value="10%")},
+        {
+            "customer": {"first_name": "Ada"},
+            "shop": {"name": "Tea"},
+            "order": ev.Order(id="1", number="1001"),
+            "reward": simulate._Code(code="X", value="€10.00"),
+        },
+        {
+            "customer": {"first_name": None},
+            "shop": {"name": None},
+            "order": ev.Order(id="1"),
+            "reward": simulate._Code(code="X", value="10%"),
+        },
     ]
     for flow_file in library().values():
         for step in flow_file.flow.steps:
@@ -215,7 +319,8 @@ def test_a_woocommerce_csv_export(tmp_path):
         "Order Total,Coupon Code,Date Completed\n"
         "701,2026-05-01 10:00:00,completed,25,Grace,Hopper,GRACE@example.com,42.00,,2026-05-02 09:00:00\n"
         "702,2026-05-03 10:00:00,processing,25,Grace,Hopper,grace@example.com,18.50,SPRING,\n"
-        "703,2026-05-04 10:00:00,cancelled,,Guest,Buyer,guest@example.com,9.00,,\n")
+        "703,2026-05-04 10:00:00,cancelled,,Guest,Buyer,guest@example.com,9.00,,\n"
+    )
     orders = simulate.read_orders(path)
     assert [o.order.id for o in orders] == ["701", "702", "703"]
     first = orders[0]
@@ -229,4 +334,5 @@ def test_a_woocommerce_csv_export(tmp_path):
     assert [(t.customer, t.at) for t in thanks] == [("grace@example.com", datetime(2026, 5, 1, 12, 0, tzinfo=UTC))]
     # the guest's only order was cancelled: the ledger no longer counts it, so the thank-you run ends
     assert [(o.action, o.reason) for o in rows(sim, "thank_you_first_order", customer="guest@example.com")] == [
-        ("exited", "condition no longer holds: customer.orders_count == 1")]
+        ("exited", "condition no longer holds: customer.orders_count == 1")
+    ]

@@ -68,25 +68,39 @@ def real_engine(redis: Any) -> tuple[list[tuple[str, str, datetime]], list[tuple
         clock += STEP
         walk_to(redis, clock)
     with session_scope() as session:
-        rows = session.execute(select(FlowRun.flow_key, Customer.email, FlowTrace.kind, FlowTrace.at, FlowTrace.detail)
-                               .join(FlowRun, FlowRun.id == FlowTrace.run_id)
-                               .join(Customer, Customer.id == FlowRun.customer_id)
-                               .where(FlowTrace.kind.in_(("sent", "suppressed")))).all()
+        rows = session.execute(
+            select(FlowRun.flow_key, Customer.email, FlowTrace.kind, FlowTrace.at, FlowTrace.detail)
+            .join(FlowRun, FlowRun.id == FlowTrace.run_id)
+            .join(Customer, Customer.id == FlowRun.customer_id)
+            .where(FlowTrace.kind.in_(("sent", "suppressed")))
+        ).all()
     sent = sorted((flow, email, at) for flow, email, kind, at, _ in rows if kind == "sent")
-    suppressed = sorted((flow, email, (detail or {}).get("reason", "")) for flow, email, kind, _, detail in rows
-                        if kind == "suppressed")
+    suppressed = sorted(
+        (flow, email, (detail or {}).get("reason", "")) for flow, email, kind, _, detail in rows if kind == "suppressed"
+    )
     return sent, suppressed
 
 
 def simulated() -> simulate.Simulation:
     """The same history as exports: orders (with their fulfilment) and customers (with creation and consent)."""
     fulfilled = {order_id: at for at, kind, _, _, order_id in HISTORY if kind == "order.fulfilled" and order_id}
-    orders = [simulate.HistoricalOrder(order=_order(order_id, at), customer_key=cid, email=f"c{cid}@example.com",
-                                       first_name="Ada", consent=consent, fulfilled_at=fulfilled.get(order_id))
-              for at, kind, cid, consent, order_id in HISTORY if kind == "order.placed" and order_id]
-    known = [simulate.KnownCustomer(key=cid, email=f"c{cid}@example.com", first_name="Ada", consent=consent,
-                                    created_at=at)
-             for at, kind, cid, consent, _ in HISTORY if kind == "customer.created"]
+    orders = [
+        simulate.HistoricalOrder(
+            order=_order(order_id, at),
+            customer_key=cid,
+            email=f"c{cid}@example.com",
+            first_name="Ada",
+            consent=consent,
+            fulfilled_at=fulfilled.get(order_id),
+        )
+        for at, kind, cid, consent, order_id in HISTORY
+        if kind == "order.placed" and order_id
+    ]
+    known = [
+        simulate.KnownCustomer(key=cid, email=f"c{cid}@example.com", first_name="Ada", consent=consent, created_at=at)
+        for at, kind, cid, consent, _ in HISTORY
+        if kind == "customer.created"
+    ]
     flows = {f.key: f for f in loader.load_dir(loader.LIBRARY)[0]}
     return simulate.run_simulation(orders, known, flows, T0 - timedelta(days=1), END, dates.zone("UTC"))
 

@@ -40,8 +40,10 @@ def _web_command(port: int) -> list[str]:
 def _stall(port: int, body: bool) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT * 4)
     if body:
-        sock.sendall(b"POST /webhooks/shopify HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 15000\r\n\r\n" + b'{"id": 1' + b" " * 100)
+        sock.sendall(
+            b"POST /webhooks/shopify HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 15000\r\n\r\n" + b'{"id": 1' + b" " * 100
+        )
     else:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: loc")
     return sock
@@ -58,11 +60,23 @@ def _answer(sock: socket.socket) -> bytes:
 def test_stalled_clients_are_dropped_while_health_and_receivers_answer(tmp_path, redis: Redis):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "ADMIN_PASSWORD"}
-    env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'encore.db'}", REDIS_URL=redis_url_of(redis),
-               SHOPIFY_API_SECRET=SHOPIFY_SECRET, SECRET_KEY="test-secret-key", PYTHONPATH=str(ROOT),
-               ENCORE_DATA_DIR=str(tmp_path / "data"), EMAIL_URL=f"file://{tmp_path / 'outbox'}")
-    web = subprocess.Popen(_web_command(port), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, start_new_session=True)
+    env.update(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'encore.db'}",
+        REDIS_URL=redis_url_of(redis),
+        SHOPIFY_API_SECRET=SHOPIFY_SECRET,
+        SECRET_KEY="test-secret-key",
+        PYTHONPATH=str(ROOT),
+        ENCORE_DATA_DIR=str(tmp_path / "data"),
+        EMAIL_URL=f"file://{tmp_path / 'outbox'}",
+    )
+    web = subprocess.Popen(
+        _web_command(port),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     held: list[socket.socket] = []
     try:
         url = f"http://127.0.0.1:{port}"
@@ -73,10 +87,18 @@ def test_stalled_clients_are_dropped_while_health_and_receivers_answer(tmp_path,
         assert http_status(f"{url}/healthz", timeout=3) == 200
         order = payload("shopify", "orders_create")
         body = json.dumps(order).encode()
-        request = urllib.request.Request(f"{url}/webhooks/shopify", data=body, method="POST", headers={
-            "Content-Type": "application/json", "X-Shopify-Topic": "orders/create",
-            "X-Shopify-Shop-Domain": "encore-test.myshopify.com", "X-Shopify-Webhook-Id": "slow-clients-1",
-            "X-Shopify-Hmac-Sha256": sign(body, SHOPIFY_SECRET)})
+        request = urllib.request.Request(
+            f"{url}/webhooks/shopify",
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "X-Shopify-Topic": "orders/create",
+                "X-Shopify-Shop-Domain": "encore-test.myshopify.com",
+                "X-Shopify-Webhook-Id": "slow-clients-1",
+                "X-Shopify-Hmac-Sha256": sign(body, SHOPIFY_SECRET),
+            },
+        )
         with urllib.request.urlopen(request, timeout=3) as answer:
             assert answer.status == 200
 

@@ -22,8 +22,23 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="re
 
 
 def test_no_email_lost_or_sent_twice_under_faults() -> None:
-    command = [sys.executable, str(SOAK), "--orders", "300", "--rate", "60", "--worker-kills", "1",
-               "--redis-restarts", "1", "--redis-outage", "4", "--drain-timeout", "160", "--json"]
+    command = [
+        sys.executable,
+        str(SOAK),
+        "--orders",
+        "300",
+        "--rate",
+        "60",
+        "--worker-kills",
+        "1",
+        "--redis-restarts",
+        "1",
+        "--redis-outage",
+        "4",
+        "--drain-timeout",
+        "160",
+        "--json",
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=215)
     assert done.stdout.strip(), f"the soak printed no figures (exit {done.returncode}):\n{done.stderr[-4000:]}"
     figures = json.loads(done.stdout.strip().splitlines()[-1])

@@ -53,9 +53,22 @@ def test_migrate_is_idempotent(db_url):
 def test_stores_add_and_list(env, db_url):
     use_database(env, db_url)
     runner = CliRunner()
-    added = runner.invoke(main, ["stores", "add", "woocommerce", "https://Shop.Example.com/store/",
-                                 "--consumer-key", "ck_1", "--consumer-secret", "cs_1", "--webhook-secret", "whsec",
-                                 "--no-verify"])
+    added = runner.invoke(
+        main,
+        [
+            "stores",
+            "add",
+            "woocommerce",
+            "https://Shop.Example.com/store/",
+            "--consumer-key",
+            "ck_1",
+            "--consumer-secret",
+            "cs_1",
+            "--webhook-secret",
+            "whsec",
+            "--no-verify",
+        ],
+    )
     assert added.exit_code == 0, added.output
     assert "woocommerce shop.example.com/store" in added.output
     shopify = runner.invoke(main, ["stores", "add", "shopify", "demo.myshopify.com", "--access-token", "shpat_x"])

@@ -22,8 +22,12 @@ def test_samples_send_says_when_nothing_listens(env, redis):
     with session_scope() as session:
         shops = session.execute(select(Shop)).scalars().all()
     assert [(s.platform, s.domain, s.url) for s in shops] == [
-        ("woocommerce", store_domain("http://127.0.0.1:9/sandbox/woocommerce"),
-         "http://127.0.0.1:9/sandbox/woocommerce")]
+        (
+            "woocommerce",
+            store_domain("http://127.0.0.1:9/sandbox/woocommerce"),
+            "http://127.0.0.1:9/sandbox/woocommerce",
+        )
+    ]
     assert shops[0].webhook_secret_enc
     with session_scope() as session:
         session.add(Customer(shop_id=shops[0].id, platform_id="101", email="ada@example.com"))

@@ -64,8 +64,11 @@ def test_one_click_post_records_the_suppression_at_once(client):
     shop_id = _shop_id()
     url = unsubscribe_url(shop_id, ADDRESS)
     assert url.startswith("http://localhost:8000/unsubscribe/")
-    response = client.post(url.removeprefix("http://localhost:8000"), data="List-Unsubscribe=One-Click",
-                           content_type="application/x-www-form-urlencoded")
+    response = client.post(
+        url.removeprefix("http://localhost:8000"),
+        data="List-Unsubscribe=One-Click",
+        content_type="application/x-www-form-urlencoded",
+    )
     assert response.status_code == 200
     assert _suppressions() == [(shop_id, address_key(shop_id, ADDRESS), "unsubscribed", "one-click")]
     with session_scope() as session:
@@ -83,8 +86,15 @@ def test_a_new_token_carries_nothing_readable_about_the_person(env):
     token = make_token(shop_id, ADDRESS)
     carried = payload_of(token).lower()
     address = ADDRESS.lower().encode()
-    for secret_free in (address, b"grace", b"hopper", b"example", hashlib.sha256(address).hexdigest().encode(),
-                        hashlib.md5(address).hexdigest().encode(), base64.b64encode(address).lower()):
+    for secret_free in (
+        address,
+        b"grace",
+        b"hopper",
+        b"example",
+        hashlib.sha256(address).hexdigest().encode(),
+        hashlib.md5(address).hexdigest().encode(),
+        base64.b64encode(address).lower(),
+    ):
         assert secret_free not in carried
     assert read_token(token) == (shop_id, address_key(shop_id, ADDRESS), False)
     assert make_token(shop_id, " grace.hopper@EXAMPLE.ORG") == token  # the same recipient, the same link
@@ -101,10 +111,18 @@ def test_forged_or_mangled_token_is_404_and_records_nothing(client):
     token = make_token(shop_id, ADDRESS)
     forged = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
     other_key = URLSafeSerializer("not-our-key", salt="encore-unsubscribe-2").dumps(
-        [shop_id, address_key(shop_id, ADDRESS)])
+        [shop_id, address_key(shop_id, ADDRESS)]
+    )
     wrong_shape = URLSafeSerializer("test-secret-key", salt="encore-unsubscribe-2").dumps([shop_id, "short"])
-    for bad in (forged, "not-a-token", token.replace(".", "x", 1), other_key, wrong_shape,
-                legacy_token(shop_id, ADDRESS, secret="not-our-key"), legacy_token(shop_id, ADDRESS)[:-2]):
+    for bad in (
+        forged,
+        "not-a-token",
+        token.replace(".", "x", 1),
+        other_key,
+        wrong_shape,
+        legacy_token(shop_id, ADDRESS, secret="not-our-key"),
+        legacy_token(shop_id, ADDRESS)[:-2],
+    ):
         assert client.get(f"/unsubscribe/{bad}").status_code == 404
         assert client.post(f"/unsubscribe/{bad}", data={"List-Unsubscribe": "One-Click"}).status_code == 404
     assert _suppressions() == []
@@ -143,19 +161,31 @@ def test_a_link_of_the_first_format_is_refused_once_its_time_is_over(client):
 
 # ---- the migration that hashed the stored addresses --------------------------------------------------
 
+
 def _at_0004(url: str) -> None:
     from alembic import command
 
     command.upgrade(alembic_config(url), "0004")
     with get_engine(url).begin() as conn:
-        conn.execute(text("INSERT INTO shops (platform, domain, active, settings, created_at) "
-                          "VALUES ('shopify', 'old.myshopify.com', true, '{}', CURRENT_TIMESTAMP)"))
+        conn.execute(
+            text(
+                "INSERT INTO shops (platform, domain, active, settings, created_at) "
+                "VALUES ('shopify', 'old.myshopify.com', true, '{}', CURRENT_TIMESTAMP)"
+            )
+        )
         shop_id = conn.execute(text("SELECT id FROM shops")).scalar_one()
-        for address, source in (("ada.lovelace@example.com", "link"), ("ADA.LOVELACE@example.com ", "bounce"),
-                                ("grace@example.com", "one-click")):
-            conn.execute(text("INSERT INTO suppressions (shop_id, email, reason, source, created_at) "
-                              "VALUES (:shop, :email, 'unsubscribed', :source, CURRENT_TIMESTAMP)"),
-                         {"shop": shop_id, "email": address, "source": source})
+        for address, source in (
+            ("ada.lovelace@example.com", "link"),
+            ("ADA.LOVELACE@example.com ", "bounce"),
+            ("grace@example.com", "one-click"),
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO suppressions (shop_id, email, reason, source, created_at) "
+                    "VALUES (:shop, :email, 'unsubscribed', :source, CURRENT_TIMESTAMP)"
+                ),
+                {"shop": shop_id, "email": address, "source": source},
+            )
 
 
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
@@ -172,7 +202,8 @@ def test_migration_hashes_the_stored_addresses_and_keeps_old_links_working(diale
         assert "email" not in rows[0]
         assert [(r["email_hash"], r["source"]) for r in rows] == [
             (address_key(rows[0]["shop_id"], "ada.lovelace@example.com"), "link"),
-            (address_key(rows[0]["shop_id"], "grace@example.com"), "one-click")]  # one row per address
+            (address_key(rows[0]["shop_id"], "grace@example.com"), "one-click"),
+        ]  # one row per address
         assert all("@" not in str(value) for row in rows for value in row.values())
         with session_scope() as session:
             shop = session.execute(select(Shop)).scalar_one()
@@ -183,8 +214,11 @@ def test_migration_hashes_the_stored_addresses_and_keeps_old_links_working(diale
         from encore_retention.web import create_app
 
         client = create_app().test_client()
-        assert client.post(f"/unsubscribe/{legacy_token(shop_id, 'Linus@Example.com')}",
-                           data={"List-Unsubscribe": "One-Click"}).status_code == 200
+        assert (
+            client.post(
+                f"/unsubscribe/{legacy_token(shop_id, 'Linus@Example.com')}", data={"List-Unsubscribe": "One-Click"}
+            ).status_code
+            == 200
+        )
         with session_scope() as session:
             assert is_suppressed(session, shop_id, "linus@example.com") == "unsubscribed"
-

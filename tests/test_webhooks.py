@@ -25,10 +25,20 @@ from tests.conftest import (
 )
 
 PLATFORMS = {
-    "shopify": {"path": "/webhooks/shopify", "topic": "orders/create", "fixture": "orders_create",
-                "headers": shopify_headers, "signature": "X-Shopify-Hmac-Sha256"},
-    "woocommerce": {"path": "/webhooks/woocommerce", "topic": "order.created", "fixture": "order_created",
-                    "headers": woo_headers, "signature": "X-WC-Webhook-Signature"},
+    "shopify": {
+        "path": "/webhooks/shopify",
+        "topic": "orders/create",
+        "fixture": "orders_create",
+        "headers": shopify_headers,
+        "signature": "X-Shopify-Hmac-Sha256",
+    },
+    "woocommerce": {
+        "path": "/webhooks/woocommerce",
+        "topic": "order.created",
+        "fixture": "order_created",
+        "headers": woo_headers,
+        "signature": "X-WC-Webhook-Signature",
+    },
 }
 
 
@@ -44,8 +54,11 @@ def _missing_signature(platform, body, headers):
 
 
 def _wrong_signature(platform, body, headers):
-    return body, {**headers, **PLATFORMS[platform]["headers"](body, PLATFORMS[platform]["topic"],
-                                                                secret="not-the-secret")}, 401
+    return (
+        body,
+        {**headers, **PLATFORMS[platform]["headers"](body, PLATFORMS[platform]["topic"], secret="not-the-secret")},
+        401,
+    )
 
 
 def _tampered_body(platform, body, headers):
@@ -97,21 +110,25 @@ def _missing_id(platform, body, headers):
 
 def _bad_source(name: str, value: str):  # type: ignore[no-untyped-def]
     """A source URL no store can have: an unknown WooCommerce store (401), not a Shopify shop's domain (400)."""
+
     def case(platform, body, headers):
         if platform == "shopify":
             return body, {**headers, "X-Shopify-Shop-Domain": value}, 400
         return body, {**headers, "X-WC-Webhook-Source": value}, 401
+
     case.__name__ = name
     return case
 
 
 def _signed_change(name: str, change):  # type: ignore[no-untyped-def]
     """A signed delivery whose payload `change(platform, data)` altered (it may return another topic)."""
+
     def case(platform, body, headers):
         data = json.loads(body)
         topic = change(platform, data) or PLATFORMS[platform]["topic"]
         bad = json.dumps(data).encode()
         return bad, PLATFORMS[platform]["headers"](bad, topic), 400
+
     case.__name__ = name
     return case
 
@@ -124,18 +141,21 @@ def _orders_count(value):  # type: ignore[no-untyped-def]
         data.clear()
         data.update(payload("woocommerce", "customer_created"), orders_count=value)
         return "customer.created"
+
     return change
 
 
 def _quantity(value):  # type: ignore[no-untyped-def]
     def change(platform, data):
         data["line_items"][0]["quantity"] = value
+
     return change
 
 
 def _created_at(value):  # type: ignore[no-untyped-def]
     def change(platform, data):
         data["created_at" if platform == "shopify" else "date_created_gmt"] = value
+
     return change
 
 
@@ -157,35 +177,49 @@ def _number_cases():  # type: ignore[no-untyped-def]
 def _total(value):  # type: ignore[no-untyped-def]
     def change(platform, data):
         data["total_price" if platform == "shopify" else "total"] = value
+
     return change
 
 
 def _field(path: tuple, value):  # type: ignore[no-untyped-def]
     """Set `path` (Shopify's order path; WooCommerce's is its own) to `value`."""
+
     def change(platform, data):
         target = data
         keys = path[0] if platform == "shopify" else path[1]
         for key in keys[:-1]:
             target = target[key]
         target[keys[-1]] = value
+
     return change
 
 
-BAD_INPUTS = [_missing_signature, _wrong_signature, _tampered_body, _garbage_signature, _empty_body, _not_json,
-              _json_array, _wrong_content_type, _huge_body, _unknown_store, _missing_id,
-              _bad_source("_source_port_out_of_range", "http://a:99999/"),
-              _bad_source("_source_broken_ipv6", "http://[::1"),
-              _bad_source("_source_javascript", "javascript:alert(1)"),
-              _bad_source("_source_longer_than_a_domain", "w" * 300 + ".myshopify.com"),
-              *_number_cases(),
-              _signed_change("_total_over_numeric_14_2", _total("1000000000000")),
-              _signed_change("_total_with_a_huge_exponent", _total("1e-999999")),
-              _signed_change("_email_over_its_column", _field((("customer", "email"), ("billing", "email")),
-                                                              "x" * 320 + "@example.com")),
-              _signed_change("_name_with_nul", _field((("customer", "first_name"), ("billing", "first_name")),
-                                                      "Jo\x00hn")),
-              _signed_change("_order_id_over_its_column", _field((("admin_graphql_api_id",), ("id",)), "9" * 129)),
-              _signed_change("_currency_over_its_column", _field((("currency",), ("currency",)), "DOLLARS!!"))]
+BAD_INPUTS = [
+    _missing_signature,
+    _wrong_signature,
+    _tampered_body,
+    _garbage_signature,
+    _empty_body,
+    _not_json,
+    _json_array,
+    _wrong_content_type,
+    _huge_body,
+    _unknown_store,
+    _missing_id,
+    _bad_source("_source_port_out_of_range", "http://a:99999/"),
+    _bad_source("_source_broken_ipv6", "http://[::1"),
+    _bad_source("_source_javascript", "javascript:alert(1)"),
+    _bad_source("_source_longer_than_a_domain", "w" * 300 + ".myshopify.com"),
+    *_number_cases(),
+    _signed_change("_total_over_numeric_14_2", _total("1000000000000")),
+    _signed_change("_total_with_a_huge_exponent", _total("1e-999999")),
+    _signed_change(
+        "_email_over_its_column", _field((("customer", "email"), ("billing", "email")), "x" * 320 + "@example.com")
+    ),
+    _signed_change("_name_with_nul", _field((("customer", "first_name"), ("billing", "first_name")), "Jo\x00hn")),
+    _signed_change("_order_id_over_its_column", _field((("admin_graphql_api_id",), ("id",)), "9" * 129)),
+    _signed_change("_currency_over_its_column", _field((("currency",), ("currency",)), "DOLLARS!!")),
+]
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
@@ -248,8 +282,9 @@ def test_shopify_event_id_header_is_not_the_dedupe_key(client, redis: Redis):
     body = json.dumps(payload("shopify", "orders_create")).encode()
     event_id = str(uuid.uuid4())
     for topic in ("orders/create", "orders/paid"):
-        response = client.post("/webhooks/shopify", data=body,
-                               headers={**shopify_headers(body, topic), "X-Shopify-Event-Id": event_id})
+        response = client.post(
+            "/webhooks/shopify", data=body, headers={**shopify_headers(body, topic), "X-Shopify-Event-Id": event_id}
+        )
         assert response.get_json()["status"] == "queued"
     assert queue(EVENTS, redis).count == 2
 
@@ -262,10 +297,12 @@ def test_shopify_previous_secret_is_accepted_during_rotation(client, redis: Redi
     reset_settings()
     body = json.dumps(payload("shopify", "customers_create")).encode()
     old = client.post("/webhooks/shopify", data=body, headers=shopify_headers(body, "customers/create"))
-    new = client.post("/webhooks/shopify", data=body,
-                      headers=shopify_headers(body, "customers/create", secret="the-new-secret"))
-    stale = client.post("/webhooks/shopify", data=body,
-                        headers=shopify_headers(body, "customers/create", secret="an-older-secret"))
+    new = client.post(
+        "/webhooks/shopify", data=body, headers=shopify_headers(body, "customers/create", secret="the-new-secret")
+    )
+    stale = client.post(
+        "/webhooks/shopify", data=body, headers=shopify_headers(body, "customers/create", secret="an-older-secret")
+    )
     assert (old.status_code, new.status_code, stale.status_code) == (200, 200, 401)
 
 
@@ -278,8 +315,9 @@ def test_unhandled_topic_is_answered_200_and_not_queued(client, redis: Redis):
 
 
 def test_woocommerce_creation_ping_gets_exactly_200(client, redis: Redis):
-    response = client.post("/webhooks/woocommerce", data="webhook_id=42",
-                           content_type="application/x-www-form-urlencoded")
+    response = client.post(
+        "/webhooks/woocommerce", data="webhook_id=42", content_type="application/x-www-form-urlencoded"
+    )
     assert response.status_code == 200
     assert queue(EVENTS, redis).count == 0
 
@@ -309,8 +347,9 @@ def test_woocommerce_store_matches_http_and_https_and_trailing_slash(client, red
 
 def test_woocommerce_wrong_secret_for_a_known_store_is_401(client, redis: Redis, woo_store):
     body = json.dumps(payload("woocommerce", "order_created")).encode()
-    response = client.post("/webhooks/woocommerce", data=body,
-                           headers=woo_headers(body, "order.created", secret=WC_SECRET + "x"))
+    response = client.post(
+        "/webhooks/woocommerce", data=body, headers=woo_headers(body, "order.created", secret=WC_SECRET + "x")
+    )
     assert response.status_code == 401
 
 
@@ -404,13 +443,16 @@ def test_a_data_request_id_wider_than_its_column_is_answered_400(client, redis: 
     assert "data_request.id" in archive.rejections()[0]["detail"]
 
 
-@pytest.mark.parametrize(("topic", "example", "path", "value"), [
-    ("customers/purchasing_summary", "customers_purchasing_summary", ("amountSpent",), "1,000 USD"),
-    ("customers/data_request", "customers_data_request", ("customer",), "a string"),
-    ("customers/redact", "customers_redact", ("orders_to_redact",), {"0": 1}),
-    ("orders/create", "orders_create", ("line_items",), "none"),
-    ("orders/create", "orders_create", ("discount_codes",), 12),
-])
+@pytest.mark.parametrize(
+    ("topic", "example", "path", "value"),
+    [
+        ("customers/purchasing_summary", "customers_purchasing_summary", ("amountSpent",), "1,000 USD"),
+        ("customers/data_request", "customers_data_request", ("customer",), "a string"),
+        ("customers/redact", "customers_redact", ("orders_to_redact",), {"0": 1}),
+        ("orders/create", "orders_create", ("line_items",), "none"),
+        ("orders/create", "orders_create", ("discount_codes",), 12),
+    ],
+)
 def test_an_object_or_array_of_the_wrong_type_is_read_as_empty(topic, example, path, value, client, redis: Redis):
     """As WooCommerce sends an empty object as `[]`: no 500 (the parsers once called `.get` on a string)."""
     data = payload("shopify", example)
@@ -442,8 +484,15 @@ def _queue_as_accepted(platform: str, data: dict, topic: str, key: str) -> None:
     from encore_retention.core.queue import enqueue_delivery
 
     shop = SHOP if platform == "shopify" else "woo.example.com"
-    delivery = {"shop": shop, "topic": topic, "delivery_id": key, "headers": {}, "key": key,
-                "received_at": "2026-11-20T10:00:00+00:00", "http_headers": {}}
+    delivery = {
+        "shop": shop,
+        "topic": topic,
+        "delivery_id": key,
+        "headers": {},
+        "key": key,
+        "received_at": "2026-11-20T10:00:00+00:00",
+        "http_headers": {},
+    }
     assert enqueue_delivery(platform, delivery, json.dumps(data).encode(), key)
 
 
@@ -459,8 +508,9 @@ WORKER_BAD_VALUES = {
 
 @pytest.mark.parametrize("platform", PLATFORMS)
 @pytest.mark.parametrize("value", WORKER_BAD_VALUES)
-def test_a_queued_delivery_the_worker_cannot_take_is_recorded_and_not_retried(platform, value, env, db_url,
-                                                                             redis: Redis):
+def test_a_queued_delivery_the_worker_cannot_take_is_recorded_and_not_retried(
+    platform, value, env, db_url, redis: Redis
+):
     """Data errors are the same on every attempt: the job ends, the rejection is recorded, nothing is applied."""
     from rq.job import JobStatus
 
@@ -487,8 +537,9 @@ def test_a_queued_delivery_the_worker_cannot_take_is_recorded_and_not_retried(pl
     assert ids == [f"{platform}-good"]
 
 
-def test_an_event_the_database_refuses_is_rejected_and_the_deliverys_others_are_applied(env, postgres_url, redis,
-                                                                                      monkeypatch):
+def test_an_event_the_database_refuses_is_rejected_and_the_deliverys_others_are_applied(
+    env, postgres_url, redis, monkeypatch
+):
     """A value the event model let through but PostgreSQL refuses (DataError) is not retried either."""
     if postgres_url is None:
         pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432")
@@ -542,17 +593,32 @@ def test_a_queued_delivery_is_the_job_rq_itself_would_write(redis: Redis):
     delivery = {"shop": SHOP, "topic": "orders/create", "delivery_id": "d-1", "http_headers": {"X-A": "é"}}
     assert enqueue_delivery("shopify", delivery, b"{}", "shopify-d-1", redis)
     q = queue(EVENTS, redis)
-    model = q.create_job(PROCESS_DELIVERY, args=("shopify", delivery), job_id="m", retry=EVENT_RETRY,
-                         result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, description="shopify orders/create")
+    model = q.create_job(
+        PROCESS_DELIVERY,
+        args=("shopify", delivery),
+        job_id="m",
+        retry=EVENT_RETRY,
+        result_ttl=RESULT_TTL,
+        failure_ttl=FAILURE_TTL,
+        description="shopify orders/create",
+    )
     q._prepare_for_queue(model)
     expected = {name for name, value in model.to_dict().items() if value is not None}
     assert {name.decode() for name in redis.hkeys("rq:job:shopify-d-1")} == expected
     job = Job.fetch("shopify-d-1", connection=redis, serializer=JSONSerializer)
     assert (job.func_name, job.args, job.kwargs) == (PROCESS_DELIVERY, ["shopify", delivery], {})
-    assert (job.origin, job.get_status(), job.retries_left, job.retry_intervals) == ("events", "queued", 5,
-                                                                                     EVENT_RETRY.intervals)
+    assert (job.origin, job.get_status(), job.retries_left, job.retry_intervals) == (
+        "events",
+        "queued",
+        5,
+        EVENT_RETRY.intervals,
+    )
     assert (job.timeout, job.result_ttl, job.failure_ttl, job.description) == (
-        model.timeout, RESULT_TTL, FAILURE_TTL, "shopify orders/create")
+        model.timeout,
+        RESULT_TTL,
+        FAILURE_TTL,
+        "shopify orders/create",
+    )
     assert abs((job.enqueued_at - model.enqueued_at).total_seconds()) < 60
 
 

@@ -32,20 +32,42 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 # The folders whose files the wheel must hold, and where they land in it: everything under one import root.
-SHIPPED = {"connectors": "encore_retention/connectors", "encore": "encore_retention/core",
-           "flows": "encore_retention/flows", "webhooks": "encore_retention/webhooks",
-           "templates": "encore_retention/flows/templates"}
+SHIPPED = {
+    "connectors": "encore_retention/connectors",
+    "encore": "encore_retention/core",
+    "flows": "encore_retention/flows",
+    "webhooks": "encore_retention/webhooks",
+    "templates": "encore_retention/flows/templates",
+}
 # The top layer's own modules (worker, CLI, jobs, tools), beside the linked folders.
-ROOT_FILES = {path.relative_to(ROOT).as_posix() for path in (ROOT / "encore_retention").rglob("*")
-              if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
-              and not any((ROOT / part).is_symlink() for part in path.relative_to(ROOT).parents if part != Path("."))}
+ROOT_FILES = {
+    path.relative_to(ROOT).as_posix()
+    for path in (ROOT / "encore_retention").rglob("*")
+    if path.is_file()
+    and "__pycache__" not in path.parts
+    and path.suffix != ".pyc"
+    and not any((ROOT / part).is_symlink() for part in path.relative_to(ROOT).parents if part != Path("."))
+}
 # Left out of the copy the wheel is built from: an in-tree build would leave build/ and egg-info in the checkout,
 # shared by runs side by side.
-NOT_COPIED = shutil.ignore_patterns(".*", "__pycache__", "*.pyc", "*.egg-info", "build", "dist", "outbox", "*.db",
-                                    "*.db-*")
+NOT_COPIED = shutil.ignore_patterns(
+    ".*", "__pycache__", "*.pyc", "*.egg-info", "build", "dist", "outbox", "*.db", "*.db-*"
+)
 # The environment of the commands run in the new virtual environment: Encore's settings are the test's own.
-SETTINGS = ("DATABASE_URL", "REDIS_URL", "EMAIL_URL", "EMAIL_FROM", "SECRET_KEY", "APP_URL", "FLOWS_DIR",
-            "TEMPLATES_DIR", "SHOPIFY_API_KEY", "SHOPIFY_API_SECRET", "SHOPIFY_API_SECRET_PREVIOUS", "ADMIN_PASSWORD")
+SETTINGS = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "EMAIL_URL",
+    "EMAIL_FROM",
+    "SECRET_KEY",
+    "APP_URL",
+    "FLOWS_DIR",
+    "TEMPLATES_DIR",
+    "SHOPIFY_API_KEY",
+    "SHOPIFY_API_SECRET",
+    "SHOPIFY_API_SECRET_PREVIOUS",
+    "ADMIN_PASSWORD",
+)
 
 PROBE = """
 import json, sys
@@ -103,10 +125,12 @@ class Installed:
 
     def run(self, command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         """Run a command of the new environment in the working folder, with only `env` as Encore's settings."""
-        clean = {k: v for k, v in os.environ.items()
-                 if k not in SETTINGS and not k.startswith(("PYTHON", "ENCORE_")) and k != "VIRTUAL_ENV"}
-        return subprocess.run(command, cwd=self.work, env={**clean, **env}, capture_output=True, text=True,
-                              timeout=120)
+        clean = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in SETTINGS and not k.startswith(("PYTHON", "ENCORE_")) and k != "VIRTUAL_ENV"
+        }
+        return subprocess.run(command, cwd=self.work, env={**clean, **env}, capture_output=True, text=True, timeout=120)
 
     def python(self, code: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         """Run a script with the new environment's Python."""
@@ -121,21 +145,46 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     base = tmp_path_factory.mktemp("wheel")
     source = base / "source"
     shutil.copytree(ROOT, source, ignore=NOT_COPIED)
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                            "--no-index", str(source), "-w", str(base / "dist")],
-                           capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            str(source),
+            "-w",
+            str(base / "dist"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     [wheel] = (base / "dist").glob("encore_retention-*.whl")
 
     environment = base / "venv"
     venv.EnvBuilder(with_pip=False).create(environment)
     python = environment / "bin" / "python"
-    site_packages = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                                        capture_output=True, text=True, check=True).stdout.strip())
+    site_packages = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     dependencies = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")])
     (site_packages / "encore-dependencies.pth").write_text("".join(f"{path}\n" for path in dependencies))
-    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                              "--no-index", str(wheel)], capture_output=True, text=True, timeout=300)
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert install.returncode == 0, install.stdout + install.stderr
 
     work = base / "work"
@@ -149,8 +198,11 @@ def _shipped_files() -> set[str]:
     for folder, target in SHIPPED.items():
         for path in (ROOT / folder).rglob("*"):
             relative = path.relative_to(ROOT / folder)
-            if path.is_file() and not any(part.startswith((".", "__pycache__")) for part in relative.parts) \
-                    and path.suffix != ".pyc":
+            if (
+                path.is_file()
+                and not any(part.startswith((".", "__pycache__")) for part in relative.parts)
+                and path.suffix != ".pyc"
+            ):
                 found.add(f"{target}/{relative.as_posix()}")
     return found
 
@@ -164,10 +216,13 @@ def test_the_wheel_holds_every_file_of_the_packages_and_the_templates(installed)
     with zipfile.ZipFile(installed.wheel) as archive:
         names = {name for name in archive.namelist() if ".dist-info/" not in name}
     assert _shipped_files() - names == set()
-    assert {"encore_retention/flows/templates/base.html", "encore_retention/flows/library/welcome.yaml",
-            "encore_retention/core/store/migrations/script.py.mako",
-            "encore_retention/web/admin/templates/admin/login.html",
-            "encore_retention/web/admin/static/admin.css"} <= names
+    assert {
+        "encore_retention/flows/templates/base.html",
+        "encore_retention/flows/library/welcome.yaml",
+        "encore_retention/core/store/migrations/script.py.mako",
+        "encore_retention/web/admin/templates/admin/login.html",
+        "encore_retention/web/admin/static/admin.css",
+    } <= names
     # One import root: nothing lands beside it in site-packages (no `webhooks`, `flows`, `worker` of ours there).
     assert {name.split("/")[0] for name in names} == {"encore_retention"}
 
@@ -196,11 +251,17 @@ def test_installed_from_the_wheel_a_signed_order_becomes_an_email(installed, red
     (work / "my-flows" / "receipt.yaml").write_text(RECEIPT_FLOW)
     (work / "my-templates").mkdir()
     (work / "my-templates" / "base.html").write_text(LAYOUT)
-    env = {"DATABASE_URL": f"sqlite:///{work / 'encore.db'}", "REDIS_URL": redis_url_of(redis),
-           "EMAIL_URL": f"file://{work / 'outbox'}", "SECRET_KEY": "wheel-test-secret",
-           "ENCORE_DATA_DIR": str(work / "data"), "SHOPIFY_API_KEY": "test-api-key",
-           "SHOPIFY_API_SECRET": SHOPIFY_SECRET, "FLOWS_DIR": str(work / "my-flows"),
-           "TEMPLATES_DIR": str(work / "my-templates")}
+    env = {
+        "DATABASE_URL": f"sqlite:///{work / 'encore.db'}",
+        "REDIS_URL": redis_url_of(redis),
+        "EMAIL_URL": f"file://{work / 'outbox'}",
+        "SECRET_KEY": "wheel-test-secret",
+        "ENCORE_DATA_DIR": str(work / "data"),
+        "SHOPIFY_API_KEY": "test-api-key",
+        "SHOPIFY_API_SECRET": SHOPIFY_SECRET,
+        "FLOWS_DIR": str(work / "my-flows"),
+        "TEMPLATES_DIR": str(work / "my-templates"),
+    }
 
     migrated = installed.run([str(installed.bin / "encore"), "migrate"], env)
     assert migrated.returncode == 0, migrated.stderr
@@ -210,8 +271,13 @@ def test_installed_from_the_wheel_a_signed_order_becomes_an_email(installed, red
     posted = installed.python(POST, str(work / "order.json"), str(work / "headers.json"), env=env)
     assert posted.returncode == 0, posted.stderr
     css = ROOT / "encore_retention" / "web" / "admin" / "static" / "admin.css"
-    assert json.loads(posted.stdout) == {"webhook": 200, "login": 200, "signed_in_page": True, "css": 200,
-                                         "css_bytes": css.stat().st_size}
+    assert json.loads(posted.stdout) == {
+        "webhook": 200,
+        "login": 200,
+        "signed_in_page": True,
+        "css": 200,
+        "css_bytes": css.stat().st_size,
+    }
 
     drained = installed.run([str(installed.bin / "encore"), "worker", "--burst"], env)
     assert drained.returncode == 0, drained.stderr

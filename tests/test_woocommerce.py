@@ -28,27 +28,52 @@ HTTP_URL = "http://shop.example.org/store"
 
 def _settings_general(currency: str = "EUR") -> list[dict]:
     return [
-        {"id": "woocommerce_default_country", "label": "Country and State", "type": "select", "default": "GB",
-         "value": "US:CA"},
+        {
+            "id": "woocommerce_default_country",
+            "label": "Country and State",
+            "type": "select",
+            "default": "GB",
+            "value": "US:CA",
+        },
         {"id": "woocommerce_currency", "label": "Currency", "type": "select", "default": "GBP", "value": currency},
     ]
 
 
 def _webhook(id_: int, topic: str, delivery_url: str, status: str = "active") -> dict:
     resource, _, event = topic.partition(".")
-    return {"id": id_, "name": f"Encore {topic}", "status": status, "topic": topic, "resource": resource,
-            "event": event, "hooks": [], "delivery_url": delivery_url, "date_created": "2026-11-20T10:00:00",
-            "date_created_gmt": "2026-11-20T10:00:00", "date_modified": "2026-11-20T10:00:00",
-            "date_modified_gmt": "2026-11-20T10:00:00",
-            "_links": {"self": [{"href": f"{API}/webhooks/{id_}"}], "collection": [{"href": f"{API}/webhooks"}]}}
+    return {
+        "id": id_,
+        "name": f"Encore {topic}",
+        "status": status,
+        "topic": topic,
+        "resource": resource,
+        "event": event,
+        "hooks": [],
+        "delivery_url": delivery_url,
+        "date_created": "2026-11-20T10:00:00",
+        "date_created_gmt": "2026-11-20T10:00:00",
+        "date_modified": "2026-11-20T10:00:00",
+        "date_modified_gmt": "2026-11-20T10:00:00",
+        "_links": {"self": [{"href": f"{API}/webhooks/{id_}"}], "collection": [{"href": f"{API}/webhooks"}]},
+    }
 
 
 def _coupon(code: str, body: dict, id_: int = 720) -> dict:
     coupon = copy.deepcopy(payload("woocommerce", "coupon_created"))
-    coupon.update({"id": id_, "code": code.lower(), "amount": body["amount"], "discount_type": body["discount_type"],
-                   "usage_limit": body["usage_limit"], "email_restrictions": body.get("email_restrictions", []),
-                   "minimum_amount": body.get("minimum_amount", "0.00"), "individual_use": body["individual_use"],
-                   "date_expires": body.get("date_expires"), "date_expires_gmt": body.get("date_expires")})
+    coupon.update(
+        {
+            "id": id_,
+            "code": code.lower(),
+            "amount": body["amount"],
+            "discount_type": body["discount_type"],
+            "usage_limit": body["usage_limit"],
+            "email_restrictions": body.get("email_restrictions", []),
+            "minimum_amount": body.get("minimum_amount", "0.00"),
+            "individual_use": body["individual_use"],
+            "date_expires": body.get("date_expires"),
+            "date_expires_gmt": body.get("date_expires"),
+        }
+    )
     return coupon
 
 
@@ -58,20 +83,37 @@ def _shop() -> Shop:
 
 
 def _request(**overrides) -> DiscountRequest:  # type: ignore[no-untyped-def]
-    values = dict(idempotency_key="run-41:step-1", kind="percent", value=Decimal("15"), prefix="bday",
-                  ends_at=datetime(2026, 12, 31, 23, 0, tzinfo=UTC), minimum_subtotal=Decimal("50"),
-                  customer_id="25", customer_email="john.doe@example.com", title="Birthday 15%")
+    values = dict(
+        idempotency_key="run-41:step-1",
+        kind="percent",
+        value=Decimal("15"),
+        prefix="bday",
+        ends_at=datetime(2026, 12, 31, 23, 0, tzinfo=UTC),
+        minimum_subtotal=Decimal("50"),
+        customer_id="25",
+        customer_email="john.doe@example.com",
+        title="Birthday 15%",
+    )
     values.update(overrides)
     return DiscountRequest(**values)  # type: ignore[arg-type]
 
 
 # ---- encore stores add woocommerce ------------------------------------------------------------------
 
+
 @responses.activate
 def test_stores_add_verifies_keys_and_creates_the_webhooks(env):
     responses.get(f"{API}/settings/general", json=_settings_general("EUR"))
-    responses.get(f"{WC_URL}/wp-json/", json={"name": "Woo", "url": WC_URL, "gmt_offset": "1",
-                                               "timezone_string": "Europe/Berlin", "namespaces": ["wc/v3"]})
+    responses.get(
+        f"{WC_URL}/wp-json/",
+        json={
+            "name": "Woo",
+            "url": WC_URL,
+            "gmt_offset": "1",
+            "timezone_string": "Europe/Berlin",
+            "namespaces": ["wc/v3"],
+        },
+    )
     responses.get(f"{API}/webhooks", json=[], headers={"X-WP-Total": "0", "X-WP-TotalPages": "0"})
     created = []
 
@@ -81,8 +123,10 @@ def test_stores_add_verifies_keys_and_creates_the_webhooks(env):
         return 201, {}, json.dumps(_webhook(100 + len(created), body["topic"], body["delivery_url"]))
 
     responses.add_callback(responses.POST, f"{API}/webhooks", callback=create)
-    result = CliRunner().invoke(main, ["stores", "add", "woocommerce", WC_URL + "/", "--consumer-key", "ck_live",
-                                       "--consumer-secret", "cs_live"])
+    result = CliRunner().invoke(
+        main,
+        ["stores", "add", "woocommerce", WC_URL + "/", "--consumer-key", "ck_live", "--consumer-secret", "cs_live"],
+    )
     assert result.exit_code == 0, result.output
     shop = _shop()
     assert f"store {shop.id} added: woocommerce woo.example.com" in result.output
@@ -102,12 +146,28 @@ def test_stores_add_http_store_with_given_secret_reenables_a_disabled_webhook(en
     api = f"{HTTP_URL}/wp-json/wc/v3"
     address = "http://localhost:8000/webhooks/woocommerce"
     responses.get(f"{api}/settings/general", json=_settings_general("USD"))
-    responses.get(f"{api}/webhooks", json=[_webhook(7, "order.created", address, status="disabled")],
-                  headers={"X-WP-TotalPages": "1"})
+    responses.get(
+        f"{api}/webhooks",
+        json=[_webhook(7, "order.created", address, status="disabled")],
+        headers={"X-WP-TotalPages": "1"},
+    )
     responses.put(f"{api}/webhooks/7", json=_webhook(7, "order.created", address))
     responses.post(f"{api}/webhooks", json=_webhook(8, "order.updated", address), status=201)
-    result = CliRunner().invoke(main, ["stores", "add", "woocommerce", HTTP_URL, "--consumer-key", "ck_h",
-                                       "--consumer-secret", "cs_h", "--webhook-secret", "given-secret"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "stores",
+            "add",
+            "woocommerce",
+            HTTP_URL,
+            "--consumer-key",
+            "ck_h",
+            "--consumer-secret",
+            "cs_h",
+            "--webhook-secret",
+            "given-secret",
+        ],
+    )
     assert result.exit_code == 0, result.output
     query = parse_qs(urlsplit(responses.calls[0].request.url).query)
     assert query["oauth_consumer_key"] == ["ck_h"] and "oauth_signature" in query  # HTTP: OAuth 1.0a
@@ -120,11 +180,18 @@ def test_stores_add_http_store_with_given_secret_reenables_a_disabled_webhook(en
 
 @responses.activate
 def test_stores_add_with_wrong_keys_fails_clearly_and_saves_nothing(env):
-    responses.get(f"{API}/settings/general", status=401, json={
-        "code": "woocommerce_rest_authentication_error", "message": "Consumer secret is invalid.",
-        "data": {"status": 401}})
-    result = CliRunner().invoke(main, ["stores", "add", "woocommerce", WC_URL, "--consumer-key", "ck_x",
-                                       "--consumer-secret", "cs_bad"])
+    responses.get(
+        f"{API}/settings/general",
+        status=401,
+        json={
+            "code": "woocommerce_rest_authentication_error",
+            "message": "Consumer secret is invalid.",
+            "data": {"status": 401},
+        },
+    )
+    result = CliRunner().invoke(
+        main, ["stores", "add", "woocommerce", WC_URL, "--consumer-key", "ck_x", "--consumer-secret", "cs_bad"]
+    )
     assert result.exit_code == 1
     assert "Consumer secret is invalid." in result.output
     with session_scope() as session:
@@ -133,8 +200,9 @@ def test_stores_add_with_wrong_keys_fails_clearly_and_saves_nothing(env):
 
 @pytest.mark.parametrize("url", ["not a url", "http://a:99999/", "http://[::1", "javascript:alert(1)"])
 def test_stores_add_rejects_a_non_url(env, url):
-    result = CliRunner().invoke(main, ["stores", "add", "woocommerce", url, "--consumer-key", "k",
-                                       "--consumer-secret", "s", "--no-verify"])
+    result = CliRunner().invoke(
+        main, ["stores", "add", "woocommerce", url, "--consumer-key", "k", "--consumer-secret", "s", "--no-verify"]
+    )
     assert result.exit_code == 2 and "not a store URL" in result.output
 
 
@@ -147,6 +215,7 @@ def test_a_source_that_is_not_a_store_url_has_no_domain(source):
 
 
 # ---- coupons ----------------------------------------------------------------------------------------
+
 
 @responses.activate
 def test_create_discount_posts_the_documented_coupon_body(woo_store):
@@ -166,9 +235,15 @@ def test_create_discount_posts_the_documented_coupon_body(woo_store):
     body = sent[0]
     assert body["code"].startswith("BDAY-") and len(body["code"]) == len("BDAY-XXXX-XXXX")
     assert body == {
-        "code": body["code"], "discount_type": "percent", "amount": "15.00", "individual_use": True,
-        "usage_limit": 1, "usage_limit_per_user": 1, "description": "Birthday 15%",
-        "email_restrictions": ["john.doe@example.com"], "date_expires": "2026-12-31T23:00:00",
+        "code": body["code"],
+        "discount_type": "percent",
+        "amount": "15.00",
+        "individual_use": True,
+        "usage_limit": 1,
+        "usage_limit_per_user": 1,
+        "description": "Birthday 15%",
+        "email_restrictions": ["john.doe@example.com"],
+        "date_expires": "2026-12-31T23:00:00",
         "minimum_amount": "50.00",
     }
     assert discount.code == body["code"] and discount.platform_id == "720" and discount.kind == "percent"
@@ -190,8 +265,9 @@ def test_fixed_discount_and_a_different_key_give_a_different_code(woo_store):
 
     responses.add_callback(responses.POST, f"{API}/coupons", callback=create)
     connector = get_connector(_shop())
-    first = connector.create_discount(_request(idempotency_key="a", kind="fixed", value=Decimal("5"),
-                                               minimum_subtotal=None, ends_at=None))
+    first = connector.create_discount(
+        _request(idempotency_key="a", kind="fixed", value=Decimal("5"), minimum_subtotal=None, ends_at=None)
+    )
     second = connector.create_discount(_request(idempotency_key="b"))
     assert sent[0]["discount_type"] == "fixed_cart" and sent[0]["amount"] == "5.00"
     assert "minimum_amount" not in sent[0] and "date_expires" not in sent[0]
@@ -237,8 +313,17 @@ def test_code_already_exists_answer_finds_the_existing_coupon(woo_store):
     def create(request):  # type: ignore[no-untyped-def]
         body = json.loads(request.body)
         existing["coupon"] = _coupon(body["code"], body, id_=555)
-        return 400, {}, json.dumps({"code": "woocommerce_rest_coupon_code_already_exists",
-                                    "message": "The coupon code already exists", "data": {"status": 400}})
+        return (
+            400,
+            {},
+            json.dumps(
+                {
+                    "code": "woocommerce_rest_coupon_code_already_exists",
+                    "message": "The coupon code already exists",
+                    "data": {"status": 400},
+                }
+            ),
+        )
 
     responses.add_callback(responses.GET, f"{API}/coupons", callback=lookup)
     responses.add_callback(responses.POST, f"{API}/coupons", callback=create)
@@ -268,8 +353,11 @@ def test_a_long_retry_after_is_handed_to_the_job_instead_of_sleeping(woo_store):
 
 @responses.activate
 def test_4xx_is_reported_with_the_platform_message_and_not_retried(woo_store):
-    responses.post(f"{API}/coupons", status=400, json={
-        "code": "rest_invalid_param", "message": "Invalid parameter(s): discount_type", "data": {"status": 400}})
+    responses.post(
+        f"{API}/coupons",
+        status=400,
+        json={"code": "rest_invalid_param", "message": "Invalid parameter(s): discount_type", "data": {"status": 400}},
+    )
     responses.get(f"{API}/coupons", json=[])
     slept: list[float] = []
     with pytest.raises(PlatformError) as caught:
@@ -281,6 +369,7 @@ def test_4xx_is_reported_with_the_platform_message_and_not_retried(woo_store):
 
 # ---- customers and orders ---------------------------------------------------------------------------
 
+
 @responses.activate
 def test_fetch_customer_reads_birthday_and_consent_meta(woo_store, env):
     env.setenv("WOOCOMMERCE_BIRTHDAY_META", "dob")
@@ -288,11 +377,16 @@ def test_fetch_customer_reads_birthday_and_consent_meta(woo_store, env):
 
     reset_settings()
     customer = payload("woocommerce", "customer_created")
-    customer["meta_data"] = [{"id": 1, "key": "dob", "value": "1990-07-14"},
-                             {"id": 2, "key": "marketing_consent", "value": "yes"}]
+    customer["meta_data"] = [
+        {"id": 1, "key": "dob", "value": "1990-07-14"},
+        {"id": 2, "key": "marketing_consent", "value": "yes"},
+    ]
     responses.get(f"{API}/customers/25", json=customer)
-    responses.get(f"{API}/customers/26", status=404, json={
-        "code": "woocommerce_rest_invalid_id", "message": "Invalid resource ID.", "data": {"status": 404}})
+    responses.get(
+        f"{API}/customers/26",
+        status=404,
+        json={"code": "woocommerce_rest_invalid_id", "message": "Invalid resource ID.", "data": {"status": 404}},
+    )
     connector = get_connector(_shop())
     fetched = connector.fetch_customer("25")
     assert fetched is not None and fetched.birthday.isoformat() == "1990-07-14" and fetched.email_consent is True
@@ -332,8 +426,11 @@ def test_create_discount_joins_the_callers_transaction(woo_store):
     from encore_retention.connectors.models import DiscountCode
 
     responses.get(f"{API}/coupons", json=[])
-    responses.add_callback(responses.POST, f"{API}/coupons", callback=lambda r: (
-        201, {}, json.dumps(_coupon(json.loads(r.body)["code"], json.loads(r.body)))))
+    responses.add_callback(
+        responses.POST,
+        f"{API}/coupons",
+        callback=lambda r: (201, {}, json.dumps(_coupon(json.loads(r.body)["code"], json.loads(r.body)))),
+    )
     with session_scope() as session:
         shop = session.execute(select(Shop).where(Shop.platform == "woocommerce")).scalar_one()
         shop.name = "Woo"

@@ -68,8 +68,13 @@ def test_python_worker_py_processes_queued_events(client, redis: Redis, env, tmp
     response = client.post("/webhooks/shopify", data=body, headers=shopify_headers(body, "orders/create"))
     assert response.status_code == 200
     process_env = dict(os.environ, REDIS_URL=redis_url_of(redis), PYTHONPATH=str(ROOT))
-    worker = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env=process_env, cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    worker = subprocess.Popen(
+        [sys.executable, str(ROOT / "worker.py")],
+        env=process_env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert wait_for(lambda: _orders(os.environ["DATABASE_URL"]) == 1), "worker did not apply the order"
         assert queue(EVENTS, redis).count == 0
@@ -105,8 +110,13 @@ def test_a_broken_template_stops_its_flow_only_and_the_worker_says_so(client, re
     assert answer.status_code == 200
     log_file = tmp_path / "worker.log"
     with log_file.open("wb") as log:
-        worker = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], cwd=tmp_path, stdout=log, stderr=log,
-                                  env=dict(os.environ, REDIS_URL=redis_url_of(redis), PYTHONPATH=str(ROOT)))
+        worker = subprocess.Popen(
+            [sys.executable, str(ROOT / "worker.py")],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=log,
+            env=dict(os.environ, REDIS_URL=redis_url_of(redis), PYTHONPATH=str(ROOT)),
+        )
         try:
             outbox = tmp_path / "outbox"
             assert wait_for(lambda: outbox.is_dir() and any(outbox.glob("*.eml"))), log_file.read_text()
@@ -117,9 +127,11 @@ def test_a_broken_template_stops_its_flow_only_and_the_worker_says_so(client, re
     assert "Subject: Thanks: order" in sent
     lines = [json.loads(line) for line in log_file.read_text().splitlines() if line.startswith("{")]
     problems = [line["message"] for line in lines if line["level"] == "error"]
-    assert problems == [f"flow problem: {flows / 'broken.yaml'}:7: template 'receipt.html' cannot be used: "
-                        f"{templates / 'receipt.html'}:2: includes 'footer_typo.html', which does not exist "
-                        f"(looked in: {templates}, {ROOT / 'templates'})"], log_file.read_text()
+    assert problems == [
+        f"flow problem: {flows / 'broken.yaml'}:7: template 'receipt.html' cannot be used: "
+        f"{templates / 'receipt.html'}:2: includes 'footer_typo.html', which does not exist "
+        f"(looked in: {templates}, {ROOT / 'templates'})"
+    ], log_file.read_text()
     assert "Traceback" not in log_file.read_text()
 
 
@@ -133,12 +145,20 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
 
 
 def _start(tmp_path: Path, port: int) -> subprocess.Popen:
-    process_env = {k: v for k, v in os.environ.items()
-                   if k not in ("REDIS_URL", "DATABASE_URL", "ENCORE_DATA_DIR", "SECRET_KEY", "EMAIL_URL")}
+    process_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "DATABASE_URL", "ENCORE_DATA_DIR", "SECRET_KEY", "EMAIL_URL")
+    }
     process_env.update(SHOPIFY_API_SECRET=SHOPIFY_SECRET, PYTHONPATH=str(ROOT))
-    run = subprocess.Popen([sys.executable, "-m", CLI, "run", "--port", str(port), "--workers", "1"],
-                           env=process_env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", CLI, "run", "--port", str(port), "--workers", "1"],
+        env=process_env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
     def healthy() -> bool:
         try:
@@ -162,8 +182,10 @@ def test_encore_run_with_no_configuration_and_its_data_survives_a_restart(tmp_pa
     headers = shopify_headers(body, "orders/create")
     run = _start(tmp_path, port)
     try:
-        assert _post(url, body, headers) == (200, {"status": "queued", "events": [
-            "shopify-" + headers["X-Shopify-Webhook-Id"]]})
+        assert _post(url, body, headers) == (
+            200,
+            {"status": "queued", "events": ["shopify-" + headers["X-Shopify-Webhook-Id"]]},
+        )
         assert _post(url, body, headers)[1]["status"] == "duplicate"
         database = f"sqlite:///{tmp_path / 'encore.db'}"
         assert wait_for(lambda: _orders(database) == 1, timeout=30)
@@ -189,6 +211,7 @@ def test_encore_run_starts_a_child_that_dies_again(tmp_path):
     port = free_port()
     run = _start(tmp_path, port)
     try:
+
         def worker_pid() -> int | None:
             return next((pid for pid, args in _children(run.pid).items() if args.endswith(f"{CLI} worker")), None)
 
@@ -216,7 +239,8 @@ class CountingRedis(Redis):
 
 
 def test_the_worker_takes_a_job_with_its_body_in_one_round_trip_and_drops_the_body_with_its_success(
-        client, redis: Redis, env):
+    client, redis: Redis, env
+):
     from encore_retention import worker
     from encore_retention.core import queue as queue_module
 
@@ -224,8 +248,9 @@ def test_the_worker_takes_a_job_with_its_body_in_one_round_trip_and_drops_the_bo
     for number in range(3):
         data = payload("shopify", "orders_create")
         body = json.dumps(data).encode()
-        answer = client.post("/webhooks/shopify", data=body,
-                             headers=shopify_headers(body, "orders/create", webhook_id=f"take-{number}"))
+        answer = client.post(
+            "/webhooks/shopify", data=body, headers=shopify_headers(body, "orders/create", webhook_id=f"take-{number}")
+        )
         ids.append(answer.get_json()["events"][0])
     assert all(redis.exists(queue_module.BODY_PREFIX + job_id) for job_id in ids)
     counting = CountingRedis.from_url(redis_url_of(redis))
@@ -247,8 +272,9 @@ def test_a_job_that_fails_in_the_worker_keeps_its_body_for_the_retry(client, red
     from encore_retention.core import queue as queue_module
 
     body = json.dumps(payload("shopify", "orders_create")).encode()
-    job_id = client.post("/webhooks/shopify", data=body,
-                         headers=shopify_headers(body, "orders/create")).get_json()["events"][0]
+    job_id = client.post("/webhooks/shopify", data=body, headers=shopify_headers(body, "orders/create")).get_json()[
+        "events"
+    ][0]
     env.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'missing-dir' / 'nope.db'}")  # the store is unreachable
     reset_settings()
     worker.build_worker().work(burst=True)
@@ -271,8 +297,9 @@ def test_a_job_queued_under_its_path_before_the_one_import_root_still_runs(clien
     from encore_retention.core.queue import current_path
 
     body = json.dumps(payload("shopify", "orders_create")).encode()
-    job_id = client.post("/webhooks/shopify", data=body,
-                         headers=shopify_headers(body, "orders/create")).get_json()["events"][0]
+    job_id = client.post("/webhooks/shopify", data=body, headers=shopify_headers(body, "orders/create")).get_json()[
+        "events"
+    ][0]
     func, instance, args, kwargs = json.loads(redis.hget(f"rq:job:{job_id}", "data"))
     assert func == "encore_retention.jobs.process_delivery"
     redis.hset(f"rq:job:{job_id}", "data", json.dumps(["encore.jobs.process_delivery", instance, args, kwargs]))
@@ -286,15 +313,18 @@ def test_a_job_queued_under_its_path_before_the_one_import_root_still_runs(clien
 
 def test_the_web_process_named_by_its_folder_loads_each_module_once(env, redis: Redis, tmp_path):
     """`gunicorn "webhooks:create_app()"` from the checkout imports `webhooks`: it is the package, not a copy."""
-    script = ("import sys, webhooks\n"
-              "import encore_retention.webhooks as package\n"
-              "app = webhooks.create_app()\n"
-              "from encore_retention.web import app as web_app\n"
-              "assert webhooks is package and webhooks.create_app is web_app.create_app\n"
-              "print(sorted(name for name in sys.modules\n"
-              "             if name.split('.')[0] in ('webhooks', 'flows', 'connectors', 'encore', 'worker')))\n")
+    script = (
+        "import sys, webhooks\n"
+        "import encore_retention.webhooks as package\n"
+        "app = webhooks.create_app()\n"
+        "from encore_retention.web import app as web_app\n"
+        "assert webhooks is package and webhooks.create_app is web_app.create_app\n"
+        "print(sorted(name for name in sys.modules\n"
+        "             if name.split('.')[0] in ('webhooks', 'flows', 'connectors', 'encore', 'worker')))\n"
+    )
     process_env = dict(os.environ, REDIS_URL=redis_url_of(redis), PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=process_env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=process_env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['webhooks']"  # the alias alone: no module loaded under a second name

@@ -33,84 +33,358 @@ PAYLOADS = Path(__file__).parent / "payloads"
 
 # The fields the parsers read: a mutation lands on one of these most of the time.
 READ_FIELDS = {
-    "id", "admin_graphql_api_id", "email", "contact_email", "created_at", "updated_at", "cancelled_at", "total_price",
-    "subtotal_price", "currency", "presentment_currency", "order_number", "name", "financial_status",
-    "fulfillment_status", "checkout_token", "customer_locale", "discount_codes", "code", "line_items", "quantity",
-    "price", "product_id", "variant_id", "variation_id", "sku", "title", "customer", "first_name", "last_name",
-    "phone", "orders_count", "total_spent", "tags", "state", "email_marketing_consent", "consent_updated_at",
-    "accepts_marketing", "accepts_marketing_updated_at", "birthday", "locale", "token", "abandoned_checkout_url",
-    "completed_at", "customer_id", "email_address", "customerId", "numberOfOrders", "amountSpent", "amount",
-    "occurredAt", "order_id", "orders_to_redact", "orders_requested", "data_request", "date_modified_gmt",
-    "date_created_gmt", "status", "number", "total", "billing", "coupon_lines", "meta_data", "key", "value",
+    "id",
+    "admin_graphql_api_id",
+    "email",
+    "contact_email",
+    "created_at",
+    "updated_at",
+    "cancelled_at",
+    "total_price",
+    "subtotal_price",
+    "currency",
+    "presentment_currency",
+    "order_number",
+    "name",
+    "financial_status",
+    "fulfillment_status",
+    "checkout_token",
+    "customer_locale",
+    "discount_codes",
+    "code",
+    "line_items",
+    "quantity",
+    "price",
+    "product_id",
+    "variant_id",
+    "variation_id",
+    "sku",
+    "title",
+    "customer",
+    "first_name",
+    "last_name",
+    "phone",
+    "orders_count",
+    "total_spent",
+    "tags",
+    "state",
+    "email_marketing_consent",
+    "consent_updated_at",
+    "accepts_marketing",
+    "accepts_marketing_updated_at",
+    "birthday",
+    "locale",
+    "token",
+    "abandoned_checkout_url",
+    "completed_at",
+    "customer_id",
+    "email_address",
+    "customerId",
+    "numberOfOrders",
+    "amountSpent",
+    "amount",
+    "occurredAt",
+    "order_id",
+    "orders_to_redact",
+    "orders_requested",
+    "data_request",
+    "date_modified_gmt",
+    "date_created_gmt",
+    "status",
+    "number",
+    "total",
+    "billing",
+    "coupon_lines",
+    "meta_data",
+    "key",
+    "value",
 }
 
 DATES = [
-    "0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z",
-    "0001-01-01", "9999-12-31", "0000-00-00 00:00:00", "2026-02-30T00:00:00Z", "1899-12-31T23:59:59Z",
-    "3000-01-01T00:00:00Z", "2026-11-20T10:00:00+25:00", "2026-11-20T10:00:00+23:59", "2026-11-20",
-    "20261120T100000Z", "-2026-01-01", "2026-11-20T24:00:00Z", "2026-11-20T10:00:00.123456789Z", "Z", "T",
-    "1970-01-01T00:00:00Z", "2026-11-20 10:00:00", "1e10", "--04-12",
+    "0001-01-01T00:00:00+05:00",
+    "9999-12-31T23:00:00-05:00",
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59Z",
+    "0001-01-01",
+    "9999-12-31",
+    "0000-00-00 00:00:00",
+    "2026-02-30T00:00:00Z",
+    "1899-12-31T23:59:59Z",
+    "3000-01-01T00:00:00Z",
+    "2026-11-20T10:00:00+25:00",
+    "2026-11-20T10:00:00+23:59",
+    "2026-11-20",
+    "20261120T100000Z",
+    "-2026-01-01",
+    "2026-11-20T24:00:00Z",
+    "2026-11-20T10:00:00.123456789Z",
+    "Z",
+    "T",
+    "1970-01-01T00:00:00Z",
+    "2026-11-20 10:00:00",
+    "1e10",
+    "--04-12",
 ]
 NUMBERS: list[Any] = [
-    0, -1, 1, 2**31 - 1, 2**31, -(2**31) - 1, 2**53 + 1, 2**63 - 1, 2**63, -(2**63) - 1, 2**64 - 1, 1e300, -1e300,
-    1.5, -0.0, 5e-324, 1e15, 0.005, 999999999999.99, 1000000000000, -999999999999.99, 12345678901234.56,
+    0,
+    -1,
+    1,
+    2**31 - 1,
+    2**31,
+    -(2**31) - 1,
+    2**53 + 1,
+    2**63 - 1,
+    2**63,
+    -(2**63) - 1,
+    2**64 - 1,
+    1e300,
+    -1e300,
+    1.5,
+    -0.0,
+    5e-324,
+    1e15,
+    0.005,
+    999999999999.99,
+    1000000000000,
+    -999999999999.99,
+    12345678901234.56,
 ]
 NUMBER_TEXT = [
-    "1e300", "1e300", "99999999999999999999999", "-99999999999999999999999", "NaN", "nan", "Infinity", "-Infinity",
-    "inf", "1e999", "-1e999", "0x10", " 12 ", "1_000", "١٢٣", "²", "12.345.678", "1,5", "", "-", ".", "1e-999999",
-    "0." + "0" * 5000 + "1", "9" * 5000, "999999999999.995", "1E+12", "-0", "+5",
+    "1e300",
+    "1e300",
+    "99999999999999999999999",
+    "-99999999999999999999999",
+    "NaN",
+    "nan",
+    "Infinity",
+    "-Infinity",
+    "inf",
+    "1e999",
+    "-1e999",
+    "0x10",
+    " 12 ",
+    "1_000",
+    "١٢٣",
+    "²",
+    "12.345.678",
+    "1,5",
+    "",
+    "-",
+    ".",
+    "1e-999999",
+    "0." + "0" * 5000 + "1",
+    "9" * 5000,
+    "999999999999.995",
+    "1E+12",
+    "-0",
+    "+5",
 ]
 TEXT = [
-    "", " ", "\x00", "a\x00b", "\u202e\u0041", "😀" * 50, "x" * 300, "x" * 70000, "é" * 200, "\ud7ff", "\n\t\r",
-    "<script>alert(1)</script>", "'; DROP TABLE customers; --", "%s%n%x", "{{ 7*7 }}", "{% raw %}", "${7*7}",
-    "gid://shopify/Order/", "gid://shopify/Customer/" + "9" * 200, "gid://", "gid://shopify/Customer/1?x=1",
-    "\ufeff", "\u0301" * 100, "ǅ", "İ", "ß" * 100, "\U0010ffff", "null", "true", "[]",
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "\u202e\u0041",
+    "😀" * 50,
+    "x" * 300,
+    "x" * 70000,
+    "é" * 200,
+    "\ud7ff",
+    "\n\t\r",
+    "<script>alert(1)</script>",
+    "'; DROP TABLE customers; --",
+    "%s%n%x",
+    "{{ 7*7 }}",
+    "{% raw %}",
+    "${7*7}",
+    "gid://shopify/Order/",
+    "gid://shopify/Customer/" + "9" * 200,
+    "gid://",
+    "gid://shopify/Customer/1?x=1",
+    "\ufeff",
+    "\u0301" * 100,
+    "ǅ",
+    "İ",
+    "ß" * 100,
+    "\U0010ffff",
+    "null",
+    "true",
+    "[]",
 ]
 EMAILS = [
-    "not-an-email", "@", "a@b", "x" * 300 + "@example.com", "a@" + "b" * 400 + ".com", '"quoted"@example.com',
-    "ü@ü.de", "user@example.com\nBcc: evil@example.com", "user@example.com\r\nSubject: hi", "user@[127.0.0.1]",
-    " ", "a" * 64 + "@" + "b" * 63 + ".com", "<user@example.com>", "User <user@example.com>",
-    "user@example.com, other@example.com", "user@@example.com", "user@example..com", ".user@example.com",
-    "user\x00@example.com", "USER@EXAMPLE.COM", "user+tag@example.com", "x" * 115 + "@e.com", "x" * 117 + "@e.co",
+    "not-an-email",
+    "@",
+    "a@b",
+    "x" * 300 + "@example.com",
+    "a@" + "b" * 400 + ".com",
+    '"quoted"@example.com',
+    "ü@ü.de",
+    "user@example.com\nBcc: evil@example.com",
+    "user@example.com\r\nSubject: hi",
+    "user@[127.0.0.1]",
+    " ",
+    "a" * 64 + "@" + "b" * 63 + ".com",
+    "<user@example.com>",
+    "User <user@example.com>",
+    "user@example.com, other@example.com",
+    "user@@example.com",
+    "user@example..com",
+    ".user@example.com",
+    "user\x00@example.com",
+    "USER@EXAMPLE.COM",
+    "user+tag@example.com",
+    "x" * 115 + "@e.com",
+    "x" * 117 + "@e.co",
 ]
 CONTAINERS: list[Callable[[], Any]] = [
-    lambda: [], lambda: {}, lambda: [1, 2], lambda: {"a": 1}, lambda: [None], lambda: [[[]]], lambda: {"": ""},
-    lambda: _nested(200), lambda: list(range(3000)), lambda: [{"code": "X" * 300}] * 50,
+    lambda: [],
+    lambda: {},
+    lambda: [1, 2],
+    lambda: {"a": 1},
+    lambda: [None],
+    lambda: [[[]]],
+    lambda: {"": ""},
+    lambda: _nested(200),
+    lambda: list(range(3000)),
+    lambda: [{"code": "X" * 300}] * 50,
     lambda: {"state": "subscribed", "consent_updated_at": "0001-01-01T00:00:00+05:00"},
-    lambda: {"amount": "1e300", "currencyCode": "USD"}, lambda: [{"key": "birthday", "value": "0001-01-01"}],
-    lambda: [{"key": "marketing_consent", "value": ["yes"]}], lambda: [{"quantity": 1e300, "price": "1"}],
+    lambda: {"amount": "1e300", "currencyCode": "USD"},
+    lambda: [{"key": "birthday", "value": "0001-01-01"}],
+    lambda: [{"key": "marketing_consent", "value": ["yes"]}],
+    lambda: [{"quantity": 1e300, "price": "1"}],
 ]
-SCALARS: list[Any] = [None, True, False, "yes", "subscribed", "unsubscribed", "enabled", "processing", "completed",
-                      "cancelled", "refunded", "trash"]
+SCALARS: list[Any] = [
+    None,
+    True,
+    False,
+    "yes",
+    "subscribed",
+    "unsubscribed",
+    "enabled",
+    "processing",
+    "completed",
+    "cancelled",
+    "refunded",
+    "trash",
+]
 
-SHOPIFY_TOPICS = ["orders/create", "orders/paid", "orders/fulfilled", "orders/cancelled", "orders/updated",
-                  "orders/delete", "refunds/create", "customers/create", "customers/update", "customers/delete",
-                  "customers/email_marketing_consent_update", "customers/purchasing_summary", "checkouts/create",
-                  "checkouts/update", "customers/redact", "customers/data_request", "app/uninstalled"]
+SHOPIFY_TOPICS = [
+    "orders/create",
+    "orders/paid",
+    "orders/fulfilled",
+    "orders/cancelled",
+    "orders/updated",
+    "orders/delete",
+    "refunds/create",
+    "customers/create",
+    "customers/update",
+    "customers/delete",
+    "customers/email_marketing_consent_update",
+    "customers/purchasing_summary",
+    "checkouts/create",
+    "checkouts/update",
+    "customers/redact",
+    "customers/data_request",
+    "app/uninstalled",
+]
 # shop/redact is left out: it deletes the shop's whole ledger, which would hide what the other cases did.
 SHOPIFY_FIXTURE = {topic: topic.replace("/", "_") for topic in SHOPIFY_TOPICS}
-SHOPIFY_FIXTURE.update({"orders/cancelled": "orders_create", "orders/updated": "orders_paid",
-                        "orders/delete": "orders_create", "refunds/create": "orders_create",
-                        "customers/delete": "customers_update", "app/uninstalled": "app_uninstalled"})
-WOO_TOPICS = ["order.created", "order.updated", "order.deleted", "order.restored", "customer.created",
-              "customer.updated", "customer.deleted"]
-WOO_FIXTURE = {"order.created": "order_created", "order.updated": "order_updated", "order.deleted": "order_created",
-               "order.restored": "order_updated", "customer.created": "customer_created",
-               "customer.updated": "customer_created", "customer.deleted": "customer_created"}
-ODD_TOPICS = ["", " ", "orders/create ", "ORDERS/CREATE", "orders/", "/", "products/create", "order.created",
-              "orders/create\t", "x" * 500, "customers/redact/extra", "coupon.created", "action.woo",
-              "order.updated.extra", "order.", ".created", "customer.restored"]
-SOURCES = ["http://a:99999/", "http://[::1", "javascript:alert(1)", "", " ", "https://", "http://",
-           "https://woo.example.com:99999", "https://woo.example.com:0", "https://woo.example.com:-1",
-           "http://user:pw@woo.example.com/", "HTTPS://WOO.EXAMPLE.COM/", "https://woo.example.com:443/",
-           "https://woo.example.com/%zz", "https://[zz]/", "//woo.example.com", "woo.example.com",
-           "https://" + "w" * 300 + ".example.com", "https://woo.example.com\t", "file:///etc/passwd",
-           "https://xn--w-9ga.example.com", "https://woo.example.com/../", "http://[::1]:80/", "mailto:a@b"]
-SHOP_DOMAINS = ["", "EVIL.myshopify.com", "evil.example.com", "a" * 300 + ".myshopify.com", "-x.myshopify.com",
-                ".myshopify.com", "x.myshopify.com.evil.com", "x.myshopify.com ", "x..myshopify.com", "é.myshopify.com"]
-CONTENT_TYPES = ["text/plain", "", "application/json; charset=utf-16", "application/vnd.api+json",
-                 "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "APPLICATION/JSON",
-                 "application/json;;", "application/jsonp"]
+SHOPIFY_FIXTURE.update(
+    {
+        "orders/cancelled": "orders_create",
+        "orders/updated": "orders_paid",
+        "orders/delete": "orders_create",
+        "refunds/create": "orders_create",
+        "customers/delete": "customers_update",
+        "app/uninstalled": "app_uninstalled",
+    }
+)
+WOO_TOPICS = [
+    "order.created",
+    "order.updated",
+    "order.deleted",
+    "order.restored",
+    "customer.created",
+    "customer.updated",
+    "customer.deleted",
+]
+WOO_FIXTURE = {
+    "order.created": "order_created",
+    "order.updated": "order_updated",
+    "order.deleted": "order_created",
+    "order.restored": "order_updated",
+    "customer.created": "customer_created",
+    "customer.updated": "customer_created",
+    "customer.deleted": "customer_created",
+}
+ODD_TOPICS = [
+    "",
+    " ",
+    "orders/create ",
+    "ORDERS/CREATE",
+    "orders/",
+    "/",
+    "products/create",
+    "order.created",
+    "orders/create\t",
+    "x" * 500,
+    "customers/redact/extra",
+    "coupon.created",
+    "action.woo",
+    "order.updated.extra",
+    "order.",
+    ".created",
+    "customer.restored",
+]
+SOURCES = [
+    "http://a:99999/",
+    "http://[::1",
+    "javascript:alert(1)",
+    "",
+    " ",
+    "https://",
+    "http://",
+    "https://woo.example.com:99999",
+    "https://woo.example.com:0",
+    "https://woo.example.com:-1",
+    "http://user:pw@woo.example.com/",
+    "HTTPS://WOO.EXAMPLE.COM/",
+    "https://woo.example.com:443/",
+    "https://woo.example.com/%zz",
+    "https://[zz]/",
+    "//woo.example.com",
+    "woo.example.com",
+    "https://" + "w" * 300 + ".example.com",
+    "https://woo.example.com\t",
+    "file:///etc/passwd",
+    "https://xn--w-9ga.example.com",
+    "https://woo.example.com/../",
+    "http://[::1]:80/",
+    "mailto:a@b",
+]
+SHOP_DOMAINS = [
+    "",
+    "EVIL.myshopify.com",
+    "evil.example.com",
+    "a" * 300 + ".myshopify.com",
+    "-x.myshopify.com",
+    ".myshopify.com",
+    "x.myshopify.com.evil.com",
+    "x.myshopify.com ",
+    "x..myshopify.com",
+    "é.myshopify.com",
+]
+CONTENT_TYPES = [
+    "text/plain",
+    "",
+    "application/json; charset=utf-16",
+    "application/vnd.api+json",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x",
+    "APPLICATION/JSON",
+    "application/json;;",
+    "application/jsonp",
+]
 HEADER_TEXT = ["", " ", "x" * 2000, "é", "0", "-1", "null", "\t", "a b c", "%00", "Zm9v", "=" * 50]
 
 
@@ -189,14 +463,21 @@ class Fuzzer:
             if "customer_id" in data:
                 data["customer_id"] = rng.choice(self.customer_ids + [0])
         if "orders_to_redact" in data:  # a redaction forgets someone of its own, not the other cases' customers
-            data["customer"] = {"id": rng.randrange(10**12, 10**13), "email": f"gone-{self._uuid()}@example.com",
-                                "phone": None}
+            data["customer"] = {
+                "id": rng.randrange(10**12, 10**13),
+                "email": f"gone-{self._uuid()}@example.com",
+                "phone": None,
+            }
             data["orders_to_redact"] = [rng.randrange(10**15, 10**16)]
         for name in ("token", "customer_id", "customerId"):
             if name in data and platform == "shopify":
-                data[name] = (self._uuid().replace("-", "") if name == "token" else
-                              f"gid://shopify/Customer/{rng.choice(self.customer_ids)}" if name == "customerId"
-                              else rng.choice(self.customer_ids))
+                data[name] = (
+                    self._uuid().replace("-", "")
+                    if name == "token"
+                    else f"gid://shopify/Customer/{rng.choice(self.customer_ids)}"
+                    if name == "customerId"
+                    else rng.choice(self.customer_ids)
+                )
 
     def _paths(self, value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
         if isinstance(value, dict):
@@ -211,8 +492,12 @@ class Fuzzer:
     def _value(self, name: Any) -> Any:
         rng = self.rng
         pools: list[Callable[[], Any]] = [
-            lambda: rng.choice(DATES), lambda: rng.choice(NUMBERS), lambda: rng.choice(NUMBER_TEXT),
-            lambda: rng.choice(TEXT), lambda: rng.choice(EMAILS), lambda: rng.choice(CONTAINERS)(),
+            lambda: rng.choice(DATES),
+            lambda: rng.choice(NUMBERS),
+            lambda: rng.choice(NUMBER_TEXT),
+            lambda: rng.choice(TEXT),
+            lambda: rng.choice(EMAILS),
+            lambda: rng.choice(CONTAINERS)(),
             lambda: rng.choice(SCALARS),
         ]
         # Lean towards the kind of value the field holds, so that the mutation gets past the obvious checks.
@@ -221,8 +506,21 @@ class Fuzzer:
             return rng.choice(DATES) if rng.random() < 0.6 else rng.choice(pools)()
         if "email" in text:
             return rng.choice(EMAILS) if rng.random() < 0.6 else rng.choice(pools)()
-        if text in ("quantity", "orders_count", "numberOfOrders", "price", "total", "total_price", "amount",
-                    "total_spent", "subtotal_price", "id", "customer_id", "product_id", "variant_id"):
+        if text in (
+            "quantity",
+            "orders_count",
+            "numberOfOrders",
+            "price",
+            "total",
+            "total_price",
+            "amount",
+            "total_spent",
+            "subtotal_price",
+            "id",
+            "customer_id",
+            "product_id",
+            "variant_id",
+        ):
             return rng.choice(NUMBERS + NUMBER_TEXT) if rng.random() < 0.6 else rng.choice(pools)()
         return rng.choice(pools)()
 
@@ -241,8 +539,21 @@ class Fuzzer:
             target["email_marketing_consent"] = {"state": "subscribed", "consent_updated_at": "2026-11-20T10:00:00Z"}
             return "consent"
         if roll < 0.14:  # a field the parsers read that the example lacks
-            name = rng.choice(["orders_count", "total_spent", "birthday", "accepts_marketing", "tags", "state",
-                               "email_marketing_consent", "locale", "meta_data", "numberOfOrders", "occurredAt"])
+            name = rng.choice(
+                [
+                    "orders_count",
+                    "total_spent",
+                    "birthday",
+                    "accepts_marketing",
+                    "tags",
+                    "state",
+                    "email_marketing_consent",
+                    "locale",
+                    "meta_data",
+                    "numberOfOrders",
+                    "occurredAt",
+                ]
+            )
             target: Any = data
             if isinstance(data.get("customer"), dict) and rng.random() < 0.5:
                 target = data["customer"]
@@ -274,16 +585,28 @@ class Fuzzer:
             return body
         mangles: list[tuple[str, Callable[[bytes], bytes]]] = [
             ("truncated", lambda b: b[: rng.randrange(0, max(1, len(b)))]),
-            ("array", lambda b: b"[" + b + b"]"), ("string", lambda b: json.dumps(b.decode()).encode()),
-            ("null", lambda b: b"null"), ("number", lambda b: b"1e400"), ("bom", lambda b: b"\xef\xbb\xbf" + b),
-            ("latin-1", lambda b: b.replace(b"John", b"J\xf6hn")), ("invalid utf-8", lambda b: b[:-1] + b"\xff}"),
+            ("array", lambda b: b"[" + b + b"]"),
+            ("string", lambda b: json.dumps(b.decode()).encode()),
+            ("null", lambda b: b"null"),
+            ("number", lambda b: b"1e400"),
+            ("bom", lambda b: b"\xef\xbb\xbf" + b),
+            ("latin-1", lambda b: b.replace(b"John", b"J\xf6hn")),
+            ("invalid utf-8", lambda b: b[:-1] + b"\xff}"),
             ("deep", lambda b: b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"),
-            ("NaN", lambda b: b.replace(b'"total_price": "', b'"total_price": NaN, "x": "', 1)
-             if b'"total_price": "' in b else b'{"id": NaN}'),
+            (
+                "NaN",
+                lambda b: (
+                    b.replace(b'"total_price": "', b'"total_price": NaN, "x": "', 1)
+                    if b'"total_price": "' in b
+                    else b'{"id": NaN}'
+                ),
+            ),
             ("1e400", lambda b: b'{"id": 1, "total": 1e400, "orders_count": 1e400}'),
             ("duplicate keys", lambda b: b[:-1] + b', "id": "again"}' if b.endswith(b"}") else b),
-            ("empty", lambda b: b""), ("whitespace", lambda b: b" \n\t "),
-            ("utf-16", lambda b: b.decode().encode("utf-16")), ("ping", lambda b: b"webhook_id=12"),
+            ("empty", lambda b: b""),
+            ("whitespace", lambda b: b" \n\t "),
+            ("utf-16", lambda b: b.decode().encode("utf-16")),
+            ("ping", lambda b: b"webhook_id=12"),
             ("huge", lambda b: b'{"id": 1, "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}'),
         ]
         name, mangle = rng.choice(mangles)
@@ -293,13 +616,22 @@ class Fuzzer:
     # ---- the headers ---------------------------------------------------------------------------------
 
     def _shopify_headers(self, body: bytes, topic: str, what: list[str]) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "X-Shopify-Topic": topic, "X-Shopify-Shop-Domain": self.shop,
-                   "X-Shopify-API-Version": "2026-04", "X-Shopify-Webhook-Id": self._uuid(),
-                   "X-Shopify-Event-Id": self._uuid(), "X-Shopify-Triggered-At": "2026-11-20T10:00:00.000Z"}
+        headers = {
+            "Content-Type": "application/json",
+            "X-Shopify-Topic": topic,
+            "X-Shopify-Shop-Domain": self.shop,
+            "X-Shopify-API-Version": "2026-04",
+            "X-Shopify-Webhook-Id": self._uuid(),
+            "X-Shopify-Event-Id": self._uuid(),
+            "X-Shopify-Triggered-At": "2026-11-20T10:00:00.000Z",
+        }
         odd: list[tuple[str, list[str]]] = [
-            ("X-Shopify-Topic", ODD_TOPICS), ("X-Shopify-Shop-Domain", SHOP_DOMAINS),
-            ("Content-Type", CONTENT_TYPES), ("X-Shopify-Webhook-Id", HEADER_TEXT + ["x" * 99, "x" * 101]),
-            ("X-Shopify-Triggered-At", DATES + HEADER_TEXT), ("X-Shopify-API-Version", HEADER_TEXT),
+            ("X-Shopify-Topic", ODD_TOPICS),
+            ("X-Shopify-Shop-Domain", SHOP_DOMAINS),
+            ("Content-Type", CONTENT_TYPES),
+            ("X-Shopify-Webhook-Id", HEADER_TEXT + ["x" * 99, "x" * 101]),
+            ("X-Shopify-Triggered-At", DATES + HEADER_TEXT),
+            ("X-Shopify-API-Version", HEADER_TEXT),
         ]
         self._odd_headers(headers, odd, what)
         return headers
@@ -307,14 +639,23 @@ class Fuzzer:
     def _woo_headers(self, body: bytes, topic: str, what: list[str]) -> dict[str, str]:
         rng = self.rng
         resource, _, event = topic.partition(".")
-        headers = {"Content-Type": "application/json", "X-WC-Webhook-Source": self.wc_url + "/",
-                   "X-WC-Webhook-Topic": topic, "X-WC-Webhook-Resource": resource, "X-WC-Webhook-Event": event,
-                   "X-WC-Webhook-ID": "12", "X-WC-Webhook-Delivery-ID": self._uuid().replace("-", "")}
+        headers = {
+            "Content-Type": "application/json",
+            "X-WC-Webhook-Source": self.wc_url + "/",
+            "X-WC-Webhook-Topic": topic,
+            "X-WC-Webhook-Resource": resource,
+            "X-WC-Webhook-Event": event,
+            "X-WC-Webhook-ID": "12",
+            "X-WC-Webhook-Delivery-ID": self._uuid().replace("-", ""),
+        }
         odd: list[tuple[str, list[str]]] = [
-            ("X-WC-Webhook-Source", SOURCES), ("X-WC-Webhook-Topic", ODD_TOPICS), ("Content-Type", CONTENT_TYPES),
+            ("X-WC-Webhook-Source", SOURCES),
+            ("X-WC-Webhook-Topic", ODD_TOPICS),
+            ("Content-Type", CONTENT_TYPES),
             ("X-WC-Webhook-Resource", HEADER_TEXT + ["order", "customer"]),
             ("X-WC-Webhook-Event", HEADER_TEXT + ["created", "updated"]),
-            ("X-WC-Webhook-Delivery-ID", HEADER_TEXT), ("X-WC-Webhook-ID", HEADER_TEXT),
+            ("X-WC-Webhook-Delivery-ID", HEADER_TEXT),
+            ("X-WC-Webhook-ID", HEADER_TEXT),
         ]
         self._odd_headers(headers, odd, what)
         if rng.random() < 0.03:
@@ -363,6 +704,7 @@ def _short(value: Any) -> str:
 
 # ---- running them --------------------------------------------------------------------------------------
 
+
 @dataclass
 class Outcome:
     """What the receivers answered, and what happened to what they queued."""
@@ -410,9 +752,14 @@ def woocommerce_api(wc_url: str) -> Iterator[responses.RequestsMock]:
 
     def create(request: Any) -> tuple[int, dict[str, str], str]:
         body = json.loads(request.body)
-        coupon = {"id": 720, "code": str(body.get("code", "")).lower(), "amount": body.get("amount"),
-                  "discount_type": body.get("discount_type"), "date_expires": body.get("date_expires"),
-                  "date_expires_gmt": body.get("date_expires")}
+        coupon = {
+            "id": 720,
+            "code": str(body.get("code", "")).lower(),
+            "amount": body.get("amount"),
+            "discount_type": body.get("discount_type"),
+            "date_expires": body.get("date_expires"),
+            "date_expires_gmt": body.get("date_expires"),
+        }
         return 201, {}, json.dumps(coupon)
 
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
@@ -436,8 +783,9 @@ def run_queued(connection: Redis, outcome: Outcome, wc_url: str) -> Outcome:
 
     queues = [encore_queue.queue(name, connection) for name in encore_queue.QUEUES]
     with woocommerce_api(wc_url):
-        SimpleWorker(queues, connection=connection, serializer=JSONSerializer,
-                     exception_handlers=[collect]).work(burst=True)
+        SimpleWorker(queues, connection=connection, serializer=JSONSerializer, exception_handlers=[collect]).work(
+            burst=True
+        )
     for job_id in outcome.queued:
         try:
             job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)

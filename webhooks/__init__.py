@@ -30,6 +30,5 @@ def __getattr__(name: str) -> Any:
 
         return getattr(web, name)
     if name == "RECEIVERS":
-
         return RECEIVERS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

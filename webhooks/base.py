@@ -48,14 +48,26 @@ class Delivery:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form, for the job that normalises the delivery."""
-        return {"shop": self.shop, "topic": self.topic, "delivery_id": self.delivery_id, "headers": self.headers,
-                "key": self.key, "received_at": self.received_at, "http_headers": self.http_headers}
+        return {
+            "shop": self.shop,
+            "topic": self.topic,
+            "delivery_id": self.delivery_id,
+            "headers": self.headers,
+            "key": self.key,
+            "received_at": self.received_at,
+            "http_headers": self.http_headers,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Delivery:
         """Rebuild a delivery from `to_dict`'s output."""
-        return cls(**{k: data[k] for k in ("shop", "topic", "delivery_id", "headers", "key", "received_at",
-                                            "http_headers") if k in data})
+        return cls(
+            **{
+                k: data[k]
+                for k in ("shop", "topic", "delivery_id", "headers", "key", "received_at", "http_headers")
+                if k in data
+            }
+        )
 
 
 class Headers(Protocol):

@@ -96,8 +96,9 @@ def _load_shop(platform: str, domain: str) -> list[str] | None:
 
 def _load_own(platform: str) -> dict[str, list[str]]:
     with session_scope() as session:
-        query = select(Shop).where(Shop.platform == platform, Shop.active.is_(True),
-                                   Shop.webhook_secret_enc.is_not(None))
+        query = select(Shop).where(
+            Shop.platform == platform, Shop.active.is_(True), Shop.webhook_secret_enc.is_not(None)
+        )
         return {shop.domain: secrets for shop in session.execute(query).scalars() if (secrets := _decrypt(shop))}
 
 
@@ -123,8 +124,10 @@ def _cached(key: tuple[str, str], load: Callable[[], Any], known: Callable[[Any]
             return hit.value
         raise StoreUnavailable(f"database unavailable: {key[0]} webhook secrets can't be read") from exc
     keep = known(value)
-    _remember(key, _Entry(now + (TTL_SECONDS if keep else NEGATIVE_TTL_SECONDS),
-                          now + (STALE_SECONDS if keep else 0.0), value))
+    _remember(
+        key,
+        _Entry(now + (TTL_SECONDS if keep else NEGATIVE_TTL_SECONDS), now + (STALE_SECONDS if keep else 0.0), value),
+    )
     return value
 
 

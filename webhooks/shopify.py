@@ -62,8 +62,17 @@ TOPICS: dict[str, EventType] = {
 # The fields a topic's event cannot do without (any one of each tuple); a delivery lacking them is a 400.
 _ORDER_ID = ("admin_graphql_api_id", "id")
 REQUIRED: dict[str, tuple[str, ...]] = {
-    **{topic: _ORDER_ID for topic in ("orders/create", "orders/paid", "orders/fulfilled", "orders/cancelled",
-                                      "orders/updated", "orders/delete")},
+    **{
+        topic: _ORDER_ID
+        for topic in (
+            "orders/create",
+            "orders/paid",
+            "orders/fulfilled",
+            "orders/cancelled",
+            "orders/updated",
+            "orders/delete",
+        )
+    },
     "refunds/create": ("order_id",),
     "customers/email_marketing_consent_update": ("customer_id",),
     "customers/purchasing_summary": ("customerId",),
@@ -74,8 +83,14 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 # The data request's id is kept with the export it asks for (`data_exports.request_id`, 64 characters).
 _REQUEST_ID = TypeAdapter(Code | None, config=ConfigDict(title="data_request.id"))
 SHOP_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]{0,229}\.myshopify\.com$")  # at most 255 characters, as stored
-CONSENT_STATES = {"subscribed": True, "not_subscribed": False, "unsubscribed": False, "redacted": False,
-                  "pending": False, "invalid": False}
+CONSENT_STATES = {
+    "subscribed": True,
+    "not_subscribed": False,
+    "unsubscribed": False,
+    "redacted": False,
+    "pending": False,
+    "invalid": False,
+}
 
 
 class ShopifyReceiver:
@@ -105,9 +120,15 @@ class ShopifyReceiver:
             raise Rejected(400, "bad_shop", "X-Shopify-Shop-Domain is missing or not a myshopify.com domain")
         if not topic:
             raise Rejected(400, "missing_topic", "X-Shopify-Topic is missing")
-        return Delivery(shop=shop, topic=topic, delivery_id=headers.get("X-Shopify-Webhook-Id"),
-                        headers={"triggered_at": headers.get("X-Shopify-Triggered-At") or "",
-                                 "api_version": headers.get("X-Shopify-Api-Version") or ""})
+        return Delivery(
+            shop=shop,
+            topic=topic,
+            delivery_id=headers.get("X-Shopify-Webhook-Id"),
+            headers={
+                "triggered_at": headers.get("X-Shopify-Triggered-At") or "",
+                "api_version": headers.get("X-Shopify-Api-Version") or "",
+            },
+        )
 
     def key(self, delivery: Delivery, payload: dict[str, Any], body: bytes) -> str | None:
         """`shopify-<X-Shopify-Webhook-Id>` (a hash of shop, topic and body without one); None if unhandled."""
@@ -127,11 +148,21 @@ class ShopifyReceiver:
             return []
         key = delivery.key or self.key(delivery, payload, body)
         assert key is not None
-        occurred = (parse_datetime(delivery.headers.get("triggered_at"))
-                    or parse_datetime(payload.get("updated_at")) or parse_datetime(payload.get("occurredAt"))
-                    or parse_datetime(payload.get("created_at")))
-        event = Event(id=key, type=kind, platform=platform, shop=delivery.shop, topic=delivery.topic,
-                      occurred_at=occurred or _now(), raw=payload)
+        occurred = (
+            parse_datetime(delivery.headers.get("triggered_at"))
+            or parse_datetime(payload.get("updated_at"))
+            or parse_datetime(payload.get("occurredAt"))
+            or parse_datetime(payload.get("created_at"))
+        )
+        event = Event(
+            id=key,
+            type=kind,
+            platform=platform,
+            shop=delivery.shop,
+            topic=delivery.topic,
+            occurred_at=occurred or _now(),
+            raw=payload,
+        )
         if kind.is_order:
             if delivery.topic == "refunds/create":
                 event.order = Order(id=_id(payload.get("order_id")) or _require_id(None, "order_id"))
@@ -142,10 +173,12 @@ class ShopifyReceiver:
         elif kind == EventType.CUSTOMER_CONSENT_CHANGED:
             event.customer = consent_customer(payload)
         elif kind == EventType.CUSTOMER_PURCHASING_SUMMARY:
-            event.customer = Customer(id=_id(payload.get("customerId")) or _require_id(None, "customerId"),
-                                      orders_count=integer(payload.get("numberOfOrders")),
-                                      total_spent=parse_decimal(mapping(payload.get("amountSpent")).get("amount")),
-                                      updated_at=parse_datetime(payload.get("occurredAt")))
+            event.customer = Customer(
+                id=_id(payload.get("customerId")) or _require_id(None, "customerId"),
+                orders_count=integer(payload.get("numberOfOrders")),
+                total_spent=parse_decimal(mapping(payload.get("amountSpent")).get("amount")),
+                updated_at=parse_datetime(payload.get("occurredAt")),
+            )
         elif kind in (EventType.CUSTOMER_CREATED, EventType.CUSTOMER_UPDATED, EventType.CUSTOMER_DELETED):
             event.customer = customer(payload)
         elif kind in (EventType.CHECKOUT_STARTED, EventType.CHECKOUT_UPDATED):
@@ -165,7 +198,8 @@ receiver = ShopifyReceiver()
 
 # ---- mapping -------------------------------------------------------------------------------------
 
-def _now():  # type: ignore[no-untyped-def]
+
+def _now():
 
     return utcnow()
 
@@ -216,12 +250,20 @@ def customer(obj: dict[str, Any]) -> Customer:
     """A customer from a customer payload (any API version; every field optional)."""
     consent, consent_at = _consent(obj)
     return Customer(
-        id=_exact_id(obj), email=text(obj.get("email")), first_name=text(obj.get("first_name")),
-        last_name=text(obj.get("last_name")), phone=text(obj.get("phone")), email_consent=consent,
-        consent_updated_at=consent_at, tags=_tags(obj.get("tags")), locale=text(obj.get("locale")),
+        id=_exact_id(obj),
+        email=text(obj.get("email")),
+        first_name=text(obj.get("first_name")),
+        last_name=text(obj.get("last_name")),
+        phone=text(obj.get("phone")),
+        email_consent=consent,
+        consent_updated_at=consent_at,
+        tags=_tags(obj.get("tags")),
+        locale=text(obj.get("locale")),
         has_account=(obj["state"] == "enabled") if isinstance(obj.get("state"), str) else None,
-        orders_count=integer(obj.get("orders_count")), total_spent=parse_decimal(obj.get("total_spent")),
-        created_at=parse_datetime(obj.get("created_at")), updated_at=parse_datetime(obj.get("updated_at")),
+        orders_count=integer(obj.get("orders_count")),
+        total_spent=parse_decimal(obj.get("total_spent")),
+        created_at=parse_datetime(obj.get("created_at")),
+        updated_at=parse_datetime(obj.get("updated_at")),
         birthday=parse_date(obj.get("birthday")),
     )
 
@@ -245,9 +287,12 @@ def order_customer(payload: dict[str, Any]) -> Customer | None:
 def consent_customer(payload: dict[str, Any]) -> Customer:
     """The customer of `customers/email_marketing_consent_update`."""
     consent, consent_at = _consent(payload)
-    return Customer(id=_require_id(_id(payload.get("customer_id")), "customer_id"),
-                    email=text(payload.get("email_address")), email_consent=consent,
-                    consent_updated_at=consent_at)
+    return Customer(
+        id=_require_id(_id(payload.get("customer_id")), "customer_id"),
+        email=text(payload.get("email_address")),
+        email_consent=consent,
+        consent_updated_at=consent_at,
+    )
 
 
 def _line_items(items: Any) -> list[LineItem]:
@@ -255,9 +300,16 @@ def _line_items(items: Any) -> list[LineItem]:
     for item in array(items):
         if not isinstance(item, dict):
             continue
-        result.append(LineItem(product_id=_id(item.get("product_id")), variant_id=_id(item.get("variant_id")),
-                               sku=text(item.get("sku")), title=text(item.get("title") or item.get("name")) or "",
-                               quantity=integer(item.get("quantity")) or 1, price=parse_decimal(item.get("price"))))
+        result.append(
+            LineItem(
+                product_id=_id(item.get("product_id")),
+                variant_id=_id(item.get("variant_id")),
+                sku=text(item.get("sku")),
+                title=text(item.get("title") or item.get("name")) or "",
+                quantity=integer(item.get("quantity")) or 1,
+                price=parse_decimal(item.get("price")),
+            )
+        )
     return result
 
 
@@ -265,13 +317,19 @@ def order(payload: dict[str, Any]) -> Order:
     """An order from an `orders/*` payload."""
     codes = [str(d.get("code")) for d in array(payload.get("discount_codes")) if isinstance(d, dict) and d.get("code")]
     return Order(
-        id=_require_id(_exact_id(payload), "id"), number=text(payload.get("order_number") or payload.get("name")),
-        created_at=parse_datetime(payload.get("created_at")), updated_at=parse_datetime(payload.get("updated_at")),
-        total=parse_decimal(payload.get("total_price")), subtotal=parse_decimal(payload.get("subtotal_price")),
-        currency=text(payload.get("currency")), line_items=_line_items(payload.get("line_items")),
-        discount_codes=codes, financial_status=text(payload.get("financial_status")),
+        id=_require_id(_exact_id(payload), "id"),
+        number=text(payload.get("order_number") or payload.get("name")),
+        created_at=parse_datetime(payload.get("created_at")),
+        updated_at=parse_datetime(payload.get("updated_at")),
+        total=parse_decimal(payload.get("total_price")),
+        subtotal=parse_decimal(payload.get("subtotal_price")),
+        currency=text(payload.get("currency")),
+        line_items=_line_items(payload.get("line_items")),
+        discount_codes=codes,
+        financial_status=text(payload.get("financial_status")),
         fulfillment_status=text(payload.get("fulfillment_status")),
-        cancelled_at=parse_datetime(payload.get("cancelled_at")), checkout_token=text(payload.get("checkout_token")),
+        cancelled_at=parse_datetime(payload.get("cancelled_at")),
+        checkout_token=text(payload.get("checkout_token")),
     )
 
 
@@ -279,11 +337,15 @@ def checkout(payload: dict[str, Any]) -> Checkout:
     """A checkout; since API 2026-04 checkouts have no `id`, only `token`."""
     token = text(payload.get("token")) or _id(payload.get("id"))
     return Checkout(
-        token=_require_id(token, "token"), email=text(payload.get("email")),
-        recovery_url=text(payload.get("abandoned_checkout_url")), total=parse_decimal(payload.get("total_price")),
+        token=_require_id(token, "token"),
+        email=text(payload.get("email")),
+        recovery_url=text(payload.get("abandoned_checkout_url")),
+        total=parse_decimal(payload.get("total_price")),
         currency=text(payload.get("currency") or payload.get("presentment_currency")),
-        line_items=_line_items(payload.get("line_items")), created_at=parse_datetime(payload.get("created_at")),
-        updated_at=parse_datetime(payload.get("updated_at")), completed_at=parse_datetime(payload.get("completed_at")),
+        line_items=_line_items(payload.get("line_items")),
+        created_at=parse_datetime(payload.get("created_at")),
+        updated_at=parse_datetime(payload.get("updated_at")),
+        completed_at=parse_datetime(payload.get("completed_at")),
     )
 
 

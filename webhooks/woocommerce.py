@@ -128,8 +128,15 @@ class WooCommerceReceiver:
         assert key is not None
         modified = payload.get("date_modified_gmt")
         occurred = parse_datetime(modified) or parse_datetime(payload.get("date_created_gmt"))
-        event = Event(id=key, type=kind, platform=platform, shop=delivery.shop, topic=delivery.topic,
-                      occurred_at=occurred or _now(), raw=payload)
+        event = Event(
+            id=key,
+            type=kind,
+            platform=platform,
+            shop=delivery.shop,
+            topic=delivery.topic,
+            occurred_at=occurred or _now(),
+            raw=payload,
+        )
         if delivery.topic.startswith("order."):
             event.order = order(payload)
             event.customer = order_customer(payload)
@@ -143,7 +150,7 @@ class WooCommerceReceiver:
 receiver = WooCommerceReceiver()
 
 
-def _now():  # type: ignore[no-untyped-def]
+def _now():
 
     return utcnow()
 
@@ -168,16 +175,19 @@ def customer(payload: dict[str, Any]) -> Customer:
     consent_raw = _meta(payload, settings.WOOCOMMERCE_CONSENT_META)
     modified = parse_datetime(payload.get("date_modified_gmt"))
     return Customer(
-        id=_id(payload.get("id")), email=text(payload.get("email")) or text(billing.get("email")),
+        id=_id(payload.get("id")),
+        email=text(payload.get("email")) or text(billing.get("email")),
         first_name=text(payload.get("first_name")) or text(billing.get("first_name")),
         last_name=text(payload.get("last_name")) or text(billing.get("last_name")),
-        phone=text(billing.get("phone")), birthday=parse_date(_meta(payload, settings.WOOCOMMERCE_BIRTHDAY_META)),
+        phone=text(billing.get("phone")),
+        birthday=parse_date(_meta(payload, settings.WOOCOMMERCE_BIRTHDAY_META)),
         email_consent=None if consent_raw is None else truthy(consent_raw),
         consent_updated_at=modified if consent_raw is not None else None,
         has_account=True if _id(payload.get("id")) else None,
         orders_count=integer(payload.get("orders_count")),
         total_spent=parse_decimal(payload.get("total_spent")),
-        created_at=parse_datetime(payload.get("date_created_gmt")), updated_at=modified,
+        created_at=parse_datetime(payload.get("date_created_gmt")),
+        updated_at=modified,
     )
 
 
@@ -187,9 +197,14 @@ def order_customer(payload: dict[str, Any]) -> Customer | None:
     cid, email = _id(payload.get("customer_id")), text(billing.get("email"))
     if not cid and not email:
         return None
-    return Customer(id=cid, email=email, first_name=text(billing.get("first_name")),
-                    last_name=text(billing.get("last_name")), phone=text(billing.get("phone")),
-                    has_account=True if cid else None)
+    return Customer(
+        id=cid,
+        email=email,
+        first_name=text(billing.get("first_name")),
+        last_name=text(billing.get("last_name")),
+        phone=text(billing.get("phone")),
+        has_account=True if cid else None,
+    )
 
 
 def order(payload: dict[str, Any]) -> Order:
@@ -198,17 +213,31 @@ def order(payload: dict[str, Any]) -> Order:
     if not oid:
         raise ValueError("order id is missing")
     status = text(payload.get("status"))
-    items = [LineItem(product_id=_id(i.get("product_id")), variant_id=_id(i.get("variation_id")),
-                      sku=text(i.get("sku")), title=text(i.get("name")) or "", quantity=int(i.get("quantity") or 1),
-                      price=parse_decimal(i.get("price")))
-             for i in array(payload.get("line_items")) if isinstance(i, dict)]
+    items = [
+        LineItem(
+            product_id=_id(i.get("product_id")),
+            variant_id=_id(i.get("variation_id")),
+            sku=text(i.get("sku")),
+            title=text(i.get("name")) or "",
+            quantity=int(i.get("quantity") or 1),
+            price=parse_decimal(i.get("price")),
+        )
+        for i in array(payload.get("line_items"))
+        if isinstance(i, dict)
+    ]
     modified = parse_datetime(payload.get("date_modified_gmt"))
     return Order(
-        id=oid, number=text(payload.get("number")), created_at=parse_datetime(payload.get("date_created_gmt")),
-        updated_at=modified, total=parse_decimal(payload.get("total")), currency=text(payload.get("currency")),
+        id=oid,
+        number=text(payload.get("number")),
+        created_at=parse_datetime(payload.get("date_created_gmt")),
+        updated_at=modified,
+        total=parse_decimal(payload.get("total")),
+        currency=text(payload.get("currency")),
         line_items=items,
-        discount_codes=[str(c["code"]) for c in array(payload.get("coupon_lines"))
-                        if isinstance(c, dict) and c.get("code")],
-        financial_status=status, fulfillment_status="fulfilled" if status == "completed" else None,
+        discount_codes=[
+            str(c["code"]) for c in array(payload.get("coupon_lines")) if isinstance(c, dict) and c.get("code")
+        ],
+        financial_status=status,
+        fulfillment_status="fulfilled" if status == "completed" else None,
         cancelled_at=modified if status in ("cancelled", "trash") else None,
     )

@@ -20,5 +20,14 @@ from encore_retention.connectors.email.base import (
     send,
 )
 
-__all__ = ["OutgoingEmail", "PermanentEmailError", "TransientEmailError", "Transport", "build_message",
-           "get_transport", "header_text", "mailbox", "send"]
+__all__ = [
+    "OutgoingEmail",
+    "PermanentEmailError",
+    "TransientEmailError",
+    "Transport",
+    "build_message",
+    "get_transport",
+    "header_text",
+    "mailbox",
+    "send",
+]

@@ -70,8 +70,13 @@ class _Policy(Compat32):
     """
 
     def _fold(self, name: str, value: Any, sanitize: bool) -> str:
-        if (isinstance(value, str) and value.isascii() and "\n" not in value and "\r" not in value
-                and len(name) + len(value) + 2 <= (self.max_line_length or 998)):
+        if (
+            isinstance(value, str)
+            and value.isascii()
+            and "\n" not in value
+            and "\r" not in value
+            and len(name) + len(value) + 2 <= (self.max_line_length or 998)
+        ):
             return f"{name}: {value}{self.linesep}"
         return super()._fold(name, value, sanitize)  # type: ignore[misc]
 
@@ -86,10 +91,28 @@ _CONTROLS = re.compile(r"[ \t]*[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029][\x00-\x
 # One addr-spec: a local part and a domain, with none of the characters that separate or quote addresses.
 _ADDR_SPEC = re.compile(r'[^\s@<>,;:"()\[\]\\]+@[^\s@<>,;:"()\[\]\\]+')
 # Headers the message sets itself (or whose change would change who receives it): `headers` can't set them.
-RESERVED_HEADERS = frozenset(name.lower() for name in (
-    "From", "To", "Cc", "Bcc", "Reply-To", "Sender", "Subject", "Date", "Message-ID", "MIME-Version",
-    "Content-Type", "Content-Transfer-Encoding", "Content-Disposition", "Return-Path", "List-Unsubscribe",
-    "List-Unsubscribe-Post", IDEMPOTENCY_HEADER))
+RESERVED_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "From",
+        "To",
+        "Cc",
+        "Bcc",
+        "Reply-To",
+        "Sender",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "Content-Disposition",
+        "Return-Path",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+        IDEMPOTENCY_HEADER,
+    )
+)
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322: printable ASCII but the colon
 
 
@@ -134,8 +157,11 @@ def build_message(email: OutgoingEmail) -> Message:
     """
 
     mailboxes: dict[str, tuple[str, str]] = {}
-    for header, value in (("From", email.from_addr or get_settings().EMAIL_FROM), ("To", email.to),
-                          ("Reply-To", email.reply_to)):
+    for header, value in (
+        ("From", email.from_addr or get_settings().EMAIL_FROM),
+        ("To", email.to),
+        ("Reply-To", email.reply_to),
+    ):
         if value or header != "Reply-To":
             try:
                 mailboxes[header] = mailbox(value or "")
@@ -216,16 +242,20 @@ def _common_headers(email: OutgoingEmail, sender: str) -> list[tuple[str, str]]:
     """Date, Message-ID, the idempotency key and the unsubscribe headers; `sender` is the From address."""
     domain = sender.rpartition("@")[2] or "localhost"
     key = header_text(email.idempotency_key)
-    headers = [("Date", formatdate(localtime=False, usegmt=True)), ("Message-ID", message_id(key, domain)),
-               (IDEMPOTENCY_HEADER, key)]
+    headers = [
+        ("Date", formatdate(localtime=False, usegmt=True)),
+        ("Message-ID", message_id(key, domain)),
+        (IDEMPOTENCY_HEADER, key),
+    ]
     if email.unsubscribe_url:
         headers.append(("List-Unsubscribe", f"<{header_text(email.unsubscribe_url)}>"))
         headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
     return headers
 
 
-def _build_international(email: OutgoingEmail, mailboxes: dict[str, tuple[str, str]],
-                         extra: list[tuple[str, str]], html: str) -> EmailMessage:
+def _build_international(
+    email: OutgoingEmail, mailboxes: dict[str, tuple[str, str]], extra: list[tuple[str, str]], html: str
+) -> EmailMessage:
     message = EmailMessage(policy=SMTPUTF8)
     for header, (name, address) in mailboxes.items():
         local, _, domain = address.rpartition("@")

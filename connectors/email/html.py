@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
 _BODY_OPEN = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
-PREHEADER_STYLE = ("display:none;max-height:0;max-width:0;opacity:0;overflow:hidden;"
-                   "mso-hide:all;font-size:1px;line-height:1px;color:transparent")
+PREHEADER_STYLE = (
+    "display:none;max-height:0;max-width:0;opacity:0;overflow:hidden;"
+    "mso-hide:all;font-size:1px;line-height:1px;color:transparent"
+)
 
 
 def inline_css(markup: str) -> str:
@@ -42,7 +44,7 @@ def add_preheader(markup: str, preheader: str) -> str:
     match = _BODY_OPEN.search(markup)
     if match is None:
         return snippet + markup
-    return markup[:match.end()] + snippet + markup[match.end():]
+    return markup[: match.end()] + snippet + markup[match.end() :]
 
 
 def prepare(markup: str, preheader: str | None = None, *, inline: bool = True) -> str:

@@ -115,8 +115,9 @@ class SMTPTransport(Transport):
     def connect(self) -> smtplib.SMTP:
         """An open, authenticated SMTP connection as EMAIL_URL describes it."""
         if self.scheme == "smtps":
-            client: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
-                                                    context=self.tls_context())
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                self.host, self.port, timeout=self.timeout, context=self.tls_context()
+            )
         else:
             client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
         try:

@@ -39,7 +39,7 @@ _engines: dict[str, Engine] = {}
 _sessionmakers: dict[str, sessionmaker[Session]] = {}
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
@@ -57,18 +57,18 @@ def normalise_url(url: str) -> str:
     """Map plain `postgres://`/`postgresql://` URLs to the psycopg 3 driver."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 
 PING_AFTER_IDLE = 10.0  # seconds a pooled PostgreSQL connection may rest before it is checked again
 
 
-def _checked_in(_dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
+def _checked_in(_dbapi_connection, record) -> None:
     record.info["idle_since"] = time.monotonic()
 
 
-def _ping_if_idle(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-untyped-def]
+def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
     """Check a pooled connection that rested PING_AFTER_IDLE seconds (a restarted server closed it).
 
     SQLAlchemy's `pool_pre_ping` checks at every checkout, a round trip per transaction (about two
@@ -130,7 +130,7 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
-def alembic_config(url: str | None = None):  # type: ignore[no-untyped-def]
+def alembic_config(url: str | None = None):
     """An Alembic Config pointing at the shipped migrations and `url`."""
 
     config = Config()
@@ -223,8 +223,9 @@ def dispose_all() -> None:
 _INSERTS: dict[tuple[str, str, tuple[str, ...]], Any] = {}
 
 
-def insert_new(session: Session, model: Any, values: dict[str, Any], conflict: list[str], *,
-               attach: bool = True) -> Any:
+def insert_new(
+    session: Session, model: Any, values: dict[str, Any], conflict: list[str], *, attach: bool = True
+) -> Any:
     """INSERT … ON CONFLICT (`conflict`) DO NOTHING RETURNING id: the new row, or None if one exists.
 
     `values` holds every column but the id, so the new row is put in the session as the persistent

@@ -82,8 +82,7 @@ class Person:
         (however written)."""
         lowered = text.lower()
         for address in self.emails:
-            if address in lowered and re.search(
-                    rf"(?<![\w.%+-]){re.escape(address)}(?!\.?[\w-])", lowered):
+            if address in lowered and re.search(rf"(?<![\w.%+-]){re.escape(address)}(?!\.?[\w-])", lowered):
                 return True
         if not any(phone[-4:] in text for phone in self.phones):  # however written, it ends in these digits
             return False
@@ -97,10 +96,11 @@ class Person:
             return True
         customer = event.customer
         if customer is not None and (
-                (customer.id is not None and customer.id in self.platform_ids)
-                or (customer.key is not None and customer.key in self.keys)
-                or (customer.email is not None and customer.email.strip().lower() in self.emails)
-                or (customer.phone is not None and self._phone(customer.phone))):
+            (customer.id is not None and customer.id in self.platform_ids)
+            or (customer.key is not None and customer.key in self.keys)
+            or (customer.email is not None and customer.email.strip().lower() in self.emails)
+            or (customer.phone is not None and self._phone(customer.phone))
+        ):
             return True
         if event.order is not None and event.order.id in self.order_ids:
             return True
@@ -111,7 +111,7 @@ class Person:
         """Lower-case fragments one of which any JSON text naming them contains (a coarse first filter)."""
         found = set(self.emails) | {text.lower() for text in self.phone_texts}
         for value in self.platform_ids | self.order_ids:
-            found.update(f'{sep}{value}{end}' for sep in ('":', '": ') for end in (",", "}"))
+            found.update(f"{sep}{value}{end}" for sep in ('":', '": ') for end in (",", "}"))
             found.update((f'":"{value}"', f'": "{value}"', f'/{value}"'))
         return sorted(found)
 
@@ -154,6 +154,8 @@ def cast_table(model: type[Base]) -> Table:
 
 
 _INSERTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
+
+
 def _insert(session: Session, model: type[Base], values: dict[str, Any], conflict: list[str]) -> bool:
     """INSERT … ON CONFLICT DO NOTHING; True when a row was inserted.
 
@@ -166,8 +168,7 @@ def _insert(session: Session, model: type[Base], values: dict[str, Any], conflic
     if stmt is None:
         builder = pg_insert if dialect == "postgresql" else sqlite_insert
         table = cast_table(model)
-        stmt = (builder(table).on_conflict_do_nothing(index_elements=conflict)
-                .returning(table.c[conflict[0]]))
+        stmt = builder(table).on_conflict_do_nothing(index_elements=conflict).returning(table.c[conflict[0]])
         _INSERTS[key] = stmt
     return session.connection().execute(stmt, values).first() is not None
 
@@ -176,16 +177,21 @@ def _insert(session: Session, model: type[Base], values: dict[str, Any], conflic
 _SHOP = select(Shop).where(Shop.platform == bindparam("platform"), Shop.domain == bindparam("domain"))
 _CUSTOMER = select(Customer).where(Customer.shop_id == bindparam("shop_id"), Customer.platform_id == bindparam("key"))
 _CUSTOMER_LOCKED = _CUSTOMER.with_for_update()
-_ORDER_LOCKED = select(Order).where(Order.shop_id == bindparam("shop_id"),
-                                    Order.platform_id == bindparam("key")).with_for_update()
+_ORDER_LOCKED = (
+    select(Order).where(Order.shop_id == bindparam("shop_id"), Order.platform_id == bindparam("key")).with_for_update()
+)
 _EVENT_CUSTOMER = select(EventRecord.customer_id).where(EventRecord.id == bindparam("event_id"))
-_TOTALS_EXCEPT = select(func.count(Order.id), func.coalesce(func.sum(Order.total), 0), func.min(Order.placed_at),
-                        func.max(Order.placed_at)).where(Order.customer_id == bindparam("customer_id"),
-                                                         Order.id != bindparam("order_id"),
-                                                         Order.deleted.is_(False), Order.cancelled_at.is_(None))
-_TOTALS = select(func.count(Order.id), func.coalesce(func.sum(Order.total), 0), func.min(Order.placed_at),
-                 func.max(Order.placed_at)).where(Order.customer_id == bindparam("customer_id"),
-                                                  Order.deleted.is_(False), Order.cancelled_at.is_(None))
+_TOTALS_EXCEPT = select(
+    func.count(Order.id), func.coalesce(func.sum(Order.total), 0), func.min(Order.placed_at), func.max(Order.placed_at)
+).where(
+    Order.customer_id == bindparam("customer_id"),
+    Order.id != bindparam("order_id"),
+    Order.deleted.is_(False),
+    Order.cancelled_at.is_(None),
+)
+_TOTALS = select(
+    func.count(Order.id), func.coalesce(func.sum(Order.total), 0), func.min(Order.placed_at), func.max(Order.placed_at)
+).where(Order.customer_id == bindparam("customer_id"), Order.deleted.is_(False), Order.cancelled_at.is_(None))
 
 
 def get_or_create_shop(session: Session, platform: str, domain: str) -> Shop:
@@ -193,8 +199,9 @@ def get_or_create_shop(session: Session, platform: str, domain: str) -> Shop:
     where = {"platform": platform, "domain": domain}
     shop = session.execute(_SHOP, where).scalar_one_or_none()
     if shop is None:
-        _insert(session, Shop, {**where, "settings": {}, "active": True, "created_at": utcnow()},
-                ["platform", "domain"])
+        _insert(
+            session, Shop, {**where, "settings": {}, "active": True, "created_at": utcnow()}, ["platform", "domain"]
+        )
         shop = session.execute(_SHOP, where).scalar_one()
     return shop
 
@@ -222,11 +229,23 @@ def apply_event(session: Session, event: ev.Event) -> LedgerResult:
     if key is not None and event.type != ev.EventType.CUSTOMER_CREATED:
         known = find_customer(session, shop.id, key, lock=True)
     known_id = known.id if known is not None and known is not _LOOK_UP else None
-    new = _insert(session, EventRecord, {
-        "id": event.id, "shop_id": None if event.type == ev.EventType.SHOP_REDACT else shop.id,
-        "platform": event.platform, "topic": event.topic,
-        "type": event.type.value, "occurred_at": event.occurred_at, "received_at": event.received_at,
-        "processed_at": utcnow(), "payload": payload, "customer_id": known_id}, ["id"])
+    new = _insert(
+        session,
+        EventRecord,
+        {
+            "id": event.id,
+            "shop_id": None if event.type == ev.EventType.SHOP_REDACT else shop.id,
+            "platform": event.platform,
+            "topic": event.topic,
+            "type": event.type.value,
+            "occurred_at": event.occurred_at,
+            "received_at": event.received_at,
+            "processed_at": utcnow(),
+            "payload": payload,
+            "customer_id": known_id,
+        },
+        ["id"],
+    )
     if not new:
         customer_id = session.connection().execute(_EVENT_CUSTOMER, {"event_id": event.id}).scalar()
         customer = session.get(Customer, customer_id) if customer_id else None
@@ -245,9 +264,14 @@ def apply_event(session: Session, event: ev.Event) -> LedgerResult:
     customer = upsert_customer(session, shop, event.customer, event.occurred_at, known) if event.customer else None
     order = None
     if event.order is not None:
-        order, changed = upsert_order(session, shop, event.order, customer,
-                                      deleted=event.type == ev.EventType.ORDER_DELETED,
-                                      likely_new=event.type == ev.EventType.ORDER_PLACED)
+        order, changed = upsert_order(
+            session,
+            shop,
+            event.order,
+            customer,
+            deleted=event.type == ev.EventType.ORDER_DELETED,
+            likely_new=event.type == ev.EventType.ORDER_PLACED,
+        )
         customer_id = order.customer_id
         if customer_id is not None:
             if customer is None or customer.id != customer_id:
@@ -261,8 +285,12 @@ def apply_event(session: Session, event: ev.Event) -> LedgerResult:
     return LedgerResult(new=True, shop=shop, customer=customer, order=order)
 
 
-_SET_EVENT_CUSTOMER = (cast_table(EventRecord).update().where(cast_table(EventRecord).c.id == bindparam("event_id"))
-                       .values(customer_id=bindparam("customer_id")))
+_SET_EVENT_CUSTOMER = (
+    cast_table(EventRecord)
+    .update()
+    .where(cast_table(EventRecord).c.id == bindparam("event_id"))
+    .values(customer_id=bindparam("customer_id"))
+)
 
 
 _PROFILE_FIELDS = ("email", "first_name", "last_name", "phone", "locale", "has_account")
@@ -291,8 +319,9 @@ class _BlankProfile:
 _BLANK_PROFILE = _BlankProfile()
 
 
-def upsert_customer(session: Session, shop: Shop, incoming: ev.Customer, seen_at: datetime,
-                    row: Any = _LOOK_UP) -> Customer | None:
+def upsert_customer(
+    session: Session, shop: Shop, incoming: ev.Customer, seen_at: datetime, row: Any = _LOOK_UP
+) -> Customer | None:
     """Create or update a customer's ledger row from what an event says about them.
 
     `row` is the customer's row when the caller looked it up already (None: not there yet). A new
@@ -306,8 +335,15 @@ def upsert_customer(session: Session, shop: Shop, incoming: ev.Customer, seen_at
     if row is None:
         now = utcnow()
         blank: dict[str, Any] = {column.key: None for column in cast_table(Customer).columns if column.key != "id"}
-        blank.update(shop_id=shop.id, platform_id=key, tags=[], orders_count=0, total_spent=Decimal("0"),
-                     created_at=now, updated_at=now)
+        blank.update(
+            shop_id=shop.id,
+            platform_id=key,
+            tags=[],
+            orders_count=0,
+            total_spent=Decimal("0"),
+            created_at=now,
+            updated_at=now,
+        )
         blank.update(_profile_changes(_BLANK_PROFILE, incoming, seen_at))
         created = insert_new(session, Customer, blank, ["shop_id", "platform_id"])
         if created is not None:
@@ -332,8 +368,9 @@ def _profile_changes(row: Customer | _BlankProfile, incoming: ev.Customer, seen_
     if incoming.tags is not None and newer:
         changes["tags"] = sorted(set(incoming.tags))
     if incoming.birthday is not None and (newer or row.birthday is None):
-        changes.update(birthday=incoming.birthday, birthday_month=incoming.birthday.month,
-                       birthday_day=incoming.birthday.day)
+        changes.update(
+            birthday=incoming.birthday, birthday_month=incoming.birthday.month, birthday_day=incoming.birthday.day
+        )
     if incoming.created_at and row.platform_created_at is None:
         changes["platform_created_at"] = incoming.created_at
     if newer:
@@ -352,8 +389,15 @@ def _profile_changes(row: Customer | _BlankProfile, incoming: ev.Customer, seen_
     return changes
 
 
-def upsert_order(session: Session, shop: Shop, incoming: ev.Order, customer: Customer | None,
-                 *, deleted: bool = False, likely_new: bool = False) -> tuple[Order, bool]:
+def upsert_order(
+    session: Session,
+    shop: Shop,
+    incoming: ev.Order,
+    customer: Customer | None,
+    *,
+    deleted: bool = False,
+    likely_new: bool = False,
+) -> tuple[Order, bool]:
     """Create or update an order row, ignoring versions older than the one stored.
 
     Returns the row and whether anything the customer's figures depend on changed (its total, date,
@@ -364,23 +408,37 @@ def upsert_order(session: Session, shop: Shop, incoming: ev.Order, customer: Cus
     row = None if likely_new else session.execute(_ORDER_LOCKED, where).scalar_one_or_none()
     if row is None:  # inserted as this version says, and put in the session without selecting it back
         fresh: dict[str, Any] = {
-            "shop_id": shop.id, "platform_id": incoming.id, "number": incoming.number,
-            "placed_at": incoming.created_at, "total": incoming.total, "currency": incoming.currency,
-            "financial_status": incoming.financial_status, "fulfillment_status": incoming.fulfillment_status,
-            "cancelled_at": incoming.cancelled_at, "discount_codes": list(incoming.discount_codes or []),
-            "platform_updated_at": incoming.updated_at, "deleted": deleted,
-            "customer_id": customer.id if customer is not None else None, "created_at": utcnow()}
+            "shop_id": shop.id,
+            "platform_id": incoming.id,
+            "number": incoming.number,
+            "placed_at": incoming.created_at,
+            "total": incoming.total,
+            "currency": incoming.currency,
+            "financial_status": incoming.financial_status,
+            "fulfillment_status": incoming.fulfillment_status,
+            "cancelled_at": incoming.cancelled_at,
+            "discount_codes": list(incoming.discount_codes or []),
+            "platform_updated_at": incoming.updated_at,
+            "deleted": deleted,
+            "customer_id": customer.id if customer is not None else None,
+            "created_at": utcnow(),
+        }
         row = insert_new(session, Order, fresh, ["shop_id", "platform_id"])
         if row is not None:
             return row, True
         row = session.execute(_ORDER_LOCKED, where).scalar_one()  # there already (a concurrent event's)
     before = (row.total, row.placed_at, row.cancelled_at, row.deleted, row.customer_id)
     newer = incoming.updated_at is not None and (
-        row.platform_updated_at is None or incoming.updated_at >= row.platform_updated_at)
+        row.platform_updated_at is None or incoming.updated_at >= row.platform_updated_at
+    )
     values: dict[str, Any] = {
-        "number": incoming.number, "placed_at": incoming.created_at, "total": incoming.total,
-        "currency": incoming.currency, "financial_status": incoming.financial_status,
-        "fulfillment_status": incoming.fulfillment_status, "cancelled_at": incoming.cancelled_at,
+        "number": incoming.number,
+        "placed_at": incoming.created_at,
+        "total": incoming.total,
+        "currency": incoming.currency,
+        "financial_status": incoming.financial_status,
+        "fulfillment_status": incoming.fulfillment_status,
+        "cancelled_at": incoming.cancelled_at,
     }
     changes: dict[str, Any] = {}
     for field, value in values.items():
@@ -418,8 +476,9 @@ def recompute(session: Session, customer: Customer, changed: Order | None = None
         write_staged(session)  # the orders' staged changes first
         count, total, first, last = session.execute(_TOTALS, {"customer_id": customer.id}).one()  # autoflushed
     else:
-        count, total, first, last = session.connection().execute(
-            _TOTALS_EXCEPT, {"customer_id": customer.id, "order_id": changed.id}).one()
+        count, total, first, last = (
+            session.connection().execute(_TOTALS_EXCEPT, {"customer_id": customer.id, "order_id": changed.id}).one()
+        )
         if changed.customer_id == customer.id and not changed.deleted and changed.cancelled_at is None:
             count += 1
             total = Decimal(str(total)) + (changed.total or Decimal("0"))
@@ -428,10 +487,16 @@ def recompute(session: Session, customer: Customer, changed: Order | None = None
                 last = max(last, changed.placed_at) if last is not None else changed.placed_at
     # The sum of amounts that each fit the Money column may not: a lifetime over it is kept at its largest.
     total = min(max(Decimal(str(total)), -ev.MONEY_MAX), ev.MONEY_MAX).quantize(Decimal("0.01"))
-    _stage_changed(session, customer, {
-        "orders_count": max(count, customer.reported_orders_count or 0),
-        "total_spent": max(total, customer.reported_total_spent or Decimal("0")),
-        "first_order_at": first, "last_order_at": last})
+    _stage_changed(
+        session,
+        customer,
+        {
+            "orders_count": max(count, customer.reported_orders_count or 0),
+            "total_spent": max(total, customer.reported_total_spent or Decimal("0")),
+            "first_order_at": first,
+            "last_order_at": last,
+        },
+    )
 
 
 def person_of(shop: Shop, event: ev.Event) -> Person:
@@ -447,12 +512,14 @@ def customers_named(session: Session, shop: Shop, person: Person) -> list[Custom
     """The shop's ledger rows of a person: by platform id or ledger key, or by address in any case."""
     rows: dict[int, Customer] = {}
     if person.keys:
-        for row in session.execute(select(Customer).where(
-                Customer.shop_id == shop.id, Customer.platform_id.in_(sorted(person.keys)))).scalars():
+        for row in session.execute(
+            select(Customer).where(Customer.shop_id == shop.id, Customer.platform_id.in_(sorted(person.keys)))
+        ).scalars():
             rows[row.id] = row
     if person.emails:
-        for row in session.execute(select(Customer).where(
-                Customer.shop_id == shop.id, func.lower(Customer.email).in_(sorted(person.emails)))).scalars():
+        for row in session.execute(
+            select(Customer).where(Customer.shop_id == shop.id, func.lower(Customer.email).in_(sorted(person.emails)))
+        ).scalars():
             rows[row.id] = row
     return list(rows.values())
 
@@ -471,15 +538,16 @@ def redact_customer(session: Session, shop: Shop, event: ev.Event) -> Person:
     ids = sorted(person.customer_ids)
     if ids:
         person.order_ids.update(session.execute(select(Order.platform_id).where(Order.customer_id.in_(ids))).scalars())
-        person.event_ids.update(session.execute(select(EventRecord.id).where(
-            EventRecord.customer_id.in_(ids))).scalars())
+        person.event_ids.update(
+            session.execute(select(EventRecord.id).where(EventRecord.customer_id.in_(ids))).scalars()
+        )
     person.event_ids.update(_unlinked_events_naming(session, shop, person))
     for hook in BEFORE_REDACT:
         hook(session, person)
     event_ids = sorted(person.event_ids)
     forget_deliveries(session, shop, event_ids)
     for start in range(0, len(event_ids), 500):
-        session.execute(delete(EventRecord).where(EventRecord.id.in_(event_ids[start:start + 500])))
+        session.execute(delete(EventRecord).where(EventRecord.id.in_(event_ids[start : start + 500])))
     if ids:
         session.execute(delete(Order).where(Order.customer_id.in_(ids)))
     if person.order_ids:
@@ -497,9 +565,13 @@ def _unlinked_events_naming(session: Session, shop: Shop, person: Person) -> lis
     text = func.lower(cast(EventRecord.payload, String))
     found, seen = [], set()
     for start in range(0, len(needles), NEEDLES_PER_QUERY):
-        for event_id, payload in session.execute(select(EventRecord.id, EventRecord.payload).where(
-                EventRecord.shop_id == shop.id, EventRecord.customer_id.is_(None),
-                or_(*(text.contains(needle, autoescape=True) for needle in needles[start:start + NEEDLES_PER_QUERY])))):
+        for event_id, payload in session.execute(
+            select(EventRecord.id, EventRecord.payload).where(
+                EventRecord.shop_id == shop.id,
+                EventRecord.customer_id.is_(None),
+                or_(*(text.contains(needle, autoescape=True) for needle in needles[start : start + NEEDLES_PER_QUERY])),
+            )
+        ):
             if event_id in seen:
                 continue
             seen.add(event_id)
@@ -517,11 +589,16 @@ def forget_deliveries(session: Session, shop: Shop, event_ids: Sequence[str]) ->
 
     text_ids = cast(WebhookDelivery.event_ids, String)
     for start in range(0, len(event_ids), 200):
-        chunk = event_ids[start:start + 200]
-        session.execute(delete(WebhookDelivery).where(
-            WebhookDelivery.platform == shop.platform, WebhookDelivery.shop == shop.domain,
-            or_(*(text_ids.like(f'%"{event_id}"%') for event_id in chunk))).execution_options(
-                synchronize_session=False))
+        chunk = event_ids[start : start + 200]
+        session.execute(
+            delete(WebhookDelivery)
+            .where(
+                WebhookDelivery.platform == shop.platform,
+                WebhookDelivery.shop == shop.domain,
+                or_(*(text_ids.like(f'%"{event_id}"%') for event_id in chunk)),
+            )
+            .execution_options(synchronize_session=False)
+        )
 
 
 def redact_shop(session: Session, shop: Shop) -> Person:
@@ -530,8 +607,9 @@ def redact_shop(session: Session, shop: Shop) -> Person:
     person = Person(platform=shop.platform, shop=shop.domain, shop_id=shop.id, whole_shop=True)
     for hook in BEFORE_REDACT:
         hook(session, person)
-    session.execute(delete(WebhookDelivery).where(WebhookDelivery.platform == shop.platform,
-                                                  WebhookDelivery.shop == shop.domain))
+    session.execute(
+        delete(WebhookDelivery).where(WebhookDelivery.platform == shop.platform, WebhookDelivery.shop == shop.domain)
+    )
     session.execute(update(EventRecord).where(EventRecord.shop_id == shop.id).values(customer_id=None))
     for model in (EventRecord, Order, Customer):
         session.execute(delete(model).where(model.shop_id == shop.id))
@@ -560,7 +638,9 @@ def export_customer(session: Session, shop: Shop, key: str) -> dict[str, Any]:
         "shop": shop.domain,
         "customer": {c: getattr(row, c) for c in columns},
         "orders": [{c.key: getattr(o, c.key) for c in Order.__table__.columns} for o in orders],
-        "events": [{"id": r.id, "type": r.type, "topic": r.topic, "occurred_at": r.occurred_at,
-                    "payload": r.payload} for r in records],
+        "events": [
+            {"id": r.id, "type": r.type, "topic": r.topic, "occurred_at": r.occurred_at, "payload": r.payload}
+            for r in records
+        ],
     }
     return json.loads(json.dumps(data, default=str))

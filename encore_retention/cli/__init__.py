@@ -52,19 +52,31 @@ def run(port: int, workers: int) -> None:
     env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     run_migrations()
     commands = {
-        "web": [sys.executable, "-m", "gunicorn", *gunicorn_options(workers), "--bind", f"0.0.0.0:{port}",
-                "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
-                "encore_retention.webhooks:create_app()"],
+        "web": [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            *gunicorn_options(workers),
+            "--bind",
+            f"0.0.0.0:{port}",
+            "--access-logfile",
+            "-",
+            "--access-logformat",
+            ACCESS_LOG_FORMAT,
+            "encore_retention.webhooks:create_app()",
+        ],
         "worker": [sys.executable, "-m", "encore_retention.cli", "worker"],
         "cron": [sys.executable, "-m", "encore_retention.cli", "cron"],
     }
     supervisor = Supervisor(commands, env)
     click.echo(f"Encore is running on http://localhost:{port} (Ctrl-C stops it)", err=True)
     if not settings.ADMIN_PASSWORD:
-
-        click.echo(f"Admin page, one sign-in within {LINK_MAX_AGE // 60} minutes: "
-                   f"{sign_in_url(f'http://localhost:{port}')}\n"
-                   "  (`encore admin link` prints another; set ADMIN_PASSWORD to sign in with a password)", err=True)
+        click.echo(
+            f"Admin page, one sign-in within {LINK_MAX_AGE // 60} minutes: "
+            f"{sign_in_url(f'http://localhost:{port}')}\n"
+            "  (`encore admin link` prints another; set ADMIN_PASSWORD to sign in with a password)",
+            err=True,
+        )
     signal.signal(signal.SIGTERM, lambda *_args: supervisor.stop())
     try:
         supervisor.run()
@@ -110,8 +122,14 @@ class Supervisor:
                 if lived >= self.HEALTHY_AFTER:
                     self.delay[name] = self.RESTART_MIN
                 self.due[name] = now + self.delay[name]
-                log.error("%s exited with status %s after %.0f s; starting it again in %.0f s",
-                          name, code, lived, self.delay[name], extra={"child": name, "status": code})
+                log.error(
+                    "%s exited with status %s after %.0f s; starting it again in %.0f s",
+                    name,
+                    code,
+                    lived,
+                    self.delay[name],
+                    extra={"child": name, "status": code},
+                )
                 self.delay[name] = min(self.delay[name] * 2, self.RESTART_MAX)
             for name, when in list(self.due.items()):
                 if when <= now and not self.stopping:

@@ -54,10 +54,20 @@ def schema() -> None:
 
 @flows.command()
 @click.argument("flow")
-@click.option("--customer", "customer_file", required=True, type=click.Path(exists=True, path_type=Path),
-              help="a JSON or YAML file of customer fields (optionally with order, checkout, shop)")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("previews"), show_default=True,
-              help="folder for the HTML (and .txt) files")
+@click.option(
+    "--customer",
+    "customer_file",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="a JSON or YAML file of customer fields (optionally with order, checkout, shop)",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("previews"),
+    show_default=True,
+    help="folder for the HTML (and .txt) files",
+)
 def preview(flow: str, customer_file: Path, out: Path) -> None:
     """Render a flow's emails for a sample customer to HTML files (nothing is sent or created)."""
 
@@ -90,7 +100,6 @@ def preview(flow: str, customer_file: Path, out: Path) -> None:
 def runs(email: str | None, flow_key: str | None, status: str | None, limit: int) -> None:
     """Show recent flow runs with their traces: what was sent, and why something was not."""
 
-
     with session_scope() as session:
         stmt = select(FlowRun, Customer.email).outerjoin(Customer, Customer.id == FlowRun.customer_id)
         if email:
@@ -101,9 +110,11 @@ def runs(email: str | None, flow_key: str | None, status: str | None, limit: int
             stmt = stmt.where(FlowRun.status == status)
         found = session.execute(stmt.order_by(FlowRun.id.desc()).limit(limit)).all()
         for run, address in found:
-            click.echo(f"run {run.id} {run.flow_key} · {address or '-'} · {run.status}"
-                       f"{' (' + run.reason + ')' if run.reason else ''} · started {run.started_at:%Y-%m-%d %H:%M}Z"
-                       f"{' · wakes ' + format(run.wake_at, '%Y-%m-%d %H:%M') + 'Z' if run.wake_at else ''}")
+            click.echo(
+                f"run {run.id} {run.flow_key} · {address or '-'} · {run.status}"
+                f"{' (' + run.reason + ')' if run.reason else ''} · started {run.started_at:%Y-%m-%d %H:%M}Z"
+                f"{' · wakes ' + format(run.wake_at, '%Y-%m-%d %H:%M') + 'Z' if run.wake_at else ''}"
+            )
             for line in trace_of(session, run.id):
                 click.echo(f"    {line.at:%Y-%m-%d %H:%M} {line.step or '':<18} {line.kind:<10} {line.message}")
         if not found:
@@ -114,7 +125,6 @@ def runs(email: str | None, flow_key: str | None, status: str | None, limit: int
 @click.option("--date", "day", metavar="YYYY-MM-DD", help="run the date triggers due on this local day now")
 def sweep(day: str | None) -> None:
     """Queue the date-triggered runs due now (or on --date, to catch up after downtime); idempotent."""
-
 
     if day:
         try:

@@ -43,10 +43,12 @@ def add() -> None:
 @click.option("--consumer-key", required=True, help="REST API consumer key (ck_…), with read/write permission")
 @click.option("--consumer-secret", required=True, help="REST API consumer secret (cs_…)")
 @click.option("--webhook-secret", default=None, help="sign the webhooks with this secret (default: a new one)")
-@click.option("--no-verify", is_flag=True,
-              help="don't call the store: save the keys as given and create the webhooks by hand")
-def add_woocommerce(url: str, consumer_key: str, consumer_secret: str, webhook_secret: str | None,
-                    no_verify: bool) -> None:
+@click.option(
+    "--no-verify", is_flag=True, help="don't call the store: save the keys as given and create the webhooks by hand"
+)
+def add_woocommerce(
+    url: str, consumer_key: str, consumer_secret: str, webhook_secret: str | None, no_verify: bool
+) -> None:
     """Connect a WooCommerce store: check the keys, create its webhooks, print the store id."""
 
     domain = store_domain(url)
@@ -79,16 +81,20 @@ def add_woocommerce(url: str, consumer_key: str, consumer_secret: str, webhook_s
     if no_verify:
         click.echo(f"store {shop_id} added: woocommerce {domain}")
         if generated:
-            click.echo(f"create the webhooks in WooCommerce > Settings > Advanced > Webhooks with delivery URL "
-                       f"{woocommerce_webhook_address()} and secret {secret}")
+            click.echo(
+                f"create the webhooks in WooCommerce > Settings > Advanced > Webhooks with delivery URL "
+                f"{woocommerce_webhook_address()} and secret {secret}"
+            )
         return
     with session_scope() as session:
         shop = session.get_one(Shop, shop_id)
         try:
             topics = WooCommerceConnector(shop).register_webhooks()
         except PlatformError as exc:
-            raise click.ClickException(f"store {shop_id} saved, but its webhooks could not be created: "
-                                       f"{exc.message} (run the command again to retry)") from exc
+            raise click.ClickException(
+                f"store {shop_id} saved, but its webhooks could not be created: "
+                f"{exc.message} (run the command again to retry)"
+            ) from exc
     click.echo(f"store {shop_id} added: woocommerce {domain}")
     click.echo(f"webhooks: {', '.join(topics)} -> {woocommerce_webhook_address()}")
 
@@ -97,8 +103,11 @@ def add_woocommerce(url: str, consumer_key: str, consumer_secret: str, webhook_s
 @click.argument("domain")
 @click.option("--access-token", required=True, help="Admin API access token of a custom app (shpat_…)")
 @click.option("--webhook-secret", default=None, help="the custom app's API secret, if it signs the webhooks")
-@click.option("--register-webhooks", is_flag=True,
-              help="check the token, read the shop's name, currency and time zone, and subscribe the webhooks")
+@click.option(
+    "--register-webhooks",
+    is_flag=True,
+    help="check the token, read the shop's name, currency and time zone, and subscribe the webhooks",
+)
 def add_shopify(domain: str, access_token: str, webhook_secret: str | None, register_webhooks: bool) -> None:
     """Register a Shopify shop with a custom-app token."""
 
@@ -132,8 +141,10 @@ def add_shopify(domain: str, access_token: str, webhook_secret: str | None, regi
                 connector = ShopifyConnector(session.get_one(Shop, shop_id))
                 topics = connector.register_webhooks()
             except PlatformError as exc:
-                raise click.ClickException(f"store {shop_id} saved, but its webhooks could not be subscribed: "
-                                           f"{exc.message} (run the command again to retry)") from exc
+                raise click.ClickException(
+                    f"store {shop_id} saved, but its webhooks could not be subscribed: "
+                    f"{exc.message} (run the command again to retry)"
+                ) from exc
         click.echo(f"webhooks: {', '.join(topics)} -> {shopify_webhook_address()}")
         for topic, message in sorted(connector.refused.items()):
             click.echo(f"refused: {topic}: {message}", err=True)
@@ -146,18 +157,23 @@ def list_stores() -> None:
     table = Table("id", "platform", "domain", "name", "active", "installed")
     with session_scope() as session:
         for shop in session.execute(select(Shop).order_by(Shop.id)).scalars():
-            table.add_row(str(shop.id), shop.platform, shop.domain, shop.name or "", "yes" if shop.active else "no",
-                          shop.installed_at.strftime("%Y-%m-%d %H:%M") if shop.installed_at else "")
+            table.add_row(
+                str(shop.id),
+                shop.platform,
+                shop.domain,
+                shop.name or "",
+                "yes" if shop.active else "no",
+                shop.installed_at.strftime("%Y-%m-%d %H:%M") if shop.installed_at else "",
+            )
     Console().print(table)
 
 
-def find_shop(session, store: str) -> Shop:  # type: ignore[no-untyped-def]
+def find_shop(session, store: str) -> Shop:
     """A connected store by id or domain (click error when there is none)."""
     query = select(Shop)
     if (shop_id := parse_id(store)) is not None:
         query = query.where(Shop.id == shop_id)
     else:
-
         query = query.where(Shop.domain.in_({store.strip().lower(), store_domain(store)}))
     shops = session.execute(query).scalars().all()
     if not shops:
@@ -167,7 +183,7 @@ def find_shop(session, store: str) -> Shop:  # type: ignore[no-untyped-def]
     return shops[0]
 
 
-def _count(connector, resource: str) -> int | None:  # type: ignore[no-untyped-def]
+def _count(connector, resource: str) -> int | None:
     """The connector's count of a resource, if it can tell (a progress bar without a total still counts)."""
 
     try:
@@ -184,12 +200,14 @@ def import_() -> None:
 @import_.command("customers")
 @click.argument("store")
 @click.option("--orders/--no-orders", default=True, show_default=True, help="also import orders (counts, totals)")
-@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
-              help="only what changed since this date (UTC); default everything")
-def import_customers(store: str, orders: bool, since) -> None:  # type: ignore[no-untyped-def]
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="only what changed since this date (UTC); default everything",
+)
+def import_customers(store: str, orders: bool, since) -> None:
     """Import a store's customers (and orders) into the ledger, without starting any flow."""
-
-
 
     migrate()
     with session_scope() as session:
@@ -197,8 +215,13 @@ def import_customers(store: str, orders: bool, since) -> None:  # type: ignore[n
         connector = get_connector(shop)
     since_at = since.replace(tzinfo=UTC) if since else None
     counts = {"customers": 0, "orders": 0}
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     try:
         with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
             task = progress.add_task(f"customers of {shop.domain}", total=_count(connector, "customers"))
@@ -214,18 +237,20 @@ def import_customers(store: str, orders: bool, since) -> None:  # type: ignore[n
                 for order, buyer in connector.fetch_orders(since_at):
                     with session_scope() as session:
                         row = session.get_one(Shop, shop.id)
-                        ledger_customer = upsert_customer(session, row, buyer, order.updated_at or utcnow()) \
-                            if buyer else None
+                        ledger_customer = (
+                            upsert_customer(session, row, buyer, order.updated_at or utcnow()) if buyer else None
+                        )
                         stored, _ = upsert_order(session, row, order, ledger_customer)
                         if ledger_customer is not None or stored.customer_id is not None:
-
                             recompute(session, ledger_customer or session.get_one(Customer, stored.customer_id))
                     counts["orders"] += 1
                     progress.advance(task)
                 progress.update(task, total=counts["orders"])
     except PlatformError as exc:
-        raise click.ClickException(f"{exc.message} (imported so far: {counts['customers']} customers, "
-                                   f"{counts['orders']} orders; running it again is safe)") from exc
+        raise click.ClickException(
+            f"{exc.message} (imported so far: {counts['customers']} customers, "
+            f"{counts['orders']} orders; running it again is safe)"
+        ) from exc
     click.echo(f"imported {counts['customers']} customers and {counts['orders']} orders from {shop.domain}")
 
 
@@ -247,8 +272,13 @@ def list_exports(store: str | None) -> None:
             query = query.where(DataExport.shop_id == find_shop(session, store).id)
         for export, domain in session.execute(query):
             customer = (export.data.get("customer") or {}) if isinstance(export.data, dict) else {}
-            table.add_row(str(export.id), domain, str(customer.get("email") or customer.get("platform_id") or "-"),
-                          export.request_id or "", export.created_at.strftime("%Y-%m-%d %H:%M"))
+            table.add_row(
+                str(export.id),
+                domain,
+                str(customer.get("email") or customer.get("platform_id") or "-"),
+                export.request_id or "",
+                export.created_at.strftime("%Y-%m-%d %H:%M"),
+            )
     Console().print(table)
 
 
@@ -256,7 +286,6 @@ def list_exports(store: str | None) -> None:
 @click.argument("export_id", type=int)
 def show_export(export_id: int) -> None:
     """Print one export as JSON (send it to the customer)."""
-
 
     migrate()
     with session_scope() as session:
@@ -285,9 +314,15 @@ def redact(store: str, email: str | None, customer_id: str | None) -> None:
         platform, domain = shop.platform, shop.domain
     now = utcnow()
     customer = ev.Customer(id=(customer_id or "").strip() or None, email=(email or "").strip() or None)
-    event = ev.Event(id=ev.event_id(platform, "redact", domain, customer.key, now.isoformat()),
-                     type=ev.EventType.CUSTOMER_REDACT, platform=platform, shop=domain, topic="encore/privacy-redact",
-                     occurred_at=now, customer=customer)
+    event = ev.Event(
+        id=ev.event_id(platform, "redact", domain, customer.key, now.isoformat()),
+        type=ev.EventType.CUSTOMER_REDACT,
+        platform=platform,
+        shop=domain,
+        topic="encore/privacy-redact",
+        occurred_at=now,
+        customer=customer,
+    )
     process_event(event.to_dict())
     click.echo(f"redacted from {domain}: every record of that customer; a suppression, if any, stays as a keyed hash")
 

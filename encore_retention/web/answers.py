@@ -7,7 +7,7 @@ from flask import Response, jsonify, request
 RETRY_AFTER_SECONDS = 5
 
 
-def unavailable(error: str, detail: str):  # type: ignore[no-untyped-def]
+def unavailable(error: str, detail: str):
     """A 503 with Retry-After: plain text for a browser, JSON `{"error", "detail"}` for the rest."""
     if request.accept_mimetypes.accept_html and not request.accept_mimetypes.accept_json:
         response = Response(detail + "\n", status=503, content_type="text/plain; charset=utf-8")

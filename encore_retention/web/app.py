@@ -39,14 +39,13 @@ def create_app() -> Flask:
     schema = app.extensions["encore.schema"] = SchemaWatch()
     problem = schema.ensure()
     if problem:
-        log.error("database not ready at start; pages that need it answer 503 until it is",
-                  extra={"problem": problem})
+        log.error("database not ready at start; pages that need it answer 503 until it is", extra={"problem": problem})
     warning = health.persistence()  # the answer /healthz shows for the next minute too
     if warning:
         log.warning(warning)
 
     @app.before_request
-    def database_ready():  # type: ignore[no-untyped-def]
+    def database_ready():
         endpoint = request.endpoint
         if endpoint is None or endpoint.endswith(".static") or request.blueprint in NO_DATABASE_BLUEPRINTS:
             return None
@@ -55,25 +54,27 @@ def create_app() -> Flask:
         return _schema_unavailable(schema)
 
     @app.errorhandler(413)
-    def too_large(_exc):  # type: ignore[no-untyped-def]
+    def too_large(_exc):
         return jsonify(error="too_large"), 413
 
     @app.errorhandler(DBAPIError)
-    def database_error(exc: DBAPIError):  # type: ignore[no-untyped-def]
+    def database_error(exc: DBAPIError):
         if not _unreachable(exc):
             raise exc
         if _missing_table(exc):
             schema.forget()
         log.error("database unavailable", extra={"path": request.path, "error": type(exc.orig).__name__})
-        return unavailable("database_unavailable", f"database unavailable ({type(exc.orig).__name__}); "
-                                                   "try again in a few seconds")
+        return unavailable(
+            "database_unavailable", f"database unavailable ({type(exc.orig).__name__}); try again in a few seconds"
+        )
 
     @app.errorhandler(DisconnectionError)
     @app.errorhandler(PoolTimeoutError)
-    def database_busy(exc: SQLAlchemyError):  # type: ignore[no-untyped-def]
+    def database_busy(exc: SQLAlchemyError):
         log.error("database unavailable", extra={"path": request.path, "error": type(exc).__name__})
-        return unavailable("database_unavailable", f"database unavailable ({type(exc).__name__}); "
-                                                   "try again in a few seconds")
+        return unavailable(
+            "database_unavailable", f"database unavailable ({type(exc).__name__}); try again in a few seconds"
+        )
 
     for area in (receive, health, install, unsubscribe):
         app.register_blueprint(area.blueprint)
@@ -83,12 +84,13 @@ def create_app() -> Flask:
     return app
 
 
-def _schema_unavailable(schema: SchemaWatch):  # type: ignore[no-untyped-def]
+def _schema_unavailable(schema: SchemaWatch):
     if schema.unavailable:
         reason = (schema.problem or "").removeprefix("unavailable: ")
         return unavailable("database_unavailable", f"database unavailable ({reason}); try again in a few seconds")
-    return unavailable("schema_not_up_to_date", f"database schema is not up to date ({schema.problem}); "
-                                                "run `encore migrate`")
+    return unavailable(
+        "schema_not_up_to_date", f"database schema is not up to date ({schema.problem}); run `encore migrate`"
+    )
 
 
 def _unreachable(exc: DBAPIError) -> bool:

@@ -13,7 +13,7 @@ blueprint = Blueprint("health", __name__)
 
 
 @blueprint.get("/healthz")
-def healthz():  # type: ignore[no-untyped-def]
+def healthz():
     failing = check(current_app.extensions["encore.schema"])
     found = warnings() if "redis" not in failing else {}
     status = 503 if failing else 200
@@ -21,9 +21,10 @@ def healthz():  # type: ignore[no-untyped-def]
 
 
 @blueprint.get("/metrics")
-def metrics():  # type: ignore[no-untyped-def]
+def metrics():
     body, content_type = exposition()
     return Response(body, content_type=content_type)
+
 
 PERSISTENCE_TTL_SECONDS = 60.0
 _persistence: tuple[float, int, str | None] | None = None  # (checked until, Redis generation, warning)

@@ -46,15 +46,18 @@ PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ t
 </head><body><h1>{{ title }}</h1><p>{{ message }}</p></body></html>"""
 
 
-def _page(title: str, message: str, status: int):  # type: ignore[no-untyped-def]
+def _page(title: str, message: str, status: int):
     return render_template_string(PAGE, title=title, message=message), status
 
 
 def app_session_class() -> type[shopify.Session]:
     """ShopifyAPI's Session bound to this app's key and secret (without touching its process-wide class)."""
     settings = get_settings()
-    return type("EncoreShopifySession", (shopify.Session,),
-                {"api_key": settings.SHOPIFY_API_KEY, "secret": settings.SHOPIFY_API_SECRET})
+    return type(
+        "EncoreShopifySession",
+        (shopify.Session,),
+        {"api_key": settings.SHOPIFY_API_KEY, "secret": settings.SHOPIFY_API_SECRET},
+    )
 
 
 def hmac_valid(params: dict[str, Any]) -> bool:
@@ -83,7 +86,7 @@ def _configured() -> bool:
 
 
 @blueprint.get("/shopify/install")
-def install():  # type: ignore[no-untyped-def]
+def install():
     """Start the install: validate the shop, store a single-use state, redirect to the grant screen."""
     if not _configured():
         return _page("Shopify is not configured", "Set SHOPIFY_API_KEY and SHOPIFY_API_SECRET.", 503)
@@ -100,7 +103,8 @@ def install():  # type: ignore[no-untyped-def]
         session.add(OAuthState(nonce=nonce, shop_domain=shop, created_at=utcnow()))
     scopes = [s.strip() for s in get_settings().SHOPIFY_SCOPES.split(",") if s.strip()]
     url = app_session_class()(shop, get_settings().SHOPIFY_API_VERSION).create_permission_url(
-        scopes, redirect_uri(), state=nonce)
+        scopes, redirect_uri(), state=nonce
+    )
     return redirect(url, code=302)
 
 
@@ -110,17 +114,27 @@ def consume_state(nonce: str, shop: str) -> bool:
     if not nonce:
         return False
     with session_scope() as session:
-        removed = cast(CursorResult[Any], session.execute(delete(OAuthState).where(  # a DELETE's result: a cursor's
-            OAuthState.nonce == nonce, OAuthState.shop_domain == shop,
-            OAuthState.created_at >= utcnow() - STATE_TTL))).rowcount
+        removed = cast(
+            CursorResult[Any],
+            session.execute(
+                delete(OAuthState).where(  # a DELETE's result: a cursor's
+                    OAuthState.nonce == nonce,
+                    OAuthState.shop_domain == shop,
+                    OAuthState.created_at >= utcnow() - STATE_TTL,
+                )
+            ),
+        ).rowcount
     return removed == 1
 
 
 def exchange_code(shop: str, code: str) -> dict[str, Any]:
     """Trade the authorization code for an offline access token: `{"access_token", "scope"}`."""
     settings = get_settings()
-    response = requests.post(f"https://{shop}/admin/oauth/access_token", timeout=20, json={
-        "client_id": settings.SHOPIFY_API_KEY, "client_secret": settings.SHOPIFY_API_SECRET, "code": code})
+    response = requests.post(
+        f"https://{shop}/admin/oauth/access_token",
+        timeout=20,
+        json={"client_id": settings.SHOPIFY_API_KEY, "client_secret": settings.SHOPIFY_API_SECRET, "code": code},
+    )
     if response.status_code != 200:
         raise PlatformError(f"token exchange failed: HTTP {response.status_code}", status=response.status_code)
     body = response.json()
@@ -130,7 +144,7 @@ def exchange_code(shop: str, code: str) -> dict[str, Any]:
 
 
 @blueprint.get("/shopify/callback")
-def callback():  # type: ignore[no-untyped-def]
+def callback():
     """Finish the install: verify, exchange the code, store the token, subscribe the webhooks."""
 
     if not _configured():
@@ -161,7 +175,6 @@ def callback():  # type: ignore[no-untyped-def]
         shop_id = row.id
     webhook_secrets.forget("shopify", shop)
     with session_scope() as session:
-
         row = session.get(Shop, shop_id)
         connector = ShopifyConnector(row, token=grant["access_token"])
         try:
@@ -173,15 +186,20 @@ def callback():  # type: ignore[no-untyped-def]
             topics = connector.register_webhooks()
         except PlatformError as exc:
             log.error("webhook registration failed after install", extra={"shop": shop, "error": exc.message[:300]})
-            return _page("Installed, but not listening yet",
-                         f"Shopify refused the webhook subscriptions ({exc.message}). Open the app again to retry.",
-                         502)
+            return _page(
+                "Installed, but not listening yet",
+                f"Shopify refused the webhook subscriptions ({exc.message}). Open the app again to retry.",
+                502,
+            )
     sign_in_shop(shop)
     log.info("shop installed", extra={"shop": shop, "topics": len(topics)})
     refused = getattr(connector, "refused", {})
     if refused:
-        return _page("Encore is installed, with gaps",
-                     f"{shop} is connected, but Shopify refused these webhooks: {', '.join(sorted(refused))} "
-                     f"({'; '.join(sorted(set(refused.values())))}). Flows that need them wait until the app is "
-                     "granted access (protected customer data) and installed again.", 200)
+        return _page(
+            "Encore is installed, with gaps",
+            f"{shop} is connected, but Shopify refused these webhooks: {', '.join(sorted(refused))} "
+            f"({'; '.join(sorted(set(refused.values())))}). Flows that need them wait until the app is "
+            "granted access (protected customer data) and installed again.",
+            200,
+        )
     return _page("Encore is installed", f"{shop} is connected; its flows start with the next order.", 200)

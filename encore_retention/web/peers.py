@@ -22,10 +22,20 @@ from encore_retention.core.settings import get_settings
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # Headers proxies, load balancers and platform routers add; any one of them means "forwarded".
-FORWARDING_HEADERS = frozenset({
-    "forwarded", "via", "x-real-ip", "x-client-ip", "x-cluster-client-ip", "true-client-ip", "cf-connecting-ip",
-    "fastly-client-ip", "x-original-forwarded-for", "x-request-start",
-})
+FORWARDING_HEADERS = frozenset(
+    {
+        "forwarded",
+        "via",
+        "x-real-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-original-forwarded-for",
+        "x-request-start",
+    }
+)
 _HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.-]+))(?::\d{1,5})?")
 
 
@@ -50,8 +60,9 @@ def known_host(request: Request) -> bool:
 
 def forwarded(request: Request) -> bool:
     """True when any header a proxy or router adds is present (Forwarded, X-Forwarded-*, X-Real-IP, Via, …)."""
-    return any(name.lower() in FORWARDING_HEADERS or name.lower().startswith("x-forwarded-")
-               for name in request.headers.keys())
+    return any(
+        name.lower() in FORWARDING_HEADERS or name.lower().startswith("x-forwarded-") for name in request.headers.keys()
+    )
 
 
 def _address(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -23,7 +23,7 @@ blueprint = Blueprint("receivers", __name__)
 
 
 @blueprint.post("/webhooks/<platform>")
-def webhook(platform: str):  # type: ignore[no-untyped-def]
+def webhook(platform: str):
     receiver = RECEIVERS.get(platform)
     if receiver is None:
         abort(404)
@@ -43,7 +43,7 @@ def _read_body(req: Request) -> bytes:
     return body
 
 
-def receive(receiver: Receiver):  # type: ignore[no-untyped-def]
+def receive(receiver: Receiver):
     """The Flask view body shared by every platform's receiver.
 
     It does the least that makes a delivery safe to acknowledge: size, signature, JSON, the event
@@ -71,18 +71,34 @@ def receive(receiver: Receiver):  # type: ignore[no-untyped-def]
             raise Rejected(400, "malformed", f"{delivery.topic}: {problem(exc)}") from exc
     except Rejected as exc:
         metrics.received(platform, exc.reason)
-        archive.record_rejection(platform, exc.reason, exc.status, exc.detail, delivery.topic if delivery else None,
-                                 delivery.shop if delivery else None, request.remote_addr,
-                                 delivery.delivery_id if delivery else None)
-        log.warning("webhook rejected", extra={"platform": platform, "reason": exc.reason, "status": exc.status,
-                                               "detail": exc.detail[:300],
-                                               "topic": delivery.topic if delivery else None})
+        archive.record_rejection(
+            platform,
+            exc.reason,
+            exc.status,
+            exc.detail,
+            delivery.topic if delivery else None,
+            delivery.shop if delivery else None,
+            request.remote_addr,
+            delivery.delivery_id if delivery else None,
+        )
+        log.warning(
+            "webhook rejected",
+            extra={
+                "platform": platform,
+                "reason": exc.reason,
+                "status": exc.status,
+                "detail": exc.detail[:300],
+                "topic": delivery.topic if delivery else None,
+            },
+        )
         return jsonify(error=exc.reason, detail=exc.detail[:300]), exc.status
 
     if key is None:
         metrics.received(platform, "ignored")
-        log.info("webhook topic not handled", extra={"platform": platform, "topic": delivery.topic,
-                                                     "delivery_id": delivery.delivery_id})
+        log.info(
+            "webhook topic not handled",
+            extra={"platform": platform, "topic": delivery.topic, "delivery_id": delivery.delivery_id},
+        )
         return jsonify(status="ignored", topic=delivery.topic), 200
     delivery.received_at = utcnow().isoformat()
     delivery.http_headers = archive.safe_headers(request.headers.items())
@@ -90,11 +106,16 @@ def receive(receiver: Receiver):  # type: ignore[no-untyped-def]
         queued = enqueue_delivery(platform, delivery.to_dict(), body, key)
     except RedisError as exc:
         metrics.received(platform, "queue_unavailable")
-        log.error("queue unavailable; answering 503 so the platform retries",
-                  extra={"platform": platform, "topic": delivery.topic, "error": type(exc).__name__})
+        log.error(
+            "queue unavailable; answering 503 so the platform retries",
+            extra={"platform": platform, "topic": delivery.topic, "error": type(exc).__name__},
+        )
         return jsonify(error="queue_unavailable"), 503
     status = "queued" if queued else "duplicate"
     metrics.received(platform, status)
-    log.debug("webhook %s", status, extra={"platform": platform, "topic": delivery.topic,
-                                           "delivery_id": delivery.delivery_id, "event_id": key})
+    log.debug(
+        "webhook %s",
+        status,
+        extra={"platform": platform, "topic": delivery.topic, "delivery_id": delivery.delivery_id, "event_id": key},
+    )
     return jsonify(status=status, events=[key]), 200

@@ -34,7 +34,7 @@ def _redis() -> Any:
 
 
 @blueprint.before_request
-def local_only():  # type: ignore[no-untyped-def]
+def local_only():
     """Only this machine may use the sandbox, and only under a name of Encore's (not a rebound one)."""
     if not peers.from_this_machine(request) or not peers.known_host(request) or not _sample_store_key(request):
         abort(403)
@@ -44,17 +44,23 @@ def local_only():  # type: ignore[no-untyped-def]
 def _sample_store_key(request: Request) -> bool:
     """Whether the request carries a sample store's consumer key (basic auth over https, OAuth 1.0a's
     `oauth_consumer_key` over http, as the WooCommerce client sends it)."""
-    given = (request.authorization.username if request.authorization else None) or \
-        request.args.get("oauth_consumer_key") or request.args.get("consumer_key")
+    given = (
+        (request.authorization.username if request.authorization else None)
+        or request.args.get("oauth_consumer_key")
+        or request.args.get("consumer_key")
+    )
     if not given:
         return False
     with session_scope() as session:
-        keys = session.execute(select(Shop.consumer_key_enc).where(
-            Shop.platform == "woocommerce", Shop.url.like(f"%{PATH}"), Shop.consumer_key_enc.is_not(None))).scalars()
+        keys = session.execute(
+            select(Shop.consumer_key_enc).where(
+                Shop.platform == "woocommerce", Shop.url.like(f"%{PATH}"), Shop.consumer_key_enc.is_not(None)
+            )
+        ).scalars()
         return any(hmac.compare_digest(decrypt(key).encode(), given.encode()) for key in keys if key is not None)
 
 
-def _list(items: list[Any]):  # type: ignore[no-untyped-def]
+def _list(items: list[Any]):
     response = jsonify(items)
     response.headers["X-WP-Total"] = str(len(items))
     response.headers["X-WP-TotalPages"] = "1"
@@ -62,23 +68,24 @@ def _list(items: list[Any]):  # type: ignore[no-untyped-def]
 
 
 @blueprint.get("/settings/general")
-def settings_general():  # type: ignore[no-untyped-def]
+def settings_general():
     """The store's currency."""
     return jsonify([{"id": "woocommerce_currency", "value": "EUR"}])
 
 
 @blueprint.route("/webhooks", methods=["GET", "POST"])
-def webhooks():  # type: ignore[no-untyped-def]
+def webhooks():
     """No webhooks are kept: the samples are sent by the command."""
     if request.method == "POST":
         body = request.get_json(silent=True) or {}
-        return jsonify({"id": 1, "topic": body.get("topic"), "delivery_url": body.get("delivery_url"),
-                        "status": "active"}), 201
+        return jsonify(
+            {"id": 1, "topic": body.get("topic"), "delivery_url": body.get("delivery_url"), "status": "active"}
+        ), 201
     return _list([])
 
 
 @blueprint.get("/coupons")
-def coupons():  # type: ignore[no-untyped-def]
+def coupons():
     """Coupons, optionally by exact code."""
     code = (request.args.get("code") or "").lower()
     if code:
@@ -88,24 +95,31 @@ def coupons():  # type: ignore[no-untyped-def]
 
 
 @blueprint.post("/coupons")
-def create_coupon():  # type: ignore[no-untyped-def]
+def create_coupon():
     """Make a coupon; a code made before answers WooCommerce's 400."""
     body = request.get_json(silent=True) or {}
     code = str(body.get("code") or "").strip()
     if not code:
         return jsonify(code="woocommerce_rest_missing_code", message="code is required"), 400
-    coupon = {"id": _redis().hlen(COUPONS_KEY) + 1, "code": code.lower(), "amount": body.get("amount", "0"),
-              "discount_type": body.get("discount_type", "percent"), "date_expires_gmt": body.get("date_expires"),
-              "usage_count": 0, "email_restrictions": body.get("email_restrictions") or [],
-              "date_created_gmt": utcnow().strftime("%Y-%m-%dT%H:%M:%S")}
+    coupon = {
+        "id": _redis().hlen(COUPONS_KEY) + 1,
+        "code": code.lower(),
+        "amount": body.get("amount", "0"),
+        "discount_type": body.get("discount_type", "percent"),
+        "date_expires_gmt": body.get("date_expires"),
+        "usage_count": 0,
+        "email_restrictions": body.get("email_restrictions") or [],
+        "date_created_gmt": utcnow().strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     if not _redis().hsetnx(COUPONS_KEY, code.lower(), json.dumps(coupon)):
-        return jsonify(code="woocommerce_rest_coupon_code_already_exists",
-                       message="The coupon code already exists"), 400
+        return jsonify(
+            code="woocommerce_rest_coupon_code_already_exists", message="The coupon code already exists"
+        ), 400
     return jsonify(coupon), 201
 
 
 @blueprint.route("/customers/<customer_id>", methods=["GET", "PUT"])
-def customer(customer_id: str):  # type: ignore[no-untyped-def]
+def customer(customer_id: str):
     """A customer with no fields but its id and meta (what tagging reads and writes)."""
     body = request.get_json(silent=True) or {}
     number = parse_id(customer_id)
@@ -113,6 +127,6 @@ def customer(customer_id: str):  # type: ignore[no-untyped-def]
 
 
 @blueprint.get("/<any(orders, customers):collection>")
-def collection(collection: str):  # type: ignore[no-untyped-def]
+def collection(collection: str):
     """Reconciliation finds nothing to catch up on."""
     return _list([])

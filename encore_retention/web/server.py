@@ -71,7 +71,11 @@ class _QuietTimeouts(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], TimeoutError):
             record.msg, record.args, record.exc_info, record.exc_text = (
-                "Dropped a client that sent nothing for %g s", (READ_TIMEOUT,), None, None)
+                "Dropped a client that sent nothing for %g s",
+                (READ_TIMEOUT,),
+                None,
+                None,
+            )
             record.levelno, record.levelname = logging.INFO, "INFO"
         return True
 
@@ -81,8 +85,6 @@ def post_worker_init(worker: Any) -> None:
     worker.log.error_log.addFilter(_QuietTimeouts())
 
 
-
 def gunicorn_options(workers: int) -> list[str]:
     """Command-line options that start gunicorn with these settings (for `encore run` and the benches)."""
     return ["--config", "python:encore_retention.web.server", "--workers", str(workers)]
-

@@ -46,7 +46,7 @@ def _shop_name(shop: Shop | None) -> str:
     return (shop.name or shop.domain) if shop else "this store"
 
 
-def _invalid():  # type: ignore[no-untyped-def]
+def _invalid():
     return render_template_string(PAGE, title="Link not valid", state="invalid"), 404
 
 
@@ -56,7 +56,7 @@ def _refused(named: Recipient, shop: Shop | None) -> bool:
 
 
 @blueprint.get("/unsubscribe/<token>")
-def confirm(token: str):  # type: ignore[no-untyped-def]
+def confirm(token: str):
     """The confirmation page (GET never unsubscribes)."""
     named = read_token(token)
     if named is None:
@@ -72,7 +72,7 @@ def confirm(token: str):  # type: ignore[no-untyped-def]
 
 
 @blueprint.post("/unsubscribe/<token>")
-def unsubscribe(token: str):  # type: ignore[no-untyped-def]
+def unsubscribe(token: str):
     """Record the suppression now (the page's button and RFC 8058 one-click alike)."""
     named = read_token(token)
     if named is None:
@@ -83,8 +83,9 @@ def unsubscribe(token: str):  # type: ignore[no-untyped-def]
         if _refused(named, shop):
             return _invalid()
         if shop is not None:  # a deleted shop has nothing left to send from
-            suppress_key(session, named.shop_id, named.key, reason="unsubscribed",
-                         source="one-click" if one_click else "link")
+            suppress_key(
+                session, named.shop_id, named.key, reason="unsubscribed", source="one-click" if one_click else "link"
+            )
         name = _shop_name(shop)
     log.info("unsubscribed", extra={"shop_id": named.shop_id, "one_click": one_click, "legacy_link": named.legacy})
     return render_template_string(PAGE, title="You are unsubscribed", state="done", shop=name), 200

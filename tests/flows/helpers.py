@@ -50,9 +50,13 @@ class FakeConnector(Connector):
         FakeConnector.requests.append(request)
         if request.idempotency_key not in self.discounts:
             code = f"{request.prefix}{len(self.discounts) + 1:06d}"
-            self.discounts[request.idempotency_key] = Discount(code=code, kind=request.kind, value=request.value,
-                                                               platform_id=str(len(self.discounts) + 1),
-                                                               ends_at=request.ends_at)
+            self.discounts[request.idempotency_key] = Discount(
+                code=code,
+                kind=request.kind,
+                value=request.value,
+                platform_id=str(len(self.discounts) + 1),
+                ends_at=request.ends_at,
+            )
         return self.discounts[request.idempotency_key]
 
     def tag_customer(self, customer_id: str, tags: list[str]) -> None:
@@ -78,19 +82,43 @@ def customer(cid: str = "1001", **fields: Any) -> ev.Customer:
     return ev.Customer(**values)
 
 
-def event(kind: str, at: datetime, cust: ev.Customer | None, *, order: ev.Order | None = None,
-          checkout: ev.Checkout | None = None, event_id: str | None = None) -> dict[str, Any]:
+def event(
+    kind: str,
+    at: datetime,
+    cust: ev.Customer | None,
+    *,
+    order: ev.Order | None = None,
+    checkout: ev.Checkout | None = None,
+    event_id: str | None = None,
+) -> dict[str, Any]:
     """A canonical event as the queue carries it."""
-    return ev.Event(id=event_id or f"test-{next(_ids)}", type=ev.EventType(kind), platform="shopify", shop=SHOP,
-                    topic=kind, occurred_at=at, received_at=at, customer=cust, order=order,
-                    checkout=checkout).to_dict()
+    return ev.Event(
+        id=event_id or f"test-{next(_ids)}",
+        type=ev.EventType(kind),
+        platform="shopify",
+        shop=SHOP,
+        topic=kind,
+        occurred_at=at,
+        received_at=at,
+        customer=cust,
+        order=order,
+        checkout=checkout,
+    ).to_dict()
 
 
 def order(oid: str, at: datetime, total: str = "60.00", codes: list[str] | None = None) -> ev.Order:
     """An order placed at `at`."""
-    return ev.Order(id=oid, number=oid, created_at=at, updated_at=at, total=Decimal(total), currency="EUR",
-                    line_items=[ev.LineItem(title="Tea", quantity=2, price=Decimal("30.00"))],
-                    discount_codes=codes or [], financial_status="paid")
+    return ev.Order(
+        id=oid,
+        number=oid,
+        created_at=at,
+        updated_at=at,
+        total=Decimal(total),
+        currency="EUR",
+        line_items=[ev.LineItem(title="Tea", quantity=2, price=Decimal("30.00"))],
+        discount_codes=codes or [],
+        financial_status="paid",
+    )
 
 
 def walk_to(connection: Redis, when: datetime) -> None:
@@ -124,8 +152,9 @@ def hook_server(*answers: tuple[int, dict[str, str]]) -> Iterator[tuple[Threadin
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - the http.server API
             length = int(self.headers["Content-Length"])
-            received.append({"path": self.path, "headers": dict(self.headers),
-                             "json": json.loads(self.rfile.read(length))})
+            received.append(
+                {"path": self.path, "headers": dict(self.headers), "json": json.loads(self.rfile.read(length))}
+            )
             status, headers = pending.pop(0) if pending else (204, {})
             self.send_response(status)
             for name, value in headers.items():

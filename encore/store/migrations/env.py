@@ -21,8 +21,12 @@ target_metadata = Base.metadata
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata,
-                      literal_binds=True, render_as_batch=True)
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        render_as_batch=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -31,8 +35,9 @@ def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
     connectable = get_engine(url)
     with connectable.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata,
-                          render_as_batch=connection.dialect.name == "sqlite")
+        context.configure(
+            connection=connection, target_metadata=target_metadata, render_as_batch=connection.dialect.name == "sqlite"
+        )
         with context.begin_transaction():
             context.run_migrations()
 

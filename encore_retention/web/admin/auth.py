@@ -41,11 +41,16 @@ from encore_retention.webhooks.shopify import SHOP_DOMAIN
 
 log = logging.getLogger("encore.admin")
 
-blueprint = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates",
-                      static_folder="static", static_url_path="/static")
+blueprint = Blueprint(
+    "admin",
+    __name__,
+    url_prefix="/admin",
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
 
 SESSION_KEY = "encore_admin"
-
 
 
 @dataclass
@@ -73,8 +78,14 @@ def shop_from_session_token(token: str) -> str | None:
     claims = None
     for secret in settings.shopify_secrets:
         try:
-            claims = jwt.decode(token, secret, algorithms=["HS256"], audience=settings.SHOPIFY_API_KEY, leeway=10,
-                                options={"require": ["exp", "nbf", "dest", "aud"]})
+            claims = jwt.decode(
+                token,
+                secret,
+                algorithms=["HS256"],
+                audience=settings.SHOPIFY_API_KEY,
+                leeway=10,
+                options={"require": ["exp", "nbf", "dest", "aud"]},
+            )
             break
         except jwt.PyJWTError:
             continue
@@ -168,8 +179,11 @@ def refuse_malformed() -> None:
     characters (PostgreSQL can't compare text holding them)."""
     if not peers.known_host(request):
         log.warning("admin request for an unknown host refused", extra={"host": request.host[:200]})
-        abort(400, "Encore's admin page answers only at APP_URL's host and localhost; "
-                   "set APP_URL to the address you open it at.")
+        abort(
+            400,
+            "Encore's admin page answers only at APP_URL's host and localhost; "
+            "set APP_URL to the address you open it at.",
+        )
     texts = [request.path, *(key + value for key, value in request.args.items(multi=True))]
     if request.method == "POST":
         texts.extend(key + value for key, value in request.form.items(multi=True))
@@ -178,7 +192,7 @@ def refuse_malformed() -> None:
 
 
 @blueprint.before_request
-def require_sign_in():  # type: ignore[no-untyped-def]
+def require_sign_in():
     """Every page but the sign-in pages and the stylesheet needs a viewer; every page, a known host."""
     refuse_malformed()
     if request.endpoint in ("admin.login", "admin.sign_in", "admin.static"):
@@ -206,7 +220,7 @@ def require_sign_in():  # type: ignore[no-untyped-def]
 
 
 @blueprint.errorhandler(RedisError)
-def redis_unavailable(exc: RedisError):  # type: ignore[no-untyped-def]
+def redis_unavailable(exc: RedisError):
     """Sessions, sign-in links and the throttle live in Redis: without it, 503 and try again."""
     log.error("Redis unavailable", extra={"path": request.path, "error": type(exc).__name__})
     return unavailable("redis_unavailable", f"Redis unavailable ({type(exc).__name__}); try again in a few seconds")
@@ -248,16 +262,17 @@ LINK_REFUSALS = {
 }
 
 
-def _render_sign_in(error: str | None, status: int, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def _render_sign_in(error: str | None, status: int, headers: dict[str, str] | None = None):
     configured = bool(get_settings().ADMIN_PASSWORD)
-    response = Response(render_template("admin/login.html", error=error, configured=configured), status=status,
-                        headers=headers or {})
+    response = Response(
+        render_template("admin/login.html", error=error, configured=configured), status=status, headers=headers or {}
+    )
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
 @blueprint.route("/login", methods=["GET", "POST"])
-def login():  # type: ignore[no-untyped-def]
+def login():
     """The password form (ADMIN_PASSWORD): 401 for a wrong password, 429 with Retry-After when throttled."""
     configured = get_settings().ADMIN_PASSWORD
     if request.method == "GET":
@@ -265,11 +280,16 @@ def login():  # type: ignore[no-untyped-def]
     client = peers.client_address(request)
     throttled = access.attempt(client)
     if throttled is not None:
-        log.warning("admin sign-in throttled", extra={"client": client, "scope": throttled.scope,
-                                                      "retry_after": throttled.retry_after})
+        log.warning(
+            "admin sign-in throttled",
+            extra={"client": client, "scope": throttled.scope, "retry_after": throttled.retry_after},
+        )
         minutes = math.ceil(throttled.retry_after / 60)
-        return _render_sign_in(f"Too many sign-in attempts; try again in {minutes} minute{'s' * (minutes != 1)}.",
-                               429, {"Retry-After": str(throttled.retry_after)})
+        return _render_sign_in(
+            f"Too many sign-in attempts; try again in {minutes} minute{'s' * (minutes != 1)}.",
+            429,
+            {"Retry-After": str(throttled.retry_after)},
+        )
     given = request.form.get("password", "")
     if configured and hmac.compare_digest(given.encode(), configured.encode()):
         access.succeeded(client)
@@ -278,12 +298,13 @@ def login():  # type: ignore[no-untyped-def]
         target = request.args.get("next") or url_for("admin.flows")
         return redirect(target if target.startswith("/admin") else url_for("admin.flows"))
     log.warning("admin sign-in refused", extra={"client": client})
-    return _render_sign_in("That password is not right." if configured else "No ADMIN_PASSWORD is set on this server.",
-                           401)
+    return _render_sign_in(
+        "That password is not right." if configured else "No ADMIN_PASSWORD is set on this server.", 401
+    )
 
 
 @blueprint.get("/sign-in")
-def sign_in():  # type: ignore[no-untyped-def]
+def sign_in():
     """Spend a one-time sign-in link (`encore run` prints one, `encore admin link` makes another)."""
     outcome = access.redeem_link_token(request.args.get("token", ""))
     client = peers.client_address(request)
@@ -299,7 +320,7 @@ def sign_in():  # type: ignore[no-untyped-def]
 
 
 @blueprint.post("/store")
-def choose_store():  # type: ignore[no-untyped-def]
+def choose_store():
     """Look at one store (operators with several), or at all of them."""
     chosen = parse_id(request.form.get("store", ""))
     if chosen is not None and chosen in [shop_id for shop_id, _ in g.viewer.shops]:
@@ -311,7 +332,7 @@ def choose_store():  # type: ignore[no-untyped-def]
 
 
 @blueprint.post("/logout")
-def logout():  # type: ignore[no-untyped-def]
+def logout():
     """Sign out: the server-side session ends, so no copy of the cookie works any more."""
     session_id = _session_id()
     if session_id:

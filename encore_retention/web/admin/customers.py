@@ -21,7 +21,6 @@ from encore_retention.web.admin.messages import outbox_folder
 log = logging.getLogger("encore.admin")
 
 
-
 def customer_or_404(db: Any, customer_id: int) -> Customer:
     customer = db.get(Customer, customer_id)
     if customer is None or customer.shop_id not in g.viewer.shop_ids:
@@ -30,16 +29,25 @@ def customer_or_404(db: Any, customer_id: int) -> Customer:
 
 
 @blueprint.get("/customers")
-def customers():  # type: ignore[no-untyped-def]
+def customers():
     """Find a customer by email or name; the most recently active first."""
     q = (request.args.get("q") or "").strip()
     with session_scope() as db:
-        query = select(Customer, Shop.domain).join(Shop, Shop.id == Customer.shop_id).where(
-            Customer.shop_id.in_(g.viewer.shop_ids))
+        query = (
+            select(Customer, Shop.domain)
+            .join(Shop, Shop.id == Customer.shop_id)
+            .where(Customer.shop_id.in_(g.viewer.shop_ids))
+        )
         if q:
             like = f"%{q.lower()}%"
-            query = query.where(or_(func.lower(Customer.email).like(like), func.lower(Customer.first_name).like(like),
-                                    func.lower(Customer.last_name).like(like), Customer.platform_id == q))
+            query = query.where(
+                or_(
+                    func.lower(Customer.email).like(like),
+                    func.lower(Customer.first_name).like(like),
+                    func.lower(Customer.last_name).like(like),
+                    Customer.platform_id == q,
+                )
+            )
         rows = db.execute(query.order_by(Customer.updated_at.desc()).limit(100)).all()
     return render_template("admin/customers.html", rows=rows, q=q)
 
@@ -60,16 +68,27 @@ def timeline(db: Any, customer: Customer) -> list[TimelineItem]:
     """Events received and runs started (each with its trace: conditions, waits, sends, suppressions)."""
 
     items: list[TimelineItem] = []
-    for record in db.execute(select(EventRecord).where(EventRecord.customer_id == customer.id)
-                             .order_by(EventRecord.occurred_at.desc()).limit(200)).scalars():
-        items.append(TimelineItem(record.occurred_at, "event", record.type,
-                                  f"{record.platform} {record.topic}", run=record))
-    runs = db.execute(select(FlowRun).where(FlowRun.customer_id == customer.id)
-                      .order_by(FlowRun.started_at.desc()).limit(200)).scalars().all()
+    for record in db.execute(
+        select(EventRecord)
+        .where(EventRecord.customer_id == customer.id)
+        .order_by(EventRecord.occurred_at.desc())
+        .limit(200)
+    ).scalars():
+        items.append(
+            TimelineItem(record.occurred_at, "event", record.type, f"{record.platform} {record.topic}", run=record)
+        )
+    runs = (
+        db.execute(
+            select(FlowRun).where(FlowRun.customer_id == customer.id).order_by(FlowRun.started_at.desc()).limit(200)
+        )
+        .scalars()
+        .all()
+    )
     traces: dict[int, list[FlowTrace]] = defaultdict(list)
     if runs:
-        for line in db.execute(select(FlowTrace).where(FlowTrace.run_id.in_([r.id for r in runs]))
-                               .order_by(FlowTrace.id)).scalars():
+        for line in db.execute(
+            select(FlowTrace).where(FlowTrace.run_id.in_([r.id for r in runs])).order_by(FlowTrace.id)
+        ).scalars():
             traces[line.run_id].append(line)
     for run in runs:
         detail = run.status + (f": {run.reason}" if run.reason else "")
@@ -79,15 +98,31 @@ def timeline(db: Any, customer: Customer) -> list[TimelineItem]:
 
 
 @blueprint.get("/customers/<id:customer_id>")
-def customer(customer_id: int):  # type: ignore[no-untyped-def]
+def customer(customer_id: int):
     """A customer's ledger row and timeline."""
 
     with session_scope() as db:
         row = customer_or_404(db, customer_id)
         shop = db.get(Shop, row.shop_id)
         items = timeline(db, row)
-        emails = db.execute(select(FlowEffect).where(FlowEffect.customer_id == row.id, FlowEffect.kind == "email")
-                            .order_by(FlowEffect.created_at.desc()).limit(100)).scalars().all()
+        emails = (
+            db.execute(
+                select(FlowEffect)
+                .where(FlowEffect.customer_id == row.id, FlowEffect.kind == "email")
+                .order_by(FlowEffect.created_at.desc())
+                .limit(100)
+            )
+            .scalars()
+            .all()
+        )
         suppressed = is_suppressed(db, row.shop_id, row.email) if row.email else None
-    return render_template("admin/customer.html", customer=row, shop=shop, items=items, emails=emails,
-                           suppressed=suppressed, flows=flow_choices(), outbox=outbox_folder() is not None)
+    return render_template(
+        "admin/customer.html",
+        customer=row,
+        shop=shop,
+        items=items,
+        emails=emails,
+        suppressed=suppressed,
+        flows=flow_choices(),
+        outbox=outbox_folder() is not None,
+    )

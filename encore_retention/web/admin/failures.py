@@ -19,7 +19,6 @@ from encore_retention.web.admin.auth import blueprint, csrf_token, current_viewe
 log = logging.getLogger("encore.admin")
 
 
-
 def exception_line(traceback: str) -> str:
     """The `Type: message` line of a traceback (not the notes some exceptions print after it)."""
     lines = traceback.strip().splitlines()
@@ -34,7 +33,6 @@ def exception_line(traceback: str) -> str:
 def failed_jobs(limit: int = 100) -> list[dict[str, Any]]:
     """The failed jobs of every Encore queue, newest first, with their exception."""
 
-
     found: list[dict[str, Any]] = []
     for name in QUEUES:
         q = queue(name)
@@ -45,16 +43,24 @@ def failed_jobs(limit: int = 100) -> list[dict[str, Any]]:
             result = job.latest_result()
             exc = (result.exc_string if result is not None else None) or ""
             last = exception_line(exc)
-            found.append({"queue": name, "id": job.id, "func": job.func_name, "description": job.description,
-                          "ended_at": job.ended_at, "error": last, "traceback": exc})
+            found.append(
+                {
+                    "queue": name,
+                    "id": job.id,
+                    "func": job.func_name,
+                    "description": job.description,
+                    "ended_at": job.ended_at,
+                    "error": last,
+                    "traceback": exc,
+                }
+            )
     found.sort(key=lambda item: item["ended_at"].timestamp() if item["ended_at"] else 0, reverse=True)
     return found[:limit]
 
 
 @blueprint.get("/failures")
-def failures():  # type: ignore[no-untyped-def]
+def failures():
     """Failed jobs (with a requeue button) and rejected webhooks (with the reason)."""
-
 
     error = None
     try:
@@ -63,14 +69,18 @@ def failures():  # type: ignore[no-untyped-def]
         jobs, rejected, error = [], [], f"Redis does not answer: {type(exc).__name__}"
     if not g.viewer.everything:
         rejected = [r for r in rejected if r.get("shop") == g.viewer.shop]
-    return render_template("admin/failures.html", jobs=jobs if g.viewer.everything else [], rejected=rejected,
-                           error=error, dashboard=_dashboard_mounted())
+    return render_template(
+        "admin/failures.html",
+        jobs=jobs if g.viewer.everything else [],
+        rejected=rejected,
+        error=error,
+        dashboard=_dashboard_mounted(),
+    )
 
 
 @blueprint.post("/failures/<queue_name>/<job_id>/requeue")
-def requeue(queue_name: str, job_id: str):  # type: ignore[no-untyped-def]
+def requeue(queue_name: str, job_id: str):
     """Put a failed job back on its queue."""
-
 
     if not g.viewer.everything:
         abort(403)
@@ -82,8 +92,6 @@ def requeue(queue_name: str, job_id: str):  # type: ignore[no-untyped-def]
         abort(404, "no such failed job")
     log.info("failed job requeued from the admin page", extra={"job_id": job_id, "queue": queue_name})
     return redirect(url_for("admin.failures"))
-
-
 
 
 def _dashboard_mounted() -> bool:
@@ -102,8 +110,20 @@ def connection_url() -> str:
 
 
 # The dashboard's pages and JSON reads; any other GET (its `requeue/<queue>` answers GET too) is refused.
-RQ_DASHBOARD_READS = frozenset({"queues_overview", "workers_overview", "jobs_overview", "job_view", "list_queues",
-                                "list_jobs", "job_info", "list_workers", "favicon", "static"})
+RQ_DASHBOARD_READS = frozenset(
+    {
+        "queues_overview",
+        "workers_overview",
+        "jobs_overview",
+        "job_view",
+        "list_queues",
+        "list_jobs",
+        "job_info",
+        "list_workers",
+        "favicon",
+        "static",
+    }
+)
 RQ_DASHBOARD_NUMBERS = frozenset({"per_page", "page"})  # a page and its size: 1 or more
 RQ_DASHBOARD_CSRF_COOKIE = "_csrf_token"  # the dashboard's script sends this cookie back as X-CSRFToken
 
@@ -142,7 +162,7 @@ def mount_rq_dashboard(app: Any) -> bool:
     app.register_blueprint(rq_dashboard.blueprint, url_prefix="/admin/rq")
 
     @app.before_request
-    def _rq_dashboard_for_operators():  # type: ignore[no-untyped-def]
+    def _rq_dashboard_for_operators():
         if request.blueprint != "rq_dashboard":
             return None
         try:
@@ -157,8 +177,13 @@ def mount_rq_dashboard(app: Any) -> bool:
     @app.after_request
     def _rq_dashboard_form_token(response: Response) -> Response:
         if request.blueprint == "rq_dashboard" and g.get("admin_grant") and response.mimetype == "text/html":
-            response.set_cookie(RQ_DASHBOARD_CSRF_COOKIE, csrf_token(), path="/admin/rq", samesite="Strict",
-                                secure=current_app.config.get("SESSION_COOKIE_SECURE", False))
+            response.set_cookie(
+                RQ_DASHBOARD_CSRF_COOKIE,
+                csrf_token(),
+                path="/admin/rq",
+                samesite="Strict",
+                secure=current_app.config.get("SESSION_COOKIE_SECURE", False),
+            )
         return response
 
     return True

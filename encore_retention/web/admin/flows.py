@@ -24,7 +24,6 @@ log = logging.getLogger("encore.admin")
 WINDOW = timedelta(days=30)  # the flows page's figures cover this long
 
 
-
 @dataclass
 class FlowStats:
     """A flow's results over the window."""
@@ -49,8 +48,11 @@ def describe_trigger(trigger: Any) -> str:
     """`order.placed`, or `customer.birthday -14d at 09:00`."""
 
     if isinstance(trigger, DateTrigger):
-        offset = f" {'+' if trigger.offset >= timedelta(0) else '-'}{format_duration(abs(trigger.offset))}" \
-            if trigger.offset else ""
+        offset = (
+            f" {'+' if trigger.offset >= timedelta(0) else '-'}{format_duration(abs(trigger.offset))}"
+            if trigger.offset
+            else ""
+        )
         every = " yearly" if trigger.yearly else ""
         return f"{trigger.date}{offset} at {trigger.at.strftime('%H:%M')}{every}"
     return str(trigger.event)
@@ -81,24 +83,38 @@ def flow_stats(shop_ids: list[int], now: Any = None) -> list[FlowStats]:
     stats: dict[str, FlowStats] = {}
     for key, flow_file in sorted(registry.flows.items()):
         flow = flow_file.flow
-        stats[key] = FlowStats(key, flow.name, flow.enabled, describe_trigger(flow.trigger), flow.kind,
-                               steps=[label for label, _ in email_steps(flow)])
+        stats[key] = FlowStats(
+            key,
+            flow.name,
+            flow.enabled,
+            describe_trigger(flow.trigger),
+            flow.kind,
+            steps=[label for label, _ in email_steps(flow)],
+        )
     if not shop_ids:
         return list(stats.values())
     with session_scope() as db:
-        runs = db.execute(select(FlowRun.flow_key, FlowRun.flow_name, FlowRun.status, func.count()).where(
-            FlowRun.shop_id.in_(shop_ids), FlowRun.started_at >= since)
-            .group_by(FlowRun.flow_key, FlowRun.flow_name, FlowRun.status)).all()
+        runs = db.execute(
+            select(FlowRun.flow_key, FlowRun.flow_name, FlowRun.status, func.count())
+            .where(FlowRun.shop_id.in_(shop_ids), FlowRun.started_at >= since)
+            .group_by(FlowRun.flow_key, FlowRun.flow_name, FlowRun.status)
+        ).all()
         for key, name, status, count in runs:
             item = stats.setdefault(key, FlowStats(key, name, False, "(no longer loaded)", loaded=False))
             if status == SUPPRESSED:
                 item.suppressed += count
             else:
                 item.runs += count
-        effects = db.execute(select(FlowRun.flow_key, FlowEffect.kind, FlowEffect.result, FlowEffect.shop_id).join(
-            FlowRun, FlowRun.id == FlowEffect.run_id).where(
-            FlowEffect.shop_id.in_(shop_ids), FlowEffect.created_at >= since, FlowEffect.status == "done",
-            FlowEffect.kind.in_(("email", "discount")))).all()
+        effects = db.execute(
+            select(FlowRun.flow_key, FlowEffect.kind, FlowEffect.result, FlowEffect.shop_id)
+            .join(FlowRun, FlowRun.id == FlowEffect.run_id)
+            .where(
+                FlowEffect.shop_id.in_(shop_ids),
+                FlowEffect.created_at >= since,
+                FlowEffect.status == "done",
+                FlowEffect.kind.in_(("email", "discount")),
+            )
+        ).all()
         codes: dict[tuple[int, str], str] = {}
         for key, kind, result, shop_id in effects:
             item = stats.setdefault(key, FlowStats(key, key, False, "(no longer loaded)", loaded=False))
@@ -109,9 +125,14 @@ def flow_stats(shop_ids: list[int], now: Any = None) -> list[FlowStats]:
                 if result and result.get("code"):
                     codes[(shop_id, str(result["code"]).upper())] = key
         if codes:
-            orders = db.execute(select(Order.shop_id, Order.discount_codes, Order.total, Order.currency).where(
-                Order.shop_id.in_(shop_ids), Order.placed_at >= since, Order.deleted.is_(False),
-                Order.cancelled_at.is_(None))).all()
+            orders = db.execute(
+                select(Order.shop_id, Order.discount_codes, Order.total, Order.currency).where(
+                    Order.shop_id.in_(shop_ids),
+                    Order.placed_at >= since,
+                    Order.deleted.is_(False),
+                    Order.cancelled_at.is_(None),
+                )
+            ).all()
             for shop_id, order_codes, total, currency in orders:
                 for code in order_codes or []:
                     maker = codes.get((shop_id, str(code).upper()))
@@ -124,7 +145,7 @@ def flow_stats(shop_ids: list[int], now: Any = None) -> list[FlowStats]:
 
 
 @blueprint.get("/")
-def flows():  # type: ignore[no-untyped-def]
+def flows():
     """The flows and their last 30 days."""
 
     viewer: Viewer = g.viewer
@@ -133,36 +154,71 @@ def flows():  # type: ignore[no-untyped-def]
     totals = {name: sum(getattr(item, name) for item in items) for name in ("runs", "emails", "codes", "redeemed")}
     revenue = sum((item.revenue for item in items), Decimal("0"))
     currency = next((item.currency for item in items if item.currency), None)
-    return render_template("admin/flows.html", flows=items, problems=problems, totals=totals, revenue=revenue,
-                           currency=currency, days=WINDOW.days)
+    return render_template(
+        "admin/flows.html",
+        flows=items,
+        problems=problems,
+        totals=totals,
+        revenue=revenue,
+        currency=currency,
+        days=WINDOW.days,
+    )
 
 
 @blueprint.get("/flows/<flow_key>")
-def flow_runs(flow_key: str):  # type: ignore[no-untyped-def]
+def flow_runs(flow_key: str):
     """One flow's recent runs: who, when, how far, and why it stopped or was suppressed."""
 
     status = request.args.get("status") or None
     with session_scope() as db:
-        query = select(FlowRun, Customer.email, Customer.id).outerjoin(Customer, Customer.id == FlowRun.customer_id) \
+        query = (
+            select(FlowRun, Customer.email, Customer.id)
+            .outerjoin(Customer, Customer.id == FlowRun.customer_id)
             .where(FlowRun.flow_key == flow_key, FlowRun.shop_id.in_(g.viewer.shop_ids))
+        )
         if status:
             query = query.where(FlowRun.status == status)
         rows = db.execute(query.order_by(FlowRun.started_at.desc()).limit(200)).all()
-        counts = dict(db.execute(select(FlowRun.status, func.count()).where(
-            FlowRun.flow_key == flow_key, FlowRun.shop_id.in_(g.viewer.shop_ids),
-            FlowRun.started_at >= utcnow() - WINDOW).group_by(FlowRun.status)).all())
+        counts = dict(
+            db.execute(
+                select(FlowRun.status, func.count())
+                .where(
+                    FlowRun.flow_key == flow_key,
+                    FlowRun.shop_id.in_(g.viewer.shop_ids),
+                    FlowRun.started_at >= utcnow() - WINDOW,
+                )
+                .group_by(FlowRun.status)
+            ).all()
+        )
         reasons: dict[str, int] = defaultdict(int)
-        for (detail,) in db.execute(select(FlowTrace.detail).join(FlowRun, FlowRun.id == FlowTrace.run_id).where(
-                FlowRun.flow_key == flow_key, FlowRun.shop_id.in_(g.viewer.shop_ids), FlowTrace.kind == "suppressed",
-                FlowTrace.at >= utcnow() - WINDOW)):
+        for (detail,) in db.execute(
+            select(FlowTrace.detail)
+            .join(FlowRun, FlowRun.id == FlowTrace.run_id)
+            .where(
+                FlowRun.flow_key == flow_key,
+                FlowRun.shop_id.in_(g.viewer.shop_ids),
+                FlowTrace.kind == "suppressed",
+                FlowTrace.at >= utcnow() - WINDOW,
+            )
+        ):
             reasons[str((detail or {}).get("reason") or "other")] += 1
     flow_file = loader.registry().flows.get(flow_key)
     if flow_file is None and not rows and not counts:
         abort(404)
     name = flow_file.flow.name if flow_file else (rows[0][0].flow_name if rows else flow_key)
-    return render_template("admin/flow.html", key=flow_key, name=name, flow=flow_file, rows=rows, counts=counts,
-                           status=status, days=WINDOW.days, reasons=sorted(reasons.items(), key=lambda kv: -kv[1]),
-                           trigger=describe_trigger(flow_file.flow.trigger) if flow_file else None)
+    return render_template(
+        "admin/flow.html",
+        key=flow_key,
+        name=name,
+        flow=flow_file,
+        rows=rows,
+        counts=counts,
+        status=status,
+        days=WINDOW.days,
+        reasons=sorted(reasons.items(), key=lambda kv: -kv[1]),
+        trigger=describe_trigger(flow_file.flow.trigger) if flow_file else None,
+    )
+
 
 def flow_choices() -> list[tuple[str, str, list[tuple[str, str]]]]:
 

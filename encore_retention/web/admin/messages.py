@@ -21,16 +21,19 @@ from encore_retention.web.admin.auth import blueprint
 log = logging.getLogger("encore.admin")
 
 
-
 @blueprint.get("/messages")
-def messages():  # type: ignore[no-untyped-def]
+def messages():
     """The emails sent (and failed), newest first."""
 
     with session_scope() as db:
-        rows = db.execute(select(FlowEffect, FlowRun.flow_name, Customer.email, Customer.id).join(
-            FlowRun, FlowRun.id == FlowEffect.run_id).outerjoin(Customer, Customer.id == FlowEffect.customer_id).where(
-            FlowEffect.shop_id.in_(g.viewer.shop_ids), FlowEffect.kind == "email")
-            .order_by(FlowEffect.created_at.desc()).limit(200)).all()
+        rows = db.execute(
+            select(FlowEffect, FlowRun.flow_name, Customer.email, Customer.id)
+            .join(FlowRun, FlowRun.id == FlowEffect.run_id)
+            .outerjoin(Customer, Customer.id == FlowEffect.customer_id)
+            .where(FlowEffect.shop_id.in_(g.viewer.shop_ids), FlowEffect.kind == "email")
+            .order_by(FlowEffect.created_at.desc())
+            .limit(200)
+        ).all()
     folder = outbox_folder()
     return render_template("admin/messages.html", rows=rows, outbox=str(folder.resolve()) if folder else None)
 
@@ -45,9 +48,8 @@ def outbox_folder() -> Path | None:
 
 
 @blueprint.get("/messages/<path:key>")
-def message(key: str):  # type: ignore[no-untyped-def]
+def message(key: str):
     """A sent email as it was written to the file outbox (its HTML part; scripts never run)."""
-
 
     folder = outbox_folder()
     with session_scope() as db:
@@ -58,10 +60,9 @@ def message(key: str):  # type: ignore[no-untyped-def]
     if not path.is_file():
         abort(404, "the message is no longer in the outbox")
     parsed = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-    part = parsed.get_body(preferencelist=("html", "plain"))  # type: ignore[attr-defined]
+    part = parsed.get_body(preferencelist=("html", "plain"))
     body = part.get_content() if part is not None else ""
     if part is not None and part.get_content_type() == "text/plain":
-
         body = f"<pre>{escape(body)}</pre>"
     response = Response(body, content_type="text/html; charset=utf-8")
     response.headers["Content-Security-Policy"] = "script-src 'none'; frame-ancestors 'self'"

@@ -28,8 +28,12 @@ class ExampleConnector(Connector):
         if request.idempotency_key not in self.discounts:
             digest = hashlib.sha256(request.idempotency_key.encode()).hexdigest()[:8].upper()
             self.discounts[request.idempotency_key] = Discount(
-                code=f"{request.prefix.upper()}{digest}", kind=request.kind, value=request.value,
-                platform_id=str(len(self.discounts) + 1), ends_at=request.ends_at)
+                code=f"{request.prefix.upper()}{digest}",
+                kind=request.kind,
+                value=request.value,
+                platform_id=str(len(self.discounts) + 1),
+                ends_at=request.ends_at,
+            )
         return self.discounts[request.idempotency_key]
 
     def tag_customer(self, customer_id: str, tags: list[str]) -> None:

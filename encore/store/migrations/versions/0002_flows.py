@@ -42,8 +42,9 @@ def upgrade() -> None:
         sa.Column("started_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.Column("finished_at", UTCDateTime(), nullable=True),
-        sa.ForeignKeyConstraint(["customer_id"], ["customers.id"], name=op.f("fk_flow_runs_customer_id_customers"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["customer_id"], ["customers.id"], name=op.f("fk_flow_runs_customer_id_customers"), ondelete="CASCADE"
+        ),
         sa.ForeignKeyConstraint(["shop_id"], ["shops.id"], name=op.f("fk_flow_runs_shop_id_shops"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_flow_runs")),
         sa.UniqueConstraint("run_key", name=op.f("uq_flow_runs_run_key")),
@@ -61,8 +62,9 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=32), nullable=False),
         sa.Column("message", sa.Text(), nullable=False),
         sa.Column("detail", sa.JSON(), nullable=True),
-        sa.ForeignKeyConstraint(["run_id"], ["flow_runs.id"], name=op.f("fk_flow_trace_run_id_flow_runs"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["run_id"], ["flow_runs.id"], name=op.f("fk_flow_trace_run_id_flow_runs"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_flow_trace")),
     )
     op.create_index("ix_flow_trace_run", "flow_trace", ["run_id", "id"])
@@ -79,12 +81,15 @@ def upgrade() -> None:
         sa.Column("result", sa.JSON(), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("done_at", UTCDateTime(), nullable=True),
-        sa.ForeignKeyConstraint(["run_id"], ["flow_runs.id"], name=op.f("fk_flow_effects_run_id_flow_runs"),
-                                ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["shop_id"], ["shops.id"], name=op.f("fk_flow_effects_shop_id_shops"),
-                                ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["customer_id"], ["customers.id"],
-                                name=op.f("fk_flow_effects_customer_id_customers"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["run_id"], ["flow_runs.id"], name=op.f("fk_flow_effects_run_id_flow_runs"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["shop_id"], ["shops.id"], name=op.f("fk_flow_effects_shop_id_shops"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["customer_id"], ["customers.id"], name=op.f("fk_flow_effects_customer_id_customers"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("key", name=op.f("pk_flow_effects")),
     )
     op.create_index("ix_flow_effects_cap", "flow_effects", ["customer_id", "kind", "created_at"])

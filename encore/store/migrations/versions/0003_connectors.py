@@ -36,8 +36,9 @@ def upgrade() -> None:
         sa.Column("value", sa.Numeric(14, 2), nullable=False),
         sa.Column("ends_at", UTCDateTime(), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
-        sa.ForeignKeyConstraint(["shop_id"], ["shops.id"], name=op.f("fk_discount_codes_shop_id_shops"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["shop_id"], ["shops.id"], name=op.f("fk_discount_codes_shop_id_shops"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_discount_codes")),
         sa.UniqueConstraint("shop_id", "idempotency_key", name=op.f("uq_discount_codes_shop_id_idempotency_key")),
     )
@@ -49,8 +50,9 @@ def upgrade() -> None:
         sa.Column("cursor", UTCDateTime(), nullable=True),
         sa.Column("last_run_at", UTCDateTime(), nullable=True),
         sa.Column("last_error", sa.String(length=1024), nullable=True),
-        sa.ForeignKeyConstraint(["shop_id"], ["shops.id"], name=op.f("fk_sync_cursors_shop_id_shops"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["shop_id"], ["shops.id"], name=op.f("fk_sync_cursors_shop_id_shops"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("shop_id", "resource", name=op.f("pk_sync_cursors")),
     )
     op.create_table(
@@ -62,10 +64,12 @@ def upgrade() -> None:
         sa.Column("request_id", sa.String(length=64), nullable=True),
         sa.Column("data", sa.JSON(), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
-        sa.ForeignKeyConstraint(["shop_id"], ["shops.id"], name=op.f("fk_data_exports_shop_id_shops"),
-                                ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["customer_id"], ["customers.id"], name=op.f("fk_data_exports_customer_id_customers"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["shop_id"], ["shops.id"], name=op.f("fk_data_exports_shop_id_shops"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["customer_id"], ["customers.id"], name=op.f("fk_data_exports_customer_id_customers"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_data_exports")),
         sa.UniqueConstraint("event_id", name=op.f("uq_data_exports_event_id")),
     )

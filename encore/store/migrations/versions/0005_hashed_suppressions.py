@@ -35,11 +35,17 @@ def upgrade() -> None:
     op.execute(shops.update().values(legacy_links_until=utcnow() + timedelta(days=LEGACY_LINK_DAYS)))
 
     op.add_column("suppressions", sa.Column("email_hash", sa.String(length=64), nullable=True))
-    suppressions = sa.table("suppressions", sa.column("id", sa.BigInteger()), sa.column("shop_id", sa.BigInteger()),
-                            sa.column("email", sa.String()), sa.column("email_hash", sa.String()))
+    suppressions = sa.table(
+        "suppressions",
+        sa.column("id", sa.BigInteger()),
+        sa.column("shop_id", sa.BigInteger()),
+        sa.column("email", sa.String()),
+        sa.column("email_hash", sa.String()),
+    )
     bind = op.get_bind()
-    rows = bind.execute(sa.select(suppressions.c.id, suppressions.c.shop_id, suppressions.c.email)
-                        .order_by(suppressions.c.id)).all()
+    rows = bind.execute(
+        sa.select(suppressions.c.id, suppressions.c.shop_id, suppressions.c.email).order_by(suppressions.c.id)
+    ).all()
     seen: set[tuple[int, str]] = set()
     hashed: list[dict[str, object]] = []
     duplicates: list[int] = []
@@ -51,11 +57,12 @@ def upgrade() -> None:
         seen.add((shop_id, key))
         hashed.append({"row_id": row_id, "key": key})
     for start in range(0, len(duplicates), CHUNK):
-        bind.execute(suppressions.delete().where(suppressions.c.id.in_(duplicates[start:start + CHUNK])))
-    update = suppressions.update().where(suppressions.c.id == sa.bindparam("row_id")).values(
-        email_hash=sa.bindparam("key"))
+        bind.execute(suppressions.delete().where(suppressions.c.id.in_(duplicates[start : start + CHUNK])))
+    update = (
+        suppressions.update().where(suppressions.c.id == sa.bindparam("row_id")).values(email_hash=sa.bindparam("key"))
+    )
     for start in range(0, len(hashed), CHUNK):
-        bind.execute(update, hashed[start:start + CHUNK])
+        bind.execute(update, hashed[start : start + CHUNK])
 
     with op.batch_alter_table("suppressions", schema=None) as batch_op:
         batch_op.drop_constraint("uq_suppressions_shop_id_email", type_="unique")
@@ -65,5 +72,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    raise RuntimeError("0005 replaced the suppressed addresses by keyed hashes; they can't be brought back "
-                       "(restore a backup taken before it to go back)")
+    raise RuntimeError(
+        "0005 replaced the suppressed addresses by keyed hashes; they can't be brought back "
+        "(restore a backup taken before it to go back)"
+    )
