@@ -23,7 +23,7 @@ from sqlalchemy import delete, select
 from encore_retention.connectors.woocommerce import generate_secret
 from encore_retention.core import archive, logs, resources
 from encore_retention.core.crypto import decrypt, encrypt
-from encore_retention.core.events import Event, parse_datetime
+from encore_retention.core.events import MALFORMED_ERRORS, Event, parse_datetime, problem
 from encore_retention.core.queue import enqueue_event, get_redis
 from encore_retention.core.settings import get_settings
 from encore_retention.core.store import migrate, session_scope
@@ -165,10 +165,12 @@ def events_of(recorded: Recorded) -> list[Event]:
         payload = json.loads(recorded.body)
     except ValueError as exc:
         raise click.ClickException(f"{recorded.source}: body is not JSON ({exc})") from None
+    if not isinstance(payload, dict):  # the receivers answer such a delivery 400 too
+        raise click.ClickException(f"{recorded.source}: body is not a JSON object")
     try:
         return list(receiver.parse(delivery, payload, recorded.body))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise click.ClickException(f"{recorded.source}: {recorded.topic}: {exc}") from None
+    except MALFORMED_ERRORS as exc:
+        raise click.ClickException(f"{recorded.source}: {recorded.topic}: {problem(exc)}") from None
 
 
 # ---- encore replay ---------------------------------------------------------------------------------

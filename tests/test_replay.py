@@ -116,6 +116,12 @@ def test_bad_recordings_get_a_clear_error(env, redis, tmp_path: Path):
     unknown.write_text("{}")
     result = CliRunner().invoke(main, ["replay", str(unknown), "--shop", "x.myshopify.com"])
     assert result.exit_code != 0 and "which topic?" in result.output
+    for body in ("[1, 2]", '"text"', "null", "7"):  # JSON, but no object: a receiver answers these 400
+        not_object = tmp_path / "shopify" / "orders_create.json"
+        not_object.write_text(body)
+        result = CliRunner().invoke(main, ["replay", str(not_object), "--shop", "x.myshopify.com"])
+        assert result.exit_code == 1 and "orders_create.json: body is not a JSON object" in result.output, body
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
 
 
 def test_dry_run_rehearses_on_a_copy_of_sqlite_or_postgresql(db_url, env, redis, tmp_path):
