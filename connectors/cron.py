@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from encore_retention.connectors.base import get_connector
 from encore_retention.connectors.models import SyncCursor
+from encore_retention.core import archive
 from encore_retention.core import events as ev
 from encore_retention.core.queue import MAINTENANCE, enqueue_event
 from encore_retention.core.store import session_scope
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 FIRST_LOOKBACK = timedelta(days=1)
 # Re-read a little before the cursor: a store's clock and commit order are not exact.
 OVERLAP = timedelta(minutes=5)
+# What the parser raises for a payload it can't take (AttributeError: a payload that is no JSON object).
+REFUSED: tuple[type[Exception], ...] = (*ev.MALFORMED_ERRORS, AttributeError)
 
 
 def _cursor(shop_id: int, resource: str) -> datetime | None:
@@ -66,10 +69,35 @@ def _known_version(shop_id: int, resource: str, payload: dict[str, Any]) -> tupl
         return customer is not None, customer.profile_version if customer else None
 
 
+def _refuse(shop: str, topic: str, payload: Any, why: str) -> None:
+    """A payload the store returned that the receiver's parser refuses: recorded as a webhook refused would be.
+
+    It fails the same way on every run, so the run goes on past it (and its cursor with it) instead of
+    stopping the store's reconciliation for good; the admin page's rejected webhooks show it.
+    """
+    resource_id = str(payload.get("id")) if isinstance(payload, dict) else None
+    archive.record_rejection(
+        "woocommerce",
+        "malformed",
+        400,
+        f"{topic} (reconciliation): {why}",
+        topic,
+        shop,
+        delivery_id=f"reconcile-{resource_id}" if resource_id else None,
+    )
+    log.warning(
+        "woocommerce reconciliation skipped a payload it can't take",
+        extra={"shop": shop, "topic": topic, "id": resource_id, "error": why[:300]},
+    )
+
+
 def reconcile_shop(
     shop_id: int, *, connector: Any = None, now: datetime | None = None, connection: Redis | None = None
 ) -> dict[str, int]:
-    """Queue the changes of one WooCommerce store that no webhook brought; returns counts by resource."""
+    """Queue the changes of one WooCommerce store that no webhook brought; returns counts by resource.
+
+    A payload the parser refuses is recorded (`<resource>_refused` in the counts) and passed over.
+    """
 
     now = now or utcnow()
     with session_scope() as session:
@@ -78,6 +106,7 @@ def reconcile_shop(
             return {}
         connector = connector or get_connector(shop)
         start = shop.installed_at or now - FIRST_LOOKBACK
+        shop_domain = shop.domain
     counts: dict[str, int] = {}
     for resource, fetch, created, updated in (
         ("orders", connector.order_payloads, "order.created", "order.updated"),
@@ -85,22 +114,30 @@ def reconcile_shop(
     ):
         cursor = _cursor(shop_id, resource)
         since = (cursor - OVERLAP) if cursor else max(start, now - FIRST_LOOKBACK)
-        newest, queued = cursor, 0
+        newest, queued, refused = cursor, 0, 0
         try:
             for payload in fetch(since):
-                modified = ev.parse_datetime(payload.get("date_modified_gmt"))
-                known, version = _known_version(shop_id, resource, payload)
-                if modified is not None:
-                    newest = modified if newest is None or modified > newest else newest
-                    if version is not None and version >= modified:
-                        continue  # a webhook brought this change already
-                for event in connector.events_for(updated if known else created, payload):
+                try:
+                    modified = ev.parse_datetime(payload.get("date_modified_gmt"))
+                    known, version = _known_version(shop_id, resource, payload)
+                    if modified is not None:
+                        newest = modified if newest is None or modified > newest else newest
+                        if version is not None and version >= modified:
+                            continue  # a webhook brought this change already
+                    events = connector.events_for(updated if known else created, payload)
+                except REFUSED as exc:  # this payload only: the others go on
+                    refused += 1
+                    _refuse(shop_domain, updated, payload, ev.problem(exc))
+                    continue
+                for event in events:
                     queued += enqueue_event(event, connection)
         except Exception as exc:
             _save_cursor(shop_id, resource, None, error=f"{type(exc).__name__}: {exc}")  # read it all again
             raise
         _save_cursor(shop_id, resource, newest)
         counts[resource] = queued
+        if refused:
+            counts[f"{resource}_refused"] = refused
     log.info("woocommerce reconciled", extra={"shop_id": shop_id, **counts})
     return counts
 

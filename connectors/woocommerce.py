@@ -304,7 +304,8 @@ class WooCommerceConnector(Connector):
         if since is not None:
             params.update(modified_after=since.strftime("%Y-%m-%dT%H:%M:%S"), dates_are_gmt="true")
         for payload in self.pages("orders", params):
-            modified = ev.parse_datetime(payload.get("date_modified_gmt"))
+            # Anything but an object is yielded as it is: the caller refuses it and says so.
+            modified = ev.parse_datetime(payload.get("date_modified_gmt")) if isinstance(payload, dict) else None
             if since is None or modified is None or modified > since:
                 yield payload
 
@@ -314,7 +315,8 @@ class WooCommerceConnector(Connector):
         if since is not None:  # ignored by stores that don't know it, used by those that do
             params.update(modified_after=since.strftime("%Y-%m-%dT%H:%M:%S"), dates_are_gmt="true")
         for payload in self.pages("customers", params):
-            modified = ev.parse_datetime(payload.get("date_modified_gmt"))
+            # Anything but an object is yielded as it is: the caller refuses it and says so.
+            modified = ev.parse_datetime(payload.get("date_modified_gmt")) if isinstance(payload, dict) else None
             if since is None or modified is None or modified > since:
                 yield payload
 

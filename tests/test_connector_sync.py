@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from encore_retention.cli import main
 from encore_retention.connectors.cron import CRON_JOBS, reconcile_shop, reconcile_woocommerce
 from encore_retention.connectors.models import DataExport, SyncCursor
+from encore_retention.core import archive
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Customer, EventRecord, Order, Shop, utcnow
 from tests.conftest import WC_URL, drain, payload, shopify_headers, woo_headers
@@ -247,3 +248,24 @@ def test_a_store_named_by_a_number_that_is_no_id_is_a_clear_error(redis, woo_sto
         result = CliRunner().invoke(main, ["import", "customers", store])
         assert result.exit_code == 2, result.output  # click's usage error, not a traceback (exit code 1)
         assert f"Error: Invalid value for STORE: no store {store!r}" in result.output, result.output
+
+
+def test_a_payload_the_parser_refuses_is_recorded_and_the_rest_of_the_store_goes_on(redis, woo_store):
+    """One order the receiver's parser can't take must not stop a store's reconciliation for good."""
+    now = utcnow()
+    bad = _order(801, now + timedelta(seconds=10))
+    bad["total"] = "1e400"  # no amount a store can hold
+    good = _order(802, now + timedelta(seconds=20))
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.get(f"{API}/orders", json=[bad, "not an order", good], headers={"X-WP-TotalPages": "1"})
+        mock.get(f"{API}/customers", json=[], headers={"X-WP-TotalPages": "1"})
+        counts = reconcile_shop(_shop_id(), connection=redis)
+    assert counts == {"orders": 1, "orders_refused": 2, "customers": 0}
+    drain(redis)
+    with session_scope() as session:
+        assert session.execute(select(Order.platform_id)).scalars().all() == ["802"]
+        cursor = session.get(SyncCursor, (_shop_id(), "orders"))
+        assert cursor.last_error is None
+        assert cursor.cursor.replace(microsecond=0) == (now + timedelta(seconds=20)).replace(microsecond=0)
+    refused = [r for r in archive.rejections() if "(reconciliation)" in r["detail"]]
+    assert len(refused) == 2 and {r["delivery_id"] for r in refused} == {"reconcile-801", None}
