@@ -180,7 +180,7 @@ def delivery_names(person: Person, platform: str, delivery: dict[str, Any], body
     raw = body.encode() if isinstance(body, str) else body
     text = raw.decode("utf-8", errors="replace")
     lowered = text.lower()
-    if not any(needle in lowered for needle in person.needles()):
+    if not person.mentioned_in(lowered):
         return False  # neither their address, phone, nor one of their ids is in it: nothing to parse
     if person.named_in(text):
         return True

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Index, String, Text, delete, func, or_, select
+from sqlalchemy import Index, Select, String, Text, delete, false, func, or_, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from encore_retention.core.queue import get_redis
@@ -115,6 +115,20 @@ def record_delivery(
 NEEDLES_PER_QUERY = 100
 
 
+def narrowed(query: Select, text: Any, needles: list[str]) -> Select:
+    """`query` narrowed to the rows whose `text` holds one of `needles` (lower-case fragments), when few.
+
+    Up to NEEDLES_PER_QUERY needles filter in the database (one LIKE each, in one query). More are
+    not: the rows are then read once and the caller's Python check decides, since a redaction naming
+    thousands of orders would otherwise scan the table once for every hundred of them.
+    """
+    if not needles:
+        return query.where(false())
+    if len(needles) > NEEDLES_PER_QUERY:
+        return query
+    return query.where(or_(*(text.contains(needle, autoescape=True) for needle in needles)))
+
+
 def forget(
     session: Session,
     platform: str,
@@ -126,24 +140,15 @@ def forget(
 ) -> int:
     """Delete a shop's archived deliveries that name a person (a redaction); returns how many.
 
-    The bodies holding one of `needles` (lower-case fragments) are read, and those `names` confirms
-    are deleted: a coarse filter in the database, the exact answer in Python. `whole_shop`: all of them.
+    The bodies that may hold one of `needles` (lower-case fragments; see `narrowed`) are read once,
+    and those `names` confirms are deleted. `whole_shop`: all of them.
     """
     query = select(WebhookDelivery).where(WebhookDelivery.platform == platform, WebhookDelivery.shop == shop)
     if whole_shop:
         doomed = [row.id for row in session.execute(query.execution_options(yield_per=200)).scalars()]
     else:
-        body = func.lower(WebhookDelivery.body)
-        doomed, seen = [], set()
-        for start in range(0, len(needles), NEEDLES_PER_QUERY):
-            found = query.where(
-                or_(*(body.contains(needle, autoescape=True) for needle in needles[start : start + NEEDLES_PER_QUERY]))
-            )
-            for row in session.execute(found.execution_options(yield_per=200)).scalars():
-                if row.id not in seen:
-                    seen.add(row.id)
-                    if names(row):
-                        doomed.append(row.id)
+        found = narrowed(query, func.lower(WebhookDelivery.body), needles)
+        doomed = [row.id for row in session.execute(found.execution_options(yield_per=200)).scalars() if names(row)]
     for start in range(0, len(doomed), 500):
         session.execute(
             delete(WebhookDelivery)

@@ -27,7 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from encore_retention.core import events as ev
-from encore_retention.core.archive import NEEDLES_PER_QUERY, WebhookDelivery
+from encore_retention.core.archive import WebhookDelivery, narrowed
 from encore_retention.core.store import insert_new, stage, write_staged
 from encore_retention.core.store.models import Base, Customer, EventRecord, Order, Shop, utcnow
 
@@ -107,6 +107,16 @@ class Person:
         checkout = event.checkout
         return checkout is not None and checkout.email is not None and checkout.email.strip().lower() in self.emails
 
+    def mentioned_in(self, lowered: str) -> bool:
+        """Whether a lower-cased text may name them: one of their addresses, a phone's last four digits,
+        or one of their ids as a whole word. One pass over the text (a coarse filter before the exact check)."""
+        if any(address in lowered for address in self.emails):
+            return True
+        if any(phone[-4:] in lowered for phone in self.phones):
+            return True
+        ids = {value.lower() for value in self.platform_ids | self.order_ids}
+        return bool(ids) and any(word in ids for word in _WORD.findall(lowered))
+
     def needles(self) -> list[str]:
         """Lower-case fragments one of which any JSON text naming them contains (a coarse first filter)."""
         found = set(self.emails) | {text.lower() for text in self.phone_texts}
@@ -124,6 +134,7 @@ class Person:
 
 MIN_PHONE_DIGITS = 7
 _PHONE_LIKE = re.compile(r"\+?\d[\d ().-]{5,}\d")
+_WORD = re.compile(r"[\w-]+")  # an id in JSON text: a number, a string's content, a gid's last part
 
 
 def _digits(text: str) -> str:
@@ -561,26 +572,18 @@ def redact_customer(session: Session, shop: Shop, event: ev.Event) -> Person:
 def _unlinked_events_naming(session: Session, shop: Shop, person: Person) -> list[str]:
     """Events of the shop linked to no customer that still name the person (a refund of their order, say)."""
 
-    needles = person.needles()
     text = func.lower(cast(EventRecord.payload, String))
-    found, seen = [], set()
-    for start in range(0, len(needles), NEEDLES_PER_QUERY):
-        for event_id, payload in session.execute(
-            select(EventRecord.id, EventRecord.payload).where(
-                EventRecord.shop_id == shop.id,
-                EventRecord.customer_id.is_(None),
-                or_(*(text.contains(needle, autoescape=True) for needle in needles[start : start + NEEDLES_PER_QUERY])),
-            )
-        ):
-            if event_id in seen:
-                continue
-            seen.add(event_id)
-            try:
-                named = person.named_by(ev.Event.from_dict(payload))
-            except ValueError:
-                named = person.named_in(json.dumps(payload))
-            if named:
-                found.append(event_id)
+    query = select(EventRecord.id, EventRecord.payload).where(
+        EventRecord.shop_id == shop.id, EventRecord.customer_id.is_(None)
+    )
+    found = []
+    for event_id, payload in session.execute(narrowed(query, text, person.needles())):
+        try:
+            named = person.named_by(ev.Event.from_dict(payload))
+        except ValueError:
+            named = person.named_in(json.dumps(payload))
+        if named:
+            found.append(event_id)
     return found
 
 
