@@ -227,31 +227,22 @@ def client(app):  # type: ignore[no-untyped-def]
     return app.test_client()
 
 
-@pytest.fixture
-def woo_store(env: pytest.MonkeyPatch) -> str:
-    """A registered WooCommerce store (through the CLI), returning its URL."""
+def register_woo_store() -> None:
+    """Register the test WooCommerce store (WC_URL, signing with WC_SECRET) through the CLI, in the test's database."""
     from click.testing import CliRunner
 
     from encore_retention.cli import main
 
-    result = CliRunner().invoke(
-        main,
-        [
-            "stores",
-            "add",
-            "woocommerce",
-            WC_URL,
-            "--consumer-key",
-            "ck_test",
-            "--consumer-secret",
-            "cs_test",
-            "--webhook-secret",
-            WC_SECRET,
-            "--no-verify",
-        ],
-    )
+    command = ["stores", "add", "woocommerce", WC_URL, "--consumer-key", "ck_test", "--consumer-secret", "cs_test"]
+    result = CliRunner().invoke(main, [*command, "--webhook-secret", WC_SECRET, "--no-verify"])
     assert result.exit_code == 0, result.output
     webhook_secrets.forget()
+
+
+@pytest.fixture
+def woo_store(env: pytest.MonkeyPatch) -> str:
+    """A registered WooCommerce store (through the CLI), returning its URL."""
+    register_woo_store()
     return WC_URL
 
 

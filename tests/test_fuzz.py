@@ -3,38 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner
 from redis import Redis
 
-from encore_retention.webhooks import secrets as webhook_secrets
-from tests.conftest import SHOP, SHOPIFY_SECRET, WC_SECRET, WC_URL, use_database
+from tests.conftest import SHOP, SHOPIFY_SECRET, WC_SECRET, WC_URL, register_woo_store, use_database
 from tests.webhook_fuzz import Fuzzer, post_all, run_queued
 
 CASES = 800
-
-
-def register_woo_store() -> None:
-    """The WooCommerce store the fuzz signs for, in the database the test uses."""
-    from encore_retention.cli import main
-
-    result = CliRunner().invoke(
-        main,
-        [
-            "stores",
-            "add",
-            "woocommerce",
-            WC_URL,
-            "--consumer-key",
-            "ck_test",
-            "--consumer-secret",
-            "cs_test",
-            "--webhook-secret",
-            WC_SECRET,
-            "--no-verify",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    webhook_secrets.forget()
 
 
 @pytest.mark.parametrize("seed", [20261201])

@@ -37,11 +37,10 @@ from encore_retention.core.store.models import Customer, Suppression
 from encore_retention.flows.models import FlowRun, FlowTrace
 from tests.conftest import (
     SHOP,
-    WC_SECRET,
-    WC_URL,
     drain,
     free_port,
     payload,
+    register_woo_store,
     shopify_headers,
     use_database,
     woo_headers,
@@ -476,23 +475,7 @@ def test_shop_redact_leaves_nothing_of_the_shop(shop, smtp, env, redis, db_url, 
 def test_woocommerce_customer_is_redacted_by_the_command(shop, smtp, env, redis, db_url, tmp_path: Path):
     client = shop
     outbox = use_file_outbox(env, tmp_path)
-    added = CliRunner().invoke(
-        main,
-        [
-            "stores",
-            "add",
-            "woocommerce",
-            WC_URL,
-            "--consumer-key",
-            "ck_test",
-            "--consumer-secret",
-            "cs_test",
-            "--webhook-secret",
-            WC_SECRET,
-            "--no-verify",
-        ],
-    )
-    assert added.exit_code == 0, added.output
+    register_woo_store()
     person = ZERELDA | {"id": 884213}
     customer = dressed(payload("woocommerce", "customer_created"), person)
     customer.update(id=person["id"], meta_data=[{"id": 1, "key": "marketing_consent", "value": "yes"}])
