@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from encore_retention.webhooks.receivers import RECEIVERS
-
 if __name__ != "encore_retention.webhooks":
     import importlib
     import sys
@@ -29,6 +27,4 @@ def __getattr__(name: str) -> Any:
         from encore_retention import web  # the web app stands on the receivers: reached only on demand
 
         return getattr(web, name)
-    if name == "RECEIVERS":
-        return RECEIVERS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
