@@ -37,14 +37,12 @@ REFUSED: tuple[type[Exception], ...] = (*ev.MALFORMED_ERRORS, AttributeError)
 
 
 def _cursor(shop_id: int, resource: str) -> datetime | None:
-
     with session_scope() as session:
         row = session.get(SyncCursor, (shop_id, resource))
         return row.cursor if row else None
 
 
 def _save_cursor(shop_id: int, resource: str, cursor: datetime | None, error: str | None = None) -> None:
-
     with session_scope() as session:
         row = session.get(SyncCursor, (shop_id, resource))
         if row is None:

@@ -53,7 +53,6 @@ class QueueDepth(Collector):
     """Jobs waiting in each Encore queue, read from Redis when scraped."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-
         family = GaugeMetricFamily("encore_queue_depth", "Jobs waiting per queue", labels=["queue"])
         try:
             for name in QUEUES:

@@ -25,7 +25,6 @@ class JSONCronJob(CronJob):
     """A CronJob whose jobs use Encore's JSON serializer, like every other job the worker runs."""
 
     def enqueue(self, connection: Redis):
-
         if not self.func:
             raise ValueError("CronJob has no function to enqueue")
         with connection.pipeline() as pipeline:

@@ -34,7 +34,6 @@ def process_event(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _apply(event: Event, archived: tuple[str, Delivery, bytes] | None = None) -> dict[str, Any]:
-
     with logs.bind(event_id=event.id, event_type=event.type.value, shop=event.shop):
         try:
             result = _apply_once(event, archived, defer_commit=True)

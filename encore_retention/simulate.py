@@ -306,7 +306,6 @@ def _json_items(path: Path, plural: str) -> Iterable[dict[str, Any]]:
 
 
 def _json_orders(path: Path) -> Iterator[HistoricalOrder]:
-
     for number, payload in enumerate(_json_items(path, "orders"), 1):
         if not isinstance(payload, dict):
             continue

@@ -59,7 +59,6 @@ class Recorded:
 
 
 def _receiver(platform: str) -> Any:
-
     receiver = RECEIVERS.get(platform)
     if receiver is None:
         raise click.ClickException(f"unknown platform {platform!r} (expected one of: {', '.join(RECEIVERS)})")
@@ -77,7 +76,6 @@ def topic_from_name(platform: str, stem: str) -> str | None:
 
 
 def _default_shop(platform: str) -> str | None:
-
     with session_scope() as session:
         domains = session.execute(select(Shop.domain).where(Shop.platform == platform, Shop.active.is_(True))).all()
     return domains[0][0] if len(domains) == 1 else None
@@ -177,7 +175,6 @@ def events_of(recorded: Recorded) -> list[Event]:
 
 
 def _duration(value: str) -> timedelta:
-
     try:
         return parse_duration(value)
     except (ValueError, TypeError):
@@ -247,7 +244,6 @@ def replay(
 
 
 def _replay(recorded: list[Recorded], use_queue: bool) -> list[dict[str, Any]]:
-
     rows: list[dict[str, Any]] = []
     table = Table("source", "event", "type", "outcome", title="replay")
     for item in recorded:
@@ -264,7 +260,6 @@ def _replay(recorded: list[Recorded], use_queue: bool) -> list[dict[str, Any]]:
 
 
 def _rehearse(recorded: list[Recorded], follow: timedelta) -> list[dict[str, Any]]:
-
     with tempfile.TemporaryDirectory(prefix="encore-rehearsal-") as folder, rehearsal(Path(folder)) as rehearsed:
         # A replayed event must count as new in the copy, or the copy's ledger would skip it.
         for item in recorded:
@@ -440,7 +435,6 @@ def samples_forget(url: str | None) -> None:
 
 
 def _simulate_command() -> click.Command:
-
     return simulate
 
 

@@ -327,7 +327,6 @@ def check(loaded: FlowFile) -> list[Problem]:
 
 
 def _fmt(delta: timedelta) -> str:
-
     return format_duration(delta)
 
 

@@ -200,7 +200,6 @@ receiver = ShopifyReceiver()
 
 
 def _now():
-
     return utcnow()
 
 

@@ -151,7 +151,6 @@ receiver = WooCommerceReceiver()
 
 
 def _now():
-
     return utcnow()
 
 

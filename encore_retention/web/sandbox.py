@@ -29,7 +29,6 @@ PATH = "/sandbox/woocommerce"
 
 
 def _redis() -> Any:
-
     return get_redis()
 
 

@@ -246,12 +246,10 @@ def csrf_token() -> str:
 
 @blueprint.app_context_processor
 def _template_globals() -> dict[str, Any]:
-
     return {"csrf_token": csrf_token, "viewer": g.get("viewer"), "money": _money, "step_label": position_label}
 
 
 def _money(value: Any, currency: str | None = None) -> str:
-
     return format_money(value or 0, currency)
 
 

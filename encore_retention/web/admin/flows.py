@@ -221,5 +221,4 @@ def flow_runs(flow_key: str):
 
 
 def flow_choices() -> list[tuple[str, str, list[tuple[str, str]]]]:
-
     return [(key, f.flow.name, email_steps(f.flow)) for key, f in sorted(loader.registry().flows.items())]
