@@ -32,8 +32,6 @@ log = logging.getLogger(__name__)
 FIRST_LOOKBACK = timedelta(days=1)
 # Re-read a little before the cursor: a store's clock and commit order are not exact.
 OVERLAP = timedelta(minutes=5)
-# What the parser raises for a payload it can't take (AttributeError: a payload that is no JSON object).
-REFUSED: tuple[type[Exception], ...] = (*ev.MALFORMED_ERRORS, AttributeError)
 
 
 def _cursor(shop_id: int, resource: str) -> datetime | None:
@@ -115,6 +113,10 @@ def reconcile_shop(
         newest, queued, refused = cursor, 0, 0
         try:
             for payload in fetch(since):
+                if not isinstance(payload, dict):  # this payload only: the others go on
+                    refused += 1
+                    _refuse(shop_domain, updated, payload, "not a JSON object")
+                    continue
                 try:
                     modified = ev.parse_datetime(payload.get("date_modified_gmt"))
                     known, version = _known_version(shop_id, resource, payload)
@@ -123,7 +125,7 @@ def reconcile_shop(
                         if version is not None and version >= modified:
                             continue  # a webhook brought this change already
                     events = connector.events_for(updated if known else created, payload)
-                except REFUSED as exc:  # this payload only: the others go on
+                except ev.MALFORMED_ERRORS as exc:
                     refused += 1
                     _refuse(shop_domain, updated, payload, ev.problem(exc))
                     continue
