@@ -105,9 +105,8 @@ class EncoreJob(Job):
     @property
     def func(self):
         name = self.func_name
-        if name is not None and not self.instance and current_path(name) != name:
-            return import_attribute(current_path(name))
-        return super().func
+        current = current_path(name) if name is not None and not self.instance else name
+        return import_attribute(current) if current != name else super().func
 
 
 class ReliableQueue(Queue):
@@ -135,6 +134,7 @@ class ReliableQueue(Queue):
         serializer=None,
         death_penalty_class=None,
     ):
+        global _taken_body
         queues = list(queues)
         keys: list[str] = []
         for q in queues:
@@ -154,7 +154,6 @@ class ReliableQueue(Queue):
                 if deadline is None:
                     return None
                 continue
-            global _taken_body
             queue_key, job_id = as_text(result[0]), as_text(result[1])
             _taken_body = (job_id, result[3]) if len(result) == 4 and result[3] is not None else None
             if len(result) == 2:  # taken by the blocking read: RQ fetches the job itself
