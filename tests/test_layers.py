@@ -86,7 +86,8 @@ def test_every_module_imports_on_its_own():
         done = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, timeout=120)
         return name, (done.stderr.strip().splitlines() or [""])[-1] if done.returncode else ""
 
+    modules = _modules()
     with ThreadPoolExecutor(max_workers=4) as pool:
-        failed = {name: error for name, error in pool.map(imports, _modules()) if error}
-    assert len(_modules()) > 60
+        failed = {name: error for name, error in pool.map(imports, modules) if error}
+    assert len(modules) > 60
     assert failed == {}
