@@ -27,6 +27,7 @@ from typing import Any
 import responses
 from redis import Redis
 
+from encore_retention.webhooks import shopify, woocommerce
 from encore_retention.webhooks.base import sign
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -268,26 +269,9 @@ SCALARS: list[Any] = [
     "trash",
 ]
 
-SHOPIFY_TOPICS = [
-    "orders/create",
-    "orders/paid",
-    "orders/fulfilled",
-    "orders/cancelled",
-    "orders/updated",
-    "orders/delete",
-    "refunds/create",
-    "customers/create",
-    "customers/update",
-    "customers/delete",
-    "customers/email_marketing_consent_update",
-    "customers/purchasing_summary",
-    "checkouts/create",
-    "checkouts/update",
-    "customers/redact",
-    "customers/data_request",
-    "app/uninstalled",
-]
-# shop/redact is left out: it deletes the shop's whole ledger, which would hide what the other cases did.
+# Every topic the receivers handle, in their order; shop/redact is left out: it deletes the shop's whole
+# ledger, which would hide what the other cases did.
+SHOPIFY_TOPICS = [topic for topic in shopify.TOPICS if topic != "shop/redact"]
 SHOPIFY_FIXTURE = {topic: topic.replace("/", "_") for topic in SHOPIFY_TOPICS}
 SHOPIFY_FIXTURE.update(
     {
@@ -299,15 +283,7 @@ SHOPIFY_FIXTURE.update(
         "app/uninstalled": "app_uninstalled",
     }
 )
-WOO_TOPICS = [
-    "order.created",
-    "order.updated",
-    "order.deleted",
-    "order.restored",
-    "customer.created",
-    "customer.updated",
-    "customer.deleted",
-]
+WOO_TOPICS = list(woocommerce.TOPICS)
 WOO_FIXTURE = {
     "order.created": "order_created",
     "order.updated": "order_updated",
