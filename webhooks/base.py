@@ -14,13 +14,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
 
-from encore_retention.core.events import Event
+from encore_retention.core.events import Event, EventType
 
 
 class Rejected(Exception):
@@ -85,8 +85,15 @@ class Receiver(Protocol):
 
     platform: str
 
+    @property
+    def topics(self) -> Mapping[str, EventType]:
+        """The platform's topics Encore handles, with the canonical event each mostly becomes."""
+
     def verify(self, headers: Headers, body: bytes) -> Delivery:
         """Check the signature over the raw body; raise Rejected(401) when it fails."""
+
+    def recorded(self, shop: str, topic: str, headers: Mapping[str, str]) -> Delivery:
+        """The delivery of a recorded webhook, from the headers it was archived with (`encore replay`)."""
 
     def key(self, delivery: Delivery, payload: dict[str, Any], body: bytes) -> str | None:
         """The event key (dedupe key, job id) of a delivery; None for topics Encore does not handle.

@@ -10,6 +10,7 @@ sends a ping, a form body `webhook_id=N` with no `X-WC-*` headers, that needs ex
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -78,6 +79,7 @@ class WooCommerceReceiver:
     """Receiver for `POST /webhooks/woocommerce`."""
 
     platform = platform
+    topics = TOPICS
 
     def verify(self, headers: Headers, body: bytes) -> Delivery:
         """Answer the creation ping; otherwise find the store and check `X-WC-Webhook-Signature`."""
@@ -107,6 +109,11 @@ class WooCommerceReceiver:
         if not topic:
             raise Rejected(400, "missing_topic", "X-WC-Webhook-Topic is missing")
         return Delivery(shop=domain, topic=topic, delivery_id=headers.get("X-WC-Webhook-Delivery-ID"))
+
+    def recorded(self, shop: str, topic: str, headers: Mapping[str, str]) -> Delivery:
+        """The delivery of a recorded webhook, from the headers it was archived with (no signature check)."""
+        lowered = {name.lower(): value for name, value in headers.items()}
+        return Delivery(shop=shop, topic=topic, delivery_id=lowered.get("x-wc-webhook-delivery-id"))
 
     def key(self, delivery: Delivery, payload: dict[str, Any], body: bytes) -> str | None:
         """Topic + resource id + `date_modified_gmt` (the delivery id is new on every delivery); None if unhandled."""
