@@ -1,7 +1,7 @@
 """The Connector interface, and the platforms' registry: what a store platform offers Encore.
 
 A platform is a plug-in: one `Platform` entry (its webhook receiver, its `Connector`, the headers that
-carry its signatures, its `encore stores add` command and its example deliveries) published in the
+carry its signatures, its `encore stores add` command, its example deliveries and its export reader) published in the
 `encore.platforms` entry point group (`name = "package.module:platform"`). Encore's own Shopify and
 WooCommerce come through the same door (see pyproject.toml), so the web app, the worker, the CLI and
 the tools read every platform from `platforms()` and list none themselves. A package that brings a
@@ -30,7 +30,7 @@ from encore_retention.core import events as ev
 
 if TYPE_CHECKING:  # names only: the flows that import this interface load no receiver
     from encore_retention.core.store.models import Shop
-    from encore_retention.webhooks.base import Receiver
+    from encore_retention.webhooks.base import Exports, Receiver
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,8 @@ class Platform:
     register: click.Command | None = None
     """`encore stores add <name>`: connect a store of this platform."""
     samples: Samples | None = None
+    exports: Exports | None = None
+    """Reads the platform's JSON exports of orders and customers (`encore simulate`)."""
 
     def __post_init__(self) -> None:
         if self.receiver.platform != self.name or getattr(self.connector, "platform", self.name) != self.name:

@@ -43,7 +43,7 @@ from encore_retention.core.store.ledger import get_or_create_shop
 from encore_retention.core.store.models import Shop, utcnow
 from encore_retention.webhooks import secrets as webhook_secrets
 from encore_retention.webhooks.base import sign
-from encore_retention.webhooks.shopify import SHOP_DOMAIN, receiver
+from encore_retention.webhooks.shopify import SHOP_DOMAIN, exports, receiver
 
 log = logging.getLogger(__name__)
 
@@ -602,4 +602,5 @@ PLATFORM = Platform(
         sign=sample_headers,
         connect=connect_sample_store,
     ),
+    exports=exports,
 )

@@ -35,7 +35,7 @@ from encore_retention.core.store.ledger import get_or_create_shop
 from encore_retention.core.store.models import Shop, parse_id, utcnow
 from encore_retention.webhooks import secrets as webhook_secrets
 from encore_retention.webhooks.base import Delivery, sign
-from encore_retention.webhooks.woocommerce import customer, order, order_customer, receiver, store_domain
+from encore_retention.webhooks.woocommerce import customer, exports, order, order_customer, receiver, store_domain
 
 # What the flows need: orders (placed, paid, fulfilled, cancelled, refunded) and customers.
 WEBHOOK_TOPICS = [
@@ -460,4 +460,5 @@ PLATFORM = Platform(
         sign=sample_headers,
         connect=connect_sample_store,
     ),
+    exports=exports,
 )

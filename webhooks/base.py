@@ -16,11 +16,12 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
 
-from encore_retention.core.events import Event, EventType
+from encore_retention.core.events import Customer, Event, EventType, Order
 
 
 class Rejected(Exception):
@@ -107,6 +108,30 @@ class Receiver(Protocol):
         Run by the receiver to check a delivery before the 200, then by the worker. Raises one of
         `encore.events.MALFORMED_ERRORS` for a payload it can't take (answered 400).
         """
+
+
+@dataclass
+class ExportedOrder:
+    """An order from a platform's JSON export, with its customer and when it was paid, fulfilled and cancelled."""
+
+    order: Order
+    customer: Customer | None
+    paid_at: datetime | None = None
+    fulfilled_at: datetime | None = None
+    cancelled_at: datetime | None = None
+
+
+class Exports(Protocol):
+    """A platform's JSON exports (orders and customers, as its API returns them): what `encore simulate` reads."""
+
+    def recognises(self, payload: dict[str, Any]) -> bool:
+        """Whether an exported object is this platform's."""
+
+    def order(self, payload: dict[str, Any]) -> ExportedOrder:
+        """The order of an exported object (ValueError, TypeError or KeyError when it is not one)."""
+
+    def customer(self, payload: dict[str, Any]) -> Customer:
+        """The customer of an exported object."""
 
 
 def sign(body: bytes, secret: str) -> str:

@@ -32,7 +32,7 @@ from encore_retention.core.events import (
 )
 from encore_retention.core.settings import get_settings
 from encore_retention.core.store.models import utcnow
-from encore_retention.webhooks.base import Delivery, Headers, Rejected, signature_matches
+from encore_retention.webhooks.base import Delivery, ExportedOrder, Headers, Rejected, signature_matches
 from encore_retention.webhooks.secrets import lookup
 
 platform = "woocommerce"
@@ -247,3 +247,31 @@ def order(payload: dict[str, Any]) -> Order:
         fulfillment_status="fulfilled" if status == "completed" else None,
         cancelled_at=modified if status in ("cancelled", "trash") else None,
     )
+
+
+class WooCommerceExports:
+    """Orders and customers as the REST API (`/wc/v3/orders`, `/wc/v3/customers`) returns them."""
+
+    def recognises(self, payload: dict[str, Any]) -> bool:
+        """WooCommerce's objects carry `date_created_gmt`, or a `billing` address and no Shopify `total_price`."""
+        return "date_created_gmt" in payload or ("billing" in payload and "total_price" not in payload)
+
+    def order(self, payload: dict[str, Any]) -> ExportedOrder:
+        """The order, paid at `date_paid_gmt`, completed at `date_completed_gmt`, cancelled by its status."""
+        found = order(payload)
+        found.created_at = found.created_at or parse_datetime(payload.get("date_created_gmt"))
+        cancelled = found.created_at if payload.get("status") == "cancelled" else None
+        return ExportedOrder(
+            found,
+            order_customer(payload),
+            parse_datetime(payload.get("date_paid_gmt")),
+            parse_datetime(payload.get("date_completed_gmt")),
+            cancelled,
+        )
+
+    def customer(self, payload: dict[str, Any]) -> Customer:
+        """The customer."""
+        return customer(payload)
+
+
+exports = WooCommerceExports()
