@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SHOPIFY_API_VERSION = "2026-04"
@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     REDIS_URL: str | None = None
     DATABASE_URL: str = "sqlite:///encore.db"
     SECRET_KEY: str | None = None
-    APP_URL: str = "http://localhost:8000"
+    # Unset, this machine at PORT: what `encore run` serves, the sample webhooks' target and the emails' links.
+    APP_URL: str = ""
+    PORT: int = Field(default=8000, ge=1, le=65535)
     DATA_DIR: Path = Field(default=Path(".encore"), validation_alias="ENCORE_DATA_DIR")
 
     SHOPIFY_API_KEY: str | None = None
@@ -50,6 +52,12 @@ class Settings(BaseSettings):
     WEBHOOK_RETENTION_DAYS: int = 30
     # The sample WooCommerce store for `encore samples send`: on, off, or unset for "in development only".
     SANDBOX: bool | None = Field(default=None, validation_alias="ENCORE_SANDBOX")
+
+    @model_validator(mode="after")
+    def _app_url_follows_port(self) -> Settings:
+        if not self.APP_URL.strip():
+            self.APP_URL = f"http://localhost:{self.PORT}"
+        return self
 
     def data_path(self, *parts: str) -> Path:
         """A path inside the data directory, creating the directory on first use."""

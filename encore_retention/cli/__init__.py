@@ -42,6 +42,7 @@ def run(port: int, workers: int) -> None:
     logs.setup()
     settings = get_settings()
     env = dict(os.environ)
+    env["PORT"] = str(port)  # with APP_URL unset, the children's links and sample webhooks go to this port
     env["REDIS_URL"] = redis_url()  # starts the embedded server if needed; children share it
     env.setdefault("ENCORE_DATA_DIR", str(settings.DATA_DIR))
     env.setdefault("SECRET_KEY", settings.secret_key)
