@@ -31,7 +31,7 @@ import click
 import requests
 import shopify
 
-from encore_retention.connectors import codes
+from encore_retention.connectors import codes, identity
 from encore_retention.connectors.base import Connector, Discount, DiscountRequest, Platform, PlatformError, Samples
 from encore_retention.connectors.http import RetryPolicy, Sleep, json_of, raise_for_status
 from encore_retention.core import events as ev
@@ -134,7 +134,7 @@ query orders($first: Int!, $after: String, $query: String) {
   }
 }"""
 SHOP = """
-query shop { shop { name email currencyCode ianaTimezone } }"""
+query shop { shop { name email contactEmail currencyCode ianaTimezone primaryDomain { url } } }"""
 WEBHOOKS = """
 query webhookSubscriptions($first: Int!) { webhookSubscriptions(first: $first) { nodes { id topic uri } } }"""
 WEBHOOK_CREATE = """
@@ -453,8 +453,20 @@ class ShopifyConnector(Connector):
         return int(count) if count is not None else None
 
     def shop_details(self) -> dict[str, Any]:
-        """The shop's name, email, currency and IANA time zone."""
+        """The shop's name, emails, currency, IANA time zone and primary domain, as Shopify's `shop` query answers."""
         return self.graphql(SHOP, what="shop").get("shop") or {}
+
+    def identity(self) -> dict[str, Any]:
+        """The identity fields (`connectors.identity`): the owner's email for staff, the contact email for replies."""
+        details = self.shop_details()
+        return {
+            "name": details.get("name"),
+            "staff_email": details.get("email"),
+            "reply_to": details.get("contactEmail") or details.get("email"),
+            "url": (details.get("primaryDomain") or {}).get("url"),
+            "timezone": details.get("ianaTimezone"),
+            "currency": details.get("currencyCode"),
+        }
 
     def register_webhooks(self, topics: list[str] | None = None, address: str | None = None) -> list[str]:
         """Subscribe each topic to `address` (`webhookSubscriptionCreate`), skipping those already there.
@@ -508,7 +520,7 @@ class ShopifyConnector(Connector):
 @click.option(
     "--register-webhooks",
     is_flag=True,
-    help="check the token, read the shop's name, currency and time zone, and subscribe the webhooks",
+    help="check the token, read the shop's name, emails, URL, currency and time zone, and subscribe the webhooks",
 )
 def add_store(domain: str, access_token: str, webhook_secret: str | None, register_webhooks: bool) -> None:
     """Register a Shopify shop with a custom-app token."""
@@ -516,11 +528,11 @@ def add_store(domain: str, access_token: str, webhook_secret: str | None, regist
     domain = domain.strip().lower()
     if not SHOP_DOMAIN.match(domain):
         raise click.BadParameter("expected a shop domain like example.myshopify.com", param_hint="DOMAIN")
-    details: dict[str, str] = {}
+    details: dict[str, Any] = {}
     if register_webhooks:
         probe = Shop(platform="shopify", domain=domain, url=f"https://{domain}")
         try:
-            details = ShopifyConnector(probe, token=access_token).shop_details()
+            details = ShopifyConnector(probe, token=access_token).identity()
         except PlatformError as exc:
             raise click.ClickException(f"Shopify did not accept the token: {exc.message}") from exc
     migrate()
@@ -530,9 +542,7 @@ def add_store(domain: str, access_token: str, webhook_secret: str | None, regist
         shop.access_token_enc = encrypt(access_token)
         if webhook_secret:
             shop.webhook_secret_enc = encrypt(webhook_secret)
-        shop.name = details.get("name") or shop.name
-        shop.currency = details.get("currencyCode") or shop.currency
-        shop.timezone = details.get("ianaTimezone") or shop.timezone
+        identity.fill(shop, details)
         shop.active, shop.installed_at, shop.uninstalled_at = True, utcnow(), None
         shop_id = shop.id
     webhook_secrets.forget("shopify", domain)

@@ -23,7 +23,7 @@ import click
 import requests
 from woocommerce import API
 
-from encore_retention.connectors import codes
+from encore_retention.connectors import codes, identity
 from encore_retention.connectors.base import Connector, Discount, DiscountRequest, Platform, PlatformError, Samples
 from encore_retention.connectors.http import RetryPolicy, Sleep, json_of, platform_message, raise_for_status
 from encore_retention.core import events as ev
@@ -148,28 +148,59 @@ class WooCommerceConnector(Connector):
     # ---- the store -----------------------------------------------------------------------------------
 
     def verify(self) -> dict[str, Any]:
-        """Check the keys against the store (they must read WooCommerce settings); returns what it learned."""
-        response = self.request("GET", "settings/general")
-        settings = {
-            item.get("id"): item.get("value")
-            for item in json_of(response, "WooCommerce settings")
-            if isinstance(item, dict)
-        }
-        return {"currency": settings.get("woocommerce_currency"), "timezone": self.site_timezone()}
+        """Check the keys against the store (they must read WooCommerce settings); returns its identity fields.
 
-    def site_timezone(self) -> str | None:
-        """The WordPress site's IANA time zone from its public REST index (None when set as a bare offset)."""
-        if not self.shop.url:
+        `settings/general` must answer (it proves the keys); the rest is read when the store tells:
+        the site's name and time zone from the WordPress REST index, the reply address from the email
+        settings, and the staff's address from the new-order email's recipient (`connectors.identity`
+        fields). The URL stays the one the store was added with: its REST API answers there.
+        """
+        general = self._settings(json_of(self.request("GET", "settings/general"), "WooCommerce settings"))
+        index = self._site_index()
+        email = self._settings(self._optional("settings/email"))
+        new_order = self._settings(self._optional("settings/email_new_order"))
+        sender_name, sender = email.get("woocommerce_email_from_name"), email.get("woocommerce_email_from_address")
+        staff = str(new_order.get("recipient") or "").split(",")[0].strip() or sender
+        return {
+            "currency": general.get("woocommerce_currency"),
+            "timezone": self._zone(index.get("timezone_string")),
+            "name": index.get("name") or sender_name,
+            "staff_email": staff,
+            "reply_to": sender,
+        }
+
+    @staticmethod
+    def _settings(items: Any) -> dict[str, Any]:
+        """A settings group's `id: value` pairs."""
+        found = items if isinstance(items, list) else []
+        return {str(i.get("id")): i.get("value") for i in found if isinstance(i, dict)}
+
+    def _optional(self, endpoint: str) -> Any:
+        """One read the store may refuse (an older WooCommerce, a key without the right): None then, never an error."""
+        try:
+            response = self.api.get(endpoint)
+            return response.json() if response.status_code == 200 else None
+        except (requests.RequestException, ValueError):
             return None
+
+    def _site_index(self) -> dict[str, Any]:
+        """The WordPress REST index (`/wp-json/`, public): the site's name and time zone; {} when it doesn't answer."""
+        if not self.shop.url:
+            return {}
         try:
             response = requests.get(
                 f"{self.shop.url.rstrip('/')}/wp-json/", timeout=10, headers={"Accept": "application/json"}
             )
-            zone = response.json().get("timezone_string") if response.status_code == 200 else None
-        except (requests.RequestException, ValueError, AttributeError):
-            return None
+            found = response.json() if response.status_code == 200 else {}
+        except (requests.RequestException, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    @staticmethod
+    def _zone(zone: Any) -> str | None:
+        """An IANA time zone name, None for a bare offset or junk."""
         try:
-            return str(ZoneInfo(zone)) if zone else None
+            return str(ZoneInfo(zone)) if isinstance(zone, str) and zone else None
         except (ZoneInfoNotFoundError, ValueError):
             return None
 
@@ -367,7 +398,7 @@ def add_store(url: str, consumer_key: str, consumer_secret: str, webhook_secret:
     url = url.strip().rstrip("/")
     generated = webhook_secret is None
     secret = webhook_secret or generate_secret()
-    facts: dict[str, object] = {}
+    facts: dict[str, Any] = {}
     if not no_verify:
         probe = Shop(platform="woocommerce", domain=domain, url=url)
         try:
@@ -381,10 +412,7 @@ def add_store(url: str, consumer_key: str, consumer_secret: str, webhook_secret:
         shop.consumer_key_enc = encrypt(consumer_key)
         shop.consumer_secret_enc = encrypt(consumer_secret)
         shop.webhook_secret_enc = encrypt(secret)
-        if facts.get("currency"):
-            shop.currency = str(facts["currency"])
-        if facts.get("timezone"):
-            shop.timezone = str(facts["timezone"])
+        identity.fill(shop, facts)
         shop.active, shop.installed_at, shop.uninstalled_at = True, utcnow(), None
         shop_id = shop.id
     webhook_secrets.forget("woocommerce", domain)

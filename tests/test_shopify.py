@@ -483,8 +483,10 @@ def test_stores_add_shopify_can_check_the_token_and_subscribe_webhooks(env, admi
                 "shop": {
                     "name": "Encore Test",
                     "email": "o@example.com",
+                    "contactEmail": "hello@encore-test.example",
                     "currencyCode": "CAD",
                     "ianaTimezone": "America/Toronto",
+                    "primaryDomain": {"url": "https://shop.encore-test.example"},
                 }
             }
         ),
@@ -525,6 +527,9 @@ def test_stores_add_shopify_can_check_the_token_and_subscribe_webhooks(env, admi
     with session_scope() as session:
         shop = session.execute(select(Shop).where(Shop.domain == SHOP)).scalar_one()
         assert (shop.name, shop.currency, shop.timezone) == ("Encore Test", "CAD", "America/Toronto")
+        # the owner's address is the staff's; customers' replies go to the public contact address
+        assert (shop.email, shop.reply_to) == ("o@example.com", "hello@encore-test.example")
+        assert shop.url == "https://shop.encore-test.example" and shop.email_from is None
 
 
 def test_stores_add_shopify_with_a_rejected_token_saves_nothing(env, admin):

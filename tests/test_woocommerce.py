@@ -131,6 +131,7 @@ def test_stores_add_verifies_keys_and_creates_the_webhooks(env):
     shop = _shop()
     assert f"store {shop.id} added: woocommerce woo.example.com" in result.output
     assert shop.currency == "EUR" and shop.url == WC_URL and shop.timezone == "Europe/Berlin"
+    assert shop.name == "Woo" and shop.email is None  # the email settings didn't answer: nothing guessed
     assert decrypt(shop.consumer_key_enc) == "ck_live"
     secret = decrypt(shop.webhook_secret_enc)
     assert len(secret) >= 32
@@ -439,3 +440,99 @@ def test_create_discount_joins_the_callers_transaction(woo_store):
     with session_scope() as session:
         row = session.execute(select(DiscountCode)).scalar_one()
         assert row.code == discount.code and row.idempotency_key == "run-41:step-1"
+
+
+def _identity_endpoints(name: str = "Woo Shop") -> None:
+    """The store's settings as WooCommerce answers them: general, email and the new-order email."""
+    responses.get(f"{API}/settings/general", json=_settings_general("EUR"))
+    responses.get(f"{WC_URL}/wp-json/", json={"name": name, "url": WC_URL, "timezone_string": "Europe/Lisbon"})
+    responses.get(
+        f"{API}/settings/email",
+        json=[
+            {"id": "woocommerce_email_from_name", "label": '"From" name', "type": "text", "value": name},
+            {
+                "id": "woocommerce_email_from_address",
+                "label": '"From" address',
+                "type": "email",
+                "value": "shop@woo.example.com",
+            },
+        ],
+    )
+    responses.get(
+        f"{API}/settings/email_new_order",
+        json=[
+            {
+                "id": "recipient",
+                "label": "Recipient(s)",
+                "type": "text",
+                "value": "staff@woo.example.com, boss@woo.example.com",
+            }
+        ],
+    )
+
+
+def _add(*extra: str):  # type: ignore[no-untyped-def]
+    command = ["stores", "add", "woocommerce", WC_URL, "--consumer-key", "ck_live", "--consumer-secret", "cs_live"]
+    return CliRunner().invoke(main, [*command, "--webhook-secret", "s", *extra])
+
+
+@responses.activate
+def test_stores_add_reads_the_stores_identity_and_stores_set_overrides_it_for_good(env):
+    _identity_endpoints()
+    responses.get(f"{API}/webhooks", json=[], headers={"X-WP-Total": "0", "X-WP-TotalPages": "0"})
+    responses.post(f"{API}/webhooks", json=_webhook(101, "order.created", "x"), status=201)
+    assert _add().exit_code == 0
+    shop = _shop()
+    assert (shop.name, shop.email, shop.reply_to, shop.timezone) == (
+        "Woo Shop",
+        "staff@woo.example.com",
+        "shop@woo.example.com",
+        "Europe/Lisbon",
+    )
+
+    result = CliRunner().invoke(
+        main,
+        ["stores", "set", "woo.example.com", "--name", "Woo & Co", "--from", "Woo & Co <news@woo.example.com>"]
+        + ["--staff-email", "team@woo.example.com", "--timezone", "Europe/Madrid"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "set name, from, staff-email, timezone" in result.output
+    responses.replace(
+        responses.GET, f"{WC_URL}/wp-json/", json={"name": "Renamed in WordPress", "timezone_string": "UTC"}
+    )
+    assert _add().exit_code == 0  # connected again: what the operator set stays, the rest follows the store
+    shop = _shop()
+    assert (shop.name, shop.email_from, shop.email, shop.timezone) == (
+        "Woo & Co",
+        "Woo & Co <news@woo.example.com>",
+        "team@woo.example.com",
+        "Europe/Madrid",
+    )
+    assert shop.reply_to == "shop@woo.example.com"
+    listed = CliRunner().invoke(main, ["stores", "list", "--details"])
+    assert "team@woo.example.com" in listed.output and "Europe/Madrid" in listed.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--from", "a@example.com, b@example.com", "not one email address"),
+        ("--staff-email", "Team <team@example.com>", "an address without a name"),
+        ("--reply-to", "nobody", "not one email address"),
+        ("--timezone", "Mars/Olympus", "not an IANA time zone"),
+        ("--url", "javascript:alert(1)", "expected http"),
+        ("--currency", "EURO", "three-letter code"),
+    ],
+)
+def test_stores_set_refuses_what_is_not_a_value_of_that_field(env, woo_store, option, value, message):
+    result = CliRunner().invoke(main, ["stores", "set", "woo.example.com", option, value])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert _shop().name is None
+
+
+def test_stores_set_needs_a_known_store_and_something_to_set(env, woo_store):
+    assert (
+        "no store 'nope.example.com'"
+        in CliRunner().invoke(main, ["stores", "set", "nope.example.com", "--name", "X"]).output
+    )
+    assert "nothing to set" in CliRunner().invoke(main, ["stores", "set", "woo.example.com"]).output

@@ -98,7 +98,11 @@ class Shop(Base):
     platform: Mapped[str] = mapped_column(String(32))
     domain: Mapped[str] = mapped_column(String(255))
     name: Mapped[str | None] = mapped_column(String(255))
-    email: Mapped[str | None] = mapped_column(String(320))
+    email: Mapped[str | None] = mapped_column(String(320))  # the staff's address: internal alerts go here
+    # The store's sender: From (a mailbox, `Name <address>`) and Reply-To; unset, EMAIL_FROM's address under the
+    # store's name, and replies to the staff's address.
+    email_from: Mapped[str | None] = mapped_column(String(640))
+    reply_to: Mapped[str | None] = mapped_column(String(320))
     currency: Mapped[str | None] = mapped_column(String(8))
     timezone: Mapped[str | None] = mapped_column(String(64))
     url: Mapped[str | None] = mapped_column(String(512))

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from sqlalchemy import select
 
+from encore_retention.connectors import identity
 from encore_retention.connectors.base import PlatformError, get_connector, platforms
 from encore_retention.connectors.models import DataExport
 from encore_retention.core import events as ev
@@ -45,12 +46,21 @@ def add() -> None:
 
 
 @stores.command("list")
-def list_stores() -> None:
+@click.option("--details", is_flag=True, help="each store's identity: name, staff email, sender, reply address, URL…")
+def list_stores(details: bool) -> None:
     """List connected stores."""
     migrate()
     table = Table("id", "platform", "domain", "name", "active", "installed")
     with session_scope() as session:
         for shop in session.execute(select(Shop).order_by(Shop.id)).scalars():
+            if details:  # one block per store: readable at any terminal width
+                click.echo(
+                    f"store {shop.id}: {shop.platform} {shop.domain} ({'active' if shop.active else 'inactive'})"
+                )
+                for field, value in identity.describe(shop).items():
+                    label = "from" if field == "email_from" else field.replace("_", "-")
+                    click.echo(f"  {label:<12} {value or '(not set)'}")
+                continue
             table.add_row(
                 str(shop.id),
                 shop.platform,
@@ -59,7 +69,36 @@ def list_stores() -> None:
                 "yes" if shop.active else "no",
                 shop.installed_at.strftime("%Y-%m-%d %H:%M") if shop.installed_at else "",
             )
-    Console().print(table)
+    if not details:
+        Console().print(table)
+
+
+@stores.command("set")
+@click.argument("store")
+@click.option("--name", help="the store's name, as emails and pages show it")
+@click.option("--from", "email_from", help="the sender of its emails: `Name <address>` or an address")
+@click.option("--reply-to", help="where customers' replies go")
+@click.option("--staff-email", help="the staff's address: internal alerts go here, never to a customer")
+@click.option("--url", help="the store's address (http://… or https://…); a WooCommerce store's API answers there")
+@click.option("--timezone", help="an IANA time zone, like Europe/Paris")
+@click.option("--currency", help="a three-letter currency code, like EUR")
+def set_store(store: str, **values: str | None) -> None:
+    """Set a store's identity; connecting the store again keeps what was set here."""
+    given = {field: value for field, value in values.items() if value is not None}
+    if not given:
+        raise click.UsageError("nothing to set: give at least one of --name, --from, --reply-to, --staff-email, …")
+    migrate()
+    with session_scope() as session:
+        shop = find_shop(session, store)
+        for field, value in given.items():
+            try:
+                identity.override(shop, field, value)
+            except ValueError as exc:
+                option = "--from" if field == "email_from" else f"--{field.replace('_', '-')}"
+                raise click.BadParameter(str(exc), param_hint=option) from None
+        shop_id, domain = shop.id, shop.domain
+    names = ["from" if f == "email_from" else f.replace("_", "-") for f in given]
+    click.echo(f"store {shop_id} ({domain}): set {', '.join(names)}")
 
 
 def find_shop(session, store: str) -> Shop:

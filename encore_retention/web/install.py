@@ -22,6 +22,7 @@ import shopify
 from flask import Blueprint, redirect, render_template_string, request
 from sqlalchemy import CursorResult, delete
 
+from encore_retention.connectors import identity
 from encore_retention.connectors.base import PlatformError
 from encore_retention.connectors.models import OAuthState
 from encore_retention.connectors.shopify import ShopifyConnector
@@ -178,11 +179,7 @@ def callback():
         row = session.get(Shop, shop_id)
         connector = ShopifyConnector(row, token=grant["access_token"])
         try:
-            details = connector.shop_details()
-            row.name = details.get("name") or row.name
-            row.email = details.get("email") or row.email
-            row.currency = details.get("currencyCode") or row.currency
-            row.timezone = details.get("ianaTimezone") or row.timezone
+            identity.fill(row, connector.identity())
             topics = connector.register_webhooks()
         except PlatformError as exc:
             log.error("webhook registration failed after install", extra={"shop": shop, "error": exc.message[:300]})
