@@ -23,7 +23,7 @@ from pydantic_core import ErrorDetails
 from encore_retention.connectors import http as outbound
 from encore_retention.core import resources
 from encore_retention.core.settings import get_settings
-from encore_retention.flows import expressions, render
+from encore_retention.flows import expressions, fields, render
 from encore_retention.flows.schema import (
     CreateDiscountStep,
     DateTrigger,
@@ -162,7 +162,8 @@ def load_text(text: str, file: str, key: str | None = None) -> tuple[FlowFile | 
             Problem(file, _error_line(lines, data, err), _message(err, _resolve(lines, tuple(err["loc"]))))
             for err in exc.errors()
         ]
-        return None, _unique(problems)
+        problems += _check_despite_shape(data, lines, file)
+        return None, sorted(_unique(problems), key=lambda p: p.line)
     # What a run stores: JSON-safe (a YAML date becomes its ISO text), and its digest names the version.
     stored = json.loads(json.dumps(data, sort_keys=True, default=str))
     digest = hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()
@@ -241,12 +242,40 @@ def _as_names(steps: list[Any]) -> set[str]:
 
 def check(loaded: FlowFile) -> list[Problem]:
     """Check a validated flow's meaning: errors and warnings, each with its line."""
-    flow, file = loaded.flow, loaded.path
-    known = set(expressions.NAMES) | _as_names(flow.steps)
+    return _check(loaded.flow, loaded.path, loaded.line, list(enumerate(loaded.flow.steps)))
+
+
+def _check_despite_shape(data: dict[str, Any], lines: dict[Path_, int], file: str) -> list[Problem]:
+    """The meaning checks of a flow whose shape is wrong, over its parts that are valid on their own.
+
+    So one run of lint reports a misspelt field in a condition beside a step with a bad duration.
+    """
+    conditions = data.get("conditions")
+    conditions = [conditions] if isinstance(conditions, str) else conditions
+    if not (isinstance(conditions, list) and all(isinstance(c, str) for c in conditions)):
+        conditions = []
+    raw_steps = data.get("steps")
+    steps: list[tuple[int, Any]] = []
+    for index, raw in enumerate(raw_steps if isinstance(raw_steps, list) else []):
+        try:
+            alone = Flow.model_validate({"name": "-", "trigger": {"event": "order.placed"}, "steps": [raw]})
+        except ValidationError:
+            continue  # its own errors are reported already
+        steps.append((index, alone.steps[0]))
+    kind = data.get("kind") if data.get("kind") in ("marketing", "transactional") else "marketing"
+    parts = Flow.model_construct(
+        name="-", kind=kind, trigger=None, conditions=conditions, exit_on=[], steps=[step for _, step in steps]
+    )
+    return _check(parts, file, lambda path: _line_of(lines, path), steps)
+
+
+def _check(flow: Flow, file: str, line: Any, top_steps: list[tuple[int, Any]]) -> list[Problem]:
+    discounts_named = _as_names(flow.steps)
+    known = set(expressions.NAMES) | discounts_named
     problems: list[Problem] = []
 
     def add(path: Path_, message: str, severity: Literal["error", "warning"] = "error") -> None:
-        problems.append(Problem(file, loaded.line(path), message, severity))
+        problems.append(Problem(file, line(path), message, severity))
 
     def expression(path: Path_, source: str) -> None:
         try:
@@ -256,6 +285,9 @@ def check(loaded: FlowFile) -> list[Problem]:
             return
         for name in sorted(expressions.names_in_expression(source) - known):
             add(path, f"undefined variable {name!r} in expression {source!r} (known: {', '.join(sorted(known))})")
+        for _, name, attribute in fields.in_expression(source):
+            if message := fields.problem(name, attribute, discounts_named):
+                add(path, f"{message} in expression {source!r}")
 
     def inline(path: Path_, source: str | None) -> None:
         if not source:
@@ -267,6 +299,9 @@ def check(loaded: FlowFile) -> list[Problem]:
             return
         for name in sorted(expressions.names_in_string(source) - known):
             add(path, f"undefined variable {name!r} in {source!r}")
+        for _, name, attribute in fields.in_text(source):
+            if message := fields.problem(name, attribute, discounts_named):
+                add(path, f"{message} in {source!r}")
 
     for index, condition in enumerate(flow.conditions):
         expression(("conditions", index), condition)
@@ -285,8 +320,8 @@ def check(loaded: FlowFile) -> list[Problem]:
         add(("exit_on",), f"{flow.trigger.event} both starts and ends this flow; only other runs are ended", "warning")
 
     # discounts: name -> (expires_in, elapsed wait since it was created)
-    def walk(steps: list[Any], base: Path_, discounts: dict[str, tuple[timedelta, timedelta]]) -> None:
-        for index, step in enumerate(steps):
+    def walk(steps: list[tuple[int, Any]], base: Path_, discounts: dict[str, tuple[timedelta, timedelta]]) -> None:
+        for index, step in steps:
             path = base + (index,)
             if isinstance(step, WaitStep):
                 waited = step.wait.for_ or timedelta(0)
@@ -297,8 +332,8 @@ def check(loaded: FlowFile) -> list[Problem]:
                 discounts[step.create_discount.as_] = (step.create_discount.expires_in, timedelta(0))
             elif isinstance(step, IfStep):
                 expression(path + ("if",), step.if_)
-                walk(step.then, path + ("then",), dict(discounts))
-                walk(step.else_, path + ("else",), dict(discounts))
+                walk(list(enumerate(step.then)), path + ("then",), dict(discounts))
+                walk(list(enumerate(step.else_)), path + ("else",), dict(discounts))
             elif isinstance(step, HttpStep):
                 for name, value in step.http.json_.items():
                     if isinstance(value, str):
@@ -311,7 +346,9 @@ def check(loaded: FlowFile) -> list[Problem]:
                 email = step.send_email
                 for attr in ("subject", "preheader", "from_", "reply_to", "to"):
                     inline(path + ("send_email", _ALIASES.get(attr, attr)), getattr(email, attr))
-                used = _template_checks(email.template, path + ("send_email", "template"), add, known, flow.marketing)
+                used = _template_checks(
+                    email.template, path + ("send_email", "template"), add, known, flow.marketing, discounts_named
+                )
                 used |= expressions.names_in_string(email.subject) if "{" in email.subject else set()
                 for name, (expires_in, elapsed) in discounts.items():
                     if name in used and elapsed >= expires_in:
@@ -322,7 +359,7 @@ def check(loaded: FlowFile) -> list[Problem]:
                             "warning",
                         )
 
-    walk(flow.steps, ("steps",), {})
+    walk(top_steps, ("steps",), {})
     return problems
 
 
@@ -330,19 +367,26 @@ def _fmt(delta: timedelta) -> str:
     return format_duration(delta)
 
 
-def _template_checks(name: str, path: Path_, add: Any, known: set[str], marketing: bool) -> set[str]:
+def _template_checks(
+    name: str, path: Path_, add: Any, known: set[str], marketing: bool, discounts: set[str]
+) -> set[str]:
     if not render.exists(name):
         add(path, f"missing template {name!r} (looked in: {', '.join(str(p) for p in render.template_dirs())})")
         return set()
-    used, broken = render.check(name)
+    trees: list[tuple[str, Any]] = []
+    used, broken = render.check(name, trees)
     twin = render.text_twin(name)
     if twin:
-        twin_used, twin_broken = render.check(twin)
+        twin_used, twin_broken = render.check(twin, trees)
         used, broken = used | twin_used, broken + twin_broken
     for problem in broken:
         add(path, f"template {name!r} cannot be used: {problem}")
     if broken:
         return set()
+    for file, tree in trees:
+        for line, variable, attribute in fields.uses(tree):
+            if message := fields.problem(variable, attribute, discounts):
+                add(path, f"template {name!r}: {Path(file).name}:{line}: {message}")
     for variable in sorted(used - known):
         add(path, f"undefined variable {variable!r} in template {name!r} (known: {', '.join(sorted(known))})")
     if marketing and "unsubscribe_url" not in used:

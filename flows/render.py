@@ -146,13 +146,13 @@ class TemplateProblem:
         return f"{self.file}:{self.line}: {self.message}"
 
 
-def check(name: str) -> tuple[set[str], list[TemplateProblem]]:
+def check(name: str, collect: list[tuple[str, nodes.Template]] | None = None) -> tuple[set[str], list[TemplateProblem]]:
     """The names a template (with its layout, includes and imports) reads from its context, and what is broken.
 
     Each template it names is loaded, parsed and compiled as rendering would: a missing `include`,
     `extends` or `import`, a syntax error, an unknown filter, a macro imported that the other template
     does not define, or a file that is not UTF-8 is found here, at its own file and line, instead of
-    when a customer's email is rendered.
+    when a customer's email is rendered. Given a list, `collect` receives each template's (file, parsed tree).
     """
     env = environment()
     problems: list[TemplateProblem] = []
@@ -201,6 +201,8 @@ def check(name: str) -> tuple[set[str], list[TemplateProblem]]:
             problems.append(TemplateProblem(file, exc.lineno, exc.message or str(exc)))
             continue
         parsed[current] = tree
+        if collect is not None:
+            collect.append((file, tree))
     for file, line, imported, wanted in imports:
         exporter = parsed.get(imported)
         if exporter is not None:  # a missing or broken one is reported already

@@ -466,3 +466,68 @@ def test_an_http_step_header_that_would_split_the_request_is_a_lint_error(tmp_pa
         assert "Traceback" not in result.output
     path = write(tmp_path / "flows", "crm", text.format(header='X-Token: "{{ shop.domain }}"'))
     assert CliRunner().invoke(main, ["flows", "lint", str(path)]).exit_code == 0
+
+
+# ---- attribute paths: typos in conditions, text and templates -------------------------------------
+
+TYPOS = """\
+name: Typos everywhere
+trigger:
+  event: order.placed
+conditions:
+  - customer.frist_name != ''
+steps:
+  - wait: 3 parsecs
+  - create_discount:
+      as: reward
+      amount: 10
+  - if: order.totl > 100
+    then:
+      - send_email:
+          template: typo.html
+          subject: "Hi {{ customer.first_nam }}, here is {{ reward.cod }}"
+  - tag_customer: [vip]
+    send_email: {template: bare.html, subject: x}
+"""
+
+
+def test_lint_checks_every_attribute_path_and_reports_every_error_of_a_file_at_once(
+    templates: Path, tmp_path: Path
+) -> None:
+    (templates / "typo.html").write_text("<p>{{ shop.nmae }}</p>\n<p>{{ checkout['recovery_ur'] }}</p>\n")
+    path = write(tmp_path / "flows", "typos", TYPOS)
+    result = CliRunner().invoke(main, ["flows", "lint", str(path)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith(str(path))]
+    expected = [
+        (5, "`customer` has no field `frist_name` (did you mean `first_name`?)"),
+        (7, "wait: bad duration '3 parsecs'"),
+        (11, "`order` has no field `totl` (did you mean `total`?)"),
+        (14, "template 'typo.html': typo.html:1: `shop` has no field `nmae` (did you mean `name`?)"),
+        (14, "template 'typo.html': typo.html:2: `checkout` has no field `recovery_ur` (did you mean `recovery_url`?)"),
+        (15, "`customer` has no field `first_nam` (did you mean `first_name`?)"),
+        (15, "`reward` has no field `cod` (did you mean `code`?)"),
+        (16, "one step per list item, found tag_customer, send_email"),
+    ]
+    for line, fragment in expected:
+        assert any(found.startswith(f"{path}:{line}: ") and fragment in found for found in lines), (fragment, lines)
+    assert "8 error(s)" in result.output  # the shape errors hid none of the others
+
+
+def test_a_field_that_exists_passes_and_one_nobody_is_near_lists_the_fields(templates: Path, tmp_path: Path) -> None:
+    from encore_retention.flows import fields
+
+    assert fields.problem("customer", "first_name") is None
+    assert fields.problem("customer", "get") is None  # the views are dictionaries
+    assert fields.problem("now", "anything") is None  # not checked: a datetime
+    assert "(its fields: amount, code, expires_at," in (fields.problem("reward", "zzzz", {"reward"}) or "")
+    text = "{% for customer in people %}{{ customer.nickname }}{% endfor %}{% set shop = x %}{{ shop.whatever }}"
+    assert list(fields.in_text(text)) == []  # names the template binds are its own
+
+
+def test_the_checked_fields_are_the_views_the_engine_builds() -> None:
+    from encore_retention.core.store.models import Customer, Shop
+    from encore_retention.flows import fields, steps
+
+    assert fields.CUSTOMER == set(steps.customer_view(Customer()))
+    assert fields.SHOP == set(steps.shop_view(Shop(domain="x.example.com")))
