@@ -195,6 +195,11 @@ def _duration(value: str) -> timedelta:
 @click.option("--until", help="with --archive: received before (YYYY-MM-DD or ISO 8601)")
 @click.option("--dry-run", is_flag=True, help="rehearse on a copy of the store: write what would happen, send nothing")
 @click.option(
+    "--as-new",
+    is_flag=True,
+    help="with --dry-run: rehearse the webhooks as if never received (the real replay skips those already processed)",
+)
+@click.option(
     "--follow",
     default="90d",
     show_default=True,
@@ -211,6 +216,7 @@ def replay(
     since: str | None,
     until: str | None,
     dry_run: bool,
+    as_new: bool,
     follow: str,
     report: Path | None,
     use_queue: bool,
@@ -221,7 +227,8 @@ def replay(
     """Send recorded webhooks (a JSON-lines export, payload files or folders) through the pipeline again.
 
     Events already processed are recognised and skipped by the ledger, so replaying after an outage
-    processes only what was missed. With --dry-run nothing is sent, created or changed.
+    processes only what was missed. With --dry-run nothing is sent, created or changed, and the
+    prediction is the real replay's, duplicates skipped alike; --as-new rehearses them as never seen.
     """
 
     if bool(files) == from_archive:
@@ -234,8 +241,10 @@ def replay(
         recorded = list(read_recorded(list(files), platform, shop, topic))
     if not recorded:
         raise click.ClickException("no recorded webhooks found")
+    if as_new and not dry_run:
+        raise click.UsageError("--as-new goes with --dry-run (a real replay never processes an event twice)")
     if dry_run:
-        rows = _rehearse(recorded, _duration(follow))
+        rows = _rehearse(recorded, _duration(follow), as_new)
     else:
         rows = _replay(recorded, use_queue)
     if report:
@@ -261,21 +270,45 @@ def _replay(recorded: list[Recorded], use_queue: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def _rehearse(recorded: list[Recorded], follow: timedelta) -> list[dict[str, Any]]:
+def _rehearse(recorded: list[Recorded], follow: timedelta, as_new: bool = False) -> list[dict[str, Any]]:
+    """What replaying would do, on a copy of the store: the copy knows what was processed, as the store does."""
+    skipped: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="encore-rehearsal-") as folder, rehearsal(Path(folder)) as rehearsed:
-        # A replayed event must count as new in the copy, or the copy's ledger would skip it.
         for item in recorded:
             for event in events_of(item):
-                event.id = f"{event.id}-rehearsal-{uuid.uuid4().hex[:8]}"
-                process_event(event.to_dict())
+                if as_new:  # as if never received: a new id, which the copy's ledger has not seen
+                    event.id = f"{event.id}-as-new-{uuid.uuid4().hex[:8]}"
+                if not process_event(event.to_dict())["new"]:
+                    skipped.append(
+                        {
+                            "at": dates.now().isoformat(),
+                            "flow": "",
+                            "customer": None,
+                            "kind": "already processed",
+                            "message": f"{item.source}: {event.type.value} {event.id} (the replay skips it)",
+                        }
+                    )
         rehearsed.follow(dates.now() + follow)
-        rows = outcome_rows(rehearsed.first_run_id)
+        rows = skipped + outcome_rows(rehearsed.first_run_id)
         sent = len(list(rehearsed.outbox.glob("*.eml"))) if rehearsed.outbox.exists() else 0
     shown = [
         r
         for r in rows
         if r["kind"]
-        in ("start", "sent", "suppressed", "discount", "wait", "deferred", "exit", "stop", "error", "tag", "http")
+        in (
+            "already processed",
+            "start",
+            "sent",
+            "suppressed",
+            "discount",
+            "wait",
+            "deferred",
+            "exit",
+            "stop",
+            "error",
+            "tag",
+            "http",
+        )
     ]
     table = Table("when (UTC)", "flow", "customer", "what", "detail", title="what would happen (dry run)")
     for row in shown:
@@ -289,8 +322,11 @@ def _rehearse(recorded: list[Recorded], follow: timedelta) -> list[dict[str, Any
             style=style,
         )
     Console().print(table)
+    seen = f"; {len(skipped)} event(s) already processed, which the replay skips" if skipped else ""
+    how = " as new (--as-new: the real replay skips those already processed)" if as_new else ""
     console.print(
-        f"{len(recorded)} webhook(s) rehearsed: {sent} email(s) would be sent; nothing was sent, created or changed"
+        f"{len(recorded)} webhook(s) rehearsed{how}: {sent} email(s) would be sent{seen}; "
+        "nothing was sent, created or changed"
     )
     return rows
 

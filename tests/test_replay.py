@@ -193,3 +193,39 @@ def test_replay_straight_from_the_archive(client, redis, env, tmp_path):
     assert CliRunner().invoke(main, ["replay"]).exit_code == 2
     both = CliRunner().invoke(main, ["replay", str(export), "--archive"])
     assert both.exit_code == 2 and "give recorded webhook files, or --archive" in both.output
+
+
+@responses.activate
+def test_dry_run_predicts_the_real_replay_duplicates_included_and_as_new_says_it_is_the_other_thing(
+    client, redis, env, woo_store, tmp_path
+):
+    fake_woocommerce_coupons()
+    post_woo(client, woo_customer(802, "grace@example.com", consent=True), "customer.created")
+    post_woo(client, woo_order(9802, 802, "grace@example.com", "42.00"), "order.created")
+    drain(redis)
+    export = tmp_path / "webhooks.jsonl"
+    assert CliRunner().invoke(main, ["export", "webhooks", "--out", str(export)]).exit_code == 0
+    emails = len(list((tmp_path / "outbox").glob("*.eml")))
+
+    report = tmp_path / "dry.jsonl"
+    dry = CliRunner().invoke(main, ["replay", str(export), "--dry-run", "--follow", "0m", "--report", str(report)])
+    assert dry.exit_code == 0, dry.output
+    said = " ".join(dry.output.split())  # the console wraps long lines
+    assert "0 email(s) would be sent; 2 event(s) already processed, which the replay skips" in said
+    assert [r["kind"] for r in map(json.loads, report.read_text().splitlines())] == ["already processed"] * 2
+
+    real = CliRunner().invoke(main, ["replay", str(export)])
+    assert real.exit_code == 0 and real.output.count("already processed") == 2
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == emails  # as predicted: nothing sent
+
+    new_report = tmp_path / "as-new.jsonl"
+    as_new = CliRunner().invoke(
+        main, ["replay", str(export), "--dry-run", "--as-new", "--follow", "0m", "--report", str(new_report)]
+    )
+    assert as_new.exit_code == 0, as_new.output
+    said = " ".join(as_new.output.split())
+    assert "rehearsed as new (--as-new: the real replay skips those already processed)" in said
+    # as if never received: applied to the ledger (the flows' own once-per-customer rules still hold)
+    assert "already processed" not in new_report.read_text()
+    alone = CliRunner().invoke(main, ["replay", str(export), "--as-new"])
+    assert alone.exit_code == 2 and "--as-new goes with --dry-run" in alone.output
