@@ -32,7 +32,7 @@ from encore_retention.core.queue import FLOWS, get_redis, queue
 from encore_retention.core.store import get_sessionmaker, insert_new, session_scope, stage
 from encore_retention.core.store.ledger import cast_table
 from encore_retention.core.store.models import Customer, Shop
-from encore_retention.flows import dates, expressions, loader
+from encore_retention.flows import controls, dates, expressions, loader
 from encore_retention.flows.loader import FlowFile
 from encore_retention.flows.models import (
     ACTIVE,
@@ -86,7 +86,7 @@ JOB_RETRY = Retry(max=5, interval=[5, 30, 120, 600, 1800])
 # Hot statements, built once.
 _ACTIVE_RUNS = select(FlowRun).where(
     FlowRun.customer_id == bindparam("customer_id"),
-    FlowRun.status.in_(ACTIVE),
+    FlowRun.status.in_((*ACTIVE, controls.HELD)),  # a held run exits too
     or_(FlowRun.event_id.is_(None), FlowRun.event_id != bindparam("event_id")),
 )
 _RECENT_RUN = (
@@ -246,7 +246,9 @@ def exit_runs(session: Session, customer_id: int, event: Event) -> int:
 
 def stop_shop(session: Session, shop_id: int, reason: str) -> int:
     """Stop every active run of a shop (the app was uninstalled)."""
-    runs = session.execute(select(FlowRun).where(FlowRun.shop_id == shop_id, FlowRun.status.in_(ACTIVE))).scalars()
+    runs = session.execute(
+        select(FlowRun).where(FlowRun.shop_id == shop_id, FlowRun.status.in_((*ACTIVE, controls.HELD)))
+    ).scalars()
     count = 0
     for run in runs:
         _finish(session, run, STOPPED, reason)
@@ -322,6 +324,11 @@ def _admit(
         # Shown, not silent: a suppressed run with its reason (keyed apart so a later consent can start one).
         draft.status, draft.reason, draft.finished_at = SUPPRESSED, "no consent", now
         draft.run_key = f"{draft.run_key}:suppressed"
+    elif flow_file.key in controls.paused_now(session):
+        if flow.when_paused == "skip":
+            log.info("flow %s paused: entry of customer %s skipped", flow_file.key, customer.id)
+            return None
+        draft.status, draft.reason = controls.HELD, "flow paused"  # recorded, driven once the flow resumes
     else:
         draft.lease_token, draft.lease_until = new_lease(), now + LEASE
     return draft
@@ -339,6 +346,8 @@ def _started(session: Session, flow_file: FlowFile, run: Run, event_id: str | No
         trigger_key=trigger_key,
         conditions={condition: True for condition in conditions} or None,
     )
+    if run.status == controls.HELD:
+        _trace(session, run, "held", "held: the flow is paused; it goes on when the flow resumes", reason="flow paused")
     if run.status == SUPPRESSED:
         _trace(
             session,
@@ -372,7 +381,7 @@ def start_run(
     run = _insert_admitted(session, flow_file, draft, event_id, trigger_key)
     if run is None:
         return None if draft.lease_token is None else _existing(session, draft.run_key)
-    return None if run.status == SUPPRESSED else (run.id, draft.lease_token)
+    return None if run.status in (SUPPRESSED, controls.HELD) else (run.id, draft.lease_token)
 
 
 def _insert_admitted(
@@ -410,7 +419,7 @@ def start_and_drive(
     if not isinstance(draft, DraftRun):
         return draft[0], None, "existing", None
     token = draft.lease_token
-    if token is None:  # suppressed (no consent): recorded, never driven
+    if token is None:  # suppressed (no consent) or held (flow paused): recorded, not driven now
         _insert_admitted(session, flow_file, draft, event_id, trigger_key)
         return None
     with capture_traces(session) as lines:
@@ -597,6 +606,10 @@ def _step(
     run = session.get(FlowRun, run_id) if isinstance(run_id, int) else run_id
     if run is None or run.lease_token != token or run.status not in ACTIVE:
         return (run.status if run else "gone"), None, False
+    if run.flow_key in controls.paused_now(session) and isinstance(run_id, int):  # stays at its step until resumed
+        stage(session, run, status=controls.HELD, reason="flow paused", wake_at=None, updated_at=dates.now())
+        _trace(session, run, "held", "held at this step: the flow is paused; it goes on when the flow resumes")
+        return controls.HELD, None, False
     now = dates.now()
     if run.status == WAITING and run.wake_at is not None and run.wake_at > now:  # woken early: sleep again
         job_id = _job_id(run)

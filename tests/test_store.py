@@ -18,7 +18,11 @@ from tests.conftest import use_database
 
 
 def _load_room_models() -> None:
-    for name in ("encore_retention.flows.models", "encore_retention.connectors.models"):
+    for name in (
+        "encore_retention.flows.models",
+        "encore_retention.flows.controls",
+        "encore_retention.connectors.models",
+    ):
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -1,20 +1,23 @@
-"""The marketers' commands: `encore flows lint|schema|preview`, `encore sweep`."""
+"""The marketers' commands: `encore flows lint|schema|preview|runs|pause|resume|cancel|actions`, `encore sweep`."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
+import uuid
 from datetime import date
 from pathlib import Path
 
 import click
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from encore_retention.core.store import session_scope
+from encore_retention.core.store import migrate, session_scope
 from encore_retention.core.store.models import Customer
-from encore_retention.flows import loader
+from encore_retention.flows import controls, dates, loader
 from encore_retention.flows import preview as previews
-from encore_retention.flows.engine import trace_of
+from encore_retention.flows.engine import schedule, trace_of
 from encore_retention.flows.models import FlowRun
 from encore_retention.flows.schema import json_schema
 from encore_retention.flows.triggers import sweep as run_sweep
@@ -119,6 +122,78 @@ def runs(email: str | None, flow_key: str | None, status: str | None, limit: int
                 click.echo(f"    {line.at:%Y-%m-%d %H:%M} {line.step or '':<18} {line.kind:<10} {line.message}")
         if not found:
             click.echo("no runs", err=True)
+
+
+def _actor() -> str:
+    """Who acts from the command line: `cli:` and the operating system's user."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _known_flow(session: Session, name: str) -> str:
+    """A flow's key, when it is loaded or has runs; a clear error otherwise."""
+    loaded = loader.registry().flows
+    if name in loaded or session.execute(select(FlowRun.id).where(FlowRun.flow_key == name).limit(1)).first():
+        return name
+    raise click.BadParameter(f"no flow {name!r} (loaded: {', '.join(sorted(loaded)) or 'none'})", param_hint="NAME")
+
+
+@flows.command()
+@click.argument("name")
+@click.option("--reason", help="why, for the record")
+def pause(name: str, reason: str | None) -> None:
+    """Pause a flow: new entries are held or skipped (its `when_paused`), waiting runs stay where they are."""
+    migrate()
+    with session_scope() as session:
+        key = _known_flow(session, name)
+        changed = controls.pause(session, key, _actor(), reason)
+    click.echo(f"{key}: paused" if changed else f"{key} was paused already")
+
+
+@flows.command()
+@click.argument("name")
+@click.option("--reason", help="why, for the record")
+def resume(name: str, reason: str | None) -> None:
+    """Resume a paused flow: the runs it held go on now."""
+    migrate()
+    with session_scope() as session:
+        key = _known_flow(session, name)
+        released = controls.resume(session, key, _actor(), reason)
+    for run_id in released:
+        schedule(run_id, dates.now(), f"flowrun-{run_id}-resumed-{uuid.uuid4().hex[:8]}")
+    click.echo(f"{key}: running ({len(released)} held run(s) released)")
+
+
+@flows.command()
+@click.argument("name")
+@click.option("--run", "run_id", type=int, help="only this run (its id, from `encore flows runs`)")
+@click.option("--reason", required=True, help="why: kept on each run and in the record")
+def cancel(name: str, run_id: int | None, reason: str) -> None:
+    """Cancel one run of a flow, or all its waiting and held runs."""
+    migrate()
+    with session_scope() as session:
+        key = _known_flow(session, name)
+        ended = controls.cancel(session, key, _actor(), reason, run_id)
+    if run_id is not None and not ended:
+        raise click.ClickException(
+            f"run {run_id} of {key} is not waiting or held (see `encore flows runs --flow {key}`)"
+        )
+    click.echo(f"{key}: {len(ended)} run(s) cancelled")
+
+
+@flows.command()
+@click.argument("name", required=False)
+@click.option("--limit", default=20, show_default=True)
+def actions(name: str | None, limit: int) -> None:
+    """What was done to the flows by hand: who, when, why."""
+    migrate()
+    with session_scope() as session:
+        for action in controls.actions(session, name, limit):
+            runs = f" ({action.runs} run(s){', run ' + str(action.run_id) if action.run_id else ''})"
+            why = f": {action.reason}" if action.reason else ""
+            click.echo(f"{action.at:%Y-%m-%d %H:%M}Z {action.actor} {action.action} {action.flow_key}{runs}{why}")
 
 
 @click.command()

@@ -1,0 +1,107 @@
+"""Pausing, resuming and cancelling flows: new entries held or skipped, waiting runs kept, every action recorded."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from encore_retention.cli import main
+from encore_retention.connectors import base as connector_registry
+from encore_retention.core.store import session_scope
+from encore_retention.flows import controls, dates
+from encore_retention.jobs import process_event
+from tests.flows.helpers import FakeConnector, customer, event, outbox, walk_to
+from tests.test_flows_engine import flow_dir, runs, trace
+
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+NUDGE = """
+name: Nudge
+trigger: {event: customer.created}
+when_paused: %s
+steps:
+  - wait: 2h
+  - send_email: {template: check_in.html, subject: "Hello {{ customer.first_name }}"}
+"""
+
+
+@pytest.fixture
+def flows_env(env: pytest.MonkeyPatch, redis: Any, tmp_path: Path):  # type: ignore[no-untyped-def]
+    FakeConnector.reset()
+    env.setattr(connector_registry, "get_connector", lambda shop: FakeConnector(shop))
+    dates.set_now(T0)
+    controls.forget()
+    yield env
+    dates.set_now(None)
+    controls.forget()
+
+
+def cli(*args: str) -> str:
+    result = CliRunner().invoke(main, ["flows", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_a_paused_flow_holds_new_entries_and_waiting_runs_until_it_resumes(flows_env, redis, tmp_path: Path):
+    flow_dir(tmp_path, flows_env, nudge=NUDGE % "hold")
+    process_event(event("customer.created", T0, customer("1")))  # waiting 2 h before the paused time
+    assert "nudge: paused" in cli("pause", "nudge", "--reason", "copy being rewritten")
+    process_event(event("customer.created", T0, customer("2")))
+    first, second = runs()
+    assert (first.status, second.status, second.reason) == ("waiting", "held", "flow paused")
+
+    walk_to(redis, T0 + timedelta(hours=3))  # the first run comes due while paused: held at its step
+    assert [r.status for r in runs()] == ["held", "held"] and outbox(tmp_path) == []
+    assert ("held", "held at this step: the flow is paused; it goes on when the flow resumes") in trace(first.id)
+
+    assert "2 held run(s) released" in cli("resume", "nudge")
+    walk_to(redis, T0 + timedelta(hours=3, minutes=1))
+    walk_to(redis, T0 + timedelta(hours=5, minutes=1))  # the second one's wait began when it was released
+    assert sorted(m["To"] for m in outbox(tmp_path)) == ["c1@example.com", "c2@example.com"]
+    assert [r.status for r in runs()] == ["done", "done"]
+    record = cli("actions", "nudge")
+    assert "pause nudge (0 run(s)): copy being rewritten" in record and "resume nudge (2 run(s))" in record
+    assert "cli:" in record
+
+
+def test_a_paused_flow_that_skips_starts_nothing(flows_env, tmp_path: Path):
+    flow_dir(tmp_path, flows_env, nudge=NUDGE % "skip")
+    cli("pause", "nudge")
+    assert "was paused already" in cli("pause", "nudge")
+    process_event(event("customer.created", T0, customer("3")))
+    assert runs() == []
+
+
+def test_cancel_one_run_or_every_waiting_run_with_a_reason(flows_env, redis, tmp_path: Path):
+    flow_dir(tmp_path, flows_env, nudge=NUDGE % "hold")
+    for cid in ("4", "5", "6"):
+        process_event(event("customer.created", T0, customer(cid)))
+    one, *others = runs()
+    assert "1 run(s) cancelled" in cli("cancel", "nudge", "--run", str(one.id), "--reason", "asked us not to")
+    assert "2 run(s) cancelled" in cli("cancel", "nudge", "--reason", "wrong discount")
+    walk_to(redis, T0 + timedelta(hours=3))
+    assert outbox(tmp_path) == []
+    statuses = {r.id: (r.status, r.reason) for r in runs()}
+    assert statuses[one.id] == ("cancelled", "cancelled: asked us not to")
+    assert {statuses[r.id] for r in others} == {("cancelled", "cancelled: wrong discount")}
+    kind, message = trace(one.id)[-1]
+    assert kind == "cancelled" and message.startswith("cancelled by cli:") and message.endswith(": asked us not to")
+    again = CliRunner().invoke(main, ["flows", "cancel", "nudge", "--run", str(one.id), "--reason", "x"])
+    assert again.exit_code == 1 and "is not waiting or held" in again.output
+    with session_scope() as session:
+        assert [(a.action, a.runs) for a in controls.actions(session, "nudge")] == [
+            ("cancel", 0),
+            ("cancel", 2),
+            ("cancel", 1),
+        ]
+
+
+def test_the_commands_name_an_unknown_flow(flows_env, tmp_path: Path):
+    flow_dir(tmp_path, flows_env, nudge=NUDGE % "hold")
+    result = CliRunner().invoke(main, ["flows", "pause", "nope"])
+    assert result.exit_code == 2 and "no flow 'nope' (loaded: nudge)" in result.output
+    assert CliRunner().invoke(main, ["flows", "cancel", "nudge"]).exit_code == 2  # --reason is required
