@@ -574,6 +574,8 @@ def _drive(
     BLOCKED, keeping the lease for the caller, who commits and then advances the run.
     """
     status, wake = RUNNING, None
+    if isinstance(run_id, int) and (halted := _halted(session, run_id, token)) is not None:
+        return halted, None
     for _ in range(MAX_STEPS_PER_ADVANCE):
         status, wake, more = _step(session, run_id, token, pure_only=pure_only)
         if not more:
@@ -584,6 +586,25 @@ def _drive(
     if run is not None and run.lease_token == token:
         stage(session, run, lease_until=None, lease_token=None)
     return status, wake
+
+
+def _halted(session: Session, run_id: int, token: str) -> str | None:
+    """Whether a stored run may not go on now: its flow was removed (the run ends) or is paused (it is held)."""
+    run = session.get(FlowRun, run_id)
+    if run is None or run.lease_token != token or run.status not in ACTIVE:
+        return None
+    if loader.registry().removed(run.flow_key):
+        _finish(session, run, STOPPED, "flow removed")
+        _trace(session, run, "stop", "stopped: its flow file was removed (mark it `retired: drain` to let runs finish)")
+        status = STOPPED
+    elif run.flow_key in controls.paused_now(session):  # it stays at its step until the flow resumes
+        stage(session, run, status=controls.HELD, reason="flow paused", wake_at=None, updated_at=dates.now())
+        _trace(session, run, "held", "held at this step: the flow is paused; it goes on when the flow resumes")
+        status = controls.HELD
+    else:
+        return None
+    stage(session, run, lease_until=None, lease_token=None)
+    return status
 
 
 def _release(run_id: int, token: str) -> None:
@@ -606,10 +627,6 @@ def _step(
     run = session.get(FlowRun, run_id) if isinstance(run_id, int) else run_id
     if run is None or run.lease_token != token or run.status not in ACTIVE:
         return (run.status if run else "gone"), None, False
-    if run.flow_key in controls.paused_now(session) and isinstance(run_id, int):  # stays at its step until resumed
-        stage(session, run, status=controls.HELD, reason="flow paused", wake_at=None, updated_at=dates.now())
-        _trace(session, run, "held", "held at this step: the flow is paused; it goes on when the flow resumes")
-        return controls.HELD, None, False
     now = dates.now()
     if run.status == WAITING and run.wake_at is not None and run.wake_at > now:  # woken early: sleep again
         job_id = _job_id(run)

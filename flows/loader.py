@@ -408,13 +408,22 @@ class Registry:
 
     flows: dict[str, FlowFile]
     problems: list[Problem]
+    present: frozenset[str] | None = None
+    """The keys of every flow file in the folder, loaded or not; None when the folder couldn't be listed."""
+
+    def removed(self, key: str) -> bool:
+        """Whether a flow's file is gone from a folder that was listed (a file that fails to load is not gone)."""
+        return self.present is not None and key not in self.present
 
     def for_event(self, event_type: str) -> list[FlowFile]:
         """Enabled flows started by an event type."""
         return [
             f
             for f in self.flows.values()
-            if f.flow.enabled and isinstance(f.flow.trigger, EventTrigger) and f.flow.trigger.event == event_type
+            if f.flow.enabled
+            and not f.flow.retired
+            and isinstance(f.flow.trigger, EventTrigger)
+            and f.flow.trigger.event == event_type
         ]
 
     def exiting_on(self, event_type: str) -> list[FlowFile]:
@@ -423,7 +432,11 @@ class Registry:
 
     def dated(self) -> list[FlowFile]:
         """Enabled flows with a date trigger."""
-        return [f for f in self.flows.values() if f.flow.enabled and isinstance(f.flow.trigger, DateTrigger)]
+        return [
+            f
+            for f in self.flows.values()
+            if f.flow.enabled and not f.flow.retired and isinstance(f.flow.trigger, DateTrigger)
+        ]
 
 
 _cache: dict[str, tuple[tuple[Any, ...], Registry]] = {}
@@ -449,7 +462,11 @@ def registry() -> Registry:
     flows, problems = load_dir(directory)
     for problem in problems:
         (log.error if problem.severity == "error" else log.warning)("flow problem: %s", problem)
-    current = Registry({f.key: f for f in flows}, problems)
+    try:
+        present: frozenset[str] | None = frozenset(p.stem for p in flow_files(directory))
+    except OSError:
+        present = None
+    current = Registry({f.key: f for f in flows}, problems, present)
     _cache[str(directory)] = (signature, current)
     return current
 

@@ -387,6 +387,9 @@ class Flow(_Model):
     frequency_cap: Annotated[Duration | None, BeforeValidator(_cap)] = Field(
         timedelta(hours=16), description="at most one marketing email per customer across flows in this period"
     )
+    retired: Literal["drain"] | None = Field(
+        None, description="drain: start no new runs, let the waiting ones finish (then delete the file)"
+    )
     when_paused: Literal["hold", "skip"] = Field(
         "hold", description="while the flow is paused, a new entry waits until it resumes (hold) or is dropped (skip)"
     )

@@ -105,3 +105,30 @@ def test_the_commands_name_an_unknown_flow(flows_env, tmp_path: Path):
     result = CliRunner().invoke(main, ["flows", "pause", "nope"])
     assert result.exit_code == 2 and "no flow 'nope' (loaded: nudge)" in result.output
     assert CliRunner().invoke(main, ["flows", "cancel", "nudge"]).exit_code == 2  # --reason is required
+
+
+RETIRED = NUDGE.replace("when_paused: %s", "retired: drain")
+
+
+def test_removing_a_flow_ends_its_waiting_runs_and_retiring_it_lets_them_finish(flows_env, redis, tmp_path: Path):
+    folder = flow_dir(tmp_path, flows_env, nudge=NUDGE % "hold", other=NUDGE.replace("Nudge", "Other") % "hold")
+    process_event(event("customer.created", T0, customer("7")))
+    nudge, other = runs()
+    (folder / "nudge.yaml").unlink()  # removed: its waiting run ends when it comes due, and sends nothing
+    (folder / "other.yaml").write_text(RETIRED.replace("Nudge", "Other"))  # retired: no new runs, this one ends
+    process_event(event("customer.created", T0, customer("8")))
+    assert len(runs()) == 2  # neither starts a run any more
+    walk_to(redis, T0 + timedelta(hours=3))
+    ended, finished = runs()
+    assert (ended.status, ended.reason) == ("stopped", "flow removed")
+    assert trace(nudge.id)[-1][1].startswith("stopped: its flow file was removed")
+    assert finished.status == "done" and [m["To"] for m in outbox(tmp_path)] == ["c7@example.com"]
+
+
+def test_a_flow_file_that_fails_to_load_is_not_a_removed_one(flows_env, redis, tmp_path: Path):
+    folder = flow_dir(tmp_path, flows_env, nudge=NUDGE % "hold")
+    process_event(event("customer.created", T0, customer("9")))
+    (folder / "nudge.yaml").write_text("name: Nudge\ntrigger: {event: customer.created}\nsteps: [{wait: soon}]\n")
+    walk_to(redis, T0 + timedelta(hours=3))
+    [run] = runs()
+    assert run.status == "done"  # it goes on with the version it started with; a broken edit ends nothing
