@@ -32,7 +32,7 @@ from encore_retention.core.queue import FLOWS, get_redis, queue
 from encore_retention.core.store import get_sessionmaker, insert_new, session_scope, stage
 from encore_retention.core.store.ledger import cast_table
 from encore_retention.core.store.models import Customer, Shop
-from encore_retention.flows import controls, dates, expressions, loader
+from encore_retention.flows import controls, dates, expressions, loader, versions
 from encore_retention.flows.loader import FlowFile
 from encore_retention.flows.models import (
     ACTIVE,
@@ -297,6 +297,7 @@ def _admit(
         updated_at=now,
     )
 
+    versions.ensure(session, flow_file)  # once per version and process: its templates, for its runs' emails
     if flow.conditions:  # what the run would see, from its draft (no row is made for a flow that won't start)
         ctx = StepRunner(session, draft, flow, shop, customer).context()
     for condition in flow.conditions:

@@ -66,6 +66,8 @@ class FlowFile:
     data: dict[str, Any]
     lines: dict[Path_, int] = field(default_factory=dict)
     digest: str = ""
+    templates: dict[str, str] = field(default_factory=dict)
+    """The source of every template its emails use (layouts, includes, text twins): pinned with the version."""
 
     def line(self, path: Path_) -> int:
         """The line of the deepest known node on `path`."""
@@ -166,11 +168,13 @@ def load_text(text: str, file: str, key: str | None = None) -> tuple[FlowFile | 
         return None, sorted(_unique(problems), key=lambda p: p.line)
     # What a run stores: JSON-safe (a YAML date becomes its ISO text), and its digest names the version.
     stored = json.loads(json.dumps(data, sort_keys=True, default=str))
-    digest = hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()
-    loaded = FlowFile(key or Path(file).stem, file, flow, stored, lines, digest)
+    loaded = FlowFile(key or Path(file).stem, file, flow, stored, lines)
     problems = check(loaded)
     if any(p.severity == "error" for p in problems):
         return None, problems
+    # The version: the flow's text and its templates' sources, so a template edited makes a new one.
+    version = json.dumps({"flow": stored, "templates": loaded.templates}, sort_keys=True)
+    loaded.digest = hashlib.sha256(version.encode()).hexdigest()
     return loaded, problems
 
 
@@ -242,7 +246,7 @@ def _as_names(steps: list[Any]) -> set[str]:
 
 def check(loaded: FlowFile) -> list[Problem]:
     """Check a validated flow's meaning: errors and warnings, each with its line."""
-    return _check(loaded.flow, loaded.path, loaded.line, list(enumerate(loaded.flow.steps)))
+    return _check(loaded.flow, loaded.path, loaded.line, list(enumerate(loaded.flow.steps)), loaded.templates)
 
 
 def _check_despite_shape(data: dict[str, Any], lines: dict[Path_, int], file: str) -> list[Problem]:
@@ -269,7 +273,9 @@ def _check_despite_shape(data: dict[str, Any], lines: dict[Path_, int], file: st
     return _check(parts, file, lambda path: _line_of(lines, path), steps)
 
 
-def _check(flow: Flow, file: str, line: Any, top_steps: list[tuple[int, Any]]) -> list[Problem]:
+def _check(
+    flow: Flow, file: str, line: Any, top_steps: list[tuple[int, Any]], sources: dict[str, str] | None = None
+) -> list[Problem]:
     discounts_named = _as_names(flow.steps)
     known = set(expressions.NAMES) | discounts_named
     problems: list[Problem] = []
@@ -347,7 +353,13 @@ def _check(flow: Flow, file: str, line: Any, top_steps: list[tuple[int, Any]]) -
                 for attr in ("subject", "preheader", "from_", "reply_to", "to"):
                     inline(path + ("send_email", _ALIASES.get(attr, attr)), getattr(email, attr))
                 used = _template_checks(
-                    email.template, path + ("send_email", "template"), add, known, flow.marketing, discounts_named
+                    email.template,
+                    path + ("send_email", "template"),
+                    add,
+                    known,
+                    flow.marketing,
+                    discounts_named,
+                    sources,
                 )
                 used |= expressions.names_in_string(email.subject) if "{" in email.subject else set()
                 for name, (expires_in, elapsed) in discounts.items():
@@ -368,16 +380,22 @@ def _fmt(delta: timedelta) -> str:
 
 
 def _template_checks(
-    name: str, path: Path_, add: Any, known: set[str], marketing: bool, discounts: set[str]
+    name: str,
+    path: Path_,
+    add: Any,
+    known: set[str],
+    marketing: bool,
+    discounts: set[str],
+    sources: dict[str, str] | None = None,
 ) -> set[str]:
     if not render.exists(name):
         add(path, f"missing template {name!r} (looked in: {', '.join(str(p) for p in render.template_dirs())})")
         return set()
     trees: list[tuple[str, Any]] = []
-    used, broken = render.check(name, trees)
+    used, broken = render.check(name, trees, sources)
     twin = render.text_twin(name)
     if twin:
-        twin_used, twin_broken = render.check(twin, trees)
+        twin_used, twin_broken = render.check(twin, trees, sources)
         used, broken = used | twin_used, broken + twin_broken
     for problem in broken:
         add(path, f"template {name!r} cannot be used: {problem}")

@@ -19,6 +19,7 @@ from typing import Any
 from jinja2 import (
     BaseLoader,
     ChoiceLoader,
+    DictLoader,
     FileSystemLoader,
     StrictUndefined,
     TemplateNotFound,
@@ -93,12 +94,30 @@ def fingerprint() -> tuple[Any, ...]:
     return tuple(found)
 
 
-def environment(strict: bool = False) -> SandboxedEnvironment:
-    """The sandboxed template environment for the configured folders."""
+@dataclass(frozen=True)
+class Pinned:
+    """The templates of one flow version (name -> source): what its runs render, whatever the files say now."""
+
+    digest: str
+    sources: dict[str, str]
+
+    def has(self, name: str) -> bool:
+        """Whether the version holds a template of that name."""
+        return name in self.sources
+
+
+def environment(strict: bool = False, pinned: Pinned | None = None) -> SandboxedEnvironment:
+    """The sandboxed template environment for the configured folders (a flow version's templates first)."""
     dirs = tuple(str(p) for p in template_dirs()) + (("strict",) if strict else ())
+    dirs += ("pinned", pinned.digest) if pinned is not None else ()
     env = _envs.get(dirs)
     if env is None:
-        loader = ChoiceLoader([FileSystemLoader(str(p)) for p in template_dirs()])
+        loaders: list[BaseLoader] = [FileSystemLoader(str(p)) for p in template_dirs()]
+        if pinned is not None:
+            loaders.insert(0, DictLoader(pinned.sources))
+            if len(_envs) > 512:  # a version's environment is kept while it may have waiting runs; bounded
+                _envs.clear()
+        loader = ChoiceLoader(loaders)
         env = SandboxedEnvironment(
             loader=loader,
             autoescape=select_autoescape(["html", "htm"]),
@@ -146,13 +165,18 @@ class TemplateProblem:
         return f"{self.file}:{self.line}: {self.message}"
 
 
-def check(name: str, collect: list[tuple[str, nodes.Template]] | None = None) -> tuple[set[str], list[TemplateProblem]]:
+def check(
+    name: str,
+    collect: list[tuple[str, nodes.Template]] | None = None,
+    sources: dict[str, str] | None = None,
+) -> tuple[set[str], list[TemplateProblem]]:
     """The names a template (with its layout, includes and imports) reads from its context, and what is broken.
 
     Each template it names is loaded, parsed and compiled as rendering would: a missing `include`,
     `extends` or `import`, a syntax error, an unknown filter, a macro imported that the other template
     does not define, or a file that is not UTF-8 is found here, at its own file and line, instead of
-    when a customer's email is rendered. Given a list, `collect` receives each template's (file, parsed tree).
+    when a customer's email is rendered. Given a list, `collect` receives each template's (file, parsed tree);
+    given a dict, `sources` each one's source.
     """
     env = environment()
     problems: list[TemplateProblem] = []
@@ -203,6 +227,8 @@ def check(name: str, collect: list[tuple[str, nodes.Template]] | None = None) ->
         parsed[current] = tree
         if collect is not None:
             collect.append((file, tree))
+        if sources is not None:
+            sources[current] = source
     for file, line, imported, wanted in imports:
         exporter = parsed.get(imported)
         if exporter is not None:  # a missing or broken one is reported already
@@ -256,20 +282,22 @@ def text_twin(name: str) -> str | None:
     return twin if exists(twin) else None
 
 
-def render_email(name: str, context: dict[str, Any]) -> tuple[str, str]:
-    """(html, text) of a template.
+def render_email(name: str, context: dict[str, Any], pinned: Pinned | None = None) -> tuple[str, str]:
+    """(html, text) of a template, from a flow version's templates when `pinned` holds it.
 
     The text is the `.txt` twin's when there is one; else the HTML template's own text version (see
     `text_source`) rendered with the same context, or, if that version does not compile, the
     rendered HTML converted.
     """
-    env = environment()
+    if pinned is not None and not pinned.has(name):
+        pinned = None  # a version from before its templates were kept: the files, as then
+    env = environment(pinned=pinned)
     html = env.get_template(name).render(context)
-    twin = text_twin(name)
-    if twin:
+    twin = (name.rpartition(".")[0] + ".txt") if pinned is not None else text_twin(name)
+    if twin and (pinned.has(twin) if pinned is not None else True):
         return html, env.get_template(twin).render(context)
     try:
-        template = text_environment().get_template(name)
+        template = text_environment(pinned).get_template(name)
     except TemplateSyntaxError:
         return html, html_to_text(html)
     return html, tidy_text(template.render(context))
@@ -317,10 +345,11 @@ class _TextLoader(BaseLoader):
         return text_source(source), filename, uptodate
 
 
-def text_environment() -> SandboxedEnvironment:
+def text_environment(pinned: Pinned | None = None) -> SandboxedEnvironment:
     """The environment rendering the text versions (no HTML escaping: the output is plain text)."""
-    html_env = environment()
+    html_env = environment(pinned=pinned)
     dirs = tuple(str(p) for p in template_dirs()) + ("text",)
+    dirs += ("pinned", pinned.digest) if pinned is not None else ()
     env = _envs.get(dirs)
     if env is None:
         assert html_env.loader is not None

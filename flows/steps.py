@@ -32,7 +32,7 @@ from encore_retention.core.store import stage
 from encore_retention.core.store.ledger import cast_table
 from encore_retention.core.store.models import Customer, Order, Shop
 from encore_retention.core.unsubscribe import is_suppressed, unsubscribe_url
-from encore_retention.flows import dates, expressions, render
+from encore_retention.flows import dates, expressions, render, versions
 from encore_retention.flows.models import NEW_RUNS, FlowEffect, Run, add_trace
 from encore_retention.flows.schema import Flow, step_kind
 
@@ -380,7 +380,8 @@ class StepRunner:
         subject = header_text(expressions.render_string(spec.subject, ctx))  # as sent: one line
         preheader = expressions.render_string(spec.preheader, ctx) if spec.preheader else None
         ctx.update(unsubscribe_url=unsubscribe, subject=subject, preheader=preheader)
-        html, text = render.render_email(spec.template, ctx)
+        pinned = versions.pinned(self.session, self.run.flow_digest, self.run.flow_key) if self.session else None
+        html, text = render.render_email(spec.template, ctx, pinned)
         from_addr = expressions.render_string(spec.from_, ctx) if spec.from_ else None
         reply_to = expressions.render_string(spec.reply_to, ctx) if spec.reply_to else None
         if self.dry_run:
