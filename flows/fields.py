@@ -36,7 +36,9 @@ CUSTOMER = frozenset(
         "created_at",
     }
 )
-SHOP = frozenset({"id", "name", "domain", "email", "currency", "timezone", "platform"})
+SHOP = frozenset(
+    {"id", "name", "domain", "url", "email", "staff_email", "email_from", "reply_to", "currency", "timezone", "platform"}
+)
 EVENT = frozenset({"id", "type", "occurred_at", "topic"})
 RUN = frozenset({"id", "started_at", "flow"})
 DISCOUNT = frozenset({"code", "kind", "amount", "value", "expires_at", "expires_on", "minimum_subtotal", "redeemed"})

@@ -237,3 +237,16 @@ def test_date_sweep_and_exit_on_sqlite_and_postgresql(library, tmp_path: Path, d
     (gift,) = sent(tmp_path, "birthday")
     assert gift["To"] == "c3003@example.com"
     assert due < datetime(2027, 2, 14, tzinfo=UTC)
+
+
+def test_the_library_links_to_the_stores_own_url(env, tmp_path):
+    """A sample store at http://localhost:PORT/sandbox/woocommerce is linked as such, not as https://."""
+    from encore_retention.core.store.models import Shop
+    from encore_retention.flows import render
+    from encore_retention.flows.steps import shop_view
+
+    shop = shop_view(
+        Shop(id=1, domain="localhost:18351/sandbox/woocommerce", url="http://localhost:18351/sandbox/woocommerce")
+    )
+    html, _ = render.render_email("welcome.html", {"shop": shop, "customer": {"first_name": "Ada"}, "welcome": None})
+    assert 'href="http://localhost:18351/sandbox/woocommerce/"' in html and "https://" not in html
