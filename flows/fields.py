@@ -37,7 +37,8 @@ CUSTOMER = frozenset(
     }
 )
 SHOP = frozenset(
-    {"id", "name", "domain", "url", "email", "staff_email", "email_from", "reply_to", "currency", "timezone", "platform"}
+    {"id", "name", "domain", "url", "email", "staff_email", "email_from", "reply_to", "currency", "timezone"}
+    | {"platform"}
 )
 EVENT = frozenset({"id", "type", "occurred_at", "topic"})
 RUN = frozenset({"id", "started_at", "flow"})
