@@ -69,6 +69,7 @@ def test_daily_series_on_sqlite_and_postgresql(db_url, env, redis):
     with session_scope() as session:
         shop = get_or_create_shop(session, "shopify", SHOP)
         other = get_or_create_shop(session, "shopify", "other.myshopify.com")
+        shop.currency = "EUR"
         session.flush()
         ada = Customer(shop_id=shop.id, platform_id="1", email="ada@example.com")
         session.add(ada)
@@ -132,7 +133,9 @@ def test_daily_series_on_sqlite_and_postgresql(db_url, env, redis):
     on = {day: i for i, day in enumerate(everything.days)}
     assert everything.entries[on[date(2026, 11, 30)]] == 1 and everything.entries[on[date(2026, 12, 1)]] == 2
     assert sum(everything.entries) == 4 and sum(everything.redeemed) == 1
-    assert sum(daily([shop_id], "win_back", UTC, NOW).emails) == 0
+    win_back = daily([shop_id], "win_back", UTC, NOW)
+    assert sum(win_back.emails) == 0 and win_back.currency == "EUR"  # nothing redeemed: the store's currency
+    assert daily([shop_id, other_id], "win_back", UTC, NOW).currency is None  # two stores, not one currency
     assert sum(daily([], None, UTC, NOW).entries) == 0
 
 

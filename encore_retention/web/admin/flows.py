@@ -14,7 +14,7 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 
 from encore_retention.core.store import session_scope
-from encore_retention.core.store.models import Customer, Order, utcnow
+from encore_retention.core.store.models import Customer, Order, Shop, utcnow
 from encore_retention.flows import dates, loader
 from encore_retention.flows.models import SUPPRESSED, FlowEffect, FlowRun, FlowTrace
 from encore_retention.flows.render import format_money
@@ -203,8 +203,8 @@ class Daily:
 def daily(shop_ids: list[int], flow_key: str | None = None, tz: tzinfo = UTC, now: datetime | None = None) -> Daily:
     """Day by day over the last WINDOW.days days of `tz` (today included), for one flow or all of them:
     runs started, emails sent, emails suppressed or deferred (their trace lines: a run suppressed for no
-    consent counts too), codes redeemed and those orders' revenue. Four narrow selects, bucketed here, so
-    any zone's days work alike on SQLite and PostgreSQL."""
+    consent counts too), codes redeemed and those orders' revenue. Four narrow selects, bucketed here (so
+    any zone's days work alike on SQLite and PostgreSQL), and the stores' currency when nothing was redeemed."""
 
     today = (now or utcnow()).astimezone(tz).date()
     days = [today - timedelta(days=back) for back in range(WINDOW.days - 1, -1, -1)]
@@ -254,6 +254,9 @@ def daily(shop_ids: list[int], flow_key: str | None = None, tz: tzinfo = UTC, no
                 result.redeemed[at] += 1
                 result.revenue[at] += redemption.total
                 result.currency = result.currency or redemption.currency
+        if result.currency is None:  # nothing redeemed: the stores' own currency, when they share one
+            currencies = set(db.scalars(select(Shop.currency).where(Shop.id.in_(shop_ids))))
+            result.currency = currencies.pop() if len(currencies) == 1 else None
     return result
 
 
