@@ -52,13 +52,13 @@ def parse_duration(value: Any) -> timedelta:
 
 
 def format_duration(value: timedelta) -> str:
-    """The shortest duration text for a timedelta (`-14d`, `1h30m`)."""
+    """A timedelta as a flow file writes it, days kept as days (`60d`, `-14d`, `1h30m`; never `8w4d`)."""
     sign, seconds = ("-", -value) if value < timedelta(0) else ("", value)
     minutes = int(seconds.total_seconds() // 60)
     if minutes == 0:
         return "0m"
     parts = []
-    for unit, size in (("w", 7 * 1440), ("d", 1440), ("h", 60), ("m", 1)):
+    for unit, size in (("d", 1440), ("h", 60), ("m", 1)):
         count, minutes = divmod(minutes, size)
         if count:
             parts.append(f"{count}{unit}")

@@ -168,7 +168,8 @@ def test_flows_page_counts_runs_emails_codes_redemptions_and_revenue(client, red
 
     page = client.get("/admin/", environ_base=LOCAL).get_data(as_text=True)
     assert "Welcome, with a first-purchase code" in page and "€80.00" in page
-    assert "customer.created" in page and "customer.birthday -2w at 09:00 yearly" in page
+    assert "customer.created" in page and "customer.birthday -14d at 09:00 yearly" in page  # as the file writes it
+    assert "customer.last_order_at 60d at 10:00" in page and "8w4d" not in page
     runs = client.get("/admin/flows/loyalty_third_order?status=suppressed", environ_base=LOCAL).get_data(as_text=True)
     assert "bob@example.com" in runs and "no consent" in runs and "ada@example.com" not in runs
     welcome_runs = client.get("/admin/flows/welcome", environ_base=LOCAL).get_data(as_text=True)

@@ -190,6 +190,41 @@ def test_samples_then_the_admin_page_in_chromium(server, browser, redis, tmp_pat
     assert "broken-job" in queue(EVENTS).job_ids
 
 
+def test_the_daily_charts_fit_a_phone(server, browser, redis, tmp_path):
+    import re
+
+    from encore_retention.cli import main
+    from encore_retention.core.access import sign_in_url
+    from tests.conftest import drain
+
+    sent = CliRunner().invoke(main, ["samples", "send", "--url", server])
+    assert sent.exit_code == 0, sent.output
+    drain(redis)
+    page, folder = browser, tmp_path / "shots"
+    folder.mkdir()
+    page.set_viewport_size({"width": 375, "height": 812})
+    page.goto(sign_in_url(server))
+    for name, path in (("overview", "/admin/"), ("welcome", "/admin/flows/welcome")):
+        page.goto(f"{server}{path}")
+        charts = page.locator("svg.chart-svg")
+        assert charts.count() == 5  # entries, emails, suppressed or deferred, redeemed, revenue
+        entries = page.locator("svg.chart-svg.entries")
+        entries.scroll_into_view_if_needed()
+        assert entries.is_visible()
+        box = entries.bounding_box()
+        assert box is not None and 250 <= box["width"] <= 375 and box["x"] >= 0 and box["x"] + box["width"] <= 375
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375, "no horizontal scrolling"
+        # the accessible summary: the image's name says what the bars show
+        summary = page.get_by_role("img", name=re.compile(r"^Entries per day, .* in all")).first
+        assert summary.count() == 1 and re.search(
+            r": [1-9][0-9]* in all; most on ", summary.get_attribute("aria-label") or ""
+        )
+        assert page.locator("svg.chart-svg.entries rect.bar").count() >= 1  # today's runs
+        axis = page.locator("svg.chart-svg.entries text.axis").last.bounding_box()
+        assert axis is not None and axis["height"] >= 9, "axis labels readable on a phone"
+        assert not_blank(shot(page, folder, f"charts-{name}-375", element=page.locator(".daily")))
+
+
 def test_a_blank_page_is_recognised(browser, tmp_path):
     browser.set_content("<html><body style='background:#fff'></body></html>")
     assert not not_blank(shot(browser, tmp_path, "blank"))

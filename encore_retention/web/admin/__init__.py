@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from encore_retention.core.settings import get_settings
-from encore_retention.web.admin import customers, failures, flows, messages, previews
+from encore_retention.web.admin import customers, failures, flows, messages, previews, times
 from encore_retention.web.admin.auth import IdConverter, blueprint, log
 
-PAGES = (flows, customers, messages, previews, failures)  # imported for the views they add to the blueprint
+PAGES = (flows, customers, messages, previews, failures, times)  # imported for the views and filters they add
 
 
 def register(app: Any) -> None:

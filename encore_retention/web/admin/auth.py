@@ -62,6 +62,15 @@ class Viewer:
     shop_ids: list[int] = field(default_factory=list)
     shops: list[tuple[int, str]] = field(default_factory=list)
     chosen: int | None = None
+    zones: dict[int | str, str | None] = field(default_factory=dict)  # by shop id and by domain
+
+    def zone_name(self, shop: int | str | None = None) -> str | None:
+        """The time zone of `shop` (an id or a domain), else of the one store in view; None: DEFAULT_TIMEZONE."""
+        if shop is not None and shop in self.zones:
+            return self.zones[shop]
+        if len(self.shop_ids) == 1:
+            return self.zones.get(self.shop_ids[0])
+        return None
 
     @property
     def everything(self) -> bool:
@@ -203,10 +212,12 @@ def require_sign_in():
             return redirect(url_for("admin.login", next=request.full_path))
         abort(401)
     with session_scope() as db:
-        query = select(Shop.id, Shop.name, Shop.domain).order_by(Shop.id)
+        query = select(Shop.id, Shop.name, Shop.domain, Shop.timezone).order_by(Shop.id)
         if viewer.shop:
             query = query.where(Shop.domain == viewer.shop)
-        viewer.shops = [(row.id, row.name or row.domain) for row in db.execute(query)]
+        for row in db.execute(query):
+            viewer.shops.append((row.id, row.name or row.domain))
+            viewer.zones[row.id] = viewer.zones[row.domain] = row.timezone
     viewer.shop_ids = [shop_id for shop_id, _ in viewer.shops]
     chosen = session.get("encore_store")
     if viewer.everything and chosen in viewer.shop_ids:

@@ -5,20 +5,24 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
 from flask import abort, g, render_template, request
+from markupsafe import Markup
 from sqlalchemy import func, select
 
 from encore_retention.core.store import session_scope
-from encore_retention.core.store.models import Customer, Order, utcnow
-from encore_retention.flows import loader
+from encore_retention.core.store.models import Customer, Order, Shop, utcnow
+from encore_retention.flows import dates, loader
 from encore_retention.flows.models import SUPPRESSED, FlowEffect, FlowRun, FlowTrace
+from encore_retention.flows.render import format_money
 from encore_retention.flows.schema import DateTrigger, IfStep, SendEmailStep, format_duration
 from encore_retention.flows.steps import position_label
 from encore_retention.web.admin.auth import Viewer, blueprint
+from encore_retention.web.admin.charts import Series, small_multiples
+from encore_retention.web.admin.times import viewer_zone
 
 log = logging.getLogger("encore.admin")
 WINDOW = timedelta(days=30)  # the flows page's figures cover this long
@@ -44,15 +48,18 @@ class FlowStats:
     steps: list[str] = field(default_factory=list)
 
 
-def describe_trigger(trigger: Any) -> str:
-    """`order.placed`, or `customer.birthday -14d at 09:00`."""
+def describe_trigger(trigger: Any, written: Any = None) -> str:
+    """`order.placed`, or `customer.birthday -14d at 09:00`: the offset as the flow file writes it.
+
+    `written` is the trigger as the file has it (`FlowFile.data["trigger"]`); without it the offset is
+    written in days, hours and minutes (`60d`, `-14d`).
+    """
 
     if isinstance(trigger, DateTrigger):
-        offset = (
-            f" {'+' if trigger.offset >= timedelta(0) else '-'}{format_duration(abs(trigger.offset))}"
-            if trigger.offset
-            else ""
-        )
+        text = written.get("offset") if isinstance(written, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            text = format_duration(trigger.offset)
+        offset = f" {text.strip()}" if trigger.offset else ""
         every = " yearly" if trigger.yearly else ""
         return f"{trigger.date}{offset} at {trigger.at.strftime('%H:%M')}{every}"
     return str(trigger.event)
@@ -87,7 +94,7 @@ def flow_stats(shop_ids: list[int], now: Any = None) -> list[FlowStats]:
             key,
             flow.name,
             flow.enabled,
-            describe_trigger(flow.trigger),
+            describe_trigger(flow.trigger, flow_file.data.get("trigger")),
             flow.kind,
             steps=[label for label, _ in email_steps(flow)],
         )
@@ -124,24 +131,140 @@ def flow_stats(shop_ids: list[int], now: Any = None) -> list[FlowStats]:
                 item.codes += 1
                 if result and result.get("code"):
                     codes[(shop_id, str(result["code"]).upper())] = key
-        if codes:
-            orders = db.execute(
-                select(Order.shop_id, Order.discount_codes, Order.total, Order.currency).where(
-                    Order.shop_id.in_(shop_ids),
-                    Order.placed_at >= since,
-                    Order.deleted.is_(False),
-                    Order.cancelled_at.is_(None),
-                )
-            ).all()
-            for shop_id, order_codes, total, currency in orders:
-                for code in order_codes or []:
-                    maker = codes.get((shop_id, str(code).upper()))
-                    if maker is not None:
-                        stats[maker].redeemed += 1
-                        stats[maker].revenue += total or Decimal("0")
-                        stats[maker].currency = stats[maker].currency or currency
-                        break
+        for redemption in redemptions(db, shop_ids, since, codes):
+            item = stats[redemption.flow_key]
+            item.redeemed += 1
+            item.revenue += redemption.total
+            item.currency = item.currency or redemption.currency
     return list(stats.values())
+
+
+@dataclass(frozen=True)
+class Redemption:
+    """An order that used a code a flow made."""
+
+    flow_key: str
+    placed_at: datetime
+    total: Decimal
+    currency: str | None
+
+
+def redemptions(db: Any, shop_ids: list[int], since: datetime, codes: dict[tuple[int, str], str]) -> list[Redemption]:
+    """The orders placed since `since` (not cancelled or deleted) whose discount codes include one of `codes`
+    (`(shop id, CODE)` -> the flow that made it); an order counts once, for its first such code."""
+
+    if not codes:
+        return []
+    found: list[Redemption] = []
+    orders = db.execute(
+        select(Order.shop_id, Order.discount_codes, Order.total, Order.currency, Order.placed_at).where(
+            Order.shop_id.in_(shop_ids),
+            Order.placed_at >= since,
+            Order.deleted.is_(False),
+            Order.cancelled_at.is_(None),
+        )
+    ).all()
+    for shop_id, order_codes, total, currency, placed_at in orders:
+        for code in order_codes or []:
+            maker = codes.get((shop_id, str(code).upper()))
+            if maker is not None:
+                found.append(Redemption(maker, placed_at, total or Decimal("0"), currency))
+                break
+    return found
+
+
+HELD = ("suppressed", "deferred")  # the trace kinds of an email held back: not sent, or sent later
+
+
+@dataclass
+class Daily:
+    """A flow's (or every flow's) figures a day over the window's days, in one time zone."""
+
+    days: list[date]
+    zone: str
+    entries: list[int]
+    emails: list[int]
+    held: list[int]
+    redeemed: list[int]
+    revenue: list[Decimal]
+    currency: str | None = None
+
+    def series(self) -> list[Series]:
+        """The charts' series: entries, emails sent, held back, codes redeemed, revenue."""
+        return [
+            Series("entries", "Entries", self.entries),
+            Series("emails", "Emails sent", self.emails),
+            Series("held", "Suppressed or deferred", self.held),
+            Series("redeemed", "Codes redeemed", self.redeemed),
+            Series("revenue", "Revenue", self.revenue, lambda value: format_money(value, self.currency)),
+        ]
+
+
+def daily(shop_ids: list[int], flow_key: str | None = None, tz: tzinfo = UTC, now: datetime | None = None) -> Daily:
+    """Day by day over the last WINDOW.days days of `tz` (today included), for one flow or all of them:
+    runs started, emails sent, emails suppressed or deferred (their trace lines: a run suppressed for no
+    consent counts too), codes redeemed and those orders' revenue. Four narrow selects, bucketed here (so
+    any zone's days work alike on SQLite and PostgreSQL), and the stores' currency when nothing was redeemed."""
+
+    today = (now or utcnow()).astimezone(tz).date()
+    days = [today - timedelta(days=back) for back in range(WINDOW.days - 1, -1, -1)]
+    since = dates.local_instant(days[0], time(0), tz)
+    index = {day: position for position, day in enumerate(days)}
+    zeros = [0] * len(days)
+    result = Daily(days, str(tz), zeros[:], zeros[:], zeros[:], zeros[:], [Decimal("0")] * len(days))
+
+    def bucket(moment: datetime | None) -> int | None:
+        return index.get(moment.astimezone(tz).date()) if moment is not None else None
+
+    if not shop_ids:
+        return result
+    one_flow = [FlowRun.flow_key == flow_key] if flow_key is not None else []
+    with session_scope() as db:
+        for (started_at,) in db.execute(
+            select(FlowRun.started_at).where(FlowRun.shop_id.in_(shop_ids), FlowRun.started_at >= since, *one_flow)
+        ):
+            if (at := bucket(started_at)) is not None:
+                result.entries[at] += 1
+        codes: dict[tuple[int, str], str] = {}
+        for key, kind, made, shop_id, created_at in db.execute(
+            select(FlowRun.flow_key, FlowEffect.kind, FlowEffect.result, FlowEffect.shop_id, FlowEffect.created_at)
+            .join(FlowRun, FlowRun.id == FlowEffect.run_id)
+            .where(
+                FlowEffect.shop_id.in_(shop_ids),
+                FlowEffect.created_at >= since,
+                FlowEffect.status == "done",
+                FlowEffect.kind.in_(("email", "discount")),
+                *one_flow,
+            )
+        ):
+            if kind == "email":
+                if (at := bucket(created_at)) is not None:
+                    result.emails[at] += 1
+            elif made and made.get("code"):
+                codes[(shop_id, str(made["code"]).upper())] = key
+        for (traced_at,) in db.execute(
+            select(FlowTrace.at)
+            .join(FlowRun, FlowRun.id == FlowTrace.run_id)
+            .where(FlowRun.shop_id.in_(shop_ids), FlowTrace.kind.in_(HELD), FlowTrace.at >= since, *one_flow)
+        ):
+            if (at := bucket(traced_at)) is not None:
+                result.held[at] += 1
+        for redemption in redemptions(db, shop_ids, since, codes):
+            if (at := bucket(redemption.placed_at)) is not None:
+                result.redeemed[at] += 1
+                result.revenue[at] += redemption.total
+                result.currency = result.currency or redemption.currency
+        if result.currency is None:  # nothing redeemed: the stores' own currency, when they share one
+            currencies = set(db.scalars(select(Shop.currency).where(Shop.id.in_(shop_ids))))
+            result.currency = currencies.pop() if len(currencies) == 1 else None
+    return result
+
+
+def daily_chart(shop_ids: list[int], flow_key: str | None = None) -> Markup:
+    """The charts of `daily`, in the viewed store's days (DEFAULT_TIMEZONE's when several are in view)."""
+    figures = daily(shop_ids, flow_key, viewer_zone())
+    caption = f"A bar a day, days in {figures.zone}; the last {WINDOW.days} days, today included."
+    return small_multiples(figures.days, figures.series(), caption)
 
 
 @blueprint.get("/")
@@ -162,6 +285,7 @@ def flows():
         revenue=revenue,
         currency=currency,
         days=WINDOW.days,
+        chart=daily_chart(viewer.shop_ids),
     )
 
 
@@ -216,7 +340,8 @@ def flow_runs(flow_key: str):
         status=status,
         days=WINDOW.days,
         reasons=sorted(reasons.items(), key=lambda kv: -kv[1]),
-        trigger=describe_trigger(flow_file.flow.trigger) if flow_file else None,
+        chart=daily_chart(g.viewer.shop_ids, flow_key),
+        trigger=describe_trigger(flow_file.flow.trigger, flow_file.data.get("trigger")) if flow_file else None,
     )
 
 
