@@ -124,12 +124,21 @@ def resume(session: Session, flow_key: str, actor: str, reason: str | None = Non
     return held
 
 
-def cancel(session: Session, flow_key: str, actor: str, reason: str, run_id: int | None = None) -> list[int]:
-    """End one run (`run_id`), or every waiting and held run of the flow, as cancelled with the reason."""
+def cancel(
+    session: Session,
+    flow_key: str,
+    actor: str,
+    reason: str,
+    run_id: int | None = None,
+    shop_ids: list[int] | None = None,
+) -> list[int]:
+    """End one run (`run_id`), or every waiting and held run of the flow (of `shop_ids`), as cancelled."""
     now = dates.now()
     query = select(FlowRun.id).where(FlowRun.flow_key == flow_key, FlowRun.status.in_((*ACTIVE, HELD)))
     if run_id is not None:
         query = query.where(FlowRun.id == run_id)
+    if shop_ids is not None:
+        query = query.where(FlowRun.shop_id.in_(shop_ids))
     ids = list(session.execute(query).scalars())
     if ids:
         session.execute(
@@ -146,6 +155,11 @@ def cancel(session: Session, flow_key: str, actor: str, reason: str, run_id: int
         )
     _record(session, "cancel", flow_key, actor, reason, runs=len(ids), **({"run_id": run_id} if run_id else {}))
     return ids
+
+
+def control_of(session: Session, flow_key: str) -> FlowControl | None:
+    """The flow's switch as last set (None: never paused)."""
+    return session.get(FlowControl, flow_key)
 
 
 def actions(session: Session, flow_key: str | None = None, limit: int = 50) -> list[FlowAction]:

@@ -132,3 +132,36 @@ def test_a_flow_file_that_fails_to_load_is_not_a_removed_one(flows_env, redis, t
     walk_to(redis, T0 + timedelta(hours=3))
     [run] = runs()
     assert run.status == "done"  # it goes on with the version it started with; a broken edit ends nothing
+
+
+def test_the_flow_page_pauses_resumes_and_cancels_with_the_session_and_its_form_token(
+    flows_env, redis, tmp_path: Path, client
+):
+    from tests.conftest import sign_in
+    from tests.test_admin import _csrf
+
+    flow_dir(tmp_path, flows_env, nudge=NUDGE % "hold")
+    process_event(event("customer.created", T0, customer("11")))
+    process_event(event("customer.created", T0, customer("12")))
+    first, second = runs()
+    assert client.post("/admin/flows/nudge/pause", data={}).status_code in (302, 401)  # no session: not signed in
+    assert not runs(status="held")  # nothing changed
+    sign_in(client)
+    assert client.post("/admin/flows/nudge/pause", data={"reason": "x"}).status_code == 400  # no form token
+    csrf = _csrf(client)
+    paused = client.post("/admin/flows/nudge/pause", data={"csrf": csrf, "reason": "new copy"})
+    assert paused.status_code == 302
+    page = client.get("/admin/flows/nudge").get_data(as_text=True)
+    assert "paused</span> by admin:operator" in page and "new copy" in page and "Resume" in page
+
+    no_reason = client.post("/admin/flows/nudge/cancel", data={"csrf": csrf, "run": str(first.id)})
+    assert no_reason.status_code == 400
+    bad_id = client.post("/admin/flows/nudge/cancel", data={"csrf": csrf, "run": "1; drop", "reason": "x"})
+    assert bad_id.status_code == 400
+    cancelled = client.post("/admin/flows/nudge/cancel", data={"csrf": csrf, "run": str(first.id), "reason": "asked"})
+    assert cancelled.status_code == 302
+    assert client.post("/admin/flows/nudge/resume", data={"csrf": csrf}).status_code == 302
+    statuses = {r.id: r.status for r in runs()}
+    assert statuses == {first.id: "cancelled", second.id: "waiting"}
+    page = client.get("/admin/flows/nudge").get_data(as_text=True)
+    assert "admin:operator · cancel run" in page and "admin:operator · pause" in page

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
-from flask import abort, g, render_template, request
+from flask import abort, g, redirect, render_template, request, url_for
 from markupsafe import Markup
 from sqlalchemy import func, select
 
 from encore_retention.core.store import session_scope
-from encore_retention.core.store.models import Customer, Order, Shop, utcnow
-from encore_retention.flows import dates, loader
+from encore_retention.core.store.models import Customer, Order, Shop, parse_id, utcnow
+from encore_retention.flows import controls, dates, loader
+from encore_retention.flows.engine import schedule
 from encore_retention.flows.models import SUPPRESSED, FlowEffect, FlowRun, FlowTrace
 from encore_retention.flows.render import format_money
 from encore_retention.flows.schema import DateTrigger, IfStep, SendEmailStep, format_duration
@@ -326,12 +328,18 @@ def flow_runs(flow_key: str):
             )
         ):
             reasons[str((detail or {}).get("reason") or "other")] += 1
+        control = controls.control_of(db, flow_key)
+        paused = (control.paused, control.changed_by, control.changed_at, control.reason) if control else None
+        done = [(a.at, a.actor, a.action, a.runs, a.run_id, a.reason) for a in controls.actions(db, flow_key, 20)]
     flow_file = loader.registry().flows.get(flow_key)
     if flow_file is None and not rows and not counts:
         abort(404)
     name = flow_file.flow.name if flow_file else (rows[0][0].flow_name if rows else flow_key)
     return render_template(
         "admin/flow.html",
+        control=paused,
+        actions=done,
+        can_pause=g.viewer.everything,
         key=flow_key,
         name=name,
         flow=flow_file,
@@ -347,3 +355,50 @@ def flow_runs(flow_key: str):
 
 def flow_choices() -> list[tuple[str, str, list[tuple[str, str]]]]:
     return [(key, f.flow.name, email_steps(f.flow)) for key, f in sorted(loader.registry().flows.items())]
+
+
+def _actor() -> str:
+    """Who acts from the admin: the operator, or the signed-in shop."""
+    viewer: Viewer = g.viewer
+    return "admin:operator" if viewer.everything else f"admin:{viewer.shop}"
+
+
+def _reason(required: bool) -> str | None:
+    reason = (request.form.get("reason") or "").strip()[:500]
+    if required and not reason:
+        abort(400, "say why: a reason is kept with the action")
+    return reason or None
+
+
+@blueprint.post("/flows/<flow_key>/pause")
+def pause_flow(flow_key: str):
+    """Pause a flow (every store's: the operator only)."""
+    if not g.viewer.everything:
+        abort(403)
+    with session_scope() as db:
+        controls.pause(db, flow_key, _actor(), _reason(False))
+    return redirect(url_for("admin.flow_runs", flow_key=flow_key))
+
+
+@blueprint.post("/flows/<flow_key>/resume")
+def resume_flow(flow_key: str):
+    """Resume a flow and release the runs it held."""
+    if not g.viewer.everything:
+        abort(403)
+    with session_scope() as db:
+        released = controls.resume(db, flow_key, _actor(), _reason(False))
+    for run_id in released:
+        schedule(run_id, dates.now(), f"flowrun-{run_id}-resumed-{uuid.uuid4().hex[:8]}")
+    return redirect(url_for("admin.flow_runs", flow_key=flow_key))
+
+
+@blueprint.post("/flows/<flow_key>/cancel")
+def cancel_runs(flow_key: str):
+    """Cancel one run (`run`) or every waiting and held run of the flow in the viewer's stores, with a reason."""
+    run = request.form.get("run") or None
+    run_id = parse_id(run) if run else None
+    if run is not None and run_id is None:
+        abort(400, "not a run id")
+    with session_scope() as db:
+        controls.cancel(db, flow_key, _actor(), _reason(True) or "", run_id, g.viewer.shop_ids)
+    return redirect(url_for("admin.flow_runs", flow_key=flow_key))
