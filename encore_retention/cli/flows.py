@@ -1,4 +1,4 @@
-"""The marketers' commands: `encore flows lint|schema|preview|runs|pause|resume|cancel|actions`, `encore sweep`."""
+"""The marketers' commands: `encore flows lint|schema|preview|test-send|runs|pause|resume|cancel|actions`, `sweep`."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from encore_retention.core.store import migrate, session_scope
-from encore_retention.core.store.models import Customer
-from encore_retention.flows import controls, dates, loader
+from encore_retention.core.store.models import Customer, Shop
+from encore_retention.flows import controls, dates, loader, trial
 from encore_retention.flows import preview as previews
 from encore_retention.flows.engine import schedule, trace_of
 from encore_retention.flows.models import FlowRun
@@ -122,6 +122,49 @@ def runs(email: str | None, flow_key: str | None, status: str | None, limit: int
                 click.echo(f"    {line.at:%Y-%m-%d %H:%M} {line.step or '':<18} {line.kind:<10} {line.message}")
         if not found:
             click.echo("no runs", err=True)
+
+
+@flows.command("test-send")
+@click.argument("flow")
+@click.option("--to", "to", required=True, help="the address the test goes to (yours)")
+@click.option("--customer", "which", help="a customer (id, platform id or email) or a JSON/YAML file of fields")
+@click.option("--step", help="only the email at this step (2, or a label like steps[2].then[0]; default: every email)")
+def test_send(flow: str, to: str, which: str | None, step: str | None) -> None:
+    """Send a flow's emails, rendered as for a customer, to your own address, marked as a test.
+
+    Nothing is recorded: no run, no frequency cap, no code (a code shows as a placeholder).
+    """
+    migrate()
+    flow_file = loader.registry().flows.get(flow)
+    if flow_file is None:
+        loaded = ", ".join(sorted(loader.registry().flows)) or "none"
+        raise click.BadParameter(f"no flow {flow!r} (loaded: {loaded})", param_hint="FLOW")
+    shop = None
+    with session_scope() as session:
+        if which and Path(which).is_file():
+            try:
+                data = previews.sample(Path(which))
+            except (ValueError, OSError) as exc:
+                raise click.BadParameter(str(exc), param_hint="--customer") from None
+        elif which:
+            customer = trial.find_customer(session, which)
+            if customer is None:
+                raise click.BadParameter(f"no customer {which!r} (an id, a platform id, an email or a file)")
+            shop = session.get(Shop, customer.shop_id)
+            data = trial.customer_sample(customer, shop, session)
+        else:
+            data = dict(trial.SAMPLE_CUSTOMER)
+            shop = session.execute(select(Shop).where(Shop.active.is_(True)).order_by(Shop.id).limit(1)).scalar()
+            if shop is not None:
+                data["shop"] = trial.shop_sample(shop)
+        if shop is not None:
+            session.expunge(shop)
+    try:
+        sent = trial.send_tests(flow_file, to, data, step, shop)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    for item in sent:
+        click.echo(f"sent to {to}: step {item.step}: {item.subject}")
 
 
 def _actor() -> str:

@@ -5,93 +5,22 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Response, abort, g, render_template, request
+from flask import Response, abort, flash, g, get_flashed_messages, redirect, render_template, request, url_for
 from markupsafe import escape
 from sqlalchemy import select
 
+from encore_retention.connectors.email import PermanentEmailError, TransientEmailError
 from encore_retention.core.store import session_scope
-from encore_retention.core.store.models import Customer, Order, Shop, parse_id
+from encore_retention.core.store.models import Shop, parse_id
 from encore_retention.flows import loader
 from encore_retention.flows import preview as previews
+from encore_retention.flows.trial import SAMPLE_CUSTOMER, customer_sample, send_tests, shop_sample
 from encore_retention.web.admin.auth import blueprint
 from encore_retention.web.admin.customers import customer_or_404
 from encore_retention.web.admin.flows import flow_choices
 
 log = logging.getLogger("encore.admin")
-SAMPLE_CUSTOMER: dict[str, Any] = {
-    "id": "sample",
-    "email": "ada@example.com",
-    "first_name": "Ada",
-    "last_name": "Lovelace",
-    "orders_count": 1,
-    "total_spent": "84.00",
-    "email_consent": True,
-    "birthday": "1990-12-10",
-    "tags": ["vip"],
-    "order": {
-        "id": "1001",
-        "number": "1001",
-        "total": "84.00",
-        "subtotal": "76.00",
-        "currency": "EUR",
-        "line_items": [
-            {"title": "Linen shirt", "quantity": 1, "price": "56.00"},
-            {"title": "Canvas tote", "quantity": 1, "price": "20.00"},
-        ],
-    },
-    "checkout": {
-        "token": "sample-checkout",
-        "email": "ada@example.com",
-        "total": "76.00",
-        "currency": "EUR",
-        "recovery_url": "https://shop.example.com/checkouts/sample/recover",
-        "line_items": [{"title": "Linen shirt", "quantity": 1, "price": "56.00"}],
-    },
-}
 WIDTHS = {"desktop": 680, "mobile": 375}
-
-
-def customer_sample(customer: Customer, shop: Shop | None, db: Any) -> dict[str, Any]:
-    """A preview sample from a real customer: ledger fields, their latest order, their shop."""
-    data: dict[str, Any] = {
-        "id": customer.platform_id,
-        "email": customer.email,
-        "first_name": customer.first_name,
-        "last_name": customer.last_name,
-        "locale": customer.locale,
-        "timezone": customer.timezone,
-        "birthday": customer.birthday.isoformat() if customer.birthday else None,
-        "email_consent": bool(customer.email_consent),
-        "tags": list(customer.tags or []),
-        "orders_count": customer.orders_count or 0,
-        "total_spent": str(customer.total_spent or 0),
-        "first_order_at": customer.first_order_at.isoformat() if customer.first_order_at else None,
-        "last_order_at": customer.last_order_at.isoformat() if customer.last_order_at else None,
-    }
-    latest = db.execute(
-        select(Order).where(Order.customer_id == customer.id).order_by(Order.placed_at.desc()).limit(1)
-    ).scalar_one_or_none()
-    if latest is not None:
-        data["order"] = {
-            "id": latest.platform_id,
-            "number": latest.number,
-            "total": str(latest.total or 0),
-            "currency": latest.currency,
-            "created_at": latest.placed_at.isoformat() if latest.placed_at else None,
-            "discount_codes": list(latest.discount_codes or []),
-        }
-    else:
-        data["order"] = SAMPLE_CUSTOMER["order"]
-    data["checkout"] = {**SAMPLE_CUSTOMER["checkout"], "email": customer.email}
-    if shop is not None:
-        data["shop"] = {
-            "domain": shop.domain,
-            "name": shop.name or shop.domain,
-            "email": shop.email,
-            "currency": shop.currency or "EUR",
-            "timezone": shop.timezone,
-        }
-    return data
 
 
 def render_preview(flow_key: str, step: str | None, customer_id: int | None) -> tuple[Any, list[Any], Any]:
@@ -111,13 +40,7 @@ def render_preview(flow_key: str, step: str | None, customer_id: int | None) -> 
                 select(Shop).where(Shop.id.in_(g.viewer.shop_ids or [-1])).order_by(Shop.id).limit(1)
             ).scalar_one_or_none()
             if shop is not None:
-                data["shop"] = {
-                    "domain": shop.domain,
-                    "name": shop.name or shop.domain,
-                    "email": shop.email,
-                    "currency": shop.currency or "EUR",
-                    "timezone": shop.timezone,
-                }
+                data["shop"] = shop_sample(shop)
     rendered = previews.render_flow(flow_file, data)
     selected = next((p for p in rendered if p.step == step), rendered[0] if rendered else None)
     return flow_file, rendered, selected
@@ -162,6 +85,7 @@ def preview():
         widths=WIDTHS,
         customer_id=customer_id,
         error=error,
+        sent=" ".join(get_flashed_messages()),
     )
 
 
@@ -193,3 +117,43 @@ def preview_email():
     response = Response(selected.html, content_type="text/html; charset=utf-8")
     response.headers["Content-Security-Policy"] = "script-src 'none'; frame-ancestors 'self'"
     return response
+
+
+@blueprint.post("/preview/test-send")
+def preview_test_send():
+    """Send the previewed email to the address given, marked as a test (nothing recorded, no code made)."""
+    flow_key = request.form.get("flow", "")
+    step = request.form.get("step") or None
+    to = (request.form.get("to") or "").strip()
+    raw_customer = request.form.get("customer") or ""
+    customer_id = parse_id(raw_customer) if raw_customer else None
+    if raw_customer and customer_id is None:
+        abort(400, "not a customer id")
+    flow_file = loader.registry().flows.get(flow_key)
+    if flow_file is None:
+        abort(404, f"no flow {flow_key!r}")
+    with session_scope() as db:
+        if customer_id is not None:
+            row = customer_or_404(db, customer_id)
+            shop = db.get(Shop, row.shop_id)
+            data = customer_sample(row, shop, db)
+        else:
+            data = dict(SAMPLE_CUSTOMER)
+            shop = db.execute(
+                select(Shop).where(Shop.id.in_(g.viewer.shop_ids or [-1])).order_by(Shop.id).limit(1)
+            ).scalar_one_or_none()
+            if shop is not None:
+                data["shop"] = shop_sample(shop)
+        if shop is not None:
+            db.expunge(shop)
+    try:
+        sent = send_tests(flow_file, to, data, step, shop)
+    except ValueError as exc:
+        said = f"not sent: {exc}"
+    except (TransientEmailError, PermanentEmailError) as exc:
+        said = f"not sent: the mail server refused it ({type(exc).__name__})"
+    else:
+        said = f"test sent to {to}: " + "; ".join(item.subject for item in sent)
+    log.info("test email from the admin", extra={"flow": flow_key, "step": step, "sent": not said.startswith("not")})
+    flash(said[:300])  # shown once, from the session: a link can't put words on the page
+    return redirect(url_for("admin.preview", flow=flow_key, step=step, customer=customer_id))
