@@ -151,6 +151,7 @@ class Unit(Session):
         """Roll back; inside `deferred_commit` before its commit, then raise its error (the work is gone)."""
         deferred = self._deferred
         super().rollback()
+        self._forget()  # also when no transaction had begun (then SQLAlchemy reports no rollback)
         if deferred is not None and deferred[0] == self._commits:
             self._deferred = None
             handled = sys.exception()
