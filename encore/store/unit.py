@@ -54,7 +54,7 @@ PartT = TypeVar("PartT", bound=Part)
 
 # Statements built once per table (and dialect, and conflict columns): SQLAlchemy then skips building
 # and coercing them per row.
-_INSERTS: dict[tuple[str, str, tuple[str, ...]], Any] = {}
+_INSERTS: dict[tuple[str, str, tuple[str, ...]], tuple[Any, str]] = {}  # -> (statement, primary key)
 _UPDATES: dict[tuple[str, tuple[str, ...]], Any] = {}
 
 
@@ -101,21 +101,22 @@ class Unit(Session):
         every column); without, only its primary key is returned.
         """
         dialect = self.get_bind().dialect.name
-        table = model.__table__
-        key = (dialect, table.name, tuple(conflict))
-        stmt = _INSERTS.get(key)
-        if stmt is None:
+        key = (dialect, model.__tablename__, tuple(conflict))
+        built = _INSERTS.get(key)
+        if built is None:
             builder = pg_insert if dialect == "postgresql" else sqlite_insert
+            table = model.__table__
             (pk,) = table.primary_key.columns
-            stmt = _INSERTS[key] = builder(table).on_conflict_do_nothing(index_elements=conflict).returning(pk)
+            stmt = builder(table).on_conflict_do_nothing(index_elements=conflict).returning(pk)
+            built = _INSERTS[key] = (stmt, pk.key)
+        stmt, pk_key = built
         row_id = self.connection().execute(stmt, values).scalar()
         if row_id is None:
             return None
         if not attach:
             self._inserted[(model, row_id)] = None
             return row_id
-        (pk,) = table.primary_key.columns
-        row = model(**{**values, pk.key: row_id})
+        row = model(**{**values, pk_key: row_id})
         make_transient_to_detached(row)
         self.add(row)
         self._inserted[(model, row_id)] = row  # held here, so it stays in the identity map for the steps after
