@@ -16,15 +16,14 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm import object_session
 
 from encore_retention.connectors.base import Discount, DiscountRequest
 from encore_retention.connectors.models import DiscountCode
 from encore_retention.core.settings import get_settings
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import utcnow
+from encore_retention.core.store.unit import Unit
 
 if TYPE_CHECKING:
     from encore_retention.core.store.models import Shop
@@ -49,14 +48,14 @@ def code_for(shop_id: int, request: DiscountRequest) -> str:
 
 
 @contextmanager
-def _session_of(shop: Shop) -> Iterator[Session]:
-    """The session the shop is loaded in (the caller's transaction, e.g. the flow engine's), else a new one.
+def _session_of(shop: Shop) -> Iterator[Unit]:
+    """The unit the shop is loaded in (the caller's transaction, e.g. the flow engine's), else a new one.
 
-    Writing through the caller's session matters on SQLite, where a second connection would wait for
+    Writing through the caller's unit matters on SQLite, where a second connection would wait for
     the caller's write lock held by this same thread.
     """
     session = object_session(shop)
-    if session is not None:
+    if isinstance(session, Unit):  # the store's sessions all are
         yield session
         return
     with session_scope() as own:
@@ -85,18 +84,14 @@ def remember(shop: Shop, idempotency_key: str, discount: Discount) -> None:
     """Record the discount made for this key (idempotent)."""
 
     with _session_of(shop) as session:
-        builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        session.execute(
-            builder(DiscountCode)
-            .values(
-                shop_id=shop.id,
-                idempotency_key=idempotency_key,
-                code=discount.code,
-                platform_id=discount.platform_id,
-                kind=discount.kind,
-                value=discount.value,
-                ends_at=discount.ends_at,
-                created_at=utcnow(),
-            )
-            .on_conflict_do_nothing(index_elements=["shop_id", "idempotency_key"])
-        )
+        values = {
+            "shop_id": shop.id,
+            "idempotency_key": idempotency_key,
+            "code": discount.code,
+            "platform_id": discount.platform_id,
+            "kind": discount.kind,
+            "value": discount.value,
+            "ends_at": discount.ends_at,
+            "created_at": utcnow(),
+        }
+        session.insert_new(DiscountCode, values, ["shop_id", "idempotency_key"], attach=False)

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy.orm import Session
-
 from encore_retention.connectors.base import PlatformError, get_connector
 from encore_retention.core.store.ledger import upsert_customer
 from encore_retention.core.store.models import Customer, Shop, utcnow
+from encore_retention.core.store.unit import Unit
 
 log = logging.getLogger(__name__)
 
 
-def complete_customer(session: Session, shop: Shop, customer: Customer) -> bool:
+def complete_customer(session: Unit, shop: Shop, customer: Customer) -> bool:
     """Fetch a customer without an email address from the platform; True when the ledger row now has one."""
     if customer.email or customer.platform_id.startswith("email:"):
         return bool(customer.email)

@@ -29,8 +29,6 @@ import orjson
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from encore_retention.connectors.base import receiver_of
@@ -41,6 +39,7 @@ from encore_retention.core import events as ev
 from encore_retention.core.queue import BODY_PREFIX, PROCESS_DELIVERY, PROCESS_EVENT, current_path, get_redis
 from encore_retention.core.store.ledger import Person, customers_named, export_customer, person_of
 from encore_retention.core.store.models import Customer, Shop, Suppression, utcnow
+from encore_retention.core.store.unit import Unit
 from encore_retention.core.unsubscribe import address_key
 from encore_retention.webhooks.base import Delivery
 
@@ -103,7 +102,7 @@ def build_export(session: Session, shop: Shop, event: ev.Event) -> tuple[Custome
     return row, json.loads(json.dumps(data, default=str))
 
 
-def record_export(session: Session, shop: Shop, event: ev.Event) -> int | None:
+def record_export(session: Unit, shop: Shop, event: ev.Event) -> int | None:
     """Store the export answering a data request (once per event); returns its id."""
 
     request_id = str(event.data.get("data_request_id") or "") or None
@@ -118,20 +117,17 @@ def record_export(session: Session, shop: Shop, event: ev.Event) -> int | None:
         if existing is not None:
             return existing
     row, data = build_export(session, shop, event)
-    builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(
-        builder(DataExport)
-        .values(
-            shop_id=shop.id,
-            customer_id=row.id if row else None,
-            event_id=event.id,
-            request_id=request_id,
-            data=data,
-            created_at=utcnow(),
-        )
-        .on_conflict_do_nothing(index_elements=["event_id"])
-    )
-    export_id = session.execute(select(DataExport.id).where(DataExport.event_id == event.id)).scalar_one()
+    values = {
+        "shop_id": shop.id,
+        "customer_id": row.id if row else None,
+        "event_id": event.id,
+        "request_id": request_id,
+        "data": data,
+        "created_at": utcnow(),
+    }
+    export_id = session.insert_new(DataExport, values, ["event_id"], attach=False)
+    if export_id is None:  # this event's export is stored already
+        export_id = session.execute(select(DataExport.id).where(DataExport.event_id == event.id)).scalar_one()
     log.info(
         "data request export recorded", extra={"shop": shop.domain, "export_id": export_id, "found": row is not None}
     )

@@ -22,8 +22,8 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from encore_retention.core.settings import get_settings
-from encore_retention.core.store import insert_new
 from encore_retention.core.store.models import Shop, Suppression, utcnow
+from encore_retention.core.store.unit import Unit
 
 SALT = "encore-unsubscribe-2"
 LEGACY_SALT = "encore-unsubscribe"  # the first format: [shop id, address]
@@ -117,16 +117,15 @@ def suppression_reason(session: Session, shop_id: int, key: str) -> str | None:
     return session.connection().execute(_REASON, {"shop_id": shop_id, "key": key}).scalar_one_or_none()
 
 
-def suppress(session: Session, shop_id: int, email: str, reason: str = "unsubscribed", source: str = "") -> None:
+def suppress(session: Unit, shop_id: int, email: str, reason: str = "unsubscribed", source: str = "") -> None:
     """Record that an address must not receive marketing email from a shop (idempotent)."""
     suppress_key(session, shop_id, address_key(shop_id, email), reason, source)
 
 
-def suppress_key(session: Session, shop_id: int, key: str, reason: str = "unsubscribed", source: str = "") -> None:
+def suppress_key(session: Unit, shop_id: int, key: str, reason: str = "unsubscribed", source: str = "") -> None:
     """Record a suppression by the address's keyed hash (what an unsubscribe link carries; idempotent)."""
     if suppression_reason(session, shop_id, key) is None:  # two clicks at once: the second inserts nothing
-        insert_new(
-            session,
+        session.insert_new(
             Suppression,
             {"shop_id": shop_id, "email_hash": key, "reason": reason, "source": source, "created_at": utcnow()},
             ["shop_id", "email_hash"],

@@ -29,18 +29,17 @@ from encore_retention.core import queue as queue_module
 from encore_retention.core.events import Checkout, Event, EventType, Order
 from encore_retention.core.metrics import EMAILS
 from encore_retention.core.queue import FLOWS, get_redis, queue
-from encore_retention.core.store import get_sessionmaker, insert_new, session_scope, stage
+from encore_retention.core.store import get_sessionmaker, session_scope
 from encore_retention.core.store.ledger import cast_table
 from encore_retention.core.store.models import Customer, Shop
+from encore_retention.core.store.unit import NotCommitted, Unit
 from encore_retention.flows import controls, dates, expressions, loader, versions
 from encore_retention.flows.loader import FlowFile
 from encore_retention.flows.models import (
     ACTIVE,
-    COMMITS,
     DONE,
     EXITED,
     FAILED,
-    NEW_RUNS,
     RUNNING,
     STOPPED,
     SUPPRESSED,
@@ -112,11 +111,12 @@ _SET_JOB_ID = (
 # ---- events ----------------------------------------------------------------------------------------
 
 
-class EventNotCommitted(Exception):
+class EventNotCommitted(NotCommitted):
     """A run failed before the event's transaction was committed (its ledger changes are gone with it).
 
-    Raised only when `handle_event` deferred the commit; the caller applies the event again with
-    `defer_commit=False`, where the run's failure is recorded on the run as usual.
+    Raised only when `handle_event` deferred the commit (the unit raises it at the rollback); the
+    caller applies the event again with `defer_commit=False`, where the run's failure is recorded on
+    the run as usual.
     """
 
 
@@ -158,7 +158,7 @@ def handle_event(
     shop: Shop | None,
     customer: Customer | None,
     new: bool,
-    session: Session,
+    session: Unit,
     defer_commit: bool = False,
 ) -> None:
     """Start or advance the flow runs an event concerns, in the ledger's session. Must be idempotent.
@@ -212,26 +212,15 @@ def handle_event(
             schedule(run_id, *wake)
     for index, (run_id, token) in enumerate(rest):
         if deferred and index == 0:  # its claim (or its end) commits the event's transaction
-            session.info[_UNCOMMITTED] = session.info.get(COMMITS, 0)
-            try:
+            with session.deferred_commit(EventNotCommitted):
                 advance(run_id, token, session)
-            finally:
-                session.info.pop(_UNCOMMITTED, None)
             for waiting_id, wake in wakes:
                 schedule(waiting_id, *wake)
         else:
             advance(run_id, token, session if token else None)
 
 
-_UNCOMMITTED = "encore_event_uncommitted"  # session.info: the commit count when the event's commit was deferred
-
-
-def _event_uncommitted(session: Session | None) -> bool:
-    """Whether a failure now would take the event's own, not yet committed, changes with it."""
-    return session is not None and session.info.get(_UNCOMMITTED, -1) == session.info.get(COMMITS, 0)
-
-
-def exit_runs(session: Session, customer_id: int, event: Event) -> int:
+def exit_runs(session: Unit, customer_id: int, event: Event) -> int:
     """End a customer's active runs whose flow version lists this event in `exit_on`."""
     runs = session.execute(_ACTIVE_RUNS, {"customer_id": customer_id, "event_id": event.id}).scalars().all()
     ended = 0
@@ -244,7 +233,7 @@ def exit_runs(session: Session, customer_id: int, event: Event) -> int:
     return ended
 
 
-def stop_shop(session: Session, shop_id: int, reason: str) -> int:
+def stop_shop(session: Unit, shop_id: int, reason: str) -> int:
     """Stop every active run of a shop (the app was uninstalled)."""
     runs = session.execute(
         select(FlowRun).where(FlowRun.shop_id == shop_id, FlowRun.status.in_((*ACTIVE, controls.HELD)))
@@ -261,16 +250,16 @@ def stop_shop(session: Session, shop_id: int, reason: str) -> int:
 
 
 @overload
-def _insert_run(session: Session, values: dict[str, Any], keep: Literal[True] = ...) -> FlowRun | None: ...
+def _insert_run(session: Unit, values: dict[str, Any], keep: Literal[True] = ...) -> FlowRun | None: ...
 @overload
-def _insert_run(session: Session, values: dict[str, Any], keep: bool) -> FlowRun | int | None: ...
-def _insert_run(session: Session, values: dict[str, Any], keep: bool = True) -> FlowRun | int | None:
+def _insert_run(session: Unit, values: dict[str, Any], keep: bool) -> FlowRun | int | None: ...
+def _insert_run(session: Unit, values: dict[str, Any], keep: bool = True) -> FlowRun | int | None:
     """The new run (with `keep`, in the session; else its id), or None if a run with its key exists."""
-    return insert_new(session, FlowRun, values, ["run_key"], attach=keep)
+    return session.insert_new(FlowRun, values, ["run_key"], attach=keep)
 
 
 def _admit(
-    session: Session,
+    session: Unit,
     flow_file: FlowFile,
     shop: Shop,
     customer: Customer,
@@ -335,7 +324,7 @@ def _admit(
     return draft
 
 
-def _started(session: Session, flow_file: FlowFile, run: Run, event_id: str | None, trigger_key: str) -> None:
+def _started(session: Unit, flow_file: FlowFile, run: Run, event_id: str | None, trigger_key: str) -> None:
     """The first lines of a new run's trace (and the suppression, for a run without consent)."""
     conditions = flow_file.flow.conditions
     held = "; ".join(f"{condition} -> true" for condition in conditions)
@@ -362,7 +351,7 @@ def _started(session: Session, flow_file: FlowFile, run: Run, event_id: str | No
 
 
 def start_run(
-    session: Session,
+    session: Unit,
     flow_file: FlowFile,
     shop: Shop,
     customer: Customer,
@@ -386,20 +375,18 @@ def start_run(
 
 
 def _insert_admitted(
-    session: Session, flow_file: FlowFile, draft: DraftRun, event_id: str | None, trigger_key: str
+    session: Unit, flow_file: FlowFile, draft: DraftRun, event_id: str | None, trigger_key: str
 ) -> FlowRun | None:
     """Insert an admitted run as its draft is (None when its key exists), with the first lines of its trace."""
     run = _insert_run(session, draft.row())
     if run is None:
         return None
-    session.info.setdefault("flow_runs", []).append(run)  # keep it in the identity map for the first steps
-    session.info.setdefault(NEW_RUNS, set()).add(run.id)
     _started(session, flow_file, run, event_id, trigger_key)
     return run
 
 
 def start_and_drive(
-    session: Session,
+    session: Unit,
     flow_file: FlowFile,
     shop: Shop,
     customer: Customer,
@@ -434,9 +421,6 @@ def start_and_drive(
     for line in lines:
         line["run_id"] = run_id
     keep_traces(session, lines)
-    session.info.setdefault(NEW_RUNS, set()).add(run_id)
-    if not isinstance(run, int):
-        session.info.setdefault("flow_runs", []).append(run)
     if wake is not None and not wake[1].startswith(WAKE_PREFIX):  # a job of its own: named after the id
         draft.id = run_id
         job_id = _job_id(draft)
@@ -487,13 +471,13 @@ def resume_run(run_id: int) -> str:
     return advance(run_id)
 
 
-def advance(run_id: int, token: str | None = None, session: Session | None = None, *, commit: bool = True) -> str:
+def advance(run_id: int, token: str | None = None, session: Unit | None = None, *, commit: bool = True) -> str:
     """Execute a run's steps until it ends or waits (every log line inside carries `run_id`)."""
     with logs.bind(run_id=run_id):
         return _advance(run_id, token, session, commit)
 
 
-def _advance(run_id: int, token: str | None = None, session: Session | None = None, commit: bool = True) -> str:
+def _advance(run_id: int, token: str | None = None, session: Unit | None = None, commit: bool = True) -> str:
     """Execute a run's steps until it ends or waits; returns the run's status afterwards.
 
     `token` is the lease the caller already holds (a run it just created, in `session`); otherwise the
@@ -534,18 +518,14 @@ def _advance(run_id: int, token: str | None = None, session: Session | None = No
             with session_scope() as fresh:
                 status, wake = _drive(fresh, run_id, token)
     except (TransientStepError, OperationalError) as exc:
-        if _event_uncommitted(session):
-            raise EventNotCommitted(str(exc)) from exc
         if session is not None:
-            session.rollback()
+            session.rollback()  # before the event's deferred commit, this raises EventNotCommitted
         status, wake = _retry_later(run_id, token, exc)
         _release(run_id, token)
     except Exception as exc:
-        if _event_uncommitted(session):
-            raise EventNotCommitted(str(exc)) from exc
-        log.exception("flow run %s failed", run_id)
         if session is not None:
-            session.rollback()
+            session.rollback()  # before the event's deferred commit, this raises EventNotCommitted
+        log.exception("flow run %s failed", run_id)
         with session_scope() as fresh:
             run = fresh.get(FlowRun, run_id)
             if run is not None:
@@ -562,7 +542,7 @@ def _advance(run_id: int, token: str | None = None, session: Session | None = No
 
 
 def _drive(
-    session: Session,
+    session: Unit,
     run_id: int | DraftRun,
     token: str,
     *,
@@ -585,11 +565,11 @@ def _drive(
         return status, None
     run = session.get(FlowRun, run_id) if isinstance(run_id, int) else run_id
     if run is not None and run.lease_token == token:
-        stage(session, run, lease_until=None, lease_token=None)
+        session.stage(run, lease_until=None, lease_token=None)
     return status, wake
 
 
-def _halted(session: Session, run_id: int, token: str) -> str | None:
+def _halted(session: Unit, run_id: int, token: str) -> str | None:
     """Whether a stored run may not go on now: its flow was removed (the run ends) or is paused (it is held)."""
     run = session.get(FlowRun, run_id)
     if run is None or run.lease_token != token or run.status not in ACTIVE:
@@ -599,12 +579,12 @@ def _halted(session: Session, run_id: int, token: str) -> str | None:
         _trace(session, run, "stop", "stopped: its flow file was removed (mark it `retired: drain` to let runs finish)")
         status = STOPPED
     elif run.flow_key in controls.paused_now(session):  # it stays at its step until the flow resumes
-        stage(session, run, status=controls.HELD, reason="flow paused", wake_at=None, updated_at=dates.now())
+        session.stage(run, status=controls.HELD, reason="flow paused", wake_at=None, updated_at=dates.now())
         _trace(session, run, "held", "held at this step: the flow is paused; it goes on when the flow resumes")
         status = controls.HELD
     else:
         return None
-    stage(session, run, lease_until=None, lease_token=None)
+    session.stage(run, lease_until=None, lease_token=None)
     return status
 
 
@@ -618,7 +598,7 @@ def _release(run_id: int, token: str) -> None:
 
 
 def _step(
-    session: Session,
+    session: Unit,
     run_id: int | DraftRun,
     token: str,
     *,
@@ -631,7 +611,7 @@ def _step(
     now = dates.now()
     if run.status == WAITING and run.wake_at is not None and run.wake_at > now:  # woken early: sleep again
         job_id = _job_id(run)
-        stage(session, run, job_id=job_id)
+        session.stage(run, job_id=job_id)
         return WAITING, (run.wake_at, job_id), False
     # A waiting run is left as it is until its step is done (the step's claim commits without touching it).
     shop = session.get(Shop, run.shop_id)
@@ -649,20 +629,20 @@ def _step(
     if pure_only and step_kind(step) not in PURE_STEPS:
         return BLOCKED, None, False
     outcome = runner.run_step(step)
-    stage(session, run, updated_at=now, attempts=0)
+    session.stage(run, updated_at=now, attempts=0)
     if outcome.action == "stop":
         _finish(session, run, STOPPED if outcome.reason != "end" else DONE, outcome.reason)
         _trace(session, run, "stop", f"stopped: {outcome.reason}")
         return run.status, None, False
     if outcome.action == "enter":
         assert outcome.position is not None
-        stage(session, run, status=RUNNING, position=outcome.position)
+        session.stage(run, status=RUNNING, position=outcome.position)
         return RUNNING, None, True
     if outcome.action == "defer":
         assert outcome.until is not None
-        stage(session, run, status=WAITING, wake_at=outcome.until)
+        session.stage(run, status=WAITING, wake_at=outcome.until)
         job_id = _job_id(run)
-        stage(session, run, job_id=job_id)
+        session.stage(run, job_id=job_id)
         return WAITING, (outcome.until, job_id), False
     following = next_position(flow.steps, run.position)
     if following is None:
@@ -671,11 +651,11 @@ def _step(
         return DONE, None, False
     if outcome.action == "wait":
         assert outcome.until is not None
-        stage(session, run, position=following, status=WAITING, wake_at=outcome.until)
+        session.stage(run, position=following, status=WAITING, wake_at=outcome.until)
         job_id = _job_id(run)
-        stage(session, run, job_id=job_id)
+        session.stage(run, job_id=job_id)
         return WAITING, (outcome.until, job_id), False
-    stage(session, run, position=following, status=RUNNING)
+    session.stage(run, position=following, status=RUNNING)
     return RUNNING, None, True
 
 
@@ -684,16 +664,16 @@ def _retry_later(run_id: int, token: str, exc: Exception) -> tuple[str, tuple[An
         run = session.get(FlowRun, run_id)
         if run is None or run.lease_token != token:
             return "gone", None
-        stage(session, run, attempts=(run.attempts or 0) + 1)
+        session.stage(run, attempts=(run.attempts or 0) + 1)
         if run.attempts > MAX_ATTEMPTS:
             _finish(session, run, FAILED, f"gave up after {MAX_ATTEMPTS} attempts")
             _trace(session, run, "error", f"gave up after {MAX_ATTEMPTS} attempts: {exc}")
             return FAILED, None
         delay = getattr(exc, "retry_after", None) or RETRY_BACKOFF[min(run.attempts, len(RETRY_BACKOFF)) - 1]
         wake_at = dates.now() + timedelta(seconds=float(delay))
-        stage(session, run, status=WAITING, wake_at=wake_at)
+        session.stage(run, status=WAITING, wake_at=wake_at)
         job_id = _job_id(run, own=True)  # on time: a retry is one run, not a minute's batch
-        stage(session, run, job_id=job_id)
+        session.stage(run, job_id=job_id)
         _trace(session, run, "retry", f"will retry at {wake_at.isoformat()}: {exc}", attempt=run.attempts)
         return WAITING, (wake_at, job_id)
 
@@ -846,12 +826,12 @@ def _lease_due(session: Session, now: datetime, token: str) -> list[int]:
     return [row.id for row in sorted(leased, key=lambda row: (row.wake_at, row.id))]
 
 
-def _finish(session: Session, run: Run, status: str, reason: str) -> None:
+def _finish(session: Unit, run: Run, status: str, reason: str) -> None:
     now = dates.now()
-    stage(session, run, status=status, reason=reason[:255], finished_at=now, updated_at=now, wake_at=None)
+    session.stage(run, status=status, reason=reason[:255], finished_at=now, updated_at=now, wake_at=None)
 
 
-def _trace(session: Session, run: Run, kind: str, message: str, **detail: Any) -> None:
+def _trace(session: Unit, run: Run, kind: str, message: str, **detail: Any) -> None:
     add_trace(
         session,
         run.id,

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, event, select
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from encore_retention.core.store.ledger import BEFORE_REDACT, Person, cast_table
 from encore_retention.core.store.models import Base, Customer, IdType, JSONType, UTCDateTime, utcnow
+from encore_retention.core.store.unit import Part, Unit
 
 RUNNING, WAITING, DONE, STOPPED, EXITED, FAILED, SUPPRESSED = (
     "running",
@@ -28,7 +29,6 @@ RUNNING, WAITING, DONE, STOPPED, EXITED, FAILED, SUPPRESSED = (
     "suppressed",
 )
 ACTIVE = (RUNNING, WAITING)
-NEW_RUNS = "encore_new_runs"  # session.info: ids of the runs this session created (no side effect can exist yet)
 
 # Date triggers find due customers by range over these (birthdays use ix_customers_birthday_md).
 Index("ix_customers_shop_last_order", Customer.shop_id, Customer.last_order_at)
@@ -146,11 +146,28 @@ class FlowEffect(Base):
 
 # ---- trace lines, written in one statement per transaction -------------------------------------------
 
-_TRACES = "encore_flow_traces"
+_INSERT_TRACE = cast_table(FlowTrace).insert()
+
+
+class Traces(Part):
+    """A transaction's trace lines, inserted in one statement before it commits (dropped if it rolls back)."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    def write(self, unit: Unit) -> None:
+        """Insert the lines; their runs are in the database already (inserted, or loaded)."""
+        lines, self.lines = self.lines, []
+        if lines:
+            unit.connection().execute(_INSERT_TRACE, lines)
+
+    def forget(self) -> None:
+        """Drop the lines: they described work that did not happen."""
+        self.lines = []
 
 
 def add_trace(
-    session: Session,
+    session: Unit,
     run_id: int | None,
     at: datetime,
     kind: str,
@@ -162,53 +179,25 @@ def add_trace(
 
     A draft's lines (`run_id` None) are captured apart and given the id when its row is written.
     """
-    session.info.setdefault(_TRACES, []).append(
+    session.part(Traces).lines.append(
         {"run_id": run_id, "at": at, "kind": kind, "message": message, "step": step, "detail": detail}
     )
 
 
 @contextmanager
-def capture_traces(session: Session) -> Iterator[list[dict[str, Any]]]:
+def capture_traces(session: Unit) -> Iterator[list[dict[str, Any]]]:
     """Collect the trace lines added inside the block apart (a draft run's, before it has an id)."""
-    saved = session.info.pop(_TRACES, None)
-    lines: list[dict[str, Any]] = []
-    session.info[_TRACES] = lines
+    traces = session.part(Traces)
+    saved, traces.lines = traces.lines, []
     try:
-        yield lines
+        yield traces.lines
     finally:
-        if saved is None:
-            session.info.pop(_TRACES, None)
-        else:
-            session.info[_TRACES] = saved
+        traces.lines = saved
 
 
-def keep_traces(session: Session, lines: list[dict[str, Any]]) -> None:
+def keep_traces(session: Unit, lines: list[dict[str, Any]]) -> None:
     """Add captured trace lines to the transaction's."""
-    session.info.setdefault(_TRACES, []).extend(lines)
-
-
-_INSERT_TRACE = cast_table(FlowTrace).insert()
-
-
-@event.listens_for(Session, "before_commit")
-def _write_traces(session: Session) -> None:
-    rows = session.info.pop(_TRACES, None)
-    if rows:  # their runs are in the database already (inserted, or loaded)
-        session.connection().execute(_INSERT_TRACE, rows)
-
-
-COMMITS = "encore_commits"  # session.info: how many times the session committed
-
-
-@event.listens_for(Session, "after_commit")
-def _count_commit(session: Session) -> None:
-    session.info[COMMITS] = session.info.get(COMMITS, 0) + 1
-
-
-@event.listens_for(Session, "after_rollback")
-def _forget_traces(session: Session) -> None:
-    session.info.pop(_TRACES, None)  # they described work that did not happen
-    session.info.pop(NEW_RUNS, None)
+    session.part(Traces).lines.extend(lines)
 
 
 # ---- redaction -------------------------------------------------------------------------------------

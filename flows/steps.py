@@ -17,7 +17,6 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.orm import Session
 
 from encore_retention.connectors import base as connectors
 from encore_retention.connectors import email as email_api
@@ -28,12 +27,12 @@ from encore_retention.connectors.email.base import header_text, mailbox
 from encore_retention.core import events as ev
 from encore_retention.core.metrics import EMAILS, platform_error
 from encore_retention.core.settings import get_settings
-from encore_retention.core.store import stage
 from encore_retention.core.store.ledger import cast_table
 from encore_retention.core.store.models import Customer, Order, Shop
+from encore_retention.core.store.unit import Part, Unit
 from encore_retention.core.unsubscribe import is_suppressed, unsubscribe_url
 from encore_retention.flows import dates, expressions, render, versions
-from encore_retention.flows.models import NEW_RUNS, FlowEffect, Run, add_trace
+from encore_retention.flows.models import FlowEffect, FlowRun, Run, add_trace
 from encore_retention.flows.schema import Flow, step_kind
 
 log = logging.getLogger(__name__)
@@ -81,25 +80,29 @@ _RECENT_EMAILS = (
 )
 
 
-_PRELOADED = "encore_preloaded_effects"
-_PARSED = "encore_parsed_models"
+class _Memo(Part):
+    """What a unit keeps for the steps: orders and checkouts parsed once, a wake batch's side-effect records."""
+
+    def __init__(self) -> None:
+        self.parsed: dict[tuple[Any, int], tuple[dict[str, Any], Any]] = {}
+        self.effects: dict[Any, dict[str, FlowEffect]] = {}  # by run id
 
 
-def parsed_once(session: Session, model: Any, data: dict[str, Any], known: Any = None) -> Any:
+def parsed_once(session: Unit, model: Any, data: dict[str, Any], known: Any = None) -> Any:
     """`model.model_validate(data)`, kept in the session for the same dict (`known`: the model it came from)."""
-    cache = session.info.setdefault(_PARSED, {})
+    cache = session.part(_Memo).parsed
     entry = cache.get((model, id(data)))
     if entry is None or entry[0] is not data:
         entry = cache[(model, id(data))] = (data, known if known is not None else model.model_validate(data))
     return entry[1]
 
 
-def preload_effects(session: Session, run_ids: list[int]) -> None:
+def preload_effects(session: Unit, run_ids: list[int]) -> None:
     """Load the side-effect records of a batch of runs in one query, for their next step to look up."""
     found: dict[int, dict[str, FlowEffect]] = {run_id: {} for run_id in run_ids}
     for effect in session.scalars(select(FlowEffect).where(FlowEffect.run_id.in_(run_ids))):
         found[effect.run_id][effect.key] = effect
-    session.info[_PRELOADED] = found
+    session.part(_Memo).effects = found
 
 
 # ---- positions -------------------------------------------------------------------------------------
@@ -224,7 +227,7 @@ NEXT = Outcome("next")
 class StepRunner:
     """Runs the steps of one run inside one session; `dry_run` renders without side effects (previews)."""
 
-    session: Session
+    session: Unit
     run: Run
     flow: Flow
     shop: Shop
@@ -265,7 +268,10 @@ class StepRunner:
         """Make a value available to later steps under `name`."""
         stored = dict(self.run.context or {})
         stored["vars"] = {**(stored.get("vars") or {}), name: value}
-        stage(self.session, self.run, context=stored)
+        if self.session is None:  # a preview without a store
+            self.run.context = stored
+        else:
+            self.session.stage(self.run, context=stored)
 
     def trace(self, kind: str, message: str, **detail: Any) -> None:
         """Add a line to the run's trace."""
@@ -564,7 +570,7 @@ class StepRunner:
                 self._finish(key, "failed", {"error": exc.message})
                 self.trace("error", f"tags not added: {exc.message}")
                 return NEXT
-        stage(self.session, customer, tags=sorted(set(customer.tags or []) | set(tags)))
+        self.session.stage(customer, tags=sorted(set(customer.tags or []) | set(tags)))
         self._finish(key, "done", {"tags": tags})
         self.trace("tag", f"tagged {', '.join(tags)}", tags=tags)
         return NEXT
@@ -614,9 +620,9 @@ class StepRunner:
     # -- side-effect records ---------------------------------------------------------------------
     def _effect(self, key: str) -> FlowEffect | None:
         """The record of this step's side effect from an earlier attempt (none for a run begun in this session)."""
-        if self.run.id in self.session.info.get(NEW_RUNS, ()):
+        if self.session.inserted(FlowRun, self.run.id):
             return None
-        loaded = self.session.info.get(_PRELOADED, {}).pop(self.run.id, None)
+        loaded = self.session.part(_Memo).effects.pop(self.run.id, None)
         if loaded is not None:
             return loaded.get(key)
         return self.session.get(FlowEffect, key)

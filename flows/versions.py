@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import String, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
 from encore_retention.core.store.models import Base, IdType, JSONType, UTCDateTime, utcnow
+from encore_retention.core.store.unit import Unit
 from encore_retention.flows import loader
 from encore_retention.flows.loader import FlowFile
 from encore_retention.flows.render import Pinned
@@ -41,25 +39,21 @@ _pinned: OrderedDict[str, Pinned] = OrderedDict()  # digest -> its templates, th
 _KEEP = 256
 
 
-def ensure(session: Session, flow_file: FlowFile) -> None:
+def ensure(session: Unit, flow_file: FlowFile) -> None:
     """Store a flow version with its templates, unless this process knows it is stored (once per version)."""
     if flow_file.digest in _stored:
         return
-    builder: Any = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = builder(FlowVersion.__table__).on_conflict_do_nothing(index_elements=["digest"])
-    session.connection().execute(
-        statement,
-        {
-            "digest": flow_file.digest,
-            "flow_key": flow_file.key,
-            "templates": dict(flow_file.templates),
-            "created_at": utcnow(),
-        },
-    )
+    values = {
+        "digest": flow_file.digest,
+        "flow_key": flow_file.key,
+        "templates": dict(flow_file.templates),
+        "created_at": utcnow(),
+    }
+    session.insert_new(FlowVersion, values, ["digest"], attach=False)
     _stored.add(flow_file.digest)
 
 
-def pinned(session: Session, digest: str, flow_key: str) -> Pinned | None:
+def pinned(session: Unit, digest: str, flow_key: str) -> Pinned | None:
     """The templates of a flow version; None for a run from before versions kept them (it renders the files).
 
     A version not stored (its first run's transaction was rolled back after this process stored it) is

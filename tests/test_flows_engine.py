@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from encore_retention.connectors import base as connector_registry
 from encore_retention.core.queue import FLOWS, queue
 from encore_retention.core.store import session_scope
-from encore_retention.core.store.models import Shop
+from encore_retention.core.store.models import EventRecord, Shop
 from encore_retention.flows import dates, engine
 from encore_retention.flows.models import FlowEffect, FlowRun
+from encore_retention.flows.steps import StepRunner
 from encore_retention.jobs import process_event
 from tests.flows.helpers import FakeConnector, customer, event, hook_server, order, outbox, walk_to
 
@@ -86,6 +87,49 @@ def test_duplicated_event_sends_one_email(flows_env, tmp_path: Path) -> None:
     assert "HELLO000001" in messages[0].get_body(("plain",)).get_content()
     assert len(FakeConnector.discounts) == 1
     assert len(runs()) == 1 and runs()[0].status == "done"
+
+
+def test_a_run_failing_before_the_events_deferred_commit_has_the_event_applied_again(
+    flows_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The event's changes ride on its first run's claim; a failure before it takes them along, and says so."""
+    flow_dir(tmp_path, flows_env, welcome=WELCOME_NOW)
+    claim, failed = StepRunner._claim, []
+
+    def claim_failing_once(self: StepRunner, key: str, kind: str, existing: Any = None) -> None:
+        if not failed:
+            failed.append(key)
+            raise RuntimeError("the store went away")
+        claim(self, key, kind, existing)
+
+    monkeypatch.setattr(StepRunner, "_claim", claim_failing_once)
+    result = process_event(event("customer.created", T0, customer()))
+    assert failed and result["new"] is True  # the first attempt's ledger changes were not committed
+    assert "a flow run failed before the event was committed; applying it again" in caplog.text
+    assert len(outbox(tmp_path)) == 1 and len(FakeConnector.discounts) == 1
+    (run,) = runs()
+    assert run.status == "done"
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(EventRecord)) == 1
+
+
+def test_a_run_that_keeps_failing_is_recorded_failed_and_its_event_kept(
+    flows_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flow_dir(tmp_path, flows_env, welcome=WELCOME_NOW)
+
+    def claim_failing(self: StepRunner, key: str, kind: str, existing: Any = None) -> None:
+        raise RuntimeError("the store went away")
+
+    monkeypatch.setattr(StepRunner, "_claim", claim_failing)
+    result = process_event(event("customer.created", T0, customer()))
+    assert result["new"] is True and result["customer_id"] is not None
+    (run,) = runs()
+    assert run.status == "failed" and run.reason == "error: the store went away"
+    assert ("error", "run failed: RuntimeError: the store went away") in trace(run.id)
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(EventRecord)) == 1
+    assert outbox(tmp_path) == []
 
 
 def test_no_email_without_consent_and_the_reason_is_traced(flows_env, tmp_path: Path) -> None:

@@ -105,3 +105,4 @@ def test_a_pooled_postgresql_connection_closed_by_the_server_is_replaced(postgre
         with engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")  # raises inside a transaction: the check left none
             assert conn.execute(text("SELECT 1")).scalar_one() == 1
+    engine.dispose()  # a killed connection the checkouts above did not meet must not meet the tests after

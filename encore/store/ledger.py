@@ -22,14 +22,12 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import String, Table, bindparam, cast, delete, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from encore_retention.core import events as ev
 from encore_retention.core.archive import WebhookDelivery, narrowed
-from encore_retention.core.store import insert_new, stage, write_staged
 from encore_retention.core.store.models import Base, Customer, EventRecord, Order, Shop, utcnow
+from encore_retention.core.store.unit import Unit
 
 
 @dataclass
@@ -164,26 +162,6 @@ def cast_table(model: type[Base]) -> Table:
     return table
 
 
-_INSERTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
-
-
-def _insert(session: Session, model: type[Base], values: dict[str, Any], conflict: list[str]) -> bool:
-    """INSERT … ON CONFLICT DO NOTHING; True when a row was inserted.
-
-    The statement is built once per (dialect, table, columns) and reused with new parameters, which
-    spares SQLAlchemy from coercing literal values on every event.
-    """
-    dialect = session.get_bind().dialect.name
-    key = (dialect, model.__tablename__, tuple(sorted(values)), tuple(conflict))
-    stmt = _INSERTS.get(key)
-    if stmt is None:
-        builder = pg_insert if dialect == "postgresql" else sqlite_insert
-        table = cast_table(model)
-        stmt = builder(table).on_conflict_do_nothing(index_elements=conflict).returning(table.c[conflict[0]])
-        _INSERTS[key] = stmt
-    return session.connection().execute(stmt, values).first() is not None
-
-
 # The ledger's hot statements, built once: SQLAlchemy then skips building and coercing them per event.
 _SHOP = select(Shop).where(Shop.platform == bindparam("platform"), Shop.domain == bindparam("domain"))
 _CUSTOMER = select(Customer).where(Customer.shop_id == bindparam("shop_id"), Customer.platform_id == bindparam("key"))
@@ -205,14 +183,13 @@ _TOTALS = select(
 ).where(Order.customer_id == bindparam("customer_id"), Order.deleted.is_(False), Order.cancelled_at.is_(None))
 
 
-def get_or_create_shop(session: Session, platform: str, domain: str) -> Shop:
+def get_or_create_shop(session: Unit, platform: str, domain: str) -> Shop:
     """The shop row for (platform, domain), created on first sight."""
     where = {"platform": platform, "domain": domain}
     shop = session.execute(_SHOP, where).scalar_one_or_none()
     if shop is None:
-        _insert(
-            session, Shop, {**where, "settings": {}, "active": True, "created_at": utcnow()}, ["platform", "domain"]
-        )
+        values = {**where, "settings": {}, "active": True, "created_at": utcnow()}
+        session.insert_new(Shop, values, ["platform", "domain"], attach=False)
         shop = session.execute(_SHOP, where).scalar_one()
     return shop
 
@@ -223,13 +200,13 @@ def find_customer(session: Session, shop_id: int, key: str, *, lock: bool = Fals
     return session.execute(stmt, {"shop_id": shop_id, "key": key}).scalar_one_or_none()
 
 
-def apply_event(session: Session, event: ev.Event) -> LedgerResult:
+def apply_event(session: Unit, event: ev.Event) -> LedgerResult:
     """Apply one canonical event to the ledger inside the caller's transaction.
 
     The common case costs few statements: the shop, the customer (read before the event's insert,
     the idempotency gate, so that the event row carries it), the order (inserted whole when new),
     the recompute of the customer's figures when the order changed, and the customer's changes as
-    one UPDATE when the transaction commits (`store.stage`).
+    one UPDATE when the transaction commits (`Unit.stage`).
     """
     privacy = event.type.is_privacy
     payload = None if privacy else event.to_dict(raw=False)  # the raw body is in the webhook archive
@@ -240,23 +217,19 @@ def apply_event(session: Session, event: ev.Event) -> LedgerResult:
     if key is not None and event.type != ev.EventType.CUSTOMER_CREATED:
         known = find_customer(session, shop.id, key, lock=True)
     known_id = known.id if known is not None and known is not _LOOK_UP else None
-    new = _insert(
-        session,
-        EventRecord,
-        {
-            "id": event.id,
-            "shop_id": None if event.type == ev.EventType.SHOP_REDACT else shop.id,
-            "platform": event.platform,
-            "topic": event.topic,
-            "type": event.type.value,
-            "occurred_at": event.occurred_at,
-            "received_at": event.received_at,
-            "processed_at": utcnow(),
-            "payload": payload,
-            "customer_id": known_id,
-        },
-        ["id"],
-    )
+    record = {
+        "id": event.id,
+        "shop_id": None if event.type == ev.EventType.SHOP_REDACT else shop.id,
+        "platform": event.platform,
+        "topic": event.topic,
+        "type": event.type.value,
+        "occurred_at": event.occurred_at,
+        "received_at": event.received_at,
+        "processed_at": utcnow(),
+        "payload": payload,
+        "customer_id": known_id,
+    }
+    new = session.insert_new(EventRecord, record, ["id"], attach=False) is not None
     if not new:
         customer_id = session.connection().execute(_EVENT_CUSTOMER, {"event_id": event.id}).scalar()
         customer = session.get(Customer, customer_id) if customer_id else None
@@ -331,7 +304,7 @@ _BLANK_PROFILE = _BlankProfile()
 
 
 def upsert_customer(
-    session: Session, shop: Shop, incoming: ev.Customer, seen_at: datetime, row: Any = _LOOK_UP
+    session: Unit, shop: Shop, incoming: ev.Customer, seen_at: datetime, row: Any = _LOOK_UP
 ) -> Customer | None:
     """Create or update a customer's ledger row from what an event says about them.
 
@@ -356,7 +329,7 @@ def upsert_customer(
             updated_at=now,
         )
         blank.update(_profile_changes(_BLANK_PROFILE, incoming, seen_at))
-        created = insert_new(session, Customer, blank, ["shop_id", "platform_id"])
+        created = session.insert_new(Customer, blank, ["shop_id", "platform_id"])
         if created is not None:
             return created
         row = find_customer(session, shop.id, key, lock=True)  # a concurrent first event's
@@ -401,7 +374,7 @@ def _profile_changes(row: Customer | _BlankProfile, incoming: ev.Customer, seen_
 
 
 def upsert_order(
-    session: Session,
+    session: Unit,
     shop: Shop,
     incoming: ev.Order,
     customer: Customer | None,
@@ -434,7 +407,7 @@ def upsert_order(
             "customer_id": customer.id if customer is not None else None,
             "created_at": utcnow(),
         }
-        row = insert_new(session, Order, fresh, ["shop_id", "platform_id"])
+        row = session.insert_new(Order, fresh, ["shop_id", "platform_id"])
         if row is not None:
             return row, True
         row = session.execute(_ORDER_LOCKED, where).scalar_one()  # there already (a concurrent event's)
@@ -469,23 +442,22 @@ def upsert_order(
     return row, (row.total, row.placed_at, row.cancelled_at, row.deleted, row.customer_id) != before
 
 
-def _stage_changed(session: Session, row: Base, changes: dict[str, Any]) -> None:
+def _stage_changed(session: Unit, row: Base, changes: dict[str, Any]) -> None:
     """Stage the columns whose value differs from the row's (nothing when the event changes nothing)."""
     changed = {key: value for key, value in changes.items() if getattr(row, key) != value}
     if changed:
-        stage(session, row, **changed)
+        session.stage(row, **changed)
 
 
-def recompute(session: Session, customer: Customer, changed: Order | None = None) -> None:
+def recompute(session: Unit, customer: Customer, changed: Order | None = None) -> None:
     """Recompute a customer's order count, total and first/last order dates from the order rows.
 
     With `changed` (an order modified in this session), the other orders are summed in the database
     and that one is added here, so its changes need not be flushed first: the customer's new figures
     and the order's changes then go out in the transaction's one flush.
     """
-    if changed is None:
-        write_staged(session)  # the orders' staged changes first
-        count, total, first, last = session.execute(_TOTALS, {"customer_id": customer.id}).one()  # autoflushed
+    if changed is None:  # a read through the unit: the orders' staged changes are written first
+        count, total, first, last = session.execute(_TOTALS, {"customer_id": customer.id}).one()
     else:
         count, total, first, last = (
             session.connection().execute(_TOTALS_EXCEPT, {"customer_id": customer.id, "order_id": changed.id}).one()
