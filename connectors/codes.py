@@ -38,14 +38,19 @@ def code_for(shop_id: int, request: DiscountRequest) -> str:
     digest = hmac.new(
         get_settings().secret_key.encode(), f"discount:{shop_id}:{request.idempotency_key}".encode(), hashlib.sha256
     ).digest()
+    return format_code(request.prefix, digest)
+
+
+def format_code(prefix: str, digest: bytes) -> str:
+    """`PREFIX-XXXX-XXXX` from a digest's first 10 bytes (the simulator derives its codes with this too)."""
     number = int.from_bytes(digest[:10], "big")
     chars = []
     for _ in range(LENGTH):
         number, index = divmod(number, len(ALPHABET))
         chars.append(ALPHABET[index])
     body = "".join(chars)
-    prefix = re.sub(r"[^A-Z0-9]+", "", request.prefix.upper())[:20]
-    return "-".join(p for p in (prefix, body[:4], body[4:]) if p)
+    clean = re.sub(r"[^A-Z0-9]+", "", prefix.upper())[:20]
+    return "-".join(p for p in (clean, body[:4], body[4:]) if p)
 
 
 @contextmanager

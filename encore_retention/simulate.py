@@ -3,10 +3,10 @@
 The orders (a Shopify or WooCommerce export, CSV or JSON) become the events the platform would have
 sent: `customer.created` before a customer's first order, `order.placed`, `order.paid`,
 `order.fulfilled`, `order.cancelled`; the date triggers fire when a customer's date makes them due.
-Each flow is interpreted with the engine's own parts (the flow schema and registry, the expression
-evaluator, the step positions, the date policy, the marketing rules: consent, quiet hours, frequency
-cap, cool-down, entry keys, `exit_on`, conditions re-checked before each step), in memory so that a
-year of a busy store runs in seconds. Nothing is sent or created, and the store is not read.
+Each flow is run by the engine's own step handlers and rules (`flows.steps`, `flows.rules`: trigger
+keys, entry, conditions re-checked before each step, waits, the marketing checks, codes' terms) with a
+`SimRunner` whose facts and effects are an in-memory world, so that a year of a busy store runs in
+seconds. Nothing is sent or created, and the store is not read.
 
 The report says who would get which email, when, with which code, and who would be suppressed and why.
 """
@@ -18,7 +18,6 @@ import hashlib
 import heapq
 import io
 import json
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,76 +31,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from encore_retention.connectors.base import Discount, DiscountRequest
+from encore_retention.connectors.codes import format_code
 from encore_retention.core import events as ev
-from encore_retention.flows import dates, expressions, loader
-from encore_retention.flows.render import format_money
-from encore_retention.flows.schema import DateTrigger, EventTrigger, step_kind
-from encore_retention.flows.steps import next_position, position_label, step_at
+from encore_retention.flows import dates, expressions, loader, rules
+from encore_retention.flows.rules import position_label, step_at
+from encore_retention.flows.schema import DateTrigger, EventTrigger
+from encore_retention.flows.steps import DiscountView, EmailDraft, Runner, run_step
 from encore_retention.webhooks import shopify, woocommerce
-
-ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
-# `customer.orders_count == 3`, `customer.email_consent`, `not customer.tags`: read straight from the view.
-SIMPLE = re.compile(r"^\s*(not\s+)?customer\.([a-z_]+)\s*(?:(==|!=|>=|<=|>|<)\s*(-?\d+))?\s*$")
-COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-    ">=": lambda a, b: a >= b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    "<": lambda a, b: a < b,
-}
-
-
-PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]\w*)\.([a-z_]\w*)(?:\s+or\s+'([^'{}]*)')?\s*\}\}")
-_MISSING = object()
-
-
-def simple_text(source: str) -> Callable[[dict[str, Any]], str] | None:
-    """A fast renderer for text whose only template parts are `{{ name.attr }}` or `{{ name.attr or 'text' }}`."""
-    if "{%" in source or "{#" in source or "{{" in PLACEHOLDER.sub("", source):
-        return None
-    parts = PLACEHOLDER.split(source)
-
-    def render(ctx: dict[str, Any]) -> str:
-        out = []
-        for index in range(0, len(parts) - 1, 4):
-            out.append(parts[index])
-            name, attr, fallback = parts[index + 1], parts[index + 2], parts[index + 3]
-            if name not in ctx:
-                raise KeyError(f"{name!r} is undefined")
-            holder = ctx[name]
-            value = holder.get(attr, _MISSING) if isinstance(holder, dict) else getattr(holder, attr, _MISSING)
-            if fallback is not None and (value is _MISSING or not value):
-                value = fallback
-            out.append("" if value is _MISSING else str(value))
-        out.append(parts[-1])
-        return "".join(out)
-
-    return render
-
-
-def simple_condition(source: str) -> Callable[[dict[str, Any]], bool] | None:
-    """A fast evaluator for the simplest conditions on the customer (None for anything else)."""
-    match = SIMPLE.match(source)
-    if match is None:
-        return None
-    negate, name, operator, number = match.groups()
-    if operator is None:
-        return (lambda view: not view.get(name)) if negate else (lambda view: bool(view.get(name)))
-    if negate:
-        return None
-    compare, value = COMPARE[operator], int(number)
-
-    ordering = operator not in ("==", "!=")
-
-    def check(view: dict[str, Any]) -> bool:
-        found = view.get(name)
-        if ordering and not isinstance(found, int | Decimal):
-            return False  # the expression would fail on None or text: a failed condition is false
-        return compare(found, value)
-
-    return check
-
 
 # ---- reading exports -------------------------------------------------------------------------------
 
@@ -487,13 +424,6 @@ class Outcome:
     reason: str = ""
 
 
-class _Code(dict):
-    """A created discount as expressions and subjects see it (`reward.value`, `comeback.redeemed`)."""
-
-    def __str__(self) -> str:
-        return str(self["code"])
-
-
 class Simulation:
     """The flows of a registry over a stream of historical events, in time order."""
 
@@ -529,9 +459,6 @@ class Simulation:
         self.now = start
         self.memo: dict[tuple[str, str, int], bool] = {}
         self.pure: dict[str, bool] = {}
-        self.fast: dict[str, Any] = {}
-        self.fast_text: dict[str, Any] = {}
-        self.kinds: dict[int, str] = {}
 
     # -- the clock ---------------------------------------------------------------------------------
     def at(self, when: datetime, kind: str, payload: Any) -> None:
@@ -660,16 +587,14 @@ class Simulation:
             self.start_run(key, flow, customer, self.event_key(flow, name, customer, order), event, order)
 
     def event_key(self, flow: Any, name: str, customer: SimCustomer, order: Any) -> str:
-        """The run key's trigger part (as `flows.triggers.event_trigger_key`)."""
-        if flow.entry.once_per_customer:
-            return "once"
-        if flow.entry.once_per == "year":
-            return f"year:{self.now.astimezone(self.tz).year}"
-        if order is not None:
-            return f"order:{order.id}"
-        if name == "customer.created":
-            return "customer.created"
-        return f"event:{name}:{self.now.isoformat()}"
+        """The run key's trigger part (`rules.event_trigger_key`; an event is known by its type and time)."""
+        return rules.event_trigger_key(
+            flow.entry,
+            event_type=name,
+            event_id=f"{name}:{self.now.isoformat()}",
+            local_year=self.now.astimezone(self.tz).year,
+            order_id=order.id if order is not None else None,
+        )
 
     # -- date triggers -----------------------------------------------------------------------------
     def plan_dates(self, customer: SimCustomer, date_field: str) -> None:
@@ -684,12 +609,12 @@ class Simulation:
             local = value.astimezone(self.tz).date() if isinstance(value, datetime) else value
             if trigger.yearly:
                 days = [
-                    dates.anniversary(local, year) + trigger.offset
+                    rules.due_day(trigger, local, year)
                     for year in range(self.start.year - 1, self.end.year + 2)
                     if year >= local.year
                 ]
             else:
-                days = [local + trigger.offset]
+                days = [rules.due_day(trigger, local)]
             for day in days:
                 when = dates.local_instant(day, trigger.at, self.tz)
                 if self.start <= when <= self.end and when >= self.now:
@@ -702,14 +627,7 @@ class Simulation:
         if getattr(customer, trigger.date.split(".", 1)[1]) != value:
             return
         local = value.astimezone(self.tz).date() if isinstance(value, datetime) else value
-        if flow.entry.once_per_customer:
-            trigger_key = "once"
-        elif trigger.yearly:
-            trigger_key = f"year:{(day - trigger.offset).year}"
-        elif flow.entry.once_per == "year":
-            trigger_key = f"year:{day.year}"
-        else:
-            trigger_key = f"{trigger.date}:{local.isoformat()}"
+        trigger_key = rules.date_trigger_key(flow.entry, trigger, local, day)
         event = {"id": f"date:{key}:{day.isoformat()}", "type": "date", "occurred_at": self.now.isoformat()}
         self.start_run(key, flow, customer, trigger_key, event, None)
 
@@ -742,16 +660,7 @@ class Simulation:
                     if not known:
                         return condition
                     continue
-            fast = self.fast.get(condition, False)
-            if fast is False:
-                fast = self.fast[condition] = simple_condition(condition)
-            if fast is not None:
-                result = fast(ctx["customer"])
-            else:
-                try:
-                    result = bool(expressions.holds(condition, ctx))
-                except expressions.ExpressionError:
-                    result = False
+            result = rules.condition_holds(condition, ctx)[0]
             if memo_key is not None:
                 if len(self.memo) > 200_000:
                     self.memo.clear()
@@ -792,12 +701,10 @@ class Simulation:
             if failed is not None:
                 self.not_started[(key, f"condition false: {failed}")] += 1
                 return
-        if flow.entry.cooldown:
-            last = self.last_start.get((key, customer.key))
-            if last is not None and last > self.now - flow.entry.cooldown:
-                self.not_started[(key, "cool-down")] += 1
-                return
-        if flow.marketing and flow.consent_required and not customer.consent:
+        if flow.entry.cooldown and rules.cooling_down(flow, self.last_start.get((key, customer.key)), self.now):
+            self.not_started[(key, "cool-down")] += 1
+            return
+        if rules.consent_missing(flow, customer.consent):
             suppressed = (key, customer.key, trigger_key + ":suppressed")
             if suppressed not in self.run_keys:
                 self.run_keys.add(suppressed)
@@ -810,120 +717,30 @@ class Simulation:
 
     def advance(self, run: SimRun) -> None:
         """Execute a run's steps until it ends or waits (as the engine's `_step` loop)."""
+        runner = SimRunner(self, run)
         for _ in range(200):
-            ctx: dict[str, Any] | None = None
             if run.flow.conditions:
-                ctx = self.context(run)
-                failed = self.holds(run.flow, ctx, run.customer)
+                failed = self.holds(run.flow, self.context(run), run.customer)
                 if failed is not None:
                     run.active = False
                     self.record(run, "exited", reason=f"condition no longer holds: {failed}")
                     return
-            step = step_at(run.flow.steps, run.position)
-            kind = self.kinds.get(id(step))
-            if kind is None:
-                kind = self.kinds[id(step)] = step_kind(step) or ""
-            if kind == "wait":
-                until = self.now
-                if step.wait.for_:
-                    until = dates.add_duration(until, step.wait.for_, self.tz)
-                if step.wait.until is not None:
-                    until = dates.next_local_time(until, step.wait.until, self.tz)
-                following = next_position(run.flow.steps, run.position)
-                if following is None:
-                    run.active = False
-                    return
-                run.position = following
-                self.at(until, "resume", run)
-                return
-            if kind == "if":
-                try:
-                    result = bool(expressions.holds(step.if_, ctx or self.context(run)))
-                except expressions.ExpressionError:
-                    result = False
-                branch = step.then if result else step.else_
-                if branch:
-                    run.position = [*run.position, "then" if result else "else", 0]
-                    continue
-            elif kind == "stop":
+            runner.step = step = step_at(run.flow.steps, run.position)
+            outcome = run_step(runner, step)
+            then, following = rules.transition(run.flow.steps, run.position, outcome)
+            if then in ("stop", "done"):
                 run.active = False
                 return
-            elif kind == "send_email":
-                deferred = self.send_email(run, step.send_email, ctx or self.context(run))
-                if deferred is not None:
-                    self.at(deferred, "resume", run)
-                    return
-            elif kind == "create_discount":
-                self.create_discount(run, step.create_discount)
-            elif kind == "tag_customer":
-                tag_ctx = ctx or self.context(run)
-                run.customer.tags.update(expressions.render_string(t, tag_ctx) for t in step.tag_customer)
-                run.customer.changed()
-            following = next_position(run.flow.steps, run.position)
-            if following is None:
-                run.active = False
+            if then == "defer":
+                assert outcome.until is not None
+                self.at(outcome.until, "resume", run)
                 return
+            assert following is not None
             run.position = following
-
-    def send_email(self, run: SimRun, spec: Any, ctx: dict[str, Any]) -> datetime | None:
-        """Record an email or its suppression; returns when to try again (quiet hours)."""
-        customer, flow = run.customer, run.flow
-        if not customer.email:
-            self.record(run, "suppressed", template=spec.template, reason="no email address")
-            return None
-        if flow.marketing:
-            if flow.consent_required and not customer.consent:
-                self.record(run, "suppressed", template=spec.template, reason="no consent")
-                return None
-            if flow.quiet_hours and dates.in_window(self.now, flow.quiet_hours.from_, flow.quiet_hours.to, self.tz):
-                return dates.next_local_time(self.now, flow.quiet_hours.to, self.tz)
-            if flow.frequency_cap:
-                since = self.now - flow.frequency_cap
-                if customer.last_marketing is not None and customer.last_marketing > since:
-                    self.record(run, "suppressed", template=spec.template, reason="frequency cap")
-                    return None
-        try:
-            fast = self.fast_text.get(spec.subject, False)
-            if fast is False:
-                fast = self.fast_text[spec.subject] = simple_text(spec.subject)
-            subject = fast(ctx) if fast is not None else expressions.render_string(spec.subject, ctx)
-        except Exception as exc:  # noqa: BLE001 - shown in the report like the engine's trace would
-            subject = f"(subject failed: {exc})"
-        if flow.marketing:
-            customer.last_marketing = self.now
-        self.record(run, "email", template=spec.template, subject=subject, code=run.code or "")
-        return None
-
-    def create_discount(self, run: SimRun, spec: Any) -> None:
-        """A code like the connectors make (prefix and 8 characters), made nowhere."""
-        digest = int.from_bytes(
-            hashlib.sha256(
-                f"{run.flow_key}:{run.customer.key}:{run.number}:{position_label(run.position)}".encode()
-            ).digest()[:10],
-            "big",
-        )
-        chars = []
-        for _ in range(8):
-            digest, index = divmod(digest, len(ALPHABET))
-            chars.append(ALPHABET[index])
-        body = "".join(chars)
-        code = "-".join(p for p in (spec.prefix.upper(), body[:4], body[4:]) if p)
-        value = spec.percent if spec.percent is not None else spec.amount
-        kind = "percent" if spec.percent is not None else "fixed"
-        display = f"{value.normalize():f}%" if kind == "percent" else format_money(value, self.shop.get("currency"))
-        ends = self.now + spec.expires_in
-        run.vars[spec.as_] = _Code(
-            code=code,
-            kind=kind,
-            amount=str(value),
-            value=display,
-            redeemed=False,
-            expires_at=ends.isoformat(),
-            expires_on=ends.astimezone(self.tz).strftime("%d %B %Y"),
-            minimum_subtotal=str(spec.minimum_subtotal) if spec.minimum_subtotal else None,
-        )
-        run.code = code
-        self.record(run, "code", code=code)
+            if then == "wait":
+                assert outcome.until is not None
+                self.at(outcome.until, "resume", run)
+                return
 
     def record(
         self, run: SimRun, action: str, template: str = "", subject: str = "", code: str = "", reason: str = ""
@@ -934,6 +751,88 @@ class Simulation:
                 self.now, run.flow_key, run.customer.email or run.customer.key, action, template, subject, code, reason
             )
         )
+
+
+class SimRunner(Runner):
+    """A simulated run's facts and effects: the in-memory customer, the simulated clock, the report."""
+
+    def __init__(self, sim: Simulation, run: SimRun) -> None:
+        self.sim, self.run, self.flow = sim, run, run.flow
+        self.step: Any = None
+
+    @property
+    def position(self) -> list[Any]:
+        """The position of the step being run."""
+        return self.run.position
+
+    def now(self) -> datetime:
+        """The simulated clock."""
+        return self.sim.now
+
+    def tz(self) -> Any:
+        """The shop's zone (exports carry no customer zones)."""
+        return self.sim.tz
+
+    def context(self) -> dict[str, Any]:
+        """What expressions and subjects read."""
+        return self.sim.context(self.run)
+
+    def trace(self, kind: str, message: str, **detail: Any) -> None:
+        """A suppression goes into the report; the other trace lines are not kept."""
+        if kind == "suppressed":
+            spec = getattr(self.step, "send_email", None)
+            self.sim.record(self.run, "suppressed", template=spec.template if spec else "", reason=detail["reason"])
+
+    def set_var(self, name: str, value: Any) -> None:
+        """Keep a value for the later steps (a code as later steps see it)."""
+        self.run.vars[name] = DiscountView(value, self) if isinstance(value, dict) and "code" in value else value
+
+    def key(self, kind: str) -> str:
+        """The step's effect key, shaped as the engine's."""
+        return f"{self.run.flow_key}-{self.run.number}-{position_label(self.run.position)}-{kind}"
+
+    def consent(self) -> bool | None:
+        """The customer's consent, from the exports."""
+        return bool(self.run.customer.consent)
+
+    def emailed_since(self, since: datetime) -> bool | None:
+        """Whether a marketing email was simulated for the customer after `since`."""
+        last = self.run.customer.last_marketing
+        return last is not None and last > since
+
+    def counted(self, outcome: str) -> None:
+        """The report counts; there are no metrics."""
+
+    def send(self, email: EmailDraft) -> rules.Outcome:
+        """Report the email with its subject (the body is not rendered)."""
+        try:
+            subject = email.subject()
+        except Exception as exc:  # noqa: BLE001 - shown in the report like the engine's trace would
+            subject = f"(subject failed: {exc})"
+        if email.marketing:
+            self.run.customer.last_marketing = self.sim.now
+        self.sim.record(self.run, "email", template=email.spec.template, subject=subject, code=self.run.code or "")
+        return rules.NEXT
+
+    def make_discount(self, key: str, request: DiscountRequest, earlier: Any) -> Discount | rules.Outcome:
+        """A code shaped as the connectors make them (prefix and 8 characters), made nowhere."""
+        code = format_code(request.prefix, hashlib.sha256(request.idempotency_key.encode()).digest())
+        return Discount(code=code, kind=request.kind, value=request.value, ends_at=request.ends_at)
+
+    def discount_made(self, key: str, result: dict[str, Any]) -> None:
+        """Report the code; the run's later emails show it."""
+        self.run.code = result["code"]
+        self.sim.record(self.run, "code", code=result["code"])
+
+    def tag(self, key: str, tags: list[str], earlier: Any) -> rules.Outcome:
+        """Tag the in-memory customer (its conditions are evaluated again)."""
+        self.run.customer.tags.update(tags)
+        self.run.customer.changed()
+        return rules.NEXT
+
+    def post(self, key: str, spec: Any, body: dict[str, Any], earlier: Any) -> rules.Outcome:
+        """Nothing is posted."""
+        return rules.NEXT
 
 
 # ---- reporting -------------------------------------------------------------------------------------

@@ -1,7 +1,16 @@
-"""Conditions and inline templates: Jinja2's sandboxed expression compiler over customer, order, shop, event."""
+"""Conditions and inline templates: Jinja2's sandboxed expression compiler over customer, order, shop, event.
+
+This is the one evaluator of the engine, the simulator and previews. The commonest shapes, a field
+compared with a number (`customer.orders_count == 3`) and text made of fields (`Hi {{ customer.first_name
+or 'friend' }}`), are compiled once into plain Python that gives Jinja's answer; whenever a value is
+not the plain case (a missing key, an attribute of another kind), the Jinja-compiled form answers.
+"""
 
 from __future__ import annotations
 
+import operator
+import re
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -20,13 +29,59 @@ class ExpressionError(ValueError):
     """An expression that does not compile, or fails when evaluated."""
 
 
+_FIELD = r"([a-z]\w*)\.([a-z]\w*)"
+_SIMPLE_CONDITION = re.compile(rf"^\s*(not\s+)?{_FIELD}\s*(?:(==|!=|>=|<=|>|<)\s*(-?(?:0|[1-9]\d*)))?\s*$")
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+}
+_PLACEHOLDER = re.compile(rf"\{{\{{\s*{_FIELD}(?:\s+or\s+'([^'{{}}\\]*)')?\s*\}}\}}")
+_PLAIN = object()  # not the plain case: Jinja answers
+
+
+def _field(holder: Any, attr: str) -> Any:
+    """`holder.attr` as Jinja's sandbox reads it, when that is plain: a dict's key, or a data attribute."""
+    if type(holder) is dict:
+        return holder.get(attr, _PLAIN) if not hasattr(dict, attr) else _PLAIN
+    value = getattr(holder, attr, _PLAIN)
+    if value is _PLAIN or holder is None or callable(value) or not _env.is_safe_attribute(holder, attr, value):
+        return _PLAIN
+    return value
+
+
+def _fast_condition(source: str, compiled: Any) -> Any:
+    """Plain Python for `name.field`, `not name.field` and `name.field <op> integer` (else `compiled`)."""
+    match = _SIMPLE_CONDITION.match(source)
+    if match is None:
+        return compiled
+    negate, name, attr, op, number = match.groups()
+    if negate and op:
+        return compiled
+    compare, operand = (_COMPARE[op], int(number)) if op else (None, 0)
+
+    def fast(**context: Any) -> Any:
+        value = _field(context.get(name), attr)
+        if value is _PLAIN:
+            return compiled(**context)
+        if compare is not None:
+            return compare(value, operand)
+        return not value if negate else value
+
+    return fast
+
+
 @lru_cache(maxsize=1024)
 def compile_expression(source: str) -> Any:
     """A callable evaluating `source` against a context (compiled once per process)."""
     try:
-        return _env.compile_expression(source, undefined_to_none=False)
+        compiled = _env.compile_expression(source, undefined_to_none=False)
     except TemplateSyntaxError as exc:
         raise ExpressionError(f"bad expression {source!r}: {exc.message}") from None
+    return _fast_condition(source, compiled)
 
 
 def evaluate(source: str, context: dict[str, Any]) -> Any:
@@ -57,10 +112,37 @@ def compile_string(source: str) -> Any:
         raise ExpressionError(f"bad template text {source!r}: {exc.message}") from None
 
 
+@lru_cache(maxsize=1024)
+def _fast_text(source: str) -> Callable[[dict[str, Any]], Any] | None:
+    """Plain Python for text whose only template parts are `{{ name.field }}` or `{{ name.field or 'text' }}`."""
+    if "{%" in source or "{#" in source or "{{" in _PLACEHOLDER.sub("", source):
+        return None
+    parts = _PLACEHOLDER.split(source)
+
+    def render(context: dict[str, Any]) -> Any:
+        out = []
+        for index in range(0, len(parts) - 1, 4):
+            out.append(parts[index])
+            name, attr, fallback = parts[index + 1], parts[index + 2], parts[index + 3]
+            value = _field(context.get(name), attr) if name in context else _PLAIN
+            if value is _PLAIN:
+                return _PLAIN
+            out.append(fallback if fallback is not None and not value else str(value))
+        out.append(parts[-1])
+        return "".join(out)
+
+    return render
+
+
 def render_string(source: str, context: dict[str, Any]) -> str:
     """Render an inline template."""
     if "{" not in source:
         return source
+    fast = _fast_text(source)
+    if fast is not None:
+        text = fast(context)
+        if text is not _PLAIN:
+            return str(text)
     return compile_string(source).render(context)
 
 
