@@ -584,15 +584,16 @@ class Simulation:
                     self.record(run, "exited", reason=f"exit on {name}")
         for key in starting or ():
             flow = self.flows[key]
-            self.start_run(key, flow, customer, self.event_key(flow, name, customer, order), event, order)
+            self.start_run(key, flow, customer, self.event_key(flow, name, event["id"], order), event, order)
 
-    def event_key(self, flow: Any, name: str, customer: SimCustomer, order: Any) -> str:
-        """The run key's trigger part (`rules.event_trigger_key`; an event is known by its type and time)."""
+    def event_key(self, flow: Any, name: str, event_id: str, order: Any) -> str:
+        """The run key's trigger part (`rules.event_trigger_key`)."""
         return rules.event_trigger_key(
             flow.entry,
             event_type=name,
-            event_id=f"{name}:{self.now.isoformat()}",
-            local_year=self.now.astimezone(self.tz).year,
+            event_id=event_id,
+            occurred_at=self.now,
+            tz=self.tz,
             order_id=order.id if order is not None else None,
         )
 

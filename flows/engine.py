@@ -127,12 +127,13 @@ def event_context(event: Event) -> dict[str, Any]:
 
 
 def event_trigger_key(flow_file: FlowFile, event: Event, shop: Shop, customer: Customer) -> str:
-    """The run key's trigger part (`rules.event_trigger_key`), the year being the event's in the customer's zone."""
+    """The run key's trigger part (`rules.event_trigger_key`); a year is the event's in the customer's zone."""
     return rules.event_trigger_key(
         flow_file.flow.entry,
         event_type=event.type.value,
         event_id=event.id,
-        local_year=event.occurred_at.astimezone(dates.zone(customer.timezone, shop.timezone)).year,
+        occurred_at=event.occurred_at,
+        tz=dates.zone(customer.timezone, shop.timezone),
         order_id=event.order.id if event.order is not None else None,
         checkout_token=event.checkout.token if event.checkout is not None else None,
     )

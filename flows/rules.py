@@ -95,15 +95,17 @@ def event_trigger_key(
     *,
     event_type: str,
     event_id: str,
-    local_year: int,
+    occurred_at: datetime,
+    tz: tzinfo,
     order_id: str | None = None,
     checkout_token: str | None = None,
 ) -> str:
-    """The run key's trigger part: one run per customer, per year, per order, per checkout, or per event."""
+    """The run key's trigger part: one run per customer, per year (the event's, in `tz`), per order, per
+    checkout, or per event."""
     if entry.once_per_customer:
         return "once"
     if entry.once_per == "year":
-        return f"year:{local_year}"
+        return f"year:{occurred_at.astimezone(tz).year}"
     if order_id is not None:
         return f"order:{order_id}"
     if checkout_token is not None:

@@ -412,12 +412,23 @@ class Flow(FlowModel):
 
 def add_step_model(kind: str, model: type[StepModel]) -> None:
     """Make `kind` a step of flow files, validated by `model` (`flows.steps.register` calls this)."""
-    global STEP_KINDS
     if STEP_MODELS.get(kind) is model:
         return
     if kind in STEP_MODELS or kind in ("name", "then", "else"):
         raise ValueError(f"step kind {kind!r} is taken")
     STEP_MODELS[kind] = model
+    _rebuild_steps()
+
+
+def remove_step_model(kind: str) -> None:
+    """Take an added step kind back out of flow files (tests)."""
+    STEP_MODELS.pop(kind, None)
+    _rebuild_steps()
+
+
+def _rebuild_steps() -> None:
+    """Rebuild the models holding steps after STEP_MODELS changed."""
+    global STEP_KINDS
     STEP_KINDS = tuple(STEP_MODELS)
     union: Any = GenericAlias(list, (_step_union(),))  # list[Step], with the new kind in the union
     for owner, fields in ((IfStep, ("then", "else_")), (Flow, ("steps",))):

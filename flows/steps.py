@@ -49,6 +49,7 @@ from encore_retention.flows.schema import (
     TagCustomerStep,
     WaitStep,
     add_step_model,
+    remove_step_model,
     step_kind,
 )
 
@@ -344,8 +345,17 @@ def register(name: str, model: type[StepModel], handler: Handler, *, pure: bool 
     return kind
 
 
+def unregister(name: str) -> None:
+    """Take a registered kind of step back out (tests)."""
+    STEPS.pop(name, None)
+    remove_step_model(name)
+
+
 def kind_of(step: Any) -> StepKind:
     """The registered kind of a step."""
+    for kind in STEPS.values():  # a handful: the model's class finds it
+        if type(step) is kind.model:
+            return kind
     name = step_kind(step)
     if name is None or name not in STEPS:
         raise ValueError(f"not a step: {step!r}")

@@ -12,10 +12,12 @@ from sqlalchemy import select
 from encore_retention import simulate
 from encore_retention.connectors import base as connector_registry
 from encore_retention.core import events as ev
+from encore_retention.core.settings import reset_settings
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Customer
-from encore_retention.flows import dates, loader
+from encore_retention.flows import dates, loader, rules, steps
 from encore_retention.flows.models import FlowRun, FlowTrace
+from encore_retention.flows.schema import FlowModel, StepModel
 from encore_retention.jobs import process_event
 from tests.flows.helpers import FakeConnector, customer, event, order, walk_to
 
@@ -120,3 +122,63 @@ def test_the_simulation_sends_what_the_engine_sends(engine_env):
     assert {"welcome", "thank_you_first_order", "check_in_after_delivery", "loyalty_third_order"} <= flows
     assert ("loyalty_third_order", "c1002@example.com", "no consent") in suppressed
     assert sum(Decimal(1) for f, _, _ in sent if f == "thank_you_first_order") == 2
+
+
+class Require(FlowModel):
+    """A tiny step kind: go on only if an expression holds."""
+
+    expression: str
+
+
+class RequireStep(StepModel):
+    require: Require
+
+
+def step_require(runner: steps.Runner, step: Any) -> rules.Outcome:
+    held, _ = rules.condition_holds(step.require.expression, runner.context())
+    return rules.NEXT if held else rules.Outcome("stop", reason="requirement not met")
+
+
+REQUIRE_FLOW = """
+name: Only for Ada
+kind: transactional
+trigger:
+  event: order.placed
+steps:
+  - require:
+      expression: "customer.first_name == 'Ada'"
+  - send_email:
+      template: thank_you_first_order.html
+      subject: "Thank you, {{ customer.first_name }}"
+"""
+
+
+@pytest.fixture
+def require_kind():  # type: ignore[no-untyped-def]
+    steps.register("require", RequireStep, step_require, pure=True)
+    yield
+    steps.unregister("require")
+
+
+def test_a_new_step_kind_is_one_model_and_one_handler(engine_env, env, tmp_path, require_kind):
+    folder = tmp_path / "flows"
+    folder.mkdir()
+    (folder / "only_ada.yaml").write_text(REQUIRE_FLOW)
+    env.setenv("FLOWS_DIR", str(folder))
+    reset_settings()
+    for cid, name in (("1001", "Ada"), ("1002", "Bob")):
+        process_event(event("order.placed", T0, customer(cid, first_name=name), order=_order(f"5{cid}", T0)))
+    with session_scope() as session:
+        sent = session.execute(select(FlowTrace.detail).where(FlowTrace.kind == "sent")).scalars().all()
+        stopped = session.execute(select(FlowRun.reason).where(FlowRun.status == "stopped")).scalars().all()
+    assert [d["subject"] for d in sent] == ["Thank you, Ada"] and stopped == ["requirement not met"]
+
+    flows = {f.key: f for f in loader.load_dir(folder)[0]}
+    orders = [
+        simulate.HistoricalOrder(
+            order=_order(f"5{cid}", T0), customer_key=cid, email=f"c{cid}@example.com", first_name=n
+        )
+        for cid, n in (("1001", "Ada"), ("1002", "Bob"))
+    ]
+    sim = simulate.run_simulation(orders, [], flows, T0 - timedelta(days=1), END, dates.zone("UTC"))
+    assert [(o.action, o.subject) for o in sim.outcomes] == [("email", "Thank you, Ada")]
