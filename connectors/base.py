@@ -1,31 +1,41 @@
-"""The Connector interface: what a store platform offers the engine, and the registry that finds one.
+"""The Connector interface, and the platforms' registry: what a store platform offers Encore.
 
-A platform is one class implementing `Connector`, registered by name. Built-in connectors are listed
-in `BUILTIN`; third-party packages add theirs through the `encore.connectors` entry point group
-(`name = "package.module:ConnectorClass"`). The flow engine only ever talks to this interface.
+A platform is a plug-in: one `Platform` entry (its webhook receiver, its `Connector`, the headers that
+carry its signatures, its `encore stores add` command, its example deliveries and its export reader) published in the
+`encore.platforms` entry point group (`name = "package.module:platform"`). Encore's own Shopify and
+WooCommerce come through the same door (see pyproject.toml), so the web app, the worker, the CLI and
+the tools read every platform from `platforms()` and list none themselves. A package that brings a
+connector alone (no receiver) may still publish it in the older `encore.connectors` group
+(`name = "package.module:ConnectorClass"`). The flow engine only ever talks to the `Connector` interface.
 """
 
 from __future__ import annotations
 
 import abc
+import functools
 import importlib
-from collections.abc import Iterator
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from importlib.abc import Traversable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import click
+
 from encore_retention.core import events as ev
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # names only: the flows that import this interface load no receiver
     from encore_retention.core.store.models import Shop
+    from encore_retention.webhooks.base import Exports, Receiver
 
-ENTRY_POINT_GROUP = "encore.connectors"
-BUILTIN: dict[str, str] = {
-    "shopify": "encore_retention.connectors.shopify:ShopifyConnector",
-    "woocommerce": "encore_retention.connectors.woocommerce:WooCommerceConnector",
-}
+log = logging.getLogger(__name__)
+
+PLATFORM_GROUP = "encore.platforms"
+ENTRY_POINT_GROUP = "encore.connectors"  # a connector alone, without a receiver
 
 
 class PlatformError(Exception):
@@ -83,12 +93,6 @@ class Connector(abc.ABC):
     def __init__(self, shop: Shop) -> None:
         self.shop = shop
 
-    @classmethod
-    def receiver(cls) -> Any:
-        """The webhook receiver (`webhooks.base.Receiver`) of this platform."""
-        module = importlib.import_module(f"encore_retention.webhooks.{cls.platform}")
-        return module.receiver
-
     @abc.abstractmethod
     def create_discount(self, request: DiscountRequest) -> Discount:
         """Create (or find, for a repeated idempotency key) a discount code."""
@@ -122,16 +126,116 @@ class Connector(abc.ABC):
         return None
 
 
+JsonPath = tuple[str | int, ...]  # keys and list indexes into a JSON payload
+
+
+@dataclass(frozen=True)
+class Samples:
+    """A platform's example deliveries, shaped as the platform documents them, and how to sign one.
+
+    The shared receiver tests play them against every installed platform, and `encore replay` reads
+    files named like them. `folder` holds one `<topic>.json` per topic, `/` and `.` written `_`.
+    `fields` says where the examples keep what the shared bad-input table alters, as
+    `name: (topic, path)`: `order_id`, `total`, `currency`, `created_at`, `quantity`, `email` and
+    `first_name` in an order, `orders_count` in whichever example carries it.
+    """
+
+    folder: Traversable
+    order_topic: str
+    fields: Mapping[str, tuple[str, JsonPath]]
+    store: str
+    """The example store (a domain or a URL, as the deliveries name it)."""
+    store_header: str
+    """The header that names the store of a delivery."""
+    stranger: str
+    """A well-formed store name that nobody registered."""
+    sign: Callable[[bytes, str, str, str], dict[str, str]]
+    """`sign(body, topic, secret, store)`: every header the platform sends with such a delivery."""
+    connect: Callable[[str, str], None]
+    """`connect(store, secret)`: register a store whose deliveries are signed with `secret` (the current database)."""
+
+    def example(self, topic: str) -> dict[str, Any]:
+        """The example payload of a topic."""
+        stem = topic.replace("/", "_").replace(".", "_")
+        return dict(json.loads(self.folder.joinpath(f"{stem}.json").read_text(encoding="utf-8")))
+
+    def headers(
+        self, body: bytes, topic: str | None = None, *, secret: str, store: str | None = None
+    ) -> dict[str, str]:
+        """The headers of a delivery of `body` signed with `secret` (the order topic, the example store by default)."""
+        return self.sign(body, topic or self.order_topic, secret, store or self.store)
+
+
+@dataclass(frozen=True)
+class Platform:
+    """One store platform, as a plug-in: everything Encore needs to know about it, in one entry."""
+
+    name: str
+    """The platform's name: the URL of its receiver (`/webhooks/<name>`) and its stores' `platform`."""
+    title: str
+    receiver: Receiver
+    connector: type[Connector]
+    signature_headers: tuple[str, ...]
+    """Headers that carry signatures or credentials: never archived, never logged."""
+    register: click.Command | None = None
+    """`encore stores add <name>`: connect a store of this platform."""
+    samples: Samples | None = None
+    exports: Exports | None = None
+    """Reads the platform's JSON exports of orders and customers (`encore simulate`)."""
+
+    def __post_init__(self) -> None:
+        if self.receiver.platform != self.name or getattr(self.connector, "platform", self.name) != self.name:
+            raise ValueError(f"platform {self.name!r}: its receiver and connector must name it too")
+
+
+@functools.cache
+def platforms() -> dict[str, Platform]:
+    """Every installed platform by name, from the `encore.platforms` entry point group.
+
+    Found once per process. A plug-in that fails to load is logged and left out; the others work.
+    """
+    found: dict[str, Platform] = {}
+    for entry in sorted(entry_points(group=PLATFORM_GROUP), key=lambda e: e.name):
+        try:
+            value = entry.load()
+        except Exception:  # noqa: BLE001 - another package's import error must not stop Encore
+            log.exception("platform plug-in failed to load", extra={"platform": entry.name, "entry": entry.value})
+            continue
+        if not isinstance(value, Platform) or value.name != entry.name:
+            log.error(
+                "entry point is not a Platform of that name", extra={"platform": entry.name, "entry": entry.value}
+            )
+            continue
+        found.setdefault(entry.name, value)
+    return found
+
+
+def get_platform(name: str) -> Platform:
+    """The installed platform called `name` (LookupError listing the installed ones)."""
+    found = platforms().get(name)
+    if found is None:
+        raise LookupError(f"no platform {name!r} (installed: {', '.join(sorted(platforms())) or 'none'})")
+    return found
+
+
+def receiver_of(name: str) -> Receiver | None:
+    """The webhook receiver of an installed platform, None for a name no platform has."""
+    found = platforms().get(name)
+    return found.receiver if found else None
+
+
 def available() -> dict[str, str]:
-    """Every connector name with its `module:Class` path: built-in, then entry points."""
-    found = dict(BUILTIN)
+    """Every connector name with its `module:Class` path: the platforms', then connector-only entry points."""
+    found = {name: f"{p.connector.__module__}:{p.connector.__qualname__}" for name, p in platforms().items()}
     for entry in entry_points(group=ENTRY_POINT_GROUP):
-        found[entry.name] = entry.value
+        found.setdefault(entry.name, entry.value)
     return found
 
 
 def connector_class(platform: str) -> type[Connector]:
     """The Connector class registered under `platform`."""
+    if (known := platforms().get(platform)) is not None:
+        return known.connector
     path = available().get(platform)
     if path is None:
         raise LookupError(f"no connector {platform!r} (available: {', '.join(sorted(available()))})")

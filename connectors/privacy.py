@@ -33,6 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from encore_retention.connectors.base import receiver_of
 from encore_retention.connectors.email import get_transport
 from encore_retention.connectors.models import DataExport
 from encore_retention.core import archive
@@ -42,7 +43,6 @@ from encore_retention.core.store.ledger import Person, customers_named, export_c
 from encore_retention.core.store.models import Customer, Shop, Suppression, utcnow
 from encore_retention.core.unsubscribe import address_key
 from encore_retention.webhooks.base import Delivery
-from encore_retention.webhooks.receivers import RECEIVERS
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def delivery_names(person: Person, platform: str, delivery: dict[str, Any], body
     if person.named_in(text):
         return True
 
-    receiver = RECEIVERS.get(platform)
+    receiver = receiver_of(platform)
     if receiver is None:
         return False
     try:

@@ -13,26 +13,37 @@ prints error bodies and hides the status and `Retry-After` that rate limiting ne
 - Protected customer data: without Shopify's approval the API answers personal fields with an
   ACCESS_DENIED error and null; the rest of the answer is used, so a customer may come back without
   an email address (the flow engine ends such runs with that reason).
+
+`PLATFORM` is Shopify's plug-in entry (see `connectors.base.Platform`), with `encore stores add
+shopify` (a custom app's token; the app install is `web/install.py`) and the documented example deliveries.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import click
 import requests
 import shopify
 
 from encore_retention.connectors import codes
-from encore_retention.connectors.base import Connector, Discount, DiscountRequest, PlatformError
+from encore_retention.connectors.base import Connector, Discount, DiscountRequest, Platform, PlatformError, Samples
 from encore_retention.connectors.http import RetryPolicy, Sleep, json_of, raise_for_status
 from encore_retention.core import events as ev
-from encore_retention.core.crypto import decrypt
+from encore_retention.core.crypto import decrypt, encrypt
+from encore_retention.core.resources import folder
 from encore_retention.core.settings import get_settings
-from encore_retention.core.store.models import Shop
+from encore_retention.core.store import migrate, session_scope
+from encore_retention.core.store.ledger import get_or_create_shop
+from encore_retention.core.store.models import Shop, utcnow
+from encore_retention.webhooks import secrets as webhook_secrets
+from encore_retention.webhooks.base import sign
+from encore_retention.webhooks.shopify import SHOP_DOMAIN, exports, receiver
 
 log = logging.getLogger(__name__)
 
@@ -485,3 +496,111 @@ class ShopifyConnector(Connector):
                 f"Shopify webhookSubscriptionCreate: {'; '.join(sorted(set(self.refused.values())))}", status=422
             )
         return done
+
+
+# ---- the plug-in entry -----------------------------------------------------------------------------
+
+
+@click.command("shopify")
+@click.argument("domain")
+@click.option("--access-token", required=True, help="Admin API access token of a custom app (shpat_…)")
+@click.option("--webhook-secret", default=None, help="the custom app's API secret, if it signs the webhooks")
+@click.option(
+    "--register-webhooks",
+    is_flag=True,
+    help="check the token, read the shop's name, currency and time zone, and subscribe the webhooks",
+)
+def add_store(domain: str, access_token: str, webhook_secret: str | None, register_webhooks: bool) -> None:
+    """Register a Shopify shop with a custom-app token."""
+
+    domain = domain.strip().lower()
+    if not SHOP_DOMAIN.match(domain):
+        raise click.BadParameter("expected a shop domain like example.myshopify.com", param_hint="DOMAIN")
+    details: dict[str, str] = {}
+    if register_webhooks:
+        probe = Shop(platform="shopify", domain=domain, url=f"https://{domain}")
+        try:
+            details = ShopifyConnector(probe, token=access_token).shop_details()
+        except PlatformError as exc:
+            raise click.ClickException(f"Shopify did not accept the token: {exc.message}") from exc
+    migrate()
+    with session_scope() as session:
+        shop = get_or_create_shop(session, "shopify", domain)
+        shop.url = f"https://{domain}"
+        shop.access_token_enc = encrypt(access_token)
+        if webhook_secret:
+            shop.webhook_secret_enc = encrypt(webhook_secret)
+        shop.name = details.get("name") or shop.name
+        shop.currency = details.get("currencyCode") or shop.currency
+        shop.timezone = details.get("ianaTimezone") or shop.timezone
+        shop.active, shop.installed_at, shop.uninstalled_at = True, utcnow(), None
+        shop_id = shop.id
+    webhook_secrets.forget("shopify", domain)
+    click.echo(f"store {shop_id} added: shopify {domain}")
+    if register_webhooks:
+        with session_scope() as session:
+            try:
+                connector = ShopifyConnector(session.get_one(Shop, shop_id))
+                topics = connector.register_webhooks()
+            except PlatformError as exc:
+                raise click.ClickException(
+                    f"store {shop_id} saved, but its webhooks could not be subscribed: "
+                    f"{exc.message} (run the command again to retry)"
+                ) from exc
+        click.echo(f"webhooks: {', '.join(topics)} -> {webhook_address()}")
+        for topic, message in sorted(connector.refused.items()):
+            click.echo(f"refused: {topic}: {message}", err=True)
+
+
+def sample_headers(body: bytes, topic: str, secret: str, store: str) -> dict[str, str]:
+    """The headers Shopify sends with a delivery for the shop `store`, signed with `secret`."""
+    return {
+        "Content-Type": "application/json",
+        "X-Shopify-Topic": topic,
+        "X-Shopify-Shop-Domain": store,
+        "X-Shopify-Hmac-Sha256": sign(body, secret),
+        "X-Shopify-API-Version": get_settings().SHOPIFY_API_VERSION,
+        "X-Shopify-Webhook-Id": str(uuid.uuid4()),
+        "X-Shopify-Event-Id": str(uuid.uuid4()),
+        "X-Shopify-Triggered-At": _iso(utcnow()),
+    }
+
+
+def connect_sample_store(store: str, secret: str) -> None:
+    """Register the shop `store` as a custom app whose secret `secret` signs its webhooks."""
+    with session_scope() as session:
+        shop = get_or_create_shop(session, "shopify", store)
+        shop.url = f"https://{store}"
+        shop.webhook_secret_enc = encrypt(secret)
+        shop.active, shop.installed_at, shop.uninstalled_at = True, utcnow(), None
+    webhook_secrets.forget("shopify", store)
+
+
+PLATFORM = Platform(
+    name="shopify",
+    title="Shopify",
+    receiver=receiver,
+    connector=ShopifyConnector,
+    signature_headers=("X-Shopify-Hmac-Sha256",),
+    register=add_store,
+    samples=Samples(
+        folder=folder("encore_retention.webhooks", "examples/shopify"),
+        order_topic="orders/create",
+        fields={
+            "order_id": ("orders/create", ("admin_graphql_api_id",)),
+            "total": ("orders/create", ("total_price",)),
+            "currency": ("orders/create", ("currency",)),
+            "created_at": ("orders/create", ("created_at",)),
+            "quantity": ("orders/create", ("line_items", 0, "quantity")),
+            "email": ("orders/create", ("customer", "email")),
+            "first_name": ("orders/create", ("customer", "first_name")),
+            "orders_count": ("orders/create", ("customer", "orders_count")),
+        },
+        store="examples.myshopify.com",
+        store_header="X-Shopify-Shop-Domain",
+        stranger="stranger.myshopify.com",
+        sign=sample_headers,
+        connect=connect_sample_store,
+    ),
+    exports=exports,
+)

@@ -4,6 +4,9 @@ HTTPS stores authenticate with HTTP Basic, plain-HTTP stores with OAuth 1.0a in 
 (the package does both). Coupons are `POST /wc/v3/coupons`; WooCommerce has no customer tags, so
 tags live in the customer's `meta_data` under `encore_tags`; birthday and consent come from the
 configurable meta keys the webhook parser reads too.
+
+`PLATFORM` is WooCommerce's plug-in entry (see `connectors.base.Platform`), with `encore stores add
+woocommerce` and the documented example deliveries.
 """
 
 from __future__ import annotations
@@ -16,18 +19,23 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import click
 import requests
 from woocommerce import API
 
 from encore_retention.connectors import codes
-from encore_retention.connectors.base import Connector, Discount, DiscountRequest, PlatformError
+from encore_retention.connectors.base import Connector, Discount, DiscountRequest, Platform, PlatformError, Samples
 from encore_retention.connectors.http import RetryPolicy, Sleep, json_of, platform_message, raise_for_status
 from encore_retention.core import events as ev
-from encore_retention.core.crypto import decrypt
+from encore_retention.core.crypto import decrypt, encrypt
+from encore_retention.core.resources import folder
 from encore_retention.core.settings import get_settings
-from encore_retention.core.store.models import Shop, parse_id
-from encore_retention.webhooks.base import Delivery
-from encore_retention.webhooks.woocommerce import customer, order, order_customer, receiver
+from encore_retention.core.store import migrate, session_scope
+from encore_retention.core.store.ledger import get_or_create_shop
+from encore_retention.core.store.models import Shop, parse_id, utcnow
+from encore_retention.webhooks import secrets as webhook_secrets
+from encore_retention.webhooks.base import Delivery, sign
+from encore_retention.webhooks.woocommerce import customer, exports, order, order_customer, receiver, store_domain
 
 # What the flows need: orders (placed, paid, fulfilled, cancelled, refunded) and customers.
 WEBHOOK_TOPICS = [
@@ -337,3 +345,120 @@ class WooCommerceConnector(Connector):
 
         body = json.dumps(payload, sort_keys=True).encode()
         return receiver.parse(Delivery(shop=self.shop.domain, topic=topic), payload, body)
+
+
+# ---- the plug-in entry -----------------------------------------------------------------------------
+
+
+@click.command("woocommerce")
+@click.argument("url")
+@click.option("--consumer-key", required=True, help="REST API consumer key (ck_…), with read/write permission")
+@click.option("--consumer-secret", required=True, help="REST API consumer secret (cs_…)")
+@click.option("--webhook-secret", default=None, help="sign the webhooks with this secret (default: a new one)")
+@click.option(
+    "--no-verify", is_flag=True, help="don't call the store: save the keys as given and create the webhooks by hand"
+)
+def add_store(url: str, consumer_key: str, consumer_secret: str, webhook_secret: str | None, no_verify: bool) -> None:
+    """Connect a WooCommerce store: check the keys, create its webhooks, print the store id."""
+
+    domain = store_domain(url)
+    if not domain or not url.strip().lower().startswith(("http://", "https://")):
+        raise click.BadParameter(f"{url!r} is not a store URL (expected http://… or https://…)", param_hint="URL")
+    url = url.strip().rstrip("/")
+    generated = webhook_secret is None
+    secret = webhook_secret or generate_secret()
+    facts: dict[str, object] = {}
+    if not no_verify:
+        probe = Shop(platform="woocommerce", domain=domain, url=url)
+        try:
+            facts = WooCommerceConnector(probe, consumer_key=consumer_key, consumer_secret=consumer_secret).verify()
+        except PlatformError as exc:
+            raise click.ClickException(f"the store did not accept the keys: {exc.message}") from exc
+    migrate()
+    with session_scope() as session:
+        shop = get_or_create_shop(session, "woocommerce", domain)
+        shop.url = url
+        shop.consumer_key_enc = encrypt(consumer_key)
+        shop.consumer_secret_enc = encrypt(consumer_secret)
+        shop.webhook_secret_enc = encrypt(secret)
+        if facts.get("currency"):
+            shop.currency = str(facts["currency"])
+        if facts.get("timezone"):
+            shop.timezone = str(facts["timezone"])
+        shop.active, shop.installed_at, shop.uninstalled_at = True, utcnow(), None
+        shop_id = shop.id
+    webhook_secrets.forget("woocommerce", domain)
+    if no_verify:
+        click.echo(f"store {shop_id} added: woocommerce {domain}")
+        if generated:
+            click.echo(
+                f"create the webhooks in WooCommerce > Settings > Advanced > Webhooks with delivery URL "
+                f"{webhook_address()} and secret {secret}"
+            )
+        return
+    with session_scope() as session:
+        shop = session.get_one(Shop, shop_id)
+        try:
+            topics = WooCommerceConnector(shop).register_webhooks()
+        except PlatformError as exc:
+            raise click.ClickException(
+                f"store {shop_id} saved, but its webhooks could not be created: "
+                f"{exc.message} (run the command again to retry)"
+            ) from exc
+    click.echo(f"store {shop_id} added: woocommerce {domain}")
+    click.echo(f"webhooks: {', '.join(topics)} -> {webhook_address()}")
+
+
+def sample_headers(body: bytes, topic: str, secret: str, store: str) -> dict[str, str]:
+    """The headers WooCommerce sends with a delivery from the store at URL `store`, signed with `secret`."""
+    resource, _, event = topic.partition(".")
+    return {
+        "Content-Type": "application/json",
+        "X-WC-Webhook-Source": store.rstrip("/") + "/",
+        "X-WC-Webhook-Topic": topic,
+        "X-WC-Webhook-Resource": resource,
+        "X-WC-Webhook-Event": event,
+        "X-WC-Webhook-Signature": sign(body, secret),
+        "X-WC-Webhook-ID": "12",
+        "X-WC-Webhook-Delivery-ID": secrets.token_hex(16),
+    }
+
+
+def connect_sample_store(store: str, secret: str) -> None:
+    """Register the store at URL `store`, its webhooks signed with `secret` (no API keys: nothing is called)."""
+    with session_scope() as session:
+        shop = get_or_create_shop(session, "woocommerce", store_domain(store))
+        shop.url = store.rstrip("/")
+        shop.webhook_secret_enc = encrypt(secret)
+        shop.active, shop.installed_at, shop.uninstalled_at = True, utcnow(), None
+    webhook_secrets.forget("woocommerce", store_domain(store))
+
+
+PLATFORM = Platform(
+    name="woocommerce",
+    title="WooCommerce",
+    receiver=receiver,
+    connector=WooCommerceConnector,
+    signature_headers=("X-WC-Webhook-Signature",),
+    register=add_store,
+    samples=Samples(
+        folder=folder("encore_retention.webhooks", "examples/woocommerce"),
+        order_topic="order.created",
+        fields={
+            "order_id": ("order.created", ("id",)),
+            "total": ("order.created", ("total",)),
+            "currency": ("order.created", ("currency",)),
+            "created_at": ("order.created", ("date_created_gmt",)),
+            "quantity": ("order.created", ("line_items", 0, "quantity")),
+            "email": ("order.created", ("billing", "email")),
+            "first_name": ("order.created", ("billing", "first_name")),
+            "orders_count": ("customer.created", ("orders_count",)),
+        },
+        store="https://woo.example.com",
+        store_header="X-WC-Webhook-Source",
+        stranger="https://unknown.example.org",
+        sign=sample_headers,
+        connect=connect_sample_store,
+    ),
+    exports=exports,
+)

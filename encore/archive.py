@@ -28,10 +28,9 @@ REJECTED_KEY = "encore:webhooks:rejected"
 # What is archived of a redaction's own delivery (outcome "redacted"): its record, not the body naming the person.
 REDACTED_BODY = b"{}"
 REJECTED_KEEP = 500
-# Never stored: signatures, and anything that authenticates a request.
-SECRET_HEADERS = frozenset(
-    {"x-shopify-hmac-sha256", "x-wc-webhook-signature", "authorization", "cookie", "proxy-authorization", "x-api-key"}
-)
+# Never stored: anything that authenticates a request (and each platform's own signature headers, which the
+# receivers' view names: `Platform.signature_headers`).
+SECRET_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key"})
 
 
 class WebhookDelivery(Base):
@@ -67,9 +66,10 @@ class WebhookDelivery(Base):
         }
 
 
-def safe_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """The request headers worth keeping: signatures, cookies and credentials removed."""
-    return {name: value for name, value in headers if name.lower() not in SECRET_HEADERS}
+def safe_headers(headers: Iterable[tuple[str, str]], secret: Iterable[str] = ()) -> dict[str, str]:
+    """The request headers worth keeping: cookies, credentials and the `secret` ones (signatures) removed."""
+    drop = SECRET_HEADERS.union(name.lower() for name in secret)
+    return {name: value for name, value in headers if name.lower() not in drop}
 
 
 def record_delivery(

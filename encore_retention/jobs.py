@@ -9,6 +9,7 @@ import orjson
 from rq import get_current_job
 from sqlalchemy.exc import DataError
 
+from encore_retention.connectors.base import get_platform
 from encore_retention.connectors.privacy import forget, record_export
 from encore_retention.core import archive, logs
 from encore_retention.core.events import MALFORMED_ERRORS, Event, EventType, parse_datetime, problem
@@ -19,7 +20,6 @@ from encore_retention.core.store.ledger import LedgerResult, apply_event
 from encore_retention.core.store.models import utcnow
 from encore_retention.flows.engine import EventNotCommitted, handle_event
 from encore_retention.webhooks.base import Delivery
-from encore_retention.webhooks.receivers import RECEIVERS
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def process_delivery(platform: str, data: dict[str, Any]) -> dict[str, Any]:
         raise LookupError(f"the body of delivery {key} is no longer in Redis")
 
     try:
-        events = RECEIVERS[platform].parse(delivery, orjson.loads(body), body)
+        events = get_platform(platform).receiver.parse(delivery, orjson.loads(body), body)
     except MALFORMED_ERRORS as exc:
         return _reject(platform, delivery, problem(exc))
     received = parse_datetime(delivery.received_at)

@@ -31,14 +31,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from encore_retention.connectors.base import Discount, DiscountRequest
+from encore_retention.connectors.base import Discount, DiscountRequest, platforms
 from encore_retention.connectors.codes import format_code
 from encore_retention.core import events as ev
 from encore_retention.flows import dates, expressions, loader, rules
 from encore_retention.flows.rules import position_label, step_at
 from encore_retention.flows.schema import DateTrigger, EventTrigger
 from encore_retention.flows.steps import DiscountView, EmailDraft, Runner, run_step
-from encore_retention.webhooks import shopify, woocommerce
+from encore_retention.webhooks.base import Exports
 
 # ---- reading exports -------------------------------------------------------------------------------
 
@@ -242,32 +242,29 @@ def _json_items(path: Path, plural: str) -> Iterable[dict[str, Any]]:
     return data
 
 
+def _exports_of(payload: dict[str, Any]) -> Exports | None:
+    """The export reader of the installed platform whose export an object is, if any."""
+    return next(
+        (p.exports for p in platforms().values() if p.exports is not None and p.exports.recognises(payload)), None
+    )
+
+
 def _json_orders(path: Path) -> Iterator[HistoricalOrder]:
     for number, payload in enumerate(_json_items(path, "orders"), 1):
         if not isinstance(payload, dict):
             continue
-        is_woo = "date_created_gmt" in payload or "billing" in payload and "total_price" not in payload
-        module: Any = woocommerce if is_woo else shopify
+        exports = _exports_of(payload)
+        if exports is None:
+            raise click.ClickException(
+                f"{path}: order #{number} is not an order of {' or '.join(platforms())} as their APIs export them"
+            )
         try:
-            order = module.order(payload)
-            customer = module.order_customer(payload)
+            exported = exports.order(payload)
         except (ValueError, TypeError, KeyError) as exc:
             raise click.ClickException(f"{path}: order #{number}: {exc}") from None
-        created = order.created_at or _time(payload.get("date_created_gmt"))
-        if created is None:
+        order, customer = exported.order, exported.customer
+        if order.created_at is None:
             raise click.ClickException(f"{path}: order #{number} has no creation date")
-        order.created_at = created
-        if is_woo:
-            paid = _time(payload.get("date_paid_gmt"))
-            fulfilled = _time(payload.get("date_completed_gmt"))
-            cancelled = created if payload.get("status") == "cancelled" else None
-        else:
-            paid = _time(payload.get("processed_at")) if payload.get("financial_status") == "paid" else None
-            fulfillments = [
-                _time(f.get("created_at")) for f in payload.get("fulfillments") or [] if isinstance(f, dict)
-            ]
-            fulfilled = min((f for f in fulfillments if f), default=None)
-            cancelled = order.cancelled_at
         email = (customer.email if customer else None) or None
         key = (customer.key if customer else None) or f"order:{order.id}"
         yield HistoricalOrder(
@@ -277,9 +274,9 @@ def _json_orders(path: Path) -> Iterator[HistoricalOrder]:
             customer.first_name if customer else None,
             customer.last_name if customer else None,
             customer.email_consent if customer else None,
-            paid,
-            fulfilled,
-            cancelled,
+            exported.paid_at,
+            exported.fulfilled_at,
+            exported.cancelled_at,
         )
 
 
@@ -287,11 +284,16 @@ def read_customers(path: Path) -> list[KnownCustomer]:
     """Customers from a Shopify or WooCommerce customers export (CSV or JSON)."""
     if path.suffix.lower() in (".json", ".jsonl"):
         found = []
-        for payload in _json_items(path, "customers"):
+        for number, payload in enumerate(_json_items(path, "customers"), 1):
             if not isinstance(payload, dict):
                 continue
-            module: Any = woocommerce if "date_created_gmt" in payload or "billing" in payload else shopify
-            customer = module.customer(payload)
+            exports = _exports_of(payload)
+            if exports is None:
+                raise click.ClickException(
+                    f"{path}: customer #{number} is not a customer of {' or '.join(platforms())} as their APIs "
+                    "export them"
+                )
+            customer = exports.customer(payload)
             if customer.key is None:
                 continue
             found.append(

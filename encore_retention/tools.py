@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import secrets
 import sys
@@ -20,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import delete, select
 
+from encore_retention.connectors.base import platforms, receiver_of
 from encore_retention.connectors.woocommerce import generate_secret
 from encore_retention.core import archive, logs, resources
 from encore_retention.core.crypto import decrypt, encrypt
@@ -35,8 +35,7 @@ from encore_retention.jobs import process_event
 from encore_retention.rehearsal import outcome_rows, rehearsal
 from encore_retention.simulate import simulate
 from encore_retention.web.sandbox import COUPONS_KEY, PATH
-from encore_retention.webhooks.base import Delivery, sign
-from encore_retention.webhooks.receivers import RECEIVERS
+from encore_retention.webhooks.base import Receiver, sign
 from encore_retention.webhooks.woocommerce import store_domain
 
 console = Console(stderr=True)
@@ -58,18 +57,29 @@ class Recorded:
     source: str = ""
 
 
-def _receiver(platform: str) -> Any:
-    receiver = RECEIVERS.get(platform)
+def _receiver(platform: str) -> Receiver:
+    receiver = receiver_of(platform)
     if receiver is None:
-        raise click.ClickException(f"unknown platform {platform!r} (expected one of: {', '.join(RECEIVERS)})")
+        raise click.ClickException(f"unknown platform {platform!r} (expected one of: {', '.join(platforms())})")
     return receiver
+
+
+def installed_platform(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A `--platform` option's value, when a platform of that name is installed."""
+    if value is not None and value not in platforms():
+        raise click.BadParameter(f"{value!r} is not one of: {', '.join(sorted(platforms()))}")
+    return value
+
+
+def _platform_in(path: Path) -> str | None:
+    """The platform a payload file's folder names (`…/shopify/orders_create.json`), if any."""
+    return next((name for name in platforms() if name in path.parts), None)
 
 
 def topic_from_name(platform: str, stem: str) -> str | None:
     """`orders_create` -> `orders/create`, `order_created` -> `order.created`: a payload file's topic."""
 
-    topics = importlib.import_module(f"encore_retention.webhooks.{platform}").TOPICS
-    for topic in topics:
+    for topic in _receiver(platform).topics:
         if topic.replace("/", "_").replace(".", "_") == stem:
             return str(topic)
     return None
@@ -89,7 +99,7 @@ def read_recorded(
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.suffix in (".json", ".jsonl") and p.is_file())
             for file in files:
-                found = platform or next((p for p in ("shopify", "woocommerce") if p in file.parts), None)
+                found = platform or _platform_in(file)
                 if file.suffix == ".json" and not topic and found and topic_from_name(found, file.stem) is None:
                     console.print(f"skipped {file}: no topic Encore handles is named {file.stem!r}")
                     continue
@@ -113,11 +123,10 @@ def read_recorded(
                 except (ValueError, KeyError, TypeError) as exc:
                     raise click.ClickException(f"{path}:{number}: not a recorded webhook ({exc})") from None
         else:
-            found = platform or next((p for p in ("shopify", "woocommerce") if p in path.parts), None)
+            found = platform or _platform_in(path)
             if found is None:
-                raise click.ClickException(
-                    f"{path}: which platform? (put it under shopify/ or woocommerce/, or pass --platform)"
-                )
+                folders = " or ".join(f"{name}/" for name in platforms())
+                raise click.ClickException(f"{path}: which platform? (put it under {folders}, or pass --platform)")
             name = topic or topic_from_name(found, path.stem)
             if name is None:
                 raise click.ClickException(
@@ -150,15 +159,8 @@ def events_of(recorded: Recorded) -> list[Event]:
     """The canonical events the platform's receiver makes of a recorded delivery."""
 
     receiver = _receiver(recorded.platform)
-    headers = {k.lower(): v for k, v in recorded.headers.items()}
-    delivery_headers = {}
-    if recorded.platform == "shopify":
-        delivery_headers = {
-            "triggered_at": headers.get("x-shopify-triggered-at", ""),
-            "api_version": headers.get("x-shopify-api-version", ""),
-        }
-    delivery_id = recorded.delivery_id or headers.get("x-shopify-webhook-id") or headers.get("x-wc-webhook-delivery-id")
-    delivery = Delivery(shop=recorded.shop, topic=recorded.topic, delivery_id=delivery_id, headers=delivery_headers)
+    delivery = receiver.recorded(recorded.shop, recorded.topic, recorded.headers)
+    delivery.delivery_id = recorded.delivery_id or delivery.delivery_id
     try:
         payload = json.loads(recorded.body)
     except ValueError as exc:
@@ -200,7 +202,7 @@ def _duration(value: str) -> timedelta:
 )
 @click.option("--report", type=click.Path(path_type=Path), help="write what happened (or would) as JSON lines here")
 @click.option("--queue", "use_queue", is_flag=True, help="queue the events for the running worker instead")
-@click.option("--platform", type=click.Choice(["shopify", "woocommerce"]), help="platform of payload files")
+@click.option("--platform", callback=installed_platform, help="platform of payload files (shopify, woocommerce, …)")
 @click.option("--shop", help="store domain of payload files (default: the only store of the platform)")
 @click.option("--topic", help="topic of payload files (default: from the file name, e.g. orders_create.json)")
 def replay(
@@ -305,7 +307,7 @@ def export() -> None:
 @click.option("--out", "out", type=click.Path(path_type=Path), help="file to write (default: standard output)")
 @click.option("--since", help="received at or after (YYYY-MM-DD or ISO 8601)")
 @click.option("--until", help="received before (YYYY-MM-DD or ISO 8601)")
-@click.option("--platform", type=click.Choice(["shopify", "woocommerce"]))
+@click.option("--platform", callback=installed_platform, help="platform (shopify, woocommerce, …)")
 @click.option("--shop", help="store domain")
 @click.option("--topic", help="platform topic, e.g. orders/create")
 def export_webhooks(

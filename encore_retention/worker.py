@@ -37,6 +37,7 @@ from rq.utils import as_text, utcparse
 from rq.utils import now as rq_now
 from rq.worker import BaseWorker
 
+from encore_retention.connectors.base import platforms
 from encore_retention.core import logs
 from encore_retention.core.health import redis_persistence
 from encore_retention.core.queue import (
@@ -369,6 +370,9 @@ def main(burst: bool = False) -> None:
 
     loaded = registry()  # a bad flow file is reported now, and skipped while the others run
     log.info("flows loaded", extra={"flows": sorted(loaded.flows), "problems": len(loaded.problems)})
+    # The platforms' plug-ins, loaded once before any job (a forking worker's jobs inherit them); a broken one
+    # is reported now, and left out while the others work.
+    log.info("platforms loaded", extra={"platforms": sorted(platforms())})
     worker = build_worker()
 
     warning = redis_persistence(worker.connection)

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from encore_retention.connectors.base import DiscountRequest, available, connector_class, get_connector
+from encore_retention.connectors.base import (
+    DiscountRequest,
+    available,
+    connector_class,
+    get_connector,
+    get_platform,
+    platforms,
+)
 from encore_retention.connectors.shopify import ShopifyConnector
 from encore_retention.connectors.woocommerce import WooCommerceConnector
 from encore_retention.core.store.models import Shop
@@ -65,3 +72,44 @@ def test_an_entry_point_that_is_not_a_connector_is_refused(installed_example):
 
 def test_without_the_package_the_platform_is_unknown():
     assert "example" not in available()
+
+
+@pytest.fixture
+def broken_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Two installed `encore.platforms` entries that can't be used: a module that fails, and not a Platform."""
+    dist = tmp_path / "encore_platform_broken-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: encore-platform-broken\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[encore.platforms]\nbroken = encore_broken_platform:PLATFORM\nnotaplatform = json:dumps\n"
+    )
+    (tmp_path / "encore_broken_platform.py").write_text("raise ImportError('a dependency is missing')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    platforms.cache_clear()
+    yield
+    platforms.cache_clear()
+
+
+def test_a_plugin_that_fails_to_load_is_logged_and_the_others_work(broken_plugins, caplog):
+    with caplog.at_level("ERROR"):
+        found = platforms()
+    assert sorted(found) == ["shopify", "woocommerce"]
+    assert found["shopify"].connector is ShopifyConnector and connector_class("woocommerce") is WooCommerceConnector
+    failed = {(r.getMessage(), getattr(r, "platform", None)) for r in caplog.records}
+    assert ("platform plug-in failed to load", "broken") in failed
+    assert ("entry point is not a Platform of that name", "notaplatform") in failed
+    with pytest.raises(LookupError, match="no platform 'broken' \\(installed: shopify, woocommerce\\)"):
+        get_platform("broken")
+
+
+def test_encores_own_platforms_come_through_the_entry_points():
+    from importlib.metadata import entry_points
+
+    published = {e.name: e.value for e in entry_points(group="encore.platforms")}
+    assert published["shopify"] == "encore_retention.connectors.shopify:PLATFORM"
+    assert published["woocommerce"] == "encore_retention.connectors.woocommerce:PLATFORM"
+    assert {name: p.receiver.platform for name, p in platforms().items()} == {
+        "shopify": "shopify",
+        "woocommerce": "woocommerce",
+    }

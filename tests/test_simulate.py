@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import click
+import pytest
 from click.testing import CliRunner
 
 from encore_retention import simulate
@@ -276,3 +278,27 @@ def test_a_woocommerce_csv_export(tmp_path):
     assert [(o.action, o.reason) for o in rows(sim, "thank_you_first_order", customer="guest@example.com")] == [
         ("exited", "condition no longer holds: customer.orders_count == 1")
     ]
+
+
+def test_json_exports_are_read_by_the_platform_whose_objects_they_are(tmp_path):
+    from tests.conftest import payload
+
+    shopify_order = payload("shopify", "orders_create")
+    shopify_order.update(
+        financial_status="paid",
+        processed_at="2026-02-01T10:05:00Z",
+        fulfillments=[{"id": 1, "created_at": "2026-02-02T09:00:00Z"}, {"id": 2, "created_at": "2026-02-03T09:00:00Z"}],
+    )
+    woo_order = payload("woocommerce", "order_created")
+    woo_order.update(status="cancelled", date_created_gmt="2026-02-05T10:00:00", date_paid_gmt=None)
+    (tmp_path / "orders.json").write_text(json.dumps({"orders": [shopify_order, woo_order]}))
+    shopify, woo = simulate.read_orders(tmp_path / "orders.json")
+    assert (shopify.order.id, shopify.email) == ("820982911946154508", "john@example.com")
+    assert shopify.paid_at == datetime(2026, 2, 1, 10, 5, tzinfo=UTC)
+    assert shopify.fulfilled_at == datetime(2026, 2, 2, 9, 0, tzinfo=UTC)  # the first fulfillment
+    assert woo.order.id == "727" and woo.paid_at is None
+    assert woo.cancelled_at == woo.order.created_at == datetime(2026, 2, 5, 10, 0, tzinfo=UTC)
+
+    (tmp_path / "other.json").write_text(json.dumps([{"id": 1, "grand_total": "10.00"}]))
+    with pytest.raises(click.ClickException, match=r"other.json: order #1 is not an order of shopify or woocommerce"):
+        simulate.read_orders(tmp_path / "other.json")

@@ -1,18 +1,27 @@
-"""The receivers: one shared table of bad inputs for both platforms, then each platform's own cases."""
+"""The receivers: one shared table of bad inputs for every installed platform, then each platform's own cases.
+
+The table knows no platform: it takes each one's example deliveries, its signing and where its examples keep
+a field from the platform's plug-in entry (`Platform.samples`), so a platform installed from another package
+runs the same cases (tests/test_platform_plugin.py runs this module with one installed).
+"""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from redis import Redis
 from sqlalchemy import func, select
 
+from encore_retention.connectors.base import Platform, Samples, platforms
 from encore_retention.core import archive
-from encore_retention.core.queue import BODY_PREFIX, EVENTS, PROCESS_DELIVERY, queue
-from encore_retention.core.store import session_scope
+from encore_retention.core.queue import BODY_PREFIX, EVENTS, PROCESS_DELIVERY, enqueue_delivery, queue
+from encore_retention.core.store import migrate, session_scope
 from encore_retention.core.store.models import Customer, EventRecord, Order
+from encore_retention.webhooks.base import Delivery
 from tests.conftest import (
     SHOP,
     SHOPIFY_SECRET,
@@ -24,177 +33,147 @@ from tests.conftest import (
     woo_headers,
 )
 
-PLATFORMS = {
-    "shopify": {
-        "path": "/webhooks/shopify",
-        "topic": "orders/create",
-        "fixture": "orders_create",
-        "headers": shopify_headers,
-        "signature": "X-Shopify-Hmac-Sha256",
-    },
-    "woocommerce": {
-        "path": "/webhooks/woocommerce",
-        "topic": "order.created",
-        "fixture": "order_created",
-        "headers": woo_headers,
-        "signature": "X-WC-Webhook-Signature",
-    },
-}
+PLATFORMS = sorted(name for name, entry in platforms().items() if entry.samples is not None)
+SECRET = "examples-webhook-secret"  # the example store's own webhook secret, on every platform
+
+Case = Callable[[Platform, bytes, dict[str, str]], tuple[bytes, dict[str, str], int]]
 
 
-def _valid(platform: str) -> tuple[bytes, dict[str, str]]:
-    spec = PLATFORMS[platform]
-    body = json.dumps(payload(platform, spec["fixture"])).encode()
-    return body, spec["headers"](body, spec["topic"])
+@pytest.fixture
+def example_store(env: pytest.MonkeyPatch) -> Callable[[str], Platform]:
+    """Register a platform's example store, signing with SECRET, in the test's database; returns the platform."""
+
+    def connect(name: str) -> Platform:
+        entry = platforms()[name]
+        assert entry.samples is not None
+        migrate()
+        entry.samples.connect(entry.samples.store, SECRET)
+        return entry
+
+    return connect
 
 
-def _missing_signature(platform, body, headers):
-    headers.pop(PLATFORMS[platform]["signature"])
-    return body, headers, 401
+def _samples(entry: Platform) -> Samples:
+    assert entry.samples is not None, f"{entry.name} has no samples"
+    return entry.samples
 
 
-def _wrong_signature(platform, body, headers):
-    return (
-        body,
-        {**headers, **PLATFORMS[platform]["headers"](body, PLATFORMS[platform]["topic"], secret="not-the-secret")},
-        401,
-    )
+def _valid(entry: Platform) -> tuple[bytes, dict[str, str]]:
+    samples = _samples(entry)
+    body = json.dumps(samples.example(samples.order_topic)).encode()
+    return body, samples.headers(body, secret=SECRET)
 
 
-def _tampered_body(platform, body, headers):
-    return body.replace(b"404.95", b"4.95").replace(b"29.35", b"2.35"), headers, 401
+def _signed(entry: Platform, body: bytes, topic: str | None = None) -> dict[str, str]:
+    return _samples(entry).headers(body, topic, secret=SECRET)
 
 
-def _garbage_signature(platform, body, headers):
-    headers[PLATFORMS[platform]["signature"]] = "%%%not base64%%%"
-    return body, headers, 401
+def _set(data: Any, path: tuple[str | int, ...], value: Any) -> None:
+    for key in path[:-1]:
+        data = data[key]
+    data[path[-1]] = value
 
 
-def _empty_body(platform, body, headers):
-    return b"", PLATFORMS[platform]["headers"](b"", PLATFORMS[platform]["topic"]), 400
+def _missing_signature(entry, body, headers):
+    return body, {k: v for k, v in headers.items() if k not in entry.signature_headers}, 401
 
 
-def _not_json(platform, body, headers):
+def _wrong_signature(entry, body, headers):
+    return body, _samples(entry).headers(body, secret="not-the-secret"), 401
+
+
+def _tampered_body(entry, body, headers):
+    data = json.loads(body)
+    topic, path = _samples(entry).fields["total"]
+    _set(data, path, "4.95")
+    return json.dumps(data).encode(), headers, 401
+
+
+def _garbage_signature(entry, body, headers):
+    return body, {**headers, **dict.fromkeys(entry.signature_headers, "%%%not base64%%%")}, 401
+
+
+def _empty_body(entry, body, headers):
+    return b"", _signed(entry, b""), 400
+
+
+def _not_json(entry, body, headers):
     bad = b"{this is not json"
-    return bad, PLATFORMS[platform]["headers"](bad, PLATFORMS[platform]["topic"]), 400
+    return bad, _signed(entry, bad), 400
 
 
-def _json_array(platform, body, headers):
+def _json_array(entry, body, headers):
     bad = b"[1, 2, 3]"
-    return bad, PLATFORMS[platform]["headers"](bad, PLATFORMS[platform]["topic"]), 400
+    return bad, _signed(entry, bad), 400
 
 
-def _wrong_content_type(platform, body, headers):
+def _wrong_content_type(entry, body, headers):
     return body, {**headers, "Content-Type": "text/plain"}, 400
 
 
-def _huge_body(platform, body, headers):
+def _huge_body(entry, body, headers):
     big = b'{"pad": "' + b"x" * (2 * 1024 * 1024 + 10) + b'"}'
-    return big, PLATFORMS[platform]["headers"](big, PLATFORMS[platform]["topic"]), 413
+    return big, _signed(entry, big), 413
 
 
-def _unknown_store(platform, body, headers):
-    if platform == "shopify":
-        other = shopify_headers(body, "orders/create", secret="another-apps-secret", shop="stranger.myshopify.com")
-        return body, other, 401
-    return body, woo_headers(body, "order.created", source="https://unknown.example.org"), 401
+def _unknown_store(entry, body, headers):
+    samples = _samples(entry)
+    return body, samples.headers(body, secret="another-stores-secret", store=samples.stranger), 401
 
 
-def _missing_id(platform, body, headers):
+def _missing_id(entry, body, headers):
     data = json.loads(body)
-    data.pop("id")
-    data.pop("admin_graphql_api_id", None)
+    topic, path = _samples(entry).fields["order_id"]
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target.pop(path[-1])
+    data.pop("id", None)
     bad = json.dumps(data).encode()
-    return bad, PLATFORMS[platform]["headers"](bad, PLATFORMS[platform]["topic"]), 400
+    return bad, _signed(entry, bad), 400
 
 
-def _bad_source(name: str, value: str):  # type: ignore[no-untyped-def]
-    """A source URL no store can have: an unknown WooCommerce store (401), not a Shopify shop's domain (400)."""
+def _bad_source(name: str, value: str) -> Case:
+    """A store header no store can have (a port out of range, a broken IPv6 address, `javascript:…`): 401."""
 
-    def case(platform, body, headers):
-        if platform == "shopify":
-            return body, {**headers, "X-Shopify-Shop-Domain": value}, 400
-        return body, {**headers, "X-WC-Webhook-Source": value}, 401
+    def case(entry, body, headers):
+        return body, {**headers, _samples(entry).store_header: value}, 401
 
     case.__name__ = name
     return case
 
 
-def _signed_change(name: str, change):  # type: ignore[no-untyped-def]
-    """A signed delivery whose payload `change(platform, data)` altered (it may return another topic)."""
+def _signed_change(name: str, field: str, value: Any) -> Case:
+    """A signed delivery of the example that carries `field`, with the field set to `value`: 400."""
 
-    def case(platform, body, headers):
-        data = json.loads(body)
-        topic = change(platform, data) or PLATFORMS[platform]["topic"]
+    def case(entry, body, headers):
+        samples = _samples(entry)
+        topic, path = samples.fields[field]
+        data = samples.example(topic)
+        _set(data, path, value)
         bad = json.dumps(data).encode()
-        return bad, PLATFORMS[platform]["headers"](bad, topic), 400
+        return bad, _signed(entry, bad, topic), 400
 
     case.__name__ = name
     return case
 
 
-def _orders_count(value):  # type: ignore[no-untyped-def]
-    def change(platform, data):
-        if platform == "shopify":
-            data["customer"]["orders_count"] = value
-            return None
-        data.clear()
-        data.update(payload("woocommerce", "customer_created"), orders_count=value)
-        return "customer.created"
-
-    return change
-
-
-def _quantity(value):  # type: ignore[no-untyped-def]
-    def change(platform, data):
-        data["line_items"][0]["quantity"] = value
-
-    return change
-
-
-def _created_at(value):  # type: ignore[no-untyped-def]
-    def change(platform, data):
-        data["created_at" if platform == "shopify" else "date_created_gmt"] = value
-
-    return change
-
-
-def _number_cases():  # type: ignore[no-untyped-def]
+def _number_cases() -> list[Case]:
     return [
-        _signed_change("_orders_count_1e300", _orders_count(1e300)),
-        _signed_change("_orders_count_23_digits", _orders_count("99999999999999999999999")),
-        _signed_change("_orders_count_over_int32", _orders_count(2**31)),
-        _signed_change("_orders_count_negative", _orders_count(-1)),
-        _signed_change("_quantity_1e300", _quantity(1e300)),
-        _signed_change("_quantity_over_int64", _quantity(2**63)),
-        _signed_change("_created_at_year_1_east_of_utc", _created_at("0001-01-01T00:00:00+05:00")),
-        _signed_change("_created_at_year_9999_west_of_utc", _created_at("9999-12-31T23:00:00-05:00")),
-        _signed_change("_created_at_year_1", _created_at("0001-01-01T00:00:00Z")),
-        _signed_change("_created_at_year_3000", _created_at("3000-01-01T00:00:00Z")),
+        _signed_change("_orders_count_1e300", "orders_count", 1e300),
+        _signed_change("_orders_count_23_digits", "orders_count", "99999999999999999999999"),
+        _signed_change("_orders_count_over_int32", "orders_count", 2**31),
+        _signed_change("_orders_count_negative", "orders_count", -1),
+        _signed_change("_quantity_1e300", "quantity", 1e300),
+        _signed_change("_quantity_over_int64", "quantity", 2**63),
+        _signed_change("_created_at_year_1_east_of_utc", "created_at", "0001-01-01T00:00:00+05:00"),
+        _signed_change("_created_at_year_9999_west_of_utc", "created_at", "9999-12-31T23:00:00-05:00"),
+        _signed_change("_created_at_year_1", "created_at", "0001-01-01T00:00:00Z"),
+        _signed_change("_created_at_year_3000", "created_at", "3000-01-01T00:00:00Z"),
     ]
 
 
-def _total(value):  # type: ignore[no-untyped-def]
-    def change(platform, data):
-        data["total_price" if platform == "shopify" else "total"] = value
-
-    return change
-
-
-def _field(path: tuple, value):  # type: ignore[no-untyped-def]
-    """Set `path` (Shopify's order path; WooCommerce's is its own) to `value`."""
-
-    def change(platform, data):
-        target = data
-        keys = path[0] if platform == "shopify" else path[1]
-        for key in keys[:-1]:
-            target = target[key]
-        target[keys[-1]] = value
-
-    return change
-
-
-BAD_INPUTS = [
+BAD_INPUTS: list[Case] = [
     _missing_signature,
     _wrong_signature,
     _tampered_body,
@@ -211,23 +190,22 @@ BAD_INPUTS = [
     _bad_source("_source_javascript", "javascript:alert(1)"),
     _bad_source("_source_longer_than_a_domain", "w" * 300 + ".myshopify.com"),
     *_number_cases(),
-    _signed_change("_total_over_numeric_14_2", _total("1000000000000")),
-    _signed_change("_total_with_a_huge_exponent", _total("1e-999999")),
-    _signed_change(
-        "_email_over_its_column", _field((("customer", "email"), ("billing", "email")), "x" * 320 + "@example.com")
-    ),
-    _signed_change("_name_with_nul", _field((("customer", "first_name"), ("billing", "first_name")), "Jo\x00hn")),
-    _signed_change("_order_id_over_its_column", _field((("admin_graphql_api_id",), ("id",)), "9" * 129)),
-    _signed_change("_currency_over_its_column", _field((("currency",), ("currency",)), "DOLLARS!!")),
+    _signed_change("_total_over_numeric_14_2", "total", "1000000000000"),
+    _signed_change("_total_with_a_huge_exponent", "total", "1e-999999"),
+    _signed_change("_email_over_its_column", "email", "x" * 320 + "@example.com"),
+    _signed_change("_name_with_nul", "first_name", "Jo\x00hn"),
+    _signed_change("_order_id_over_its_column", "order_id", "9" * 129),
+    _signed_change("_currency_over_its_column", "currency", "DOLLARS!!"),
 ]
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda f: f.__name__.strip("_"))
-def test_bad_input_is_rejected_and_nothing_is_queued(platform, case, client, redis: Redis, woo_store):
-    body, headers = _valid(platform)
-    body, headers, expected = case(platform, body, headers)
-    response = client.post(PLATFORMS[platform]["path"], data=body, headers=headers)
+def test_bad_input_is_rejected_and_nothing_is_queued(platform, case, client, redis: Redis, example_store):
+    entry = example_store(platform)
+    body, headers = _valid(entry)
+    body, headers, expected = case(entry, body, headers)
+    response = client.post(f"/webhooks/{platform}", data=body, headers=headers)
     assert response.status_code == expected, response.get_data(as_text=True)
     assert response.is_json and response.get_json()["error"]
     assert queue(EVENTS, redis).count == 0
@@ -236,9 +214,10 @@ def test_bad_input_is_rejected_and_nothing_is_queued(platform, case, client, red
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
-def test_valid_delivery_is_queued(platform, client, redis: Redis, woo_store):
-    body, headers = _valid(platform)
-    response = client.post(PLATFORMS[platform]["path"], data=body, headers=headers)
+def test_valid_delivery_is_queued(platform, client, redis: Redis, example_store):
+    entry = example_store(platform)
+    body, headers = _valid(entry)
+    response = client.post(f"/webhooks/{platform}", data=body, headers=headers)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.get_json()["status"] == "queued"
     assert queue(EVENTS, redis).count == 1
@@ -246,6 +225,7 @@ def test_valid_delivery_is_queued(platform, client, redis: Redis, woo_store):
     assert job.id == response.get_json()["events"][0]
     assert job.args[0] == platform and job.args[1]["key"] == job.id
     assert redis.get(BODY_PREFIX + job.id) == body  # the raw body is queued with the job, untouched
+    assert not set(map(str.lower, job.args[1]["http_headers"])) & set(map(str.lower, entry.signature_headers))
     drain(redis)
     with session_scope() as session:
         record = session.execute(select(EventRecord)).scalar_one()
@@ -479,37 +459,31 @@ def test_a_value_the_event_model_refuses_is_answered_400_before_anything_is_queu
     assert (rejected["reason"], rejected["topic"], rejected["status"]) == ("malformed", "order.created", 400)
 
 
-def _queue_as_accepted(platform: str, data: dict, topic: str, key: str) -> None:
-    """Queue a delivery the way the receiver does after its 200, but without its checks (an older version's)."""
-    from encore_retention.core.queue import enqueue_delivery
+def _queue_as_accepted(entry: Platform, data: dict, topic: str, key: str, shop: str | None = None) -> None:
+    """Queue a delivery the way the receiver does after its 200, but without its checks (an older version's).
 
-    shop = SHOP if platform == "shopify" else "woo.example.com"
-    delivery = {
-        "shop": shop,
-        "topic": topic,
-        "delivery_id": key,
-        "headers": {},
-        "key": key,
-        "received_at": "2026-11-20T10:00:00+00:00",
-        "http_headers": {},
-    }
-    assert enqueue_delivery(platform, delivery, json.dumps(data).encode(), key)
+    The store is the one the receiver finds for the example store's signed delivery, unless `shop` names it.
+    """
+    body = json.dumps(data).encode()
+    shop = shop or entry.receiver.verify(_signed(entry, body, topic), body).shop
+    delivery = Delivery(shop=shop, topic=topic, delivery_id=key, key=key, received_at="2026-11-20T10:00:00+00:00")
+    assert enqueue_delivery(entry.name, delivery.to_dict(), body, key)
 
 
 # The values that once passed the receiver and then failed the worker on every retry.
 WORKER_BAD_VALUES = {
-    "orders_count_1e300": _orders_count(1e300),
-    "orders_count_23_digits": _orders_count("99999999999999999999999"),
-    "quantity_1e300": _quantity(1e300),
-    "created_at_year_1_east_of_utc": _created_at("0001-01-01T00:00:00+05:00"),
-    "created_at_year_9999_west_of_utc": _created_at("9999-12-31T23:00:00-05:00"),
+    "orders_count_1e300": ("orders_count", 1e300),
+    "orders_count_23_digits": ("orders_count", "99999999999999999999999"),
+    "quantity_1e300": ("quantity", 1e300),
+    "created_at_year_1_east_of_utc": ("created_at", "0001-01-01T00:00:00+05:00"),
+    "created_at_year_9999_west_of_utc": ("created_at", "9999-12-31T23:00:00-05:00"),
 }
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
 @pytest.mark.parametrize("value", WORKER_BAD_VALUES)
 def test_a_queued_delivery_the_worker_cannot_take_is_recorded_and_not_retried(
-    platform, value, env, db_url, redis: Redis
+    platform, value, env, db_url, redis: Redis, example_store
 ):
     """Data errors are the same on every attempt: the job ends, the rejection is recorded, nothing is applied."""
     from rq.job import JobStatus
@@ -517,20 +491,25 @@ def test_a_queued_delivery_the_worker_cannot_take_is_recorded_and_not_retried(
     from tests.conftest import use_database
 
     use_database(env, db_url)
-    data = payload(platform, PLATFORMS[platform]["fixture"])
-    topic = WORKER_BAD_VALUES[value](platform, data) or PLATFORMS[platform]["topic"]
-    _queue_as_accepted(platform, data, topic, f"{platform}-bad-{value.replace('_', '-')}")
-    good = payload(platform, PLATFORMS[platform]["fixture"])  # the same queue, a delivery the worker can take
-    _queue_as_accepted(platform, good, PLATFORMS[platform]["topic"], f"{platform}-good")
+    entry = example_store(platform)
+    samples = _samples(entry)
+    field, bad_value = WORKER_BAD_VALUES[value]
+    topic, path = samples.fields[field]
+    data = samples.example(topic)
+    _set(data, path, bad_value)
+    bad_key = f"{platform}-bad-{value.replace('_', '-')}"
+    _queue_as_accepted(entry, data, topic, bad_key)
+    good = samples.example(samples.order_topic)  # the same queue, a delivery the worker can take
+    _queue_as_accepted(entry, good, samples.order_topic, f"{platform}-good")
     drain(redis)
-    job = queue(EVENTS, redis).fetch_job(f"{platform}-bad-{value.replace('_', '-')}")
+    job = queue(EVENTS, redis).fetch_job(bad_key)
     assert job.get_status() == JobStatus.FINISHED and job.retries_left == 5  # never retried
     assert job.return_value()["rejected"]
     assert not queue(EVENTS, redis).failed_job_registry.count
     assert not queue(EVENTS, redis).scheduled_job_registry.count
     rejected = archive.rejections()[0]
     assert (rejected["platform"], rejected["reason"], rejected["topic"]) == (platform, "malformed", topic)
-    assert rejected["delivery_id"] == f"{platform}-bad-{value.replace('_', '-')}"
+    assert rejected["delivery_id"] == bad_key
     assert not redis.exists(BODY_PREFIX + job.id)
     with session_scope() as session:
         ids = session.execute(select(EventRecord.id)).scalars().all()
@@ -538,17 +517,17 @@ def test_a_queued_delivery_the_worker_cannot_take_is_recorded_and_not_retried(
 
 
 def test_an_event_the_database_refuses_is_rejected_and_the_deliverys_others_are_applied(
-    env, postgres_url, redis, monkeypatch
+    env, postgres_url, redis, monkeypatch, example_store
 ):
     """A value the event model let through but PostgreSQL refuses (DataError) is not retried either."""
     if postgres_url is None:
         pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432")
-    from encore_retention.webhooks.receivers import RECEIVERS
     from tests.conftest import _truncate_postgres, use_database
 
     _truncate_postgres(postgres_url)
     use_database(env, postgres_url)
-    receiver = RECEIVERS["shopify"]
+    entry = example_store("shopify")
+    receiver = entry.receiver
     parse = receiver.parse
 
     def two_events(delivery, payload_, body):  # type: ignore[no-untyped-def]
@@ -558,7 +537,7 @@ def test_an_event_the_database_refuses_is_rejected_and_the_deliverys_others_are_
         return [bad, good]
 
     monkeypatch.setattr(receiver, "parse", two_events)
-    _queue_as_accepted("shopify", payload("shopify", "orders_create"), "orders/create", "shopify-two")
+    _queue_as_accepted(entry, payload("shopify", "orders_create"), "orders/create", "shopify-two")
     drain(redis)
     job = queue(EVENTS, redis).fetch_job("shopify-two")
     assert job.is_finished and job.retries_left == 5
@@ -575,7 +554,8 @@ def test_a_database_that_does_not_answer_is_retried(env, redis: Redis):
     from tests.conftest import use_database
 
     use_database(env, "postgresql+psycopg://postgres@127.0.0.1:1/encore?connect_timeout=1")
-    _queue_as_accepted("shopify", payload("shopify", "orders_create"), "orders/create", "shopify-later")
+    shopify = platforms()["shopify"]
+    _queue_as_accepted(shopify, payload("shopify", "orders_create"), "orders/create", "shopify-later", shop=SHOP)
     drain(redis)
     job = queue(EVENTS, redis).fetch_job("shopify-later")
     assert job.get_status() == "scheduled" and job.retries_left == 4

@@ -1,8 +1,10 @@
 """Webhook receivers: verify the signature over the raw body, normalise into canonical events.
 
-One module per platform (`shopify`, `woocommerce`) of the same shape, what they share (`base`),
-their registry (`receivers`) and the stores' own secrets (`secrets`). None of it needs Flask: the
-web app's view (`encore_retention.web.receive`), the worker and the tools use the same parsers.
+One module per platform (`shopify`, `woocommerce`) of the same shape, what they share (`base`), the
+stores' own secrets (`secrets`) and the platforms' documented example deliveries (`examples/`). Each
+platform's receiver is found through its plug-in entry (`connectors.base.platforms()`). None of it
+needs Flask: the web app's view (`encore_retention.web.receive`), the worker and the tools use the
+same parsers.
 `create_app` is the web app's, handed over here on first use for the Procfile's
 `gunicorn "webhooks:create_app()"`; importing a receiver does not load the web app.
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
 
-from encore_retention.core.events import Event
+from encore_retention.core.events import Customer, Event, EventType, Order
 
 
 class Rejected(Exception):
@@ -85,8 +86,15 @@ class Receiver(Protocol):
 
     platform: str
 
+    @property
+    def topics(self) -> Mapping[str, EventType]:
+        """The platform's topics Encore handles, with the canonical event each mostly becomes."""
+
     def verify(self, headers: Headers, body: bytes) -> Delivery:
         """Check the signature over the raw body; raise Rejected(401) when it fails."""
+
+    def recorded(self, shop: str, topic: str, headers: Mapping[str, str]) -> Delivery:
+        """The delivery of a recorded webhook, from the headers it was archived with (`encore replay`)."""
 
     def key(self, delivery: Delivery, payload: dict[str, Any], body: bytes) -> str | None:
         """The event key (dedupe key, job id) of a delivery; None for topics Encore does not handle.
@@ -100,6 +108,30 @@ class Receiver(Protocol):
         Run by the receiver to check a delivery before the 200, then by the worker. Raises one of
         `encore.events.MALFORMED_ERRORS` for a payload it can't take (answered 400).
         """
+
+
+@dataclass
+class ExportedOrder:
+    """An order from a platform's JSON export, with its customer and when it was paid, fulfilled and cancelled."""
+
+    order: Order
+    customer: Customer | None
+    paid_at: datetime | None = None
+    fulfilled_at: datetime | None = None
+    cancelled_at: datetime | None = None
+
+
+class Exports(Protocol):
+    """A platform's JSON exports (orders and customers, as its API returns them): what `encore simulate` reads."""
+
+    def recognises(self, payload: dict[str, Any]) -> bool:
+        """Whether an exported object is this platform's."""
+
+    def order(self, payload: dict[str, Any]) -> ExportedOrder:
+        """The order of an exported object (ValueError, TypeError or KeyError when it is not one)."""
+
+    def customer(self, payload: dict[str, Any]) -> Customer:
+        """The customer of an exported object."""
 
 
 def sign(body: bytes, secret: str) -> str:

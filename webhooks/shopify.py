@@ -10,6 +10,7 @@ topic; `X-Shopify-Event-Id` is shared by the topics one merchant action fires).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ConfigDict, TypeAdapter
@@ -33,7 +34,7 @@ from encore_retention.core.events import (
 )
 from encore_retention.core.settings import get_settings
 from encore_retention.core.store.models import utcnow
-from encore_retention.webhooks.base import Delivery, Headers, Rejected, signature_matches
+from encore_retention.webhooks.base import Delivery, ExportedOrder, Headers, Rejected, signature_matches
 from encore_retention.webhooks.secrets import shop_secrets
 
 platform = "shopify"
@@ -97,6 +98,7 @@ class ShopifyReceiver:
     """Receiver for `POST /webhooks/shopify`."""
 
     platform = platform
+    topics = TOPICS
 
     def verify(self, headers: Headers, body: bytes) -> Delivery:
         """Check `X-Shopify-Hmac-Sha256` against the app secret(s), then a custom app's own secret.
@@ -127,6 +129,19 @@ class ShopifyReceiver:
             headers={
                 "triggered_at": headers.get("X-Shopify-Triggered-At") or "",
                 "api_version": headers.get("X-Shopify-Api-Version") or "",
+            },
+        )
+
+    def recorded(self, shop: str, topic: str, headers: Mapping[str, str]) -> Delivery:
+        """The delivery of a recorded webhook, from the headers it was archived with (no signature check)."""
+        lowered = {name.lower(): value for name, value in headers.items()}
+        return Delivery(
+            shop=shop,
+            topic=topic,
+            delivery_id=lowered.get("x-shopify-webhook-id"),
+            headers={
+                "triggered_at": lowered.get("x-shopify-triggered-at", ""),
+                "api_version": lowered.get("x-shopify-api-version", ""),
             },
         )
 
@@ -357,3 +372,28 @@ def checkout_customer(payload: dict[str, Any]) -> Customer | None:
         return result
     email = text(payload.get("email"))
     return Customer(email=email) if email else None
+
+
+class ShopifyExports:
+    """Orders and customers as the Admin REST API returns them (what most export apps write)."""
+
+    def recognises(self, payload: dict[str, Any]) -> bool:
+        """Shopify's objects carry an `admin_graphql_api_id`, or an order's `total_price`."""
+        return "admin_graphql_api_id" in payload or "total_price" in payload
+
+    def order(self, payload: dict[str, Any]) -> ExportedOrder:
+        """The order, paid at `processed_at` when its status is paid, fulfilled at its first fulfillment."""
+        found = order(payload)
+        paid = parse_datetime(payload.get("processed_at")) if payload.get("financial_status") == "paid" else None
+        fulfillments = [
+            parse_datetime(f.get("created_at")) for f in array(payload.get("fulfillments")) if isinstance(f, dict)
+        ]
+        fulfilled = min((f for f in fulfillments if f), default=None)
+        return ExportedOrder(found, order_customer(payload), paid, fulfilled, found.cancelled_at)
+
+    def customer(self, payload: dict[str, Any]) -> Customer:
+        """The customer."""
+        return customer(payload)
+
+
+exports = ShopifyExports()

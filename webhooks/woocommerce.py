@@ -10,6 +10,7 @@ sends a ping, a form body `webhook_id=N` with no `X-WC-*` headers, that needs ex
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,7 +32,7 @@ from encore_retention.core.events import (
 )
 from encore_retention.core.settings import get_settings
 from encore_retention.core.store.models import utcnow
-from encore_retention.webhooks.base import Delivery, Headers, Rejected, signature_matches
+from encore_retention.webhooks.base import Delivery, ExportedOrder, Headers, Rejected, signature_matches
 from encore_retention.webhooks.secrets import lookup
 
 platform = "woocommerce"
@@ -78,6 +79,7 @@ class WooCommerceReceiver:
     """Receiver for `POST /webhooks/woocommerce`."""
 
     platform = platform
+    topics = TOPICS
 
     def verify(self, headers: Headers, body: bytes) -> Delivery:
         """Answer the creation ping; otherwise find the store and check `X-WC-Webhook-Signature`."""
@@ -107,6 +109,11 @@ class WooCommerceReceiver:
         if not topic:
             raise Rejected(400, "missing_topic", "X-WC-Webhook-Topic is missing")
         return Delivery(shop=domain, topic=topic, delivery_id=headers.get("X-WC-Webhook-Delivery-ID"))
+
+    def recorded(self, shop: str, topic: str, headers: Mapping[str, str]) -> Delivery:
+        """The delivery of a recorded webhook, from the headers it was archived with (no signature check)."""
+        lowered = {name.lower(): value for name, value in headers.items()}
+        return Delivery(shop=shop, topic=topic, delivery_id=lowered.get("x-wc-webhook-delivery-id"))
 
     def key(self, delivery: Delivery, payload: dict[str, Any], body: bytes) -> str | None:
         """Topic + resource id + `date_modified_gmt` (the delivery id is new on every delivery); None if unhandled."""
@@ -240,3 +247,31 @@ def order(payload: dict[str, Any]) -> Order:
         fulfillment_status="fulfilled" if status == "completed" else None,
         cancelled_at=modified if status in ("cancelled", "trash") else None,
     )
+
+
+class WooCommerceExports:
+    """Orders and customers as the REST API (`/wc/v3/orders`, `/wc/v3/customers`) returns them."""
+
+    def recognises(self, payload: dict[str, Any]) -> bool:
+        """WooCommerce's objects carry `date_created_gmt`, or a `billing` address and no Shopify `total_price`."""
+        return "date_created_gmt" in payload or ("billing" in payload and "total_price" not in payload)
+
+    def order(self, payload: dict[str, Any]) -> ExportedOrder:
+        """The order, paid at `date_paid_gmt`, completed at `date_completed_gmt`, cancelled by its status."""
+        found = order(payload)
+        found.created_at = found.created_at or parse_datetime(payload.get("date_created_gmt"))
+        cancelled = found.created_at if payload.get("status") == "cancelled" else None
+        return ExportedOrder(
+            found,
+            order_customer(payload),
+            parse_datetime(payload.get("date_paid_gmt")),
+            parse_datetime(payload.get("date_completed_gmt")),
+            cancelled,
+        )
+
+    def customer(self, payload: dict[str, Any]) -> Customer:
+        """The customer."""
+        return customer(payload)
+
+
+exports = WooCommerceExports()

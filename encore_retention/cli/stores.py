@@ -11,20 +11,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from sqlalchemy import select
 
-from encore_retention.connectors.base import PlatformError, get_connector
+from encore_retention.connectors.base import PlatformError, get_connector, platforms
 from encore_retention.connectors.models import DataExport
-from encore_retention.connectors.shopify import ShopifyConnector
-from encore_retention.connectors.shopify import webhook_address as shopify_webhook_address
-from encore_retention.connectors.woocommerce import WooCommerceConnector, generate_secret
-from encore_retention.connectors.woocommerce import webhook_address as woocommerce_webhook_address
 from encore_retention.core import events as ev
-from encore_retention.core.crypto import encrypt
 from encore_retention.core.store import migrate, session_scope
-from encore_retention.core.store.ledger import get_or_create_shop, recompute, upsert_customer, upsert_order
+from encore_retention.core.store.ledger import recompute, upsert_customer, upsert_order
 from encore_retention.core.store.models import Customer, Shop, parse_id, utcnow
 from encore_retention.jobs import process_event
-from encore_retention.webhooks import secrets as webhook_secrets
-from encore_retention.webhooks.shopify import SHOP_DOMAIN
 from encore_retention.webhooks.woocommerce import store_domain
 
 
@@ -33,121 +26,22 @@ def stores() -> None:
     """Connect and list stores."""
 
 
-@stores.group("add")
+class PlatformCommands(click.Group):
+    """`encore stores add <platform>`: one command per installed platform, the plug-in's own."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """The installed platforms that can connect a store from the command line."""
+        return sorted(name for name, platform in platforms().items() if platform.register is not None)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The platform's own `add` command."""
+        platform = platforms().get(cmd_name)
+        return platform.register if platform else None
+
+
+@stores.group("add", cls=PlatformCommands)
 def add() -> None:
     """Connect a store."""
-
-
-@add.command("woocommerce")
-@click.argument("url")
-@click.option("--consumer-key", required=True, help="REST API consumer key (ck_…), with read/write permission")
-@click.option("--consumer-secret", required=True, help="REST API consumer secret (cs_…)")
-@click.option("--webhook-secret", default=None, help="sign the webhooks with this secret (default: a new one)")
-@click.option(
-    "--no-verify", is_flag=True, help="don't call the store: save the keys as given and create the webhooks by hand"
-)
-def add_woocommerce(
-    url: str, consumer_key: str, consumer_secret: str, webhook_secret: str | None, no_verify: bool
-) -> None:
-    """Connect a WooCommerce store: check the keys, create its webhooks, print the store id."""
-
-    domain = store_domain(url)
-    if not domain or not url.strip().lower().startswith(("http://", "https://")):
-        raise click.BadParameter(f"{url!r} is not a store URL (expected http://… or https://…)", param_hint="URL")
-    url = url.strip().rstrip("/")
-    generated = webhook_secret is None
-    secret = webhook_secret or generate_secret()
-    facts: dict[str, object] = {}
-    if not no_verify:
-        probe = Shop(platform="woocommerce", domain=domain, url=url)
-        try:
-            facts = WooCommerceConnector(probe, consumer_key=consumer_key, consumer_secret=consumer_secret).verify()
-        except PlatformError as exc:
-            raise click.ClickException(f"the store did not accept the keys: {exc.message}") from exc
-    migrate()
-    with session_scope() as session:
-        shop = get_or_create_shop(session, "woocommerce", domain)
-        shop.url = url
-        shop.consumer_key_enc = encrypt(consumer_key)
-        shop.consumer_secret_enc = encrypt(consumer_secret)
-        shop.webhook_secret_enc = encrypt(secret)
-        if facts.get("currency"):
-            shop.currency = str(facts["currency"])
-        if facts.get("timezone"):
-            shop.timezone = str(facts["timezone"])
-        shop.active, shop.installed_at, shop.uninstalled_at = True, utcnow(), None
-        shop_id = shop.id
-    webhook_secrets.forget("woocommerce", domain)
-    if no_verify:
-        click.echo(f"store {shop_id} added: woocommerce {domain}")
-        if generated:
-            click.echo(
-                f"create the webhooks in WooCommerce > Settings > Advanced > Webhooks with delivery URL "
-                f"{woocommerce_webhook_address()} and secret {secret}"
-            )
-        return
-    with session_scope() as session:
-        shop = session.get_one(Shop, shop_id)
-        try:
-            topics = WooCommerceConnector(shop).register_webhooks()
-        except PlatformError as exc:
-            raise click.ClickException(
-                f"store {shop_id} saved, but its webhooks could not be created: "
-                f"{exc.message} (run the command again to retry)"
-            ) from exc
-    click.echo(f"store {shop_id} added: woocommerce {domain}")
-    click.echo(f"webhooks: {', '.join(topics)} -> {woocommerce_webhook_address()}")
-
-
-@add.command("shopify")
-@click.argument("domain")
-@click.option("--access-token", required=True, help="Admin API access token of a custom app (shpat_…)")
-@click.option("--webhook-secret", default=None, help="the custom app's API secret, if it signs the webhooks")
-@click.option(
-    "--register-webhooks",
-    is_flag=True,
-    help="check the token, read the shop's name, currency and time zone, and subscribe the webhooks",
-)
-def add_shopify(domain: str, access_token: str, webhook_secret: str | None, register_webhooks: bool) -> None:
-    """Register a Shopify shop with a custom-app token."""
-
-    domain = domain.strip().lower()
-    if not SHOP_DOMAIN.match(domain):
-        raise click.BadParameter("expected a shop domain like example.myshopify.com", param_hint="DOMAIN")
-    details: dict[str, str] = {}
-    if register_webhooks:
-        probe = Shop(platform="shopify", domain=domain, url=f"https://{domain}")
-        try:
-            details = ShopifyConnector(probe, token=access_token).shop_details()
-        except PlatformError as exc:
-            raise click.ClickException(f"Shopify did not accept the token: {exc.message}") from exc
-    migrate()
-    with session_scope() as session:
-        shop = get_or_create_shop(session, "shopify", domain)
-        shop.url = f"https://{domain}"
-        shop.access_token_enc = encrypt(access_token)
-        if webhook_secret:
-            shop.webhook_secret_enc = encrypt(webhook_secret)
-        shop.name = details.get("name") or shop.name
-        shop.currency = details.get("currencyCode") or shop.currency
-        shop.timezone = details.get("ianaTimezone") or shop.timezone
-        shop.active, shop.installed_at, shop.uninstalled_at = True, utcnow(), None
-        shop_id = shop.id
-    webhook_secrets.forget("shopify", domain)
-    click.echo(f"store {shop_id} added: shopify {domain}")
-    if register_webhooks:
-        with session_scope() as session:
-            try:
-                connector = ShopifyConnector(session.get_one(Shop, shop_id))
-                topics = connector.register_webhooks()
-            except PlatformError as exc:
-                raise click.ClickException(
-                    f"store {shop_id} saved, but its webhooks could not be subscribed: "
-                    f"{exc.message} (run the command again to retry)"
-                ) from exc
-        click.echo(f"webhooks: {', '.join(topics)} -> {shopify_webhook_address()}")
-        for topic, message in sorted(connector.refused.items()):
-            click.echo(f"refused: {topic}: {message}", err=True)
 
 
 @stores.command("list")

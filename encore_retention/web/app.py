@@ -13,6 +13,7 @@ from flask import Flask, jsonify, request
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from encore_retention.connectors.base import platforms
 from encore_retention.core import logs
 from encore_retention.core.health import SchemaWatch
 from encore_retention.core.settings import get_settings
@@ -43,6 +44,7 @@ def create_app() -> Flask:
     warning = health.persistence()  # the answer /healthz shows for the next minute too
     if warning:
         log.warning(warning)
+    log.info("platforms loaded", extra={"platforms": sorted(platforms())})  # a broken plug-in is reported now
 
     @app.before_request
     def database_ready():

@@ -8,14 +8,14 @@ from flask import Blueprint, Request, abort, jsonify, request
 from redis.exceptions import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from encore_retention.connectors.base import Platform, platforms
 from encore_retention.core import archive
 from encore_retention.core.events import MALFORMED_ERRORS, problem
 from encore_retention.core.queue import enqueue_delivery
 from encore_retention.core.settings import get_settings
 from encore_retention.core.store.models import utcnow
 from encore_retention.webhooks import metrics
-from encore_retention.webhooks.base import Delivery, Receiver, Rejected, parse_json
-from encore_retention.webhooks.receivers import RECEIVERS
+from encore_retention.webhooks.base import Delivery, Rejected, parse_json
 
 log = logging.getLogger("encore.webhooks")
 
@@ -24,10 +24,10 @@ blueprint = Blueprint("receivers", __name__)
 
 @blueprint.post("/webhooks/<platform>")
 def webhook(platform: str):
-    receiver = RECEIVERS.get(platform)
-    if receiver is None:
+    found = platforms().get(platform)
+    if found is None:
         abort(404)
-    return receive(receiver)
+    return receive(found)
 
 
 def _read_body(req: Request) -> bytes:
@@ -43,7 +43,7 @@ def _read_body(req: Request) -> bytes:
     return body
 
 
-def receive(receiver: Receiver):
+def receive(entry: Platform):
     """The Flask view body shared by every platform's receiver.
 
     It does the least that makes a delivery safe to acknowledge: size, signature, JSON, the event
@@ -53,7 +53,7 @@ def receive(receiver: Receiver):
     worker normalises them again (`encore.jobs.process_delivery`), so a 200 costs little more than
     the signature check, the parse (about 0.1 ms of CPU for a 15 KB order) and two Redis round trips.
     """
-    platform = receiver.platform
+    platform, receiver = entry.name, entry.receiver
     delivery: Delivery | None = None
     try:
         body = _read_body(request)
@@ -101,7 +101,7 @@ def receive(receiver: Receiver):
         )
         return jsonify(status="ignored", topic=delivery.topic), 200
     delivery.received_at = utcnow().isoformat()
-    delivery.http_headers = archive.safe_headers(request.headers.items())
+    delivery.http_headers = archive.safe_headers(request.headers.items(), entry.signature_headers)
     try:
         queued = enqueue_delivery(platform, delivery.to_dict(), body, key)
     except RedisError as exc:
