@@ -13,6 +13,7 @@ import hmac
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -49,8 +50,14 @@ def format_code(prefix: str, digest: bytes) -> str:
         number, index = divmod(number, len(ALPHABET))
         chars.append(ALPHABET[index])
     body = "".join(chars)
-    clean = re.sub(r"[^A-Z0-9]+", "", prefix.upper())[:20]
-    return "-".join(p for p in (clean, body[:4], body[4:]) if p)
+    clean = _clean_prefix(prefix)
+    return f"{clean}-{body[:4]}-{body[4:]}" if clean else f"{body[:4]}-{body[4:]}"
+
+
+@lru_cache(maxsize=256)
+def _clean_prefix(prefix: str) -> str:
+    """A code's prefix: its letters and digits, upper case, at most 20."""
+    return re.sub(r"[^A-Z0-9]+", "", prefix.upper())[:20]
 
 
 @contextmanager

@@ -723,7 +723,7 @@ class Simulation:
         runner = SimRunner(self, run)
         for _ in range(200):
             if run.flow.conditions:
-                failed = self.holds(run.flow, self.context(run), run.customer)
+                failed = self.holds(run.flow, runner.context(), run.customer)
                 if failed is not None:
                     run.active = False
                     self.record(run, "exited", reason=f"condition no longer holds: {failed}")
@@ -757,11 +757,19 @@ class Simulation:
 
 
 class SimRunner(Runner):
-    """A simulated run's facts and effects: the in-memory customer, the simulated clock, the report."""
+    """A simulated run's facts and effects: the in-memory customer, the simulated clock, the report.
+
+    It keeps no trace: a suppression goes into the report (`suppressed`), the other lines are not made.
+    """
+
+    __slots__ = ("sim", "run", "flow", "step", "_context", "_version")
+    traced = False
 
     def __init__(self, sim: Simulation, run: SimRun) -> None:
         self.sim, self.run, self.flow = sim, run, run.flow
         self.step: Any = None
+        self._context: dict[str, Any] | None = None
+        self._version = -1
 
     @property
     def position(self) -> list[Any]:
@@ -777,18 +785,27 @@ class SimRunner(Runner):
         return self.sim.tz
 
     def context(self) -> dict[str, Any]:
-        """What expressions and subjects read."""
-        return self.sim.context(self.run)
+        """What expressions and subjects read: made once per advance, again when the customer changed."""
+        version = self.run.customer.version
+        if self._context is None or self._version != version:
+            self._context, self._version = self.sim.context(self.run), version
+        return self._context
 
     def trace(self, kind: str, message: str, **detail: Any) -> None:
-        """A suppression goes into the report; the other trace lines are not kept."""
-        if kind == "suppressed":
-            spec = getattr(self.step, "send_email", None)
-            self.sim.record(self.run, "suppressed", template=spec.template if spec else "", reason=detail["reason"])
+        """Trace lines are not kept."""
+
+    def suppressed(self, reason: str) -> rules.Outcome:
+        """Report the suppression with its reason and the email's template."""
+        spec = getattr(self.step, "send_email", None)
+        self.sim.record(self.run, "suppressed", template=spec.template if spec else "", reason=reason)
+        return rules.NEXT
 
     def set_var(self, name: str, value: Any) -> None:
-        """Keep a value for the later steps (a code as later steps see it)."""
-        self.run.vars[name] = DiscountView(value, self) if isinstance(value, dict) and "code" in value else value
+        """Keep a value for the later steps (a code as later steps see it: never redeemed, so it needs no runner)."""
+        kept = DiscountView(value, None) if isinstance(value, dict) and "code" in value else value
+        self.run.vars[name] = kept
+        if self._context is not None:
+            self._context[name] = kept
 
     def key(self, kind: str) -> str:
         """The step's effect key, shaped as the engine's."""

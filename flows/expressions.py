@@ -41,29 +41,41 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
 }
 _PLACEHOLDER = re.compile(rf"\{{\{{\s*{_FIELD}(?:\s+or\s+'([^'{{}}\\]*)')?\s*\}}\}}")
 _PLAIN = object()  # not the plain case: Jinja answers
+_DICT_ATTRIBUTES = frozenset(dir(dict))  # `d.items` is the method, not the key, in Jinja too
+# The sandbox's answer to "may a template read `attr` of this object", which goes by the object's type and the name.
+_SAFE: dict[tuple[type, str], bool] = {}
 
 
 def _field(holder: Any, attr: str) -> Any:
     """`holder.attr` as Jinja's sandbox reads it, when that is plain: a dict's key, or a data attribute."""
     if type(holder) is dict:
-        return holder.get(attr, _PLAIN) if not hasattr(dict, attr) else _PLAIN
+        return holder.get(attr, _PLAIN) if attr not in _DICT_ATTRIBUTES else _PLAIN
     value = getattr(holder, attr, _PLAIN)
-    if value is _PLAIN or holder is None or callable(value) or not _env.is_safe_attribute(holder, attr, value):
+    if value is _PLAIN or holder is None or callable(value):
         return _PLAIN
-    return value
+    safe = _SAFE.get((type(holder), attr))
+    if safe is None:
+        if len(_SAFE) > 4096:
+            _SAFE.clear()
+        safe = _SAFE[(type(holder), attr)] = _env.is_safe_attribute(holder, attr, value)
+    return value if safe else _PLAIN
 
 
-def _fast_condition(source: str, compiled: Any) -> Any:
+def _fast_condition(source: str, compiled: Any) -> Callable[[dict[str, Any]], Any]:
     """Plain Python for `name.field`, `not name.field` and `name.field <op> integer` (else `compiled`)."""
+
+    def jinja(context: dict[str, Any]) -> Any:
+        return compiled(**context)
+
     match = _SIMPLE_CONDITION.match(source)
     if match is None:
-        return compiled
+        return jinja
     negate, name, attr, op, number = match.groups()
     if negate and op:
-        return compiled
+        return jinja
     compare, operand = (_COMPARE[op], int(number)) if op else (None, 0)
 
-    def fast(**context: Any) -> Any:
+    def fast(context: dict[str, Any]) -> Any:
         value = _field(context.get(name), attr)
         if value is _PLAIN:
             return compiled(**context)
@@ -75,8 +87,8 @@ def _fast_condition(source: str, compiled: Any) -> Any:
 
 
 @lru_cache(maxsize=1024)
-def compile_expression(source: str) -> Any:
-    """A callable evaluating `source` against a context (compiled once per process)."""
+def compile_expression(source: str) -> Callable[[dict[str, Any]], Any]:
+    """A callable evaluating `source` against a context dict (compiled once per process)."""
     try:
         compiled = _env.compile_expression(source, undefined_to_none=False)
     except TemplateSyntaxError as exc:
@@ -88,7 +100,7 @@ def evaluate(source: str, context: dict[str, Any]) -> Any:
     """The value of an expression in `context`."""
     function = compile_expression(source)
     try:
-        return function(**context)
+        return function(context)
     except Exception as exc:  # noqa: BLE001 - a marketer's expression may fail in many ways; report it
         raise ExpressionError(f"expression {source!r} failed: {exc}") from None
 

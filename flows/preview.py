@@ -40,6 +40,7 @@ class PreviewRunner(StepRunner):
     sent, created or recorded (a code reads PREFIXPREVIEW)."""
 
     rendered: list[Preview] = field(default_factory=list)
+    traced = False
 
     def trace(self, kind: str, message: str, **detail: Any) -> None:
         """A preview keeps no trace."""

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
@@ -160,18 +160,49 @@ def shop_view(shop: Shop) -> dict[str, Any]:
 
 
 class DiscountView:
-    """A created discount as later steps see it; `redeemed` asks the ledger, then the platform, when read."""
+    """A created discount as later steps see it; `redeemed` asks the ledger, then the platform, when read.
+
+    It holds the stored record and makes each field from it when a step reads it (a run keeps one per code).
+    """
+
+    __slots__ = ("_data", "_runner", "code")
 
     def __init__(self, data: dict[str, Any], runner: Runner | None) -> None:
         self._data = data
         self._runner = runner
         self.code: str = data["code"]
-        self.kind: str = data["kind"]
-        self.amount = Decimal(str(data["amount"]))
-        self.value: str = data["value"]
-        self.expires_at = datetime.fromisoformat(data["expires_at"]) if data.get("expires_at") else None
-        self.expires_on: str = data.get("expires_on") or ""
-        self.minimum_subtotal = Decimal(data["minimum_subtotal"]) if data.get("minimum_subtotal") else None
+
+    @property
+    def kind(self) -> str:
+        """`percent` or `fixed`."""
+        return str(self._data["kind"])
+
+    @property
+    def amount(self) -> Decimal:
+        """The percentage or the amount off."""
+        return Decimal(str(self._data["amount"]))
+
+    @property
+    def value(self) -> str:
+        """The discount as a customer reads it (`15%`, `€10.00`)."""
+        return str(self._data["value"])
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When the code stops working."""
+        found = self._data.get("expires_at")
+        return datetime.fromisoformat(found) if found else None
+
+    @property
+    def expires_on(self) -> str:
+        """The last day, in the customer's zone, as a customer reads it."""
+        return str(self._data.get("expires_on") or "")
+
+    @property
+    def minimum_subtotal(self) -> Decimal | None:
+        """The smallest subtotal the code applies to."""
+        found = self._data.get("minimum_subtotal")
+        return Decimal(found) if found else None
 
     @property
     def redeemed(self) -> bool:
@@ -193,7 +224,10 @@ class Runner(ABC):
     the connectors), the simulator's in-memory world, a preview's sample customer.
     """
 
+    __slots__ = ()
     flow: Flow
+    # Whether `trace()` keeps what it is given: a runner that keeps no trace is spared the building of its lines.
+    traced: ClassVar[bool] = True
 
     @property
     @abstractmethod
@@ -256,6 +290,12 @@ class Runner(ABC):
     @abstractmethod
     def counted(self, outcome: str) -> None:
         """Count an email's outcome (sent, or why not) in the metrics."""
+
+    def suppressed(self, reason: str) -> Outcome:
+        """An email not sent for `reason`: counted and traced."""
+        self.counted(reason)
+        self.trace("suppressed", f"email not sent: {reason}", reason=reason)
+        return NEXT
 
     def redeemed(self, code: str) -> bool:
         """Whether the customer has used `code`."""
@@ -336,26 +376,29 @@ class StepKind:
 
 
 STEPS: dict[str, StepKind] = {}
+_BY_MODEL: dict[type, StepKind] = {}
 
 
 def register(name: str, model: type[StepModel], handler: Handler, *, pure: bool = False) -> StepKind:
     """Add a kind of step: flow files may use it, and the engine, the simulator and previews run it."""
     add_step_model(name, model)
-    kind = STEPS[name] = StepKind(name, model, handler, pure)
+    kind = STEPS[name] = _BY_MODEL[model] = StepKind(name, model, handler, pure)
     return kind
 
 
 def unregister(name: str) -> None:
     """Take a registered kind of step back out (tests)."""
-    STEPS.pop(name, None)
+    kind = STEPS.pop(name, None)
+    if kind is not None:
+        _BY_MODEL.pop(kind.model, None)
     remove_step_model(name)
 
 
 def kind_of(step: Any) -> StepKind:
     """The registered kind of a step."""
-    for kind in STEPS.values():  # a handful: the model's class finds it
-        if type(step) is kind.model:
-            return kind
+    kind = _BY_MODEL.get(type(step))
+    if kind is not None:
+        return kind
     name = step_kind(step)
     if name is None or name not in STEPS:
         raise ValueError(f"not a step: {step!r}")
@@ -387,16 +430,19 @@ def walk(steps: list[Any], prefix: list[Any] | None = None) -> Iterator[tuple[li
 def step_wait(runner: Runner, step: Any) -> Outcome:
     """Pause until the wait's end (a duration in local calendar terms, then a local time of day)."""
     until = rules.wait_until(step.wait, runner.now(), runner.tz())
-    runner.trace("wait", f"waiting until {until.isoformat()}", until=until.isoformat())
+    if runner.traced:
+        runner.trace("wait", f"waiting until {until.isoformat()}", until=until.isoformat())
     return Outcome("wait", until=until)
 
 
 def step_if(runner: Runner, step: Any) -> Outcome:
     """Enter `then` or `else` depending on the expression."""
     result, error = rules.condition_holds(step.if_, runner.context())
-    if error is not None:
-        runner.trace("condition", f"if {step.if_} -> error: {error}", expression=step.if_, result=None)
-    runner.trace("condition", f"if {step.if_} -> {'true' if result else 'false'}", expression=step.if_, result=result)
+    if runner.traced:
+        if error is not None:
+            runner.trace("condition", f"if {step.if_} -> error: {error}", expression=step.if_, result=None)
+        verdict = "true" if result else "false"
+        runner.trace("condition", f"if {step.if_} -> {verdict}", expression=step.if_, result=result)
     branch = step.then if result else step.else_
     if not branch:
         return NEXT
@@ -423,7 +469,7 @@ def step_send_email(runner: Runner, step: Any) -> Outcome:
     if earlier is not None and not again:
         return NEXT
     if not address:
-        return _suppressed(runner, "no email address")
+        return runner.suppressed("no email address")
     address = header_text(address)
     try:  # `to` may be `Name <address>`: consent, suppressions and unsubscribing go by the address
         recipient = mailbox(address)[1]
@@ -433,17 +479,12 @@ def step_send_email(runner: Runner, step: Any) -> Outcome:
         reason = runner.marketing_block(recipient, again=again)
         if reason == "quiet hours":
             until = rules.quiet_hours_end(runner.flow, runner.now(), runner.tz())
-            runner.trace("deferred", f"quiet hours: sending at {until.isoformat()}", reason="quiet hours")
+            if runner.traced:
+                runner.trace("deferred", f"quiet hours: sending at {until.isoformat()}", reason="quiet hours")
             return Outcome("defer", until=until)
         if reason:
-            return _suppressed(runner, reason)
+            return runner.suppressed(reason)
     return runner.send(EmailDraft(spec, ctx, address, recipient, key, again, runner.flow.marketing))
-
-
-def _suppressed(runner: Runner, reason: str) -> Outcome:
-    runner.counted(reason)
-    runner.trace("suppressed", f"email not sent: {reason}", reason=reason)
-    return NEXT
 
 
 def step_create_discount(runner: Runner, step: Any) -> Outcome:

@@ -123,6 +123,8 @@ def header_text(value: str) -> str:
     (`Bcc:`) or end the header section early (pushing Date, Message-ID and List-Unsubscribe into the
     body); what was written around the break stays readable.
     """
+    if value.isprintable():  # no control character nor line break: nothing to replace
+        return value.strip()
     return _CONTROLS.sub(" ", value).strip()
 
 
