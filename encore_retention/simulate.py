@@ -471,9 +471,17 @@ class Simulation:
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> None:
         """Play everything scheduled, in time order; `progress(done, pending)` is called now and then."""
-        done = 0
-        while self.queue:
-            _, _, when, kind, payload = heapq.heappop(self.queue)
+        # The history, queued before the clock starts, is sorted once; what playing it queues (waits, date
+        # triggers) goes on the heap, which stays small. The two are merged by (time, sequence).
+        planned, self.queue = sorted(self.queue), []
+        done, index, total = 0, 0, len(planned)
+        while index < total or self.queue:
+            if self.queue and (index == total or self.queue[0] < planned[index]):
+                _, _, when, kind, payload = heapq.heappop(self.queue)
+            else:
+                _, _, when, kind, payload = planned[index]
+                planned[index] = None  # played: let go of it
+                index += 1
             if when > self.now:
                 self.now = when
             if kind == "event":
@@ -485,7 +493,7 @@ class Simulation:
                 self.date_due(*payload)
             done += 1
             if progress and done % 5000 == 0:
-                progress(done, len(self.queue))
+                progress(done, total - index + len(self.queue))
         if progress:
             progress(done, 0)
 
@@ -584,20 +592,13 @@ class Simulation:
                 if run.flow_key in exiting and run.event.get("id") != event["id"]:
                     run.active = False
                     self.record(run, "exited", reason=f"exit on {name}")
+        order_id = order.id if order is not None else None
         for key in starting or ():
             flow = self.flows[key]
-            self.start_run(key, flow, customer, self.event_key(flow, name, event["id"], order), event, order)
-
-    def event_key(self, flow: Any, name: str, event_id: str, order: Any) -> str:
-        """The run key's trigger part (`rules.event_trigger_key`)."""
-        return rules.event_trigger_key(
-            flow.entry,
-            event_type=name,
-            event_id=event_id,
-            occurred_at=self.now,
-            tz=self.tz,
-            order_id=order.id if order is not None else None,
-        )
+            trigger_key = rules.event_trigger_key(
+                flow.entry, event_type=name, event_id=event["id"], occurred_at=self.now, tz=self.tz, order_id=order_id
+            )
+            self.start_run(key, flow, customer, trigger_key, event, order)
 
     # -- date triggers -----------------------------------------------------------------------------
     def plan_dates(self, customer: SimCustomer, date_field: str) -> None:

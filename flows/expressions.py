@@ -75,8 +75,11 @@ def _fast_condition(source: str, compiled: Any) -> Callable[[dict[str, Any]], An
         return jinja
     compare, operand = (_COMPARE[op], int(number)) if op else (None, 0)
 
+    plain_key = attr not in _DICT_ATTRIBUTES
+
     def fast(context: dict[str, Any]) -> Any:
-        value = _field(context.get(name), attr)
+        holder = context.get(name)
+        value = holder.get(attr, _PLAIN) if plain_key and type(holder) is dict else _field(holder, attr)
         if value is _PLAIN:
             return compiled(**context)
         if compare is not None:
@@ -107,7 +110,11 @@ def evaluate(source: str, context: dict[str, Any]) -> Any:
 
 def holds(source: str, context: dict[str, Any]) -> bool:
     """Whether a condition holds (undefined names and attributes count as false)."""
-    return bool(evaluate(source, context))
+    function = compile_expression(source)
+    try:
+        return bool(function(context))
+    except Exception as exc:  # noqa: BLE001 - as `evaluate`
+        raise ExpressionError(f"expression {source!r} failed: {exc}") from None
 
 
 def names_in_expression(source: str) -> set[str]:

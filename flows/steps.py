@@ -27,7 +27,7 @@ from encore_retention.connectors import email as email_api
 from encore_retention.connectors import http as outbound
 from encore_retention.connectors.base import Discount, DiscountRequest, PlatformError
 from encore_retention.connectors.email import get_transport
-from encore_retention.connectors.email.base import header_text, mailbox
+from encore_retention.connectors.email.base import addressed, header_text
 from encore_retention.core import events as ev
 from encore_retention.core.metrics import EMAILS, platform_error
 from encore_retention.core.settings import get_settings
@@ -407,7 +407,7 @@ def kind_of(step: Any) -> StepKind:
 
 def run_step(runner: Runner, step: Any) -> Outcome:
     """Run one step by its kind."""
-    return kind_of(step).handler(runner, step)
+    return (_BY_MODEL.get(type(step)) or kind_of(step)).handler(runner, step)
 
 
 def branches(step: Any) -> list[tuple[str, list[Any]]]:
@@ -470,12 +470,9 @@ def step_send_email(runner: Runner, step: Any) -> Outcome:
         return NEXT
     if not address:
         return runner.suppressed("no email address")
-    address = header_text(address)
-    try:  # `to` may be `Name <address>`: consent, suppressions and unsubscribing go by the address
-        recipient = mailbox(address)[1]
-    except ValueError:
-        recipient = address  # not one address: refused when the message is built, and traced
-    if runner.flow.marketing:
+    address, recipient = addressed(address)  # `to` may be `Name <address>`
+    marketing = runner.flow.marketing
+    if marketing:
         reason = runner.marketing_block(recipient, again=again)
         if reason == "quiet hours":
             until = rules.quiet_hours_end(runner.flow, runner.now(), runner.tz())
@@ -484,7 +481,7 @@ def step_send_email(runner: Runner, step: Any) -> Outcome:
             return Outcome("defer", until=until)
         if reason:
             return runner.suppressed(reason)
-    return runner.send(EmailDraft(spec, ctx, address, recipient, key, again, runner.flow.marketing))
+    return runner.send(EmailDraft(spec, ctx, address, recipient, key, again, marketing))
 
 
 def step_create_discount(runner: Runner, step: Any) -> Outcome:

@@ -146,6 +146,19 @@ def mailbox(value: str) -> tuple[str, str]:
     return name.strip(), address
 
 
+def addressed(to: str) -> tuple[str, str]:
+    """`to` on one line (`header_text`), and the address it names: consent, suppressions and unsubscribing go
+    by it (`to` itself when it is not one mailbox; refused when the message is built)."""
+    if to.isprintable() and "<" not in to:  # the common case, a bare address
+        to = to.strip()
+        return to, to
+    text = header_text(to)
+    try:
+        return text, mailbox(text)[1]
+    except ValueError:
+        return text, text
+
+
 def build_message(email: OutgoingEmail) -> Message:
     """The MIME message: text and HTML alternatives, Message-ID, unsubscribe headers (RFC 8058).
 
