@@ -473,7 +473,8 @@ class Simulation:
         """Play everything scheduled, in time order; `progress(done, pending)` is called now and then."""
         # The history, queued before the clock starts, is sorted once; what playing it queues (waits, date
         # triggers) goes on the heap, which stays small. The two are merged by (time, sequence).
-        planned, self.queue = sorted(self.queue), []
+        planned: list[Any] = sorted(self.queue)
+        self.queue = []
         done, index, total = 0, 0, len(planned)
         while index < total or self.queue:
             if self.queue and (index == total or self.queue[0] < planned[index]):
