@@ -3,6 +3,7 @@
 The orders (a Shopify or WooCommerce export, CSV or JSON) become the events the platform would have
 sent: `customer.created` before a customer's first order, `order.placed`, `order.paid`,
 `order.fulfilled`, `order.cancelled`; the date triggers fire when a customer's date makes them due.
+Exports hold no checkouts: a caller that has them adds `checkout.started` events (`Simulation.add_checkout`).
 Each flow is run by the engine's own step handlers and rules (`flows.steps`, `flows.rules`: trigger
 keys, entry, conditions re-checked before each step, waits, the marketing checks, codes' terms) with a
 `SimRunner` whose facts and effects are an in-memory world, so that a year of a busy store runs in
@@ -406,6 +407,7 @@ class SimRun:
     started_at: datetime
     event: dict[str, Any]
     order: Any
+    checkout: Any = None
     position: list[Any] = field(default_factory=lambda: [0])
     vars: dict[str, Any] = field(default_factory=dict)
     active: bool = True
@@ -562,7 +564,12 @@ class Simulation:
         return count
 
     # -- events ------------------------------------------------------------------------------------
-    def event(self, name: str, customer: SimCustomer, order: Any) -> None:
+    def add_checkout(self, when: datetime, customer_key: str, checkout: ev.Checkout) -> None:
+        """Queue a started checkout of a loaded customer (exports hold no checkouts: a caller that has them adds
+        them after `load`)."""
+        self.at(when, "event", ("checkout.started", self.customers[customer_key], None, checkout))
+
+    def event(self, name: str, customer: SimCustomer, order: Any, checkout: Any = None) -> None:
         """One historical event: the ledger first, then exits and starts, as the worker does."""
         if name == "order.placed":
             customer.orders_count += 1
@@ -581,8 +588,9 @@ class Simulation:
         exiting, starting = self.exiting.get(name), self.by_event.get(name)
         if not exiting and not starting:
             return
+        subject = order.id if order is not None else checkout.token if checkout is not None else customer.key
         event = {
-            "id": f"{name}:{order.id if order is not None else customer.key}",
+            "id": f"{name}:{subject}",
             "type": name,
             "occurred_at": self.now.isoformat(),
             "topic": name,
@@ -594,12 +602,19 @@ class Simulation:
                     run.active = False
                     self.record(run, "exited", reason=f"exit on {name}")
         order_id = order.id if order is not None else None
+        token = checkout.token if checkout is not None else None
         for key in starting or ():
             flow = self.flows[key]
             trigger_key = rules.event_trigger_key(
-                flow.entry, event_type=name, event_id=event["id"], occurred_at=self.now, tz=self.tz, order_id=order_id
+                flow.entry,
+                event_type=name,
+                event_id=event["id"],
+                occurred_at=self.now,
+                tz=self.tz,
+                order_id=order_id,
+                checkout_token=token,
             )
-            self.start_run(key, flow, customer, trigger_key, event, order)
+            self.start_run(key, flow, customer, trigger_key, event, order, checkout)
 
     # -- date triggers -----------------------------------------------------------------------------
     def plan_dates(self, customer: SimCustomer, date_field: str) -> None:
@@ -645,7 +660,7 @@ class Simulation:
             "event": run.event,
             "run": {"id": run.number, "started_at": run.started_at, "flow": run.flow.name},
             "order": run.order,
-            "checkout": None,
+            "checkout": run.checkout,
             "now": self.now,
         }
         ctx.update(run.vars)
@@ -687,7 +702,14 @@ class Simulation:
         return found
 
     def start_run(
-        self, key: str, flow: Any, customer: SimCustomer, trigger_key: str, event: dict[str, Any], order: Any
+        self,
+        key: str,
+        flow: Any,
+        customer: SimCustomer,
+        trigger_key: str,
+        event: dict[str, Any],
+        order: Any,
+        checkout: Any = None,
     ) -> None:
         """Start a run if its key is new, its conditions hold, and its cool-down has passed."""
         run_key = (key, customer.key, trigger_key)
@@ -700,7 +722,7 @@ class Simulation:
                 self.not_started[(key, f"condition false: {failed}")] += 1
                 return
         self.runs += 1
-        run = SimRun(self.runs, key, flow, customer, self.now, event, order)
+        run = SimRun(self.runs, key, flow, customer, self.now, event, order, checkout)
         if not simple:
             failed = self.holds(flow, self.context(run), customer)
             if failed is not None:
@@ -1030,8 +1052,9 @@ def run_simulation(
     end: datetime,
     tz: tzinfo,
     currency: str = "EUR",
+    checkouts: Iterable[tuple[datetime, str, ev.Checkout]] = (),
 ) -> Simulation:
-    """Simulate without the command line (tests, benchmarks)."""
+    """Simulate without the command line (tests, benchmarks); `checkouts`: (when, customer key, checkout)."""
     shop = {
         "id": 0,
         "name": "Your store",
@@ -1043,6 +1066,8 @@ def run_simulation(
     }
     sim = Simulation(flows, shop, tz, start, end)
     sim.load(orders, known)
+    for when, customer_key, checkout in checkouts:
+        sim.add_checkout(when, customer_key, checkout)
     sim.run()
     return sim
 
