@@ -24,7 +24,7 @@ from sqlalchemy import CursorResult, bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from encore_retention.core import logs
+from encore_retention.core import effects, logs
 from encore_retention.core import queue as queue_module
 from encore_retention.core.events import Checkout, Event, EventType, Order
 from encore_retention.core.metrics import EMAILS
@@ -677,7 +677,12 @@ def schedule(run_id: int, when: Any, job_id: str) -> None:
     Waits share one `wake_due` job per WAKE_SECONDS slot, queued with RQ's `enqueue_at` the first time
     a run needs it (a Redis mark keeps the others from queueing it again); RQ's scheduler moves it
     to the `flows` queue when the slot ends. A run due now, or rescued, gets a `resume_run` job of its own.
+    Inside a rehearsal (`core.effects.acting`) its stand-in records the wake-up instead.
     """
+    instead = effects.current().schedule
+    if instead is not None:
+        instead(run_id, when, job_id)
+        return
 
     q = queue(FLOWS)
     if not job_id.startswith(WAKE_PREFIX):
