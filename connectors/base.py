@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import click
 
+from encore_retention.core import effects
 from encore_retention.core import events as ev
 
 if TYPE_CHECKING:  # names only: the flows that import this interface load no receiver
@@ -247,5 +248,8 @@ def connector_class(platform: str) -> type[Connector]:
 
 
 def get_connector(shop: Shop) -> Connector:
-    """A connector bound to a connected shop."""
+    """A connector bound to a connected shop (a rehearsal's stand-in inside `core.effects.acting`)."""
+    instead = effects.current().connector
+    if instead is not None:
+        return instead(shop)
     return connector_class(shop.platform)(shop)

@@ -13,6 +13,7 @@ import hmac
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -37,14 +38,25 @@ def code_for(shop_id: int, request: DiscountRequest) -> str:
     digest = hmac.new(
         get_settings().secret_key.encode(), f"discount:{shop_id}:{request.idempotency_key}".encode(), hashlib.sha256
     ).digest()
+    return format_code(request.prefix, digest)
+
+
+def format_code(prefix: str, digest: bytes) -> str:
+    """`PREFIX-XXXX-XXXX` from a digest's first 10 bytes (the simulator derives its codes with this too)."""
     number = int.from_bytes(digest[:10], "big")
     chars = []
     for _ in range(LENGTH):
         number, index = divmod(number, len(ALPHABET))
         chars.append(ALPHABET[index])
     body = "".join(chars)
-    prefix = re.sub(r"[^A-Z0-9]+", "", request.prefix.upper())[:20]
-    return "-".join(p for p in (prefix, body[:4], body[4:]) if p)
+    clean = _clean_prefix(prefix)
+    return f"{clean}-{body[:4]}-{body[4:]}" if clean else f"{body[:4]}-{body[4:]}"
+
+
+@lru_cache(maxsize=256)
+def _clean_prefix(prefix: str) -> str:
+    """A code's prefix: its letters and digits, upper case, at most 20."""
+    return re.sub(r"[^A-Z0-9]+", "", prefix.upper())[:20]
 
 
 @contextmanager

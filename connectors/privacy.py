@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from encore_retention.connectors.base import receiver_of
 from encore_retention.connectors.email import get_transport
 from encore_retention.connectors.models import DataExport
-from encore_retention.core import archive
+from encore_retention.core import archive, effects
 from encore_retention.core import events as ev
 from encore_retention.core.queue import BODY_PREFIX, PROCESS_DELIVERY, PROCESS_EVENT, current_path, get_redis
 from encore_retention.core.store.ledger import Person, customers_named, export_customer, person_of
@@ -153,7 +153,7 @@ def forget(session: Session, person: Person, keep_jobs: Iterable[str] = ()) -> d
             lambda row: archived_names(person, row),
             whole_shop=person.whole_shop,
         ),
-        "redis": forget_in_redis(get_redis(), person, set(keep_jobs)),
+        "redis": (effects.current().forget_in_redis or forget_in_redis)(get_redis(), person, set(keep_jobs)),
         "outbox": forget_messages(person),
     }
     log.info("redaction: copies removed beyond the ledger", extra={"shop": person.shop, **counts})

@@ -1,14 +1,15 @@
 """Rehearsals: the real pipeline (receivers, ledger, flow engine) run against a throwaway copy of the store.
 
-`encore replay --dry-run` uses one. Inside `rehearsal()`:
+`encore replay --dry-run` uses one. A rehearsal runs the same code as a real run, the same step rules
+included; it differs only by where it writes and by its effects (`core.effects`). Inside `rehearsal()`:
 - DATABASE_URL points at a SQLite copy of the store (a file copy of SQLite, a table-by-table copy of
   PostgreSQL), so the ledger and the runs change only there;
 - EMAIL_URL is a file outbox in the rehearsal's folder: nothing is sent;
-- every shop's connector is a `RehearsalConnector`: codes are computed exactly as the real connectors
-  compute them (`connectors.codes.code_for`) but created nowhere, and tags go nowhere;
-- the engine's `schedule` records wake-ups instead of queueing RQ jobs, and `follow()` plays them
-  with the engine's clock moved to each wake-up, so later steps are rehearsed too;
-- a rehearsed redaction removes nothing from Redis, which is the real queue's.
+- the effects are the rehearsal's (`rehearsal_effects`): every shop's connector is a `RehearsalConnector`
+  (codes computed exactly as the real connectors compute them, `connectors.codes.code_for`, but created
+  nowhere; tags go nowhere), a run's wake-up is recorded instead of queued as an RQ job, and `follow()`
+  plays them with the engine's clock moved to each, so later steps are rehearsed too; a rehearsed
+  redaction removes nothing from Redis, which is the real queue's.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-import encore_retention.connectors.base as connector_registry
-import encore_retention.connectors.privacy as privacy
 from encore_retention.connectors.base import Connector, Discount, DiscountRequest
 from encore_retention.connectors.codes import code_for
+from encore_retention.core.effects import Effects, acting
 from encore_retention.core.settings import get_settings, reset_settings
 from encore_retention.core.store import get_engine, migrate, normalise_url, session_scope
-from encore_retention.core.store.models import Base, Customer, Shop
+from encore_retention.core.store.models import Base, Customer
 from encore_retention.flows import dates, engine
 from encore_retention.flows.models import FlowRun, FlowTrace
 
@@ -77,6 +77,10 @@ class Rehearsal:
     first_run_id: int
     wakeups: list[tuple[datetime, int]] = field(default_factory=list)
 
+    def record(self, run_id: int, when: datetime, job_id: str) -> None:
+        """Keep a run's wake-up for `follow` (the rehearsal's stand-in for queueing its job)."""
+        self.wakeups.append((when, run_id))
+
     def follow(self, until: datetime) -> int:
         """Play the recorded wake-ups due before `until`, in time order, with the clock at each; returns how many."""
 
@@ -94,6 +98,15 @@ class Rehearsal:
                 played += 1
         finally:
             dates.set_now(previous)
+
+
+def rehearsal_effects(current: Rehearsal) -> Effects:
+    """A rehearsal's effects: codes made nowhere, tags kept in its ledger, wake-ups recorded, Redis left alone."""
+    return Effects(connector=RehearsalConnector, schedule=current.record, forget_in_redis=_leave_redis)
+
+
+def _leave_redis(connection: Any, person: Any, keep_jobs: set[str] | None = None) -> int:
+    return 0
 
 
 def copy_database(source_url: str, target: Path) -> str:
@@ -137,7 +150,6 @@ def rehearsal(folder: Path) -> Iterator[Rehearsal]:
     url = copy_database(get_settings().DATABASE_URL, folder / "rehearsal.db")
     outbox = folder / "outbox"
     saved_env = {name: os.environ.get(name) for name in ("DATABASE_URL", "EMAIL_URL")}
-    saved = (connector_registry.get_connector, engine.schedule, privacy.forget_in_redis)
     os.environ["DATABASE_URL"] = url
     os.environ["EMAIL_URL"] = f"file://{outbox}"
     reset_settings()
@@ -145,23 +157,10 @@ def rehearsal(folder: Path) -> Iterator[Rehearsal]:
     with session_scope() as session:
         first = (session.execute(select(FlowRun.id).order_by(FlowRun.id.desc()).limit(1)).scalar() or 0) + 1
     current = Rehearsal(folder, url, outbox, first)
-
-    def record(run_id: int, when: Any, job_id: str) -> None:
-        current.wakeups.append((when, run_id))
-
-    def connector_for(shop: Shop) -> Connector:
-        return RehearsalConnector(shop)
-
-    def leave_redis(connection: Any, person: Any, keep_jobs: Any = None) -> int:
-        return 0
-
-    connector_registry.get_connector = connector_for
-    engine.schedule = record
-    privacy.forget_in_redis = leave_redis
     try:
-        yield current
+        with acting(rehearsal_effects(current)):
+            yield current
     finally:
-        connector_registry.get_connector, engine.schedule, privacy.forget_in_redis = saved
         for name, value in saved_env.items():
             if value is None:
                 os.environ.pop(name, None)

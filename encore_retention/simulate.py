@@ -3,10 +3,11 @@
 The orders (a Shopify or WooCommerce export, CSV or JSON) become the events the platform would have
 sent: `customer.created` before a customer's first order, `order.placed`, `order.paid`,
 `order.fulfilled`, `order.cancelled`; the date triggers fire when a customer's date makes them due.
-Each flow is interpreted with the engine's own parts (the flow schema and registry, the expression
-evaluator, the step positions, the date policy, the marketing rules: consent, quiet hours, frequency
-cap, cool-down, entry keys, `exit_on`, conditions re-checked before each step), in memory so that a
-year of a busy store runs in seconds. Nothing is sent or created, and the store is not read.
+Exports hold no checkouts: a caller that has them adds `checkout.started` events (`Simulation.add_checkout`).
+Each flow is run by the engine's own step handlers and rules (`flows.steps`, `flows.rules`: trigger
+keys, entry, conditions re-checked before each step, waits, the marketing checks, codes' terms) with a
+`SimRunner` whose facts and effects are an in-memory world, so that a year of a busy store runs in
+seconds. Nothing is sent or created, and the store is not read.
 
 The report says who would get which email, when, with which code, and who would be suppressed and why.
 """
@@ -18,7 +19,6 @@ import hashlib
 import heapq
 import io
 import json
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,77 +32,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from encore_retention.connectors.base import platforms
+from encore_retention.connectors.base import Discount, DiscountRequest, platforms
+from encore_retention.connectors.codes import format_code
 from encore_retention.core import events as ev
-from encore_retention.flows import dates, expressions, loader
-from encore_retention.flows.render import format_money
-from encore_retention.flows.schema import DateTrigger, EventTrigger, step_kind
-from encore_retention.flows.steps import next_position, position_label, step_at
+from encore_retention.flows import dates, expressions, loader, rules
+from encore_retention.flows.rules import position_label, step_at
+from encore_retention.flows.schema import DateTrigger, EventTrigger
+from encore_retention.flows.steps import DiscountView, EmailDraft, Runner, run_step
 from encore_retention.webhooks.base import Exports
-
-ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
-# `customer.orders_count == 3`, `customer.email_consent`, `not customer.tags`: read straight from the view.
-SIMPLE = re.compile(r"^\s*(not\s+)?customer\.([a-z_]+)\s*(?:(==|!=|>=|<=|>|<)\s*(-?\d+))?\s*$")
-COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-    ">=": lambda a, b: a >= b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    "<": lambda a, b: a < b,
-}
-
-
-PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]\w*)\.([a-z_]\w*)(?:\s+or\s+'([^'{}]*)')?\s*\}\}")
-_MISSING = object()
-
-
-def simple_text(source: str) -> Callable[[dict[str, Any]], str] | None:
-    """A fast renderer for text whose only template parts are `{{ name.attr }}` or `{{ name.attr or 'text' }}`."""
-    if "{%" in source or "{#" in source or "{{" in PLACEHOLDER.sub("", source):
-        return None
-    parts = PLACEHOLDER.split(source)
-
-    def render(ctx: dict[str, Any]) -> str:
-        out = []
-        for index in range(0, len(parts) - 1, 4):
-            out.append(parts[index])
-            name, attr, fallback = parts[index + 1], parts[index + 2], parts[index + 3]
-            if name not in ctx:
-                raise KeyError(f"{name!r} is undefined")
-            holder = ctx[name]
-            value = holder.get(attr, _MISSING) if isinstance(holder, dict) else getattr(holder, attr, _MISSING)
-            if fallback is not None and (value is _MISSING or not value):
-                value = fallback
-            out.append("" if value is _MISSING else str(value))
-        out.append(parts[-1])
-        return "".join(out)
-
-    return render
-
-
-def simple_condition(source: str) -> Callable[[dict[str, Any]], bool] | None:
-    """A fast evaluator for the simplest conditions on the customer (None for anything else)."""
-    match = SIMPLE.match(source)
-    if match is None:
-        return None
-    negate, name, operator, number = match.groups()
-    if operator is None:
-        return (lambda view: not view.get(name)) if negate else (lambda view: bool(view.get(name)))
-    if negate:
-        return None
-    compare, value = COMPARE[operator], int(number)
-
-    ordering = operator not in ("==", "!=")
-
-    def check(view: dict[str, Any]) -> bool:
-        found = view.get(name)
-        if ordering and not isinstance(found, int | Decimal):
-            return False  # the expression would fail on None or text: a failed condition is false
-        return compare(found, value)
-
-    return check
-
 
 # ---- reading exports -------------------------------------------------------------------------------
 
@@ -470,6 +407,7 @@ class SimRun:
     started_at: datetime
     event: dict[str, Any]
     order: Any
+    checkout: Any = None
     position: list[Any] = field(default_factory=lambda: [0])
     vars: dict[str, Any] = field(default_factory=dict)
     active: bool = True
@@ -488,13 +426,6 @@ class Outcome:
     subject: str = ""
     code: str = ""
     reason: str = ""
-
-
-class _Code(dict):
-    """A created discount as expressions and subjects see it (`reward.value`, `comeback.redeemed`)."""
-
-    def __str__(self) -> str:
-        return str(self["code"])
 
 
 class Simulation:
@@ -532,9 +463,6 @@ class Simulation:
         self.now = start
         self.memo: dict[tuple[str, str, int], bool] = {}
         self.pure: dict[str, bool] = {}
-        self.fast: dict[str, Any] = {}
-        self.fast_text: dict[str, Any] = {}
-        self.kinds: dict[int, str] = {}
 
     # -- the clock ---------------------------------------------------------------------------------
     def at(self, when: datetime, kind: str, payload: Any) -> None:
@@ -545,9 +473,18 @@ class Simulation:
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> None:
         """Play everything scheduled, in time order; `progress(done, pending)` is called now and then."""
-        done = 0
-        while self.queue:
-            _, _, when, kind, payload = heapq.heappop(self.queue)
+        # The history, queued before the clock starts, is sorted once; what playing it queues (waits, date
+        # triggers) goes on the heap, which stays small. The two are merged by (time, sequence).
+        planned: list[Any] = sorted(self.queue)
+        self.queue = []
+        done, index, total = 0, 0, len(planned)
+        while index < total or self.queue:
+            if self.queue and (index == total or self.queue[0] < planned[index]):
+                _, _, when, kind, payload = heapq.heappop(self.queue)
+            else:
+                _, _, when, kind, payload = planned[index]
+                planned[index] = None  # played: let go of it
+                index += 1
             if when > self.now:
                 self.now = when
             if kind == "event":
@@ -559,7 +496,7 @@ class Simulation:
                 self.date_due(*payload)
             done += 1
             if progress and done % 5000 == 0:
-                progress(done, len(self.queue))
+                progress(done, total - index + len(self.queue))
         if progress:
             progress(done, 0)
 
@@ -627,7 +564,12 @@ class Simulation:
         return count
 
     # -- events ------------------------------------------------------------------------------------
-    def event(self, name: str, customer: SimCustomer, order: Any) -> None:
+    def add_checkout(self, when: datetime, customer_key: str, checkout: ev.Checkout) -> None:
+        """Queue a started checkout of a loaded customer (exports hold no checkouts: a caller that has them adds
+        them after `load`)."""
+        self.at(when, "event", ("checkout.started", self.customers[customer_key], None, checkout))
+
+    def event(self, name: str, customer: SimCustomer, order: Any, checkout: Any = None) -> None:
         """One historical event: the ledger first, then exits and starts, as the worker does."""
         if name == "order.placed":
             customer.orders_count += 1
@@ -646,8 +588,9 @@ class Simulation:
         exiting, starting = self.exiting.get(name), self.by_event.get(name)
         if not exiting and not starting:
             return
+        subject = order.id if order is not None else checkout.token if checkout is not None else customer.key
         event = {
-            "id": f"{name}:{order.id if order is not None else customer.key}",
+            "id": f"{name}:{subject}",
             "type": name,
             "occurred_at": self.now.isoformat(),
             "topic": name,
@@ -658,21 +601,20 @@ class Simulation:
                 if run.flow_key in exiting and run.event.get("id") != event["id"]:
                     run.active = False
                     self.record(run, "exited", reason=f"exit on {name}")
+        order_id = order.id if order is not None else None
+        token = checkout.token if checkout is not None else None
         for key in starting or ():
             flow = self.flows[key]
-            self.start_run(key, flow, customer, self.event_key(flow, name, customer, order), event, order)
-
-    def event_key(self, flow: Any, name: str, customer: SimCustomer, order: Any) -> str:
-        """The run key's trigger part (as `flows.triggers.event_trigger_key`)."""
-        if flow.entry.once_per_customer:
-            return "once"
-        if flow.entry.once_per == "year":
-            return f"year:{self.now.astimezone(self.tz).year}"
-        if order is not None:
-            return f"order:{order.id}"
-        if name == "customer.created":
-            return "customer.created"
-        return f"event:{name}:{self.now.isoformat()}"
+            trigger_key = rules.event_trigger_key(
+                flow.entry,
+                event_type=name,
+                event_id=event["id"],
+                occurred_at=self.now,
+                tz=self.tz,
+                order_id=order_id,
+                checkout_token=token,
+            )
+            self.start_run(key, flow, customer, trigger_key, event, order, checkout)
 
     # -- date triggers -----------------------------------------------------------------------------
     def plan_dates(self, customer: SimCustomer, date_field: str) -> None:
@@ -687,12 +629,12 @@ class Simulation:
             local = value.astimezone(self.tz).date() if isinstance(value, datetime) else value
             if trigger.yearly:
                 days = [
-                    dates.anniversary(local, year) + trigger.offset
+                    rules.due_day(trigger, local, year)
                     for year in range(self.start.year - 1, self.end.year + 2)
                     if year >= local.year
                 ]
             else:
-                days = [local + trigger.offset]
+                days = [rules.due_day(trigger, local)]
             for day in days:
                 when = dates.local_instant(day, trigger.at, self.tz)
                 if self.start <= when <= self.end and when >= self.now:
@@ -705,14 +647,7 @@ class Simulation:
         if getattr(customer, trigger.date.split(".", 1)[1]) != value:
             return
         local = value.astimezone(self.tz).date() if isinstance(value, datetime) else value
-        if flow.entry.once_per_customer:
-            trigger_key = "once"
-        elif trigger.yearly:
-            trigger_key = f"year:{(day - trigger.offset).year}"
-        elif flow.entry.once_per == "year":
-            trigger_key = f"year:{day.year}"
-        else:
-            trigger_key = f"{trigger.date}:{local.isoformat()}"
+        trigger_key = rules.date_trigger_key(flow.entry, trigger, local, day)
         event = {"id": f"date:{key}:{day.isoformat()}", "type": "date", "occurred_at": self.now.isoformat()}
         self.start_run(key, flow, customer, trigger_key, event, None)
 
@@ -725,7 +660,7 @@ class Simulation:
             "event": run.event,
             "run": {"id": run.number, "started_at": run.started_at, "flow": run.flow.name},
             "order": run.order,
-            "checkout": None,
+            "checkout": run.checkout,
             "now": self.now,
         }
         ctx.update(run.vars)
@@ -745,16 +680,7 @@ class Simulation:
                     if not known:
                         return condition
                     continue
-            fast = self.fast.get(condition, False)
-            if fast is False:
-                fast = self.fast[condition] = simple_condition(condition)
-            if fast is not None:
-                result = fast(ctx["customer"])
-            else:
-                try:
-                    result = bool(expressions.holds(condition, ctx))
-                except expressions.ExpressionError:
-                    result = False
+            result = rules.condition_holds(condition, ctx)[0]
             if memo_key is not None:
                 if len(self.memo) > 200_000:
                     self.memo.clear()
@@ -776,7 +702,14 @@ class Simulation:
         return found
 
     def start_run(
-        self, key: str, flow: Any, customer: SimCustomer, trigger_key: str, event: dict[str, Any], order: Any
+        self,
+        key: str,
+        flow: Any,
+        customer: SimCustomer,
+        trigger_key: str,
+        event: dict[str, Any],
+        order: Any,
+        checkout: Any = None,
     ) -> None:
         """Start a run if its key is new, its conditions hold, and its cool-down has passed."""
         run_key = (key, customer.key, trigger_key)
@@ -789,18 +722,16 @@ class Simulation:
                 self.not_started[(key, f"condition false: {failed}")] += 1
                 return
         self.runs += 1
-        run = SimRun(self.runs, key, flow, customer, self.now, event, order)
+        run = SimRun(self.runs, key, flow, customer, self.now, event, order, checkout)
         if not simple:
             failed = self.holds(flow, self.context(run), customer)
             if failed is not None:
                 self.not_started[(key, f"condition false: {failed}")] += 1
                 return
-        if flow.entry.cooldown:
-            last = self.last_start.get((key, customer.key))
-            if last is not None and last > self.now - flow.entry.cooldown:
-                self.not_started[(key, "cool-down")] += 1
-                return
-        if flow.marketing and flow.consent_required and not customer.consent:
+        if flow.entry.cooldown and rules.cooling_down(flow, self.last_start.get((key, customer.key)), self.now):
+            self.not_started[(key, "cool-down")] += 1
+            return
+        if rules.consent_missing(flow, customer.consent):
             suppressed = (key, customer.key, trigger_key + ":suppressed")
             if suppressed not in self.run_keys:
                 self.run_keys.add(suppressed)
@@ -813,120 +744,30 @@ class Simulation:
 
     def advance(self, run: SimRun) -> None:
         """Execute a run's steps until it ends or waits (as the engine's `_step` loop)."""
+        runner = SimRunner(self, run)
         for _ in range(200):
-            ctx: dict[str, Any] | None = None
             if run.flow.conditions:
-                ctx = self.context(run)
-                failed = self.holds(run.flow, ctx, run.customer)
+                failed = self.holds(run.flow, runner.context(), run.customer)
                 if failed is not None:
                     run.active = False
                     self.record(run, "exited", reason=f"condition no longer holds: {failed}")
                     return
-            step = step_at(run.flow.steps, run.position)
-            kind = self.kinds.get(id(step))
-            if kind is None:
-                kind = self.kinds[id(step)] = step_kind(step) or ""
-            if kind == "wait":
-                until = self.now
-                if step.wait.for_:
-                    until = dates.add_duration(until, step.wait.for_, self.tz)
-                if step.wait.until is not None:
-                    until = dates.next_local_time(until, step.wait.until, self.tz)
-                following = next_position(run.flow.steps, run.position)
-                if following is None:
-                    run.active = False
-                    return
-                run.position = following
-                self.at(until, "resume", run)
-                return
-            if kind == "if":
-                try:
-                    result = bool(expressions.holds(step.if_, ctx or self.context(run)))
-                except expressions.ExpressionError:
-                    result = False
-                branch = step.then if result else step.else_
-                if branch:
-                    run.position = [*run.position, "then" if result else "else", 0]
-                    continue
-            elif kind == "stop":
+            runner.step = step = step_at(run.flow.steps, run.position)
+            outcome = run_step(runner, step)
+            then, following = rules.transition(run.flow.steps, run.position, outcome)
+            if then in ("stop", "done"):
                 run.active = False
                 return
-            elif kind == "send_email":
-                deferred = self.send_email(run, step.send_email, ctx or self.context(run))
-                if deferred is not None:
-                    self.at(deferred, "resume", run)
-                    return
-            elif kind == "create_discount":
-                self.create_discount(run, step.create_discount)
-            elif kind == "tag_customer":
-                tag_ctx = ctx or self.context(run)
-                run.customer.tags.update(expressions.render_string(t, tag_ctx) for t in step.tag_customer)
-                run.customer.changed()
-            following = next_position(run.flow.steps, run.position)
-            if following is None:
-                run.active = False
+            if then == "defer":
+                assert outcome.until is not None
+                self.at(outcome.until, "resume", run)
                 return
+            assert following is not None
             run.position = following
-
-    def send_email(self, run: SimRun, spec: Any, ctx: dict[str, Any]) -> datetime | None:
-        """Record an email or its suppression; returns when to try again (quiet hours)."""
-        customer, flow = run.customer, run.flow
-        if not customer.email:
-            self.record(run, "suppressed", template=spec.template, reason="no email address")
-            return None
-        if flow.marketing:
-            if flow.consent_required and not customer.consent:
-                self.record(run, "suppressed", template=spec.template, reason="no consent")
-                return None
-            if flow.quiet_hours and dates.in_window(self.now, flow.quiet_hours.from_, flow.quiet_hours.to, self.tz):
-                return dates.next_local_time(self.now, flow.quiet_hours.to, self.tz)
-            if flow.frequency_cap:
-                since = self.now - flow.frequency_cap
-                if customer.last_marketing is not None and customer.last_marketing > since:
-                    self.record(run, "suppressed", template=spec.template, reason="frequency cap")
-                    return None
-        try:
-            fast = self.fast_text.get(spec.subject, False)
-            if fast is False:
-                fast = self.fast_text[spec.subject] = simple_text(spec.subject)
-            subject = fast(ctx) if fast is not None else expressions.render_string(spec.subject, ctx)
-        except Exception as exc:  # noqa: BLE001 - shown in the report like the engine's trace would
-            subject = f"(subject failed: {exc})"
-        if flow.marketing:
-            customer.last_marketing = self.now
-        self.record(run, "email", template=spec.template, subject=subject, code=run.code or "")
-        return None
-
-    def create_discount(self, run: SimRun, spec: Any) -> None:
-        """A code like the connectors make (prefix and 8 characters), made nowhere."""
-        digest = int.from_bytes(
-            hashlib.sha256(
-                f"{run.flow_key}:{run.customer.key}:{run.number}:{position_label(run.position)}".encode()
-            ).digest()[:10],
-            "big",
-        )
-        chars = []
-        for _ in range(8):
-            digest, index = divmod(digest, len(ALPHABET))
-            chars.append(ALPHABET[index])
-        body = "".join(chars)
-        code = "-".join(p for p in (spec.prefix.upper(), body[:4], body[4:]) if p)
-        value = spec.percent if spec.percent is not None else spec.amount
-        kind = "percent" if spec.percent is not None else "fixed"
-        display = f"{value.normalize():f}%" if kind == "percent" else format_money(value, self.shop.get("currency"))
-        ends = self.now + spec.expires_in
-        run.vars[spec.as_] = _Code(
-            code=code,
-            kind=kind,
-            amount=str(value),
-            value=display,
-            redeemed=False,
-            expires_at=ends.isoformat(),
-            expires_on=ends.astimezone(self.tz).strftime("%d %B %Y"),
-            minimum_subtotal=str(spec.minimum_subtotal) if spec.minimum_subtotal else None,
-        )
-        run.code = code
-        self.record(run, "code", code=code)
+            if then == "wait":
+                assert outcome.until is not None
+                self.at(outcome.until, "resume", run)
+                return
 
     def record(
         self, run: SimRun, action: str, template: str = "", subject: str = "", code: str = "", reason: str = ""
@@ -937,6 +778,105 @@ class Simulation:
                 self.now, run.flow_key, run.customer.email or run.customer.key, action, template, subject, code, reason
             )
         )
+
+
+class SimRunner(Runner):
+    """A simulated run's facts and effects: the in-memory customer, the simulated clock, the report.
+
+    It keeps no trace: a suppression goes into the report (`suppressed`), the other lines are not made.
+    """
+
+    __slots__ = ("sim", "run", "flow", "step", "_context", "_version")
+    traced = False
+
+    def __init__(self, sim: Simulation, run: SimRun) -> None:
+        self.sim, self.run, self.flow = sim, run, run.flow
+        self.step: Any = None
+        self._context: dict[str, Any] | None = None
+        self._version = -1
+
+    @property
+    def position(self) -> list[Any]:
+        """The position of the step being run."""
+        return self.run.position
+
+    def now(self) -> datetime:
+        """The simulated clock."""
+        return self.sim.now
+
+    def tz(self) -> Any:
+        """The shop's zone (exports carry no customer zones)."""
+        return self.sim.tz
+
+    def context(self) -> dict[str, Any]:
+        """What expressions and subjects read: made once per advance, again when the customer changed."""
+        version = self.run.customer.version
+        if self._context is None or self._version != version:
+            self._context, self._version = self.sim.context(self.run), version
+        return self._context
+
+    def trace(self, kind: str, message: str, **detail: Any) -> None:
+        """Trace lines are not kept."""
+
+    def suppressed(self, reason: str) -> rules.Outcome:
+        """Report the suppression with its reason and the email's template."""
+        spec = getattr(self.step, "send_email", None)
+        self.sim.record(self.run, "suppressed", template=spec.template if spec else "", reason=reason)
+        return rules.NEXT
+
+    def set_var(self, name: str, value: Any) -> None:
+        """Keep a value for the later steps (a code as later steps see it: never redeemed, so it needs no runner)."""
+        kept = DiscountView(value, None) if isinstance(value, dict) and "code" in value else value
+        self.run.vars[name] = kept
+        if self._context is not None:
+            self._context[name] = kept
+
+    def key(self, kind: str) -> str:
+        """The step's effect key, shaped as the engine's."""
+        return f"{self.run.flow_key}-{self.run.number}-{position_label(self.run.position)}-{kind}"
+
+    def consent(self) -> bool | None:
+        """The customer's consent, from the exports."""
+        return bool(self.run.customer.consent)
+
+    def emailed_since(self, since: datetime) -> bool | None:
+        """Whether a marketing email was simulated for the customer after `since`."""
+        last = self.run.customer.last_marketing
+        return last is not None and last > since
+
+    def counted(self, outcome: str) -> None:
+        """The report counts; there are no metrics."""
+
+    def send(self, email: EmailDraft) -> rules.Outcome:
+        """Report the email with its subject (the body is not rendered)."""
+        try:
+            subject = email.subject()
+        except Exception as exc:  # noqa: BLE001 - shown in the report like the engine's trace would
+            subject = f"(subject failed: {exc})"
+        if email.marketing:
+            self.run.customer.last_marketing = self.sim.now
+        self.sim.record(self.run, "email", template=email.spec.template, subject=subject, code=self.run.code or "")
+        return rules.NEXT
+
+    def make_discount(self, key: str, request: DiscountRequest, earlier: Any) -> Discount | rules.Outcome:
+        """A code shaped as the connectors make them (prefix and 8 characters), made nowhere."""
+        code = format_code(request.prefix, hashlib.sha256(request.idempotency_key.encode()).digest())
+        return Discount(code=code, kind=request.kind, value=request.value, ends_at=request.ends_at)
+
+    def discount_made(self, key: str, result: dict[str, Any]) -> None:
+        """Report the code; the run's later emails show it."""
+        self.run.code = result["code"]
+        self.sim.record(self.run, "code", code=result["code"])
+
+    def tag(self, key: str, tags: list[str], earlier: Any) -> rules.Outcome:
+        """Tag the in-memory customer (its conditions are evaluated again)."""
+        self.run.customer.tags.update(tags)
+        self.run.customer.changed()
+        return rules.NEXT
+
+    def post(self, key: str, spec: Any, body: dict[str, Any], earlier: Any) -> rules.Outcome:
+        """Nothing is posted."""
+        return rules.NEXT
 
 
 # ---- reporting -------------------------------------------------------------------------------------
@@ -1112,8 +1052,9 @@ def run_simulation(
     end: datetime,
     tz: tzinfo,
     currency: str = "EUR",
+    checkouts: Iterable[tuple[datetime, str, ev.Checkout]] = (),
 ) -> Simulation:
-    """Simulate without the command line (tests, benchmarks)."""
+    """Simulate without the command line (tests, benchmarks); `checkouts`: (when, customer key, checkout)."""
     shop = {
         "id": 0,
         "name": "Your store",
@@ -1125,6 +1066,8 @@ def run_simulation(
     }
     sim = Simulation(flows, shop, tz, start, end)
     sim.load(orders, known)
+    for when, customer_key, checkout in checkouts:
+        sim.add_checkout(when, customer_key, checkout)
     sim.run()
     return sim
 

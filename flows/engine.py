@@ -24,7 +24,7 @@ from sqlalchemy import CursorResult, bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from encore_retention.core import logs
+from encore_retention.core import effects, logs
 from encore_retention.core import queue as queue_module
 from encore_retention.core.events import Checkout, Event, EventType, Order
 from encore_retention.core.metrics import EMAILS
@@ -33,7 +33,7 @@ from encore_retention.core.store import get_sessionmaker, session_scope
 from encore_retention.core.store.ledger import cast_table
 from encore_retention.core.store.models import Customer, Shop
 from encore_retention.core.store.unit import NotCommitted, Unit
-from encore_retention.flows import controls, dates, expressions, loader, versions
+from encore_retention.flows import controls, dates, loader, rules, versions
 from encore_retention.flows.loader import FlowFile
 from encore_retention.flows.models import (
     ACTIVE,
@@ -52,16 +52,8 @@ from encore_retention.flows.models import (
     capture_traces,
     keep_traces,
 )
-from encore_retention.flows.schema import step_kind
-from encore_retention.flows.steps import (
-    StepRunner,
-    TransientStepError,
-    next_position,
-    parsed_once,
-    position_label,
-    preload_effects,
-    step_at,
-)
+from encore_retention.flows.rules import position_label, step_at
+from encore_retention.flows.steps import StepRunner, TransientStepError, kind_of, parsed_once, preload_effects
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +64,6 @@ MAX_STEPS_PER_ADVANCE = 200
 RESUME = "encore_retention.flows.engine.resume_run"
 WAKE = "encore_retention.flows.engine.wake_due"
 BLOCKED = "blocked"  # driving stopped before a step with a side effect (pure_only)
-PURE_STEPS = frozenset({"wait", "if", "stop"})
 WAKE_PREFIX = "flowwake-"
 WAKE_MARK = "encore:wake:"
 WAKE_SECONDS = 60  # waits end on the minute: one wake job per minute, however many runs wake in it
@@ -136,20 +127,16 @@ def event_context(event: Event) -> dict[str, Any]:
 
 
 def event_trigger_key(flow_file: FlowFile, event: Event, shop: Shop, customer: Customer) -> str:
-    """The run key's trigger part: one run per customer, per year, per order, per checkout, or per event."""
-    entry = flow_file.flow.entry
-    if entry.once_per_customer:
-        return "once"
-    if entry.once_per == "year":
-        tz = dates.zone(customer.timezone, shop.timezone)
-        return f"year:{event.occurred_at.astimezone(tz).year}"
-    if event.order is not None:
-        return f"order:{event.order.id}"
-    if event.checkout is not None:
-        return f"checkout:{event.checkout.token}"
-    if event.type.value == "customer.created":
-        return "customer.created"
-    return f"event:{event.id}"
+    """The run key's trigger part (`rules.event_trigger_key`); a year is the event's in the customer's zone."""
+    return rules.event_trigger_key(
+        flow_file.flow.entry,
+        event_type=event.type.value,
+        event_id=event.id,
+        occurred_at=event.occurred_at,
+        tz=dates.zone(customer.timezone, shop.timezone),
+        order_id=event.order.id if event.order is not None else None,
+        checkout_token=event.checkout.token if event.checkout is not None else None,
+    )
 
 
 def handle_event(
@@ -290,12 +277,12 @@ def _admit(
     if flow.conditions:  # what the run would see, from its draft (no row is made for a flow that won't start)
         ctx = StepRunner(session, draft, flow, shop, customer).context()
     for condition in flow.conditions:
-        try:
-            if not expressions.holds(condition, ctx):
-                log.debug("flow %s not started for customer %s: %s is false", flow_file.key, customer.id, condition)
-                return None
-        except expressions.ExpressionError as exc:
-            log.warning("flow %s: %s", flow_file.key, exc)
+        held, error = rules.condition_holds(condition, ctx)
+        if error is not None:
+            log.warning("flow %s: %s", flow_file.key, error)
+            return None
+        if not held:
+            log.debug("flow %s not started for customer %s: %s is false", flow_file.key, customer.id, condition)
             return None
     if flow.entry.cooldown:
         recent = (
@@ -310,7 +297,7 @@ def _admit(
                 return _existing(session, draft.run_key)
             log.debug("flow %s not started for customer %s: cool-down", flow_file.key, customer.id)
             return None
-    if flow.marketing and flow.consent_required and not customer.email_consent:
+    if rules.consent_missing(flow, customer.email_consent):
         # Shown, not silent: a suppressed run with its reason (keyed apart so a later consent can start one).
         draft.status, draft.reason, draft.finished_at = SUPPRESSED, "no consent", now
         draft.run_key = f"{draft.run_key}:suppressed"
@@ -626,30 +613,29 @@ def _step(
         _finish(session, run, EXITED, "condition no longer holds")
         return EXITED, None, False
     step = step_at(flow.steps, run.position)
-    if pure_only and step_kind(step) not in PURE_STEPS:
+    if pure_only and not kind_of(step).pure:
         return BLOCKED, None, False
     outcome = runner.run_step(step)
     session.stage(run, updated_at=now, attempts=0)
-    if outcome.action == "stop":
+    then, following = rules.transition(flow.steps, run.position, outcome)
+    if then == "stop":
         _finish(session, run, STOPPED if outcome.reason != "end" else DONE, outcome.reason)
         _trace(session, run, "stop", f"stopped: {outcome.reason}")
         return run.status, None, False
-    if outcome.action == "enter":
-        assert outcome.position is not None
-        session.stage(run, status=RUNNING, position=outcome.position)
+    if then == "enter":
+        session.stage(run, status=RUNNING, position=following)
         return RUNNING, None, True
-    if outcome.action == "defer":
+    if then == "defer":
         assert outcome.until is not None
         session.stage(run, status=WAITING, wake_at=outcome.until)
         job_id = _job_id(run)
         session.stage(run, job_id=job_id)
         return WAITING, (outcome.until, job_id), False
-    following = next_position(flow.steps, run.position)
-    if following is None:
+    if then == "done":
         _finish(session, run, DONE, "completed")
         _trace(session, run, "done", "run completed")
         return DONE, None, False
-    if outcome.action == "wait":
+    if then == "wait":
         assert outcome.until is not None
         session.stage(run, position=following, status=WAITING, wake_at=outcome.until)
         job_id = _job_id(run)
@@ -702,7 +688,12 @@ def schedule(run_id: int, when: Any, job_id: str) -> None:
     Waits share one `wake_due` job per WAKE_SECONDS slot, queued with RQ's `enqueue_at` the first time
     a run needs it (a Redis mark keeps the others from queueing it again); RQ's scheduler moves it
     to the `flows` queue when the slot ends. A run due now, or rescued, gets a `resume_run` job of its own.
+    Inside a rehearsal (`core.effects.acting`) its stand-in records the wake-up instead.
     """
+    instead = effects.current().schedule
+    if instead is not None:
+        instead(run_id, when, job_id)
+        return
 
     q = queue(FLOWS)
     if not job_id.startswith(WAKE_PREFIX):

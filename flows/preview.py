@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -12,13 +12,15 @@ from typing import Any
 
 import yaml
 
+from encore_retention.connectors import email as email_api
+from encore_retention.connectors.base import Discount, DiscountRequest
 from encore_retention.core import events as ev
 from encore_retention.core.store.models import Customer, Shop
 from encore_retention.flows import dates
 from encore_retention.flows.loader import FlowFile
 from encore_retention.flows.models import FlowRun
-from encore_retention.flows.schema import IfStep, SendEmailStep
-from encore_retention.flows.steps import StepRunner, position_label
+from encore_retention.flows.rules import NEXT, Outcome, position_label
+from encore_retention.flows.steps import EmailDraft, StepRunner, branches, walk
 
 
 @dataclass
@@ -30,6 +32,62 @@ class Preview:
     subject: str
     html: str
     text: str
+
+
+@dataclass
+class PreviewRunner(StepRunner):
+    """The engine's runner without a store or effects: every email is rendered and kept, nothing is checked,
+    sent, created or recorded (a code reads PREFIXPREVIEW)."""
+
+    rendered: list[Preview] = field(default_factory=list)
+    traced = False
+
+    def trace(self, kind: str, message: str, **detail: Any) -> None:
+        """A preview keeps no trace."""
+
+    def set_var(self, name: str, value: Any) -> None:
+        """Keep a value for the later steps, on the run in memory."""
+        stored = dict(self.run.context or {})
+        stored["vars"] = {**(stored.get("vars") or {}), name: value}
+        self.run.context = stored
+
+    def recall(self, key: str) -> Any:
+        """A preview has no earlier attempt."""
+        return None
+
+    def marketing_block(self, address: str, again: bool = False) -> str | None:
+        """A preview shows every email, whatever the consent, the list, the hour or the cap."""
+        return None
+
+    def counted(self, outcome: str) -> None:
+        """A preview counts nothing."""
+
+    def redeemed(self, code: str) -> bool:
+        """A preview's code is never used."""
+        return False
+
+    def deliver(self, email: EmailDraft, message: email_api.OutgoingEmail) -> Outcome:
+        """Keep the rendered email."""
+        label = position_label(self.run.position)
+        self.rendered.append(Preview(label, email.spec.template, message.subject, message.html, message.text))
+        return NEXT
+
+    def make_discount(self, key: str, request: DiscountRequest, earlier: Any) -> Discount | Outcome:
+        """A placeholder code, made nowhere."""
+        return Discount(
+            code=f"{request.prefix}PREVIEW".upper(), kind=request.kind, value=request.value, platform_id=None
+        )
+
+    def discount_made(self, key: str, result: dict[str, Any]) -> None:
+        """Nothing is recorded."""
+
+    def tag(self, key: str, tags: list[str], earlier: Any) -> Outcome:
+        """Nothing is tagged."""
+        return NEXT
+
+    def post(self, key: str, spec: Any, body: dict[str, Any], earlier: Any) -> Outcome:
+        """Nothing is posted."""
+        return NEXT
 
 
 def sample(path: Path) -> dict[str, Any]:
@@ -92,28 +150,17 @@ def render_flow(flow_file: FlowFile, data: dict[str, Any]) -> list[Preview]:
         position=[0],
         started_at=datetime.now(UTC),
     )
-    runner = StepRunner(None, run, flow_file.flow, shop, _customer(data), dry_run=True)  # type: ignore[arg-type]
+    runner = PreviewRunner(None, run, flow_file.flow, shop, _customer(data))  # type: ignore[arg-type]
     previews: list[Preview] = []
-
-    def walk(steps: list[Any], prefix: list[Any]) -> None:
-        for index, step in enumerate(steps):
-            run.position = [*prefix, index]
-            if isinstance(step, IfStep):
-                walk(step.then, [*prefix, index, "then"])
-                walk(step.else_, [*prefix, index, "else"])
-                continue
-            if step.__class__.__name__ in ("WaitStep", "StopStep", "HttpStep", "TagCustomerStep"):
-                continue
-            before = len(runner.rendered)
-            runner.run_step(step)
-            if isinstance(step, SendEmailStep) and len(runner.rendered) > before:
-                item = runner.rendered[-1]
-
-                previews.append(
-                    Preview(position_label(run.position), item["template"], item["subject"], item["html"], item["text"])
-                )
-
-    walk(flow_file.flow.steps, [])
+    for position, step in walk(flow_file.flow.steps):
+        if branches(step):  # both sides are walked
+            continue
+        run.position = position
+        before = len(runner.rendered)
+        runner.run_step(step)
+        if len(runner.rendered) > before:
+            item = runner.rendered[-1]
+            previews.append(Preview(position_label(position), item.template, item.subject, item.html, item.text))
     return previews
 
 

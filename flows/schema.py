@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from datetime import time, timedelta
 from decimal import Decimal
+from types import GenericAlias
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -99,20 +100,22 @@ YEARLY_FIELDS = frozenset({"customer.birthday", "customer.first_order_at"})
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
-class _Model(BaseModel):
+class FlowModel(BaseModel):
+    """A part of a flow file: unknown keys are errors; keys may be written by their alias (`from`, `as`)."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
 
 # ---- triggers --------------------------------------------------------------------------------------
 
 
-class EventTrigger(_Model):
+class EventTrigger(FlowModel):
     """Start a run when a canonical event about a customer arrives."""
 
     event: EventName
 
 
-class DateTrigger(_Model):
+class DateTrigger(FlowModel):
     """Start a run on a date derived from a customer date field, at a local time of day."""
 
     date: DateField
@@ -166,11 +169,13 @@ Trigger = Annotated[
 # ---- steps -----------------------------------------------------------------------------------------
 
 
-class _Step(_Model):
+class StepModel(FlowModel):
+    """A step of a flow: one key naming its kind (`wait:`, `send_email:`…) and an optional label."""
+
     name: str | None = Field(None, description="a label shown in the run's trace")
 
 
-class SendEmail(_Model):
+class SendEmail(FlowModel):
     """Render a template and send it to the customer (HTML and text)."""
 
     template: str
@@ -181,11 +186,11 @@ class SendEmail(_Model):
     to: str | None = Field(None, description="an expression-free address or template; default the customer")
 
 
-class SendEmailStep(_Step):
+class SendEmailStep(StepModel):
     send_email: SendEmail
 
 
-class Wait(_Model):
+class Wait(FlowModel):
     """Pause the run: for a duration, then (or only) until a local time of day."""
 
     for_: Duration | None = Field(None, alias="for")
@@ -204,11 +209,11 @@ def _wait_shorthand(value: Any) -> Any:
     return {"for": value} if isinstance(value, str | int) and not isinstance(value, bool) else value
 
 
-class WaitStep(_Step):
+class WaitStep(StepModel):
     wait: Annotated[Wait, BeforeValidator(_wait_shorthand)]
 
 
-class CreateDiscount(_Model):
+class CreateDiscount(FlowModel):
     """Create a unique, single-use code restricted to the customer; later steps read it by its `as:` name."""
 
     as_: Identifier = Field("discount", alias="as")
@@ -229,7 +234,7 @@ class CreateDiscount(_Model):
         return self
 
 
-class CreateDiscountStep(_Step):
+class CreateDiscountStep(StepModel):
     create_discount: CreateDiscount
 
 
@@ -239,7 +244,7 @@ def _tags(value: Any) -> Any:
     return value
 
 
-class TagCustomerStep(_Step):
+class TagCustomerStep(StepModel):
     tag_customer: Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_tags), Field(min_length=1)]
 
 
@@ -247,7 +252,7 @@ _HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110's field na
 _LINE_BREAK = re.compile(r"[\r\n\x00]")
 
 
-class Http(_Model):
+class Http(FlowModel):
     """POST JSON to a URL (string values are templates); the request carries an Idempotency-Key header.
 
     Only a public address is reached (HTTP_STEP_ALLOW_HOSTS lists others); a redirect is not followed.
@@ -271,21 +276,21 @@ class Http(_Model):
         return headers
 
 
-class HttpStep(_Step):
+class HttpStep(StepModel):
     http: Annotated[Http, BeforeValidator(lambda v: {"url": v} if isinstance(v, str) else v)]
 
 
-class IfStep(_Step):
+class IfStep(StepModel):
     if_: str = Field(alias="if", description="an expression")
     then: list[Step] = Field(default_factory=list)
     else_: list[Step] = Field(default_factory=list, alias="else")
 
 
-class StopStep(_Step):
+class StopStep(StepModel):
     stop: bool | str | None = Field(True, description="end the run here (a string gives the reason)")
 
 
-STEP_MODELS: dict[str, type[_Step]] = {
+STEP_MODELS: dict[str, type[StepModel]] = {
     "wait": WaitStep,
     "send_email": SendEmailStep,
     "create_discount": CreateDiscountStep,
@@ -323,28 +328,33 @@ def _check_step(value: Any) -> Any:
             "unknown step {name} (expected one of: {choices})",
             {"name": ", ".join(repr(k) for k in keys) or "(empty)", "choices": ", ".join(STEP_KINDS)},
         )
-    if not isinstance(value, dict | _Step):
+    if not isinstance(value, dict | StepModel):
         raise PydanticCustomError(
             "unknown_step", "a step is a mapping such as `wait: 1h`, got '{value}'", {"value": value}
         )
     return value
 
 
-if TYPE_CHECKING:  # the union below as a type checker reads it (that one is built from STEP_MODELS at import)
-    Step = WaitStep | SendEmailStep | CreateDiscountStep | TagCustomerStep | IfStep | HttpStep | StopStep
-else:
-    Step = Annotated[
+def _step_union() -> Any:
+    """The step type: a union of STEP_MODELS chosen by the step's key, so an error lists the valid kinds."""
+    return Annotated[
         Union[tuple(Annotated[model, Tag(kind)] for kind, model in STEP_MODELS.items())],  # noqa: UP007
         Discriminator(step_kind),
         BeforeValidator(_check_step),
     ]
+
+
+if TYPE_CHECKING:  # the union below as a type checker reads it (that one is built from STEP_MODELS at import)
+    Step = WaitStep | SendEmailStep | CreateDiscountStep | TagCustomerStep | IfStep | HttpStep | StopStep
+else:
+    Step = _step_union()
 IfStep.model_rebuild()
 
 
 # ---- the flow --------------------------------------------------------------------------------------
 
 
-class Entry(_Model):
+class Entry(FlowModel):
     """Re-entry: how often one customer may go through the flow."""
 
     once_per_customer: bool = False
@@ -352,7 +362,7 @@ class Entry(_Model):
     cooldown: Duration | None = None
 
 
-class QuietHours(_Model):
+class QuietHours(FlowModel):
     """A daily local window in which marketing email waits (sends are deferred to its end, not dropped)."""
 
     from_: LocalTime = Field(alias="from")
@@ -367,7 +377,7 @@ def _cap(value: Any) -> Any:
     return None if value in (False, None, "off", "none", 0) else value
 
 
-class Flow(_Model):
+class Flow(FlowModel):
     """One flow file: a trigger, conditions, re-entry rules and steps."""
 
     name: str = Field(min_length=1)
@@ -404,6 +414,33 @@ class Flow(_Model):
     def consent_required(self) -> bool:
         """`requires_consent`, defaulting by kind."""
         return self.marketing if self.requires_consent is None else self.requires_consent
+
+
+def add_step_model(kind: str, model: type[StepModel]) -> None:
+    """Make `kind` a step of flow files, validated by `model` (`flows.steps.register` calls this)."""
+    if STEP_MODELS.get(kind) is model:
+        return
+    if kind in STEP_MODELS or kind in ("name", "then", "else"):
+        raise ValueError(f"step kind {kind!r} is taken")
+    STEP_MODELS[kind] = model
+    _rebuild_steps()
+
+
+def remove_step_model(kind: str) -> None:
+    """Take an added step kind back out of flow files (tests)."""
+    STEP_MODELS.pop(kind, None)
+    _rebuild_steps()
+
+
+def _rebuild_steps() -> None:
+    """Rebuild the models holding steps after STEP_MODELS changed."""
+    global STEP_KINDS
+    STEP_KINDS = tuple(STEP_MODELS)
+    union: Any = GenericAlias(list, (_step_union(),))  # list[Step], with the new kind in the union
+    for owner, fields in ((IfStep, ("then", "else_")), (Flow, ("steps",))):
+        for name in fields:
+            owner.model_fields[name].annotation = union
+        owner.model_rebuild(force=True)
 
 
 def json_schema() -> dict[str, Any]:

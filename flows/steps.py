@@ -1,9 +1,10 @@
-"""The steps of a flow run: one method per step kind, each doing at most one keyed side effect.
+"""The steps of a flow run: one handler per step kind, run by any `Runner`, each doing at most one effect.
 
-`StepRunner.run_step(step)` dispatches by the step's key (`wait` -> `step_wait()`, `send_email` ->
-`step_send_email()`…) and returns an `Outcome`: go on, wait until an instant, enter a branch, or stop.
-A side effect's idempotency key is claimed in the store (`_claim`, committed) before acting and its
-result recorded after (`_finish`), so a retried job finds the claim instead of acting twice.
+`run_step(runner, step)` dispatches by the step's key through `STEPS` (`wait` -> `step_wait()`,
+`send_email` -> `step_send_email()`…) and returns an `Outcome`: go on, wait until an instant, enter a
+branch, or stop. The handlers decide with `flows.rules`; the runner supplies the facts and the
+effects. `StepRunner` is the engine's: the store and the connectors. A new kind of step is one
+schema model and one handler, added with `register()`.
 """
 
 from __future__ import annotations
@@ -11,19 +12,21 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 from sqlalchemy import bindparam, func, select
 
 from encore_retention.connectors import base as connectors
 from encore_retention.connectors import email as email_api
 from encore_retention.connectors import http as outbound
-from encore_retention.connectors.base import DiscountRequest, PlatformError
+from encore_retention.connectors.base import Discount, DiscountRequest, PlatformError
 from encore_retention.connectors.email import get_transport
-from encore_retention.connectors.email.base import header_text, mailbox
+from encore_retention.connectors.email.base import addressed, header_text
 from encore_retention.core import events as ev
 from encore_retention.core.metrics import EMAILS, platform_error
 from encore_retention.core.settings import get_settings
@@ -31,9 +34,23 @@ from encore_retention.core.store.ledger import cast_table
 from encore_retention.core.store.models import Customer, Order, Shop
 from encore_retention.core.store.unit import Part, Unit
 from encore_retention.core.unsubscribe import is_suppressed, unsubscribe_url
-from encore_retention.flows import dates, expressions, render, versions
+from encore_retention.flows import dates, expressions, render, rules, versions
 from encore_retention.flows.models import FlowEffect, FlowRun, Run, add_trace
-from encore_retention.flows.schema import Flow, step_kind
+from encore_retention.flows.rules import NEXT, Outcome, position_label
+from encore_retention.flows.schema import (
+    CreateDiscountStep,
+    Flow,
+    HttpStep,
+    IfStep,
+    SendEmailStep,
+    StepModel,
+    StopStep,
+    TagCustomerStep,
+    WaitStep,
+    add_step_model,
+    remove_step_model,
+    step_kind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,44 +122,6 @@ def preload_effects(session: Unit, run_ids: list[int]) -> None:
     session.part(_Memo).effects = found
 
 
-# ---- positions -------------------------------------------------------------------------------------
-
-
-def container_at(steps: list[Any], prefix: list[Any]) -> list[Any]:
-    """The step list a position prefix points into ([] -> the flow's steps; [3, "then"] -> a branch)."""
-    current = steps
-    for index in range(0, len(prefix), 2):
-        step = current[prefix[index]]
-        current = step.then if prefix[index + 1] == "then" else step.else_
-    return current
-
-
-def step_at(steps: list[Any], position: list[Any]) -> Any:
-    """The step at a position."""
-    return container_at(steps, position[:-1])[position[-1]]
-
-
-def next_position(steps: list[Any], position: list[Any]) -> list[Any] | None:
-    """The position after `position` (leaving finished branches), or None at the end of the flow."""
-    position = list(position)
-    while position:
-        position[-1] += 1
-        if position[-1] < len(container_at(steps, position[:-1])):
-            return position
-        if len(position) == 1:
-            return None
-        position = position[:-2]
-    return None
-
-
-def position_label(position: list[Any]) -> str:
-    """`steps[3].then[0]` for a position."""
-    label = f"steps[{position[0]}]" if position else "steps"
-    for index in range(1, len(position), 2):
-        label += f".{position[index]}[{position[index + 1]}]"
-    return label
-
-
 # ---- what expressions and templates see ------------------------------------------------------------
 
 
@@ -188,18 +167,49 @@ def shop_view(shop: Shop) -> dict[str, Any]:
 
 
 class DiscountView:
-    """A created discount as later steps see it; `redeemed` asks the ledger, then the platform, when read."""
+    """A created discount as later steps see it; `redeemed` asks the ledger, then the platform, when read.
 
-    def __init__(self, data: dict[str, Any], runner: StepRunner | None) -> None:
+    It holds the stored record and makes each field from it when a step reads it (a run keeps one per code).
+    """
+
+    __slots__ = ("_data", "_runner", "code")
+
+    def __init__(self, data: dict[str, Any], runner: Runner | None) -> None:
         self._data = data
         self._runner = runner
         self.code: str = data["code"]
-        self.kind: str = data["kind"]
-        self.amount = Decimal(str(data["amount"]))
-        self.value: str = data["value"]
-        self.expires_at = datetime.fromisoformat(data["expires_at"]) if data.get("expires_at") else None
-        self.expires_on: str = data.get("expires_on") or ""
-        self.minimum_subtotal = Decimal(data["minimum_subtotal"]) if data.get("minimum_subtotal") else None
+
+    @property
+    def kind(self) -> str:
+        """`percent` or `fixed`."""
+        return str(self._data["kind"])
+
+    @property
+    def amount(self) -> Decimal:
+        """The percentage or the amount off."""
+        return Decimal(str(self._data["amount"]))
+
+    @property
+    def value(self) -> str:
+        """The discount as a customer reads it (`15%`, `€10.00`)."""
+        return str(self._data["value"])
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When the code stops working."""
+        found = self._data.get("expires_at")
+        return datetime.fromisoformat(found) if found else None
+
+    @property
+    def expires_on(self) -> str:
+        """The last day, in the customer's zone, as a customer reads it."""
+        return str(self._data.get("expires_on") or "")
+
+    @property
+    def minimum_subtotal(self) -> Decimal | None:
+        """The smallest subtotal the code applies to."""
+        found = self._data.get("minimum_subtotal")
+        return Decimal(found) if found else None
 
     @property
     def redeemed(self) -> bool:
@@ -210,32 +220,375 @@ class DiscountView:
         return self.code
 
 
+# ---- the interpreter -------------------------------------------------------------------------------
+
+
+class Runner(ABC):
+    """What a step handler sees of its run: the flow, the position, the context, the facts and the effects.
+
+    The step rules (the handlers below and `flows.rules`) are the same for every runner; a runner only
+    says where the facts come from and what an effect does: `StepRunner` (the engine: the store and
+    the connectors), the simulator's in-memory world, a preview's sample customer.
+    """
+
+    __slots__ = ()
+    flow: Flow
+    # Whether `trace()` keeps what it is given: a runner that keeps no trace is spared the building of its lines.
+    traced: ClassVar[bool] = True
+
+    @property
+    @abstractmethod
+    def position(self) -> list[Any]:
+        """The position of the step being run."""
+
+    @abstractmethod
+    def now(self) -> datetime:
+        """The run's clock."""
+
+    @abstractmethod
+    def tz(self) -> Any:
+        """The run's time zone: the customer's when known, else the shop's."""
+
+    @abstractmethod
+    def context(self) -> dict[str, Any]:
+        """Everything an expression or template may read."""
+
+    @abstractmethod
+    def trace(self, kind: str, message: str, **detail: Any) -> None:
+        """Add a line to the run's trace."""
+
+    @abstractmethod
+    def set_var(self, name: str, value: Any) -> None:
+        """Make a value available to later steps under `name`."""
+
+    @abstractmethod
+    def key(self, kind: str) -> str:
+        """The idempotency key of the current step's side effect."""
+
+    # -- facts: what an earlier attempt did, and what the marketing checks read ----------------------
+    def recall(self, key: str) -> Any:
+        """The record (`status`, `result`) of this step's effect from an earlier attempt, if any."""
+        return None
+
+    def consent(self) -> bool | None:
+        """The customer's email consent."""
+        return bool(self.context()["customer"].get("email_consent"))
+
+    def suppression(self, address: str) -> str | None:
+        """Why the address is on the shop's unsubscribe or bounce list (None when it is not)."""
+        return None
+
+    def emailed_since(self, since: datetime) -> bool | None:
+        """Whether the customer was sent a marketing email after `since` (None: no customer to count for)."""
+        return False
+
+    def marketing_block(self, address: str, again: bool = False) -> str | None:
+        """Why a marketing email to `address` must not go out now (`rules.marketing_block`)."""
+        return rules.marketing_block(
+            self.flow,
+            consent=self.consent(),
+            suppression=lambda: self.suppression(address),
+            emailed_since=self.emailed_since,
+            now=self.now(),
+            tz=self.tz(),
+            again=again,
+        )
+
+    @abstractmethod
+    def counted(self, outcome: str) -> None:
+        """Count an email's outcome (sent, or why not) in the metrics."""
+
+    def suppressed(self, reason: str) -> Outcome:
+        """An email not sent for `reason`: counted and traced."""
+        self.counted(reason)
+        self.trace("suppressed", f"email not sent: {reason}", reason=reason)
+        return NEXT
+
+    def redeemed(self, code: str) -> bool:
+        """Whether the customer has used `code`."""
+        return False
+
+    # -- effects: the only thing that differs between a real run and a rehearsal -------------------
+    @abstractmethod
+    def send(self, email: EmailDraft) -> Outcome:
+        """Send an email that passed the checks."""
+
+    @abstractmethod
+    def make_discount(self, key: str, request: DiscountRequest, earlier: Any) -> Discount | Outcome:
+        """Create a code (or the outcome of a failure to)."""
+
+    @abstractmethod
+    def discount_made(self, key: str, result: dict[str, Any]) -> None:
+        """Record a created code."""
+
+    @abstractmethod
+    def tag(self, key: str, tags: list[str], earlier: Any) -> Outcome:
+        """Add tags to the customer."""
+
+    @abstractmethod
+    def post(self, key: str, spec: Any, body: dict[str, Any], earlier: Any) -> Outcome:
+        """POST an http step's body."""
+
+
 @dataclass
-class Outcome:
-    """What a step asks the engine to do next."""
+class EmailDraft:
+    """An email that passed the checks, before it is rendered: an effect renders what it needs of it."""
 
-    action: str  # "next" | "wait" (then the next step) | "defer" (then this step again) | "enter" | "stop"
-    until: datetime | None = None
-    position: list[Any] | None = None
-    reason: str = ""
+    spec: Any
+    context: dict[str, Any]
+    address: str
+    recipient: str
+    key: str
+    again: bool
+    marketing: bool
+
+    def subject(self) -> str:
+        """The subject as sent: one line."""
+        return header_text(expressions.render_string(self.spec.subject, self.context))
+
+    def compose(self, unsubscribe: str | None, pinned: render.Pinned | None = None) -> email_api.OutgoingEmail:
+        """The message: subject, preheader, the template's HTML and text (the version's, when `pinned`), sender
+        and reply address."""
+        spec, ctx = self.spec, self.context
+        subject = self.subject()
+        preheader = expressions.render_string(spec.preheader, ctx) if spec.preheader else None
+        ctx.update(unsubscribe_url=unsubscribe, subject=subject, preheader=preheader)
+        html, text = render.render_email(spec.template, ctx, pinned)
+        from_addr = expressions.render_string(spec.from_, ctx) if spec.from_ else None
+        reply_to = expressions.render_string(spec.reply_to, ctx) if spec.reply_to else None
+        return email_api.OutgoingEmail(
+            to=self.address,
+            subject=subject,
+            html=html,
+            text=text,
+            idempotency_key=self.key,
+            marketing=self.marketing,
+            from_addr=from_addr or None,
+            reply_to=reply_to or None,
+            preheader=preheader,
+            unsubscribe_url=unsubscribe,
+        )
 
 
-NEXT = Outcome("next")
+Handler = Callable[[Runner, Any], Outcome]
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """A kind of step: its key in a flow file, its schema model, its handler; `pure` when it has no side effect."""
+
+    name: str
+    model: type[StepModel]
+    handler: Handler
+    pure: bool = False
+
+
+STEPS: dict[str, StepKind] = {}
+_BY_MODEL: dict[type, StepKind] = {}
+
+
+def register(name: str, model: type[StepModel], handler: Handler, *, pure: bool = False) -> StepKind:
+    """Add a kind of step: flow files may use it, and the engine, the simulator and previews run it."""
+    add_step_model(name, model)
+    kind = STEPS[name] = _BY_MODEL[model] = StepKind(name, model, handler, pure)
+    return kind
+
+
+def unregister(name: str) -> None:
+    """Take a registered kind of step back out (tests)."""
+    kind = STEPS.pop(name, None)
+    if kind is not None:
+        _BY_MODEL.pop(kind.model, None)
+    remove_step_model(name)
+
+
+def kind_of(step: Any) -> StepKind:
+    """The registered kind of a step."""
+    kind = _BY_MODEL.get(type(step))
+    if kind is not None:
+        return kind
+    name = step_kind(step)
+    if name is None or name not in STEPS:
+        raise ValueError(f"not a step: {step!r}")
+    return STEPS[name]
+
+
+def run_step(runner: Runner, step: Any) -> Outcome:
+    """Run one step by its kind."""
+    return (_BY_MODEL.get(type(step)) or kind_of(step)).handler(runner, step)
+
+
+def branches(step: Any) -> list[tuple[str, list[Any]]]:
+    """The step lists nested in a step (an `if`'s `then` and `else`)."""
+    return [("then", step.then), ("else", step.else_)] if isinstance(step, IfStep) else []
+
+
+def walk(steps: list[Any], prefix: list[Any] | None = None) -> Iterator[tuple[list[Any], Any]]:
+    """Every step with its position, both sides of each branch, in the order they are written."""
+    for index, step in enumerate(steps):
+        position = [*(prefix or []), index]
+        yield position, step
+        for name, nested in branches(step):
+            yield from walk(nested, [*position, name])
+
+
+# ---- the step kinds --------------------------------------------------------------------------------
+
+
+def step_wait(runner: Runner, step: Any) -> Outcome:
+    """Pause until the wait's end (a duration in local calendar terms, then a local time of day)."""
+    until = rules.wait_until(step.wait, runner.now(), runner.tz())
+    if runner.traced:
+        runner.trace("wait", f"waiting until {until.isoformat()}", until=until.isoformat())
+    return Outcome("wait", until=until)
+
+
+def step_if(runner: Runner, step: Any) -> Outcome:
+    """Enter `then` or `else` depending on the expression."""
+    result, error = rules.condition_holds(step.if_, runner.context())
+    if runner.traced:
+        if error is not None:
+            runner.trace("condition", f"if {step.if_} -> error: {error}", expression=step.if_, result=None)
+        verdict = "true" if result else "false"
+        runner.trace("condition", f"if {step.if_} -> {verdict}", expression=step.if_, result=result)
+    branch = step.then if result else step.else_
+    if not branch:
+        return NEXT
+    return Outcome("enter", position=[*runner.position, "then" if result else "else", 0])
+
+
+def step_stop(runner: Runner, step: Any) -> Outcome:
+    """End the run."""
+    reason = step.stop if isinstance(step.stop, str) else "stop step"
+    return Outcome("stop", reason=reason)
+
+
+def step_send_email(runner: Runner, step: Any) -> Outcome:
+    """Send one email after the marketing checks; suppressions are traced with their reason."""
+    spec = step.send_email
+    ctx = runner.context()
+    address = rules.recipient(spec.to, ctx)
+    key = runner.key("email")
+    earlier = runner.recall(key)
+    # A claim still pending is a send interrupted before the server's answer was recorded (the worker
+    # died, or Redis went away): it is sent again under the same key, so with the same Message-ID,
+    # and a copy the server did take shows as one email. Anything else recorded was done already.
+    again = earlier is not None and earlier.status == "pending"
+    if earlier is not None and not again:
+        return NEXT
+    if not address:
+        return runner.suppressed("no email address")
+    address, recipient = addressed(address)  # `to` may be `Name <address>`
+    marketing = runner.flow.marketing
+    if marketing:
+        reason = runner.marketing_block(recipient, again=again)
+        if reason == "quiet hours":
+            until = rules.quiet_hours_end(runner.flow, runner.now(), runner.tz())
+            if runner.traced:
+                runner.trace("deferred", f"quiet hours: sending at {until.isoformat()}", reason="quiet hours")
+            return Outcome("defer", until=until)
+        if reason:
+            return runner.suppressed(reason)
+    return runner.send(EmailDraft(spec, ctx, address, recipient, key, again, marketing))
+
+
+def step_create_discount(runner: Runner, step: Any) -> Outcome:
+    """Create a unique single-use code for the customer (idempotent by the step's key)."""
+    spec = step.create_discount
+    key = runner.key("discount")
+    earlier = runner.recall(key)
+    if earlier is not None and earlier.status == "done" and earlier.result:
+        runner.set_var(spec.as_, earlier.result)
+        return NEXT
+    kind, value = rules.discount_terms(spec)
+    ctx = runner.context()
+    now = runner.now()
+    ends_at = now + spec.expires_in
+    currency = ctx["shop"].get("currency") or (ctx["order"].currency if ctx["order"] is not None else None)
+    customer_id, email = ctx["customer"].get("id"), ctx["customer"].get("email")
+    restrict = spec.restrict_to_customer and bool(ctx["customer"])
+    request = DiscountRequest(
+        idempotency_key=f"encore-{ctx['shop']['id']}-{key}",
+        kind=kind,
+        value=value,
+        prefix=spec.prefix,
+        currency=currency,
+        starts_at=now,
+        ends_at=ends_at,
+        minimum_subtotal=spec.minimum_subtotal,
+        usage_limit=spec.usage_limit,
+        customer_id=customer_id if restrict and not str(customer_id).startswith("email:") else None,
+        customer_email=email if restrict else None,
+        title=f"{runner.flow.name} ({ctx['run']['id']})",
+    )
+    made = runner.make_discount(key, request, earlier)
+    if isinstance(made, Outcome):
+        return made
+    result = rules.discount_result(spec, made.code, made.platform_id, made.ends_at or ends_at, currency, runner.tz())
+    runner.discount_made(key, result)
+    runner.set_var(spec.as_, result)
+    return NEXT
+
+
+def step_tag_customer(runner: Runner, step: Any) -> Outcome:
+    """Add tags on the platform and in the ledger."""
+    ctx = runner.context()
+    tags = [expressions.render_string(t, ctx) for t in step.tag_customer]
+    key = runner.key("tag")
+    earlier = runner.recall(key)
+    if earlier is not None and earlier.status == "done":
+        return NEXT
+    return runner.tag(key, tags, earlier)
+
+
+def step_http(runner: Runner, step: Any) -> Outcome:
+    """POST the step's JSON (values rendered) with an Idempotency-Key header."""
+    spec = step.http
+    ctx = runner.context()
+    body = {k: expressions.render_string(v, ctx) if isinstance(v, str) else v for k, v in spec.json_.items()}
+    key = runner.key("http")
+    earlier = runner.recall(key)
+    if earlier is not None and earlier.status == "done":
+        return NEXT
+    return runner.post(key, spec, body, earlier)
+
+
+register("wait", WaitStep, step_wait, pure=True)
+register("send_email", SendEmailStep, step_send_email)
+register("create_discount", CreateDiscountStep, step_create_discount)
+register("tag_customer", TagCustomerStep, step_tag_customer)
+register("if", IfStep, step_if, pure=True)
+register("http", HttpStep, step_http)
+register("stop", StopStep, step_stop, pure=True)
+
+
+# ---- the engine's runner: the store and the connectors ---------------------------------------------
 
 
 @dataclass
-class StepRunner:
-    """Runs the steps of one run inside one session; `dry_run` renders without side effects (previews)."""
+class StepRunner(Runner):
+    """Runs the steps of one run inside one session: facts from the store, effects through the connectors.
+
+    A side effect's idempotency key is claimed in the store (`_claim`, committed) before acting and its
+    result recorded after (`_finish`), so a retried job finds the claim instead of acting twice.
+    """
 
     session: Unit
     run: Run
     flow: Flow
     shop: Shop
     customer: Customer | None
-    dry_run: bool = False
-    rendered: list[dict[str, Any]] = field(default_factory=list)
 
-    # -- context ---------------------------------------------------------------------------------
+    # -- the run ---------------------------------------------------------------------------------
+    @property
+    def position(self) -> list[Any]:
+        """The position of the step being run."""
+        return self.run.position
+
+    def now(self) -> datetime:
+        """The engine's clock (`dates.now`, which a test or a rehearsal may move)."""
+        return dates.now()
+
     def tz(self) -> Any:
         """The run's time zone: the customer's when known, else the shop's."""
         return dates.zone(self.customer.timezone if self.customer else None, self.shop.timezone)
@@ -290,15 +643,13 @@ class StepRunner:
         """The idempotency key of the current step's side effect."""
         return f"{self.run.flow_key}-{self.run.id}-{position_label(self.run.position)}-{kind}"
 
-    # -- conditions ------------------------------------------------------------------------------
     def conditions_hold(self, when: str) -> bool:
         """Check every flow condition, tracing each result; False stops the run."""
         ctx = self.context()
         for condition in self.flow.conditions:
-            try:
-                result = expressions.holds(condition, ctx)
-            except expressions.ExpressionError as exc:
-                self.trace("condition", f"{condition} -> error: {exc}", expression=condition, result=None)
+            result, error = rules.condition_holds(condition, ctx)
+            if error is not None:
+                self.trace("condition", f"{condition} -> error: {error}", expression=condition, result=None)
                 return False
             if not result or when == "start":
                 self.trace(
@@ -311,109 +662,71 @@ class StepRunner:
                 return False
         return True
 
-    # -- dispatch --------------------------------------------------------------------------------
     def run_step(self, step: Any) -> Outcome:
         """Run one step by its kind."""
-        kind = step_kind(step)
-        if kind is None:
-            raise ValueError(f"not a step: {step!r}")
-        return getattr(self, "step_" + kind)(step)
+        return run_step(self, step)
 
-    def step_wait(self, step: Any) -> Outcome:
-        """Pause until the wait's end (a duration in local calendar terms, then a local time of day)."""
-        tz = self.tz()
-        until = dates.now()
-        if step.wait.for_:
-            until = dates.add_duration(until, step.wait.for_, tz)
-        if step.wait.until is not None:
-            until = dates.next_local_time(until, step.wait.until, tz)
-        self.trace("wait", f"waiting until {until.isoformat()}", until=until.isoformat())
-        return Outcome("wait", until=until)
+    # -- facts -----------------------------------------------------------------------------------
+    def recall(self, key: str) -> FlowEffect | None:
+        """The record of this step's side effect from an earlier attempt (none for a run begun in this session)."""
+        if self.session.inserted(FlowRun, self.run.id):
+            return None
+        loaded = self.session.part(_Memo).effects.pop(self.run.id, None)
+        if loaded is not None:
+            return loaded.get(key)
+        return self.session.get(FlowEffect, key)
 
-    def step_if(self, step: Any) -> Outcome:
-        """Enter `then` or `else` depending on the expression."""
-        try:
-            result = bool(expressions.holds(step.if_, self.context()))
-        except expressions.ExpressionError as exc:
-            self.trace("condition", f"if {step.if_} -> error: {exc}", expression=step.if_, result=None)
-            result = False
-        self.trace("condition", f"if {step.if_} -> {'true' if result else 'false'}", expression=step.if_, result=result)
-        branch = step.then if result else step.else_
-        if not branch:
-            return NEXT
-        return Outcome("enter", position=[*self.run.position, "then" if result else "else", 0])
+    def consent(self) -> bool | None:
+        """The ledger's consent of the customer."""
+        return bool(self.customer and self.customer.email_consent)
 
-    def step_stop(self, step: Any) -> Outcome:
-        """End the run."""
-        reason = step.stop if isinstance(step.stop, str) else "stop step"
-        return Outcome("stop", reason=reason)
+    def suppression(self, address: str) -> str | None:
+        """The address's entry on the shop's unsubscribe or bounce list."""
+        return is_suppressed(self.session, self.shop.id, address)
 
-    def step_send_email(self, step: Any) -> Outcome:
-        """Render and send one email, after the marketing checks; suppressions are traced with their reason."""
-        spec = step.send_email
-        customer = self.customer
-        ctx = self.context()
-        address = (expressions.render_string(spec.to, ctx).strip() if spec.to else None) or (
-            customer.email if customer else None
+    def emailed_since(self, since: datetime) -> bool | None:
+        """Whether a marketing email to the customer was claimed after `since`, by any flow."""
+        if self.customer is None:
+            return None
+        recent = (
+            self.session.connection()
+            .execute(_RECENT_EMAILS, {"customer_id": self.customer.id, "since": since})
+            .scalar_one()
         )
-        if not address:
-            if self.run.context.get("checkout") and ctx["checkout"] and ctx["checkout"].email:
-                address = ctx["checkout"].email
-        key = self.key("email")
-        existing = None if self.dry_run else self._effect(key)
-        # A claim still pending is a send interrupted before the server's answer was recorded (the worker
-        # died, or Redis went away): it is sent again under the same key, so with the same Message-ID,
-        # and a copy the server did take shows as one email. Anything else recorded was done already.
-        resend = existing is not None and existing.status == "pending"
-        if existing is not None and not resend:
-            return NEXT
-        if not address:
-            return self._suppressed("no email address")
-        if self.dry_run:
-            address = address or "preview@example.com"
-        address = header_text(address)
-        try:  # `to` may be `Name <address>`: consent, suppressions and unsubscribing go by the address
-            recipient = mailbox(address)[1]
-        except ValueError:
-            recipient = address  # not one address: refused when the message is built, and traced
-        if self.flow.marketing and not self.dry_run:
-            reason = self._marketing_block(recipient, again=resend)
-            if reason == "quiet hours":
-                assert self.flow.quiet_hours is not None
-                until = dates.next_local_time(dates.now(), self.flow.quiet_hours.to, self.tz())
-                self.trace("deferred", f"quiet hours: sending at {until.isoformat()}", reason="quiet hours")
-                return Outcome("defer", until=until)
-            if reason:
-                return self._suppressed(reason)
+        return bool(recent)
 
-        unsubscribe = unsubscribe_url(self.shop.id, recipient) if self.flow.marketing else None
-        subject = header_text(expressions.render_string(spec.subject, ctx))  # as sent: one line
-        preheader = expressions.render_string(spec.preheader, ctx) if spec.preheader else None
-        ctx.update(unsubscribe_url=unsubscribe, subject=subject, preheader=preheader)
-        pinned = versions.pinned(self.session, self.run.flow_digest, self.run.flow_key) if self.session else None
-        html, text = render.render_email(spec.template, ctx, pinned)
-        from_addr = expressions.render_string(spec.from_, ctx) if spec.from_ else None
-        reply_to = expressions.render_string(spec.reply_to, ctx) if spec.reply_to else None
-        if self.dry_run:
-            self.rendered.append(
-                {"to": address, "subject": subject, "html": html, "text": text, "template": spec.template}
+    def counted(self, outcome: str) -> None:
+        """Count an email's outcome in the metrics."""
+        EMAILS.labels(flow=self.run.flow_key, outcome=outcome).inc()
+
+    def redeemed(self, code: str) -> bool:
+        """Whether an order in the ledger used `code`, else what the platform says."""
+        if self.customer is not None:
+            rows = self.session.execute(
+                select(Order.discount_codes).where(
+                    Order.customer_id == self.customer.id, Order.placed_at >= self.run.started_at - timedelta(days=1)
+                )
             )
-            return NEXT
+            if any(code.upper() in [c.upper() for c in (codes or [])] for (codes,) in rows):
+                return True
+        try:
+            return bool(connectors.get_connector(self.shop).discount_redeemed(code))
+        except Exception:  # noqa: BLE001 - unknown counts as not redeemed; the ledger is the main source
+            log.warning("could not ask the platform whether %s was redeemed", code)
+            return False
 
-        message = email_api.OutgoingEmail(
-            to=address,
-            subject=subject,
-            html=html,
-            text=text,
-            idempotency_key=key,
-            marketing=self.flow.marketing,
-            from_addr=from_addr or None,
-            reply_to=reply_to or None,
-            preheader=preheader,
-            unsubscribe_url=unsubscribe,
-        )
-        self._claim(key, "email", existing)
-        if resend:
+    # -- effects ---------------------------------------------------------------------------------
+    def send(self, email: EmailDraft) -> Outcome:
+        """Render the email and send it through EMAIL_URL's transport, claimed first under its key."""
+        unsubscribe = unsubscribe_url(self.shop.id, email.recipient) if email.marketing else None
+        pinned = versions.pinned(self.session, self.run.flow_digest, self.run.flow_key)  # its version's templates
+        return self.deliver(email, email.compose(unsubscribe, pinned))
+
+    def deliver(self, email: EmailDraft, message: email_api.OutgoingEmail) -> Outcome:
+        """Send a rendered message, claimed first under its key; the answer is recorded and traced."""
+        key, address, template = email.key, email.address, email.spec.template
+        self._claim(key, "email", email.again)
+        if email.again:
             self.trace(
                 "resend",
                 "the first attempt to send this email was interrupted; sending it again with the same Message-ID",
@@ -427,18 +740,16 @@ class StepRunner:
         except email_api.PermanentEmailError as exc:
             self._finish(key, "failed", {"error": str(exc)})
             self.trace(
-                "error",
-                f"email {spec.template!r} to {address} failed permanently: {exc}",
-                template=spec.template,
-                key=key,
+                "error", f"email {template!r} to {address} failed permanently: {exc}", template=template, key=key
             )
             return NEXT
+        subject = message.subject
         self._finish(key, "done", {"message_id": message_id, "to": address, "subject": subject})
-        EMAILS.labels(flow=self.run.flow_key, outcome="sent").inc()
+        self.counted("sent")
         self.trace(
             "sent",
-            f"sent {spec.template!r} to {address}: {subject}",
-            template=spec.template,
+            f"sent {template!r} to {address}: {subject}",
+            template=template,
             to=address,
             subject=subject,
             message_id=message_id,
@@ -446,120 +757,30 @@ class StepRunner:
         )
         return NEXT
 
-    def _suppressed(self, reason: str) -> Outcome:
-        if not self.dry_run:
-            EMAILS.labels(flow=self.run.flow_key, outcome=reason).inc()
-        self.trace("suppressed", f"email not sent: {reason}", reason=reason)
-        return NEXT
+    def make_discount(self, key: str, request: DiscountRequest, earlier: Any) -> Discount | Outcome:
+        """Ask the shop's platform for the code, claimed first under its key."""
+        self._claim(key, "discount", earlier is not None)
+        try:
+            return connectors.get_connector(self.shop).create_discount(request)
+        except PlatformError as exc:
+            platform_error(self.shop.platform, exc)
+            if exc.transient:
+                raise TransientStepError(f"discount not created yet: {exc.message}", exc.retry_after) from exc
+            self._finish(key, "failed", {"error": exc.message, "status": exc.status})
+            self.trace("error", f"discount not created: {exc.message}", status=exc.status)
+            return Outcome("stop", reason=f"discount failed: {exc.message}")
 
-    def _marketing_block(self, address: str, again: bool = False) -> str | None:
-        """Why a marketing email must not go out now (None when it may).
+    def discount_made(self, key: str, result: dict[str, Any]) -> None:
+        """Record the created code and trace it."""
+        self._finish(key, "done", result)
+        self.trace("discount", f"created code {result['code']} ({result['value']})", code=result["code"], key=key)
 
-        `again`: the email's interrupted first attempt is sent again; consent and the unsubscribe list
-        still hold, but not quiet hours or the frequency cap, which it was admitted under (and counts in).
-        """
-
+    def tag(self, key: str, tags: list[str], earlier: Any) -> Outcome:
+        """Add the tags on the platform (a customer known by email only has none) and in the ledger."""
         customer = self.customer
-        if self.flow.consent_required and not (customer and customer.email_consent):
-            return "no consent"
-        reason = is_suppressed(self.session, self.shop.id, address)
-        if reason:
-            return "unsubscribed" if reason == "unsubscribed" else f"suppressed ({reason})"
-        if again:
-            return None
-        if self.flow.quiet_hours and dates.in_window(
-            dates.now(), self.flow.quiet_hours.from_, self.flow.quiet_hours.to, self.tz()
-        ):
-            return "quiet hours"
-        if self.flow.frequency_cap and customer is not None:
-            since = dates.now() - self.flow.frequency_cap
-            recent = (
-                self.session.connection()
-                .execute(_RECENT_EMAILS, {"customer_id": customer.id, "since": since})
-                .scalar_one()
-            )
-            if recent:
-                return "frequency cap"
-        return None
-
-    def step_create_discount(self, step: Any) -> Outcome:
-        """Create a unique single-use code for the customer (idempotent by the step's key)."""
-        spec = step.create_discount
-        key = self.key("discount")
-        existing = None if self.dry_run else self._effect(key)
-        if existing is not None and existing.status == "done" and existing.result:
-            self.set_var(spec.as_, existing.result)
+        if customer is None:
             return NEXT
-        kind: Literal["percent", "fixed"] = "percent" if spec.percent is not None else "fixed"
-        value = spec.percent if spec.percent is not None else spec.amount
-        assert value is not None
-        ends_at = dates.now() + spec.expires_in
-        currency = self.shop.currency or ((self.run.context or {}).get("order") or {}).get("currency")
-        if self.dry_run:
-            code = f"{spec.prefix}PREVIEW".upper()
-            platform_id = None
-        else:
-            customer = self.customer
-            request = DiscountRequest(
-                idempotency_key=f"encore-{self.shop.id}-{key}",
-                kind=kind,
-                value=value,
-                prefix=spec.prefix,
-                currency=currency,
-                starts_at=dates.now(),
-                ends_at=ends_at,
-                minimum_subtotal=spec.minimum_subtotal,
-                usage_limit=spec.usage_limit,
-                customer_id=(
-                    customer.platform_id
-                    if customer and spec.restrict_to_customer and not customer.platform_id.startswith("email:")
-                    else None
-                ),
-                customer_email=customer.email if customer and spec.restrict_to_customer else None,
-                title=f"{self.flow.name} ({self.run.id})",
-            )
-            self._claim(key, "discount", existing)
-            try:
-                discount = connectors.get_connector(self.shop).create_discount(request)
-            except PlatformError as exc:
-                platform_error(self.shop.platform, exc)
-                if exc.transient:
-                    raise TransientStepError(f"discount not created yet: {exc.message}", exc.retry_after) from exc
-                self._finish(key, "failed", {"error": exc.message, "status": exc.status})
-                self.trace("error", f"discount not created: {exc.message}", status=exc.status)
-                return Outcome("stop", reason=f"discount failed: {exc.message}")
-            code, platform_id = discount.code, discount.platform_id
-            ends_at = discount.ends_at or ends_at
-        display = f"{value.normalize():f}%" if kind == "percent" else render.format_money(value, currency)
-        local_end = ends_at.astimezone(self.tz())
-        result = {
-            "code": code,
-            "kind": kind,
-            "amount": str(value),
-            "value": display,
-            "expires_at": ends_at.astimezone(UTC).isoformat(),
-            "expires_on": local_end.strftime("%d %B %Y"),
-            "minimum_subtotal": str(spec.minimum_subtotal) if spec.minimum_subtotal is not None else None,
-            "platform_id": platform_id,
-        }
-        if not self.dry_run:
-            self._finish(key, "done", result)
-            self.trace("discount", f"created code {code} ({display})", code=code, key=key)
-        self.set_var(spec.as_, result)
-        return NEXT
-
-    def step_tag_customer(self, step: Any) -> Outcome:
-        """Add tags on the platform and in the ledger."""
-        tags = [expressions.render_string(t, self.context()) for t in step.tag_customer]
-        customer = self.customer
-        if customer is None or self.dry_run:
-            return NEXT
-        key = self.key("tag")
-        existing = self._effect(key)
-        if existing is not None and existing.status == "done":
-            return NEXT
-
-        self._claim(key, "tag", existing)
+        self._claim(key, "tag", earlier is not None)
         if not customer.platform_id.startswith("email:"):
             try:
                 connectors.get_connector(self.shop).tag_customer(customer.platform_id, tags)
@@ -575,23 +796,13 @@ class StepRunner:
         self.trace("tag", f"tagged {', '.join(tags)}", tags=tags)
         return NEXT
 
-    def step_http(self, step: Any) -> Outcome:
-        """POST the step's JSON (values rendered) with an Idempotency-Key header, to a public address only.
+    def post(self, key: str, spec: Any, body: dict[str, Any], earlier: Any) -> Outcome:
+        """POST to a public address only, with an Idempotency-Key header; a redirect is not followed.
 
         A URL whose host is not public (`connectors.http.refusal`) and not in HTTP_STEP_ALLOW_HOSTS
-        fails the step once, traced, without a retry; a redirect is not followed.
+        fails the step once, traced, without a retry.
         """
-
-        spec = step.http
-        ctx = self.context()
-        body = {k: expressions.render_string(v, ctx) if isinstance(v, str) else v for k, v in spec.json_.items()}
-        if self.dry_run:
-            return NEXT
-        key = self.key("http")
-        existing = self._effect(key)
-        if existing is not None and existing.status == "done":
-            return NEXT
-        self._claim(key, "http", existing)
+        self._claim(key, "http", earlier is not None)
         headers = {**spec.headers, "Content-Type": "application/json", "Idempotency-Key": key, "User-Agent": "Encore"}
         try:
             status, location = outbound.post_json(
@@ -618,21 +829,12 @@ class StepRunner:
         return NEXT
 
     # -- side-effect records ---------------------------------------------------------------------
-    def _effect(self, key: str) -> FlowEffect | None:
-        """The record of this step's side effect from an earlier attempt (none for a run begun in this session)."""
-        if self.session.inserted(FlowRun, self.run.id):
-            return None
-        loaded = self.session.part(_Memo).effects.pop(self.run.id, None)
-        if loaded is not None:
-            return loaded.get(key)
-        return self.session.get(FlowEffect, key)
-
-    def _claim(self, key: str, kind: str, existing: FlowEffect | None = None) -> None:
+    def _claim(self, key: str, kind: str, claimed: bool = False) -> None:
         """Record (and commit) the intent before acting, so an interrupted act is known on retry.
 
-        An effect claimed by an earlier attempt (`existing`) is acted on again under the same key.
+        An effect claimed by an earlier attempt (`claimed`) is acted on again under the same key.
         """
-        if existing is not None:
+        if claimed:
             return
         self.session.connection().execute(
             _CLAIM,
@@ -657,21 +859,3 @@ class StepRunner:
         self.session.connection().execute(
             _FINISH, {"effect_key": key, "status": status, "result": result, "done_at": dates.now()}
         )
-
-    def redeemed(self, code: str) -> bool:
-        """Whether an order in the ledger used `code`, else what the platform says."""
-        if self.dry_run:
-            return False
-        if self.customer is not None:
-            rows = self.session.execute(
-                select(Order.discount_codes).where(
-                    Order.customer_id == self.customer.id, Order.placed_at >= self.run.started_at - timedelta(days=1)
-                )
-            )
-            if any(code.upper() in [c.upper() for c in (codes or [])] for (codes,) in rows):
-                return True
-        try:
-            return bool(connectors.get_connector(self.shop).discount_redeemed(code))
-        except Exception:  # noqa: BLE001 - unknown counts as not redeemed; the ledger is the main source
-            log.warning("could not ask the platform whether %s was redeemed", code)
-            return False

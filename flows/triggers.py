@@ -24,6 +24,7 @@ from encore_retention.core.store.models import Customer, Shop
 from encore_retention.flows import dates, loader
 from encore_retention.flows.engine import advance, start_run
 from encore_retention.flows.loader import FlowFile
+from encore_retention.flows.rules import date_trigger_key, due_day
 from encore_retention.flows.schema import DateTrigger
 
 log = logging.getLogger(__name__)
@@ -41,25 +42,6 @@ BATCH = 1000
 
 def _field(trigger: DateTrigger) -> str:
     return trigger.date.split(".", 1)[1]
-
-
-def due_day(trigger: DateTrigger, value: date, year: int | None = None) -> date:
-    """The local day a customer's date value makes due (yearly: the anniversary in `year`)."""
-    if trigger.yearly:
-        assert year is not None
-        return dates.anniversary(value, year) + trigger.offset
-    return value + trigger.offset
-
-
-def date_trigger_key(flow_file: FlowFile, trigger: DateTrigger, value: date, day: date) -> str:
-    """`year:2027` for yearly triggers and `once_per: year`; else the date value (one run per value)."""
-    if flow_file.flow.entry.once_per_customer:
-        return "once"
-    if trigger.yearly:
-        return f"year:{(day - trigger.offset).year}"
-    if flow_file.flow.entry.once_per == "year":
-        return f"year:{day.year}"
-    return f"{trigger.date}:{value.isoformat()}"
 
 
 def _local_value(customer_tz: str | None, shop_tz: str | None, value: Any) -> date:
@@ -110,7 +92,7 @@ def candidates(
             for day in wanted:
                 year = (day - trigger.offset).year if trigger.yearly else None
                 if due_day(trigger, value, year) == day:
-                    yield customer_id, customer_tz, day, date_trigger_key(flow_file, trigger, value, day)
+                    yield customer_id, customer_tz, day, date_trigger_key(flow_file.flow.entry, trigger, value, day)
                     break
 
 
@@ -253,7 +235,8 @@ def start_date_run(shop_id: int, flow_key: str, customer_id: int, trigger_key: s
         due = datetime.fromisoformat(due_at)
         day = due.astimezone(dates.zone(customer.timezone, shop.timezone)).date()
         year = (day - trigger.offset).year if trigger.yearly else None
-        if due_day(trigger, value, year) != day or date_trigger_key(flow_file, trigger, value, day) != trigger_key:
+        key = date_trigger_key(flow_file.flow.entry, trigger, value, day)
+        if due_day(trigger, value, year) != day or key != trigger_key:
             log.info("customer %s no longer due for %s on %s", customer_id, flow_key, day)
             return None
         context = {

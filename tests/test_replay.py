@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import responses
@@ -10,9 +11,14 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from encore_retention.cli import main
+from encore_retention.connectors.base import get_connector
+from encore_retention.core import effects
+from encore_retention.core.crypto import encrypt
 from encore_retention.core.store import migrate, session_scope
-from encore_retention.core.store.models import Customer, EventRecord, Order
+from encore_retention.core.store.models import Customer, EventRecord, Order, Shop
+from encore_retention.flows import engine
 from encore_retention.flows.models import FlowEffect, FlowRun
+from encore_retention.rehearsal import RehearsalConnector, rehearsal
 from tests.conftest import PAYLOADS, WC_URL, drain, payload, shopify_headers, use_database
 from tests.test_admin import fake_woocommerce_coupons, post_woo, woo_customer, woo_order
 
@@ -229,3 +235,18 @@ def test_dry_run_predicts_the_real_replay_duplicates_included_and_as_new_says_it
     assert "already processed" not in new_report.read_text()
     alone = CliRunner().invoke(main, ["replay", str(export), "--as-new"])
     assert alone.exit_code == 2 and "--as-new goes with --dry-run" in alone.output
+
+
+def test_a_rehearsal_differs_from_a_real_run_only_by_its_effects(env, tmp_path):
+    """Inside a rehearsal the effects are its stand-ins, whoever asks for them; outside, the real ones again."""
+    shop = Shop(
+        id=1, platform="shopify", domain="encore-test.myshopify.com", access_token_enc=encrypt("t"), active=True
+    )
+    assert type(get_connector(shop)).__name__ == "ShopifyConnector"
+    with rehearsal(tmp_path / "rehearsal") as rehearsed:
+        assert isinstance(get_connector(shop), RehearsalConnector)
+        engine.schedule(7, datetime(2026, 3, 2, 9, 0, tzinfo=UTC), "flowrun-7")
+        assert rehearsed.wakeups == [(datetime(2026, 3, 2, 9, 0, tzinfo=UTC), 7)]
+        assert effects.current().forget_in_redis is not None
+    assert effects.current() is effects.REAL
+    assert type(get_connector(shop)).__name__ == "ShopifyConnector"

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from encore_retention import simulate
 from encore_retention.cli import main
-from encore_retention.flows import dates, expressions, loader
+from encore_retention.flows import dates, loader
 
 SHOPIFY_COLUMNS = [
     "Name",
@@ -252,65 +252,6 @@ def test_the_command_prints_tables_and_writes_the_csv(tmp_path, monkeypatch):
     assert failed.exit_code != 0 and "bad.csv:2: bad date 'yesterday'" in failed.output
     wrong = CliRunner().invoke(main, ["simulate", "--orders", str(path), "--from", "2026-13-01"])
     assert wrong.exit_code != 0 and "is not a date" in wrong.output
-
-
-@pytest.mark.parametrize(
-    "condition",
-    [
-        "customer.orders_count == 3",
-        "customer.email_consent",
-        "not customer.email_consent",
-        "customer.orders_count >= 1",
-        "not customer.tags",
-        "customer.total_spent > 50",
-        "customer.orders_count != 0",
-        "customer.email_consent == 1",
-        "customer.orders_count < 2",
-    ],
-)
-def test_the_fast_conditions_agree_with_the_expression_evaluator(condition):
-    fast = simulate.simple_condition(condition)
-    assert fast is not None
-    for view in (
-        {"orders_count": 3, "email_consent": True, "tags": [], "total_spent": Decimal("10")},
-        {"orders_count": 1, "email_consent": False, "tags": ["a"], "total_spent": Decimal("100.5")},
-        {"orders_count": None, "email_consent": None, "tags": None, "total_spent": Decimal("0")},
-    ):
-        try:
-            expected = expressions.holds(condition, {"customer": view})
-        except expressions.ExpressionError:
-            expected = False
-        assert fast(view) == expected
-    assert simulate.simple_condition("customer.orders_count == 3 and order.total > 5") is None
-
-
-def test_the_fast_subjects_agree_with_the_template_engine():
-    from encore_retention.core import events as ev
-
-    contexts = [
-        {
-            "customer": {"first_name": "Ada"},
-            "shop": {"name": "Tea"},
-            "order": ev.Order(id="1", number="1001"),
-            "reward": simulate._Code(code="X", value="€10.00"),
-        },
-        {
-            "customer": {"first_name": None},
-            "shop": {"name": None},
-            "order": ev.Order(id="1"),
-            "reward": simulate._Code(code="X", value="10%"),
-        },
-    ]
-    for flow_file in library().values():
-        for step in flow_file.flow.steps:
-            subject = getattr(getattr(step, "send_email", None), "subject", None)
-            if subject is None:
-                continue
-            fast = simulate.simple_text(subject)
-            assert fast is not None, subject
-            for ctx in contexts:
-                assert fast(ctx) == expressions.render_string(subject, ctx)
-    assert simulate.simple_text("{{ customer.first_name | upper }}") is None
 
 
 def test_a_woocommerce_csv_export(tmp_path):

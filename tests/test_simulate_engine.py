@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from rq.registry import ScheduledJobRegistry
+from rq.serializers import JSONSerializer
 from sqlalchemy import select
 
 from encore_retention import simulate
 from encore_retention.connectors import base as connector_registry
 from encore_retention.core import events as ev
+from encore_retention.core.queue import FLOWS
+from encore_retention.core.settings import reset_settings
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Customer
-from encore_retention.flows import dates, loader
+from encore_retention.flows import dates, loader, rules, steps, triggers
 from encore_retention.flows.models import FlowRun, FlowTrace
+from encore_retention.flows.schema import FlowModel, StepModel
 from encore_retention.jobs import process_event
+from tests.conftest import drain
 from tests.flows.helpers import FakeConnector, customer, event, order, walk_to
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -51,6 +57,22 @@ def _order(order_id: str, at: datetime) -> ev.Order:
     return order(order_id, at, total="60.00")
 
 
+def _outcomes() -> tuple[list[tuple[str, str, datetime]], list[tuple[str, str, str]]]:
+    """The engine's emails (flow, address, when) and suppressions (flow, address, reason), from the run traces."""
+    with session_scope() as session:
+        rows = session.execute(
+            select(FlowRun.flow_key, Customer.email, FlowTrace.kind, FlowTrace.at, FlowTrace.detail)
+            .join(FlowRun, FlowRun.id == FlowTrace.run_id)
+            .join(Customer, Customer.id == FlowRun.customer_id)
+            .where(FlowTrace.kind.in_(("sent", "suppressed")))
+        ).all()
+    sent = sorted((flow, email, at) for flow, email, kind, at, _ in rows if kind == "sent")
+    suppressed = sorted(
+        (flow, email, (detail or {}).get("reason", "")) for flow, email, kind, _, detail in rows if kind == "suppressed"
+    )
+    return sent, suppressed
+
+
 def real_engine(redis: Any) -> tuple[list[tuple[str, str, datetime]], list[tuple[str, str, str]]]:
     """Play the history through process_event, walking the clock an hour at a time between events."""
     clock = T0
@@ -67,18 +89,7 @@ def real_engine(redis: Any) -> tuple[list[tuple[str, str, datetime]], list[tuple
     while clock + STEP <= END:
         clock += STEP
         walk_to(redis, clock)
-    with session_scope() as session:
-        rows = session.execute(
-            select(FlowRun.flow_key, Customer.email, FlowTrace.kind, FlowTrace.at, FlowTrace.detail)
-            .join(FlowRun, FlowRun.id == FlowTrace.run_id)
-            .join(Customer, Customer.id == FlowRun.customer_id)
-            .where(FlowTrace.kind.in_(("sent", "suppressed")))
-        ).all()
-    sent = sorted((flow, email, at) for flow, email, kind, at, _ in rows if kind == "sent")
-    suppressed = sorted(
-        (flow, email, (detail or {}).get("reason", "")) for flow, email, kind, _, detail in rows if kind == "suppressed"
-    )
-    return sent, suppressed
+    return _outcomes()
 
 
 def simulated() -> simulate.Simulation:
@@ -120,3 +131,181 @@ def test_the_simulation_sends_what_the_engine_sends(engine_env):
     assert {"welcome", "thank_you_first_order", "check_in_after_delivery", "loyalty_third_order"} <= flows
     assert ("loyalty_third_order", "c1002@example.com", "no consent") in suppressed
     assert sum(Decimal(1) for f, _, _ in sent if f == "thank_you_first_order") == 2
+
+
+# ---- the date triggers and checkouts: birthdays, win-backs, abandoned checkouts ----------------------
+
+# customer id -> (consent, birthday)
+PEOPLE: dict[str, tuple[bool, date | None]] = {
+    "2001": (True, date(1990, 3, 20)),  # a birthday gift on 6 March (two weeks early)
+    "2002": (True, None),  # one order, then nothing: won back after 60 days, reminded a week later
+    "2003": (True, None),  # ordered again after 20 days: not won back within the span
+    "2004": (False, date(1985, 3, 25)),  # a birthday without consent: suppressed
+    "2005": (True, None),  # a checkout left: the reminder an hour later
+    "2006": (True, None),  # a checkout completed by an order half an hour later: no reminder
+}
+# (at, kind, customer id, order id or checkout token); customer 2005 is known by its checkout only
+DATED: list[tuple[datetime, str, str, str | None]] = [
+    (T0, "customer.created", "2001", None),
+    (T0 + timedelta(minutes=5), "order.placed", "2001", "6001"),
+    (T0 + timedelta(minutes=20), "customer.created", "2002", None),
+    (T0 + timedelta(minutes=30), "order.placed", "2002", "6002"),
+    (T0 + timedelta(minutes=50), "customer.created", "2003", None),
+    (T0 + timedelta(hours=1), "order.placed", "2003", "6003"),
+    (T0 + timedelta(hours=2), "customer.created", "2004", None),
+    (T0 + timedelta(hours=3), "checkout.started", "2005", "ck-2005"),
+    (T0 + timedelta(hours=4, minutes=59), "customer.created", "2006", None),
+    (T0 + timedelta(hours=5), "checkout.started", "2006", "ck-2006"),
+    (T0 + timedelta(hours=5, minutes=30), "order.placed", "2006", "6006"),
+    (T0 + timedelta(days=20), "order.placed", "2003", "6004"),
+]
+DATED_END = T0 + timedelta(days=70)
+
+
+def _person(cid: str) -> ev.Customer:
+    consent, birthday = PEOPLE[cid]
+    return customer(cid, email_consent=consent, birthday=birthday)
+
+
+def _checkout(token: str, cid: str, at: datetime) -> ev.Checkout:
+    return ev.Checkout(token=token, email=f"c{cid}@example.com", total=Decimal("45.00"), currency="EUR", created_at=at)
+
+
+def _next_job(redis: Any) -> datetime | None:
+    """When the first job the scheduler holds is due."""
+    registry = ScheduledJobRegistry(FLOWS, connection=redis, serializer=JSONSerializer)
+    first = redis.zrange(registry.key, 0, 0, withscores=True)
+    return datetime.fromtimestamp(first[0][1], UTC) if first else None
+
+
+def dated_engine(redis: Any) -> tuple[list[tuple[str, str, datetime]], list[tuple[str, str, str]]]:
+    """Play DATED through process_event while the clock walks to each event, each scheduled job and each day's
+    date sweep (the cron's `flows.triggers.sweep`), until DATED_END."""
+    pending = list(DATED)
+    sweep_at, clock = T0, T0
+    for _ in range(10_000):
+        stops = [at for at in (sweep_at, pending[0][0] if pending else None, _next_job(redis)) if at is not None]
+        clock = max(clock, min(stops))
+        if clock > DATED_END:
+            break
+        walk_to(redis, clock)  # the jobs due by now run
+        while pending and pending[0][0] <= clock:
+            at, kind, cid, ref = pending.pop(0)
+            body = _order(ref, at) if ref and kind == "order.placed" else None
+            started = _checkout(ref, cid, at) if ref and kind == "checkout.started" else None
+            process_event(event(kind, at, _person(cid), order=body, checkout=started))
+        if sweep_at <= clock:
+            triggers.sweep()
+            drain(redis)
+            sweep_at += timedelta(days=1)
+    else:
+        raise AssertionError("the clock did not reach the end")
+    return _outcomes()
+
+
+def dated_simulation() -> simulate.Simulation:
+    """DATED as exports (orders; customers with consent, birthday and creation) and the checkouts as such."""
+    created = {cid: at for at, kind, cid, _ in DATED if kind == "customer.created"}
+    orders = [
+        simulate.HistoricalOrder(order=_order(ref, at), customer_key=cid, email=f"c{cid}@example.com", first_name="Ada")
+        for at, kind, cid, ref in DATED
+        if kind == "order.placed" and ref
+    ]
+    known = [
+        simulate.KnownCustomer(
+            key=cid,
+            email=f"c{cid}@example.com",
+            first_name="Ada",
+            consent=consent,
+            birthday=birthday,
+            created_at=created.get(cid),
+        )
+        for cid, (consent, birthday) in PEOPLE.items()
+    ]
+    checkouts = [
+        (at, cid, _checkout(ref, cid, at)) for at, kind, cid, ref in DATED if kind == "checkout.started" and ref
+    ]
+    flows = {f.key: f for f in loader.load_dir(loader.LIBRARY)[0]}
+    return simulate.run_simulation(
+        orders, known, flows, T0 - timedelta(days=1), DATED_END, dates.zone("UTC"), checkouts=checkouts
+    )
+
+
+def test_the_simulation_agrees_on_date_triggers_and_checkouts(engine_env):
+    sent, suppressed = dated_engine(engine_env)
+    sim = dated_simulation()
+    sim_sent = sorted((o.flow, o.customer, o.at) for o in sim.outcomes if o.action == "email")
+    sim_suppressed = sorted((o.flow, o.customer, o.reason) for o in sim.outcomes if o.action == "suppressed")
+    assert [(f, e) for f, e, _ in sent] == [(f, e) for f, e, _ in sim_sent]
+    for (_, _, real_at), (_, _, sim_at) in zip(sent, sim_sent, strict=True):
+        assert sim_at <= real_at <= sim_at + timedelta(minutes=1)  # a wait ends on the engine's next minute
+    assert suppressed == sim_suppressed
+    # every flow of the library that the history calls for did its part, on both sides
+    emails = [(f, e) for f, e, _ in sent]
+    assert ("birthday", "c2001@example.com") in emails
+    assert emails.count(("win_back", "c2002@example.com")) == 2  # the offer, then the reminder
+    assert ("win_back", "c2003@example.com") not in emails
+    assert ("birthday", "c2004@example.com", "no consent") in suppressed
+    assert ("abandoned_checkout", "c2005@example.com") in emails
+    assert ("abandoned_checkout", "c2006@example.com") not in emails
+    assert {"welcome", "thank_you_first_order", "birthday", "win_back", "abandoned_checkout"} <= {f for f, _ in emails}
+
+
+class Require(FlowModel):
+    """A tiny step kind: go on only if an expression holds."""
+
+    expression: str
+
+
+class RequireStep(StepModel):
+    require: Require
+
+
+def step_require(runner: steps.Runner, step: Any) -> rules.Outcome:
+    held, _ = rules.condition_holds(step.require.expression, runner.context())
+    return rules.NEXT if held else rules.Outcome("stop", reason="requirement not met")
+
+
+REQUIRE_FLOW = """
+name: Only for Ada
+kind: transactional
+trigger:
+  event: order.placed
+steps:
+  - require:
+      expression: "customer.first_name == 'Ada'"
+  - send_email:
+      template: thank_you_first_order.html
+      subject: "Thank you, {{ customer.first_name }}"
+"""
+
+
+@pytest.fixture
+def require_kind():  # type: ignore[no-untyped-def]
+    steps.register("require", RequireStep, step_require, pure=True)
+    yield
+    steps.unregister("require")
+
+
+def test_a_new_step_kind_is_one_model_and_one_handler(engine_env, env, tmp_path, require_kind):
+    folder = tmp_path / "flows"
+    folder.mkdir()
+    (folder / "only_ada.yaml").write_text(REQUIRE_FLOW)
+    env.setenv("FLOWS_DIR", str(folder))
+    reset_settings()
+    for cid, name in (("1001", "Ada"), ("1002", "Bob")):
+        process_event(event("order.placed", T0, customer(cid, first_name=name), order=_order(f"5{cid}", T0)))
+    with session_scope() as session:
+        sent = session.execute(select(FlowTrace.detail).where(FlowTrace.kind == "sent")).scalars().all()
+        stopped = session.execute(select(FlowRun.reason).where(FlowRun.status == "stopped")).scalars().all()
+    assert [d["subject"] for d in sent] == ["Thank you, Ada"] and stopped == ["requirement not met"]
+
+    flows = {f.key: f for f in loader.load_dir(folder)[0]}
+    orders = [
+        simulate.HistoricalOrder(
+            order=_order(f"5{cid}", T0), customer_key=cid, email=f"c{cid}@example.com", first_name=n
+        )
+        for cid, n in (("1001", "Ada"), ("1002", "Bob"))
+    ]
+    sim = simulate.run_simulation(orders, [], flows, T0 - timedelta(days=1), END, dates.zone("UTC"))
+    assert [(o.action, o.subject) for o in sim.outcomes] == [("email", "Thank you, Ada")]

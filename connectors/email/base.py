@@ -123,6 +123,8 @@ def header_text(value: str) -> str:
     (`Bcc:`) or end the header section early (pushing Date, Message-ID and List-Unsubscribe into the
     body); what was written around the break stays readable.
     """
+    if value.isprintable():  # no control character nor line break: nothing to replace
+        return value.strip()
     return _CONTROLS.sub(" ", value).strip()
 
 
@@ -142,6 +144,19 @@ def mailbox(value: str) -> tuple[str, str]:
     if not _ADDR_SPEC.fullmatch(address):
         raise ValueError(f"not one email address: {text!r}")
     return name.strip(), address
+
+
+def addressed(to: str) -> tuple[str, str]:
+    """`to` on one line (`header_text`), and the address it names: consent, suppressions and unsubscribing go
+    by it (`to` itself when it is not one mailbox; refused when the message is built)."""
+    if to.isprintable() and "<" not in to:  # the common case, a bare address
+        to = to.strip()
+        return to, to
+    text = header_text(to)
+    try:
+        return text, mailbox(text)[1]
+    except ValueError:
+        return text, text
 
 
 def build_message(email: OutgoingEmail) -> Message:

@@ -20,8 +20,8 @@ from encore_retention.flows import controls, dates, loader
 from encore_retention.flows.engine import schedule
 from encore_retention.flows.models import SUPPRESSED, FlowEffect, FlowRun, FlowTrace
 from encore_retention.flows.render import format_money
-from encore_retention.flows.schema import DateTrigger, IfStep, SendEmailStep, format_duration
-from encore_retention.flows.steps import position_label
+from encore_retention.flows.schema import DateTrigger, SendEmailStep, format_duration
+from encore_retention.flows.steps import position_label, walk
 from encore_retention.web.admin.auth import Viewer, blueprint
 from encore_retention.web.admin.charts import Series, small_multiples
 from encore_retention.web.admin.times import viewer_zone
@@ -69,19 +69,11 @@ def describe_trigger(trigger: Any, written: Any = None) -> str:
 
 def email_steps(flow: Any) -> list[tuple[str, str]]:
     """(position label, template) of every `send_email` step, both sides of each `if`."""
-
-    found: list[tuple[str, str]] = []
-
-    def walk(steps: list[Any], prefix: list[Any]) -> None:
-        for index, step in enumerate(steps):
-            if isinstance(step, IfStep):
-                walk(step.then, [*prefix, index, "then"])
-                walk(step.else_, [*prefix, index, "else"])
-            elif isinstance(step, SendEmailStep):
-                found.append((position_label([*prefix, index]), step.send_email.template))
-
-    walk(flow.steps, [])
-    return found
+    return [
+        (position_label(position), step.send_email.template)
+        for position, step in walk(flow.steps)
+        if isinstance(step, SendEmailStep)
+    ]
 
 
 def flow_stats(shop_ids: list[int], now: Any = None) -> list[FlowStats]:

@@ -1,0 +1,241 @@
+"""The flow rules, as pure functions: trigger keys, entry, conditions, waits, marketing checks, codes' terms.
+
+The engine, the simulator, previews and dry runs all decide with these; what differs between them is
+only where the facts come from (the store, an in-memory world, a sample) and what an effect does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, tzinfo
+from decimal import Decimal
+from typing import Any, Literal
+
+from encore_retention.flows import dates, expressions
+from encore_retention.flows.render import format_money
+from encore_retention.flows.schema import CreateDiscount, DateTrigger, Entry, Flow, Wait
+
+# ---- what a step asks for next ---------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What a step asks the engine to do next."""
+
+    action: str  # "next" | "wait" (then the next step) | "defer" (then this step again) | "enter" | "stop"
+    until: datetime | None = None
+    position: list[Any] | None = None
+    reason: str = ""
+
+
+NEXT = Outcome("next")
+
+
+# ---- positions -------------------------------------------------------------------------------------
+
+
+def container_at(steps: list[Any], prefix: list[Any]) -> list[Any]:
+    """The step list a position prefix points into ([] -> the flow's steps; [3, "then"] -> a branch)."""
+    current = steps
+    for index in range(0, len(prefix), 2):
+        step = current[prefix[index]]
+        current = step.then if prefix[index + 1] == "then" else step.else_
+    return current
+
+
+def step_at(steps: list[Any], position: list[Any]) -> Any:
+    """The step at a position."""
+    return container_at(steps, position[:-1])[position[-1]]
+
+
+def next_position(steps: list[Any], position: list[Any]) -> list[Any] | None:
+    """The position after `position` (leaving finished branches), or None at the end of the flow."""
+    position = list(position)
+    while position:
+        position[-1] += 1
+        if position[-1] < len(container_at(steps, position[:-1])):
+            return position
+        if len(position) == 1:
+            return None
+        position = position[:-2]
+    return None
+
+
+def position_label(position: list[Any]) -> str:
+    """`steps[3].then[0]` for a position."""
+    label = f"steps[{position[0]}]" if position else "steps"
+    for index in range(1, len(position), 2):
+        label += f".{position[index]}[{position[index + 1]}]"
+    return label
+
+
+Transition = Literal["stop", "enter", "defer", "done", "wait", "next"]
+
+
+def transition(steps: list[Any], position: list[Any], outcome: Outcome) -> tuple[Transition, list[Any] | None]:
+    """Where a run goes after a step's outcome: (what happens, the position it is then at)."""
+    if outcome.action == "stop":
+        return "stop", position
+    if outcome.action == "enter":
+        return "enter", outcome.position
+    if outcome.action == "defer":
+        return "defer", position
+    following = next_position(steps, position)
+    if following is None:
+        return "done", None
+    return ("wait" if outcome.action == "wait" else "next"), following
+
+
+# ---- starting runs ---------------------------------------------------------------------------------
+
+
+def event_trigger_key(
+    entry: Entry,
+    *,
+    event_type: str,
+    event_id: str,
+    occurred_at: datetime,
+    tz: tzinfo,
+    order_id: str | None = None,
+    checkout_token: str | None = None,
+) -> str:
+    """The run key's trigger part: one run per customer, per year (the event's, in `tz`), per order, per
+    checkout, or per event."""
+    if entry.once_per_customer:
+        return "once"
+    if entry.once_per == "year":
+        return f"year:{occurred_at.astimezone(tz).year}"
+    if order_id is not None:
+        return f"order:{order_id}"
+    if checkout_token is not None:
+        return f"checkout:{checkout_token}"
+    if event_type == "customer.created":
+        return "customer.created"
+    return f"event:{event_id}"
+
+
+def due_day(trigger: DateTrigger, value: date, year: int | None = None) -> date:
+    """The local day a customer's date value makes due (yearly: the anniversary in `year`)."""
+    if trigger.yearly:
+        assert year is not None
+        return dates.anniversary(value, year) + trigger.offset
+    return value + trigger.offset
+
+
+def date_trigger_key(entry: Entry, trigger: DateTrigger, value: date, day: date) -> str:
+    """`year:2027` for yearly triggers and `once_per: year`; else the date value (one run per value)."""
+    if entry.once_per_customer:
+        return "once"
+    if trigger.yearly:
+        return f"year:{(day - trigger.offset).year}"
+    if entry.once_per == "year":
+        return f"year:{day.year}"
+    return f"{trigger.date}:{value.isoformat()}"
+
+
+def condition_holds(condition: str, context: dict[str, Any]) -> tuple[bool, str | None]:
+    """Whether a condition holds, and the error when it could not be evaluated (which counts as false)."""
+    try:
+        return bool(expressions.holds(condition, context)), None
+    except expressions.ExpressionError as exc:
+        return False, str(exc)
+
+
+def consent_missing(flow: Flow, consent: bool | None) -> bool:
+    """Whether a run may not start for want of consent (it is recorded as suppressed instead)."""
+    return flow.marketing and flow.consent_required and not consent
+
+
+def cooling_down(flow: Flow, last_started: datetime | None, now: datetime) -> bool:
+    """Whether the flow's cool-down since the customer's last run has not passed yet."""
+    cooldown = flow.entry.cooldown
+    if cooldown is None or last_started is None:
+        return False
+    return last_started > now - cooldown
+
+
+# ---- steps -----------------------------------------------------------------------------------------
+
+
+def wait_until(wait: Wait, now: datetime, tz: tzinfo) -> datetime:
+    """A wait's end: a duration in local calendar terms, then a local time of day."""
+    until = now
+    if wait.for_:
+        until = dates.add_duration(until, wait.for_, tz)
+    if wait.until is not None:
+        until = dates.next_local_time(until, wait.until, tz)
+    return until
+
+
+def recipient(to: str | None, context: dict[str, Any]) -> str | None:
+    """Whom an email goes to: its rendered `to`, else the customer's address, else the checkout's."""
+    address = (expressions.render_string(to, context).strip() if to else None) or (context["customer"] or {}).get(
+        "email"
+    )
+    if not address and context.get("checkout") is not None:
+        address = context["checkout"].email
+    return address or None
+
+
+def marketing_block(
+    flow: Flow,
+    *,
+    consent: bool | None,
+    suppression: Callable[[], str | None],
+    emailed_since: Callable[[datetime], bool | None],
+    now: datetime,
+    tz: tzinfo,
+    again: bool = False,
+) -> str | None:
+    """Why a marketing email must not go out now (None when it may).
+
+    `suppression()` is the address's entry on the unsubscribe or bounce list; `emailed_since(t)` whether
+    the customer was sent a marketing email after t (None: there is no customer to count for). `again`: the
+    email's interrupted first attempt is sent again; consent and the unsubscribe list still hold, but
+    not quiet hours or the frequency cap, which it was admitted under (and counts in).
+    """
+    if flow.consent_required and not consent:
+        return "no consent"
+    reason = suppression()
+    if reason:
+        return "unsubscribed" if reason == "unsubscribed" else f"suppressed ({reason})"
+    if again:
+        return None
+    if flow.quiet_hours and dates.in_window(now, flow.quiet_hours.from_, flow.quiet_hours.to, tz):
+        return "quiet hours"
+    if flow.frequency_cap and emailed_since(now - flow.frequency_cap):
+        return "frequency cap"
+    return None
+
+
+def quiet_hours_end(flow: Flow, now: datetime, tz: tzinfo) -> datetime:
+    """When a send deferred by the flow's quiet hours goes out."""
+    assert flow.quiet_hours is not None
+    return dates.next_local_time(now, flow.quiet_hours.to, tz)
+
+
+def discount_terms(spec: CreateDiscount) -> tuple[Literal["percent", "fixed"], Decimal]:
+    """A discount's kind and value."""
+    if spec.percent is not None:
+        return "percent", spec.percent
+    assert spec.amount is not None
+    return "fixed", spec.amount
+
+
+def discount_result(
+    spec: CreateDiscount, code: str, platform_id: str | None, ends_at: datetime, currency: str | None, tz: tzinfo
+) -> dict[str, Any]:
+    """What later steps read of a created code (stored under the step's `as:` name)."""
+    kind, value = discount_terms(spec)
+    display = f"{value.normalize():f}%" if kind == "percent" else format_money(value, currency)
+    return {
+        "code": code,
+        "kind": kind,
+        "amount": str(value),
+        "value": display,
+        "expires_at": ends_at.astimezone(UTC).isoformat(),
+        "expires_on": ends_at.astimezone(tz).strftime("%d %B %Y"),
+        "minimum_subtotal": str(spec.minimum_subtotal) if spec.minimum_subtotal is not None else None,
+        "platform_id": platform_id,
+    }
