@@ -32,6 +32,8 @@ class Preview:
     subject: str
     html: str
     text: str
+    version: str = ""
+    """The flow version shown (its digest's start): the templates of the files as they are now."""
 
 
 @dataclass
@@ -160,7 +162,11 @@ def render_flow(flow_file: FlowFile, data: dict[str, Any]) -> list[Preview]:
         runner.run_step(step)
         if len(runner.rendered) > before:
             item = runner.rendered[-1]
-            previews.append(Preview(position_label(position), item.template, item.subject, item.html, item.text))
+            previews.append(
+                Preview(
+                    position_label(position), item.template, item.subject, item.html, item.text, flow_file.digest[:12]
+                )
+            )
     return previews
 
 

@@ -719,8 +719,14 @@ class StepRunner(Runner):
     def send(self, email: EmailDraft) -> Outcome:
         """Render the email and send it through EMAIL_URL's transport, claimed first under its key."""
         unsubscribe = unsubscribe_url(self.shop.id, email.recipient) if email.marketing else None
-        pinned = versions.pinned(self.session, self.run.flow_digest, self.run.flow_key)  # its version's templates
+        pinned = self.pinned_templates()
         return self.deliver(email, email.compose(unsubscribe, pinned))
+
+    def pinned_templates(self) -> render.Pinned | None:
+        """The templates of the run's flow version (None without a store: a preview renders the files)."""
+        if self.session is None:
+            return None
+        return versions.pinned(self.session, self.run.flow_digest, self.run.flow_key)
 
     def deliver(self, email: EmailDraft, message: email_api.OutgoingEmail) -> Outcome:
         """Send a rendered message, claimed first under its key; the answer is recorded and traced."""

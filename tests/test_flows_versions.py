@@ -86,3 +86,14 @@ def test_a_run_from_before_versions_kept_templates_renders_the_files(flows_env: 
     walk_to(redis, T0 + timedelta(hours=1, minutes=1))
     [sent] = outbox(tmp_path)
     assert sent["Subject"] == "PIN v1" and "TEMPLATE now" in _body(sent)
+
+
+def test_previews_say_which_version_they_show(flows_env: Path, env, tmp_path: Path):
+    from encore_retention.flows import preview
+    from encore_retention.flows.trial import SAMPLE_CUSTOMER
+
+    (flows_env / "pinned.html").write_text("<p>TEMPLATE v1</p>")
+    flow_dir(tmp_path, env, pinned=FLOW % ("1h", "v1"))
+    flow_file = loader.registry().flows["pinned"]
+    [shown] = preview.render_flow(flow_file, dict(SAMPLE_CUSTOMER))
+    assert shown.version == flow_file.digest[:12] and "TEMPLATE v1" in shown.html

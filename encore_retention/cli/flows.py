@@ -90,7 +90,7 @@ def preview(flow: str, customer_file: Path, out: Path) -> None:
         raise click.ClickException(str(exc)) from None
     rendered = previews.render_flow(loaded, data)
     for written, item in zip(previews.write(rendered, loaded.key, out), rendered, strict=True):
-        click.echo(f"{written}  ({item.step}: {item.subject})")
+        click.echo(f"{written}  ({item.step}: {item.subject}; version {item.version})")
     if not rendered:
         click.echo("this flow sends no email", err=True)
 
