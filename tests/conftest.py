@@ -30,11 +30,12 @@ from redis import Redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
+from encore_retention.connectors import shopify as shopify_connector
+from encore_retention.connectors import woocommerce as woocommerce_connector
 from encore_retention.core import queue as encore_queue
 from encore_retention.core.settings import reset_settings
 from encore_retention.core.store import dispose_all, migrate
 from encore_retention.webhooks import secrets as webhook_secrets
-from encore_retention.webhooks.base import sign
 
 PAYLOADS = Path(__file__).parent / "payloads"
 SHOPIFY_SECRET = "shpss_test_secret_0123456789abcdef"
@@ -269,32 +270,17 @@ def sandbox_key(env: pytest.MonkeyPatch) -> dict[str, str]:
 def shopify_headers(
     body: bytes, topic: str, *, secret: str = SHOPIFY_SECRET, shop: str = SHOP, webhook_id: str | None = None
 ) -> dict[str, str]:
-    """The headers Shopify sends with a delivery, signed with `secret`."""
-    return {
-        "Content-Type": "application/json",
-        "X-Shopify-Topic": topic,
-        "X-Shopify-Shop-Domain": shop,
-        "X-Shopify-Hmac-Sha256": sign(body, secret),
-        "X-Shopify-API-Version": "2026-04",
-        "X-Shopify-Webhook-Id": webhook_id or str(uuid.uuid4()),
-        "X-Shopify-Event-Id": str(uuid.uuid4()),
-        "X-Shopify-Triggered-At": "2026-11-20T10:00:00.000Z",
-    }
+    """The headers Shopify sends with a delivery, signed with `secret` (Shopify's plug-in entry signs them)."""
+    headers = shopify_connector.sample_headers(body, topic, secret, shop)
+    headers["X-Shopify-Triggered-At"] = "2026-11-20T10:00:00.000Z"
+    if webhook_id:
+        headers["X-Shopify-Webhook-Id"] = webhook_id
+    return headers
 
 
 def woo_headers(body: bytes, topic: str, *, secret: str = WC_SECRET, source: str = WC_URL) -> dict[str, str]:
-    """The headers WooCommerce sends with a delivery, signed with `secret`."""
-    resource, _, event = topic.partition(".")
-    return {
-        "Content-Type": "application/json",
-        "X-WC-Webhook-Source": source.rstrip("/") + "/",
-        "X-WC-Webhook-Topic": topic,
-        "X-WC-Webhook-Resource": resource,
-        "X-WC-Webhook-Event": event,
-        "X-WC-Webhook-Signature": sign(body, secret),
-        "X-WC-Webhook-ID": "12",
-        "X-WC-Webhook-Delivery-ID": uuid.uuid4().hex,
-    }
+    """The headers WooCommerce sends with a delivery, signed with `secret` (WooCommerce's plug-in entry signs them)."""
+    return woocommerce_connector.sample_headers(body, topic, secret, source)
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):  # type: ignore[no-untyped-def]

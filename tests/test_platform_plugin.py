@@ -21,15 +21,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import sysconfig
-import venv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests import venvs
 from tests.conftest import redis_url_of
 from tests.test_webhooks import BAD_INPUTS, WORKER_BAD_VALUES
 
@@ -120,40 +118,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Environment]
     base = tmp_path_factory.mktemp("plugin")
     source = base / "source"
     shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(source)]
-        + ["-w", str(base / "dist")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
-    [wheel] = (base / "dist").glob("encore_platform_acme-*.whl")
-
-    environment = base / "venv"
-    venv.EnvBuilder(with_pip=False).create(environment)
-    python = environment / "bin" / "python"
-    site_packages = Path(
-        subprocess.run(
-            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
-    paths = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")])
-    # Encore as `make` installs it (`pip install -e .`): its finder maps encore_retention onto the checkout.
-    editable = sorted(Path(sysconfig.get_path("purelib")).glob("__editable__.encore_retention-*.pth"))
-    assert editable, "Encore is not installed editable here: run `make test`, which installs it"
-    lines = [f"{path}\n" for path in paths] + [line for pth in editable for line in pth.read_text().splitlines(True)]
-    (site_packages / "encore-checkout.pth").write_text("".join(lines))
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert install.returncode == 0, install.stdout + install.stderr
+    wheel = venvs.build_wheel(source, base / "dist", "encore_platform_acme")
+    python, _ = venvs.new_environment(base / "venv", with_encore_editable=True)
+    venvs.install(python, wheel)
     work = base / "work"
     work.mkdir()
     yield Environment(python=python, work=work)

@@ -15,9 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import sysconfig
-import venv
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from encore_retention.flows import loader
+from tests import venvs
 from tests.conftest import PAYLOADS, SHOPIFY_SECRET, redis_url_of, shopify_headers
 
 pytestmark = pytest.mark.slow
@@ -145,51 +143,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     base = tmp_path_factory.mktemp("wheel")
     source = base / "source"
     shutil.copytree(ROOT, source, ignore=NOT_COPIED)
-    built = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            str(source),
-            "-w",
-            str(base / "dist"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
-    [wheel] = (base / "dist").glob("encore_retention-*.whl")
-
-    environment = base / "venv"
-    venv.EnvBuilder(with_pip=False).create(environment)
-    python = environment / "bin" / "python"
-    site_packages = Path(
-        subprocess.run(
-            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
-    dependencies = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")])
-    (site_packages / "encore-dependencies.pth").write_text("".join(f"{path}\n" for path in dependencies))
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert install.returncode == 0, install.stdout + install.stderr
+    wheel = venvs.build_wheel(source, base / "dist", "encore_retention")
+    python, site_packages = venvs.new_environment(base / "venv")
+    venvs.install(python, wheel)
 
     work = base / "work"
     work.mkdir()
-    yield Installed(wheel=wheel, bin=environment / "bin", site_packages=site_packages, work=work)
+    yield Installed(wheel=wheel, bin=python.parent, site_packages=site_packages, work=work)
 
 
 def _shipped_files() -> set[str]:

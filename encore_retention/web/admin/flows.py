@@ -76,6 +76,21 @@ def email_steps(flow: Any) -> list[tuple[str, str]]:
     ]
 
 
+def _emails_and_codes(shop_ids: list[int], since: datetime, *where: Any) -> Any:
+    """The emails sent and codes made since `since` in the shops: (flow, kind, result, shop id, when)."""
+    return (
+        select(FlowRun.flow_key, FlowEffect.kind, FlowEffect.result, FlowEffect.shop_id, FlowEffect.created_at)
+        .join(FlowRun, FlowRun.id == FlowEffect.run_id)
+        .where(
+            FlowEffect.shop_id.in_(shop_ids),
+            FlowEffect.created_at >= since,
+            FlowEffect.status == "done",
+            FlowEffect.kind.in_(("email", "discount")),
+            *where,
+        )
+    )
+
+
 def flow_stats(shop_ids: list[int], now: Any = None) -> list[FlowStats]:
     """Every flow (loaded, or seen in runs) with runs, emails, codes, redemptions and revenue since WINDOW ago."""
 
@@ -106,18 +121,9 @@ def flow_stats(shop_ids: list[int], now: Any = None) -> list[FlowStats]:
                 item.suppressed += count
             else:
                 item.runs += count
-        effects = db.execute(
-            select(FlowRun.flow_key, FlowEffect.kind, FlowEffect.result, FlowEffect.shop_id)
-            .join(FlowRun, FlowRun.id == FlowEffect.run_id)
-            .where(
-                FlowEffect.shop_id.in_(shop_ids),
-                FlowEffect.created_at >= since,
-                FlowEffect.status == "done",
-                FlowEffect.kind.in_(("email", "discount")),
-            )
-        ).all()
+        effects = db.execute(_emails_and_codes(shop_ids, since)).all()
         codes: dict[tuple[int, str], str] = {}
-        for key, kind, result, shop_id in effects:
+        for key, kind, result, shop_id, _ in effects:
             item = stats.setdefault(key, FlowStats(key, key, False, "(no longer loaded)", loaded=False))
             if kind == "email":
                 item.emails += 1
@@ -220,17 +226,7 @@ def daily(shop_ids: list[int], flow_key: str | None = None, tz: tzinfo = UTC, no
             if (at := bucket(started_at)) is not None:
                 result.entries[at] += 1
         codes: dict[tuple[int, str], str] = {}
-        for key, kind, made, shop_id, created_at in db.execute(
-            select(FlowRun.flow_key, FlowEffect.kind, FlowEffect.result, FlowEffect.shop_id, FlowEffect.created_at)
-            .join(FlowRun, FlowRun.id == FlowEffect.run_id)
-            .where(
-                FlowEffect.shop_id.in_(shop_ids),
-                FlowEffect.created_at >= since,
-                FlowEffect.status == "done",
-                FlowEffect.kind.in_(("email", "discount")),
-                *one_flow,
-            )
-        ):
+        for key, kind, made, shop_id, created_at in db.execute(_emails_and_codes(shop_ids, since, *one_flow)):
             if kind == "email":
                 if (at := bucket(created_at)) is not None:
                     result.emails[at] += 1
