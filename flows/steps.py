@@ -166,6 +166,17 @@ def shop_view(shop: Shop) -> dict[str, Any]:
     }
 
 
+def store_sender(name: str | None) -> str | None:
+    """A store's From when it has none of its own: its name over EMAIL_FROM's address (the domain that sends)."""
+    if not name:
+        return None
+    try:
+        _, address = email_api.mailbox(get_settings().EMAIL_FROM)
+    except ValueError:
+        return None
+    return f"{name} <{address}>"
+
+
 class DiscountView:
     """A created discount as later steps see it; `redeemed` asks the ledger, then the platform, when read.
 
@@ -356,6 +367,9 @@ class EmailDraft:
         html, text = render.render_email(spec.template, ctx, pinned)
         from_addr = expressions.render_string(spec.from_, ctx) if spec.from_ else None
         reply_to = expressions.render_string(spec.reply_to, ctx) if spec.reply_to else None
+        shop = ctx.get("shop") or {}  # unless the flow says otherwise, every store mails as itself
+        from_addr = from_addr or shop.get("email_from") or store_sender(shop.get("name"))
+        reply_to = reply_to or shop.get("reply_to")
         return email_api.OutgoingEmail(
             to=self.address,
             subject=subject,

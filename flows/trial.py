@@ -15,10 +15,10 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from encore_retention.connectors import email as email_api
-from encore_retention.core.settings import get_settings
 from encore_retention.core.store.models import Customer, Order, Shop, parse_id
 from encore_retention.flows import preview as previews
 from encore_retention.flows.loader import FlowFile
+from encore_retention.flows.steps import store_sender
 
 TEST_PREFIX = "[TEST] "
 TEST_HEADER = "X-Encore-Test"
@@ -135,10 +135,7 @@ def send_tests(
     if not chosen:
         steps = ", ".join(p.step for p in rendered) or "none"
         raise ValueError(f"{flow_file.key} has no email at step {step!r} (its email steps: {steps})")
-    sender = (shop.email_from if shop is not None else None) or None
-    if sender is None and shop is not None and shop.name:
-        _, default = email_api.mailbox(get_settings().EMAIL_FROM)
-        sender = f"{shop.name} <{default}>"
+    sender = (shop.email_from or store_sender(shop.name)) if shop is not None else None
     reply_to = (shop.reply_to or shop.email) if shop is not None else None
     sent = []
     for item in chosen:

@@ -1,0 +1,68 @@
+"""Several stores in one Encore: each mails as itself, unless a flow names its own sender."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from encore_retention.connectors import base as connector_registry
+from encore_retention.core.store import session_scope
+from encore_retention.core.store.ledger import get_or_create_shop
+from encore_retention.flows import dates
+from encore_retention.jobs import process_event
+from tests.flows.helpers import FakeConnector, customer, event, outbox
+from tests.test_flows_engine import flow_dir
+
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+HELLO = """
+name: Hello
+kind: transactional
+trigger: {event: customer.created}
+steps:
+  - send_email: {template: check_in.html, subject: "Hello from {{ shop.name }}"}
+"""
+
+
+@pytest.fixture
+def flows_env(env: pytest.MonkeyPatch, redis: Any):  # type: ignore[no-untyped-def]
+    FakeConnector.reset()
+    env.setattr(connector_registry, "get_connector", lambda shop: FakeConnector(shop))
+    dates.set_now(T0)
+    yield env
+    dates.set_now(None)
+
+
+def test_each_store_mails_as_itself(flows_env, tmp_path: Path):
+    flow_dir(tmp_path, flows_env, hello=HELLO)
+    with session_scope() as session:
+        tea = get_or_create_shop(session, "shopify", "tea.myshopify.com")
+        tea.name, tea.email_from, tea.reply_to = "Tea House", "Tea House <news@tea.example>", "hello@tea.example"
+        pots = get_or_create_shop(session, "shopify", "pots.myshopify.com")
+        pots.name, pots.email = "Pot Shop", "staff@pots.example"
+    for shop, cid in (("tea.myshopify.com", "1"), ("pots.myshopify.com", "2")):
+        data = event("customer.created", T0, customer(cid))
+        data["shop"] = shop
+        process_event(data)
+    tea_mail, pots_mail = sorted(outbox(tmp_path), key=lambda m: m["Subject"], reverse=True)
+    assert (tea_mail["Subject"], tea_mail["From"], tea_mail["Reply-To"]) == (
+        "Hello from Tea House",
+        "Tea House <news@tea.example>",
+        "hello@tea.example",
+    )
+    # no sender of its own: its name over EMAIL_FROM's address; replies to its staff
+    assert (pots_mail["From"], pots_mail["Reply-To"]) == ("Pot Shop <no-reply@localhost>", "staff@pots.example")
+
+
+def test_a_flows_own_sender_wins(flows_env, tmp_path: Path):
+    flow_dir(tmp_path, flows_env, hello=HELLO.replace('subject: "', 'from: "Events <events@tea.example>", subject: "'))
+    with session_scope() as session:
+        tea = get_or_create_shop(session, "shopify", "tea.myshopify.com")
+        tea.name, tea.email_from = "Tea House", "Tea House <news@tea.example>"
+    data = event("customer.created", T0, customer("3"))
+    data["shop"] = "tea.myshopify.com"
+    process_event(data)
+    [sent] = outbox(tmp_path)
+    assert sent["From"] == "Events <events@tea.example>"
