@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sys
 import tempfile
@@ -408,13 +409,43 @@ def sample_store(url: str) -> tuple[str, str]:
     return store_url, secret
 
 
+SERVING = "serving"  # in the data folder: the address `encore run` serves on, while it runs
+
+
+def local_url() -> str:
+    """Where this machine's Encore answers: APP_URL or PORT when set, else where `encore run` said it serves."""
+    settings = get_settings()
+    if "APP_URL" not in os.environ and "PORT" not in os.environ:
+        serving = settings.DATA_DIR / SERVING
+        if serving.is_file() and (found := serving.read_text().strip()):
+            return found
+    return settings.APP_URL
+
+
+def _is_encore(url: str) -> bool:
+    """Whether the program answering at `url` is Encore (its /healthz), not another one on that port."""
+    try:
+        answer = requests.get(f"{url}/healthz", timeout=10)
+        return isinstance(answer.json(), dict) and "status" in answer.json()
+    except (requests.RequestException, ValueError):
+        return False
+
+
 @samples.command("send")
-@click.option("--url", default=None, help="where Encore runs (default: APP_URL)")
+@click.option("--url", default=None, help="where Encore runs (default: APP_URL, else where `encore run` serves)")
 def samples_send(url: str | None) -> None:
     """Sign and post the bundled sample webhooks to a running Encore (through a sandbox WooCommerce store)."""
 
-    url = (url or get_settings().APP_URL).rstrip("/")
+    url = (url or local_url()).rstrip("/")
     store_url, secret = sample_store(url)
+    try:
+        requests.get(f"{url}/healthz", timeout=10)
+    except requests.RequestException as exc:
+        raise click.ClickException(
+            f"Encore does not answer at {url} ({type(exc).__name__}); is `make run` running?"
+        ) from None
+    if not _is_encore(url):
+        raise click.ClickException(f"something other than Encore answers at {url}: pass --url (or set PORT)")
     files = sorted((SAMPLES / "woocommerce").glob("*.json"))
     if not files:
         raise click.ClickException(f"no samples in {SAMPLES}")
@@ -453,7 +484,7 @@ def samples_forget(url: str | None) -> None:
     """Remove the sample store and everything it brought (customers, orders, runs, archived webhooks)."""
 
     migrate()
-    domain = store_domain((url or get_settings().APP_URL).rstrip("/") + PATH)
+    domain = store_domain((url or local_url()).rstrip("/") + PATH)
     with session_scope() as session:
         shop = session.execute(select(Shop).where(Shop.platform == "woocommerce", Shop.domain == domain)).scalar()
         if shop is None:

@@ -21,6 +21,7 @@ from encore_retention.core.settings import get_settings
 from encore_retention.core.store import migrate as run_migrations
 from encore_retention.cron import build_scheduler
 from encore_retention.tools import COMMANDS as tool_commands
+from encore_retention.tools import SERVING
 from encore_retention.web.server import gunicorn_options
 
 # gunicorn's default access line without the query string: sign-in tokens and OAuth codes ride in it.
@@ -70,6 +71,8 @@ def run(port: int, workers: int) -> None:
         "cron": [sys.executable, "-m", "encore_retention.cli", "cron"],
     }
     supervisor = Supervisor(commands, env)
+    serving = settings.data_path(SERVING)  # `encore samples send` in another terminal finds this port
+    serving.write_text(f"http://localhost:{port}\n")
     click.echo(f"Encore is running on http://localhost:{port} (Ctrl-C stops it)", err=True)
     if not settings.ADMIN_PASSWORD:
         click.echo(
@@ -85,6 +88,7 @@ def run(port: int, workers: int) -> None:
         pass
     finally:
         supervisor.stop()
+        serving.unlink(missing_ok=True)
 
 
 class Supervisor:
