@@ -352,6 +352,13 @@ def _check(
                 email = step.send_email
                 for attr in ("subject", "preheader", "from_", "reply_to", "to"):
                     inline(path + ("send_email", _ALIASES.get(attr, attr)), getattr(email, attr))
+                if email.to is not None and "{" in email.to:
+                    add(
+                        path + ("send_email", "to"),
+                        f"to: {email.to!r} can render empty or not as an address; then the step fails (it never "
+                        "goes to the customer instead); for the store's staff write `to: staff`",
+                        "warning",
+                    )
                 used = _template_checks(
                     email.template,
                     path + ("send_email", "template"),

@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal
 from typing import Any, Literal
 
+from encore_retention.connectors.email import mailbox
 from encore_retention.flows import dates, expressions
 from encore_retention.flows.render import format_money
 from encore_retention.flows.schema import CreateDiscount, DateTrigger, Entry, Flow, Wait
@@ -168,14 +169,39 @@ def wait_until(wait: Wait, now: datetime, tz: tzinfo) -> datetime:
     return until
 
 
+STAFF = "staff"  # `to: staff`: the store's staff address, never a customer's
+
+
 def recipient(to: str | None, context: dict[str, Any]) -> str | None:
-    """Whom an email goes to: its rendered `to`, else the customer's address, else the checkout's."""
-    address = (expressions.render_string(to, context).strip() if to else None) or (context["customer"] or {}).get(
-        "email"
-    )
-    if not address and context.get("checkout") is not None:
-        address = context["checkout"].email
-    return address or None
+    """Whom an email goes to: the customer's address (else the checkout's) when the step names nobody.
+
+    A step with a `to` goes there or nowhere: `staff` is the store's staff address, anything else is
+    rendered and must be one address. RecipientError says why not; it never falls back to the customer.
+    """
+    if to is None:
+        address = (context["customer"] or {}).get("email")
+        if not address and context.get("checkout") is not None:
+            address = context["checkout"].email
+        return address or None
+    if to.strip() == STAFF:
+        staff = (context.get("shop") or {}).get("staff_email")
+        if not staff:
+            raise RecipientError(
+                "to: staff, but the store has no staff email (encore stores set STORE --staff-email …)"
+            )
+        return str(staff)
+    address = expressions.render_string(to, context).strip()
+    if not address:
+        raise RecipientError(f"to: {to!r} rendered empty")
+    try:
+        mailbox(address)
+    except ValueError:
+        raise RecipientError(f"to: {to!r} rendered {address[:80]!r}, not one email address") from None
+    return address
+
+
+class RecipientError(ValueError):
+    """A step's `to` that names no one to mail: the step fails, the email goes to nobody."""
 
 
 def marketing_block(

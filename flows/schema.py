@@ -183,7 +183,11 @@ class SendEmail(FlowModel):
     preheader: str | None = None
     from_: str | None = Field(None, alias="from")
     reply_to: str | None = None
-    to: str | None = Field(None, description="an expression-free address or template; default the customer")
+    to: str | None = Field(
+        None,
+        description="an address, a template of one, or `staff` (the store's staff address); default the customer. "
+        "A `to` that renders empty or not as one address fails the step: it never falls back to the customer",
+    )
 
 
 class SendEmailStep(StepModel):

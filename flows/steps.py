@@ -481,7 +481,11 @@ def step_send_email(runner: Runner, step: Any) -> Outcome:
     """Send one email after the marketing checks; suppressions are traced with their reason."""
     spec = step.send_email
     ctx = runner.context()
-    address = rules.recipient(spec.to, ctx)
+    try:
+        address = rules.recipient(spec.to, ctx)
+    except rules.RecipientError as exc:  # never the customer instead: the step fails, saying why
+        runner.trace("error", f"not sent: {exc}", reason="bad recipient")
+        return Outcome("stop", reason=f"bad recipient: {exc}"[:255])
     key = runner.key("email")
     earlier = runner.recall(key)
     # A claim still pending is a send interrupted before the server's answer was recorded (the worker

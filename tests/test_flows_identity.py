@@ -66,3 +66,68 @@ def test_a_flows_own_sender_wins(flows_env, tmp_path: Path):
     process_event(data)
     [sent] = outbox(tmp_path)
     assert sent["From"] == "Events <events@tea.example>"
+
+
+ALERT = """
+name: Refund alert
+kind: transactional
+trigger: {event: customer.created}
+steps:
+  - send_email: {template: check_in.html, subject: "Customer {{ customer.email }} asked for a refund", to: %s}
+"""
+
+
+def _run_for(shop: str, cid: str) -> None:
+    data = event("customer.created", T0, customer(cid))
+    data["shop"] = shop
+    process_event(data)
+
+
+def test_to_staff_mails_the_stores_staff_and_never_falls_back_to_the_customer(flows_env, tmp_path: Path):
+    from tests.test_flows_engine import runs, trace
+
+    flow_dir(tmp_path, flows_env, alert=ALERT % "staff")
+    with session_scope() as session:
+        get_or_create_shop(session, "shopify", "tea.myshopify.com").email = "staff@tea.example"
+        get_or_create_shop(session, "shopify", "pots.myshopify.com")  # no staff email
+    _run_for("tea.myshopify.com", "4")
+    _run_for("pots.myshopify.com", "5")
+    [sent] = outbox(tmp_path)
+    assert sent["To"] == "staff@tea.example"  # not c4@example.com
+    failed = runs()[-1]
+    assert (failed.status, failed.reason) == (
+        "stopped",
+        "bad recipient: to: staff, but the store has no staff email (encore stores set STORE --staff-email …)",
+    )
+    assert trace(failed.id)[-2][0] == "error" and "not sent" in trace(failed.id)[-2][1]
+
+
+@pytest.mark.parametrize(
+    ("to", "why"),
+    [
+        ("\"{{ shop.email or '' }}\"", "rendered empty"),
+        ('"{{ shop.email }}"', "rendered 'None', not one email address"),
+    ],
+)
+def test_a_to_that_renders_no_address_sends_nothing(flows_env, tmp_path: Path, to: str, why: str):
+    from tests.test_flows_engine import runs
+
+    flow_dir(tmp_path, flows_env, alert=ALERT % to)
+    with session_scope() as session:
+        get_or_create_shop(session, "shopify", "pots.myshopify.com")
+    _run_for("pots.myshopify.com", "6")
+    assert outbox(tmp_path) == []  # above all, not to the customer
+    [run] = runs()
+    assert run.status == "stopped" and why in (run.reason or "")
+
+
+def test_lint_warns_about_a_to_that_can_render_empty(flows_env, tmp_path: Path):
+    from click.testing import CliRunner
+
+    from encore_retention.cli import main
+
+    folder = flow_dir(tmp_path, flows_env, alert=ALERT % "\"{{ shop.email or '' }}\"")
+    result = CliRunner().invoke(main, ["flows", "lint", str(folder)])
+    assert result.exit_code == 0 and "warning: to: \"{{ shop.email or '' }}\" can render empty" in result.output
+    clean = CliRunner().invoke(main, ["flows", "lint", str(flow_dir(tmp_path, flows_env, alert=ALERT % "staff"))])
+    assert "can render empty" not in clean.output
