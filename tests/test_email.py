@@ -592,7 +592,7 @@ def test_an_injected_address_is_sent_nowhere_and_traced(flow_over_smtp):
     assert flow_over_smtp.messages == []
     ((_, trace),) = _runs()
     assert any(
-        kind == "error" and "To: not one email address: 'Ada <c1001@example.com Bcc: attacker@example.com>'" in message
+        kind == "error" and "not sent: to:" in message and "not one email address" in message and "Bcc:" in message
         for kind, message in trace
     ), trace
 
