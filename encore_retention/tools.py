@@ -22,6 +22,7 @@ from sqlalchemy import delete, select
 
 from encore_retention.connectors.base import platforms, receiver_of
 from encore_retention.connectors.woocommerce import generate_secret
+from encore_retention.connectors.woocommerce import sample_headers as woocommerce_headers
 from encore_retention.core import archive, logs, resources
 from encore_retention.core.crypto import decrypt, encrypt
 from encore_retention.core.events import MALFORMED_ERRORS, Event, parse_datetime, problem
@@ -36,7 +37,7 @@ from encore_retention.jobs import process_event
 from encore_retention.rehearsal import outcome_rows, rehearsal
 from encore_retention.simulate import simulate
 from encore_retention.web.sandbox import COUPONS_KEY, PATH
-from encore_retention.webhooks.base import Receiver, sign
+from encore_retention.webhooks.base import Receiver
 from encore_retention.webhooks.woocommerce import store_domain
 
 console = Console(stderr=True)
@@ -422,13 +423,13 @@ def local_url() -> str:
     return settings.APP_URL
 
 
-def _is_encore(url: str) -> bool:
-    """Whether the program answering at `url` is Encore (its /healthz), not another one on that port."""
+def _is_encore(answer: requests.Response) -> bool:
+    """Whether a /healthz answer is Encore's, not another program's on that port."""
     try:
-        answer = requests.get(f"{url}/healthz", timeout=10)
-        return isinstance(answer.json(), dict) and "status" in answer.json()
-    except (requests.RequestException, ValueError):
+        found = answer.json()
+    except ValueError:
         return False
+    return isinstance(found, dict) and "status" in found
 
 
 @samples.command("send")
@@ -439,12 +440,12 @@ def samples_send(url: str | None) -> None:
     url = (url or local_url()).rstrip("/")
     store_url, secret = sample_store(url)
     try:
-        requests.get(f"{url}/healthz", timeout=10)
+        health = requests.get(f"{url}/healthz", timeout=10)
     except requests.RequestException as exc:
         raise click.ClickException(
             f"Encore does not answer at {url} ({type(exc).__name__}); is `make run` running?"
         ) from None
-    if not _is_encore(url):
+    if not _is_encore(health):
         raise click.ClickException(f"something other than Encore answers at {url}: pass --url (or set PORT)")
     files = sorted((SAMPLES / "woocommerce").glob("*.json"))
     if not files:
@@ -454,17 +455,7 @@ def samples_send(url: str | None) -> None:
         if topic is None:
             continue
         body = path.read_bytes()
-        resource, _, action = topic.partition(".")
-        headers = {
-            "Content-Type": "application/json",
-            "X-WC-Webhook-Source": store_url + "/",
-            "X-WC-Webhook-Topic": topic,
-            "X-WC-Webhook-Resource": resource,
-            "X-WC-Webhook-Event": action,
-            "X-WC-Webhook-Signature": sign(body, secret),
-            "X-WC-Webhook-ID": "1",
-            "X-WC-Webhook-Delivery-ID": uuid.uuid4().hex,
-        }
+        headers = woocommerce_headers(body, topic, secret, store_url)
         try:
             response = requests.post(f"{url}/webhooks/woocommerce", data=body, headers=headers, timeout=15)
         except requests.RequestException as exc:

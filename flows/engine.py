@@ -682,6 +682,12 @@ def wake_job_id(when: datetime) -> str:
     return f"{WAKE_PREFIX}{wake_slot(when)}"
 
 
+def release(run_ids: list[int]) -> None:
+    """Have runs a resumed flow released go on now (each with a job of its own)."""
+    for run_id in run_ids:
+        schedule(run_id, dates.now(), f"flowrun-{run_id}-resumed-{uuid.uuid4().hex[:8]}")
+
+
 def schedule(run_id: int, when: Any, job_id: str) -> None:
     """Have the run resumed at `when`.
 

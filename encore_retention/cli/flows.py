@@ -5,7 +5,6 @@ from __future__ import annotations
 import getpass
 import json
 import sys
-import uuid
 from datetime import date
 from pathlib import Path
 
@@ -15,9 +14,9 @@ from sqlalchemy.orm import Session
 
 from encore_retention.core.store import migrate, session_scope
 from encore_retention.core.store.models import Customer, Shop
-from encore_retention.flows import controls, dates, loader, trial
+from encore_retention.flows import controls, loader, trial
 from encore_retention.flows import preview as previews
-from encore_retention.flows.engine import schedule, trace_of
+from encore_retention.flows.engine import release, trace_of
 from encore_retention.flows.models import FlowRun
 from encore_retention.flows.schema import json_schema
 from encore_retention.flows.triggers import sweep as run_sweep
@@ -204,8 +203,7 @@ def resume(name: str, reason: str | None) -> None:
     with session_scope() as session:
         key = _known_flow(session, name)
         released = controls.resume(session, key, _actor(), reason)
-    for run_id in released:
-        schedule(run_id, dates.now(), f"flowrun-{run_id}-resumed-{uuid.uuid4().hex[:8]}")
+    release(released)
     click.echo(f"{key}: running ({len(released)} held run(s) released)")
 
 

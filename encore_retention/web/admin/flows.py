@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
@@ -17,7 +16,7 @@ from sqlalchemy import func, select
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Customer, Order, Shop, parse_id, utcnow
 from encore_retention.flows import controls, dates, loader
-from encore_retention.flows.engine import schedule
+from encore_retention.flows.engine import release
 from encore_retention.flows.models import SUPPRESSED, FlowEffect, FlowRun, FlowTrace
 from encore_retention.flows.render import format_money
 from encore_retention.flows.schema import DateTrigger, SendEmailStep, format_duration
@@ -375,8 +374,7 @@ def resume_flow(flow_key: str):
         abort(403)
     with session_scope() as db:
         released = controls.resume(db, flow_key, _actor(), _reason(False))
-    for run_id in released:
-        schedule(run_id, dates.now(), f"flowrun-{run_id}-resumed-{uuid.uuid4().hex[:8]}")
+    release(released)
     return redirect(url_for("admin.flow_runs", flow_key=flow_key))
 
 
