@@ -36,21 +36,23 @@ def process_event(data: dict[str, Any]) -> dict[str, Any]:
 def _apply(event: Event, archived: tuple[str, Delivery, bytes] | None = None) -> dict[str, Any]:
     with logs.bind(event_id=event.id, event_type=event.type.value, shop=event.shop):
         try:
-            result = _apply_once(event, archived, defer_commit=True)
+            result, customer_id = _apply_once(event, archived, defer_commit=True)
         except EventNotCommitted as exc:  # nothing of it was kept: once more, committing before the runs act
             log.warning(
                 "a flow run failed before the event was committed; applying it again", extra={"error": str(exc)[:300]}
             )
-            result = _apply_once(event, archived, defer_commit=False)
+            result, customer_id = _apply_once(event, archived, defer_commit=False)
     EVENTS_PROCESSED.labels(type=event.type.value, new=str(result.new).lower()).inc()
     if result.new:
         JOB_LATENCY.labels(type=event.type.value).observe(max(0.0, (utcnow() - event.received_at).total_seconds()))
-    customer_id = result.customer.id if result.customer else None
     return {"event": event.id, "type": event.type.value, "new": result.new, "customer_id": customer_id}
 
 
-def _apply_once(event: Event, archived: tuple[str, Delivery, bytes] | None, *, defer_commit: bool) -> LedgerResult:
-    """The ledger, the archive and the flows for one event, in one transaction (see `handle_event`)."""
+def _apply_once(
+    event: Event, archived: tuple[str, Delivery, bytes] | None, *, defer_commit: bool
+) -> tuple[LedgerResult, int | None]:
+    """The ledger, the archive and the flows for one event, in one transaction (see `handle_event`); the ledger's
+    answer and the customer's id (read while the session is open: a failed run's rollback expires the row)."""
 
     with session_scope() as session:
         result = apply_event(session, event)
@@ -84,7 +86,7 @@ def _apply_once(event: Event, archived: tuple[str, Delivery, bytes] | None, *, d
             session=session,
             defer_commit=defer_commit,
         )
-    return result
+    return result, customer_id
 
 
 def _running_jobs(event: Event) -> set[str]:

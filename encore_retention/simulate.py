@@ -38,7 +38,7 @@ from encore_retention.core import events as ev
 from encore_retention.flows import dates, expressions, loader, rules
 from encore_retention.flows.rules import position_label, step_at
 from encore_retention.flows.schema import DateTrigger, EventTrigger
-from encore_retention.flows.steps import DiscountView, EmailDraft, Runner, run_step
+from encore_retention.flows.steps import DiscountView, EmailDraft, Runner, email_served, run_step
 from encore_retention.webhooks.base import Exports
 
 # ---- reading exports -------------------------------------------------------------------------------
@@ -361,6 +361,7 @@ class SimCustomer:
     created_at: datetime | None = None
     last_marketing: datetime | None = None
     runs: list[SimRun] = field(default_factory=list)
+    held: dict[int, SimRun] = field(default_factory=dict)  # runs whose email is held back, by number
     version: int = 0
     _view: dict[str, Any] | None = None
 
@@ -412,6 +413,8 @@ class SimRun:
     vars: dict[str, Any] = field(default_factory=dict)
     active: bool = True
     code: str | None = None
+    deferred_since: datetime | None = None  # since when its email has been held back
+    wake: datetime | None = None  # when a held email looks again
 
 
 @dataclass
@@ -755,7 +758,11 @@ class Simulation:
             runner.step = step = step_at(run.flow.steps, run.position)
             outcome = run_step(runner, step)
             then, following = rules.transition(run.flow.steps, run.position, outcome)
-            if then in ("stop", "done"):
+            if then != "defer":
+                run.customer.held.pop(run.number, None)
+                if then == "wait":
+                    run.deferred_since = None
+            if then in ("stop", "done", "suppress"):
                 run.active = False
                 return
             if then == "defer":
@@ -818,11 +825,21 @@ class SimRunner(Runner):
     def trace(self, kind: str, message: str, **detail: Any) -> None:
         """Trace lines are not kept."""
 
-    def suppressed(self, reason: str) -> rules.Outcome:
-        """Report the suppression with its reason and the email's template."""
-        spec = getattr(self.step, "send_email", None)
-        self.sim.record(self.run, "suppressed", template=spec.template if spec else "", reason=reason)
-        return rules.NEXT
+    def dropped(self, reason: str, spec: Any) -> rules.Outcome:
+        """Report the email not sent, with its reason and template."""
+        self.sim.record(self.run, "suppressed", template=getattr(spec, "template", ""), reason=reason)
+        return super().dropped(reason, spec)
+
+    def hold(self, reason: str, until: datetime) -> rules.Outcome:
+        """Report the email held back, and keep it among the customer's held emails until it goes."""
+        run = self.run
+        if run.deferred_since is None:
+            run.deferred_since = self.sim.now
+        run.wake = until
+        run.customer.held[run.number] = run
+        spec = getattr(self.step, "send_email", None) or email_served(self)  # a code's step: its email's
+        self.sim.record(run, "deferred", template=spec.template if spec else "", reason=reason)
+        return super().hold(reason, until)
 
     def set_var(self, name: str, value: Any) -> None:
         """Keep a value for the later steps (a code as later steps see it: never redeemed, so it needs no runner)."""
@@ -839,10 +856,26 @@ class SimRunner(Runner):
         """The customer's consent, from the exports."""
         return bool(self.run.customer.consent)
 
-    def emailed_since(self, since: datetime) -> bool | None:
-        """Whether a marketing email was simulated for the customer after `since`."""
+    def last_emailed(self, since: datetime) -> datetime | None:
+        """When a marketing email was last simulated for the customer, if after `since`."""
         last = self.run.customer.last_marketing
-        return last is not None and last > since
+        return last if last is not None and last > since else None
+
+    def held_since(self) -> datetime | None:
+        """Since when the run's email has been held back."""
+        return self.run.deferred_since
+
+    def behind_another(self) -> bool:
+        """Whether another held email of the customer's, due now, goes first."""
+        run, now = self.run, self.sim.now
+        mine = (run.flow.priority, run.deferred_since or now, run.number)
+        return any(
+            other.wake is not None
+            and other.wake <= now
+            and rules.goes_first(mine, (other.flow.priority, other.deferred_since or now, other.number))
+            for number, other in run.customer.held.items()
+            if number != run.number
+        )
 
     def counted(self, outcome: str) -> None:
         """The report counts; there are no metrics."""
@@ -883,7 +916,7 @@ class SimRunner(Runner):
 
 
 def summary(sim: Simulation) -> dict[str, Counter[str]]:
-    """Per flow: emails, codes, suppressed by reason, exits."""
+    """Per flow: emails, codes, deferrals (an email held back by quiet hours or the cap), suppressions, exits."""
     per_flow: dict[str, Counter[str]] = defaultdict(Counter)
     for item in sim.outcomes:
         label = item.action if item.action not in ("suppressed", "exited") else f"{item.action}: {item.reason}"
@@ -1009,8 +1042,9 @@ def simulate(
         sim.run(lambda done, pending: progress.update(task, completed=done, total=done + pending))
     per_flow = summary(sim)
     table = Table(title=f"{len(orders)} orders, {len(sim.customers)} customers, {start.date()} to {end.date()}")
-    for name in ("flow", "emails", "codes", "suppressed", "why suppressed", "exited", "not started"):
-        table.add_column(name, justify="right" if name in ("emails", "codes", "suppressed", "exited") else "left")
+    numbers = ("emails", "codes", "deferred", "suppressed", "exited")
+    for name in ("flow", "emails", "codes", "deferred", "suppressed", "why suppressed", "exited", "not started"):
+        table.add_column(name, justify="right" if name in numbers else "left")
     for key in sorted(sim.flows):
         counts = per_flow.get(key, Counter())
         reasons = {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("suppressed: ")}
@@ -1020,6 +1054,7 @@ def simulate(
             key,
             str(counts["email"]),
             str(counts["code"]),
+            str(counts["deferred"]),
             str(sum(reasons.values())),
             ", ".join(f"{r} ({n})" for r, n in sorted(reasons.items())),
             str(exited),

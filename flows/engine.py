@@ -271,6 +271,7 @@ def _admit(
         context=context,
         started_at=now,
         updated_at=now,
+        priority=flow.priority,
     )
 
     versions.ensure(session, flow_file)  # once per version and process: its templates, for its runs' emails
@@ -618,10 +619,21 @@ def _step(
     outcome = runner.run_step(step)
     session.stage(run, updated_at=now, attempts=0)
     then, following = rules.transition(flow.steps, run.position, outcome)
+    if then == "wait" and run.deferred_since is not None:  # its held email went; the next one is another's turn
+        session.stage(run, deferred_since=None)
     if then == "stop":
         _finish(session, run, STOPPED if outcome.reason != "end" else DONE, outcome.reason)
         _trace(session, run, "stop", f"stopped: {outcome.reason}")
         return run.status, None, False
+    if then == "suppress":
+        _finish(session, run, SUPPRESSED, outcome.reason)
+        _trace(
+            session,
+            run,
+            "stop",
+            "run ended: its email was not sent, and the steps after it don't run (`if_not_sent: continue` lets them)",
+        )
+        return SUPPRESSED, None, False
     if then == "enter":
         session.stage(run, status=RUNNING, position=following)
         return RUNNING, None, True
@@ -632,6 +644,11 @@ def _step(
         session.stage(run, job_id=job_id)
         return WAITING, (outcome.until, job_id), False
     if then == "done":
+        dropped = (run.context or {}).get("dropped")
+        if dropped:  # it went on past an email it did not send (`if_not_sent: continue`)
+            _finish(session, run, SUPPRESSED, f"email not sent: {dropped}")
+            _trace(session, run, "done", f"run completed, without an email it did not send ({dropped})")
+            return SUPPRESSED, None, False
         _finish(session, run, DONE, "completed")
         _trace(session, run, "done", "run completed")
         return DONE, None, False
@@ -825,7 +842,9 @@ def _lease_due(session: Session, now: datetime, token: str) -> list[int]:
 
 def _finish(session: Unit, run: Run, status: str, reason: str) -> None:
     now = dates.now()
-    session.stage(run, status=status, reason=reason[:255], finished_at=now, updated_at=now, wake_at=None)
+    session.stage(
+        run, status=status, reason=reason[:255], finished_at=now, updated_at=now, wake_at=None, deferred_since=None
+    )
 
 
 def _trace(session: Unit, run: Run, kind: str, message: str, **detail: Any) -> None:

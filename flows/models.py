@@ -67,6 +67,10 @@ class FlowRun(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The flow's priority, and since when the run's email has been held back (quiet hours, the frequency
+    # cap): of a customer's held emails, the higher priority, then the one held longest, goes first.
+    priority: Mapped[int] = mapped_column(Integer, default=50, server_default="50")
+    deferred_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 @dataclass
@@ -98,6 +102,8 @@ class DraftRun:
     lease_until: datetime | None = None
     wake_at: datetime | None = None
     job_id: str | None = None
+    priority: int = 50
+    deferred_since: datetime | None = None
     id: int | None = None
 
     def row(self) -> dict[str, Any]:

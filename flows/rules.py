@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ class Outcome:
     """What a step asks the engine to do next."""
 
     action: str  # "next" | "wait" (then the next step) | "defer" (then this step again) | "enter" | "stop"
+    # | "suppress" (the run ends as suppressed: its email was not sent, and the steps after refer to it)
     until: datetime | None = None
     position: list[Any] | None = None
     reason: str = ""
@@ -71,13 +72,15 @@ def position_label(position: list[Any]) -> str:
     return label
 
 
-Transition = Literal["stop", "enter", "defer", "done", "wait", "next"]
+Transition = Literal["stop", "suppress", "enter", "defer", "done", "wait", "next"]
 
 
 def transition(steps: list[Any], position: list[Any], outcome: Outcome) -> tuple[Transition, list[Any] | None]:
     """Where a run goes after a step's outcome: (what happens, the position it is then at)."""
     if outcome.action == "stop":
         return "stop", position
+    if outcome.action == "suppress":
+        return "suppress", position
     if outcome.action == "enter":
         return "enter", outcome.position
     if outcome.action == "defer":
@@ -239,6 +242,41 @@ def quiet_hours_end(flow: Flow, now: datetime, tz: tzinfo) -> datetime:
     """When a send deferred by the flow's quiet hours goes out."""
     assert flow.quiet_hours is not None
     return dates.next_local_time(now, flow.quiet_hours.to, tz)
+
+
+# ---- held emails: deferred to the first moment they may go, in priority order -----------------------
+
+QUIET_HOURS, FREQUENCY_CAP = "quiet hours", "frequency cap"
+BEHIND = "another held email goes first"  # a held email of the customer's with a higher priority is due
+HELD_BACK = (QUIET_HOURS, FREQUENCY_CAP, BEHIND)
+TURN = timedelta(minutes=1)  # how long an email behind another waits before it looks again
+
+
+def free_at(flow: Flow, reason: str, now: datetime, tz: tzinfo, last_emailed: datetime | None) -> datetime:
+    """The first moment an email held back for `reason` may go: the end of the quiet hours, of the frequency
+    cap since the customer's last marketing email, or (behind another held email) a moment later."""
+    if reason == QUIET_HOURS:
+        return quiet_hours_end(flow, now, tz)
+    if reason == FREQUENCY_CAP and flow.frequency_cap is not None and last_emailed is not None:
+        return max(now, last_emailed + flow.frequency_cap)
+    return now + TURN
+
+
+def goes_first(mine: tuple[int, datetime, int | None], other: tuple[int, datetime, int]) -> bool:
+    """Whether another held email (priority, held since, run id) goes before this one: the higher priority, then
+    the one held longest, then the older run."""
+    priority, since, run_id = mine
+    other_priority, other_since, other_id = other
+    if other_priority != priority:
+        return other_priority > priority
+    if other_since != since:
+        return other_since < since
+    return run_id is None or other_id < run_id
+
+
+def past_max_delay(flow: Flow, held_since: datetime, until: datetime) -> bool:
+    """Whether an email held since `held_since` could go only after the flow's max_delay: it is dropped."""
+    return flow.max_delay is not None and until > held_since + flow.max_delay
 
 
 def discount_terms(spec: CreateDiscount) -> tuple[Literal["percent", "fixed"], Decimal]:

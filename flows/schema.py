@@ -188,6 +188,11 @@ class SendEmail(FlowModel):
         description="an address, a template of one, or `staff` (the store's staff address); default the customer. "
         "A `to` that renders empty or not as one address fails the step: it never falls back to the customer",
     )
+    if_not_sent: Literal["stop", "continue"] = Field(
+        "stop",
+        description="when this email is not sent (no consent, unsubscribed, held past max_delay…): end the run as "
+        "suppressed (stop), or go on with the next steps (continue), for steps that don't refer to it",
+    )
 
 
 class SendEmailStep(StepModel):
@@ -381,6 +386,20 @@ def _cap(value: Any) -> Any:
     return None if value in (False, None, "off", "none", 0) else value
 
 
+PRIORITIES = {"low": 25, "normal": 50, "high": 75}
+
+
+def _priority(value: Any) -> Any:
+    """`high`, `normal`, `low`, or a number from 0 to 100."""
+    if isinstance(value, str) and value.strip().lower() in PRIORITIES:
+        return PRIORITIES[value.strip().lower()]
+    if isinstance(value, str) or isinstance(value, bool):
+        raise PydanticCustomError(
+            "bad_priority", "priority {value!r} is not high, normal, low or a number from 0 to 100", {"value": value}
+        )
+    return value
+
+
 class Flow(FlowModel):
     """One flow file: a trigger, conditions, re-entry rules and steps."""
 
@@ -400,6 +419,15 @@ class Flow(FlowModel):
     quiet_hours: QuietHours | None = None
     frequency_cap: Annotated[Duration | None, BeforeValidator(_cap)] = Field(
         timedelta(hours=16), description="at most one marketing email per customer across flows in this period"
+    )
+    priority: Annotated[int, BeforeValidator(_priority), Field(ge=0, le=100)] = Field(
+        PRIORITIES["normal"],
+        description="when the frequency cap holds emails back, higher goes first: high, normal, low, or 0-100",
+    )
+    max_delay: Annotated[Duration | None, BeforeValidator(_cap)] = Field(
+        timedelta(days=3),
+        description="an email held back by quiet hours or the frequency cap is dropped when it can't go within this "
+        "(off: never dropped)",
     )
     retired: Literal["drain"] | None = Field(
         None, description="drain: start no new runs, let the waiting ones finish (then delete the file)"

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import bindparam, func, select
 
@@ -35,7 +35,7 @@ from encore_retention.core.store.models import Customer, Order, Shop
 from encore_retention.core.store.unit import Part, Unit
 from encore_retention.core.unsubscribe import is_suppressed, unsubscribe_url
 from encore_retention.flows import dates, expressions, render, rules, versions
-from encore_retention.flows.models import FlowEffect, FlowRun, Run, add_trace
+from encore_retention.flows.models import WAITING, FlowEffect, FlowRun, Run, add_trace
 from encore_retention.flows.rules import NEXT, Outcome, position_label
 from encore_retention.flows.schema import (
     CreateDiscountStep,
@@ -84,16 +84,20 @@ _FINISH = (
     .where(_EFFECTS.c.key == bindparam("effect_key"))
     .values(status=bindparam("status"), result=bindparam("result"), done_at=bindparam("done_at"))
 )
-_RECENT_EMAILS = (
-    select(func.count())
-    .select_from(FlowEffect)
-    .where(
-        FlowEffect.customer_id == bindparam("customer_id"),
-        FlowEffect.kind == "email",
-        FlowEffect.marketing.is_(True),
-        FlowEffect.created_at > bindparam("since"),
-        FlowEffect.status.in_(("done", "pending", "uncertain")),
-    )
+_LAST_EMAIL = select(func.max(FlowEffect.created_at)).where(
+    FlowEffect.customer_id == bindparam("customer_id"),
+    FlowEffect.kind == "email",
+    FlowEffect.marketing.is_(True),
+    FlowEffect.created_at > bindparam("since"),
+    FlowEffect.status.in_(("done", "pending", "uncertain")),
+)
+_HELD_DUE = select(FlowRun.id, FlowRun.priority, FlowRun.deferred_since).where(  # a customer's held emails due now
+    FlowRun.customer_id == bindparam("customer_id"),
+    FlowRun.status == WAITING,
+    FlowRun.deferred_since.is_not(None),
+    FlowRun.wake_at <= bindparam("now"),
+    FlowRun.id != bindparam("run_id"),
+    FlowRun.priority >= bindparam("priority"),
 )
 
 
@@ -289,9 +293,13 @@ class Runner(ABC):
         """Why the address is on the shop's unsubscribe or bounce list (None when it is not)."""
         return None
 
+    def last_emailed(self, since: datetime) -> datetime | None:
+        """When the customer was last sent a marketing email, if after `since` (None: not since, or no customer)."""
+        return None
+
     def emailed_since(self, since: datetime) -> bool | None:
-        """Whether the customer was sent a marketing email after `since` (None: no customer to count for)."""
-        return False
+        """Whether the customer was sent a marketing email after `since`."""
+        return self.last_emailed(since) is not None
 
     def marketing_block(self, address: str, again: bool = False) -> str | None:
         """Why a marketing email to `address` must not go out now (`rules.marketing_block`)."""
@@ -305,15 +313,42 @@ class Runner(ABC):
             again=again,
         )
 
+    def held_since(self) -> datetime | None:
+        """Since when this run's email has been held back (None: it was not)."""
+        return None
+
+    def behind_another(self) -> bool:
+        """Whether another held email of the customer's is due and goes first (`rules.goes_first`)."""
+        return False
+
     @abstractmethod
     def counted(self, outcome: str) -> None:
         """Count an email's outcome (sent, or why not) in the metrics."""
 
-    def suppressed(self, reason: str) -> Outcome:
-        """An email not sent for `reason`: counted and traced."""
+    def hold(self, reason: str, until: datetime) -> Outcome:
+        """Hold the email back until `until` (the step runs again then): traced and counted."""
+        if self.traced:
+            self.trace(
+                "deferred",
+                f"email held back ({reason}): sending at {until.isoformat()}",
+                reason=reason,
+                until=until.isoformat(),
+            )
+        self.counted("deferred")
+        return Outcome("defer", until=until)
+
+    def dropped(self, reason: str, spec: Any) -> Outcome:
+        """An email not sent for `reason`: counted and traced. The run ends as suppressed, unless the step says
+        `if_not_sent: continue` (then the run goes on, noted as having dropped an email)."""
         self.counted(reason)
         self.trace("suppressed", f"email not sent: {reason}", reason=reason)
-        return NEXT
+        if getattr(spec, "if_not_sent", "stop") == "continue":
+            self.note_dropped(reason)
+            return NEXT
+        return Outcome("suppress", reason=f"email not sent: {reason}")
+
+    def note_dropped(self, reason: str) -> None:  # noqa: B027 - a runner without runs to note has nothing to do
+        """Remember that the run went on past an email it did not send."""
 
     def redeemed(self, code: str) -> bool:
         """Whether the customer has used `code`."""
@@ -477,15 +512,52 @@ def step_stop(runner: Runner, step: Any) -> Outcome:
     return Outcome("stop", reason=reason)
 
 
-def step_send_email(runner: Runner, step: Any) -> Outcome:
-    """Send one email after the marketing checks; suppressions are traced with their reason."""
-    spec = step.send_email
-    ctx = runner.context()
+@dataclass
+class Admission:
+    """Whether an email may go now: to whom, or why not (held back until an instant, dropped, or failed)."""
+
+    address: str | None = None  # as the step names it (`Name <address>` kept)
+    recipient: str | None = None  # the bare address
+    reason: str | None = None  # why it is held back or dropped
+    until: datetime | None = None  # held back until then
+    failed: Outcome | None = None  # a `to` naming no one: the run stops
+
+
+def admission(runner: Runner, spec: Any, again: bool = False) -> Admission:
+    """Whether a send_email step's email may go out now, without acting.
+
+    Marketing email held back by quiet hours or the frequency cap is deferred to the first moment it may
+    go, and behind the customer's other held emails of a higher priority (then older ones); one that could
+    go only after the flow's `max_delay` (counted from when it was first held) is dropped, as is one
+    without consent or to an unsubscribed address. `again`: an interrupted send, admitted already.
+    """
     try:
-        address = rules.recipient(spec.to, ctx)
+        address = rules.recipient(spec.to, runner.context())
     except rules.RecipientError as exc:  # never the customer instead: the step fails, saying why
-        runner.trace("error", f"not sent: {exc}", reason="bad recipient")
-        return Outcome("stop", reason=f"bad recipient: {exc}"[:255])
+        return Admission(reason=str(exc), failed=Outcome("stop", reason=f"bad recipient: {exc}"[:255]))
+    if not address:
+        return Admission(reason="no email address")
+    address, recipient = addressed(address)  # `to` may be `Name <address>`
+    flow = runner.flow
+    if not flow.marketing:
+        return Admission(address, recipient)
+    reason = runner.marketing_block(recipient, again=again)
+    if reason is None and not again and runner.behind_another():
+        reason = rules.BEHIND
+    if reason in rules.HELD_BACK:
+        now = runner.now()
+        capped = reason == rules.FREQUENCY_CAP and flow.frequency_cap is not None
+        last = runner.last_emailed(now - flow.frequency_cap) if capped and flow.frequency_cap else None
+        until = rules.free_at(flow, reason, now, runner.tz(), last)
+        if rules.past_max_delay(flow, runner.held_since() or now, until):
+            return Admission(address, recipient, f"{reason}, and it could not go within max_delay")
+        return Admission(address, recipient, reason, until)
+    return Admission(address, recipient, reason)
+
+
+def step_send_email(runner: Runner, step: Any) -> Outcome:
+    """Send one email after the marketing checks: held back to its time, or dropped with the reason, traced."""
+    spec = step.send_email
     key = runner.key("email")
     earlier = runner.recall(key)
     # A claim still pending is a send interrupted before the server's answer was recorded (the worker
@@ -494,36 +566,63 @@ def step_send_email(runner: Runner, step: Any) -> Outcome:
     again = earlier is not None and earlier.status == "pending"
     if earlier is not None and not again:
         return NEXT
-    if not address:
-        return runner.suppressed("no email address")
-    address, recipient = addressed(address)  # `to` may be `Name <address>`
-    marketing = runner.flow.marketing
-    if marketing:
-        reason = runner.marketing_block(recipient, again=again)
-        if reason == "quiet hours":
-            until = rules.quiet_hours_end(runner.flow, runner.now(), runner.tz())
-            if runner.traced:
-                runner.trace("deferred", f"quiet hours: sending at {until.isoformat()}", reason="quiet hours")
-            return Outcome("defer", until=until)
-        if reason:
-            return runner.suppressed(reason)
-    return runner.send(EmailDraft(spec, ctx, address, recipient, key, again, marketing))
+    verdict = admission(runner, spec, again)
+    if verdict.failed is not None:
+        runner.trace("error", f"not sent: {verdict.reason}", reason="bad recipient")
+        return verdict.failed
+    if verdict.until is not None:
+        return runner.hold(str(verdict.reason), verdict.until)
+    if verdict.reason is not None:
+        return runner.dropped(verdict.reason, spec)
+    assert verdict.address is not None and verdict.recipient is not None
+    draft = EmailDraft(spec, runner.context(), verdict.address, verdict.recipient, key, again, runner.flow.marketing)
+    return runner.send(draft)
+
+
+def email_served(runner: Runner) -> Any:
+    """The email a create_discount step makes its code for: the next send_email step, with only steps that act
+    at once (codes, tags, http) between; None when a wait, a branch or the end comes first."""
+    steps, position = runner.flow.steps, runner.position
+    following = rules.next_position(steps, position)
+    while following is not None and len(following) == len(position):
+        step = rules.step_at(steps, following)
+        if isinstance(step, SendEmailStep):
+            return step.send_email
+        if not isinstance(step, CreateDiscountStep | TagCustomerStep | HttpStep):
+            return None
+        following = rules.next_position(steps, following)
+    return None
 
 
 def step_create_discount(runner: Runner, step: Any) -> Outcome:
-    """Create a unique single-use code for the customer (idempotent by the step's key)."""
+    """Create a unique single-use code for the customer (idempotent by the step's key).
+
+    A code made for an email (`email_served`) is made when that email is admitted: held back with it, and
+    never made for an email that won't go.
+    """
     spec = step.create_discount
     key = runner.key("discount")
     earlier = runner.recall(key)
     if earlier is not None and earlier.status == "done" and earlier.result:
         runner.set_var(spec.as_, earlier.result)
         return NEXT
+    email = email_served(runner) if earlier is None else None
+    if email is not None:  # made when its email is admitted, never for an email that won't go
+        verdict = admission(runner, email)
+        if verdict.until is not None:
+            return runner.hold(str(verdict.reason), verdict.until)
+        if verdict.reason is not None:  # the email won't go: no code for it
+            if runner.traced:
+                runner.trace("discount", f"code not created: its email will not be sent ({verdict.reason})")
+            if verdict.failed is None and email.if_not_sent == "stop":
+                return runner.dropped(verdict.reason, email)
+            return NEXT  # the email step says why, and what follows
     kind, value = rules.discount_terms(spec)
     ctx = runner.context()
     now = runner.now()
     ends_at = now + spec.expires_in
     currency = ctx["shop"].get("currency") or (ctx["order"].currency if ctx["order"] is not None else None)
-    customer_id, email = ctx["customer"].get("id"), ctx["customer"].get("email")
+    customer_id, customer_email = ctx["customer"].get("id"), ctx["customer"].get("email")
     restrict = spec.restrict_to_customer and bool(ctx["customer"])
     request = DiscountRequest(
         idempotency_key=f"encore-{ctx['shop']['id']}-{key}",
@@ -536,7 +635,7 @@ def step_create_discount(runner: Runner, step: Any) -> Outcome:
         minimum_subtotal=spec.minimum_subtotal,
         usage_limit=spec.usage_limit,
         customer_id=customer_id if restrict and not str(customer_id).startswith("email:") else None,
-        customer_email=email if restrict else None,
+        customer_email=customer_email if restrict else None,
         title=f"{runner.flow.name} ({ctx['run']['id']})",
     )
     made = runner.make_discount(key, request, earlier)
@@ -702,16 +801,53 @@ class StepRunner(Runner):
         """The address's entry on the shop's unsubscribe or bounce list."""
         return is_suppressed(self.session, self.shop.id, address)
 
+    def last_emailed(self, since: datetime) -> datetime | None:
+        """When a marketing email to the customer was last claimed, by any flow, if after `since`."""
+        if self.customer is None or self.session is None:
+            return None
+        return cast(
+            "datetime | None",
+            self.session.connection()
+            .execute(_LAST_EMAIL, {"customer_id": self.customer.id, "since": since})
+            .scalar_one_or_none(),
+        )
+
     def emailed_since(self, since: datetime) -> bool | None:
-        """Whether a marketing email to the customer was claimed after `since`, by any flow."""
+        """Whether a marketing email to the customer was claimed after `since`, by any flow (None: no customer)."""
         if self.customer is None:
             return None
-        recent = (
-            self.session.connection()
-            .execute(_RECENT_EMAILS, {"customer_id": self.customer.id, "since": since})
-            .scalar_one()
-        )
-        return bool(recent)
+        return self.last_emailed(since) is not None
+
+    def held_since(self) -> datetime | None:
+        """Since when the run's email has been held back."""
+        return getattr(self.run, "deferred_since", None)
+
+    def behind_another(self) -> bool:
+        """Whether a held email of the customer's, due now, goes first (`rules.goes_first`)."""
+        if self.customer is None or self.session is None:
+            return False
+        now = self.now()
+        run = self.run
+        mine = (run.priority, run.deferred_since or now, run.id)
+        for other in self.session.connection().execute(
+            _HELD_DUE, {"customer_id": self.customer.id, "now": now, "run_id": run.id or 0, "priority": run.priority}
+        ):
+            if rules.goes_first(mine, (other.priority, other.deferred_since, other.id)):
+                return True
+        return False
+
+    def hold(self, reason: str, until: datetime) -> Outcome:
+        """Hold the email back: the run keeps since when, so its turn and its max_delay count from then."""
+        if self.run.deferred_since is None and self.session is not None:
+            self.session.stage(self.run, deferred_since=self.now())
+        return super().hold(reason, until)
+
+    def note_dropped(self, reason: str) -> None:
+        """Keep the first email the run went on without: it ends as suppressed, with that reason."""
+        stored = dict(self.run.context or {})
+        if "dropped" not in stored and self.session is not None:
+            stored["dropped"] = reason
+            self.session.stage(self.run, context=stored)
 
     def counted(self, outcome: str) -> None:
         """Count an email's outcome in the metrics."""

@@ -152,8 +152,9 @@ def test_no_email_after_an_unsubscribe(flows_env, tmp_path: Path) -> None:
         suppress(session, shop.id, "C1001@example.com", "unsubscribed", "link")
     walk_to(flows_env_redis(), T0 + timedelta(days=1, minutes=1))
     assert outbox(tmp_path) == []
+    assert FakeConnector.discounts == {}  # its code was for that email: never made
     (run,) = runs()
-    assert run.status == "done"
+    assert run.status == "suppressed" and run.reason == "email not sent: unsubscribed"
     assert ("suppressed", "email not sent: unsubscribed") in trace(run.id)
 
 
@@ -285,7 +286,17 @@ def test_the_frequency_cap_is_shared_across_flows_and_traced(flows_env, redis, t
     process_event(event("customer.created", T0, customer()))
     assert subjects(tmp_path) == ["Welcome Ada: 10% off"]
     (hello,) = runs(flow_key="b_hello")
-    assert ("suppressed", "email not sent: frequency cap") in trace(hello.id)
+    # held back, not dropped: it goes when the 16 h cap since the welcome email ends
+    assert hello.status == "waiting" and hello.wake_at == T0 + timedelta(hours=16)
+    assert ("deferred", f"email held back (frequency cap): sending at {(T0 + timedelta(hours=16)).isoformat()}") in trace(
+        hello.id
+    )
+    walk_to(redis, T0 + timedelta(hours=15, minutes=59))
+    assert subjects(tmp_path) == ["Welcome Ada: 10% off"]
+    walk_to(redis, T0 + timedelta(hours=16, minutes=1))
+    assert subjects(tmp_path) == ["Another hello", "Welcome Ada: 10% off"]
+    (hello,) = runs(flow_key="b_hello")
+    assert hello.status == "done" and hello.deferred_since is None
 
 
 def test_quiet_hours_defer_a_marketing_email(flows_env, redis, tmp_path: Path) -> None:

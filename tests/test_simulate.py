@@ -167,12 +167,14 @@ def test_the_frequency_cap_quiet_hours_and_exits(tmp_path):
         ],
     )
     sim = run(path, flows, zone="UTC")
-    assert [(o.flow, o.at) for o in rows(sim, action="email")] == [("first", datetime(2026, 6, 1, 21, 30, tzinfo=UTC))]
     second = rows(sim, "second")
-    # quiet hours moved the send to 08:00; then the 7-day cap of the first flow's email stopped it
+    # quiet hours held the send until 08:00; then its own 16 h cap since the first flow's email, until 13:30
     assert [(o.action, o.reason, o.at) for o in second] == [
-        ("suppressed", "frequency cap", datetime(2026, 6, 2, 8, 0, tzinfo=UTC))
+        ("deferred", "quiet hours", datetime(2026, 6, 1, 22, 30, tzinfo=UTC)),
+        ("deferred", "frequency cap", datetime(2026, 6, 2, 8, 0, tzinfo=UTC)),
+        ("email", "", datetime(2026, 6, 2, 13, 30, tzinfo=UTC)),
     ]
+    assert simulate.summary(sim)["second"]["deferred"] == 2
     assert [(o.action, o.reason) for o in rows(sim, "pending")] == [("exited", "exit on order.fulfilled")]
 
 
