@@ -10,7 +10,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -432,6 +432,33 @@ def _is_encore(answer: requests.Response) -> bool:
     return isinstance(found, dict) and "status" in found
 
 
+BIRTHDAY_LEAD = timedelta(days=14)  # the built-in birthday flow's offset: her birthday falls due the day she is sent
+
+
+def sample_body(path: Path) -> bytes:
+    """A sample webhook's body as posted: a customer's birthday is moved to two weeks from today (keeping the year
+    of birth), so that the birthday flow has someone to greet in the walk-through (`encore sweep`)."""
+    body = path.read_bytes()
+    data = json.loads(body)
+    meta = data.get("meta_data") if isinstance(data, dict) else None
+    key = get_settings().WOOCOMMERCE_BIRTHDAY_META
+    for item in meta or []:
+        if isinstance(item, dict) and item.get("key") == key and isinstance(item.get("value"), str):
+            born = date.fromisoformat(item["value"])
+            due = dates.now().astimezone(dates.zone(None, None)).date() + BIRTHDAY_LEAD
+            item["value"] = _born_on(born, due).isoformat()
+            return json.dumps(data, indent=2).encode()
+    return body
+
+
+def _born_on(born: date, due: date) -> date:
+    """A date of birth in `born`'s year whose birthday is `due` (29 February moves to the 28th in other years)."""
+    try:
+        return due.replace(year=born.year)
+    except ValueError:
+        return due.replace(year=born.year, day=28)
+
+
 @samples.command("send")
 @click.option("--url", default=None, help="where Encore runs (default: APP_URL, else where `encore run` serves)")
 def samples_send(url: str | None) -> None:
@@ -454,7 +481,7 @@ def samples_send(url: str | None) -> None:
         topic = topic_from_name("woocommerce", path.stem.split("-", 1)[-1])
         if topic is None:
             continue
-        body = path.read_bytes()
+        body = sample_body(path)
         headers = woocommerce_headers(body, topic, secret, store_url)
         try:
             response = requests.post(f"{url}/webhooks/woocommerce", data=body, headers=headers, timeout=15)

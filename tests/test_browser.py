@@ -128,8 +128,9 @@ def test_samples_then_the_admin_page_in_chromium(server, browser, redis, tmp_pat
 
     page.click("text=Thank loyal customers on their third order")
     runs = page.locator("table").inner_text()
-    assert "grace@example.com" in runs and "completed" in runs
-    assert "Emails not sent, and why: frequency cap 1" in page.inner_text("main")
+    assert "grace@example.com" in runs and "waiting" in runs and "email held back since" in runs
+    assert "Emails held back (quiet hours, the frequency cap): 1 waiting now" in page.inner_text("main")
+    assert "frequency cap 1" in page.inner_text("main")
     assert not_blank(shot(page, folder, "flow", full_page=True))
 
     page.click("text=Customers")
@@ -138,7 +139,7 @@ def test_samples_then_the_admin_page_in_chromium(server, browser, redis, tmp_pat
     page.click("text=grace@example.com")
     timeline = page.locator(".timeline").inner_text()
     assert "Thank loyal customers on their third order" in timeline
-    assert "email not sent: frequency cap" in timeline  # the welcome email went out the same day
+    assert "email held back (frequency cap): sending at" in timeline  # the welcome email went out the same day
     assert "sent 'welcome.html' to grace@example.com" in timeline
     assert not_blank(shot(page, folder, "customer", full_page=True))
 
@@ -188,6 +189,58 @@ def test_samples_then_the_admin_page_in_chromium(server, browser, redis, tmp_pat
     page.wait_for_url(f"{server}/admin/failures")
     assert "No failed jobs." in page.locator("table").first.inner_text()
     assert "broken-job" in queue(EVENTS).job_ids
+
+
+def test_the_walk_through_holds_graces_reward_and_birthday_back_then_sends_both(server, browser, redis, tmp_path):
+    from datetime import datetime, time, timedelta
+
+    from encore_retention.cli import main
+    from encore_retention.core.access import sign_in_url
+    from encore_retention.flows import dates
+    from tests.conftest import drain
+    from tests.flows.helpers import walk_to
+
+    zone = dates.zone(None)
+    ten = datetime.combine(datetime.now(zone).date(), time(10, 0), zone)  # a day's morning, in the store's zone
+    dates.set_now(ten)
+    try:
+        sent = CliRunner().invoke(main, ["samples", "send", "--url", server])
+        assert sent.exit_code == 0, sent.output
+        drain(redis)
+        swept = CliRunner().invoke(main, ["sweep"])  # the daily date triggers: Grace's birthday is in two weeks
+        assert swept.exit_code == 0, swept.output
+        drain(redis)
+        page, folder = browser, tmp_path / "shots"
+        folder.mkdir()
+        page.goto(sign_in_url(server))
+
+        def graces_timeline() -> str:
+            page.goto(f"{server}/admin/customers?q=grace")
+            page.click("text=grace@example.com")
+            return page.locator(".timeline").inner_text()
+
+        # her welcome email took the day's cap: the reward and the birthday email are held, not dropped
+        timeline = graces_timeline()
+        assert timeline.count("email held back (frequency cap): sending at") == 2
+        assert "email not sent" not in timeline
+        assert "sent 'loyalty_reward.html'" not in timeline and "sent 'birthday.html'" not in timeline
+        assert "created code LOYAL" not in timeline  # a code is made when its email goes
+        assert not_blank(shot(page, folder, "held", full_page=True))
+
+        # when the cap ends, the reward (held first) goes; the birthday email waits for the next turn
+        walk_to(redis, ten + timedelta(hours=16, minutes=2))
+        timeline = graces_timeline()
+        assert "sent 'loyalty_reward.html' to grace@example.com" in timeline and "created code LOYAL" in timeline
+        assert "sent 'birthday.html'" not in timeline
+        walk_to(redis, ten + timedelta(hours=32, minutes=4))
+        timeline = graces_timeline()
+        assert "sent 'birthday.html' to grace@example.com" in timeline and "created code BDAY" in timeline
+        assert not_blank(shot(page, folder, "sent-later", full_page=True))
+        page.goto(f"{server}/admin/flows/birthday")
+        assert "completed" in page.locator("table").inner_text()
+        assert "priority high" in page.inner_text("main") and "max delay 7d" in page.inner_text("main")
+    finally:
+        dates.set_now(None)
 
 
 def test_the_daily_charts_fit_a_phone(server, browser, redis, tmp_path):

@@ -12,8 +12,11 @@ from pathlib import Path
 from encore_retention import simulate
 from encore_retention.flows import loader
 from encore_retention.jobs import process_event
+from tests import test_flows_engine
 from tests.flows.helpers import FakeConnector, customer, event, order, walk_to
-from tests.test_flows_engine import T0, flow_dir, flows_env, runs, subjects, trace  # noqa: F401 - the fixture
+from tests.test_flows_engine import T0, flow_dir, runs, subjects, trace
+
+flows_env = test_flows_engine.flows_env  # the engine tests' fixture: real Redis and SQLite, a fake platform, T0
 
 WELCOME = """
 name: Welcome
@@ -72,17 +75,13 @@ def test_held_emails_go_in_priority_order_when_the_cap_ends(flows_env, redis, tm
     assert subjects(tmp_path) == ["Reward LOYAL000001", "Welcome"]
     (promo,) = runs(flow_key="promo")
     assert promo.status == "waiting" and promo.deferred_since is not None
-    assert any(
-        kind == "deferred" and "another held email goes first" in message for kind, message in trace(promo.id)
-    )
+    assert any(kind == "deferred" and "another held email goes first" in message for kind, message in trace(promo.id))
     # then the promotion, once the cap since the reward has passed
     walk_to(redis, T0 + timedelta(hours=32, minutes=3))
     assert subjects(tmp_path) == ["Promo", "Reward LOYAL000001", "Welcome"]
 
 
-def test_an_email_that_cannot_go_within_max_delay_is_dropped_and_its_run_suppressed(
-    flows_env, redis, tmp_path: Path
-):
+def test_an_email_that_cannot_go_within_max_delay_is_dropped_and_its_run_suppressed(flows_env, redis, tmp_path: Path):
     flow_dir(tmp_path, flows_env, welcome=WELCOME, reward=REWARD.replace("priority: high", "max_delay: 10h"))
     process_event(event("customer.created", T0, customer()))
     process_event(event("order.placed", T0 + timedelta(hours=1), customer(), order=order("1", T0)))
@@ -143,9 +142,7 @@ def test_the_simulator_holds_and_orders_emails_as_the_engine_does(tmp_path: Path
         (folder / f"{name}.yaml").write_text(text.replace("customer.created", "order.placed"))
     flows = {f.key: f for f in loader.load_dir(folder)[0]}
     # the welcome email takes the cap on the first order; the promo and the reward are held back
-    sim = simulate.Simulation(
-        flows, {"id": 1, "name": "Shop", "currency": "EUR"}, UTC, T0, T0 + timedelta(days=5)
-    )
+    sim = simulate.Simulation(flows, {"id": 1, "name": "Shop", "currency": "EUR"}, UTC, T0, T0 + timedelta(days=5))
     first = simulate.HistoricalOrder(order("1", T0), "ada", "ada@example.com", "Ada", consent=True)
     sim.load([first], [])
     sim.run()

@@ -19,7 +19,7 @@ from encore_retention.flows import controls, dates, loader
 from encore_retention.flows.engine import release
 from encore_retention.flows.models import SUPPRESSED, FlowEffect, FlowRun, FlowTrace
 from encore_retention.flows.render import format_money
-from encore_retention.flows.schema import DateTrigger, SendEmailStep, format_duration
+from encore_retention.flows.schema import PRIORITIES, DateTrigger, SendEmailStep, format_duration
 from encore_retention.flows.steps import position_label, walk
 from encore_retention.web.admin.auth import Viewer, blueprint
 from encore_retention.web.admin.charts import Series, small_multiples
@@ -304,17 +304,26 @@ def flow_runs(flow_key: str):
             ).all()
         )
         reasons: dict[str, int] = defaultdict(int)
-        for (detail,) in db.execute(
-            select(FlowTrace.detail)
+        deferrals: dict[str, int] = defaultdict(int)
+        for kind, detail in db.execute(
+            select(FlowTrace.kind, FlowTrace.detail)
             .join(FlowRun, FlowRun.id == FlowTrace.run_id)
             .where(
                 FlowRun.flow_key == flow_key,
                 FlowRun.shop_id.in_(g.viewer.shop_ids),
-                FlowTrace.kind == "suppressed",
+                FlowTrace.kind.in_(HELD),
                 FlowTrace.at >= utcnow() - WINDOW,
             )
         ):
-            reasons[str((detail or {}).get("reason") or "other")] += 1
+            (reasons if kind == "suppressed" else deferrals)[str((detail or {}).get("reason") or "other")] += 1
+        held_now = db.scalar(
+            select(func.count()).where(
+                FlowRun.flow_key == flow_key,
+                FlowRun.shop_id.in_(g.viewer.shop_ids),
+                FlowRun.status == "waiting",
+                FlowRun.deferred_since.is_not(None),
+            )
+        )
         control = controls.control_of(db, flow_key)
         paused = (control.paused, control.changed_by, control.changed_at, control.reason) if control else None
         done = [(a.at, a.actor, a.action, a.runs, a.run_id, a.reason) for a in controls.actions(db, flow_key, 20)]
@@ -335,9 +344,19 @@ def flow_runs(flow_key: str):
         status=status,
         days=WINDOW.days,
         reasons=sorted(reasons.items(), key=lambda kv: -kv[1]),
+        deferrals=sorted(deferrals.items(), key=lambda kv: -kv[1]),
+        held_now=held_now or 0,
+        priority=priority_name(flow_file.flow.priority) if flow_file else None,
+        max_delay=format_duration(flow_file.flow.max_delay) if flow_file and flow_file.flow.max_delay else "off",
         chart=daily_chart(g.viewer.shop_ids, flow_key),
         trigger=describe_trigger(flow_file.flow.trigger, flow_file.data.get("trigger")) if flow_file else None,
     )
+
+
+def priority_name(priority: int) -> str:
+    """A flow's priority as a flow file names it (`high`), else its number."""
+    names = {value: name for name, value in PRIORITIES.items()}
+    return names.get(priority, str(priority))
 
 
 def flow_choices() -> list[tuple[str, str, list[tuple[str, str]]]]:
