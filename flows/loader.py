@@ -324,6 +324,13 @@ def _check(
         )
     if isinstance(flow.trigger, EventTrigger) and flow.trigger.event in flow.exit_on:
         add(("exit_on",), f"{flow.trigger.event} both starts and ends this flow; only other runs are ended", "warning")
+    if flow.marketing and flow.max_delay is not None and flow.frequency_cap and flow.max_delay < flow.frequency_cap:
+        add(
+            ("max_delay",),
+            f"max_delay {format_duration(flow.max_delay)} is shorter than frequency_cap "
+            f"{format_duration(flow.frequency_cap)}: an email the cap holds back is likely dropped instead of sent later",
+            "warning",
+        )
 
     # discounts: name -> (expires_in, elapsed wait since it was created)
     def walk(steps: list[tuple[int, Any]], base: Path_, discounts: dict[str, tuple[timedelta, timedelta]]) -> None:

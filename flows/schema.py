@@ -395,7 +395,7 @@ def _priority(value: Any) -> Any:
         return PRIORITIES[value.strip().lower()]
     if isinstance(value, str) or isinstance(value, bool):
         raise PydanticCustomError(
-            "bad_priority", "priority {value!r} is not high, normal, low or a number from 0 to 100", {"value": value}
+            "bad_priority", "{value} is not high, normal, low or a number from 0 to 100", {"value": repr(value)}
         )
     return value
 

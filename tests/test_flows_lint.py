@@ -66,6 +66,16 @@ CASES = {
         5,
         "wait: bad duration '3 days' (expected e.g. 30m, 2h, 14d, 8w)",
     ),
+    "bad_priority": (
+        "name: x\ntrigger:\n  event: order.placed\npriority: urgent\nsteps:\n  - stop\n",
+        4,
+        "priority: 'urgent' is not high, normal, low or a number from 0 to 100",
+    ),
+    "priority_out_of_range": (
+        "name: x\ntrigger:\n  event: order.placed\npriority: 101\nsteps:\n  - stop\n",
+        4,
+        "priority: ",
+    ),
     "missing_field": (
         "name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n      template: a.html\n",
         5,
@@ -85,6 +95,11 @@ WARNINGS = {
         "name: x\ntrigger:\n  date: customer.birthday\n  offset: -14d\nsteps:\n  - stop\n",
         2,
         "a yearly date trigger (customer.birthday) without `entry: once_per: year`",
+    ),
+    "max_delay_below_the_cap": (
+        "name: x\ntrigger:\n  event: order.placed\nmax_delay: 8h\nsteps:\n  - stop\n",
+        4,
+        "max_delay 8h is shorter than frequency_cap 16h: an email the cap holds back is likely dropped",
     ),
     "no_unsubscribe": (
         "name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n"
