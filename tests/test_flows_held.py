@@ -54,6 +54,13 @@ def test_a_capped_reward_waits_for_the_cap_and_its_code_is_made_when_it_goes(flo
     assert reward.status == "waiting" and reward.wake_at == cap_end and reward.deferred_since == T0
     assert FakeConnector.tags and FakeConnector.discounts == {}  # tagged; the code waits for its email
     assert ("deferred", f"email held back (frequency cap): sending at {cap_end.isoformat()}") in trace(reward.id)
+    from click.testing import CliRunner
+
+    from encore_retention.cli import main
+
+    listed = CliRunner().invoke(main, ["flows", "runs", "--flow", "reward"]).output
+    assert "· waiting · started" in listed and "email held back since 2026-03-02 12:00Z" in listed
+    assert "email held back (frequency cap): sending at" in listed
 
     walk_to(redis, cap_end + timedelta(minutes=1))
     assert subjects(tmp_path) == ["Reward LOYAL000001", "Welcome"]

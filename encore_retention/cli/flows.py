@@ -116,11 +116,19 @@ def runs(email: str | None, flow_key: str | None, status: str | None, limit: int
                 f"run {run.id} {run.flow_key} · {address or '-'} · {run.status}"
                 f"{' (' + run.reason + ')' if run.reason else ''} · started {run.started_at:%Y-%m-%d %H:%M}Z"
                 f"{' · wakes ' + format(run.wake_at, '%Y-%m-%d %H:%M') + 'Z' if run.wake_at else ''}"
+                f"{held_since(run)}"
             )
             for line in trace_of(session, run.id):
                 click.echo(f"    {line.at:%Y-%m-%d %H:%M} {line.step or '':<18} {line.kind:<10} {line.message}")
         if not found:
             click.echo("no runs", err=True)
+
+
+def held_since(run: FlowRun) -> str:
+    """` · email held back since …` for a run whose email waits for quiet hours or the frequency cap to end."""
+    if run.status != "waiting" or run.deferred_since is None:
+        return ""
+    return f" · email held back since {run.deferred_since:%Y-%m-%d %H:%M}Z"
 
 
 @flows.command("test-send")
