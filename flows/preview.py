@@ -61,6 +61,10 @@ class PreviewRunner(StepRunner):
         """A preview shows every email, whatever the consent, the list, the hour or the cap."""
         return None
 
+    def behind_another(self) -> bool:
+        """A preview's email waits for no other."""
+        return False
+
     def counted(self, outcome: str) -> None:
         """A preview counts nothing."""
 
