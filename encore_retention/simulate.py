@@ -36,6 +36,8 @@ from encore_retention.connectors.base import Discount, DiscountRequest, platform
 from encore_retention.connectors.codes import format_code
 from encore_retention.core import events as ev
 from encore_retention.flows import dates, expressions, loader, rules
+from encore_retention.flows.render import format_money
+from encore_retention.flows.results import BranchResult, split_shares
 from encore_retention.flows.rules import position_label, step_at
 from encore_retention.flows.schema import DateTrigger, EventTrigger
 from encore_retention.flows.steps import DiscountView, EmailDraft, Runner, email_served, run_step
@@ -415,6 +417,10 @@ class SimRun:
     code: str | None = None
     deferred_since: datetime | None = None  # since when its email has been held back
     wake: datetime | None = None  # when a held email looks again
+    key: str = ""
+    """The run's key (flow, customer, trigger key): what a split draws its branch from."""
+    branches: dict[str, str] = field(default_factory=dict)
+    """The branch entered at each split (by the split step's label)."""
 
 
 @dataclass
@@ -429,6 +435,20 @@ class Outcome:
     subject: str = ""
     code: str = ""
     reason: str = ""
+    branches: tuple[tuple[str, str], ...] = ()
+    """The branches the run had entered by then: (split step's label, branch)."""
+
+
+@dataclass(frozen=True)
+class CodeMade:
+    """A code a run in a split's branch made: what the per-branch results look for in the later orders."""
+
+    flow: str
+    customer: str
+    code: str
+    at: datetime
+    expires_at: datetime
+    branches: tuple[tuple[str, str], ...]
 
 
 class Simulation:
@@ -466,6 +486,7 @@ class Simulation:
         self.now = start
         self.memo: dict[tuple[str, str, int], bool] = {}
         self.pure: dict[str, bool] = {}
+        self.codes_made: list[CodeMade] = []
 
     # -- the clock ---------------------------------------------------------------------------------
     def at(self, when: datetime, kind: str, payload: Any) -> None:
@@ -741,6 +762,7 @@ class Simulation:
                 self.record(run, "suppressed", reason="no consent")
             return
         self.run_keys.add(run_key)
+        run.key = ":".join(run_key)
         self.last_start[(key, customer.key)] = self.now
         customer.runs.append(run)
         self.advance(run)
@@ -776,13 +798,26 @@ class Simulation:
                 self.at(outcome.until, "resume", run)
                 return
 
+    def code_made(self, run: SimRun, code: str, expires_at: datetime) -> None:
+        """Keep a code a run in a split's branch made, for its branch's results."""
+        branches = tuple(run.branches.items())
+        self.codes_made.append(CodeMade(run.flow_key, run.customer.key, code, self.now, expires_at, branches))
+
     def record(
         self, run: SimRun, action: str, template: str = "", subject: str = "", code: str = "", reason: str = ""
     ) -> None:
         """Add a line to the report."""
         self.outcomes.append(
             Outcome(
-                self.now, run.flow_key, run.customer.email or run.customer.key, action, template, subject, code, reason
+                self.now,
+                run.flow_key,
+                run.customer.email or run.customer.key,
+                action,
+                template,
+                subject,
+                code,
+                reason,
+                tuple(run.branches.items()),
             )
         )
 
@@ -852,6 +887,15 @@ class SimRunner(Runner):
         """The step's effect key, shaped as the engine's."""
         return f"{self.run.flow_key}-{self.run.number}-{position_label(self.run.position)}-{kind}"
 
+    def run_key(self) -> str:
+        """The run's key: flow, customer and trigger key."""
+        return self.run.key
+
+    def entered_branch(self, split: str, branch: str) -> None:
+        """Keep the branch on the run and report the entry (its emails and codes are counted for it)."""
+        self.run.branches[split] = branch
+        self.sim.record(self.run, "split", reason=f"{split}: {branch}")
+
     def consent(self) -> bool | None:
         """The customer's consent, from the exports."""
         return bool(self.run.customer.consent)
@@ -900,6 +944,8 @@ class SimRunner(Runner):
         """Report the code; the run's later emails show it."""
         self.run.code = result["code"]
         self.sim.record(self.run, "code", code=result["code"])
+        if self.run.branches:  # for the results per branch: was it used before it expired?
+            self.sim.code_made(self.run, result["code"], datetime.fromisoformat(result["expires_at"]))
 
     def tag(self, key: str, tags: list[str], earlier: Any) -> rules.Outcome:
         """Tag the in-memory customer (its conditions are evaluated again)."""
@@ -924,10 +970,86 @@ def summary(sim: Simulation) -> dict[str, Counter[str]]:
     return per_flow
 
 
+def branch_report(sim: Simulation, orders: list[HistoricalOrder]) -> dict[str, list[BranchResult]]:
+    """Per flow with a split, each branch's runs, emails and codes, and the codes "redeemed".
+
+    The history holds no simulated code, so a code counts as redeemed when its customer placed an order
+    (not cancelled) after the code was made and before it expired, as that order could have used it;
+    the revenue is those orders' totals. An order counts once, for the first such code.
+    """
+    results: dict[tuple[str, str, str], BranchResult] = {}
+    for key in sorted(sim.flows):
+        for label, name, share in split_shares(sim.flows[key]):
+            results[(key, label, name)] = BranchResult(label, name, share)
+
+    def result(flow: str, label: str, name: str) -> BranchResult:
+        found = results.get((flow, label, name))
+        if found is None:
+            found = results[(flow, label, name)] = BranchResult(label, name)
+        return found
+
+    for item in sim.outcomes:
+        if item.action == "split":
+            label, _, name = item.reason.partition(": ")
+            result(item.flow, label, name).runs += 1
+        elif item.action in ("email", "code"):
+            for label, name in item.branches:
+                counted = result(item.flow, label, name)
+                if item.action == "email":
+                    counted.emails += 1
+                else:
+                    counted.codes += 1
+    later: dict[str, list[HistoricalOrder]] = defaultdict(list)
+    for order in sorted(orders, key=lambda o: o.order.created_at or sim.start):
+        if order.cancelled_at is None and order.order.created_at is not None:
+            later[order.customer_key].append(order)
+    used: set[str] = set()
+    for made in sim.codes_made:
+        for order in later.get(made.customer, []):
+            placed = order.order.created_at
+            if placed is not None and made.at < placed <= made.expires_at and order.order.id not in used:
+                used.add(order.order.id)
+                for label, name in made.branches:
+                    counted = result(made.flow, label, name)
+                    counted.redeemed += 1
+                    counted.revenue += order.order.total or Decimal("0")
+                    counted.currency = counted.currency or order.order.currency
+                break
+    report: dict[str, list[BranchResult]] = defaultdict(list)
+    for (flow, _, _), found in results.items():
+        report[flow].append(found)
+    return dict(report)
+
+
+def branch_tables(report: dict[str, list[BranchResult]], currency: str) -> Table | None:
+    """The results per branch as one table (None when no flow has a split)."""
+    if not report:
+        return None
+    table = Table(title="A/B splits: each branch's runs, and what they sent and sold")
+    for name in ("flow", "split", "branch", "share", "runs", "emails", "codes", "redeemed", "revenue"):
+        table.add_column(name, justify="left" if name in ("flow", "split", "branch") else "right")
+    for flow, results in sorted(report.items()):
+        for found in results:
+            table.add_row(
+                flow,
+                found.split,
+                found.branch,
+                found.share_text,
+                str(found.runs),
+                str(found.emails),
+                str(found.codes),
+                str(found.redeemed),
+                format_money(found.revenue, found.currency or currency),
+            )
+    return table
+
+
 def write_csv(outcomes: list[Outcome], target: Any) -> None:
     """The report as CSV: one row per email, code, suppression or exit."""
     writer = csv.writer(target)
-    writer.writerow(["date", "time_utc", "flow", "customer", "action", "template", "subject", "code", "reason"])
+    writer.writerow(
+        ["date", "time_utc", "flow", "customer", "action", "template", "subject", "code", "reason", "branch"]
+    )
     for item in outcomes:
         writer.writerow(
             [
@@ -940,6 +1062,7 @@ def write_csv(outcomes: list[Outcome], target: Any) -> None:
                 item.subject,
                 item.code,
                 item.reason,
+                "; ".join(f"{split}={branch}" for split, branch in item.branches),
             ]
         )
 
@@ -1071,6 +1194,13 @@ def simulate(
     for (day, flow), counts in sorted(busiest):
         daily.add_row(day, flow, str(counts["email"]), str(counts["code"]), str(counts["suppressed"]))
     out.print(daily)
+    splits = branch_tables(branch_report(sim, orders), currency)
+    if splits is not None:
+        out.print(splits)
+        out.print(
+            "a split's code counts as redeemed when its customer ordered again before it expired (the history "
+            "has no simulated codes); the revenue is those orders' totals"
+        )
     if csv_path:
         with csv_path.open("w", newline="", encoding="utf-8") as handle:
             write_csv(sim.outcomes, handle)

@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,7 @@ from encore_retention.flows.schema import (
     HttpStep,
     IfStep,
     SendEmailStep,
+    SplitStep,
     WaitStep,
     format_duration,
 )
@@ -239,9 +241,66 @@ def _as_names(steps: list[Any]) -> set[str]:
     for step in steps:
         if isinstance(step, CreateDiscountStep):
             names.add(step.create_discount.as_)
-        elif isinstance(step, IfStep):
-            names |= _as_names(step.then) | _as_names(step.else_)
+        elif isinstance(step, IfStep | SplitStep):
+            for _, nested in step.nested():
+                names |= _as_names(nested)
     return names
+
+
+def split_problems(branches: list[tuple[Any, Any]]) -> list[tuple[Path_, str]]:
+    """What is wrong with a split's (name, weight) branches as a whole, each problem with its path under the step.
+
+    Weights are percentages: all given and adding up to 100, or none given (equal shares). Each branch
+    has its own name, since a run's position and the results per branch name it. A name or weight that
+    is wrong in itself (reported by the schema) is left out of these checks.
+    """
+    problems: list[tuple[Path_, str]] = []
+    seen: set[str] = set()
+    for index, (name, _) in enumerate(branches):
+        if isinstance(name, str) and name in seen:
+            problems.append((("split", index, "name"), f"branch name {name!r} is used twice in this split"))
+        seen.add(name)
+    weights = [_percentage(weight) for _, weight in branches]
+    given = [weight for _, weight in branches if weight is not None]
+    if given and len(given) < len(branches):
+        missing = next(index for index, (_, weight) in enumerate(branches) if weight is None)
+        problems.append((("split", missing), "give every branch of a split a weight, or none (for equal shares)"))
+    elif given and all(w is not None for w in weights):
+        total = sum((w for w in weights if w is not None), Decimal(0))
+        if total != 100:
+            listed = ", ".join(
+                f"{name}: {w.normalize():f}" for (name, _), w in zip(branches, weights, strict=True) if w
+            )
+            adding = f"add up to {total.normalize():f} ({listed})"
+            problems.append((("split",), f"a split's weights are percentages adding up to 100; these {adding}"))
+    return problems
+
+
+def _percentage(weight: Any) -> Decimal | None:
+    """A branch's weight as a Decimal, None when it is missing or not a percentage above 0."""
+    if isinstance(weight, int | float | Decimal) and not isinstance(weight, bool) and 0 < weight <= 100:
+        return Decimal(str(weight))
+    return None
+
+
+def _raw_split_problems(raw: Any, path: Path_) -> list[tuple[Path_, str]]:
+    """`split_problems` of a raw step (of a flow whose shape is wrong) if it is a split, and of the splits
+    nested in it, each with its path."""
+    if not isinstance(raw, dict):
+        return []
+    found: list[tuple[Path_, str]] = []
+    nested: list[tuple[Path_, Any]] = [(path + (name,), raw.get(name)) for name in ("then", "else")]
+    branches = raw.get("split")
+    if isinstance(branches, list):
+        pairs = [(b.get("name"), b.get("weight")) for b in branches if isinstance(b, dict)]
+        found += [(path + where, message) for where, message in split_problems(pairs)]
+        nested += [
+            (path + ("split", n, "steps"), b.get("steps")) for n, b in enumerate(branches) if isinstance(b, dict)
+        ]
+    for base, steps in nested:
+        for index, step in enumerate(steps if isinstance(steps, list) else []):
+            found += _raw_split_problems(step, base + (index,))
+    return found
 
 
 def check(loaded: FlowFile) -> list[Problem]:
@@ -260,17 +319,22 @@ def _check_despite_shape(data: dict[str, Any], lines: dict[Path_, int], file: st
         conditions = []
     raw_steps = data.get("steps")
     steps: list[tuple[int, Any]] = []
+    split_checks: list[Problem] = []
     for index, raw in enumerate(raw_steps if isinstance(raw_steps, list) else []):
         try:
             alone = Flow.model_validate({"name": "-", "trigger": {"event": "order.placed"}, "steps": [raw]})
-        except ValidationError:
-            continue  # its own errors are reported already
+        except ValidationError:  # its own errors are reported already; a split's whole is checked here
+            split_checks += [
+                Problem(file, _line_of(lines, path), message)
+                for path, message in _raw_split_problems(raw, ("steps", index))
+            ]
+            continue
         steps.append((index, alone.steps[0]))
     kind = data.get("kind") if data.get("kind") in ("marketing", "transactional") else "marketing"
     parts = Flow.model_construct(
         name="-", kind=kind, trigger=None, conditions=conditions, exit_on=[], steps=[step for _, step in steps]
     )
-    return _check(parts, file, lambda path: _line_of(lines, path), steps)
+    return _check(parts, file, lambda path: _line_of(lines, path), steps) + split_checks
 
 
 def _check(
@@ -347,6 +411,11 @@ def _check(
                 expression(path + ("if",), step.if_)
                 walk(list(enumerate(step.then)), path + ("then",), dict(discounts))
                 walk(list(enumerate(step.else_)), path + ("else",), dict(discounts))
+            elif isinstance(step, SplitStep):
+                for where, message in split_problems([(branch.name, branch.weight) for branch in step.split]):
+                    add(path + where, message)
+                for index_, branch in enumerate(step.split):
+                    walk(list(enumerate(branch.steps)), path + ("split", index_, "steps"), dict(discounts))
             elif isinstance(step, HttpStep):
                 for name, value in step.http.json_.items():
                     if isinstance(value, str):

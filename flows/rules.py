@@ -6,16 +6,18 @@ only where the facts come from (the store, an in-memory world, a sample) and wha
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any, Literal
 
 from encore_retention.connectors.email import mailbox
 from encore_retention.flows import dates, expressions
 from encore_retention.flows.render import format_money
-from encore_retention.flows.schema import CreateDiscount, DateTrigger, Entry, Flow, Wait
+from encore_retention.flows.schema import SPLIT_PREFIX, CreateDiscount, DateTrigger, Entry, Flow, Wait
 
 # ---- what a step asks for next ---------------------------------------------------------------------
 
@@ -37,12 +39,20 @@ NEXT = Outcome("next")
 # ---- positions -------------------------------------------------------------------------------------
 
 
+def nested_steps(step: Any, name: str) -> list[Any]:
+    """The step list nested in `step` under `name` (`then`, `else`, `split.a`…: `StepModel.nested`)."""
+    for found, nested in step.nested():
+        if found == name:
+            return nested
+    raise KeyError(f"{type(step).__name__} has no nested steps {name!r}")
+
+
 def container_at(steps: list[Any], prefix: list[Any]) -> list[Any]:
-    """The step list a position prefix points into ([] -> the flow's steps; [3, "then"] -> a branch)."""
+    """The step list a position prefix points into ([] -> the flow's steps; [3, "then"] -> a branch;
+    [2, "split.a"] -> a split's branch `a`)."""
     current = steps
     for index in range(0, len(prefix), 2):
-        step = current[prefix[index]]
-        current = step.then if prefix[index + 1] == "then" else step.else_
+        current = nested_steps(current[prefix[index]], prefix[index + 1])
     return current
 
 
@@ -65,7 +75,7 @@ def next_position(steps: list[Any], position: list[Any]) -> list[Any] | None:
 
 
 def position_label(position: list[Any]) -> str:
-    """`steps[3].then[0]` for a position."""
+    """`steps[3].then[0]` (or `steps[2].split.a[0]`) for a position."""
     label = f"steps[{position[0]}]" if position else "steps"
     for index in range(1, len(position), 2):
         label += f".{position[index]}[{position[index + 1]}]"
@@ -89,6 +99,32 @@ def transition(steps: list[Any], position: list[Any], outcome: Outcome) -> tuple
     if following is None:
         return "done", None
     return ("wait" if outcome.action == "wait" else "next"), following
+
+
+# ---- A/B splits ------------------------------------------------------------------------------------
+
+
+def split_point(run_key: str, step_label: str) -> Fraction:
+    """Where a run falls in a split, in [0, 1): a hash of its key and the split's step, so every retry,
+    replay and re-delivery of the run lands in the same place, and two splits of one run are independent."""
+    digest = hashlib.sha256(f"{run_key}|{step_label}".encode()).digest()
+    return Fraction(int.from_bytes(digest[:8], "big"), 2**64)
+
+
+def choose_branch(point: Fraction, shares: list[tuple[str, Decimal]]) -> str:
+    """The branch whose slice of the cumulative shares holds `point` (shares are relative: divided by their sum)."""
+    total = sum((Fraction(share) for _, share in shares), Fraction(0))
+    reached = Fraction(0)
+    for name, share in shares:
+        reached += Fraction(share)
+        if point * total < reached:
+            return name
+    return shares[-1][0]
+
+
+def branch_position(position: list[Any], branch: str) -> list[Any]:
+    """The position of a split's branch's first step (`steps[2]` -> `steps[2].split.a[0]`)."""
+    return [*position, SPLIT_PREFIX + branch, 0]
 
 
 # ---- starting runs ---------------------------------------------------------------------------------

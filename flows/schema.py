@@ -174,6 +174,10 @@ class StepModel(FlowModel):
 
     name: str | None = Field(None, description="a label shown in the run's trace")
 
+    def nested(self) -> list[tuple[str, list[Any]]]:
+        """The step lists nested in this step, each by the name a run's position gives it (most steps have none)."""
+        return []
+
 
 class SendEmail(FlowModel):
     """Render a template and send it to the customer (HTML and text)."""
@@ -294,6 +298,68 @@ class IfStep(StepModel):
     then: list[Step] = Field(default_factory=list)
     else_: list[Step] = Field(default_factory=list, alias="else")
 
+    def nested(self) -> list[tuple[str, list[Any]]]:
+        """`then` and `else`."""
+        return [("then", self.then), ("else", self.else_)]
+
+
+BRANCH_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
+SPLIT_PREFIX = "split."  # a split's branch `a` is `split.a` in a run's position: `steps[2].split.a[0]`
+
+
+def _branch_name(value: Any) -> Any:
+    if isinstance(value, str) and not BRANCH_NAME.match(value):
+        raise PydanticCustomError(
+            "bad_branch_name",
+            "'{name}' is not a branch name: up to 40 letters, digits and _, not starting with a digit "
+            "(e.g. short_subject)",
+            {"name": value},
+        )
+    return value
+
+
+def _weight(value: Any) -> Any:
+    number = value if isinstance(value, int | float | Decimal) and not isinstance(value, bool) else None
+    if number is None or not 0 < number <= 100:
+        raise PydanticCustomError(
+            "bad_weight", "a branch's weight is a percentage above 0 and at most 100, not '{value}'", {"value": value}
+        )
+    return Decimal(str(number))
+
+
+class SplitBranch(FlowModel):
+    """One branch of an A/B split: its name, its share of the runs in percent, and its steps (none: a control)."""
+
+    name: Annotated[str, BeforeValidator(_branch_name)]
+    weight: Annotated[Decimal | None, BeforeValidator(lambda v: v if v is None else _weight(v))] = Field(
+        None, description="this branch's percentage of the runs; the weights add up to 100 (none given: equal shares)"
+    )
+    steps: list[Step] = Field(default_factory=list)
+
+
+def _branches(value: Any) -> Any:
+    if isinstance(value, list) and len(value) < 2:
+        raise PydanticCustomError("bad_split", "needs at least two branches, found {count}", {"count": len(value)})
+    return value
+
+
+class SplitStep(StepModel):
+    """An A/B split: each run enters one branch, drawn from its run key and the step, so every attempt agrees;
+    after the branch's steps the run goes on after the split."""
+
+    split: Annotated[list[SplitBranch], BeforeValidator(_branches)]
+
+    def nested(self) -> list[tuple[str, list[Any]]]:
+        """Each branch's steps, as `split.<name>`."""
+        return [(SPLIT_PREFIX + branch.name, branch.steps) for branch in self.split]
+
+    def shares(self) -> list[tuple[str, Decimal]]:
+        """(branch name, percentage) of each branch: its weight, or equal shares when no weight is given."""
+        if all(branch.weight is None for branch in self.split):
+            equal = Decimal(100) / len(self.split)
+            return [(branch.name, equal) for branch in self.split]
+        return [(branch.name, branch.weight or Decimal(0)) for branch in self.split]
+
 
 class StopStep(StepModel):
     stop: bool | str | None = Field(True, description="end the run here (a string gives the reason)")
@@ -307,6 +373,7 @@ STEP_MODELS: dict[str, type[StepModel]] = {
     "if": IfStep,
     "http": HttpStep,
     "stop": StopStep,
+    "split": SplitStep,
 }
 STEP_KINDS = tuple(STEP_MODELS)
 
@@ -354,10 +421,12 @@ def _step_union() -> Any:
 
 
 if TYPE_CHECKING:  # the union below as a type checker reads it (that one is built from STEP_MODELS at import)
-    Step = WaitStep | SendEmailStep | CreateDiscountStep | TagCustomerStep | IfStep | HttpStep | StopStep
+    Step = WaitStep | SendEmailStep | CreateDiscountStep | TagCustomerStep | IfStep | HttpStep | StopStep | SplitStep
 else:
     Step = _step_union()
 IfStep.model_rebuild()
+SplitBranch.model_rebuild()
+SplitStep.model_rebuild()
 
 
 # ---- the flow --------------------------------------------------------------------------------------
@@ -469,9 +538,13 @@ def _rebuild_steps() -> None:
     global STEP_KINDS
     STEP_KINDS = tuple(STEP_MODELS)
     union: Any = GenericAlias(list, (_step_union(),))  # list[Step], with the new kind in the union
-    for owner, fields in ((IfStep, ("then", "else_")), (Flow, ("steps",))):
+    holders = ((IfStep, ("then", "else_")), (SplitBranch, ("steps",)), (SplitStep, ()), (Flow, ("steps",)))
+    for owner, fields in holders:
         for name in fields:
             owner.model_fields[name].annotation = union
+        if "__pydantic_core_schema__" in owner.__dict__:  # built afresh, not copied stale into the others
+            delattr(owner, "__pydantic_core_schema__")
+    for owner, _ in holders:
         owner.model_rebuild(force=True)
 
 

@@ -38,11 +38,13 @@ from encore_retention.flows import dates, expressions, render, rules, versions
 from encore_retention.flows.models import WAITING, FlowEffect, FlowRun, Run, add_trace
 from encore_retention.flows.rules import NEXT, Outcome, position_label
 from encore_retention.flows.schema import (
+    SPLIT_PREFIX,
     CreateDiscountStep,
     Flow,
     HttpStep,
     IfStep,
     SendEmailStep,
+    SplitStep,
     StepModel,
     StopStep,
     TagCustomerStep,
@@ -280,6 +282,14 @@ class Runner(ABC):
     def key(self, kind: str) -> str:
         """The idempotency key of the current step's side effect."""
 
+    @abstractmethod
+    def run_key(self) -> str:
+        """The run's key (flow, customer, trigger): the same on every retry and replay of the run."""
+
+    @abstractmethod
+    def entered_branch(self, split: str, branch: str) -> None:
+        """Keep the branch the run entered at the split labelled `split`, for its results to be counted by."""
+
     # -- facts: what an earlier attempt did, and what the marketing checks read ----------------------
     def recall(self, key: str) -> Any:
         """The record (`status`, `result`) of this step's effect from an earlier attempt, if any."""
@@ -468,8 +478,8 @@ def run_step(runner: Runner, step: Any) -> Outcome:
 
 
 def branches(step: Any) -> list[tuple[str, list[Any]]]:
-    """The step lists nested in a step (an `if`'s `then` and `else`)."""
-    return [("then", step.then), ("else", step.else_)] if isinstance(step, IfStep) else []
+    """The step lists nested in a step (an `if`'s `then` and `else`, a split's `split.<name>`)."""
+    return step.nested() if isinstance(step, StepModel) else []
 
 
 def walk(steps: list[Any], prefix: list[Any] | None = None) -> Iterator[tuple[list[Any], Any]]:
@@ -504,6 +514,22 @@ def step_if(runner: Runner, step: Any) -> Outcome:
     if not branch:
         return NEXT
     return Outcome("enter", position=[*runner.position, "then" if result else "else", 0])
+
+
+def step_split(runner: Runner, step: Any) -> Outcome:
+    """Enter the run's branch of an A/B split, drawn from the run's key and the step (so every attempt agrees)."""
+    label = position_label(runner.position)
+    shares = step.shares()
+    branch = rules.choose_branch(rules.split_point(runner.run_key(), label), shares)
+    runner.entered_branch(label, branch)
+    if runner.traced:
+        share = dict(shares)[branch]
+        runner.trace(
+            "split", f"split: branch {branch} ({share.normalize():f}% of runs)", branch=branch, share=str(share)
+        )
+    if not rules.nested_steps(step, SPLIT_PREFIX + branch):
+        return NEXT  # a control branch: straight on after the split
+    return Outcome("enter", position=rules.branch_position(runner.position, branch))
 
 
 def step_stop(runner: Runner, step: Any) -> Outcome:
@@ -677,6 +703,7 @@ register("tag_customer", TagCustomerStep, step_tag_customer)
 register("if", IfStep, step_if, pure=True)
 register("http", HttpStep, step_http)
 register("stop", StopStep, step_stop, pure=True)
+register("split", SplitStep, step_split, pure=True)
 
 
 # ---- the engine's runner: the store and the connectors ---------------------------------------------
@@ -759,6 +786,19 @@ class StepRunner(Runner):
     def key(self, kind: str) -> str:
         """The idempotency key of the current step's side effect."""
         return f"{self.run.flow_key}-{self.run.id}-{position_label(self.run.position)}-{kind}"
+
+    def run_key(self) -> str:
+        """The run's unique key (shop, flow, customer, trigger)."""
+        return self.run.run_key
+
+    def entered_branch(self, split: str, branch: str) -> None:
+        """Keep the branch in the run's context, under `split` (the split step's label)."""
+        stored = dict(self.run.context or {})
+        stored["split"] = {**(stored.get("split") or {}), split: branch}
+        if self.session is None:  # a preview without a store
+            self.run.context = stored
+        else:
+            self.session.stage(self.run, context=stored)
 
     def conditions_hold(self, when: str) -> bool:
         """Check every flow condition, tracing each result; False stops the run."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import sys
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import click
@@ -14,10 +14,12 @@ from sqlalchemy.orm import Session
 
 from encore_retention.core.store import migrate, session_scope
 from encore_retention.core.store.models import Customer, Shop
-from encore_retention.flows import controls, loader, trial
+from encore_retention.flows import controls, dates, loader, trial
 from encore_retention.flows import preview as previews
 from encore_retention.flows.engine import release, trace_of
 from encore_retention.flows.models import FlowRun
+from encore_retention.flows.render import format_money
+from encore_retention.flows.results import BranchResult, branch_results, by_split
 from encore_retention.flows.schema import json_schema
 from encore_retention.flows.triggers import sweep as run_sweep
 
@@ -122,6 +124,44 @@ def runs(email: str | None, flow_key: str | None, status: str | None, limit: int
                 click.echo(f"    {line.at:%Y-%m-%d %H:%M} {line.step or '':<18} {line.kind:<10} {line.message}")
         if not found:
             click.echo("no runs", err=True)
+        shop_ids = list(session.scalars(select(Shop.id)))
+        for key in [flow_key] if flow_key else sorted({run.flow_key for run, _ in found}):
+            flow_file = loader.registry().flows.get(key)
+            since = dates.now() - RESULTS_WINDOW
+            results = branch_results(session, shop_ids, key, since, flow_file.flow if flow_file else None)
+            for text in branch_table(key, results):
+                click.echo(text)
+
+
+RESULTS_WINDOW = timedelta(days=30)  # `flows runs` shows split results over this long, as the flows page does
+BRANCH_COLUMNS = ("branch", "share", "runs", "sent", "codes", "redeemed", "revenue")
+
+
+def branch_table(flow_key: str, results: list[BranchResult]) -> list[str]:
+    """A flow's A/B split results as text lines: per split, a row per branch (none when it has no split)."""
+    lines = []
+    for split, branches in by_split(results).items():
+        rows = [BRANCH_COLUMNS] + [
+            (
+                r.branch,
+                r.share_text or "-",
+                str(r.runs),
+                str(r.emails),
+                str(r.codes),
+                str(r.redeemed),
+                format_money(r.revenue, r.currency),
+            )
+            for r in branches
+        ]
+        widths = [max(len(row[column]) for row in rows) for column in range(len(BRANCH_COLUMNS))]
+        lines.append(f"A/B split {flow_key} {split}, last {RESULTS_WINDOW.days} days:")
+        for row in rows:
+            cells = [
+                cell.ljust(width) if column == 0 else cell.rjust(width)
+                for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+            ]
+            lines.append("    " + "  ".join(cells))
+    return lines
 
 
 def held_since(run: FlowRun) -> str:

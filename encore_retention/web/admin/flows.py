@@ -14,11 +14,12 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 
 from encore_retention.core.store import session_scope
-from encore_retention.core.store.models import Customer, Order, Shop, parse_id, utcnow
+from encore_retention.core.store.models import Customer, Shop, parse_id, utcnow
 from encore_retention.flows import controls, dates, loader
 from encore_retention.flows.engine import release
 from encore_retention.flows.models import SUPPRESSED, FlowEffect, FlowRun, FlowTrace
 from encore_retention.flows.render import format_money
+from encore_retention.flows.results import branch_results, by_split, redemptions
 from encore_retention.flows.schema import PRIORITIES, DateTrigger, SendEmailStep, format_duration
 from encore_retention.flows.steps import position_label, walk
 from encore_retention.web.admin.auth import Viewer, blueprint
@@ -131,45 +132,11 @@ def flow_stats(shop_ids: list[int], now: Any = None) -> list[FlowStats]:
                 if result and result.get("code"):
                     codes[(shop_id, str(result["code"]).upper())] = key
         for redemption in redemptions(db, shop_ids, since, codes):
-            item = stats[redemption.flow_key]
+            item = stats[redemption.owner]
             item.redeemed += 1
             item.revenue += redemption.total
             item.currency = item.currency or redemption.currency
     return list(stats.values())
-
-
-@dataclass(frozen=True)
-class Redemption:
-    """An order that used a code a flow made."""
-
-    flow_key: str
-    placed_at: datetime
-    total: Decimal
-    currency: str | None
-
-
-def redemptions(db: Any, shop_ids: list[int], since: datetime, codes: dict[tuple[int, str], str]) -> list[Redemption]:
-    """The orders placed since `since` (not cancelled or deleted) whose discount codes include one of `codes`
-    (`(shop id, CODE)` -> the flow that made it); an order counts once, for its first such code."""
-
-    if not codes:
-        return []
-    found: list[Redemption] = []
-    orders = db.execute(
-        select(Order.shop_id, Order.discount_codes, Order.total, Order.currency, Order.placed_at).where(
-            Order.shop_id.in_(shop_ids),
-            Order.placed_at >= since,
-            Order.deleted.is_(False),
-            Order.cancelled_at.is_(None),
-        )
-    ).all()
-    for shop_id, order_codes, total, currency, placed_at in orders:
-        for code in order_codes or []:
-            maker = codes.get((shop_id, str(code).upper()))
-            if maker is not None:
-                found.append(Redemption(maker, placed_at, total or Decimal("0"), currency))
-                break
-    return found
 
 
 HELD = ("suppressed", "deferred")  # the trace kinds of an email held back: not sent, or sent later
@@ -283,6 +250,7 @@ def flow_runs(flow_key: str):
     """One flow's recent runs: who, when, how far, and why it stopped or was suppressed."""
 
     status = request.args.get("status") or None
+    flow_file = loader.registry().flows.get(flow_key)
     with session_scope() as db:
         query = (
             select(FlowRun, Customer.email, Customer.id)
@@ -324,10 +292,12 @@ def flow_runs(flow_key: str):
                 FlowRun.deferred_since.is_not(None),
             )
         )
+        branches = branch_results(
+            db, g.viewer.shop_ids, flow_key, utcnow() - WINDOW, flow_file.flow if flow_file else None
+        )
         control = controls.control_of(db, flow_key)
         paused = (control.paused, control.changed_by, control.changed_at, control.reason) if control else None
         done = [(a.at, a.actor, a.action, a.runs, a.run_id, a.reason) for a in controls.actions(db, flow_key, 20)]
-    flow_file = loader.registry().flows.get(flow_key)
     if flow_file is None and not rows and not counts:
         abort(404)
     name = flow_file.flow.name if flow_file else (rows[0][0].flow_name if rows else flow_key)
@@ -348,6 +318,7 @@ def flow_runs(flow_key: str):
         held_now=held_now or 0,
         priority=priority_name(flow_file.flow.priority) if flow_file else None,
         max_delay=format_duration(flow_file.flow.max_delay) if flow_file and flow_file.flow.max_delay else "off",
+        splits=by_split(branches),
         chart=daily_chart(g.viewer.shop_ids, flow_key),
         trigger=describe_trigger(flow_file.flow.trigger, flow_file.data.get("trigger")) if flow_file else None,
     )
