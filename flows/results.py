@@ -15,9 +15,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from encore_retention.core.store.models import Order
+from encore_retention.core.store.models import Order, Shop
 from encore_retention.flows.models import FlowEffect, FlowRun, FlowTrace
-from encore_retention.flows.rules import position_label
+from encore_retention.flows.rules import position_label, share_text
 from encore_retention.flows.schema import Flow, SplitStep
 from encore_retention.flows.steps import walk
 
@@ -83,9 +83,7 @@ class BranchResult:
     @property
     def share_text(self) -> str:
         """The share as a marketer writes it: `50%`, `33.33%`; empty when unknown."""
-        if self.share is None:
-            return ""
-        return f"{self.share.quantize(Decimal('0.01')).normalize():f}%"
+        return "" if self.share is None else f"{share_text(self.share)}%"
 
 
 def split_shares(flow: Flow | None) -> list[tuple[str, str, Decimal]]:
@@ -160,7 +158,20 @@ def branch_results(
             result.redeemed += 1
             result.revenue += redemption.total
             result.currency = result.currency or redemption.currency
+    _same_currency(db, shop_ids, results.values())
     return _ordered(results)
+
+
+def _same_currency(db: Any, shop_ids: list[int], results: Iterable[BranchResult]) -> None:
+    """Give a branch with nothing redeemed the currency the others sold in, else the stores' own when they share
+    one, so that its revenue reads `€0.00` beside `€42.50`."""
+    results = list(results)
+    currency = next((r.currency for r in results if r.currency), None)
+    if currency is None:
+        currencies = set(db.scalars(select(Shop.currency).where(Shop.id.in_(shop_ids))))
+        currency = currencies.pop() if len(currencies) == 1 else None
+    for result in results:
+        result.currency = result.currency or currency
 
 
 def _result(results: dict[tuple[str, str], BranchResult], label: str, branch: str) -> BranchResult:

@@ -122,6 +122,11 @@ def choose_branch(point: Fraction, shares: list[tuple[str, Decimal]]) -> str:
     return shares[-1][0]
 
 
+def share_text(share: Decimal) -> str:
+    """A branch's percentage as a marketer writes it, to two places at most: `50`, `33.33`."""
+    return f"{share.quantize(Decimal('0.01')).normalize():f}"
+
+
 def branch_position(position: list[Any], branch: str) -> list[Any]:
     """The position of a split's branch's first step (`steps[2]` -> `steps[2].split.a[0]`)."""
     return [*position, SPLIT_PREFIX + branch, 0]

@@ -523,10 +523,8 @@ def step_split(runner: Runner, step: Any) -> Outcome:
     branch = rules.choose_branch(rules.split_point(runner.run_key(), label), shares)
     runner.entered_branch(label, branch)
     if runner.traced:
-        share = dict(shares)[branch]
-        runner.trace(
-            "split", f"split: branch {branch} ({share.normalize():f}% of runs)", branch=branch, share=str(share)
-        )
+        share = rules.share_text(dict(shares)[branch])
+        runner.trace("split", f"split: branch {branch} ({share}% of runs)", branch=branch, share=share)
     if not rules.nested_steps(step, SPLIT_PREFIX + branch):
         return NEXT  # a control branch: straight on after the split
     return Outcome("enter", position=rules.branch_position(runner.position, branch))
