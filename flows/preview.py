@@ -34,6 +34,8 @@ class Preview:
     text: str
     version: str = ""
     """The flow version shown (its digest's start): the templates of the files as they are now."""
+    staff: bool = False
+    """A `notify` step's alert to the store's staff, not an email to the customer."""
 
 
 @dataclass
@@ -71,7 +73,9 @@ class PreviewRunner(StepRunner):
     def deliver(self, email: EmailDraft, message: email_api.OutgoingEmail) -> Outcome:
         """Keep the rendered email."""
         label = position_label(self.run.position)
-        self.rendered.append(Preview(label, email.spec.template, message.subject, message.html, message.text))
+        self.rendered.append(
+            Preview(label, email.spec.template, message.subject, message.html, message.text, staff=email.staff)
+        )
         return NEXT
 
     def make_discount(self, key: str, request: DiscountRequest, earlier: Any) -> Discount | Outcome:
@@ -164,7 +168,13 @@ def render_flow(flow_file: FlowFile, data: dict[str, Any]) -> list[Preview]:
             item = runner.rendered[-1]
             previews.append(
                 Preview(
-                    position_label(position), item.template, item.subject, item.html, item.text, flow_file.digest[:12]
+                    position_label(position),
+                    item.template,
+                    item.subject,
+                    item.html,
+                    item.text,
+                    flow_file.digest[:12],
+                    item.staff,
                 )
             )
     return previews
