@@ -43,6 +43,7 @@ from encore_retention.flows.schema import DateTrigger, EventTrigger
 from encore_retention.flows.steps import DiscountView, EmailDraft, Runner, email_served, run_step
 from encore_retention.webhooks.base import Exports
 
+STAFF_ADDRESS = "staff@store.example"  # the simulated store's staff, whom `notify` steps mail
 # ---- reading exports -------------------------------------------------------------------------------
 
 
@@ -475,6 +476,7 @@ class Simulation:
             for name in flow.exit_on:
                 self.exiting[name].append(key)
         self.shop, self.tz, self.start, self.end = shop, tz, start, end
+        self.shop = {"staff_email": STAFF_ADDRESS, **shop}  # where a notify step's alerts would go
         self.customers: dict[str, SimCustomer] = {}
         self.queue: list[tuple[float, int, datetime, str, Any]] = []
         self.sequence = 0
@@ -932,7 +934,8 @@ class SimRunner(Runner):
             subject = f"(subject failed: {exc})"
         if email.marketing:
             self.run.customer.last_marketing = self.sim.now
-        self.sim.record(self.run, "email", template=email.spec.template, subject=subject, code=self.run.code or "")
+        action = "notify" if email.staff else "email"  # a staff alert is reported apart from the customer's emails
+        self.sim.record(self.run, action, template=email.spec.template, subject=subject, code=self.run.code or "")
         return rules.NEXT
 
     def make_discount(self, key: str, request: DiscountRequest, earlier: Any) -> Discount | rules.Outcome:

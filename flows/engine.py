@@ -50,9 +50,11 @@ from encore_retention.flows.models import (
     Run,
     add_trace,
     capture_traces,
+    considered,
     keep_traces,
 )
 from encore_retention.flows.rules import position_label, step_at
+from encore_retention.flows.schema import format_duration
 from encore_retention.flows.steps import StepRunner, TransientStepError, kind_of, parsed_once, preload_effects
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ _RECENT_RUN = (
     .limit(1)
 )
 _RUN_BY_KEY = select(FlowRun.id, FlowRun.status).where(FlowRun.run_key == bindparam("run_key"))
+_RUN_EVENT = select(FlowRun.event_id).where(FlowRun.run_key == bindparam("run_key"))
 _SET_JOB_ID = (
     cast_table(FlowRun)
     .update()
@@ -281,11 +284,14 @@ def _admit(
         held, error = rules.condition_holds(condition, ctx)
         if error is not None:
             log.warning("flow %s: %s", flow_file.key, error)
+            _not_started(session, draft, f"condition {condition} -> error: {error}")
             return None
         if not held:
             log.debug("flow %s not started for customer %s: %s is false", flow_file.key, customer.id, condition)
+            _not_started(session, draft, f"condition {condition} -> false")
             return None
     if flow.entry.cooldown:
+        cooling = format_duration(flow.entry.cooldown)
         recent = (
             session.connection()
             .execute(
@@ -295,8 +301,9 @@ def _admit(
         )
         if recent is not None:
             if recent == draft.run_key:
-                return _existing(session, draft.run_key)
+                return _existing_or_noted(session, draft)
             log.debug("flow %s not started for customer %s: cool-down", flow_file.key, customer.id)
+            _not_started(session, draft, f"cool-down: its last run began less than {cooling} ago")
             return None
     if rules.consent_missing(flow, customer.email_consent):
         # Shown, not silent: a suppressed run with its reason (keyed apart so a later consent can start one).
@@ -305,11 +312,44 @@ def _admit(
     elif flow_file.key in controls.paused_now(session):
         if flow.when_paused == "skip":
             log.info("flow %s paused: entry of customer %s skipped", flow_file.key, customer.id)
+            _not_started(session, draft, "flow paused: new entries are skipped")
             return None
         draft.status, draft.reason = controls.HELD, "flow paused"  # recorded, driven once the flow resumes
     else:
         draft.lease_token, draft.lease_until = new_lease(), now + LEASE
     return draft
+
+
+def _not_started(session: Unit, draft: DraftRun, reason: str) -> None:
+    """Note on the customer's timeline that the flow was considered and not started, and why."""
+    assert draft.customer_id is not None  # event and date triggers start runs for a customer
+    cause = draft.event_id or draft.trigger_key
+    considered(session, draft.shop_id, draft.customer_id, cause, draft.flow_key, reason, draft.started_at)
+
+
+def _ran_before(session: Unit, draft: DraftRun) -> None:
+    """A run of the draft's key exists and is over (or was suppressed): noted as considered, unless this very
+    event started it (a retried event is not a reason) or the run is held by a pause."""
+    if draft.status == controls.HELD:
+        return
+    ran_for = session.connection().execute(_RUN_EVENT, {"run_key": draft.run_key}).scalar()
+    if draft.event_id is not None and ran_for == draft.event_id:
+        return
+    if draft.status == SUPPRESSED:
+        reason = "no consent (customer.email_consent is not true)"
+    elif draft.trigger_key == "once":
+        reason = "already ran (once per customer)"
+    else:
+        reason = f"already ran for {draft.trigger_key}"
+    _not_started(session, draft, reason)
+
+
+def _existing_or_noted(session: Unit, draft: DraftRun) -> tuple[int, str | None] | None:
+    """The active run of the draft's key (`_existing`); when it is over, noted as `_ran_before`."""
+    existing = _existing(session, draft.run_key)
+    if existing is None:
+        _ran_before(session, draft)
+    return existing
 
 
 def _started(session: Unit, flow_file: FlowFile, run: Run, event_id: str | None, trigger_key: str) -> None:
@@ -358,7 +398,10 @@ def start_run(
         return draft
     run = _insert_admitted(session, flow_file, draft, event_id, trigger_key)
     if run is None:
-        return None if draft.lease_token is None else _existing(session, draft.run_key)
+        if draft.lease_token is None:
+            _ran_before(session, draft)
+            return None
+        return _existing_or_noted(session, draft)
     return None if run.status in (SUPPRESSED, controls.HELD) else (run.id, draft.lease_token)
 
 
@@ -396,7 +439,8 @@ def start_and_drive(
         return draft[0], None, "existing", None
     token = draft.lease_token
     if token is None:  # suppressed (no consent) or held (flow paused): recorded, not driven now
-        _insert_admitted(session, flow_file, draft, event_id, trigger_key)
+        if _insert_admitted(session, flow_file, draft, event_id, trigger_key) is None:
+            _ran_before(session, draft)
         return None
     with capture_traces(session) as lines:
         _started(session, flow_file, draft, event_id, trigger_key)
@@ -404,7 +448,10 @@ def start_and_drive(
     run = _insert_run(session, draft.row(), keep=status == BLOCKED)
     if run is None:
         existing = _existing(session, draft.run_key)
-        return None if existing is None else (existing[0], None, "existing", None)
+        if existing is None:
+            _ran_before(session, draft)
+            return None
+        return existing[0], None, "existing", None
     run_id = run if isinstance(run, int) else run.id
     for line in lines:
         line["run_id"] = run_id

@@ -32,6 +32,7 @@ from encore_retention.flows.schema import (
     Flow,
     HttpStep,
     IfStep,
+    NotifyStep,
     SendEmailStep,
     SplitStep,
     WaitStep,
@@ -445,14 +446,33 @@ def _check(
                     sources,
                 )
                 used |= expressions.names_in_string(email.subject) if "{" in email.subject else set()
-                for name, (expires_in, elapsed) in discounts.items():
-                    if name in used and elapsed >= expires_in:
-                        add(
-                            path,
-                            f"discount {name!r} expires ({_fmt(expires_in)}) before this email is sent "
-                            f"({_fmt(elapsed)} after it is created)",
-                            "warning",
-                        )
+                late_codes(path, used, discounts)
+            elif isinstance(step, NotifyStep):
+                late_codes(path, notify_checks(path + ("notify",), step.notify), discounts)
+
+    def late_codes(path: Path_, used: set[str], discounts: dict[str, tuple[timedelta, timedelta]]) -> None:
+        """Warn about a code an email shows that expires before the email goes out."""
+        for name, (expires_in, elapsed) in discounts.items():
+            if name in used and elapsed >= expires_in:
+                add(
+                    path,
+                    f"discount {name!r} expires ({_fmt(expires_in)}) before this email is sent "
+                    f"({_fmt(elapsed)} after it is created)",
+                    "warning",
+                )
+
+    def notify_checks(path: Path_, alert: Any) -> set[str]:
+        """A staff alert's texts and template (which may read `body`; it is not marketing): the names it uses."""
+        for attr in ("subject", "body", "reply_to"):
+            inline(path + (attr,), getattr(alert, attr))
+        used = _template_checks(
+            alert.template, path + ("template",), add, known | {"body"}, False, discounts_named, sources
+        )
+        if alert.body and used and "body" not in used:
+            add(path + ("body",), f"template {alert.template!r} does not show `body`", "warning")
+        for source in (alert.subject, alert.body or ""):
+            used |= expressions.names_in_string(source) if "{" in source else set()
+        return used
 
     walk(top_steps, ("steps",), {})
     return problems

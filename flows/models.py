@@ -12,7 +12,9 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, select
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from encore_retention.core.store.ledger import BEFORE_REDACT, Person, cast_table
@@ -150,6 +152,26 @@ class FlowEffect(Base):
     done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class FlowConsidered(Base):
+    """A flow whose trigger an event (or a date) matched for a customer but which started no run, and why.
+
+    One row per customer, cause (the event's id, or a date trigger's key) and flow, so a retried event or
+    a second sweep adds nothing; the customer's timeline shows them ("considered for: welcome (…)"). They
+    go with the customer (a redaction) by cascade.
+    """
+
+    __tablename__ = "flow_considered"
+    __table_args__ = (UniqueConstraint("customer_id", "cause", "flow_key"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    cause: Mapped[str] = mapped_column(String(255))
+    flow_key: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 # ---- trace lines, written in one statement per transaction -------------------------------------------
 
 _INSERT_TRACE = cast_table(FlowTrace).insert()
@@ -170,6 +192,50 @@ class Traces(Part):
     def forget(self) -> None:
         """Drop the lines: they described work that did not happen."""
         self.lines = []
+
+
+_ADD_CONSIDERED: dict[str, Any] = {}  # dialect -> the INSERT … ON CONFLICT DO NOTHING, built once
+
+
+class Considered(Part):
+    """A transaction's "considered, not started" notes, inserted in one statement before it commits."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def write(self, unit: Unit) -> None:
+        """Insert the notes; one already kept (a retried event, a second sweep) stays as it is."""
+        rows, self.rows = self.rows, []
+        if not rows:
+            return
+        dialect = unit.get_bind().dialect.name
+        statement = _ADD_CONSIDERED.get(dialect)
+        if statement is None:
+            builder = pg_insert if dialect == "postgresql" else sqlite_insert
+            statement = _ADD_CONSIDERED[dialect] = builder(cast_table(FlowConsidered)).on_conflict_do_nothing(
+                index_elements=["customer_id", "cause", "flow_key"]
+            )
+        unit.connection().execute(statement, rows)
+
+    def forget(self) -> None:
+        """Drop the notes: the transaction that made them rolled back."""
+        self.rows = []
+
+
+def considered(
+    session: Unit, shop_id: int, customer_id: int, cause: str, flow_key: str, reason: str, at: datetime
+) -> None:
+    """Note that a flow was considered for a customer and not started, and why (written with the transaction)."""
+    session.part(Considered).rows.append(
+        {
+            "shop_id": shop_id,
+            "customer_id": customer_id,
+            "cause": cause[:255],
+            "flow_key": flow_key,
+            "reason": reason[:255],
+            "at": at,
+        }
+    )
 
 
 def add_trace(

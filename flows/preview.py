@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -34,6 +35,8 @@ class Preview:
     text: str
     version: str = ""
     """The flow version shown (its digest's start): the templates of the files as they are now."""
+    staff: bool = False
+    """A `notify` step's alert to the store's staff, not an email to the customer."""
 
 
 @dataclass
@@ -42,6 +45,8 @@ class PreviewRunner(StepRunner):
     sent, created or recorded (a code reads PREFIXPREVIEW)."""
 
     rendered: list[Preview] = field(default_factory=list)
+    codes: Callable[[DiscountRequest], Discount] | None = None
+    """Who makes a `create_discount`'s code (a test send's real codes); None: the placeholder."""
     traced = False
 
     def trace(self, kind: str, message: str, **detail: Any) -> None:
@@ -75,11 +80,15 @@ class PreviewRunner(StepRunner):
     def deliver(self, email: EmailDraft, message: email_api.OutgoingEmail) -> Outcome:
         """Keep the rendered email."""
         label = position_label(self.run.position)
-        self.rendered.append(Preview(label, email.spec.template, message.subject, message.html, message.text))
+        self.rendered.append(
+            Preview(label, email.spec.template, message.subject, message.html, message.text, staff=email.staff)
+        )
         return NEXT
 
     def make_discount(self, key: str, request: DiscountRequest, earlier: Any) -> Discount | Outcome:
-        """A placeholder code, made nowhere."""
+        """A placeholder code, made nowhere (unless the runner was given `codes`, which makes it)."""
+        if self.codes is not None:
+            return self.codes(request)
         return Discount(
             code=f"{request.prefix}PREVIEW".upper(), kind=request.kind, value=request.value, platform_id=None
         )
@@ -127,8 +136,18 @@ def _customer(data: dict[str, Any]) -> Customer:
     )
 
 
-def render_flow(flow_file: FlowFile, data: dict[str, Any]) -> list[Preview]:
-    """Every email of a flow (both sides of each `if`) rendered for the sample customer."""
+def render_flow(
+    flow_file: FlowFile,
+    data: dict[str, Any],
+    *,
+    codes: Callable[[DiscountRequest], Discount] | None = None,
+    until: str | None = None,
+) -> list[Preview]:
+    """Every email of a flow (both sides of each `if`) rendered for the sample customer.
+
+    `codes` makes the codes of `create_discount` steps (default: a placeholder, made nowhere); `until`
+    stops after the step at that label (so that no step after the email wanted is run).
+    """
     shop_data = data.get("shop") or {}
     shop = Shop(
         id=0,
@@ -156,7 +175,7 @@ def render_flow(flow_file: FlowFile, data: dict[str, Any]) -> list[Preview]:
         position=[0],
         started_at=datetime.now(UTC),
     )
-    runner = PreviewRunner(None, run, flow_file.flow, shop, _customer(data))  # type: ignore[arg-type]
+    runner = PreviewRunner(None, run, flow_file.flow, shop, _customer(data), codes=codes)  # type: ignore[arg-type]
     previews: list[Preview] = []
     for position, step in walk(flow_file.flow.steps):
         if branches(step):  # both sides are walked
@@ -168,9 +187,17 @@ def render_flow(flow_file: FlowFile, data: dict[str, Any]) -> list[Preview]:
             item = runner.rendered[-1]
             previews.append(
                 Preview(
-                    position_label(position), item.template, item.subject, item.html, item.text, flow_file.digest[:12]
+                    position_label(position),
+                    item.template,
+                    item.subject,
+                    item.html,
+                    item.text,
+                    flow_file.digest[:12],
+                    item.staff,
                 )
             )
+        if until is not None and position_label(position) == until:
+            break
     return previews
 
 

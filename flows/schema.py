@@ -11,7 +11,7 @@ import re
 from datetime import time, timedelta
 from decimal import Decimal
 from types import GenericAlias
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -203,6 +203,36 @@ class SendEmailStep(StepModel):
     send_email: SendEmail
 
 
+STAFF_TEMPLATE = "staff_alert.html"
+
+
+def _html_name(value: Any) -> Any:
+    """A template named without its suffix (`staff_alert`) is its HTML file."""
+    return f"{value}.html" if isinstance(value, str) and value and "." not in value else value
+
+
+class Notify(FlowModel):
+    """Mail the store's staff address (an internal alert): never the customer, never marketing.
+
+    No consent, unsubscribe list, frequency cap or quiet hours apply, and no unsubscribe link is added.
+    A store without a staff email fails the step, and the run stops with the reason.
+    """
+
+    subject: str
+    template: Annotated[str, BeforeValidator(_html_name)] = Field(
+        STAFF_TEMPLATE, description="the template (default: the built-in staff alert, which shows `body`)"
+    )
+    body: str | None = Field(None, description="inline text (a template), shown by the template as `body`")
+    reply_to: str | None = Field(None, description="e.g. `{{ customer.email }}`, so that staff can answer the customer")
+    # What a staff alert leaves to the store, read by the email's composer as a send_email's are.
+    preheader: ClassVar[str | None] = None
+    from_: ClassVar[str | None] = None
+
+
+class NotifyStep(StepModel):
+    notify: Notify
+
+
 class Wait(FlowModel):
     """Pause the run: for a duration, then (or only) until a local time of day."""
 
@@ -368,6 +398,7 @@ class StopStep(StepModel):
 STEP_MODELS: dict[str, type[StepModel]] = {
     "wait": WaitStep,
     "send_email": SendEmailStep,
+    "notify": NotifyStep,
     "create_discount": CreateDiscountStep,
     "tag_customer": TagCustomerStep,
     "if": IfStep,
@@ -421,7 +452,17 @@ def _step_union() -> Any:
 
 
 if TYPE_CHECKING:  # the union below as a type checker reads it (that one is built from STEP_MODELS at import)
-    Step = WaitStep | SendEmailStep | CreateDiscountStep | TagCustomerStep | IfStep | HttpStep | StopStep | SplitStep
+    Step = (
+        WaitStep
+        | SendEmailStep
+        | NotifyStep
+        | CreateDiscountStep
+        | TagCustomerStep
+        | IfStep
+        | HttpStep
+        | StopStep
+        | SplitStep
+    )
 else:
     Step = _step_union()
 IfStep.model_rebuild()

@@ -43,6 +43,7 @@ from encore_retention.flows.schema import (
     Flow,
     HttpStep,
     IfStep,
+    NotifyStep,
     SendEmailStep,
     SplitStep,
     StepModel,
@@ -397,6 +398,8 @@ class EmailDraft:
     key: str
     again: bool
     marketing: bool
+    staff: bool = False
+    """A `notify` step's alert to the store's staff (not an email to the customer)."""
 
     def subject(self) -> str:
         """The subject as sent: one line."""
@@ -618,6 +621,29 @@ def email_served(runner: Runner) -> Any:
     return None
 
 
+def step_notify(runner: Runner, step: Any) -> Outcome:
+    """Mail the store's staff address, never the customer: no consent, list, cap or quiet hours, no unsubscribe link.
+
+    A store without a staff email fails the step (traced), and the run stops with the reason.
+    """
+    spec = step.notify
+    ctx = runner.context()
+    try:
+        address = rules.recipient(rules.STAFF, ctx)
+    except rules.RecipientError as exc:
+        runner.trace("error", f"staff alert not sent: {exc}", reason="no staff email")
+        return Outcome("stop", reason=f"no staff email: {exc}"[:255])
+    key = runner.key("email")
+    earlier = runner.recall(key)
+    again = earlier is not None and earlier.status == "pending"  # interrupted: sent again with the same Message-ID
+    if earlier is not None and not again:
+        return NEXT
+    if spec.body:  # a copy: a runner may keep its context for the next steps
+        ctx = {**ctx, "body": expressions.render_string(spec.body, ctx)}
+    address, recipient = addressed(str(address))
+    return runner.send(EmailDraft(spec, ctx, address, recipient, key, again, marketing=False, staff=True))
+
+
 def step_create_discount(runner: Runner, step: Any) -> Outcome:
     """Create a unique single-use code for the customer (idempotent by the step's key).
 
@@ -696,6 +722,7 @@ def step_http(runner: Runner, step: Any) -> Outcome:
 
 register("wait", WaitStep, step_wait, pure=True)
 register("send_email", SendEmailStep, step_send_email)
+register("notify", NotifyStep, step_notify)
 register("create_discount", CreateDiscountStep, step_create_discount)
 register("tag_customer", TagCustomerStep, step_tag_customer)
 register("if", IfStep, step_if, pure=True)
@@ -923,7 +950,7 @@ class StepRunner(Runner):
     def deliver(self, email: EmailDraft, message: email_api.OutgoingEmail) -> Outcome:
         """Send a rendered message, claimed first under its key; the answer is recorded and traced."""
         key, address, template = email.key, email.address, email.spec.template
-        self._claim(key, "email", email.again)
+        self._claim(key, "email", email.again, marketing=email.marketing)
         if email.again:
             self.trace(
                 "resend",
@@ -1027,10 +1054,11 @@ class StepRunner(Runner):
         return NEXT
 
     # -- side-effect records ---------------------------------------------------------------------
-    def _claim(self, key: str, kind: str, claimed: bool = False) -> None:
+    def _claim(self, key: str, kind: str, claimed: bool = False, *, marketing: bool | None = None) -> None:
         """Record (and commit) the intent before acting, so an interrupted act is known on retry.
 
-        An effect claimed by an earlier attempt (`claimed`) is acted on again under the same key.
+        An effect claimed by an earlier attempt (`claimed`) is acted on again under the same key. An email
+        counts in the frequency cap when `marketing` (default: the flow's kind; a staff alert never does).
         """
         if claimed:
             return
@@ -1043,7 +1071,7 @@ class StepRunner(Runner):
                 "customer_id": self.customer.id if self.customer else None,
                 "kind": kind,
                 "status": "pending",
-                "marketing": kind == "email" and self.flow.marketing,
+                "marketing": kind == "email" and (self.flow.marketing if marketing is None else marketing),
                 "created_at": dates.now(),
             },
         )

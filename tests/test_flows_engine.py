@@ -96,11 +96,11 @@ def test_a_run_failing_before_the_events_deferred_commit_has_the_event_applied_a
     flow_dir(tmp_path, flows_env, welcome=WELCOME_NOW)
     claim, failed = StepRunner._claim, []
 
-    def claim_failing_once(self: StepRunner, key: str, kind: str, existing: Any = None) -> None:
+    def claim_failing_once(self: StepRunner, key: str, kind: str, existing: Any = None, **options: Any) -> None:
         if not failed:
             failed.append(key)
             raise RuntimeError("the store went away")
-        claim(self, key, kind, existing)
+        claim(self, key, kind, existing, **options)
 
     monkeypatch.setattr(StepRunner, "_claim", claim_failing_once)
     result = process_event(event("customer.created", T0, customer()))
@@ -118,7 +118,7 @@ def test_a_run_that_keeps_failing_is_recorded_failed_and_its_event_kept(
 ) -> None:
     flow_dir(tmp_path, flows_env, welcome=WELCOME_NOW)
 
-    def claim_failing(self: StepRunner, key: str, kind: str, existing: Any = None) -> None:
+    def claim_failing(self: StepRunner, key: str, kind: str, existing: Any = None, **options: Any) -> None:
         raise RuntimeError("the store went away")
 
     monkeypatch.setattr(StepRunner, "_claim", claim_failing)

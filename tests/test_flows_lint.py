@@ -27,8 +27,8 @@ CASES = {
     "unknown_step": (
         "name: x\ntrigger:\n  event: order.placed\nsteps:\n  - wait: 1h\n  - send_mail:\n      template: a.html\n",
         6,
-        "unknown step 'send_mail' (expected one of: wait, send_email, create_discount, tag_customer, if, http, stop, "
-        "split)",
+        "unknown step 'send_mail' (expected one of: wait, send_email, notify, create_discount, tag_customer, if, http, "
+        "stop, split)",
     ),
     "unknown_trigger": (
         "name: x\ntrigger:\n  evnt: order.placed\nsteps:\n  - stop\n",

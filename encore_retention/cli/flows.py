@@ -12,6 +12,7 @@ import click
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from encore_retention.connectors.base import PlatformError
 from encore_retention.core.store import migrate, session_scope
 from encore_retention.core.store.models import Customer, Shop
 from encore_retention.flows import controls, dates, loader, trial
@@ -176,42 +177,43 @@ def held_since(run: FlowRun) -> str:
 @click.option("--to", "to", required=True, help="the address the test goes to (yours)")
 @click.option("--customer", "which", help="a customer (id, platform id or email) or a JSON/YAML file of fields")
 @click.option("--step", help="only the email at this step (2, or a label like steps[2].then[0]; default: every email)")
-def test_send(flow: str, to: str, which: str | None, step: str | None) -> None:
+@click.option(
+    "--real-codes",
+    is_flag=True,
+    help="make real discount codes in the store (titled as tests, for --to's address where the platform can)",
+)
+def test_send(flow: str, to: str, which: str | None, step: str | None, real_codes: bool) -> None:
     """Send a flow's emails, rendered as for a customer, to your own address, marked as a test.
 
-    Nothing is recorded: no run, no frequency cap, no code (a code shows as a placeholder).
+    Nothing is recorded: no run, no frequency cap. A code shows as a placeholder, unless --real-codes
+    is given: then the store makes it, marked in its title as a test, restricted to --to's address where
+    the platform restricts codes by address (WooCommerce), never to the customer.
     """
     migrate()
     flow_file = loader.registry().flows.get(flow)
     if flow_file is None:
         loaded = ", ".join(sorted(loader.registry().flows)) or "none"
         raise click.BadParameter(f"no flow {flow!r} (loaded: {loaded})", param_hint="FLOW")
-    shop = None
     with session_scope() as session:
         if which and Path(which).is_file():
             try:
-                data = previews.sample(Path(which))
+                sample = trial.sample_for(session, fields=previews.sample(Path(which)))
             except (ValueError, OSError) as exc:
                 raise click.BadParameter(str(exc), param_hint="--customer") from None
-        elif which:
-            customer = trial.find_customer(session, which)
-            if customer is None:
-                raise click.BadParameter(f"no customer {which!r} (an id, a platform id, an email or a file)")
-            shop = session.get(Shop, customer.shop_id)
-            data = trial.customer_sample(customer, shop, session)
         else:
-            data = dict(trial.SAMPLE_CUSTOMER)
-            shop = session.execute(select(Shop).where(Shop.active.is_(True)).order_by(Shop.id).limit(1)).scalar()
-            if shop is not None:
-                data["shop"] = trial.shop_sample(shop)
-        if shop is not None:
-            session.expunge(shop)
+            customer = trial.find_customer(session, which) if which else None
+            if which and customer is None:
+                raise click.BadParameter(f"no customer {which!r} (an id, a platform id, an email or a file)")
+            sample = trial.sample_for(session, customer)
     try:
-        sent = trial.send_tests(flow_file, to, data, step, shop)
+        sent = trial.send_tests(flow_file, to, sample.data, step, sample.shop, codes=real_codes)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    except PlatformError as exc:
+        raise click.ClickException(f"the store did not make the test code, nothing was sent: {exc.message}") from None
     for item in sent:
-        click.echo(f"sent to {to}: step {item.step}: {item.subject}")
+        made = f" (real code {', '.join(item.codes)}, a test)" if item.codes else ""
+        click.echo(f"sent to {to}: step {item.step}: {item.subject}{made}")
 
 
 def _actor() -> str:

@@ -13,7 +13,7 @@ from sqlalchemy import func, or_, select
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Customer, EventRecord, Shop
 from encore_retention.core.unsubscribe import is_suppressed
-from encore_retention.flows.models import FlowEffect, FlowRun, FlowTrace
+from encore_retention.flows.models import FlowConsidered, FlowEffect, FlowRun, FlowTrace
 from encore_retention.web.admin.auth import blueprint
 from encore_retention.web.admin.flows import flow_choices
 from encore_retention.web.admin.messages import outbox_folder
@@ -62,11 +62,28 @@ class TimelineItem:
     detail: str = ""
     run: Any = None
     trace: list[Any] = field(default_factory=list)
+    considered: list[tuple[str, str]] = field(default_factory=list)
+    """(flow, why it did not start) of each flow the event (or date) was considered for and started no run of."""
+
+
+def considered_by_cause(db: Any, customer: Customer) -> dict[str, list[FlowConsidered]]:
+    """The flows considered for the customer and not started, by cause (an event's id, a date trigger's key)."""
+    found: dict[str, list[FlowConsidered]] = defaultdict(list)
+    for row in db.execute(
+        select(FlowConsidered)
+        .where(FlowConsidered.customer_id == customer.id)
+        .order_by(FlowConsidered.at.desc(), FlowConsidered.flow_key)
+        .limit(200)
+    ).scalars():
+        found[row.cause].append(row)
+    return found
 
 
 def timeline(db: Any, customer: Customer) -> list[TimelineItem]:
-    """Events received and runs started (each with its trace: conditions, waits, sends, suppressions)."""
+    """Events received (each with the flows it was considered for and why none of them started), and runs
+    started (each with its trace: conditions, waits, sends, suppressions)."""
 
+    considered = considered_by_cause(db, customer)
     items: list[TimelineItem] = []
     for record in db.execute(
         select(EventRecord)
@@ -74,9 +91,20 @@ def timeline(db: Any, customer: Customer) -> list[TimelineItem]:
         .order_by(EventRecord.occurred_at.desc())
         .limit(200)
     ).scalars():
+        notes = [(row.flow_key, row.reason) for row in considered.pop(record.id, [])]
         items.append(
-            TimelineItem(record.occurred_at, "event", record.type, f"{record.platform} {record.topic}", run=record)
+            TimelineItem(
+                record.occurred_at,
+                "event",
+                record.type,
+                f"{record.platform} {record.topic}",
+                run=record,
+                considered=notes,
+            )
         )
+    for cause, rows in considered.items():  # a date trigger's, or an event beyond the 200 shown
+        notes = [(row.flow_key, row.reason) for row in rows]
+        items.append(TimelineItem(rows[0].at, "considered", cause, considered=notes))
     runs = (
         db.execute(
             select(FlowRun).where(FlowRun.customer_id == customer.id).order_by(FlowRun.started_at.desc()).limit(200)

@@ -20,7 +20,7 @@ from encore_retention.flows.engine import release
 from encore_retention.flows.models import SUPPRESSED, FlowEffect, FlowRun, FlowTrace
 from encore_retention.flows.render import format_money
 from encore_retention.flows.results import branch_results, by_split, redemptions
-from encore_retention.flows.schema import PRIORITIES, DateTrigger, SendEmailStep, format_duration
+from encore_retention.flows.schema import PRIORITIES, DateTrigger, NotifyStep, SendEmailStep, format_duration
 from encore_retention.flows.steps import position_label, walk
 from encore_retention.web.admin.auth import Viewer, blueprint
 from encore_retention.web.admin.charts import Series, small_multiples
@@ -68,11 +68,13 @@ def describe_trigger(trigger: Any, written: Any = None) -> str:
 
 
 def email_steps(flow: Any) -> list[tuple[str, str]]:
-    """(position label, template) of every `send_email` step, both sides of each `if`."""
+    """(position label, template) of every `send_email` and `notify` (staff alert) step, both sides of each `if`."""
     return [
         (position_label(position), step.send_email.template)
-        for position, step in walk(flow.steps)
         if isinstance(step, SendEmailStep)
+        else (position_label(position), f"{step.notify.template} (to staff)")
+        for position, step in walk(flow.steps)
+        if isinstance(step, SendEmailStep | NotifyStep)
     ]
 
 
@@ -309,6 +311,7 @@ def flow_runs(flow_key: str):
         key=flow_key,
         name=name,
         flow=flow_file,
+        emails=email_steps(flow_file.flow) if flow_file else [],
         rows=rows,
         counts=counts,
         status=status,

@@ -7,14 +7,13 @@ from typing import Any
 
 from flask import Response, abort, flash, g, get_flashed_messages, redirect, render_template, request, url_for
 from markupsafe import escape
-from sqlalchemy import select
 
+from encore_retention.connectors.base import PlatformError
 from encore_retention.connectors.email import PermanentEmailError, TransientEmailError
 from encore_retention.core.store import session_scope
-from encore_retention.core.store.models import Shop, parse_id
-from encore_retention.flows import loader
+from encore_retention.core.store.models import parse_id
+from encore_retention.flows import loader, trial
 from encore_retention.flows import preview as previews
-from encore_retention.flows.trial import SAMPLE_CUSTOMER, customer_sample, send_tests, shop_sample
 from encore_retention.web.admin.auth import blueprint
 from encore_retention.web.admin.customers import customer_or_404
 from encore_retention.web.admin.flows import flow_choices
@@ -29,21 +28,17 @@ def render_preview(flow_key: str, step: str | None, customer_id: int | None) -> 
     flow_file = loader.registry().flows.get(flow_key)
     if flow_file is None:
         abort(404, f"no flow {flow_key!r}")
-    if customer_id is not None:
-        with session_scope() as db:
-            row = customer_or_404(db, customer_id)
-            data = customer_sample(row, db.get(Shop, row.shop_id), db)
-    else:
-        data = dict(SAMPLE_CUSTOMER)
-        with session_scope() as db:
-            shop = db.execute(
-                select(Shop).where(Shop.id.in_(g.viewer.shop_ids or [-1])).order_by(Shop.id).limit(1)
-            ).scalar_one_or_none()
-            if shop is not None:
-                data["shop"] = shop_sample(shop)
+    data = _sample(customer_id).data
     rendered = previews.render_flow(flow_file, data)
     selected = next((p for p in rendered if p.step == step), rendered[0] if rendered else None)
     return flow_file, rendered, selected
+
+
+def _sample(customer_id: int | None) -> trial.Sample:
+    """Whom the preview or test send is for: the viewer's customer (else 404), or Ada in the viewer's first store."""
+    with session_scope() as db:
+        row = customer_or_404(db, customer_id) if customer_id is not None else None
+        return trial.sample_for(db, row, shop_ids=g.viewer.shop_ids)
 
 
 def _customer_arg() -> int | None:
@@ -121,7 +116,8 @@ def preview_email():
 
 @blueprint.post("/preview/test-send")
 def preview_test_send():
-    """Send the previewed email to the address given, marked as a test (nothing recorded, no code made)."""
+    """Send the previewed email to the address given, marked as a test (nothing recorded; a code is a placeholder
+    unless `real_codes` is ticked, then the store makes it as a test code for that address)."""
     flow_key = request.form.get("flow", "")
     step = request.form.get("step") or None
     to = (request.form.get("to") or "").strip()
@@ -132,28 +128,21 @@ def preview_test_send():
     flow_file = loader.registry().flows.get(flow_key)
     if flow_file is None:
         abort(404, f"no flow {flow_key!r}")
-    with session_scope() as db:
-        if customer_id is not None:
-            row = customer_or_404(db, customer_id)
-            shop = db.get(Shop, row.shop_id)
-            data = customer_sample(row, shop, db)
-        else:
-            data = dict(SAMPLE_CUSTOMER)
-            shop = db.execute(
-                select(Shop).where(Shop.id.in_(g.viewer.shop_ids or [-1])).order_by(Shop.id).limit(1)
-            ).scalar_one_or_none()
-            if shop is not None:
-                data["shop"] = shop_sample(shop)
-        if shop is not None:
-            db.expunge(shop)
+    sample = _sample(customer_id)
     try:
-        sent = send_tests(flow_file, to, data, step, shop)
+        sent = trial.send_tests(
+            flow_file, to, sample.data, step, sample.shop, codes=bool(request.form.get("real_codes"))
+        )
     except ValueError as exc:
         said = f"not sent: {exc}"
     except (TransientEmailError, PermanentEmailError) as exc:
         said = f"not sent: the mail server refused it ({type(exc).__name__})"
+    except PlatformError as exc:
+        said = f"not sent: the store did not make the test code ({exc.message[:150]})"
     else:
+        codes = [code for item in sent for code in item.codes]
         said = f"test sent to {to}: " + "; ".join(item.subject for item in sent)
+        said += f" (real test code {', '.join(codes)})" if codes else ""
     log.info("test email from the admin", extra={"flow": flow_key, "step": step, "sent": not said.startswith("not")})
     flash(said[:300])  # shown once, from the session: a link can't put words on the page
     return redirect(url_for("admin.preview", flow=flow_key, step=step, customer=customer_id))
