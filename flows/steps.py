@@ -608,14 +608,14 @@ def step_send_email(runner: Runner, step: Any) -> Outcome:
 
 def email_served(runner: Runner) -> Any:
     """The email a create_discount step makes its code for: the next send_email step, with only steps that act
-    at once (codes, tags, http) between; None when a wait, a branch or the end comes first."""
+    at once (codes, tags, http, staff alerts) between; None when a wait, a branch or the end comes first."""
     steps, position = runner.flow.steps, runner.position
     following = rules.next_position(steps, position)
     while following is not None and len(following) == len(position):
         step = rules.step_at(steps, following)
         if isinstance(step, SendEmailStep):
             return step.send_email
-        if not isinstance(step, CreateDiscountStep | TagCustomerStep | HttpStep):
+        if not isinstance(step, CreateDiscountStep | TagCustomerStep | HttpStep | NotifyStep):
             return None
         following = rules.next_position(steps, following)
     return None
