@@ -100,7 +100,7 @@ WARNINGS = {
     "max_delay_below_the_cap": (
         "name: x\ntrigger:\n  event: order.placed\nmax_delay: 8h\nsteps:\n  - stop\n",
         4,
-        "max_delay 8h is shorter than frequency_cap 16h: an email the cap holds back is likely dropped",
+        "max_delay 8h is shorter than frequency_cap 16h: an email the cap holds back is likely dropped, not sent later",
     ),
     "no_unsubscribe": (
         "name: x\ntrigger:\n  event: order.placed\nsteps:\n  - send_email:\n"

@@ -26,7 +26,10 @@ from tests.test_shopify import GRAPHQL, TOKEN, FakeAdmin, _created, _data
 def _outbox(tmp_path: Path) -> list[email.message.Message]:
     folder = tmp_path / "outbox"
     return (
-        [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in sorted(folder.glob("*.eml"))]
+        [  # oldest first: a file is named by its message's key, which says nothing of when it was written
+            email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
+            for p in sorted(folder.glob("*.eml"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        ]
         if folder.exists()
         else []
     )
