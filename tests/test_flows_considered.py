@@ -11,14 +11,13 @@ import pytest
 import responses
 from sqlalchemy import func, select
 
-from encore_retention.connectors import base as connector_registry
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Customer
 from encore_retention.flows import controls, dates
 from encore_retention.flows.models import FlowConsidered
 from encore_retention.jobs import process_event
 from tests.conftest import PAYLOADS, drain, fake_woocommerce_coupons, post_woo, sign_in, woo_order
-from tests.flows.helpers import FakeConnector, customer, event, order
+from tests.flows.helpers import customer, event, fake_platform, order
 from tests.test_admin import LOCAL
 from tests.test_flows_engine import flow_dir, runs
 
@@ -50,11 +49,8 @@ steps:
 
 @pytest.fixture
 def flows_env(env: pytest.MonkeyPatch, redis: Any):  # type: ignore[no-untyped-def]
-    FakeConnector.reset()
-    env.setattr(connector_registry, "get_connector", lambda shop: FakeConnector(shop))
-    dates.set_now(T0)
-    yield env
-    dates.set_now(None)
+    with fake_platform(env, T0):
+        yield env
 
 
 def considered() -> list[tuple[str, str, str]]:

@@ -10,11 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from encore_retention.cli import main
-from encore_retention.connectors import base as connector_registry
 from encore_retention.core.store import session_scope
-from encore_retention.flows import controls, dates
+from encore_retention.flows import controls
 from encore_retention.jobs import process_event
-from tests.flows.helpers import FakeConnector, customer, event, outbox, walk_to
+from tests.flows.helpers import customer, event, fake_platform, outbox, walk_to
 from tests.test_flows_engine import flow_dir, runs, trace
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -31,12 +30,9 @@ steps:
 
 @pytest.fixture
 def flows_env(env: pytest.MonkeyPatch, redis: Any, tmp_path: Path):  # type: ignore[no-untyped-def]
-    FakeConnector.reset()
-    env.setattr(connector_registry, "get_connector", lambda shop: FakeConnector(shop))
-    dates.set_now(T0)
     controls.forget()
-    yield env
-    dates.set_now(None)
+    with fake_platform(env, T0):
+        yield env
     controls.forget()
 
 

@@ -12,7 +12,6 @@ from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 from sqlalchemy import func, select
 
-from encore_retention.connectors import base as connector_registry
 from encore_retention.core.queue import FLOWS, queue
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import EventRecord, Shop
@@ -20,7 +19,7 @@ from encore_retention.flows import dates, engine
 from encore_retention.flows.models import FlowEffect, FlowRun
 from encore_retention.flows.steps import StepRunner
 from encore_retention.jobs import process_event
-from tests.flows.helpers import FakeConnector, customer, event, hook_server, order, outbox, walk_to
+from tests.flows.helpers import FakeConnector, customer, event, fake_platform, hook_server, order, outbox, walk_to
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,11 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def flows_env(env: pytest.MonkeyPatch, redis: Any, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Real Redis and SQLite, the built-in library, a fake platform connector, a frozen clock at T0."""
 
-    FakeConnector.reset()
-    env.setattr(connector_registry, "get_connector", lambda shop: FakeConnector(shop))
-    dates.set_now(T0)
-    yield env
-    dates.set_now(None)
+    with fake_platform(env, T0):
+        yield env
 
 
 def flow_dir(tmp_path: Path, env: pytest.MonkeyPatch, **files: str) -> Path:

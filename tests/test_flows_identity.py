@@ -8,12 +8,10 @@ from typing import Any
 
 import pytest
 
-from encore_retention.connectors import base as connector_registry
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.ledger import get_or_create_shop
-from encore_retention.flows import dates
 from encore_retention.jobs import process_event
-from tests.flows.helpers import FakeConnector, customer, event, outbox
+from tests.flows.helpers import customer, event, fake_platform, outbox
 from tests.test_flows_engine import flow_dir
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -28,11 +26,8 @@ steps:
 
 @pytest.fixture
 def flows_env(env: pytest.MonkeyPatch, redis: Any):  # type: ignore[no-untyped-def]
-    FakeConnector.reset()
-    env.setattr(connector_registry, "get_connector", lambda shop: FakeConnector(shop))
-    dates.set_now(T0)
-    yield env
-    dates.set_now(None)
+    with fake_platform(env, T0):
+        yield env
 
 
 def test_each_store_mails_as_itself(flows_env, tmp_path: Path):

@@ -12,16 +12,15 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from encore_retention.cli import main
-from encore_retention.connectors import base as connector_registry
 from encore_retention.core import events as ev
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.ledger import get_or_create_shop
-from encore_retention.flows import dates, loader
+from encore_retention.flows import loader
 from encore_retention.flows import preview as previews
 from encore_retention.flows.models import FlowEffect
 from encore_retention.jobs import process_event
 from encore_retention.simulate import STAFF_ADDRESS, HistoricalOrder, run_simulation
-from tests.flows.helpers import SHOP, FakeConnector, customer, event, outbox
+from tests.flows.helpers import SHOP, customer, event, fake_platform, outbox
 from tests.test_flows_engine import flow_dir, runs, trace
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -41,11 +40,8 @@ steps:
 
 @pytest.fixture
 def flows_env(env: pytest.MonkeyPatch, redis: Any):  # type: ignore[no-untyped-def]
-    FakeConnector.reset()
-    env.setattr(connector_registry, "get_connector", lambda shop: FakeConnector(shop))
-    dates.set_now(T0)
-    yield env
-    dates.set_now(None)
+    with fake_platform(env, T0):
+        yield env
 
 
 def _shop(email: str | None) -> None:

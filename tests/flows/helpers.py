@@ -75,6 +75,20 @@ class FakeConnector(Connector):
         return code in self.redeemed
 
 
+@contextmanager
+def fake_platform(env: Any, at: datetime) -> Iterator[Any]:
+    """Every store's platform answered by FakeConnector (reset), and the engine's clock frozen at `at`."""
+    from encore_retention.connectors import base as connector_registry
+
+    FakeConnector.reset()
+    env.setattr(connector_registry, "get_connector", lambda shop: FakeConnector(shop))
+    dates.set_now(at)
+    try:
+        yield env
+    finally:
+        dates.set_now(None)
+
+
 def customer(cid: str = "1001", **fields: Any) -> ev.Customer:
     """A consenting customer with an email address unless told otherwise."""
     values: dict[str, Any] = {"id": cid, "email": f"c{cid}@example.com", "first_name": "Ada", "email_consent": True}
