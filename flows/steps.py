@@ -970,7 +970,7 @@ class StepRunner(Runner):
                 "error", f"email {template!r} to {address} failed permanently: {exc}", template=template, key=key
             )
             if exc.bounce and not email.staff:
-                self.bounced(address, message.from_addr, str(exc))
+                self.bounced(email.recipient, message.from_addr, str(exc))
             return NEXT
         subject = message.subject
         self._finish(key, "done", {"message_id": message_id, "to": address, "subject": subject})
