@@ -340,7 +340,11 @@ class WooCommerceConnector(Connector):
             raise PlatformError(f"WooCommerce customer {customer_id} not found", status=404)
         current = json_of(response, "WooCommerce customer")
         value = next(
-            (m.get("value") for m in current.get("meta_data") or [] if isinstance(m, dict) and m.get("key") == meta_key),
+            (
+                m.get("value")
+                for m in current.get("meta_data") or []
+                if isinstance(m, dict) and m.get("key") == meta_key
+            ),
             None,
         )
         if value is not None and not ev.truthy(value):

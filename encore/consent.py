@@ -133,7 +133,7 @@ def customer_by_key(session: Session, shop_id: int, key: str) -> Customer | None
     for customer_id, email in session.execute(
         select(Customer.id, Customer.email).where(Customer.shop_id == shop_id, Customer.email.is_not(None))
     ):
-        if address_key(shop_id, email) == key:
+        if email and address_key(shop_id, email) == key:
             customer = session.get(Customer, customer_id)
             if customer is not None and customer.email:
                 return customer_by_address(session, shop_id, customer.email) or customer
@@ -161,7 +161,7 @@ def known_customer_ids(session: Session, pairs: Iterable[tuple[int, str]]) -> di
         .order_by(ConsentChange.id)
     )
     for shop_id, key, customer_id in rows:
-        if (shop_id, key) in wanted:
+        if (shop_id, key) in wanted and customer_id is not None:
             found[(shop_id, key)] = customer_id
     return found
 

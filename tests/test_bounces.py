@@ -350,9 +350,17 @@ def test_ses_soft_bounces_suppress_after_the_limit_in_a_row_and_a_delivery_reset
         (lambda b: b.update(Signature=base64.b64encode(b"x" * 256).decode()), 401, "bad_signature"),
         (lambda b: b.update(Signature="not base64!"), 401, "bad_signature"),
         (lambda b: b.update(SignatureVersion="3"), 401, "bad_signature"),
-        (lambda b: b.update(SigningCertURL="https://sns.us-east-1.amazonaws.com.evil.example/cert.pem"), 401, "bad_certificate"),
+        (
+            lambda b: b.update(SigningCertURL="https://sns.us-east-1.amazonaws.com.evil.example/cert.pem"),
+            401,
+            "bad_certificate",
+        ),
         (lambda b: b.update(SigningCertURL=CERT_URL.replace("https:", "http:")), 401, "bad_certificate"),
-        (lambda b: b.update(SigningCertURL="https://evil.example/sns.us-east-1.amazonaws.com.pem"), 401, "bad_certificate"),
+        (
+            lambda b: b.update(SigningCertURL="https://evil.example/sns.us-east-1.amazonaws.com.pem"),
+            401,
+            "bad_certificate",
+        ),
         (lambda b: b.update(Type="Surprise"), 400, "malformed"),
         (lambda b: b.pop("MessageId"), 400, "malformed"),
         (lambda b: b.update(Subject=["not", "text"]), 400, "malformed"),
@@ -399,7 +407,14 @@ def mailgun(env, redis, stores):  # type: ignore[no-untyped-def]
     reset_settings()
 
 
-def mailgun_body(event: str = "failed", severity: str = "permanent", *, timestamp: float | None = None, key: str = MAILGUN_KEY, token: str | None = None) -> dict:
+def mailgun_body(
+    event: str = "failed",
+    severity: str = "permanent",
+    *,
+    timestamp: float | None = None,
+    key: str = MAILGUN_KEY,
+    token: str | None = None,
+) -> dict:
     """A Mailgun webhook as Mailgun documents it: the signature beside the event-data."""
     stamp = str(int(timestamp if timestamp is not None else time.time()))
     token = token or uuid.uuid4().hex + uuid.uuid4().hex[:18]
@@ -410,7 +425,12 @@ def mailgun_body(event: str = "failed", severity: str = "permanent", *, timestam
         "event": event,
         "envelope": {"sender": "bounces+x@mg.example.com", "transport": "smtp", "targets": BOUNCED},
         "message": {
-            "headers": {"to": BOUNCED, "message-id": "20261201.1@mg.example.com", "from": "Tea <shop@example.com>", "subject": "Hi"},
+            "headers": {
+                "to": BOUNCED,
+                "message-id": "20261201.1@mg.example.com",
+                "from": "Tea <shop@example.com>",
+                "subject": "Hi",
+            },
             "attachments": [],
             "size": 111,
         },
@@ -423,7 +443,14 @@ def mailgun_body(event: str = "failed", severity: str = "permanent", *, timestam
         data.update(
             severity=severity,
             reason="bounce" if severity == "permanent" else "generic",
-            **{"delivery-status": {"attempt-no": 1, "code": 550, "message": "", "description": "5.1.1 The email account that you tried to reach does not exist."}},
+            **{
+                "delivery-status": {
+                    "attempt-no": 1,
+                    "code": 550,
+                    "message": "",
+                    "description": "5.1.1 The email account that you tried to reach does not exist.",
+                }
+            },
         )
     signature = hmac.new(key.encode(), f"{stamp}{token}".encode(), hashlib.sha256).hexdigest()
     return {"signature": {"timestamp": stamp, "token": token, "signature": signature}, "event-data": data}
@@ -500,19 +527,22 @@ def test_the_suppression_list_shows_reasons_and_an_unsuppress_is_recorded(client
     page = client.get("/admin/suppressions", environ_base=LOCAL).get_data(as_text=True)
     sister_key = address_key(stores[SISTER], BOUNCED)
     assert page.count(BOUNCED) == 1  # SHOP's customer is shown by address
-    assert sister_key[:12] in page and sister_key not in page  # the sister store knows no such customer: the hash's start
+    assert (
+        sister_key[:12] in page and sister_key not in page
+    )  # the sister store knows no such customer: the hash's start
     assert "bounced" in page and "mailgun" in page
 
     with client.session_transaction() as session:
         csrf = session["encore_csrf"]
     with session_scope() as session:
-        suppression_id = session.execute(
-            select(Suppression.id).where(Suppression.shop_id == stores[SHOP])
-        ).scalar_one()
+        suppression_id = session.execute(select(Suppression.id).where(Suppression.shop_id == stores[SHOP])).scalar_one()
     path = f"/admin/suppressions/{suppression_id}/remove"
     assert client.post(path, data={"note": "typo fixed"}, environ_base=LOCAL).status_code == 400  # no form token
     assert client.post(path, data={"csrf": csrf, "note": "  "}, environ_base=LOCAL).status_code == 400  # no reason
-    assert client.post(path, data={"csrf": csrf, "note": "the customer asked by phone"}, environ_base=LOCAL).status_code == 302
+    assert (
+        client.post(path, data={"csrf": csrf, "note": "the customer asked by phone"}, environ_base=LOCAL).status_code
+        == 302
+    )
     assert _suppressed(BOUNCED) == {stores[SISTER]: "bounced"}
     with session_scope() as session:
         lifted = session.execute(select(ConsentChange).where(ConsentChange.action == "unsuppressed")).scalar_one()

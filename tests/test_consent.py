@@ -193,7 +193,13 @@ def test_a_customer_already_unsubscribed_on_shopify_is_not_written_again(env, re
     with session_scope() as session:
         customer = session.get(Customer, customer_id)
         change = consent.withdraw(
-            session, shop_id, address_key(shop_id, ADDRESS), customer=customer, reason="admin", source="admin", actor="t"
+            session,
+            shop_id,
+            address_key(shop_id, ADDRESS),
+            customer=customer,
+            reason="admin",
+            source="admin",
+            actor="t",
         )
         change_id = change.id
     assert writeback.write_back(change_id)["writeback"] == "done"
@@ -236,7 +242,9 @@ def test_a_refusal_is_recorded_and_not_retried(client, redis, shopify):
         "data": {
             "customerEmailMarketingConsentUpdate": {
                 "customer": None,
-                "userErrors": [{"field": ["input", "customerId"], "message": "Customer does not exist", "code": "INVALID"}],
+                "userErrors": [
+                    {"field": ["input", "customerId"], "message": "Customer does not exist", "code": "INVALID"}
+                ],
             }
         }
     }
@@ -253,7 +261,9 @@ def test_a_refusal_is_recorded_and_not_retried(client, redis, shopify):
     assert "not written back to shopify after 1 attempt" in page
 
 
-def test_redis_down_never_blocks_the_unsubscribe_and_the_write_back_is_queued_later(client, redis, shopify, monkeypatch):
+def test_redis_down_never_blocks_the_unsubscribe_and_the_write_back_is_queued_later(
+    client, redis, shopify, monkeypatch
+):
     shop_id = _shopify_shop()
     _customer(shop_id)
 
@@ -288,7 +298,10 @@ def test_admin_withdrawal_sets_the_woocommerce_consent_meta(client, redis):
     csrf = _csrf(client)
     with responses.RequestsMock() as mock:
         mock.get(f"{WC_URL}/wp-json/wc/v3/customers/25", json=body)
-        put = mock.put(f"{WC_URL}/wp-json/wc/v3/customers/25", json={**body, "meta_data": [{"id": 8, "key": "marketing_consent", "value": "no"}]})
+        put = mock.put(
+            f"{WC_URL}/wp-json/wc/v3/customers/25",
+            json={**body, "meta_data": [{"id": 8, "key": "marketing_consent", "value": "no"}]},
+        )
         answer = client.post(
             f"/admin/customers/{customer_id}/unsubscribe",
             data={"csrf": csrf, "note": "asked by phone"},

@@ -67,7 +67,13 @@ class MailEvent:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MailEvent:
         """Rebuild an event from `to_dict`'s output."""
-        return cls(**{k: data.get(k) for k in ("kind", "recipient", "sender", "provider")}, detail=data.get("detail", ""))
+        return cls(
+            kind=str(data["kind"]),
+            recipient=str(data["recipient"]),
+            sender=data.get("sender"),
+            provider=str(data["provider"]),
+            detail=str(data.get("detail") or ""),
+        )
 
 
 @dataclass

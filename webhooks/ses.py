@@ -111,7 +111,9 @@ def verify(message: dict[str, Any]) -> None:
         raise Rejected(401, "bad_signature", f"unknown SignatureVersion {str(version)[:10]!r}")
     url = sns_url(message.get("SigningCertURL"))
     if url is None:
-        raise Rejected(401, "bad_certificate", "SigningCertURL is not an https URL on an sns.<region>.amazonaws.com host")
+        raise Rejected(
+            401, "bad_certificate", "SigningCertURL is not an https URL on an sns.<region>.amazonaws.com host"
+        )
     try:
         signature = base64.b64decode(str(message.get("Signature") or ""), validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -184,7 +186,9 @@ def events_of(notification: dict[str, Any]) -> list[MailEvent]:
     if kind == "Complaint":
         complaint = mapping(notification.get("complaint"), "complaint")
         detail = str(complaint.get("complaintFeedbackType") or "complaint")[:500]
-        return [MailEvent(COMPLAINT, r, sender, "ses", detail) for r in _recipients(complaint.get("complainedRecipients"))]
+        return [
+            MailEvent(COMPLAINT, r, sender, "ses", detail) for r in _recipients(complaint.get("complainedRecipients"))
+        ]
     if kind == "Delivery":
         delivery = mapping(notification.get("delivery"), "delivery")
         return [MailEvent(DELIVERED, r, sender, "ses", "") for r in _recipients(delivery.get("recipients"), "")]

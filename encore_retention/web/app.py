@@ -1,8 +1,8 @@
 """The web app (`create_app`): one blueprint per area.
 
-receivers (`receive`, and the sending services' `mail`), health and metrics (`health`), the Shopify install (`install`), unsubscribe
-links (`unsubscribe`), the admin page (`admin`, page by page), and in development the sample
-WooCommerce store (`sandbox`).
+receivers (`receive`, and the sending services' `mail`), health and metrics (`health`), the Shopify
+install (`install`), unsubscribe links (`unsubscribe`), the admin page (`admin`, page by page), and in
+development the sample WooCommerce store (`sandbox`).
 """
 
 from __future__ import annotations

@@ -43,7 +43,9 @@ def mail_webhook(provider: str):
         log.error("mail webhook: Redis unavailable", extra={"provider": provider, "error": type(exc).__name__})
         return jsonify(error="queue_unavailable"), 503
     except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a shape no check foresaw: still the body's fault
-        log.warning("mail webhook malformed", extra={"provider": provider, "error": f"{type(exc).__name__}: {exc}"[:300]})
+        log.warning(
+            "mail webhook malformed", extra={"provider": provider, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        )
         return jsonify(error="malformed"), 400
     if not received.events:
         return jsonify(status=received.status), 200

@@ -13,7 +13,15 @@ from encore_retention.core.settings import get_settings
 from encore_retention.web.admin import customers, failures, flows, messages, previews, suppressions, times
 from encore_retention.web.admin.auth import IdConverter, blueprint, log
 
-PAGES = (flows, customers, messages, previews, suppressions, failures, times)  # imported for the views and filters they add
+PAGES = (
+    flows,
+    customers,
+    messages,
+    previews,
+    suppressions,
+    failures,
+    times,
+)  # imported for the views and filters they add
 
 
 def register(app: Any) -> None:

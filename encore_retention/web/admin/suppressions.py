@@ -150,4 +150,3 @@ def unsuppress(suppression_id: int):
             abort(404)
         consent.lift(db, found, actor=actor(g.viewer), note=note)
     return redirect(url_for("admin.suppressions"))
-

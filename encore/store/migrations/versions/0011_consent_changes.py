@@ -52,7 +52,9 @@ def upgrade() -> None:
         sa.Column("count", sa.Integer(), nullable=False),
         sa.Column("detail", sa.Text(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
-        sa.ForeignKeyConstraint(["shop_id"], ["shops.id"], name=op.f("fk_soft_bounces_shop_id_shops"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["shop_id"], ["shops.id"], name=op.f("fk_soft_bounces_shop_id_shops"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_soft_bounces")),
         sa.UniqueConstraint("shop_id", "email_hash", name=op.f("uq_soft_bounces_shop_id_email_hash")),
     )
