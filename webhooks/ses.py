@@ -217,9 +217,9 @@ class SES:
         message_id = message.get("MessageId")
         if not isinstance(message_id, str) or not message_id:
             raise Rejected(400, "malformed", "no MessageId")
-        verify(message)
-        if message.get("TopicArn") not in get_settings().ses_topics:
+        if message.get("TopicArn") not in get_settings().ses_topics:  # checked first: nothing is fetched for it
             raise Rejected(401, "unknown_topic", "the message's TopicArn is not in SES_SNS_TOPIC_ARNS")
+        verify(message)
         if kind == "SubscriptionConfirmation":
             confirm(message)
             return Received(message_id, status="confirmed")
