@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from encore_retention.cli import main
 from encore_retention.connectors import consent as writeback
+from encore_retention.connectors import privacy
 from encore_retention.core import consent
 from encore_retention.core.queue import FLOWS, queue
 from encore_retention.core.store import session_scope
@@ -336,6 +337,14 @@ def test_admin_withdrawal_sets_the_woocommerce_consent_meta(client, redis):
     assert _consent_of(customer_id) is False
     page = client.get(f"/admin/customers/{customer_id}", environ_base=LOCAL).get_data(as_text=True)
     assert "by admin: operator (link)" in page and "asked by phone" in page and "marketing_consent set to" in page
+    with session_scope() as session:  # a data request's export shows the change, the note included
+        customer = session.get(Customer, customer_id)
+        (exported,) = privacy.SECTIONS["consent_changes"](session, session.get(Shop, shop_id), customer)
+        assert (exported["by"], exported["note"], exported["written_back"]) == (
+            "admin: operator (link)",
+            "asked by phone",
+            "done",
+        )
 
 
 def test_admin_withdrawal_needs_the_form_token(client, redis):
