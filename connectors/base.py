@@ -126,6 +126,15 @@ class Connector(abc.ABC):
         """How many `customers` or `orders` the store has, for progress bars; None when unknown."""
         return None
 
+    def withdraw_email_consent(self, customer_id: str) -> str:
+        """Record on the platform that the customer no longer accepts marketing email; returns what was done.
+
+        Idempotent: a customer already unsubscribed there is left as is (and the answer says so). Raises
+        `PlatformError` (transient for 429 and 5xx, which the write-back job retries with backoff), and
+        NotImplementedError on a platform that keeps no consent Encore can change (the job notes it, once).
+        """
+        raise NotImplementedError(f"{self.platform} keeps no email consent Encore can change")
+
 
 JsonPath = tuple[str | int, ...]  # keys and list indexes into a JSON payload
 

@@ -21,7 +21,9 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,6 +84,22 @@ def raise_for_status(response: requests.Response, what: str) -> None:
     )
 
 
+_one_attempt: ContextVar[bool] = ContextVar("encore_one_attempt", default=False)
+
+
+@contextmanager
+def one_attempt() -> Iterator[None]:
+    """Inside the block a platform call makes one attempt: a 429 or 5xx raises its transient PlatformError at once.
+
+    For a job that RQ retries with backoff (`Retry`): the job's schedule is the backoff, no worker sleeps.
+    """
+    token = _one_attempt.set(True)
+    try:
+        yield
+    finally:
+        _one_attempt.reset(token)
+
+
 class RetryPolicy:
     """How many times, and how long, to retry a call that failed for a reason that may pass."""
 
@@ -122,7 +140,7 @@ class RetryPolicy:
                     )
                 else:
                     return response
-            if attempt + 1 >= self.attempts or wait > self.max_wait:
+            if attempt + 1 >= self.attempts or wait > self.max_wait or _one_attempt.get():
                 error.retry_after = wait
                 raise error
             self.sleep(wait)
@@ -130,7 +148,7 @@ class RetryPolicy:
 
     def wait(self, seconds: float, error: PlatformError, attempt: int) -> None:
         """Sleep `seconds` before another attempt, or raise `error` when that is too long or too many."""
-        if attempt + 1 >= self.attempts or seconds > self.max_wait:
+        if attempt + 1 >= self.attempts or seconds > self.max_wait or _one_attempt.get():
             error.retry_after = seconds
             raise error
         self.sleep(seconds)

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from encore_retention.connectors.base import receiver_of
 from encore_retention.connectors.email import get_transport
 from encore_retention.connectors.models import DataExport
-from encore_retention.core import archive, effects
+from encore_retention.core import archive, consent, effects
 from encore_retention.core import events as ev
 from encore_retention.core.queue import BODY_PREFIX, PROCESS_DELIVERY, PROCESS_EVENT, current_path, get_redis
 from encore_retention.core.store.ledger import Person, customers_named, export_customer, person_of
@@ -45,8 +45,26 @@ from encore_retention.webhooks.base import Delivery
 
 log = logging.getLogger(__name__)
 
+
+def consent_changes(session: Session, shop: Shop, customer: Customer) -> list[dict[str, Any]]:
+    """The customer's consent changes (who, why, what the platform was told), for a data request's export."""
+    return [
+        {
+            "action": change.action,
+            "reason": change.reason,
+            "source": change.source,
+            "by": change.actor,
+            "note": change.note,
+            "at": change.created_at.isoformat(),
+            "written_back": change.writeback,
+            "platform_answer": change.writeback_detail,
+        }
+        for change in consent.changes_of(session, customer.id)
+    ]
+
+
 # Other rooms that store personal data add a section: f(session, shop, customer) -> JSON-safe data.
-SECTIONS: dict[str, Callable[[Session, Shop, Customer], Any]] = {}
+SECTIONS: dict[str, Callable[[Session, Shop, Customer], Any]] = {"consent_changes": consent_changes}
 
 HELD_AS = "a keyed hash (HMAC-SHA256) of the address, which is all a send is checked against; not the address"
 

@@ -95,6 +95,19 @@ TAGS_ADD = """
 mutation tagsAdd($id: ID!, $tags: [String!]!) {
   tagsAdd(id: $id, tags: $tags) { node { id } userErrors { field message } }
 }"""
+CUSTOMER_CONSENT = """
+query customerEmailConsent($id: ID!) {
+  customer(id: $id) { id defaultEmailAddress { emailAddress marketingState marketingOptInLevel } }
+}"""
+CONSENT_UPDATE = """
+mutation customerEmailMarketingConsentUpdate($input: CustomerEmailMarketingConsentUpdateInput!) {
+  customerEmailMarketingConsentUpdate(input: $input) {
+    customer { id defaultEmailAddress { marketingState marketingOptInLevel marketingUpdatedAt } }
+    userErrors { field message code }
+  }
+}"""
+# Marketing states the consent mutation can't set over (Shopify sets them itself): nothing to change then.
+UNSETTABLE_STATES = frozenset({"INVALID", "REDACTED"})
 CUSTOMER_FIELDS = """
 fragment CustomerFields on Customer {
   id firstName lastName phone locale state tags createdAt updatedAt numberOfOrders
@@ -338,6 +351,37 @@ class ShopifyConnector(Connector):
         errors = self.user_errors(data.get("tagsAdd"))
         if errors:
             raise PlatformError(f"Shopify tagsAdd: {_messages(errors)}", status=422)
+
+    def withdraw_email_consent(self, customer_id: str) -> str:
+        """`customerEmailMarketingConsentUpdate` to UNSUBSCRIBED, keeping the customer's opt-in level.
+
+        The current state is read first: a customer already UNSUBSCRIBED is not written again, and the
+        opt-in level (single, confirmed, unknown) they subscribed with is sent back unchanged.
+        """
+        customer_gid = gid("Customer", customer_id)
+        data = self.graphql(CUSTOMER_CONSENT, {"id": customer_gid}, what="customer")
+        node = data.get("customer")
+        if node is None:
+            raise PlatformError(f"Shopify customer {customer_id} not found", status=404)
+        address = node.get("defaultEmailAddress") or {}
+        state, level = address.get("marketingState"), address.get("marketingOptInLevel")
+        if not address.get("emailAddress"):
+            return "the customer has no email address on Shopify: nothing to change"
+        if state == "UNSUBSCRIBED":
+            return "already unsubscribed on Shopify"
+        if state in UNSETTABLE_STATES:
+            return f"Shopify holds the address as {state}: nothing to change"
+        consent: dict[str, Any] = {"marketingState": "UNSUBSCRIBED", "consentUpdatedAt": _iso(utcnow())}
+        if level:
+            consent["marketingOptInLevel"] = level
+        variables = {"input": {"customerId": customer_gid, "emailMarketingConsent": consent}}
+        result = self.graphql(CONSENT_UPDATE, variables, what="customerEmailMarketingConsentUpdate")
+        payload = result.get("customerEmailMarketingConsentUpdate")
+        errors = self.user_errors(payload)
+        if errors:
+            raise PlatformError(f"Shopify customerEmailMarketingConsentUpdate: {_messages(errors)}", status=422)
+        kept = f", opt-in level {level} kept" if level else ""
+        return f"unsubscribed on Shopify (was {state or 'unknown'}{kept})"
 
     def _metafield(self) -> dict[str, str]:
         namespace, _, key = get_settings().SHOPIFY_BIRTHDAY_METAFIELD.partition(".")

@@ -329,6 +329,29 @@ class WooCommerceConnector(Connector):
         merged = sorted({t.strip() for t in [*str(existing).split(","), *tags] if t.strip()})
         self.request("PUT", f"customers/{customer_id}", {"meta_data": [{"key": TAGS_META, "value": ",".join(merged)}]})
 
+    def withdraw_email_consent(self, customer_id: str) -> str:
+        """Set the customer's consent meta (WOOCOMMERCE_CONSENT_META) to `no`, unless it already says no.
+
+        WooCommerce updates the meta entry with that key in place (or adds one) when `meta_data` names the key.
+        """
+        meta_key = get_settings().WOOCOMMERCE_CONSENT_META
+        response = self.request("GET", f"customers/{customer_id}", allow=(404,))
+        if response.status_code == 404:
+            raise PlatformError(f"WooCommerce customer {customer_id} not found", status=404)
+        current = json_of(response, "WooCommerce customer")
+        value = next(
+            (
+                m.get("value")
+                for m in current.get("meta_data") or []
+                if isinstance(m, dict) and m.get("key") == meta_key
+            ),
+            None,
+        )
+        if value is not None and not ev.truthy(value):
+            return f"already no consent on WooCommerce ({meta_key} = {value!r})"
+        self.request("PUT", f"customers/{customer_id}", {"meta_data": [{"key": meta_key, "value": "no"}]})
+        return f"{meta_key} set to 'no' on WooCommerce (was {value!r})"
+
     def fetch_customer(self, customer_id: str) -> ev.Customer | None:
         """The customer now (None if deleted)."""
 

@@ -27,6 +27,7 @@ QUEUES = (EVENTS, FLOWS, MAINTENANCE)
 
 PROCESS_EVENT = "encore_retention.jobs.process_event"  # the jobs the receivers queue, by dotted path
 PROCESS_DELIVERY = "encore_retention.jobs.process_delivery"
+PROCESS_MAIL_EVENTS = "encore_retention.jobs.process_mail_events"
 SEEN_PREFIX = "encore:seen:"
 BODY_PREFIX = "encore:body:"
 # Transient failures (database busy, a platform's 5xx) retry with backoff; then the job is failed and kept.
@@ -417,6 +418,12 @@ def collect_finished_bodies(on: bool) -> None:
 def finished_bodies() -> list[str]:
     """The keys of the bodies the running job forgot: the worker deletes them as it records its success."""
     return _finished_bodies if _finished_bodies is not None else []
+
+
+def enqueue_once(key: str, func: str, args: tuple[Any, ...], description: str, connection: Redis | None = None) -> bool:
+    """Queue `func(*args)` (a dotted path, JSON arguments) on the events queue as job `key`, once in
+    DEDUPE_TTL_SECONDS; False when `key` was queued before (a duplicate delivery)."""
+    return _enqueue_once(connection or get_redis(), key, func, args, description)
 
 
 def enqueue_delivery(

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     # Hosts, addresses and networks (comma-separated) the flows' `http` step may reach though not public.
     HTTP_STEP_ALLOW_HOSTS: str = ""
 
+    # Bounces and complaints (docs/deliverability.md): soft bounces in a row before an address is suppressed,
+    # the SNS topics whose Amazon SES notifications are taken (comma-separated ARNs; unset: the SES receiver is
+    # off), and Mailgun's webhook signing key (unset: the Mailgun receiver is off).
+    SOFT_BOUNCE_LIMIT: int = Field(default=3, ge=1)
+    SES_SNS_TOPIC_ARNS: str = ""
+    MAILGUN_WEBHOOK_SIGNING_KEY: str | None = None
+
     # Operational knobs (not part of the outside contract).
     WEBHOOK_MAX_BYTES: int = 2 * 1024 * 1024
     DEDUPE_TTL_SECONDS: int = 7 * 24 * 3600
@@ -85,6 +92,11 @@ class Settings(BaseSettings):
     def sandbox(self) -> bool:
         """Whether the web app mounts the sample store: ENCORE_SANDBOX, or in development when unset."""
         return self.development if self.SANDBOX is None else self.SANDBOX
+
+    @property
+    def ses_topics(self) -> frozenset[str]:
+        """The SNS topic ARNs whose messages the SES receiver takes."""
+        return frozenset(arn.strip() for arn in self.SES_SNS_TOPIC_ARNS.split(",") if arn.strip())
 
     @property
     def shopify_secrets(self) -> list[str]:

@@ -18,7 +18,12 @@ from encore_retention.core.queue import MAINTENANCE, queue
 
 log = logging.getLogger(__name__)
 
-CRON_MODULES = ("encore_retention.flows.cron", "encore_retention.connectors.cron", "encore_retention.core.archive")
+CRON_MODULES = (
+    "encore_retention.flows.cron",
+    "encore_retention.connectors.cron",
+    "encore_retention.connectors.consent",
+    "encore_retention.core.archive",
+)
 
 
 class JSONCronJob(CronJob):

@@ -10,8 +10,9 @@ from rq import get_current_job
 from sqlalchemy.exc import DataError
 
 from encore_retention.connectors.base import get_platform
+from encore_retention.connectors.consent import queue_write_backs
 from encore_retention.connectors.privacy import forget, record_export
-from encore_retention.core import archive, logs
+from encore_retention.core import archive, bounces, logs
 from encore_retention.core.events import MALFORMED_ERRORS, Event, EventType, parse_datetime, problem
 from encore_retention.core.metrics import EVENTS_PROCESSED, JOB_LATENCY
 from encore_retention.core.queue import delivery_body, forget_delivery_body
@@ -19,6 +20,7 @@ from encore_retention.core.store import session_scope
 from encore_retention.core.store.ledger import LedgerResult, apply_event
 from encore_retention.core.store.models import utcnow
 from encore_retention.flows.engine import EventNotCommitted, handle_event
+from encore_retention.webhooks import mail
 from encore_retention.webhooks.base import Delivery
 
 log = logging.getLogger(__name__)
@@ -150,3 +152,48 @@ def _reject(
     if forget:
         forget_delivery_body(key)
     return {"event": event_id or key, "rejected": why[:300]}
+
+
+def process_mail_events(provider: str, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Apply a sending service's delivery events (`webhooks.mail`): bounces and complaints suppress, deliveries reset
+    the soft-bounce count; then queue the consent write-backs of the suppressions made.
+
+    Safe to run twice: an address already suppressed is left as it is; the receiver queues each delivery once.
+    """
+    changes: list[int] = []
+    done: dict[str, int] = {}
+    with session_scope() as session:
+        for data in events:
+            event = mail.MailEvent.from_dict(data)
+            outcome = MAIL_EVENT_RULES[event.kind](session, event)
+            changes.extend(outcome.changes)
+            done[event.kind] = done.get(event.kind, 0) + 1
+    queued = queue_write_backs(changes)
+    log.info("mail events applied", extra={"provider": provider, "kinds": done, "suppressed": len(changes)})
+    return {"provider": provider, "events": done, "suppressed": len(changes), "write_backs": queued}
+
+
+def _hard_bounce(session: Any, event: mail.MailEvent) -> bounces.Outcome:
+    return bounces.hard_bounce(session, event.recipient, event.sender, source=event.provider, detail=event.detail)
+
+
+def _complaint(session: Any, event: mail.MailEvent) -> bounces.Outcome:
+    return bounces.hard_bounce(
+        session, event.recipient, event.sender, reason=bounces.COMPLAINED, source=event.provider, detail=event.detail
+    )
+
+
+def _soft_bounce(session: Any, event: mail.MailEvent) -> bounces.Outcome:
+    return bounces.soft_bounce(session, event.recipient, event.sender, source=event.provider, detail=event.detail)
+
+
+def _delivered(session: Any, event: mail.MailEvent) -> bounces.Outcome:
+    return bounces.delivered(session, event.recipient, event.sender)
+
+
+MAIL_EVENT_RULES = {
+    mail.HARD_BOUNCE: _hard_bounce,
+    mail.COMPLAINT: _complaint,
+    mail.SOFT_BOUNCE: _soft_bounce,
+    mail.DELIVERED: _delivered,
+}

@@ -25,8 +25,10 @@ from encore_retention.connectors import base as connectors
 from encore_retention.connectors import email as email_api
 from encore_retention.connectors import http as outbound
 from encore_retention.connectors.base import Discount, DiscountRequest, PlatformError
+from encore_retention.connectors.consent import queue_write_backs
 from encore_retention.connectors.email import get_transport
 from encore_retention.connectors.email.base import addressed, header_text
+from encore_retention.core import bounces
 from encore_retention.core import events as ev
 from encore_retention.core.metrics import EMAILS, platform_error
 from encore_retention.core.settings import get_settings
@@ -967,6 +969,8 @@ class StepRunner(Runner):
             self.trace(
                 "error", f"email {template!r} to {address} failed permanently: {exc}", template=template, key=key
             )
+            if exc.bounce and not email.staff:
+                self.bounced(email.recipient, message.from_addr, str(exc))
             return NEXT
         subject = message.subject
         self._finish(key, "done", {"message_id": message_id, "to": address, "subject": subject})
@@ -981,6 +985,26 @@ class StepRunner(Runner):
             key=key,
         )
         return NEXT
+
+    def bounced(self, address: str, sender: str | None, detail: str) -> None:
+        """The receiving server refused the address: suppress it at the stores of this sender (`core.bounces`), and
+        queue the consent write-backs once that is committed."""
+        outcome = bounces.hard_bounce(
+            self.session,
+            address,
+            sender or get_settings().EMAIL_FROM,
+            source="smtp",
+            detail=detail[:500],
+            also=self.shop.id,
+        )
+        self.session.commit()
+        queue_write_backs(outcome.changes)
+        self.trace(
+            "bounce",
+            f"{address} bounced: suppressed at {outcome.suppressed} store(s) mailing from the same domain",
+            reason="bounced",
+            stores=outcome.suppressed,
+        )
 
     def make_discount(self, key: str, request: DiscountRequest, earlier: Any) -> Discount | Outcome:
         """Ask the shop's platform for the code, claimed first under its key."""

@@ -40,7 +40,13 @@ class TransientEmailError(Exception):
 
 
 class PermanentEmailError(Exception):
-    """The send will never succeed as is (5xx SMTP reply, bad address): record it, don't retry."""
+    """The send will never succeed as is (5xx SMTP reply, bad address): record it, don't retry.
+
+    `bounce` is true when the receiving side refused the recipient or the message (a 5xx at RCPT or DATA):
+    the address bounced, and is suppressed. A refused sign-in, sender or certificate is ours to fix, not theirs.
+    """
+
+    bounce: bool = False
 
 
 @dataclass

@@ -39,11 +39,15 @@ class SMTPTransientError(TransientEmailError):
 
 
 class SMTPPermanentError(PermanentEmailError):
-    """A 5xx reply, failed authentication or a bad certificate; `code` is the SMTP reply code if any."""
+    """A 5xx reply, failed authentication or a bad certificate; `code` is the SMTP reply code if any.
 
-    def __init__(self, message: str, code: int | None = None) -> None:
+    `bounce`: the reply refused the recipient (RCPT) or the message (DATA), not our sign-in or sender.
+    """
+
+    def __init__(self, message: str, code: int | None = None, *, bounce: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.bounce = bounce
 
 
 def _reply(code: int, text: bytes | str) -> str:
@@ -59,14 +63,15 @@ def classify(exc: BaseException) -> TransientEmailError | PermanentEmailError:
         codes = [code for code, _text in exc.recipients.values()]
         if codes and all(400 <= code < 500 for code in codes):
             return SMTPTransientError(f"recipient deferred: {detail}", codes[0])
-        return SMTPPermanentError(f"recipient refused: {detail}", codes[0] if codes else None)
+        return SMTPPermanentError(f"recipient refused: {detail}", codes[0] if codes else None, bounce=True)
     if isinstance(exc, smtplib.SMTPAuthenticationError):
         return SMTPPermanentError(f"authentication failed: {_reply(exc.smtp_code, exc.smtp_error)}", exc.smtp_code)
     if isinstance(exc, smtplib.SMTPResponseException):
         reply = _reply(exc.smtp_code, exc.smtp_error)
         if 400 <= exc.smtp_code < 500:
             return SMTPTransientError(f"server deferred the message: {reply}", exc.smtp_code)
-        return SMTPPermanentError(f"server refused the message: {reply}", exc.smtp_code)
+        bounced = isinstance(exc, smtplib.SMTPDataError)  # at DATA: the recipient's side refused this message
+        return SMTPPermanentError(f"server refused the message: {reply}", exc.smtp_code, bounce=bounced)
     if isinstance(exc, smtplib.SMTPNotSupportedError):
         return SMTPPermanentError(f"server does not support what EMAIL_URL asks: {exc}")
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -182,4 +187,4 @@ class SMTPTransport(Transport):
                 self._close()
         if refused:  # some recipients accepted it: a retry would send them a second copy
             detail = "; ".join(f"{rcpt}: {_reply(code, text)}" for rcpt, (code, text) in refused.items())
-            raise SMTPPermanentError(f"some recipients refused: {detail}")
+            raise SMTPPermanentError(f"some recipients refused: {detail}", bounce=True)

@@ -220,3 +220,49 @@ class Suppression(Base):
     reason: Mapped[str] = mapped_column(String(32))
     source: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ConsentChange(Base):
+    """A change to whether an address may get marketing email from a shop, who made it and why, and what the store's
+    platform was told: the customer's timeline and the suppression list read these.
+
+    `action` is `unsubscribed` (a one-click unsubscribe, a complaint, a hard bounce, a withdrawal in the admin)
+    or `unsuppressed` (the admin lifted a suppression). An unsubscribe is written back to the platform by an RQ
+    job; `writeback` says how that went: `pending`, `done`, `failed`, `skipped` (nothing to write back, `detail`
+    says why) or `none` (not written back: an unsuppress never re-subscribes anyone on the platform).
+    """
+
+    __tablename__ = "consent_changes"
+    __table_args__ = (
+        Index("ix_consent_changes_customer", "customer_id"),
+        Index("ix_consent_changes_shop_hash", "shop_id", "email_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    email_hash: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(255), default="")
+    actor: Mapped[str] = mapped_column(String(255), default="")
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    writeback: Mapped[str] = mapped_column(String(16), default="pending")
+    writeback_detail: Mapped[str] = mapped_column(Text, default="")
+    writeback_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    writeback_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SoftBounce(Base):
+    """Soft bounces of an address at a shop since its last delivery: `count` in a row, then it is suppressed."""
+
+    __tablename__ = "soft_bounces"
+    __table_args__ = (UniqueConstraint("shop_id", "email_hash"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))
+    email_hash: Mapped[str] = mapped_column(String(64))
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,7 +1,8 @@
 """`GET|POST /unsubscribe/<token>`: the signed unsubscribe link of every marketing email.
 
 GET shows a confirmation page and changes nothing (mail scanners and link previews fetch links);
-POST records the suppression at once. The POST is also RFC 8058's one-click unsubscribe: a mail
+POST records the suppression at once, and queues its write-back to the store's platform
+(`connectors.consent`), which never holds the answer up. The POST is also RFC 8058's one-click unsubscribe: a mail
 client sends `List-Unsubscribe=One-Click` to the `List-Unsubscribe` URL, without cookies or a form
 token, and expects a 2xx. A forged or mangled token, or a first-format link its shop no longer
 honours, gets a 404 and records nothing. The token names the address only by its keyed hash, so
@@ -14,9 +15,11 @@ import logging
 
 from flask import Blueprint, render_template_string, request
 
+from encore_retention.connectors.consent import queue_write_backs
+from encore_retention.core import consent
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Shop
-from encore_retention.core.unsubscribe import Recipient, honours_legacy, read_token, suppress_key, suppression_reason
+from encore_retention.core.unsubscribe import Recipient, honours_legacy, read_token, suppression_reason
 
 log = logging.getLogger("encore.unsubscribe")
 
@@ -78,14 +81,26 @@ def unsubscribe(token: str):
     if named is None:
         return _invalid()
     one_click = request.form.get("List-Unsubscribe") == "One-Click"
+    changes: list[int] = []
     with session_scope() as session:
         shop = session.get(Shop, named.shop_id)
         if _refused(named, shop):
             return _invalid()
-        if shop is not None:  # a deleted shop has nothing left to send from
-            suppress_key(
-                session, named.shop_id, named.key, reason="unsubscribed", source="one-click" if one_click else "link"
+        # A deleted shop has nothing left to send from; a second click changes nothing.
+        if shop is not None and suppression_reason(session, named.shop_id, named.key) is None:
+            change = consent.withdraw(
+                session,
+                named.shop_id,
+                named.key,
+                customer=None,
+                find_customer=True,
+                reason="unsubscribed",
+                source="one-click" if one_click else "link",
+                actor="the customer",
             )
+            if change.writeback == consent.PENDING:
+                changes.append(change.id)
         name = _shop_name(shop)
+    queue_write_backs(changes)  # after the commit: the suppression holds whatever the platform answers
     log.info("unsubscribed", extra={"shop_id": named.shop_id, "one_click": one_click, "legacy_link": named.legacy})
     return render_template_string(PAGE, title="You are unsubscribed", state="done", shop=name), 200

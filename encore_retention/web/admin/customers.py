@@ -10,8 +10,9 @@ from typing import Any
 from flask import abort, g, render_template, request
 from sqlalchemy import func, or_, select
 
+from encore_retention.core import consent
 from encore_retention.core.store import session_scope
-from encore_retention.core.store.models import Customer, EventRecord, Shop
+from encore_retention.core.store.models import ConsentChange, Customer, EventRecord, Shop
 from encore_retention.core.unsubscribe import is_suppressed
 from encore_retention.flows.models import FlowConsidered, FlowEffect, FlowRun, FlowTrace
 from encore_retention.web.admin.auth import blueprint
@@ -64,6 +65,8 @@ class TimelineItem:
     trace: list[Any] = field(default_factory=list)
     considered: list[tuple[str, str]] = field(default_factory=list)
     """(flow, why it did not start) of each flow the event (or date) was considered for and started no run of."""
+    platform: str = ""
+    """A consent change's write-back: what the store's platform was told, or why nothing was."""
 
 
 def considered_by_cause(db: Any, customer: Customer) -> dict[str, list[FlowConsidered]]:
@@ -79,9 +82,34 @@ def considered_by_cause(db: Any, customer: Customer) -> dict[str, list[FlowConsi
     return found
 
 
+def writeback_text(change: ConsentChange, platform: str) -> str:
+    """What a consent change did on the store's platform, in words."""
+    detail = change.writeback_detail
+    tries = f" after {change.writeback_attempts} attempt{'s' * (change.writeback_attempts != 1)}"
+    if change.writeback == consent.PENDING:
+        return f"writing back to {platform}" + (f" ({detail})" if detail else "")
+    if change.writeback == consent.DONE:
+        return f"written back to {platform}{tries}: {detail}"
+    if change.writeback == consent.FAILED:
+        return f"not written back to {platform}{tries}: {detail}"
+    return detail
+
+
+def consent_items(db: Any, customer: Customer, platform: str) -> list[TimelineItem]:
+    """The customer's consent changes: who, why, and what the store's platform was told."""
+    items = []
+    for change in consent.changes_of(db, customer.id):
+        by = f"by {change.actor}" + (f" via {change.source}" if change.source and change.source != change.actor else "")
+        detail = by + (f": {change.note}" if change.note else "")
+        title = f"{change.action} ({change.reason})"
+        platform_line = writeback_text(change, platform)
+        items.append(TimelineItem(change.created_at, "consent", title, detail, run=change, platform=platform_line))
+    return items
+
+
 def timeline(db: Any, customer: Customer) -> list[TimelineItem]:
-    """Events received (each with the flows it was considered for and why none of them started), and runs
-    started (each with its trace: conditions, waits, sends, suppressions)."""
+    """Events received (each with the flows it was considered for and why none of them started), runs started
+    (each with its trace: conditions, waits, sends, suppressions), and consent changes (with their write-back)."""
 
     considered = considered_by_cause(db, customer)
     items: list[TimelineItem] = []
@@ -121,6 +149,8 @@ def timeline(db: Any, customer: Customer) -> list[TimelineItem]:
     for run in runs:
         detail = run.status + (f": {run.reason}" if run.reason else "")
         items.append(TimelineItem(run.started_at, "run", run.flow_name, detail, run=run, trace=traces[run.id]))
+    shop = db.get(Shop, customer.shop_id)
+    items.extend(consent_items(db, customer, shop.platform if shop else "the store"))
     items.sort(key=lambda item: item.at, reverse=True)
     return items
 
