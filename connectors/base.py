@@ -126,6 +126,15 @@ class Connector(abc.ABC):
         """How many `customers` or `orders` the store has, for progress bars; None when unknown."""
         return None
 
+    def account_invite_url(self, customer_id: str | None, email: str | None) -> str | None:
+        """A link that lets a guest (no account yet) create one: `customer_id` on the platform (None for a guest
+        known by address only) and the address. None when the platform offers none."""
+        return None
+
+    def product_url(self, product_id: str) -> str | None:
+        """The public page of a product (for a review request); None when unknown or not published."""
+        return None
+
 
 JsonPath = tuple[str | int, ...]  # keys and list indexes into a JSON payload
 
