@@ -112,13 +112,26 @@ class FlowModel(BaseModel):
 class EventTrigger(FlowModel):
     """Start a run when a canonical event about a customer arrives (one event type, or any of a list)."""
 
-    event: EventName | Annotated[list[EventName], Field(min_length=1)]
+    event: Annotated[
+        list[EventName],
+        BeforeValidator(lambda v: [v] if isinstance(v, str) else v),
+        Field(min_length=1),
+        PlainSerializer(lambda v: v[0] if len(v) == 1 else list(v)),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "enum": list(TRIGGER_EVENTS)},
+                    {"type": "array", "items": {"type": "string", "enum": list(TRIGGER_EVENTS)}, "minItems": 1},
+                ],
+                "description": "an event type, or a list of them (any one starts the flow)",
+            }
+        ),
+    ]
 
     @property
     def events(self) -> tuple[str, ...]:
         """The event types that start the flow, each once."""
-        names = self.event if isinstance(self.event, list) else [self.event]
-        return tuple(dict.fromkeys(str(name) for name in names))
+        return tuple(dict.fromkeys(str(name) for name in self.event))
 
 
 class DateTrigger(FlowModel):

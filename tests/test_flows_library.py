@@ -104,7 +104,7 @@ def test_birthday_fourteen_days_ahead_with_ten_percent(library, tmp_path: Path) 
 
 
 def test_loyalty_reward_at_the_third_order(library, tmp_path: Path) -> None:
-    buyer = customer()
+    buyer = customer(has_account=True)  # an account holder: no invitation to open one
     for n in range(3):
         at = T0 + timedelta(days=10 * n)
         walk_to(library, at)
@@ -120,7 +120,7 @@ def test_loyalty_reward_at_the_third_order(library, tmp_path: Path) -> None:
 def _win_back_setup(library: Any) -> datetime:
     last = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)
     dates.set_now(last)
-    process_event(event("order.placed", last, customer(), order=order("801", last)))
+    process_event(event("order.placed", last, customer(has_account=True), order=order("801", last)))
     due = datetime(2026, 3, 6, 10, 0, tzinfo=UTC)  # 60 days later at 10:00
     walk_to(library, due - timedelta(hours=12))
     assert triggers.sweep()["queued"] == 1

@@ -28,7 +28,7 @@ CASES = {
         "name: x\ntrigger:\n  event: order.placed\nsteps:\n  - wait: 1h\n  - send_mail:\n      template: a.html\n",
         6,
         "unknown step 'send_mail' (expected one of: wait, send_email, notify, create_discount, tag_customer, if, http, "
-        "stop, split)",
+        "stop, split, account_invite, review_link)",
     ),
     "unknown_trigger": (
         "name: x\ntrigger:\n  evnt: order.placed\nsteps:\n  - stop\n",
@@ -275,10 +275,10 @@ def test_names_a_template_imports_at_its_top_are_known_in_its_blocks(templates: 
 def test_lint_of_the_library_and_the_examples_is_clean(env: pytest.MonkeyPatch) -> None:
     examples = Path(__file__).resolve().parents[2] / "shared" / "flow-examples"  # ../shared beside the checkout
     assert examples.is_dir(), f"the marketers' flow examples are missing: {examples}"
-    for target in (loader.LIBRARY, examples):
+    for target, count in ((loader.LIBRARY, 12), (examples, 7)):
         result = CliRunner().invoke(main, ["flows", "lint", str(target)])
         assert result.exit_code == 0, result.output
-        assert result.stdout == "" and "7 flow file(s): 0 error(s), 0 warning(s)" in result.output, result.output
+        assert result.stdout == "" and f"{count} flow file(s): 0 error(s), 0 warning(s)" in result.output, result.output
 
 
 def test_a_bad_flow_is_reported_and_skipped_while_the_others_load(
@@ -407,7 +407,12 @@ def test_a_templates_text_version_reads_like_its_html_converted(
 
     code = {"code": "HELLO-7K", "value": "10%", "expires_on": "1 May 2026", "minimum_subtotal": "30.00"}
     context = {**LIBRARY_CONTEXT, "shop": {**LIBRARY_CONTEXT["shop"], "email": shop_email}}
-    context.update({var: code for var in ("welcome", "gift", "reward", "code", "discount", "comeback")})
+    context.update({var: code for var in ("welcome", "gift", "reward", "code", "discount", "comeback", "thanks")})
+    context.update(
+        invite_url="https://tea.example/account/activate/1",
+        review_url="https://tea.example/reviews",
+        feedback_url=lambda score: f"https://encore.example/feedback/t{score}",
+    )
     html, text = render_email(name, context)
     assert html == environment().get_template(name).render(context)
     assert text == html_to_text(html)  # one Jinja render per email instead of an HTML parse

@@ -536,3 +536,47 @@ def test_stores_set_needs_a_known_store_and_something_to_set(env, woo_store):
         in CliRunner().invoke(main, ["stores", "set", "nope.example.com", "--name", "X"]).output
     )
     assert "nothing to set" in CliRunner().invoke(main, ["stores", "set", "woo.example.com"]).output
+
+
+# ---- account invitations and product pages ----------------------------------------------------------
+
+
+def _page_setting(value: str) -> dict:
+    """`GET /settings/advanced/woocommerce_myaccount_page_id`, as the REST API documents a setting option."""
+    return {
+        "id": "woocommerce_myaccount_page_id",
+        "label": "My account page",
+        "description": "Page contents: [woocommerce_my_account]",
+        "type": "select",
+        "default": "",
+        "tip": "Page contents: [woocommerce_my_account]",
+        "value": value,
+        "options": {"9": "My account"},
+    }
+
+
+@responses.activate
+def test_account_invite_is_the_my_account_page_with_the_address(woo_store):
+    setting = f"{API}/settings/advanced/woocommerce_myaccount_page_id"
+    responses.add(responses.GET, setting, json=_page_setting("9"))
+    connector = get_connector(_shop())
+    assert connector.account_invite_url(None, "ada+tea@example.com") == f"{WC_URL}/?page_id=9&email=ada%2Btea%40example.com"
+    responses.replace(responses.GET, setting, json={"code": "rest_setting_setting_invalid"}, status=404)
+    assert connector.account_invite_url("25", None) == f"{WC_URL}/my-account/"
+    assert connector.account_invite_url("25", "a@b.example") == f"{WC_URL}/my-account/?email=a%40b.example"
+
+
+@responses.activate
+def test_product_url_is_the_products_permalink(woo_store):
+    responses.add(
+        responses.GET, f"{API}/products/794", json={"id": 794, "name": "Green tea", "permalink": f"{WC_URL}/product/green-tea/"}
+    )
+    responses.add(
+        responses.GET,
+        f"{API}/products/795",
+        json={"code": "woocommerce_rest_product_invalid_id", "message": "Invalid ID.", "data": {"status": 404}},
+        status=404,
+    )
+    connector = get_connector(_shop())
+    assert connector.product_url("794") == f"{WC_URL}/product/green-tea/"
+    assert connector.product_url("795") is None

@@ -197,5 +197,6 @@ def answer(token: str):
                 log.exception("feedback recorded, its event not queued", extra={"shop_id": shop.id})
                 return _page(503, title="Please try again", state="retry")
             session.stage(row, queued=True)
+            session.commit()
         log.info("feedback recorded", extra={"shop_id": shop.id, "score": row.score, "new": new})
         return _done(shop, row)
