@@ -1191,6 +1191,7 @@ def simulate(
         "id": 0,
         "name": "Your store",
         "domain": "store.example",
+        "url": "https://store.example",
         "email": None,
         "currency": currency,
         "timezone": str(tz),
@@ -1263,12 +1264,15 @@ def run_simulation(
     tz: tzinfo,
     currency: str = "EUR",
     checkouts: Iterable[tuple[datetime, str, ev.Checkout]] = (),
+    feedback: Iterable[tuple[datetime, str, int, ev.Order | None]] = (),
 ) -> Simulation:
-    """Simulate without the command line (tests, benchmarks); `checkouts`: (when, customer key, checkout)."""
+    """Simulate without the command line (tests, benchmarks); `checkouts`: (when, customer key, checkout);
+    `feedback`: answers to "How was your order?" (when, customer key, score, order)."""
     shop = {
         "id": 0,
         "name": "Your store",
         "domain": "store.example",
+        "url": "https://store.example",
         "email": None,
         "currency": currency,
         "timezone": str(tz),
@@ -1278,6 +1282,8 @@ def run_simulation(
     sim.load(orders, known)
     for when, customer_key, checkout in checkouts:
         sim.add_checkout(when, customer_key, checkout)
+    for when, customer_key, score, order in feedback:
+        sim.add_feedback(when, customer_key, score, order)
     sim.run()
     return sim
 
