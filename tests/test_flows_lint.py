@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from encore_retention.cli import main
 from encore_retention.core.settings import reset_settings
 from encore_retention.flows import loader, render
+from encore_retention.flows.schema import EventTrigger
 
 GOOD = """\
 name: Good
@@ -552,3 +553,25 @@ def test_the_checked_fields_are_the_views_the_engine_builds() -> None:
 
     assert fields.CUSTOMER == set(steps.customer_view(Customer()))
     assert fields.SHOP == set(steps.shop_view(Shop(domain="x.example.com")))
+
+
+def test_an_event_trigger_may_list_events_and_exit_scope_order_needs_exit_on(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    folder = tmp_path / "flows"
+    write(folder, "listed", "name: x\ntrigger:\n  event: [order.refunded, order.cancelled]\nsteps:\n  - wait: 1h\n")
+    result = CliRunner().invoke(main, ["flows", "lint", str(folder)])
+    assert result.exit_code == 0 and "0 error(s), 0 warning(s)" in result.output, result.output
+    (flow_file,), _ = loader.load_dir(folder)
+    assert isinstance(flow_file.flow.trigger, EventTrigger)
+    assert flow_file.flow.trigger.events == ("order.refunded", "order.cancelled")
+    assert [f.key for f in loader.Registry({flow_file.key: flow_file}, []).for_event("order.cancelled")] == ["listed"]
+    typo = "name: x\ntrigger:\n  event: [order.refunded, order.canceled]\nsteps:\n  - wait: 1h\n"
+    path = write(folder, "listed", typo)
+    result = CliRunner().invoke(main, ["flows", "lint", str(path)])
+    assert result.exit_code == 1
+    assert f"{path}:3: unknown event type 'order.canceled'" in result.output, result.output
+    scoped = "name: x\ntrigger:\n  event: order.fulfilled\nexit_scope: order\nsteps:\n  - wait: 1h\n"
+    path = write(folder, "listed", scoped)
+    result = CliRunner().invoke(main, ["flows", "lint", str(path)])
+    assert f"{path}:4: warning: exit_scope: order has no effect without `exit_on`" in result.output, result.output

@@ -522,6 +522,8 @@ def test_stores_add_reads_the_stores_identity_and_stores_set_overrides_it_for_go
         ("--timezone", "Mars/Olympus", "not an IANA time zone"),
         ("--url", "javascript:alert(1)", "expected http"),
         ("--currency", "EURO", "three-letter code"),
+        ("--review-url", "reviews.example/us", "review-url: expected http"),
+        ("--customer-accounts", "legacy", "'legacy' is not one of"),
     ],
 )
 def test_stores_set_refuses_what_is_not_a_value_of_that_field(env, woo_store, option, value, message):
@@ -580,3 +582,21 @@ def test_product_url_is_the_products_permalink(woo_store):
     connector = get_connector(_shop())
     assert connector.product_url("794") == f"{WC_URL}/product/green-tea/"
     assert connector.product_url("795") is None
+
+
+def test_stores_set_keeps_the_review_page_and_the_customer_accounts_for_review_and_invite_links(env, woo_store):
+    result = CliRunner().invoke(
+        main,
+        ["stores", "set", "woo.example.com", "--review-url", "https://reviews.example/woo/", "--customer-accounts", "new"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "set review-url, customer-accounts" in result.output
+    assert _shop().settings["review_url"] == "https://reviews.example/woo"
+    assert _shop().settings["customer_accounts"] == "new"
+    listed = CliRunner().invoke(main, ["stores", "list", "--details"]).output
+    assert "review-url   https://reviews.example/woo" in listed and "customer-accounts new" in listed
+    from encore_retention.flows.steps import shop_view
+
+    assert shop_view(_shop())["review_url"] == "https://reviews.example/woo"
+    assert CliRunner().invoke(main, ["stores", "set", "woo.example.com", "--customer-accounts", "auto"]).exit_code == 0
+    assert "customer_accounts" not in _shop().settings  # auto: the platform is asked again
