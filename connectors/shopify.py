@@ -467,7 +467,9 @@ class ShopifyConnector(Connector):
             return "classic", None
         data = self.graphql(CUSTOMER_ACCOUNTS, what="customerAccountsV2")
         accounts = (data.get("shop") or {}).get("customerAccountsV2") or {}
-        version = setting or ("new" if accounts.get("customerAccountsVersion") == "NEW_CUSTOMER_ACCOUNTS" else "classic")
+        version = setting or (
+            "new" if accounts.get("customerAccountsVersion") == "NEW_CUSTOMER_ACCOUNTS" else "classic"
+        )
         return version, ev.text(accounts.get("url"))
 
     def account_invite_url(self, customer_id: str | None, email: str | None) -> str | None:
@@ -481,7 +483,9 @@ class ShopifyConnector(Connector):
         if not customer_id:
             return f"{store}/account/register"
         data = self.graphql(
-            ACCOUNT_ACTIVATION, {"customerId": gid("Customer", customer_id)}, what="customerGenerateAccountActivationUrl"
+            ACCOUNT_ACTIVATION,
+            {"customerId": gid("Customer", customer_id)},
+            what="customerGenerateAccountActivationUrl",
         )
         result = data.get("customerGenerateAccountActivationUrl") or {}
         errors = self.user_errors(result)

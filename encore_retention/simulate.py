@@ -50,6 +50,8 @@ SIM_LINK = "https://store.example/simulated-link"  # what an account invitation 
 def _feedback_url(score: Any) -> str:
     """`feedback_url(score)` in a simulation: a stand-in (no link is signed)."""
     return f"https://encore.example/feedback/simulated-{score}"
+
+
 # ---- reading exports -------------------------------------------------------------------------------
 
 

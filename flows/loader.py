@@ -413,7 +413,7 @@ def _check(
         add(
             ("max_delay",),
             f"max_delay {format_duration(flow.max_delay)} is shorter than frequency_cap "
-            f"{format_duration(flow.frequency_cap)}: an email the cap holds back is likely dropped instead of sent later",
+            f"{format_duration(flow.frequency_cap)}: an email the cap holds back is likely dropped, not sent later",
             "warning",
         )
 

@@ -1,4 +1,4 @@
-""""How was your order?": the signed 1-to-5 links, the landing page (GET confirms, POST records once), the answer
+""" "How was your order?": the signed 1-to-5 links, the landing page (GET confirms, POST records once), the answer
 as a customer fact and a `feedback.received` event through the pipeline, the flows it starts, and its redaction."""
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ def _asked(score: int = 2, order_id: str | None = "5001", run_id: int = 0) -> tu
 
 def _answers() -> list[tuple[int, str | None, bool]]:
     with session_scope() as session:
-        return [(f.score, f.comment, f.queued) for f in session.execute(select(Feedback).order_by(Feedback.id)).scalars()]
+        return [
+            (f.score, f.comment, f.queued) for f in session.execute(select(Feedback).order_by(Feedback.id)).scalars()
+        ]
 
 
 def _confirm(page: str) -> str:
@@ -260,5 +262,8 @@ def test_redaction_deletes_the_answers_and_the_export_lists_them(store, redis):
     process_event(redact.to_dict())
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(Feedback)) == 0
-        assert session.scalar(select(func.count()).select_from(EventRecord).where(EventRecord.type == "feedback.received")) == 0
+        assert (
+            session.scalar(select(func.count()).select_from(EventRecord).where(EventRecord.type == "feedback.received"))
+            == 0
+        )
     assert store.get(f"/feedback/{token}").status_code == 404

@@ -637,9 +637,7 @@ def _accounts(version: str, url: str | None = "https://shopify.com/548380009/acc
 
 
 def _activation(url: str | None, errors: list | None = None) -> dict:
-    return _data(
-        {"customerGenerateAccountActivationUrl": {"accountActivationUrl": url, "userErrors": errors or []}}
-    )
+    return _data({"customerGenerateAccountActivationUrl": {"accountActivationUrl": url, "userErrors": errors or []}})
 
 
 def test_classic_accounts_get_the_customers_own_activation_link(shop, admin):

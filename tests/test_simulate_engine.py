@@ -452,7 +452,12 @@ def test_the_simulation_agrees_on_guests_feedback_refunds_and_cancellations(engi
     assert [f for f, to in engine_sent if f == "guest_account_invite"] == ["guest_account_invite"]
     assert ("guest_account_invite", "c3005@example.com", "no consent") in engine_suppressed
     assert engine_sent.count(("resolve_fast", staff)) == 3  # the low score, the cancellation, the refund
-    assert {to for f, to in engine_sent if f == "resolve_fast"} == {staff, "c3001@example.com", "c3002@example.com", "c3003@example.com"}
+    assert {to for f, to in engine_sent if f == "resolve_fast"} == {
+        staff,
+        "c3001@example.com",
+        "c3002@example.com",
+        "c3003@example.com",
+    }
     assert {to for f, to in engine_sent if f == "feedback_request"} == {"c3001@example.com", "c3004@example.com"}
     assert [to for f, to in engine_sent if f == "review_after_top_score"] == ["c3004@example.com"]
     assert {to for f, to in engine_sent if f == "review_request"} == {"c3001@example.com", "c3004@example.com"}

@@ -562,7 +562,10 @@ def test_account_invite_is_the_my_account_page_with_the_address(woo_store):
     setting = f"{API}/settings/advanced/woocommerce_myaccount_page_id"
     responses.add(responses.GET, setting, json=_page_setting("9"))
     connector = get_connector(_shop())
-    assert connector.account_invite_url(None, "ada+tea@example.com") == f"{WC_URL}/?page_id=9&email=ada%2Btea%40example.com"
+    assert (
+        connector.account_invite_url(None, "ada+tea@example.com")
+        == f"{WC_URL}/?page_id=9&email=ada%2Btea%40example.com"
+    )
     responses.replace(responses.GET, setting, json={"code": "rest_setting_setting_invalid"}, status=404)
     assert connector.account_invite_url("25", None) == f"{WC_URL}/my-account/"
     assert connector.account_invite_url("25", "a@b.example") == f"{WC_URL}/my-account/?email=a%40b.example"
@@ -571,7 +574,9 @@ def test_account_invite_is_the_my_account_page_with_the_address(woo_store):
 @responses.activate
 def test_product_url_is_the_products_permalink(woo_store):
     responses.add(
-        responses.GET, f"{API}/products/794", json={"id": 794, "name": "Green tea", "permalink": f"{WC_URL}/product/green-tea/"}
+        responses.GET,
+        f"{API}/products/794",
+        json={"id": 794, "name": "Green tea", "permalink": f"{WC_URL}/product/green-tea/"},
     )
     responses.add(
         responses.GET,
@@ -587,7 +592,15 @@ def test_product_url_is_the_products_permalink(woo_store):
 def test_stores_set_keeps_the_review_page_and_the_customer_accounts_for_review_and_invite_links(env, woo_store):
     result = CliRunner().invoke(
         main,
-        ["stores", "set", "woo.example.com", "--review-url", "https://reviews.example/woo/", "--customer-accounts", "new"],
+        [
+            "stores",
+            "set",
+            "woo.example.com",
+            "--review-url",
+            "https://reviews.example/woo/",
+            "--customer-accounts",
+            "new",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "set review-url, customer-accounts" in result.output

@@ -234,7 +234,10 @@ class Feedback(Base):
     """
 
     __tablename__ = "feedback"
-    __table_args__ = (UniqueConstraint("shop_id", "customer_id", "subject"), Index("ix_feedback_customer", "customer_id"))
+    __table_args__ = (
+        UniqueConstraint("shop_id", "customer_id", "subject"),
+        Index("ix_feedback_customer", "customer_id"),
+    )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))
