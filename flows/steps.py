@@ -1131,7 +1131,14 @@ class StepRunner(Runner):
         product = rules.review_product(order)
         if shop["review_url"] or product is None:
             return rules.review_target(shop, None)
-        return rules.review_target(shop, connectors.get_connector(self.shop).product_url(product))
+        try:
+            page = connectors.get_connector(self.shop).product_url(product)
+        except PlatformError as exc:  # refused (Shopify without read_products, say): the store's own page
+            if exc.transient:
+                raise
+            log.warning("product page not found; the review link is the store's", extra={"error": exc.message[:200]})
+            page = None
+        return rules.review_target(shop, page)
 
     # -- side-effect records ---------------------------------------------------------------------
     def _claim(self, key: str, kind: str, claimed: bool = False, *, marketing: bool | None = None) -> None:

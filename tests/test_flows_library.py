@@ -354,3 +354,18 @@ def test_resolve_fast_without_a_staff_email_stops_saying_why(library, tmp_path: 
     assert sent(tmp_path, "resolve_fast") == []
     (run,) = flow_runs("resolve_fast")
     assert run.status == "stopped" and run.reason.startswith("no staff email")
+
+
+def test_a_refused_product_page_makes_the_review_link_the_stores(library, tmp_path: Path, env) -> None:
+    from encore_retention.connectors.base import PlatformError
+
+    def refuse(self: Any, product_id: str) -> str | None:
+        raise PlatformError("Shopify product: Access denied for product field", status=200)
+
+    env.setattr(FakeConnector, "product_url", refuse)
+    process_event(event("order.fulfilled", T0, customer(has_account=True), order=_with_product("5601", T0, "91")))
+    walk_to(library, T0 + timedelta(days=14))
+    (message,) = sent(tmp_path, "review_request")
+    assert "https://encore-test.myshopify.com" in text_of(message) and "/products/" not in text_of(message)
+    (run,) = flow_runs("review_request")
+    assert run.status == "done"
