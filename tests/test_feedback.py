@@ -22,7 +22,7 @@ from encore_retention.core.store.models import Customer, EventRecord, Feedback, 
 from encore_retention.flows import dates
 from encore_retention.flows.models import FlowRun
 from encore_retention.jobs import process_event
-from tests.conftest import drain
+from tests.conftest import drain, sign_in
 from tests.flows.helpers import SHOP, FakeConnector, customer, event, order, outbox, walk_to
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -203,6 +203,10 @@ def test_a_low_score_is_a_customer_fact_an_event_and_resolve_fast(store, redis, 
     assert note["To"] == "c1001@example.com" and note["Reply-To"] == "staff@tea.example"
     assert "reply to this email" in note.get_body(("plain",)).get_content().lower()
     assert FakeConnector.requests == []  # no discount by reflex
+    sign_in(store)  # the customer's page in the admin: the score, the event and the run it started
+    _, customer_id = _ids()
+    page = store.get(f"/admin/customers/{customer_id}", environ_base={"REMOTE_ADDR": "127.0.0.1"}).text
+    assert "2/5" in page and "feedback.received" in page and "Resolve fast" in page
     # a refund of the same order afterwards: the same run's key, no second alert
     process_event(event("order.refunded", dates.now(), customer(has_account=True), order=order("5001", T0)))
     with session_scope() as session:
