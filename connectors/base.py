@@ -135,6 +135,15 @@ class Connector(abc.ABC):
         """
         raise NotImplementedError(f"{self.platform} keeps no email consent Encore can change")
 
+    def account_invite_url(self, customer_id: str | None, email: str | None) -> str | None:
+        """A link that lets a guest (no account yet) create one: `customer_id` on the platform (None for a guest
+        known by address only) and the address. None when the platform offers none."""
+        return None
+
+    def product_url(self, product_id: str) -> str | None:
+        """The public page of a product (for a review request); None when unknown or not published."""
+        return None
+
 
 JsonPath = tuple[str | int, ...]  # keys and list indexes into a JSON payload
 

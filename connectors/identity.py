@@ -3,6 +3,11 @@
 The platform fills them when a store is connected (Shopify's `shop` query, WooCommerce's settings
 and system status); `encore stores set` overrides any of them, and a value the operator set is kept
 when the store is connected again. Templates read them as `shop.*`; every store mails as itself.
+
+Two more fields only the operator sets, kept in the store's `settings`: `review_url`, the page of the
+store's review app where review requests send customers (`shop.review_url`), and `customer_accounts`
+(Shopify: `classic` or `new`; `auto`, the default, asks the shop which it uses), which decides the
+link of an account invitation.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ FIELDS = {
     "currency": "currency",
 }
 OVERRIDDEN = "identity_set"  # in Shop.settings: the fields the operator set
+# Fields kept in Shop.settings under their own name, set by the operator only.
+SETTINGS = ("review_url", "customer_accounts")
+ACCOUNT_KINDS = ("classic", "new", "auto")
 
 
 def clean(field: str, value: str) -> str:
@@ -38,10 +46,10 @@ def clean(field: str, value: str) -> str:
     if field == "email_from":
         name, address = mailbox(value)
         return f"{name} <{address}>" if name else address
-    if field == "url":
+    if field in ("url", "review_url"):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"url: expected http://… or https://…, got {value!r}")
+            raise ValueError(f"{field.replace('_', '-')}: expected http://… or https://…, got {value!r}")
         return value.rstrip("/")
     if field == "timezone":
         try:
@@ -52,18 +60,28 @@ def clean(field: str, value: str) -> str:
         if not (len(value) == 3 and value.isalpha()):
             raise ValueError(f"currency: expected a three-letter code like EUR, got {value!r}")
         return value.upper()
+    if field == "customer_accounts":
+        if value.lower() not in ACCOUNT_KINDS:
+            raise ValueError(f"customer-accounts: one of {', '.join(ACCOUNT_KINDS)}, got {value!r}")
+        return value.lower()
     if field == "name":
         if not value or len(value) > 255:
             raise ValueError("name: 1 to 255 characters")
         return value
-    raise ValueError(f"unknown field {field!r} (expected one of: {', '.join(FIELDS)})")
+    raise ValueError(f"unknown field {field!r} (expected one of: {', '.join((*FIELDS, *SETTINGS))})")
 
 
 def override(shop: Shop, field: str, value: str) -> None:
     """Set a field as the operator asked (validated); connecting the store again keeps it."""
-    setattr(shop, FIELDS[field], clean(field, value))
+    cleaned = clean(field, value)
     settings = dict(shop.settings or {})
-    settings[OVERRIDDEN] = sorted({*settings.get(OVERRIDDEN, []), field})
+    if field in SETTINGS:
+        settings.pop(field, None)
+        if cleaned != "auto":  # `auto`: ask the platform again
+            settings[field] = cleaned
+    else:
+        setattr(shop, FIELDS[field], cleaned)
+        settings[OVERRIDDEN] = sorted({*settings.get(OVERRIDDEN, []), field})
     shop.settings = settings
 
 
@@ -81,4 +99,6 @@ def fill(shop: Shop, facts: dict[str, Any]) -> None:
 
 def describe(shop: Shop) -> dict[str, str | None]:
     """The identity fields of a store, as `encore stores list --details` and the admin show them."""
-    return {field: getattr(shop, attribute) for field, attribute in FIELDS.items()}
+    found: dict[str, str | None] = {field: getattr(shop, attribute) for field, attribute in FIELDS.items()}
+    found.update({field: (shop.settings or {}).get(field) for field in SETTINGS})
+    return found

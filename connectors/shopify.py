@@ -146,6 +146,17 @@ query orders($first: Int!, $after: String, $query: String) {
     pageInfo { hasNextPage endCursor }
   }
 }"""
+ACCOUNT_ACTIVATION = """
+mutation customerGenerateAccountActivationUrl($customerId: ID!) {
+  customerGenerateAccountActivationUrl(customerId: $customerId) {
+    accountActivationUrl
+    userErrors { field message }
+  }
+}"""
+CUSTOMER_ACCOUNTS = """
+query customerAccounts { shop { customerAccountsV2 { customerAccountsVersion url } } }"""
+PRODUCT_PAGE = """
+query product($id: ID!) { product(id: $id) { onlineStoreUrl } }"""
 SHOP = """
 query shop { shop { name email contactEmail currencyCode ianaTimezone primaryDomain { url } } }"""
 WEBHOOKS = """
@@ -486,6 +497,50 @@ class ShopifyConnector(Connector):
         """Orders updated since a time (all when None), with their customers."""
         for node in self._pages(ORDERS, "orders", {"query": self._since(since)}):
             yield self.to_order(node)
+
+    # ---- account invitations and product pages ------------------------------------------------------
+
+    def customer_accounts(self) -> tuple[str, str | None]:
+        """Which customer accounts the shop uses, `classic` or `new`, and the new accounts' sign-in address.
+
+        The store's setting (`encore stores set --customer-accounts`) decides when given; else the shop
+        query's `customerAccountsV2.customerAccountsVersion` (`NEW_CUSTOMER_ACCOUNTS` or `CLASSIC`).
+        """
+        setting = (self.shop.settings or {}).get("customer_accounts")
+        if setting == "classic":
+            return "classic", None
+        data = self.graphql(CUSTOMER_ACCOUNTS, what="customerAccountsV2")
+        accounts = (data.get("shop") or {}).get("customerAccountsV2") or {}
+        version = setting or (
+            "new" if accounts.get("customerAccountsVersion") == "NEW_CUSTOMER_ACCOUNTS" else "classic"
+        )
+        return version, ev.text(accounts.get("url"))
+
+    def account_invite_url(self, customer_id: str | None, email: str | None) -> str | None:
+        """Classic accounts: the customer's own activation link (`customerGenerateAccountActivationUrl`, valid 30
+        days, and the one made before stops working); new customer accounts: the sign-in page, where a code
+        sent to the address signs the customer in. A customer whose account is enabled already: PlatformError."""
+        store = (self.shop.url or f"https://{self.shop.domain}").rstrip("/")
+        version, sign_in = self.customer_accounts()
+        if version == "new":
+            return sign_in or f"{store}/account"
+        if not customer_id:
+            return f"{store}/account/register"
+        data = self.graphql(
+            ACCOUNT_ACTIVATION,
+            {"customerId": gid("Customer", customer_id)},
+            what="customerGenerateAccountActivationUrl",
+        )
+        result = data.get("customerGenerateAccountActivationUrl") or {}
+        errors = self.user_errors(result)
+        if errors:
+            raise PlatformError(f"Shopify customerGenerateAccountActivationUrl: {_messages(errors)}", status=422)
+        return ev.text(result.get("accountActivationUrl"))
+
+    def product_url(self, product_id: str) -> str | None:
+        """The product's page on the online store (`onlineStoreUrl`; None when it is not published there)."""
+        data = self.graphql(PRODUCT_PAGE, {"id": gid("Product", product_id)}, what="product")
+        return ev.text((data.get("product") or {}).get("onlineStoreUrl"))
 
     # ---- the shop and its webhooks -------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
@@ -227,6 +228,33 @@ class WooCommerceConnector(Connector):
                 self.request("PUT", f"webhooks/{found['id']}", {"status": "active", "secret": secret})
             done.append(topic)
         return done
+
+    # ---- account invitations and product pages ------------------------------------------------------
+
+    def account_page(self) -> str:
+        """The store's my-account page (where a guest registers): the page set in WooCommerce's advanced settings
+        (`woocommerce_myaccount_page_id`, as `?page_id=N`, which WordPress sends on to its address), else the
+        default `/my-account/`."""
+        store = (self.shop.url or f"https://{self.shop.domain}").rstrip("/")
+        found = self._optional("settings/advanced/woocommerce_myaccount_page_id")
+        page = parse_id(str(found.get("value") or "")) if isinstance(found, dict) else None
+        return f"{store}/?page_id={page}" if page else f"{store}/my-account/"
+
+    def account_invite_url(self, customer_id: str | None, email: str | None) -> str | None:
+        """The my-account page, with the address as `email` in the query for a store whose registration form reads
+        it (WooCommerce's own form fills the address in only from a post: see docs/flows.md)."""
+        page = self.account_page()
+        if not email:
+            return page
+        return f"{page}{'&' if '?' in page else '?'}{urlencode({'email': email})}"
+
+    def product_url(self, product_id: str) -> str | None:
+        """The product's `permalink` (`GET /products/<id>`); None for a product the store no longer has."""
+        response = self.request("GET", f"products/{product_id}", allow=(404,))
+        if response.status_code == 404:
+            return None
+        product = json_of(response, "WooCommerce product")
+        return ev.text(product.get("permalink")) if isinstance(product, dict) else None
 
     # ---- discounts -----------------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ class EventType(StrEnum):
     CUSTOMER_DATA_REQUEST = "customer.data_request"
     SHOP_REDACT = "shop.redact"
     APP_UNINSTALLED = "app.uninstalled"
+    FEEDBACK_RECEIVED = "feedback.received"
     UNKNOWN = "unknown"
 
     @property

@@ -66,6 +66,10 @@ class RehearsalConnector(Connector):
         """Nothing is registered."""
         return []
 
+    def account_invite_url(self, customer_id: str | None, email: str | None) -> str | None:
+        """A stand-in for the link the platform would give (no call is made)."""
+        return f"{(self.shop.url or f'https://{self.shop.domain}').rstrip('/')}/account"
+
 
 @dataclass
 class Rehearsal:

@@ -44,6 +44,14 @@ from encore_retention.flows.steps import DiscountView, EmailDraft, Runner, email
 from encore_retention.webhooks.base import Exports
 
 STAFF_ADDRESS = "staff@store.example"  # the simulated store's staff, whom `notify` steps mail
+SIM_LINK = "https://store.example/simulated-link"  # what an account invitation or review link step finds
+
+
+def _feedback_url(score: Any) -> str:
+    """`feedback_url(score)` in a simulation: a stand-in (no link is signed)."""
+    return f"https://encore.example/feedback/simulated-{score}"
+
+
 # ---- reading exports -------------------------------------------------------------------------------
 
 
@@ -60,6 +68,7 @@ class HistoricalOrder:
     paid_at: datetime | None = None
     fulfilled_at: datetime | None = None
     cancelled_at: datetime | None = None
+    refunded_at: datetime | None = None
 
 
 @dataclass
@@ -74,6 +83,7 @@ class KnownCustomer:
     birthday: date | None = None
     created_at: datetime | None = None
     tags: list[str] = field(default_factory=list)
+    has_account: bool | None = None
 
 
 def _norm(name: str) -> str:
@@ -362,6 +372,9 @@ class SimCustomer:
     first_order_at: datetime | None = None
     last_order_at: datetime | None = None
     created_at: datetime | None = None
+    has_account: bool | None = None
+    feedback_score: int | None = None
+    feedback_at: datetime | None = None
     last_marketing: datetime | None = None
     runs: list[SimRun] = field(default_factory=list)
     held: dict[int, SimRun] = field(default_factory=dict)  # runs whose email is held back, by number
@@ -395,8 +408,10 @@ class SimCustomer:
             "birthday": self.birthday,
             "email_consent": bool(self.consent),
             "tags": sorted(self.tags),
-            "has_account": None,
+            "has_account": bool(self.has_account),
             "created_at": self.created_at,
+            "feedback_score": self.feedback_score,
+            "feedback_at": self.feedback_at,
         }
 
 
@@ -470,7 +485,8 @@ class Simulation:
         self.dated: list[str] = []
         for key, flow in self.flows.items():
             if isinstance(flow.trigger, EventTrigger):
-                self.by_event[flow.trigger.event].append(key)
+                for name in flow.trigger.events:
+                    self.by_event[name].append(key)
             elif isinstance(flow.trigger, DateTrigger):
                 self.dated.append(key)
             for name in flow.exit_on:
@@ -549,6 +565,7 @@ class Simulation:
                     info.birthday if info else None,
                     set(info.tags) if info else set(),
                     created_at=info.created_at if info else None,
+                    has_account=info.has_account if info else None,
                 )
                 self.customers[item.customer_key] = customer
             if customer.consent is None and item.consent is not None:
@@ -561,6 +578,7 @@ class Simulation:
                 ("order.paid", item.paid_at),
                 ("order.fulfilled", item.fulfilled_at),
                 ("order.cancelled", item.cancelled_at),
+                ("order.refunded", item.refunded_at),
             ):
                 listened = name in self.by_event or name in self.exiting or name == "order.cancelled"
                 if moment is not None and listened:
@@ -578,6 +596,7 @@ class Simulation:
                     info.birthday,
                     set(info.tags),
                     created_at=info.created_at,
+                    has_account=info.has_account,
                 )
         for key, customer in self.customers.items():
             created = customer.created_at or (first_seen[key] - timedelta(seconds=1) if key in first_seen else None)
@@ -595,7 +614,17 @@ class Simulation:
         them after `load`)."""
         self.at(when, "event", ("checkout.started", self.customers[customer_key], None, checkout))
 
-    def event(self, name: str, customer: SimCustomer, order: Any, checkout: Any = None) -> None:
+    def add_feedback(
+        self, when: datetime, customer_key: str, score: int, order: ev.Order | None = None, comment: str | None = None
+    ) -> None:
+        """Queue a customer's answer to "How was your order?" (a `feedback.received`; exports hold none: a caller
+        that has the answers adds them after `load`)."""
+        answer = {"score": score, "comment": comment, "order_id": order.id if order is not None else None}
+        self.at(when, "event", ("feedback.received", self.customers[customer_key], order, None, answer))
+
+    def event(
+        self, name: str, customer: SimCustomer, order: Any, checkout: Any = None, answer: dict[str, Any] | None = None
+    ) -> None:
         """One historical event: the ledger first, then exits and starts, as the worker does."""
         if name == "order.placed":
             customer.orders_count += 1
@@ -611,6 +640,9 @@ class Simulation:
             customer.orders_count = max(0, customer.orders_count - 1)
             customer.total_spent -= order.total or Decimal("0")
             customer.changed()
+        elif name == "feedback.received" and answer is not None:  # the ledger keeps the latest answer
+            customer.feedback_score, customer.feedback_at = answer["score"], self.now
+            customer.changed()
         exiting, starting = self.exiting.get(name), self.by_event.get(name)
         if not exiting and not starting:
             return
@@ -620,10 +652,15 @@ class Simulation:
             "type": name,
             "occurred_at": self.now.isoformat(),
             "topic": name,
+            **(answer or {}),
         }
         if exiting and customer.runs:
             customer.runs = [run for run in customer.runs if run.active]
             for run in customer.runs:
+                scope = run.flow.exit_scope
+                run_order = run.order.id if run.order is not None else None
+                if not rules.exit_applies(scope, run_order, order.id if order is not None else None):
+                    continue
                 if run.flow_key in exiting and run.event.get("id") != event["id"]:
                     run.active = False
                     self.record(run, "exited", reason=f"exit on {name}")
@@ -688,6 +725,7 @@ class Simulation:
             "order": run.order,
             "checkout": run.checkout,
             "now": self.now,
+            "feedback_url": _feedback_url,
         }
         ctx.update(run.vars)
         return ctx
@@ -960,6 +998,12 @@ class SimRunner(Runner):
         """Nothing is posted."""
         return rules.NEXT
 
+    def fetch_link(self, key: str, kind: str, earlier: Any) -> str | rules.Outcome:
+        """A stand-in link (the platform is not asked): the store's review page when set, else the store."""
+        if kind == "review_link":
+            return rules.review_target(self.sim.shop, None) or SIM_LINK
+        return SIM_LINK
+
 
 # ---- reporting -------------------------------------------------------------------------------------
 
@@ -1149,6 +1193,7 @@ def simulate(
         "id": 0,
         "name": "Your store",
         "domain": "store.example",
+        "url": "https://store.example",
         "email": None,
         "currency": currency,
         "timezone": str(tz),
@@ -1221,12 +1266,15 @@ def run_simulation(
     tz: tzinfo,
     currency: str = "EUR",
     checkouts: Iterable[tuple[datetime, str, ev.Checkout]] = (),
+    feedback: Iterable[tuple[datetime, str, int, ev.Order | None]] = (),
 ) -> Simulation:
-    """Simulate without the command line (tests, benchmarks); `checkouts`: (when, customer key, checkout)."""
+    """Simulate without the command line (tests, benchmarks); `checkouts`: (when, customer key, checkout);
+    `feedback`: answers to "How was your order?" (when, customer key, score, order)."""
     shop = {
         "id": 0,
         "name": "Your store",
         "domain": "store.example",
+        "url": "https://store.example",
         "email": None,
         "currency": currency,
         "timezone": str(tz),
@@ -1236,6 +1284,8 @@ def run_simulation(
     sim.load(orders, known)
     for when, customer_key, checkout in checkouts:
         sim.add_checkout(when, customer_key, checkout)
+    for when, customer_key, score, order in feedback:
+        sim.add_feedback(when, customer_key, score, order)
     sim.run()
     return sim
 

@@ -114,15 +114,27 @@ class EventNotCommitted(NotCommitted):
     """
 
 
+def event_view(event: Event) -> dict[str, Any]:
+    """The `event` of expressions and templates; a `feedback.received` adds the answer (`score`, `comment`,
+    `order_id`)."""
+    view: dict[str, Any] = {
+        "id": event.id,
+        "type": event.type.value,
+        "occurred_at": event.occurred_at.isoformat(),
+        "topic": event.topic,
+    }
+    if event.type == EventType.FEEDBACK_RECEIVED:
+        view.update({name: event.data.get(name) for name in FEEDBACK_FIELDS})
+    return view
+
+
+FEEDBACK_FIELDS = ("score", "comment", "order_id")
+
+
 def event_context(event: Event) -> dict[str, Any]:
     """What a run started by an event keeps: the event, its order or checkout (JSON)."""
     return {
-        "event": {
-            "id": event.id,
-            "type": event.type.value,
-            "occurred_at": event.occurred_at.isoformat(),
-            "topic": event.topic,
-        },
+        "event": event_view(event),
         "order": event.order.model_dump(mode="json") if event.order else None,
         "checkout": event.checkout.model_dump(mode="json") if event.checkout else None,
         "vars": {},
@@ -211,11 +223,17 @@ def handle_event(
 
 
 def exit_runs(session: Unit, customer_id: int, event: Event) -> int:
-    """End a customer's active runs whose flow version lists this event in `exit_on`."""
+    """End a customer's active runs whose flow version lists this event in `exit_on` (with `exit_scope: order`,
+    only those started for the event's order)."""
     runs = session.execute(_ACTIVE_RUNS, {"customer_id": customer_id, "event_id": event.id}).scalars().all()
     ended = 0
+    event_order = event.order.id if event.order is not None else None
     for run in runs:
-        if event.type.value not in loader.flow_from_data(run.definition, run.flow_digest).exit_on:
+        flow = loader.flow_from_data(run.definition, run.flow_digest)
+        if event.type.value not in flow.exit_on:
+            continue
+        run_order = ((run.context or {}).get("order") or {}).get("id")
+        if not rules.exit_applies(flow.exit_scope, str(run_order) if run_order else None, event_order):
             continue
         _finish(session, run, EXITED, f"exit on {event.type.value}")
         _trace(session, run, "exit", f"{event.type.value} arrived: run ended", event=event.id)

@@ -20,6 +20,7 @@ from jinja2.sandbox import SandboxedEnvironment
 # The names an expression or a template may use; each step's `as:` name adds one.
 NAMES = frozenset(
     {"customer", "order", "checkout", "shop", "run", "event", "unsubscribe_url", "now", "subject", "preheader"}
+    | {"feedback_url"}
 )
 
 _env = SandboxedEnvironment(autoescape=False)

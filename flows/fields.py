@@ -34,13 +34,16 @@ CUSTOMER = frozenset(
         "tags",
         "has_account",
         "created_at",
+        "feedback_score",
+        "feedback_at",
     }
 )
 SHOP = frozenset(
     {"id", "name", "domain", "url", "email", "staff_email", "email_from", "reply_to", "currency", "timezone"}
-    | {"platform"}
+    | {"platform", "review_url"}
 )
-EVENT = frozenset({"id", "type", "occurred_at", "topic"})
+# `score`, `comment` and `order_id`: the answer a `feedback.received` event carries (other events have none).
+EVENT = frozenset({"id", "type", "occurred_at", "topic", "score", "comment", "order_id"})
 RUN = frozenset({"id", "started_at", "flow"})
 DISCOUNT = frozenset({"code", "kind", "amount", "value", "expires_at", "expires_on", "minimum_subtotal", "redeemed"})
 # The views that are dictionaries answer their methods too (`customer.get('tags')`).

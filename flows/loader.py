@@ -26,6 +26,7 @@ from encore_retention.core import resources
 from encore_retention.core.settings import get_settings
 from encore_retention.flows import expressions, fields, render
 from encore_retention.flows.schema import (
+    AccountInviteStep,
     CreateDiscountStep,
     DateTrigger,
     EventTrigger,
@@ -33,6 +34,7 @@ from encore_retention.flows.schema import (
     HttpStep,
     IfStep,
     NotifyStep,
+    ReviewLinkStep,
     SendEmailStep,
     SplitStep,
     WaitStep,
@@ -238,6 +240,7 @@ def load_dir(directory: Path) -> tuple[list[FlowFile], list[Problem]]:
 
 
 def _as_names(steps: list[Any]) -> set[str]:
+    """The names the discounts of a flow's steps are kept under (`create_discount`'s `as:`)."""
     names: set[str] = set()
     for step in steps:
         if isinstance(step, CreateDiscountStep):
@@ -245,6 +248,20 @@ def _as_names(steps: list[Any]) -> set[str]:
         elif isinstance(step, IfStep | SplitStep):
             for _, nested in step.nested():
                 names |= _as_names(nested)
+    return names
+
+
+def _link_names(steps: list[Any]) -> set[str]:
+    """The names the links of a flow's steps are kept under (`account_invite`'s and `review_link`'s `as:`)."""
+    names: set[str] = set()
+    for step in steps:
+        if isinstance(step, AccountInviteStep):
+            names.add(step.account_invite.as_)
+        elif isinstance(step, ReviewLinkStep):
+            names.add(step.review_link.as_)
+        elif isinstance(step, IfStep | SplitStep):
+            for _, nested in step.nested():
+                names |= _link_names(nested)
     return names
 
 
@@ -342,7 +359,7 @@ def _check(
     flow: Flow, file: str, line: Any, top_steps: list[tuple[int, Any]], sources: dict[str, str] | None = None
 ) -> list[Problem]:
     discounts_named = _as_names(flow.steps)
-    known = set(expressions.NAMES) | discounts_named
+    known = set(expressions.NAMES) | discounts_named | _link_names(flow.steps)
     problems: list[Problem] = []
 
     def add(path: Path_, message: str, severity: Literal["error", "warning"] = "error") -> None:
@@ -387,8 +404,11 @@ def _check(
             f"a yearly date trigger ({flow.trigger.date}) without `entry: once_per: year` may run twice in a year",
             "warning",
         )
-    if isinstance(flow.trigger, EventTrigger) and flow.trigger.event in flow.exit_on:
-        add(("exit_on",), f"{flow.trigger.event} both starts and ends this flow; only other runs are ended", "warning")
+    for name in flow.trigger.events if isinstance(flow.trigger, EventTrigger) else ():
+        if name in flow.exit_on:
+            add(("exit_on",), f"{name} both starts and ends this flow; only other runs are ended", "warning")
+    if flow.exit_scope == "order" and not flow.exit_on:
+        add(("exit_scope",), "exit_scope: order has no effect without `exit_on`", "warning")
     if flow.marketing and flow.max_delay is not None and flow.frequency_cap and flow.max_delay < flow.frequency_cap:
         add(
             ("max_delay",),
@@ -544,7 +564,7 @@ class Registry:
             if f.flow.enabled
             and not f.flow.retired
             and isinstance(f.flow.trigger, EventTrigger)
-            and f.flow.trigger.event == event_type
+            and event_type in f.flow.trigger.events
         ]
 
     def exiting_on(self, event_type: str) -> list[FlowFile]:

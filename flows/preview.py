@@ -17,11 +17,11 @@ from encore_retention.connectors import email as email_api
 from encore_retention.connectors.base import Discount, DiscountRequest
 from encore_retention.core import events as ev
 from encore_retention.core.store.models import Customer, Shop
-from encore_retention.flows import dates
+from encore_retention.flows import dates, rules
 from encore_retention.flows.loader import FlowFile
 from encore_retention.flows.models import FlowRun
 from encore_retention.flows.rules import NEXT, Outcome, position_label
-from encore_retention.flows.steps import EmailDraft, StepRunner, branches, walk
+from encore_retention.flows.steps import EmailDraft, StepRunner, branches, shop_view, walk
 
 
 @dataclass
@@ -103,6 +103,13 @@ class PreviewRunner(StepRunner):
     def post(self, key: str, spec: Any, body: dict[str, Any], earlier: Any) -> Outcome:
         """Nothing is posted."""
         return NEXT
+
+    def fetch_link(self, key: str, kind: str, earlier: Any) -> str | Outcome:
+        """A stand-in link, the platform not asked: the store's account page, or its review page (else the store)."""
+        shop = shop_view(self.shop)
+        if kind == "account_invite":
+            return f"{shop['url'].rstrip('/')}/account"
+        return rules.review_target(shop, None)
 
 
 def sample(path: Path) -> dict[str, Any]:

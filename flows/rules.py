@@ -344,3 +344,28 @@ def discount_result(
         "minimum_subtotal": str(spec.minimum_subtotal) if spec.minimum_subtotal is not None else None,
         "platform_id": platform_id,
     }
+
+
+# ---- links: account invitations, review pages, exits by order --------------------------------------
+
+
+def review_product(order: Any) -> str | None:
+    """The product a review link points at: the order's first line with a product (None: no order, no product)."""
+    for line in getattr(order, "line_items", None) or []:
+        if line.product_id:
+            return str(line.product_id)
+    return None
+
+
+def review_target(shop: dict[str, Any], product_page: str | None) -> str:
+    """Where a review request sends the customer: the store's review page when it has one (`encore stores set
+    --review-url`), else the product's page, else the store itself."""
+    return str(shop.get("review_url") or product_page or shop.get("url") or "")
+
+
+def exit_applies(scope: str, run_order_id: str | None, event_order_id: str | None) -> bool:
+    """Whether an `exit_on` event ends a run: always for `exit_scope: customer`; for `order`, only a run
+    started for the event's order."""
+    if scope != "order":
+        return True
+    return run_order_id is not None and run_order_id == event_order_id

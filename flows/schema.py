@@ -110,9 +110,28 @@ class FlowModel(BaseModel):
 
 
 class EventTrigger(FlowModel):
-    """Start a run when a canonical event about a customer arrives."""
+    """Start a run when a canonical event about a customer arrives (one event type, or any of a list)."""
 
-    event: EventName
+    event: Annotated[
+        list[EventName],
+        BeforeValidator(lambda v: [v] if isinstance(v, str) else v),
+        Field(min_length=1),
+        PlainSerializer(lambda v: v[0] if len(v) == 1 else list(v)),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "enum": list(TRIGGER_EVENTS)},
+                    {"type": "array", "items": {"type": "string", "enum": list(TRIGGER_EVENTS)}, "minItems": 1},
+                ],
+                "description": "an event type, or a list of them (any one starts the flow)",
+            }
+        ),
+    ]
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        """The event types that start the flow, each once."""
+        return tuple(dict.fromkeys(str(name) for name in self.event))
 
 
 class DateTrigger(FlowModel):
@@ -391,6 +410,30 @@ class SplitStep(StepModel):
         return [(branch.name, branch.weight or Decimal(0)) for branch in self.split]
 
 
+class AccountInvite(FlowModel):
+    """Fetch the link that makes a guest an account holder, through the store's platform; later steps read it
+    by its `as:` name (Shopify: the customer's activation link with classic accounts, the sign-in page with
+    new customer accounts; WooCommerce: the my-account registration page with the address)."""
+
+    as_: Identifier = Field("invite_url", alias="as")
+
+
+class AccountInviteStep(StepModel):
+    account_invite: Annotated[AccountInvite, BeforeValidator(lambda v: {} if v in (None, True) else v)]
+
+
+class ReviewLink(FlowModel):
+    """Find where the customer can review the order publicly: the store's review page (`encore stores set
+    --review-url`), else the page of the order's first product, else the store; later steps read it by its
+    `as:` name."""
+
+    as_: Identifier = Field("review_url", alias="as")
+
+
+class ReviewLinkStep(StepModel):
+    review_link: Annotated[ReviewLink, BeforeValidator(lambda v: {} if v in (None, True) else v)]
+
+
 class StopStep(StepModel):
     stop: bool | str | None = Field(True, description="end the run here (a string gives the reason)")
 
@@ -405,6 +448,8 @@ STEP_MODELS: dict[str, type[StepModel]] = {
     "http": HttpStep,
     "stop": StopStep,
     "split": SplitStep,
+    "account_invite": AccountInviteStep,
+    "review_link": ReviewLinkStep,
 }
 STEP_KINDS = tuple(STEP_MODELS)
 
@@ -462,6 +507,8 @@ if TYPE_CHECKING:  # the union below as a type checker reads it (that one is bui
         | HttpStep
         | StopStep
         | SplitStep
+        | AccountInviteStep
+        | ReviewLinkStep
     )
 else:
     Step = _step_union()
@@ -523,6 +570,11 @@ class Flow(FlowModel):
     )
     exit_on: Annotated[list[EventName], BeforeValidator(_listify)] = Field(
         default_factory=list, description="events that end a waiting run for that customer"
+    )
+    exit_scope: Literal["customer", "order"] = Field(
+        "customer",
+        description="which runs an `exit_on` event ends: all the customer's (customer), or only those started "
+        "for the same order as the event's (order), e.g. a review request ended by that order's refund",
     )
     entry: Entry = Field(default_factory=Entry)
     requires_consent: bool | None = Field(None, description="default: true for marketing, false for transactional")

@@ -30,6 +30,7 @@ from encore_retention.connectors.email import get_transport
 from encore_retention.connectors.email.base import addressed, header_text
 from encore_retention.core import bounces
 from encore_retention.core import events as ev
+from encore_retention.core.feedback import FeedbackLinks
 from encore_retention.core.metrics import EMAILS, platform_error
 from encore_retention.core.settings import get_settings
 from encore_retention.core.store.ledger import cast_table
@@ -41,11 +42,13 @@ from encore_retention.flows.models import WAITING, FlowEffect, FlowRun, Run, add
 from encore_retention.flows.rules import NEXT, Outcome, position_label
 from encore_retention.flows.schema import (
     SPLIT_PREFIX,
+    AccountInviteStep,
     CreateDiscountStep,
     Flow,
     HttpStep,
     IfStep,
     NotifyStep,
+    ReviewLinkStep,
     SendEmailStep,
     SplitStep,
     StepModel,
@@ -155,6 +158,8 @@ def customer_view(customer: Customer | None) -> dict[str, Any]:
         "tags": list(customer.tags or []),
         "has_account": bool(customer.has_account),
         "created_at": customer.platform_created_at,
+        "feedback_score": customer.feedback_score,
+        "feedback_at": customer.feedback_at,
     }
 
 
@@ -172,6 +177,7 @@ def shop_view(shop: Shop) -> dict[str, Any]:
         "currency": shop.currency,
         "timezone": shop.timezone or get_settings().DEFAULT_TIMEZONE,
         "platform": shop.platform,
+        "review_url": (shop.settings or {}).get("review_url"),
     }
 
 
@@ -387,6 +393,10 @@ class Runner(ABC):
     @abstractmethod
     def post(self, key: str, spec: Any, body: dict[str, Any], earlier: Any) -> Outcome:
         """POST an http step's body."""
+
+    @abstractmethod
+    def fetch_link(self, key: str, kind: str, earlier: Any) -> str | Outcome:
+        """The link an `account_invite` or `review_link` step (`kind`) finds (or the outcome of a failure to)."""
 
 
 @dataclass
@@ -608,6 +618,10 @@ def step_send_email(runner: Runner, step: Any) -> Outcome:
     return runner.send(draft)
 
 
+# The steps that act at once, without a wait or a branch: a code made before them is still made for the email after.
+ACTING_AT_ONCE = (CreateDiscountStep, TagCustomerStep, HttpStep, NotifyStep, AccountInviteStep, ReviewLinkStep)
+
+
 def email_served(runner: Runner) -> Any:
     """The email a create_discount step makes its code for: the next send_email step, with only steps that act
     at once (codes, tags, http, staff alerts) between; None when a wait, a branch or the end comes first."""
@@ -617,7 +631,7 @@ def email_served(runner: Runner) -> Any:
         step = rules.step_at(steps, following)
         if isinstance(step, SendEmailStep):
             return step.send_email
-        if not isinstance(step, CreateDiscountStep | TagCustomerStep | HttpStep | NotifyStep):
+        if not isinstance(step, ACTING_AT_ONCE):
             return None
         following = rules.next_position(steps, following)
     return None
@@ -722,6 +736,25 @@ def step_http(runner: Runner, step: Any) -> Outcome:
     return runner.post(key, spec, body, earlier)
 
 
+def step_link(runner: Runner, step: Any) -> Outcome:
+    """Find a link through the store (an account invitation, a review page) and keep it for the later steps.
+
+    Found once per run and step: a retry or a later attempt reads the recorded link.
+    """
+    kind = str(step_kind(step))
+    spec = getattr(step, kind)
+    key = runner.key("link")
+    earlier = runner.recall(key)
+    if earlier is not None and earlier.status == "done" and earlier.result:
+        runner.set_var(spec.as_, earlier.result["url"])
+        return NEXT
+    found = runner.fetch_link(key, kind, earlier)
+    if isinstance(found, Outcome):
+        return found
+    runner.set_var(spec.as_, found)
+    return NEXT
+
+
 register("wait", WaitStep, step_wait, pure=True)
 register("send_email", SendEmailStep, step_send_email)
 register("notify", NotifyStep, step_notify)
@@ -731,6 +764,8 @@ register("if", IfStep, step_if, pure=True)
 register("http", HttpStep, step_http)
 register("stop", StopStep, step_stop, pure=True)
 register("split", SplitStep, step_split, pure=True)
+register("account_invite", AccountInviteStep, step_link)
+register("review_link", ReviewLinkStep, step_link)
 
 
 # ---- the engine's runner: the store and the connectors ---------------------------------------------
@@ -775,6 +810,12 @@ class StepRunner(Runner):
             "order": self._parsed(ev.Order, stored.get("order")),
             "checkout": self._parsed(ev.Checkout, stored.get("checkout")),
             "now": dates.now(),
+            "feedback_url": FeedbackLinks(
+                self.shop.id or 0,
+                self.customer.id if self.customer is not None and self.customer.id else 0,
+                str((stored.get("order") or {}).get("id") or "") or None,
+                self.run.id or 0,
+            ),
         }
         for name, value in (stored.get("vars") or {}).items():
             ctx[name] = DiscountView(value, self) if isinstance(value, dict) and "code" in value else value
@@ -1076,6 +1117,52 @@ class StepRunner(Runner):
         self._finish(key, "done" if status < 400 else "failed", {"status": status})
         self.trace("http", f"POST {spec.url}: HTTP {status}", status=status)
         return NEXT
+
+    def fetch_link(self, key: str, kind: str, earlier: Any) -> str | Outcome:
+        """Ask the shop's platform for the link, claimed first under its key; the link is recorded and traced.
+
+        A platform that gives none, or refuses (a customer whose account is already enabled), stops the run
+        with the reason; a 5xx or 429 is retried later.
+        """
+        self._claim(key, "link", earlier is not None)
+        try:
+            url = self._find_link(kind)
+        except PlatformError as exc:
+            platform_error(self.shop.platform, exc)
+            if exc.transient:
+                raise TransientStepError(f"{kind} link not found yet: {exc.message}", exc.retry_after) from exc
+            self._finish(key, "failed", {"error": exc.message, "status": exc.status})
+            self.trace("error", f"{kind}: {exc.message}", status=exc.status)
+            return Outcome("stop", reason=f"{kind} failed: {exc.message}"[:255])
+        if not url:
+            self._finish(key, "failed", {"error": "no link"})
+            self.trace("error", f"{kind}: the store's platform gives no link for this customer")
+            return Outcome("stop", reason=f"{kind}: the store's platform gives no link")
+        self._finish(key, "done", {"url": url})
+        self.trace("link", f"{kind}: {url}", link=kind, key=key)
+        return url
+
+    def _find_link(self, kind: str) -> str | None:
+        """The link itself: the platform's account invitation, or the review page (`rules.review_target`)."""
+        shop = shop_view(self.shop)
+        if kind == "account_invite":
+            customer = self.customer
+            if customer is None:
+                return None
+            platform_id = None if customer.platform_id.startswith("email:") else customer.platform_id
+            return connectors.get_connector(self.shop).account_invite_url(platform_id, customer.email)
+        order = self.context()["order"]
+        product = rules.review_product(order)
+        if shop["review_url"] or product is None:
+            return rules.review_target(shop, None)
+        try:
+            page = connectors.get_connector(self.shop).product_url(product)
+        except PlatformError as exc:  # refused (Shopify without read_products, say): the store's own page
+            if exc.transient:
+                raise
+            log.warning("product page not found; the review link is the store's", extra={"error": exc.message[:200]})
+            page = None
+        return rules.review_target(shop, page)
 
     # -- side-effect records ---------------------------------------------------------------------
     def _claim(self, key: str, kind: str, claimed: bool = False, *, marketing: bool | None = None) -> None:

@@ -303,3 +303,41 @@ def test_rq_dashboards_buttons_carry_the_sessions_csrf_token(server, browser, re
     assert status == 403 and "broken-job" in queue(EVENTS).failed_job_registry.get_job_ids()
     row.locator("[data-role=requeue-job-btn]").click()  # the dashboard's own button sends it
     assert wait_for(lambda: "broken-job" in queue(EVENTS).job_ids, timeout=10)
+
+
+def test_the_feedback_page_confirms_a_score_takes_a_comment_and_records_once(server, browser, redis, tmp_path):
+    """A feedback link opened in Chromium shows the score checked; changing it, commenting and sending records
+    the answer once, and a second visit shows it instead of the form."""
+    from sqlalchemy import select
+
+    from encore_retention.core import events as ev
+    from encore_retention.core import feedback
+    from encore_retention.core.store import session_scope
+    from encore_retention.core.store.ledger import find_customer, get_or_create_shop, upsert_customer
+    from encore_retention.core.store.models import Feedback, utcnow
+
+    with session_scope() as session:
+        shop = get_or_create_shop(session, "shopify", "tea.myshopify.com")
+        shop.name = "Tea Corner"
+        upsert_customer(session, shop, ev.Customer(id="42", email="ada@example.com"), utcnow())
+        session.flush()
+        row = find_customer(session, shop.id, "42")
+        assert row is not None
+        asked = feedback.Asked(shop.id, row.id, "5001", 0, 4)
+    link = feedback.feedback_url(asked)
+    assert link.startswith(server)
+    browser.goto(link)
+    assert browser.is_checked('input[name="score"][value="4"]')
+    with session_scope() as session:
+        assert session.execute(select(Feedback)).first() is None  # opening the link recorded nothing
+    browser.check('input[name="score"][value="2"]')
+    browser.fill("#comment", "The lid was cracked")
+    browser.click("button[type=submit]")
+    browser.wait_for_selector("text=Thank you")
+    assert "2 out of 5" in browser.content() and "The lid was cracked" in browser.content()
+    shot(browser, tmp_path, "feedback-done")
+    browser.goto(link)
+    assert browser.locator("textarea").count() == 0 and "2 out of 5" in browser.content()
+    with session_scope() as session:
+        answers = [(f.score, f.comment, f.queued) for f in session.execute(select(Feedback)).scalars()]
+    assert answers == [(2, "The lid was cracked", True)]

@@ -13,10 +13,11 @@ from sqlalchemy import select
 from encore_retention.connectors import base as connector_registry
 from encore_retention.core import events as ev
 from encore_retention.core.store import session_scope
+from encore_retention.core.store.models import Shop
 from encore_retention.flows import dates, engine, triggers
 from encore_retention.flows.models import FlowRun
 from encore_retention.jobs import process_event
-from tests.flows.helpers import FakeConnector, customer, event, order, outbox, walk_to
+from tests.flows.helpers import SHOP, FakeConnector, customer, event, order, outbox, walk_to
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -104,7 +105,7 @@ def test_birthday_fourteen_days_ahead_with_ten_percent(library, tmp_path: Path) 
 
 
 def test_loyalty_reward_at_the_third_order(library, tmp_path: Path) -> None:
-    buyer = customer()
+    buyer = customer(has_account=True)  # an account holder: no invitation to open one
     for n in range(3):
         at = T0 + timedelta(days=10 * n)
         walk_to(library, at)
@@ -120,7 +121,7 @@ def test_loyalty_reward_at_the_third_order(library, tmp_path: Path) -> None:
 def _win_back_setup(library: Any) -> datetime:
     last = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)
     dates.set_now(last)
-    process_event(event("order.placed", last, customer(), order=order("801", last)))
+    process_event(event("order.placed", last, customer(has_account=True), order=order("801", last)))
     due = datetime(2026, 3, 6, 10, 0, tzinfo=UTC)  # 60 days later at 10:00
     walk_to(library, due - timedelta(hours=12))
     assert triggers.sweep()["queued"] == 1
@@ -250,3 +251,121 @@ def test_the_library_links_to_the_stores_own_url(env, tmp_path):
     )
     html, _ = render.render_email("welcome.html", {"shop": shop, "customer": {"first_name": "Ada"}, "welcome": None})
     assert 'href="http://localhost:18351/sandbox/woocommerce/"' in html and "https://" not in html
+
+
+# ---- guests become account holders -------------------------------------------------------------------
+
+
+def test_a_guest_is_invited_to_open_an_account_with_a_code_only_they_can_use(library, tmp_path: Path) -> None:
+    process_event(event("order.placed", T0, customer(has_account=False), order=order("5101", T0)))
+    walk_to(library, T0 + timedelta(days=1, hours=23))
+    assert sent(tmp_path, "guest_account_invite") == []
+    walk_to(library, T0 + timedelta(days=2))
+    (message,) = sent(tmp_path, "guest_account_invite")
+    assert message["Subject"] == "Create your encore-test.myshopify.com account: 10% off your next order"
+    text = text_of(message)
+    assert "https://encore-test.myshopify.com/account/activate/1001" in text
+    (request,) = [r for r in FakeConnector.requests if r.prefix == "ACCOUNT"]
+    assert request.customer_id == "1001" and request.customer_email == "c1001@example.com"
+    assert request.usage_limit == 1 and request.value == Decimal("10")
+    assert FakeConnector.discounts[request.idempotency_key].code in text
+    (run,) = flow_runs("guest_account_invite")
+    assert run.status == "done"
+
+
+def test_the_invitation_stops_when_the_guest_opens_an_account(library, tmp_path: Path) -> None:
+    process_event(event("order.placed", T0, customer(has_account=False), order=order("5102", T0)))
+    later = T0 + timedelta(days=1)
+    walk_to(library, later)
+    process_event(event("customer.updated", later, customer(has_account=True, updated_at=later)))
+    walk_to(library, T0 + timedelta(days=3))
+    assert sent(tmp_path, "guest_account_invite") == []
+    assert [r for r in FakeConnector.requests if r.prefix == "ACCOUNT"] == []
+    (run,) = flow_runs("guest_account_invite")
+    assert run.status == "exited" and run.reason == "condition no longer holds"
+
+
+def test_an_account_holder_is_not_invited(library, tmp_path: Path) -> None:
+    process_event(event("order.placed", T0, customer(has_account=True), order=order("5103", T0)))
+    walk_to(library, T0 + timedelta(days=3))
+    assert sent(tmp_path, "guest_account_invite") == [] and flow_runs("guest_account_invite") == []
+
+
+# ---- review requests and resolve fast ---------------------------------------------------------------
+
+
+def _with_product(oid: str, at: datetime, product: str, status: str = "paid") -> ev.Order:
+    placed = order(oid, at)
+    placed.line_items = [ev.LineItem(product_id=product, title="Green tea", quantity=1, price=Decimal("60.00"))]
+    placed.financial_status = status
+    return placed
+
+
+def test_review_request_two_weeks_after_fulfilment_links_the_product(library, tmp_path: Path) -> None:
+    buyer = customer(has_account=True)
+    process_event(event("order.fulfilled", T0, buyer, order=_with_product("5201", T0, "77")))
+    walk_to(library, T0 + timedelta(days=13, hours=23))
+    assert sent(tmp_path, "review_request") == []
+    walk_to(library, T0 + timedelta(days=14))
+    (message,) = sent(tmp_path, "review_request")
+    assert message["Subject"] == "How do you like Green tea?"
+    assert "https://encore-test.myshopify.com/products/p77" in text_of(message)
+    assert message["List-Unsubscribe"] is not None  # marketing
+    process_event(event("order.fulfilled", T0 + timedelta(days=15), buyer, order=_with_product("5201", T0, "77")))
+    walk_to(library, T0 + timedelta(days=40))
+    assert len(sent(tmp_path, "review_request")) == 1  # once per order
+
+
+def test_no_review_request_for_a_refunded_order_and_the_other_order_still_gets_one(library, tmp_path: Path) -> None:
+    buyer = customer(has_account=True)
+    process_event(event("order.fulfilled", T0, buyer, order=_with_product("5301", T0, "81")))
+    process_event(event("order.fulfilled", T0, buyer, order=_with_product("5302", T0, "82")))
+    process_event(event("order.fulfilled", T0, buyer, order=_with_product("5303", T0, "83", status="refunded")))
+    refund_at = T0 + timedelta(days=3)
+    walk_to(library, refund_at)
+    process_event(event("order.refunded", refund_at, buyer, order=_with_product("5301", T0, "81", status="refunded")))
+    walk_to(library, T0 + timedelta(days=15))
+    (message,) = sent(tmp_path, "review_request")
+    assert "/products/p82" in text_of(message)
+    runs = {run.trigger_key: (run.status, run.reason) for run in flow_runs("review_request")}
+    assert runs == {"order:5301": ("exited", "exit on order.refunded"), "order:5302": ("done", "completed")}
+
+
+def test_a_cancellation_alerts_the_staff_at_once_and_the_customer_gets_a_note(library, tmp_path: Path) -> None:
+    buyer = customer(has_account=True)
+    process_event(event("order.placed", T0, buyer, order=order("5401", T0)))
+    with session_scope() as session:
+        shop = session.execute(select(Shop).where(Shop.domain == SHOP)).scalar_one()
+        shop.email = "staff@shop.example"
+    process_event(event("order.cancelled", T0 + timedelta(minutes=5), buyer, order=order("5401", T0)))
+    (alert,) = sent(tmp_path, "resolve_fast")
+    assert alert["To"] == "staff@shop.example" and alert["Subject"] == "Cancellation from Ada, order #5401"
+    assert alert["Reply-To"] == "c1001@example.com"
+    walk_to(library, T0 + timedelta(hours=1, minutes=5))
+    alert, note = sent(tmp_path, "resolve_fast")
+    assert note["To"] == "c1001@example.com" and note["Subject"] == "Your cancelled order #5401"
+    assert "was cancelled" in text_of(note) and note["Reply-To"] == "staff@shop.example"
+
+
+def test_resolve_fast_without_a_staff_email_stops_saying_why(library, tmp_path: Path) -> None:
+    buyer = customer(has_account=True)
+    process_event(event("order.refunded", T0, buyer, order=order("5501", T0)))
+    walk_to(library, T0 + timedelta(hours=2))
+    assert sent(tmp_path, "resolve_fast") == []
+    (run,) = flow_runs("resolve_fast")
+    assert run.status == "stopped" and run.reason.startswith("no staff email")
+
+
+def test_a_refused_product_page_makes_the_review_link_the_stores(library, tmp_path: Path, env) -> None:
+    from encore_retention.connectors.base import PlatformError
+
+    def refuse(self: Any, product_id: str) -> str | None:
+        raise PlatformError("Shopify product: Access denied for product field", status=200)
+
+    env.setattr(FakeConnector, "product_url", refuse)
+    process_event(event("order.fulfilled", T0, customer(has_account=True), order=_with_product("5601", T0, "91")))
+    walk_to(library, T0 + timedelta(days=14))
+    (message,) = sent(tmp_path, "review_request")
+    assert "https://encore-test.myshopify.com" in text_of(message) and "/products/" not in text_of(message)
+    (run,) = flow_runs("review_request")
+    assert run.status == "done"

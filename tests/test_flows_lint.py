@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from encore_retention.cli import main
 from encore_retention.core.settings import reset_settings
 from encore_retention.flows import loader, render
+from encore_retention.flows.schema import EventTrigger
 
 GOOD = """\
 name: Good
@@ -28,7 +29,7 @@ CASES = {
         "name: x\ntrigger:\n  event: order.placed\nsteps:\n  - wait: 1h\n  - send_mail:\n      template: a.html\n",
         6,
         "unknown step 'send_mail' (expected one of: wait, send_email, notify, create_discount, tag_customer, if, http, "
-        "stop, split)",
+        "stop, split, account_invite, review_link)",
     ),
     "unknown_trigger": (
         "name: x\ntrigger:\n  evnt: order.placed\nsteps:\n  - stop\n",
@@ -275,10 +276,10 @@ def test_names_a_template_imports_at_its_top_are_known_in_its_blocks(templates: 
 def test_lint_of_the_library_and_the_examples_is_clean(env: pytest.MonkeyPatch) -> None:
     examples = Path(__file__).resolve().parents[2] / "shared" / "flow-examples"  # ../shared beside the checkout
     assert examples.is_dir(), f"the marketers' flow examples are missing: {examples}"
-    for target in (loader.LIBRARY, examples):
+    for target, count in ((loader.LIBRARY, 12), (examples, 7)):
         result = CliRunner().invoke(main, ["flows", "lint", str(target)])
         assert result.exit_code == 0, result.output
-        assert result.stdout == "" and "7 flow file(s): 0 error(s), 0 warning(s)" in result.output, result.output
+        assert result.stdout == "" and f"{count} flow file(s): 0 error(s), 0 warning(s)" in result.output, result.output
 
 
 def test_a_bad_flow_is_reported_and_skipped_while_the_others_load(
@@ -407,7 +408,12 @@ def test_a_templates_text_version_reads_like_its_html_converted(
 
     code = {"code": "HELLO-7K", "value": "10%", "expires_on": "1 May 2026", "minimum_subtotal": "30.00"}
     context = {**LIBRARY_CONTEXT, "shop": {**LIBRARY_CONTEXT["shop"], "email": shop_email}}
-    context.update({var: code for var in ("welcome", "gift", "reward", "code", "discount", "comeback")})
+    context.update({var: code for var in ("welcome", "gift", "reward", "code", "discount", "comeback", "thanks")})
+    context.update(
+        invite_url="https://tea.example/account/activate/1",
+        review_url="https://tea.example/reviews",
+        feedback_url=lambda score: f"https://encore.example/feedback/t{score}",
+    )
     html, text = render_email(name, context)
     assert html == environment().get_template(name).render(context)
     assert text == html_to_text(html)  # one Jinja render per email instead of an HTML parse
@@ -547,3 +553,25 @@ def test_the_checked_fields_are_the_views_the_engine_builds() -> None:
 
     assert fields.CUSTOMER == set(steps.customer_view(Customer()))
     assert fields.SHOP == set(steps.shop_view(Shop(domain="x.example.com")))
+
+
+def test_an_event_trigger_may_list_events_and_exit_scope_order_needs_exit_on(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    folder = tmp_path / "flows"
+    write(folder, "listed", "name: x\ntrigger:\n  event: [order.refunded, order.cancelled]\nsteps:\n  - wait: 1h\n")
+    result = CliRunner().invoke(main, ["flows", "lint", str(folder)])
+    assert result.exit_code == 0 and "0 error(s), 0 warning(s)" in result.output, result.output
+    (flow_file,), _ = loader.load_dir(folder)
+    assert isinstance(flow_file.flow.trigger, EventTrigger)
+    assert flow_file.flow.trigger.events == ("order.refunded", "order.cancelled")
+    assert [f.key for f in loader.Registry({flow_file.key: flow_file}, []).for_event("order.cancelled")] == ["listed"]
+    typo = "name: x\ntrigger:\n  event: [order.refunded, order.canceled]\nsteps:\n  - wait: 1h\n"
+    path = write(folder, "listed", typo)
+    result = CliRunner().invoke(main, ["flows", "lint", str(path)])
+    assert result.exit_code == 1
+    assert f"{path}:3: unknown event type 'order.canceled'" in result.output, result.output
+    scoped = "name: x\ntrigger:\n  event: order.fulfilled\nexit_scope: order\nsteps:\n  - wait: 1h\n"
+    path = write(folder, "listed", scoped)
+    result = CliRunner().invoke(main, ["flows", "lint", str(path)])
+    assert f"{path}:4: warning: exit_scope: order has no effect without `exit_on`" in result.output, result.output

@@ -626,3 +626,73 @@ def test_when_every_topic_is_refused_it_is_an_error(shop, admin):
     admin.on("webhookSubscriptionCreate", _data({"webhookSubscriptionCreate": refused}))
     with pytest.raises(PlatformError, match="not approved"):
         get_connector(shop).register_webhooks(["customers/create"])
+
+
+# ---- account invitations and product pages ----------------------------------------------------------
+
+
+def _accounts(version: str, url: str | None = "https://shopify.com/548380009/account") -> dict:
+    """The shop query's `customerAccountsV2`, as the Admin API documents it."""
+    return _data({"shop": {"customerAccountsV2": {"customerAccountsVersion": version, "url": url}}})
+
+
+def _activation(url: str | None, errors: list | None = None) -> dict:
+    return _data({"customerGenerateAccountActivationUrl": {"accountActivationUrl": url, "userErrors": errors or []}})
+
+
+def test_classic_accounts_get_the_customers_own_activation_link(shop, admin):
+    link = f"https://{SHOP}/account/activate/207119551/a1b2c3d4e5-1700000000"
+    admin.on("customerAccounts", _accounts("CLASSIC", None))
+    admin.on("customerGenerateAccountActivationUrl", _activation(link))
+    assert ShopifyConnector(shop).account_invite_url("207119551", "ada@example.com") == link
+    assert admin.calls == [
+        ("customerAccounts", {}),
+        ("customerGenerateAccountActivationUrl", {"customerId": "gid://shopify/Customer/207119551"}),
+    ]
+
+
+def test_new_customer_accounts_link_to_the_sign_in_page_without_a_mutation(shop, admin):
+    admin.on("customerAccounts", _accounts("NEW_CUSTOMER_ACCOUNTS"))
+    assert ShopifyConnector(shop).account_invite_url("207119551", "ada@example.com") == (
+        "https://shopify.com/548380009/account"
+    )
+    assert admin.ops() == ["customerAccounts"]
+
+
+def test_the_stores_setting_decides_which_accounts_it_uses(shop, admin):
+    link = f"https://{SHOP}/account/activate/1/token"
+    with session_scope() as session:
+        row = session.get_one(Shop, shop.id)
+        row.settings = {**(row.settings or {}), "customer_accounts": "classic"}
+    with session_scope() as session:
+        classic = session.get_one(Shop, shop.id)
+        admin.on("customerGenerateAccountActivationUrl", _activation(link))
+        assert ShopifyConnector(classic).account_invite_url("1", None) == link
+        assert admin.ops() == ["customerGenerateAccountActivationUrl"]  # the shop is not asked
+        classic.settings = {**classic.settings, "customer_accounts": "new"}
+        admin.on("customerAccounts", _accounts("CLASSIC", f"https://{SHOP}/account"))
+        assert ShopifyConnector(classic).account_invite_url("1", None) == f"https://{SHOP}/account"
+
+
+def test_an_enabled_account_is_refused_with_shopifys_message(shop, admin):
+    admin.on("customerAccounts", _accounts("CLASSIC", None))
+    admin.on(
+        "customerGenerateAccountActivationUrl",
+        _activation(None, [{"field": ["customerId"], "message": "Account already enabled"}]),
+    )
+    with pytest.raises(PlatformError) as raised:
+        ShopifyConnector(shop).account_invite_url("207119551", None)
+    assert raised.value.status == 422 and "Account already enabled" in raised.value.message
+    assert not raised.value.transient
+
+
+def test_product_url_is_the_online_store_page_or_none(shop, admin):
+    admin.on(
+        "product",
+        _data({"product": {"onlineStoreUrl": f"https://{SHOP}/products/green-tea"}}),
+        _data({"product": {"onlineStoreUrl": None}}),
+    )
+    connector = ShopifyConnector(shop)
+    assert connector.product_url("632910392") == f"https://{SHOP}/products/green-tea"
+    assert connector.product_url("632910393") is None
+    assert admin.calls[0] == ("product", {"id": "gid://shopify/Product/632910392"})

@@ -17,13 +17,13 @@ from encore_retention.core import events as ev
 from encore_retention.core.queue import FLOWS
 from encore_retention.core.settings import reset_settings
 from encore_retention.core.store import session_scope
-from encore_retention.core.store.models import Customer
+from encore_retention.core.store.models import Customer, Shop
 from encore_retention.flows import dates, loader, rules, steps, triggers
 from encore_retention.flows.models import FlowRun, FlowTrace
 from encore_retention.flows.schema import FlowModel, StepModel
 from encore_retention.jobs import process_event
 from tests.conftest import drain
-from tests.flows.helpers import FakeConnector, customer, event, order, walk_to
+from tests.flows.helpers import SHOP, FakeConnector, customer, event, order, walk_to
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 STEP = timedelta(hours=1)
@@ -309,3 +309,155 @@ def test_a_new_step_kind_is_one_model_and_one_handler(engine_env, env, tmp_path,
     ]
     sim = simulate.run_simulation(orders, [], flows, T0 - timedelta(days=1), END, dates.zone("UTC"))
     assert [(o.action, o.subject) for o in sim.outcomes] == [("email", "Thank you, Ada")]
+
+
+# ---- guests, feedback, refunds and cancellations: the flows of the loop around the emails ---------------
+
+# customer id -> (consent, has an account)
+LOOP_PEOPLE: dict[str, tuple[bool, bool]] = {
+    "3001": (True, True),  # fulfilled; asked a week later; answers 1: resolve fast
+    "3002": (True, False),  # a guest: invited to open an account; cancels: resolve fast
+    "3003": (True, True),  # fulfilled, then refunded: no feedback or review request, resolve fast
+    "3004": (True, True),  # fulfilled; answers 5: invited to review; the review request two weeks on
+    "3005": (False, False),  # a guest without consent: the invitation is suppressed
+}
+# (at, kind, customer id, order id, score of a feedback.received)
+LOOP_CREATED = T0 - timedelta(hours=1)
+LOOP: list[tuple[datetime, str, str, str, int | None]] = [
+    *[(LOOP_CREATED + timedelta(minutes=n), "customer.created", cid, "", None) for n, cid in enumerate(LOOP_PEOPLE)],
+    (T0, "order.placed", "3001", "7001", None),
+    (T0 + timedelta(minutes=10), "order.placed", "3002", "7002", None),
+    (T0 + timedelta(minutes=20), "order.placed", "3003", "7003", None),
+    (T0 + timedelta(minutes=30), "order.placed", "3004", "7004", None),
+    (T0 + timedelta(minutes=40), "order.placed", "3005", "7005", None),
+    (T0 + timedelta(hours=2), "order.fulfilled", "3001", "7001", None),
+    (T0 + timedelta(hours=2), "order.fulfilled", "3003", "7003", None),
+    (T0 + timedelta(hours=2), "order.fulfilled", "3004", "7004", None),
+    (T0 + timedelta(days=1), "order.cancelled", "3002", "7002", None),
+    (T0 + timedelta(days=2), "order.refunded", "3003", "7003", None),
+    (T0 + timedelta(days=8), "feedback.received", "3001", "7001", 1),
+    (T0 + timedelta(days=8, hours=3), "feedback.received", "3004", "7004", 5),
+]
+LOOP_END = T0 + timedelta(days=20)
+
+
+def _loop_order(order_id: str, at: datetime, status: str = "paid") -> ev.Order:
+    placed = order(order_id, at, total="60.00")
+    placed.line_items = [ev.LineItem(product_id=f"p{order_id}", title="Tea", quantity=1, price=Decimal("60.00"))]
+    placed.financial_status = status
+    return placed
+
+
+def _loop_placed() -> dict[str, datetime]:
+    return {oid: at for at, kind, _, oid, _ in LOOP if kind == "order.placed"}
+
+
+def _loop_event(at: datetime, kind: str, cid: str, oid: str, score: int | None) -> dict[str, Any]:
+    consent, account = LOOP_PEOPLE[cid]
+    who = customer(cid, email_consent=consent, has_account=account)
+    if kind == "customer.created":
+        return event(kind, at, who)
+    placed = _loop_order(oid, _loop_placed()[oid], "refunded" if kind == "order.refunded" else "paid")
+    if kind != "feedback.received":
+        return event(kind, at, who, order=placed)
+    return ev.Event(
+        id=f"encore-feedback-{cid}-{oid}",
+        type=ev.EventType.FEEDBACK_RECEIVED,
+        platform="shopify",
+        shop=SHOP,
+        topic="encore/feedback",
+        occurred_at=at,
+        received_at=at,
+        customer=ev.Customer(id=cid),
+        order=placed,
+        data={"score": score, "order_id": oid},
+    ).to_dict()
+
+
+def _addressed() -> list[tuple[str, str]]:
+    """The engine's emails as (flow, To), staff alerts to the staff's address: from the run traces."""
+    with session_scope() as session:
+        rows = session.execute(
+            select(FlowRun.flow_key, FlowTrace.detail)
+            .join(FlowRun, FlowRun.id == FlowTrace.run_id)
+            .where(FlowTrace.kind == "sent")
+        ).all()
+    return sorted((flow, (detail or {})["to"]) for flow, detail in rows)
+
+
+def test_the_simulation_agrees_on_guests_feedback_refunds_and_cancellations(engine_env):
+    redis = engine_env
+    pending = list(LOOP)
+    clock = LOOP_CREATED
+    dates.set_now(clock)
+    for at, kind, cid, oid, score in pending[:1]:
+        process_event(_loop_event(at, kind, cid, oid, score))
+    with session_scope() as session:  # the store's staff, whom the alerts go to
+        shop = session.execute(select(Shop).where(Shop.domain == SHOP)).scalar_one()
+        shop.email = simulate.STAFF_ADDRESS
+    for at, kind, cid, oid, score in pending[1:]:
+        while clock + STEP <= at:
+            clock += STEP
+            walk_to(redis, clock)
+        dates.set_now(at)
+        process_event(_loop_event(at, kind, cid, oid, score))
+    while clock + STEP <= LOOP_END:
+        clock += STEP
+        walk_to(redis, clock)
+    engine_sent = _addressed()
+    _, engine_suppressed = _outcomes()
+
+    placed = _loop_placed()
+    dated = {(kind, oid): at for at, kind, _, oid, _ in LOOP}
+    orders = [
+        simulate.HistoricalOrder(
+            order=_loop_order(oid, at),
+            customer_key=cid,
+            email=f"c{cid}@example.com",
+            first_name="Ada",
+            fulfilled_at=dated.get(("order.fulfilled", oid)),
+            cancelled_at=dated.get(("order.cancelled", oid)),
+            refunded_at=dated.get(("order.refunded", oid)),
+        )
+        for at, kind, cid, oid, _ in LOOP
+        if kind == "order.placed"
+    ]
+    known = [
+        simulate.KnownCustomer(
+            key=cid,
+            email=f"c{cid}@example.com",
+            first_name="Ada",
+            consent=consent,
+            has_account=account,
+            created_at=LOOP_CREATED + timedelta(minutes=n),
+        )
+        for n, (cid, (consent, account)) in enumerate(LOOP_PEOPLE.items())
+    ]
+    answers = [(at, cid, score or 0, _loop_order(oid, placed[oid])) for at, kind, cid, oid, score in LOOP if score]
+    flows = {f.key: f for f in loader.load_dir(loader.LIBRARY)[0]}
+    sim = simulate.run_simulation(
+        orders, known, flows, LOOP_CREATED - timedelta(days=1), LOOP_END, dates.zone("UTC"), feedback=answers
+    )
+    sim_sent = sorted(
+        (o.flow, simulate.STAFF_ADDRESS if o.action == "notify" else o.customer)
+        for o in sim.outcomes
+        if o.action in ("email", "notify")
+    )
+    sim_suppressed = sorted((o.flow, o.customer, o.reason) for o in sim.outcomes if o.action == "suppressed")
+    assert engine_sent == sim_sent
+    assert engine_suppressed == sim_suppressed
+    staff = simulate.STAFF_ADDRESS
+    # what each person's history calls for, on both sides
+    assert ("guest_account_invite", "c3002@example.com") in engine_sent
+    assert [f for f, to in engine_sent if f == "guest_account_invite"] == ["guest_account_invite"]
+    assert ("guest_account_invite", "c3005@example.com", "no consent") in engine_suppressed
+    assert engine_sent.count(("resolve_fast", staff)) == 3  # the low score, the cancellation, the refund
+    assert {to for f, to in engine_sent if f == "resolve_fast"} == {
+        staff,
+        "c3001@example.com",
+        "c3002@example.com",
+        "c3003@example.com",
+    }
+    assert {to for f, to in engine_sent if f == "feedback_request"} == {"c3001@example.com", "c3004@example.com"}
+    assert [to for f, to in engine_sent if f == "review_after_top_score"] == ["c3004@example.com"]
+    assert {to for f, to in engine_sent if f == "review_request"} == {"c3001@example.com", "c3004@example.com"}

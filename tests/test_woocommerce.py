@@ -522,6 +522,8 @@ def test_stores_add_reads_the_stores_identity_and_stores_set_overrides_it_for_go
         ("--timezone", "Mars/Olympus", "not an IANA time zone"),
         ("--url", "javascript:alert(1)", "expected http"),
         ("--currency", "EURO", "three-letter code"),
+        ("--review-url", "reviews.example/us", "review-url: expected http"),
+        ("--customer-accounts", "legacy", "'legacy' is not one of"),
     ],
 )
 def test_stores_set_refuses_what_is_not_a_value_of_that_field(env, woo_store, option, value, message):
@@ -536,3 +538,78 @@ def test_stores_set_needs_a_known_store_and_something_to_set(env, woo_store):
         in CliRunner().invoke(main, ["stores", "set", "nope.example.com", "--name", "X"]).output
     )
     assert "nothing to set" in CliRunner().invoke(main, ["stores", "set", "woo.example.com"]).output
+
+
+# ---- account invitations and product pages ----------------------------------------------------------
+
+
+def _page_setting(value: str) -> dict:
+    """`GET /settings/advanced/woocommerce_myaccount_page_id`, as the REST API documents a setting option."""
+    return {
+        "id": "woocommerce_myaccount_page_id",
+        "label": "My account page",
+        "description": "Page contents: [woocommerce_my_account]",
+        "type": "select",
+        "default": "",
+        "tip": "Page contents: [woocommerce_my_account]",
+        "value": value,
+        "options": {"9": "My account"},
+    }
+
+
+@responses.activate
+def test_account_invite_is_the_my_account_page_with_the_address(woo_store):
+    setting = f"{API}/settings/advanced/woocommerce_myaccount_page_id"
+    responses.add(responses.GET, setting, json=_page_setting("9"))
+    connector = get_connector(_shop())
+    assert (
+        connector.account_invite_url(None, "ada+tea@example.com")
+        == f"{WC_URL}/?page_id=9&email=ada%2Btea%40example.com"
+    )
+    responses.replace(responses.GET, setting, json={"code": "rest_setting_setting_invalid"}, status=404)
+    assert connector.account_invite_url("25", None) == f"{WC_URL}/my-account/"
+    assert connector.account_invite_url("25", "a@b.example") == f"{WC_URL}/my-account/?email=a%40b.example"
+
+
+@responses.activate
+def test_product_url_is_the_products_permalink(woo_store):
+    responses.add(
+        responses.GET,
+        f"{API}/products/794",
+        json={"id": 794, "name": "Green tea", "permalink": f"{WC_URL}/product/green-tea/"},
+    )
+    responses.add(
+        responses.GET,
+        f"{API}/products/795",
+        json={"code": "woocommerce_rest_product_invalid_id", "message": "Invalid ID.", "data": {"status": 404}},
+        status=404,
+    )
+    connector = get_connector(_shop())
+    assert connector.product_url("794") == f"{WC_URL}/product/green-tea/"
+    assert connector.product_url("795") is None
+
+
+def test_stores_set_keeps_the_review_page_and_the_customer_accounts_for_review_and_invite_links(env, woo_store):
+    result = CliRunner().invoke(
+        main,
+        [
+            "stores",
+            "set",
+            "woo.example.com",
+            "--review-url",
+            "https://reviews.example/woo/",
+            "--customer-accounts",
+            "new",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "set review-url, customer-accounts" in result.output
+    assert _shop().settings["review_url"] == "https://reviews.example/woo"
+    assert _shop().settings["customer_accounts"] == "new"
+    listed = CliRunner().invoke(main, ["stores", "list", "--details"]).output
+    assert "review-url   https://reviews.example/woo" in listed and "customer-accounts new" in listed
+    from encore_retention.flows.steps import shop_view
+
+    assert shop_view(_shop())["review_url"] == "https://reviews.example/woo"
+    assert CliRunner().invoke(main, ["stores", "set", "woo.example.com", "--customer-accounts", "auto"]).exit_code == 0
+    assert "customer_accounts" not in _shop().settings  # auto: the platform is asked again

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from encore_retention.core import events as ev
 from encore_retention.core.archive import WebhookDelivery, narrowed
-from encore_retention.core.store.models import Base, Customer, EventRecord, Order, Shop, utcnow
+from encore_retention.core.store.models import Base, Customer, EventRecord, Feedback, Order, Shop, utcnow
 from encore_retention.core.store.unit import Unit
 
 
@@ -244,6 +244,11 @@ def apply_event(session: Unit, event: ev.Event) -> LedgerResult:
         return LedgerResult(new=True, shop=shop, redacted=redact_customer(session, shop, event))
     if event.type == ev.EventType.CUSTOMER_DATA_REQUEST:
         return LedgerResult(new=True, shop=shop)
+    if event.type == ev.EventType.FEEDBACK_RECEIVED:  # Encore's own event: the customer's answer, nothing else
+        answered = known if known is not _LOOK_UP else None
+        if answered is not None:
+            record_feedback(session, answered, event)
+        return LedgerResult(new=True, shop=shop, customer=answered)
 
     customer = upsert_customer(session, shop, event.customer, event.occurred_at, known) if event.customer else None
     order = None
@@ -336,6 +341,21 @@ def upsert_customer(
     assert row is not None
     _stage_changed(session, row, _profile_changes(row, incoming, seen_at))
     return row
+
+
+def feedback_score(event: ev.Event) -> int | None:
+    """The score (1 to 5) a `feedback.received` event carries, None when it carries none that fits."""
+    score = ev.integer(event.data.get("score"))
+    return score if score is not None and 1 <= score <= 5 else None
+
+
+def record_feedback(session: Unit, customer: Customer, event: ev.Event) -> None:
+    """Keep a customer's latest answer to "How was your order?" (an older answer arriving late changes nothing)."""
+    score = feedback_score(event)
+    if score is None:
+        return
+    if customer.feedback_at is None or event.occurred_at >= customer.feedback_at:
+        _stage_changed(session, customer, {"feedback_score": score, "feedback_at": event.occurred_at})
 
 
 def _profile_changes(row: Customer | _BlankProfile, incoming: ev.Customer, seen_at: datetime) -> dict[str, Any]:
@@ -609,6 +629,7 @@ def export_customer(session: Session, shop: Shop, key: str) -> dict[str, Any]:
     columns = [c.key for c in Customer.__table__.columns]
     orders = session.execute(select(Order).where(Order.customer_id == row.id)).scalars().all()
     records = session.execute(select(EventRecord).where(EventRecord.customer_id == row.id)).scalars().all()
+    answers = session.execute(select(Feedback).where(Feedback.customer_id == row.id)).scalars().all()
     data = {
         "shop": shop.domain,
         "customer": {c: getattr(row, c) for c in columns},
@@ -616,6 +637,10 @@ def export_customer(session: Session, shop: Shop, key: str) -> dict[str, Any]:
         "events": [
             {"id": r.id, "type": r.type, "topic": r.topic, "occurred_at": r.occurred_at, "payload": r.payload}
             for r in records
+        ],
+        "feedback": [
+            {"order_id": f.order_id, "score": f.score, "comment": f.comment, "created_at": f.created_at}
+            for f in answers
         ],
     }
     return json.loads(json.dumps(data, default=str))

@@ -155,6 +155,9 @@ class Customer(Base):
     reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     profile_version: Mapped[datetime | None] = mapped_column(UTCDateTime)
     platform_created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The customer's last answer to "How was your order?" (1 to 5) and when it was given (`feedback.received`).
+    feedback_score: Mapped[int | None] = mapped_column(Integer)
+    feedback_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -266,3 +269,29 @@ class SoftBounce(Base):
     count: Mapped[int] = mapped_column(Integer, default=0)
     detail: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Feedback(Base):
+    """One answer to "How was your order?": a score from 1 to 5 and an optional comment, once per asked order.
+
+    `subject` is what was asked about (`order:<id>`, else `run:<id>`), so that a link clicked twice records
+    once. The row goes with its customer (a redaction) and its shop. `queued` says whether its
+    `feedback.received` event reached the queue; an answer posted again re-queues one that did not.
+    """
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        UniqueConstraint("shop_id", "customer_id", "subject"),
+        Index("ix_feedback_customer", "customer_id"),
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    subject: Mapped[str] = mapped_column(String(160))
+    run_id: Mapped[int | None] = mapped_column(IdType)
+    order_id: Mapped[str | None] = mapped_column(String(128))
+    score: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str | None] = mapped_column(Text)
+    queued: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -82,6 +82,12 @@ def list_stores(details: bool) -> None:
 @click.option("--url", help="the store's address (http://… or https://…); a WooCommerce store's API answers there")
 @click.option("--timezone", help="an IANA time zone, like Europe/Paris")
 @click.option("--currency", help="a three-letter currency code, like EUR")
+@click.option("--review-url", help="the page of the store's review app, where review requests send customers")
+@click.option(
+    "--customer-accounts",
+    type=click.Choice(identity.ACCOUNT_KINDS, case_sensitive=False),
+    help="Shopify: the store's customer accounts, for account invitations (auto: ask the shop)",
+)
 def set_store(store: str, **values: str | None) -> None:
     """Set a store's identity; connecting the store again keeps what was set here."""
     given = {field: value for field, value in values.items() if value is not None}

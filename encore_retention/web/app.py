@@ -1,8 +1,8 @@
 """The web app (`create_app`): one blueprint per area.
 
 receivers (`receive`, and the sending services' `mail`), health and metrics (`health`), the Shopify
-install (`install`), unsubscribe links (`unsubscribe`), the admin page (`admin`, page by page), and in
-development the sample WooCommerce store (`sandbox`).
+install (`install`), unsubscribe links (`unsubscribe`), the feedback links' page (`feedback`), the admin
+page (`admin`, page by page), and in development the sample WooCommerce store (`sandbox`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from encore_retention.connectors.base import platforms
 from encore_retention.core import logs
 from encore_retention.core.health import SchemaWatch
 from encore_retention.core.settings import get_settings
-from encore_retention.web import admin, health, install, mail, receive, sandbox, unsubscribe
+from encore_retention.web import admin, feedback, health, install, mail, receive, sandbox, unsubscribe
 from encore_retention.web.answers import unavailable
 
 log = logging.getLogger("encore.web")
@@ -78,7 +78,7 @@ def create_app() -> Flask:
             "database_unavailable", f"database unavailable ({type(exc).__name__}); try again in a few seconds"
         )
 
-    for area in (receive, mail, health, install, unsubscribe):
+    for area in (receive, mail, health, install, unsubscribe, feedback):
         app.register_blueprint(area.blueprint)
     admin.register(app)
     if settings.sandbox:  # the sample store, in development only (ENCORE_SANDBOX overrides)

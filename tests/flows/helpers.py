@@ -74,6 +74,12 @@ class FakeConnector(Connector):
     def discount_redeemed(self, code: str) -> bool | None:
         return code in self.redeemed
 
+    def account_invite_url(self, customer_id: str | None, email: str | None) -> str | None:
+        return f"https://{self.shop.domain}/account/activate/{customer_id or 'guest'}"
+
+    def product_url(self, product_id: str) -> str | None:
+        return f"https://{self.shop.domain}/products/p{product_id}"
+
 
 @contextmanager
 def fake_platform(env: Any, at: datetime) -> Iterator[Any]:

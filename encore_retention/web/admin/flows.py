@@ -64,7 +64,7 @@ def describe_trigger(trigger: Any, written: Any = None) -> str:
         offset = f" {text.strip()}" if trigger.offset else ""
         every = " yearly" if trigger.yearly else ""
         return f"{trigger.date}{offset} at {trigger.at.strftime('%H:%M')}{every}"
-    return str(trigger.event)
+    return ", ".join(trigger.events)
 
 
 def email_steps(flow: Any) -> list[tuple[str, str]]:
