@@ -472,20 +472,25 @@ def matches(segment: Any, facts: Facts, now: datetime) -> bool:
     return all(results) if segment.match == "all" else any(results)
 
 
+def criteria(segment: Any | None, shop_ids: list[int] | None, now: datetime, dialect: str) -> list[Any]:
+    """The WHERE clauses of a segment's members (None: every customer) in some stores (None: all)."""
+    found: list[Any] = []
+    if shop_ids is not None:
+        found.append(Customer.shop_id.in_(shop_ids))
+    if segment is not None:
+        found.append(clause(segment, now, dialect))
+    return found
+
+
 def members(segment: Any | None, shop_ids: list[int] | None, now: datetime, dialect: str) -> Select[Any]:
     """The customers of a segment (None: every customer) in some stores (None: all), by id."""
-    query = select(Customer)
-    if shop_ids is not None:
-        query = query.where(Customer.shop_id.in_(shop_ids))
-    if segment is not None:
-        query = query.where(clause(segment, now, dialect))
-    return query.order_by(Customer.id)
+    return select(Customer).where(*criteria(segment, shop_ids, now, dialect)).order_by(Customer.id)
 
 
 def count(session: Any, segment: Any | None, shop_ids: list[int] | None, now: datetime) -> int:
     """How many customers a segment holds in some stores."""
-    query = members(segment, shop_ids, now, dialect_of(session)).order_by(None)
-    return int(session.execute(select(func.count()).select_from(query.subquery())).scalar_one())
+    where = criteria(segment, shop_ids, now, dialect_of(session))
+    return int(session.execute(select(func.count(Customer.id)).where(*where)).scalar_one())
 
 
 def dialect_of(session: Any) -> str:
@@ -528,9 +533,36 @@ def segment_function(context: Context, name: str) -> Membership:
 expressions.define_global("segment", segment_function)
 
 
-def referenced(source: str) -> list[str]:
-    """The segment names a condition names as `segment('name')`."""
-    return re.findall(r"\bsegment\(\s*['\"]([^'\"]*)['\"]\s*\)", source)
+_REFERENCE = re.compile(r"\bsegment\(\s*['\"]([^'\"]*)['\"]\s*\)")
+
+
+def references(text: str) -> list[tuple[int, str]]:
+    """(line, name) of every `segment('name')` in a flow file's text."""
+    return [(number, name) for number, line in enumerate(text.splitlines(), 1) for name in _REFERENCE.findall(line)]
+
+
+def unknown_references(path: Path, known: Iterable[str]) -> list[loader.Problem]:
+    """A problem for every `segment('name')` of a flow file that names no segment beside it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []  # the flow's own lint says so
+    names = sorted(set(known))
+    return [
+        loader.Problem(str(path), line, f"unknown segment {name!r} (known: {', '.join(names) or 'none'})")
+        for line, name in references(text)
+        if name not in names
+    ]
+
+
+def lint(flows_folder: Path) -> tuple[int, list[loader.Problem]]:
+    """How many segment files a flows folder has, and the problems of those and of the flows' references."""
+    files = segment_files(flows_folder)
+    problems = [problem for path in files for problem in load_file(path)[1]]
+    known = [path.stem for path in files]
+    for path in loader.flow_files(flows_folder):
+        problems.extend(unknown_references(path, known))
+    return len(files), problems
 
 
 def flows_entered_query(customer_id: int) -> Select[Any]:

@@ -1,4 +1,4 @@
-"""The merchant's page, `/admin`, one module per page: flows, customers, messages, previews, failures.
+"""The merchant's page, `/admin`, one module per page: flows, customers, segments, messages, previews, failures.
 
 `auth` holds the blueprint and its gate; each page module adds its views to it.
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from encore_retention.core.settings import get_settings
-from encore_retention.web.admin import customers, failures, flows, messages, previews, times
+from encore_retention.web.admin import customers, failures, flows, messages, previews, segments, times
 from encore_retention.web.admin.auth import IdConverter, blueprint, log
 
-PAGES = (flows, customers, messages, previews, failures, times)  # imported for the views and filters they add
+PAGES = (flows, customers, segments, messages, previews, failures, times)  # imported for the views and filters they add
 
 
 def register(app: Any) -> None:
