@@ -468,10 +468,11 @@ class PredictionScore:
         """One line for the report."""
         if self.mae is None or self.baseline_mae is None:
             return "predicted next order: no customer ordered again after a prediction; nothing to measure"
-        better = (1 - self.mae / self.baseline_mae) * 100 if self.baseline_mae else 0.0
+        change = (self.mae / self.baseline_mae - 1) * 100 if self.baseline_mae else 0.0
+        versus = f"{abs(change):.0f}% {'lower' if change <= 0 else 'higher'}"
         return (
             f"predicted next order: mean absolute error {self.mae:.1f} days over {self.count} repeat orders "
-            f"(store-median baseline {self.baseline_mae:.1f} days; {better:+.0f}% better)"
+            f"(store-median baseline {self.baseline_mae:.1f} days: {versus})"
         )
 
 
