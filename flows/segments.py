@@ -421,7 +421,9 @@ def _signature(folder: Path) -> tuple[Any, ...]:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError:
         return ()
-    return tuple((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries if e.name.endswith((".yaml", ".yml")))
+    return tuple(
+        (e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries if e.name.endswith((".yaml", ".yml"))
+    )
 
 
 def registry(flows_folder: Path | None = None) -> dict[str, SegmentFile]:

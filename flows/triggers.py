@@ -1,8 +1,8 @@
 """Date triggers: the sweep that starts the runs of date-triggered flows (birthdays, win-backs).
 
 The sweep finds each shop's due customers for the date-triggered flows with indexed queries
-(birthday month and day; a range over last_order_at, first_order_at or predicted_next_order) and queues a start job at each
-customer's local send time. Runs are keyed, so sweeping twice, or `encore sweep --date` after
+(birthday month and day; a range over last_order_at, first_order_at or predicted_next_order) and queues
+a start job at each customer's local send time. Runs are keyed, so sweeping twice, or `encore sweep --date` after
 downtime, never starts a run twice.
 """
 

@@ -82,9 +82,10 @@ def test_a_store_sees_its_own_members_and_cannot_edit(client, redis, flows_dir):
     text = page.get_data(as_text=True)
     assert page.status_code == 200 and "3 customer(s)" in text and "x0@example.com" not in text
     assert 'name="text"' not in text
-    assert client.post(
-        "/admin/segments/vip", data={"text": VIP, "csrf": _csrf(client)}, environ_base=REMOTE
-    ).status_code == 403
+    assert (
+        client.post("/admin/segments/vip", data={"text": VIP, "csrf": _csrf(client)}, environ_base=REMOTE).status_code
+        == 403
+    )
     download = client.get("/admin/segments/vip/export.csv", environ_base=REMOTE).get_data(as_text=True)
     assert [row["customer_id"] for row in csv.DictReader(io.StringIO(download))] == ["0", "3", "6"]
 

@@ -45,8 +45,10 @@ def test_a_segment_file_is_checked_with_lines_and_the_choices(tmp_path: Path) ->
     assert (4, "unknown field `tagz`") in found
     assert (5, "match") in found
     unknown = next(p for p in problems if "tagz" in p.message)
-    assert "feedback" not in unknown.message and "flows_entered" in unknown.message and str(unknown).startswith(
-        "segments/bad.yaml:4: "
+    assert (
+        "feedback" not in unknown.message
+        and "flows_entered" in unknown.message
+        and str(unknown).startswith("segments/bad.yaml:4: ")
     )
     assert segments.load_text("where: {}\n", "segments/Bad Name.yaml")[1][0].message.startswith("segment name")
 
@@ -90,7 +92,7 @@ PEOPLE: list[dict[str, Any]] = [
     {"n": 5, "spent": "900", "last": 10, "next": 5, "bday": date(1990, 6, 3), "tags": ["vip"], "ok": True, "s": 0},
     {"n": 3, "spent": "500", "last": 400, "next": None, "bday": None, "tags": [], "ok": None, "s": 0},
     {"n": 1, "spent": "20", "last": 30, "next": None, "bday": date(1985, 12, 1), "tags": ["wholesale"], "ok": False},
-    {"n": 2, "spent": "120.50", "last": 60, "next": 40, "bday": date(2000, 6, 30), "tags": ["vip", "b\"x"], "ok": True},
+    {"n": 2, "spent": "120.50", "last": 60, "next": 40, "bday": date(2000, 6, 30), "tags": ["vip", 'b"x'], "ok": True},
     {"n": 0, "spent": "0", "last": None, "next": None, "bday": None, "tags": ["a%_"], "ok": True, "s": 1},
     {"n": 7, "spent": "2500", "last": 2, "next": 12, "bday": date(1970, 1, 1), "tags": ["vip", "wholesale"], "s": 1},
 ]
@@ -196,7 +198,9 @@ def test_the_sql_and_the_in_flow_check_agree(env: pytest.MonkeyPatch, db_url: st
                 for row in rows
                 if segments.matches(
                     seg,
-                    segments.Facts(customer_view(row), shop_view(by_shop[row.shop_id]), lambda r=row: entered[r.id]),
+                    segments.Facts(
+                        customer_view(row), shop_view(by_shop[row.shop_id]), lambda r=row, known=entered: known[r.id]
+                    ),
                     NOW,
                 )
             }
@@ -259,7 +263,7 @@ def test_export_customers_streams_csv_guards_formulas_and_leaves_out_the_redacte
     (folder / "segments" / "buyers.yaml").write_text("where:\n  orders_count: {at_least: 1}\n")
     env.setenv("FLOWS_DIR", str(folder))
     reset_settings()
-    process_event(event("order.placed", NOW, customer("1", first_name="=HYPERLINK(\"x\")"), order=order("o1", NOW)))
+    process_event(event("order.placed", NOW, customer("1", first_name='=HYPERLINK("x")'), order=order("o1", NOW)))
     process_event(event("customer.created", NOW, customer("2", first_name="+1", last_name="@me", tags=["-vip"])))
     process_event(event("order.placed", NOW, customer("3", first_name="Grace"), order=order("o3", NOW)))
     process_event(event("customer.redact", NOW, customer("3")))
@@ -269,7 +273,7 @@ def test_export_customers_streams_csv_guards_formulas_and_leaves_out_the_redacte
     rows = _csv(everyone.stdout)
     assert [r["customer_id"] for r in rows] == ["1", "2"]  # Grace was redacted: no row, anywhere
     assert "c3@example.com" not in everyone.stdout
-    assert rows[0]["first_name"] == "'=HYPERLINK(\"x\")" and rows[0]["orders_count"] == "1"
+    assert rows[0]["first_name"] == '\'=HYPERLINK("x")' and rows[0]["orders_count"] == "1"
     assert (rows[1]["first_name"], rows[1]["last_name"], rows[1]["tags"]) == ("'+1", "'@me", "'-vip")
     assert rows[0]["total_spent"] == "60.00" and rows[0]["email_consent"] == "yes"
 

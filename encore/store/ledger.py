@@ -499,15 +499,15 @@ def predict(session: Unit, customer: Customer, changed: Order | None = None) -> 
     The store's median gap, the prior, is read from the shop row, and computed again (and kept there)
     when it is older than the day of the customer's last order: once a day per store.
     """
+    found: list[datetime | None]
     if changed is None:
-        placed = list(session.execute(_PLACED, {"customer_id": customer.id}).scalars())
+        found = list(session.execute(_PLACED, {"customer_id": customer.id}).scalars())
     else:
         where = {"customer_id": customer.id, "order_id": changed.id}
-        placed = list(session.connection().execute(_PLACED_EXCEPT, where).scalars())
+        found = list(session.connection().execute(_PLACED_EXCEPT, where).scalars())
         if changed.customer_id == customer.id and not changed.deleted and changed.cancelled_at is None:
-            if changed.placed_at is not None:
-                placed.append(changed.placed_at)
-    placed = [moment if moment.tzinfo else moment.replace(tzinfo=UTC) for moment in placed]
+            found.append(changed.placed_at)
+    placed = [moment if moment.tzinfo else moment.replace(tzinfo=UTC) for moment in found if moment is not None]
     if len(placed) < 2:
         return None
     shop = session.get(Shop, customer.shop_id)

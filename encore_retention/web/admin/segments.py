@@ -33,7 +33,9 @@ def _segment_or_404(name: str) -> segments.SegmentFile:
     return found
 
 
-def member_page(db: Any, segment: Any, shop_ids: list[int], after: int, size: int = PAGE) -> tuple[list[Any], int | None]:
+def member_page(
+    db: Any, segment: Any, shop_ids: list[int], after: int, size: int = PAGE
+) -> tuple[list[Any], int | None]:
     """One page of members with their store, after the customer id `after` (keyset), and the next page's `after`."""
     where = segments.criteria(segment, shop_ids, dates.now(), segments.dialect_of(db))
     rows = db.execute(
@@ -76,7 +78,9 @@ def _render(name: str, text: str, found: segments.SegmentFile | None, problems: 
     after = parse_id(raw_after)
     if after is None:
         abort(400, "not a page")
-    rows, following, size = [], None, None
+    rows: list[Any] = []
+    following: int | None = None
+    size: int | None = None
     if found is not None:
         with session_scope() as db:
             size = segments.count(db, found.segment, g.viewer.shop_ids, dates.now())
