@@ -42,6 +42,8 @@ COLUMNS: tuple[tuple[str, Any], ...] = (
     ("tags", Customer.tags),
     ("created_at", Customer.platform_created_at),
 )
+if hasattr(Customer, segments.FEEDBACK):  # where the ledger keeps the feedback loop's score
+    COLUMNS += ((segments.FEEDBACK, getattr(Customer, segments.FEEDBACK)),)
 HEADER = [name for name, _ in COLUMNS]
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 

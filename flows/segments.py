@@ -276,6 +276,12 @@ def add_field(item: SegmentField) -> None:
     _build_models()
 
 
+def remove_field(name: str) -> None:
+    """Take a field away from segments (a plug-in unloaded; a test)."""
+    FIELDS.pop(name, None)
+    _build_models()
+
+
 # ---- the file --------------------------------------------------------------------------------------
 
 
@@ -326,6 +332,11 @@ for _item in (
     SegmentField("flows_entered", SET, lambda: _Has(_entered_has), lambda f: f.flows_entered(), "flow names"),
 ):
     FIELDS[_item.name] = _item
+FEEDBACK = "feedback_score"
+if hasattr(Customer, FEEDBACK):  # the feedback loop's last score (1 to 5), where the ledger keeps one
+    FIELDS[FEEDBACK] = SegmentField(
+        FEEDBACK, NUMBER, lambda: getattr(Customer, FEEDBACK), lambda f: f.customer.get(FEEDBACK), "1 to 5"
+    )
 _build_models()
 
 

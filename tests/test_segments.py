@@ -211,6 +211,31 @@ def test_the_sql_and_the_in_flow_check_agree(env: pytest.MonkeyPatch, db_url: st
         db.rollback()
 
 
+def test_a_field_is_one_entry_away(env: pytest.MonkeyPatch) -> None:
+    """What a room adds (the feedback loop's score, say): the YAML, the SQL and the in-flow check follow."""
+    text = "where:\n  account: true\n"
+    assert "unknown field `account`" in segments.load_text(text, "segments/x.yaml")[1][0].message
+    segments.add_field(
+        segments.SegmentField(
+            "account", segments.BOOL, lambda: Customer.has_account, lambda f: f.customer.get("has_account")
+        )
+    )
+    try:
+        seg = segment(text)
+        with session_scope() as db:
+            shop = Shop(platform="shopify", domain="one.example", settings={})
+            db.add(shop)
+            db.flush()
+            rows = [Customer(shop_id=shop.id, platform_id=str(n), has_account=n == 1) for n in range(3)]
+            db.add_all(rows)
+            db.flush()
+            assert [c.platform_id for c in db.scalars(segments.members(seg, None, NOW, "sqlite"))] == ["1"]
+            assert [segments.matches(seg, segments.Facts(customer_view(c)), NOW) for c in rows] == [False, True, False]
+    finally:
+        segments.remove_field("account")
+    assert segments.load_text(text, "segments/x.yaml")[0] is None
+
+
 # ---- in flows ----------------------------------------------------------------------------------------
 
 VIP_FLOW = """
