@@ -90,6 +90,7 @@ class SetFilter(FilterModel):
 
 
 def _one_or_many(value: Any) -> Any:
+    """One name given as a string is a list of one."""
     return [value] if isinstance(value, str) else value
 
 
@@ -103,6 +104,7 @@ class Kind:
 
 
 def _number_sql(column: Any, spec: NumberFilter, now: datetime, dialect: str) -> ColumnElement[bool]:
+    """A number filter in SQL (a NULL matches nothing)."""
     parts = []
     if spec.at_least is not None:
         parts.append(column >= spec.at_least)
@@ -116,6 +118,7 @@ def _number_sql(column: Any, spec: NumberFilter, now: datetime, dialect: str) ->
 
 
 def _number_test(value: Any, spec: NumberFilter, now: datetime) -> bool:
+    """A number filter for one value (None matches nothing)."""
     if value is None or isinstance(value, bool):
         return False
     number = Decimal(str(value))
@@ -128,6 +131,7 @@ def _number_test(value: Any, spec: NumberFilter, now: datetime) -> bool:
 
 
 def _midnight(day: date) -> datetime:
+    """The start of a day, UTC."""
     return datetime.combine(day, time(0), UTC)
 
 
@@ -150,6 +154,7 @@ def _date_bounds(spec: DateFilter, now: datetime) -> tuple[list[datetime], list[
 
 
 def _date_sql(column: Any, spec: DateFilter, now: datetime, dialect: str) -> ColumnElement[bool]:
+    """A date filter in SQL."""
     lows, highs, below = _date_bounds(spec, now)
     parts = [column >= low for low in lows] + [column <= high for high in highs] + [column < b for b in below]
     if spec.is_set is False:
@@ -158,6 +163,7 @@ def _date_sql(column: Any, spec: DateFilter, now: datetime, dialect: str) -> Col
 
 
 def _date_test(value: Any, spec: DateFilter, now: datetime) -> bool:
+    """A date filter for one value."""
     if value is None:
         return spec.is_set is False
     if spec.is_set is False:
@@ -167,6 +173,7 @@ def _date_test(value: Any, spec: DateFilter, now: datetime) -> bool:
 
 
 def _set_parts(spec: SetFilter, has: Callable[[str], ColumnElement[bool]]) -> list[ColumnElement[bool]]:
+    """The clauses of a set filter, from whether the customer has one element."""
     parts: list[ColumnElement[bool]] = []
     if spec.any is not None:
         parts.append(or_(false(), *(has(name) for name in spec.any)))
@@ -178,6 +185,7 @@ def _set_parts(spec: SetFilter, has: Callable[[str], ColumnElement[bool]]) -> li
 
 
 def _set_test(value: Any, spec: SetFilter, now: datetime) -> bool:
+    """A set filter for one customer's set."""
     found = set(value or ())
     return (
         (spec.any is None or bool(found & set(spec.any)))
@@ -187,18 +195,22 @@ def _set_test(value: Any, spec: SetFilter, now: datetime) -> bool:
 
 
 def _bool_sql(column: Any, wanted: bool, now: datetime, dialect: str) -> ColumnElement[bool]:
+    """true: the column is true; false: it is false or unknown."""
     return column.is_(True) if wanted else or_(column.is_(None), column.is_(False))
 
 
 def _bool_test(value: Any, wanted: bool, now: datetime) -> bool:
+    """A yes/no filter for one value (unknown counts as no)."""
     return bool(value) == wanted
 
 
 def _in_list_sql(column: Any, wanted: list[str], now: datetime, dialect: str) -> ColumnElement[bool]:
+    """The value is one of a list."""
     return column.in_(wanted) if wanted else false()
 
 
 def _in_list_test(value: Any, wanted: list[str], now: datetime) -> bool:
+    """The value is one of a list, for one value."""
     return value in wanted
 
 
@@ -210,6 +222,7 @@ class _Has:
 
 
 def _set_sql(column: Any, spec: SetFilter, now: datetime, dialect: str) -> ColumnElement[bool]:
+    """A set filter in SQL, through the field's `_Has`."""
     return and_(true(), *_set_parts(spec, lambda name: column.has(name, dialect)))
 
 
@@ -263,6 +276,7 @@ def _entered_has(flow_key: str, dialect: str) -> ColumnElement[bool]:
 
 
 def _month(facts: Facts) -> int | None:
+    """The month of the customer's birthday."""
     birthday = facts.customer.get("birthday")
     return birthday.month if birthday is not None else None
 
@@ -299,6 +313,7 @@ Segment: Any = None
 
 
 def _build_models() -> None:
+    """Make the `Where` and `Segment` models from FIELDS."""
     global Where, Segment
     fields: dict[str, Any] = {
         name: (item.kind.model | None, Field(None, description=item.help)) for name, item in FIELDS.items()
@@ -384,6 +399,7 @@ def load_text(text: str, file: str, name: str | None = None) -> tuple[SegmentFil
 
 
 def _message(error: Any) -> str:
+    """A validation error as marketers read it."""
     loc = [str(p) for p in error["loc"]]
     where = ".".join(loc)
     if error["type"] == "extra_forbidden" and loc[:1] == ["where"] and len(loc) == 2:
@@ -428,6 +444,7 @@ _cache: dict[str, tuple[tuple[Any, ...], dict[str, SegmentFile]]] = {}
 
 
 def _signature(folder: Path) -> tuple[Any, ...]:
+    """What changes when a segment file does: names, times and sizes."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError:
@@ -521,6 +538,7 @@ class Membership:
         self.name, self.facts, self.now = name, facts, now
 
     def __contains__(self, customer: Any) -> bool:
+        """Whether a customer (the `customer` of a flow) is in the segment."""
         found = registry().get(self.name)
         if found is None:
             raise LookupError(f"no segment {self.name!r} (known: {', '.join(sorted(registry())) or 'none'})")

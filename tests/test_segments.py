@@ -312,9 +312,10 @@ def test_export_customers_streams_csv_guards_formulas_and_leaves_out_the_redacte
     assert unknown.exit_code == 2 and "no segment 'nope' (known: buyers)" in unknown.output
 
 
-def test_an_export_holds_one_batch_at_a_time(env: pytest.MonkeyPatch) -> None:
+def test_an_export_holds_one_batch_at_a_time(env: pytest.MonkeyPatch, db_url: str) -> None:
+    use_database(env, db_url)
     statement = exports.query(None, None, NOW, "postgresql")
-    assert statement.get_execution_options()["yield_per"] == exports.BATCH
+    assert statement.get_execution_options()["yield_per"] == exports.BATCH  # a server-side cursor on PostgreSQL
     with session_scope() as db:
         shop = Shop(platform="shopify", domain="one.example", settings={})
         db.add(shop)

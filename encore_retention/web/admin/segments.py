@@ -27,6 +27,7 @@ PAGE = 50
 
 
 def _segment_or_404(name: str) -> segments.SegmentFile:
+    """A segment by name, or 404."""
     found = segments.registry().get(name) if segments.NAME.match(name) else None
     if found is None:
         abort(404)
@@ -74,6 +75,7 @@ def segment_page(name: str):
 
 
 def _render(name: str, text: str, found: segments.SegmentFile | None, problems: list[Any], status: int = 200) -> Any:
+    """The segment's page: size, a page of members, the editor with the problems found."""
     raw_after = request.args.get("after", "0")
     after = parse_id(raw_after)
     if after is None:
@@ -101,6 +103,7 @@ def _render(name: str, text: str, found: segments.SegmentFile | None, problems: 
 
 
 def _editable() -> bool:
+    """Whether the viewer may edit segments here (the operator, with FLOWS_DIR set)."""
     return bool(g.viewer.everything and segments.editable_folder() is not None)
 
 
@@ -149,6 +152,7 @@ def _download(segment: Any, filename: str) -> Response:
     now = dates.now()
 
     def generate() -> Iterator[str]:
+        """The CSV, a piece at a time, from a session of its own."""
         with session_scope() as db:
             yield from exports.csv_lines(exports.rows(db, segment, shop_ids, now))
 
