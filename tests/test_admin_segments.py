@@ -114,6 +114,12 @@ def test_editing_a_segment_checks_it_then_writes_the_file(client, redis, flows_d
     )
     assert made.status_code == 302 and (flows_dir / "segments" / "small.yaml").is_file()
     assert "6 customer(s)" in client.get("/admin/segments/small", environ_base=LOCAL).get_data(as_text=True)
+    # a file broken outside the admin is listed with its problem, and opens in the editor to be fixed
+    (flows_dir / "segments" / "small.yaml").write_text("where:\n  total_spent: {at_most: five}\n")
+    listing = client.get("/admin/segments", environ_base=LOCAL).get_data(as_text=True)
+    assert "segments/small.yaml:2: where.total_spent.at_most" in listing
+    broken = client.get("/admin/segments/small", environ_base=LOCAL).get_data(as_text=True)
+    assert "at_most: five" in broken and "segments/small.yaml:2:" in broken
     bad_name = client.post("/admin/segments", data={"name": "../x", "text": good, "csrf": token}, environ_base=LOCAL)
     assert bad_name.status_code == 400 and not (flows_dir / "x.yaml").exists()
 

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Customer, Shop, parse_id
-from encore_retention.flows import dates, exports, segments
+from encore_retention.flows import dates, exports, loader, segments
 from encore_retention.web.admin.auth import blueprint
 
 PAGE = 50
@@ -50,9 +50,29 @@ def member_page(
     return rows[:size], following
 
 
+def broken() -> dict[str, list[Any]]:
+    """The segment files that don't load, by name, with their problems (the operator fixes them here)."""
+    folder = loader.flows_dir()
+    found: dict[str, list[Any]] = {}
+    for path in segments.segment_files(folder):
+        problems = segments.load_file(path)[1]
+        if problems:
+            found[path.stem] = problems
+    return found
+
+
+def _file_text(name: str) -> str | None:
+    """The text of a segment's file in the flows folder, loaded or not."""
+    for suffix in (".yaml", ".yml"):
+        path = loader.flows_dir() / segments.FOLDER / f"{name}{suffix}"
+        if path.is_file():
+            return path.read_text(encoding="utf-8", errors="replace")
+    return None
+
+
 @blueprint.get("/segments")
 def segments_list():
-    """Every segment with its size in the viewer's stores."""
+    """Every segment with its size in the viewer's stores, and the files that don't load."""
     found = segments.registry()
     with session_scope() as db:
         sizes = {name: segments.count(db, item.segment, g.viewer.shop_ids, dates.now()) for name, item in found.items()}
@@ -64,12 +84,18 @@ def segments_list():
         everyone=everyone,
         editable=_editable(),
         fields=segments.FIELDS,
+        broken=broken(),
     )
 
 
 @blueprint.get("/segments/<name>")
 def segment_page(name: str):
-    """A segment's size, a page of its members, and (for the operator) its editor."""
+    """A segment's size, a page of its members, and (for the operator) its editor; a file that doesn't load,
+    its problems and its text to fix."""
+    if segments.NAME.match(name) and name not in segments.registry():
+        text = _file_text(name)
+        if text is not None:
+            return _render(name, text, None, segments.load_text(text, f"segments/{name}.yaml", name)[1])
     found = _segment_or_404(name)
     return _render(found.name, found.text, found, [])
 
