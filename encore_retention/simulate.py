@@ -14,6 +14,7 @@ The report says who would get which email, when, with which code, and who would 
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import heapq
@@ -35,7 +36,8 @@ from rich.table import Table
 from encore_retention.connectors.base import Discount, DiscountRequest, platforms
 from encore_retention.connectors.codes import format_code
 from encore_retention.core import events as ev
-from encore_retention.flows import dates, expressions, loader, rules
+from encore_retention.core.store import prediction
+from encore_retention.flows import dates, expressions, loader, rules, segments
 from encore_retention.flows.render import format_money
 from encore_retention.flows.results import BranchResult, split_shares
 from encore_retention.flows.rules import position_label, step_at
@@ -376,6 +378,10 @@ class SimCustomer:
     feedback_score: int | None = None
     feedback_at: datetime | None = None
     last_marketing: datetime | None = None
+    order_times: list[datetime] = field(default_factory=list)  # of the orders not cancelled
+    predicted_next_order: datetime | None = None
+    baseline_next_order: datetime | None = None  # the naive prediction: the last order plus the store's median gap
+    entered: set[str] = field(default_factory=set)  # the flows the customer entered (a run started)
     runs: list[SimRun] = field(default_factory=list)
     held: dict[int, SimRun] = field(default_factory=dict)  # runs whose email is held back, by number
     version: int = 0
@@ -405,6 +411,7 @@ class SimCustomer:
             "total_spent": self.total_spent,
             "first_order_at": self.first_order_at,
             "last_order_at": self.last_order_at,
+            "predicted_next_order": self.predicted_next_order,
             "birthday": self.birthday,
             "email_consent": bool(self.consent),
             "tags": sorted(self.tags),
@@ -437,6 +444,51 @@ class SimRun:
     """The run's key (flow, customer, trigger key): what a split draws its branch from."""
     branches: dict[str, str] = field(default_factory=dict)
     """The branch entered at each split (by the split step's label)."""
+
+
+@dataclass
+class PredictionScore:
+    """How good the predicted next orders were: each one checked against the order that followed it.
+
+    A prediction is made from the orders before it (the one it predicts is held out by time itself);
+    the naive baseline, the last order plus the store's median gap, is scored on the same orders.
+    """
+
+    errors: list[float] = field(default_factory=list)
+    baseline_errors: list[float] = field(default_factory=list)
+
+    def check(self, customer: SimCustomer, placed: datetime) -> None:
+        """Score the customer's standing predictions against the order they just placed."""
+        if customer.predicted_next_order is None or customer.baseline_next_order is None:
+            return
+        self.errors.append(abs((placed - customer.predicted_next_order).total_seconds()) / prediction.DAY)
+        self.baseline_errors.append(abs((placed - customer.baseline_next_order).total_seconds()) / prediction.DAY)
+
+    @property
+    def count(self) -> int:
+        """How many predictions were checked."""
+        return len(self.errors)
+
+    @property
+    def mae(self) -> float | None:
+        """The mean absolute error of the predictions, in days."""
+        return sum(self.errors) / len(self.errors) if self.errors else None
+
+    @property
+    def baseline_mae(self) -> float | None:
+        """The mean absolute error of the store-median baseline, in days."""
+        return sum(self.baseline_errors) / len(self.baseline_errors) if self.baseline_errors else None
+
+    def summary(self) -> str:
+        """One line for the report."""
+        if self.mae is None or self.baseline_mae is None:
+            return "predicted next order: no customer ordered again after a prediction; nothing to measure"
+        change = (self.mae / self.baseline_mae - 1) * 100 if self.baseline_mae else 0.0
+        versus = f"{abs(change):.0f}% {'lower' if change <= 0 else 'higher'}"
+        return (
+            f"predicted next order: mean absolute error {self.mae:.1f} days over {self.count} repeat orders "
+            f"(store-median baseline {self.baseline_mae:.1f} days: {versus})"
+        )
 
 
 @dataclass
@@ -505,6 +557,11 @@ class Simulation:
         self.memo: dict[tuple[str, str, int], bool] = {}
         self.pure: dict[str, bool] = {}
         self.codes_made: list[CodeMade] = []
+        self.gap_times: list[datetime] = []  # when each of the store's gaps between orders ended, in time order
+        self.gap_days: list[float] = []
+        self.store_gap_on: date | None = None
+        self.store_gap_days: float | None = None
+        self.predictions = PredictionScore()
 
     # -- the clock ---------------------------------------------------------------------------------
     def at(self, when: datetime, kind: str, payload: Any) -> None:
@@ -632,6 +689,12 @@ class Simulation:
             placed = order.created_at
             customer.first_order_at = min(customer.first_order_at or placed, placed)
             customer.last_order_at = max(customer.last_order_at or placed, placed)
+            self.predictions.check(customer, placed)
+            if customer.order_times and placed >= max(customer.order_times):
+                self.gap_times.append(placed)
+                self.gap_days.append((placed - max(customer.order_times)).total_seconds() / prediction.DAY)
+            customer.order_times.append(placed)
+            self.predict(customer)
             customer.changed()
             self.plan_dates(customer, "customer.last_order_at")
             if customer.orders_count == 1:
@@ -639,6 +702,9 @@ class Simulation:
         elif name == "order.cancelled":  # the ledger counts orders that are not cancelled
             customer.orders_count = max(0, customer.orders_count - 1)
             customer.total_spent -= order.total or Decimal("0")
+            if order.created_at in customer.order_times:
+                customer.order_times.remove(order.created_at)
+                self.predict(customer)
             customer.changed()
         elif name == "feedback.received" and answer is not None:  # the ledger keeps the latest answer
             customer.feedback_score, customer.feedback_at = answer["score"], self.now
@@ -679,6 +745,29 @@ class Simulation:
             )
             self.start_run(key, flow, customer, trigger_key, event, order, checkout)
 
+    # -- the predicted next order ------------------------------------------------------------------
+    def store_gap(self, day: date) -> float | None:
+        """The store's median gap between orders as of `day` (as the ledger's `prediction.store_gap`)."""
+        if self.store_gap_on is not None and self.store_gap_on >= day:
+            return self.store_gap_days
+        until = prediction.day_start(day)
+        low = bisect.bisect_left(self.gap_times, until - prediction.WINDOW)
+        high = bisect.bisect_left(self.gap_times, until)
+        self.store_gap_on, self.store_gap_days = day, prediction.median(self.gap_days[low:high])
+        return self.store_gap_days
+
+    def predict(self, customer: SimCustomer) -> None:
+        """Predict the customer's next order again (as the ledger does when an order changes)."""
+        before = customer.predicted_next_order
+        if len(customer.order_times) < 2:
+            customer.predicted_next_order = customer.baseline_next_order = None
+        else:
+            store = self.store_gap(max(customer.order_times).astimezone(UTC).date())
+            customer.predicted_next_order = prediction.predict_next(customer.order_times, store)
+            customer.baseline_next_order = prediction.baseline_next(customer.order_times, store)
+        if customer.predicted_next_order != before and customer.predicted_next_order is not None:
+            self.plan_dates(customer, "customer.predicted_next_order")
+
     # -- date triggers -----------------------------------------------------------------------------
     def plan_dates(self, customer: SimCustomer, date_field: str) -> None:
         """Schedule the date-triggered starts a customer's date makes due."""
@@ -709,6 +798,8 @@ class Simulation:
         trigger = flow.trigger
         if getattr(customer, trigger.date.split(".", 1)[1]) != value:
             return
+        if rules.before_its_cause(trigger, self.now, customer.last_order_at):
+            return
         local = value.astimezone(self.tz).date() if isinstance(value, datetime) else value
         trigger_key = rules.date_trigger_key(flow.entry, trigger, local, day)
         event = {"id": f"date:{key}:{day.isoformat()}", "type": "date", "occurred_at": self.now.isoformat()}
@@ -726,6 +817,7 @@ class Simulation:
             "checkout": run.checkout,
             "now": self.now,
             "feedback_url": _feedback_url,
+            segments.ENTERED: lambda: run.customer.entered,
         }
         ctx.update(run.vars)
         return ctx
@@ -805,6 +897,7 @@ class Simulation:
         run.key = ":".join(run_key)
         self.last_start[(key, customer.key)] = self.now
         customer.runs.append(run)
+        customer.entered.add(key)
         self.advance(run)
 
     def advance(self, run: SimRun) -> None:
@@ -1249,6 +1342,7 @@ def simulate(
             "a split's code counts as redeemed when its customer ordered again before it expired (the history "
             "has no simulated codes); the revenue is those orders' totals"
         )
+    out.print(sim.predictions.summary())
     if csv_path:
         with csv_path.open("w", newline="", encoding="utf-8") as handle:
             write_csv(sim.outcomes, handle)

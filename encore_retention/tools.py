@@ -1,7 +1,9 @@
-"""Operators' and marketers' tools: `encore replay`, `encore export webhooks`, `encore simulate`, `encore samples`."""
+"""Operators' and marketers' tools: `encore replay`, `encore export webhooks|customers`, `encore simulate`,
+`encore samples`."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import secrets
@@ -17,6 +19,7 @@ from typing import Any
 import click
 import requests
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import delete, select
 
@@ -31,7 +34,7 @@ from encore_retention.core.settings import get_settings
 from encore_retention.core.store import migrate, session_scope
 from encore_retention.core.store.ledger import get_or_create_shop
 from encore_retention.core.store.models import EventRecord, Shop, utcnow
-from encore_retention.flows import dates
+from encore_retention.flows import dates, exports, segments
 from encore_retention.flows.schema import parse_duration
 from encore_retention.jobs import process_event
 from encore_retention.rehearsal import outcome_rows, rehearsal
@@ -364,6 +367,54 @@ def export_webhooks(
         if out:
             target.close()
     console.print(f"{count} webhook(s) exported" + (f" to {out}" if out else ""))
+
+
+@export.command("customers")
+@click.option("--segment", "segment_name", metavar="NAME", help="only the customers of this segment (default: all)")
+@click.option("--output", "output", type=click.Path(dir_okay=False, path_type=Path), help="file (default: stdout)")
+@click.option("--store", "store", metavar="DOMAIN", help="only this store's customers (default: every store)")
+def export_customers(segment_name: str | None, output: Path | None, store: str | None) -> None:
+    """Write customers (a segment's, or all) as CSV; redacted customers are not in the ledger, so never here."""
+
+    segment = None
+    if segment_name is not None:
+        found = segments.registry().get(segment_name)
+        if found is None:
+            known = ", ".join(sorted(segments.registry())) or "none"
+            raise click.BadParameter(f"no segment {segment_name!r} (known: {known})", param_hint="--segment")
+        segment = found.segment
+    migrate()
+    now = dates.now()
+    with session_scope() as session:
+        shop_ids = None
+        if store is not None:
+            shop_ids = list(session.scalars(select(Shop.id).where(Shop.domain == store)))
+            if not shop_ids:
+                raise click.BadParameter(f"no store {store!r} (see `encore stores list`)", param_hint="--store")
+        if output is None:
+            for chunk in exports.csv_lines(exports.rows(session, segment, shop_ids, now)):
+                sys.stdout.write(chunk)
+            return
+        total = exports.count(session, segment, shop_ids, now)
+        written = 0
+        with output.open("w", newline="", encoding="utf-8") as handle, _progress() as progress:
+            task = progress.add_task("customers", total=total)
+            writer = csv.writer(handle, lineterminator="\r\n")
+            writer.writerow(exports.HEADER)
+            for row in exports.rows(session, segment, shop_ids, now):
+                writer.writerow(row)
+                written += 1
+                if written % 500 == 0:
+                    progress.update(task, completed=written)
+            progress.update(task, completed=written, total=max(total, written))
+    console.print(f"{written} customer(s) exported to {output}")
+
+
+def _progress() -> Progress:
+    """A progress bar on standard error."""
+    return Progress(
+        TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
+    )
 
 
 def _when(value: str | None, name: str) -> datetime | None:

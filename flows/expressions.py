@@ -20,10 +20,15 @@ from jinja2.sandbox import SandboxedEnvironment
 # The names an expression or a template may use; each step's `as:` name adds one.
 NAMES = frozenset(
     {"customer", "order", "checkout", "shop", "run", "event", "unsubscribe_url", "now", "subject", "preheader"}
-    | {"feedback_url"}
+    | {"feedback_url", "segment"}
 )
 
 _env = SandboxedEnvironment(autoescape=False)
+
+
+def define_global(name: str, value: Any) -> None:
+    """Make a function every expression and inline template can call (`segment('vip')`, from `flows.segments`)."""
+    _env.globals[name] = value
 
 
 class ExpressionError(ValueError):

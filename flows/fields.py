@@ -29,6 +29,7 @@ CUSTOMER = frozenset(
         "total_spent",
         "first_order_at",
         "last_order_at",
+        "predicted_next_order",
         "birthday",
         "email_consent",
         "tags",

@@ -35,6 +35,7 @@ ACTIVE = (RUNNING, WAITING)
 # Date triggers find due customers by range over these (birthdays use ix_customers_birthday_md).
 Index("ix_customers_shop_last_order", Customer.shop_id, Customer.last_order_at)
 Index("ix_customers_shop_first_order", Customer.shop_id, Customer.first_order_at)
+Index("ix_customers_shop_predicted_next", Customer.shop_id, Customer.predicted_next_order)
 
 
 class FlowRun(Base):

@@ -140,6 +140,7 @@ def _customer(data: dict[str, Any]) -> Customer:
         total_spent=Decimal(str(fields.get("total_spent", "0"))),
         first_order_at=ev.parse_datetime(fields.get("first_order_at")),
         last_order_at=ev.parse_datetime(fields.get("last_order_at")),
+        predicted_next_order=ev.parse_datetime(fields.get("predicted_next_order")),
     )
 
 

@@ -168,6 +168,15 @@ def due_day(trigger: DateTrigger, value: date, year: int | None = None) -> date:
     return value + trigger.offset
 
 
+def before_its_cause(trigger: DateTrigger, due: datetime, last_order_at: datetime | None) -> bool:
+    """Whether a trigger on the predicted next order falls due before the order it was predicted from.
+
+    A prediction close to the order that made it (a fast reorder rhythm, a negative offset) lands in the
+    past; it never fires, in the engine (even when a sweep catches up) and in the simulator alike.
+    """
+    return trigger.date == "customer.predicted_next_order" and last_order_at is not None and due <= last_order_at
+
+
 def date_trigger_key(entry: Entry, trigger: DateTrigger, value: date, day: date) -> str:
     """`year:2027` for yearly triggers and `once_per: year`; else the date value (one run per value)."""
     if entry.once_per_customer:

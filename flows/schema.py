@@ -95,7 +95,10 @@ LocalTime = Annotated[
 ]
 TRIGGER_EVENTS = tuple(t.value for t in EventType if t is not EventType.UNKNOWN)
 EventName = Literal[TRIGGER_EVENTS]  # type: ignore[valid-type]  # built from EventType at import: mypy can't read it
-DateField = Literal["customer.birthday", "customer.last_order_at", "customer.first_order_at"]
+DateField = Annotated[
+    Literal["customer.birthday", "customer.last_order_at", "customer.first_order_at", "customer.predicted_next_order"],
+    BeforeValidator(lambda value: f"customer.{value}" if isinstance(value, str) and "." not in value else value),
+]
 YEARLY_FIELDS = frozenset({"customer.birthday", "customer.first_order_at"})
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 

@@ -37,7 +37,7 @@ from encore_retention.core.store.ledger import cast_table
 from encore_retention.core.store.models import Customer, Order, Shop
 from encore_retention.core.store.unit import Part, Unit
 from encore_retention.core.unsubscribe import is_suppressed, unsubscribe_url
-from encore_retention.flows import dates, expressions, render, rules, versions
+from encore_retention.flows import dates, expressions, render, rules, segments, versions
 from encore_retention.flows.models import WAITING, FlowEffect, FlowRun, Run, add_trace
 from encore_retention.flows.rules import NEXT, Outcome, position_label
 from encore_retention.flows.schema import (
@@ -153,6 +153,7 @@ def customer_view(customer: Customer | None) -> dict[str, Any]:
         "total_spent": customer.total_spent or Decimal("0"),
         "first_order_at": customer.first_order_at,
         "last_order_at": customer.last_order_at,
+        "predicted_next_order": customer.predicted_next_order,
         "birthday": customer.birthday,
         "email_consent": bool(customer.email_consent),
         "tags": list(customer.tags or []),
@@ -784,12 +785,22 @@ class StepRunner(Runner):
     flow: Flow
     shop: Shop
     customer: Customer | None
+    _entered: list[str] | None = None
 
     # -- the run ---------------------------------------------------------------------------------
     @property
     def position(self) -> list[Any]:
         """The position of the step being run."""
         return self.run.position
+
+    def flows_entered(self) -> list[str]:
+        """The flows the customer entered (asked of the store once per runner, when a segment reads them)."""
+        if self._entered is None:
+            found: list[str] = []
+            if self.session is not None and self.customer is not None and self.customer.id:
+                found = list(self.session.scalars(segments.flows_entered_query(self.customer.id)))
+            self._entered = found
+        return self._entered
 
     def now(self) -> datetime:
         """The engine's clock (`dates.now`, which a test or a rehearsal may move)."""
@@ -816,6 +827,7 @@ class StepRunner(Runner):
                 str((stored.get("order") or {}).get("id") or "") or None,
                 self.run.id or 0,
             ),
+            segments.ENTERED: self.flows_entered,
         }
         for name, value in (stored.get("vars") or {}).items():
             ctx[name] = DiscountView(value, self) if isinstance(value, dict) and "code" in value else value

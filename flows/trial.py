@@ -106,6 +106,7 @@ def customer_sample(customer: Customer, shop: Shop | None, db: Session) -> dict[
         "total_spent": str(customer.total_spent or 0),
         "first_order_at": customer.first_order_at.isoformat() if customer.first_order_at else None,
         "last_order_at": customer.last_order_at.isoformat() if customer.last_order_at else None,
+        "predicted_next_order": (customer.predicted_next_order.isoformat() if customer.predicted_next_order else None),
     }
     latest = db.execute(
         select(Order).where(Order.customer_id == customer.id).order_by(Order.placed_at.desc()).limit(1)

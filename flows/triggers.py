@@ -1,8 +1,8 @@
 """Date triggers: the sweep that starts the runs of date-triggered flows (birthdays, win-backs).
 
 The sweep finds each shop's due customers for the date-triggered flows with indexed queries
-(birthday month and day; a range over last_order_at or first_order_at) and queues a start job at each
-customer's local send time. Runs are keyed, so sweeping twice, or `encore sweep --date` after
+(birthday month and day; a range over last_order_at, first_order_at or predicted_next_order) and queues
+a start job at each customer's local send time. Runs are keyed, so sweeping twice, or `encore sweep --date` after
 downtime, never starts a run twice.
 """
 
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from encore_retention.core.queue import FLOWS, get_redis, queue
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import Customer, Shop
-from encore_retention.flows import dates, loader
+from encore_retention.flows import dates, loader, rules
 from encore_retention.flows.engine import advance, start_run
 from encore_retention.flows.loader import FlowFile
 from encore_retention.flows.rules import date_trigger_key, due_day
@@ -236,6 +236,9 @@ def start_date_run(shop_id: int, flow_key: str, customer_id: int, trigger_key: s
         day = due.astimezone(dates.zone(customer.timezone, shop.timezone)).date()
         year = (day - trigger.offset).year if trigger.yearly else None
         key = date_trigger_key(flow_file.flow.entry, trigger, value, day)
+        if rules.before_its_cause(trigger, due, customer.last_order_at):
+            log.info("customer %s: %s fell due before their last order", customer_id, flow_key)
+            return None
         if due_day(trigger, value, year) != day or key != trigger_key:
             log.info("customer %s no longer due for %s on %s", customer_id, flow_key, day)
             return None

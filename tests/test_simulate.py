@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -304,3 +305,22 @@ def test_json_exports_are_read_by_the_platform_whose_objects_they_are(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps([{"id": 1, "grand_total": "10.00"}]))
     with pytest.raises(click.ClickException, match=r"other.json: order #1 is not an order of shopify or woocommerce"):
         simulate.read_orders(tmp_path / "other.json")
+
+
+def test_the_command_measures_the_predicted_next_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # Ada orders every 10 days, Bob every 30: each one's later orders check the prediction made before them
+    placed = [("ada", "01-01"), ("bob", "01-01"), ("ada", "01-11"), ("ada", "01-21"), ("bob", "01-31")]
+    placed += [("ada", "01-31"), ("ada", "02-10"), ("bob", "03-02")]
+    rows = [
+        (str(number), f"{who}@example.com", f"2026-{day} 09:00:00 +0000", "yes", None)
+        for number, (who, day) in enumerate(placed, 1001)
+    ]
+    result = CliRunner().invoke(main, ["simulate", "--orders", str(shopify_csv(tmp_path / "orders.csv", rows))])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "predicted next order: mean absolute error" in flat and "store-median baseline" in flat
+    checked = re.search(r"error ([\d.]+) days over (\d+) repeat orders \(store-median baseline ([\d.]+) days", flat)
+    assert checked is not None, flat
+    # from Ada's third order on, a prediction and a baseline stand before each order; the steady rhythms beat one median
+    assert int(checked.group(2)) >= 3 and float(checked.group(1)) < float(checked.group(3))

@@ -143,6 +143,7 @@ PEOPLE: dict[str, tuple[bool, date | None]] = {
     "2004": (False, date(1985, 3, 25)),  # a birthday without consent: suppressed
     "2005": (True, None),  # a checkout left: the reminder an hour later
     "2006": (True, None),  # a checkout completed by an order half an hour later: no reminder
+    "2007": (True, None),  # a second order after 30 days: a refill reminder before the predicted third
 }
 # (at, kind, customer id, order id or checkout token); customer 2005 is known by its checkout only
 DATED: list[tuple[datetime, str, str, str | None]] = [
@@ -157,7 +158,10 @@ DATED: list[tuple[datetime, str, str, str | None]] = [
     (T0 + timedelta(hours=4, minutes=59), "customer.created", "2006", None),
     (T0 + timedelta(hours=5), "checkout.started", "2006", "ck-2006"),
     (T0 + timedelta(hours=5, minutes=30), "order.placed", "2006", "6006"),
+    (T0 + timedelta(hours=5, minutes=40), "customer.created", "2007", None),
+    (T0 + timedelta(hours=5, minutes=45), "order.placed", "2007", "6007"),
     (T0 + timedelta(days=20), "order.placed", "2003", "6004"),
+    (T0 + timedelta(days=30), "order.placed", "2007", "6008"),
 ]
 DATED_END = T0 + timedelta(days=70)
 
@@ -248,6 +252,13 @@ def test_the_simulation_agrees_on_date_triggers_and_checkouts(engine_env):
     assert ("birthday", "c2004@example.com", "no consent") in suppressed
     assert ("abandoned_checkout", "c2005@example.com") in emails
     assert ("abandoned_checkout", "c2006@example.com") not in emails
+    # the refill reminders: 2003 on their own 20-day rhythm (the store had no figure yet), 2007 on theirs (30
+    # days) shrunk toward the store's (2003's 20), three days before the predicted next order
+    assert ("replenishment", "c2003@example.com") in emails and ("replenishment", "c2007@example.com") in emails
+    refill = {e: at for f, e, at in sent if f == "replenishment"}
+    assert refill["c2003@example.com"].date() == (T0 + timedelta(days=20 + 20 - 3, hours=1)).date()
+    seventh = T0 + timedelta(days=30) + timedelta(days=(1 * 29.76 + 3 * 19.96) / 4 - 3)
+    assert abs(refill["c2007@example.com"] - seventh) < timedelta(days=1)
     assert {"welcome", "thank_you_first_order", "birthday", "win_back", "abandoned_checkout"} <= {f for f, _ in emails}
 
 

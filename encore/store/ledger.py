@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from encore_retention.core import events as ev
 from encore_retention.core.archive import WebhookDelivery, narrowed
+from encore_retention.core.store import prediction
 from encore_retention.core.store.models import Base, Customer, EventRecord, Feedback, Order, Shop, utcnow
 from encore_retention.core.store.unit import Unit
 
@@ -181,6 +182,15 @@ _TOTALS_EXCEPT = select(
 _TOTALS = select(
     func.count(Order.id), func.coalesce(func.sum(Order.total), 0), func.min(Order.placed_at), func.max(Order.placed_at)
 ).where(Order.customer_id == bindparam("customer_id"), Order.deleted.is_(False), Order.cancelled_at.is_(None))
+
+
+_PLACED = select(Order.placed_at).where(
+    Order.customer_id == bindparam("customer_id"),
+    Order.deleted.is_(False),
+    Order.cancelled_at.is_(None),
+    Order.placed_at.is_not(None),
+)
+_PLACED_EXCEPT = _PLACED.where(Order.id != bindparam("order_id"))
 
 
 def get_or_create_shop(session: Unit, platform: str, domain: str) -> Shop:
@@ -498,8 +508,36 @@ def recompute(session: Unit, customer: Customer, changed: Order | None = None) -
             "total_spent": max(total, customer.reported_total_spent or Decimal("0")),
             "first_order_at": first,
             "last_order_at": last,
+            "predicted_next_order": predict(session, customer, changed) if count >= 2 else None,
         },
     )
+
+
+def predict(session: Unit, customer: Customer, changed: Order | None = None) -> datetime | None:
+    """The customer's predicted next order from their orders' times (`changed` as in `recompute`).
+
+    The store's median gap, the prior, is read from the shop row, and computed again (and kept there)
+    when it is older than the day of the customer's last order: once a day per store.
+    """
+    found: list[datetime | None]
+    if changed is None:
+        found = list(session.execute(_PLACED, {"customer_id": customer.id}).scalars())
+    else:
+        where = {"customer_id": customer.id, "order_id": changed.id}
+        found = list(session.connection().execute(_PLACED_EXCEPT, where).scalars())
+        if changed.customer_id == customer.id and not changed.deleted and changed.cancelled_at is None:
+            found.append(changed.placed_at)
+    placed = [moment if moment.tzinfo else moment.replace(tzinfo=UTC) for moment in found if moment is not None]
+    if len(placed) < 2:
+        return None
+    shop = session.get(Shop, customer.shop_id)
+    if shop is None:
+        return prediction.predict_next(placed, None)
+    day = max(placed).astimezone(UTC).date()
+    store, fresh = prediction.store_gap(session, shop, day)
+    if fresh:
+        session.stage(shop, order_interval_days=store, order_interval_on=day)
+    return prediction.predict_next(placed, store)
 
 
 def person_of(shop: Shop, event: ev.Event) -> Person:

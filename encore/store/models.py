@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -117,6 +118,10 @@ class Shop(Base):
     settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     # Until when unsubscribe links of the first format (which named the address) are honoured; None: never.
     legacy_links_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The store's median days between a customer's consecutive orders, as of the start of `order_interval_on`
+    # (a UTC day): what predictions shrink toward (`encore.store.prediction`); refreshed once a day.
+    order_interval_days: Mapped[float | None] = mapped_column(Float)
+    order_interval_on: Mapped[date | None] = mapped_column(Date)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -150,6 +155,8 @@ class Customer(Base):
     total_spent: Mapped[Decimal] = mapped_column(Money, default=Decimal("0"))
     first_order_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_order_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the customer's next order is expected, from their own gaps between orders (2+ orders; else None).
+    predicted_next_order: Mapped[datetime | None] = mapped_column(UTCDateTime)
     reported_orders_count: Mapped[int | None] = mapped_column(Integer)
     reported_total_spent: Mapped[Decimal | None] = mapped_column(Money)
     reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from encore_retention.connectors.base import PlatformError
 from encore_retention.core.store import migrate, session_scope
 from encore_retention.core.store.models import Customer, Shop
-from encore_retention.flows import controls, dates, loader, trial
+from encore_retention.flows import controls, dates, loader, segments, trial
 from encore_retention.flows import preview as previews
 from encore_retention.flows.engine import release, trace_of
 from encore_retention.flows.models import FlowRun
@@ -33,20 +33,29 @@ def flows() -> None:
 @flows.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 def lint(paths: tuple[Path, ...]) -> None:
-    """Check flow files (default: FLOWS_DIR or the built-in library); exit 1 on errors."""
+    """Check flow files and the segments beside them (default: FLOWS_DIR or the built-in library); exit 1 on errors."""
     targets = list(paths) or [loader.flows_dir()]
     problems: list[loader.Problem] = []
-    count = 0
+    count = segment_count = 0
     for target in targets:
+        if not target.is_dir() and target.parent.name == segments.FOLDER:  # one segment file
+            segment_count += 1
+            problems.extend(segments.load_file(target)[1])
+            continue
         files = loader.flow_files(target) if target.is_dir() else [target]
         for path in files:
             count += 1
             problems.extend(loader.load_file(path)[1])
+        if target.is_dir():  # the segments beside the flows, and the flows' segment('name') references
+            found, more = segments.lint(target)
+            segment_count += found
+            problems.extend(more)
     for problem in problems:
         click.echo(str(problem))
     errors = sum(p.severity == "error" for p in problems)
     warnings = len(problems) - errors
-    click.echo(f"{count} flow file(s): {errors} error(s), {warnings} warning(s)", err=True)
+    beside = f" (with {segment_count} segment file(s))" if segment_count else ""
+    click.echo(f"{count} flow file(s): {errors} error(s), {warnings} warning(s){beside}", err=True)
     sys.exit(1 if errors else 0)
 
 

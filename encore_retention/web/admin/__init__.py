@@ -1,4 +1,4 @@
-"""The merchant's page, `/admin`, one module per page: flows, customers, messages, suppressions, previews, failures.
+"""The merchant's page, `/admin`: a module per page (flows, customers, segments, messages, suppressions, previews…).
 
 `auth` holds the blueprint and its gate; each page module adds its views to it.
 
@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from encore_retention.core.settings import get_settings
-from encore_retention.web.admin import customers, failures, flows, messages, previews, suppressions, times
+from encore_retention.web.admin import customers, failures, flows, messages, previews, segments, suppressions, times
 from encore_retention.web.admin.auth import IdConverter, blueprint, log
 
 PAGES = (
     flows,
     customers,
+    segments,
     messages,
     previews,
     suppressions,
