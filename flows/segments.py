@@ -347,11 +347,10 @@ for _item in (
     SegmentField("flows_entered", SET, lambda: _Has(_entered_has), lambda f: f.flows_entered(), "flow names"),
 ):
     FIELDS[_item.name] = _item
-FEEDBACK = "feedback_score"
-if hasattr(Customer, FEEDBACK):  # the feedback loop's last score (1 to 5), where the ledger keeps one
-    FIELDS[FEEDBACK] = SegmentField(
-        FEEDBACK, NUMBER, lambda: getattr(Customer, FEEDBACK), lambda f: f.customer.get(FEEDBACK), "1 to 5"
-    )
+FEEDBACK = "feedback_score"  # the last answer to "How was your order?" (1 to 5)
+FIELDS[FEEDBACK] = SegmentField(
+    FEEDBACK, NUMBER, lambda: Customer.feedback_score, lambda f: f.customer.get(FEEDBACK), "1 to 5"
+)
 _build_models()
 
 

@@ -46,7 +46,7 @@ def test_a_segment_file_is_checked_with_lines_and_the_choices(tmp_path: Path) ->
     assert (5, "match") in found
     unknown = next(p for p in problems if "tagz" in p.message)
     assert (
-        "feedback" not in unknown.message
+        "feedback_score" in unknown.message
         and "flows_entered" in unknown.message
         and str(unknown).startswith("segments/bad.yaml:4: ")
     )
@@ -88,10 +88,19 @@ def test_the_library_ships_a_vip_segment() -> None:
 # ---- SQL and Python agree ----------------------------------------------------------------------------
 
 PEOPLE: list[dict[str, Any]] = [
-    # orders, spent, last order (days ago), predicted (days ahead), birthday, tags, consent, store
-    {"n": 5, "spent": "900", "last": 10, "next": 5, "bday": date(1990, 6, 3), "tags": ["vip"], "ok": True, "s": 0},
+    # orders, spent, last order (days ago), predicted (days ahead), birthday, tags, consent, store, feedback score
+    {"n": 5, "spent": "900", "last": 10, "next": 5, "bday": date(1990, 6, 3), "tags": ["vip"], "ok": True, "fb": 5},
     {"n": 3, "spent": "500", "last": 400, "next": None, "bday": None, "tags": [], "ok": None, "s": 0},
-    {"n": 1, "spent": "20", "last": 30, "next": None, "bday": date(1985, 12, 1), "tags": ["wholesale"], "ok": False},
+    {
+        "n": 1,
+        "spent": "20",
+        "last": 30,
+        "next": None,
+        "bday": date(1985, 12, 1),
+        "tags": ["wholesale"],
+        "ok": False,
+        "fb": 2,
+    },
     {"n": 2, "spent": "120.50", "last": 60, "next": 40, "bday": date(2000, 6, 30), "tags": ["vip", 'b"x'], "ok": True},
     {"n": 0, "spent": "0", "last": None, "next": None, "bday": None, "tags": ["a%_"], "ok": True, "s": 1},
     {"n": 7, "spent": "2500", "last": 2, "next": 12, "bday": date(1970, 1, 1), "tags": ["vip", "wholesale"], "s": 1},
@@ -111,6 +120,7 @@ SEGMENTS = {
     "since": "where:\n  first_order_at: {since: 2026-01-01, before: 2026-06-01}\n",
     "entered": "where:\n  flows_entered: {any: [welcome]}\n",
     "not_entered": "where:\n  flows_entered: {none: [welcome]}\n  orders_count: {at_least: 1}\n",
+    "unhappy": "where:\n  feedback_score: {at_most: 2}\n",
     "everyone": "where: {}\n",
 }
 EXPECTED = {
@@ -128,6 +138,7 @@ EXPECTED = {
     "since": {0, 2, 3},
     "entered": {0, 2},
     "not_entered": {1, 3, 5},
+    "unhappy": {2},
     "everyone": {0, 1, 2, 3, 4, 5},
 }
 
@@ -154,6 +165,7 @@ def _fill(db: Any) -> tuple[list[Customer], list[Shop]]:
                 birthday_day=p["bday"].day if p["bday"] else None,
                 tags=p["tags"],
                 email_consent=p.get("ok"),
+                feedback_score=p.get("fb"),
             )
         )
     db.add_all(rows)
