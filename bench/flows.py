@@ -1,6 +1,7 @@
 """The flow engine's cost per event, and the date sweep over a million customers.
 
-    .venv/bin/python bench/flows.py [--events 800] [--rounds 3] [--customers 1000000] [--dir bench/out] [--json]
+    .venv/bin/python bench/flows.py [--events 800] [--rounds 3] [--customers 1000000] [--dir bench/out]
+                                    [--flows DIR] [--json]
 
 1. Throughput. On one worker process, in the same run and against the same Redis:
    - no-op RQ jobs through `SimpleWorker` and through the forking `Worker` (RQ's own per-job cost);
@@ -47,6 +48,9 @@ TARGET_SWEEP_SECONDS = 2.0
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 
+FLOWS: list[str | None] = [None]  # the flows measured: the built-in library unless `--flows DIR`
+
+
 def noop() -> None:
     """A job that does nothing (RQ's own per-job overhead)."""
 
@@ -62,6 +66,8 @@ def setup_env(tmp: Path, redis_url: str) -> None:
         }
     )
     os.environ.pop("FLOWS_DIR", None)
+    if FLOWS[0] is not None:  # `--flows`: another folder of flows (say, the library of the commit compared with)
+        os.environ["FLOWS_DIR"] = FLOWS[0]
     os.environ.pop("TEMPLATES_DIR", None)
     from encore_retention.core.settings import reset_settings
 
@@ -231,6 +237,8 @@ def throughput(connection: Redis, event_count: int, rounds: int) -> dict:
     ledger_rate = len(bare_events) / (time.perf_counter() - start)
     dates.set_now(None)
     os.environ.pop("FLOWS_DIR")
+    if FLOWS[0] is not None:
+        os.environ["FLOWS_DIR"] = FLOWS[0]
     reset_settings()
 
     simple_rates, results = [], []
@@ -372,7 +380,14 @@ def main() -> int:
         help="where the store and the outbox go (default bench/out: the project's disk, like "
         "`make run`'s encore.db and outbox/; pass /tmp to measure a tmp folder instead)",
     )
+    parser.add_argument(
+        "--flows",
+        type=Path,
+        default=None,
+        help="a folder of flows to run instead of the built-in library (to compare commits on the same flows)",
+    )
     args = parser.parse_args()
+    FLOWS[0] = str(args.flows.resolve()) if args.flows else None
     args.dir.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="encore-bench-flows-", dir=args.dir) as name,

@@ -97,17 +97,7 @@ def hard_bounce(
         _reset(session, shop.id, key)
         if suppression_reason(session, shop.id, key) is not None:
             continue
-        change = consent.withdraw(
-            session,
-            shop.id,
-            key,
-            customer=consent.customer_by_address(session, shop.id, address),
-            reason=reason,
-            source=source,
-            actor=source,
-            note=detail,
-        )
-        made.append(change)
+        made.append(_withdraw(session, shop.id, key, address, reason, source, detail))
     return _outcome(made, shops)
 
 
@@ -125,19 +115,20 @@ def soft_bounce(
             continue
         if count(session, shop.id, key, detail) < limit:
             continue
-        change = consent.withdraw(
-            session,
-            shop.id,
-            key,
-            customer=consent.customer_by_address(session, shop.id, address),
-            reason=SOFT_BOUNCED,
-            source=source,
-            actor=source,
-            note=f"{limit} soft bounces in a row; the last: {detail}".strip(),
-        )
+        note = f"{limit} soft bounces in a row; the last: {detail}".strip()
+        made.append(_withdraw(session, shop.id, key, address, SOFT_BOUNCED, source, note))
         _reset(session, shop.id, key)
-        made.append(change)
     return _outcome(made, shops)
+
+
+def _withdraw(
+    session: Unit, shop_id: int, key: str, address: str, reason: str, source: str, note: str
+) -> ConsentChange:
+    """Suppress the address at one store and withdraw the consent of its customer there (if one has it)."""
+    customer = consent.customer_by_address(session, shop_id, address)
+    return consent.withdraw(
+        session, shop_id, key, customer=customer, reason=reason, source=source, actor=source, note=note
+    )
 
 
 def _outcome(made: list[ConsentChange], shops: list[int]) -> Outcome:

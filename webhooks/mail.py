@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from typing import Any, Protocol
@@ -121,6 +122,15 @@ def mapping(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Rejected(400, "malformed", f"{what} is not an object")
     return value
+
+
+def json_body(body: bytes) -> dict[str, Any]:
+    """A delivery webhook's body as a JSON object, else Rejected(400)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError as exc:
+        raise Rejected(400, "malformed", "the body is not JSON") from exc
+    return mapping(parsed, "the body")
 
 
 def refuse_replay(provider: str, token: str, body: bytes, ttl: int) -> None:

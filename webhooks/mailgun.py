@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 from typing import Any
 
@@ -30,6 +29,7 @@ from encore_retention.webhooks.mail import (
     MailEvent,
     Received,
     address,
+    json_body,
     mapping,
     refuse_replay,
 )
@@ -104,11 +104,7 @@ class Mailgun:
 
     def receive(self, headers: Headers, body: bytes) -> Received:
         """Verify the signature (age, replay) and read the event."""
-        try:
-            payload = json.loads(body)
-        except ValueError as exc:
-            raise Rejected(400, "malformed", "the body is not JSON") from exc
-        payload = mapping(payload, "the body")
+        payload = json_body(body)
         signature = mapping(payload.get("signature"), "signature")
         verify(signature, body)
         event = event_of(mapping(payload.get("event-data"), "event-data"))

@@ -42,6 +42,7 @@ from encore_retention.webhooks.mail import (
     MailEvent,
     Received,
     address,
+    json_body,
     mapping,
 )
 
@@ -206,11 +207,7 @@ class SES:
 
     def receive(self, headers: Headers, body: bytes) -> Received:
         """Verify the SNS message, confirm a subscription, read a notification's events."""
-        try:
-            message = json.loads(body)
-        except ValueError as exc:
-            raise Rejected(400, "malformed", "the body is not JSON") from exc
-        message = mapping(message, "the body")
+        message = json_body(body)
         kind = message.get("Type")
         if kind not in ("Notification", "SubscriptionConfirmation", "UnsubscribeConfirmation"):
             raise Rejected(400, "malformed", f"unknown SNS message Type {str(kind)[:40]!r}")
