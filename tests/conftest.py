@@ -214,13 +214,31 @@ def use_database(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     webhook_secrets.forget()
 
 
-@pytest.fixture
-def app(env: pytest.MonkeyPatch, redis: Redis):  # type: ignore[no-untyped-def]
+def testing_app():  # type: ignore[no-untyped-def]
+    """The web app, as tests drive it."""
     from encore_retention.web import create_app
 
     application = create_app()
     application.testing = True
     return application
+
+
+@pytest.fixture
+def app(env: pytest.MonkeyPatch, redis: Redis):  # type: ignore[no-untyped-def]
+    return testing_app()
+
+
+@pytest.fixture
+def database(env: pytest.MonkeyPatch, db_url: str) -> str:
+    """SQLite, then PostgreSQL (where one answers): DATABASE_URL for the rest of the test."""
+    use_database(env, db_url)
+    return db_url
+
+
+@pytest.fixture
+def app_on_each_database(database: str, redis: Redis):  # type: ignore[no-untyped-def]
+    """The web app over SQLite, then PostgreSQL (a module's `app` may be this one)."""
+    return testing_app()
 
 
 @pytest.fixture

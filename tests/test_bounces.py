@@ -32,7 +32,7 @@ from encore_retention.core.store.ledger import get_or_create_shop
 from encore_retention.core.store.models import ConsentChange, Customer, Suppression
 from encore_retention.core.unsubscribe import address_key, is_suppressed
 from encore_retention.webhooks import ses
-from tests.conftest import SHOP, drain, sign_in, use_database
+from tests.conftest import SHOP, drain, sign_in
 from tests.test_email import HELLO_FLOW, HELLO_TEMPLATE, Recorder
 
 LOCAL = {"REMOTE_ADDR": "127.0.0.1"}
@@ -45,20 +45,9 @@ BOUNCED = "jane@example.net"
 
 
 @pytest.fixture
-def database(env, db_url) -> str:  # type: ignore[no-untyped-def]
-    """SQLite, then PostgreSQL (where one answers): DATABASE_URL for the rest of the test."""
-    use_database(env, db_url)
-    return db_url
-
-
-@pytest.fixture
-def app(database, redis):  # type: ignore[no-untyped-def]
-    """The web app over the test's database."""
-    from encore_retention.web import create_app
-
-    application = create_app()
-    application.testing = True
-    return application
+def app(app_on_each_database):  # type: ignore[no-untyped-def]
+    """The web app, over SQLite and then PostgreSQL, for every test here."""
+    return app_on_each_database
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from encore_retention.core.queue import FLOWS, queue
 from encore_retention.core.store import session_scope
 from encore_retention.core.store.models import ConsentChange, Customer, Shop, Suppression, utcnow
 from encore_retention.core.unsubscribe import address_key, is_suppressed, unsubscribe_url
-from tests.conftest import SHOP, WC_URL, drain, payload, register_woo_store, sign_in, use_database
+from tests.conftest import SHOP, WC_URL, drain, payload, register_woo_store, sign_in
 
 GRAPHQL = f"https://{SHOP}/admin/api/2026-04/graphql.json"
 TOKEN = "shpat_0123456789abcdef"
@@ -36,20 +36,9 @@ LOCAL = {"REMOTE_ADDR": "127.0.0.1"}
 
 
 @pytest.fixture
-def database(env, db_url) -> str:  # type: ignore[no-untyped-def]
-    """SQLite, then PostgreSQL (where one answers): DATABASE_URL for the rest of the test."""
-    use_database(env, db_url)
-    return db_url
-
-
-@pytest.fixture
-def app(database, redis):  # type: ignore[no-untyped-def]
-    """The web app over the test's database."""
-    from encore_retention.web import create_app
-
-    application = create_app()
-    application.testing = True
-    return application
+def app(app_on_each_database):  # type: ignore[no-untyped-def]
+    """The web app, over SQLite and then PostgreSQL, for every test here."""
+    return app_on_each_database
 
 
 def _shopify_shop() -> int:
