@@ -684,8 +684,6 @@ def _step(
     outcome = runner.run_step(step)
     session.stage(run, updated_at=now, attempts=0)
     then, following = rules.transition(flow.steps, run.position, outcome)
-    if then == "wait" and run.deferred_since is not None:  # its held email went; the next one is another's turn
-        session.stage(run, deferred_since=None)
     if then == "stop":
         _finish(session, run, STOPPED if outcome.reason != "end" else DONE, outcome.reason)
         _trace(session, run, "stop", f"stopped: {outcome.reason}")
@@ -717,9 +715,9 @@ def _step(
         _finish(session, run, DONE, "completed")
         _trace(session, run, "done", "run completed")
         return DONE, None, False
-    if then == "wait":
+    if then == "wait":  # a held email of the run went; the next one, after the wait, takes its own turn
         assert outcome.until is not None
-        session.stage(run, position=following, status=WAITING, wake_at=outcome.until)
+        session.stage(run, position=following, status=WAITING, wake_at=outcome.until, deferred_since=None)
         job_id = _job_id(run)
         session.stage(run, job_id=job_id)
         return WAITING, (outcome.until, job_id), False

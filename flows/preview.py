@@ -52,12 +52,6 @@ class PreviewRunner(StepRunner):
     def trace(self, kind: str, message: str, **detail: Any) -> None:
         """A preview keeps no trace."""
 
-    def set_var(self, name: str, value: Any) -> None:
-        """Keep a value for the later steps, on the run in memory."""
-        stored = dict(self.run.context or {})
-        stored["vars"] = {**(stored.get("vars") or {}), name: value}
-        self.run.context = stored
-
     def recall(self, key: str) -> Any:
         """A preview has no earlier attempt."""
         return None

@@ -586,8 +586,8 @@ def admission(runner: Runner, spec: Any, again: bool = False) -> Admission:
         reason = rules.BEHIND
     if reason in rules.HELD_BACK:
         now = runner.now()
-        capped = reason == rules.FREQUENCY_CAP and flow.frequency_cap is not None
-        last = runner.last_emailed(now - flow.frequency_cap) if capped and flow.frequency_cap else None
+        cap = flow.frequency_cap
+        last = runner.last_emailed(now - cap) if reason == rules.FREQUENCY_CAP and cap is not None else None
         until = rules.free_at(flow, reason, now, runner.tz(), last)
         if rules.past_max_delay(flow, runner.held_since() or now, until):
             return Admission(address, recipient, f"{reason}, and it could not go within max_delay")
@@ -843,9 +843,17 @@ class StepRunner(Runner):
 
     def set_var(self, name: str, value: Any) -> None:
         """Make a value available to later steps under `name`."""
+        self._keep_context(self._context_with("vars", name, value))
+
+    def _context_with(self, part: str, name: str, value: Any) -> dict[str, Any]:
+        """The run's stored context with `name` set to `value` in its `part` (`vars`, `split`)."""
         stored = dict(self.run.context or {})
-        stored["vars"] = {**(stored.get("vars") or {}), name: value}
-        if self.session is None:  # a preview without a store
+        stored[part] = {**(stored.get(part) or {}), name: value}
+        return stored
+
+    def _keep_context(self, stored: dict[str, Any]) -> None:
+        """Make `stored` the run's context: staged in the session, or on the run in memory (a preview)."""
+        if self.session is None:
             self.run.context = stored
         else:
             self.session.stage(self.run, context=stored)
@@ -873,12 +881,7 @@ class StepRunner(Runner):
 
     def entered_branch(self, split: str, branch: str) -> None:
         """Keep the branch in the run's context, under `split` (the split step's label)."""
-        stored = dict(self.run.context or {})
-        stored["split"] = {**(stored.get("split") or {}), split: branch}
-        if self.session is None:  # a preview without a store
-            self.run.context = stored
-        else:
-            self.session.stage(self.run, context=stored)
+        self._keep_context(self._context_with("split", split, branch))
 
     def conditions_hold(self, when: str) -> bool:
         """Check every flow condition, tracing each result; False stops the run."""
@@ -932,15 +935,9 @@ class StepRunner(Runner):
             .scalar_one_or_none(),
         )
 
-    def emailed_since(self, since: datetime) -> bool | None:
-        """Whether a marketing email to the customer was claimed after `since`, by any flow (None: no customer)."""
-        if self.customer is None:
-            return None
-        return self.last_emailed(since) is not None
-
     def held_since(self) -> datetime | None:
         """Since when the run's email has been held back."""
-        return getattr(self.run, "deferred_since", None)
+        return self.run.deferred_since
 
     def behind_another(self) -> bool:
         """Whether a held email of the customer's, due now, goes first (`rules.goes_first`)."""
@@ -949,12 +946,10 @@ class StepRunner(Runner):
         now = self.now()
         run = self.run
         mine = (run.priority, run.deferred_since or now, run.id)
-        for other in self.session.connection().execute(
+        held = self.session.connection().execute(
             _HELD_DUE, {"customer_id": self.customer.id, "now": now, "run_id": run.id or 0, "priority": run.priority}
-        ):
-            if rules.goes_first(mine, (other.priority, other.deferred_since, other.id)):
-                return True
-        return False
+        )
+        return any(rules.goes_first(mine, (other.priority, other.deferred_since, other.id)) for other in held)
 
     def hold(self, reason: str, until: datetime) -> Outcome:
         """Hold the email back: the run keeps since when, so its turn and its max_delay count from then."""
@@ -964,10 +959,8 @@ class StepRunner(Runner):
 
     def note_dropped(self, reason: str) -> None:
         """Keep the first email the run went on without: it ends as suppressed, with that reason."""
-        stored = dict(self.run.context or {})
-        if "dropped" not in stored and self.session is not None:
-            stored["dropped"] = reason
-            self.session.stage(self.run, context=stored)
+        if "dropped" not in (self.run.context or {}):
+            self._keep_context({**(self.run.context or {}), "dropped": reason})
 
     def counted(self, outcome: str) -> None:
         """Count an email's outcome in the metrics."""
